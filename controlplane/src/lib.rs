@@ -1,0 +1,2 @@
+//! Control plane: config, compile() into routing tables.
+#![forbid(unsafe_code)]

@@ -1,0 +1,18 @@
+//! The packet path of the load balancer.
+//!
+//! Everything here that decides (parsing, Maglev selection, connection tracking, rewriting) is pure:
+//! it takes bytes, a routing table and the time, and returns a verdict. Ports and workers (later) are
+//! thin edges around [`pipeline::process`].
+#![deny(unsafe_code)]
+
+pub mod conntrack;
+pub mod flow;
+pub mod maglev;
+pub mod packet;
+pub mod pipeline;
+pub mod table;
+pub mod wire;
+
+pub use packet::PacketBuf;
+pub use pipeline::{process, DropReason, Verdict, WorkerState};
+pub use table::RoutingTable;

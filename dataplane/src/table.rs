@@ -1,0 +1,378 @@
+//! The immutable routing table the workers read: services, pools, backends and their Maglev tables.
+//!
+//! A table is built off the hot path (by the control plane's `compile()`), never mutated, and swapped
+//! in whole. Everything a worker needs per packet is an index or a hash lookup away.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::flow::{hash_bytes, Addr};
+use crate::maglev::{self, Maglev, MaglevBackend, MaglevError};
+
+/// How a pool's backends receive traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// DNAT to the backend and SNAT to a local address; replies come back to us.
+    FullNat,
+    /// DNAT only; the backend routes replies back through the balancer, which SNATs them to the VIP.
+    Nat,
+    /// IP-in-IP (or IPv6-in-IPv6, IPv4-in-IPv6) encapsulation; the backend replies directly.
+    DsrIpip,
+    /// GUE (variant 1: the inner IP packet right after UDP) encapsulation; the backend replies directly.
+    DsrGue,
+    /// Destination MAC rewrite on a shared L2 segment; the backend owns the VIP on a loopback.
+    Dr,
+}
+
+impl Mode {
+    /// The name used in lb.toml and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::FullNat => "fullnat",
+            Mode::Nat => "nat",
+            Mode::DsrIpip => "dsr-ipip",
+            Mode::DsrGue => "dsr-gue",
+            Mode::Dr => "dr",
+        }
+    }
+
+    /// True for modes whose replies pass through the balancer (and so need a reply-direction key).
+    pub fn replies_through_us(self) -> bool {
+        matches!(self, Mode::FullNat | Mode::Nat)
+    }
+}
+
+/// How a new flow picks its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Affinity {
+    /// Hash of the whole 5-tuple.
+    #[default]
+    None,
+    /// Hash of the client address only: one client always lands on the same backend.
+    ClientIp,
+}
+
+/// One backend of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Address.
+    pub addr: Addr,
+    /// Destination port; 0 keeps the client's destination port.
+    pub port: u16,
+    /// Effective weight (pool weight times backend weight); 0 drains it.
+    pub weight: u32,
+    /// MAC of the next hop towards this backend.
+    pub mac: [u8; 6],
+    /// Index of its pool in [`Service::pools`].
+    pub pool: u16,
+    /// Index of its counters in a worker's per-backend counters.
+    pub stat: u32,
+}
+
+/// A set of backends sharing a forwarding mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Name (for logs and metrics).
+    pub name: String,
+    /// Forwarding mode.
+    pub mode: Mode,
+    /// Source addresses for fullnat (one of each family at least where backends of that family exist).
+    pub snat: Vec<Addr>,
+    /// Outer source address of encapsulated packets, IPv4.
+    pub encap_src_v4: Option<Addr>,
+    /// Outer source address of encapsulated packets, IPv6.
+    pub encap_src_v6: Option<Addr>,
+    /// GUE destination port (dsr-gue).
+    pub gue_port: u16,
+}
+
+/// A virtual service: a VIP, a protocol, a port range and its backends.
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// Name (for logs and metrics).
+    pub name: String,
+    /// The virtual IP.
+    pub vip: Addr,
+    /// IP protocol (6 or 17).
+    pub proto: u8,
+    /// First port served (0 with `port_hi` 0: every port).
+    pub port_lo: u16,
+    /// Last port served.
+    pub port_hi: u16,
+    /// Backend selection.
+    pub affinity: Affinity,
+    /// Pools.
+    pub pools: Vec<Pool>,
+    /// Backends of all pools, in a deterministic order.
+    pub backends: Vec<Backend>,
+    /// Maglev table over `backends`.
+    pub maglev: Maglev,
+    /// Index of its counters in a worker's per-service counters.
+    pub stat: u32,
+    by_addr: HashMap<(Addr, u16), u16, FastHash>,
+}
+
+impl Service {
+    /// Index of the backend with this address and port, if it is still in the service.
+    pub fn backend_index(&self, addr: Addr, port: u16) -> Option<u16> {
+        self.by_addr.get(&(addr, port)).copied()
+    }
+}
+
+/// What a service is built from (the table computes the rest).
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// Name.
+    pub name: String,
+    /// The virtual IP.
+    pub vip: Addr,
+    /// IP protocol (6 or 17).
+    pub proto: u8,
+    /// First port served (0 with `port_hi` 0: every port).
+    pub port_lo: u16,
+    /// Last port served.
+    pub port_hi: u16,
+    /// Backend selection.
+    pub affinity: Affinity,
+    /// Maglev table size (a prime).
+    pub table_size: usize,
+    /// Pools.
+    pub pools: Vec<Pool>,
+    /// Backends; `stat` is filled in by the table.
+    pub backends: Vec<Backend>,
+}
+
+/// The balancer's own L2/L3 identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Local {
+    /// Our MAC address.
+    pub mac: [u8; 6],
+    /// Addresses we own besides VIPs and SNAT addresses (answer ARP, ND and echo).
+    pub addrs: Vec<Addr>,
+    /// Largest IP packet we may transmit (the link MTU).
+    pub mtu: u16,
+    /// Source ports used for fullnat, split evenly between workers.
+    pub snat_ports: (u16, u16),
+}
+
+/// Why a table could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// Maglev rejected a service.
+    #[error("service {service}: {source}")]
+    Maglev {
+        /// The service.
+        service: String,
+        /// Maglev's reason.
+        source: MaglevError,
+    },
+    /// Two services claim the same VIP, protocol and port.
+    #[error("services {first} and {second} both claim {vip} port {port} protocol {proto}")]
+    Overlap {
+        /// First service.
+        first: String,
+        /// Second service.
+        second: String,
+        /// VIP.
+        vip: Addr,
+        /// Port.
+        port: u16,
+        /// Protocol.
+        proto: u8,
+    },
+}
+
+/// The immutable routing state every worker reads.
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// Increases with every table the control plane publishes.
+    pub generation: u64,
+    /// Our own identity.
+    pub local: Local,
+    /// Services.
+    pub services: Vec<Service>,
+    /// Seed of flow hashes (constant across generations so selection is stable).
+    pub hash_seed: u64,
+    backend_stats: u32,
+    vips: HashMap<(Addr, u8, u16), u32, FastHash>,
+    owned: HashSet<Addr, FastHash>,
+    snat: HashSet<Addr, FastHash>,
+    vip_addrs: HashSet<Addr, FastHash>,
+}
+
+impl RoutingTable {
+    /// Builds the indexes and Maglev tables. Pure: the same input gives the same table.
+    pub fn new(
+        generation: u64,
+        local: Local,
+        specs: Vec<ServiceSpec>,
+    ) -> Result<RoutingTable, TableError> {
+        let mut services = Vec::with_capacity(specs.len());
+        let mut vips: HashMap<(Addr, u8, u16), u32, FastHash> = HashMap::default();
+        let mut owned: HashSet<Addr, FastHash> = local.addrs.iter().copied().collect();
+        let mut snat: HashSet<Addr, FastHash> = HashSet::default();
+        let mut vip_addrs: HashSet<Addr, FastHash> = HashSet::default();
+        let mut backend_stats = 0u32;
+        for (idx, spec) in specs.into_iter().enumerate() {
+            let mut backends = spec.backends;
+            backends.sort_by(|a, b| (a.addr, a.port, a.pool).cmp(&(b.addr, b.port, b.pool)));
+            let keys: Vec<MaglevBackend> = backends
+                .iter()
+                .map(|b| MaglevBackend {
+                    key: format!("{}:{}", b.addr, b.port).into_bytes(),
+                    weight: b.weight,
+                })
+                .collect();
+            let maglev =
+                maglev::build(&keys, spec.table_size).map_err(|source| TableError::Maglev {
+                    service: spec.name.clone(),
+                    source,
+                })?;
+            let mut by_addr = HashMap::default();
+            for (i, b) in backends.iter_mut().enumerate() {
+                b.stat = backend_stats;
+                backend_stats += 1;
+                by_addr.insert((b.addr, b.port), i as u16);
+            }
+            for p in &spec.pools {
+                for a in &p.snat {
+                    snat.insert(*a);
+                    owned.insert(*a);
+                }
+            }
+            owned.insert(spec.vip);
+            vip_addrs.insert(spec.vip);
+            let ports: Vec<u16> = if spec.port_lo == 0 && spec.port_hi == 0 {
+                vec![0]
+            } else {
+                (spec.port_lo..=spec.port_hi).collect()
+            };
+            for port in ports {
+                if let Some(prev) = vips.insert((spec.vip, spec.proto, port), idx as u32) {
+                    let first: &Service = &services[prev as usize];
+                    return Err(TableError::Overlap {
+                        first: first.name.clone(),
+                        second: spec.name,
+                        vip: spec.vip,
+                        port,
+                        proto: spec.proto,
+                    });
+                }
+            }
+            services.push(Service {
+                name: spec.name,
+                vip: spec.vip,
+                proto: spec.proto,
+                port_lo: spec.port_lo,
+                port_hi: spec.port_hi,
+                affinity: spec.affinity,
+                pools: spec.pools,
+                backends,
+                maglev,
+                stat: idx as u32,
+                by_addr,
+            });
+        }
+        Ok(RoutingTable {
+            generation,
+            local,
+            services,
+            hash_seed: hash_bytes(b"lb-flow-hash", 0),
+            backend_stats,
+            vips,
+            owned,
+            snat,
+            vip_addrs,
+        })
+    }
+
+    /// The service serving `dst`/`proto`/`dport` (an exact port first, then an every-port service).
+    #[inline]
+    pub fn service_for(&self, dst: Addr, proto: u8, dport: u16) -> Option<(u32, &Service)> {
+        let idx = match self.vips.get(&(dst, proto, dport)) {
+            Some(i) => *i,
+            None => *self.vips.get(&(dst, proto, 0))?,
+        };
+        Some((idx, &self.services[idx as usize]))
+    }
+
+    /// True for any address we answer for: VIPs, local and SNAT addresses.
+    #[inline]
+    pub fn owns(&self, a: Addr) -> bool {
+        self.owned.contains(&a)
+    }
+
+    /// True for a VIP.
+    #[inline]
+    pub fn is_vip(&self, a: Addr) -> bool {
+        self.vip_addrs.contains(&a)
+    }
+
+    /// True for a fullnat source address.
+    #[inline]
+    pub fn is_snat(&self, a: Addr) -> bool {
+        self.snat.contains(&a)
+    }
+
+    /// Number of per-backend counter slots a worker needs.
+    pub fn backend_stat_slots(&self) -> usize {
+        self.backend_stats as usize
+    }
+
+    /// Number of per-service counter slots a worker needs.
+    pub fn service_stat_slots(&self) -> usize {
+        self.services.len()
+    }
+}
+
+/// A fast, non-cryptographic hasher for the table's small keys. The keys stored come from config,
+/// so packets can only probe the map, not fill it with colliding keys.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 29;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^ (h >> 32)
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64)
+    }
+
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(i as u64)
+    }
+
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64)
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64)
+    }
+}
+
+/// `BuildHasher` for [`FastHasher`].
+pub type FastHash = BuildHasherDefault<FastHasher>;
