@@ -91,6 +91,17 @@ impl<'a> PacketBuf<'a> {
         true
     }
 
+    /// Moves the frame to `buf[head..head + len]` (after building a new frame in place via
+    /// [`PacketBuf::raw_mut`]). False (and unchanged) past the buffer's end.
+    pub fn set_bounds(&mut self, head: usize, len: usize) -> bool {
+        if head.checked_add(len).is_none_or(|end| end > self.buf.len()) {
+            return false;
+        }
+        self.head = head;
+        self.len = len;
+        true
+    }
+
     /// The whole underlying buffer and the frame's position in it, for building a new frame in place.
     pub fn raw_mut(&mut self) -> (&mut [u8], usize, usize) {
         (self.buf, self.head, self.len)

@@ -1,8 +1,10 @@
 //! One packet in, one verdict out: the whole L4 decision path the workers run.
 
-use crate::conntrack::Millis;
+use crate::conntrack::{self, Conntrack, Dir, FlowState, Hit, InsertError, Millis, TcpState};
+use crate::flow::{hash_addr, proto, Addr, FlowKey};
 use crate::packet::PacketBuf;
-use crate::table::RoutingTable;
+use crate::table::{Affinity, Mode, RoutingTable};
+use crate::wire::{self, checksum, Frag, Ipv4Fields, Ipv6Fields, ParseError, Parsed, L3};
 
 /// What to do with a frame after [`process`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,24 +113,1020 @@ impl Verdict {
     }
 }
 
-/// Per-worker state: conntrack, counters, port allocator.
-#[derive(Debug)]
-pub struct WorkerState {}
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
-impl WorkerState {
-    /// State for worker `worker` of `workers`, with a conntrack table sized by `ct`.
-    pub fn new(worker: u16, workers: u16, ct: crate::conntrack::Config) -> WorkerState {
-        let _ = (worker, workers, ct);
-        WorkerState {}
+/// TTL / hop limit of packets we originate (answers, outer headers).
+const OUR_TTL: u8 = 64;
+/// RFC 1812: an ICMPv4 error carries as much of the original as fits in 576 bytes.
+const ICMP4_MAX: usize = 576;
+/// RFC 4443: an ICMPv6 error must not exceed the minimum IPv6 MTU.
+const ICMP6_MAX: usize = 1280;
+
+/// Packets, bytes and new flows of one service or backend on one worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded (frame lengths as received).
+    pub bytes: u64,
+    /// Flows created.
+    pub new_flows: u64,
+}
+
+/// One worker's counters. Only the worker writes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames transmitted.
+    pub tx_packets: u64,
+    /// Bytes transmitted.
+    pub tx_bytes: u64,
+    /// Frames handed to the host.
+    pub to_host: u64,
+    /// Frames handed to the L7 proxy.
+    pub to_l7: u64,
+    /// Drops, indexed by `DropReason as usize`.
+    pub drops: [u64; DropReason::ALL.len()],
+    /// Per service, indexed by `Service::stat`.
+    pub services: Vec<FlowCounters>,
+    /// Per backend, indexed by `Backend::stat`.
+    pub backends: Vec<FlowCounters>,
+}
+
+impl Counters {
+    /// Drops for one reason.
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
     }
 }
 
-/// Runs one frame through the pipeline.
+/// What a tracked key does to the packets that match it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// Rewrite addresses and ports to `new_*` (nat, fullnat and their replies).
+    Rewrite,
+    /// Encapsulate in IP towards `new_dst` from `new_src`.
+    Ipip,
+    /// Encapsulate in UDP/GUE towards `new_dst:gue_port` from `new_src`.
+    Gue,
+    /// Change the destination MAC only.
+    Mac,
+}
+
+/// The per-key value stored in conntrack: everything needed to forward a packet of that direction
+/// without looking at the routing table, plus what identifies the backend across table swaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowValue {
+    action: Action,
+    mode: Mode,
+    new_src: Addr,
+    new_dst: Addr,
+    new_sport: u16,
+    new_dport: u16,
+    mac: [u8; 6],
+    gue_port: u16,
+    vip: Addr,
+    vport: u16,
+    proto: u8,
+    backend: Addr,
+    backend_port: u16,
+    generation: u64,
+    svc_stat: u32,
+    be_stat: u32,
+}
+
+/// Per-worker state: conntrack, counters, fullnat port allocator.
+#[derive(Debug)]
+pub struct WorkerState {
+    /// This worker's index.
+    pub worker: u16,
+    /// How many workers share the traffic.
+    pub workers: u16,
+    /// The connection table.
+    pub ct: Conntrack<FlowValue>,
+    /// Counters.
+    pub counters: Counters,
+    snat_lo: u16,
+    snat_hi: u16,
+    snat_next: u16,
+    generation: Option<u64>,
+}
+
+impl WorkerState {
+    /// State for worker `worker` of `workers`, with a conntrack table sized by `ct`.
+    pub fn new(worker: u16, workers: u16, ct: conntrack::Config) -> WorkerState {
+        WorkerState {
+            worker,
+            workers: workers.max(1),
+            ct: Conntrack::new(ct),
+            counters: Counters::default(),
+            snat_lo: 0,
+            snat_hi: 0,
+            snat_next: 0,
+            generation: None,
+        }
+    }
+
+    /// Adopts a new table: sizes the counters and this worker's slice of the fullnat ports.
+    /// Runs once per table generation (it may allocate), never per packet.
+    pub fn adopt(&mut self, table: &RoutingTable) {
+        let c = &mut self.counters;
+        if c.services.len() < table.service_stat_slots() {
+            c.services.resize(table.service_stat_slots(), FlowCounters::default());
+        }
+        if c.backends.len() < table.backend_stat_slots() {
+            c.backends.resize(table.backend_stat_slots(), FlowCounters::default());
+        }
+        let (lo, hi) = snat_slice(table.local.snat_ports, self.worker, self.workers);
+        if (lo, hi) != (self.snat_lo, self.snat_hi) {
+            self.snat_lo = lo;
+            self.snat_hi = hi;
+            self.snat_next = lo;
+        }
+        self.generation = Some(table.generation);
+    }
+
+    /// Next fullnat source port whose reply key (backend -> snat:port) is free.
+    fn alloc_port(&mut self, key: &mut FlowKey, now: Millis) -> Option<u16> {
+        if self.snat_hi < self.snat_lo || self.snat_lo == 0 {
+            return None;
+        }
+        let span = u32::from(self.snat_hi - self.snat_lo) + 1;
+        // Bounded: a burst must not stall on a crowded range; the next flow tries further on.
+        for _ in 0..span.min(64) {
+            let port = self.snat_next;
+            self.snat_next = if port >= self.snat_hi { self.snat_lo } else { port + 1 };
+            key.dport = port;
+            if self.ct.lookup(key, now).is_none() {
+                return Some(port);
+            }
+        }
+        None
+    }
+}
+
+/// Worker `w` of `n` gets the `w`-th of `n` equal slices of the port range.
+pub fn snat_slice(range: (u16, u16), w: u16, n: u16) -> (u16, u16) {
+    let (lo, hi) = range;
+    if hi < lo || n == 0 {
+        return (0, 0);
+    }
+    let per = (u32::from(hi - lo) + 1) / u32::from(n);
+    if per == 0 {
+        return (0, 0);
+    }
+    let start = u32::from(lo) + per * u32::from(w);
+    (start as u16, (start + per - 1) as u16)
+}
+
+/// Runs one frame through the pipeline: parse, classify, track, rewrite in place.
 pub fn process(
-    _state: &mut WorkerState,
-    _table: &RoutingTable,
-    _now: Millis,
-    _pkt: &mut PacketBuf<'_>,
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
 ) -> Verdict {
-    Verdict::Drop(DropReason::Truncated)
+    if state.generation != Some(table.generation) {
+        state.adopt(table);
+    }
+    state.counters.rx_packets += 1;
+    state.counters.rx_bytes += pkt.len() as u64;
+    let v = classify(state, table, now, pkt);
+    let c = &mut state.counters;
+    match v {
+        Verdict::Tx => {
+            c.tx_packets += 1;
+            c.tx_bytes += pkt.len() as u64;
+        }
+        Verdict::Drop(r) => c.drops[r as usize] += 1,
+        Verdict::ToHost => c.to_host += 1,
+        Verdict::ToL7 => c.to_l7 += 1,
+    }
+    v
+}
+
+fn classify(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+) -> Verdict {
+    let p = match wire::parse(pkt.data()) {
+        Ok(p) => p,
+        Err(e) => return parse_error(table, pkt.data(), e),
+    };
+    match p.l3 {
+        L3::Arp => return arp(table, pkt, &p),
+        L3::Other => return Verdict::ToHost,
+        L3::Ipv4 | L3::Ipv6 => {}
+    }
+    if p.frag != Frag::None {
+        return if table.is_vip(p.dst) {
+            Verdict::Drop(DropReason::Fragment)
+        } else {
+            Verdict::ToHost
+        };
+    }
+    match p.proto {
+        proto::TCP | proto::UDP => {
+            let key = FlowKey {
+                src: p.src,
+                dst: p.dst,
+                sport: p.sport,
+                dport: p.dport,
+                proto: p.proto,
+            };
+            if let Some(hit) = st.ct.lookup(&key, now) {
+                return tracked(st, table, now, pkt, &p, hit);
+            }
+            if table.is_vip(p.dst) {
+                return new_flow(st, table, now, pkt, &p, &key);
+            }
+            Verdict::ToHost
+        }
+        proto::ICMP if p.l3 == L3::Ipv4 => icmp(st, table, now, pkt, &p),
+        proto::ICMPV6 if p.l3 == L3::Ipv6 => icmp(st, table, now, pkt, &p),
+        _ if table.is_vip(p.dst) => Verdict::Drop(DropReason::NoService),
+        _ => Verdict::ToHost,
+    }
+}
+
+fn parse_error(table: &RoutingTable, frame: &[u8], e: ParseError) -> Verdict {
+    Verdict::Drop(match e {
+        ParseError::Truncated => DropReason::Truncated,
+        ParseError::BadIpChecksum => DropReason::BadIpChecksum,
+        ParseError::UnsupportedExtension => {
+            // Only IPv6 gets here; a packet for someone else is the host's business.
+            let off = if wire::be16(frame, 12) == Some(wire::ETHERTYPE_VLAN) { 18 } else { 14 };
+            match frame.get(off + 24..off + 40).and_then(Addr::from_wire) {
+                Some(dst) if table.owns(dst) => DropReason::UnsupportedExtension,
+                _ => return Verdict::ToHost,
+            }
+        }
+        ParseError::BadIhl
+        | ParseError::BadVersion
+        | ParseError::BadLength
+        | ParseError::BadTcpHeader
+        | ParseError::BadUdpLength => DropReason::Malformed,
+    })
+}
+
+/// A packet of a tracked flow: the stored rewrite wins over the current table, as long as the
+/// flow's backend is still in its service.
+fn tracked(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    p: &Parsed,
+    hit: Hit,
+) -> Verdict {
+    let mut val = *st.ct.value(hit.slot);
+    if val.generation != table.generation {
+        match revalidate(table, &mut val, hit.dir) {
+            Some(()) => *st.ct.value_mut(hit.slot) = val,
+            None => {
+                st.ct.remove(hit.flow);
+                return Verdict::Drop(DropReason::BackendGone);
+            }
+        }
+    }
+    st.ct.observe(hit.flow, hit.dir, p.tcp_flags, now);
+    let len = pkt.len() as u64;
+    count(&mut st.counters, &val, len, false);
+    apply(table, pkt, p, &val, p.sport)
+}
+
+/// Re-finds a flow's service and backend in a new table; `None` when the backend is gone.
+fn revalidate(table: &RoutingTable, val: &mut FlowValue, dir: Dir) -> Option<()> {
+    let (_, svc) = table.service_for(val.vip, val.proto, val.vport)?;
+    let bi = svc.backend_index(val.backend, val.backend_port)?;
+    let be = svc.backends.get(bi as usize)?;
+    if dir == Dir::Original {
+        val.mac = be.mac;
+    }
+    val.svc_stat = svc.stat;
+    val.be_stat = be.stat;
+    val.generation = table.generation;
+    Some(())
+}
+
+fn count(c: &mut Counters, val: &FlowValue, len: u64, new: bool) {
+    if let Some(s) = c.services.get_mut(val.svc_stat as usize) {
+        s.packets += 1;
+        s.bytes += len;
+        s.new_flows += u64::from(new);
+    }
+    if let Some(b) = c.backends.get_mut(val.be_stat as usize) {
+        b.packets += 1;
+        b.bytes += len;
+        b.new_flows += u64::from(new);
+    }
+}
+
+fn new_flow(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    p: &Parsed,
+    key: &FlowKey,
+) -> Verdict {
+    let Some((_, svc)) = table.service_for(p.dst, p.proto, p.dport) else {
+        return Verdict::Drop(DropReason::NoService);
+    };
+    let tcp = p.proto == proto::TCP;
+    let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+    if tcp && !syn && p.tcp_flags & (TCP_RST | TCP_SYN) != 0 {
+        // A stray RST or SYN+ACK must not create state.
+        return Verdict::Drop(DropReason::NoFlow);
+    }
+    if !wire::verify_l4_checksum(pkt.data(), p) {
+        return Verdict::Drop(DropReason::BadL4Checksum);
+    }
+    let hash = match svc.affinity {
+        Affinity::None => key.hash(table.hash_seed),
+        Affinity::ClientIp => hash_addr(&p.src, table.hash_seed),
+    };
+    let Some(bi) = svc.maglev.lookup(hash) else {
+        return Verdict::Drop(DropReason::NoBackend);
+    };
+    let Some(be) = svc.backends.get(bi as usize) else {
+        return Verdict::Drop(DropReason::NoBackend);
+    };
+    let Some(pool) = svc.pools.get(be.pool as usize) else {
+        return Verdict::Drop(DropReason::NoBackend);
+    };
+    if tcp && !syn && pool.mode == Mode::FullNat {
+        return Verdict::Drop(DropReason::NoFlow);
+    }
+    let bport = if be.port == 0 { p.dport } else { be.port };
+    let client_mac = src_mac(pkt.data());
+    let mut fwd = FlowValue {
+        action: Action::Rewrite,
+        mode: pool.mode,
+        new_src: p.src,
+        new_dst: be.addr,
+        new_sport: p.sport,
+        new_dport: bport,
+        mac: be.mac,
+        gue_port: pool.gue_port,
+        vip: p.dst,
+        vport: p.dport,
+        proto: p.proto,
+        backend: be.addr,
+        backend_port: be.port,
+        generation: table.generation,
+        svc_stat: svc.stat,
+        be_stat: be.stat,
+    };
+    let mut reply = None;
+    match pool.mode {
+        Mode::FullNat => {
+            let want_v4 = be.addr.is_v4();
+            let Some(snat) = pool.snat.iter().find(|a| a.is_v4() == want_v4) else {
+                return Verdict::Drop(DropReason::Unsupported);
+            };
+            let mut rkey = FlowKey {
+                src: be.addr,
+                dst: *snat,
+                sport: bport,
+                dport: 0,
+                proto: p.proto,
+            };
+            let Some(port) = st.alloc_port(&mut rkey, now) else {
+                return Verdict::Drop(DropReason::SnatExhausted);
+            };
+            fwd.new_src = *snat;
+            fwd.new_sport = port;
+            reply = Some(rkey);
+        }
+        Mode::Nat => {
+            reply = Some(FlowKey {
+                src: be.addr,
+                dst: p.src,
+                sport: bport,
+                dport: p.sport,
+                proto: p.proto,
+            });
+        }
+        Mode::DsrIpip | Mode::DsrGue => {
+            let src = if be.addr.is_v4() {
+                pool.encap_src_v4
+            } else {
+                pool.encap_src_v6
+            };
+            let Some(src) = src else {
+                return Verdict::Drop(DropReason::Unsupported);
+            };
+            fwd.action = if pool.mode == Mode::DsrIpip {
+                Action::Ipip
+            } else {
+                Action::Gue
+            };
+            fwd.new_src = src;
+            fwd.new_sport = p.sport;
+            fwd.new_dport = p.dport;
+        }
+        Mode::Dr => {
+            fwd.action = Action::Mac;
+            fwd.new_dport = p.dport;
+        }
+    }
+    let rev = reply.map(|rk| {
+        let v = FlowValue {
+            action: Action::Rewrite,
+            new_src: p.dst,
+            new_dst: p.src,
+            new_sport: p.dport,
+            new_dport: p.sport,
+            mac: client_mac,
+            ..fwd
+        };
+        (rk, v)
+    });
+    let initial = if tcp {
+        FlowState::Tcp(TcpState::SynSent)
+    } else {
+        FlowState::Udp { replied: false }
+    };
+    if let Err(e) = st.ct.insert(now, (key, fwd), rev.as_ref().map(|(k, v)| (k, *v)), initial) {
+        return Verdict::Drop(match e {
+            InsertError::Full | InsertError::Exists => DropReason::ConntrackFull,
+            InsertError::EmbryonicBudget => DropReason::EmbryonicBudget,
+        });
+    }
+    let len = pkt.len() as u64;
+    count(&mut st.counters, &fwd, len, true);
+    apply(table, pkt, p, &fwd, p.sport)
+}
+
+/// Forwards a packet according to a flow value. `entropy` is the GUE source port.
+fn apply(
+    table: &RoutingTable,
+    pkt: &mut PacketBuf<'_>,
+    p: &Parsed,
+    val: &FlowValue,
+    entropy: u16,
+) -> Verdict {
+    match val.action {
+        Action::Rewrite => {
+            if val.new_src.is_v4() != (p.l3 == L3::Ipv4) || val.new_dst.is_v4() != val.new_src.is_v4()
+            {
+                return Verdict::Drop(DropReason::Unsupported);
+            }
+            let d = pkt.data_mut();
+            rewrite_l3l4(d, p, val.new_src, val.new_dst, val.new_sport, val.new_dport);
+            set_macs(d, val.mac, table.local.mac);
+            Verdict::Tx
+        }
+        Action::Mac => {
+            set_macs(pkt.data_mut(), val.mac, table.local.mac);
+            Verdict::Tx
+        }
+        Action::Ipip | Action::Gue => encap(table, pkt, p, val, entropy),
+    }
+}
+
+fn src_mac(frame: &[u8]) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    if let Some(s) = frame.get(6..12) {
+        m.copy_from_slice(s);
+    }
+    m
+}
+
+fn set_macs(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
+    if let Some(h) = frame.get_mut(..12) {
+        h[..6].copy_from_slice(&dst);
+        h[6..].copy_from_slice(&src);
+    }
+}
+
+/// Offset of the TCP/UDP checksum field inside the transport header, if it has one we maintain.
+fn l4_csum_off(proto: u8) -> Option<usize> {
+    match proto {
+        proto::TCP => Some(16),
+        proto::UDP => Some(6),
+        _ => None,
+    }
+}
+
+/// Rewrites the addresses and ports of an IP packet in place (same family), with incremental
+/// checksum updates (RFC 1624) of the IPv4 header and the TCP/UDP checksum. `l3`/`l4` are offsets
+/// in `frame`; `l4_end` bounds the transport bytes present (quotes in ICMP errors are truncated).
+#[allow(clippy::too_many_arguments)]
+fn rewrite_at(
+    frame: &mut [u8],
+    l3: usize,
+    l4: usize,
+    l4_end: usize,
+    v4: bool,
+    proto: u8,
+    src: Addr,
+    dst: Addr,
+    sport: u16,
+    dport: u16,
+) {
+    let (a_off, a_len) = if v4 { (l3 + 12, 8) } else { (l3 + 8, 32) };
+    let Some(addrs) = frame.get_mut(a_off..a_off + a_len) else {
+        return;
+    };
+    let mut old = [0u8; 32];
+    old[..a_len].copy_from_slice(addrs);
+    let half = a_len / 2;
+    addrs[..half].copy_from_slice(src.wire_bytes());
+    addrs[half..].copy_from_slice(dst.wire_bytes());
+    let mut new = [0u8; 32];
+    new[..a_len].copy_from_slice(&frame[a_off..a_off + a_len]);
+    if v4 {
+        if let Some(c) = wire::be16(frame, l3 + 10) {
+            let c = checksum::update_bytes(c, &old[..a_len], &new[..a_len]);
+            wire::put_be16(frame, l3 + 10, c);
+        }
+    }
+    let has_ports = l4 + 4 <= l4_end;
+    let (old_sp, old_dp) = if has_ports {
+        let sp = wire::be16(frame, l4).unwrap_or(0);
+        let dp = wire::be16(frame, l4 + 2).unwrap_or(0);
+        wire::put_be16(frame, l4, sport);
+        wire::put_be16(frame, l4 + 2, dport);
+        (sp, dp)
+    } else {
+        (sport, dport)
+    };
+    let Some(co) = l4_csum_off(proto) else {
+        return;
+    };
+    if l4 + co + 2 > l4_end {
+        return;
+    }
+    let Some(c) = wire::be16(frame, l4 + co) else {
+        return;
+    };
+    if proto == proto::UDP && c == 0 && v4 {
+        return; // IPv4 UDP without checksum stays without one.
+    }
+    let mut c = checksum::update_bytes(c, &old[..a_len], &new[..a_len]);
+    c = checksum::update16(c, old_sp, sport);
+    c = checksum::update16(c, old_dp, dport);
+    if proto == proto::UDP && c == 0 {
+        c = 0xffff;
+    }
+    wire::put_be16(frame, l4 + co, c);
+}
+
+fn rewrite_l3l4(frame: &mut [u8], p: &Parsed, src: Addr, dst: Addr, sport: u16, dport: u16) {
+    rewrite_at(
+        frame,
+        p.l3_off,
+        p.l4_off,
+        p.l3_end,
+        p.l3 == L3::Ipv4,
+        p.proto,
+        src,
+        dst,
+        sport,
+        dport,
+    );
+}
+
+/// The IPv4 TOS / IPv6 traffic class of the packet at `l3`.
+fn tos(frame: &[u8], p: &Parsed) -> u8 {
+    let b0 = frame.get(p.l3_off).copied().unwrap_or(0);
+    let b1 = frame.get(p.l3_off + 1).copied().unwrap_or(0);
+    if p.l3 == L3::Ipv4 {
+        b1
+    } else {
+        (b0 << 4) | (b1 >> 4)
+    }
+}
+
+/// Puts the frame's IP packet, unchanged, inside an outer IP (and UDP for GUE) header.
+fn encap(
+    table: &RoutingTable,
+    pkt: &mut PacketBuf<'_>,
+    p: &Parsed,
+    val: &FlowValue,
+    entropy: u16,
+) -> Verdict {
+    let inner_len = p.l3_end - p.l3_off;
+    let outer_v4 = val.new_dst.is_v4();
+    if outer_v4 && p.l3 == L3::Ipv6 {
+        return Verdict::Drop(DropReason::Unsupported);
+    }
+    let ip_len = if outer_v4 { 20 } else { 40 };
+    let udp_len = if val.action == Action::Gue { 8 } else { 0 };
+    let overhead = ip_len + udp_len;
+    let mtu = usize::from(table.local.mtu);
+    if inner_len + overhead > mtu {
+        let report = mtu.saturating_sub(overhead) as u32;
+        return too_big(table, pkt, p, report);
+    }
+    let inner_tos = tos(pkt.data(), p);
+    if !pkt.set_len(p.l3_end) || !pkt.push_front(overhead) {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
+    let l2 = p.l3_off;
+    let d = pkt.data_mut();
+    let outer_type = if outer_v4 {
+        wire::ETHERTYPE_IPV4
+    } else {
+        wire::ETHERTYPE_IPV6
+    };
+    if wire::write_eth(d, val.mac, table.local.mac, p.vlan, outer_type).is_none() {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
+    let next = if udp_len > 0 {
+        proto::UDP
+    } else if p.l3 == L3::Ipv4 {
+        proto::IPIP
+    } else {
+        proto::IPV6
+    };
+    let payload = (inner_len + udp_len) as u16;
+    let Some(out) = d.get_mut(l2..) else {
+        return Verdict::Drop(DropReason::NoRoom);
+    };
+    let written = if outer_v4 {
+        wire::write_ipv4(
+            out,
+            &Ipv4Fields {
+                src: val.new_src.v4_octets(),
+                dst: val.new_dst.v4_octets(),
+                proto: next,
+                payload_len: payload,
+                ttl: OUR_TTL,
+                tos: inner_tos,
+                id: 0,
+                flags_frag: 0,
+            },
+        )
+    } else {
+        wire::write_ipv6(
+            out,
+            &Ipv6Fields {
+                src: val.new_src.0,
+                dst: val.new_dst.0,
+                next_header: next,
+                payload_len: payload,
+                hop_limit: OUR_TTL,
+                traffic_class: inner_tos,
+                flow_label: 0,
+            },
+        )
+    };
+    if written.is_none() {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
+    if udp_len > 0 {
+        let Some(udp) = out.get_mut(ip_len..) else {
+            return Verdict::Drop(DropReason::NoRoom);
+        };
+        if wire::write_udp(udp, entropy, val.gue_port, (inner_len + 8) as u16).is_none() {
+            return Verdict::Drop(DropReason::NoRoom);
+        }
+        if !outer_v4 {
+            let seg = &mut udp[..inner_len + 8];
+            let mut c = checksum::l4(&val.new_src, &val.new_dst, proto::UDP, seg);
+            if c == 0 {
+                c = 0xffff;
+            }
+            wire::put_be16(seg, 6, c);
+        }
+    }
+    Verdict::Tx
+}
+
+/// Answers the client with ICMP fragmentation needed / packet too big quoting its packet.
+fn too_big(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed, mtu: u32) -> Verdict {
+    let v4 = p.l3 == L3::Ipv4;
+    let (ip_len, max) = if v4 { (20, ICMP4_MAX) } else { (40, ICMP6_MAX) };
+    let inner_len = p.l3_end - p.l3_off;
+    let quote = inner_len.min(max - ip_len - 8);
+    let client_mac = src_mac(pkt.data());
+    let (client, vip) = (p.src, p.dst);
+    let l2 = p.l3_off;
+    let (buf, head, _) = pkt.raw_mut();
+    let from = head + l2;
+    let to = from + ip_len + 8;
+    if to + quote > buf.len() {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
+    buf.copy_within(from..from + quote, to);
+    let frame = &mut buf[head..to + quote];
+    let ethertype = if v4 {
+        wire::ETHERTYPE_IPV4
+    } else {
+        wire::ETHERTYPE_IPV6
+    };
+    if wire::write_eth(frame, client_mac, table.local.mac, p.vlan, ethertype).is_none() {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
+    let icmp_len = 8 + quote;
+    let ip = &mut frame[l2..];
+    let ok = if v4 {
+        wire::write_ipv4(
+            ip,
+            &Ipv4Fields {
+                src: vip.v4_octets(),
+                dst: client.v4_octets(),
+                proto: proto::ICMP,
+                payload_len: icmp_len as u16,
+                ttl: OUR_TTL,
+                tos: 0,
+                id: 0,
+                flags_frag: 0,
+            },
+        )
+    } else {
+        wire::write_ipv6(
+            ip,
+            &Ipv6Fields {
+                src: vip.0,
+                dst: client.0,
+                next_header: proto::ICMPV6,
+                payload_len: icmp_len as u16,
+                hop_limit: OUR_TTL,
+                traffic_class: 0,
+                flow_label: 0,
+            },
+        )
+    };
+    if ok.is_none() {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
+    let icmp = &mut ip[ip_len..ip_len + icmp_len];
+    if v4 {
+        icmp[..8].copy_from_slice(&[3, 4, 0, 0, 0, 0, (mtu >> 8) as u8, mtu as u8]);
+        let c = checksum::fold(checksum::sum(icmp, 0));
+        wire::put_be16(icmp, 2, c);
+    } else {
+        let m = mtu.to_be_bytes();
+        icmp[..8].copy_from_slice(&[2, 0, 0, 0, m[0], m[1], m[2], m[3]]);
+        let c = checksum::l4(&vip, &client, proto::ICMPV6, icmp);
+        wire::put_be16(icmp, 2, c);
+    }
+    if pkt.set_bounds(head, l2 + ip_len + icmp_len) {
+        Verdict::Tx
+    } else {
+        Verdict::Drop(DropReason::NoRoom)
+    }
+}
+
+fn arp(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verdict {
+    let a = p.l3_off;
+    let local_mac = table.local.mac;
+    let d = pkt.data_mut();
+    let Some(arp) = d.get(a..a + 28) else {
+        return Verdict::Drop(DropReason::Truncated);
+    };
+    // Ethernet/IPv4 request only.
+    if arp[..8] != [0, 1, 8, 0, 6, 4, 0, 1] {
+        return Verdict::ToHost;
+    }
+    let mut spa = [0u8; 4];
+    spa.copy_from_slice(&arp[14..18]);
+    let mut tpa = [0u8; 4];
+    tpa.copy_from_slice(&arp[24..28]);
+    if spa == tpa || !table.owns(Addr::v4(tpa)) {
+        // Gratuitous announcements and other hosts' addresses are the host's business.
+        return Verdict::ToHost;
+    }
+    let mut sha = [0u8; 6];
+    sha.copy_from_slice(&arp[8..14]);
+    let eth_src = src_mac(d);
+    let arp = &mut d[a..a + 28];
+    arp[7] = 2;
+    arp[8..14].copy_from_slice(&local_mac);
+    arp[14..18].copy_from_slice(&tpa);
+    arp[18..24].copy_from_slice(&sha);
+    arp[24..28].copy_from_slice(&spa);
+    set_macs(d, eth_src, local_mac);
+    Verdict::Tx
+}
+
+fn is_icmp_error(v6: bool, t: u8) -> bool {
+    if v6 {
+        (1..=4).contains(&t)
+    } else {
+        matches!(t, 3 | 4 | 11 | 12)
+    }
+}
+
+fn icmp(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    p: &Parsed,
+) -> Verdict {
+    let v6 = p.l3 == L3::Ipv6;
+    if p.l4_off + 8 > p.l3_end {
+        return if table.owns(p.dst) {
+            Verdict::Drop(DropReason::Truncated)
+        } else {
+            Verdict::ToHost
+        };
+    }
+    if is_icmp_error(v6, p.icmp_type) {
+        if let Some(q) = wire::parse_icmp_quote(pkt.data(), p) {
+            if q.ports_present && matches!(q.proto, proto::TCP | proto::UDP) {
+                let key = FlowKey {
+                    src: q.dst,
+                    dst: q.src,
+                    sport: q.dport,
+                    dport: q.sport,
+                    proto: q.proto,
+                };
+                if let Some(hit) = st.ct.lookup(&key, now) {
+                    return icmp_error_tracked(st, table, pkt, p, &q, hit);
+                }
+            }
+        }
+        return if table.owns(p.dst) {
+            Verdict::Drop(DropReason::IcmpUntracked)
+        } else {
+            Verdict::ToHost
+        };
+    }
+    if v6 && p.icmp_type == 135 {
+        return neighbor_solicitation(table, pkt, p);
+    }
+    if !table.owns(p.dst) {
+        return Verdict::ToHost;
+    }
+    let echo_request = if v6 { 128 } else { 8 };
+    if p.icmp_type != echo_request || p.icmp_code != 0 {
+        return Verdict::ToHost;
+    }
+    if !wire::verify_l4_checksum(pkt.data(), p) {
+        return Verdict::Drop(DropReason::BadL4Checksum);
+    }
+    echo_reply(table, pkt, p)
+}
+
+fn echo_reply(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verdict {
+    let v4 = p.l3 == L3::Ipv4;
+    let d = pkt.data_mut();
+    let l3 = p.l3_off;
+    let (a_off, half) = if v4 { (l3 + 12, 4) } else { (l3 + 8, 16) };
+    if let Some(addrs) = d.get_mut(a_off..a_off + 2 * half) {
+        let (s, t) = addrs.split_at_mut(half);
+        s.swap_with_slice(t);
+    }
+    if v4 {
+        d[l3 + 8] = OUR_TTL;
+        wire::put_be16(d, l3 + 10, 0);
+        let c = checksum::ipv4_header(&d[l3..p.l4_off]);
+        wire::put_be16(d, l3 + 10, c);
+    } else {
+        d[l3 + 7] = OUR_TTL;
+    }
+    let reply = if v4 { 0 } else { 129 };
+    let l4 = p.l4_off;
+    let old = u16::from_be_bytes([d[l4], d[l4 + 1]]);
+    d[l4] = reply;
+    let new = u16::from_be_bytes([d[l4], d[l4 + 1]]);
+    if let Some(c) = wire::be16(d, l4 + 2) {
+        wire::put_be16(d, l4 + 2, checksum::update16(c, old, new));
+    }
+    let eth_src = src_mac(d);
+    set_macs(d, eth_src, table.local.mac);
+    Verdict::Tx
+}
+
+/// Answers an ICMPv6 neighbor solicitation for one of our addresses with an advertisement.
+fn neighbor_solicitation(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verdict {
+    let l4 = p.l4_off;
+    let data = pkt.data();
+    let Some(target) = data.get(l4 + 8..l4 + 24).and_then(Addr::from_wire) else {
+        return Verdict::ToHost;
+    };
+    // RFC 4861 7.1.1: hop limit 255, code 0, at least 24 bytes.
+    if p.ttl != 255 || p.icmp_code != 0 || p.l3_end < l4 + 24 || !table.owns(target) {
+        return Verdict::ToHost;
+    }
+    if !wire::verify_l4_checksum(data, p) {
+        return Verdict::Drop(DropReason::BadL4Checksum);
+    }
+    let dad = p.src == Addr::default();
+    let all_nodes = Addr::v6([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    let dst = if dad { all_nodes } else { p.src };
+    let dst_mac = if dad {
+        [0x33, 0x33, 0, 0, 0, 1]
+    } else {
+        src_mac(data)
+    };
+    let l3 = p.l3_off;
+    let len = l4 + 32;
+    if !pkt.set_len(len) {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
+    let mac = table.local.mac;
+    let d = pkt.data_mut();
+    set_macs(d, dst_mac, mac);
+    let Some(ip) = d.get_mut(l3..) else {
+        return Verdict::Drop(DropReason::NoRoom);
+    };
+    if wire::write_ipv6(
+        ip,
+        &Ipv6Fields {
+            src: target.0,
+            dst: dst.0,
+            next_header: proto::ICMPV6,
+            payload_len: 32,
+            hop_limit: 255,
+            traffic_class: 0,
+            flow_label: 0,
+        },
+    )
+    .is_none()
+    {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
+    let flags = if dad { 0x20 } else { 0x60 }; // Override, plus Solicited when answering a host.
+    let na = &mut d[l4..len];
+    na[..8].copy_from_slice(&[136, 0, 0, 0, flags, 0, 0, 0]);
+    na[8..24].copy_from_slice(&target.0);
+    na[24..26].copy_from_slice(&[2, 1]);
+    na[26..32].copy_from_slice(&mac);
+    let c = checksum::l4(&target, &dst, proto::ICMPV6, na);
+    wire::put_be16(na, 2, c);
+    Verdict::Tx
+}
+
+/// An ICMP error about a tracked flow goes to the flow's other end, rewritten so it makes sense
+/// there: the outer header is re-addressed and the quoted header is put back into that end's view.
+fn icmp_error_tracked(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    pkt: &mut PacketBuf<'_>,
+    p: &Parsed,
+    q: &wire::Quoted,
+    hit: Hit,
+) -> Verdict {
+    let val = *st.ct.value(hit.slot);
+    match val.action {
+        // The client's side of a dsr/dr flow: the backend needs the error unchanged.
+        Action::Ipip | Action::Gue => return apply(table, pkt, p, &val, q.dport),
+        Action::Mac => return apply(table, pkt, p, &val, 0),
+        Action::Rewrite => {}
+    }
+    if val.new_src.is_v4() != (p.l3 == L3::Ipv4) || q.v6 == val.new_src.is_v4() {
+        return Verdict::Drop(DropReason::Unsupported);
+    }
+    let outer_src = if hit.dir == Dir::Reply || val.mode == Mode::FullNat {
+        val.new_src
+    } else {
+        p.src
+    };
+    let v4 = p.l3 == L3::Ipv4;
+    let d = pkt.data_mut();
+    // Quoted packet: the flow as the receiver of this error sent it.
+    rewrite_at(
+        d,
+        q.l3_off,
+        q.l4_off,
+        q.end,
+        !q.v6,
+        q.proto,
+        val.new_dst,
+        val.new_src,
+        val.new_dport,
+        val.new_sport,
+    );
+    if !q.v6 && q.l4_off <= q.end {
+        wire::put_be16(d, q.l3_off + 10, 0);
+        let c = checksum::ipv4_header(&d[q.l3_off..q.l4_off]);
+        wire::put_be16(d, q.l3_off + 10, c);
+    }
+    // Outer header.
+    let l3 = p.l3_off;
+    if v4 {
+        d[l3 + 12..l3 + 16].copy_from_slice(&outer_src.v4_octets());
+        d[l3 + 16..l3 + 20].copy_from_slice(&val.new_dst.v4_octets());
+        wire::put_be16(d, l3 + 10, 0);
+        let c = checksum::ipv4_header(&d[l3..p.l4_off]);
+        wire::put_be16(d, l3 + 10, c);
+    } else {
+        d[l3 + 8..l3 + 24].copy_from_slice(&outer_src.0);
+        d[l3 + 24..l3 + 40].copy_from_slice(&val.new_dst.0);
+    }
+    let icmp = &mut d[p.l4_off..p.l3_end];
+    wire::put_be16(icmp, 2, 0);
+    let c = if v4 {
+        checksum::fold(checksum::sum(icmp, 0))
+    } else {
+        checksum::l4(&outer_src, &val.new_dst, proto::ICMPV6, icmp)
+    };
+    wire::put_be16(icmp, 2, c);
+    set_macs(d, val.mac, table.local.mac);
+    Verdict::Tx
 }
