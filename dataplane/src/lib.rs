@@ -10,6 +10,7 @@ pub mod flow;
 pub mod maglev;
 pub mod packet;
 pub mod pipeline;
+pub mod sample;
 pub mod table;
 pub mod wire;
 

@@ -1,0 +1,109 @@
+//! A small, fixed routing table and frame builders, shared by benchmarks, the instruction counter,
+//! fuzz targets and tests, so they all exercise the same realistic setup.
+
+use crate::flow::{proto, Addr};
+use crate::maglev::DEFAULT_TABLE_SIZE;
+use crate::table::{Affinity, Backend, Local, Mode, Pool, RoutingTable, ServiceSpec};
+use crate::wire::{self, checksum, Ipv4Fields};
+
+/// Our MAC in the sample table.
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The client-side router's MAC.
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+/// The fullnat VIP (TCP port 80).
+pub const VIP_FULLNAT: Addr = Addr::v4([198, 18, 0, 100]);
+/// The dsr-ipip VIP (TCP port 80).
+pub const VIP_IPIP: Addr = Addr::v4([198, 18, 0, 101]);
+/// The fullnat source address.
+pub const SNAT: Addr = Addr::v4([198, 18, 0, 2]);
+
+/// A table with two services of `backends` backends each: fullnat on [`VIP_FULLNAT`] and dsr-ipip
+/// on [`VIP_IPIP`], both TCP port 80, backends in 198.18.1.0/24 and 198.18.2.0/24.
+pub fn table(generation: u64, backends: u8) -> RoutingTable {
+    let local = Local {
+        mac: LB_MAC,
+        addrs: vec![Addr::v4([198, 18, 0, 1])],
+        mtu: 1500,
+        snat_ports: (1024, 65535),
+    };
+    let mk = |net: u8, pool: u16| -> Vec<Backend> {
+        (0..backends)
+            .map(|i| Backend {
+                addr: Addr::v4([198, 18, net, 10 + i]),
+                port: 8080,
+                weight: 1,
+                mac: [0x02, 0, 0, 0, net, 10 + i],
+                pool,
+                stat: 0,
+            })
+            .collect()
+    };
+    let svc = |name: &str, vip: Addr, mode: Mode, net: u8| ServiceSpec {
+        name: name.into(),
+        vip,
+        proto: proto::TCP,
+        port_lo: 80,
+        port_hi: 80,
+        affinity: Affinity::None,
+        table_size: DEFAULT_TABLE_SIZE,
+        pools: vec![Pool {
+            name: "pool".into(),
+            mode,
+            snat: vec![SNAT],
+            encap_src_v4: Some(Addr::v4([198, 18, 0, 1])),
+            encap_src_v6: None,
+            gue_port: 6080,
+        }],
+        backends: mk(net, 0),
+    };
+    RoutingTable::new(
+        generation,
+        local,
+        vec![
+            svc("fullnat", VIP_FULLNAT, Mode::FullNat, 1),
+            svc("ipip", VIP_IPIP, Mode::DsrIpip, 2),
+        ],
+    )
+    .expect("the sample table is valid")
+}
+
+/// Writes an Ethernet + IPv4 + TCP frame with valid checksums into `buf`; returns its length.
+/// `buf` must hold at least 54 + `payload` bytes.
+pub fn tcp4(
+    buf: &mut [u8],
+    src: Addr,
+    dst: Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: usize,
+) -> usize {
+    let len = 14 + 20 + 20 + payload;
+    let frame = &mut buf[..len];
+    frame.fill(0);
+    wire::write_eth(frame, LB_MAC, CLIENT_MAC, None, wire::ETHERTYPE_IPV4).expect("room");
+    wire::write_ipv4(
+        &mut frame[14..],
+        &Ipv4Fields {
+            src: src.v4_octets(),
+            dst: dst.v4_octets(),
+            proto: proto::TCP,
+            payload_len: (20 + payload) as u16,
+            ttl: 64,
+            tos: 0,
+            id: 1,
+            flags_frag: 0x4000,
+        },
+    )
+    .expect("room");
+    let tcp = &mut frame[34..];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let c = checksum::l4(&src, &dst, proto::TCP, tcp);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    len
+}
