@@ -363,7 +363,7 @@ fn parse_error(table: &RoutingTable, frame: &[u8], e: ParseError) -> Verdict {
         ParseError::BadIpChecksum => DropReason::BadIpChecksum,
         ParseError::UnsupportedExtension => {
             // Only IPv6 gets here; a packet for someone else is the host's business.
-            let off = if wire::be16(frame, 12) == Some(wire::ETHERTYPE_VLAN) { 18 } else { 14 };
+            let off = if wire::be16(frame, 12) == wire::ETHERTYPE_VLAN { 18 } else { 14 };
             match frame.get(off + 24..off + 40).and_then(Addr::from_wire) {
                 Some(dst) if table.owns(dst) => DropReason::UnsupportedExtension,
                 _ => return Verdict::ToHost,
@@ -646,15 +646,13 @@ fn rewrite_at(
     let mut new = [0u8; 32];
     new[..a_len].copy_from_slice(&frame[a_off..a_off + a_len]);
     if v4 {
-        if let Some(c) = wire::be16(frame, l3 + 10) {
-            let c = checksum::update_bytes(c, &old[..a_len], &new[..a_len]);
-            wire::put_be16(frame, l3 + 10, c);
-        }
+        let c = checksum::update_bytes(wire::be16(frame, l3 + 10), &old[..a_len], &new[..a_len]);
+        wire::put_be16(frame, l3 + 10, c);
     }
     let has_ports = l4 + 4 <= l4_end;
     let (old_sp, old_dp) = if has_ports {
-        let sp = wire::be16(frame, l4).unwrap_or(0);
-        let dp = wire::be16(frame, l4 + 2).unwrap_or(0);
+        let sp = wire::be16(frame, l4);
+        let dp = wire::be16(frame, l4 + 2);
         wire::put_be16(frame, l4, sport);
         wire::put_be16(frame, l4 + 2, dport);
         (sp, dp)
@@ -667,9 +665,7 @@ fn rewrite_at(
     if l4 + co + 2 > l4_end {
         return;
     }
-    let Some(c) = wire::be16(frame, l4 + co) else {
-        return;
-    };
+    let c = wire::be16(frame, l4 + co);
     if proto == proto::UDP && c == 0 && v4 {
         return; // IPv4 UDP without checksum stays without one.
     }
@@ -912,14 +908,6 @@ fn arp(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verdict {
     Verdict::Tx
 }
 
-fn is_icmp_error(v6: bool, t: u8) -> bool {
-    if v6 {
-        (1..=4).contains(&t)
-    } else {
-        matches!(t, 3 | 4 | 11 | 12)
-    }
-}
-
 fn icmp(
     st: &mut WorkerState,
     table: &RoutingTable,
@@ -935,7 +923,12 @@ fn icmp(
             Verdict::ToHost
         };
     }
-    if is_icmp_error(v6, p.icmp_type) {
+    let error = if v6 {
+        wire::is_icmpv6_error(p.icmp_type)
+    } else {
+        wire::is_icmpv4_error(p.icmp_type)
+    };
+    if error {
         if let Some(q) = wire::parse_icmp_quote(pkt.data(), p) {
             if q.ports_present && matches!(q.proto, proto::TCP | proto::UDP) {
                 let key = FlowKey {
@@ -994,9 +987,8 @@ fn echo_reply(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verd
     let old = u16::from_be_bytes([d[l4], d[l4 + 1]]);
     d[l4] = reply;
     let new = u16::from_be_bytes([d[l4], d[l4 + 1]]);
-    if let Some(c) = wire::be16(d, l4 + 2) {
-        wire::put_be16(d, l4 + 2, checksum::update16(c, old, new));
-    }
+    let c = checksum::update16(wire::be16(d, l4 + 2), old, new);
+    wire::put_be16(d, l4 + 2, c);
     let eth_src = src_mac(d);
     set_macs(d, eth_src, table.local.mac);
     Verdict::Tx
