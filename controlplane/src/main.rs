@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use controlplane::{compile, config, sim};
 use tracing_subscriber::EnvFilter;
@@ -65,8 +64,15 @@ fn main() -> ExitCode {
 
 fn load_and_compile(path: &Path) -> anyhow::Result<(config::Config, compile::Compiled)> {
     let cfg = config::load(path)?;
-    let compiled = compile::compile(&cfg, 1)
-        .with_context(|| format!("{}: the configuration does not compile", path.display()))?;
+    // One problem per line, so a long list stays readable and greppable.
+    let compiled = compile::compile(&cfg, 1).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {} problem(s) in the configuration:\n  {}",
+            path.display(),
+            e.problems.len(),
+            e.problems.join("\n  ")
+        )
+    })?;
     tracing::info!(
         path = %path.display(),
         services = compiled.table.services.len(),

@@ -102,20 +102,20 @@ pub fn run(compiled: &Compiled, frames: &[(u64, Vec<u8>)]) -> SimReport {
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
     /// Opening or creating the file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a pcap we can read, or a record is broken.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Format {
         /// The file.
         path: PathBuf,
         /// The pcap library's reason.
-        source: pcap_file::PcapError,
+        error: pcap_file::PcapError,
     },
     /// The capture is not of Ethernet frames.
     #[error("{}: link type {datalink:?}, expected Ethernet", path.display())]
@@ -140,13 +140,13 @@ pub enum PcapError {
 /// Reads an Ethernet pcap (either byte order, micro- or nanosecond timestamps) as (ms, frame) pairs.
 /// Timestamps are truncated to the millisecond the pipeline's clock counts in.
 pub fn read_pcap(path: &Path) -> Result<Vec<(u64, Vec<u8>)>, PcapError> {
-    let file = File::open(path).map_err(|source| PcapError::Io {
+    let file = File::open(path).map_err(|error| PcapError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
-    let format = |source| PcapError::Format {
+    let format = |error| PcapError::Format {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut reader = PcapReader::new(BufReader::new(file)).map_err(format)?;
     let datalink = reader.header().datalink;
@@ -167,13 +167,13 @@ pub fn read_pcap(path: &Path) -> Result<Vec<(u64, Vec<u8>)>, PcapError> {
 
 /// Writes (ms, frame) pairs as an Ethernet pcap with microsecond timestamps.
 pub fn write_pcap(path: &Path, frames: &[(u64, Vec<u8>)]) -> Result<(), PcapError> {
-    let io = |source| PcapError::Io {
+    let io = |error| PcapError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
-    let format = |source| PcapError::Format {
+    let format = |error| PcapError::Format {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let file = File::create(path).map_err(io)?;
     let header = PcapHeader {
