@@ -1,2 +1,9 @@
-//! Control plane: config, compile() into routing tables.
+//! Control plane: config, compile() into routing tables, and the frame replay behind `lb sim`.
 #![forbid(unsafe_code)]
+
+pub mod compile;
+pub mod config;
+pub mod sim;
+
+pub use compile::{compile, CompileError, Compiled};
+pub use config::{load, Config, ConfigError};

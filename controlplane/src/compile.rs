@@ -1,0 +1,939 @@
+//! `compile()`: a parsed [`Config`] becomes the dataplane's immutable [`RoutingTable`].
+//!
+//! Compilation checks every rule that spans several fields (address families, neighbors, SNAT and
+//! encapsulation sources) and reports all the problems it finds at once, so one edit-check cycle
+//! fixes a whole config.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use dataplane::conntrack;
+use dataplane::flow::Addr;
+use dataplane::table::{self, Local, ServiceSpec};
+use dataplane::RoutingTable;
+
+use crate::config::{self, Config, MacAddr};
+
+/// What `compile()` produces: the routing table and the per-worker settings that go with it.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The table every worker reads.
+    pub table: RoutingTable,
+    /// Each worker's conntrack sizing and timeouts.
+    pub conntrack: conntrack::Config,
+    /// Number of workers.
+    pub workers: u16,
+}
+
+/// Every problem found in a config, each naming the service, pool or backend at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct CompileError {
+    /// One message per problem, in config order.
+    pub problems: Vec<String>,
+}
+
+/// Smallest and largest MTU we accept: IPv4's minimum datagram and the jumbo frames the ports carry.
+const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9216;
+
+/// Builds the routing table for `cfg`, stamped with `generation`. Pure: the same input gives the same
+/// table.
+pub fn compile(cfg: &Config, generation: u64) -> Result<Compiled, CompileError> {
+    let mut problems = Vec::new();
+    let dp = &cfg.dataplane;
+
+    if !MTU_RANGE.contains(&dp.mtu) {
+        problems.push(format!(
+            "dataplane: mtu {} is outside {}-{}",
+            dp.mtu,
+            MTU_RANGE.start(),
+            MTU_RANGE.end()
+        ));
+    }
+    if dp.workers == 0 {
+        problems.push("dataplane: workers must be at least 1".into());
+    }
+    let snat_port_count = u32::from(dp.snat_ports.hi) - u32::from(dp.snat_ports.lo) + 1;
+    if snat_port_count < u32::from(dp.workers) {
+        problems.push(format!(
+            "dataplane: snat_ports {} has {} ports, fewer than the {} workers that split it",
+            dp.snat_ports, snat_port_count, dp.workers
+        ));
+    }
+
+    let neighbors = neighbor_macs(cfg, &mut problems);
+    let conntrack = conntrack_config(&cfg.conntrack, &mut problems);
+
+    let mut specs = Vec::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, svc) in cfg.services.iter().enumerate() {
+        if let Some(first) = names.insert(svc.name.as_str(), i) {
+            problems.push(format!(
+                "service {}: name already used by service #{}",
+                svc.name,
+                first + 1
+            ));
+        }
+        if let Some(mut svc_specs) = compile_service(cfg, svc, &neighbors, &mut problems) {
+            specs.append(&mut svc_specs);
+        }
+    }
+    check_overlaps(&specs, &mut problems);
+
+    if !problems.is_empty() {
+        return Err(CompileError { problems });
+    }
+
+    let local = Local {
+        mac: dp.mac.0,
+        addrs: dp.addresses.iter().map(|a| Addr::from(*a)).collect(),
+        mtu: dp.mtu,
+        snat_ports: (dp.snat_ports.lo, dp.snat_ports.hi),
+    };
+    let table = RoutingTable::new(generation, local, specs).map_err(|e| CompileError {
+        problems: vec![e.to_string()],
+    })?;
+    Ok(Compiled {
+        table,
+        conntrack,
+        workers: dp.workers,
+    })
+}
+
+/// Static neighbors by address; an address listed twice with different MACs is a problem.
+fn neighbor_macs(cfg: &Config, problems: &mut Vec<String>) -> HashMap<IpAddr, MacAddr> {
+    let mut map = HashMap::new();
+    for n in &cfg.neighbors {
+        if let Some(prev) = map.insert(n.ip, n.mac) {
+            if prev != n.mac {
+                problems.push(format!(
+                    "neighbor {}: listed with two MACs, {} and {}",
+                    n.ip, prev, n.mac
+                ));
+            }
+        }
+    }
+    map
+}
+
+fn conntrack_config(ct: &config::Conntrack, problems: &mut Vec<String>) -> conntrack::Config {
+    // A nat flow takes two keys, so a table of fewer than two keys could never hold one.
+    if ct.capacity < 2 {
+        problems.push(format!(
+            "conntrack: capacity {} is too small (at least 2)",
+            ct.capacity
+        ));
+    }
+    let embryonic_budget = ct.embryonic_budget();
+    if embryonic_budget > ct.capacity {
+        problems.push(format!(
+            "conntrack: embryonic_budget {} is above capacity {}",
+            embryonic_budget, ct.capacity
+        ));
+    }
+    let t = &ct.timeouts;
+    let mut ms = |name: &str, d: std::time::Duration| -> u64 {
+        if d.is_zero() {
+            problems.push(format!("conntrack.timeouts: {name} must be above 0"));
+        }
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    };
+    let timeouts = conntrack::Timeouts {
+        tcp_syn: ms("tcp_syn", t.tcp_syn),
+        tcp_established: ms("tcp_established", t.tcp_established),
+        tcp_closing: ms("tcp_closing", t.tcp_closing),
+        udp: ms("udp", t.udp),
+    };
+    conntrack::Config {
+        capacity: ct.capacity,
+        embryonic_budget,
+        timeouts,
+    }
+}
+
+fn family(a: IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+fn backend_name(b: &config::Backend) -> String {
+    match (b.addr, b.port) {
+        (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
+        (a, Some(p)) => format!("{a}:{p}"),
+        (a, None) => a.to_string(),
+    }
+}
+
+/// The first address of `want`'s family in `list`.
+fn first_of_family(list: &[IpAddr], v4: bool) -> Option<IpAddr> {
+    list.iter().copied().find(|a| a.is_ipv4() == v4)
+}
+
+/// One spec per port range of the service (the table serves one range per spec); `None` when the
+/// service has problems.
+fn compile_service(
+    cfg: &Config,
+    svc: &config::Service,
+    neighbors: &HashMap<IpAddr, MacAddr>,
+    problems: &mut Vec<String>,
+) -> Option<Vec<ServiceSpec>> {
+    let before = problems.len();
+    let vip_v4 = svc.vip.is_ipv4();
+    let mut pools = Vec::with_capacity(svc.pools.len());
+    let mut backends = Vec::new();
+    // Backends are identified by address and port in the table (and in flows that outlive a reload).
+    let mut seen: BTreeMap<(IpAddr, u16), String> = BTreeMap::new();
+    let mut pool_names: HashMap<&str, ()> = HashMap::new();
+
+    if svc.pools.len() > usize::from(u16::MAX) {
+        problems.push(format!(
+            "service {}: {} pools, at most {}",
+            svc.name,
+            svc.pools.len(),
+            u16::MAX
+        ));
+        return None;
+    }
+
+    for (pool_idx, pool) in svc.pools.iter().enumerate() {
+        let at = format!("service {} pool {}", svc.name, pool.name);
+        if pool_names.insert(pool.name.as_str(), ()).is_some() {
+            problems.push(format!("{at}: pool name used twice in the service"));
+        }
+        let mode = match pool.mode {
+            config::Mode::FullNat => table::Mode::FullNat,
+            config::Mode::Nat => table::Mode::Nat,
+            config::Mode::DsrIpip => table::Mode::DsrIpip,
+            config::Mode::DsrGue => table::Mode::DsrGue,
+            config::Mode::Dr => table::Mode::Dr,
+        };
+        let dsr = matches!(mode, table::Mode::DsrIpip | table::Mode::DsrGue);
+        if mode != table::Mode::FullNat && !pool.snat.is_empty() {
+            problems.push(format!(
+                "{at}: snat is only used by fullnat pools, this one is {}",
+                mode.name()
+            ));
+        }
+        if !dsr && !pool.encap_source.is_empty() {
+            problems.push(format!(
+                "{at}: encap_source is only used by dsr-ipip and dsr-gue pools, this one is {}",
+                mode.name()
+            ));
+        }
+        if mode == table::Mode::DsrGue && pool.gue_port == 0 {
+            problems.push(format!("{at}: gue_port 0 is not a port"));
+        }
+
+        let encap_src = |v4: bool| {
+            dsr.then(|| {
+                first_of_family(&pool.encap_source, v4)
+                    .or_else(|| first_of_family(&cfg.dataplane.addresses, v4))
+            })
+            .flatten()
+        };
+        let encap_src_v4 = encap_src(true);
+        let encap_src_v6 = encap_src(false);
+        // Report a missing SNAT or encap source once per pool and family, naming the first backend.
+        let mut missing_reported = [false, false];
+
+        for b in &pool.backends {
+            let name = backend_name(b);
+            let at_b = format!("{at} backend {name}");
+            let b_v4 = b.addr.is_ipv4();
+
+            if b.port == Some(0) {
+                problems.push(format!(
+                    "{at_b}: port 0 is not a port (leave port out to keep the client's port)"
+                ));
+            }
+            let mac = match neighbors
+                .get(&b.addr)
+                .or(cfg.dataplane.gateway_mac.as_ref())
+            {
+                Some(m) => m.0,
+                None => {
+                    problems.push(format!(
+                        "{at_b}: no MAC: {} is not in [[neighbors]] and dataplane.gateway_mac is not set",
+                        b.addr
+                    ));
+                    [0; 6]
+                }
+            };
+            match mode {
+                table::Mode::FullNat | table::Mode::Nat | table::Mode::Dr if b_v4 != vip_v4 => {
+                    problems.push(format!(
+                        "{at_b}: {} backend behind {} VIP {}: {} cannot translate between address families",
+                        family(b.addr),
+                        family(svc.vip),
+                        svc.vip,
+                        mode.name()
+                    ));
+                }
+                table::Mode::DsrIpip | table::Mode::DsrGue if b_v4 && !vip_v4 => {
+                    problems.push(format!(
+                        "{at_b}: IPv4 backend behind IPv6 VIP {}: an IPv6 packet cannot be carried in IPv4 by {}",
+                        svc.vip,
+                        mode.name()
+                    ));
+                }
+                _ => {}
+            }
+            if mode == table::Mode::FullNat
+                && first_of_family(&pool.snat, b_v4).is_none()
+                && !missing_reported[usize::from(b_v4)]
+            {
+                missing_reported[usize::from(b_v4)] = true;
+                problems.push(format!(
+                    "{at_b}: fullnat needs an {} address in the pool's snat list",
+                    family(b.addr)
+                ));
+            }
+            if dsr
+                && (if b_v4 { encap_src_v4 } else { encap_src_v6 }).is_none()
+                && !missing_reported[usize::from(b_v4)]
+            {
+                missing_reported[usize::from(b_v4)] = true;
+                problems.push(format!(
+                    "{at_b}: no {fam} source for the outer header: set the pool's encap_source or add an {fam} dataplane address",
+                    fam = family(b.addr)
+                ));
+            }
+            // dr and dsr forward the client's packet unchanged: a backend port other than the one
+            // the client used would be silently ignored, so it is refused instead.
+            if let (Some(p), table::Mode::Dr | table::Mode::DsrIpip | table::Mode::DsrGue) =
+                (b.port, mode)
+            {
+                if p != 0 && !(svc.ports.len() == 1 && svc.ports[0].is_single(p)) {
+                    problems.push(format!(
+                        "{at_b}: {} forwards the packet unchanged and cannot change the port to {p}: leave port out",
+                        mode.name()
+                    ));
+                }
+            }
+            let weight = match pool.weight.checked_mul(b.weight) {
+                Some(w) => w,
+                None => {
+                    problems.push(format!(
+                        "{at_b}: pool weight {} times backend weight {} overflows",
+                        pool.weight, b.weight
+                    ));
+                    0
+                }
+            };
+            let port = b.port.unwrap_or(0);
+            if let Some(other) = seen.insert((b.addr, port), at_b.clone()) {
+                problems.push(format!("{at_b}: the same address and port as {other}"));
+            }
+            backends.push(table::Backend {
+                addr: Addr::from(b.addr),
+                port,
+                weight,
+                mac,
+                pool: pool_idx as u16,
+                stat: 0,
+            });
+        }
+
+        pools.push(table::Pool {
+            name: pool.name.clone(),
+            mode,
+            snat: pool.snat.iter().map(|a| Addr::from(*a)).collect(),
+            encap_src_v4: encap_src_v4.map(Addr::from),
+            encap_src_v6: encap_src_v6.map(Addr::from),
+            gue_port: pool.gue_port,
+        });
+    }
+
+    if problems.len() != before {
+        return None;
+    }
+    let ranges: Vec<(u16, u16)> = if svc.ports.is_empty() {
+        vec![(0, 0)]
+    } else {
+        svc.ports.iter().map(|r| (r.lo, r.hi)).collect()
+    };
+    let affinity = match svc.affinity {
+        config::Affinity::None => table::Affinity::None,
+        config::Affinity::ClientIp => table::Affinity::ClientIp,
+    };
+    Some(
+        ranges
+            .into_iter()
+            .map(|(port_lo, port_hi)| ServiceSpec {
+                name: svc.name.clone(),
+                vip: Addr::from(svc.vip),
+                proto: svc.protocol.number(),
+                port_lo,
+                port_hi,
+                affinity,
+                table_size: svc.table_size,
+                pools: pools.clone(),
+                backends: backends.clone(),
+            })
+            .collect(),
+    )
+}
+
+/// Reports every pair of specs that claim a common (VIP, protocol, port); the table would only
+/// report the first.
+fn check_overlaps(specs: &[ServiceSpec], problems: &mut Vec<String>) {
+    for (i, a) in specs.iter().enumerate() {
+        for b in &specs[i + 1..] {
+            if a.vip != b.vip || a.proto != b.proto {
+                continue;
+            }
+            // (0, 0) is "every port", which the table resolves after exact ports: it overlaps nothing
+            // but another every-port service.
+            let a_all = (a.port_lo, a.port_hi) == (0, 0);
+            let b_all = (b.port_lo, b.port_hi) == (0, 0);
+            let clash = if a_all || b_all {
+                a_all && b_all
+            } else {
+                a.port_lo <= b.port_hi && b.port_lo <= a.port_hi
+            };
+            if clash {
+                let ports = if a_all {
+                    "every port".to_string()
+                } else {
+                    let lo = a.port_lo.max(b.port_lo);
+                    let hi = a.port_hi.min(b.port_hi);
+                    if lo == hi {
+                        format!("port {lo}")
+                    } else {
+                        format!("ports {lo}-{hi}")
+                    }
+                };
+                let what = if a.name == b.name {
+                    format!("service {} lists {ports} twice", a.name)
+                } else {
+                    format!("services {} and {} both claim", a.name, b.name)
+                };
+                let proto = if a.proto == 6 { "tcp" } else { "udp" };
+                if a.name == b.name {
+                    problems.push(format!("{what} for {} {proto}", a.vip));
+                } else {
+                    problems.push(format!("{what} {} {proto} {ports}", a.vip));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+[dataplane]
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.1"]
+gateway_mac = "02:00:00:00:00:fe"
+"#;
+
+    fn cfg(extra: &str) -> Config {
+        Config::from_toml_str(&format!("{BASE}{extra}"), Path::new("t.toml")).unwrap()
+    }
+
+    fn problems(extra: &str) -> Vec<String> {
+        compile(&cfg(extra), 1).unwrap_err().problems
+    }
+
+    fn one_problem(extra: &str, needles: &[&str]) {
+        let p = problems(extra);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        for n in needles {
+            assert!(p[0].contains(n), "{:?} lacks {n:?}", p[0]);
+        }
+    }
+
+    #[test]
+    fn every_port_service_and_weights() {
+        let c = compile(
+            &cfg(r#"
+[[services]]
+name = "all"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "p"
+mode = "nat"
+weight = 3
+backends = [{ addr = "198.18.1.10", weight = 2 }, { addr = "198.18.1.11", weight = 0 }]
+"#),
+            7,
+        )
+        .unwrap();
+        assert_eq!(c.table.generation, 7);
+        let s = &c.table.services[0];
+        assert_eq!((s.port_lo, s.port_hi, s.proto), (0, 0, 6));
+        let weights: Vec<u32> = s.backends.iter().map(|b| b.weight).collect();
+        assert_eq!(weights, vec![6, 0]);
+        assert_eq!(s.backends[0].mac, [2, 0, 0, 0, 0, 0xfe]);
+        assert_eq!(s.backends[0].port, 0);
+        assert!(c
+            .table
+            .service_for(Addr::v4([198, 18, 0, 100]), 6, 12345)
+            .is_some());
+    }
+
+    #[test]
+    fn port_list_becomes_one_spec_per_range() {
+        let c = compile(
+            &cfg(r#"
+[[services]]
+name = "s"
+vip = "198.18.0.100"
+protocol = "udp"
+ports = ["53", "8000-8002"]
+[[services.pools]]
+name = "p"
+mode = "nat"
+backends = [{ addr = "198.18.1.10" }]
+"#),
+            1,
+        )
+        .unwrap();
+        let vip = Addr::v4([198, 18, 0, 100]);
+        for port in [53, 8000, 8001, 8002] {
+            assert!(c.table.service_for(vip, 17, port).is_some(), "{port}");
+        }
+        for port in [54, 7999, 8003] {
+            assert!(c.table.service_for(vip, 17, port).is_none(), "{port}");
+        }
+        assert!(c.table.service_for(vip, 6, 53).is_none());
+    }
+
+    #[test]
+    fn backend_without_neighbor_or_gateway_is_named() {
+        let text = r#"
+[dataplane]
+mac = "02:00:00:00:00:01"
+[[neighbors]]
+ip = "198.18.1.10"
+mac = "02:00:00:00:01:0a"
+[[services]]
+name = "web"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "nat"
+backends = [{ addr = "198.18.1.10", port = 80 }, { addr = "198.18.1.99", port = 80 }]
+"#;
+        let c = Config::from_toml_str(text, Path::new("t.toml")).unwrap();
+        let p = compile(&c, 1).unwrap_err().problems;
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(
+            p[0].starts_with("service web pool pods backend 198.18.1.99:80: no MAC"),
+            "{}",
+            p[0]
+        );
+    }
+
+    #[test]
+    fn neighbor_mac_wins_over_gateway() {
+        let c = compile(
+            &cfg(r#"
+[[neighbors]]
+ip = "198.18.1.10"
+mac = "02:00:00:00:01:0a"
+[[services]]
+name = "s"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "p"
+mode = "dr"
+backends = [{ addr = "198.18.1.10" }, { addr = "198.18.1.11" }]
+"#),
+            1,
+        )
+        .unwrap();
+        let macs: Vec<[u8; 6]> = c.table.services[0].backends.iter().map(|b| b.mac).collect();
+        assert_eq!(macs, vec![[2, 0, 0, 0, 1, 0x0a], [2, 0, 0, 0, 0, 0xfe]]);
+    }
+
+    #[test]
+    fn fullnat_needs_snat_of_each_backend_family() {
+        one_problem(
+            r#"
+[[services]]
+name = "web"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "fullnat"
+backends = [{ addr = "198.18.1.10", port = 80 }, { addr = "198.18.1.11", port = 80 }]
+"#,
+            &[
+                "service web pool pods backend 198.18.1.10:80",
+                "IPv4",
+                "snat",
+            ],
+        );
+        // An IPv6 SNAT address does not serve IPv4 backends.
+        one_problem(
+            r#"
+[[services]]
+name = "web"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "fullnat"
+snat = ["2001:db8::2"]
+backends = [{ addr = "198.18.1.10", port = 80 }]
+"#,
+            &["backend 198.18.1.10:80", "IPv4 address in the pool's snat"],
+        );
+    }
+
+    #[test]
+    fn nat_modes_refuse_a_family_change() {
+        for mode in ["nat", "fullnat", "dr"] {
+            // fullnat gets SNAT addresses of both families so the family rule is the only problem.
+            let snat = if mode == "fullnat" {
+                r#"snat = ["198.18.0.2", "2001:db8::2"]"#
+            } else {
+                ""
+            };
+            one_problem(
+                &format!(
+                    r#"
+[[services]]
+name = "web"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "{mode}"
+{snat}
+backends = [{{ addr = "2001:db8::10" }}]
+"#
+                ),
+                &[
+                    "service web pool pods backend 2001:db8::10",
+                    "IPv6 backend behind IPv4 VIP",
+                    mode,
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn dsr_carries_v4_in_v6_but_not_v6_in_v4() {
+        // IPv4 VIP, IPv6 backend: fine once there is an IPv6 outer source.
+        let c = compile(
+            &cfg(r#"
+[[services]]
+name = "s"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "vms"
+mode = "dsr-ipip"
+encap_source = ["2001:db8::1"]
+backends = [{ addr = "2001:db8::10" }, { addr = "198.18.2.10" }]
+"#),
+            1,
+        )
+        .unwrap();
+        let pool = &c.table.services[0].pools[0];
+        assert_eq!(
+            pool.encap_src_v6,
+            Some(Addr::from("2001:db8::1".parse::<IpAddr>().unwrap()))
+        );
+        // No IPv4 encap_source: the first dataplane IPv4 address.
+        assert_eq!(pool.encap_src_v4, Some(Addr::v4([198, 18, 0, 1])));
+
+        one_problem(
+            r#"
+[[services]]
+name = "s6"
+vip = "2001:db8::100"
+protocol = "tcp"
+[[services.pools]]
+name = "vms"
+mode = "dsr-gue"
+encap_source = ["198.18.0.1"]
+backends = [{ addr = "198.18.2.10" }]
+"#,
+            &[
+                "service s6 pool vms backend 198.18.2.10",
+                "IPv4 backend behind IPv6 VIP",
+            ],
+        );
+    }
+
+    #[test]
+    fn dsr_without_an_outer_source_of_the_backend_family() {
+        one_problem(
+            r#"
+[[services]]
+name = "s"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "vms"
+mode = "dsr-ipip"
+backends = [{ addr = "2001:db8::10" }, { addr = "2001:db8::11" }]
+"#,
+            &[
+                "service s pool vms backend 2001:db8::10",
+                "no IPv6 source",
+                "encap_source",
+            ],
+        );
+    }
+
+    #[test]
+    fn dr_and_dsr_refuse_a_port_change() {
+        one_problem(
+            r#"
+[[services]]
+name = "s"
+vip = "198.18.0.100"
+ports = ["80"]
+protocol = "tcp"
+[[services.pools]]
+name = "l2"
+mode = "dr"
+backends = [{ addr = "198.18.1.10", port = 8080 }]
+"#,
+            &[
+                "service s pool l2 backend 198.18.1.10:8080",
+                "cannot change the port",
+            ],
+        );
+        // The same port as the only one served changes nothing.
+        assert!(compile(
+            &cfg(r#"
+[[services]]
+name = "s"
+vip = "198.18.0.100"
+ports = [80]
+protocol = "tcp"
+[[services.pools]]
+name = "l2"
+mode = "dr"
+backends = [{ addr = "198.18.1.10", port = 80 }]
+"#),
+            1
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_listed_not_just_the_first() {
+        let text = r#"
+[dataplane]
+mac = "02:00:00:00:00:01"
+snat_ports = "1000-1001"
+workers = 4
+[[services]]
+name = "a"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "p"
+mode = "fullnat"
+backends = [{ addr = "198.18.1.10" }]
+[[services]]
+name = "b"
+vip = "2001:db8::100"
+protocol = "udp"
+[[services.pools]]
+name = "q"
+mode = "nat"
+backends = [{ addr = "198.18.1.11" }]
+"#;
+        let c = Config::from_toml_str(text, Path::new("t.toml")).unwrap();
+        let p = compile(&c, 1).unwrap_err().problems;
+        let expect = [
+            "dataplane: snat_ports 1000-1001 has 2 ports, fewer than the 4 workers",
+            "service a pool p backend 198.18.1.10: no MAC",
+            "service a pool p backend 198.18.1.10: fullnat needs an IPv4",
+            "service b pool q backend 198.18.1.11: no MAC",
+            "service b pool q backend 198.18.1.11: IPv4 backend behind IPv6 VIP",
+        ];
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+        for (got, want) in p.iter().zip(expect) {
+            assert!(
+                got.starts_with(want),
+                "{got:?} does not start with {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn overlapping_services_are_all_reported() {
+        let svc = |name: &str, ports: &str| {
+            format!(
+                r#"
+[[services]]
+name = "{name}"
+vip = "198.18.0.100"
+protocol = "tcp"
+ports = {ports}
+[[services.pools]]
+name = "p"
+mode = "nat"
+backends = [{{ addr = "198.18.1.10" }}]
+"#
+            )
+        };
+        let p = problems(&format!(
+            "{}{}{}",
+            svc("a", r#"["80-90"]"#),
+            svc("b", r#"["85"]"#),
+            svc("c", r#"["90-100", "95"]"#)
+        ));
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(
+            p[0].contains("services a and b both claim 198.18.0.100 tcp port 85"),
+            "{}",
+            p[0]
+        );
+        assert!(
+            p[1].contains("services a and c both claim 198.18.0.100 tcp port 90"),
+            "{}",
+            p[1]
+        );
+        assert!(p[2].contains("service c lists port 95 twice"), "{}", p[2]);
+    }
+
+    #[test]
+    fn duplicate_backends_and_names() {
+        let p = problems(
+            r#"
+[[services]]
+name = "s"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "p"
+mode = "nat"
+backends = [{ addr = "198.18.1.10", port = 80 }]
+[[services.pools]]
+name = "p"
+mode = "nat"
+backends = [{ addr = "198.18.1.10", port = 80 }]
+[[services]]
+name = "s"
+vip = "198.18.0.101"
+protocol = "tcp"
+"#,
+        );
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(
+            p[0].contains("service s pool p: pool name used twice"),
+            "{}",
+            p[0]
+        );
+        assert!(
+            p[1].contains("the same address and port as service s pool p backend 198.18.1.10:80"),
+            "{}",
+            p[1]
+        );
+        assert!(p[2].contains("service s: name already used"), "{}", p[2]);
+    }
+
+    #[test]
+    fn snat_and_encap_source_on_the_wrong_mode() {
+        one_problem(
+            r#"
+[[services]]
+name = "s"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "p"
+mode = "nat"
+snat = ["198.18.0.2"]
+backends = [{ addr = "198.18.1.10" }]
+"#,
+            &["service s pool p: snat is only used by fullnat"],
+        );
+        one_problem(
+            r#"
+[[services]]
+name = "s"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "p"
+mode = "fullnat"
+snat = ["198.18.0.2"]
+encap_source = ["198.18.0.1"]
+backends = [{ addr = "198.18.1.10" }]
+"#,
+            &["service s pool p: encap_source is only used by dsr"],
+        );
+    }
+
+    #[test]
+    fn weight_overflow_and_port_zero() {
+        let p = problems(
+            r#"
+[[services]]
+name = "s"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "p"
+mode = "nat"
+weight = 4294967295
+backends = [{ addr = "198.18.1.10", port = 0, weight = 2 }]
+"#,
+        );
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(p[0].contains("backend 198.18.1.10:0: port 0"), "{}", p[0]);
+        assert!(
+            p[1].contains("backend 198.18.1.10:0: pool weight 4294967295 times"),
+            "{}",
+            p[1]
+        );
+    }
+
+    #[test]
+    fn dataplane_and_conntrack_limits() {
+        let text = r#"
+[dataplane]
+mac = "02:00:00:00:00:01"
+mtu = 100
+workers = 0
+[conntrack]
+capacity = 100
+embryonic_budget = 101
+[conntrack.timeouts]
+udp = "0s"
+"#;
+        let c = Config::from_toml_str(text, Path::new("t.toml")).unwrap();
+        let p = compile(&c, 1).unwrap_err().problems;
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(p[0].contains("mtu 100"));
+        assert!(p[1].contains("workers"));
+        assert!(p[2].contains("embryonic_budget 101 is above capacity 100"));
+        assert!(p[3].contains("udp must be above 0"));
+    }
+
+    #[test]
+    fn conntrack_settings_reach_the_workers() {
+        let c = compile(
+            &cfg("[conntrack]\ncapacity = 1024\n[conntrack.timeouts]\ntcp_syn = \"750ms\"\n"),
+            1,
+        )
+        .unwrap();
+        assert_eq!(c.conntrack.capacity, 1024);
+        assert_eq!(c.conntrack.embryonic_budget, 256);
+        assert_eq!(c.conntrack.timeouts.tcp_syn, 750);
+        assert_eq!(c.conntrack.timeouts.udp, 30_000);
+        assert_eq!(c.workers, 1);
+        assert_eq!(c.table.local.snat_ports, (1024, 65535));
+    }
+}

@@ -1,0 +1,145 @@
+//! The `lb` binary: exit codes, stdout summaries and stderr errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../lb.toml");
+
+fn tmp(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{}-{name}", std::process::id()))
+}
+
+fn lb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let out = lb(&["check", SHIPPED]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ok: 2 services, 5 backends\n");
+}
+
+#[test]
+fn bad_config_fails_with_file_line_column() {
+    let cfg = tmp("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\n\n[[services]]\nname = \"x\"\n  vipp = \"198.18.0.100\"\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["check", p(&cfg)],
+        vec![
+            "sim",
+            "--config",
+            p(&cfg),
+            "--in",
+            "/nonexistent.pcap",
+            "--out",
+            "/dev/null",
+        ],
+    ] {
+        let out = lb(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("{}:6:3: ", cfg.display())), "{err}");
+        assert!(err.contains("vipp"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn check_prints_every_compile_problem() {
+    let cfg = tmp("uncompilable.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[dataplane]
+mac = "02:00:00:00:00:01"
+[[services]]
+name = "web"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "fullnat"
+backends = [{ addr = "198.18.1.10" }, { addr = "198.18.1.11" }]
+"#,
+    )
+    .unwrap();
+    let out = lb(&["check", p(&cfg)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("service web pool pods backend 198.18.1.10: no MAC"),
+        "{err}"
+    );
+    assert!(
+        err.contains("service web pool pods backend 198.18.1.11: no MAC"),
+        "{err}"
+    );
+    assert!(err.contains("fullnat needs an IPv4 address"), "{err}");
+}
+
+#[test]
+fn sim_summarises_and_writes_the_output_pcap() {
+    let input = tmp("in.pcap");
+    let output = tmp("out.pcap");
+    let frames = vec![(10, vec![0u8; 60]), (20, vec![0u8; 2])];
+    controlplane::sim::write_pcap(&input, &frames).unwrap();
+    let out = lb(&[
+        "sim",
+        "--config",
+        SHIPPED,
+        "--in",
+        p(&input),
+        "--out",
+        p(&output),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("frames in: 2\ntx: "), "{stdout}");
+    assert!(stdout.contains("\nto-host: "), "{stdout}");
+    // Every line but the last is "name: count"; the counts add up to the frames in.
+    let lines: Vec<&str> = stdout.lines().collect();
+    let verdict_sum: u64 = lines[1..lines.len() - 1]
+        .iter()
+        .map(|l| l.rsplit_once(": ").unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(verdict_sum, 2, "{stdout}");
+    let written = controlplane::sim::read_pcap(&output).unwrap();
+    let tx: usize = lines[1].strip_prefix("tx: ").unwrap().parse().unwrap();
+    assert_eq!(written.len(), tx);
+}
+
+#[test]
+fn sim_with_a_missing_pcap_fails() {
+    let out = lb(&[
+        "sim",
+        "--config",
+        SHIPPED,
+        "--in",
+        "/nonexistent/in.pcap",
+        "--out",
+        p(&tmp("x.pcap")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/in.pcap"),
+        "{}",
+        text(&out.stderr)
+    );
+}
