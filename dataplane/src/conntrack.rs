@@ -1,8 +1,44 @@
 //! Per-worker connection tracking table.
 //!
-//! CONTRACT (skeleton, to be implemented; see the helper brief). The API below is what the pipeline uses.
+//! One [`Conntrack`] per worker: a fixed number of key slots allocated once in [`Conntrack::new`], no
+//! allocation afterwards, no locks. Layout and policy:
+//!
+//! - Open addressing with bounded probing: a key's hash picks two buckets of [`BUCKET`] consecutive slots
+//!   ("two choices"); a key lives in one of them and a lookup scans only those 32 slots. Two choices with
+//!   insertion into the emptier bucket keep the table usable far past the fill where a single bucket
+//!   overflows (a single 16-slot bucket overflows somewhere around 30 % fill at 1M slots).
+//! - A compact `u16` tag per slot (15-bit fingerprint plus an "embryonic" bit) is scanned first, so a miss
+//!   touches two short runs of the tag array and almost never a key.
+//! - Slots never move: a flow's two keys (original and reply) point at each other by slot index, so a
+//!   removed key just frees its slot (no tombstone is needed because lookups always scan whole buckets).
+//! - The flow's state, timer and flags live with its original key (the "flow slot").
+//! - Expiry is lazy (an expired entry is a miss and may be reused by an insert) plus incremental
+//!   ([`Conntrack::expire`] walks a bounded number of slots from a moving cursor).
+//! - SYN-flood protection: TCP flows are *embryonic* until they are confirmed (handshake completed, or for
+//!   a flow picked up mid-stream, a second packet seen). Embryonic flows are capped by
+//!   [`Config::embryonic_budget`], and an insert may only evict embryonic flows, never confirmed ones.
 
 use crate::flow::FlowKey;
+
+/// Slots per bucket: a key may live in one of two buckets of this many consecutive slots.
+pub const BUCKET: usize = 16;
+
+/// Largest supported capacity (slot indices are `u32`, and `u32::MAX` marks "no slot").
+pub const MAX_CAPACITY: usize = 1 << 31;
+
+/// TCP flag bits as they appear in the TCP header's flags byte.
+pub mod tcp_flags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// PSH.
+    pub const PSH: u8 = 0x08;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+}
 
 /// Milliseconds on a monotonic clock.
 pub type Millis = u64;
@@ -101,4 +137,1240 @@ pub enum InsertError {
     /// A live entry already holds one of the keys.
     #[error("key already tracked")]
     Exists,
+}
+
+/// "No slot": the original key of a flow without a reply key (DSR, DR) has this as its peer.
+const NO_SLOT: u32 = u32::MAX;
+
+/// Tag of a free slot. Live tags have a fingerprint of at least [`TAG_MIN`].
+const TAG_FREE: u16 = 0;
+/// Smallest live fingerprint (0 is free; 1 is kept unused so a fingerprint is never mistaken for free).
+const TAG_MIN: u16 = 2;
+/// Tag bit set on both keys of an embryonic flow, so eviction candidates are found from the tags alone.
+const TAG_EMBRYONIC: u16 = 0x8000;
+/// Fingerprint bits of a tag.
+const TAG_FP: u16 = 0x7fff;
+
+/// Slot flag: this key is a flow's reply key (its `peer` is the flow slot).
+const F_REPLY: u8 = 1;
+/// Slot flag (flow slot): the flow is confirmed, i.e. not embryonic.
+const F_CONFIRMED: u8 = 2;
+/// Slot flag (flow slot): a FIN was seen in the original direction.
+const F_FIN_ORIG: u8 = 4;
+/// Slot flag (flow slot): a FIN was seen in the reply direction.
+const F_FIN_REPLY: u8 = 8;
+
+/// Seed used by [`Conntrack::new`] when none is given; fixed so that runs (and fixtures) are reproducible.
+pub const DEFAULT_SEED: u64 = 0x6c62_2d63_6f6e_6e74;
+
+/// One key slot. The state fields are meaningful on flow slots (original keys) only.
+#[derive(Clone, Copy, Debug)]
+struct Slot<V> {
+    key: FlowKey,
+    /// Flow slot: the reply key's slot or [`NO_SLOT`]. Reply slot: the flow slot.
+    peer: u32,
+    /// Flow slot: the flow is expired when `now >= deadline`.
+    deadline: Millis,
+    /// Flow slot: the flow's state.
+    state: FlowState,
+    /// `F_*` bits.
+    flags: u8,
+    /// The value stored with this key. `None` only for slots that never held a key.
+    value: Option<V>,
+}
+
+/// Where a key may live, and whether it is already there.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    buckets: [usize; 2],
+    /// 1 when both choices are the same bucket (a one-bucket table).
+    nb: usize,
+    fp: u16,
+    /// Slot holding this key (live or expired), if any.
+    found: Option<u32>,
+}
+
+/// Flows an insert will remove when it commits (expired duplicates, reused or evicted entries).
+#[derive(Clone, Copy, Debug, Default)]
+struct Plan {
+    flows: [u32; 6],
+    n: usize,
+}
+
+impl Plan {
+    fn contains(&self, flow: u32) -> bool {
+        self.flows.iter().take(self.n).any(|&f| f == flow)
+    }
+
+    fn add(&mut self, flow: u32) {
+        if !self.contains(flow) && self.n < self.flows.len() {
+            self.flows[self.n] = flow;
+            self.n += 1;
+        }
+    }
+}
+
+/// A per-worker connection tracking table mapping flow keys to values of type `V`.
+pub struct Conntrack<V: Copy> {
+    tags: Box<[u16]>,
+    slots: Box<[Slot<V>]>,
+    mask: usize,
+    seed: u64,
+    len: usize,
+    embryonic: usize,
+    cursor: usize,
+    cfg: Config,
+}
+
+impl<V: Copy> std::fmt::Debug for Conntrack<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conntrack")
+            .field("capacity", &self.capacity())
+            .field("len", &self.len)
+            .field("embryonic", &self.embryonic)
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+/// Which bits of a bucket's tags equal `fp` once the embryonic bit is masked off (bit i = slot i).
+#[inline]
+fn match_fp(tags: &[u16], fp: u16) -> u32 {
+    let mut m = 0u32;
+    for (i, &t) in tags.iter().enumerate().take(BUCKET) {
+        m |= u32::from(t & TAG_FP == fp) << i;
+    }
+    m
+}
+
+/// Which bits of a bucket's tags are free.
+#[inline]
+fn match_free(tags: &[u16]) -> u32 {
+    let mut m = 0u32;
+    for (i, &t) in tags.iter().enumerate().take(BUCKET) {
+        m |= u32::from(t == TAG_FREE) << i;
+    }
+    m
+}
+
+/// Iterates the set bits of a bucket mask as slot indices.
+#[inline]
+fn bits(base: usize, mut m: u32) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if m == 0 {
+            return None;
+        }
+        let i = m.trailing_zeros() as usize;
+        m &= m - 1;
+        Some(base + i)
+    })
+}
+
+impl<V: Copy> Conntrack<V> {
+    /// A table with `cfg.capacity` slots rounded up to a power of two (at least [`BUCKET`], at most
+    /// [`MAX_CAPACITY`]), hashed with [`DEFAULT_SEED`]. All memory is allocated here.
+    pub fn new(cfg: Config) -> Self {
+        Self::with_seed(cfg, DEFAULT_SEED)
+    }
+
+    /// Like [`Conntrack::new`] with an explicit hash seed (give workers secret, different seeds to make
+    /// collisions hard to aim at).
+    pub fn with_seed(cfg: Config, seed: u64) -> Self {
+        let cap = cfg.capacity.clamp(BUCKET, MAX_CAPACITY).next_power_of_two();
+        let blank = Slot {
+            key: FlowKey::default(),
+            peer: NO_SLOT,
+            deadline: 0,
+            state: FlowState::Udp { replied: false },
+            flags: 0,
+            value: None,
+        };
+        Conntrack {
+            tags: vec![TAG_FREE; cap].into_boxed_slice(),
+            slots: vec![blank; cap].into_boxed_slice(),
+            mask: cap - 1,
+            seed,
+            len: 0,
+            embryonic: 0,
+            cursor: 0,
+            cfg: Config {
+                capacity: cap,
+                ..cfg
+            },
+        }
+    }
+
+    /// Number of key slots (a power of two). A flow with a reply key takes two.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Number of flows stored, including expired ones that have not been collected yet.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no flow is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of stored flows that are embryonic (TCP, not yet confirmed); never above the budget.
+    pub fn embryonic(&self) -> usize {
+        self.embryonic
+    }
+
+    /// The configuration in use (with `capacity` as rounded).
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Finds the live, unexpired entry for `key`.
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey, now: Millis) -> Option<Hit> {
+        let slot = self.probe(key).found?;
+        let s = &self.slots[slot as usize];
+        let (flow, dir) = if s.flags & F_REPLY != 0 {
+            (s.peer, Dir::Reply)
+        } else {
+            (slot, Dir::Original)
+        };
+        if now >= self.slots.get(flow as usize)?.deadline {
+            return None;
+        }
+        Some(Hit { slot, flow, dir })
+    }
+
+    /// The value stored with the key at `slot` (from a [`Hit`] or [`Conntrack::insert`]).
+    ///
+    /// # Panics
+    /// If `slot` is out of range or has never held a key: that is a caller bug, not an input error.
+    pub fn value(&self, slot: u32) -> &V {
+        self.slots[slot as usize]
+            .value
+            .as_ref()
+            .expect("conntrack slot never held a key")
+    }
+
+    /// The value stored with the key at `slot`, mutably (same conditions as [`Conntrack::value`]).
+    ///
+    /// # Panics
+    /// If `slot` is out of range or has never held a key.
+    pub fn value_mut(&mut self, slot: u32) -> &mut V {
+        self.slots[slot as usize]
+            .value
+            .as_mut()
+            .expect("conntrack slot never held a key")
+    }
+
+    /// The key stored at `slot` (either direction), if the slot is in use.
+    pub fn key(&self, slot: u32) -> Option<&FlowKey> {
+        let i = slot as usize;
+        (*self.tags.get(i)? != TAG_FREE).then(|| &self.slots[i].key)
+    }
+
+    /// The reply key's slot of `flow`, if it has one.
+    pub fn reply_slot(&self, flow: u32) -> Option<u32> {
+        let f = self.flow_of(flow)?;
+        let p = self.slots[f as usize].peer;
+        (p != NO_SLOT).then_some(p)
+    }
+
+    /// State of the flow whose flow slot (or reply slot) is `flow`. A slot not in use reads as
+    /// `Tcp(Closed)`.
+    pub fn state(&self, flow: u32) -> FlowState {
+        match self.flow_of(flow) {
+            Some(f) => self.slots[f as usize].state,
+            None => FlowState::Tcp(TcpState::Closed),
+        }
+    }
+
+    /// Time at which the flow expires if no packet refreshes it (`None` for a slot not in use).
+    pub fn deadline(&self, flow: u32) -> Option<Millis> {
+        self.flow_of(flow).map(|f| self.slots[f as usize].deadline)
+    }
+
+    /// Tracks a new flow: its original key (client -> VIP) with a value and optionally its reply key
+    /// (backend -> balancer, nat/fullnat) with its own value. Both keys share one state and one timer.
+    ///
+    /// `initial` is the state after the flow's first packet; do not `observe` that packet again. Every
+    /// TCP flow starts embryonic, whatever `initial` says (a flow picked up mid-stream as
+    /// `Tcp(Established)` is confirmed by its next packet), so ACK floods are held to the budget too.
+    /// UDP flows are never embryonic.
+    ///
+    /// Free and expired slots are reused. When a key's buckets hold only live entries, or the embryonic
+    /// budget is used up, an embryonic insert evicts the least recently active embryonic flow found in
+    /// its own buckets; confirmed flows are never evicted. All-or-nothing: on error nothing changes.
+    pub fn insert(
+        &mut self,
+        now: Millis,
+        orig: (&FlowKey, V),
+        reply: Option<(&FlowKey, V)>,
+        initial: FlowState,
+    ) -> Result<u32, InsertError> {
+        let embryonic = matches!(initial, FlowState::Tcp(_));
+        let pa = self.probe(orig.0);
+        let pb = match reply {
+            Some((k, _)) if k == orig.0 => return Err(InsertError::Exists),
+            Some((k, _)) => Some(self.probe(k)),
+            None => None,
+        };
+        let mut plan = Plan::default();
+        for p in std::iter::once(&pa).chain(pb.as_ref()) {
+            if let Some(slot) = p.found {
+                let flow = self.flow_of(slot).unwrap_or(slot);
+                if now < self.slots[flow as usize].deadline {
+                    return Err(InsertError::Exists);
+                }
+                // An expired duplicate must go, or the key would be stored twice.
+                plan.add(flow);
+            }
+        }
+        let sa = self.choose(&pa, NO_SLOT, &mut plan, embryonic, now)?;
+        let sb = match &pb {
+            Some(p) => self.choose(p, sa, &mut plan, embryonic, now)?,
+            None => NO_SLOT,
+        };
+        if embryonic {
+            let freed = (0..plan.n)
+                .filter(|&i| self.is_embryonic_flow(plan.flows[i]))
+                .count();
+            if self.embryonic - freed >= self.cfg.embryonic_budget {
+                let victim = self
+                    .oldest_embryonic(&pa, &plan, NO_SLOT)
+                    .into_iter()
+                    .chain(
+                        pb.as_ref()
+                            .and_then(|p| self.oldest_embryonic(p, &plan, NO_SLOT)),
+                    )
+                    .min_by_key(|&(_, d)| d)
+                    .ok_or(InsertError::EmbryonicBudget)?;
+                plan.add(victim.0);
+            }
+        }
+
+        // Commit.
+        for i in 0..plan.n {
+            self.remove(plan.flows[i]);
+        }
+        let timeout = self.timeout(initial, !embryonic);
+        let etag = if embryonic { TAG_EMBRYONIC } else { 0 };
+        self.tags[sa as usize] = pa.fp | etag;
+        self.slots[sa as usize] = Slot {
+            key: *orig.0,
+            peer: sb,
+            deadline: now.saturating_add(timeout),
+            state: initial,
+            flags: if embryonic { 0 } else { F_CONFIRMED },
+            value: Some(orig.1),
+        };
+        if let (Some(p), Some((k, v))) = (&pb, reply) {
+            self.tags[sb as usize] = p.fp | etag;
+            self.slots[sb as usize] = Slot {
+                key: *k,
+                peer: sa,
+                deadline: 0,
+                state: initial,
+                flags: F_REPLY,
+                value: Some(v),
+            };
+        }
+        self.len += 1;
+        if embryonic {
+            self.embryonic += 1;
+        }
+        Ok(sa)
+    }
+
+    /// Feeds one packet of `flow` (its flow slot or reply slot) to the state machine and refreshes the
+    /// flow's timer. `tcp_flags` is the TCP header's flags byte (see [`tcp_flags`]), 0 for UDP. Returns
+    /// the new state; a slot not in use reads as `Tcp(Closed)` and nothing changes.
+    pub fn observe(&mut self, flow: u32, dir: Dir, tcp_flags: u8, now: Millis) -> FlowState {
+        let Some(f) = self.flow_of(flow) else {
+            return FlowState::Tcp(TcpState::Closed);
+        };
+        let s = &mut self.slots[f as usize];
+        let dsr = s.peer == NO_SLOT;
+        let (state, flags) = step(s.state, s.flags, dir, tcp_flags, dsr);
+        s.state = state;
+        s.flags = flags;
+        let newly_confirmed =
+            flags & F_CONFIRMED == 0 && state == FlowState::Tcp(TcpState::Established);
+        if newly_confirmed {
+            s.flags |= F_CONFIRMED;
+            let peer = s.peer;
+            self.embryonic -= 1;
+            self.tags[f as usize] &= !TAG_EMBRYONIC;
+            if let Some(t) = self.tags.get_mut(peer as usize) {
+                *t &= !TAG_EMBRYONIC;
+            }
+        }
+        let confirmed = self.slots[f as usize].flags & F_CONFIRMED != 0;
+        let timeout = self.timeout(state, confirmed);
+        self.slots[f as usize].deadline = now.saturating_add(timeout);
+        state
+    }
+
+    /// Removes the flow (given by its flow slot or reply slot) and both its keys; no-op if not in use.
+    pub fn remove(&mut self, flow: u32) {
+        let Some(f) = self.flow_of(flow) else {
+            return;
+        };
+        let s = &self.slots[f as usize];
+        let peer = s.peer;
+        if s.flags & F_CONFIRMED == 0 {
+            self.embryonic -= 1;
+        }
+        self.tags[f as usize] = TAG_FREE;
+        if let Some(t) = self.tags.get_mut(peer as usize) {
+            *t = TAG_FREE;
+        }
+        self.len -= 1;
+    }
+
+    /// Incremental expiry: examines at most `budget` slots from a moving cursor and removes the flows
+    /// found expired at `now`. Returns how many flows were removed.
+    pub fn expire(&mut self, now: Millis, budget: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..budget.min(self.capacity()) {
+            let i = self.cursor;
+            self.cursor = (i + 1) & self.mask;
+            let s = &self.slots[i];
+            if self.tags[i] != TAG_FREE && s.flags & F_REPLY == 0 && now >= s.deadline {
+                self.remove(i as u32);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Every stored flow (including expired ones not yet collected) as (flow slot, original key, state).
+    pub fn iter_flows(&self) -> impl Iterator<Item = (u32, &FlowKey, FlowState)> {
+        self.tags
+            .iter()
+            .zip(self.slots.iter())
+            .enumerate()
+            .filter(|(_, (&t, s))| t != TAG_FREE && s.flags & F_REPLY == 0)
+            .map(|(i, (_, s))| (i as u32, &s.key, s.state))
+    }
+
+    /// The flow slot of the live key at `slot`, if any.
+    #[inline]
+    fn flow_of(&self, slot: u32) -> Option<u32> {
+        let i = slot as usize;
+        if *self.tags.get(i)? == TAG_FREE {
+            return None;
+        }
+        let s = &self.slots[i];
+        Some(if s.flags & F_REPLY != 0 { s.peer } else { slot })
+    }
+
+    fn is_embryonic_flow(&self, flow: u32) -> bool {
+        self.slots[flow as usize].flags & F_CONFIRMED == 0
+    }
+
+    /// Idle timeout of a flow in `state`. Unconfirmed TCP flows get the SYN timeout whatever their
+    /// state says, so mid-stream pickups that never see a second packet go away quickly.
+    fn timeout(&self, state: FlowState, confirmed: bool) -> Millis {
+        let t = &self.cfg.timeouts;
+        match state {
+            FlowState::Udp { .. } => t.udp,
+            FlowState::Tcp(TcpState::FinWait | TcpState::Closed) => t.tcp_closing,
+            FlowState::Tcp(TcpState::Established) if confirmed => t.tcp_established,
+            FlowState::Tcp(_) => t.tcp_syn,
+        }
+    }
+
+    /// Computes a key's buckets and fingerprint and finds its slot.
+    #[inline]
+    fn probe(&self, key: &FlowKey) -> Probe {
+        let h = key.hash(self.seed);
+        let groups_mask = self.mask & !(BUCKET - 1);
+        let b1 = (h as usize) & groups_mask;
+        let mut b2 = ((h >> 24) as usize) & groups_mask;
+        let mut nb = 2;
+        if b2 == b1 {
+            // Keep the second choice distinct where the table has more than one bucket.
+            b2 = (b1 + BUCKET) & groups_mask;
+            if b2 == b1 {
+                nb = 1;
+            }
+        }
+        let fp = (((h >> 48) as u16) & TAG_FP).max(TAG_MIN);
+        let mut p = Probe {
+            buckets: [b1, b2],
+            nb,
+            fp,
+            found: None,
+        };
+        for &b in &p.buckets[..nb] {
+            let Some(tags) = self.tags.get(b..b + BUCKET) else {
+                continue;
+            };
+            for i in bits(b, match_fp(tags, fp)) {
+                if self.slots[i].key == *key {
+                    p.found = Some(i as u32);
+                    return p;
+                }
+            }
+        }
+        p
+    }
+
+    /// Picks a slot (other than `exclude`) for a key with probe `p`: free, else one the plan already
+    /// frees, else expired, else (embryonic inserts only) the least recently active embryonic entry.
+    fn choose(
+        &self,
+        p: &Probe,
+        exclude: u32,
+        plan: &mut Plan,
+        embryonic: bool,
+        now: Millis,
+    ) -> Result<u32, InsertError> {
+        let buckets = &p.buckets[..p.nb];
+        // Free slot in the emptier bucket.
+        let mut best: Option<(u32, u32)> = None; // (free count, slot)
+        for &b in buckets {
+            let m = match_free(&self.tags[b..b + BUCKET]);
+            if let Some(slot) = bits(b, m).map(|i| i as u32).find(|&i| i != exclude) {
+                let n = m.count_ones();
+                if best.map_or(true, |(bn, _)| n > bn) {
+                    best = Some((n, slot));
+                }
+            }
+        }
+        if let Some((_, slot)) = best {
+            return Ok(slot);
+        }
+        // Live slot whose flow is going anyway, or has expired.
+        for &b in buckets {
+            for i in b..b + BUCKET {
+                let slot = i as u32;
+                if slot == exclude {
+                    continue;
+                }
+                let Some(flow) = self.flow_of(slot) else {
+                    continue;
+                };
+                if plan.contains(flow) || now >= self.slots[flow as usize].deadline {
+                    plan.add(flow);
+                    return Ok(slot);
+                }
+            }
+        }
+        if embryonic {
+            if let Some((flow, _)) = self.oldest_embryonic(p, plan, exclude) {
+                // The victim may own the slot through either of its keys; pick the one in this bucket.
+                let slot = buckets
+                    .iter()
+                    .flat_map(|&b| b..b + BUCKET)
+                    .map(|i| i as u32)
+                    .find(|&i| i != exclude && self.flow_of(i) == Some(flow));
+                if let Some(slot) = slot {
+                    plan.add(flow);
+                    return Ok(slot);
+                }
+            }
+        }
+        Err(InsertError::Full)
+    }
+
+    /// The embryonic flow with the earliest deadline among the keys in `p`'s buckets (skipping flows
+    /// already planned for removal and the slot `exclude`), with that deadline.
+    fn oldest_embryonic(&self, p: &Probe, plan: &Plan, exclude: u32) -> Option<(u32, Millis)> {
+        let mut best: Option<(u32, Millis)> = None;
+        for &b in &p.buckets[..p.nb] {
+            for i in b..b + BUCKET {
+                if self.tags[i] & TAG_EMBRYONIC == 0 || i as u32 == exclude {
+                    continue;
+                }
+                let Some(flow) = self.flow_of(i as u32) else {
+                    continue;
+                };
+                if plan.contains(flow) {
+                    continue;
+                }
+                let d = self.slots[flow as usize].deadline;
+                if best.map_or(true, |(_, bd)| d < bd) {
+                    best = Some((flow, d));
+                }
+            }
+        }
+        best
+    }
+}
+
+/// The state machine: new state and flow flags after a packet in `dir` with `tcp` flags. `dsr` flows
+/// have no reply key, so the client's ACK after its SYN is the only sign of a completed handshake.
+fn step(state: FlowState, flags: u8, dir: Dir, tcp: u8, dsr: bool) -> (FlowState, u8) {
+    use tcp_flags::{ACK, FIN, RST, SYN};
+    use TcpState::*;
+    let s = match state {
+        FlowState::Udp { replied } => {
+            return (
+                FlowState::Udp {
+                    replied: replied || dir == Dir::Reply,
+                },
+                flags,
+            )
+        }
+        FlowState::Tcp(s) => s,
+    };
+    if tcp & RST != 0 {
+        return (FlowState::Tcp(Closed), flags);
+    }
+    if tcp & FIN != 0 {
+        let flags = flags
+            | match dir {
+                Dir::Original => F_FIN_ORIG,
+                Dir::Reply => F_FIN_REPLY,
+            };
+        let both = flags & (F_FIN_ORIG | F_FIN_REPLY) == F_FIN_ORIG | F_FIN_REPLY;
+        let next = if both || s == Closed { Closed } else { FinWait };
+        return (FlowState::Tcp(next), flags);
+    }
+    let syn = tcp & SYN != 0;
+    let ack = tcp & ACK != 0;
+    let next = match (s, dir) {
+        (SynSent, Dir::Reply) if syn && ack => SynReceived,
+        (SynSent, Dir::Original) if dsr && ack && !syn => Established,
+        (SynReceived, Dir::Original) if ack && !syn => Established,
+        // A fresh SYN on a closed flow is the client reusing the port: a new handshake starts.
+        (Closed, Dir::Original) if syn && !ack => SynSent,
+        (s, _) => s,
+    };
+    let flags = if next == SynSent && s == Closed {
+        flags & !(F_FIN_ORIG | F_FIN_REPLY)
+    } else {
+        flags
+    };
+    (FlowState::Tcp(next), flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp_flags::{ACK, FIN, RST, SYN};
+    use super::*;
+    use crate::flow::{proto, Addr};
+    use proptest::prelude::*;
+
+    const T: Timeouts = Timeouts {
+        tcp_syn: 5_000,
+        tcp_established: 900_000,
+        tcp_closing: 10_000,
+        udp: 30_000,
+    };
+
+    fn cfg(capacity: usize, embryonic_budget: usize) -> Config {
+        Config {
+            capacity,
+            embryonic_budget,
+            timeouts: T,
+        }
+    }
+
+    /// Client `n` -> VIP:80 (TCP) or VIP:53 (UDP).
+    fn key(n: u32, p: u8) -> FlowKey {
+        let b = n.to_be_bytes();
+        FlowKey {
+            src: Addr::v4([10, b[1], b[2], b[3]]),
+            dst: Addr::v4([192, 0, 2, 1]),
+            sport: 1024 + (n >> 24) as u16,
+            dport: if p == proto::TCP { 80 } else { 53 },
+            proto: p,
+        }
+    }
+
+    /// The reply key of a nat flow for client `n`: backend -> client.
+    fn rkey(n: u32, p: u8) -> FlowKey {
+        let k = key(n, p);
+        FlowKey {
+            src: Addr::v4([198, 51, 100, 7]),
+            dst: k.src,
+            sport: k.dport,
+            dport: k.sport,
+            proto: p,
+        }
+    }
+
+    const SYN_SENT: FlowState = FlowState::Tcp(TcpState::SynSent);
+    const ESTABLISHED: FlowState = FlowState::Tcp(TcpState::Established);
+    const UDP_NEW: FlowState = FlowState::Udp { replied: false };
+
+    #[test]
+    fn capacity_is_rounded_up_to_a_power_of_two_of_at_least_one_bucket() {
+        for (asked, got) in [
+            (0, 16),
+            (1, 16),
+            (16, 16),
+            (17, 32),
+            (1000, 1024),
+            (1 << 20, 1 << 20),
+        ] {
+            let ct: Conntrack<u8> = Conntrack::new(cfg(asked, 1));
+            assert_eq!(ct.capacity(), got, "capacity {asked}");
+            assert_eq!(ct.config().capacity, got);
+            assert!(ct.is_empty());
+        }
+    }
+
+    #[test]
+    fn nat_handshake_walks_syn_sent_syn_received_established() {
+        let mut ct = Conntrack::new(cfg(1024, 16));
+        let (k, r) = (key(1, proto::TCP), rkey(1, proto::TCP));
+        let f = ct.insert(0, (&k, 'o'), Some((&r, 'r')), SYN_SENT).unwrap();
+        assert_eq!(ct.embryonic(), 1);
+        // The client's ACK before the backend's SYN+ACK proves nothing on a nat flow.
+        assert_eq!(ct.observe(f, Dir::Original, ACK, 1), SYN_SENT);
+        let hit = ct.lookup(&r, 2).unwrap();
+        assert_eq!((hit.flow, hit.dir), (f, Dir::Reply));
+        assert_eq!(
+            ct.observe(hit.flow, Dir::Reply, SYN | ACK, 2),
+            FlowState::Tcp(TcpState::SynReceived)
+        );
+        assert_eq!(ct.embryonic(), 1);
+        assert_eq!(ct.observe(f, Dir::Original, ACK, 3), ESTABLISHED);
+        assert_eq!(ct.embryonic(), 0);
+        assert_eq!(ct.state(f), ESTABLISHED);
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn dsr_flow_is_established_by_the_clients_second_packet() {
+        let mut ct = Conntrack::new(cfg(1024, 16));
+        let k = key(2, proto::TCP);
+        let f = ct.insert(0, (&k, 0u32), None, SYN_SENT).unwrap();
+        // A retransmitted SYN is still a handshake in progress.
+        assert_eq!(ct.observe(f, Dir::Original, SYN, 1_000), SYN_SENT);
+        assert_eq!(ct.embryonic(), 1);
+        assert_eq!(ct.observe(f, Dir::Original, ACK, 1_010), ESTABLISHED);
+        assert_eq!(ct.embryonic(), 0);
+        assert_eq!(ct.reply_slot(f), None);
+    }
+
+    #[test]
+    fn fin_from_both_sides_or_rst_closes() {
+        let mut ct = Conntrack::new(cfg(1024, 16));
+        let establish = |ct: &mut Conntrack<u8>, n| {
+            let f = ct
+                .insert(
+                    0,
+                    (&key(n, proto::TCP), 0),
+                    Some((&rkey(n, proto::TCP), 0)),
+                    SYN_SENT,
+                )
+                .unwrap();
+            ct.observe(f, Dir::Reply, SYN | ACK, 0);
+            ct.observe(f, Dir::Original, ACK, 0);
+            f
+        };
+        let f = establish(&mut ct, 1);
+        let fin_wait = FlowState::Tcp(TcpState::FinWait);
+        let closed = FlowState::Tcp(TcpState::Closed);
+        assert_eq!(ct.observe(f, Dir::Original, FIN | ACK, 1), fin_wait);
+        // A second FIN from the same side does not close.
+        assert_eq!(ct.observe(f, Dir::Original, FIN | ACK, 2), fin_wait);
+        assert_eq!(ct.observe(f, Dir::Reply, ACK, 3), fin_wait);
+        assert_eq!(ct.observe(f, Dir::Reply, FIN | ACK, 4), closed);
+        // The client reusing the port starts a new handshake on the same entry.
+        assert_eq!(ct.observe(f, Dir::Original, SYN, 5), SYN_SENT);
+        let g = establish(&mut ct, 2);
+        assert_eq!(ct.observe(g, Dir::Reply, RST, 1), closed);
+        let h = establish(&mut ct, 3);
+        assert_eq!(ct.observe(h, Dir::Original, RST | ACK, 1), closed);
+    }
+
+    #[test]
+    fn udp_flow_is_replied_once_the_reply_direction_is_seen() {
+        let mut ct = Conntrack::new(cfg(1024, 0));
+        let (k, r) = (key(1, proto::UDP), rkey(1, proto::UDP));
+        // UDP is not embryonic, so a zero budget does not stop it.
+        let f = ct.insert(0, (&k, 1u8), Some((&r, 2u8)), UDP_NEW).unwrap();
+        assert_eq!(ct.embryonic(), 0);
+        assert_eq!(ct.observe(f, Dir::Original, 0, 1), UDP_NEW);
+        assert_eq!(
+            ct.observe(f, Dir::Reply, 0, 2),
+            FlowState::Udp { replied: true }
+        );
+        assert_eq!(
+            ct.observe(f, Dir::Original, 0, 3),
+            FlowState::Udp { replied: true }
+        );
+    }
+
+    #[test]
+    fn each_state_expires_after_its_own_timeout() {
+        let mut ct = Conntrack::new(cfg(1024, 16));
+        let syn = key(1, proto::TCP);
+        let est = key(2, proto::TCP);
+        let fin = key(3, proto::TCP);
+        let udp = key(4, proto::UDP);
+        ct.insert(100, (&syn, 0u8), None, SYN_SENT).unwrap();
+        let e = ct.insert(100, (&est, 0), None, SYN_SENT).unwrap();
+        ct.observe(e, Dir::Original, ACK, 100);
+        let c = ct.insert(100, (&fin, 0), None, SYN_SENT).unwrap();
+        ct.observe(c, Dir::Original, ACK, 100);
+        ct.observe(c, Dir::Original, FIN | ACK, 100);
+        ct.insert(100, (&udp, 0), None, UDP_NEW).unwrap();
+        for (k, t) in [
+            (syn, T.tcp_syn),
+            (est, T.tcp_established),
+            (fin, T.tcp_closing),
+            (udp, T.udp),
+        ] {
+            assert!(
+                ct.lookup(&k, 100 + t - 1).is_some(),
+                "{k:?} alive just before {t} ms"
+            );
+            assert!(
+                ct.lookup(&k, 100 + t).is_none(),
+                "{k:?} expired after {t} ms"
+            );
+        }
+        // A packet refreshes the timer.
+        ct.observe(e, Dir::Original, ACK, 500_000);
+        assert!(ct.lookup(&est, 100 + T.tcp_established).is_some());
+        // Expired flows stay stored until collected.
+        assert_eq!(ct.len(), 4);
+    }
+
+    #[test]
+    fn expire_examines_at_most_budget_slots_per_call() {
+        let mut ct = Conntrack::new(cfg(1024, 1024));
+        for n in 0..300 {
+            ct.insert(
+                0,
+                (&key(n, proto::UDP), n),
+                Some((&rkey(n, proto::UDP), n)),
+                UDP_NEW,
+            )
+            .unwrap();
+        }
+        let keep = key(1_000, proto::TCP);
+        let kf = ct.insert(0, (&keep, 7), None, SYN_SENT).unwrap();
+        ct.observe(kf, Dir::Original, ACK, T.udp);
+        // Nothing is due yet.
+        assert_eq!(ct.expire(T.udp - 1, 1024), 0);
+        let now = T.udp;
+        let mut calls = 0;
+        let mut removed = 0;
+        while ct.len() > 1 {
+            let r = ct.expire(now, 16);
+            assert!(r <= 16, "removed {r} flows while examining 16 slots");
+            removed += r;
+            calls += 1;
+            assert!(calls <= 1024 / 16 * 2, "expiry does not progress");
+        }
+        assert_eq!(removed, 300);
+        // One sweep of the table is enough, spread over many calls.
+        assert!(calls > 1 && calls <= 1024 / 16, "took {calls} calls");
+        assert_eq!(
+            ct.iter_flows().map(|(f, _, _)| f).collect::<Vec<_>>(),
+            vec![kf]
+        );
+        assert!(ct.lookup(&key(3, proto::UDP), now).is_none());
+        assert!(ct.lookup(&rkey(3, proto::UDP), now).is_none());
+    }
+
+    #[test]
+    fn paired_keys_share_state_and_values_and_are_removed_together() {
+        let mut ct = Conntrack::new(cfg(1024, 16));
+        let (k, r) = (key(1, proto::TCP), rkey(1, proto::TCP));
+        let f = ct
+            .insert(0, (&k, 10u32), Some((&r, 20u32)), SYN_SENT)
+            .unwrap();
+        let ho = ct.lookup(&k, 1).unwrap();
+        let hr = ct.lookup(&r, 1).unwrap();
+        assert_eq!((ho.flow, ho.slot, ho.dir), (f, f, Dir::Original));
+        assert_eq!((hr.flow, hr.dir), (f, Dir::Reply));
+        assert_eq!(ct.reply_slot(f), Some(hr.slot));
+        assert_eq!((*ct.value(ho.slot), *ct.value(hr.slot)), (10, 20));
+        *ct.value_mut(hr.slot) = 21;
+        assert_eq!(*ct.value(hr.slot), 21);
+        ct.observe(hr.flow, Dir::Reply, SYN | ACK, 2);
+        assert_eq!(ct.state(hr.slot), FlowState::Tcp(TcpState::SynReceived));
+        assert_eq!(ct.state(f), FlowState::Tcp(TcpState::SynReceived));
+        assert_eq!(ct.len(), 1);
+        assert_eq!(ct.iter_flows().count(), 1);
+        // Removing through the reply key removes the whole flow.
+        ct.remove(hr.slot);
+        assert!(ct.lookup(&k, 3).is_none());
+        assert!(ct.lookup(&r, 3).is_none());
+        assert_eq!((ct.len(), ct.embryonic()), (0, 0));
+        // Removing again is harmless.
+        ct.remove(f);
+        assert_eq!(ct.len(), 0);
+        // And the keys can be tracked again.
+        ct.insert(4, (&r, 1), Some((&k, 2)), UDP_NEW).unwrap();
+        assert_eq!(ct.lookup(&k, 5).unwrap().dir, Dir::Reply);
+    }
+
+    #[test]
+    fn live_key_is_exists_and_a_failed_insert_changes_nothing() {
+        let mut ct = Conntrack::new(cfg(1024, 16));
+        let (k, r) = (key(1, proto::TCP), rkey(1, proto::TCP));
+        let f = ct.insert(0, (&k, 1u8), Some((&r, 2u8)), SYN_SENT).unwrap();
+        let k2 = key(2, proto::TCP);
+        assert_eq!(
+            ct.insert(1, (&k, 9), None, SYN_SENT),
+            Err(InsertError::Exists)
+        );
+        assert_eq!(
+            ct.insert(1, (&k2, 9), Some((&r, 9)), SYN_SENT),
+            Err(InsertError::Exists)
+        );
+        assert_eq!(
+            ct.insert(1, (&k2, 9), Some((&k2, 9)), SYN_SENT),
+            Err(InsertError::Exists)
+        );
+        assert_eq!((ct.len(), ct.embryonic()), (1, 1));
+        assert!(ct.lookup(&k2, 1).is_none());
+        assert_eq!(*ct.value(ct.lookup(&r, 1).unwrap().slot), 2);
+        // Once expired, the same keys make a new flow (and the old entry is gone).
+        let g = ct
+            .insert(T.tcp_syn, (&k, 3), Some((&r, 4)), SYN_SENT)
+            .unwrap();
+        assert_eq!((ct.len(), ct.embryonic()), (1, 1));
+        assert_eq!(*ct.value(ct.lookup(&k, T.tcp_syn).unwrap().slot), 3);
+        assert_eq!(
+            ct.iter_flows().map(|(f, _, _)| f).collect::<Vec<_>>(),
+            vec![g]
+        );
+        let _ = f;
+    }
+
+    #[test]
+    fn full_bucket_of_established_flows_rejects_even_syns() {
+        // One bucket: every key competes for the same 16 slots.
+        let mut ct = Conntrack::new(cfg(16, 16));
+        for n in 0..16 {
+            ct.insert(0, (&key(n, proto::UDP), n), None, UDP_NEW)
+                .unwrap();
+        }
+        assert_eq!(
+            ct.insert(0, (&key(99, proto::UDP), 0), None, UDP_NEW),
+            Err(InsertError::Full)
+        );
+        assert_eq!(
+            ct.insert(0, (&key(99, proto::TCP), 0), None, SYN_SENT),
+            Err(InsertError::Full)
+        );
+        assert_eq!(ct.len(), 16);
+        // An expired entry is reused.
+        let f = ct.lookup(&key(5, proto::UDP), 0).unwrap().flow;
+        ct.observe(f, Dir::Original, 0, 1_000);
+        let at = T.udp + 500;
+        ct.insert(at, (&key(99, proto::TCP), 0), None, SYN_SENT)
+            .unwrap();
+        assert!(ct.lookup(&key(5, proto::UDP), at).is_some());
+        // Only the reused entry went; the other expired ones wait for expire().
+        assert_eq!(ct.len(), 16);
+        assert_eq!(ct.expire(at, 16), 14);
+        assert_eq!(ct.len(), 2);
+    }
+
+    #[test]
+    fn pair_insert_needs_room_for_both_keys() {
+        let mut ct = Conntrack::new(cfg(16, 16));
+        for n in 0..15 {
+            ct.insert(0, (&key(n, proto::UDP), n), None, UDP_NEW)
+                .unwrap();
+        }
+        let (k, r) = (key(99, proto::UDP), rkey(99, proto::UDP));
+        assert_eq!(
+            ct.insert(0, (&k, 0), Some((&r, 0)), UDP_NEW),
+            Err(InsertError::Full)
+        );
+        assert!(ct.lookup(&k, 0).is_none());
+        assert_eq!(ct.len(), 15);
+        ct.insert(0, (&k, 0), None, UDP_NEW).unwrap();
+        assert_eq!(ct.len(), 16);
+    }
+
+    #[test]
+    fn syn_evicts_the_oldest_embryonic_flow_in_its_window() {
+        let mut ct = Conntrack::new(cfg(16, 2));
+        let (a, b, c) = (key(1, proto::TCP), key(2, proto::TCP), key(3, proto::TCP));
+        ct.insert(10, (&a, 1u8), None, SYN_SENT).unwrap();
+        let fb = ct.insert(0, (&b, 2u8), None, SYN_SENT).unwrap();
+        let _ = fb;
+        // At the budget: the least recently active embryonic flow (b) makes room.
+        ct.insert(20, (&c, 3u8), None, SYN_SENT).unwrap();
+        assert!(ct.lookup(&a, 20).is_some());
+        assert!(ct.lookup(&b, 20).is_none());
+        assert_eq!(*ct.value(ct.lookup(&c, 20).unwrap().slot), 3);
+        assert_eq!((ct.len(), ct.embryonic()), (2, 2));
+
+        // A full bucket of live flows: a SYN replaces the oldest embryonic one, never an established one.
+        let mut ct = Conntrack::new(cfg(16, 16));
+        for n in 0..16 {
+            let f = ct
+                .insert(n.into(), (&key(n, proto::TCP), n), None, SYN_SENT)
+                .unwrap();
+            if n != 7 && n != 9 {
+                ct.observe(f, Dir::Original, ACK, n.into());
+            }
+        }
+        assert_eq!(ct.embryonic(), 2);
+        ct.insert(100, (&key(50, proto::TCP), 50), None, SYN_SENT)
+            .unwrap();
+        assert!(ct.lookup(&key(7, proto::TCP), 100).is_none());
+        ct.insert(100, (&key(51, proto::TCP), 51), None, SYN_SENT)
+            .unwrap();
+        assert!(ct.lookup(&key(9, proto::TCP), 100).is_none());
+        // Now the window holds the two new embryonic flows and 14 established ones: UDP cannot evict.
+        assert_eq!(
+            ct.insert(100, (&key(52, proto::UDP), 0), None, UDP_NEW),
+            Err(InsertError::Full)
+        );
+        for n in (0..16).filter(|n| *n != 7 && *n != 9) {
+            let h = ct.lookup(&key(n, proto::TCP), 100).unwrap();
+            assert_eq!(*ct.value(h.slot), n);
+        }
+    }
+
+    #[test]
+    fn embryonic_budget_fails_when_no_embryonic_flow_shares_the_window() {
+        let mut ct = Conntrack::new(cfg(1 << 16, 2));
+        let a = key(1, proto::TCP);
+        let b = key(2, proto::TCP);
+        ct.insert(0, (&a, 0u8), None, SYN_SENT).unwrap();
+        ct.insert(0, (&b, 0u8), None, SYN_SENT).unwrap();
+        let shares = |ct: &Conntrack<u8>, k: &FlowKey| {
+            let p = ct.probe(k);
+            [a, b].iter().any(|x| {
+                let s = ct.lookup(x, 0).unwrap().slot as usize;
+                p.buckets.iter().any(|&bk| (bk..bk + BUCKET).contains(&s))
+            })
+        };
+        let c = (3..)
+            .map(|n| key(n, proto::TCP))
+            .find(|k| !shares(&ct, k))
+            .unwrap();
+        assert_eq!(
+            ct.insert(1, (&c, 0), None, SYN_SENT),
+            Err(InsertError::EmbryonicBudget)
+        );
+        assert_eq!((ct.len(), ct.embryonic()), (2, 2));
+        // UDP is not held to the budget; an established flow leaves it and makes room.
+        ct.insert(1, (&key(3, proto::UDP), 0), None, UDP_NEW)
+            .unwrap();
+        let fa = ct.lookup(&a, 1).unwrap().flow;
+        ct.observe(fa, Dir::Original, ACK, 1);
+        ct.insert(1, (&c, 0), None, SYN_SENT).unwrap();
+        assert_eq!((ct.len(), ct.embryonic()), (4, 2));
+    }
+
+    #[test]
+    fn mid_stream_pickup_is_embryonic_until_its_next_packet() {
+        let mut ct = Conntrack::new(cfg(1024, 1));
+        let k = key(1, proto::TCP);
+        let f = ct.insert(0, (&k, 0u8), None, ESTABLISHED).unwrap();
+        assert_eq!(ct.state(f), ESTABLISHED);
+        assert_eq!(ct.embryonic(), 1);
+        // Unconfirmed, it lives only as long as a SYN would.
+        assert_eq!(ct.deadline(f), Some(T.tcp_syn));
+        assert_eq!(
+            ct.insert(0, (&key(2, proto::TCP), 0), None, ESTABLISHED),
+            Err(InsertError::EmbryonicBudget)
+        );
+        assert_eq!(ct.observe(f, Dir::Original, ACK, 10), ESTABLISHED);
+        assert_eq!(ct.embryonic(), 0);
+        assert_eq!(ct.deadline(f), Some(10 + T.tcp_established));
+    }
+
+    #[test]
+    fn unused_slots_are_harmless_to_state_observe_and_remove() {
+        let mut ct: Conntrack<u8> = Conntrack::new(cfg(16, 1));
+        assert_eq!(ct.state(3), FlowState::Tcp(TcpState::Closed));
+        assert_eq!(
+            ct.observe(3, Dir::Reply, SYN, 0),
+            FlowState::Tcp(TcpState::Closed)
+        );
+        assert_eq!(
+            ct.observe(u32::MAX, Dir::Reply, SYN, 0),
+            FlowState::Tcp(TcpState::Closed)
+        );
+        ct.remove(3);
+        ct.remove(u32::MAX);
+        assert_eq!(ct.expire(0, usize::MAX), 0);
+        assert_eq!((ct.len(), ct.embryonic(), ct.key(3)), (0, 0, None));
+    }
+
+    /// Counters agree with what the table holds, and every unexpired stored key is found.
+    fn check_consistent(ct: &Conntrack<u32>, now: Millis) -> Result<(), TestCaseError> {
+        let flows: Vec<_> = ct.iter_flows().collect();
+        prop_assert_eq!(ct.len(), flows.len());
+        let emb = flows
+            .iter()
+            .filter(|(f, _, _)| ct.is_embryonic_flow(*f))
+            .count();
+        prop_assert_eq!(ct.embryonic(), emb);
+        prop_assert!(emb <= ct.config().embryonic_budget);
+        for (f, k, _) in flows {
+            let live = now < ct.deadline(f).unwrap();
+            prop_assert_eq!(ct.lookup(k, now).map(|h| h.flow), live.then_some(f));
+            if let Some(r) = ct.reply_slot(f) {
+                let h = ct.lookup(ct.key(r).unwrap(), now);
+                prop_assert_eq!(
+                    h.map(|h| (h.flow, h.slot, h.dir)),
+                    live.then_some((f, r, Dir::Reply))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert {
+            n: u32,
+            paired: bool,
+            tcp: bool,
+            initial: u8,
+        },
+        Observe {
+            pick: usize,
+            reply: bool,
+            flags: u8,
+        },
+        Remove {
+            pick: usize,
+        },
+        Expire {
+            budget: usize,
+        },
+        Advance {
+            ms: u64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u32..80, any::<bool>(), any::<bool>(), 0u8..3)
+                .prop_map(|(n, paired, tcp, initial)| Op::Insert { n, paired, tcp, initial }),
+            4 => (any::<usize>(), any::<bool>(), any::<u8>())
+                .prop_map(|(pick, reply, flags)| Op::Observe { pick, reply, flags }),
+            1 => any::<usize>().prop_map(|pick| Op::Remove { pick }),
+            1 => (0usize..40).prop_map(|budget| Op::Expire { budget }),
+            2 => (0u64..8_000).prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_operation_sequence_keeps_counters_and_lookups_consistent(
+            ops in proptest::collection::vec(op(), 1..300),
+            cap in prop_oneof![Just(16usize), Just(32), Just(64)],
+            budget in 0usize..12,
+        ) {
+            let mut ct: Conntrack<u32> = Conntrack::new(cfg(cap, budget));
+            let mut now = 0;
+            for op in ops {
+                match op {
+                    Op::Insert { n, paired, tcp, initial } => {
+                        let p = if tcp { proto::TCP } else { proto::UDP };
+                        let st = match (tcp, initial) {
+                            (false, _) => UDP_NEW,
+                            (true, 0) => SYN_SENT,
+                            (true, 1) => ESTABLISHED,
+                            (true, _) => FlowState::Tcp(TcpState::FinWait),
+                        };
+                        let (k, r) = (key(n, p), rkey(n % 20, p));
+                        let before = (ct.len(), ct.lookup(&k, now), ct.lookup(&r, now));
+                        let res = ct.insert(now, (&k, n), paired.then_some((&r, n + 1000)), st);
+                        match res {
+                            Ok(f) => {
+                                prop_assert_eq!(ct.lookup(&k, now).map(|h| h.flow), Some(f));
+                                prop_assert_eq!(ct.state(f), st);
+                                prop_assert_eq!(*ct.value(f), n);
+                            }
+                            Err(InsertError::Exists) => {
+                                prop_assert!(before.1.is_some() || (paired && before.2.is_some()));
+                                prop_assert_eq!(ct.len(), before.0);
+                            }
+                            Err(_) => prop_assert_eq!(ct.len(), before.0),
+                        }
+                    }
+                    Op::Observe { pick, reply, flags } => {
+                        let flows: Vec<u32> = ct.iter_flows().map(|(f, _, _)| f).collect();
+                        if !flows.is_empty() {
+                            let f = flows[pick % flows.len()];
+                            let dir = if reply { Dir::Reply } else { Dir::Original };
+                            let s = ct.observe(f, dir, flags, now);
+                            prop_assert_eq!(ct.state(f), s);
+                        }
+                    }
+                    Op::Remove { pick } => {
+                        let flows: Vec<u32> = ct.iter_flows().map(|(f, _, _)| f).collect();
+                        if !flows.is_empty() {
+                            let f = flows[pick % flows.len()];
+                            let k = *ct.key(f).unwrap();
+                            ct.remove(f);
+                            prop_assert!(ct.lookup(&k, now).is_none());
+                        }
+                    }
+                    Op::Expire { budget } => {
+                        let before = ct.len();
+                        let r = ct.expire(now, budget);
+                        prop_assert!(r <= budget);
+                        prop_assert_eq!(ct.len(), before - r);
+                    }
+                    Op::Advance { ms } => now += ms,
+                }
+                check_consistent(&ct, now)?;
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn syn_flood_never_evicts_an_established_flow(
+            fill in 0.0f64..0.7,
+            flood in proptest::collection::vec((any::<u32>(), any::<bool>(), 0u64..50), 1000..4000),
+            seed in any::<u64>(),
+        ) {
+            let cap = 4096;
+            let mut ct: Conntrack<u32> = Conntrack::with_seed(cfg(cap, 256), seed);
+            // Establish flows until `fill` of the slots hold keys; every other one is a nat pair.
+            let mut est = Vec::new();
+            let mut n = 0u32;
+            let mut keys = 0;
+            while keys < (cap as f64 * fill) as usize {
+                n += 1;
+                let paired = n % 2 == 0;
+                let (k, r) = (key(n, proto::TCP), rkey(n, proto::TCP));
+                let f = ct.insert(0, (&k, n), paired.then_some((&r, !n)), SYN_SENT);
+                let f = f.map_err(|e| TestCaseError::fail(format!("establishing at {keys} keys: {e}")))?;
+                if paired {
+                    ct.observe(f, Dir::Reply, SYN | ACK, 0);
+                }
+                prop_assert_eq!(ct.observe(f, Dir::Original, ACK, 0), ESTABLISHED);
+                est.push((n, paired));
+                keys += 1 + usize::from(paired);
+            }
+            let mut now = 0;
+            for (i, (x, paired, dt)) in flood.into_iter().enumerate() {
+                now += dt;
+                // Flood keys live outside 10/8 and the backend's address, so they never equal a real one.
+                let k = FlowKey { src: Addr::v4(x.to_be_bytes()).max(Addr::v4([11, 0, 0, 0])), sport: i as u16, ..key(0, proto::TCP) };
+                let r = FlowKey { dst: Addr::v4([172, 16, 0, 1]), ..k.reversed() };
+                let _ = ct.insert(now, (&k, 0), paired.then_some((&r, 0)), SYN_SENT);
+                if i % 64 == 0 {
+                    ct.expire(now, 256);
+                }
+                prop_assert!(ct.embryonic() <= 256);
+            }
+            prop_assert!(now < T.tcp_established);
+            for (n, paired) in est {
+                let h = ct.lookup(&key(n, proto::TCP), now).unwrap();
+                prop_assert_eq!((*ct.value(h.slot), ct.state(h.flow)), (n, ESTABLISHED));
+                if paired {
+                    let h = ct.lookup(&rkey(n, proto::TCP), now).unwrap();
+                    prop_assert_eq!(*ct.value(h.slot), !n);
+                }
+            }
+        }
+    }
 }

@@ -215,7 +215,7 @@ impl RoutingTable {
         let mut backend_stats = 0u32;
         for (idx, spec) in specs.into_iter().enumerate() {
             let mut backends = spec.backends;
-            backends.sort_by(|a, b| (a.addr, a.port, a.pool).cmp(&(b.addr, b.port, b.pool)));
+            backends.sort_by_key(|b| (b.addr, b.port, b.pool));
             let keys: Vec<MaglevBackend> = backends
                 .iter()
                 .map(|b| MaglevBackend {
