@@ -69,6 +69,7 @@ pub struct Parsed {
     /// Offset of the network header (14, or 18 with a VLAN tag).
     pub l3_off: usize,
     /// Offset of the transport header (IPv4: `l3_off + IHL*4`; IPv6: after the skipped extension headers).
+    /// Non-IP frames: equal to `l3_end`.
     pub l4_off: usize,
     /// Offset just past the IP packet (`l3_off + total length`); trailing Ethernet padding is after it.
     /// ARP: just past the ARP packet. Other EtherTypes: the frame length.
@@ -252,14 +253,18 @@ pub fn is_icmpv6_error(t: u8) -> bool {
     matches!(t, 1..=4)
 }
 
-/// The folded ones' complement sum of a 20-byte IPv4 header, five 32-bit loads instead of a loop.
+/// True when a 20-byte IPv4 header's ones' complement sum is all ones (checksum correct).
+///
+/// Native-endian loads: the sum of byte-swapped words is the byte-swapped sum (RFC 1071 2.B),
+/// and all ones is the same either way, so no byte swapping is needed.
 #[inline(always)]
-fn sum_ipv4_20(h: &[u8; 20]) -> u16 {
-    let w = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
+fn ipv4_20_sums_to_ones(h: &[u8; 20]) -> bool {
+    let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
     let s = w(0) + w(4) + w(8) + w(12) + w(16);
-    let s = (s & 0xffff) + ((s >> 16) & 0xffff) + (s >> 32);
+    let s = (s & 0xffff_ffff) + (s >> 32);
     let s = (s & 0xffff) + (s >> 16);
-    ((s & 0xffff) + (s >> 16)) as u16
+    let s = (s & 0xffff) + (s >> 16);
+    s == 0xffff
 }
 
 /// Checks the IPv4 header checksum (switched off under `cfg(fuzzing)` so fuzzers reach the L4 code).
@@ -270,15 +275,23 @@ fn ipv4_checksum_ok(frame: &[u8], h: &[u8; 20], l3_off: usize, hlen: usize) -> b
     if cfg!(fuzzing) {
         return true;
     }
-    let s = if hlen == 20 {
-        sum_ipv4_20(h)
+    if hlen == 20 {
+        ipv4_20_sums_to_ones(h)
     } else {
-        match frame.get(l3_off..l3_off + hlen) {
-            Some(hdr) => checksum::sum(hdr, 0) as u16,
-            None => return false,
-        }
-    };
-    s == 0xffff
+        frame
+            .get(l3_off..l3_off + hlen)
+            .is_some_and(|hdr| checksum::sum(hdr, 0) == 0xffff)
+    }
+}
+
+/// What the transport header contributes to [`Parsed`].
+#[derive(Clone, Copy, Default)]
+struct L4Fields {
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    icmp_type: u8,
+    icmp_code: u8,
 }
 
 /// Classifies a frame in one pass. Verifies lengths and the IPv4 header checksum, not L4 checksums.
@@ -290,22 +303,39 @@ fn ipv4_checksum_ok(frame: &[u8], h: &[u8; 20], l3_off: usize, hlen: usize) -> b
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
     let eth: &[u8; ETH_LEN] = arr(frame, 0).ok_or(ParseError::Truncated)?;
-    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
-    let mut vlan = None;
-    let mut l3_off = ETH_LEN;
-    if ethertype == ETHERTYPE_VLAN {
-        let tag: &[u8; 4] = arr(frame, ETH_LEN).ok_or(ParseError::Truncated)?;
-        vlan = Some(u16::from_be_bytes([tag[0], tag[1]]));
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
-        l3_off = ETH_LEN + 4;
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    // The untagged IPv4 frame is the common case: test it first.
+    if ethertype == ETHERTYPE_IPV4 {
+        return parse_ipv4(frame, None, ETH_LEN);
     }
-    let mut p = Parsed {
+    let (vlan, ethertype, l3_off) = if ethertype == ETHERTYPE_VLAN {
+        let tag: &[u8; 4] = arr(frame, ETH_LEN).ok_or(ParseError::Truncated)?;
+        let inner = u16::from_be_bytes([tag[2], tag[3]]);
+        (
+            Some(u16::from_be_bytes([tag[0], tag[1]])),
+            inner,
+            ETH_LEN + 4,
+        )
+    } else {
+        (None, ethertype, ETH_LEN)
+    };
+    match ethertype {
+        ETHERTYPE_IPV4 => parse_ipv4(frame, vlan, l3_off),
+        ETHERTYPE_IPV6 => parse_ipv6(frame, vlan, l3_off),
+        ETHERTYPE_ARP => parse_arp(frame, vlan, l3_off),
+        _ => Ok(non_ip(vlan, ethertype, L3::Other, l3_off, frame.len())),
+    }
+}
+
+/// A [`Parsed`] for a frame without IP: everything past the network header is zero.
+fn non_ip(vlan: Option<u16>, ethertype: u16, l3: L3, l3_off: usize, l3_end: usize) -> Parsed {
+    Parsed {
         vlan,
         ethertype,
-        l3: L3::Other,
+        l3,
         l3_off,
-        l4_off: l3_off,
-        l3_end: frame.len(),
+        l4_off: l3_end,
+        l3_end,
         proto: 0,
         src: Addr::default(),
         dst: Addr::default(),
@@ -317,46 +347,43 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
         frag: Frag::None,
         df: false,
         ttl: 0,
-    };
-    match ethertype {
-        ETHERTYPE_IPV4 => parse_ipv4(frame, &mut p)?,
-        ETHERTYPE_IPV6 => parse_ipv6(frame, &mut p)?,
-        ETHERTYPE_ARP => parse_arp(frame, &mut p)?,
-        _ => {}
     }
-    Ok(p)
 }
 
 /// ARP: the fixed header and both address pairs must be present; Ethernet/IPv4 fills `src`/`dst`.
 #[inline(never)]
-fn parse_arp(frame: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
-    let h: &[u8; 8] = arr(frame, p.l3_off).ok_or(ParseError::Truncated)?;
+fn parse_arp(frame: &[u8], vlan: Option<u16>, l3_off: usize) -> Result<Parsed, ParseError> {
+    let h: &[u8; 8] = arr(frame, l3_off).ok_or(ParseError::Truncated)?;
     let (hlen, plen) = (h[4] as usize, h[5] as usize);
-    let end = p.l3_off + 8 + 2 * (hlen + plen);
+    let end = l3_off + 8 + 2 * (hlen + plen);
     if end > frame.len() {
         return Err(ParseError::Truncated);
     }
-    p.l3 = L3::Arp;
-    p.l4_off = end;
-    p.l3_end = end;
-    if let Some(a) = ArpIpv4::new_checked(frame.get(p.l3_off..).unwrap_or(&[])) {
+    let mut p = non_ip(vlan, ETHERTYPE_ARP, L3::Arp, l3_off, end);
+    if let Some(a) = ArpIpv4::new_checked(frame.get(l3_off..).unwrap_or(&[])) {
         p.src = Addr::v4(a.sender_ip());
         p.dst = Addr::v4(a.target_ip());
     }
-    Ok(())
+    Ok(p)
 }
 
 #[inline(always)]
-fn parse_ipv4(frame: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
-    let l3_off = p.l3_off;
+fn parse_ipv4(frame: &[u8], vlan: Option<u16>, l3_off: usize) -> Result<Parsed, ParseError> {
     let h: &[u8; 20] = arr(frame, l3_off).ok_or(ParseError::Truncated)?;
-    if h[0] >> 4 != 4 {
-        return Err(ParseError::BadVersion);
-    }
-    let hlen = (h[0] & 0x0f) as usize * 4;
-    if hlen < 20 {
-        return Err(ParseError::BadIhl);
-    }
+    // Almost every IPv4 header is 0x45 (no options): one compare settles version and IHL, and
+    // lets the compiler drop the option-length checks below on that path.
+    let hlen = if h[0] == 0x45 {
+        20
+    } else {
+        if h[0] >> 4 != 4 {
+            return Err(ParseError::BadVersion);
+        }
+        let hlen = (h[0] & 0x0f) as usize * 4;
+        if hlen < 20 {
+            return Err(ParseError::BadIhl);
+        }
+        hlen
+    };
     let total = u16::from_be_bytes([h[2], h[3]]) as usize;
     // `arr` succeeded, so l3_off + 20 <= frame.len().
     if total < 20 || total > frame.len() - l3_off {
@@ -369,30 +396,44 @@ fn parse_ipv4(frame: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
         return Err(ParseError::BadIpChecksum);
     }
     let ff = u16::from_be_bytes([h[6], h[7]]);
-    p.l3 = L3::Ipv4;
-    p.l4_off = l3_off + hlen;
-    p.l3_end = l3_off + total;
-    p.df = ff & 0x4000 != 0;
-    p.ttl = h[8];
-    p.proto = h[9];
-    p.src = Addr::v4([h[12], h[13], h[14], h[15]]);
-    p.dst = Addr::v4([h[16], h[17], h[18], h[19]]);
-    p.frag = if ff & 0x1fff != 0 {
+    let frag = if ff & 0x1fff != 0 {
         Frag::Later
     } else if ff & 0x2000 != 0 {
         Frag::First
     } else {
         Frag::None
     };
-    if p.frag == Frag::Later {
-        return Ok(());
-    }
-    parse_l4(frame, p, proto::ICMP)
+    let l4_off = l3_off + hlen;
+    let l3_end = l3_off + total;
+    let proto = h[9];
+    let l4 = if frag == Frag::Later {
+        L4Fields::default()
+    } else {
+        parse_l4(frame, proto, l4_off, l3_end, frag, proto::ICMP)?
+    };
+    Ok(Parsed {
+        vlan,
+        ethertype: ETHERTYPE_IPV4,
+        l3: L3::Ipv4,
+        l3_off,
+        l4_off,
+        l3_end,
+        proto,
+        src: Addr::v4([h[12], h[13], h[14], h[15]]),
+        dst: Addr::v4([h[16], h[17], h[18], h[19]]),
+        sport: l4.sport,
+        dport: l4.dport,
+        tcp_flags: l4.tcp_flags,
+        icmp_type: l4.icmp_type,
+        icmp_code: l4.icmp_code,
+        frag,
+        df: ff & 0x4000 != 0,
+        ttl: h[8],
+    })
 }
 
 #[inline(always)]
-fn parse_ipv6(frame: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
-    let l3_off = p.l3_off;
+fn parse_ipv6(frame: &[u8], vlan: Option<u16>, l3_off: usize) -> Result<Parsed, ParseError> {
     let h: &[u8; 40] = arr(frame, l3_off).ok_or(ParseError::Truncated)?;
     if h[0] >> 4 != 6 {
         return Err(ParseError::BadVersion);
@@ -402,53 +443,71 @@ fn parse_ipv6(frame: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
         return Err(ParseError::BadLength);
     }
     let l3_end = l3_off + 40 + plen;
+    let pkt = frame.get(..l3_end).unwrap_or(&[]);
+    let (proto, l4_off) = walk_ipv6_extensions(pkt, h[6], l3_off + 40, l3_end)?;
+    let l4 = parse_l4(frame, proto, l4_off, l3_end, Frag::None, proto::ICMPV6)?;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src.copy_from_slice(&h[8..24]);
     dst.copy_from_slice(&h[24..40]);
-    p.l3 = L3::Ipv6;
-    p.l3_end = l3_end;
-    p.df = true;
-    p.ttl = h[7];
-    p.src = Addr::v6(src);
-    p.dst = Addr::v6(dst);
-    let pkt = frame.get(..l3_end).unwrap_or(&[]);
-    let (nh, l4_off) = walk_ipv6_extensions(pkt, h[6], l3_off + 40, l3_end)?;
-    p.proto = nh;
-    p.l4_off = l4_off;
-    parse_l4(frame, p, proto::ICMPV6)
+    Ok(Parsed {
+        vlan,
+        ethertype: ETHERTYPE_IPV6,
+        l3: L3::Ipv6,
+        l3_off,
+        l4_off,
+        l3_end,
+        proto,
+        src: Addr::v6(src),
+        dst: Addr::v6(dst),
+        sport: l4.sport,
+        dport: l4.dport,
+        tcp_flags: l4.tcp_flags,
+        icmp_type: l4.icmp_type,
+        icmp_code: l4.icmp_code,
+        frag: Frag::None,
+        df: true,
+        ttl: h[7],
+    })
 }
 
 /// The transport header inside `frame[l4_off..l3_end]`; `icmp` is the ICMP protocol of this IP version.
 #[inline(always)]
-fn parse_l4(frame: &[u8], p: &mut Parsed, icmp: u8) -> Result<(), ParseError> {
-    let pkt = frame.get(..p.l3_end).unwrap_or(&[]);
-    let l4 = p.l4_off;
-    match p.proto {
+fn parse_l4(
+    frame: &[u8],
+    proto: u8,
+    l4: usize,
+    l3_end: usize,
+    frag: Frag,
+    icmp: u8,
+) -> Result<L4Fields, ParseError> {
+    let pkt = frame.get(..l3_end).unwrap_or(&[]);
+    let mut f = L4Fields::default();
+    match proto {
         proto::TCP => {
             let t: &[u8; 20] = arr(pkt, l4).ok_or(ParseError::Truncated)?;
             let doff = (t[12] >> 4) as usize * 4;
             if doff < 20 || doff > pkt.len() - l4 {
                 return Err(ParseError::BadTcpHeader);
             }
-            p.sport = u16::from_be_bytes([t[0], t[1]]);
-            p.dport = u16::from_be_bytes([t[2], t[3]]);
-            p.tcp_flags = t[13];
+            f.sport = u16::from_be_bytes([t[0], t[1]]);
+            f.dport = u16::from_be_bytes([t[2], t[3]]);
+            f.tcp_flags = t[13];
         }
         proto::UDP => {
             let u: &[u8; 8] = arr(pkt, l4).ok_or(ParseError::Truncated)?;
             let ulen = u16::from_be_bytes([u[4], u[5]]) as usize;
             // A first fragment's UDP length covers the whole datagram, not this fragment.
-            if ulen < 8 || (ulen > pkt.len() - l4 && p.frag == Frag::None) {
+            if ulen < 8 || (ulen > pkt.len() - l4 && frag == Frag::None) {
                 return Err(ParseError::BadUdpLength);
             }
-            p.sport = u16::from_be_bytes([u[0], u[1]]);
-            p.dport = u16::from_be_bytes([u[2], u[3]]);
+            f.sport = u16::from_be_bytes([u[0], u[1]]);
+            f.dport = u16::from_be_bytes([u[2], u[3]]);
         }
         n if n == icmp => {
             let c: &[u8; 4] = arr(pkt, l4).ok_or(ParseError::Truncated)?;
-            p.icmp_type = c[0];
-            p.icmp_code = c[1];
+            f.icmp_type = c[0];
+            f.icmp_code = c[1];
             let echo = if icmp == proto::ICMP {
                 is_icmpv4_echo(c[0])
             } else {
@@ -457,13 +516,13 @@ fn parse_l4(frame: &[u8], p: &mut Parsed, icmp: u8) -> Result<(), ParseError> {
             if echo {
                 let e: &[u8; 8] = arr(pkt, l4).ok_or(ParseError::Truncated)?;
                 let id = u16::from_be_bytes([e[4], e[5]]);
-                p.sport = id;
-                p.dport = id;
+                f.sport = id;
+                f.dport = id;
             }
         }
         _ => {}
     }
-    Ok(())
+    Ok(f)
 }
 
 /// Verifies the transport checksum of a parsed IP packet: TCP, UDP, ICMPv4 and ICMPv6.
