@@ -1044,7 +1044,7 @@ fn input_frame(f: &Fixture) -> Result<Vec<u8>, String> {
         controlplane::sim::read_pcap(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut it = frames.into_iter();
     match (it.next(), it.next()) {
-        (Some(frame), None) => Ok(frame),
+        (Some((_, frame)), None) => Ok(frame),
         _ => Err(format!("{}: expected exactly one frame", path.display())),
     }
 }
@@ -1058,7 +1058,8 @@ fn simulator(s: &Scenario) -> impl Fn(&[Vec<u8>]) -> Vec<SimFrame> {
     let compiled = controlplane::compile::compile(&cfg, 1)
         .unwrap_or_else(|e| panic!("{file}: compile: {e}\n{text}"));
     move |frames: &[Vec<u8>]| {
-        let frames: Vec<Vec<u8>> = frames.to_vec();
+        // Katran's fixtures carry no meaningful time: every frame at t=0.
+        let frames: Vec<(u64, Vec<u8>)> = frames.iter().map(|f| (0, f.clone())).collect();
         let report = controlplane::sim::run(&compiled, &frames);
         report
             .frames

@@ -1,9 +1,10 @@
 //! One packet in, one verdict out: the whole L4 decision path the workers run.
 
+use crate::conntrack::tcp_flags::{ACK as TCP_ACK, RST as TCP_RST, SYN as TCP_SYN};
 use crate::conntrack::{self, Conntrack, Dir, FlowState, Hit, InsertError, Millis, TcpState};
 use crate::flow::{hash_addr, proto, Addr, FlowKey};
 use crate::packet::PacketBuf;
-use crate::table::{Affinity, Mode, RoutingTable};
+use crate::table::{Affinity, Backend, Mode, Pool, RoutingTable, Service};
 use crate::wire::{self, checksum, Frag, Ipv4Fields, Ipv6Fields, ParseError, Parsed, L3};
 
 /// What to do with a frame after [`process`].
@@ -113,10 +114,6 @@ impl Verdict {
     }
 }
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// TTL / hop limit of packets we originate (answers, outer headers).
 const OUR_TTL: u8 = 64;
@@ -466,25 +463,9 @@ fn new_flow(
     if tcp && !syn && pool.mode == Mode::FullNat {
         return Verdict::Drop(DropReason::NoFlow);
     }
-    let bport = if be.port == 0 { p.dport } else { be.port };
     let client_mac = src_mac(pkt.data());
-    let mut fwd = FlowValue {
-        action: Action::Rewrite,
-        mode: pool.mode,
-        new_src: p.src,
-        new_dst: be.addr,
-        new_sport: p.sport,
-        new_dport: bport,
-        mac: be.mac,
-        gue_port: pool.gue_port,
-        vip: p.dst,
-        vport: p.dport,
-        proto: p.proto,
-        backend: be.addr,
-        backend_port: be.port,
-        generation: table.generation,
-        svc_stat: svc.stat,
-        be_stat: be.stat,
+    let Some(mut fwd) = forward_value(table, svc, be, pool, key) else {
+        return Verdict::Drop(DropReason::Unsupported);
     };
     let mut reply = None;
     match pool.mode {
@@ -496,7 +477,7 @@ fn new_flow(
             let mut rkey = FlowKey {
                 src: be.addr,
                 dst: *snat,
-                sport: bport,
+                sport: fwd.new_dport,
                 dport: 0,
                 proto: p.proto,
             };
@@ -511,33 +492,12 @@ fn new_flow(
             reply = Some(FlowKey {
                 src: be.addr,
                 dst: p.src,
-                sport: bport,
+                sport: fwd.new_dport,
                 dport: p.sport,
                 proto: p.proto,
             });
         }
-        Mode::DsrIpip | Mode::DsrGue => {
-            let src = if be.addr.is_v4() {
-                pool.encap_src_v4
-            } else {
-                pool.encap_src_v6
-            };
-            let Some(src) = src else {
-                return Verdict::Drop(DropReason::Unsupported);
-            };
-            fwd.action = if pool.mode == Mode::DsrIpip {
-                Action::Ipip
-            } else {
-                Action::Gue
-            };
-            fwd.new_src = src;
-            fwd.new_sport = p.sport;
-            fwd.new_dport = p.dport;
-        }
-        Mode::Dr => {
-            fwd.action = Action::Mac;
-            fwd.new_dport = p.dport;
-        }
+        Mode::DsrIpip | Mode::DsrGue | Mode::Dr => {}
     }
     let rev = reply.map(|rk| {
         let v = FlowValue {
@@ -565,6 +525,56 @@ fn new_flow(
     let len = pkt.len() as u64;
     count(&mut st.counters, &fwd, len, true);
     apply(table, pkt, p, &fwd, p.sport)
+}
+
+/// The client -> backend half of a new flow `key` (client -> VIP) on backend `be`. Fullnat's source
+/// address and port are filled in by the caller, which allocates them.
+fn forward_value(
+    table: &RoutingTable,
+    svc: &Service,
+    be: &Backend,
+    pool: &Pool,
+    key: &FlowKey,
+) -> Option<FlowValue> {
+    let mut v = FlowValue {
+        action: Action::Rewrite,
+        mode: pool.mode,
+        new_src: key.src,
+        new_dst: be.addr,
+        new_sport: key.sport,
+        new_dport: if be.port == 0 { key.dport } else { be.port },
+        mac: be.mac,
+        gue_port: pool.gue_port,
+        vip: key.dst,
+        vport: key.dport,
+        proto: key.proto,
+        backend: be.addr,
+        backend_port: be.port,
+        generation: table.generation,
+        svc_stat: svc.stat,
+        be_stat: be.stat,
+    };
+    match pool.mode {
+        Mode::DsrIpip | Mode::DsrGue => {
+            v.action = if pool.mode == Mode::DsrIpip {
+                Action::Ipip
+            } else {
+                Action::Gue
+            };
+            v.new_src = if be.addr.is_v4() {
+                pool.encap_src_v4?
+            } else {
+                pool.encap_src_v6?
+            };
+            v.new_dport = key.dport;
+        }
+        Mode::Dr => {
+            v.action = Action::Mac;
+            v.new_dport = key.dport;
+        }
+        Mode::FullNat | Mode::Nat => {}
+    }
+    Some(v)
 }
 
 /// Forwards a packet according to a flow value. `entropy` is the GUE source port.
@@ -726,7 +736,8 @@ fn encap(
         return too_big(table, pkt, p, report);
     }
     let inner_tos = tos(pkt.data(), p);
-    if !pkt.set_len(p.l3_end) || !pkt.push_front(overhead) {
+    // Trailing Ethernet padding stays behind the packet; the outer length excludes it.
+    if !pkt.push_front(overhead) {
         return Verdict::Drop(DropReason::NoRoom);
     }
     let l2 = p.l3_off;
@@ -877,33 +888,18 @@ fn too_big(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed, mtu: u32) 
 }
 
 fn arp(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verdict {
-    let a = p.l3_off;
     let local_mac = table.local.mac;
     let d = pkt.data_mut();
-    let Some(arp) = d.get(a..a + 28) else {
+    let eth_src = src_mac(d);
+    let Some(mut arp) = d.get_mut(p.l3_off..).and_then(wire::ArpIpv4::new_checked) else {
         return Verdict::Drop(DropReason::Truncated);
     };
-    // Ethernet/IPv4 request only.
-    if arp[..8] != [0, 1, 8, 0, 6, 4, 0, 1] {
+    let (spa, tpa) = (arp.sender_ip(), arp.target_ip());
+    // Gratuitous announcements, replies and other hosts' addresses are the host's business.
+    if arp.operation() != wire::ARP_REQUEST || spa == tpa || !table.owns(Addr::v4(tpa)) {
         return Verdict::ToHost;
     }
-    let mut spa = [0u8; 4];
-    spa.copy_from_slice(&arp[14..18]);
-    let mut tpa = [0u8; 4];
-    tpa.copy_from_slice(&arp[24..28]);
-    if spa == tpa || !table.owns(Addr::v4(tpa)) {
-        // Gratuitous announcements and other hosts' addresses are the host's business.
-        return Verdict::ToHost;
-    }
-    let mut sha = [0u8; 6];
-    sha.copy_from_slice(&arp[8..14]);
-    let eth_src = src_mac(d);
-    let arp = &mut d[a..a + 28];
-    arp[7] = 2;
-    arp[8..14].copy_from_slice(&local_mac);
-    arp[14..18].copy_from_slice(&tpa);
-    arp[18..24].copy_from_slice(&sha);
-    arp[24..28].copy_from_slice(&spa);
+    arp.make_reply(local_mac);
     set_macs(d, eth_src, local_mac);
     Verdict::Tx
 }
@@ -941,9 +937,14 @@ fn icmp(
                 if let Some(hit) = st.ct.lookup(&key, now) {
                     return icmp_error_tracked(st, table, pkt, p, &q, hit);
                 }
+                if table.is_vip(p.dst) && q.src == p.dst {
+                    return icmp_error_stateless(table, pkt, p, &key);
+                }
             }
         }
-        return if table.owns(p.dst) {
+        // Errors to our own (non-VIP) addresses are the host's: its traceroute and path MTU
+        // discovery need them.
+        return if table.is_vip(p.dst) {
             Verdict::Drop(DropReason::IcmpUntracked)
         } else {
             Verdict::ToHost
@@ -1052,6 +1053,37 @@ fn neighbor_solicitation(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Pars
     let c = checksum::l4(&target, &dst, proto::ICMPV6, na);
     wire::put_be16(na, 2, c);
     Verdict::Tx
+}
+
+/// An ICMP error to a VIP about a flow this worker does not track (it started on another balancer
+/// behind the same ECMP route, or before a restart): where Maglev puts that flow on a dsr or dr
+/// backend, the error can go there unchanged, as Katran does. nat/fullnat need the flow's state.
+fn icmp_error_stateless(
+    table: &RoutingTable,
+    pkt: &mut PacketBuf<'_>,
+    p: &Parsed,
+    key: &FlowKey,
+) -> Verdict {
+    let Some((_, svc)) = table.service_for(key.dst, key.proto, key.dport) else {
+        return Verdict::Drop(DropReason::IcmpUntracked);
+    };
+    let hash = match svc.affinity {
+        Affinity::None => key.hash(table.hash_seed),
+        Affinity::ClientIp => hash_addr(&key.src, table.hash_seed),
+    };
+    let Some(be) = svc.maglev.lookup(hash).and_then(|i| svc.backends.get(usize::from(i))) else {
+        return Verdict::Drop(DropReason::NoBackend);
+    };
+    let Some(pool) = svc.pools.get(usize::from(be.pool)) else {
+        return Verdict::Drop(DropReason::NoBackend);
+    };
+    let Some(val) = forward_value(table, svc, be, pool, key) else {
+        return Verdict::Drop(DropReason::Unsupported);
+    };
+    match val.action {
+        Action::Ipip | Action::Gue | Action::Mac => apply(table, pkt, p, &val, key.sport),
+        Action::Rewrite => Verdict::Drop(DropReason::IcmpUntracked),
+    }
 }
 
 /// An ICMP error about a tracked flow goes to the flow's other end, rewritten so it makes sense

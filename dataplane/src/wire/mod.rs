@@ -268,8 +268,6 @@ fn ipv4_20_sums_to_ones(h: &[u8; 20]) -> bool {
 }
 
 /// Checks the IPv4 header checksum (switched off under `cfg(fuzzing)` so fuzzers reach the L4 code).
-// cargo-fuzz sets `--cfg fuzzing`; the workspace lints do not declare it, hence the allow.
-#[allow(unexpected_cfgs)]
 #[inline(always)]
 fn ipv4_checksum_ok(frame: &[u8], h: &[u8; 20], l3_off: usize, hlen: usize) -> bool {
     if cfg!(fuzzing) {
