@@ -37,7 +37,12 @@ fn bench_mode(c: &mut Criterion, name: &str, vip: Addr) {
         let mut f = [0u8; 256];
         let n = sample::tcp4(&mut f, client(i), vip, 40000, 80, 0x02, 0);
         buf[HEADROOM..HEADROOM + n].copy_from_slice(&f[..n]);
-        process(&mut st, &table, 0, &mut PacketBuf::new(&mut buf, HEADROOM, n));
+        process(
+            &mut st,
+            &table,
+            0,
+            &mut PacketBuf::new(&mut buf, HEADROOM, n),
+        );
         let n = sample::tcp4(&mut f, client(i), vip, 40000, 80, 0x10, 64);
         frames.push((f, n));
     }
@@ -47,7 +52,12 @@ fn bench_mode(c: &mut Criterion, name: &str, vip: Addr) {
             let (f, n) = &frames[i % FLOWS];
             i += 1;
             buf[HEADROOM..HEADROOM + n].copy_from_slice(&f[..*n]);
-            process(&mut st, &table, 1, &mut PacketBuf::new(&mut buf, HEADROOM, *n))
+            process(
+                &mut st,
+                &table,
+                1,
+                &mut PacketBuf::new(&mut buf, HEADROOM, *n),
+            )
         })
     });
 
@@ -57,10 +67,23 @@ fn bench_mode(c: &mut Criterion, name: &str, vip: Addr) {
         b.iter(|| {
             n += 1;
             let mut f = [0u8; 64];
-            let len = sample::tcp4(&mut f, client(n as usize), vip, (n >> 16) as u16 | 1024, 80, 0x02, 0);
+            let len = sample::tcp4(
+                &mut f,
+                client(n as usize),
+                vip,
+                (n >> 16) as u16 | 1024,
+                80,
+                0x02,
+                0,
+            );
             buf[HEADROOM..HEADROOM + len].copy_from_slice(&f[..len]);
             // Time moves 1 ms per SYN so unanswered flows expire and the table never fills.
-            process(&mut st, &table, n, &mut PacketBuf::new(&mut buf, HEADROOM, len))
+            process(
+                &mut st,
+                &table,
+                n,
+                &mut PacketBuf::new(&mut buf, HEADROOM, len),
+            )
         })
     });
     g.finish();

@@ -9,7 +9,9 @@ pub struct Addr(pub [u8; 16]);
 impl Addr {
     /// The IPv4 address `a.b.c.d`.
     pub const fn v4(o: [u8; 4]) -> Addr {
-        Addr([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]])
+        Addr([
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+        ])
     }
 
     /// An IPv6 address from its 16 bytes.
@@ -197,8 +199,14 @@ mod tests {
         for f in [
             FlowKey { sport: 3, ..k },
             FlowKey { dport: 3, ..k },
-            FlowKey { proto: proto::UDP, ..k },
-            FlowKey { src: Addr::v4([198, 18, 0, 3]), ..k },
+            FlowKey {
+                proto: proto::UDP,
+                ..k
+            },
+            FlowKey {
+                src: Addr::v4([198, 18, 0, 3]),
+                ..k
+            },
             k.reversed(),
         ] {
             assert_ne!(f.hash(0), base);

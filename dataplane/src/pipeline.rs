@@ -114,7 +114,6 @@ impl Verdict {
     }
 }
 
-
 /// TTL / hop limit of packets we originate (answers, outer headers).
 const OUR_TTL: u8 = 64;
 /// RFC 1812: an ICMPv4 error carries as much of the original as fits in 576 bytes.
@@ -235,10 +234,12 @@ impl WorkerState {
     pub fn adopt(&mut self, table: &RoutingTable) {
         let c = &mut self.counters;
         if c.services.len() < table.service_stat_slots() {
-            c.services.resize(table.service_stat_slots(), FlowCounters::default());
+            c.services
+                .resize(table.service_stat_slots(), FlowCounters::default());
         }
         if c.backends.len() < table.backend_stat_slots() {
-            c.backends.resize(table.backend_stat_slots(), FlowCounters::default());
+            c.backends
+                .resize(table.backend_stat_slots(), FlowCounters::default());
         }
         let (lo, hi) = snat_slice(table.local.snat_ports, self.worker, self.workers);
         if (lo, hi) != (self.snat_lo, self.snat_hi) {
@@ -258,7 +259,11 @@ impl WorkerState {
         // Bounded: a burst must not stall on a crowded range; the next flow tries further on.
         for _ in 0..span.min(64) {
             let port = self.snat_next;
-            self.snat_next = if port >= self.snat_hi { self.snat_lo } else { port + 1 };
+            self.snat_next = if port >= self.snat_hi {
+                self.snat_lo
+            } else {
+                port + 1
+            };
             key.dport = port;
             if self.ct.lookup(key, now).is_none() {
                 return Some(port);
@@ -360,7 +365,11 @@ fn parse_error(table: &RoutingTable, frame: &[u8], e: ParseError) -> Verdict {
         ParseError::BadIpChecksum => DropReason::BadIpChecksum,
         ParseError::UnsupportedExtension => {
             // Only IPv6 gets here; a packet for someone else is the host's business.
-            let off = if wire::be16(frame, 12) == wire::ETHERTYPE_VLAN { 18 } else { 14 };
+            let off = if wire::be16(frame, 12) == wire::ETHERTYPE_VLAN {
+                18
+            } else {
+                14
+            };
             match frame.get(off + 24..off + 40).and_then(Addr::from_wire) {
                 Some(dst) if table.owns(dst) => DropReason::UnsupportedExtension,
                 _ => return Verdict::ToHost,
@@ -516,7 +525,10 @@ fn new_flow(
     } else {
         FlowState::Udp { replied: false }
     };
-    if let Err(e) = st.ct.insert(now, (key, fwd), rev.as_ref().map(|(k, v)| (k, *v)), initial) {
+    if let Err(e) = st
+        .ct
+        .insert(now, (key, fwd), rev.as_ref().map(|(k, v)| (k, *v)), initial)
+    {
         return Verdict::Drop(match e {
             InsertError::Full | InsertError::Exists => DropReason::ConntrackFull,
             InsertError::EmbryonicBudget => DropReason::EmbryonicBudget,
@@ -587,7 +599,8 @@ fn apply(
 ) -> Verdict {
     match val.action {
         Action::Rewrite => {
-            if val.new_src.is_v4() != (p.l3 == L3::Ipv4) || val.new_dst.is_v4() != val.new_src.is_v4()
+            if val.new_src.is_v4() != (p.l3 == L3::Ipv4)
+                || val.new_dst.is_v4() != val.new_src.is_v4()
             {
                 return Verdict::Drop(DropReason::Unsupported);
             }
@@ -1071,7 +1084,11 @@ fn icmp_error_stateless(
         Affinity::None => key.hash(table.hash_seed),
         Affinity::ClientIp => hash_addr(&key.src, table.hash_seed),
     };
-    let Some(be) = svc.maglev.lookup(hash).and_then(|i| svc.backends.get(usize::from(i))) else {
+    let Some(be) = svc
+        .maglev
+        .lookup(hash)
+        .and_then(|i| svc.backends.get(usize::from(i)))
+    else {
         return Verdict::Drop(DropReason::NoBackend);
     };
     let Some(pool) = svc.pools.get(usize::from(be.pool)) else {
