@@ -809,7 +809,7 @@ fn encap(
         let Some(udp) = out.get_mut(ip_len..) else {
             return Verdict::Drop(DropReason::NoRoom);
         };
-        if wire::write_udp(udp, entropy, val.gue_port, (inner_len + 8) as u16).is_none() {
+        if wire::write_udp(udp, entropy, val.gue_port, inner_len as u16).is_none() {
             return Verdict::Drop(DropReason::NoRoom);
         }
         if !outer_v4 {
@@ -885,7 +885,7 @@ fn too_big(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed, mtu: u32) 
     let icmp = &mut ip[ip_len..ip_len + icmp_len];
     if v4 {
         icmp[..8].copy_from_slice(&[3, 4, 0, 0, 0, 0, (mtu >> 8) as u8, mtu as u8]);
-        let c = checksum::fold(checksum::sum(icmp, 0));
+        let c = checksum::icmpv4(icmp);
         wire::put_be16(icmp, 2, c);
     } else {
         let m = mtu.to_be_bytes();
@@ -997,12 +997,20 @@ fn echo_reply(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verd
         d[l3 + 7] = OUR_TTL;
     }
     let reply = if v4 { 0 } else { 129 };
-    let l4 = p.l4_off;
-    let old = u16::from_be_bytes([d[l4], d[l4 + 1]]);
-    d[l4] = reply;
-    let new = u16::from_be_bytes([d[l4], d[l4 + 1]]);
-    let c = checksum::update16(wire::be16(d, l4 + 2), old, new);
-    wire::put_be16(d, l4 + 2, c);
+    let (src, dst) = (p.dst, p.src);
+    let Some(icmp) = d.get_mut(p.l4_off..p.l3_end) else {
+        return Verdict::Drop(DropReason::Truncated);
+    };
+    icmp[0] = reply;
+    // Recomputed, not updated: an all-zero message must get 0xffff, which RFC 1624's
+    // incremental update would write as 0x0000.
+    wire::put_be16(icmp, 2, 0);
+    let c = if v4 {
+        checksum::icmpv4(icmp)
+    } else {
+        checksum::l4(&src, &dst, proto::ICMPV6, icmp)
+    };
+    wire::put_be16(icmp, 2, c);
     let eth_src = src_mac(d);
     set_macs(d, eth_src, table.local.mac);
     Verdict::Tx
@@ -1163,7 +1171,7 @@ fn icmp_error_tracked(
     let icmp = &mut d[p.l4_off..p.l3_end];
     wire::put_be16(icmp, 2, 0);
     let c = if v4 {
-        checksum::fold(checksum::sum(icmp, 0))
+        checksum::icmpv4(icmp)
     } else {
         checksum::l4(&outer_src, &val.new_dst, proto::ICMPV6, icmp)
     };
