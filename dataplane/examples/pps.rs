@@ -62,8 +62,8 @@ fn main() {
             tx += usize::from(run(&f, 54, &mut st, n as u64) == Verdict::Tx);
         }
     } else {
-        for i in 0..FLOWS {
-            run(&syn[i], 54, &mut st, 0);
+        for f in &syn {
+            run(f, 54, &mut st, 0);
         }
         for n in 0..packets {
             let i = n % FLOWS;

@@ -634,7 +634,7 @@ impl<V: Copy> Conntrack<V> {
             let m = match_free(&self.tags[b..b + BUCKET]);
             if let Some(slot) = bits(b, m).map(|i| i as u32).find(|&i| i != exclude) {
                 let n = m.count_ones();
-                if best.map_or(true, |(bn, _)| n > bn) {
+                if best.is_none_or(|(bn, _)| n > bn) {
                     best = Some((n, slot));
                 }
             }
@@ -691,7 +691,7 @@ impl<V: Copy> Conntrack<V> {
                     continue;
                 }
                 let d = self.slots[flow as usize].deadline;
-                if best.map_or(true, |(_, bd)| d < bd) {
+                if best.is_none_or(|(_, bd)| d < bd) {
                     best = Some((flow, d));
                 }
             }
