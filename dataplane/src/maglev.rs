@@ -1,17 +1,19 @@
 //! Weighted Maglev consistent hashing (Eisenbud et al., NSDI'16).
 //!
 //! [`build`] fills a prime-sized table with backend indices. Every backend walks its own permutation
-//! of the slots (an offset and a skip derived from its key) and, round by round in key order, claims
-//! the next free slot of that permutation, as in the paper. Weights are honoured with exact integer
-//! quotas: each backend gets `size * weight / sum(weights)` slots rounded by the largest-remainder
-//! method, and stops claiming once it has them. So every backend's share is within one slot of its
-//! weight share, and equal weights give every backend `floor` or `ceil` of `size / n` slots.
+//! of the slots (an offset and a skip derived from its key) and claims the next free slot of that
+//! permutation, as in the paper. Weights are honoured with exact integer quotas: each backend gets
+//! `size * weight / sum(weights)` slots rounded by the largest-remainder method, and stops claiming
+//! once it has them. So every backend's share is within one slot of its weight share, and equal
+//! weights give every backend `floor` or `ceil` of `size / n` slots. Claims are paced by weight (a
+//! backend of weight w claims its k-th slot at time (k + 1/2) / w, see `Tick`); with equal weights
+//! that is the paper's round-robin in key order.
 //!
 //! The table depends only on the set of (key, weight) pairs: backends are ordered by key before
 //! anything else, so the caller's order only decides which index a slot holds, never which backend.
 
 use std::cmp::Reverse;
-use std::collections::binary_heap::{BinaryHeap, PeekMut};
+use std::collections::BinaryHeap;
 
 use crate::flow::hash_bytes;
 
@@ -99,6 +101,14 @@ pub fn is_valid_table_size(n: usize) -> bool {
     true
 }
 
+/// Free slots left when population stops walking permutations and picks from a list of free slots.
+///
+/// Maglev's cost is the end: with F slots free a claim probes about M/F slots, so the last few
+/// hundred claims take most of the ~M ln M probes. With a list of the free slots a claim costs F
+/// multiplications instead (the permutation position of each free slot), which is cheaper below
+/// about sqrt(M / 10). Both find the same slot, so this only changes the speed.
+const ENDGAME_FREE: u32 = 64;
+
 /// One backend during population: where it is in its permutation and how many slots it still has
 /// to claim.
 struct Cursor {
@@ -108,25 +118,227 @@ struct Cursor {
     pos: u32,
     /// Permutation step, in `1..size`.
     skip: u32,
+    /// Inverse of `skip` modulo the table size, or 0 until the end game needs it.
+    inv_skip: u32,
     /// Slots still to claim before its quota is reached.
     left: u32,
-    /// Claims made so far.
-    claims: u32,
     /// Its weight, which paces its claims.
     weight: u32,
 }
 
-impl Cursor {
-    /// When this backend makes its next claim, on a clock where a backend of weight `w` claims at
-    /// `(k + 1/2) / w` for its k-th slot, in fixed point. Only its own weight enters, so adding or
-    /// removing other backends leaves the relative order of everyone else's claims unchanged, which
-    /// is what keeps the disruption small with unequal weights (a plain round-robin lets light
-    /// backends finish early and reshuffles the heavy ones' late claims). With equal weights this is
-    /// Maglev's round-robin in key order.
-    fn due(&self) -> u64 {
-        // claims < 2^31, so (2 * claims + 1) << 31 < 2^63.
-        ((2 * u64::from(self.claims) + 1) << 31) / u64::from(self.weight)
+/// The backends of one weight: they claim at the same instants, one slot each, in key order.
+struct Group {
+    /// Their common weight.
+    weight: u32,
+    /// Claims each has made so far (the group's clock position).
+    claims: u32,
+    /// Their cursors: `cursors[start..start + live]`, the finished ones moved out of the range.
+    start: usize,
+    /// How many still claim.
+    live: usize,
+    /// Calendar bucket of its next tick, `floor((2 * claims + 1) * total / (2 * weight))`, where
+    /// `total` is the sum of the weights: about one bucket per slot.
+    bucket: u64,
+    /// Remainder of that division, so that moving to the next tick costs no division.
+    rem: u64,
+    /// `total / weight`: how many buckets a tick moves.
+    step: u64,
+    /// `2 * (total % weight)`: how much the remainder grows per tick.
+    step_rem: u64,
+    /// The next group in the same bucket, or [`NO_GROUP`].
+    next: u32,
+}
+
+/// End of a bucket's list of groups.
+const NO_GROUP: u32 = u32::MAX;
+
+impl Group {
+    fn new(weight: u32, start: usize, total: u64) -> Group {
+        let w = u64::from(weight);
+        Group {
+            weight,
+            claims: 0,
+            start,
+            live: 0,
+            bucket: total / (2 * w),
+            rem: total % (2 * w),
+            step: total / w,
+            step_rem: 2 * (total % w),
+            next: NO_GROUP,
+        }
     }
+
+    /// Moves the bucket on by one tick: the numerator grows by `2 * total`, the denominator is
+    /// `2 * weight`, and both remainders are below it, so one subtraction normalises.
+    fn advance(&mut self) {
+        let d = 2 * u64::from(self.weight);
+        self.bucket += self.step;
+        self.rem += self.step_rem;
+        if self.rem >= d {
+            self.rem -= d;
+            self.bucket += 1;
+        }
+    }
+}
+
+/// When a group claims next, on a clock where a backend of weight `w` claims its k-th slot at
+/// `(k + 1/2) / w`. Only its own weight enters, so adding or removing other backends leaves the
+/// relative order of everyone else's claims unchanged, which keeps the disruption small with unequal
+/// weights (a plain round-robin lets light backends finish early and reshuffles the heavy ones' late
+/// claims). With equal weights this is Maglev's round-robin in key order. Ties go to the lighter group.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Tick {
+    /// The group's `claims`.
+    claims: u32,
+    /// The group's weight.
+    weight: u32,
+    /// Index of the group.
+    group: usize,
+}
+
+impl Ord for Tick {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // (2k + 1) / w compared without division: 2k + 1 <= 2^32 - 1 and w < 2^32, so each product
+        // fits a u64.
+        let a = (2 * u64::from(self.claims) + 1) * u64::from(other.weight);
+        let b = (2 * u64::from(other.claims) + 1) * u64::from(self.weight);
+        a.cmp(&b)
+            .then(self.weight.cmp(&other.weight))
+            .then(self.group.cmp(&other.group))
+    }
+}
+
+impl PartialOrd for Tick {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The table being filled.
+struct Fill {
+    slots: Box<[u16]>,
+    /// Occupancy as a bitset: 8 KiB for the default size, so probing stays in L1 instead of striding
+    /// through the 128 KiB slot array.
+    taken: Vec<u64>,
+    /// Table size.
+    m: u32,
+    /// `floor(2^64 / m)`, for reducing modulo `m` without a division.
+    m_recip: u64,
+    /// Slots still free.
+    free: u32,
+    /// The free slots, once `free` is at most [`ENDGAME_FREE`]; `taken` is no longer kept then.
+    free_list: Vec<u32>,
+}
+
+impl Fill {
+    fn new(m: u32) -> Fill {
+        Fill {
+            slots: vec![EMPTY; m as usize].into_boxed_slice(),
+            taken: vec![0; (m as usize).div_ceil(64)],
+            m,
+            m_recip: u64::MAX / u64::from(m),
+            free: m,
+            free_list: Vec::new(),
+        }
+    }
+
+    /// Gives `c` the first free slot of its permutation from its cursor on.
+    ///
+    /// The caller guarantees a free slot exists (quotas add up to `m`, so it does while `c` has one
+    /// to claim), and a prime `m` makes every permutation reach it: the probe loop ends.
+    #[inline]
+    fn claim(&mut self, c: &mut Cursor) {
+        let m = self.m;
+        let pos = if self.free_list.is_empty() {
+            // Four probes per iteration, each an independent load, and one branch for all four:
+            // in a filling table the outcome of a single probe is a coin toss the branch predictor
+            // loses, so fewer, wider tests are what makes this loop fast.
+            let (s1, s2, s3, s4) = {
+                let s2 = add_mod(c.skip, c.skip, m);
+                (c.skip, s2, add_mod(s2, c.skip, m), add_mod(s2, s2, m))
+            };
+            let mut p0 = c.pos;
+            loop {
+                let (p1, p2, p3) = (add_mod(p0, s1, m), add_mod(p0, s2, m), add_mod(p0, s3, m));
+                let free = u32::from(self.is_free(p0))
+                    | u32::from(self.is_free(p1)) << 1
+                    | u32::from(self.is_free(p2)) << 2
+                    | u32::from(self.is_free(p3)) << 3;
+                if free != 0 {
+                    // An indexed load, not a branch per candidate: free != 0 puts the index in 0..4.
+                    break [p0, p1, p2, p3][(free.trailing_zeros() & 3) as usize];
+                }
+                p0 = add_mod(p0, s4, m);
+            }
+        } else {
+            // The first free slot of the permutation is the one fewest steps away: slot s is
+            // (s - pos) / skip steps from pos, modulo m.
+            if c.inv_skip == 0 {
+                c.inv_skip = inverse_mod(c.skip, m);
+            }
+            let mut best = (u32::MAX, 0usize);
+            for (i, &s) in self.free_list.iter().enumerate() {
+                let ahead = if s >= c.pos { s - c.pos } else { s + m - c.pos };
+                let steps = self.reduce(u64::from(ahead) * u64::from(c.inv_skip));
+                if steps < best.0 {
+                    best = (steps, i);
+                }
+            }
+            self.free_list.swap_remove(best.1)
+        };
+        self.taken[(pos >> 6) as usize] |= 1 << (pos & 63);
+        self.slots[pos as usize] = c.index;
+        c.pos = add_mod(pos, c.skip, m);
+        c.left -= 1;
+        self.free -= 1;
+        if self.free == ENDGAME_FREE && self.free_list.is_empty() {
+            self.free_list = (0..m)
+                .filter(|&s| self.taken[(s >> 6) as usize] & (1 << (s & 63)) == 0)
+                .collect();
+        }
+    }
+
+    #[inline(always)]
+    fn is_free(&self, pos: u32) -> bool {
+        self.taken[(pos >> 6) as usize] & (1 << (pos & 63)) == 0
+    }
+
+    /// `x mod m` for `x < 2^62` (Barrett reduction: the estimated quotient is at most one short).
+    #[inline]
+    fn reduce(&self, x: u64) -> u32 {
+        let q = ((u128::from(x) * u128::from(self.m_recip)) >> 64) as u64;
+        let r = x - q * u64::from(self.m);
+        // r < 2m <= 2^32 before the correction, below m after it.
+        (if r >= u64::from(self.m) {
+            r - u64::from(self.m)
+        } else {
+            r
+        }) as u32
+    }
+}
+
+/// `(a + b) mod m` for `a, b < m <= 2^31`: the sum fits a u32 and needs at most one subtraction.
+#[inline(always)]
+fn add_mod(a: u32, b: u32, m: u32) -> u32 {
+    let s = a + b;
+    if s >= m {
+        s - m
+    } else {
+        s
+    }
+}
+
+/// The inverse of `a` modulo the prime `m` (extended Euclid), for `0 < a < m`.
+fn inverse_mod(a: u32, m: u32) -> u32 {
+    let (mut r0, mut r1) = (i64::from(m), i64::from(a));
+    let (mut t0, mut t1) = (0i64, 1i64);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    // Lossless: the result is in 0..m.
+    t0.rem_euclid(i64::from(m)) as u32
 }
 
 /// Builds the table for `backends` with `size` slots. Pure and deterministic.
@@ -174,59 +386,89 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
                 index,
                 pos,
                 skip,
+                inv_skip: 0,
                 left,
-                claims: 0,
                 weight: b.weight,
             }
         })
         .collect();
-
-    // Claims in clock order, ties to the smaller key: heap entries are `due << 16 | rank`, where rank
-    // is the position in `cursors` (key order, below 2^16).
-    let mut heap: BinaryHeap<Reverse<u128>> = cursors
-        .iter()
-        .enumerate()
-        .map(|(rank, c)| Reverse(u128::from(c.due()) << 16 | rank as u128))
-        .collect();
-    let mut slots = vec![EMPTY; size].into_boxed_slice();
-    // Occupancy as a bitset: 8 KiB for the default size, so the probing below stays in L1 instead of
-    // striding through the 128 KiB slot array.
-    let mut taken = vec![0u64; size.div_ceil(64)];
-    // Quotas add up to `m`, so while a backend still has slots to claim the table has a free slot, and
-    // a prime `m` makes every permutation reach it: the probe loop ends.
-    while let Some(mut top) = heap.peek_mut() {
-        let rank = (top.0 & 0xffff) as usize;
-        let Some(c) = cursors.get_mut(rank) else {
-            break;
-        };
-        let mut pos = c.pos;
-        loop {
-            let word = &mut taken[(pos >> 6) as usize];
-            let bit = 1u64 << (pos & 63);
-            let free = *word & bit == 0;
-            if free {
-                *word |= bit;
-                slots[pos as usize] = c.index;
+    // Stable: key order within each weight.
+    cursors.sort_by_key(|c| c.weight);
+    // At most 65534 weights below 2^32: no overflow.
+    let total: u64 = cursors.iter().map(|c| u64::from(c.weight)).sum();
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, c) in cursors.iter().enumerate() {
+        match groups.last_mut() {
+            Some(g) if g.weight == c.weight => g.live += 1,
+            _ => {
+                let mut g = Group::new(c.weight, i, total);
+                g.live = 1;
+                groups.push(g);
             }
-            // pos < m and skip < m, so pos + skip < 2m <= 2^32: no overflow, one subtraction.
-            pos += c.skip;
-            if pos >= m {
-                pos -= m;
-            }
-            if free {
-                break;
-            }
-        }
-        c.pos = pos;
-        c.left -= 1;
-        c.claims += 1;
-        if c.left == 0 {
-            PeekMut::pop(top);
-        } else {
-            top.0 = u128::from(c.due()) << 16 | rank as u128;
         }
     }
-    Ok(Maglev { slots })
+
+    // Ticks in clock order through a calendar: groups wait in the bucket of their next tick (about
+    // one bucket per slot, the last one catching anything later), and the few in one bucket are put
+    // in exact order by a small heap. A single heap over all groups did the same but spent more time
+    // sifting than the claims themselves when weights are many and distinct.
+    let last = u64::from(m);
+    let mut heads = vec![NO_GROUP; size + 1];
+    for (gi, g) in groups.iter_mut().enumerate() {
+        // Lossless: at most 65534 groups; the bucket is clamped to `m`.
+        let b = g.bucket.min(last) as usize;
+        g.next = heads[b];
+        heads[b] = gi as u32;
+    }
+    let mut fill = Fill::new(m);
+    let mut due: BinaryHeap<Reverse<Tick>> = BinaryHeap::new();
+    for b in 0..heads.len() {
+        let mut gi = heads[b];
+        while let Some(g) = groups.get(gi as usize) {
+            due.push(Reverse(Tick {
+                claims: g.claims,
+                weight: g.weight,
+                group: gi as usize,
+            }));
+            gi = g.next;
+        }
+        while let Some(Reverse(tick)) = due.pop() {
+            let Some(g) = groups.get_mut(tick.group) else {
+                continue;
+            };
+            let Some(members) = cursors.get_mut(g.start..g.start + g.live) else {
+                continue;
+            };
+            // Compact in place, keeping key order among those that still claim.
+            let mut live = 0;
+            for i in 0..members.len() {
+                fill.claim(&mut members[i]);
+                if members[i].left > 0 {
+                    if live != i {
+                        members.swap(live, i);
+                    }
+                    live += 1;
+                }
+            }
+            g.live = live;
+            g.claims += 1;
+            g.advance();
+            if live == 0 {
+                continue;
+            }
+            let nb = g.bucket.min(last) as usize;
+            if nb == b {
+                due.push(Reverse(Tick {
+                    claims: g.claims,
+                    ..tick
+                }));
+            } else {
+                g.next = heads[nb];
+                heads[nb] = tick.group as u32;
+            }
+        }
+    }
+    Ok(Maglev { slots: fill.slots })
 }
 
 /// Exact slot counts per backend of `order` (largest-remainder rounding of `m * w / sum(w)`); they add
@@ -522,6 +764,69 @@ mod tests {
                 (got - expected).abs() <= 0.03 * expected,
                 "backend {i}: {got} vs {expected}"
             );
+        }
+    }
+
+    /// The same algorithm written the slow, obvious way: every claim of every backend sorted by its
+    /// clock time (ties: lighter weight, then smaller key), each walking its permutation one probe at
+    /// a time. `build`'s calendar, weight groups, four-wide probes and end-game list must not change
+    /// a single slot.
+    fn reference(backends: &[MaglevBackend], m: u32) -> Vec<Option<Vec<u8>>> {
+        let mut live: Vec<&MaglevBackend> = backends.iter().collect();
+        live.sort_by(|a, b| a.key.cmp(&b.key));
+        let order: Vec<u16> = (0..live.len() as u16).collect();
+        let owned: Vec<MaglevBackend> = live.iter().map(|b| (*b).clone()).collect();
+        let q = quotas(&owned, &order, m);
+        let mut events = Vec::new();
+        for (rank, b) in owned.iter().enumerate() {
+            for k in 0..q[rank] {
+                events.push((2 * u64::from(k) + 1, u64::from(b.weight), rank));
+            }
+        }
+        events.sort_by(|a, b| {
+            (u128::from(a.0) * u128::from(b.1))
+                .cmp(&(u128::from(b.0) * u128::from(a.1)))
+                .then(a.1.cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+        });
+        let m64 = u64::from(m);
+        let mut next: Vec<u64> = owned
+            .iter()
+            .map(|b| hash_bytes(&b.key, OFFSET_SEED) % m64)
+            .collect();
+        let skip: Vec<u64> = owned
+            .iter()
+            .map(|b| hash_bytes(&b.key, SKIP_SEED) % (m64 - 1) + 1)
+            .collect();
+        let mut table: Vec<Option<Vec<u8>>> = vec![None; m as usize];
+        for (_, _, rank) in events {
+            let mut pos = next[rank];
+            while table[pos as usize].is_some() {
+                pos = (pos + skip[rank]) % m64;
+            }
+            table[pos as usize] = Some(owned[rank].key.clone());
+            next[rank] = (pos + skip[rank]) % m64;
+        }
+        table
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn build_matches_the_reference_model(
+            // Small weights make ties between weights common (1/1 = 3/3), small tables make the
+            // end game a large part of the fill.
+            weights in proptest::collection::vec(0u32..=12, 0..=60),
+            size in prop::sample::select(vec![61usize, 251, 1009, 4099, 65_537]),
+            salt: u16,
+        ) {
+            prop_assume!(weights.len() <= size);
+            let b = weighted(&weights, salt);
+            let t = build(&b, size).unwrap();
+            let got: Vec<Option<Vec<u8>>> =
+                keys(&t, &b).into_iter().map(|k| k.map(<[u8]>::to_vec)).collect();
+            prop_assert_eq!(got, reference(&b, size as u32));
         }
     }
 }
