@@ -10,6 +10,8 @@ pub mod flow;
 pub mod maglev;
 pub mod packet;
 pub mod pipeline;
+#[allow(unsafe_code)]
+pub mod port;
 pub mod sample;
 pub mod table;
 pub mod wire;

@@ -1,0 +1,56 @@
+//! Packet ports: where frames come from and go to.
+//!
+//! A port hands the worker bursts of received frames, in place, in buffers with headroom; the
+//! worker runs the pipeline on each and returns the verdict; the port then transmits (`Tx`),
+//! gives the frame to the host's stack where it can (`ToHost`), or recycles the buffer. Zero copy
+//! where the backend allows (AF_XDP rewrites in UMEM and transmits the same frame).
+//!
+//! All `unsafe` of the dataplane lives in the submodules here, one `// SAFETY:` comment per block.
+
+use crate::packet::PacketBuf;
+use crate::pipeline::Verdict;
+
+pub mod mem;
+
+/// Headroom every port leaves in front of a received frame, enough for the largest encapsulation
+/// (Ethernet + VLAN + IPv6 + UDP = 66 bytes) with room to spare.
+pub const HEADROOM: usize = 128;
+
+/// Per-port counters, kept by the port itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames received.
+    pub rx: u64,
+    /// Frames transmitted.
+    pub tx: u64,
+    /// Frames that could not be transmitted (ring full, send error).
+    pub tx_dropped: u64,
+    /// Frames handed to the host's stack.
+    pub to_host: u64,
+}
+
+/// A source and sink of Ethernet frames for one worker (one queue).
+pub trait Port: Send {
+    /// Name for logs (`tap:lb0/q1`, `af_xdp:veth0/q0`, ...).
+    fn name(&self) -> String;
+
+    /// Receives up to `max` frames and runs `f` on each, in place. Frames for which `f` returns
+    /// `Verdict::Tx` are queued for transmission (sent at the latest by [`Port::flush`]);
+    /// `ToHost` frames go to the host's stack where the port can do that. Returns the number of
+    /// frames received. Never blocks.
+    fn rx_burst(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&mut PacketBuf<'_>) -> Verdict,
+    ) -> std::io::Result<usize>;
+
+    /// Transmits what is queued.
+    fn flush(&mut self) -> std::io::Result<()>;
+
+    /// A file descriptor that becomes readable when frames arrive, for the adaptive idle policy
+    /// (poll(2) on it with a short timeout). `None` for ports without one.
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd>;
+
+    /// Counters.
+    fn stats(&self) -> PortStats;
+}
