@@ -99,11 +99,14 @@ mod tests {
             })
             .unwrap();
         assert_eq!((n, seen), (2, 2));
-        assert_eq!(p.tx, vec![{
-            let mut f = vec![1u8; 60];
-            f[0] = 9;
-            f
-        }]);
+        assert_eq!(
+            p.tx,
+            vec![{
+                let mut f = vec![1u8; 60];
+                f[0] = 9;
+                f
+            }]
+        );
         assert_eq!(p.host.len(), 1);
         assert_eq!(p.rx.len(), 1);
         assert_eq!(p.stats().rx, 2);
