@@ -14,23 +14,44 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 pub const VIP_FULLNAT: Addr = Addr::v4([198, 18, 0, 100]);
 /// The dsr-ipip VIP (TCP port 80).
 pub const VIP_IPIP: Addr = Addr::v4([198, 18, 0, 101]);
+/// The nat VIP (TCP port 80).
+pub const VIP_NAT: Addr = Addr::v4([198, 18, 0, 102]);
+/// The dsr-gue VIP (TCP port 80).
+pub const VIP_GUE: Addr = Addr::v4([198, 18, 0, 103]);
+/// The dr VIP (TCP port 80).
+pub const VIP_DR: Addr = Addr::v4([198, 18, 0, 104]);
+/// The IPv6 fullnat VIP (TCP port 80).
+pub const VIP6_FULLNAT: Addr =
+    Addr::v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
 /// The fullnat source address.
 pub const SNAT: Addr = Addr::v4([198, 18, 0, 2]);
+/// The IPv6 fullnat source address.
+pub const SNAT6: Addr = Addr::v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
 
-/// A table with two services of `backends` backends each: fullnat on [`VIP_FULLNAT`] and dsr-ipip
-/// on [`VIP_IPIP`], both TCP port 80, backends in 198.18.1.0/24 and 198.18.2.0/24.
+/// A table with one service per mode, each with `backends` backends, all TCP port 80: fullnat on
+/// [`VIP_FULLNAT`] (backends in 198.18.1.0/24), dsr-ipip on [`VIP_IPIP`] (198.18.2.0/24), nat on
+/// [`VIP_NAT`] (198.18.3.0/24), dsr-gue on [`VIP_GUE`] (198.18.4.0/24), dr on [`VIP_DR`]
+/// (198.18.5.0/24) and IPv6 fullnat on [`VIP6_FULLNAT`] (2001:db8:1::/64).
 pub fn table(generation: u64, backends: u8) -> RoutingTable {
     let local = Local {
         mac: LB_MAC,
-        addrs: vec![Addr::v4([198, 18, 0, 1])],
+        addrs: vec![
+            Addr::v4([198, 18, 0, 1]),
+            Addr::v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+        ],
         mtu: 1500,
         snat_ports: (1024, 65535),
     };
     let mk = |net: u8, pool: u16| -> Vec<Backend> {
         (0..backends)
             .map(|i| Backend {
-                addr: Addr::v4([198, 18, net, 10 + i]),
-                port: 8080,
+                addr: if net == 6 {
+                    Addr::v6([0x20, 1, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10 + i])
+                } else {
+                    Addr::v4([198, 18, net, 10 + i])
+                },
+                // dsr and dr forward the packet unchanged, so their backends keep the port.
+                port: if matches!(net, 2 | 4 | 5) { 0 } else { 8080 },
                 weight: 1,
                 mac: [0x02, 0, 0, 0, net, 10 + i],
                 pool,
@@ -49,7 +70,7 @@ pub fn table(generation: u64, backends: u8) -> RoutingTable {
         pools: vec![Pool {
             name: "pool".into(),
             mode,
-            snat: vec![SNAT],
+            snat: vec![SNAT, SNAT6],
             encap_src_v4: Some(Addr::v4([198, 18, 0, 1])),
             encap_src_v6: None,
             gue_port: 6080,
@@ -62,6 +83,10 @@ pub fn table(generation: u64, backends: u8) -> RoutingTable {
         vec![
             svc("fullnat", VIP_FULLNAT, Mode::FullNat, 1),
             svc("ipip", VIP_IPIP, Mode::DsrIpip, 2),
+            svc("nat", VIP_NAT, Mode::Nat, 3),
+            svc("gue", VIP_GUE, Mode::DsrGue, 4),
+            svc("dr", VIP_DR, Mode::Dr, 5),
+            svc("fullnat6", VIP6_FULLNAT, Mode::FullNat, 6),
         ],
     )
     .expect("the sample table is valid")
