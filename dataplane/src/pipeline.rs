@@ -397,8 +397,8 @@ fn tracked(
     p: &Parsed,
     hit: Hit,
 ) -> Verdict {
-    let mut val = *st.ct.value(hit.slot);
-    if val.generation != table.generation {
+    if st.ct.value(hit.slot).generation != table.generation {
+        let mut val = *st.ct.value(hit.slot);
         match revalidate(table, &mut val, hit.dir) {
             Some(()) => *st.ct.value_mut(hit.slot) = val,
             None => {
@@ -408,9 +408,9 @@ fn tracked(
         }
     }
     st.ct.observe(hit.flow, hit.dir, p.tcp_flags, now);
-    let len = pkt.len() as u64;
-    count(&mut st.counters, &val, len, false);
-    apply(table, pkt, p, &val, p.sport)
+    let val = st.ct.value(hit.slot);
+    count(&mut st.counters, val, pkt.len() as u64, false);
+    apply(table, pkt, p, val, p.sport)
 }
 
 /// Re-finds a flow's service and backend in a new table; `None` when the backend is gone.
@@ -645,9 +645,38 @@ fn l4_csum_off(proto: u8) -> Option<usize> {
     }
 }
 
+/// Ones' complement sum of the big-endian 32-bit words of `b` (4-byte multiple), unfolded.
+#[inline]
+fn sum32(b: &[u8]) -> u64 {
+    b.chunks_exact(4)
+        .map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]])))
+        .sum()
+}
+
+/// Same as [`sum32`] over the complemented words: subtracting `b` in ones' complement.
+#[inline]
+fn sub32(b: &[u8]) -> u64 {
+    b.chunks_exact(4)
+        .map(|w| u64::from(!u32::from_be_bytes([w[0], w[1], w[2], w[3]])))
+        .sum()
+}
+
+/// Applies an unfolded ones' complement delta to a checksum (RFC 1624 eqn. 3, 32 bits at a time).
+#[inline]
+fn adjust(csum: u16, delta: u64) -> u16 {
+    let mut s = u64::from(!csum) + delta;
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
 /// Rewrites the addresses and ports of an IP packet in place (same family), with incremental
 /// checksum updates (RFC 1624) of the IPv4 header and the TCP/UDP checksum. `l3`/`l4` are offsets
 /// in `frame`; `l4_end` bounds the transport bytes present (quotes in ICMP errors are truncated).
+/// This is the per-packet path of nat and fullnat: one delta for the addresses serves both the IP
+/// header and the pseudo header.
 #[allow(clippy::too_many_arguments)]
 fn rewrite_at(
     frame: &mut [u8],
@@ -661,31 +690,26 @@ fn rewrite_at(
     sport: u16,
     dport: u16,
 ) {
-    let (a_off, a_len) = if v4 { (l3 + 12, 8) } else { (l3 + 8, 32) };
-    let Some(addrs) = frame.get_mut(a_off..a_off + a_len) else {
+    let (a_off, half) = if v4 { (l3 + 12, 4) } else { (l3 + 8, 16) };
+    let Some(addrs) = frame.get_mut(a_off..a_off + 2 * half) else {
         return;
     };
-    let mut old = [0u8; 32];
-    old[..a_len].copy_from_slice(addrs);
-    let half = a_len / 2;
+    let mut delta = sub32(addrs);
     addrs[..half].copy_from_slice(src.wire_bytes());
     addrs[half..].copy_from_slice(dst.wire_bytes());
-    let mut new = [0u8; 32];
-    new[..a_len].copy_from_slice(&frame[a_off..a_off + a_len]);
+    delta += sum32(addrs);
     if v4 {
-        let c = checksum::update_bytes(wire::be16(frame, l3 + 10), &old[..a_len], &new[..a_len]);
+        let c = adjust(wire::be16(frame, l3 + 10), delta);
         wire::put_be16(frame, l3 + 10, c);
     }
-    let has_ports = l4 + 4 <= l4_end;
-    let (old_sp, old_dp) = if has_ports {
-        let sp = wire::be16(frame, l4);
-        let dp = wire::be16(frame, l4 + 2);
-        wire::put_be16(frame, l4, sport);
-        wire::put_be16(frame, l4 + 2, dport);
-        (sp, dp)
-    } else {
-        (sport, dport)
-    };
+    if l4 + 4 <= l4_end {
+        if let Some(ports) = frame.get_mut(l4..l4 + 4) {
+            delta += sub32(ports);
+            ports[..2].copy_from_slice(&sport.to_be_bytes());
+            ports[2..].copy_from_slice(&dport.to_be_bytes());
+            delta += sum32(ports);
+        }
+    }
     let Some(co) = l4_csum_off(proto) else {
         return;
     };
@@ -696,9 +720,7 @@ fn rewrite_at(
     if proto == proto::UDP && c == 0 && v4 {
         return; // IPv4 UDP without checksum stays without one.
     }
-    let mut c = checksum::update_bytes(c, &old[..a_len], &new[..a_len]);
-    c = checksum::update16(c, old_sp, sport);
-    c = checksum::update16(c, old_dp, dport);
+    let mut c = adjust(c, delta);
     if proto == proto::UDP && c == 0 {
         c = 0xffff;
     }
