@@ -101,6 +101,13 @@ fn run_sim(config: &Path, input: &Path, output: &Path) -> anyhow::Result<()> {
             println!("{name}: {n}");
         }
     }
+    println!("spread (new flows, packets per backend):");
+    for b in &report.backends {
+        println!(
+            "  {:<12} {:<9} {:<24} {:>6} flows {:>8} packets",
+            b.service, b.mode, b.backend, b.new_flows, b.packets
+        );
+    }
     println!("written: {} frames to {}", tx.len(), output.display());
     Ok(())
 }

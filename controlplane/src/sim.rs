@@ -35,6 +35,23 @@ pub struct SimReport {
     pub frames: Vec<FrameResult>,
     /// Frames per verdict name (`tx`, `to-host`, `to-l7`, `drop:<reason>`); only verdicts seen.
     pub counts: BTreeMap<String, u64>,
+    /// What each backend received (the spread), from the worker's own counters.
+    pub backends: Vec<BackendTally>,
+}
+
+/// Traffic one backend received during a replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendTally {
+    /// Service name.
+    pub service: String,
+    /// Pool's forwarding mode.
+    pub mode: &'static str,
+    /// `address:port` (port 0: the client's destination port).
+    pub backend: String,
+    /// Flows created towards it.
+    pub new_flows: u64,
+    /// Packets forwarded in both directions.
+    pub packets: u64,
 }
 
 impl SimReport {
@@ -92,9 +109,34 @@ pub fn run(compiled: &Compiled, frames: &[(u64, Vec<u8>)]) -> SimReport {
         .filter(|(_, n)| **n > 0)
         .filter_map(|(i, n)| slot_verdict(i).map(|v| (v.name(), *n)))
         .collect();
+    let backends = compiled
+        .table
+        .services
+        .iter()
+        .flat_map(|svc| svc.backends.iter().map(move |b| (svc, b)))
+        .map(|(svc, b)| {
+            let c = state
+                .counters
+                .backends
+                .get(b.stat as usize)
+                .copied()
+                .unwrap_or_default();
+            BackendTally {
+                service: svc.name.clone(),
+                mode: svc
+                    .pools
+                    .get(b.pool as usize)
+                    .map_or("?", |p| p.mode.name()),
+                backend: std::net::SocketAddr::new(b.addr.into(), b.port).to_string(),
+                new_flows: c.new_flows,
+                packets: c.packets,
+            }
+        })
+        .collect();
     SimReport {
         frames: results,
         counts,
+        backends,
     }
 }
 
