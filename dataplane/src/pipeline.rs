@@ -460,17 +460,7 @@ fn new_flow(
     if !wire::verify_l4_checksum(pkt.data(), p) {
         return Verdict::Drop(DropReason::BadL4Checksum);
     }
-    let hash = match svc.affinity {
-        Affinity::None => key.hash(table.hash_seed),
-        Affinity::ClientIp => hash_addr(&p.src, table.hash_seed),
-    };
-    let Some(bi) = svc.maglev.lookup(hash) else {
-        return Verdict::Drop(DropReason::NoBackend);
-    };
-    let Some(be) = svc.backends.get(bi as usize) else {
-        return Verdict::Drop(DropReason::NoBackend);
-    };
-    let Some(pool) = svc.pools.get(be.pool as usize) else {
+    let Some((be, pool)) = select(table, svc, key) else {
         return Verdict::Drop(DropReason::NoBackend);
     };
     if tcp && !syn && pool.mode == Mode::FullNat {
@@ -541,6 +531,21 @@ fn new_flow(
     let len = pkt.len() as u64;
     count(&mut st.counters, &fwd, len, true);
     apply(table, pkt, p, &fwd, p.sport)
+}
+
+/// Maglev's backend (and its pool) for a new flow `key` (client -> VIP); `None` when every
+/// backend has weight 0.
+fn select<'t>(
+    table: &RoutingTable,
+    svc: &'t Service,
+    key: &FlowKey,
+) -> Option<(&'t Backend, &'t Pool)> {
+    let hash = match svc.affinity {
+        Affinity::None => key.hash(table.hash_seed),
+        Affinity::ClientIp => hash_addr(&key.src, table.hash_seed),
+    };
+    let be = svc.backends.get(usize::from(svc.maglev.lookup(hash)?))?;
+    Some((be, svc.pools.get(usize::from(be.pool))?))
 }
 
 /// The client -> backend half of a new flow `key` (client -> VIP) on backend `be`. Fullnat's source
@@ -1114,18 +1119,7 @@ fn icmp_error_stateless(
     let Some((_, svc)) = table.service_for(key.dst, key.proto, key.dport) else {
         return Verdict::Drop(DropReason::IcmpUntracked);
     };
-    let hash = match svc.affinity {
-        Affinity::None => key.hash(table.hash_seed),
-        Affinity::ClientIp => hash_addr(&key.src, table.hash_seed),
-    };
-    let Some(be) = svc
-        .maglev
-        .lookup(hash)
-        .and_then(|i| svc.backends.get(usize::from(i)))
-    else {
-        return Verdict::Drop(DropReason::NoBackend);
-    };
-    let Some(pool) = svc.pools.get(usize::from(be.pool)) else {
+    let Some((be, pool)) = select(table, svc, key) else {
         return Verdict::Drop(DropReason::NoBackend);
     };
     let Some(val) = forward_value(table, svc, be, pool, key) else {
@@ -1249,53 +1243,8 @@ mod tests {
         Addr::v4([198, 19, (i >> 8) as u8, i as u8])
     }
 
-    /// A fullnat and a dsr-ipip service over the given backend host numbers and weights.
     fn table(generation: u64, backends: &[(u8, u32)]) -> RoutingTable {
-        let mk = |net: u8| -> Vec<Backend> {
-            backends
-                .iter()
-                .map(|&(h, w)| Backend {
-                    addr: Addr::v4([198, 18, net, h]),
-                    port: 8080,
-                    weight: w,
-                    mac: [2, 0, 0, 0, net, h],
-                    pool: 0,
-                    stat: 0,
-                })
-                .collect()
-        };
-        let svc = |name: &str, vip: Addr, mode: Mode, net: u8| ServiceSpec {
-            name: name.into(),
-            vip,
-            proto: proto::TCP,
-            port_lo: 80,
-            port_hi: 80,
-            affinity: Affinity::None,
-            table_size: DEFAULT_TABLE_SIZE,
-            pools: vec![Pool {
-                name: "p".into(),
-                mode,
-                snat: vec![sample::SNAT],
-                encap_src_v4: Some(Addr::v4([198, 18, 0, 1])),
-                encap_src_v6: None,
-                gue_port: 6080,
-            }],
-            backends: mk(net),
-        };
-        RoutingTable::new(
-            generation,
-            Local {
-                mac: sample::LB_MAC,
-                addrs: vec![Addr::v4([198, 18, 0, 1])],
-                mtu: 1500,
-                snat_ports: (1024, 65535),
-            },
-            vec![
-                svc("fullnat", sample::VIP_FULLNAT, Mode::FullNat, 1),
-                svc("ipip", sample::VIP_IPIP, Mode::DsrIpip, 2),
-            ],
-        )
-        .unwrap()
+        sample::table_of(generation, backends)
     }
 
     /// Where a transmitted frame went: the rewritten IPv4 destination (fullnat) or outer

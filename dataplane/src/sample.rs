@@ -33,6 +33,13 @@ pub const SNAT6: Addr = Addr::v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0
 /// [`VIP_NAT`] (198.18.3.0/24), dsr-gue on [`VIP_GUE`] (198.18.4.0/24), dr on [`VIP_DR`]
 /// (198.18.5.0/24) and IPv6 fullnat on [`VIP6_FULLNAT`] (2001:db8:1::/64).
 pub fn table(generation: u64, backends: u8) -> RoutingTable {
+    let hosts: Vec<(u8, u32)> = (0..backends).map(|i| (10 + i, 1)).collect();
+    table_of(generation, &hosts)
+}
+
+/// The same services with the given backends, as (host number, weight): host `h` is
+/// 198.18.`net`.`h` in every IPv4 service and 2001:db8:1::`h` in the IPv6 one.
+pub fn table_of(generation: u64, backends: &[(u8, u32)]) -> RoutingTable {
     let local = Local {
         mac: LB_MAC,
         addrs: vec![
@@ -43,17 +50,18 @@ pub fn table(generation: u64, backends: u8) -> RoutingTable {
         snat_ports: (1024, 65535),
     };
     let mk = |net: u8, pool: u16| -> Vec<Backend> {
-        (0..backends)
-            .map(|i| Backend {
+        backends
+            .iter()
+            .map(|&(h, weight)| Backend {
                 addr: if net == 6 {
-                    Addr::v6([0x20, 1, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10 + i])
+                    Addr::v6([0x20, 1, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, h])
                 } else {
-                    Addr::v4([198, 18, net, 10 + i])
+                    Addr::v4([198, 18, net, h])
                 },
                 // dsr and dr forward the packet unchanged, so their backends keep the port.
                 port: if matches!(net, 2 | 4 | 5) { 0 } else { 8080 },
-                weight: 1,
-                mac: [0x02, 0, 0, 0, net, 10 + i],
+                weight,
+                mac: [0x02, 0, 0, 0, net, h],
                 pool,
                 stat: 0,
             })
