@@ -1204,9 +1204,7 @@ fn icmp_error_tracked(
 mod tests {
     use super::*;
     use crate::conntrack::Timeouts;
-    use crate::maglev::DEFAULT_TABLE_SIZE;
     use crate::sample;
-    use crate::table::{Local, ServiceSpec};
     use proptest::prelude::*;
 
     const HEAD: usize = 128;
