@@ -20,8 +20,10 @@ impl Addr {
     }
 
     /// True when this holds an IPv4 address.
+    #[inline]
     pub fn is_v4(&self) -> bool {
-        self.0[..10] == [0; 10] && self.0[10] == 0xff && self.0[11] == 0xff
+        // One 128-bit compare: the top 96 bits are ::ffff.
+        u128::from_be_bytes(self.0) >> 32 == 0xffff
     }
 
     /// The 4 bytes of an IPv4 address (meaningless for IPv6).
