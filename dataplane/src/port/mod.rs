@@ -10,7 +10,10 @@
 use crate::packet::PacketBuf;
 use crate::pipeline::Verdict;
 
+pub mod af_packet;
 pub mod mem;
+pub mod netns;
+pub mod tap;
 
 /// Headroom every port leaves in front of a received frame, enough for the largest encapsulation
 /// (Ethernet + VLAN + IPv6 + UDP = 66 bytes) with room to spare.
