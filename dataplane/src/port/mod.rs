@@ -10,6 +10,8 @@
 use crate::packet::PacketBuf;
 use crate::pipeline::Verdict;
 
+pub mod af_xdp;
+pub mod bpf;
 pub mod mem;
 
 /// Headroom every port leaves in front of a received frame, enough for the largest encapsulation
