@@ -103,7 +103,8 @@ impl Area {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
         Ok(Area { ptr, len })
     }
 
@@ -247,7 +248,11 @@ impl AfXdpPort {
 
         // Prefill before binding so the first frames find buffers.
         let mut free: Vec<u64> = Vec::with_capacity(opts.frames as usize);
-        free.extend((0..u64::from(opts.frames)).rev().map(|i| i * u64::from(FRAME_SIZE)));
+        free.extend(
+            (0..u64::from(opts.frames))
+                .rev()
+                .map(|i| i * u64::from(FRAME_SIZE)),
+        );
         refill(&mut device, &mut free);
 
         let mut tries = 0;

@@ -516,7 +516,13 @@ impl XdpAttachment {
         let ifindex = ifindex(ifname)?;
         let xsks = Map::create(BPF_MAP_TYPE_XSKMAP, 4, 4, queues.max(1), "lb_xsks")?;
         let owned = if max_owned > 0 {
-            Some(Map::create(BPF_MAP_TYPE_HASH, 16, 4, max_owned, "lb_owned")?)
+            Some(Map::create(
+                BPF_MAP_TYPE_HASH,
+                16,
+                4,
+                max_owned,
+                "lb_owned",
+            )?)
         } else {
             None
         };
@@ -559,7 +565,12 @@ impl XdpAttachment {
     pub fn set_socket(&self, queue: u32, fd: RawFd) -> io::Result<()> {
         self.xsks
             .update(&queue.to_ne_bytes(), &(fd as u32).to_ne_bytes())
-            .map_err(|e| with_context(e, format!("adding queue {queue} of {} to the XSKMAP", self.ifname)))
+            .map_err(|e| {
+                with_context(
+                    e,
+                    format!("adding queue {queue} of {} to the XSKMAP", self.ifname),
+                )
+            })
     }
 
     /// Replaces the set of owned addresses (those whose frames go to userspace). A no-op when
@@ -606,7 +617,10 @@ mod tests {
     #[test]
     fn ipv4_keys_are_mapped_like_the_program_builds_them() {
         let k = owned_key(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100)));
-        assert_eq!(k, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 100]);
+        assert_eq!(
+            k,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 100]
+        );
         // The program stores 0xffff0000 as a little-endian u32 at key[8..12].
         assert_eq!(0xffff_0000_u32.to_le_bytes(), [0, 0, 0xff, 0xff]);
         let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
@@ -626,7 +640,15 @@ mod tests {
             }
         }
         let n = p.len();
-        assert_eq!(p[n - 2], Insn { code: ALU64 | MOV | K, regs: R0, off: 0, imm: XDP_PASS });
+        assert_eq!(
+            p[n - 2],
+            Insn {
+                code: ALU64 | MOV | K,
+                regs: R0,
+                off: 0,
+                imm: XDP_PASS
+            }
+        );
         assert_eq!(p[n - 1].code, JMP | EXIT);
         // The runt check (instruction 5) jumps to `pass`.
         assert_eq!(5 + 1 + i64::from(p[5].off), n as i64 - 2);
