@@ -11,6 +11,8 @@ use crate::packet::PacketBuf;
 use crate::pipeline::Verdict;
 
 pub mod af_packet;
+pub mod af_xdp;
+pub mod bpf;
 pub mod mem;
 pub mod netns;
 pub mod tap;

@@ -1,0 +1,466 @@
+//! AF_XDP port: frames arrive in and leave from UMEM, rewritten in place (zero copy in our code;
+//! the kernel copies only where the driver has no zero-copy support).
+//!
+//! Layout: one UMEM per socket and one socket per queue, so each port (one per worker) owns all
+//! its rings and frames and needs no locks. A UMEM has `frames` chunks of [`FRAME_SIZE`] bytes;
+//! the kernel writes a frame at `chunk + HEADROOM + 256` (our UMEM headroom plus the kernel's
+//! `XDP_PACKET_HEADROOM`), so the pipeline can grow it in front by far more than the 68 bytes it
+//! needs, and has over 3 KiB behind it.
+//!
+//! Life of a chunk: fill ring -> (kernel) -> rx ring -> pipeline -> tx ring if `Tx` (same chunk,
+//! the descriptor moved to the frame's new start) -> completion ring -> free list -> fill ring;
+//! any other verdict puts the chunk straight back on the free list.
+//!
+//! What reaches userspace is chosen by the XDP program (see [`super::bpf`]): by default only
+//! frames for owned addresses ([`AfXdpPort::set_owned`]); everything else stays with the kernel.
+//! A frame that does reach us and that the pipeline still gives `ToHost` (for example an ICMP
+//! error to an owned address) cannot be handed back from userspace: it is dropped and counted in
+//! [`AfXdpPort::to_host_dropped`], not in [`PortStats::to_host`].
+//!
+//! Binding asks for no particular mode, so the kernel uses zero copy where the driver supports it
+//! and falls back to copy mode otherwise ([`AfXdpPort::zero_copy`] says which it chose); generic
+//! XDP and [`AfXdpOptions::force_copy`] bind in copy mode.
+
+use std::io;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig};
+
+pub use super::bpf::AttachMode;
+use super::bpf::XdpAttachment;
+use super::{Port, PortStats, HEADROOM};
+use crate::packet::PacketBuf;
+use crate::pipeline::Verdict;
+
+/// Size of one UMEM chunk (one frame with its headroom and tailroom).
+pub const FRAME_SIZE: u32 = 4096;
+
+/// `SOL_XDP` socket option level and the `XDP_OPTIONS` query.
+const SOL_XDP: libc::c_int = 283;
+const XDP_OPTIONS: libc::c_int = 8;
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+
+/// How often a bind that finds the queue busy is retried: the socket of a process that just
+/// exited is released by a deferred kernel work item, so a quick restart can find it still there.
+const BIND_RETRIES: u32 = 40;
+const BIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Upper bound of `sendto` kicks per flush: in copy mode each one sends a batch (32 frames on
+/// current kernels) and answers `EAGAIN` while more are pending.
+const MAX_KICKS: u32 = 64;
+
+/// How to open an AF_XDP port.
+#[derive(Clone, Debug)]
+pub struct AfXdpOptions {
+    /// Native or generic XDP.
+    pub mode: AttachMode,
+    /// Bind in copy mode even where zero copy would work.
+    pub force_copy: bool,
+    /// UMEM chunks per queue (each [`FRAME_SIZE`] bytes).
+    pub frames: u32,
+    /// Entries in each of the rx, tx, fill and completion rings (a power of two).
+    pub ring_size: u32,
+    /// Capacity of the owned-address map; 0 redirects every frame to userspace instead.
+    pub max_owned: u32,
+}
+
+impl Default for AfXdpOptions {
+    fn default() -> Self {
+        AfXdpOptions {
+            mode: AttachMode::Auto,
+            force_copy: false,
+            frames: 4096,
+            ring_size: 2048,
+            max_owned: 1024,
+        }
+    }
+}
+
+/// The UMEM area: anonymous memory, unmapped on drop.
+struct Area {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Area {
+    fn new(len: usize) -> io::Result<Area> {
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        Ok(Area { ptr, len })
+    }
+
+    /// The chunk starting at `offset`, if it lies inside the area.
+    fn chunk_mut(&mut self, offset: u64) -> Option<&mut [u8]> {
+        let start = usize::try_from(offset).ok()?;
+        let size = FRAME_SIZE as usize;
+        if start % size != 0 || start.checked_add(size)? > self.len {
+            return None;
+        }
+        // SAFETY: the range is inside the mapping (checked above), which lives as long as `self`.
+        // The chunk is ours alone: the kernel gave it to us through the rx ring and does not touch
+        // it until we put it on the fill or tx ring, which happens after this borrow ends; the
+        // `&mut self` borrow keeps us from handing out a second slice at the same time.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), size) })
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned, and nothing borrows the area any
+        // more (the port drops its rings and UMEM first; the kernel keeps its own page pins).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// An AF_XDP socket on one queue of an interface, with its own UMEM.
+pub struct AfXdpPort {
+    // Field order is drop order: rings and sockets first, then the memory, then the XDP program
+    // (detached when the last port of the interface is dropped).
+    rx: RingRx,
+    tx: RingTx,
+    device: DeviceQueue,
+    _umem: Umem,
+    area: Area,
+    /// Chunks we own that are on no ring (capacity `frames`, so pushes never allocate).
+    free: Vec<u64>,
+    xdp: Arc<XdpAttachment>,
+    fd: RawFd,
+    ifname: String,
+    queue: u32,
+    ring_size: u32,
+    zero_copy: bool,
+    stats: PortStats,
+    to_host_dropped: u64,
+}
+
+// SAFETY: `Umem` and `Area` hold raw pointers into our own mapping, which is valid from any
+// thread; everything else (rings, fds, the attachment) is `Send`. The port is used by one thread
+// at a time (`&mut self`), which the single-producer/single-consumer rings require.
+unsafe impl Send for AfXdpPort {}
+
+fn errno(e: xdpilone::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.get_raw().abs())
+}
+
+fn context(e: io::Error, what: String) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+impl AfXdpPort {
+    /// Attaches the XDP program to `ifname` (in the calling thread's network namespace) and opens
+    /// one port per queue `0..queues`.
+    pub fn open(ifname: &str, queues: u16, opts: AfXdpOptions) -> io::Result<Vec<AfXdpPort>> {
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("af_xdp:{ifname}: {what}"),
+            )
+        };
+        if queues == 0 {
+            return Err(bad("needs at least one queue"));
+        }
+        if !opts.ring_size.is_power_of_two() || opts.ring_size < 64 {
+            return Err(bad("ring_size must be a power of two >= 64"));
+        }
+        if opts.frames < opts.ring_size {
+            return Err(bad("frames must be at least ring_size"));
+        }
+        let xdp = Arc::new(XdpAttachment::attach(
+            ifname,
+            u32::from(queues),
+            opts.max_owned,
+            opts.mode,
+        )?);
+        (0..u32::from(queues))
+            .map(|q| {
+                AfXdpPort::open_queue(ifname, q, &opts, xdp.clone())
+                    .map_err(|e| context(e, format!("af_xdp:{ifname}/q{q}")))
+            })
+            .collect()
+    }
+
+    fn open_queue(
+        ifname: &str,
+        queue: u32,
+        opts: &AfXdpOptions,
+        xdp: Arc<XdpAttachment>,
+    ) -> io::Result<AfXdpPort> {
+        let len = (opts.frames as usize)
+            .checked_mul(FRAME_SIZE as usize)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "UMEM too large"))?;
+        let area = Area::new(len)?;
+        let config = UmemConfig {
+            fill_size: opts.ring_size,
+            complete_size: opts.ring_size,
+            frame_size: FRAME_SIZE,
+            headroom: HEADROOM as u32,
+            flags: 0,
+        };
+        // SAFETY: the area is page aligned (fresh mmap), `frames * FRAME_SIZE` bytes long, and it
+        // outlives the UMEM: both are fields of the port and `area` is dropped after `_umem`.
+        let umem = unsafe { Umem::new(config, NonNull::slice_from_raw_parts(area.ptr, len)) }
+            .map_err(|e| context(errno(e), "registering the UMEM".into()))?;
+        let name = std::ffi::CString::new(ifname)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name with NUL"))?;
+        let mut info = IfInfo::invalid();
+        info.from_name(&name).map_err(errno)?;
+        info.set_queue(queue);
+        let sock = Socket::with_shared(&info, &umem).map_err(errno)?;
+        let mut device = umem.fq_cq(&sock).map_err(errno)?;
+        let mut bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP;
+        if opts.force_copy || !xdp.native() {
+            bind_flags |= SocketConfig::XDP_BIND_COPY;
+        }
+        let ring = NonZeroU32::new(opts.ring_size);
+        let user = umem
+            .rx_tx(
+                &sock,
+                &SocketConfig {
+                    rx_size: ring,
+                    tx_size: ring,
+                    bind_flags,
+                },
+            )
+            .map_err(errno)?;
+        let rx = user.map_rx().map_err(errno)?;
+        let tx = user.map_tx().map_err(errno)?;
+
+        // Prefill before binding so the first frames find buffers.
+        let mut free: Vec<u64> = Vec::with_capacity(opts.frames as usize);
+        free.extend(
+            (0..u64::from(opts.frames))
+                .rev()
+                .map(|i| i * u64::from(FRAME_SIZE)),
+        );
+        refill(&mut device, &mut free);
+
+        let mut tries = 0;
+        loop {
+            match umem.bind(&user).map_err(errno) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < BIND_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(BIND_PAUSE);
+                }
+                Err(e) => return Err(context(e, "binding the AF_XDP socket".into())),
+            }
+        }
+        let fd = user.as_raw_fd();
+        xdp.set_socket(queue, fd)?;
+        Ok(AfXdpPort {
+            zero_copy: query_zero_copy(fd)?,
+            rx,
+            tx,
+            device,
+            _umem: umem,
+            area,
+            free,
+            xdp,
+            fd,
+            ifname: ifname.to_owned(),
+            queue,
+            ring_size: opts.ring_size,
+            stats: PortStats::default(),
+            to_host_dropped: 0,
+        })
+    }
+
+    /// Replaces the addresses whose frames the XDP program sends to userspace (shared by all
+    /// queues of the interface); all other frames go to the kernel.
+    pub fn set_owned(&self, addrs: &[IpAddr]) -> io::Result<()> {
+        self.xdp.set_owned(addrs)
+    }
+
+    /// A handle on the interface's owned-address set that outlives moving the ports to workers.
+    pub fn owned_handle(&self) -> OwnedAddrs {
+        OwnedAddrs(self.xdp.clone())
+    }
+
+    /// True when the program runs in native (driver) mode, false in generic mode.
+    pub fn native(&self) -> bool {
+        self.xdp.native()
+    }
+
+    /// True when the kernel bound the socket in zero-copy mode.
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    /// Frames the pipeline gave `ToHost` that had already been redirected to us: dropped, since
+    /// AF_XDP cannot hand a frame back to the kernel.
+    pub fn to_host_dropped(&self) -> u64 {
+        self.to_host_dropped
+    }
+
+    /// Moves transmitted chunks from the completion ring to the free list.
+    fn reclaim(&mut self) {
+        let mut done = self.device.complete(self.ring_size);
+        while let Some(addr) = done.read() {
+            self.free.push(addr & !u64::from(FRAME_SIZE - 1));
+        }
+        done.release();
+    }
+}
+
+/// Gives the kernel as many free chunks as the fill ring takes.
+fn refill(device: &mut DeviceQueue, free: &mut Vec<u64>) {
+    if free.is_empty() {
+        return;
+    }
+    let mut fill = device.fill(u32::try_from(free.len()).unwrap_or(u32::MAX));
+    let cap = fill.capacity() as usize;
+    let start = free.len().saturating_sub(cap);
+    let put = fill.insert(free[start..].iter().copied()) as usize;
+    fill.commit();
+    drop(fill);
+    free.drain(start..start + put);
+    if put > 0 && device.needs_wakeup() {
+        device.wake();
+    }
+}
+
+/// Asks the kernel whether `fd` was bound in zero-copy mode.
+fn query_zero_copy(fd: RawFd) -> io::Result<bool> {
+    let mut flags: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `struct xdp_options` is one u32; `flags` and `len` are valid for writes.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_OPTIONS,
+            (&mut flags as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags & XDP_OPTIONS_ZEROCOPY != 0)
+}
+
+/// Shared handle on an interface's owned-address map (see [`AfXdpPort::owned_handle`]).
+#[derive(Clone)]
+pub struct OwnedAddrs(Arc<XdpAttachment>);
+
+impl OwnedAddrs {
+    /// Replaces the owned addresses, as [`AfXdpPort::set_owned`].
+    pub fn set(&self, addrs: &[IpAddr]) -> io::Result<()> {
+        self.0.set_owned(addrs)
+    }
+}
+
+impl Port for AfXdpPort {
+    fn name(&self) -> String {
+        format!("af_xdp:{}/q{}", self.ifname, self.queue)
+    }
+
+    fn rx_burst(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&mut PacketBuf<'_>) -> Verdict,
+    ) -> io::Result<usize> {
+        self.reclaim();
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        let chunk_mask = !u64::from(FRAME_SIZE - 1);
+        let mut n = 0usize;
+        {
+            let mut rx = self.rx.receive(max);
+            let mut tx = self.tx.transmit(rx.capacity());
+            while let Some(desc) = rx.read() {
+                n += 1;
+                let chunk = desc.addr & chunk_mask;
+                let head = (desc.addr - chunk) as usize;
+                let Some(frame) = self.area.chunk_mut(chunk) else {
+                    // Not a chunk of ours: nothing to recycle.
+                    continue;
+                };
+                let mut pkt = PacketBuf::new(frame, head, desc.len as usize);
+                match f(&mut pkt) {
+                    Verdict::Tx if !pkt.is_empty() => {
+                        let out = XdpDesc {
+                            addr: chunk + pkt.head() as u64,
+                            len: pkt.len() as u32,
+                            options: 0,
+                        };
+                        if tx.insert_once(out) {
+                            self.stats.tx += 1;
+                            continue;
+                        }
+                        self.stats.tx_dropped += 1;
+                    }
+                    Verdict::Tx => self.stats.tx_dropped += 1,
+                    Verdict::ToHost => self.to_host_dropped += 1,
+                    Verdict::Drop(_) | Verdict::ToL7 => {}
+                }
+                self.free.push(chunk);
+            }
+            tx.commit();
+            rx.release();
+        }
+        self.stats.rx += n as u64;
+        refill(&mut self.device, &mut self.free);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        for _ in 0..MAX_KICKS {
+            if self.tx.pending() == 0 || !self.tx.needs_wakeup() {
+                break;
+            }
+            // SAFETY: a zero-length send on our own socket; no buffers are passed.
+            let ret = unsafe {
+                libc::sendto(
+                    self.fd,
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if ret >= 0 {
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                // More pending (copy mode sends a batch per call) or the driver is busy.
+                Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
+                // Completion ring or skb allocation full: try again on the next flush.
+                Some(libc::EBUSY) | Some(libc::ENOBUFS) => break,
+                _ => return Err(context(e, self.name())),
+            }
+        }
+        self.reclaim();
+        Ok(())
+    }
+
+    fn wait_fd(&self) -> Option<RawFd> {
+        Some(self.fd)
+    }
+
+    fn stats(&self) -> PortStats {
+        self.stats
+    }
+}
