@@ -253,8 +253,8 @@ fn match_with(tags: &[u16], pred: impl Fn(u16) -> bool) -> u32 {
         return 0;
     };
     let mut m = 0u32;
-    for i in 0..BUCKET {
-        m |= u32::from(pred(tags[i])) << i;
+    for (i, &t) in tags.iter().enumerate() {
+        m |= u32::from(pred(t)) << i;
     }
     m
 }
