@@ -218,13 +218,19 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
-    /// State for worker `worker` of `workers`, with a conntrack table sized by `ct`.
+    /// State for worker `worker` of `workers`, with a conntrack table sized by `ct` whose hash
+    /// seed is random per process, so packets cannot be crafted to pile into one bucket.
     pub fn new(worker: u16, workers: u16, ct: conntrack::Config) -> WorkerState {
+        Self::with_seed(worker, workers, ct, RandomState::new().hash_one(worker))
+    }
+
+    /// The same with a fixed conntrack hash seed, for runs that must repeat exactly
+    /// (instruction counts, benchmarks).
+    pub fn with_seed(worker: u16, workers: u16, ct: conntrack::Config, seed: u64) -> WorkerState {
         WorkerState {
             worker,
             workers: workers.max(1),
-            // A per-process random seed: packets cannot be crafted to pile into one bucket.
-            ct: Conntrack::with_seed(ct, RandomState::new().hash_one(worker)),
+            ct: Conntrack::with_seed(ct, seed),
             counters: Counters::default(),
             snat_lo: 0,
             snat_hi: 0,
