@@ -243,8 +243,7 @@ mod tests {
     }
 
     fn frame(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Vec<u8> {
-        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 9, 9], LB_MAC)
-            .ipv4(src, dst, 64);
+        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 9, 9], LB_MAC).ipv4(src, dst, 64);
         let mut out = Vec::new();
         if proto == crate::flow::proto::TCP {
             b.tcp(sport, dport, 1, 1000)
@@ -344,7 +343,11 @@ mod tests {
                     continue; // dsr: the backend answers the client directly.
                 }
                 let reply = reply_to(&fwd);
-                assert_eq!(owner(&t, &reply, workers), w, "reply of {i} ({workers} workers)");
+                assert_eq!(
+                    owner(&t, &reply, workers),
+                    w,
+                    "reply of {i} ({workers} workers)"
+                );
                 assert_eq!(steer.owner(&t, &reply, workers), w);
                 let back = run(&mut states[usize::from(w)], &t, &reply).expect("reply forwarded");
                 let bp = wire::parse(&back).unwrap();
@@ -353,7 +356,11 @@ mod tests {
                 // The backend's side reports an error about the forwarded packet.
                 let fp = wire::parse(&fwd).unwrap();
                 let err_backend = icmp_error([198, 18, 1, 254], fp.src.v4_octets(), &fwd);
-                assert_eq!(owner(&t, &err_backend, workers), w, "backend-side ICMP error");
+                assert_eq!(
+                    owner(&t, &err_backend, workers),
+                    w,
+                    "backend-side ICMP error"
+                );
             }
             // The hash spreads flows: every worker owns some of 300 flows.
             assert!(seen.iter().all(|&n| n > 0), "{workers} workers: {seen:?}");

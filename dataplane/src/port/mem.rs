@@ -75,6 +75,12 @@ impl Port for MemPort {
     fn stats(&self) -> PortStats {
         self.stats
     }
+
+    fn tx_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.stats.tx += 1;
+        self.tx.push(frame.to_vec());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -99,11 +105,14 @@ mod tests {
             })
             .unwrap();
         assert_eq!((n, seen), (2, 2));
-        assert_eq!(p.tx, vec![{
-            let mut f = vec![1u8; 60];
-            f[0] = 9;
-            f
-        }]);
+        assert_eq!(
+            p.tx,
+            vec![{
+                let mut f = vec![1u8; 60];
+                f[0] = 9;
+                f
+            }]
+        );
         assert_eq!(p.host.len(), 1);
         assert_eq!(p.rx.len(), 1);
         assert_eq!(p.stats().rx, 2);
