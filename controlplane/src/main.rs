@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod run;
 use controlplane::{compile, config, sim};
 use tracing_subscriber::EnvFilter;
 
@@ -30,6 +32,12 @@ enum Command {
         #[arg(long = "out", value_name = "PCAP")]
         output: PathBuf,
     },
+    /// Serve a configuration: open the port, start the workers, run until SIGINT or SIGTERM.
+    Run {
+        /// The configuration (lb.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Parse and compile a configuration; print every problem found.
     Check {
         /// The configuration (lb.toml).
@@ -38,14 +46,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A server says what it serves; the one-shot commands stay quiet unless asked.
+    let default_level = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run { config } => {
+            load_and_compile(&config).and_then(|(_, compiled)| run::run(&config, compiled))
+        }
         Command::Sim {
             config,
             input,
