@@ -3,6 +3,7 @@
 //! device the port created).
 
 use std::io;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use controlplane::compile::{Compiled, RunSettings};
-use controlplane::config::{IdleMode, PortKind};
+use controlplane::config::{IdleMode, PortKind, XdpMode};
+use dataplane::port::af_packet::AfPacketPort;
+use dataplane::port::af_xdp::{AfXdpOptions, AfXdpPort, AttachMode};
+use dataplane::port::tap::TapPort;
 use dataplane::port::Port;
 use dataplane::worker::{self, IdlePolicy, Snapshot, WorkerConfig, WorkerHandle};
 use dataplane::{DropReason, RoutingTable};
@@ -18,9 +22,6 @@ use dataplane::{DropReason, RoutingTable};
 /// Why the ports could not be opened, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    /// This build has no implementation of the port kind.
-    #[error("port kind {} is not built in this version of lb (set [dataplane] port to another kind)", .0.name())]
-    NotBuilt(PortKind),
     /// The interface does not exist (af_packet and af_xdp attach to an existing one).
     #[error("interface {ifname} does not exist (port kind {}; `ip link` lists the interfaces)", kind.name())]
     NoInterface {
@@ -130,45 +131,56 @@ pub fn check_interface(
     }
 }
 
-/// Opens one port per worker on the configured interface.
-pub fn open_ports(run: &RunSettings, queues: usize) -> Result<Vec<Box<dyn Port>>, PortError> {
+/// Opens one port per worker on the configured interface. `owned` are the addresses the
+/// balancer answers for (an AF_XDP port redirects only those and leaves the rest to the kernel).
+pub fn open_ports(
+    run: &RunSettings,
+    queues: usize,
+    owned: &[IpAddr],
+) -> Result<Vec<Box<dyn Port>>, PortError> {
     check_interface(run.port, &run.interface, Path::new("/sys/class/net"))?;
     let opened = match run.port {
-        PortKind::Tap => open_tap(&run.interface, queues),
-        PortKind::AfPacket => open_af_packet(&run.interface, queues),
-        PortKind::AfXdp => open_af_xdp(run, queues),
+        PortKind::Tap => TapPort::open(&run.interface, queues).map(boxed),
+        PortKind::AfPacket => u16::try_from(queues)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+            .and_then(|q| AfPacketPort::open(&run.interface, q))
+            .map(boxed),
+        PortKind::AfXdp => open_af_xdp(run, queues, owned),
     };
-    opened.map_err(|e| match e {
-        Opened::NotBuilt => PortError::NotBuilt(run.port),
-        Opened::Io(e) => classify(run.port, &run.interface, e),
-    })
+    opened.map_err(|e| classify(run.port, &run.interface, e))
 }
 
-/// A port constructor's failure, before classification.
-enum Opened {
-    /// The port module is not part of this build.
-    NotBuilt,
-    /// The constructor failed.
-    #[allow(dead_code)] // Built by the constructors once the port modules land.
-    Io(io::Error),
+fn boxed<P: Port + 'static>(ports: Vec<P>) -> Vec<Box<dyn Port>> {
+    ports
+        .into_iter()
+        .map(|p| Box::new(p) as Box<dyn Port>)
+        .collect()
 }
 
-// The port modules live on other branches; each function below becomes one call when they land:
-//   tap:       dataplane::port::tap::TapPort::open(ifname, queues)
-//   af_packet: dataplane::port::af_packet::AfPacketPort::open(ifname, queues)
-//   af_xdp:    dataplane::port::af_xdp::AfXdpPort::open(ifname, queues, opts from run.xdp_mode)
-// boxing every element: `.map(|v| v.into_iter().map(|p| Box::new(p) as Box<dyn Port>).collect())`.
-
-fn open_tap(_ifname: &str, _queues: usize) -> Result<Vec<Box<dyn Port>>, Opened> {
-    Err(Opened::NotBuilt)
-}
-
-fn open_af_packet(_ifname: &str, _queues: usize) -> Result<Vec<Box<dyn Port>>, Opened> {
-    Err(Opened::NotBuilt)
-}
-
-fn open_af_xdp(_run: &RunSettings, _queues: usize) -> Result<Vec<Box<dyn Port>>, Opened> {
-    Err(Opened::NotBuilt)
+fn open_af_xdp(
+    run: &RunSettings,
+    queues: usize,
+    owned: &[IpAddr],
+) -> io::Result<Vec<Box<dyn Port>>> {
+    let queues = u16::try_from(queues).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let opts = AfXdpOptions {
+        mode: match run.xdp_mode {
+            XdpMode::Native => AttachMode::Native,
+            XdpMode::Generic => AttachMode::Generic,
+            XdpMode::Auto => AttachMode::Auto,
+        },
+        ..AfXdpOptions::default()
+    };
+    let ports = AfXdpPort::open(&run.interface, queues, opts)?;
+    if let Some(first) = ports.first() {
+        first.set_owned(owned)?;
+        tracing::info!(
+            native = first.native(),
+            zero_copy = first.zero_copy(),
+            "af_xdp attached"
+        );
+    }
+    Ok(boxed(ports))
 }
 
 /// The worker idle policy for a config's `idle`.
@@ -194,7 +206,8 @@ pub fn run(path: &Path, compiled: Compiled) -> anyhow::Result<()> {
 
     let run = compiled.run.clone();
     let workers = usize::from(compiled.workers);
-    let ports = open_ports(&run, workers)?;
+    let owned: Vec<IpAddr> = compiled.table.owned_addrs().map(IpAddr::from).collect();
+    let ports = open_ports(&run, workers, &owned)?;
     let names: Vec<String> = ports.iter().map(|p| p.name()).collect();
     tracing::info!(
         config = %path.display(),
@@ -382,11 +395,5 @@ mod tests {
         // TAP creates its interface.
         assert!(check_interface(PortKind::Tap, "veth9", &dir).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn kinds_missing_from_this_build_say_so() {
-        let e = PortError::NotBuilt(PortKind::AfXdp).to_string();
-        assert!(e.contains("port kind af_xdp is not built"), "{e}");
     }
 }
