@@ -488,6 +488,23 @@ impl Port for AfPacketPort {
     }
 }
 
+/// Sends one whole frame on a socket bound to its interface, without blocking.
+fn send_frame(fd: RawFd, data: &[u8]) -> bool {
+    // SAFETY: `data` is a live slice of `data.len()` bytes; the socket is bound to the
+    // interface, so no destination address is needed.
+    let sent = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT) };
+    sent >= 0 && sent as usize == data.len()
+}
+
+/// Counts a transmission attempt.
+fn count_tx(stats: &mut PortStats, sent: bool) {
+    if sent {
+        stats.tx += 1;
+    } else {
+        stats.tx_dropped += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,22 +546,5 @@ mod tests {
             let mut f = vec![0xffu8; len];
             complete_l4_checksum(&mut f);
         }
-    }
-}
-
-/// Sends one whole frame on a socket bound to its interface, without blocking.
-fn send_frame(fd: RawFd, data: &[u8]) -> bool {
-    // SAFETY: `data` is a live slice of `data.len()` bytes; the socket is bound to the
-    // interface, so no destination address is needed.
-    let sent = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT) };
-    sent >= 0 && sent as usize == data.len()
-}
-
-/// Counts a transmission attempt.
-fn count_tx(stats: &mut PortStats, sent: bool) {
-    if sent {
-        stats.tx += 1;
-    } else {
-        stats.tx_dropped += 1;
     }
 }

@@ -189,6 +189,25 @@ impl Port for TapPort {
     }
 }
 
+/// Writes one frame: one write(2) is one frame on a TAP, and a short write does not happen for
+/// frames within the MTU, so anything but the full length counts as a drop.
+fn write_frame(file: &mut std::fs::File, stats: &mut PortStats, frame: &[u8]) -> io::Result<()> {
+    match file.write(frame) {
+        Ok(w) if w == frame.len() => {
+            stats.tx += 1;
+            Ok(())
+        }
+        Ok(_) => {
+            stats.tx_dropped += 1;
+            Err(io::ErrorKind::WriteZero.into())
+        }
+        Err(e) => {
+            stats.tx_dropped += 1;
+            Err(e)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,24 +228,5 @@ mod tests {
         }
         let e = TapPort::open("lbtap0", 0).unwrap_err();
         assert!(e.to_string().contains("lbtap0"));
-    }
-}
-
-/// Writes one frame: one write(2) is one frame on a TAP, and a short write does not happen for
-/// frames within the MTU, so anything but the full length counts as a drop.
-fn write_frame(file: &mut std::fs::File, stats: &mut PortStats, frame: &[u8]) -> io::Result<()> {
-    match file.write(frame) {
-        Ok(w) if w == frame.len() => {
-            stats.tx += 1;
-            Ok(())
-        }
-        Ok(_) => {
-            stats.tx_dropped += 1;
-            Err(io::ErrorKind::WriteZero.into())
-        }
-        Err(e) => {
-            stats.tx_dropped += 1;
-            Err(e)
-        }
     }
 }
