@@ -198,6 +198,26 @@ pub struct FlowValue {
     generation: u64,
     svc_stat: u32,
     be_stat: u32,
+    /// Checksum delta of the address rewrite (IPv4 header), computed once per flow.
+    l3_delta: u64,
+    /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
+    l4_delta: u64,
+}
+
+impl FlowValue {
+    /// Precomputes the checksum deltas of rewriting `key` (the tuple this value's packets carry)
+    /// into `new_*`, so a packet of the flow costs two checksum adjustments, not four sums.
+    fn seal(mut self, key: &FlowKey) -> FlowValue {
+        let ports = |a: u16, b: u16| (u32::from(a) << 16) | u32::from(b);
+        self.l3_delta = sub32(key.src.wire_bytes())
+            + sub32(key.dst.wire_bytes())
+            + sum32(self.new_src.wire_bytes())
+            + sum32(self.new_dst.wire_bytes());
+        self.l4_delta = self.l3_delta
+            + u64::from(!ports(key.sport, key.dport))
+            + u64::from(ports(self.new_sport, self.new_dport));
+        self
+    }
 }
 
 /// Per-worker state: conntrack, counters, fullnat port allocator.
@@ -520,6 +540,8 @@ fn new_flow(
         };
         (rk, v)
     });
+    let fwd = fwd.seal(key);
+    let rev = rev.map(|(rk, v)| (rk, v.seal(&rk)));
     let initial = if tcp {
         FlowState::Tcp(TcpState::SynSent)
     } else {
@@ -580,6 +602,8 @@ fn forward_value(
         generation: table.generation,
         svc_stat: svc.stat,
         be_stat: be.stat,
+        l3_delta: 0,
+        l4_delta: 0,
     };
     match pool.mode {
         Mode::DsrIpip | Mode::DsrGue => {
@@ -620,7 +644,7 @@ fn apply(
                 return Verdict::Drop(DropReason::Unsupported);
             }
             let d = pkt.data_mut();
-            rewrite_l3l4(d, p, val.new_src, val.new_dst, val.new_sport, val.new_dport);
+            rewrite_sealed(d, p, val);
             set_macs(d, val.mac, table.local.mac);
             Verdict::Tx
         }
@@ -738,19 +762,41 @@ fn rewrite_at(
     wire::put_be16(frame, l4 + co, c);
 }
 
-fn rewrite_l3l4(frame: &mut [u8], p: &Parsed, src: Addr, dst: Addr, sport: u16, dport: u16) {
-    rewrite_at(
-        frame,
-        p.l3_off,
-        p.l4_off,
-        p.l3_end,
-        p.l3 == L3::Ipv4,
-        p.proto,
-        src,
-        dst,
-        sport,
-        dport,
-    );
+/// Rewrites a tracked packet with its flow's precomputed checksum deltas ([`FlowValue::seal`]):
+/// the per-packet path of nat and fullnat.
+fn rewrite_sealed(frame: &mut [u8], p: &Parsed, val: &FlowValue) {
+    let v4 = p.l3 == L3::Ipv4;
+    let (a_off, half) = if v4 {
+        (p.l3_off + 12, 4)
+    } else {
+        (p.l3_off + 8, 16)
+    };
+    let Some(addrs) = frame.get_mut(a_off..a_off + 2 * half) else {
+        return;
+    };
+    addrs[..half].copy_from_slice(val.new_src.wire_bytes());
+    addrs[half..].copy_from_slice(val.new_dst.wire_bytes());
+    if v4 {
+        let c = adjust(wire::be16(frame, p.l3_off + 10), val.l3_delta);
+        wire::put_be16(frame, p.l3_off + 10, c);
+    }
+    let l4 = p.l4_off;
+    if let Some(ports) = frame.get_mut(l4..l4 + 4) {
+        ports[..2].copy_from_slice(&val.new_sport.to_be_bytes());
+        ports[2..].copy_from_slice(&val.new_dport.to_be_bytes());
+    }
+    let Some(co) = l4_csum_off(p.proto) else {
+        return;
+    };
+    let c = wire::be16(frame, l4 + co);
+    if p.proto == proto::UDP && c == 0 && v4 {
+        return; // IPv4 UDP without checksum stays without one.
+    }
+    let mut c = adjust(c, val.l4_delta);
+    if p.proto == proto::UDP && c == 0 {
+        c = 0xffff;
+    }
+    wire::put_be16(frame, l4 + co, c);
 }
 
 /// The IPv4 TOS / IPv6 traffic class of the packet at `l3`.
