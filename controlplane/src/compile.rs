@@ -23,7 +23,27 @@ pub struct Compiled {
     pub conntrack: conntrack::Config,
     /// Number of workers.
     pub workers: u16,
+    /// How `lb run` runs the dataplane: port, interface, cores, idle policy.
+    pub run: RunSettings,
 }
+
+/// The dataplane run settings of `[dataplane]`, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSettings {
+    /// Kind of packet port.
+    pub port: config::PortKind,
+    /// Interface name.
+    pub interface: String,
+    /// Core of each worker, one per worker.
+    pub cores: Vec<usize>,
+    /// Idle policy.
+    pub idle: config::IdleMode,
+    /// XDP attach mode (af_xdp only).
+    pub xdp_mode: config::XdpMode,
+}
+
+/// Longest interface name Linux accepts (IFNAMSIZ less the terminating NUL).
+const IFNAME_MAX: usize = 15;
 
 /// Every problem found in a config, each naming the service, pool or backend at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +81,7 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Compiled, CompileError> 
         ));
     }
 
+    let run = run_settings(dp, &mut problems);
     let neighbors = neighbor_macs(cfg, &mut problems);
     let conntrack = conntrack_config(&cfg.conntrack, &mut problems);
 
@@ -97,7 +118,43 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Compiled, CompileError> 
         table,
         conntrack,
         workers: dp.workers,
+        run,
     })
+}
+
+/// Port, interface and cores; every worker gets a core (0, 1, ... when none are listed).
+fn run_settings(dp: &config::Dataplane, problems: &mut Vec<String>) -> RunSettings {
+    let name = &dp.interface;
+    if name.is_empty()
+        || name.len() > IFNAME_MAX
+        || name == "."
+        || name == ".."
+        || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+    {
+        problems.push(format!(
+            "dataplane: interface {name:?} is not a valid interface name (1-{IFNAME_MAX} bytes, no '/', ':' or spaces)"
+        ));
+    }
+    let cores = match &dp.cores {
+        None => (0..usize::from(dp.workers)).collect(),
+        Some(c) => {
+            if c.len() != usize::from(dp.workers) {
+                problems.push(format!(
+                    "dataplane: cores lists {} cores for {} workers (one per worker)",
+                    c.len(),
+                    dp.workers
+                ));
+            }
+            c.clone()
+        }
+    };
+    RunSettings {
+        port: dp.port,
+        interface: name.clone(),
+        cores,
+        idle: dp.idle,
+        xdp_mode: dp.xdp_mode,
+    }
 }
 
 /// Static neighbors by address; an address listed twice with different MACs is a problem.
@@ -448,6 +505,27 @@ gateway_mac = "02:00:00:00:00:fe"
         for n in needles {
             assert!(p[0].contains(n), "{:?} lacks {n:?}", p[0]);
         }
+    }
+
+    #[test]
+    fn run_settings_default_to_one_core_per_worker_and_are_checked() {
+        let c = compile(&cfg("workers = 3\n"), 1).unwrap();
+        assert_eq!(c.run.cores, vec![0, 1, 2]);
+        assert_eq!(c.run.interface, "lb0");
+        assert_eq!(c.run.port, config::PortKind::Tap);
+        let c = compile(
+            &cfg("workers = 2\ncores = [1, 3]\nport = \"af_packet\"\n"),
+            1,
+        )
+        .unwrap();
+        assert_eq!(c.run.cores, vec![1, 3]);
+        assert_eq!(c.run.port, config::PortKind::AfPacket);
+        one_problem("workers = 2\ncores = [1]\n", &["cores", "2 workers"]);
+        one_problem(
+            "interface = \"a-very-long-interface\"\n",
+            &["a-very-long-interface", "not a valid interface name"],
+        );
+        one_problem("interface = \"\"\n", &["interface"]);
     }
 
     #[test]

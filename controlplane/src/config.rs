@@ -49,6 +49,75 @@ pub struct Dataplane {
     /// Number of dataplane workers.
     #[serde(default = "default_workers")]
     pub workers: u16,
+    /// Kind of packet port `lb run` opens on `interface`.
+    #[serde(default)]
+    pub port: PortKind,
+    /// The interface the balancer serves (created for `tap`, existing for the others).
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    /// Core of each worker; absent means cores 0, 1, ... in order.
+    #[serde(default)]
+    pub cores: Option<Vec<usize>>,
+    /// What an idle worker does.
+    #[serde(default)]
+    pub idle: IdleMode,
+    /// How `af_xdp` attaches its XDP program.
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+}
+
+/// `[dataplane] port`: where frames come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+pub enum PortKind {
+    /// A TAP device the balancer creates (runs anywhere with CAP_NET_ADMIN).
+    #[default]
+    #[serde(rename = "tap")]
+    Tap,
+    /// AF_PACKET sockets (with fanout) on an existing interface.
+    #[serde(rename = "af_packet")]
+    AfPacket,
+    /// AF_XDP sockets on an existing interface, one per queue.
+    #[serde(rename = "af_xdp")]
+    AfXdp,
+}
+
+impl PortKind {
+    /// The name used in lb.toml and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            PortKind::Tap => "tap",
+            PortKind::AfPacket => "af_packet",
+            PortKind::AfXdp => "af_xdp",
+        }
+    }
+}
+
+/// `[dataplane] idle`: what a worker does with no traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleMode {
+    /// Spin briefly, then sleep on the port until frames arrive (about 1 ms at a time).
+    #[default]
+    Adaptive,
+    /// Spin always: lowest latency, one busy core per worker.
+    Poll,
+}
+
+/// `[dataplane] xdp_mode`: how the XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver; fails where the driver lacks XDP.
+    Native,
+    /// Generic (skb) mode: works on any interface, slower.
+    Generic,
+    /// Native where the driver has it, generic otherwise.
+    #[default]
+    Auto,
+}
+
+fn default_interface() -> String {
+    "lb0".into()
 }
 
 fn default_mtu() -> u16 {
@@ -617,6 +686,11 @@ mod tests {
         );
         assert_eq!(c.dataplane.workers, 1);
         assert_eq!(c.dataplane.gateway_mac, None);
+        assert_eq!(c.dataplane.port, PortKind::Tap);
+        assert_eq!(c.dataplane.interface, "lb0");
+        assert_eq!(c.dataplane.cores, None);
+        assert_eq!(c.dataplane.idle, IdleMode::Adaptive);
+        assert_eq!(c.dataplane.xdp_mode, XdpMode::Auto);
         assert_eq!(c.conntrack.capacity, 262_144);
         assert_eq!(c.conntrack.embryonic_budget(), 65_536);
         assert_eq!(
@@ -701,6 +775,24 @@ backends = [{ addr = "2001:db8::10" }]
         let text = "[dataplane]\nmac = \"02:00:00:00:00:01\"\naddresses = [\"198.18.0.300\"]\n";
         let shown = parse(text).unwrap_err().to_string();
         assert!(shown.starts_with("t.toml:3:14: "), "{shown}");
+    }
+
+    #[test]
+    fn run_settings_parse_and_unknown_kinds_point_at_the_value() {
+        let c = parse(
+            "[dataplane]\nmac = \"02:00:00:00:00:01\"\nport = \"af_xdp\"\ninterface = \"eth1\"\n\
+             cores = [2, 3]\nidle = \"poll\"\nxdp_mode = \"generic\"\n",
+        )
+        .unwrap();
+        let d = &c.dataplane;
+        assert_eq!((d.port, d.interface.as_str()), (PortKind::AfXdp, "eth1"));
+        assert_eq!(d.cores, Some(vec![2, 3]));
+        assert_eq!((d.idle, d.xdp_mode), (IdleMode::Poll, XdpMode::Generic));
+        let shown = parse("[dataplane]\nmac = \"02:00:00:00:00:01\"\nport = \"dpdk\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(shown.starts_with("t.toml:3:8: "), "{shown}");
+        assert!(shown.contains("af_packet"), "{shown}");
     }
 
     #[test]

@@ -194,6 +194,10 @@ impl Proc {
         let mut child = step(
             || format!("start {what} in {ns}"),
             Command::new("ip")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                )
                 .args(["netns", "exec", ns])
                 .arg(bin)
                 .args(args)

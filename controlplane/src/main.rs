@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+
+mod run;
 use controlplane::{compile, config, lab, sim};
 use tracing_subscriber::EnvFilter;
 
@@ -31,6 +33,12 @@ enum Command {
         /// Where to write the transmitted frames.
         #[arg(long = "out", value_name = "PCAP")]
         output: PathBuf,
+    },
+    /// Serve a configuration: open the port, start the workers, run until SIGINT or SIGTERM.
+    Run {
+        /// The configuration (lb.toml).
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Parse and compile a configuration; print every problem found.
     Check {
@@ -90,14 +98,22 @@ enum LabAction {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A server says what it serves; the one-shot commands stay quiet unless asked.
+    let default_level = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run { config } => {
+            load_and_compile(&config).and_then(|(_, compiled)| run::run(&config, compiled))
+        }
         Command::Sim {
             config,
             input,

@@ -13,8 +13,11 @@ pub mod pipeline;
 #[allow(unsafe_code)]
 pub mod port;
 pub mod sample;
+pub mod steer;
 pub mod table;
 pub mod wire;
+#[allow(unsafe_code)]
+pub mod worker;
 
 pub use packet::PacketBuf;
 pub use pipeline::{process, DropReason, Verdict, WorkerState};

@@ -302,6 +302,11 @@ impl RoutingTable {
         self.owned.contains(&a)
     }
 
+    /// Every address we answer for (VIPs, local and SNAT addresses), e.g. for an XDP filter.
+    pub fn owned_addrs(&self) -> impl Iterator<Item = Addr> + '_ {
+        self.owned.iter().copied()
+    }
+
     /// True for a VIP.
     #[inline]
     pub fn is_vip(&self, a: Addr) -> bool {

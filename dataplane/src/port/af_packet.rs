@@ -453,22 +453,8 @@ impl Port for AfPacketPort {
             let mut pkt = PacketBuf::new(&mut self.buf, HEADROOM, len);
             match f(&mut pkt) {
                 Verdict::Tx => {
-                    let data = pkt.data();
-                    // SAFETY: `data` is a live slice of `data.len()` bytes; the socket is bound to
-                    // the interface, so no destination address is needed.
-                    let sent = unsafe {
-                        libc::send(
-                            self.fd.as_raw_fd(),
-                            data.as_ptr().cast(),
-                            data.len(),
-                            libc::MSG_DONTWAIT,
-                        )
-                    };
-                    if sent >= 0 && sent as usize == data.len() {
-                        self.stats.tx += 1;
-                    } else {
-                        self.stats.tx_dropped += 1;
-                    }
+                    let sent = send_frame(self.fd.as_raw_fd(), pkt.data());
+                    count_tx(&mut self.stats, sent);
                 }
                 // The host's stack already received its own copy from the driver.
                 Verdict::ToHost => self.stats.to_host += 1,
@@ -483,12 +469,39 @@ impl Port for AfPacketPort {
         Ok(())
     }
 
+    fn tx_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        let sent = send_frame(self.fd.as_raw_fd(), frame);
+        count_tx(&mut self.stats, sent);
+        if sent {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
     fn wait_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
     }
 
     fn stats(&self) -> PortStats {
         self.stats
+    }
+}
+
+/// Sends one whole frame on a socket bound to its interface, without blocking.
+fn send_frame(fd: RawFd, data: &[u8]) -> bool {
+    // SAFETY: `data` is a live slice of `data.len()` bytes; the socket is bound to the
+    // interface, so no destination address is needed.
+    let sent = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT) };
+    sent >= 0 && sent as usize == data.len()
+}
+
+/// Counts a transmission attempt.
+fn count_tx(stats: &mut PortStats, sent: bool) {
+    if sent {
+        stats.tx += 1;
+    } else {
+        stats.tx_dropped += 1;
     }
 }
 

@@ -456,6 +456,39 @@ impl Port for AfXdpPort {
         Ok(())
     }
 
+    fn tx_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.reclaim();
+        let Some(chunk) = self.free.pop() else {
+            self.stats.tx_dropped += 1;
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let placed = self
+            .area
+            .chunk_mut(chunk)
+            .and_then(|c| c.get_mut(HEADROOM..HEADROOM + frame.len()))
+            .map(|dst| dst.copy_from_slice(frame))
+            .is_some();
+        let desc = XdpDesc {
+            addr: chunk + HEADROOM as u64,
+            len: frame.len() as u32,
+            options: 0,
+        };
+        let sent = placed && {
+            let mut tx = self.tx.transmit(1);
+            let ok = tx.insert_once(desc);
+            tx.commit();
+            ok
+        };
+        if sent {
+            self.stats.tx += 1;
+            Ok(())
+        } else {
+            self.free.push(chunk);
+            self.stats.tx_dropped += 1;
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
     fn wait_fd(&self) -> Option<RawFd> {
         Some(self.fd)
     }

@@ -75,6 +75,12 @@ impl Port for MemPort {
     fn stats(&self) -> PortStats {
         self.stats
     }
+
+    fn tx_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.stats.tx += 1;
+        self.tx.push(frame.to_vec());
+        Ok(())
+    }
 }
 
 #[cfg(test)]

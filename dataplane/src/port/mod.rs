@@ -58,4 +58,10 @@ pub trait Port: Send {
 
     /// Counters.
     fn stats(&self) -> PortStats;
+
+    /// Queues one frame that did not come from this port's `rx_burst` (a frame another worker
+    /// handed over) for transmission, sent at the latest by [`Port::flush`].
+    fn tx_frame(&mut self, _frame: &[u8]) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }

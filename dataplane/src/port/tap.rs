@@ -160,12 +160,7 @@ impl Port for TapPort {
             let mut pkt = PacketBuf::new(&mut self.buf, HEADROOM, len);
             match f(&mut pkt) {
                 Verdict::Tx => {
-                    // One write(2) is one frame on a TAP; a short write does not happen for
-                    // frames within the MTU, so anything but the full length is a drop.
-                    match self.file.write(pkt.data()) {
-                        Ok(w) if w == pkt.len() => self.stats.tx += 1,
-                        _ => self.stats.tx_dropped += 1,
-                    }
+                    let _ = write_frame(&mut self.file, &mut self.stats, pkt.data());
                 }
                 // The TAP is the host side: the frame came from the host, so there is no other
                 // host stack to give it to. Counted, then dropped.
@@ -181,12 +176,35 @@ impl Port for TapPort {
         Ok(())
     }
 
+    fn tx_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        write_frame(&mut self.file, &mut self.stats, frame)
+    }
+
     fn wait_fd(&self) -> Option<RawFd> {
         Some(self.file.as_raw_fd())
     }
 
     fn stats(&self) -> PortStats {
         self.stats
+    }
+}
+
+/// Writes one frame: one write(2) is one frame on a TAP, and a short write does not happen for
+/// frames within the MTU, so anything but the full length counts as a drop.
+fn write_frame(file: &mut std::fs::File, stats: &mut PortStats, frame: &[u8]) -> io::Result<()> {
+    match file.write(frame) {
+        Ok(w) if w == frame.len() => {
+            stats.tx += 1;
+            Ok(())
+        }
+        Ok(_) => {
+            stats.tx_dropped += 1;
+            Err(io::ErrorKind::WriteZero.into())
+        }
+        Err(e) => {
+            stats.tx_dropped += 1;
+            Err(e)
+        }
     }
 }
 

@@ -1,0 +1,775 @@
+//! Workers: one thread per port queue, pinned to a core, running the loop
+//! receive -> process -> transmit -> slow path (conntrack expiry, table adoption, counters).
+//!
+//! A flow is handled by one worker (see [`crate::steer`]): a frame received by a worker that does not
+//! own its flow is copied into a preallocated buffer and pushed onto the owner's bounded hand-off
+//! queue; the owner processes it and transmits it on its own port. Buffers travel back to the
+//! sender's pool after use, so the steady state allocates nothing.
+//!
+//! The only shared state on the hot path is the table (`ArcSwap::load`, once per burst) and the
+//! hand-off queues. Counters are published into an `ArcSwap` every 100 ms for the control plane.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::conntrack::{self, Millis};
+use crate::packet::PacketBuf;
+use crate::pipeline::{process, Counters, DropReason, Verdict, WorkerState};
+use crate::port::{Port, PortStats, HEADROOM};
+use crate::steer::{Steer, ANY};
+use crate::table::RoutingTable;
+
+/// Frames received per `rx_burst`.
+pub const BURST: usize = 32;
+/// Size of one hand-off buffer: headroom, the largest frame the ports carry, and some tailroom.
+const SLOT: usize = HEADROOM + 9216 + 64;
+/// Handed-off frames processed per loop turn, so a busy peer cannot starve our own port.
+const DRAIN_MAX: usize = 64;
+/// Slow-path period.
+const SLOW_PATH_MS: Millis = 1;
+/// Counter publication period.
+const PUBLISH_MS: Millis = 100;
+/// Conntrack slots examined per slow-path run: 256 per ms sweeps 262144 slots in about a second,
+/// well inside the shortest timeout.
+const EXPIRE_BUDGET: usize = 256;
+/// What the port is told about a handed-off frame: nothing to send, recycle the buffer. Ports do
+/// not count drop reasons; the worker counts it as `handed_off`, outside the pipeline's counters.
+const HANDED_OFF: Verdict = Verdict::Drop(DropReason::Unsupported);
+
+/// What a worker does when a loop turn found nothing to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdlePolicy {
+    /// Spin: lowest latency, one full core per worker even when idle.
+    Poll,
+    /// Spin for `spin` empty turns, then sleep on the port's fd (and the hand-off wake fd) for at
+    /// most `sleep` per turn until traffic returns: an idle balancer uses almost no CPU.
+    Adaptive {
+        /// Empty turns before the first sleep.
+        spin: u32,
+        /// Longest sleep per turn.
+        sleep: Duration,
+    },
+}
+
+impl Default for IdlePolicy {
+    fn default() -> Self {
+        IdlePolicy::Adaptive {
+            spin: 200,
+            sleep: Duration::from_millis(1),
+        }
+    }
+}
+
+/// How to run the workers.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Core of worker `i` is `cores[i]`; workers past the end of the list are not pinned.
+    pub cores: Vec<usize>,
+    /// Idle behaviour.
+    pub idle: IdlePolicy,
+    /// Each worker's conntrack sizing.
+    pub conntrack: conntrack::Config,
+    /// Hand-off buffers each worker owns (its frames in flight to other workers).
+    pub handoff_slots: usize,
+}
+
+impl WorkerConfig {
+    /// Adaptive idling, no pinning, 256 hand-off buffers per worker.
+    pub fn new(conntrack: conntrack::Config) -> WorkerConfig {
+        WorkerConfig {
+            cores: Vec::new(),
+            idle: IdlePolicy::default(),
+            conntrack,
+            handoff_slots: 256,
+        }
+    }
+}
+
+/// Worker-level counters, beside the pipeline's [`Counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Loop turns that found work.
+    pub busy_turns: u64,
+    /// Sleeps of the adaptive idle policy.
+    pub sleeps: u64,
+    /// Frames received here and handed to their owner.
+    pub handed_off: u64,
+    /// Frames handed to us by other workers and processed.
+    pub handoff_received: u64,
+    /// Frames that should have been handed off but found the owner's queue or our pool full.
+    pub handoff_full: u64,
+    /// Handed-off frames the pipeline sent to the host: our port cannot inject a foreign frame
+    /// into the host's stack, so they are lost.
+    pub handoff_to_host_lost: u64,
+    /// Receive errors from the port.
+    pub rx_errors: u64,
+    /// Transmit and flush errors from the port.
+    pub tx_errors: u64,
+    /// Flows removed by expiry.
+    pub expired: u64,
+}
+
+/// What a worker publishes for the control plane.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Worker index.
+    pub worker: u16,
+    /// The pipeline's counters.
+    pub counters: Counters,
+    /// Worker-level counters.
+    pub stats: WorkerStats,
+    /// The port's counters.
+    pub port: PortStats,
+    /// Flows in the connection table.
+    pub flows: usize,
+    /// Generation of the table in use.
+    pub generation: u64,
+    /// Monotonic milliseconds since the worker started, when published.
+    pub at_ms: Millis,
+}
+
+/// Sums the pipeline counters of several workers (per-service and per-backend slots included).
+pub fn total(snapshots: &[Snapshot]) -> Counters {
+    let mut t = Counters::default();
+    for s in snapshots {
+        let c = &s.counters;
+        t.rx_packets += c.rx_packets;
+        t.rx_bytes += c.rx_bytes;
+        t.tx_packets += c.tx_packets;
+        t.tx_bytes += c.tx_bytes;
+        t.to_host += c.to_host;
+        t.to_l7 += c.to_l7;
+        for (a, b) in t.drops.iter_mut().zip(c.drops.iter()) {
+            *a += b;
+        }
+        for (dst, src) in [
+            (&mut t.services, &c.services),
+            (&mut t.backends, &c.backends),
+        ] {
+            if dst.len() < src.len() {
+                dst.resize(src.len(), Default::default());
+            }
+            for (a, b) in dst.iter_mut().zip(src.iter()) {
+                a.packets += b.packets;
+                a.bytes += b.bytes;
+                a.new_flows += b.new_flows;
+            }
+        }
+    }
+    t
+}
+
+/// A frame in flight between workers.
+struct Frame {
+    buf: Box<[u8]>,
+    len: usize,
+    /// The worker whose pool the buffer returns to.
+    from: u16,
+}
+
+/// Wakes a sleeping worker when a peer hands it a frame or the control plane stops it.
+struct Wake {
+    sleeping: AtomicBool,
+    /// Frames queued for this worker and not yet taken.
+    queued: AtomicUsize,
+    /// An eventfd; `None` if the kernel refused one (the worker then sleeps its timeout out).
+    fd: Option<OwnedFd>,
+}
+
+impl Wake {
+    fn new() -> Wake {
+        // SAFETY: eventfd takes no pointers; a non-negative return is a new fd we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        Wake {
+            sleeping: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+            fd: (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }),
+        }
+    }
+
+    fn ring(&self) {
+        if let Some(fd) = &self.fd {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an fd we own; errors (counter full) mean
+            // it is already readable, which is all we want.
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(fd) = &self.fd {
+            let mut v: u64 = 0;
+            // SAFETY: reads at most 8 bytes into a live u64; non-blocking, so EAGAIN is fine.
+            unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        }
+    }
+}
+
+/// The sending side of one worker's queues, held by every worker.
+struct Peer {
+    inbound: SyncSender<Frame>,
+    pool: SyncSender<Frame>,
+    wake: Arc<Wake>,
+}
+
+/// One worker's ends of the hand-off mesh.
+struct Mesh {
+    inbound: Receiver<Frame>,
+    pool: Receiver<Frame>,
+    peers: Vec<Peer>,
+    wake: Arc<Wake>,
+}
+
+impl Mesh {
+    /// Builds the mesh for `n` workers, each with `slots` preallocated buffers.
+    fn build(n: usize, slots: usize) -> Vec<Mesh> {
+        let slots = slots.max(1);
+        let mut ends = Vec::with_capacity(n);
+        let mut peers = Vec::with_capacity(n);
+        for w in 0..n {
+            let (in_tx, in_rx) = sync_channel(slots * n.max(1));
+            let (pool_tx, pool_rx) = sync_channel(slots);
+            if n > 1 {
+                for _ in 0..slots {
+                    let f = Frame {
+                        buf: vec![0u8; SLOT].into_boxed_slice(),
+                        len: 0,
+                        from: w as u16,
+                    };
+                    // Cannot fail: the channel has room for exactly `slots`.
+                    let _ = pool_tx.try_send(f);
+                }
+            }
+            let wake = Arc::new(Wake::new());
+            peers.push((in_tx, pool_tx, wake.clone()));
+            ends.push((in_rx, pool_rx, wake));
+        }
+        ends.into_iter()
+            .map(|(inbound, pool, wake)| Mesh {
+                inbound,
+                pool,
+                peers: peers
+                    .iter()
+                    .map(|(i, p, w)| Peer {
+                        inbound: i.clone(),
+                        pool: p.clone(),
+                        wake: w.clone(),
+                    })
+                    .collect(),
+                wake,
+            })
+            .collect()
+    }
+
+    /// Copies `frame` into one of our buffers and queues it for worker `to`.
+    fn hand_off(&self, to: u16, frame: &[u8]) -> bool {
+        let Some(peer) = self.peers.get(usize::from(to)) else {
+            return false;
+        };
+        let Ok(mut f) = self.pool.try_recv() else {
+            return false;
+        };
+        let len = frame.len().min(SLOT - HEADROOM);
+        if let (Some(dst), Some(src)) = (f.buf.get_mut(HEADROOM..HEADROOM + len), frame.get(..len))
+        {
+            dst.copy_from_slice(src);
+        }
+        f.len = len;
+        match peer.inbound.try_send(f) {
+            Ok(()) => {
+                // Dekker with `Worker::sleep`: either the owner sees `queued` or we see it asleep.
+                peer.wake.queued.fetch_add(1, Ordering::SeqCst);
+                if peer.wake.sleeping.load(Ordering::SeqCst) {
+                    peer.wake.ring();
+                }
+                true
+            }
+            Err(TrySendError::Full(f) | TrySendError::Disconnected(f)) => {
+                self.recycle(f);
+                false
+            }
+        }
+    }
+
+    /// Returns a buffer to the pool it came from.
+    fn recycle(&self, f: Frame) {
+        if let Some(peer) = self.peers.get(usize::from(f.from)) {
+            // Fails only when that worker has exited; the buffer is then freed.
+            let _ = peer.pool.try_send(f);
+        }
+    }
+}
+
+/// One dataplane worker: its port, its flow state, and its end of the hand-off mesh.
+pub struct Worker {
+    id: u16,
+    workers: u16,
+    state: WorkerState,
+    port: Box<dyn Port>,
+    table: Arc<ArcSwap<RoutingTable>>,
+    idle: IdlePolicy,
+    stop: Arc<AtomicBool>,
+    steer: Steer,
+    mesh: Mesh,
+    stats: WorkerStats,
+    published: Arc<ArcSwap<Snapshot>>,
+    started: Instant,
+    generation: Option<u64>,
+    next_slow: Millis,
+    next_publish: Millis,
+    published_turns: u64,
+    idle_turns: u32,
+}
+
+/// Builds one worker per port (worker `i` on `ports[i]`), connected by hand-off queues, without
+/// starting threads. [`spawn_workers`] runs them; tests may drive [`Worker::poll_once`] directly.
+pub fn build_workers(
+    ports: Vec<Box<dyn Port>>,
+    table: Arc<ArcSwap<RoutingTable>>,
+    cfg: &WorkerConfig,
+) -> io::Result<Vec<Worker>> {
+    let n = ports.len();
+    if n == 0 || n > usize::from(u16::MAX - 1) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{n} ports: need between 1 and 65534 workers"),
+        ));
+    }
+    let meshes = Mesh::build(n, cfg.handoff_slots);
+    let first = table.load();
+    let steer = Steer::new(&first);
+    Ok(ports
+        .into_iter()
+        .zip(meshes)
+        .enumerate()
+        .map(|(i, (port, mesh))| Worker {
+            id: i as u16,
+            workers: n as u16,
+            state: WorkerState::new(i as u16, n as u16, cfg.conntrack),
+            port,
+            table: table.clone(),
+            idle: cfg.idle,
+            stop: Arc::new(AtomicBool::new(false)),
+            steer: steer.clone(),
+            mesh,
+            stats: WorkerStats::default(),
+            published: Arc::new(ArcSwap::from_pointee(Snapshot {
+                worker: i as u16,
+                ..Snapshot::default()
+            })),
+            started: Instant::now(),
+            generation: None,
+            next_slow: 0,
+            next_publish: 0,
+            published_turns: 0,
+            idle_turns: 0,
+        })
+        .collect())
+}
+
+impl Worker {
+    /// This worker's index.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Monotonic milliseconds since the worker was built.
+    fn now_ms(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    /// One loop turn: receive a burst (steer, process or hand off), process handed-off frames,
+    /// flush, run the slow path when due. Returns how many frames it handled.
+    pub fn poll_once(&mut self) -> usize {
+        let now = self.now_ms();
+        let table = self.table.load();
+        if self.generation != Some(table.generation) {
+            // Off the per-packet path: sizing counters and rebuilding steering facts allocate.
+            self.state.adopt(&table);
+            self.steer.refresh(&table);
+            self.generation = Some(table.generation);
+        }
+        let Worker {
+            id,
+            workers,
+            state,
+            port,
+            steer,
+            mesh,
+            stats,
+            ..
+        } = self;
+        let (id, workers) = (*id, *workers);
+        let rx = port.rx_burst(BURST, &mut |pkt| {
+            let owner = steer.owner(&table, pkt.data(), workers);
+            if owner == ANY || owner == id || owner >= workers {
+                return process(state, &table, now, pkt);
+            }
+            if mesh.hand_off(owner, pkt.data()) {
+                stats.handed_off += 1;
+            } else {
+                stats.handoff_full += 1;
+            }
+            HANDED_OFF
+        });
+        let rx = rx.unwrap_or_else(|_| {
+            stats.rx_errors += 1;
+            0
+        });
+        let mut drained = 0;
+        while drained < DRAIN_MAX {
+            let Ok(mut f) = mesh.inbound.try_recv() else {
+                break;
+            };
+            mesh.wake.queued.fetch_sub(1, Ordering::SeqCst);
+            drained += 1;
+            stats.handoff_received += 1;
+            let len = f.len.min(SLOT - HEADROOM);
+            let mut pkt = PacketBuf::new(&mut f.buf, HEADROOM, len);
+            match process(state, &table, now, &mut pkt) {
+                Verdict::Tx => {
+                    if port.tx_frame(pkt.data()).is_err() {
+                        stats.tx_errors += 1;
+                    }
+                }
+                Verdict::ToHost => stats.handoff_to_host_lost += 1,
+                Verdict::Drop(_) | Verdict::ToL7 => {}
+            }
+            mesh.recycle(f);
+        }
+        if port.flush().is_err() {
+            stats.tx_errors += 1;
+        }
+        drop(table);
+        if now >= self.next_slow {
+            self.next_slow = now + SLOW_PATH_MS;
+            self.stats.expired += self.state.ct.expire(now, EXPIRE_BUDGET) as u64;
+        }
+        if now >= self.next_publish {
+            self.next_publish = now + PUBLISH_MS;
+            self.publish(now);
+        }
+        let work = rx + drained;
+        if work > 0 {
+            self.stats.busy_turns += 1;
+        }
+        work
+    }
+
+    /// Copies the counters where the control plane reads them. Allocates; every 100 ms at most
+    /// (and once before an idle sleep).
+    fn publish(&mut self, now: Millis) {
+        self.published_turns = self.stats.busy_turns;
+        self.published.store(Arc::new(self.snapshot_at(now)));
+    }
+
+    fn snapshot_at(&self, now: Millis) -> Snapshot {
+        Snapshot {
+            worker: self.id,
+            counters: self.state.counters.clone(),
+            stats: self.stats,
+            port: self.port.stats(),
+            flows: self.state.ct.len(),
+            generation: self.generation.unwrap_or(0),
+            at_ms: now,
+        }
+    }
+
+    /// The loop, until stopped. Returns the final counters.
+    fn run(mut self) -> Snapshot {
+        while !self.stop.load(Ordering::Relaxed) {
+            if self.poll_once() > 0 {
+                self.idle_turns = 0;
+                continue;
+            }
+            match self.idle {
+                IdlePolicy::Poll => std::hint::spin_loop(),
+                IdlePolicy::Adaptive { spin, sleep } => {
+                    // Once past `spin`, every empty turn sleeps until traffic resets the count.
+                    self.idle_turns = self.idle_turns.saturating_add(1);
+                    if self.idle_turns > spin {
+                        self.sleep(sleep);
+                    }
+                }
+            }
+        }
+        let snap = self.snapshot_at(self.now_ms());
+        self.published.store(Arc::new(snap.clone()));
+        snap
+    }
+
+    /// Sleeps until the port has frames, a peer hands us one, we are stopped, or `max` passes.
+    fn sleep(&mut self, max: Duration) {
+        if self.published_turns != self.stats.busy_turns {
+            // Nothing changes while we sleep, so this snapshot stays exact however long we do.
+            self.publish(self.now_ms());
+        }
+        let wake = &self.mesh.wake;
+        wake.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if wake.queued.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::SeqCst) {
+            self.stats.sleeps += 1;
+            let fds = [self.port.wait_fd(), wake.fd.as_ref().map(|f| f.as_raw_fd())];
+            wait(&fds, max);
+        }
+        wake.sleeping.store(false, Ordering::SeqCst);
+        wake.clear();
+    }
+}
+
+/// poll(2)s the fds for input, at most `max`; sleeps `max` when there is none to poll.
+fn wait(fds: &[Option<RawFd>], max: Duration) {
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 2];
+    let mut n = 0;
+    for fd in fds.iter().flatten() {
+        if let Some(p) = pfds.get_mut(n) {
+            *p = libc::pollfd {
+                fd: *fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            n += 1;
+        }
+    }
+    if n == 0 {
+        std::thread::sleep(max);
+        return;
+    }
+    let ts = libc::timespec {
+        tv_sec: max.as_secs() as libc::time_t,
+        tv_nsec: max.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `pfds` holds `n` initialised pollfds and outlives the call; `ts` is a live timespec;
+    // a null signal mask keeps the thread's mask. EINTR just ends the sleep early.
+    unsafe { libc::ppoll(pfds.as_mut_ptr(), n as libc::nfds_t, &ts, std::ptr::null()) };
+}
+
+/// Pins the calling thread to `core`.
+pub fn pin_to_core(core: usize) -> io::Result<()> {
+    if core >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("core {core} is past CPU_SETSIZE"),
+        ));
+    }
+    // SAFETY: cpu_set_t is plain bits, so all-zero is the empty set; CPU_SET's index is checked
+    // above; sched_setaffinity reads `size_of::<cpu_set_t>()` bytes from a live set.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A running worker thread, as the control plane holds it.
+pub struct WorkerHandle {
+    id: u16,
+    port: String,
+    core: Option<usize>,
+    pin_error: Option<io::Error>,
+    stop: Arc<AtomicBool>,
+    wake: Arc<Wake>,
+    published: Arc<ArcSwap<Snapshot>>,
+    thread: Option<JoinHandle<Snapshot>>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("id", &self.id)
+            .field("port", &self.port)
+            .field("core", &self.core)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerHandle {
+    /// Worker index.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Name of the worker's port.
+    pub fn port_name(&self) -> &str {
+        &self.port
+    }
+
+    /// The core the worker was asked to run on.
+    pub fn core(&self) -> Option<usize> {
+        self.core
+    }
+
+    /// Why pinning failed, if it did (the worker runs unpinned then).
+    pub fn pin_error(&self) -> Option<&io::Error> {
+        self.pin_error.as_ref()
+    }
+
+    /// The counters last published (at most about 100 ms old). Never blocks the worker.
+    pub fn counters(&self) -> Arc<Snapshot> {
+        self.published.load_full()
+    }
+
+    /// Asks the worker to stop after its current turn (and wakes it if it sleeps).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.ring();
+    }
+
+    /// Stops the worker and waits for it; returns its final counters. The worker's port is dropped
+    /// (closed) by then.
+    pub fn join(mut self) -> io::Result<Snapshot> {
+        self.stop();
+        let Some(t) = self.thread.take() else {
+            return Ok((*self.counters()).clone());
+        };
+        t.join()
+            .map_err(|_| io::Error::other(format!("worker {} panicked", self.id)))
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop();
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts one thread per port (`lb-worker-N`), worker `i` pinned to `cfg.cores[i]` when given.
+/// Pinning failures do not stop a worker; they are reported by [`WorkerHandle::pin_error`].
+pub fn spawn_workers(
+    ports: Vec<Box<dyn Port>>,
+    table: Arc<ArcSwap<RoutingTable>>,
+    cfg: WorkerConfig,
+) -> io::Result<Vec<WorkerHandle>> {
+    let workers = build_workers(ports, table, &cfg)?;
+    let mut handles = Vec::with_capacity(workers.len());
+    for w in workers {
+        let id = w.id;
+        let core = cfg.cores.get(usize::from(id)).copied();
+        let (pinned_tx, pinned_rx) = sync_channel(1);
+        let mut h = WorkerHandle {
+            id,
+            port: w.port.name(),
+            core,
+            pin_error: None,
+            stop: w.stop.clone(),
+            wake: w.mesh.wake.clone(),
+            published: w.published.clone(),
+            thread: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("lb-worker-{id}"))
+            .spawn(move || {
+                let pinned = core.map(pin_to_core).transpose();
+                let _ = pinned_tx.send(pinned.err());
+                w.run()
+            });
+        match thread {
+            Ok(t) => {
+                h.pin_error = pinned_rx.recv().ok().flatten();
+                h.thread = Some(t);
+                handles.push(h);
+            }
+            Err(e) => {
+                // Dropping the handles stops and joins the workers already started.
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("starting worker {id}: {e}"),
+                ));
+            }
+        }
+    }
+    Ok(handles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::port::mem::MemPort;
+
+    #[test]
+    fn pinning_to_an_absent_core_is_an_error_not_a_panic() {
+        assert!(pin_to_core(usize::MAX).is_err());
+        assert!(pin_to_core(libc::CPU_SETSIZE as usize - 1).is_err());
+    }
+
+    #[test]
+    fn handoff_buffers_return_to_their_pool() {
+        let meshes = Mesh::build(2, 2);
+        // Worker 0 can hand off exactly its two buffers before worker 1 processes anything.
+        assert!(meshes[0].hand_off(1, &[1u8; 60]));
+        assert!(meshes[0].hand_off(1, &[2u8; 60]));
+        assert!(!meshes[0].hand_off(1, &[3u8; 60]));
+        assert_eq!(meshes[1].wake.queued.load(Ordering::SeqCst), 2);
+        let f = meshes[1].inbound.try_recv().unwrap();
+        assert_eq!((f.from, f.len, f.buf[HEADROOM]), (0, 60, 1));
+        meshes[1].recycle(f);
+        assert!(meshes[0].hand_off(1, &[4u8; 60]));
+        // A frame larger than a buffer is cut, not a panic.
+        let big = vec![7u8; SLOT * 2];
+        let meshes = Mesh::build(2, 1);
+        assert!(meshes[1].hand_off(0, &big));
+        assert_eq!(meshes[0].inbound.try_recv().unwrap().len, SLOT - HEADROOM);
+    }
+
+    #[test]
+    fn totals_add_up_per_service_slots() {
+        let mut a = Snapshot::default();
+        a.counters.rx_packets = 2;
+        a.counters.services = vec![Default::default(); 1];
+        a.counters.services[0].new_flows = 1;
+        let mut b = a.clone();
+        b.counters.services = vec![Default::default(); 2];
+        b.counters.services[1].new_flows = 5;
+        let t = total(&[a, b]);
+        assert_eq!(t.rx_packets, 4);
+        assert_eq!(
+            t.services.iter().map(|s| s.new_flows).collect::<Vec<_>>(),
+            vec![1, 5]
+        );
+    }
+
+    #[test]
+    fn an_empty_port_list_is_refused() {
+        let t = Arc::new(ArcSwap::from_pointee(
+            RoutingTable::new(
+                1,
+                crate::table::Local {
+                    mac: [2, 0, 0, 0, 0, 1],
+                    addrs: vec![],
+                    mtu: 1500,
+                    snat_ports: (1024, 65535),
+                },
+                vec![],
+            )
+            .unwrap(),
+        ));
+        let cfg = WorkerConfig::new(conntrack::Config {
+            capacity: 64,
+            embryonic_budget: 16,
+            timeouts: Default::default(),
+        });
+        assert!(build_workers(vec![], t.clone(), &cfg).is_err());
+        let one: Vec<Box<dyn Port>> = vec![Box::new(MemPort::new())];
+        assert_eq!(build_workers(one, t, &cfg).unwrap().len(), 1);
+    }
+}

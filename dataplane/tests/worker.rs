@@ -1,0 +1,419 @@
+//! Worker threads end to end over in-memory ports: hand-off between workers, table swaps under
+//! traffic, idle CPU use and stopping.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use dataplane::conntrack;
+use dataplane::flow::{proto, Addr};
+use dataplane::port::mem::MemPort;
+use dataplane::port::{Port, PortStats};
+use dataplane::table::{Affinity, Backend, Local, Mode, Pool, ServiceSpec};
+use dataplane::worker::{spawn_workers, total, IdlePolicy, WorkerConfig, WorkerHandle};
+use dataplane::{wire, PacketBuf, RoutingTable, Verdict};
+
+const VIP: [u8; 4] = [198, 18, 0, 100];
+const SNAT: [u8; 4] = [198, 18, 0, 2];
+const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 9, 9];
+
+/// The tests measure process CPU time, so they must not run side by side.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A `MemPort` the test can feed and read while a worker thread owns the port, with a wait fd
+/// that becomes readable when the test pushes frames (as a real port's would).
+#[derive(Clone)]
+struct SharedPort {
+    mem: Arc<Mutex<MemPort>>,
+    bell: Arc<(UnixStream, UnixStream)>,
+}
+
+impl SharedPort {
+    fn new() -> SharedPort {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        SharedPort {
+            mem: Arc::new(Mutex::new(MemPort::new())),
+            bell: Arc::new((a, b)),
+        }
+    }
+
+    fn push(&self, frames: impl IntoIterator<Item = Vec<u8>>) {
+        self.mem.lock().unwrap().rx.extend(frames);
+        let _ = (&self.bell.0).write(&[1]);
+    }
+
+    fn take_tx(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.mem.lock().unwrap().tx)
+    }
+}
+
+impl Port for SharedPort {
+    fn name(&self) -> String {
+        "shared-mem".into()
+    }
+
+    fn rx_burst(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&mut PacketBuf<'_>) -> Verdict,
+    ) -> std::io::Result<usize> {
+        let mut sink = [0u8; 64];
+        while matches!((&self.bell.1).read(&mut sink), Ok(n) if n > 0) {}
+        self.mem.lock().unwrap().rx_burst(max, f)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn wait_fd(&self) -> Option<RawFd> {
+        Some(self.bell.1.as_raw_fd())
+    }
+
+    fn stats(&self) -> PortStats {
+        self.mem.lock().unwrap().stats()
+    }
+
+    fn tx_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.mem.lock().unwrap().tx_frame(frame)
+    }
+}
+
+fn backend(last: u8) -> Backend {
+    Backend {
+        addr: Addr::v4([198, 18, 1, last]),
+        port: 8080,
+        weight: 1,
+        mac: [2, 0, 0, 0, 1, last],
+        pool: 0,
+        stat: 0,
+    }
+}
+
+/// One fullnat TCP service on VIP:80 over the backends `198.18.1.<last>`.
+fn table(generation: u64, backends: &[u8]) -> RoutingTable {
+    RoutingTable::new(
+        generation,
+        Local {
+            mac: LB_MAC,
+            addrs: vec![Addr::v4([198, 18, 0, 1])],
+            mtu: 1500,
+            snat_ports: (1024, 65535),
+        },
+        vec![ServiceSpec {
+            name: "web".into(),
+            vip: Addr::v4(VIP),
+            proto: proto::TCP,
+            port_lo: 80,
+            port_hi: 80,
+            affinity: Affinity::None,
+            table_size: 251,
+            pools: vec![Pool {
+                name: "pods".into(),
+                mode: Mode::FullNat,
+                snat: vec![Addr::v4(SNAT)],
+                encap_src_v4: None,
+                encap_src_v6: None,
+                gue_port: 0,
+            }],
+            backends: backends.iter().map(|&b| backend(b)).collect(),
+        }],
+    )
+    .unwrap()
+}
+
+fn ct() -> conntrack::Config {
+    conntrack::Config {
+        capacity: 8192,
+        embryonic_budget: 4096,
+        timeouts: conntrack::Timeouts::default(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Flags {
+    Syn,
+    SynAck,
+    Ack,
+}
+
+fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: Flags) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64000);
+    let b = match flags {
+        Flags::Syn => b.syn(),
+        Flags::SynAck => b.syn().ack(1001),
+        Flags::Ack => b.ack(1),
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, b"x").unwrap();
+    out
+}
+
+fn client(i: u32) -> ([u8; 4], u16) {
+    (
+        [10, 1, (i >> 8) as u8, i as u8],
+        20_000 + (i % 40_000) as u16,
+    )
+}
+
+/// Collects transmitted frames from `ports` until `n` arrived or `within` passed.
+fn collect(ports: &[SharedPort], n: usize, within: Duration) -> Vec<Vec<u8>> {
+    let end = Instant::now() + within;
+    let mut got = Vec::new();
+    while got.len() < n && Instant::now() < end {
+        for p in ports {
+            got.extend(p.take_tx());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for p in ports {
+        got.extend(p.take_tx());
+    }
+    got
+}
+
+fn octets(a: Addr) -> [u8; 4] {
+    a.v4_octets()
+}
+
+fn spawn(
+    ports: &[SharedPort],
+    t: &Arc<ArcSwap<RoutingTable>>,
+    idle: IdlePolicy,
+) -> Vec<WorkerHandle> {
+    let mut cfg = WorkerConfig::new(ct());
+    cfg.idle = idle;
+    let boxed: Vec<Box<dyn Port>> = ports
+        .iter()
+        .map(|p| Box::new(p.clone()) as Box<dyn Port>)
+        .collect();
+    spawn_workers(boxed, t.clone(), cfg).unwrap()
+}
+
+/// Stops every worker, asserting each joins within a second; returns the final snapshots.
+fn stop_all(handles: Vec<WorkerHandle>) -> Vec<dataplane::worker::Snapshot> {
+    let start = Instant::now();
+    for h in &handles {
+        h.stop();
+    }
+    let snaps: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "stop took {:?}",
+        start.elapsed()
+    );
+    snaps
+}
+
+/// A long idle sleep: anything that waits for it instead of being woken blows the deadlines below.
+const LONG_SLEEP: IdlePolicy = IdlePolicy::Adaptive {
+    spin: 10,
+    sleep: Duration::from_secs(5),
+};
+
+#[test]
+fn replies_arriving_on_the_other_worker_are_handed_to_the_flow_owner() {
+    let _g = serial();
+    let t = Arc::new(ArcSwap::from_pointee(table(1, &[10, 11])));
+    let ports = [SharedPort::new(), SharedPort::new()];
+    let handles = spawn(&ports, &t, LONG_SLEEP);
+    const N: u32 = 200;
+
+    // Every request arrives on worker 0's port.
+    ports[0].push((0..N).map(|i| {
+        let (c, cp) = client(i);
+        tcp(c, VIP, cp, 80, Flags::Syn)
+    }));
+    let fwd = collect(&ports, N as usize, Duration::from_secs(3));
+    assert_eq!(fwd.len(), N as usize, "forwarded SYNs");
+
+    // Every reply arrives on worker 1's port.
+    let mut expect = HashMap::new();
+    let replies: Vec<Vec<u8>> = fwd
+        .iter()
+        .map(|f| {
+            let p = wire::parse(f).unwrap();
+            assert_eq!(p.src, Addr::v4(SNAT));
+            expect.insert(p.sport, ());
+            tcp(
+                octets(p.dst),
+                octets(p.src),
+                p.dport,
+                p.sport,
+                Flags::SynAck,
+            )
+        })
+        .collect();
+    assert_eq!(expect.len(), N as usize, "one SNAT port per flow");
+    ports[1].push(replies);
+    let back = collect(&ports, N as usize, Duration::from_secs(3));
+    assert_eq!(back.len(), N as usize, "rewritten replies");
+    let mut clients: Vec<(Addr, u16)> = back
+        .iter()
+        .map(|f| {
+            let p = wire::parse(f).unwrap();
+            assert_eq!(
+                (p.src, p.sport),
+                (Addr::v4(VIP), 80),
+                "reply comes from the VIP"
+            );
+            assert!(wire::verify_l4_checksum(f, &p), "reply checksum");
+            (p.dst, p.dport)
+        })
+        .collect();
+    clients.sort();
+    let mut want: Vec<(Addr, u16)> = (0..N)
+        .map(|i| {
+            let (c, cp) = client(i);
+            (Addr::v4(c), cp)
+        })
+        .collect();
+    want.sort();
+    assert_eq!(clients, want);
+
+    // The published counters show the flows, and both directions crossed workers.
+    std::thread::sleep(Duration::from_millis(250));
+    let live: Vec<_> = handles.iter().map(|h| (*h.counters()).clone()).collect();
+    assert_eq!(total(&live).services[0].new_flows, u64::from(N));
+    assert_eq!(live.iter().map(|s| s.flows).sum::<usize>(), N as usize);
+    let snaps = stop_all(handles);
+    assert!(snaps[0].stats.handed_off > 0, "requests owned by worker 1");
+    assert!(snaps[1].stats.handed_off > 0, "replies owned by worker 0");
+    let sum = |f: fn(&dataplane::worker::Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
+    assert_eq!(
+        sum(|s| s.stats.handed_off),
+        sum(|s| s.stats.handoff_received)
+    );
+    assert_eq!(snaps.iter().map(|s| s.stats.handoff_full).sum::<u64>(), 0);
+}
+
+#[test]
+fn a_table_swap_under_traffic_keeps_flows_and_reaches_new_ones() {
+    let _g = serial();
+    let t = Arc::new(ArcSwap::from_pointee(table(1, &[10, 11])));
+    let ports = [SharedPort::new(), SharedPort::new()];
+    let handles = spawn(&ports, &t, LONG_SLEEP);
+    const N: u32 = 300;
+
+    let syns = |range: std::ops::Range<u32>| {
+        range
+            .map(|i| {
+                let (c, cp) = client(i);
+                tcp(c, VIP, cp, 80, Flags::Syn)
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = syns(0..N);
+    ports[0].push(first[..N as usize / 2].to_vec());
+    ports[1].push(first[N as usize / 2..].to_vec());
+    let fwd = collect(&ports, N as usize, Duration::from_secs(3));
+    assert_eq!(fwd.len(), N as usize);
+    // Fullnat hides the client: a flow is known by its SNAT address and port.
+    let backend_of: HashMap<(Addr, u16), Addr> = fwd
+        .iter()
+        .map(|f| {
+            let p = wire::parse(f).unwrap();
+            ((p.src, p.sport), p.dst)
+        })
+        .collect();
+    assert_eq!(backend_of.len(), N as usize);
+
+    // Swap in a table with a third backend while the established flows keep sending.
+    t.store(Arc::new(table(2, &[10, 11, 12])));
+    let acks: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let (c, cp) = client(i);
+            tcp(c, VIP, cp, 80, Flags::Ack)
+        })
+        .collect();
+    ports[1].push(acks[..N as usize / 2].to_vec());
+    ports[0].push(acks[N as usize / 2..].to_vec());
+    let again = collect(&ports, N as usize, Duration::from_secs(3));
+    assert_eq!(again.len(), N as usize, "established flows still forwarded");
+    let broken = again
+        .iter()
+        .filter(|f| {
+            let p = wire::parse(f).unwrap();
+            backend_of.get(&(p.src, p.sport)) != Some(&p.dst)
+        })
+        .count();
+    assert_eq!(broken, 0, "flows moved to another backend by the swap");
+
+    // New flows see the new table: the added backend gets some of them.
+    ports[0].push(syns(N..2 * N));
+    let fresh = collect(&ports, N as usize, Duration::from_secs(3));
+    assert_eq!(fresh.len(), N as usize);
+    let to_new = fresh
+        .iter()
+        .filter(|f| wire::parse(f).unwrap().dst == Addr::v4([198, 18, 1, 12]))
+        .count();
+    assert!(
+        to_new > N as usize / 10,
+        "only {to_new} new flows on the added backend"
+    );
+    let snaps = stop_all(handles);
+    assert!(snaps.iter().all(|s| s.generation == 2));
+}
+
+fn process_cpu() -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the rusage we pass.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) }, 0);
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+#[test]
+fn an_idle_adaptive_worker_leaves_the_cpu_alone_and_a_polling_one_does_not() {
+    let _g = serial();
+    let t = Arc::new(ArcSwap::from_pointee(table(1, &[10, 11])));
+    let measure = |idle: IdlePolicy| {
+        let ports = [SharedPort::new(), SharedPort::new()];
+        let handles = spawn(&ports, &t, idle);
+        std::thread::sleep(Duration::from_millis(50)); // past the spin phase
+        let (cpu0, wall0) = (process_cpu(), Instant::now());
+        std::thread::sleep(Duration::from_millis(300));
+        let share = (process_cpu() - cpu0).as_secs_f64() / wall0.elapsed().as_secs_f64();
+        stop_all(handles);
+        share
+    };
+    // Two workers idle for 300 ms: together under 30% of one core.
+    let adaptive = measure(IdlePolicy::default());
+    assert!(
+        adaptive < 0.30,
+        "adaptive idle workers used {:.0}% CPU",
+        adaptive * 100.0
+    );
+    // The same measurement sees a spinning worker (even on a loaded machine it gets a fair share).
+    let poll = measure(IdlePolicy::Poll);
+    eprintln!("idle CPU of two workers: adaptive {adaptive:.3}, poll {poll:.3} of one core");
+    assert!(poll > adaptive, "poll {poll:.2} vs adaptive {adaptive:.2}");
+}
+
+#[test]
+fn stop_wakes_a_sleeping_worker() {
+    let _g = serial();
+    let t = Arc::new(ArcSwap::from_pointee(table(1, &[10])));
+    let ports = [SharedPort::new()];
+    let handles = spawn(
+        &ports,
+        &t,
+        IdlePolicy::Adaptive {
+            spin: 0,
+            sleep: Duration::from_secs(30),
+        },
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    stop_all(handles); // asserts < 1 s although the worker sleeps 30 s at a time
+}
