@@ -198,6 +198,8 @@ impl Proc {
                     "RUST_LOG",
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
                 )
+                // Logs go to a file: no colour codes.
+                .env("NO_COLOR", "1")
                 .args(["netns", "exec", ns])
                 .arg(bin)
                 .args(args)

@@ -234,9 +234,17 @@ fn run_lab(action: LabAction) -> anyhow::Result<()> {
                     );
                 }
             }
-            println!("balancer output at shutdown:");
-            for line in report.lb_output.lines() {
-                println!("  {line}");
+            println!("balancer log (services served, final counters):");
+            for line in report
+                .lb_output
+                .lines()
+                .filter(|l| l.contains("serving") || l.contains("stopped") || !l.contains(" INFO "))
+            {
+                // Drop the timestamp: the log line's fields are what matters here.
+                println!(
+                    "  {}",
+                    line.split_once(' ').map_or(line, |(_, rest)| rest.trim())
+                );
             }
             println!("lab torn down");
             let failed: usize = report
