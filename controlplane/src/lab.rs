@@ -12,6 +12,9 @@
 //!   return through it; MACs are the [[neighbors]] of lb.toml.
 //! ```
 //!
+//! With `port = "af_packet"` or `"af_xdp"` the balancer's interface is instead one end of a veth
+//! pair whose other end (`vlb`) is on the bridge.
+//!
 //! Every name carries a per-run prefix (`<p>` = prefix + pid), so parallel runs never collide, and
 //! nothing is created in the root namespace: veth pairs are made inside the balancer's namespace
 //! and their far ends moved straight into the peer. Addresses come only from 198.18.0.0/15 and
@@ -381,6 +384,24 @@ fn read_config(path: &Path) -> Result<(Vec<IpAddr>, String, Vec<Target>), LabErr
     Ok((vips, iface, targets))
 }
 
+/// `[dataplane] port` of a config (`tap` when absent).
+fn read_port_kind(path: &Path) -> Result<String, LabError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LabError::Config {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let value: toml::Table = text.parse().map_err(|e: toml::de::Error| LabError::Config {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(value
+        .get("dataplane")
+        .and_then(|d| d.get("port"))
+        .and_then(|p| p.as_str())
+        .unwrap_or("tap")
+        .to_owned())
+}
+
 /// A service of the config the demo sends traffic to.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -397,6 +418,7 @@ impl Lab {
     /// (not the balancer: see [`Lab::start_lb`]).
     pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
         let (vips, iface, _) = read_config(&opts.config)?;
+        let port_kind = read_port_kind(&opts.config)?;
         let run = format!("{}{}", opts.prefix, std::process::id());
         let dir = std::env::temp_dir().join(format!("{run}-lab"));
         step(
@@ -413,7 +435,7 @@ impl Lab {
             procs: Vec::new(),
             namespaces: Vec::new(),
         };
-        lab.build(&iface)?;
+        lab.build(&iface, &port_kind)?;
         lab.start_backends()?;
         Ok(lab)
     }
@@ -445,7 +467,7 @@ impl Lab {
         &self.dir
     }
 
-    fn build(&mut self, iface: &str) -> Result<(), LabError> {
+    fn build(&mut self, iface: &str, port_kind: &str) -> Result<(), LabError> {
         for tag in ["lb", "cl", "pa", "pb", "vm"] {
             let name = self.ns_name(tag);
             let ns = step(|| format!("create namespace {name}"), Netns::create(&name))?;
@@ -459,16 +481,35 @@ impl Lab {
             )
             .map(|_| ())
         };
-        in_ns(&lb, &["link", "add", "br0", "type", "bridge"])?;
-        in_ns(&lb, &["link", "set", "br0", "up"])?;
-        // A persistent multi-queue TAP, so it can be enslaved before `lb run` attaches its queues.
+        // No IPv6 on the balancer's side of the wires: its interfaces are not hosts (and must not
+        // answer neighbor solicitations for the balancer).
+        for key in ["all", "default"] {
+            set_sysctl(self.ns("lb")?, &format!("net/ipv6/conf/{key}/disable_ipv6"), "1")?;
+        }
+        // Snooping off: the balancer never sends MLD reports, and must still get the neighbor
+        // solicitations for its addresses.
         in_ns(
             &lb,
-            &["tuntap", "add", "dev", iface, "mode", "tap", "multi_queue"],
+            &["link", "add", "br0", "type", "bridge", "mcast_snooping", "0"],
         )?;
-        in_ns(&lb, &["link", "set", iface, "master", "br0", "up"])?;
-        // No IPv6 on the bridge ports themselves: they are wires, not hosts.
-        set_sysctl(self.ns("lb")?, "net/ipv6/conf/all/disable_ipv6", "1")?;
+        in_ns(&lb, &["link", "set", "br0", "up"])?;
+        if port_kind == "tap" {
+            // A persistent multi-queue TAP, so it is on the bridge before `lb run` attaches.
+            in_ns(
+                &lb,
+                &["tuntap", "add", "dev", iface, "mode", "tap", "multi_queue"],
+            )?;
+            in_ns(&lb, &["link", "set", iface, "master", "br0", "up"])?;
+        } else {
+            // af_packet and af_xdp attach to an existing interface: one end of a veth pair whose
+            // other end is on the bridge.
+            in_ns(
+                &lb,
+                &["link", "add", iface, "type", "veth", "peer", "name", "vlb"],
+            )?;
+            in_ns(&lb, &["link", "set", "vlb", "master", "br0", "up"])?;
+            in_ns(&lb, &["link", "set", iface, "up"])?;
+        }
 
         for (tag, mac) in [("cl", None)]
             .into_iter()
