@@ -384,22 +384,31 @@ fn read_config(path: &Path) -> Result<(Vec<IpAddr>, String, Vec<Target>), LabErr
     Ok((vips, iface, targets))
 }
 
-/// `[dataplane] port` of a config (`tap` when absent).
-fn read_port_kind(path: &Path) -> Result<String, LabError> {
+/// `[dataplane] port` and `workers` of a config (`tap` and 1 when absent).
+fn read_port_kind(path: &Path) -> Result<(String, u16), LabError> {
     let text = std::fs::read_to_string(path).map_err(|e| LabError::Config {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    let value: toml::Table = text.parse().map_err(|e: toml::de::Error| LabError::Config {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    Ok(value
-        .get("dataplane")
+    let value: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| LabError::Config {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    let dataplane = value.get("dataplane");
+    let kind = dataplane
         .and_then(|d| d.get("port"))
         .and_then(|p| p.as_str())
         .unwrap_or("tap")
-        .to_owned())
+        .to_owned();
+    let workers = dataplane
+        .and_then(|d| d.get("workers"))
+        .and_then(|w| w.as_integer())
+        .and_then(|w| u16::try_from(w).ok())
+        .unwrap_or(1)
+        .max(1);
+    Ok((kind, workers))
 }
 
 /// A service of the config the demo sends traffic to.
@@ -418,7 +427,7 @@ impl Lab {
     /// (not the balancer: see [`Lab::start_lb`]).
     pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
         let (vips, iface, _) = read_config(&opts.config)?;
-        let port_kind = read_port_kind(&opts.config)?;
+        let (port_kind, queues) = read_port_kind(&opts.config)?;
         let run = format!("{}{}", opts.prefix, std::process::id());
         let dir = std::env::temp_dir().join(format!("{run}-lab"));
         step(
@@ -435,7 +444,7 @@ impl Lab {
             procs: Vec::new(),
             namespaces: Vec::new(),
         };
-        lab.build(&iface, &port_kind)?;
+        lab.build(&iface, (&port_kind, queues))?;
         lab.start_backends()?;
         Ok(lab)
     }
@@ -467,7 +476,7 @@ impl Lab {
         &self.dir
     }
 
-    fn build(&mut self, iface: &str, port_kind: &str) -> Result<(), LabError> {
+    fn build(&mut self, iface: &str, (port_kind, queues): (&str, u16)) -> Result<(), LabError> {
         for tag in ["lb", "cl", "pa", "pb", "vm"] {
             let name = self.ns_name(tag);
             let ns = step(|| format!("create namespace {name}"), Netns::create(&name))?;
@@ -484,13 +493,25 @@ impl Lab {
         // No IPv6 on the balancer's side of the wires: its interfaces are not hosts (and must not
         // answer neighbor solicitations for the balancer).
         for key in ["all", "default"] {
-            set_sysctl(self.ns("lb")?, &format!("net/ipv6/conf/{key}/disable_ipv6"), "1")?;
+            set_sysctl(
+                self.ns("lb")?,
+                &format!("net/ipv6/conf/{key}/disable_ipv6"),
+                "1",
+            )?;
         }
         // Snooping off: the balancer never sends MLD reports, and must still get the neighbor
         // solicitations for its addresses.
         in_ns(
             &lb,
-            &["link", "add", "br0", "type", "bridge", "mcast_snooping", "0"],
+            &[
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
         )?;
         in_ns(&lb, &["link", "set", "br0", "up"])?;
         if port_kind == "tap" {
@@ -503,9 +524,28 @@ impl Lab {
         } else {
             // af_packet and af_xdp attach to an existing interface: one end of a veth pair whose
             // other end is on the bridge.
+            // One queue per worker: AF_XDP binds one socket per queue.
+            let queues = queues.to_string();
             in_ns(
                 &lb,
-                &["link", "add", iface, "type", "veth", "peer", "name", "vlb"],
+                &[
+                    "link",
+                    "add",
+                    iface,
+                    "numtxqueues",
+                    &queues,
+                    "numrxqueues",
+                    &queues,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "vlb",
+                    "numtxqueues",
+                    &queues,
+                    "numrxqueues",
+                    &queues,
+                ],
             )?;
             in_ns(&lb, &["link", "set", "vlb", "master", "br0", "up"])?;
             in_ns(&lb, &["link", "set", iface, "up"])?;
@@ -528,6 +568,14 @@ impl Lab {
                 in_ns(&peer, &["link", "set", "eth0", "address", mac])?;
             }
             in_ns(&peer, &["link", "set", "eth0", "up"])?;
+            if port_kind == "af_xdp" {
+                // veth hands locally sent packets on with the checksum left to "hardware"; a NIC
+                // would fill it in, generic XDP shows it unfinished. Hosts compute their own.
+                step(
+                    || format!("in {peer}: ethtool -K eth0 tx off (is ethtool installed?)"),
+                    netns::run_in(&peer, "ethtool", &["-K", "eth0", "tx", "off"]),
+                )?;
+            }
         }
 
         let cl = self.ns_name("cl");
