@@ -1,11 +1,32 @@
 #!/usr/bin/env bash
-# Runs the default lb.toml over a capture of client traffic with `lb sim` and shows what the
-# balancer would do with each frame. (The namespace lab with real ports replaces this demo once
-# `lb run` exists.)
+# The README's first command: builds lb, then runs the default lb.toml in the namespace lab
+# (`lb lab demo`): a client, the balancer on a TAP, two pod backends (fullnat, nat) and one VM
+# backend (dsr-ipip, with the lab's userspace decapsulation agent). It sends a few hundred
+# requests, prints which backend answered each (the spread) and the balancer's counters, and
+# tears everything down, also on error or Ctrl-C. Needs root; nothing is created outside the
+# lab's namespaces. Set LB_DEMO_PROFILE=debug to skip the (slow) release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p controlplane --bin lb
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-./target/release/lb check lb.toml
-./target/release/lb sim --config lb.toml --in fixtures/demo/clients.pcap --out "$out/out.pcap"
+if [ "$(id -u)" != 0 ]; then
+  echo "demo.sh: needs root (network namespaces, a TAP device, raw sockets); try: sudo $0" >&2
+  exit 1
+fi
+if ! command -v ip >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
+  else
+    echo "demo.sh: the ip command (iproute2) is missing" >&2
+    exit 1
+  fi
+fi
+profile=${LB_DEMO_PROFILE:-release}
+if [ "$profile" = release ]; then
+  cargo build --release -q -p controlplane --bin lb
+else
+  cargo build -q -p controlplane --bin lb
+fi
+lb=./target/$profile/lb
+"$lb" check lb.toml
+exec "$lb" lab demo --config lb.toml --requests "${LB_DEMO_REQUESTS:-300}"

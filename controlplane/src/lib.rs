@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod config;
+pub mod lab;
 pub mod sim;
 
 pub use compile::{compile, CompileError, Compiled};

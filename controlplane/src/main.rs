@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 mod run;
-use controlplane::{compile, config, sim};
+use controlplane::{compile, config, lab, sim};
 use tracing_subscriber::EnvFilter;
 
 /// A userspace L4/L7 load balancer.
@@ -43,6 +45,56 @@ enum Command {
         /// The configuration (lb.toml).
         config: PathBuf,
     },
+    /// The namespace lab: a client, the balancer, pod and VM backends on this machine.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+    /// Lab backend: HTTP and UDP echo servers that answer with NAME (run inside a lab namespace).
+    #[command(hide = true)]
+    LabBackend {
+        /// The name every answer carries.
+        #[arg(long)]
+        name: String,
+        /// TCP port to serve HTTP on (repeatable).
+        #[arg(long)]
+        http: Vec<u16>,
+        /// UDP port to echo on (repeatable).
+        #[arg(long)]
+        udp: Vec<u16>,
+    },
+    /// Lab IP-in-IP decapsulation agent for VM backends (production uses the kernel's ipip/fou).
+    #[command(hide = true)]
+    LabDecap {
+        /// Interface the tunnelled packets arrive on.
+        #[arg(long)]
+        dev: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LabAction {
+    /// Build the lab, run the config, send requests, print the spread and counters, tear down.
+    Demo {
+        /// The configuration to run (its backends must be the lab's).
+        #[arg(long, default_value = "lb.toml")]
+        config: PathBuf,
+        /// New connections (TCP) or datagrams (UDP) per service.
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+    },
+    /// Build the lab and run the config until Ctrl-C, then tear down.
+    Up {
+        /// The configuration to run.
+        #[arg(long, default_value = "lb.toml")]
+        config: PathBuf,
+    },
+    /// Delete namespaces left by a lab whose process was killed.
+    Down {
+        /// Name prefix of the lab's namespaces.
+        #[arg(long, default_value = "lbdemo")]
+        prefix: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +120,11 @@ fn main() -> ExitCode {
             output,
         } => run_sim(&config, &input, &output),
         Command::Check { config } => run_check(&config),
+        Command::Lab { action } => run_lab(action),
+        Command::LabBackend { name, http, udp } => {
+            lab::backend::serve(&name, &http, &udp).map_err(Into::into)
+        }
+        Command::LabDecap { dev } => lab::decap::run(&dev).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -138,4 +195,95 @@ fn run_check(config: &Path) -> anyhow::Result<()> {
         .sum();
     println!("ok: {} services, {} backends", cfg.services.len(), backends);
     Ok(())
+}
+
+/// Ctrl-C and SIGTERM set this flag; the lab checks it between requests and tears down.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
+fn run_lab(action: LabAction) -> anyhow::Result<()> {
+    let lb_bin = std::env::current_exe()?;
+    match action {
+        LabAction::Demo { config, requests } => {
+            load_and_compile(&config)?;
+            let stop = stop_flag()?;
+            let report = lab::demo(&lb_bin, &config, requests, &stop)?;
+            println!("lab namespaces: {}", report.namespaces.join(" "));
+            for (t, spread) in &report.spread {
+                let total: usize = spread.values().sum();
+                let kind = if t.udp {
+                    "udp datagrams"
+                } else {
+                    "tcp connections"
+                };
+                println!(
+                    "service {} ({} {}): {total} {kind}",
+                    t.service,
+                    t.addr,
+                    if t.udp { "echo" } else { "http" }
+                );
+                for (backend, n) in spread {
+                    println!(
+                        "  {backend:<10} {n:>5}  {}",
+                        "#".repeat((n * 50).div_ceil(total.max(1)))
+                    );
+                }
+            }
+            println!("balancer log (services served, final counters):");
+            for line in report
+                .lb_output
+                .lines()
+                .filter(|l| l.contains("serving") || l.contains("stopped") || !l.contains(" INFO "))
+            {
+                // Drop the timestamp: the log line's fields are what matters here.
+                println!(
+                    "  {}",
+                    line.split_once(' ').map_or(line, |(_, rest)| rest.trim())
+                );
+            }
+            println!("lab torn down");
+            let failed: usize = report
+                .spread
+                .iter()
+                .filter_map(|(_, s)| s.get("(failed)"))
+                .sum();
+            if failed > 0 {
+                anyhow::bail!("{failed} request(s) failed");
+            }
+            Ok(())
+        }
+        LabAction::Up { config } => {
+            load_and_compile(&config)?;
+            let stop = stop_flag()?;
+            let mut lab = lab::Lab::up(&lab::LabOptions {
+                prefix: "lbdemo".into(),
+                lb_bin,
+                config,
+            })?;
+            lab.start_lb(std::time::Duration::from_secs(15))?;
+            println!(
+                "lab up; try: ip netns exec {} curl -s http://198.18.0.100/  (Ctrl-C tears it down)",
+                lab.ns_name("cl")
+            );
+            while !stop.load(Ordering::Relaxed) && lab.lb_running() {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            if let Some(exit) = lab.stop_lb() {
+                print!("{}", exit.output);
+            }
+            println!("lab torn down");
+            Ok(())
+        }
+        LabAction::Down { prefix } => {
+            for name in lab::sweep(&prefix)? {
+                println!("deleted namespace {name}");
+            }
+            Ok(())
+        }
+    }
 }

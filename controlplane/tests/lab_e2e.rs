@@ -1,0 +1,341 @@
+//! End-to-end tests: the real `lb` binary balancing real connections in the namespace lab
+//! (`controlplane::lab`), over TAP, AF_PACKET and AF_XDP ports, IPv4 and IPv6, two workers.
+//!
+//! They need root (namespaces, TAP, raw sockets) and print "skipped: needs root" otherwise. Each
+//! test builds its own lab under its own name prefix, with a config written to its own directory;
+//! the lab's `Drop` stops every process and deletes the namespaces even when an assertion fails.
+//! Tests run one at a time (a lock): each lab runs two pinned workers, and the machine is small.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use controlplane::lab::{self, Lab, LabOptions};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Per test service layout: one VIP per mode, so a test can pick its mode by address.
+const SERVICES: &str = r#"
+[conntrack]
+capacity = 65536
+
+[[neighbors]]
+ip = "198.18.1.10"
+mac = "02:00:00:00:01:0a"
+[[neighbors]]
+ip = "198.18.1.11"
+mac = "02:00:00:00:01:0b"
+[[neighbors]]
+ip = "198.18.2.10"
+mac = "02:00:00:00:02:0a"
+[[neighbors]]
+ip = "2001:db8::1:10"
+mac = "02:00:00:00:01:0a"
+[[neighbors]]
+ip = "2001:db8::1:11"
+mac = "02:00:00:00:01:0b"
+[[neighbors]]
+ip = "2001:db8::2:10"
+mac = "02:00:00:00:02:0a"
+
+[[services]]
+name = "web-fullnat"
+vip = "198.18.0.100"
+ports = ["80"]
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "fullnat"
+snat = ["198.18.0.2"]
+backends = [{ addr = "198.18.1.10", port = 8080 }, { addr = "198.18.1.11", port = 8080 }]
+
+[[services]]
+name = "web-nat"
+vip = "198.18.0.101"
+ports = ["80"]
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "nat"
+backends = [{ addr = "198.18.1.10", port = 8080 }, { addr = "198.18.1.11", port = 8080 }]
+
+[[services]]
+name = "web-dsr"
+vip = "198.18.0.102"
+ports = ["80"]
+protocol = "tcp"
+[[services.pools]]
+name = "vms"
+mode = "dsr-ipip"
+backends = [{ addr = "198.18.2.10", kind = "vm" }]
+
+[[services]]
+name = "echo-nat"
+vip = "198.18.0.100"
+ports = ["7"]
+protocol = "udp"
+[[services.pools]]
+name = "pods"
+mode = "nat"
+backends = [{ addr = "198.18.1.10" }, { addr = "198.18.1.11" }]
+
+[[services]]
+name = "web6-fullnat"
+vip = "2001:db8::100"
+ports = ["80"]
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "fullnat"
+snat = ["2001:db8::2"]
+backends = [{ addr = "2001:db8::1:10", port = 8080 }, { addr = "2001:db8::1:11", port = 8080 }]
+
+[[services]]
+name = "web6-nat"
+vip = "2001:db8::101"
+ports = ["80"]
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "nat"
+backends = [{ addr = "2001:db8::1:10", port = 8080 }, { addr = "2001:db8::1:11", port = 8080 }]
+
+[[services]]
+name = "web6-dsr"
+vip = "2001:db8::102"
+ports = ["80"]
+protocol = "tcp"
+[[services.pools]]
+name = "vms"
+mode = "dsr-ipip"
+backends = [{ addr = "2001:db8::2:10", kind = "vm" }]
+
+[[services]]
+name = "echo6-nat"
+vip = "2001:db8::100"
+ports = ["7"]
+protocol = "udp"
+[[services.pools]]
+name = "pods"
+mode = "nat"
+backends = [{ addr = "2001:db8::1:10" }, { addr = "2001:db8::1:11" }]
+"#;
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The config for a port kind: two workers, our MAC and addresses, the services above.
+fn config(port: &str) -> String {
+    format!(
+        r#"[dataplane]
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.1", "2001:db8::1"]
+gateway_mac = "02:00:00:00:00:fe"
+port = "{port}"
+interface = "lb0"
+workers = 2
+{}
+{SERVICES}"#,
+        if port == "af_xdp" {
+            "xdp_mode = \"generic\""
+        } else {
+            ""
+        }
+    )
+}
+
+/// A lab running `lb run` with `config(port)`; torn down when dropped.
+struct Running {
+    lab: Lab,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(tag: &str, port: &str) -> Running {
+    let dir = std::env::temp_dir().join(format!("lbe2e-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir(dir);
+    let path = dir.0.join("lb.toml");
+    std::fs::write(&path, config(port)).unwrap();
+    let mut lab = Lab::up(&LabOptions {
+        prefix: format!("lbt{tag}"),
+        lb_bin: PathBuf::from(env!("CARGO_BIN_EXE_lb")),
+        config: path,
+    })
+    .unwrap();
+    lab.start_lb(Duration::from_secs(15)).unwrap();
+    Running { lab, _dir: dir }
+}
+
+/// Runs `f` with a lab for `port`, or prints why it cannot.
+fn with_lab(tag: &str, port: &str, f: impl FnOnce(&mut Running)) {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut running = start(tag, port);
+    f(&mut running);
+    assert!(running.lab.lb_running(), "lb exited during the test");
+}
+
+fn client_src(dst: SocketAddr, i: usize) -> IpAddr {
+    let k = (i % usize::from(lab::CLIENT_ADDRS)) as u8;
+    match dst {
+        SocketAddr::V4(_) => IpAddr::V4(lab::client_v4(k)),
+        SocketAddr::V6(_) => IpAddr::V6(lab::client_v6(k)),
+    }
+}
+
+/// `n` requests (new connections or datagrams) from rotating client addresses; returns the
+/// distinct answers, failing on any error.
+fn answers(r: &Running, dst: &str, udp: bool, n: usize) -> BTreeSet<String> {
+    let dst: SocketAddr = dst.parse().unwrap();
+    let client = r.lab.client().unwrap();
+    client
+        .enter_on_thread(|| {
+            (0..n)
+                .map(|i| {
+                    let src = Some(client_src(dst, i));
+                    let got = if udp {
+                        lab::udp_echo(src, dst, lab::REQUEST_TIMEOUT)
+                    } else {
+                        lab::http_get(src, dst, lab::REQUEST_TIMEOUT)
+                    };
+                    got.unwrap_or_else(|e| panic!("request {i} to {dst} from {src:?}: {e}"))
+                })
+                .collect()
+        })
+        .unwrap()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Pod modes through one running balancer: fullnat always, nat (TCP and the UDP echo) when `nat`.
+fn pod_modes(r: &mut Running, nat: bool) {
+    let pods = set(&["pod-a", "pod-b"]);
+    let mut cases = vec![("198.18.0.100:80", false), ("[2001:db8::100]:80", false)];
+    if nat {
+        cases.extend([
+            ("198.18.0.101:80", false),
+            ("198.18.0.100:7", true),
+            ("[2001:db8::101]:80", false),
+            ("[2001:db8::100]:7", true),
+        ]);
+    }
+    for (dst, udp) in cases {
+        assert_eq!(answers(r, dst, udp, 24), pods, "{dst} udp={udp}");
+    }
+}
+
+/// dsr-ipip to the VM, both families.
+fn vm_mode(r: &mut Running) {
+    let vm = set(&["vm-a"]);
+    for dst in ["198.18.0.102:80", "[2001:db8::102]:80"] {
+        assert_eq!(answers(r, dst, false, 8), vm, "{dst} (dsr-ipip)");
+    }
+}
+
+fn every_mode(r: &mut Running) {
+    pod_modes(r, true);
+    vm_mode(r);
+}
+
+#[test]
+fn tcp_and_udp_through_every_mode_over_tap() {
+    with_lab("tap", "tap", every_mode);
+}
+
+#[test]
+fn tcp_and_udp_through_every_mode_over_af_packet() {
+    with_lab("afp", "af_packet", every_mode);
+}
+
+#[test]
+fn tcp_through_fullnat_and_dsr_ipip_over_af_xdp() {
+    with_lab("xdp", "af_xdp", |r| {
+        pod_modes(r, false);
+        vm_mode(r);
+    });
+}
+
+#[test]
+#[ignore = "the af_xdp port's XDP program redirects only frames to owned addresses, so nat \
+            replies (backend -> client) go to the kernel instead of the balancer"]
+fn tcp_and_udp_through_nat_over_af_xdp() {
+    with_lab("xdpn", "af_xdp", |r| pod_modes(r, true));
+}
+
+#[test]
+fn arp_and_ping_for_the_vip_and_our_addresses() {
+    with_lab("arp", "tap", |r| {
+        let client = r.lab.client().unwrap();
+        for dst in ["198.18.0.100", "198.18.0.1", "2001:db8::1", "2001:db8::100"] {
+            let dst: IpAddr = dst.parse().unwrap();
+            let rtt = client
+                .enter_on_thread(|| lab::ping(dst, 7, Duration::from_secs(2)))
+                .unwrap();
+            rtt.unwrap_or_else(|e| panic!("ping {dst}: {e}"));
+        }
+        // The ping made the client resolve the VIP: the answer carried the balancer's MAC.
+        let neigh = client
+            .run("ip", &["neigh", "show", "198.18.0.100", "dev", "eth0"])
+            .unwrap();
+        assert!(
+            neigh.contains("02:00:00:00:00:01"),
+            "client neighbor table: {neigh}"
+        );
+        let neigh6 = client
+            .run(
+                "ip",
+                &["-6", "neigh", "show", "2001:db8::100", "dev", "eth0"],
+            )
+            .unwrap();
+        assert!(
+            neigh6.contains("02:00:00:00:00:01"),
+            "client neighbor table: {neigh6}"
+        );
+    });
+}
+
+#[test]
+fn a_long_lived_connection_keeps_its_backend_while_others_come_and_go() {
+    // (Table swaps on reload come with a later issue; this checks conntrack keeps the flow.)
+    with_lab("keep", "tap", |r| {
+        let dst: SocketAddr = "198.18.0.100:80".parse().unwrap();
+        let client = r.lab.client().unwrap();
+        let (kept, others) = client
+            .enter_on_thread(|| {
+                let mut conn =
+                    lab::KeepAlive::connect(None, dst, lab::REQUEST_TIMEOUT).expect("connect");
+                let first = conn.get().expect("first request");
+                let mut kept = BTreeSet::new();
+                let mut others = BTreeSet::new();
+                for i in 0..20 {
+                    others.insert(
+                        lab::http_get(Some(client_src(dst, i)), dst, lab::REQUEST_TIMEOUT)
+                            .expect("new connection"),
+                    );
+                    kept.insert(conn.get().expect("request on the kept connection"));
+                }
+                kept.insert(first);
+                (kept, others)
+            })
+            .unwrap();
+        assert_eq!(kept.len(), 1, "the kept connection moved: {kept:?}");
+        assert_eq!(others, set(&["pod-a", "pod-b"]));
+    });
+}
