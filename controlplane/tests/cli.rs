@@ -113,13 +113,20 @@ fn sim_summarises_and_writes_the_output_pcap() {
     let stdout = text(&out.stdout);
     assert!(stdout.starts_with("frames in: 2\ntx: "), "{stdout}");
     assert!(stdout.contains("\nto-host: "), "{stdout}");
-    // Every line but the last is "name: count"; the counts add up to the frames in.
+    // The verdict lines ("name: count", up to the spread table) add up to the frames in.
     let lines: Vec<&str> = stdout.lines().collect();
-    let verdict_sum: u64 = lines[1..lines.len() - 1]
+    let spread = lines
+        .iter()
+        .position(|l| l.starts_with("spread"))
+        .expect("a spread table");
+    let verdict_sum: u64 = lines[1..spread]
         .iter()
         .map(|l| l.rsplit_once(": ").unwrap().1.parse::<u64>().unwrap())
         .sum();
     assert_eq!(verdict_sum, 2, "{stdout}");
+    // One spread line per backend of the shipped config.
+    let backends = lines[spread + 1..lines.len() - 1].len();
+    assert_eq!(backends, 5, "{stdout}");
     let written = controlplane::sim::read_pcap(&output).unwrap();
     let tx: usize = lines[1].strip_prefix("tx: ").unwrap().parse().unwrap();
     assert_eq!(written.len(), tx);
