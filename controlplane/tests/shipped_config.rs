@@ -25,7 +25,7 @@ fn shipped_config_compiles_to_web_and_echo() {
         ]
     );
     assert_eq!((t.local.mtu, t.local.snat_ports), (1500, (1024, 65535)));
-    assert_eq!(c.workers, 1);
+    assert_eq!(c.workers, 2);
     assert_eq!(c.conntrack.capacity, 262_144);
     assert_eq!(c.conntrack.embryonic_budget, 65_536);
     assert_eq!(c.conntrack.timeouts.tcp_established, 15 * 60 * 1000);
