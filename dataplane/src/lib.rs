@@ -20,5 +20,5 @@ pub mod wire;
 pub mod worker;
 
 pub use packet::PacketBuf;
-pub use pipeline::{process, DropReason, Verdict, WorkerState};
+pub use pipeline::{process, process_parsed, DropReason, Verdict, WorkerState};
 pub use table::RoutingTable;

@@ -324,12 +324,28 @@ pub fn process(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
 ) -> Verdict {
+    let parsed = wire::parse(pkt.data());
+    process_parsed(state, table, now, pkt, parsed)
+}
+
+/// [`process`] for a frame the caller already parsed (the worker parses once to steer the frame
+/// to its flow's owner). `parsed` must be `wire::parse(pkt.data())` of the frame as it is now.
+pub fn process_parsed(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    parsed: Result<Parsed, ParseError>,
+) -> Verdict {
     if state.generation != Some(table.generation) {
         state.adopt(table);
     }
     state.counters.rx_packets += 1;
     state.counters.rx_bytes += pkt.len() as u64;
-    let v = classify(state, table, now, pkt);
+    let v = match parsed {
+        Ok(p) => classify(state, table, now, pkt, p),
+        Err(e) => parse_error(table, pkt.data(), e),
+    };
     let c = &mut state.counters;
     match v {
         Verdict::Tx => {
@@ -348,11 +364,8 @@ fn classify(
     table: &RoutingTable,
     now: Millis,
     pkt: &mut PacketBuf<'_>,
+    p: Parsed,
 ) -> Verdict {
-    let p = match wire::parse(pkt.data()) {
-        Ok(p) => p,
-        Err(e) => return parse_error(table, pkt.data(), e),
-    };
     match p.l3 {
         L3::Arp => return arp(table, pkt, &p),
         L3::Other => return Verdict::ToHost,
@@ -367,13 +380,7 @@ fn classify(
     }
     match p.proto {
         proto::TCP | proto::UDP => {
-            let key = FlowKey {
-                src: p.src,
-                dst: p.dst,
-                sport: p.sport,
-                dport: p.dport,
-                proto: p.proto,
-            };
+            let key = FlowKey::of(&p);
             if let Some(hit) = st.ct.lookup(&key, now) {
                 return tracked(st, table, now, pkt, &p, hit);
             }

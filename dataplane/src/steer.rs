@@ -25,7 +25,7 @@ use std::collections::HashSet;
 use crate::flow::{proto, Addr, FlowKey};
 use crate::pipeline::snat_slice;
 use crate::table::{FastHash, Mode, RoutingTable};
-use crate::wire::{self, Frag, L3};
+use crate::wire::{self, Frag, ParseError, Parsed, L3};
 
 /// Returned by [`owner`] for frames that carry no flow state: whichever worker received the frame
 /// handles it.
@@ -74,43 +74,48 @@ impl Steer {
     /// refreshed with `table`.
     #[inline]
     pub fn owner(&self, table: &RoutingTable, frame: &[u8], workers: u16) -> u16 {
-        decide(table, frame, workers, Some(&self.nat_backends))
+        self.owner_parsed(table, frame, &wire::parse(frame), workers)
+    }
+
+    /// [`Steer::owner`] for a frame already parsed (`parsed` = `wire::parse(frame)`), so the
+    /// worker parses each frame once for steering and processing.
+    #[inline]
+    pub fn owner_parsed(
+        &self,
+        table: &RoutingTable,
+        frame: &[u8],
+        parsed: &Result<Parsed, ParseError>,
+        workers: u16,
+    ) -> u16 {
+        decide(table, frame, parsed, workers, Some(&self.nat_backends))
     }
 }
 
 /// The worker (`0..workers`) owning the flow of `frame`, or [`ANY`] when any worker may handle it.
 /// Pure; the same rule for both directions of every flow.
 pub fn owner(table: &RoutingTable, frame: &[u8], workers: u16) -> u16 {
-    decide(table, frame, workers, None)
+    decide(table, frame, &wire::parse(frame), workers, None)
 }
 
 fn decide(
     table: &RoutingTable,
     frame: &[u8],
+    parsed: &Result<Parsed, ParseError>,
     workers: u16,
     nat_backends: Option<&HashSet<Addr, FastHash>>,
 ) -> u16 {
     if workers <= 1 {
         return 0;
     }
-    let Ok(p) = wire::parse(frame) else {
+    let Ok(p) = parsed else {
         return ANY;
     };
     if !matches!(p.l3, L3::Ipv4 | L3::Ipv6) || p.frag != Frag::None {
         return ANY;
     }
     match p.proto {
-        proto::TCP | proto::UDP => {
-            let key = FlowKey {
-                src: p.src,
-                dst: p.dst,
-                sport: p.sport,
-                dport: p.dport,
-                proto: p.proto,
-            };
-            by_tuple(table, &key, workers, nat_backends)
-        }
-        proto::ICMP | proto::ICMPV6 => match wire::parse_icmp_quote(frame, &p) {
+        proto::TCP | proto::UDP => by_tuple(table, &FlowKey::of(p), workers, nat_backends),
+        proto::ICMP | proto::ICMPV6 => match wire::parse_icmp_quote(frame, p) {
             Some(q) if q.ports_present && matches!(q.proto, proto::TCP | proto::UDP) => {
                 let reverse = FlowKey {
                     src: q.dst,

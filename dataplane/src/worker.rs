@@ -21,10 +21,11 @@ use arc_swap::ArcSwap;
 
 use crate::conntrack::{self, Millis};
 use crate::packet::PacketBuf;
-use crate::pipeline::{process, Counters, DropReason, Verdict, WorkerState};
+use crate::pipeline::{process, process_parsed, Counters, DropReason, Verdict, WorkerState};
 use crate::port::{Port, PortStats, HEADROOM};
 use crate::steer::{Steer, ANY};
 use crate::table::RoutingTable;
+use crate::wire;
 
 /// Frames received per `rx_burst`.
 pub const BURST: usize = 32;
@@ -409,9 +410,11 @@ impl Worker {
         } = self;
         let (id, workers) = (*id, *workers);
         let rx = port.rx_burst(BURST, &mut |pkt| {
-            let owner = steer.owner(&table, pkt.data(), workers);
+            // One parse per frame serves both steering and the pipeline.
+            let parsed = wire::parse(pkt.data());
+            let owner = steer.owner_parsed(&table, pkt.data(), &parsed, workers);
             if owner == ANY || owner == id || owner >= workers {
-                return process(state, &table, now, pkt);
+                return process_parsed(state, &table, now, pkt, parsed);
             }
             if mesh.hand_off(owner, pkt.data()) {
                 stats.handed_off += 1;
