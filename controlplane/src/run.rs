@@ -132,11 +132,14 @@ pub fn check_interface(
 }
 
 /// Opens one port per worker on the configured interface. `owned` are the addresses the
-/// balancer answers for (an AF_XDP port redirects only those and leaves the rest to the kernel).
+/// balancer answers for and `nat_backends` the backends whose replies come back through it (an
+/// AF_XDP port redirects only frames to the former or from the latter; the rest stays with the
+/// kernel).
 pub fn open_ports(
     run: &RunSettings,
     queues: usize,
     owned: &[IpAddr],
+    nat_backends: &[IpAddr],
 ) -> Result<Vec<Box<dyn Port>>, PortError> {
     check_interface(run.port, &run.interface, Path::new("/sys/class/net"))?;
     let opened = match run.port {
@@ -145,7 +148,7 @@ pub fn open_ports(
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
             .and_then(|q| AfPacketPort::open(&run.interface, q))
             .map(boxed),
-        PortKind::AfXdp => open_af_xdp(run, queues, owned),
+        PortKind::AfXdp => open_af_xdp(run, queues, owned, nat_backends),
     };
     opened.map_err(|e| classify(run.port, &run.interface, e))
 }
@@ -161,6 +164,7 @@ fn open_af_xdp(
     run: &RunSettings,
     queues: usize,
     owned: &[IpAddr],
+    nat_backends: &[IpAddr],
 ) -> io::Result<Vec<Box<dyn Port>>> {
     let queues = u16::try_from(queues).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let opts = AfXdpOptions {
@@ -173,7 +177,7 @@ fn open_af_xdp(
     };
     let ports = AfXdpPort::open(&run.interface, queues, opts)?;
     if let Some(first) = ports.first() {
-        first.set_owned(owned)?;
+        first.set_owned_and_sources(owned, nat_backends)?;
         tracing::info!(
             native = first.native(),
             zero_copy = first.zero_copy(),
@@ -207,7 +211,12 @@ pub fn run(path: &Path, compiled: Compiled) -> anyhow::Result<()> {
     let run = compiled.run.clone();
     let workers = usize::from(compiled.workers);
     let owned: Vec<IpAddr> = compiled.table.owned_addrs().map(IpAddr::from).collect();
-    let ports = open_ports(&run, workers, &owned)?;
+    let nat_backends: Vec<IpAddr> = compiled
+        .table
+        .nat_backend_addrs()
+        .map(IpAddr::from)
+        .collect();
+    let ports = open_ports(&run, workers, &owned, &nat_backends)?;
     let names: Vec<String> = ports.iter().map(|p| p.name()).collect();
     tracing::info!(
         config = %path.display(),

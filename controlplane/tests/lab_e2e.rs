@@ -273,8 +273,6 @@ fn tcp_through_fullnat_and_dsr_ipip_over_af_xdp() {
 }
 
 #[test]
-#[ignore = "the af_xdp port's XDP program redirects only frames to owned addresses, so nat \
-            replies (backend -> client) go to the kernel instead of the balancer"]
 fn tcp_and_udp_through_nat_over_af_xdp() {
     with_lab("xdpn", "af_xdp", |r| pod_modes(r, true));
 }

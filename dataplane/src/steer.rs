@@ -24,7 +24,7 @@ use std::collections::HashSet;
 
 use crate::flow::{proto, Addr, FlowKey};
 use crate::pipeline::snat_slice;
-use crate::table::{FastHash, Mode, RoutingTable};
+use crate::table::{FastHash, RoutingTable};
 use crate::wire::{self, Frag, ParseError, Parsed, L3};
 
 /// Returned by [`owner`] for frames that carry no flow state: whichever worker received the frame
@@ -54,17 +54,7 @@ impl Steer {
             return;
         }
         self.nat_backends.clear();
-        for svc in &table.services {
-            for be in &svc.backends {
-                let nat = svc
-                    .pools
-                    .get(usize::from(be.pool))
-                    .is_some_and(|p| p.mode == Mode::Nat);
-                if nat {
-                    self.nat_backends.insert(be.addr);
-                }
-            }
-        }
+        self.nat_backends.extend(table.nat_backend_addrs());
         self.generation = Some(table.generation);
     }
 
@@ -185,7 +175,7 @@ mod tests {
     use crate::conntrack;
     use crate::packet::PacketBuf;
     use crate::pipeline::{process, Verdict, WorkerState};
-    use crate::table::{Affinity, Backend, Local, Pool, ServiceSpec};
+    use crate::table::{Affinity, Backend, Local, Mode, Pool, ServiceSpec};
 
     const VIP: [u8; 4] = [198, 18, 0, 100];
     const SNAT: [u8; 4] = [198, 18, 0, 2];

@@ -307,6 +307,16 @@ impl RoutingTable {
         self.owned.iter().copied()
     }
 
+    /// Addresses of nat backends: their replies to clients come back through the balancer.
+    pub fn nat_backend_addrs(&self) -> impl Iterator<Item = Addr> + '_ {
+        self.services.iter().flat_map(|svc| {
+            svc.backends.iter().filter_map(move |be| {
+                let nat = svc.pools.get(usize::from(be.pool)).map(|p| p.mode) == Some(Mode::Nat);
+                nat.then_some(be.addr)
+            })
+        })
+    }
+
     /// True for a VIP.
     #[inline]
     pub fn is_vip(&self, a: Addr) -> bool {

@@ -292,6 +292,12 @@ impl AfXdpPort {
         self.xdp.set_owned(addrs)
     }
 
+    /// Replaces the owned addresses and the nat backends whose frames (replies to clients) must
+    /// reach the balancer although they are not addressed to it.
+    pub fn set_owned_and_sources(&self, addrs: &[IpAddr], sources: &[IpAddr]) -> io::Result<()> {
+        self.xdp.set_owned_and_sources(addrs, sources)
+    }
+
     /// A handle on the interface's owned-address set that outlives moving the ports to workers.
     pub fn owned_handle(&self) -> OwnedAddrs {
         OwnedAddrs(self.xdp.clone())

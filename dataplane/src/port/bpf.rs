@@ -108,6 +108,7 @@ const R3: u8 = 3;
 const R4: u8 = 4;
 const R5: u8 = 5;
 const R6: u8 = 6;
+const R7: u8 = 7;
 const R10: u8 = 10;
 
 /// Jump targets of the filter program.
@@ -118,6 +119,9 @@ enum Label {
     V4Key,
     V6Dst,
     Lookup,
+    V6Src,
+    SrcLookup,
+    Redirect,
     Pass,
 }
 
@@ -218,6 +222,7 @@ fn program_owned(xsks: RawFd, owned: RawFd) -> Vec<Insn> {
     use Label::*;
     let mut a = Asm::default();
     a.mov_reg(R6, R1) // r6 = ctx, kept across helper calls
+        .mov_imm(R7, 0) // r7 = IP version whose source may be looked up (0: none), kept too
         .load(W, R2, R6, 0) // r2 = ctx->data
         .load(W, R3, R6, 4) // r3 = ctx->data_end
         .mov_reg(R4, R2) // r4 = data
@@ -238,6 +243,7 @@ fn program_owned(xsks: RawFd, owned: RawFd) -> Vec<Insn> {
         .add_imm(R4, 34) // r4 = data + Ethernet + minimal IPv4 header
         .jump_reg(JGT, R4, R3, Pass) // short IPv4: pass
         .load(W, R5, R2, 30) // r5 = IPv4 destination
+        .mov_imm(R7, 4) // an IPv4 packet: its source is looked up on a miss
         .label(V4Key)
         .store_imm(DW, R10, -16, 0) // key[0..8] = 0
         .store_imm(W, R10, -8, 0xffff_0000_u32 as i32) // key[8..12] = 00 00 ff ff
@@ -260,6 +266,7 @@ fn program_owned(xsks: RawFd, owned: RawFd) -> Vec<Insn> {
         .store_reg(DW, R10, -8, R5) // key[8..16]
         .goto(Lookup)
         .label(V6Dst)
+        .mov_imm(R7, 6) // an IPv6 packet: its source is looked up on a miss
         .load(DW, R5, R2, 38) // r5 = destination[0..8]
         .store_reg(DW, R10, -16, R5) // key[0..8]
         .load(DW, R5, R2, 46) // r5 = destination[8..16]
@@ -269,7 +276,38 @@ fn program_owned(xsks: RawFd, owned: RawFd) -> Vec<Insn> {
         .mov_reg(R2, R10) // r2 = frame pointer
         .add_imm(R2, -16) // r2 = &key
         .call(HELPER_MAP_LOOKUP_ELEM) // r0 = bpf_map_lookup_elem(r1, r2)
-        .jump_imm(JEQ, R0, 0, Pass) // not owned: pass
+        .jump_imm(JNE, R0, 0, Redirect) // owned destination: ours
+        // Not for us by destination: a nat backend's reply (B -> client) is still ours. Look the
+        // source up; only entries marked SOURCE (value 2) redirect by source.
+        .jump_imm(JEQ, R7, 0, Pass) // ARP or a solicitation: pass
+        .load(W, R2, R6, 0) // r2 = ctx->data (the helper call clobbered r2-r5)
+        .load(W, R3, R6, 4) // r3 = ctx->data_end
+        .jump_imm(JEQ, R7, 6, V6Src)
+        .mov_reg(R4, R2) // r4 = data
+        .add_imm(R4, 34) // r4 = data + Ethernet + minimal IPv4 header
+        .jump_reg(JGT, R4, R3, Pass) // short IPv4: pass
+        .load(W, R5, R2, 26) // r5 = IPv4 source
+        .store_imm(DW, R10, -16, 0) // key[0..8] = 0
+        .store_imm(W, R10, -8, 0xffff_0000_u32 as i32) // key[8..12] = 00 00 ff ff
+        .store_reg(W, R10, -4, R5) // key[12..16] = source
+        .goto(SrcLookup)
+        .label(V6Src)
+        .mov_reg(R4, R2) // r4 = data
+        .add_imm(R4, 54) // r4 = data + Ethernet + IPv6 header
+        .jump_reg(JGT, R4, R3, Pass) // short IPv6: pass
+        .load(DW, R5, R2, 22) // r5 = source[0..8]
+        .store_reg(DW, R10, -16, R5) // key[0..8]
+        .load(DW, R5, R2, 30) // r5 = source[8..16]
+        .store_reg(DW, R10, -8, R5) // key[8..16]
+        .label(SrcLookup)
+        .load_map(R1, owned) // r1 = &owned
+        .mov_reg(R2, R10) // r2 = frame pointer
+        .add_imm(R2, -16) // r2 = &key
+        .call(HELPER_MAP_LOOKUP_ELEM) // r0 = bpf_map_lookup_elem(r1, r2)
+        .jump_imm(JEQ, R0, 0, Pass) // unknown source: pass
+        .load(W, R5, R0, 0) // r5 = the entry's kind
+        .jump_imm(JNE, R5, KIND_SOURCE as i32, Pass) // an owned address as source: pass
+        .label(Redirect)
         .load(W, R2, R6, 16) // r2 = ctx->rx_queue_index
         .load_map(R1, xsks) // r1 = &xsks (ld_imm64 pseudo map fd)
         .mov_imm(R3, XDP_PASS) // r3 = XDP_PASS: the action when no socket sits on this queue
@@ -280,6 +318,11 @@ fn program_owned(xsks: RawFd, owned: RawFd) -> Vec<Insn> {
         .exit(); // return r0
     a.finish()
 }
+
+/// Map value of an address we own (frames to it are redirected).
+const KIND_OWNED: u32 = 1;
+/// Map value of a nat backend (frames from it are redirected: they are replies of our flows).
+const KIND_SOURCE: u32 = 2;
 
 /// The 16-byte key of an owned address: IPv6 as is, IPv4 mapped (`::ffff:a.b.c.d`).
 pub fn owned_key(addr: IpAddr) -> [u8; 16] {
@@ -576,14 +619,27 @@ impl XdpAttachment {
     /// Replaces the set of owned addresses (those whose frames go to userspace). A no-op when
     /// the program redirects everything.
     pub fn set_owned(&self, addrs: &[IpAddr]) -> io::Result<()> {
+        self.set_owned_and_sources(addrs, &[])
+    }
+
+    /// Replaces the owned addresses (frames to them are redirected) and the nat backends
+    /// (frames from them are redirected: their replies to clients pass through us). An address
+    /// in both sets counts as owned.
+    pub fn set_owned_and_sources(&self, addrs: &[IpAddr], sources: &[IpAddr]) -> io::Result<()> {
         let Some(map) = &self.owned else {
             return Ok(());
         };
         let mut now = self.owned_now.lock().unwrap_or_else(|p| p.into_inner());
-        let want: Vec<[u8; 16]> = addrs.iter().map(|&a| owned_key(a)).collect();
+        let entries: Vec<(IpAddr, u32)> = sources
+            .iter()
+            .filter(|a| !addrs.contains(a))
+            .map(|&a| (a, KIND_SOURCE))
+            .chain(addrs.iter().map(|&a| (a, KIND_OWNED)))
+            .collect();
+        let want: Vec<[u8; 16]> = entries.iter().map(|&(a, _)| owned_key(a)).collect();
         // Add before removing so an address in both sets is never briefly passed to the kernel.
-        for (key, addr) in want.iter().zip(addrs) {
-            map.update(key, &1u32.to_ne_bytes())
+        for (key, (addr, kind)) in want.iter().zip(&entries) {
+            map.update(key, &kind.to_ne_bytes())
                 .map_err(|e| with_context(e, format!("adding owned address {addr}")))?;
         }
         for old in now.iter().filter(|k| !want.contains(k)) {
@@ -650,8 +706,8 @@ mod tests {
             }
         );
         assert_eq!(p[n - 1].code, JMP | EXIT);
-        // The runt check (instruction 5) jumps to `pass`.
-        assert_eq!(5 + 1 + i64::from(p[5].off), n as i64 - 2);
+        // The runt check (instruction 6, after saving ctx and clearing r7) jumps to `pass`.
+        assert_eq!(6 + 1 + i64::from(p[6].off), n as i64 - 2);
         assert_eq!(program_redirect_all(3).len(), 6);
     }
 }
