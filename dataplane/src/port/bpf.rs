@@ -184,6 +184,32 @@ impl Asm {
     fn exit(&mut self) -> &mut Self {
         self.raw(JMP | EXIT, 0, 0, 0, 0)
     }
+    /// Jumps to `short` unless the frame (data in r2, data_end in r3) holds `len` bytes; uses r4.
+    fn need(&mut self, len: i32, short: Label) -> &mut Self {
+        self.mov_reg(R4, R2) // r4 = data
+            .add_imm(R4, len) // r4 = data + len
+            .jump_reg(JGT, R4, R3, short) // past data_end: too short
+    }
+    /// The map key at r10-16: the IPv4 address in `reg` as `::ffff:a.b.c.d`.
+    fn key_v4(&mut self, reg: u8) -> &mut Self {
+        self.store_imm(DW, R10, -16, 0) // key[0..8] = 0
+            .store_imm(W, R10, -8, 0xffff_0000_u32 as i32) // key[8..12] = 00 00 ff ff
+            .store_reg(W, R10, -4, reg) // key[12..16] = address
+    }
+    /// The map key at r10-16: the 16 frame bytes at `off` (an IPv6 address); uses r5.
+    fn key_v6(&mut self, off: i16) -> &mut Self {
+        self.load(DW, R5, R2, off) // r5 = address[0..8]
+            .store_reg(DW, R10, -16, R5) // key[0..8]
+            .load(DW, R5, R2, off + 8) // r5 = address[8..16]
+            .store_reg(DW, R10, -8, R5) // key[8..16]
+    }
+    /// `r0 = bpf_map_lookup_elem(map, key at r10-16)`.
+    fn lookup_key(&mut self, map: RawFd) -> &mut Self {
+        self.load_map(R1, map) // r1 = &map (ld_imm64 pseudo map fd)
+            .mov_reg(R2, R10) // r2 = frame pointer
+            .add_imm(R2, -16) // r2 = &key
+            .call(HELPER_MAP_LOOKUP_ELEM) // r0 = bpf_map_lookup_elem(r1, r2)
+    }
     fn label(&mut self, l: Label) -> &mut Self {
         self.labels.push((l, self.insns.len()));
         self
@@ -225,57 +251,36 @@ fn program_owned(xsks: RawFd, owned: RawFd) -> Vec<Insn> {
         .mov_imm(R7, 0) // r7 = IP version whose source may be looked up (0: none), kept too
         .load(W, R2, R6, 0) // r2 = ctx->data
         .load(W, R3, R6, 4) // r3 = ctx->data_end
-        .mov_reg(R4, R2) // r4 = data
-        .add_imm(R4, 14) // r4 = data + Ethernet header
-        .jump_reg(JGT, R4, R3, Pass) // runt: not ours
+        .need(14, Pass) // runt (no Ethernet header): not ours
         .load(H, R5, R2, 12) // r5 = EtherType (network order, read little-endian)
         .jump_imm(JEQ, R5, 0x0008, Ipv4) // 0x0800 IPv4
         .jump_imm(JEQ, R5, 0xdd86, Ipv6) // 0x86dd IPv6
         .jump_imm(JNE, R5, 0x0608, Pass) // not 0x0806 ARP: pass
         // ARP (Ethernet/IPv4): target protocol address at 14 + 24.
-        .mov_reg(R4, R2) // r4 = data
-        .add_imm(R4, 42) // r4 = data + end of the ARP body
-        .jump_reg(JGT, R4, R3, Pass) // short ARP: pass
+        .need(42, Pass) // short ARP body: pass
         .load(W, R5, R2, 38) // r5 = ARP target IPv4 address
         .goto(V4Key) // build the mapped key
         .label(Ipv4)
-        .mov_reg(R4, R2) // r4 = data
-        .add_imm(R4, 34) // r4 = data + Ethernet + minimal IPv4 header
-        .jump_reg(JGT, R4, R3, Pass) // short IPv4: pass
+        .need(34, Pass) // short IPv4 (Ethernet + minimal header): pass
         .load(W, R5, R2, 30) // r5 = IPv4 destination
         .mov_imm(R7, 4) // an IPv4 packet: its source is looked up on a miss
         .label(V4Key)
-        .store_imm(DW, R10, -16, 0) // key[0..8] = 0
-        .store_imm(W, R10, -8, 0xffff_0000_u32 as i32) // key[8..12] = 00 00 ff ff
-        .store_reg(W, R10, -4, R5) // key[12..16] = address
+        .key_v4(R5)
         .goto(Lookup)
         .label(Ipv6)
-        .mov_reg(R4, R2) // r4 = data
-        .add_imm(R4, 54) // r4 = data + Ethernet + IPv6 header
-        .jump_reg(JGT, R4, R3, Pass) // short IPv6: pass
+        .need(54, Pass) // short IPv6 (Ethernet + header): pass
         .load(B, R5, R2, 20) // r5 = next header
         .jump_imm(JNE, R5, 58, V6Dst) // not ICMPv6: key is the destination
-        .mov_reg(R4, R2) // r4 = data
-        .add_imm(R4, 78) // r4 = data + ... + ICMPv6 header (8) + target (16)
-        .jump_reg(JGT, R4, R3, V6Dst) // too short for a solicitation: destination
+        .need(78, V6Dst) // too short for a solicitation (+ ICMPv6 8 + target 16): destination
         .load(B, R5, R2, 54) // r5 = ICMPv6 type
         .jump_imm(JNE, R5, 135, V6Dst) // not a neighbour solicitation: destination
-        .load(DW, R5, R2, 62) // r5 = target[0..8]
-        .store_reg(DW, R10, -16, R5) // key[0..8]
-        .load(DW, R5, R2, 70) // r5 = target[8..16]
-        .store_reg(DW, R10, -8, R5) // key[8..16]
+        .key_v6(62) // key = the solicitation's target
         .goto(Lookup)
         .label(V6Dst)
         .mov_imm(R7, 6) // an IPv6 packet: its source is looked up on a miss
-        .load(DW, R5, R2, 38) // r5 = destination[0..8]
-        .store_reg(DW, R10, -16, R5) // key[0..8]
-        .load(DW, R5, R2, 46) // r5 = destination[8..16]
-        .store_reg(DW, R10, -8, R5) // key[8..16]
+        .key_v6(38) // key = the IPv6 destination
         .label(Lookup)
-        .load_map(R1, owned) // r1 = &owned (ld_imm64 pseudo map fd)
-        .mov_reg(R2, R10) // r2 = frame pointer
-        .add_imm(R2, -16) // r2 = &key
-        .call(HELPER_MAP_LOOKUP_ELEM) // r0 = bpf_map_lookup_elem(r1, r2)
+        .lookup_key(owned)
         .jump_imm(JNE, R0, 0, Redirect) // owned destination: ours
         // Not for us by destination: a nat backend's reply (B -> client) is still ours. Look the
         // source up; only entries marked SOURCE (value 2) redirect by source.
@@ -283,27 +288,15 @@ fn program_owned(xsks: RawFd, owned: RawFd) -> Vec<Insn> {
         .load(W, R2, R6, 0) // r2 = ctx->data (the helper call clobbered r2-r5)
         .load(W, R3, R6, 4) // r3 = ctx->data_end
         .jump_imm(JEQ, R7, 6, V6Src)
-        .mov_reg(R4, R2) // r4 = data
-        .add_imm(R4, 34) // r4 = data + Ethernet + minimal IPv4 header
-        .jump_reg(JGT, R4, R3, Pass) // short IPv4: pass
+        .need(34, Pass) // packet pointers are fresh: bounds again
         .load(W, R5, R2, 26) // r5 = IPv4 source
-        .store_imm(DW, R10, -16, 0) // key[0..8] = 0
-        .store_imm(W, R10, -8, 0xffff_0000_u32 as i32) // key[8..12] = 00 00 ff ff
-        .store_reg(W, R10, -4, R5) // key[12..16] = source
+        .key_v4(R5)
         .goto(SrcLookup)
         .label(V6Src)
-        .mov_reg(R4, R2) // r4 = data
-        .add_imm(R4, 54) // r4 = data + Ethernet + IPv6 header
-        .jump_reg(JGT, R4, R3, Pass) // short IPv6: pass
-        .load(DW, R5, R2, 22) // r5 = source[0..8]
-        .store_reg(DW, R10, -16, R5) // key[0..8]
-        .load(DW, R5, R2, 30) // r5 = source[8..16]
-        .store_reg(DW, R10, -8, R5) // key[8..16]
+        .need(54, Pass) // packet pointers are fresh: bounds again
+        .key_v6(22) // key = the IPv6 source
         .label(SrcLookup)
-        .load_map(R1, owned) // r1 = &owned
-        .mov_reg(R2, R10) // r2 = frame pointer
-        .add_imm(R2, -16) // r2 = &key
-        .call(HELPER_MAP_LOOKUP_ELEM) // r0 = bpf_map_lookup_elem(r1, r2)
+        .lookup_key(owned)
         .jump_imm(JEQ, R0, 0, Pass) // unknown source: pass
         .load(W, R5, R0, 0) // r5 = the entry's kind
         .jump_imm(JNE, R5, KIND_SOURCE as i32, Pass) // an owned address as source: pass
