@@ -420,6 +420,7 @@ fn compile_service(
         ranges
             .into_iter()
             .map(|(port_lo, port_hi)| ServiceSpec {
+                stat: None,
                 name: svc.name.clone(),
                 vip: Addr::from(svc.vip),
                 proto: svc.protocol.number(),

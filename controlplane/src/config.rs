@@ -26,6 +26,77 @@ pub struct Config {
     /// Virtual services.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// The admin HTTP API (metrics, state, runtime operations).
+    #[serde(default)]
+    pub admin: Admin,
+    /// Logging.
+    #[serde(default)]
+    pub logging: Logging,
+}
+
+/// `[admin]`: the admin HTTP listener.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Serve the admin API at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address and port to listen on; loopback by default, so only the box itself can reach it.
+    #[serde(default = "default_admin_listen")]
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            enabled: true,
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_admin_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9180))
+}
+
+/// `[logging]`: what `lb run` logs and how.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// A tracing filter (`"info"`, `"warn,controlplane=debug"`); `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// Line format.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// `[logging] format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[dataplane]`: our MAC, addresses and port-level settings.
@@ -234,6 +305,173 @@ pub struct Service {
     /// Pools of backends.
     #[serde(default)]
     pub pools: Vec<Pool>,
+    /// Active health check of every backend; absent means backends are always up (unless a
+    /// passive signal or an operator takes them out).
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection on dataplane signals; absent means none.
+    #[serde(default)]
+    pub passive: Option<Passive>,
+    /// What to do when every backend is down.
+    #[serde(default)]
+    pub all_down: AllDown,
+}
+
+/// `[services.health_check]`: an active probe of each backend from the control plane.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Probe kind.
+    pub kind: CheckKind,
+    /// Time between probes of one backend.
+    #[serde(default = "default_check_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// A probe not finished in this time failed.
+    #[serde(default = "default_check_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Each interval is lengthened by a random amount up to this, so probes do not align.
+    #[serde(default = "default_jitter", deserialize_with = "de_duration")]
+    pub jitter: Duration,
+    /// Port to probe; absent means the backend's port, else the service's first port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// HTTP: the request path.
+    #[serde(default = "default_check_path")]
+    pub path: String,
+    /// HTTP: the Host header; absent means the backend address.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// HTTP: the status codes that count as healthy, `"200-399"`.
+    #[serde(default = "default_expect_status")]
+    pub expect_status: StatusRange,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_rise() -> u32 {
+    2
+}
+
+fn default_fall() -> u32 {
+    3
+}
+
+fn default_jitter() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_check_path() -> String {
+    "/".into()
+}
+
+fn default_expect_status() -> StatusRange {
+    StatusRange { lo: 200, hi: 399 }
+}
+
+/// `[services.health_check] kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP/1.1 GET whose status must fall in `expect_status`.
+    Http,
+}
+
+/// An inclusive HTTP status range, written `"200-399"` or `"200"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusRange {
+    /// Lowest status accepted.
+    pub lo: u16,
+    /// Highest status accepted.
+    pub hi: u16,
+}
+
+impl StatusRange {
+    /// True when `status` is in the range.
+    pub fn contains(&self, status: u16) -> bool {
+        (self.lo..=self.hi).contains(&status)
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bad = || {
+            de::Error::custom(format!(
+                "invalid status range {s:?}: expected \"200-399\" or \"200\" (100-599)"
+            ))
+        };
+        let code = |p: &str| match p.trim().parse::<u16>() {
+            Ok(v) if (100..=599).contains(&v) => Ok(v),
+            _ => Err(bad()),
+        };
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (code(a)?, code(b)?),
+            None => {
+                let v = code(&s)?;
+                (v, v)
+            }
+        };
+        if lo > hi {
+            return Err(bad());
+        }
+        Ok(StatusRange { lo, hi })
+    }
+}
+
+/// `[services.passive]`: eject a backend on signals the dataplane sees, for a back-off.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Passive {
+    /// Resets sent by the backend within `window` that eject it (0: never).
+    #[serde(default)]
+    pub resets: u64,
+    /// SYNs the backend left unanswered within `window` that eject it (0: never).
+    #[serde(default = "default_unanswered_syns")]
+    pub unanswered_syns: u64,
+    /// The window the counts are taken over.
+    #[serde(default = "default_passive_window", deserialize_with = "de_duration")]
+    pub window: Duration,
+    /// How long an ejected backend stays out before it is tried again.
+    #[serde(default = "default_backoff", deserialize_with = "de_duration")]
+    pub backoff: Duration,
+}
+
+fn default_unanswered_syns() -> u64 {
+    5
+}
+
+fn default_passive_window() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[[services]] all_down`: the policy when no backend is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllDown {
+    /// Serve nobody: new flows are dropped (and counted) until a backend comes back.
+    #[default]
+    Drop,
+    /// Ignore health and spread over every configured backend (an outage of the checker must
+    /// not become an outage of the service).
+    FailOpen,
 }
 
 fn default_table_size() -> usize {

@@ -30,7 +30,7 @@ const OFFSET_SEED: u64 = 0x6d61_676c_6576_6f66; // "maglevof"
 const SKIP_SEED: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
 
 /// One backend as Maglev sees it: a stable identity and a weight.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MaglevBackend {
     /// Stable identity (for example `"198.18.1.10:8080"`): the permutation is derived from it, so the
     /// same backend lands on the same slots whatever else is in the set and in whatever order.

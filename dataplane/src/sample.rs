@@ -68,6 +68,7 @@ pub fn table_of(generation: u64, backends: &[(u8, u32)]) -> RoutingTable {
             .collect()
     };
     let svc = |name: &str, vip: Addr, mode: Mode, net: u8| ServiceSpec {
+        stat: None,
         name: name.into(),
         vip,
         proto: proto::TCP,

@@ -210,6 +210,7 @@ mod tests {
     /// Three services on one VIP: tcp/80 fullnat, udp/7 nat, tcp/443 dsr-ipip.
     fn table() -> RoutingTable {
         let svc = |name: &str, proto: u8, port: u16, mode: Mode| ServiceSpec {
+            stat: None,
             name: name.into(),
             vip: Addr::v4(VIP),
             proto,

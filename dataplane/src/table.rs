@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use crate::flow::{hash_bytes, Addr};
 use crate::maglev::{self, Maglev, MaglevBackend, MaglevError};
@@ -105,8 +106,8 @@ pub struct Service {
     pub pools: Vec<Pool>,
     /// Backends of all pools, in a deterministic order.
     pub backends: Vec<Backend>,
-    /// Maglev table over `backends`.
-    pub maglev: Maglev,
+    /// Maglev table over `backends` (shared with other tables built from the same backends).
+    pub maglev: Arc<Maglev>,
     /// Index of its counters in a worker's per-service counters.
     pub stat: u32,
     by_addr: HashMap<(Addr, u16), u16, FastHash>,
@@ -138,8 +139,50 @@ pub struct ServiceSpec {
     pub table_size: usize,
     /// Pools.
     pub pools: Vec<Pool>,
-    /// Backends; `stat` is filled in by the table.
+    /// Backends; their `stat` is used as given when `stat` is set, else filled in by the table.
     pub backends: Vec<Backend>,
+    /// Counter slot of the service, chosen by the caller so that slots stay stable across table
+    /// generations (a reload must not move one backend's counts onto another); `None` numbers
+    /// services and backends in order.
+    pub stat: Option<u32>,
+}
+
+/// Maglev tables already built, keyed by their inputs, so a reload rebuilds only the services
+/// whose backends or weights changed.
+#[derive(Debug, Default)]
+pub struct MaglevCache {
+    tables: HashMap<(Vec<MaglevBackend>, usize), Arc<Maglev>>,
+}
+
+impl MaglevCache {
+    /// The table for these backends and size, built now or taken from an earlier build.
+    pub fn get(
+        &mut self,
+        keys: Vec<MaglevBackend>,
+        size: usize,
+    ) -> Result<Arc<Maglev>, MaglevError> {
+        if let Some(t) = self.tables.get(&(keys.clone(), size)) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(maglev::build(&keys, size)?);
+        self.tables.insert((keys, size), t.clone());
+        Ok(t)
+    }
+
+    /// Forgets tables no current routing table uses (only this cache holds them).
+    pub fn retain_used(&mut self) {
+        self.tables.retain(|_, t| Arc::strong_count(t) > 1);
+    }
+
+    /// Number of tables held.
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// True when no table is held.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
 }
 
 /// The balancer's own L2/L3 identity.
@@ -194,6 +237,7 @@ pub struct RoutingTable {
     /// Seed of flow hashes (constant across generations so selection is stable).
     pub hash_seed: u64,
     backend_stats: u32,
+    service_stats: u32,
     vips: HashMap<(Addr, u8, u16), u32, FastHash>,
     owned: HashSet<Addr, FastHash>,
     snat: HashSet<Addr, FastHash>,
@@ -207,12 +251,23 @@ impl RoutingTable {
         local: Local,
         specs: Vec<ServiceSpec>,
     ) -> Result<RoutingTable, TableError> {
+        Self::build(generation, local, specs, &mut MaglevCache::default())
+    }
+
+    /// [`RoutingTable::new`], reusing Maglev tables from `cache` and adding the ones it builds.
+    pub fn build(
+        generation: u64,
+        local: Local,
+        specs: Vec<ServiceSpec>,
+        cache: &mut MaglevCache,
+    ) -> Result<RoutingTable, TableError> {
         let mut services = Vec::with_capacity(specs.len());
         let mut vips: HashMap<(Addr, u8, u16), u32, FastHash> = HashMap::default();
         let mut owned: HashSet<Addr, FastHash> = local.addrs.iter().copied().collect();
         let mut snat: HashSet<Addr, FastHash> = HashSet::default();
         let mut vip_addrs: HashSet<Addr, FastHash> = HashSet::default();
         let mut backend_stats = 0u32;
+        let mut service_stats = 0u32;
         for (idx, spec) in specs.into_iter().enumerate() {
             let mut backends = spec.backends;
             backends.sort_by_key(|b| (b.addr, b.port, b.pool));
@@ -223,17 +278,22 @@ impl RoutingTable {
                     weight: b.weight,
                 })
                 .collect();
-            let maglev =
-                maglev::build(&keys, spec.table_size).map_err(|source| TableError::Maglev {
+            let maglev = cache
+                .get(keys, spec.table_size)
+                .map_err(|source| TableError::Maglev {
                     service: spec.name.clone(),
                     source,
                 })?;
             let mut by_addr = HashMap::default();
             for (i, b) in backends.iter_mut().enumerate() {
-                b.stat = backend_stats;
-                backend_stats += 1;
+                if spec.stat.is_none() {
+                    b.stat = backend_stats;
+                }
+                backend_stats = backend_stats.max(b.stat.saturating_add(1));
                 by_addr.insert((b.addr, b.port), i as u16);
             }
+            let stat = spec.stat.unwrap_or(idx as u32);
+            service_stats = service_stats.max(stat.saturating_add(1));
             for p in &spec.pools {
                 for a in &p.snat {
                     snat.insert(*a);
@@ -269,7 +329,7 @@ impl RoutingTable {
                 pools: spec.pools,
                 backends,
                 maglev,
-                stat: idx as u32,
+                stat,
                 by_addr,
             });
         }
@@ -279,6 +339,7 @@ impl RoutingTable {
             services,
             hash_seed: hash_bytes(b"lb-flow-hash", 0),
             backend_stats,
+            service_stats,
             vips,
             owned,
             snat,
@@ -336,7 +397,7 @@ impl RoutingTable {
 
     /// Number of per-service counter slots a worker needs.
     pub fn service_stat_slots(&self) -> usize {
-        self.services.len()
+        self.service_stats as usize
     }
 }
 

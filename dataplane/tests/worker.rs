@@ -110,6 +110,7 @@ fn table(generation: u64, backends: &[u8]) -> RoutingTable {
             snat_ports: (1024, 65535),
         },
         vec![ServiceSpec {
+            stat: None,
             name: "web".into(),
             vip: Addr::v4(VIP),
             proto: proto::TCP,
