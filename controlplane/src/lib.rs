@@ -5,6 +5,7 @@ pub mod compile;
 pub mod config;
 pub mod lab;
 pub mod sim;
+pub mod state;
 
 pub use compile::{compile, CompileError, Compiled};
 pub use config::{load, Config, ConfigError};

@@ -133,6 +133,11 @@ pub struct FlowCounters {
     pub bytes: u64,
     /// Flows created.
     pub new_flows: u64,
+    /// TCP resets the backend sent (backends only; fullnat and nat, whose replies we see).
+    pub resets: u64,
+    /// Flows whose SYN the backend never answered before the flow expired (backends only;
+    /// fullnat and nat).
+    pub unanswered_syns: u64,
 }
 
 /// One worker's counters. Only the worker writes them.

@@ -1,0 +1,333 @@
+//! The control plane's shared vocabulary: how a backend is named, what health and operators say
+//! about it, what the admin API observes, and the [`Control`] operations it may call.
+//!
+//! The configuration says what *should* serve; health checks and runtime operations say what
+//! *may* serve right now. [`effective_weight`] combines them into the weight a backend gets in the
+//! next compiled table; it is pure so the rules are tested without sockets.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use dataplane::worker::Snapshot;
+use serde::Serialize;
+
+/// A backend as operators name it: its service, address and port (0: the client's port).
+/// Written `web/198.18.1.10:8080`, `web/[2001:db8::10]:80` or `web/198.18.2.10` (port 0).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct BackendKey {
+    /// Service name.
+    pub service: String,
+    /// Backend address.
+    pub addr: IpAddr,
+    /// Backend port; 0 keeps the client's destination port.
+    pub port: u16,
+}
+
+impl fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.addr, self.port) {
+            (a, 0) => write!(f, "{}/{a}", self.service),
+            (a, p) => write!(f, "{}/{}", self.service, SocketAddr::new(a, p)),
+        }
+    }
+}
+
+impl FromStr for BackendKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid backend {s:?}: expected service/address[:port], like web/198.18.1.10:8080"
+            )
+        };
+        let (service, rest) = s.rsplit_once('/').ok_or_else(bad)?;
+        if service.is_empty() {
+            return Err(bad());
+        }
+        let (addr, port) = if let Ok(sa) = rest.parse::<SocketAddr>() {
+            (sa.ip(), sa.port())
+        } else if let Ok(a) = rest.parse::<IpAddr>() {
+            (a, 0)
+        } else if let Some(inner) = rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            (inner.parse::<IpAddr>().map_err(|_| bad())?, 0)
+        } else {
+            return Err(bad());
+        };
+        Ok(BackendKey {
+            service: service.to_string(),
+            addr,
+            port,
+        })
+    }
+}
+
+/// What an operator set on a backend at runtime (HAProxy's `set server ... state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Serves as configured.
+    #[default]
+    Enabled,
+    /// Keeps its existing flows, takes no new ones (weight 0 in the table).
+    Drain,
+    /// Out of the table: takes nothing, its flows move to other backends.
+    Disabled,
+}
+
+impl FromStr for AdminState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enabled" | "enable" | "ready" => Ok(AdminState::Enabled),
+            "drain" => Ok(AdminState::Drain),
+            "disabled" | "disable" | "maint" => Ok(AdminState::Disabled),
+            _ => Err(format!(
+                "invalid state {s:?}: expected enabled, drain or disabled"
+            )),
+        }
+    }
+}
+
+/// Runtime overrides of one backend. They survive reloads until cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+pub struct Override {
+    /// Weight to use instead of the configured one.
+    pub weight: Option<u32>,
+    /// Operator state.
+    pub admin: AdminState,
+}
+
+impl Override {
+    /// True when the override changes nothing (and can be forgotten).
+    pub fn is_empty(&self) -> bool {
+        self.weight.is_none() && self.admin == AdminState::Enabled
+    }
+}
+
+/// What health checking says about a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "reason")]
+pub enum Health {
+    /// No check configured (or not yet decided): treated as up.
+    #[default]
+    Unchecked,
+    /// Passing.
+    Up,
+    /// Failing: out of the table; the reason says which check and why.
+    Down(String),
+}
+
+impl Health {
+    /// True unless checks say the backend is down.
+    pub fn serves(&self) -> bool {
+        !matches!(self, Health::Down(_))
+    }
+
+    /// The value of the `lb_backend_up` gauge: 1 up or unchecked, 0 down.
+    pub fn gauge(&self) -> i64 {
+        i64::from(self.serves())
+    }
+}
+
+/// The weight a backend gets in the next table: `None` leaves it out of the table (its flows move),
+/// `Some(0)` keeps it for its existing flows only (drain). `configured` is pool weight times
+/// backend weight; `ignore_health` is set when the service fails open because every backend is down.
+pub fn effective_weight(
+    configured: u32,
+    ov: &Override,
+    health: &Health,
+    ignore_health: bool,
+) -> Option<u32> {
+    match ov.admin {
+        AdminState::Disabled => None,
+        _ if !ignore_health && !health.serves() => None,
+        AdminState::Drain => Some(0),
+        AdminState::Enabled => Some(ov.weight.unwrap_or(configured)),
+    }
+}
+
+/// One backend as `/state` and `/metrics` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendStatus {
+    /// Its name.
+    pub key: BackendKey,
+    /// Pool name.
+    pub pool: String,
+    /// Forwarding mode of the pool.
+    pub mode: &'static str,
+    /// `pod` or `vm`.
+    pub kind: &'static str,
+    /// Pool weight times backend weight, from the config.
+    pub configured_weight: u32,
+    /// Weight in the serving table; `None` when it is out of the table.
+    pub weight: Option<u32>,
+    /// Health.
+    pub health: Health,
+    /// Runtime override.
+    #[serde(rename = "override")]
+    pub over: Override,
+    /// Counter slot in the workers' per-backend counters (`Counters::backends`).
+    #[serde(skip)]
+    pub stat: Option<u32>,
+}
+
+/// One service as `/state` and `/metrics` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceStatus {
+    /// Name.
+    pub name: String,
+    /// VIP.
+    pub vip: IpAddr,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// Ports served, as written in the config (`80`, `8000-8010`); empty means all.
+    pub ports: Vec<String>,
+    /// True when every backend is down and the service fails open.
+    pub failing_open: bool,
+    /// Backends.
+    pub backends: Vec<BackendStatus>,
+    /// Counter slots in the workers' per-service counters (one per port range).
+    #[serde(skip)]
+    pub stats: Vec<u32>,
+}
+
+/// Reload outcomes since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadStatus {
+    /// Reloads that swapped in a new table.
+    pub ok: u64,
+    /// Reloads rejected (the previous table kept serving).
+    pub failed: u64,
+    /// The last rejection's full message, until a reload succeeds.
+    pub last_error: Option<String>,
+    /// Seconds since the Unix epoch of the last successful swap.
+    pub last_ok_unix: Option<u64>,
+}
+
+/// Everything the admin API reports, taken at one moment.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    /// Generation of the table the workers serve.
+    pub generation: u64,
+    /// Path of the config file.
+    pub config_path: String,
+    /// Services with their backends.
+    pub services: Vec<ServiceStatus>,
+    /// Reload outcomes.
+    pub reload: ReloadStatus,
+    /// Health state changes (up to down and back) since start.
+    pub health_transitions: u64,
+    /// The latest published counters of each worker.
+    pub workers: Vec<Arc<Snapshot>>,
+    /// Conntrack capacity per worker (keys).
+    pub conntrack_capacity: usize,
+}
+
+/// Why a runtime operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// No such backend in the serving config.
+    #[error("no backend {0} in the configuration")]
+    NoBackend(String),
+    /// A malformed request.
+    #[error("{0}")]
+    Invalid(String),
+    /// The resulting table could not be built.
+    #[error("the table could not be rebuilt: {0}")]
+    Compile(String),
+}
+
+/// The operations the admin API calls on the running control plane.
+pub trait Control: Send + Sync + 'static {
+    /// A consistent view of the state and counters.
+    fn observe(&self) -> Observation;
+    /// True once the workers serve a table (readiness).
+    fn ready(&self) -> bool;
+    /// Sets a backend's weight until cleared; the table is rebuilt and swapped before returning.
+    fn set_weight(&self, key: &BackendKey, weight: u32) -> Result<u64, OpError>;
+    /// Sets a backend's operator state until cleared; rebuilds and swaps the table.
+    fn set_admin(&self, key: &BackendKey, state: AdminState) -> Result<u64, OpError>;
+    /// Drops a backend's overrides; rebuilds and swaps the table.
+    fn clear(&self, key: &BackendKey) -> Result<u64, OpError>;
+    /// Rereads the config file now (as SIGHUP does); the new generation, or the rejection.
+    fn reload(&self) -> Result<u64, String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_keys_round_trip() {
+        for s in [
+            "web/198.18.1.10:8080",
+            "web/[2001:db8::10]:80",
+            "web/198.18.2.10",
+            "a/b/2001:db8::1",
+        ] {
+            let k: BackendKey = s.parse().unwrap();
+            assert_eq!(k.to_string(), s);
+        }
+        let k: BackendKey = "web/[2001:db8::10]".parse().unwrap();
+        assert_eq!((k.addr.to_string(), k.port), ("2001:db8::10".into(), 0));
+        for bad in [
+            "",
+            "web",
+            "/198.18.1.10",
+            "web/host:80",
+            "web/198.18.1.10:99999",
+        ] {
+            assert!(bad.parse::<BackendKey>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn weights_follow_admin_then_health_then_override() {
+        let up = Health::Up;
+        let down = Health::Down("tcp connect refused".into());
+        let ov = |weight, admin| Override { weight, admin };
+        assert_eq!(
+            effective_weight(3, &Override::default(), &up, false),
+            Some(3)
+        );
+        assert_eq!(
+            effective_weight(3, &Override::default(), &Health::Unchecked, false),
+            Some(3)
+        );
+        assert_eq!(
+            effective_weight(3, &Override::default(), &down, false),
+            None
+        );
+        // Failing open: health is ignored, the operator is not.
+        assert_eq!(
+            effective_weight(3, &Override::default(), &down, true),
+            Some(3)
+        );
+        assert_eq!(
+            effective_weight(3, &ov(None, AdminState::Disabled), &down, true),
+            None
+        );
+        assert_eq!(
+            effective_weight(3, &ov(Some(7), AdminState::Enabled), &up, false),
+            Some(7)
+        );
+        assert_eq!(
+            effective_weight(3, &ov(Some(7), AdminState::Drain), &up, false),
+            Some(0)
+        );
+        assert_eq!(
+            effective_weight(3, &ov(None, AdminState::Drain), &down, false),
+            None
+        );
+        assert_eq!(
+            effective_weight(3, &ov(None, AdminState::Disabled), &up, false),
+            None
+        );
+        assert!(ov(None, AdminState::Enabled).is_empty());
+        assert!(!ov(Some(1), AdminState::Enabled).is_empty());
+    }
+}
