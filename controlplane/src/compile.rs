@@ -9,10 +9,11 @@ use std::net::IpAddr;
 
 use dataplane::conntrack;
 use dataplane::flow::Addr;
-use dataplane::table::{self, Local, ServiceSpec};
+use dataplane::table::{self, Local, MaglevCache, ServiceSpec};
 use dataplane::RoutingTable;
 
 use crate::config::{self, Config, MacAddr};
+use crate::state::BackendKey;
 
 /// What `compile()` produces: the routing table and the per-worker settings that go with it.
 #[derive(Debug)]
@@ -59,6 +60,79 @@ const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9216;
 /// Builds the routing table for `cfg`, stamped with `generation`. Pure: the same input gives the same
 /// table.
 pub fn compile(cfg: &Config, generation: u64) -> Result<Compiled, CompileError> {
+    compile_with(
+        cfg,
+        generation,
+        &mut Context {
+            adjust: &|_, w| Some(w),
+            slots: &mut StatSlots::default(),
+            cache: &mut MaglevCache::default(),
+        },
+    )
+}
+
+/// Decides a backend's weight in the table from its configured weight (pool weight times backend
+/// weight): `None` leaves it out, `Some(0)` drains it. Health and runtime overrides enter here.
+pub type Adjust<'a> = &'a dyn Fn(&BackendKey, u32) -> Option<u32>;
+
+/// What a running control plane adds to a compile: the runtime weight of each backend, counter
+/// slots that stay put across reloads, and the Maglev tables of the previous compile.
+pub struct Context<'a> {
+    /// Runtime weight of each backend.
+    pub adjust: Adjust<'a>,
+    /// Counter slots by service and backend, kept across compiles.
+    pub slots: &'a mut StatSlots,
+    /// Maglev tables already built.
+    pub cache: &'a mut MaglevCache,
+}
+
+/// Counter slots by name. A slot, once given, keeps its meaning for the life of the process, so
+/// the workers' cumulative counters stay attached to the same service or backend across reloads
+/// (a slot is never reused; a process that sees very many distinct backends grows its counters).
+#[derive(Debug, Default)]
+pub struct StatSlots {
+    services: HashMap<(String, u16, u16), u32>,
+    backends: HashMap<BackendKey, u32>,
+}
+
+impl StatSlots {
+    /// The slot of a service's port range (`(0, 0)`: every port), assigned on first use.
+    pub fn service(&mut self, name: &str, lo: u16, hi: u16) -> u32 {
+        let next = self.services.len() as u32;
+        *self
+            .services
+            .entry((name.to_string(), lo, hi))
+            .or_insert(next)
+    }
+
+    /// The slot of a backend, assigned on first use.
+    pub fn backend(&mut self, key: &BackendKey) -> u32 {
+        if let Some(s) = self.backends.get(key) {
+            return *s;
+        }
+        let next = self.backends.len() as u32;
+        self.backends.insert(key.clone(), next);
+        next
+    }
+
+    /// The slot of a backend, if it has one.
+    pub fn backend_slot(&self, key: &BackendKey) -> Option<u32> {
+        self.backends.get(key).copied()
+    }
+
+    /// The slot of a service's port range, if it has one.
+    pub fn service_slot(&self, name: &str, lo: u16, hi: u16) -> Option<u32> {
+        self.services.get(&(name.to_string(), lo, hi)).copied()
+    }
+}
+
+/// [`compile`] for a running control plane: weights pass through `ctx.adjust`, counter slots come
+/// from `ctx.slots` and Maglev tables from `ctx.cache`.
+pub fn compile_with(
+    cfg: &Config,
+    generation: u64,
+    ctx: &mut Context<'_>,
+) -> Result<Compiled, CompileError> {
     let mut problems = Vec::new();
     let dp = &cfg.dataplane;
 
@@ -95,7 +169,7 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Compiled, CompileError> 
                 first + 1
             ));
         }
-        if let Some(mut svc_specs) = compile_service(cfg, svc, &neighbors, &mut problems) {
+        if let Some(mut svc_specs) = compile_service(cfg, svc, &neighbors, ctx, &mut problems) {
             specs.append(&mut svc_specs);
         }
     }
@@ -111,9 +185,10 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Compiled, CompileError> 
         mtu: dp.mtu,
         snat_ports: (dp.snat_ports.lo, dp.snat_ports.hi),
     };
-    let table = RoutingTable::new(generation, local, specs).map_err(|e| CompileError {
-        problems: vec![e.to_string()],
-    })?;
+    let table =
+        RoutingTable::build(generation, local, specs, ctx.cache).map_err(|e| CompileError {
+            problems: vec![e.to_string()],
+        })?;
     Ok(Compiled {
         table,
         conntrack,
@@ -235,6 +310,7 @@ fn compile_service(
     cfg: &Config,
     svc: &config::Service,
     neighbors: &HashMap<IpAddr, MacAddr>,
+    ctx: &mut Context<'_>,
     problems: &mut Vec<String>,
 ) -> Option<Vec<ServiceSpec>> {
     let before = problems.len();
@@ -384,14 +460,22 @@ fn compile_service(
             if let Some(other) = seen.insert((b.addr, port), at_b.clone()) {
                 problems.push(format!("{at_b}: the same address and port as {other}"));
             }
-            backends.push(table::Backend {
-                addr: Addr::from(b.addr),
+            let key = BackendKey {
+                service: svc.name.clone(),
+                addr: b.addr,
                 port,
-                weight,
-                mac,
-                pool: pool_idx as u16,
-                stat: 0,
-            });
+            };
+            // Health and operators may take a backend out (its flows move) or drain it.
+            if let Some(weight) = (ctx.adjust)(&key, weight) {
+                backends.push(table::Backend {
+                    addr: Addr::from(b.addr),
+                    port,
+                    weight,
+                    mac,
+                    pool: pool_idx as u16,
+                    stat: ctx.slots.backend(&key),
+                });
+            }
         }
 
         pools.push(table::Pool {
@@ -420,7 +504,7 @@ fn compile_service(
         ranges
             .into_iter()
             .map(|(port_lo, port_hi)| ServiceSpec {
-                stat: None,
+                stat: Some(ctx.slots.service(&svc.name, port_lo, port_hi)),
                 name: svc.name.clone(),
                 vip: Addr::from(svc.vip),
                 proto: svc.protocol.number(),
