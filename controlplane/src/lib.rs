@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod config;
 pub mod lab;
+pub mod reload;
 pub mod sim;
 pub mod state;
 

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run { config } => {
-            load_and_compile(&config).and_then(|(_, compiled)| run::run(&config, compiled))
+            load_and_compile(&config).and_then(|(cfg, _)| run::run(&config, cfg))
         }
         Command::Sim {
             config,

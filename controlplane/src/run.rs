@@ -9,14 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use controlplane::compile::{Compiled, RunSettings};
-use controlplane::config::{IdleMode, PortKind, XdpMode};
+use controlplane::compile::RunSettings;
+use controlplane::config::{Config, IdleMode, PortKind, XdpMode};
+use controlplane::reload::{self, ControlPlane};
 use dataplane::port::af_packet::AfPacketPort;
 use dataplane::port::af_xdp::{AfXdpOptions, AfXdpPort, AttachMode};
 use dataplane::port::tap::TapPort;
 use dataplane::port::Port;
-use dataplane::worker::{self, IdlePolicy, Snapshot, WorkerConfig, WorkerHandle};
+use dataplane::worker::{self, IdlePolicy, Snapshot, WorkerConfig};
 use dataplane::{DropReason, RoutingTable};
 
 /// Why the ports could not be opened, in words an operator can act on.
@@ -198,24 +198,37 @@ pub fn idle_policy(mode: IdleMode) -> IdlePolicy {
 /// How often the control thread logs a counter summary (at debug level).
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-/// Serves `compiled` from `path` until SIGINT or SIGTERM.
-pub fn run(path: &Path, compiled: Compiled) -> anyhow::Result<()> {
+/// How often the control thread looks at its flags (stop, SIGHUP, file changes).
+const TICK: Duration = Duration::from_millis(50);
+
+/// A changed file is reloaded once it has been quiet this long (editors write in several steps).
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Serves the config at `path` (already loaded as `cfg`) until SIGINT or SIGTERM; SIGHUP or a
+/// change of the file reloads it.
+pub fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
     // Signals first: one arriving while ports open must still lead to a clean stop. A second
-    // SIGINT/SIGTERM while stopping exits at once.
+    // SIGINT/SIGTERM while stopping exits at once. SIGHUP must never kill a running balancer.
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())?;
         signal_hook::flag::register(sig, stop.clone())?;
     }
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
-    let run = compiled.run.clone();
-    let workers = usize::from(compiled.workers);
-    let owned: Vec<IpAddr> = compiled.table.owned_addrs().map(IpAddr::from).collect();
-    let nat_backends: Vec<IpAddr> = compiled
-        .table
-        .nat_backend_addrs()
-        .map(IpAddr::from)
-        .collect();
+    let (cp, start) = ControlPlane::new(path, cfg, Box::new(reload::load_file))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let cp = Arc::new(cp);
+    let run = start.run.clone();
+    let workers = usize::from(start.workers);
+    let table = cp.table();
+    let (owned, nat_backends) = {
+        let t = table.load();
+        let owned: Vec<IpAddr> = t.owned_addrs().map(IpAddr::from).collect();
+        let nat: Vec<IpAddr> = t.nat_backend_addrs().map(IpAddr::from).collect();
+        (owned, nat)
+    };
     let ports = open_ports(&run, workers, &owned, &nat_backends)?;
     let names: Vec<String> = ports.iter().map(|p| p.name()).collect();
     tracing::info!(
@@ -226,16 +239,15 @@ pub fn run(path: &Path, compiled: Compiled) -> anyhow::Result<()> {
         ports = ?names,
         "ports open"
     );
-    log_served(&compiled.table);
+    log_served(&table.load());
 
-    let table = Arc::new(ArcSwap::from_pointee(compiled.table));
-    let cfg = WorkerConfig {
+    let wcfg = WorkerConfig {
         cores: run.cores.clone(),
         idle: idle_policy(run.idle),
-        conntrack: compiled.conntrack,
+        conntrack: start.conntrack,
         handoff_slots: 256,
     };
-    let handles = worker::spawn_workers(ports, table.clone(), cfg)
+    let handles = worker::spawn_workers(ports, table, wcfg)
         .map_err(|e| anyhow::anyhow!("starting the workers: {e}"))?;
     for h in &handles {
         match (h.core(), h.pin_error()) {
@@ -247,42 +259,98 @@ pub fn run(path: &Path, compiled: Compiled) -> anyhow::Result<()> {
             }
         }
     }
+    cp.attach_workers(handles);
 
     let control = std::thread::Builder::new()
         .name("lb-control".into())
-        .spawn(move || control_loop(&stop, handles, &table))?;
+        .spawn(move || control_thread(&cp, &stop, &hup))?;
     let finals = control
         .join()
-        .map_err(|_| anyhow::anyhow!("the control thread panicked"))?;
+        .map_err(|_| anyhow::anyhow!("the control thread panicked"))??;
     log_final(&finals);
     Ok(())
 }
 
-/// The control-plane thread: waits for a stop signal, logs summaries, stops the workers. Holds
-/// the table so the last reference to a replaced table is dropped here, never in a worker.
-fn control_loop(
-    stop: &AtomicBool,
-    handles: Vec<WorkerHandle>,
-    table: &ArcSwap<RoutingTable>,
-) -> Vec<Snapshot> {
-    let mut next_summary = Instant::now() + SUMMARY_EVERY;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-        if Instant::now() >= next_summary {
-            next_summary += SUMMARY_EVERY;
-            let snaps: Vec<Snapshot> = handles.iter().map(|h| (*h.counters()).clone()).collect();
-            let t = worker::total(&snaps);
-            tracing::debug!(
-                generation = table.load().generation,
-                rx = t.rx_packets,
-                tx = t.tx_packets,
-                to_host = t.to_host,
-                flows = snaps.iter().map(|s| s.flows).sum::<usize>(),
-                "counters"
-            );
+/// Watches the config file's directory (editors replace files by renaming) and sets `dirty` when
+/// an event names the file. A watcher that cannot start is logged; SIGHUP still reloads.
+fn watch_file(path: &Path, dirty: Arc<AtomicBool>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let name = path.file_name()?.to_os_string();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            let ours = ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()));
+            if ours && !ev.kind.is_access() {
+                dirty.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    match watcher.and_then(|mut w| {
+        w.watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map(|()| w)
+    }) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+            None
         }
     }
+}
+
+/// The control-plane thread: a tokio runtime that reloads on SIGHUP and file changes, releases
+/// replaced tables, logs summaries, and stops the workers on SIGINT/SIGTERM.
+fn control_thread(
+    cp: &Arc<ControlPlane>,
+    stop: &AtomicBool,
+    hup: &AtomicBool,
+) -> anyhow::Result<Vec<Snapshot>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let dirty = Arc::new(AtomicBool::new(false));
+    let _watcher = watch_file(cp.path(), dirty.clone());
+    rt.block_on(async {
+        let mut tick = tokio::time::interval(TICK);
+        let mut next_summary = Instant::now() + SUMMARY_EVERY;
+        let mut changed_at: Option<Instant> = None;
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let now = Instant::now();
+            if dirty.swap(false, Ordering::SeqCst) {
+                changed_at = Some(now);
+            }
+            let file_settled = changed_at.is_some_and(|t| now.duration_since(t) >= DEBOUNCE);
+            if hup.swap(false, Ordering::SeqCst) || file_settled {
+                changed_at = None;
+                let c = cp.clone();
+                // Compiling a large config takes milliseconds: off the runtime's thread.
+                let _ = tokio::task::spawn_blocking(move || c.reload_file()).await;
+            }
+            cp.release_retired();
+            if now >= next_summary {
+                next_summary += SUMMARY_EVERY;
+                let snaps = cp.snapshots();
+                let owned: Vec<Snapshot> = snaps.iter().map(|s| (**s).clone()).collect();
+                let t = worker::total(&owned);
+                tracing::debug!(
+                    generation = cp.table().load().generation,
+                    rx = t.rx_packets,
+                    tx = t.tx_packets,
+                    to_host = t.to_host,
+                    flows = snaps.iter().map(|s| s.flows).sum::<usize>(),
+                    "counters"
+                );
+            }
+        }
+    });
     tracing::info!("signal received; stopping the workers");
+    let handles = cp.detach_workers();
     for h in &handles {
         h.stop();
     }
@@ -294,7 +362,7 @@ fn control_loop(
             Err(e) => tracing::error!(worker = id, error = %e, "worker did not stop cleanly"),
         }
     }
-    finals
+    Ok(finals)
 }
 
 fn log_served(table: &RoutingTable) {
