@@ -244,6 +244,12 @@ impl ControlPlane {
         result
     }
 
+    /// Compiles `cfg` as a reload would, without swapping (benchmarks measure compile time).
+    pub fn compile_probe(&self, cfg: &Config) -> Result<(), String> {
+        let mut inner = self.lock();
+        inner.next_table(cfg).map(drop)
+    }
+
     /// Rebuilds the table from the serving config (after a health or override change).
     pub fn rebuild(&self) -> Result<u64, String> {
         let mut inner = self.lock();

@@ -1,0 +1,109 @@
+//! Reload-to-all-workers latency: from the reload call (what SIGHUP or a file change triggers)
+//! until every worker serves the new generation, for 1 service and for 1000 services x 10
+//! backends. Two worker threads on in-memory ports, adaptive idle (they sleep when idle, as an
+//! idle balancer does). Each reload changes one backend's weight in one service, the common edit.
+//!
+//! `cargo bench -p controlplane --bench reload` prints p50/p99/max per size.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use controlplane::config;
+use controlplane::reload::{self, ControlPlane};
+use dataplane::port::mem::MemPort;
+use dataplane::port::Port;
+use dataplane::worker::{self, WorkerConfig};
+
+/// A config of `services` services, each with `backends` fullnat backends; `bump` sets the
+/// weight of the first backend of service `bump % services`.
+fn config_text(services: usize, backends: usize, bump: usize) -> String {
+    let mut s = String::from(
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\naddresses = [\"198.18.0.1\"]\n\
+         gateway_mac = \"02:00:00:00:00:fe\"\nworkers = 2\n",
+    );
+    for i in 0..services {
+        let vip = format!("198.19.{}.{}", i / 250, i % 250 + 1);
+        let _ = write!(
+            s,
+            "\n[[services]]\nname = \"svc{i}\"\nvip = \"{vip}\"\nports = [\"80\"]\nprotocol = \"tcp\"\n\
+             \n[[services.pools]]\nname = \"pods\"\nmode = \"fullnat\"\nsnat = [\"198.18.0.2\"]\nbackends = [\n"
+        );
+        for b in 0..backends {
+            let weight = if i == bump % services && b == 0 { 2 + bump % 7 } else { 1 };
+            let _ = writeln!(
+                s,
+                "  {{ addr = \"198.18.{}.{}\", port = 8080, weight = {weight} }},",
+                16 + b,
+                i % 250 + 1
+            );
+        }
+        s.push_str("]\n");
+    }
+    s
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn measure(services: usize, backends: usize, reloads: usize) {
+    let dir = std::env::temp_dir().join(format!("lb-bench-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path: PathBuf = dir.join("lb.toml");
+    std::fs::write(&path, config_text(services, backends, 0)).unwrap();
+    let started = Instant::now();
+    let cfg = config::load(&path).unwrap();
+    let (cp, start) = ControlPlane::new(&path, cfg, Box::new(reload::load_file)).unwrap();
+    let first = started.elapsed();
+    let ports: Vec<Box<dyn Port>> = (0..start.workers)
+        .map(|_| Box::new(MemPort::new()) as Box<dyn Port>)
+        .collect();
+    let handles =
+        worker::spawn_workers(ports, cp.table(), WorkerConfig::new(start.conntrack)).unwrap();
+    cp.attach_workers(handles);
+
+    let mut lat = Vec::with_capacity(reloads);
+    for r in 1..=reloads {
+        std::fs::write(&path, config_text(services, backends, r)).unwrap();
+        let t0 = Instant::now();
+        let g = cp.reload_file().expect("reload");
+        cp.wait_adopted(g, Duration::from_secs(10))
+            .expect("workers adopt the new generation");
+        lat.push(t0.elapsed());
+        cp.release_retired();
+    }
+    lat.sort();
+    // Where the time goes: parsing the file, and compiling it with warm Maglev tables.
+    let t = Instant::now();
+    let cfg = config::load(&path).unwrap();
+    let parse = t.elapsed();
+    let t = Instant::now();
+    cp.compile_probe(&cfg).unwrap();
+    let compile = t.elapsed();
+    println!(
+        "  parse {:.1} ms, compile (warm Maglev cache) {:.1} ms",
+        parse.as_secs_f64() * 1e3,
+        compile.as_secs_f64() * 1e3
+    );
+    println!(
+        "reload {services} services x {backends} backends: first compile {:.1} ms; {reloads} reloads: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        first.as_secs_f64() * 1e3,
+        percentile(&lat, 0.5).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        lat[lat.len() - 1].as_secs_f64() * 1e3,
+    );
+    for h in cp.detach_workers() {
+        h.join().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this with no args: keep it short.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = if quick { 3 } else { 100 };
+    measure(1, 10, n);
+    measure(1000, 10, if quick { 2 } else { n });
+}
