@@ -30,7 +30,11 @@ fn config_text(services: usize, backends: usize, bump: usize) -> String {
              \n[[services.pools]]\nname = \"pods\"\nmode = \"fullnat\"\nsnat = [\"198.18.0.2\"]\nbackends = [\n"
         );
         for b in 0..backends {
-            let weight = if i == bump % services && b == 0 { 2 + bump % 7 } else { 1 };
+            let weight = if i == bump % services && b == 0 {
+                2 + bump % 7
+            } else {
+                1
+            };
             let _ = writeln!(
                 s,
                 "  {{ addr = \"198.18.{}.{}\", port = 8080, weight = {weight} }},",

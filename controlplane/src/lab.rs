@@ -662,6 +662,22 @@ impl Lab {
 
     fn start_backends(&mut self) -> Result<(), LabError> {
         for b in &BACKENDS {
+            self.start_backend(b.name)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the named backend's servers (a crashed pod, for health-check tests); `false` if it
+    /// was not running.
+    pub fn stop_backend(&mut self, name: &str) -> bool {
+        let before = self.procs.len();
+        self.procs.retain(|p| p.what != name);
+        before != self.procs.len()
+    }
+
+    /// Starts the named backend's servers (and a VM's decap agent) and waits until they serve.
+    pub fn start_backend(&mut self, name: &str) -> Result<(), LabError> {
+        for b in BACKENDS.iter().filter(|b| b.name == name) {
             let ns = self.ns_name(b.tag);
             let mut args = vec!["lab-backend".to_owned(), "--name".into(), b.name.into()];
             for p in HTTP_PORTS {
@@ -673,7 +689,7 @@ impl Lab {
             let mut p = Proc::spawn(b.name, &ns, &self.lb_bin, &args, &self.dir, true)?;
             p.wait_ready(Duration::from_secs(10))?;
             self.procs.push(p);
-            if b.vm {
+            if b.vm && !self.procs.iter().any(|p| p.what.ends_with("-decap")) {
                 let args = ["lab-decap", "--dev", "eth0"].map(String::from);
                 let what = format!("{}-decap", b.name);
                 let mut p = Proc::spawn(&what, &ns, &self.lb_bin, &args, &self.dir, true)?;
@@ -722,6 +738,26 @@ impl Lab {
             status,
             output: std::fs::read_to_string(&p.log).unwrap_or_default(),
         })
+    }
+
+    /// Sends `signal` (a name like `HUP`) to the balancer; `false` when it is not running.
+    pub fn signal_lb(&self, signal: &str) -> bool {
+        let Some(p) = &self.lb else {
+            return false;
+        };
+        Command::new("kill")
+            .args([format!("-{signal}"), p.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// What the balancer has logged so far.
+    pub fn lb_log(&self) -> String {
+        self.lb
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(&p.log).ok())
+            .unwrap_or_default()
     }
 
     /// Whether the balancer process is still running.

@@ -1,0 +1,282 @@
+//! Reloads of a running `lb run` in the namespace lab (root only): established TCP connections
+//! and a UDP flow keep working, on the same backend, through a hundred table swaps; a broken
+//! file in between changes nothing.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use controlplane::lab::{self, Lab, LabOptions};
+
+/// One lab at a time: the tests share the machine's two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The lab's config; `variant` changes weights and adds a service, so each reload really swaps a
+/// different table.
+fn config(variant: usize) -> String {
+    let weight_a = 1 + variant % 3;
+    let extra = if variant % 2 == 1 {
+        r#"
+[[services]]
+name = "extra"
+vip = "198.18.0.103"
+ports = ["81"]
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "fullnat"
+snat = ["198.18.0.2"]
+backends = [{ addr = "198.18.1.10", port = 8080 }]
+"#
+    } else {
+        ""
+    };
+    format!(
+        r#"[dataplane]
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.1", "2001:db8::1"]
+gateway_mac = "02:00:00:00:00:fe"
+port = "tap"
+interface = "lb0"
+workers = 2
+
+[admin]
+enabled = false
+
+[[neighbors]]
+ip = "198.18.1.10"
+mac = "02:00:00:00:01:0a"
+[[neighbors]]
+ip = "198.18.1.11"
+mac = "02:00:00:00:01:0b"
+
+[[services]]
+name = "web"
+vip = "198.18.0.100"
+ports = ["80"]
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "fullnat"
+snat = ["198.18.0.2"]
+backends = [
+  {{ addr = "198.18.1.10", port = 8080, weight = {weight_a} }},
+  {{ addr = "198.18.1.11", port = 8080 }},
+]
+
+[[services]]
+name = "echo"
+vip = "198.18.0.100"
+ports = ["7"]
+protocol = "udp"
+[[services.pools]]
+name = "pods"
+mode = "nat"
+backends = [{{ addr = "198.18.1.10", port = 7 }}, {{ addr = "198.18.1.11", port = 7 }}]
+{extra}"#
+    )
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn reloads_logged(lab: &Lab) -> usize {
+    lab.lb_log().matches("configuration reloaded").count()
+}
+
+fn rejections_logged(lab: &Lab) -> usize {
+    lab.lb_log().matches("reload rejected").count()
+}
+
+/// Waits until `f` holds, up to `timeout`.
+fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+#[derive(Default)]
+struct Traffic {
+    tcp_requests: AtomicU64,
+    tcp_errors: Mutex<Vec<String>>,
+    udp_sent: AtomicU64,
+    udp_answered: AtomicU64,
+}
+
+#[test]
+fn a_hundred_reloads_under_traffic_lose_no_connection_and_no_packet() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!("lbreload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir(dir);
+    let path = dir.0.join("lb.toml");
+    std::fs::write(&path, config(0)).unwrap();
+    let mut lab = Lab::up(&LabOptions {
+        prefix: "lbtrl".into(),
+        lb_bin: PathBuf::from(env!("CARGO_BIN_EXE_lb")),
+        config: path.clone(),
+    })
+    .unwrap();
+    lab.start_lb(Duration::from_secs(15)).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = Arc::new(Traffic::default());
+    let web: SocketAddr = "198.18.0.100:80".parse().unwrap();
+    let echo: SocketAddr = "198.18.0.100:7".parse().unwrap();
+    let client = lab.client().unwrap();
+    let during = std::thread::scope(|scope| {
+        let mut threads = Vec::new();
+        // Six keep-alive connections from different client addresses (so both backends and both
+        // workers carry some), each asking in a loop; every answer must name its first backend.
+        for i in 0..6u8 {
+            let (stop, traffic) = (stop.clone(), traffic.clone());
+            threads.push(scope.spawn(move || {
+                client
+                    .enter_on_thread(|| {
+                        let src = Some(IpAddr::V4(lab::client_v4(i)));
+                        let mut conn = match lab::KeepAlive::connect(src, web, lab::REQUEST_TIMEOUT)
+                        {
+                            Ok(c) => c,
+                            Err(e) => {
+                                traffic
+                                    .tcp_errors
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("connect {i}: {e}"));
+                                return;
+                            }
+                        };
+                        let mut first: Option<String> = None;
+                        while !stop.load(Ordering::Relaxed) {
+                            match conn.get() {
+                                Ok(name) => {
+                                    traffic.tcp_requests.fetch_add(1, Ordering::Relaxed);
+                                    let f = first.get_or_insert_with(|| name.clone());
+                                    if *f != name {
+                                        traffic.tcp_errors.lock().unwrap().push(format!(
+                                            "connection {i} moved from {f} to {name}"
+                                        ));
+                                    }
+                                }
+                                Err(e) => {
+                                    traffic
+                                        .tcp_errors
+                                        .lock()
+                                        .unwrap()
+                                        .push(format!("connection {i}: {e}"));
+                                    return;
+                                }
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    })
+                    .unwrap();
+            }));
+        }
+        // One UDP flow (a fixed source port): each datagram waits for its echo.
+        {
+            let (stop, traffic) = (stop.clone(), traffic.clone());
+            threads.push(scope.spawn(move || {
+                client
+                    .enter_on_thread(|| {
+                        let sock = UdpSocket::bind((lab::client_v4(9), 0)).unwrap();
+                        sock.connect(echo).unwrap();
+                        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                        let mut buf = [0u8; 1500];
+                        let mut seq = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            seq += 1;
+                            let msg = format!("seq {seq}");
+                            if sock.send(msg.as_bytes()).is_err() {
+                                continue;
+                            }
+                            traffic.udp_sent.fetch_add(1, Ordering::Relaxed);
+                            if sock.recv(&mut buf).is_ok() {
+                                traffic.udp_answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    })
+                    .unwrap();
+            }));
+        }
+
+        // Let the flows establish, then reload a hundred times, each time a different table, with
+        // a broken file every 25 reloads.
+        assert!(wait_for(Duration::from_secs(5), || traffic
+            .tcp_requests
+            .load(Ordering::Relaxed)
+            >= 12));
+        let start_requests = traffic.tcp_requests.load(Ordering::Relaxed);
+        let mut rejected = 0;
+        for i in 1..=100 {
+            if i % 25 == 0 {
+                std::fs::write(&path, "[dataplane\nbroken = \n").unwrap();
+                assert!(lab.signal_lb("HUP"));
+                rejected += 1;
+                assert!(
+                    wait_for(Duration::from_secs(5), || rejections_logged(&lab)
+                        >= rejected),
+                    "broken file {rejected} not rejected:\n{}",
+                    lab.lb_log()
+                );
+            }
+            std::fs::write(&path, config(i)).unwrap();
+            assert!(lab.signal_lb("HUP"), "lb is not running");
+            assert!(
+                wait_for(Duration::from_secs(5), || reloads_logged(&lab) >= i),
+                "reload {i} not logged:\n{}",
+                lab.lb_log()
+            );
+        }
+        let during = traffic.tcp_requests.load(Ordering::Relaxed) - start_requests;
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        during
+    });
+
+    let errors = traffic.tcp_errors.lock().unwrap().clone();
+    let (sent, answered) = (
+        traffic.udp_sent.load(Ordering::Relaxed),
+        traffic.udp_answered.load(Ordering::Relaxed),
+    );
+    let log = lab.lb_log();
+    eprintln!(
+        "reloads: {} ok, {} rejected; tcp requests during reloads: {during}; udp {answered}/{sent}",
+        reloads_logged(&lab),
+        rejections_logged(&lab)
+    );
+    assert!(errors.is_empty(), "broken connections: {errors:#?}");
+    assert_eq!(answered, sent, "UDP datagrams of an established flow lost");
+    assert!(
+        during >= 60,
+        "too little traffic during the reloads: {during}"
+    );
+    assert!(sent >= 30, "too little UDP traffic: {sent}");
+    assert_eq!(rejections_logged(&lab), 4, "{log}");
+    assert!(log.contains("generation=101"), "{log}");
+    assert!(lab.lb_running(), "lb exited during the test");
+}
