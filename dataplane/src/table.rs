@@ -161,11 +161,12 @@ impl MaglevCache {
         keys: Vec<MaglevBackend>,
         size: usize,
     ) -> Result<Arc<Maglev>, MaglevError> {
-        if let Some(t) = self.tables.get(&(keys.clone(), size)) {
+        let key = (keys, size);
+        if let Some(t) = self.tables.get(&key) {
             return Ok(t.clone());
         }
-        let t = Arc::new(maglev::build(&keys, size)?);
-        self.tables.insert((keys, size), t.clone());
+        let t = Arc::new(maglev::build(&key.0, size)?);
+        self.tables.insert(key, t.clone());
         Ok(t)
     }
 
