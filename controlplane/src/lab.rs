@@ -10,6 +10,8 @@
 //!   pod-a     pod-b      vm-a: 198.18.2.10, VIPs on lo, `lb lab-decap` (IP-in-IP, see [`decap`])
 //!   198.18.1.10/11, default route via the balancer (198.18.0.1 / 2001:db8::1), so nat replies
 //!   return through it; MACs are the [[neighbors]] of lb.toml.
+//!   br0 itself has 198.18.255.1/16: the balancer host's kernel address, where health checks
+//!   come from (on-link for the backends, so their answers never touch the dataplane).
 //! ```
 //!
 //! With `port = "af_packet"` or `"af_xdp"` the balancer's interface is instead one end of a veth
@@ -45,6 +47,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 pub const LB_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The balancer's own IPv6 address in the lab.
 pub const LB_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// The balancer host kernel's address on the backends' segment (the source of health checks).
+pub const HOST_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 1);
 /// Number of client addresses of each family (sources rotate over them, so `client-ip` affinity
 /// still shows a spread).
 pub const CLIENT_ADDRS: u8 = 16;
@@ -514,6 +518,12 @@ impl Lab {
             ],
         )?;
         in_ns(&lb, &["link", "set", "br0", "up"])?;
+        // The balancer host's own kernel address on the segment: health checks (and anything
+        // else the control plane sends) leave from here, not through the dataplane.
+        in_ns(
+            &lb,
+            &["addr", "add", &format!("{HOST_V4}/16"), "dev", "br0"],
+        )?;
         if port_kind == "tap" {
             // A persistent multi-queue TAP, so it is on the bridge before `lb run` attaches.
             in_ns(
