@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod config;
+pub mod health;
 pub mod lab;
 pub mod reload;
 pub mod sim;
