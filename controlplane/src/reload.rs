@@ -21,6 +21,7 @@ use dataplane::RoutingTable;
 
 use crate::compile::{compile_with, Compiled, Context, StatSlots};
 use crate::config::{self, AllDown, BackendKind, Config};
+use crate::health::PassiveSample;
 use crate::state::{
     effective_weight, AdminState, BackendKey, BackendStatus, Control, Health, Observation, OpError,
     Override, ReloadStatus, ServiceStatus,
@@ -244,6 +245,34 @@ impl ControlPlane {
         result
     }
 
+    /// Per-backend passive signals (resets, unanswered SYNs) summed over the workers, for the
+    /// backends whose service has passive ejection.
+    pub fn passive_samples(&self) -> HashMap<BackendKey, PassiveSample> {
+        let snaps = self.snapshots();
+        let inner = self.lock();
+        let mut out = HashMap::new();
+        for s in inner.config.services.iter().filter(|s| s.passive.is_some()) {
+            for b in s.pools.iter().flat_map(|p| &p.backends) {
+                let key = BackendKey {
+                    service: s.name.clone(),
+                    addr: b.addr,
+                    port: b.port.unwrap_or(0),
+                };
+                let Some(slot) = inner.slots.backend_slot(&key) else {
+                    continue;
+                };
+                let mut sample = PassiveSample::default();
+                for snap in &snaps {
+                    if let Some(c) = snap.counters.backends.get(slot as usize) {
+                        sample.add(c);
+                    }
+                }
+                out.insert(key, sample);
+            }
+        }
+        out
+    }
+
     /// Compiles `cfg` as a reload would, without swapping (benchmarks measure compile time).
     pub fn compile_probe(&self, cfg: &Config) -> Result<(), String> {
         let mut inner = self.lock();
@@ -258,10 +287,15 @@ impl ControlPlane {
         Ok(self.swap(&mut inner, table))
     }
 
-    /// Applies health results; rebuilds the table when a backend's health changed.
-    pub fn set_health(&self, health: HashMap<BackendKey, Health>, transitions: u64) -> Option<u64> {
+    /// Applies health results (and the checker's running count of transitions); rebuilds the
+    /// table when a backend's health changed.
+    pub fn set_health(
+        &self,
+        health: HashMap<BackendKey, Health>,
+        transitions_total: u64,
+    ) -> Option<u64> {
         let mut inner = self.lock();
-        inner.health_transitions += transitions;
+        inner.health_transitions = transitions_total;
         if inner.health == health {
             return None;
         }

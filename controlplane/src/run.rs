@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use controlplane::compile::RunSettings;
 use controlplane::config::{Config, IdleMode, PortKind, XdpMode};
+use controlplane::health::{self, Checker, Transition};
 use controlplane::reload::{self, ControlPlane};
 use dataplane::port::af_packet::AfPacketPort;
 use dataplane::port::af_xdp::{AfXdpOptions, AfXdpPort, AttachMode};
@@ -201,6 +202,9 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 /// How often the control thread looks at its flags (stop, SIGHUP, file changes).
 const TICK: Duration = Duration::from_millis(50);
 
+/// How often passive health signals (resets, unanswered SYNs) are read from the workers.
+const PASSIVE_EVERY: Duration = Duration::from_secs(1);
+
 /// A changed file is reloaded once it has been quiet this long (editors write in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
@@ -315,9 +319,26 @@ fn control_thread(
         .build()?;
     let dirty = Arc::new(AtomicBool::new(false));
     let _watcher = watch_file(cp.path(), dirty.clone());
+    // Health transitions are logged as they happen; the table is rebuilt on the next tick.
+    let health_changed = Arc::new(AtomicBool::new(false));
+    let checker = {
+        let changed = health_changed.clone();
+        Checker::new(rt.handle().clone(), move |transitions: Vec<Transition>| {
+            for t in &transitions {
+                if t.new.serves() {
+                    tracing::info!(backend = %t.key, from = ?t.old, to = ?t.new, "backend up");
+                } else {
+                    tracing::warn!(backend = %t.key, from = ?t.old, to = ?t.new, "backend down");
+                }
+            }
+            changed.store(true, Ordering::SeqCst);
+        })
+    };
+    checker.set_targets(health::targets(&cp.config()));
     rt.block_on(async {
         let mut tick = tokio::time::interval(TICK);
         let mut next_summary = Instant::now() + SUMMARY_EVERY;
+        let mut next_passive = Instant::now();
         let mut changed_at: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
@@ -330,7 +351,23 @@ fn control_thread(
                 changed_at = None;
                 let c = cp.clone();
                 // Compiling a large config takes milliseconds: off the runtime's thread.
-                let _ = tokio::task::spawn_blocking(move || c.reload_file()).await;
+                let reloaded = tokio::task::spawn_blocking(move || c.reload_file()).await;
+                if matches!(reloaded, Ok(Ok(_))) {
+                    checker.set_targets(health::targets(&cp.config()));
+                }
+            }
+            if now >= next_passive {
+                next_passive = now + PASSIVE_EVERY;
+                checker.passive_tick(now, &cp.passive_samples());
+            }
+            if health_changed.swap(false, Ordering::SeqCst) {
+                let c = cp.clone();
+                let (snap, total) = (checker.snapshot(), checker.transitions_total());
+                if let Ok(Some(g)) =
+                    tokio::task::spawn_blocking(move || c.set_health(snap, total)).await
+                {
+                    tracing::info!(generation = g, "table rebuilt after a health change");
+                }
             }
             cp.release_retired();
             if now >= next_summary {
@@ -349,6 +386,7 @@ fn control_thread(
             }
         }
     });
+    checker.stop();
     tracing::info!("signal received; stopping the workers");
     let handles = cp.detach_workers();
     for h in &handles {

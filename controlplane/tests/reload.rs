@@ -221,10 +221,10 @@ fn down_backends_leave_the_table_and_all_down_follows_the_policy() {
         assert_eq!(w.get("198.18.1.10"), None);
         assert_eq!(w.len(), 2);
         // The same health again rebuilds nothing.
-        assert!(cp.set_health(h, 0).is_none());
+        assert!(cp.set_health(h, 1).is_none());
 
         let all: HashMap<_, _> = [10, 11, 12].map(|l| (key(l), down("timeout"))).into();
-        cp.set_health(all, 2);
+        cp.set_health(all, 3);
         assert_eq!(
             weights(&serving(&cp)).len(),
             expect_all_down,

@@ -2,6 +2,7 @@
 //! and a UDP flow keep working, on the same backend, through a hundred table swaps; a broken
 //! file in between changes nothing.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -21,6 +22,11 @@ fn is_root() -> bool {
 /// The lab's config; `variant` changes weights and adds a service, so each reload really swaps a
 /// different table.
 fn config(variant: usize) -> String {
+    config_with(variant, "")
+}
+
+/// [`config`] with extra keys for the web service (health checks).
+fn config_with(variant: usize, web_extra: &str) -> String {
     let weight_a = 1 + variant % 3;
     let extra = if variant % 2 == 1 {
         r#"
@@ -70,6 +76,7 @@ backends = [
   {{ addr = "198.18.1.10", port = 8080, weight = {weight_a} }},
   {{ addr = "198.18.1.11", port = 8080 }},
 ]
+{web_extra}
 
 [[services]]
 name = "echo"
@@ -85,6 +92,23 @@ backends = [{{ addr = "198.18.1.10", port = 7 }}, {{ addr = "198.18.1.11", port 
 }
 
 struct TempDir(PathBuf);
+
+/// A lab running `lb run` on `body`; the config file's path comes back for rewriting.
+fn lab_with(tag: &str, body: &str) -> (Lab, TempDir, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("lb{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir(dir);
+    let path = dir.0.join("lb.toml");
+    std::fs::write(&path, body).unwrap();
+    let mut lab = Lab::up(&LabOptions {
+        prefix: format!("lbt{tag}"),
+        lb_bin: PathBuf::from(env!("CARGO_BIN_EXE_lb")),
+        config: path.clone(),
+    })
+    .unwrap();
+    lab.start_lb(Duration::from_secs(15)).unwrap();
+    (lab, dir, path)
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -127,18 +151,7 @@ fn a_hundred_reloads_under_traffic_lose_no_connection_and_no_packet() {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = std::env::temp_dir().join(format!("lbreload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir = TempDir(dir);
-    let path = dir.0.join("lb.toml");
-    std::fs::write(&path, config(0)).unwrap();
-    let mut lab = Lab::up(&LabOptions {
-        prefix: "lbtrl".into(),
-        lb_bin: PathBuf::from(env!("CARGO_BIN_EXE_lb")),
-        config: path.clone(),
-    })
-    .unwrap();
-    lab.start_lb(Duration::from_secs(15)).unwrap();
+    let (mut lab, _dir, path) = lab_with("rl", &config(0));
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = Arc::new(Traffic::default());
@@ -278,5 +291,93 @@ fn a_hundred_reloads_under_traffic_lose_no_connection_and_no_packet() {
     assert!(sent >= 30, "too little UDP traffic: {sent}");
     assert_eq!(rejections_logged(&lab), 4, "{log}");
     assert!(log.contains("generation=101"), "{log}");
+    assert!(lab.lb_running(), "lb exited during the test");
+}
+
+/// New connections from rotating client addresses; the names that answered (failures count as
+/// "(failed)").
+fn spread(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
+    let web: SocketAddr = "198.18.0.100:80".parse().unwrap();
+    lab.client()
+        .unwrap()
+        .enter_on_thread(|| {
+            let mut out = BTreeMap::new();
+            for i in 0..n {
+                let src = Some(IpAddr::V4(lab::client_v4((i % 16) as u8)));
+                let name = lab::http_get(src, web, Duration::from_millis(500))
+                    .unwrap_or_else(|_| "(failed)".into());
+                *out.entry(name).or_insert(0) += 1;
+            }
+            out
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_killed_backend_is_ejected_within_fall_intervals_and_comes_back() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // interval 200 ms, fall 2, rise 2: down within about 0.4 s, back within about 0.4 s.
+    let check = "[services.health_check]\nkind = \"http\"\npath = \"/\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\njitter = \"20ms\"\n";
+    let (mut lab, _dir, _path) = lab_with("hc", &config_with(0, check));
+    let both = spread(&lab, 24);
+    assert_eq!(
+        both.keys().collect::<Vec<_>>(),
+        ["pod-a", "pod-b"],
+        "{both:?}"
+    );
+
+    // The swap that takes it out is logged after the transition.
+    let rebuilt = |lab: &Lab| {
+        lab.lb_log()
+            .matches("rebuilt after a health change")
+            .count()
+    };
+    let before = rebuilt(&lab);
+    assert!(lab.stop_backend("pod-a"));
+    let killed = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(3), || lab
+            .lb_log()
+            .contains("backend down")
+            && rebuilt(&lab) > before),
+        "pod-a was not ejected:\n{}",
+        lab.lb_log()
+    );
+    let ejected_after = killed.elapsed();
+    // fall x interval is 0.4 s; allow for jitter, the probe timeout and a loaded machine.
+    assert!(
+        ejected_after < Duration::from_millis(1500),
+        "ejected after {ejected_after:?}"
+    );
+    let log = lab.lb_log();
+    assert!(log.contains("web/198.18.1.10:8080"), "{log}");
+    // Every new connection now goes to pod-b (none fails: nothing is sent to the dead pod).
+    let after = spread(&lab, 24);
+    assert_eq!(after.get("pod-b"), Some(&24), "{after:?}\n{}", lab.lb_log());
+
+    let before = rebuilt(&lab);
+    lab.start_backend("pod-a").unwrap();
+    let restarted = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(3), || rebuilt(&lab) > before),
+        "pod-a did not come back:\n{}",
+        lab.lb_log()
+    );
+    let back_after = restarted.elapsed();
+    assert!(
+        back_after < Duration::from_millis(1500),
+        "back after {back_after:?}"
+    );
+    let again = spread(&lab, 24);
+    assert_eq!(
+        again.keys().collect::<Vec<_>>(),
+        ["pod-a", "pod-b"],
+        "{again:?}"
+    );
+    eprintln!("ejected after {ejected_after:?}, back after {back_after:?}");
     assert!(lab.lb_running(), "lb exited during the test");
 }
