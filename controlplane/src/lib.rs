@@ -3,9 +3,11 @@
 
 pub mod compile;
 pub mod config;
+pub mod diag;
 pub mod lab;
 pub mod sim;
 pub mod state;
 
 pub use compile::{compile, CompileError, Compiled};
 pub use config::{load, Config, ConfigError};
+pub use diag::{ConfigReport, Problem};
