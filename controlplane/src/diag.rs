@@ -219,21 +219,30 @@ impl fmt::Display for ConfigReport {
 /// config and the text (for [`ConfigReport::from_compile`] later). Rules that need the whole config
 /// are checked by [`crate::compile::compile_with`], which calls [`Config::validate`].
 pub fn load_checked(path: &Path) -> Result<(Config, String), ConfigReport> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read(path)?;
+    let cfg = parse_checked(&text, path)?;
+    Ok((cfg, text))
+}
+
+fn read(path: &Path) -> Result<String, ConfigReport> {
+    std::fs::read_to_string(path).map_err(|e| {
         let mut r = ConfigReport::empty(path, "");
         r.push_span(None, format!("cannot read the file: {e}"), None);
         r
-    })?;
-    let cfg = parse_checked(&text, path)?;
-    Ok((cfg, text))
+    })
 }
 
 /// Reads, parses and compiles (generation 1) the file at `path`, every problem placed: what `lb
 /// check` and `lb run` do before serving.
 pub fn check_file(path: &Path) -> Result<(Config, Compiled), ConfigReport> {
-    let (cfg, text) = load_checked(path)?;
-    let compiled = crate::compile::compile(&cfg, 1)
-        .map_err(|e| ConfigReport::from_compile(path, &text, &e))?;
+    check_str(&read(path)?, path)
+}
+
+/// [`check_file`] for text already read; `path` only names the file.
+pub fn check_str(text: &str, path: &Path) -> Result<(Config, Compiled), ConfigReport> {
+    let cfg = parse_checked(text, path)?;
+    let compiled =
+        crate::compile::compile(&cfg, 1).map_err(|e| ConfigReport::from_compile(path, text, &e))?;
     Ok((cfg, compiled))
 }
 
