@@ -354,7 +354,7 @@ fn pool_and_backend_rules() {
         &svc(
             "",
             NAT,
-            &format!("[[services.pools]]\nname = @@\"p\"\nmode = \"nat\"\n"),
+            "[[services.pools]]\nname = @@\"p\"\nmode = \"nat\"\n",
         ),
         &["pool name used twice"],
     );
