@@ -662,3 +662,32 @@ fn a_missing_file_is_named() {
     );
     assert!(r.render().ends_with("1 error\n"));
 }
+
+#[test]
+fn the_shipped_config_passes_with_its_commented_examples_enabled() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../lb.toml"));
+    let text = std::fs::read_to_string(path).unwrap();
+    if let Err(r) = diag::check_str(&text, path) {
+        panic!("{}", r.render());
+    }
+    // `# key = value` and `# [table]` lines are examples: uncommented, they must be valid too.
+    let mut enabled = 0;
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            let rest = l.strip_prefix("# ").unwrap_or("");
+            let key = rest.split_once(" = ").map_or("", |(k, _)| k);
+            let is_key = !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            if is_key || rest.starts_with('[') {
+                enabled += 1;
+                format!("{rest}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert!(enabled >= 20, "{enabled} examples found");
+    if let Err(r) = diag::check_str(&uncommented, path) {
+        panic!("{}\n{uncommented}", r.render());
+    }
+}
