@@ -1475,6 +1475,42 @@ mode = "dsr"
     }
 
     #[test]
+    fn suggested_table_sizes_are_primes_the_table_accepts() {
+        for p in SUITABLE_TABLE_SIZES {
+            assert!(dataplane::maglev::is_valid_table_size(p), "{p}");
+        }
+        assert!(SUITABLE_TABLE_SIZES.contains(&dataplane::maglev::DEFAULT_TABLE_SIZE));
+        // 30 backends need 300 slots: the list starts at the first prime above.
+        assert!(table_size_hint(30).starts_with("a prime of at least 300: 509, 1021,"));
+        assert!(table_size_hint(1_000_000).starts_with("a prime of at least 10000000 (the default"));
+    }
+
+    #[test]
+    fn log_levels_are_filters_and_bare_words_are_levels() {
+        for good in [
+            "info",
+            "WARN",
+            "warn,controlplane=debug",
+            "dataplane",
+            "lb::run=trace",
+        ] {
+            assert_eq!(check_log_level(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            "  ",
+            "inof",
+            "verbose",
+            "controlplane=loud",
+            "warn,,debgu",
+        ] {
+            let p = check_log_level(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(p.path, "logging.level");
+            assert!(p.hint.is_some());
+        }
+    }
+
+    #[test]
     fn missing_file_names_the_path() {
         let err = load(Path::new("/nonexistent/lb.toml")).unwrap_err();
         assert!(

@@ -594,4 +594,25 @@ mod tests {
         assert!(shown.contains("hint: 576-9216"), "{shown}");
         assert!(shown.ends_with("3 errors\n"), "{shown}");
     }
+
+    #[test]
+    fn every_prefix_of_the_shipped_config_is_reported_without_a_panic() {
+        let text = include_str!("../../lb.toml");
+        let mut refused = 0;
+        for end in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+            let cut = &text[..end];
+            if let Err(r) = check_str(cut, Path::new("lb.toml")) {
+                refused += 1;
+                let shown = r.render();
+                assert!(shown.ends_with(" error\n") || shown.ends_with(" errors\n"));
+                for d in &r.diagnostics {
+                    let span = d.span.clone().expect("every problem in a text has a place");
+                    assert!(span.end <= cut.len(), "{span:?} past {end}");
+                }
+            }
+        }
+        // Cuts inside comments or after a complete key leave a valid file; the others are refused.
+        assert!(refused > 1000, "{refused}");
+        assert!(check_str(text, Path::new("lb.toml")).is_ok());
+    }
 }
