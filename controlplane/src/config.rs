@@ -1,7 +1,9 @@
 //! The lb.toml schema: serde structs with defaults, and loading with `file:line:column` errors.
 //!
-//! Parsing checks shapes and value syntax (addresses, MACs, port ranges, durations); rules that span
-//! several fields (address families, neighbors, SNAT addresses) are checked by [`crate::compile`].
+//! Parsing checks shapes and value syntax (addresses, MACs, port ranges, durations);
+//! [`Config::validate`] checks ranges and the keys of one section together (health checks, table
+//! sizes, logging); rules that span the config (address families, neighbors, SNAT addresses) are
+//! checked by [`crate::compile`]. [`crate::diag`] places every problem at `file:line:column`.
 
 use std::fmt;
 use std::net::IpAddr;
