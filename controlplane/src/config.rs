@@ -3,7 +3,7 @@
 //! Parsing checks shapes and value syntax (addresses, MACs, port ranges, durations);
 //! [`Config::validate`] checks ranges and the keys of one section together (health checks, table
 //! sizes, logging); rules that span the config (address families, neighbors, SNAT addresses) are
-//! checked by [`crate::compile`]. [`crate::diag`] places every problem at `file:line:column`.
+//! checked by [`crate::compile()`]. [`crate::diag`] places every problem at `file:line:column`.
 
 use std::fmt;
 use std::net::IpAddr;

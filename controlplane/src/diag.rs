@@ -1,6 +1,6 @@
 //! Config problems placed in lb.toml: `file:line:column`, a source snippet and a hint.
 //!
-//! Rules that [`crate::compile`] and [`Config::validate`] check report a [`Problem`] whose `path`
+//! Rules that [`crate::compile()`] and [`Config::validate`] check report a [`Problem`] whose `path`
 //! names the offending key (`services[0].pools[1].backends[2].addr`). This module parses the text a
 //! second time into toml's spanned document and resolves each path to the nearest existing span (a
 //! missing key points at its table header), so the serde types stay free of spans.
