@@ -13,6 +13,7 @@ use dataplane::table::{self, Local, MaglevCache, ServiceSpec};
 use dataplane::RoutingTable;
 
 use crate::config::{self, Config, MacAddr};
+use crate::diag::Problem;
 use crate::state::BackendKey;
 
 /// What `compile()` produces: the routing table and the per-worker settings that go with it.
@@ -46,13 +47,28 @@ pub struct RunSettings {
 /// Longest interface name Linux accepts (IFNAMSIZ less the terminating NUL).
 const IFNAME_MAX: usize = 15;
 
-/// Every problem found in a config, each naming the service, pool or backend at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", problems.join("\n"))]
+/// Every problem found in a config, each naming the service, pool or backend at fault and the key
+/// path of the offending value ([`crate::diag`] turns paths into `file:line:column`). `Display`
+/// lists them one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompileError {
-    /// One message per problem, in config order.
-    pub problems: Vec<String>,
+    /// One per problem, in the order checked.
+    pub problems: Vec<Problem>,
 }
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CompileError {}
 
 /// Smallest and largest MTU we accept: IPv4's minimum datagram and the jumbo frames the ports carry.
 const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9216;
@@ -133,26 +149,42 @@ pub fn compile_with(
     generation: u64,
     ctx: &mut Context<'_>,
 ) -> Result<Compiled, CompileError> {
-    let mut problems = Vec::new();
+    // Rules on single fields and sections first, then the ones that need the whole config.
+    let mut problems = cfg.validate();
     let dp = &cfg.dataplane;
 
     if !MTU_RANGE.contains(&dp.mtu) {
-        problems.push(format!(
-            "dataplane: mtu {} is outside {}-{}",
-            dp.mtu,
-            MTU_RANGE.start(),
-            MTU_RANGE.end()
-        ));
+        problems.push(
+            Problem::new(
+                "dataplane.mtu",
+                format!(
+                    "dataplane: mtu {} is outside {}-{}",
+                    dp.mtu,
+                    MTU_RANGE.start(),
+                    MTU_RANGE.end()
+                ),
+            )
+            .hint("1500 on plain Ethernet; up to 9216 with jumbo frames"),
+        );
     }
     if dp.workers == 0 {
-        problems.push("dataplane: workers must be at least 1".into());
+        problems.push(Problem::new(
+            "dataplane.workers",
+            "dataplane: workers must be at least 1",
+        ));
     }
     let snat_port_count = u32::from(dp.snat_ports.hi) - u32::from(dp.snat_ports.lo) + 1;
     if snat_port_count < u32::from(dp.workers) {
-        problems.push(format!(
-            "dataplane: snat_ports {} has {} ports, fewer than the {} workers that split it",
-            dp.snat_ports, snat_port_count, dp.workers
-        ));
+        problems.push(
+            Problem::new(
+                "dataplane.snat_ports",
+                format!(
+                "dataplane: snat_ports {} has {} ports, fewer than the {} workers that split it",
+                dp.snat_ports, snat_port_count, dp.workers
+            ),
+            )
+            .hint("every worker needs its own slice of source ports: widen the range"),
+        );
     }
 
     let run = run_settings(dp, &mut problems);
@@ -160,20 +192,34 @@ pub fn compile_with(
     let conntrack = conntrack_config(&cfg.conntrack, &mut problems);
 
     let mut specs = Vec::new();
+    // The config path of each spec's port range, for overlap problems.
+    let mut spec_paths = Vec::new();
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, svc) in cfg.services.iter().enumerate() {
         if let Some(first) = names.insert(svc.name.as_str(), i) {
-            problems.push(format!(
-                "service {}: name already used by service #{}",
-                svc.name,
-                first + 1
-            ));
+            problems.push(
+                Problem::new(
+                    format!("services[{i}].name"),
+                    format!(
+                        "service {}: name already used by service #{}",
+                        svc.name,
+                        first + 1
+                    ),
+                )
+                .hint("service names key metrics and the admin API: make each one unique"),
+            );
         }
-        if let Some(mut svc_specs) = compile_service(cfg, svc, &neighbors, ctx, &mut problems) {
+        if let Some(mut svc_specs) = compile_service(cfg, i, svc, &neighbors, ctx, &mut problems) {
+            if svc.ports.is_empty() {
+                spec_paths.push(format!("services[{i}].vip"));
+            } else {
+                spec_paths
+                    .extend((0..svc_specs.len()).map(|k| format!("services[{i}].ports[{k}]")));
+            }
             specs.append(&mut svc_specs);
         }
     }
-    check_overlaps(&specs, &mut problems);
+    check_overlaps(&specs, &spec_paths, &mut problems);
 
     if !problems.is_empty() {
         return Err(CompileError { problems });
@@ -187,7 +233,7 @@ pub fn compile_with(
     };
     let table =
         RoutingTable::build(generation, local, specs, ctx.cache).map_err(|e| CompileError {
-            problems: vec![e.to_string()],
+            problems: vec![Problem::new("", e.to_string())],
         })?;
     Ok(Compiled {
         table,
@@ -198,7 +244,7 @@ pub fn compile_with(
 }
 
 /// Port, interface and cores; every worker gets a core (0, 1, ... when none are listed).
-fn run_settings(dp: &config::Dataplane, problems: &mut Vec<String>) -> RunSettings {
+fn run_settings(dp: &config::Dataplane, problems: &mut Vec<Problem>) -> RunSettings {
     let name = &dp.interface;
     if name.is_empty()
         || name.len() > IFNAME_MAX
@@ -206,19 +252,28 @@ fn run_settings(dp: &config::Dataplane, problems: &mut Vec<String>) -> RunSettin
         || name == ".."
         || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
     {
-        problems.push(format!(
+        problems.push(Problem::new(
+            "dataplane.interface",
+            format!(
             "dataplane: interface {name:?} is not a valid interface name (1-{IFNAME_MAX} bytes, no '/', ':' or spaces)"
+        ),
         ));
     }
     let cores = match &dp.cores {
         None => (0..usize::from(dp.workers)).collect(),
         Some(c) => {
             if c.len() != usize::from(dp.workers) {
-                problems.push(format!(
-                    "dataplane: cores lists {} cores for {} workers (one per worker)",
-                    c.len(),
-                    dp.workers
-                ));
+                problems.push(
+                    Problem::new(
+                        "dataplane.cores",
+                        format!(
+                            "dataplane: cores lists {} cores for {} workers (one per worker)",
+                            c.len(),
+                            dp.workers
+                        ),
+                    )
+                    .hint("list one core per worker, or leave cores out for 0, 1, ..."),
+                );
             }
             c.clone()
         }
@@ -233,40 +288,58 @@ fn run_settings(dp: &config::Dataplane, problems: &mut Vec<String>) -> RunSettin
 }
 
 /// Static neighbors by address; an address listed twice with different MACs is a problem.
-fn neighbor_macs(cfg: &Config, problems: &mut Vec<String>) -> HashMap<IpAddr, MacAddr> {
+fn neighbor_macs(cfg: &Config, problems: &mut Vec<Problem>) -> HashMap<IpAddr, MacAddr> {
     let mut map = HashMap::new();
-    for n in &cfg.neighbors {
+    for (i, n) in cfg.neighbors.iter().enumerate() {
         if let Some(prev) = map.insert(n.ip, n.mac) {
             if prev != n.mac {
-                problems.push(format!(
-                    "neighbor {}: listed with two MACs, {} and {}",
-                    n.ip, prev, n.mac
-                ));
+                problems.push(
+                    Problem::new(
+                        format!("neighbors[{i}].mac"),
+                        format!(
+                            "neighbor {}: listed with two MACs, {} and {}",
+                            n.ip, prev, n.mac
+                        ),
+                    )
+                    .hint("keep one [[neighbors]] entry per address"),
+                );
             }
         }
     }
     map
 }
 
-fn conntrack_config(ct: &config::Conntrack, problems: &mut Vec<String>) -> conntrack::Config {
+fn conntrack_config(ct: &config::Conntrack, problems: &mut Vec<Problem>) -> conntrack::Config {
     // A nat flow takes two keys, so a table of fewer than two keys could never hold one.
     if ct.capacity < 2 {
-        problems.push(format!(
-            "conntrack: capacity {} is too small (at least 2)",
-            ct.capacity
+        problems.push(Problem::new(
+            "conntrack.capacity",
+            format!(
+                "conntrack: capacity {} is too small (at least 2)",
+                ct.capacity
+            ),
         ));
     }
     let embryonic_budget = ct.embryonic_budget();
     if embryonic_budget > ct.capacity {
-        problems.push(format!(
-            "conntrack: embryonic_budget {} is above capacity {}",
-            embryonic_budget, ct.capacity
-        ));
+        problems.push(
+            Problem::new(
+                "conntrack.embryonic_budget",
+                format!(
+                    "conntrack: embryonic_budget {} is above capacity {}",
+                    embryonic_budget, ct.capacity
+                ),
+            )
+            .hint("leave it out for a quarter of the capacity"),
+        );
     }
     let t = &ct.timeouts;
     let mut ms = |name: &str, d: std::time::Duration| -> u64 {
         if d.is_zero() {
-            problems.push(format!("conntrack.timeouts: {name} must be above 0"));
+            problems.push(Problem::new(
+                format!("conntrack.timeouts.{name}"),
+                format!("conntrack.timeouts: {name} must be above 0"),
+            ));
         }
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
     };
@@ -308,10 +381,11 @@ fn first_of_family(list: &[IpAddr], v4: bool) -> Option<IpAddr> {
 /// service has problems.
 fn compile_service(
     cfg: &Config,
+    svc_idx: usize,
     svc: &config::Service,
     neighbors: &HashMap<IpAddr, MacAddr>,
     ctx: &mut Context<'_>,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) -> Option<Vec<ServiceSpec>> {
     let before = problems.len();
     let vip_v4 = svc.vip.is_ipv4();
@@ -322,19 +396,26 @@ fn compile_service(
     let mut pool_names: HashMap<&str, ()> = HashMap::new();
 
     if svc.pools.len() > usize::from(u16::MAX) {
-        problems.push(format!(
-            "service {}: {} pools, at most {}",
-            svc.name,
-            svc.pools.len(),
-            u16::MAX
+        problems.push(Problem::new(
+            format!("services[{svc_idx}].pools"),
+            format!(
+                "service {}: {} pools, at most {}",
+                svc.name,
+                svc.pools.len(),
+                u16::MAX
+            ),
         ));
         return None;
     }
 
     for (pool_idx, pool) in svc.pools.iter().enumerate() {
         let at = format!("service {} pool {}", svc.name, pool.name);
+        let pool_path = format!("services[{svc_idx}].pools[{pool_idx}]");
         if pool_names.insert(pool.name.as_str(), ()).is_some() {
-            problems.push(format!("{at}: pool name used twice in the service"));
+            problems.push(Problem::new(
+                format!("{pool_path}.name"),
+                format!("{at}: pool name used twice in the service"),
+            ));
         }
         let mode = match pool.mode {
             config::Mode::FullNat => table::Mode::FullNat,
@@ -345,20 +426,44 @@ fn compile_service(
         };
         let dsr = matches!(mode, table::Mode::DsrIpip | table::Mode::DsrGue);
         if mode != table::Mode::FullNat && !pool.snat.is_empty() {
-            problems.push(format!(
-                "{at}: snat is only used by fullnat pools, this one is {}",
-                mode.name()
-            ));
+            problems.push(
+                Problem::new(
+                    format!("{pool_path}.snat"),
+                    format!(
+                        "{at}: snat is only used by fullnat pools, this one is {}",
+                        mode.name()
+                    ),
+                )
+                .hint("remove snat, or set mode = \"fullnat\""),
+            );
         }
         if !dsr && !pool.encap_source.is_empty() {
-            problems.push(format!(
-                "{at}: encap_source is only used by dsr-ipip and dsr-gue pools, this one is {}",
-                mode.name()
-            ));
+            problems.push(
+                Problem::new(
+                    format!("{pool_path}.encap_source"),
+                    format!(
+                    "{at}: encap_source is only used by dsr-ipip and dsr-gue pools, this one is {}",
+                    mode.name()
+                ),
+                )
+                .hint("remove encap_source"),
+            );
         }
         if mode == table::Mode::DsrGue && pool.gue_port == 0 {
-            problems.push(format!("{at}: gue_port 0 is not a port"));
+            problems.push(
+                Problem::new(
+                    format!("{pool_path}.gue_port"),
+                    format!("{at}: gue_port 0 is not a port"),
+                )
+                .hint("leave it out for 6080, the port Linux fou listens on by convention"),
+            );
         }
+        // A fullnat pool without its own snat list uses the dataplane's.
+        let snat: &[IpAddr] = if mode == table::Mode::FullNat && pool.snat.is_empty() {
+            &cfg.dataplane.snat
+        } else {
+            &pool.snat
+        };
 
         let encap_src = |v4: bool| {
             dsr.then(|| {
@@ -372,14 +477,18 @@ fn compile_service(
         // Report a missing SNAT or encap source once per pool and family, naming the first backend.
         let mut missing_reported = [false, false];
 
-        for b in &pool.backends {
+        for (b_idx, b) in pool.backends.iter().enumerate() {
             let name = backend_name(b);
             let at_b = format!("{at} backend {name}");
+            let b_path = format!("{pool_path}.backends[{b_idx}]");
             let b_v4 = b.addr.is_ipv4();
 
             if b.port == Some(0) {
-                problems.push(format!(
-                    "{at_b}: port 0 is not a port (leave port out to keep the client's port)"
+                problems.push(Problem::new(
+                    format!("{b_path}.port"),
+                    format!(
+                        "{at_b}: port 0 is not a port (leave port out to keep the client's port)"
+                    ),
                 ));
             }
             let mac = match neighbors
@@ -388,50 +497,86 @@ fn compile_service(
             {
                 Some(m) => m.0,
                 None => {
-                    problems.push(format!(
+                    problems.push(
+                        Problem::new(
+                            format!("{b_path}.addr"),
+                            format!(
                         "{at_b}: no MAC: {} is not in [[neighbors]] and dataplane.gateway_mac is not set",
                         b.addr
-                    ));
+                    ),
+                        )
+                        .hint(format!(
+                            "add a [[neighbors]] entry with ip = \"{}\", or set [dataplane] gateway_mac",
+                            b.addr
+                        )),
+                    );
                     [0; 6]
                 }
             };
             match mode {
                 table::Mode::FullNat | table::Mode::Nat | table::Mode::Dr if b_v4 != vip_v4 => {
-                    problems.push(format!(
+                    problems.push(
+                        Problem::new(
+                            format!("{b_path}.addr"),
+                            format!(
                         "{at_b}: {} backend behind {} VIP {}: {} cannot translate between address families",
                         family(b.addr),
                         family(svc.vip),
                         svc.vip,
                         mode.name()
-                    ));
+                    ),
+                        )
+                        .hint(format!(
+                            "use a backend address of the VIP's family, or a dsr pool (dsr-ipip, dsr-gue) for {} backends",
+                            family(b.addr)
+                        )),
+                    );
                 }
                 table::Mode::DsrIpip | table::Mode::DsrGue if b_v4 && !vip_v4 => {
-                    problems.push(format!(
+                    problems.push(
+                        Problem::new(
+                            format!("{b_path}.addr"),
+                            format!(
                         "{at_b}: IPv4 backend behind IPv6 VIP {}: an IPv6 packet cannot be carried in IPv4 by {}",
                         svc.vip,
                         mode.name()
-                    ));
+                    ),
+                        )
+                        .hint("give the backend an IPv6 address"),
+                    );
                 }
                 _ => {}
             }
             if mode == table::Mode::FullNat
-                && first_of_family(&pool.snat, b_v4).is_none()
+                && first_of_family(snat, b_v4).is_none()
                 && !missing_reported[usize::from(b_v4)]
             {
                 missing_reported[usize::from(b_v4)] = true;
-                problems.push(format!(
-                    "{at_b}: fullnat needs an {} address in the pool's snat list",
-                    family(b.addr)
-                ));
+                problems.push(
+                    Problem::new(
+                        format!("{pool_path}.snat"),
+                        format!(
+                            "{at_b}: fullnat needs an {} address in the pool's snat list (or in [dataplane] snat)",
+                            family(b.addr)
+                        ),
+                    )
+                    .hint(format!(
+                        "add an {} source address the balancer may use to the pool's snat, or to [dataplane] snat for every fullnat pool",
+                        family(b.addr)
+                    )),
+                );
             }
             if dsr
                 && (if b_v4 { encap_src_v4 } else { encap_src_v6 }).is_none()
                 && !missing_reported[usize::from(b_v4)]
             {
                 missing_reported[usize::from(b_v4)] = true;
-                problems.push(format!(
+                problems.push(Problem::new(
+                    format!("{pool_path}.encap_source"),
+                    format!(
                     "{at_b}: no {fam} source for the outer header: set the pool's encap_source or add an {fam} dataplane address",
                     fam = family(b.addr)
+                ),
                 ));
             }
             // dr and dsr forward the client's packet unchanged: a backend port other than the one
@@ -440,25 +585,40 @@ fn compile_service(
                 (b.port, mode)
             {
                 if p != 0 && !(svc.ports.len() == 1 && svc.ports[0].is_single(p)) {
-                    problems.push(format!(
+                    problems.push(Problem::new(
+                        format!("{b_path}.port"),
+                        format!(
                         "{at_b}: {} forwards the packet unchanged and cannot change the port to {p}: leave port out",
                         mode.name()
+                    ),
                     ));
                 }
             }
             let weight = match pool.weight.checked_mul(b.weight) {
                 Some(w) => w,
                 None => {
-                    problems.push(format!(
-                        "{at_b}: pool weight {} times backend weight {} overflows",
-                        pool.weight, b.weight
-                    ));
+                    problems.push(
+                        Problem::new(
+                            format!("{b_path}.weight"),
+                            format!(
+                                "{at_b}: pool weight {} times backend weight {} overflows",
+                                pool.weight, b.weight
+                            ),
+                        )
+                        .hint("weights are relative: 1 and 3 split traffic like 100 and 300"),
+                    );
                     0
                 }
             };
             let port = b.port.unwrap_or(0);
             if let Some(other) = seen.insert((b.addr, port), at_b.clone()) {
-                problems.push(format!("{at_b}: the same address and port as {other}"));
+                problems.push(
+                    Problem::new(
+                        format!("{b_path}.addr"),
+                        format!("{at_b}: the same address and port as {other}"),
+                    )
+                    .hint("a backend may appear once per service; raise its weight instead"),
+                );
             }
             let key = BackendKey {
                 service: svc.name.clone(),
@@ -481,7 +641,7 @@ fn compile_service(
         pools.push(table::Pool {
             name: pool.name.clone(),
             mode,
-            snat: pool.snat.iter().map(|a| Addr::from(*a)).collect(),
+            snat: snat.iter().map(|a| Addr::from(*a)).collect(),
             encap_src_v4: encap_src_v4.map(Addr::from),
             encap_src_v6: encap_src_v6.map(Addr::from),
             gue_port: pool.gue_port,
@@ -521,9 +681,9 @@ fn compile_service(
 
 /// Reports every pair of specs that claim a common (VIP, protocol, port); the table would only
 /// report the first.
-fn check_overlaps(specs: &[ServiceSpec], problems: &mut Vec<String>) {
+fn check_overlaps(specs: &[ServiceSpec], paths: &[String], problems: &mut Vec<Problem>) {
     for (i, a) in specs.iter().enumerate() {
-        for b in &specs[i + 1..] {
+        for (j, b) in specs.iter().enumerate().skip(i + 1) {
             if a.vip != b.vip || a.proto != b.proto {
                 continue;
             }
@@ -554,11 +714,18 @@ fn check_overlaps(specs: &[ServiceSpec], problems: &mut Vec<String>) {
                     format!("services {} and {} both claim", a.name, b.name)
                 };
                 let proto = if a.proto == 6 { "tcp" } else { "udp" };
-                if a.name == b.name {
-                    problems.push(format!("{what} for {} {proto}", a.vip));
+                let message = if a.name == b.name {
+                    format!("{what} for {} {proto}", a.vip)
                 } else {
-                    problems.push(format!("{what} {} {proto} {ports}", a.vip));
-                }
+                    format!("{what} {} {proto} {ports}", a.vip)
+                };
+                // The later claim is the one to point at: the first one was fine until then.
+                let path = paths.get(j).cloned().unwrap_or_default();
+                problems.push(
+                    Problem::new(path, message).hint(
+                        "a VIP, protocol and port belong to one service: split the port ranges",
+                    ),
+                );
             }
         }
     }
@@ -581,7 +748,11 @@ gateway_mac = "02:00:00:00:00:fe"
     }
 
     fn problems(extra: &str) -> Vec<String> {
-        compile(&cfg(extra), 1).unwrap_err().problems
+        messages(compile(&cfg(extra), 1).unwrap_err())
+    }
+
+    fn messages(e: CompileError) -> Vec<String> {
+        e.problems.iter().map(|p| p.message().to_string()).collect()
     }
 
     fn one_problem(extra: &str, needles: &[&str]) {
@@ -688,7 +859,7 @@ mode = "nat"
 backends = [{ addr = "198.18.1.10", port = 80 }, { addr = "198.18.1.99", port = 80 }]
 "#;
         let c = Config::from_toml_str(text, Path::new("t.toml")).unwrap();
-        let p = compile(&c, 1).unwrap_err().problems;
+        let p = messages(compile(&c, 1).unwrap_err());
         assert_eq!(p.len(), 1, "{p:#?}");
         assert!(
             p[0].starts_with("service web pool pods backend 198.18.1.99:80: no MAC"),
@@ -916,7 +1087,7 @@ mode = "nat"
 backends = [{ addr = "198.18.1.11" }]
 "#;
         let c = Config::from_toml_str(text, Path::new("t.toml")).unwrap();
-        let p = compile(&c, 1).unwrap_err().problems;
+        let p = messages(compile(&c, 1).unwrap_err());
         let expect = [
             "dataplane: snat_ports 1000-1001 has 2 ports, fewer than the 4 workers",
             "service a pool p backend 198.18.1.10: no MAC",
@@ -1077,7 +1248,7 @@ embryonic_budget = 101
 udp = "0s"
 "#;
         let c = Config::from_toml_str(text, Path::new("t.toml")).unwrap();
-        let p = compile(&c, 1).unwrap_err().problems;
+        let p = messages(compile(&c, 1).unwrap_err());
         assert_eq!(p.len(), 4, "{p:#?}");
         assert!(p[0].contains("mtu 100"));
         assert!(p[1].contains("workers"));

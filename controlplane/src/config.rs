@@ -1,7 +1,9 @@
 //! The lb.toml schema: serde structs with defaults, and loading with `file:line:column` errors.
 //!
-//! Parsing checks shapes and value syntax (addresses, MACs, port ranges, durations); rules that span
-//! several fields (address families, neighbors, SNAT addresses) are checked by [`crate::compile`].
+//! Parsing checks shapes and value syntax (addresses, MACs, port ranges, durations);
+//! [`Config::validate`] checks ranges and the keys of one section together (health checks, table
+//! sizes, logging); rules that span the config (address families, neighbors, SNAT addresses) are
+//! checked by [`crate::compile()`]. [`crate::diag`] places every problem at `file:line:column`.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -10,6 +12,8 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+
+use crate::diag::{edit_distance, Problem};
 
 /// A whole lb.toml.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -114,6 +118,9 @@ pub struct Dataplane {
     /// Source ports for fullnat, as `"lo-hi"`.
     #[serde(default = "default_snat_ports")]
     pub snat_ports: PortRange,
+    /// Source addresses for fullnat pools that list no `snat` of their own (the local address pool).
+    #[serde(default)]
+    pub snat: Vec<IpAddr>,
     /// Next hop for addresses not listed in `[[neighbors]]`.
     #[serde(default)]
     pub gateway_mac: Option<MacAddr>,
@@ -802,6 +809,425 @@ impl Config {
     }
 }
 
+/// Maglev table sizes to suggest: primes near powers of two, from small services to very large ones.
+pub const SUITABLE_TABLE_SIZES: [usize; 14] = [
+    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65537, 131071, 262139, 524287, 1048573, 2097143,
+];
+
+/// A service's table needs this many slots per backend: with fewer, a backend's share strays far
+/// from its weight and a backend change moves more flows than it must.
+pub const SLOTS_PER_BACKEND: usize = 10;
+
+/// Most backends in one service: the table indexes them with a `u16`, one value kept for "empty".
+const MAX_BACKENDS: usize = u16::MAX as usize - 1;
+
+/// Log levels a `[logging] level` directive may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+impl Config {
+    /// Checks the rules on single keys and sections that serde cannot express (ranges, relations
+    /// between keys of one table, health checks, passive ejection, admin, logging) and returns every
+    /// problem, in config order. [`crate::compile::compile_with`] calls it and adds the rules that
+    /// span the whole config (families, neighbors, overlaps).
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let dp = &self.dataplane;
+        check_mac(&mut out, "dataplane.mac", "dataplane: mac", dp.mac);
+        if let Some(m) = dp.gateway_mac {
+            check_mac(
+                &mut out,
+                "dataplane.gateway_mac",
+                "dataplane: gateway_mac",
+                m,
+            );
+        }
+        for (i, a) in dp.addresses.iter().enumerate() {
+            check_unicast(
+                &mut out,
+                format!("dataplane.addresses[{i}]"),
+                "dataplane: address",
+                *a,
+            );
+        }
+        for (i, a) in dp.snat.iter().enumerate() {
+            check_unicast(
+                &mut out,
+                format!("dataplane.snat[{i}]"),
+                "dataplane: snat address",
+                *a,
+            );
+        }
+        for (i, n) in self.neighbors.iter().enumerate() {
+            let at = format!("neighbor {}", n.ip);
+            check_unicast(&mut out, format!("neighbors[{i}].ip"), &at, n.ip);
+            check_mac(&mut out, format!("neighbors[{i}].mac"), &at, n.mac);
+        }
+        for (i, svc) in self.services.iter().enumerate() {
+            svc.validate(i, &mut out);
+        }
+        if self.admin.enabled && self.admin.listen.port() == 0 {
+            out.push(
+                Problem::new(
+                    "admin.listen",
+                    format!(
+                        "admin: listen {} has port 0, which binds a port nobody can find",
+                        self.admin.listen
+                    ),
+                )
+                .hint("give a fixed port, e.g. \"127.0.0.1:9180\", or set enabled = false"),
+            );
+        }
+        if let Some(p) = check_log_level(&self.logging.level) {
+            out.push(p);
+        }
+        out
+    }
+}
+
+impl Service {
+    fn validate(&self, i: usize, out: &mut Vec<Problem>) {
+        let at = format!("service {}", self.name);
+        let path = format!("services[{i}]");
+        if self.name.is_empty() || self.name.chars().any(char::is_control) {
+            out.push(
+                Problem::new(
+                    format!("{path}.name"),
+                    format!(
+                        "service {:?}: name is empty or has control characters",
+                        self.name
+                    ),
+                )
+                .hint("names appear in logs, metrics and the admin API: use e.g. \"web\""),
+            );
+        }
+        check_unicast(out, format!("{path}.vip"), &format!("{at}: vip"), self.vip);
+
+        let backends: usize = self.pools.iter().map(|p| p.backends.len()).sum();
+        if !dataplane::maglev::is_valid_table_size(self.table_size) {
+            out.push(
+                Problem::new(
+                    format!("{path}.table_size"),
+                    format!("{at}: table_size {} is not a prime", self.table_size),
+                )
+                .hint(table_size_hint(backends)),
+            );
+        } else if backends > MAX_BACKENDS {
+            out.push(Problem::new(
+                format!("{path}.pools"),
+                format!("{at}: {backends} backends, at most {MAX_BACKENDS}"),
+            ));
+        } else if self.table_size < backends.saturating_mul(SLOTS_PER_BACKEND) {
+            out.push(
+                Problem::new(
+                    format!("{path}.table_size"),
+                    format!(
+                        "{at}: table_size {} is below {SLOTS_PER_BACKEND} slots for each of its {backends} backends",
+                        self.table_size
+                    ),
+                )
+                .hint(table_size_hint(backends)),
+            );
+        } else {
+            // Weights that overflow are reported by compile(); leave them out of the sum.
+            let total: u64 = self
+                .pools
+                .iter()
+                .flat_map(|p| {
+                    p.backends
+                        .iter()
+                        .map(move |b| p.weight.checked_mul(b.weight))
+                })
+                .map(|w| u64::from(w.unwrap_or(0)))
+                .sum();
+            if total > self.table_size as u64 {
+                out.push(
+                    Problem::new(
+                        format!("{path}.table_size"),
+                        format!(
+                            "{at}: weights add up to {total}, more than the {} slots of the table: light backends would get no traffic",
+                            self.table_size
+                        ),
+                    )
+                    .hint("weights are relative (1 and 3 split like 100 and 300): lower them, or raise table_size"),
+                );
+            }
+        }
+
+        for (j, pool) in self.pools.iter().enumerate() {
+            let pool_path = format!("{path}.pools[{j}]");
+            if pool.name.is_empty() || pool.name.chars().any(char::is_control) {
+                out.push(Problem::new(
+                    format!("{pool_path}.name"),
+                    format!(
+                        "{at} pool {:?}: name is empty or has control characters",
+                        pool.name
+                    ),
+                ));
+            }
+            for (k, a) in pool.snat.iter().enumerate() {
+                check_unicast(
+                    out,
+                    format!("{pool_path}.snat[{k}]"),
+                    &format!("{at} pool {}: snat address", pool.name),
+                    *a,
+                );
+            }
+            for (k, b) in pool.backends.iter().enumerate() {
+                check_unicast(
+                    out,
+                    format!("{pool_path}.backends[{k}].addr"),
+                    &format!("{at} pool {} backend", pool.name),
+                    b.addr,
+                );
+            }
+        }
+
+        if let Some(hc) = &self.health_check {
+            hc.validate(self, &format!("{path}.health_check"), out);
+        }
+        if let Some(p) = &self.passive {
+            let pp = format!("{path}.passive");
+            if self.protocol == Protocol::Udp {
+                out.push(
+                    Problem::new(
+                        pp.clone(),
+                        format!("{at}: passive ejection counts TCP resets and SYNs; a udp service has neither"),
+                    )
+                    .hint("remove [services.passive], or use an active health_check"),
+                );
+            }
+            if p.window.is_zero() {
+                out.push(Problem::new(
+                    format!("{pp}.window"),
+                    format!("{at}: passive window must be above 0"),
+                ));
+            }
+            if p.backoff.is_zero() {
+                out.push(
+                    Problem::new(
+                        format!("{pp}.backoff"),
+                        format!("{at}: passive backoff must be above 0"),
+                    )
+                    .hint("an ejected backend stays out this long before it is tried again, e.g. \"30s\""),
+                );
+            }
+            if p.resets == 0 && p.unanswered_syns == 0 {
+                out.push(
+                    Problem::new(
+                        pp,
+                        format!("{at}: passive has every threshold at 0, so it never ejects"),
+                    )
+                    .hint("set resets or unanswered_syns above 0, or remove [services.passive]"),
+                );
+            }
+        }
+    }
+}
+
+impl HealthCheck {
+    fn validate(&self, svc: &Service, path: &str, out: &mut Vec<Problem>) {
+        let at = format!("service {} health_check", svc.name);
+        let mut push = |key: &str, message: String, hint: Option<&str>| {
+            let p = Problem::new(format!("{path}.{key}"), format!("{at}: {message}"));
+            out.push(match hint {
+                Some(h) => p.hint(h),
+                None => p,
+            });
+        };
+        if self.interval.is_zero() {
+            push(
+                "interval",
+                "interval must be above 0".into(),
+                Some("e.g. \"2s\""),
+            );
+        }
+        if self.timeout.is_zero() {
+            push(
+                "timeout",
+                "timeout must be above 0".into(),
+                Some("e.g. \"1s\""),
+            );
+        } else if !self.interval.is_zero() && self.timeout > self.interval {
+            push(
+                "timeout",
+                format!(
+                    "timeout {:?} is longer than the interval {:?}",
+                    self.timeout, self.interval
+                ),
+                Some(
+                    "a probe must end before the next one starts: lower timeout or raise interval",
+                ),
+            );
+        }
+        if !self.interval.is_zero() && self.jitter >= self.interval {
+            push(
+                "jitter",
+                format!(
+                    "jitter {:?} is not below the interval {:?}",
+                    self.jitter, self.interval
+                ),
+                Some("jitter only spreads probes inside an interval, e.g. a tenth of it"),
+            );
+        }
+        if self.rise == 0 {
+            push("rise", "rise must be at least 1".into(), None);
+        }
+        if self.fall == 0 {
+            push("fall", "fall must be at least 1".into(), None);
+        }
+        match self.port {
+            Some(0) => push(
+                "port",
+                "port 0 is not a port".into(),
+                Some("leave port out to probe each backend's own port"),
+            ),
+            Some(_) => {}
+            None if svc.ports.is_empty() => {
+                if let Some(b) = svc
+                    .pools
+                    .iter()
+                    .flat_map(|p| &p.backends)
+                    .find(|b| b.port.is_none())
+                {
+                    push(
+                        "port",
+                        format!(
+                            "no port to probe backend {}: it has no port and the service serves every port",
+                            b.addr
+                        ),
+                        Some("set port in the health check"),
+                    );
+                }
+            }
+            None => {}
+        }
+        let bad_text = |s: &str| s.chars().any(|c| c.is_whitespace() || c.is_control());
+        match self.kind {
+            CheckKind::Http => {
+                if !self.path.starts_with('/') || bad_text(&self.path) {
+                    push(
+                        "path",
+                        format!("path {:?} is not a request path", self.path),
+                        Some("a path starts with '/' and has no spaces, e.g. \"/healthz\""),
+                    );
+                }
+                if let Some(h) = &self.host {
+                    if h.is_empty() || bad_text(h) {
+                        push(
+                            "host",
+                            format!("host {h:?} is not a Host header value"),
+                            Some("a name like \"web.example\", no spaces"),
+                        );
+                    }
+                }
+            }
+            CheckKind::Tcp => {
+                // These have defaults, so a value other than the default was set by hand.
+                let only_http = "only used by http checks";
+                let hint = Some("set kind = \"http\", or remove it");
+                if self.path != default_check_path() {
+                    push("path", format!("path is {only_http}"), hint);
+                }
+                if self.host.is_some() {
+                    push("host", format!("host is {only_http}"), hint);
+                }
+                if self.expect_status != default_expect_status() {
+                    push(
+                        "expect_status",
+                        format!("expect_status is {only_http}"),
+                        hint,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A hint naming the table sizes that suit `backends` backends.
+fn table_size_hint(backends: usize) -> String {
+    let need = backends.saturating_mul(SLOTS_PER_BACKEND).max(1);
+    let fits: Vec<String> = SUITABLE_TABLE_SIZES
+        .iter()
+        .filter(|&&p| p >= need)
+        .take(4)
+        .map(|p| p.to_string())
+        .collect();
+    if fits.is_empty() {
+        format!("a prime of at least {need} (the default is 65537)")
+    } else {
+        format!(
+            "a prime of at least {need}: {} (the default is 65537)",
+            fits.join(", ")
+        )
+    }
+}
+
+/// A MAC we send from or to must be unicast: a multicast or zero MAC is a typo.
+fn check_mac(out: &mut Vec<Problem>, path: impl Into<String>, what: &str, mac: MacAddr) {
+    let why = if mac.0 == [0; 6] {
+        "is all zeros"
+    } else if mac.0[0] & 1 == 1 {
+        "is a multicast address"
+    } else {
+        return;
+    };
+    out.push(
+        Problem::new(path, format!("{what} {mac} {why}"))
+            .hint("a unicast MAC has an even first byte, e.g. \"02:00:00:00:00:01\""),
+    );
+}
+
+/// An address a packet is sent to or from must be a single host: not unspecified, not multicast.
+fn check_unicast(out: &mut Vec<Problem>, path: impl Into<String>, what: &str, addr: IpAddr) {
+    let why = if addr.is_unspecified() {
+        "is the unspecified address"
+    } else if addr.is_multicast() || addr == IpAddr::from([255, 255, 255, 255]) {
+        "is a multicast or broadcast address"
+    } else {
+        return;
+    };
+    out.push(Problem::new(path, format!("{what} {addr} {why}")).hint("use a unicast address"));
+}
+
+/// A `[logging] level` must parse as a tracing filter, and a bare word must be a level or one of our
+/// crates: tracing reads any other word as a target name, so a typo like "inof" would silently log
+/// nothing.
+fn check_log_level(level: &str) -> Option<Problem> {
+    let bad =
+        |message: String, hint: String| Some(Problem::new("logging.level", message).hint(hint));
+    let usage =
+        "a level (error, warn, info, debug, trace) or directives like \"warn,controlplane=debug\"";
+    if level.trim().is_empty() {
+        return bad("logging: level is empty".into(), usage.into());
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+        return bad(
+            format!("logging: level {level:?} is not a filter: {e}"),
+            usage.into(),
+        );
+    }
+    for directive in level.split(',').map(str::trim) {
+        let word = directive.to_ascii_lowercase();
+        let is_word =
+            !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if is_word
+            && !LOG_LEVELS.contains(&word.as_str())
+            && !["controlplane", "dataplane", "lb"].contains(&word.as_str())
+        {
+            let near = LOG_LEVELS
+                .iter()
+                .min_by_key(|l| edit_distance(&word, l))
+                .copied()
+                .unwrap_or("info");
+            return bad(
+                format!("logging: {directive:?} in level {level:?} is neither a level nor one of our crates"),
+                format!("did you mean \"{near}\"? ({usage})"),
+            );
+        }
+    }
+    None
+}
+
 /// Reads and parses the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
@@ -1048,6 +1474,42 @@ mode = "dsr"
 "#;
         let shown = parse(text).unwrap_err().to_string();
         assert!(shown.starts_with("t.toml:10:8: "), "{shown}");
+    }
+
+    #[test]
+    fn suggested_table_sizes_are_primes_the_table_accepts() {
+        for p in SUITABLE_TABLE_SIZES {
+            assert!(dataplane::maglev::is_valid_table_size(p), "{p}");
+        }
+        assert!(SUITABLE_TABLE_SIZES.contains(&dataplane::maglev::DEFAULT_TABLE_SIZE));
+        // 30 backends need 300 slots: the list starts at the first prime above.
+        assert!(table_size_hint(30).starts_with("a prime of at least 300: 509, 1021,"));
+        assert!(table_size_hint(1_000_000).starts_with("a prime of at least 10000000 (the default"));
+    }
+
+    #[test]
+    fn log_levels_are_filters_and_bare_words_are_levels() {
+        for good in [
+            "info",
+            "WARN",
+            "warn,controlplane=debug",
+            "dataplane",
+            "lb::run=trace",
+        ] {
+            assert_eq!(check_log_level(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            "  ",
+            "inof",
+            "verbose",
+            "controlplane=loud",
+            "warn,,debgu",
+        ] {
+            let p = check_log_level(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(p.path, "logging.level");
+            assert!(p.hint.is_some());
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod config;
 pub mod health;
+pub mod diag;
 pub mod lab;
 pub mod reload;
 pub mod sim;
@@ -11,3 +12,4 @@ pub mod state;
 
 pub use compile::{compile, CompileError, Compiled};
 pub use config::{load, Config, ConfigError};
+pub use diag::{ConfigReport, Problem};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 mod run;
-use controlplane::{compile, config, lab, sim};
+use controlplane::{compile, config, diag, lab, sim};
 use tracing_subscriber::EnvFilter;
 
 /// A userspace L4/L7 load balancer.
@@ -128,24 +128,24 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        // A config report carries its own `file:line:column` lines, snippets and count.
+        Err(e) => match e.downcast_ref::<diag::ConfigReport>() {
+            Some(report) => {
+                eprint!("{}", report.render());
+                ExitCode::FAILURE
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
+/// Loads and compiles `path`; every problem (syntax, schema, rules) comes back as one
+/// [`diag::ConfigReport`], which `main` renders with the source lines.
 fn load_and_compile(path: &Path) -> anyhow::Result<(config::Config, compile::Compiled)> {
-    let cfg = config::load(path)?;
-    // One problem per line, so a long list stays readable and greppable.
-    let compiled = compile::compile(&cfg, 1).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {} problem(s) in the configuration:\n  {}",
-            path.display(),
-            e.problems.len(),
-            e.problems.join("\n  ")
-        )
-    })?;
+    let (cfg, compiled) = diag::check_file(path)?;
     tracing::info!(
         path = %path.display(),
         services = compiled.table.services.len(),

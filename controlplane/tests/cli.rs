@@ -150,3 +150,109 @@ fn sim_with_a_missing_pcap_fails() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn check_shows_the_line_a_caret_and_a_hint_then_the_count() {
+    let cfg = tmp("typo.toml");
+    std::fs::write(
+        &cfg,
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\nmttu = 1500\nworkers = 0\n",
+    )
+    .unwrap();
+    let out = lb(&["check", p(&cfg)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = text(&out.stderr);
+    let want = format!(
+        "{}:3:1: error: unknown field `mttu`, expected one of",
+        cfg.display()
+    );
+    assert!(err.starts_with(&want), "{err}");
+    assert!(err.contains("3 | mttu = 1500\n"), "{err}");
+    assert!(err.contains("  | ^^^^\n"), "{err}");
+    assert!(err.contains("= hint: did you mean `mtu`?"), "{err}");
+    // A schema error stops the rules that need the whole config: one problem.
+    assert!(err.ends_with("\n1 error\n"), "{err}");
+
+    // Fixed, the rule problem shows up with its own place.
+    std::fs::write(
+        &cfg,
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\nmtu = 1500\nworkers = 0\n",
+    )
+    .unwrap();
+    let err = text(&lb(&["check", p(&cfg)]).stderr);
+    assert!(
+        err.starts_with(&format!(
+            "{}:4:11: error: dataplane: workers must be at least 1\n",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    assert!(err.ends_with("\n1 error\n"), "{err}");
+}
+
+#[test]
+fn check_counts_several_errors_and_syntax_errors_render_the_same_way() {
+    let cfg = tmp("several.toml");
+    std::fs::write(
+        &cfg,
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\nmtu = 100\n[logging]\nlevel = \"inof\"\n",
+    )
+    .unwrap();
+    let out = lb(&["check", p(&cfg)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let mtu = err.find(":3:7: error: dataplane: mtu 100").expect(&err);
+    let level = err.find(":5:9: error: logging: ").expect(&err);
+    assert!(mtu < level, "file order: {err}");
+    assert!(err.ends_with("\n2 errors\n"), "{err}");
+
+    std::fs::write(
+        &cfg,
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\nmtu = 15 00\n",
+    )
+    .unwrap();
+    let out = lb(&["check", p(&cfg)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!("{}:3:7: error: ", cfg.display())),
+        "{err}"
+    );
+    assert!(err.contains("3 | mtu = 15 00\n"), "{err}");
+    assert!(err.ends_with("\n1 error\n"), "{err}");
+}
+
+#[test]
+fn run_with_a_bad_config_prints_the_same_report_and_serves_nothing() {
+    // The config is refused before any port is opened, so this needs no privileges.
+    let cfg = tmp("run-bad.toml");
+    std::fs::write(
+        &cfg,
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\ninterface = \"not/a/name\"\n",
+    )
+    .unwrap();
+    let check = lb(&["check", p(&cfg)]);
+    let run = lb(&["run", "--config", p(&cfg)]);
+    assert_eq!(run.status.code(), Some(1));
+    let err = text(&run.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:3:13: error: dataplane: interface \"not/a/name\"",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    assert!(err.ends_with(&text(&check.stderr)), "{err}");
+}
+
+#[test]
+fn check_of_a_missing_file_names_it() {
+    let out = lb(&["check", "/nonexistent/lb.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("/nonexistent/lb.toml: error: cannot read the file"),
+        "{err}"
+    );
+}

@@ -1,0 +1,693 @@
+//! Every class of config error is reported at the right `line:column`, with a message or hint that
+//! names the problem.
+//!
+//! A case is lb.toml text in which `@@` marks where each error must point (the marker is removed
+//! before parsing), and one word per marker that the message or hint must contain.
+
+use std::path::Path;
+
+use controlplane::diag::{self, ConfigReport};
+
+/// A dataplane every backend can be reached through (the gateway) with both families.
+const BASE: &str = r#"[dataplane]
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.1", "2001:db8::1"]
+gateway_mac = "02:00:00:00:00:fe"
+"#;
+
+/// A nat service on tcp/80 with one backend; `svc_keys` go in `[[services]]`, `pool_keys` in its
+/// pool, `after` after it.
+fn svc(svc_keys: &str, pool_keys: &str, after: &str) -> String {
+    format!(
+        "{BASE}[[services]]\nname = \"web\"\nvip = \"198.18.0.100\"\nprotocol = \"tcp\"\nports = [80]\n{svc_keys}\n\
+         [[services.pools]]\nname = \"p\"\n{pool_keys}\n{after}"
+    )
+}
+
+/// One nat pool with one backend.
+const NAT: &str = "mode = \"nat\"\nbackends = [{ addr = \"198.18.1.10\", port = 8080 }]";
+
+/// The text without markers and the (line, column) of each marker.
+fn unmark(marked: &str) -> (String, Vec<(usize, usize)>) {
+    let mut text = String::new();
+    let mut at = Vec::new();
+    for (i, part) in marked.split("@@").enumerate() {
+        if i > 0 {
+            at.push(controlplane::config::line_column(&text, text.len()));
+        }
+        text.push_str(part);
+    }
+    (text, at)
+}
+
+fn report(text: &str) -> Option<ConfigReport> {
+    diag::check_str(text, Path::new("lb.toml")).err()
+}
+
+/// Asserts the report of `marked` has one problem per marker, at the marker, in file order, each
+/// naming its word.
+#[track_caller]
+fn case(name: &str, marked: &str, words: &[&str]) {
+    let (text, at) = unmark(marked);
+    assert_eq!(at.len(), words.len(), "{name}: one word per marker");
+    let Some(r) = report(&text) else {
+        panic!("{name}: accepted, expected {} problem(s)\n{text}", at.len());
+    };
+    let got: Vec<(usize, usize)> = r.diagnostics.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(got, at, "{name}: places differ\n{r}\n---\n{text}");
+    for (d, w) in r.diagnostics.iter().zip(words) {
+        let said = format!("{} {}", d.message, d.hint.as_deref().unwrap_or(""));
+        assert!(said.contains(w), "{name}: {said:?} does not name {w:?}");
+    }
+}
+
+#[test]
+fn the_base_and_the_service_template_are_valid() {
+    assert!(report(BASE).is_none(), "{}", report(BASE).unwrap());
+    let t = svc("", NAT, "");
+    assert!(report(&t).is_none(), "{}", report(&t).unwrap());
+}
+
+#[test]
+fn syntax_errors() {
+    case(
+        "bare words",
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\nmtu = @@15 00\n",
+        &["quoted"],
+    );
+    case(
+        "unclosed string",
+        // Where the closing quote should be.
+        "[dataplane]\nmac = \"02:00:00:00:00:01@@\n",
+        &["expected `\"`"],
+    );
+    case(
+        "key twice",
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\n@@mac = \"02:00:00:00:00:02\"\n",
+        &["duplicate"],
+    );
+}
+
+#[test]
+fn unknown_keys_point_at_the_key_and_suggest_the_near_one() {
+    case(
+        "dataplane key",
+        &format!("{BASE}@@mttu = 9000\n"),
+        &["did you mean `mtu`"],
+    );
+    case(
+        "top-level table",
+        &format!("{BASE}[@@servics]\n"),
+        &["servics"],
+    );
+    case(
+        "key inside an inline backend",
+        &svc(
+            "",
+            "mode = \"nat\"\nbackends = [{ addr = \"198.18.1.10\", @@prot = 8080 }]",
+            "",
+        ),
+        &["did you mean `port`"],
+    );
+    case(
+        "health_check key",
+        &svc(
+            "[services.health_check]\nkind = \"tcp\"\n@@intervall = \"1s\"",
+            NAT,
+            "",
+        ),
+        &["interval"],
+    );
+}
+
+#[test]
+fn wrong_types_point_at_the_value() {
+    case(
+        "quoted number",
+        &format!("{BASE}workers = @@\"two\"\n"),
+        &["without quotes"],
+    );
+    case(
+        "number for a list",
+        &format!("{BASE}[[neighbors]]\nip = \"198.18.1.10\"\nmac = @@5\n"),
+        &["invalid type"],
+    );
+    case(
+        "unknown enum value",
+        &svc("", "mode = @@\"dsr\"\nbackends = []", ""),
+        &["dsr-ipip"],
+    );
+}
+
+#[test]
+fn bad_values_point_at_the_value() {
+    case(
+        "address",
+        &format!("{BASE}snat = [\"198.18.0.2\", @@\"198.18.0.300\"]\n"),
+        &["IPv4 or IPv6"],
+    );
+    case(
+        "mac",
+        "[dataplane]\nmac = @@\"02:00:00:00:00\"\n",
+        &["invalid MAC address"],
+    );
+    case(
+        "port range",
+        &svc("", NAT, "").replace("ports = [80]", "ports = [80, @@\"90-85\"]"),
+        &["first port is above the last"],
+    );
+    case(
+        "port 0",
+        &svc("", NAT, "").replace("ports = [80]", "ports = [@@0]"),
+        &["invalid port 0"],
+    );
+    case(
+        "duration",
+        &format!("{BASE}[conntrack.timeouts]\nudp = @@\"30 s\"\n"),
+        &["invalid duration"],
+    );
+    case(
+        "status range",
+        &svc(
+            "[services.health_check]\nkind = \"http\"\nexpect_status = @@\"200-600\"",
+            NAT,
+            "",
+        ),
+        &["invalid status range"],
+    );
+    case(
+        "admin listen",
+        &format!("{BASE}[admin]\nlisten = @@\"localhost:9180\"\n"),
+        &["socket address"],
+    );
+}
+
+#[test]
+fn missing_required_keys_point_at_their_table() {
+    case(
+        "service without vip",
+        &format!("{BASE}@@[[services]]\nname = \"web\"\nprotocol = \"tcp\"\n"),
+        &["`vip` has no default"],
+    );
+    case(
+        "no dataplane at all",
+        "@@[logging]\nlevel = \"info\"\n",
+        &["dataplane"],
+    );
+    case(
+        "backend without addr",
+        &svc("", "mode = \"nat\"\nbackends = [@@{ port = 8080 }]", ""),
+        &["addr"],
+    );
+}
+
+#[test]
+fn schema_errors_are_reported_once_per_section() {
+    // Three services, a pool and a backend each with their own error: all five are reported.
+    let marked = format!(
+        "{BASE}@@mttu = 1\n\
+         [[services]]\nname = \"a\"\nvip = @@\"198.18.0\"\nprotocol = \"tcp\"\n\
+         [[services.pools]]\nname = \"p\"\nmode = @@\"natt\"\n\
+         [[services]]\nname = \"b\"\nvip = \"198.18.0.101\"\nprotocol = @@\"tpc\"\n\
+         [[services.pools]]\nname = \"q\"\nmode = \"nat\"\nbackends = [{{ addr = \"198.18.1.10\", weight = @@-1 }}]\n"
+    );
+    case(
+        "five sections",
+        &marked,
+        &["mtu", "IP address", "nat", "tcp", "invalid value"],
+    );
+}
+
+#[test]
+fn dataplane_rules() {
+    case(
+        "mtu",
+        &format!("{BASE}mtu = @@100\n"),
+        &["mtu 100 is outside 576-9216"],
+    );
+    case(
+        "workers",
+        &format!("{BASE}workers = @@0\n"),
+        &["workers must be at least 1"],
+    );
+    case(
+        "snat ports for the workers",
+        &format!("{BASE}workers = 4\nsnat_ports = @@\"2000-2002\"\n"),
+        &["fewer than the 4 workers"],
+    );
+    case(
+        "interface",
+        &format!("{BASE}interface = @@\"eth0:1\"\n"),
+        &["not a valid interface name"],
+    );
+    case(
+        "cores",
+        &format!("{BASE}workers = 2\ncores = @@[1]\n"),
+        &["one per worker"],
+    );
+    case(
+        "multicast mac",
+        "[dataplane]\nmac = @@\"01:00:5e:00:00:01\"\n",
+        &["multicast"],
+    );
+    case(
+        "zero gateway mac",
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\ngateway_mac = @@\"00:00:00:00:00:00\"\n",
+        &["all zeros"],
+    );
+    case(
+        "unspecified address",
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\naddresses = [@@\"0.0.0.0\"]\n",
+        &["unspecified"],
+    );
+    case(
+        "multicast snat",
+        &format!("{BASE}snat = [@@\"ff02::1\"]\n"),
+        &["multicast"],
+    );
+}
+
+#[test]
+fn neighbor_and_conntrack_rules() {
+    case(
+        "neighbor with two macs",
+        &format!(
+            "{BASE}[[neighbors]]\nip = \"198.18.1.10\"\nmac = \"02:00:00:00:01:0a\"\n\
+             [[neighbors]]\nip = \"198.18.1.10\"\nmac = @@\"02:00:00:00:01:0b\"\n"
+        ),
+        &["two MACs"],
+    );
+    case(
+        "multicast neighbor",
+        &format!("{BASE}[[neighbors]]\nip = @@\"224.0.0.1\"\nmac = \"02:00:00:00:01:0a\"\n"),
+        &["multicast"],
+    );
+    case(
+        "capacity",
+        &format!("{BASE}[conntrack]\ncapacity = @@1\nembryonic_budget = 0\n"),
+        &["too small"],
+    );
+    case(
+        "embryonic budget",
+        &format!("{BASE}[conntrack]\ncapacity = 100\nembryonic_budget = @@101\n"),
+        &["above capacity 100"],
+    );
+    case(
+        "zero timeout",
+        &format!("{BASE}[conntrack.timeouts]\ntcp_syn = @@\"0s\"\n"),
+        &["tcp_syn must be above 0"],
+    );
+}
+
+#[test]
+fn service_rules() {
+    case(
+        "duplicate name",
+        &format!(
+            "{}[[services]]\nname = @@\"web\"\nvip = \"198.18.0.101\"\nprotocol = \"tcp\"\n",
+            svc("", NAT, "")
+        ),
+        &["name already used"],
+    );
+    case(
+        "multicast vip",
+        &svc("", NAT, "").replace("vip = \"198.18.0.100\"", "vip = @@\"239.1.1.1\""),
+        &["multicast"],
+    );
+    case(
+        "table size not prime",
+        &svc("table_size = @@1000", NAT, ""),
+        &["251, 509"],
+    );
+    case(
+        "table size too small for the backends",
+        &svc(
+            "table_size = @@13",
+            "mode = \"nat\"\nbackends = [{ addr = \"198.18.1.10\" }, { addr = \"198.18.1.11\" }]",
+            "",
+        ),
+        &["below 10 slots for each of its 2 backends"],
+    );
+    case(
+        "weights above the table",
+        &svc(
+            "table_size = @@251",
+            "mode = \"nat\"\nweight = 100\nbackends = [{ addr = \"198.18.1.10\", weight = 3 }]",
+            "",
+        ),
+        &["weights add up to 300"],
+    );
+    case(
+        "overlapping services",
+        &format!(
+            "{}[[services]]\nname = \"web2\"\nvip = \"198.18.0.100\"\nprotocol = \"tcp\"\nports = [@@\"79-81\"]\n",
+            svc("", NAT, "")
+        ),
+        &["both claim 198.18.0.100 tcp port 80"],
+    );
+}
+
+#[test]
+fn pool_and_backend_rules() {
+    case(
+        "pool name twice",
+        &svc(
+            "",
+            NAT,
+            "[[services.pools]]\nname = @@\"p\"\nmode = \"nat\"\n",
+        ),
+        &["pool name used twice"],
+    );
+    case(
+        "snat on a nat pool",
+        &svc("", &format!("snat = @@[\"198.18.0.2\"]\n{NAT}"), ""),
+        &["only used by fullnat"],
+    );
+    case(
+        "encap_source on a nat pool",
+        &svc("", &format!("encap_source = @@[\"198.18.0.1\"]\n{NAT}"), ""),
+        &["only used by dsr"],
+    );
+    case(
+        "gue port 0",
+        &svc(
+            "",
+            "mode = \"dsr-gue\"\ngue_port = @@0\nbackends = [{ addr = \"198.18.1.10\" }]",
+            "",
+        ),
+        &["gue_port 0"],
+    );
+    case(
+        "backend port 0",
+        &svc(
+            "",
+            "mode = \"nat\"\nbackends = [{ addr = \"198.18.1.10\", port = @@0 }]",
+            "",
+        ),
+        &["port 0 is not a port"],
+    );
+    case(
+        "no mac for a backend",
+        &svc(
+            "",
+            "mode = \"nat\"\nbackends = [{ addr = @@\"198.18.1.10\" }]",
+            "",
+        )
+        .replace("gateway_mac = \"02:00:00:00:00:fe\"\n", ""),
+        &["[[neighbors]]"],
+    );
+    case(
+        "family change",
+        &svc(
+            "",
+            "mode = \"nat\"\nbackends = [{ addr = @@\"2001:db8::10\" }]",
+            "",
+        ),
+        &["cannot translate between address families"],
+    );
+    case(
+        "ipv4 backend behind an ipv6 vip in dsr",
+        &svc(
+            "",
+            "mode = \"dsr-ipip\"\nbackends = [{ addr = @@\"198.18.1.10\" }]",
+            "",
+        )
+        .replace("vip = \"198.18.0.100\"", "vip = \"2001:db8::100\""),
+        &["IPv4 backend behind IPv6 VIP"],
+    );
+    case(
+        "fullnat without a source address",
+        &svc(
+            "",
+            "mode = \"fullnat\"\nbackends = [{ addr = \"198.18.1.10\" }]",
+            "",
+        )
+        .replace("[[services.pools]]", "@@[[services.pools]]"),
+        &["[dataplane] snat"],
+    );
+    case(
+        "dsr without an outer source",
+        &svc(
+            "",
+            "mode = \"dsr-ipip\"\nencap_source = @@[\"198.18.0.1\"]\nbackends = [{ addr = \"2001:db8::10\" }]",
+            "",
+        )
+        .replace("addresses = [\"198.18.0.1\", \"2001:db8::1\"]", "addresses = [\"198.18.0.1\"]"),
+        &["no IPv6 source"],
+    );
+    case(
+        "dr changes the port",
+        &svc(
+            "",
+            "mode = \"dr\"\nbackends = [{ addr = \"198.18.1.10\", port = @@8080 }]",
+            "",
+        ),
+        &["cannot change the port"],
+    );
+    case(
+        "weight overflow",
+        &svc(
+            "",
+            "mode = \"nat\"\nweight = 4294967295\nbackends = [{ addr = \"198.18.1.10\", weight = @@2 }]",
+            "",
+        ),
+        &["overflows"],
+    );
+    case(
+        "duplicate backend",
+        &svc(
+            "",
+            "mode = \"nat\"\nbackends = [{ addr = \"198.18.1.10\" }, { addr = @@\"198.18.1.10\" }]",
+            "",
+        ),
+        &["the same address and port"],
+    );
+}
+
+#[test]
+fn health_check_rules() {
+    let hc = |keys: &str| svc(&format!("[services.health_check]\n{keys}"), NAT, "");
+    case(
+        "interval 0",
+        &hc("kind = \"tcp\"\ninterval = @@\"0s\""),
+        &["interval must be above 0"],
+    );
+    case(
+        "timeout 0",
+        &hc("kind = \"tcp\"\ntimeout = @@\"0s\""),
+        &["timeout must be above 0"],
+    );
+    case(
+        "timeout above interval",
+        &hc("kind = \"tcp\"\ninterval = \"1s\"\ntimeout = @@\"2s\""),
+        &["longer than the interval"],
+    );
+    case(
+        "jitter not below interval",
+        &hc("kind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\njitter = @@\"1s\""),
+        &["jitter 1s is not below the interval"],
+    );
+    case(
+        "rise and fall 0",
+        &hc("kind = \"tcp\"\nrise = @@0\nfall = @@0"),
+        &["rise must be at least 1", "fall must be at least 1"],
+    );
+    case("port 0", &hc("kind = \"tcp\"\nport = @@0"), &["port 0"]);
+    case(
+        "nothing to probe",
+        &svc(
+            "[services.health_check]\nkind = \"tcp\"",
+            "mode = \"nat\"\nbackends = [{ addr = \"198.18.1.10\" }]",
+            "",
+        )
+        .replace("ports = [80]\n", "")
+        .replace("[services.health_check]", "@@[services.health_check]"),
+        &["set port in the health check"],
+    );
+    case(
+        "http path",
+        &hc("kind = \"http\"\npath = @@\"healthz\""),
+        &["starts with '/'"],
+    );
+    case(
+        "http host",
+        &hc("kind = \"http\"\nhost = @@\"a b\""),
+        &["Host header"],
+    );
+    case(
+        "http keys on a tcp check",
+        &hc("kind = \"tcp\"\npath = @@\"/healthz\"\nexpect_status = @@\"200\""),
+        &["only used by http", "kind = \"http\""],
+    );
+}
+
+#[test]
+fn passive_rules() {
+    let passive = |keys: &str| svc(&format!("[services.passive]\n{keys}"), NAT, "");
+    case(
+        "window 0",
+        &passive("window = @@\"0s\""),
+        &["window must be above 0"],
+    );
+    case(
+        "backoff 0",
+        &passive("backoff = @@\"0s\""),
+        &["backoff must be above 0"],
+    );
+    case(
+        "never ejects",
+        &svc("@@[services.passive]\nunanswered_syns = 0", NAT, ""),
+        &["never ejects"],
+    );
+    case(
+        "udp service",
+        &svc("@@[services.passive]\nresets = 3", NAT, "")
+            .replace("protocol = \"tcp\"", "protocol = \"udp\""),
+        &["a udp service has neither"],
+    );
+}
+
+#[test]
+fn admin_and_logging_rules() {
+    case(
+        "admin on port 0",
+        &format!("{BASE}[admin]\nlisten = @@\"127.0.0.1:0\"\n"),
+        &["port 0"],
+    );
+    // A disabled admin API may keep any address.
+    assert!(report(&format!(
+        "{BASE}[admin]\nenabled = false\nlisten = \"127.0.0.1:0\"\n"
+    ))
+    .is_none());
+    case(
+        "filter syntax",
+        &format!("{BASE}[logging]\nlevel = @@\"controlplane=loud\"\n"),
+        &["not a filter"],
+    );
+    case(
+        "level typo",
+        &format!("{BASE}[logging]\nlevel = @@\"warn,inof\"\n"),
+        &["did you mean \"info\""],
+    );
+    case(
+        "unknown format",
+        &format!("{BASE}[logging]\nformat = @@\"yaml\"\n"),
+        &["json"],
+    );
+    assert!(report(&format!(
+        "{BASE}[logging]\nlevel = \"warn,controlplane=debug\"\nformat = \"json\"\n"
+    ))
+    .is_none());
+}
+
+#[test]
+fn several_errors_are_all_reported_in_file_order() {
+    // Semantic problems are found in several passes (validate, then compile) but come out sorted.
+    let text = format!(
+        "{BASE}mtu = 100\n\
+         [[services]]\nname = \"web\"\nvip = \"198.18.0.100\"\nprotocol = \"tcp\"\ntable_size = 1000\n\
+         [[services.pools]]\nname = \"p\"\nmode = \"nat\"\nbackends = [{{ addr = \"2001:db8::10\" }}]\n\
+         [logging]\nlevel = \"inof\"\n"
+    );
+    let r = report(&text).expect("problems");
+    let places: Vec<(usize, usize)> = r.diagnostics.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(places, vec![(5, 7), (10, 14), (14, 22), (16, 9)], "{r}");
+    let shown = r.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 4, "{shown}");
+    assert!(
+        lines[0].starts_with("lb.toml:5:7: dataplane: mtu 100"),
+        "{shown}"
+    );
+    assert!(
+        lines[1].starts_with("lb.toml:10:14: service web: table_size 1000 is not a prime (hint: "),
+        "{shown}"
+    );
+    assert!(
+        lines[2]
+            .starts_with("lb.toml:14:22: service web pool p backend 2001:db8::10: IPv6 backend"),
+        "{shown}"
+    );
+    assert!(lines[3].starts_with("lb.toml:16:9: logging: "), "{shown}");
+    let rendered = r.render();
+    assert!(
+        rendered.contains("lb.toml:10:14: error: service web: table_size 1000 is not a prime\n"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("10 | table_size = 1000\n"), "{rendered}");
+    assert!(
+        rendered.contains("= hint: a prime of at least 10: 251"),
+        "{rendered}"
+    );
+    assert!(rendered.ends_with("4 errors\n"), "{rendered}");
+}
+
+#[test]
+fn a_fullnat_pool_without_snat_uses_the_dataplane_pool() {
+    let text = svc(
+        "",
+        "mode = \"fullnat\"\nbackends = [{ addr = \"198.18.1.10\" }]",
+        "",
+    )
+    .replace(
+        "gateway_mac = \"02:00:00:00:00:fe\"\n",
+        "gateway_mac = \"02:00:00:00:00:fe\"\nsnat = [\"198.18.0.2\"]\n",
+    );
+    let (_, compiled) = diag::check_str(&text, Path::new("lb.toml")).unwrap();
+    let snat = &compiled.table.services[0].pools[0].snat;
+    assert_eq!(snat, &vec![dataplane::flow::Addr::v4([198, 18, 0, 2])]);
+    assert!(compiled
+        .table
+        .is_snat(dataplane::flow::Addr::v4([198, 18, 0, 2])));
+
+    // A pool's own list wins over the dataplane's.
+    let own = text.replace(
+        "mode = \"fullnat\"",
+        "mode = \"fullnat\"\nsnat = [\"198.18.0.3\"]",
+    );
+    let (_, compiled) = diag::check_str(&own, Path::new("lb.toml")).unwrap();
+    assert_eq!(
+        compiled.table.services[0].pools[0].snat,
+        vec![dataplane::flow::Addr::v4([198, 18, 0, 3])]
+    );
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let r = diag::check_file(Path::new("/nonexistent/lb.toml")).unwrap_err();
+    assert!(
+        r.to_string()
+            .starts_with("/nonexistent/lb.toml: cannot read the file"),
+        "{r}"
+    );
+    assert!(r.render().ends_with("1 error\n"));
+}
+
+#[test]
+fn the_shipped_config_passes_with_its_commented_examples_enabled() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../lb.toml"));
+    let text = std::fs::read_to_string(path).unwrap();
+    if let Err(r) = diag::check_str(&text, path) {
+        panic!("{}", r.render());
+    }
+    // `# key = value` and `# [table]` lines are examples: uncommented, they must be valid too.
+    let mut enabled = 0;
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            let rest = l.strip_prefix("# ").unwrap_or("");
+            let key = rest.split_once(" = ").map_or("", |(k, _)| k);
+            let is_key = !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            if is_key || rest.starts_with('[') {
+                enabled += 1;
+                format!("{rest}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert!(enabled >= 20, "{enabled} examples found");
+    if let Err(r) = diag::check_str(&uncommented, path) {
+        panic!("{}\n{uncommented}", r.render());
+    }
+}
