@@ -512,7 +512,13 @@ mod tests {
             }],
             reload: ReloadStatus::default(),
             health_transitions: 0,
-            workers: vec![Arc::new(snap), Arc::new(Snapshot::default())],
+            workers: vec![
+                Arc::new(snap),
+                Arc::new(Snapshot {
+                    worker: 1,
+                    ..Default::default()
+                }),
+            ],
             conntrack_capacity: 0,
         };
         let text = render(&obs);
