@@ -1,11 +1,13 @@
 //! Control plane: config, compile() into routing tables, and the frame replay behind `lb sim`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod compile;
 pub mod config;
-pub mod health;
 pub mod diag;
+pub mod health;
 pub mod lab;
+pub mod metrics;
 pub mod reload;
 pub mod sim;
 pub mod state;
