@@ -203,6 +203,9 @@ pub struct FlowValue {
     generation: u64,
     svc_stat: u32,
     be_stat: u32,
+    /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
+    /// still in `SynSent` is a SYN the backend never answered.
+    by_syn: bool,
     /// Checksum delta of the address rewrite (IPv4 header), computed once per flow.
     l3_delta: u64,
     /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
@@ -283,6 +286,22 @@ impl WorkerState {
             self.snat_next = lo;
         }
         self.generation = Some(table.generation);
+    }
+
+    /// Incremental conntrack expiry (the worker's slow path): removes at most `budget` slots'
+    /// worth of expired flows and counts, per backend, the nat/fullnat TCP flows that expire
+    /// while still waiting for the backend's SYN+ACK (`FlowCounters::unanswered_syns`).
+    /// Returns how many flows were removed.
+    pub fn expire(&mut self, now: Millis, budget: usize) -> usize {
+        let WorkerState { ct, counters, .. } = self;
+        ct.expire_with(now, budget, |fs, val| {
+            let unanswered = fs == FlowState::Tcp(TcpState::SynSent) && val.by_syn;
+            if unanswered && val.mode.replies_through_us() {
+                if let Some(b) = counters.backends.get_mut(val.be_stat as usize) {
+                    b.unanswered_syns += 1;
+                }
+            }
+        })
     }
 
     /// Next fullnat source port whose reply key (backend -> snat:port) is free.
@@ -448,6 +467,13 @@ fn tracked(
     st.ct.observe(hit.flow, hit.dir, p.tcp_flags, now);
     let val = st.ct.value(hit.slot);
     count(&mut st.counters, val, pkt.len() as u64, false);
+    // Only nat and fullnat flows have a reply key, so this is the backend resetting the flow:
+    // a passive health signal, one flag test per reply packet.
+    if hit.dir == Dir::Reply && p.tcp_flags & TCP_RST != 0 && p.proto == proto::TCP {
+        if let Some(b) = st.counters.backends.get_mut(val.be_stat as usize) {
+            b.resets += 1;
+        }
+    }
     apply(table, pkt, p, val, p.sport)
 }
 
@@ -508,6 +534,7 @@ fn new_flow(
     let Some(mut fwd) = forward_value(table, svc, be, pool, key) else {
         return Verdict::Drop(DropReason::Unsupported);
     };
+    fwd.by_syn = syn;
     let mut reply = None;
     match pool.mode {
         Mode::FullNat => {
@@ -614,6 +641,7 @@ fn forward_value(
         generation: table.generation,
         svc_stat: svc.stat,
         be_stat: be.stat,
+        by_syn: false,
         l3_delta: 0,
         l4_delta: 0,
     };
@@ -1347,6 +1375,124 @@ mod tests {
         assert_eq!(st.counters.services[svc].new_flows, 1);
         assert_eq!(st.counters.services[svc].packets, 2);
         assert_eq!(st.counters.tx_packets, 2);
+    }
+
+    /// The per-backend counters of the backend a forwarded frame went to (fullnat/nat: the
+    /// rewritten destination).
+    fn backend_counters(st: &WorkerState, t: &RoutingTable, vip: Addr, out: &[u8]) -> FlowCounters {
+        let p = wire::parse(out).unwrap();
+        let (_, svc) = t.service_for(vip, proto::TCP, 80).unwrap();
+        let bi = svc
+            .backend_index(p.dst, 8080)
+            .expect("a backend of the service");
+        st.counters.backends[svc.backends[bi as usize].stat as usize]
+    }
+
+    #[test]
+    fn backend_resets_are_counted_per_backend_client_resets_are_not() {
+        let t = sample::table(1, 4);
+        let mut st = state(1024, 256);
+        for vip in [sample::VIP_FULLNAT, sample::VIP_NAT] {
+            let c = client(7);
+            let (v, out) = run(&mut st, &t, 0, &tcp(c, vip, 5000, TCP_SYN));
+            assert_eq!(v, Verdict::Tx);
+            let p = wire::parse(&out).unwrap();
+            // The client resets: not the backend's fault.
+            let (v, _) = run(&mut st, &t, 1, &tcp(c, vip, 5000, TCP_RST | TCP_ACK));
+            assert_eq!(v, Verdict::Tx);
+            assert_eq!(backend_counters(&st, &t, vip, &out).resets, 0, "{vip}");
+            // The backend resets (to the SNAT address and port, or to the client for nat).
+            let mut rst = vec![0u8; 128];
+            let n = sample::tcp4(&mut rst, p.dst, p.src, p.dport, p.sport, TCP_RST, 0);
+            rst.truncate(n);
+            let (v, _) = run(&mut st, &t, 2, &rst);
+            assert_eq!(v, Verdict::Tx);
+            let b = backend_counters(&st, &t, vip, &out);
+            assert_eq!((b.resets, b.unanswered_syns), (1, 0), "{vip}");
+        }
+        let others: u64 = st.counters.backends.iter().map(|b| b.resets).sum();
+        assert_eq!(others, 2, "no other backend was charged");
+    }
+
+    #[test]
+    fn syns_the_backend_never_answered_are_counted_when_the_flow_expires() {
+        let t = sample::table(1, 4);
+        let mut st = state(1024, 256);
+        let syn_timeout = Timeouts::default().tcp_syn;
+        // Fullnat and nat flows whose SYN is never answered.
+        let (_, fullnat) = run(
+            &mut st,
+            &t,
+            0,
+            &tcp(client(1), sample::VIP_FULLNAT, 5000, TCP_SYN),
+        );
+        let (_, nat) = run(
+            &mut st,
+            &t,
+            0,
+            &tcp(client(2), sample::VIP_NAT, 5000, TCP_SYN),
+        );
+        // A fullnat flow whose backend answers.
+        let (_, ok) = run(
+            &mut st,
+            &t,
+            0,
+            &tcp(client(3), sample::VIP_FULLNAT, 5001, TCP_SYN),
+        );
+        let p = wire::parse(&ok).unwrap();
+        let mut sa = vec![0u8; 128];
+        let n = sample::tcp4(
+            &mut sa,
+            p.dst,
+            p.src,
+            p.dport,
+            p.sport,
+            TCP_SYN | TCP_ACK,
+            0,
+        );
+        sa.truncate(n);
+        assert_eq!(run(&mut st, &t, 1, &sa).0, Verdict::Tx);
+        // A nat flow picked up mid-stream (no SYN seen) and a dsr flow: no verdict on the backend.
+        assert_eq!(
+            run(
+                &mut st,
+                &t,
+                0,
+                &tcp(client(4), sample::VIP_NAT, 5002, TCP_ACK)
+            )
+            .0,
+            Verdict::Tx
+        );
+        assert_eq!(
+            run(
+                &mut st,
+                &t,
+                0,
+                &tcp(client(5), sample::VIP_IPIP, 5003, TCP_SYN)
+            )
+            .0,
+            Verdict::Tx
+        );
+        // Nothing is counted before the flows expire.
+        assert_eq!(st.expire(syn_timeout - 1, 4096), 0);
+        let total = |st: &WorkerState| -> u64 {
+            st.counters.backends.iter().map(|b| b.unanswered_syns).sum()
+        };
+        assert_eq!(total(&st), 0);
+        assert_eq!(st.expire(syn_timeout + 10, 4096), 5);
+        assert_eq!(
+            backend_counters(&st, &t, sample::VIP_FULLNAT, &fullnat).unanswered_syns,
+            1
+        );
+        assert_eq!(
+            backend_counters(&st, &t, sample::VIP_NAT, &nat).unanswered_syns,
+            1
+        );
+        assert_eq!(
+            total(&st),
+            2,
+            "answered, picked-up and dsr flows are not counted"
+        );
     }
 
     #[test]

@@ -161,6 +161,8 @@ pub fn total(snapshots: &[Snapshot]) -> Counters {
                 a.packets += b.packets;
                 a.bytes += b.bytes;
                 a.new_flows += b.new_flows;
+                a.resets += b.resets;
+                a.unanswered_syns += b.unanswered_syns;
             }
         }
     }
@@ -454,7 +456,7 @@ impl Worker {
         drop(table);
         if now >= self.next_slow {
             self.next_slow = now + SLOW_PATH_MS;
-            self.stats.expired += self.state.ct.expire(now, EXPIRE_BUDGET) as u64;
+            self.stats.expired += self.state.expire(now, EXPIRE_BUDGET) as u64;
         }
         if now >= self.next_publish {
             self.next_publish = now + PUBLISH_MS;
