@@ -11,7 +11,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -324,6 +324,9 @@ pub struct Worker {
     mesh: Mesh,
     stats: WorkerStats,
     published: Arc<ArcSwap<Snapshot>>,
+    /// Generation of the table this worker adopted, for the control plane: once every worker
+    /// shows a generation, none holds an older table (see [`WorkerHandle::generation`]).
+    adopted: Arc<AtomicU64>,
     started: Instant,
     generation: Option<u64>,
     next_slow: Millis,
@@ -368,6 +371,7 @@ pub fn build_workers(
                 worker: i as u16,
                 ..Snapshot::default()
             })),
+            adopted: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
             generation: None,
             next_slow: 0,
@@ -399,6 +403,9 @@ impl Worker {
             self.state.adopt(&table);
             self.steer.refresh(&table);
             self.generation = Some(table.generation);
+            // Release: the drop of the previous burst's guard on the old table happens before
+            // the control plane, reading this with Acquire, drops that table.
+            self.adopted.store(table.generation, Ordering::Release);
         }
         let Worker {
             id,
@@ -592,6 +599,7 @@ pub struct WorkerHandle {
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
     published: Arc<ArcSwap<Snapshot>>,
+    adopted: Arc<AtomicU64>,
     thread: Option<JoinHandle<Snapshot>>,
 }
 
@@ -626,9 +634,23 @@ impl WorkerHandle {
         self.pin_error.as_ref()
     }
 
+    /// Generation of the table the worker runs on (0 before its first turn). Once it is at
+    /// least `g`, the worker holds no reference to any table older than `g`: it loads the table
+    /// afresh every turn and keeps none across idle sleeps, so the control plane may drop older
+    /// tables. An idle worker adopts a new table within one sleep (at most 1 ms by default).
+    pub fn generation(&self) -> u64 {
+        self.adopted.load(Ordering::Acquire)
+    }
+
     /// The counters last published (at most about 100 ms old). Never blocks the worker.
     pub fn counters(&self) -> Arc<Snapshot> {
         self.published.load_full()
+    }
+
+    /// Wakes the worker if it sleeps idle, so it adopts a just-published table now rather than
+    /// after its sleep (the control plane calls this on every handle after a reload).
+    pub fn wake(&self) {
+        self.wake.ring();
     }
 
     /// Asks the worker to stop after its current turn (and wakes it if it sleeps).
@@ -679,6 +701,7 @@ pub fn spawn_workers(
             stop: w.stop.clone(),
             wake: w.mesh.wake.clone(),
             published: w.published.clone(),
+            adopted: w.adopted.clone(),
             thread: None,
         };
         let thread = std::thread::Builder::new()

@@ -418,3 +418,62 @@ fn stop_wakes_a_sleeping_worker() {
     std::thread::sleep(Duration::from_millis(100));
     stop_all(handles); // asserts < 1 s although the worker sleeps 30 s at a time
 }
+
+/// Waits until every handle reports generation `g`; returns how long that took.
+fn until_generation(handles: &[WorkerHandle], g: u64, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if handles.iter().all(|h| h.generation() == g) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    None
+}
+
+#[test]
+fn every_worker_reports_a_new_table_quickly_and_keeps_no_reference_to_the_old_one() {
+    let _g = serial();
+    let t = Arc::new(ArcSwap::from_pointee(table(1, &[10, 11])));
+    let ports = [SharedPort::new(), SharedPort::new(), SharedPort::new()];
+    // Default idling: workers sleep at most 1 ms, so they pick a new table up within a sleep.
+    let handles = spawn(&ports, &t, IdlePolicy::default());
+    assert!(
+        until_generation(&handles, 1, Duration::from_secs(2)).is_some(),
+        "workers never adopted the first table"
+    );
+    std::thread::sleep(Duration::from_millis(50)); // idle now, past the spin phase
+    let mut worst = Duration::ZERO;
+    for g in 2..12u64 {
+        let old = t.swap(Arc::new(table(g, &[10, 11, (g % 3) as u8 + 12])));
+        let took = until_generation(&handles, g, Duration::from_secs(1))
+            .unwrap_or_else(|| panic!("generation {g} did not reach every worker within 1 s"));
+        worst = worst.max(took);
+        // The control plane holds the last reference: dropping it here frees the table, never
+        // a worker's burst.
+        assert_eq!(
+            Arc::strong_count(&old),
+            1,
+            "a worker still holds generation {}",
+            g - 1
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("reload to 3 idle workers (1 ms sleeps): worst {worst:?}");
+    assert!(worst < Duration::from_millis(100), "worst {worst:?}");
+    stop_all(handles);
+
+    // Workers in long sleeps are woken by the control plane instead of waiting 5 s.
+    let handles = spawn(&ports, &t, LONG_SLEEP);
+    assert!(until_generation(&handles, 11, Duration::from_secs(2)).is_some());
+    std::thread::sleep(Duration::from_millis(100)); // asleep by now
+    let old = t.swap(Arc::new(table(12, &[10])));
+    for h in &handles {
+        h.wake();
+    }
+    let took = until_generation(&handles, 12, Duration::from_secs(1))
+        .expect("woken workers adopt the new table");
+    eprintln!("reload to 3 woken workers (5 s sleeps): {took:?}");
+    assert_eq!(Arc::strong_count(&old), 1);
+    stop_all(handles);
+}
