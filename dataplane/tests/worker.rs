@@ -1,21 +1,20 @@
 //! Worker threads end to end over in-memory ports: hand-off between workers, table swaps under
 //! traffic, idle CPU use and stopping.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use common::SharedPort;
 use dataplane::conntrack;
 use dataplane::flow::{proto, Addr};
-use dataplane::port::mem::MemPort;
-use dataplane::port::{Port, PortStats};
+use dataplane::port::Port;
 use dataplane::table::{Affinity, Backend, Local, Mode, Pool, ServiceSpec};
 use dataplane::worker::{spawn_workers, total, IdlePolicy, WorkerConfig, WorkerHandle};
-use dataplane::{wire, PacketBuf, RoutingTable, Verdict};
+use dataplane::{wire, RoutingTable};
 
 const VIP: [u8; 4] = [198, 18, 0, 100];
 const SNAT: [u8; 4] = [198, 18, 0, 2];
@@ -26,66 +25,6 @@ const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 9, 9];
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A `MemPort` the test can feed and read while a worker thread owns the port, with a wait fd
-/// that becomes readable when the test pushes frames (as a real port's would).
-#[derive(Clone)]
-struct SharedPort {
-    mem: Arc<Mutex<MemPort>>,
-    bell: Arc<(UnixStream, UnixStream)>,
-}
-
-impl SharedPort {
-    fn new() -> SharedPort {
-        let (a, b) = UnixStream::pair().unwrap();
-        b.set_nonblocking(true).unwrap();
-        SharedPort {
-            mem: Arc::new(Mutex::new(MemPort::new())),
-            bell: Arc::new((a, b)),
-        }
-    }
-
-    fn push(&self, frames: impl IntoIterator<Item = Vec<u8>>) {
-        self.mem.lock().unwrap().rx.extend(frames);
-        let _ = (&self.bell.0).write(&[1]);
-    }
-
-    fn take_tx(&self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut self.mem.lock().unwrap().tx)
-    }
-}
-
-impl Port for SharedPort {
-    fn name(&self) -> String {
-        "shared-mem".into()
-    }
-
-    fn rx_burst(
-        &mut self,
-        max: usize,
-        f: &mut dyn FnMut(&mut PacketBuf<'_>) -> Verdict,
-    ) -> std::io::Result<usize> {
-        let mut sink = [0u8; 64];
-        while matches!((&self.bell.1).read(&mut sink), Ok(n) if n > 0) {}
-        self.mem.lock().unwrap().rx_burst(max, f)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-
-    fn wait_fd(&self) -> Option<RawFd> {
-        Some(self.bell.1.as_raw_fd())
-    }
-
-    fn stats(&self) -> PortStats {
-        self.mem.lock().unwrap().stats()
-    }
-
-    fn tx_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
-        self.mem.lock().unwrap().tx_frame(frame)
-    }
 }
 
 fn backend(last: u8) -> Backend {
