@@ -537,12 +537,27 @@ impl<V: Copy> Conntrack<V> {
     /// Incremental expiry: examines at most `budget` slots from a moving cursor and removes the flows
     /// found expired at `now`. Returns how many flows were removed.
     pub fn expire(&mut self, now: Millis, budget: usize) -> usize {
+        self.expire_with(now, budget, |_, _| {})
+    }
+
+    /// [`Conntrack::expire`], telling `gone` the state and original-direction value of each flow
+    /// it removes (the worker counts nat/fullnat SYNs the backend never answered). Flows removed
+    /// otherwise (evicted, reused once expired, `remove`) are not reported.
+    pub fn expire_with(
+        &mut self,
+        now: Millis,
+        budget: usize,
+        mut gone: impl FnMut(FlowState, &V),
+    ) -> usize {
         let mut removed = 0;
         for _ in 0..budget.min(self.capacity()) {
             let i = self.cursor;
             self.cursor = (i + 1) & self.mask;
             let s = &self.slots[i];
             if self.tags[i] != TAG_FREE && s.flags & F_REPLY == 0 && now >= s.deadline {
+                if let Some(v) = &s.value {
+                    gone(s.state, v);
+                }
                 self.remove(i as u32);
                 removed += 1;
             }
@@ -938,6 +953,39 @@ mod tests {
         assert!(ct.lookup(&est, 100 + T.tcp_established).is_some());
         // Expired flows stay stored until collected.
         assert_eq!(ct.len(), 4);
+    }
+
+    #[test]
+    fn expire_with_reports_the_state_and_value_of_each_flow_it_removes() {
+        let mut ct = Conntrack::new(cfg(64, 64));
+        let a = ct
+            .insert(
+                0,
+                (&key(1, proto::TCP), 10),
+                Some((&rkey(1, proto::TCP), 11)),
+                SYN_SENT,
+            )
+            .unwrap();
+        let b = ct
+            .insert(
+                0,
+                (&key(2, proto::TCP), 20),
+                Some((&rkey(2, proto::TCP), 21)),
+                SYN_SENT,
+            )
+            .unwrap();
+        // The backend answers flow b's SYN.
+        ct.observe(b, Dir::Reply, SYN | ACK, 1);
+        let _ = a;
+        let mut seen = Vec::new();
+        let n = ct.expire_with(T.tcp_syn + 1, 64, |st, v| seen.push((st, *v)));
+        seen.sort_by_key(|s| s.1);
+        assert_eq!(n, 2);
+        assert_eq!(
+            seen,
+            vec![(SYN_SENT, 10), (FlowState::Tcp(TcpState::SynReceived), 20)],
+            "each flow once, with the value of its original key"
+        );
     }
 
     #[test]

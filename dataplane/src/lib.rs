@@ -8,6 +8,7 @@
 pub mod conntrack;
 pub mod flow;
 pub mod maglev;
+pub mod neighbor;
 pub mod packet;
 pub mod pipeline;
 #[allow(unsafe_code)]

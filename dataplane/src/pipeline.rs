@@ -59,11 +59,13 @@ pub enum DropReason {
     NoRoom,
     /// A configuration we cannot forward (e.g. address family mismatch at run time).
     Unsupported,
+    /// A new flow's next hop (backend or gateway) has no resolved MAC yet; it is being probed.
+    NoNeighbor,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::BadIpChecksum,
@@ -80,6 +82,7 @@ impl DropReason {
         DropReason::IcmpUntracked,
         DropReason::NoRoom,
         DropReason::Unsupported,
+        DropReason::NoNeighbor,
     ];
 
     /// The kebab-case name used by `lb sim`, fixtures and metrics.
@@ -101,6 +104,7 @@ impl DropReason {
             DropReason::IcmpUntracked => "icmp-untracked",
             DropReason::NoRoom => "no-room",
             DropReason::Unsupported => "unsupported",
+            DropReason::NoNeighbor => "no-neighbor",
         }
     }
 }
@@ -203,6 +207,9 @@ pub struct FlowValue {
     generation: u64,
     svc_stat: u32,
     be_stat: u32,
+    /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
+    /// still in `SynSent` is a SYN the backend never answered.
+    by_syn: bool,
     /// Checksum delta of the address rewrite (IPv4 header), computed once per flow.
     l3_delta: u64,
     /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
@@ -283,6 +290,22 @@ impl WorkerState {
             self.snat_next = lo;
         }
         self.generation = Some(table.generation);
+    }
+
+    /// Incremental conntrack expiry (the worker's slow path): removes at most `budget` slots'
+    /// worth of expired flows and counts, per backend, the nat/fullnat TCP flows that expire
+    /// while still waiting for the backend's SYN+ACK (`FlowCounters::unanswered_syns`).
+    /// Returns how many flows were removed.
+    pub fn expire(&mut self, now: Millis, budget: usize) -> usize {
+        let WorkerState { ct, counters, .. } = self;
+        ct.expire_with(now, budget, |fs, val| {
+            let unanswered = fs == FlowState::Tcp(TcpState::SynSent) && val.by_syn;
+            if unanswered && val.mode.replies_through_us() {
+                if let Some(b) = counters.backends.get_mut(val.be_stat as usize) {
+                    b.unanswered_syns += 1;
+                }
+            }
+        })
     }
 
     /// Next fullnat source port whose reply key (backend -> snat:port) is free.
@@ -448,6 +471,13 @@ fn tracked(
     st.ct.observe(hit.flow, hit.dir, p.tcp_flags, now);
     let val = st.ct.value(hit.slot);
     count(&mut st.counters, val, pkt.len() as u64, false);
+    // Only nat and fullnat flows have a reply key, so this is the backend resetting the flow:
+    // a passive health signal, one flag test per reply packet.
+    if hit.dir == Dir::Reply && p.tcp_flags & TCP_RST != 0 && p.proto == proto::TCP {
+        if let Some(b) = st.counters.backends.get_mut(val.be_stat as usize) {
+            b.resets += 1;
+        }
+    }
     apply(table, pkt, p, val, p.sport)
 }
 
@@ -457,7 +487,10 @@ fn revalidate(table: &RoutingTable, val: &mut FlowValue, dir: Dir) -> Option<()>
     let bi = svc.backend_index(val.backend, val.backend_port)?;
     let be = svc.backends.get(bi as usize)?;
     if dir == Dir::Original {
-        val.mac = be.mac;
+        // A next hop that is being re-resolved keeps the MAC the flow already uses.
+        if let Ok(mac) = backend_mac(table, svc, usize::from(bi), be) {
+            val.mac = mac;
+        }
     }
     val.svc_stat = svc.stat;
     val.be_stat = be.stat;
@@ -498,16 +531,21 @@ fn new_flow(
     if !wire::verify_l4_checksum(pkt.data(), p) {
         return Verdict::Drop(DropReason::BadL4Checksum);
     }
-    let Some((be, pool)) = select(table, svc, key) else {
+    let Some((be, pool, bi)) = select(table, svc, key) else {
         return Verdict::Drop(DropReason::NoBackend);
     };
     if tcp && !syn && pool.mode == Mode::FullNat {
         return Verdict::Drop(DropReason::NoFlow);
     }
+    let mac = match backend_mac(table, svc, bi, be) {
+        Ok(m) => m,
+        Err(r) => return Verdict::Drop(r),
+    };
     let client_mac = src_mac(pkt.data());
-    let Some(mut fwd) = forward_value(table, svc, be, pool, key) else {
+    let Some(mut fwd) = forward_value(table, svc, be, mac, pool, key) else {
         return Verdict::Drop(DropReason::Unsupported);
     };
+    fwd.by_syn = syn;
     let mut reply = None;
     match pool.mode {
         Mode::FullNat => {
@@ -579,21 +617,47 @@ fn select<'t>(
     table: &RoutingTable,
     svc: &'t Service,
     key: &FlowKey,
-) -> Option<(&'t Backend, &'t Pool)> {
+) -> Option<(&'t Backend, &'t Pool, usize)> {
     let hash = match svc.affinity {
         Affinity::None => key.hash(table.hash_seed),
         Affinity::ClientIp => hash_addr(&key.src, table.hash_seed),
     };
-    let be = svc.backends.get(usize::from(svc.maglev.lookup(hash)?))?;
-    Some((be, svc.pools.get(usize::from(be.pool))?))
+    let bi = usize::from(svc.maglev.lookup(hash)?);
+    let be = svc.backends.get(bi)?;
+    Some((be, svc.pools.get(usize::from(be.pool))?, bi))
 }
 
-/// The client -> backend half of a new flow `key` (client -> VIP) on backend `be`. Fullnat's source
-/// address and port are filled in by the caller, which allocates them.
+/// The MAC towards backend `bi` of `svc`: its static `mac`, or its next hop's entry in the
+/// neighbor cache (one atomic load). An unresolved next hop is marked wanted, so the resolver
+/// probes it now, and the flow is refused with `no-neighbor` (the client's SYN retry finds it
+/// resolved).
+#[inline]
+fn backend_mac(
+    table: &RoutingTable,
+    svc: &Service,
+    bi: usize,
+    be: &Backend,
+) -> Result<[u8; 6], DropReason> {
+    let Some(h) = svc.next_hop(bi) else {
+        return Ok(be.mac);
+    };
+    let (Some(cache), Some(nh)) = (table.neighbors(), table.next_hops().get(h as usize)) else {
+        return Err(DropReason::NoNeighbor);
+    };
+    cache.mac(nh.hop).ok_or_else(|| {
+        cache.want(nh.hop);
+        DropReason::NoNeighbor
+    })
+}
+
+/// The client -> backend half of a new flow `key` (client -> VIP) on backend `be`, whose next
+/// hop has `mac`. Fullnat's source address and port are filled in by the caller, which
+/// allocates them.
 fn forward_value(
     table: &RoutingTable,
     svc: &Service,
     be: &Backend,
+    mac: [u8; 6],
     pool: &Pool,
     key: &FlowKey,
 ) -> Option<FlowValue> {
@@ -604,7 +668,7 @@ fn forward_value(
         new_dst: be.addr,
         new_sport: key.sport,
         new_dport: if be.port == 0 { key.dport } else { be.port },
-        mac: be.mac,
+        mac,
         gue_port: pool.gue_port,
         vip: key.dst,
         vport: key.dport,
@@ -614,6 +678,7 @@ fn forward_value(
         generation: table.generation,
         svc_stat: svc.stat,
         be_stat: be.stat,
+        by_syn: false,
         l3_delta: 0,
         l4_delta: 0,
     };
@@ -1003,6 +1068,10 @@ fn arp(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verdict {
         return Verdict::Drop(DropReason::Truncated);
     };
     let (spa, tpa) = (arp.sender_ip(), arp.target_ip());
+    if matches!(arp.operation(), wire::ARP_REQUEST | wire::ARP_REPLY) {
+        // Requests, replies and gratuitous announcements all tell the sender's MAC.
+        learn(table, Addr::v4(spa), arp.sender_mac());
+    }
     // Gratuitous announcements, replies and other hosts' addresses are the host's business.
     if arp.operation() != wire::ARP_REQUEST || spa == tpa || !table.owns(Addr::v4(tpa)) {
         return Verdict::ToHost;
@@ -1010,6 +1079,60 @@ fn arp(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verdict {
     arp.make_reply(local_mac);
     set_macs(d, eth_src, local_mac);
     Verdict::Tx
+}
+
+/// Records `mac` for `addr` when `addr` is a next hop this table resolves dynamically. Nothing
+/// else is learned: a stranger cannot add entries, and frames claiming one of our own addresses
+/// or our MAC (our own probes looping back, or a conflict) are ignored.
+fn learn(table: &RoutingTable, addr: Addr, mac: [u8; 6]) {
+    let Some(cache) = table.neighbors() else {
+        return;
+    };
+    let Some(nh) = table.next_hop_by_addr(addr) else {
+        return;
+    };
+    if mac == table.local.mac || table.owns(addr) {
+        return;
+    }
+    cache.learn(nh.hop, mac);
+}
+
+/// Learns from a neighbor advertisement (its target and target link-layer address option) or a
+/// neighbor solicitation (its source and source link-layer address option), after the checks of
+/// RFC 4861 7.1: hop limit 255, code 0, valid checksum.
+fn learn_nd(table: &RoutingTable, d: &[u8], p: &Parsed) {
+    let l4 = p.l4_off;
+    if p.ttl != 255 || p.icmp_code != 0 || p.l3_end < l4 + 24 || p.l3_end > d.len() {
+        return;
+    }
+    let (addr, want_opt) = if p.icmp_type == 136 {
+        match d.get(l4 + 8..l4 + 24).and_then(Addr::from_wire) {
+            Some(t) => (t, 2),
+            None => return,
+        }
+    } else {
+        (p.src, 1)
+    };
+    if addr == Addr::default() || table.next_hop_by_addr(addr).is_none() {
+        return;
+    }
+    if !wire::verify_l4_checksum(d, p) {
+        return;
+    }
+    let mut off = l4 + 24;
+    while off + 8 <= p.l3_end {
+        let (kind, len) = (d[off], usize::from(d[off + 1]) * 8);
+        if len == 0 || off + len > p.l3_end {
+            return;
+        }
+        if kind == want_opt {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&d[off + 2..off + 8]);
+            learn(table, addr, mac);
+            return;
+        }
+        off += len;
+    }
 }
 
 fn icmp(
@@ -1057,6 +1180,9 @@ fn icmp(
         } else {
             Verdict::ToHost
         };
+    }
+    if v6 && matches!(p.icmp_type, 135 | 136) && table.neighbors().is_some() {
+        learn_nd(table, pkt.data(), p);
     }
     if v6 && p.icmp_type == 135 {
         return neighbor_solicitation(table, pkt, p);
@@ -1183,10 +1309,14 @@ fn icmp_error_stateless(
     let Some((_, svc)) = table.service_for(key.dst, key.proto, key.dport) else {
         return Verdict::Drop(DropReason::IcmpUntracked);
     };
-    let Some((be, pool)) = select(table, svc, key) else {
+    let Some((be, pool, bi)) = select(table, svc, key) else {
         return Verdict::Drop(DropReason::NoBackend);
     };
-    let Some(val) = forward_value(table, svc, be, pool, key) else {
+    let mac = match backend_mac(table, svc, bi, be) {
+        Ok(m) => m,
+        Err(r) => return Verdict::Drop(r),
+    };
+    let Some(val) = forward_value(table, svc, be, mac, pool, key) else {
         return Verdict::Drop(DropReason::Unsupported);
     };
     match val.action {
@@ -1268,7 +1398,9 @@ fn icmp_error_tracked(
 mod tests {
     use super::*;
     use crate::conntrack::Timeouts;
+    use crate::neighbor::NeighborCache;
     use crate::sample;
+    use crate::table::{NeighborSpec, Prefix};
     use proptest::prelude::*;
 
     const HEAD: usize = 128;
@@ -1347,6 +1479,299 @@ mod tests {
         assert_eq!(st.counters.services[svc].new_flows, 1);
         assert_eq!(st.counters.services[svc].packets, 2);
         assert_eq!(st.counters.tx_packets, 2);
+    }
+
+    /// The per-backend counters of the backend a forwarded frame went to (fullnat/nat: the
+    /// rewritten destination).
+    fn backend_counters(st: &WorkerState, t: &RoutingTable, vip: Addr, out: &[u8]) -> FlowCounters {
+        let p = wire::parse(out).unwrap();
+        let (_, svc) = t.service_for(vip, proto::TCP, 80).unwrap();
+        let bi = svc
+            .backend_index(p.dst, 8080)
+            .expect("a backend of the service");
+        st.counters.backends[svc.backends[bi as usize].stat as usize]
+    }
+
+    #[test]
+    fn backend_resets_are_counted_per_backend_client_resets_are_not() {
+        let t = sample::table(1, 4);
+        let mut st = state(1024, 256);
+        for vip in [sample::VIP_FULLNAT, sample::VIP_NAT] {
+            let c = client(7);
+            let (v, out) = run(&mut st, &t, 0, &tcp(c, vip, 5000, TCP_SYN));
+            assert_eq!(v, Verdict::Tx);
+            let p = wire::parse(&out).unwrap();
+            // The client resets: not the backend's fault.
+            let (v, _) = run(&mut st, &t, 1, &tcp(c, vip, 5000, TCP_RST | TCP_ACK));
+            assert_eq!(v, Verdict::Tx);
+            assert_eq!(backend_counters(&st, &t, vip, &out).resets, 0, "{vip}");
+            // The backend resets (to the SNAT address and port, or to the client for nat).
+            let mut rst = vec![0u8; 128];
+            let n = sample::tcp4(&mut rst, p.dst, p.src, p.dport, p.sport, TCP_RST, 0);
+            rst.truncate(n);
+            let (v, _) = run(&mut st, &t, 2, &rst);
+            assert_eq!(v, Verdict::Tx);
+            let b = backend_counters(&st, &t, vip, &out);
+            assert_eq!((b.resets, b.unanswered_syns), (1, 0), "{vip}");
+        }
+        let others: u64 = st.counters.backends.iter().map(|b| b.resets).sum();
+        assert_eq!(others, 2, "no other backend was charged");
+    }
+
+    #[test]
+    fn syns_the_backend_never_answered_are_counted_when_the_flow_expires() {
+        let t = sample::table(1, 4);
+        let mut st = state(1024, 256);
+        let syn_timeout = Timeouts::default().tcp_syn;
+        // Fullnat and nat flows whose SYN is never answered.
+        let (_, fullnat) = run(
+            &mut st,
+            &t,
+            0,
+            &tcp(client(1), sample::VIP_FULLNAT, 5000, TCP_SYN),
+        );
+        let (_, nat) = run(
+            &mut st,
+            &t,
+            0,
+            &tcp(client(2), sample::VIP_NAT, 5000, TCP_SYN),
+        );
+        // A fullnat flow whose backend answers.
+        let (_, ok) = run(
+            &mut st,
+            &t,
+            0,
+            &tcp(client(3), sample::VIP_FULLNAT, 5001, TCP_SYN),
+        );
+        let p = wire::parse(&ok).unwrap();
+        let mut sa = vec![0u8; 128];
+        let n = sample::tcp4(
+            &mut sa,
+            p.dst,
+            p.src,
+            p.dport,
+            p.sport,
+            TCP_SYN | TCP_ACK,
+            0,
+        );
+        sa.truncate(n);
+        assert_eq!(run(&mut st, &t, 1, &sa).0, Verdict::Tx);
+        // A nat flow picked up mid-stream (no SYN seen) and a dsr flow: no verdict on the backend.
+        assert_eq!(
+            run(
+                &mut st,
+                &t,
+                0,
+                &tcp(client(4), sample::VIP_NAT, 5002, TCP_ACK)
+            )
+            .0,
+            Verdict::Tx
+        );
+        assert_eq!(
+            run(
+                &mut st,
+                &t,
+                0,
+                &tcp(client(5), sample::VIP_IPIP, 5003, TCP_SYN)
+            )
+            .0,
+            Verdict::Tx
+        );
+        // Nothing is counted before the flows expire.
+        assert_eq!(st.expire(syn_timeout - 1, 4096), 0);
+        let total = |st: &WorkerState| -> u64 {
+            st.counters.backends.iter().map(|b| b.unanswered_syns).sum()
+        };
+        assert_eq!(total(&st), 0);
+        assert_eq!(st.expire(syn_timeout + 10, 4096), 5);
+        assert_eq!(
+            backend_counters(&st, &t, sample::VIP_FULLNAT, &fullnat).unanswered_syns,
+            1
+        );
+        assert_eq!(
+            backend_counters(&st, &t, sample::VIP_NAT, &nat).unanswered_syns,
+            1
+        );
+        assert_eq!(
+            total(&st),
+            2,
+            "answered, picked-up and dsr flows are not counted"
+        );
+    }
+
+    /// The sample table with every backend on the link, resolved through a fresh cache.
+    fn neighbor_table(generation: u64) -> (RoutingTable, std::sync::Arc<NeighborCache>) {
+        let cache = std::sync::Arc::new(NeighborCache::new(64));
+        let mut t = sample::table(generation, 2);
+        t.set_neighbors(NeighborSpec {
+            cache: cache.clone(),
+            on_link: vec![
+                Prefix {
+                    addr: Addr::v4([198, 18, 0, 0]),
+                    len: 16,
+                },
+                Prefix {
+                    addr: Addr::v6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                    len: 32,
+                },
+            ],
+            gateway_v4: None,
+            gateway_v6: None,
+            statics: vec![],
+        })
+        .unwrap();
+        (t, cache)
+    }
+
+    fn arp_frame(op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 42];
+        wire::write_eth(&mut f, [0xff; 6], sha, None, wire::ETHERTYPE_ARP).unwrap();
+        f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, op as u8]);
+        f[22..28].copy_from_slice(&sha);
+        f[28..32].copy_from_slice(&spa);
+        f[38..42].copy_from_slice(&tpa);
+        f
+    }
+
+    /// An ICMPv6 NS (135) or NA (136) from `src` with `mac` in its link-layer option.
+    fn nd_frame(kind: u8, src: Addr, dst: Addr, target: Addr, mac: [u8; 6], hops: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 32];
+        wire::write_eth(&mut f, sample::LB_MAC, mac, None, wire::ETHERTYPE_IPV6).unwrap();
+        wire::write_ipv6(
+            &mut f[14..],
+            &Ipv6Fields {
+                src: src.0,
+                dst: dst.0,
+                next_header: proto::ICMPV6,
+                payload_len: 32,
+                hop_limit: hops,
+                traffic_class: 0,
+                flow_label: 0,
+            },
+        )
+        .unwrap();
+        let m = &mut f[54..];
+        m[0] = kind;
+        m[4] = if kind == 136 { 0x60 } else { 0 };
+        m[8..24].copy_from_slice(&target.0);
+        m[24..26].copy_from_slice(&[if kind == 136 { 2 } else { 1 }, 1]);
+        m[26..32].copy_from_slice(&mac);
+        let c = checksum::l4(&src, &dst, proto::ICMPV6, m);
+        wire::put_be16(m, 2, c);
+        f
+    }
+
+    fn mac_of(cache: &NeighborCache, t: &RoutingTable, a: Addr) -> Option<[u8; 6]> {
+        cache.mac(t.next_hop_by_addr(a)?.hop)
+    }
+
+    #[test]
+    fn a_new_flow_waits_for_its_next_hop_then_goes_to_the_learned_mac() {
+        let (t, cache) = neighbor_table(1);
+        let mut st = state(1024, 256);
+        let syn = tcp(client(1), sample::VIP_FULLNAT, 5000, TCP_SYN);
+        assert_eq!(
+            run(&mut st, &t, 0, &syn).0,
+            Verdict::Drop(DropReason::NoNeighbor)
+        );
+        assert_eq!(st.counters.dropped(DropReason::NoNeighbor), 1);
+        assert_eq!(st.ct.len(), 0, "no state for a flow that was not forwarded");
+        let wanted: Vec<Addr> = cache
+            .entries()
+            .into_iter()
+            .filter(|(_, e)| e.wanted)
+            .map(|(a, _)| a)
+            .collect();
+        assert_eq!(wanted.len(), 1, "the chosen backend is marked for probing");
+        // The backends answer the resolver's ARP requests.
+        let macs = [[2, 0, 0, 0, 0xb, 10], [2, 0, 0, 0, 0xb, 11]];
+        for (h, mac) in [10u8, 11].into_iter().zip(macs) {
+            let reply = arp_frame(wire::ARP_REPLY, mac, [198, 18, 1, h], [198, 18, 0, 1]);
+            assert_eq!(run(&mut st, &t, 1, &reply).0, Verdict::ToHost);
+        }
+        let (v, out) = run(&mut st, &t, 2, &syn);
+        assert_eq!(v, Verdict::Tx);
+        let p = wire::parse(&out).unwrap();
+        assert_eq!(p.dst, wanted[0]);
+        assert_eq!(
+            Some(out[..6].try_into().unwrap()),
+            mac_of(&cache, &t, p.dst)
+        );
+        // An established flow keeps its MAC across a reload, even while its neighbor is being
+        // re-resolved (the new table's binding of another cache starts unresolved).
+        let (t2, _) = neighbor_table(2);
+        let (v, again) = run(
+            &mut st,
+            &t2,
+            3,
+            &tcp(client(1), sample::VIP_FULLNAT, 5000, TCP_ACK),
+        );
+        assert_eq!(v, Verdict::Tx);
+        assert_eq!(&again[..6], &out[..6]);
+    }
+
+    #[test]
+    fn neighbors_are_learned_only_from_known_next_hops() {
+        let (t, cache) = neighbor_table(1);
+        let mut st = state(1024, 256);
+        let be10 = Addr::v4([198, 18, 1, 10]);
+        let be11 = Addr::v4([198, 18, 1, 11]);
+        let m = [2, 0, 0, 0, 0xb, 10];
+        // A stranger's announcement creates nothing.
+        let stranger = arp_frame(wire::ARP_REPLY, m, [198, 18, 1, 99], [198, 18, 0, 1]);
+        assert_eq!(run(&mut st, &t, 0, &stranger).0, Verdict::ToHost);
+        assert!(t.next_hop_by_addr(Addr::v4([198, 18, 1, 99])).is_none());
+        assert!(cache.entries().iter().all(|(_, e)| e.mac.is_none()));
+        assert_eq!(cache.learned(), 0);
+        // A frame claiming a backend's address with our own MAC is ignored.
+        let ours = arp_frame(
+            wire::ARP_REPLY,
+            sample::LB_MAC,
+            [198, 18, 1, 10],
+            [198, 18, 0, 1],
+        );
+        run(&mut st, &t, 0, &ours);
+        assert_eq!(mac_of(&cache, &t, be10), None);
+        // Gratuitous ARP from a backend: learned (and still the host's business).
+        let garp = arp_frame(wire::ARP_REQUEST, m, [198, 18, 1, 10], [198, 18, 1, 10]);
+        assert_eq!(run(&mut st, &t, 0, &garp).0, Verdict::ToHost);
+        assert_eq!(mac_of(&cache, &t, be10), Some(m));
+        // A backend asking for our address: learned and answered.
+        let m11 = [2, 0, 0, 0, 0xb, 11];
+        let ask = arp_frame(wire::ARP_REQUEST, m11, [198, 18, 1, 11], [198, 18, 0, 1]);
+        assert_eq!(run(&mut st, &t, 0, &ask).0, Verdict::Tx);
+        assert_eq!(mac_of(&cache, &t, be11), Some(m11));
+
+        // IPv6: neighbor advertisements must have hop limit 255 and a valid checksum.
+        let ours6 = Addr::v6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let b6 = Addr::v6([0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10]);
+        let m6 = [2, 0, 0, 0, 0x6b, 10];
+        run(&mut st, &t, 0, &nd_frame(136, b6, ours6, b6, m6, 64));
+        assert_eq!(
+            mac_of(&cache, &t, b6),
+            None,
+            "hop limit 64: not from the link"
+        );
+        let mut bad = nd_frame(136, b6, ours6, b6, m6, 255);
+        bad[60] ^= 1;
+        run(&mut st, &t, 0, &bad);
+        assert_eq!(mac_of(&cache, &t, b6), None, "bad checksum");
+        let stranger6 = Addr::v6([0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 99]);
+        run(
+            &mut st,
+            &t,
+            0,
+            &nd_frame(136, stranger6, ours6, stranger6, m6, 255),
+        );
+        assert_eq!(cache.learned(), 2);
+        run(&mut st, &t, 0, &nd_frame(136, b6, ours6, b6, m6, 255));
+        assert_eq!(mac_of(&cache, &t, b6), Some(m6));
+        // A solicitation for our address from a backend teaches its source link-layer address.
+        let b6b = Addr::v6([0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 11]);
+        let m6b = [2, 0, 0, 0, 0x6b, 11];
+        let (v, _) = run(&mut st, &t, 0, &nd_frame(135, b6b, ours6, ours6, m6b, 255));
+        assert_eq!(v, Verdict::Tx, "still answered");
+        assert_eq!(mac_of(&cache, &t, b6b), Some(m6b));
     }
 
     #[test]

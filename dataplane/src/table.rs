@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::flow::{hash_bytes, Addr};
 use crate::maglev::{self, Maglev, MaglevBackend, MaglevError};
+use crate::neighbor::{NeighborCache, NextHop};
 
 /// How a pool's backends receive traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -111,13 +112,68 @@ pub struct Service {
     /// Index of its counters in a worker's per-service counters.
     pub stat: u32,
     by_addr: HashMap<(Addr, u16), u16, FastHash>,
+    /// Per backend, its index in [`RoutingTable::next_hops`] when resolved dynamically
+    /// ([`NO_HOP`]: the backend's static `mac`); empty when the table has no neighbor cache.
+    hops: Vec<u32>,
 }
+
+/// "Not resolved dynamically": the backend's `mac` is used as given.
+pub const NO_HOP: u32 = u32::MAX;
 
 impl Service {
     /// Index of the backend with this address and port, if it is still in the service.
     pub fn backend_index(&self, addr: Addr, port: u16) -> Option<u16> {
         self.by_addr.get(&(addr, port)).copied()
     }
+
+    /// Index in [`RoutingTable::next_hops`] of backend `i`'s next hop, when it is resolved
+    /// dynamically; `None` when its static `mac` applies.
+    #[inline]
+    pub fn next_hop(&self, i: usize) -> Option<u32> {
+        self.hops.get(i).copied().filter(|&h| h != NO_HOP)
+    }
+}
+
+/// An on-link prefix: addresses inside it are their own next hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    /// Network address (bits past `len` are ignored).
+    pub addr: Addr,
+    /// Prefix length in bits of the address's own family (0..=32 for IPv4, 0..=128 for IPv6).
+    pub len: u8,
+}
+
+impl Prefix {
+    /// True when `a` (of the same family) is inside the prefix.
+    pub fn contains(&self, a: Addr) -> bool {
+        if a.is_v4() != self.addr.is_v4() {
+            return false;
+        }
+        // IPv4 lives in the low 32 bits of the 128 (::ffff:a.b.c.d), whose top 96 bits match.
+        let bits = u32::from(self.len) + if a.is_v4() { 96 } else { 0 };
+        let mask = match bits {
+            0 => 0,
+            b if b >= 128 => u128::MAX,
+            b => u128::MAX << (128 - b),
+        };
+        u128::from_be_bytes(a.0) & mask == u128::from_be_bytes(self.addr.0) & mask
+    }
+}
+
+/// How backends' next hops are resolved (built by the control plane from config; see
+/// [`RoutingTable::set_neighbors`]).
+#[derive(Clone, Debug)]
+pub struct NeighborSpec {
+    /// The cache shared by every table generation and the workers (created once at start).
+    pub cache: Arc<NeighborCache>,
+    /// Prefixes on our link: a backend inside one is resolved itself.
+    pub on_link: Vec<Prefix>,
+    /// IPv4 gateway for backends off the link.
+    pub gateway_v4: Option<Addr>,
+    /// IPv6 gateway for backends off the link.
+    pub gateway_v6: Option<Addr>,
+    /// Static neighbors (`[[neighbors]]`): never probed, never learned over.
+    pub statics: Vec<(Addr, [u8; 6])>,
 }
 
 /// What a service is built from (the table computes the rest).
@@ -210,6 +266,20 @@ pub enum TableError {
         /// Maglev's reason.
         source: MaglevError,
     },
+    /// The neighbor cache has no free slot for another next hop.
+    #[error("next hop {addr}: the neighbor cache is full ({capacity} slots)")]
+    NeighborsFull {
+        /// The next hop.
+        addr: Addr,
+        /// Slots of the cache.
+        capacity: usize,
+    },
+    /// A next hop to resolve, but none of our addresses of its family to probe from.
+    #[error("next hop {addr}: no local address of its family to send ARP/ND probes from")]
+    NoProbeSource {
+        /// The next hop.
+        addr: Addr,
+    },
     /// Two services claim the same VIP, protocol and port.
     #[error("services {first} and {second} both claim {vip} port {port} protocol {proto}")]
     Overlap {
@@ -243,6 +313,9 @@ pub struct RoutingTable {
     owned: HashSet<Addr, FastHash>,
     snat: HashSet<Addr, FastHash>,
     vip_addrs: HashSet<Addr, FastHash>,
+    neighbors: Option<Arc<NeighborCache>>,
+    next_hops: Vec<NextHop>,
+    hop_index: HashMap<Addr, u32, FastHash>,
 }
 
 impl RoutingTable {
@@ -332,6 +405,7 @@ impl RoutingTable {
                 maglev,
                 stat,
                 by_addr,
+                hops: Vec::new(),
             });
         }
         Ok(RoutingTable {
@@ -345,7 +419,98 @@ impl RoutingTable {
             owned,
             snat,
             vip_addrs,
+            neighbors: None,
+            next_hops: Vec::new(),
+            hop_index: HashMap::default(),
         })
+    }
+
+    /// Switches backends to dynamic next-hop resolution through `spec.cache` (call once, after
+    /// building, before publishing). Per backend: its next-hop address is the backend itself
+    /// when it is on the link (or a static neighbor), else the gateway of its family; a static
+    /// neighbor's MAC replaces `Backend::mac`; any other next hop gets a cache slot and is
+    /// resolved by ARP/ND. A backend off the link with no gateway of its family keeps its `mac`
+    /// (the `gateway_mac` of older configs). Binds slots in the cache (the control plane frees
+    /// unused ones later with [`NeighborCache::retain`]).
+    pub fn set_neighbors(&mut self, spec: NeighborSpec) -> Result<(), TableError> {
+        let statics: HashMap<Addr, [u8; 6], FastHash> = spec.statics.iter().copied().collect();
+        let local_addrs = self.local.addrs.clone();
+        let source = |hop: Addr| -> Option<Addr> {
+            let same = |a: &&Addr| a.is_v4() == hop.is_v4();
+            // Prefer our address on the hop's own link, else any of its family.
+            local_addrs
+                .iter()
+                .filter(same)
+                .find(|a| {
+                    spec.on_link
+                        .iter()
+                        .any(|p| p.contains(**a) && p.contains(hop))
+                })
+                .or_else(|| local_addrs.iter().find(same))
+                .copied()
+        };
+        for svc in &mut self.services {
+            let mut hops = Vec::with_capacity(svc.backends.len());
+            for be in &mut svc.backends {
+                let on_link = statics.contains_key(&be.addr)
+                    || spec.on_link.iter().any(|p| p.contains(be.addr));
+                let hop = if on_link {
+                    Some(be.addr)
+                } else if be.addr.is_v4() {
+                    spec.gateway_v4
+                } else {
+                    spec.gateway_v6
+                };
+                let Some(hop) = hop else {
+                    hops.push(NO_HOP);
+                    continue;
+                };
+                if let Some(mac) = statics.get(&hop) {
+                    be.mac = *mac;
+                    hops.push(NO_HOP);
+                    continue;
+                }
+                let idx = match self.hop_index.get(&hop) {
+                    Some(i) => *i,
+                    None => {
+                        let h = spec.cache.bind(hop).ok_or(TableError::NeighborsFull {
+                            addr: hop,
+                            capacity: spec.cache.capacity(),
+                        })?;
+                        let src = source(hop).ok_or(TableError::NoProbeSource { addr: hop })?;
+                        let i = self.next_hops.len() as u32;
+                        self.next_hops.push(NextHop {
+                            addr: hop,
+                            hop: h,
+                            src,
+                        });
+                        self.hop_index.insert(hop, i);
+                        i
+                    }
+                };
+                hops.push(idx);
+            }
+            svc.hops = hops;
+        }
+        self.neighbors = Some(spec.cache);
+        Ok(())
+    }
+
+    /// The neighbor cache, when next hops are resolved dynamically.
+    pub fn neighbors(&self) -> Option<&Arc<NeighborCache>> {
+        self.neighbors.as_ref()
+    }
+
+    /// Next hops resolved dynamically (each with its cache slot and probe source).
+    pub fn next_hops(&self) -> &[NextHop] {
+        &self.next_hops
+    }
+
+    /// The dynamically resolved next hop with this address, if any (learning from ARP/ND).
+    #[inline]
+    pub fn next_hop_by_addr(&self, a: Addr) -> Option<&NextHop> {
+        let i = *self.hop_index.get(&a)?;
+        self.next_hops.get(i as usize)
     }
 
     /// The service serving `dst`/`proto`/`dport` (an exact port first, then an every-port service).
@@ -453,3 +618,178 @@ impl Hasher for FastHasher {
 
 /// `BuildHasher` for [`FastHasher`].
 pub type FastHash = BuildHasherDefault<FastHasher>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample;
+
+    fn v6(last: u8) -> Addr {
+        Addr::v6([0x20, 1, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, last])
+    }
+
+    #[test]
+    fn prefixes_match_their_family_only() {
+        let p4 = Prefix {
+            addr: Addr::v4([198, 18, 1, 0]),
+            len: 24,
+        };
+        assert!(p4.contains(Addr::v4([198, 18, 1, 200])));
+        assert!(!p4.contains(Addr::v4([198, 18, 2, 1])));
+        assert!(!p4.contains(v6(1)));
+        let all4 = Prefix {
+            addr: Addr::v4([0, 0, 0, 0]),
+            len: 0,
+        };
+        assert!(all4.contains(Addr::v4([8, 8, 8, 8])));
+        assert!(
+            !all4.contains(v6(1)),
+            "0.0.0.0/0 is IPv4's default, not IPv6's"
+        );
+        let p6 = Prefix {
+            addr: v6(0),
+            len: 48,
+        };
+        assert!(p6.contains(v6(9)));
+        assert!(!p6.contains(Addr::v6([
+            0x20, 1, 0x0d, 0xb9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1
+        ])));
+        let host = Prefix {
+            addr: v6(9),
+            len: 128,
+        };
+        assert!(host.contains(v6(9)) && !host.contains(v6(8)));
+    }
+
+    #[test]
+    fn next_hops_are_the_backend_on_link_the_gateway_off_link_and_statics_stay_static() {
+        let cache = Arc::new(NeighborCache::new(16));
+        let mut t = sample::table(1, 2);
+        let gw4 = Addr::v4([198, 18, 0, 254]);
+        t.set_neighbors(NeighborSpec {
+            cache: cache.clone(),
+            // Only the fullnat backends' net (198.18.1.0/24) and our own net are on the link.
+            on_link: vec![
+                Prefix {
+                    addr: Addr::v4([198, 18, 1, 0]),
+                    len: 24,
+                },
+                Prefix {
+                    addr: Addr::v4([198, 18, 0, 0]),
+                    len: 24,
+                },
+            ],
+            gateway_v4: Some(gw4),
+            gateway_v6: None,
+            // One static backend on the nat net, which makes it on-link.
+            statics: vec![(Addr::v4([198, 18, 3, 10]), [2, 0, 0, 0, 0xee, 0xee])],
+        })
+        .unwrap();
+        let hop_addr = |svc: usize, b: usize| {
+            let s = &t.services[svc];
+            s.next_hop(b).map(|i| t.next_hops()[i as usize].addr)
+        };
+        // fullnat: each backend resolves itself, probed from our address on that link.
+        assert_eq!(hop_addr(0, 0), Some(Addr::v4([198, 18, 1, 10])));
+        assert_eq!(hop_addr(0, 1), Some(Addr::v4([198, 18, 1, 11])));
+        let nh = t.next_hop_by_addr(Addr::v4([198, 18, 1, 10])).unwrap();
+        assert_eq!(nh.src, Addr::v4([198, 18, 0, 1]));
+        // dsr-ipip backends are off the link: both go through the one gateway slot.
+        assert_eq!(hop_addr(1, 0), Some(gw4));
+        assert_eq!(hop_addr(1, 1), Some(gw4));
+        assert_eq!(t.next_hops().iter().filter(|h| h.addr == gw4).count(), 1);
+        // nat: the static one uses its static MAC, the other the gateway.
+        let nat = &t.services[2];
+        let si = nat.backend_index(Addr::v4([198, 18, 3, 10]), 8080).unwrap() as usize;
+        assert_eq!(nat.next_hop(si), None);
+        assert_eq!(nat.backends[si].mac, [2, 0, 0, 0, 0xee, 0xee]);
+        // IPv6 off the link without an IPv6 gateway keeps its configured MAC.
+        let s6 = &t.services[5];
+        assert_eq!(s6.next_hop(0), None);
+        assert_eq!(s6.backends[0].mac, [2, 0, 0, 0, 6, 10]);
+        // Slots are shared by table generations: a rebuilt table binds the same ones.
+        let mut t2 = sample::table(2, 2);
+        t2.set_neighbors(NeighborSpec {
+            cache: cache.clone(),
+            on_link: vec![Prefix {
+                addr: Addr::v4([198, 18, 1, 0]),
+                len: 24,
+            }],
+            gateway_v4: Some(gw4),
+            gateway_v6: None,
+            statics: vec![],
+        })
+        .unwrap();
+        for nh in t2.next_hops() {
+            assert_eq!(t.next_hop_by_addr(nh.addr).map(|h| h.hop), Some(nh.hop));
+        }
+    }
+
+    #[test]
+    fn a_full_cache_or_no_source_address_is_an_error_naming_the_next_hop() {
+        let mut t = sample::table(1, 3);
+        let err = t
+            .set_neighbors(NeighborSpec {
+                cache: Arc::new(NeighborCache::new(2)),
+                on_link: vec![Prefix {
+                    addr: Addr::v4([198, 18, 1, 0]),
+                    len: 24,
+                }],
+                gateway_v4: None,
+                gateway_v6: None,
+                statics: vec![],
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("198.18.1.12"), "{err}");
+        // An IPv6 backend, but only IPv4 addresses of ours to probe from.
+        let mut t = RoutingTable::new(
+            1,
+            Local {
+                mac: [2, 0, 0, 0, 0, 1],
+                addrs: vec![Addr::v4([198, 18, 0, 1])],
+                mtu: 1500,
+                snat_ports: (1024, 65535),
+            },
+            vec![ServiceSpec {
+                name: "six".into(),
+                vip: v6(100),
+                proto: 6,
+                port_lo: 80,
+                port_hi: 80,
+                affinity: Affinity::None,
+                table_size: 251,
+                pools: vec![Pool {
+                    name: "p".into(),
+                    mode: Mode::DsrIpip,
+                    snat: vec![],
+                    encap_src_v4: None,
+                    encap_src_v6: Some(v6(1)),
+                    gue_port: 0,
+                }],
+                backends: vec![Backend {
+                    addr: v6(10),
+                    port: 0,
+                    weight: 1,
+                    mac: [0; 6],
+                    pool: 0,
+                    stat: 0,
+                }],
+                stat: None,
+            }],
+        )
+        .unwrap();
+        let err = t
+            .set_neighbors(NeighborSpec {
+                cache: Arc::new(NeighborCache::new(2)),
+                on_link: vec![],
+                gateway_v4: None,
+                gateway_v6: Some(v6(1)),
+                statics: vec![],
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, TableError::NoProbeSource { addr } if addr == v6(1)),
+            "{err}"
+        );
+    }
+}

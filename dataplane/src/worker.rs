@@ -11,7 +11,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::conntrack::{self, Millis};
+use crate::neighbor::Resolver;
 use crate::packet::PacketBuf;
 use crate::pipeline::{process, process_parsed, Counters, DropReason, Verdict, WorkerState};
 use crate::port::{Port, PortStats, HEADROOM};
@@ -37,6 +38,8 @@ const DRAIN_MAX: usize = 64;
 const SLOW_PATH_MS: Millis = 1;
 /// Counter publication period.
 const PUBLISH_MS: Millis = 100;
+/// Neighbor resolver period (worker 0): how soon a next hop a new flow wanted is probed.
+const RESOLVE_MS: Millis = 10;
 /// Conntrack slots examined per slow-path run: 256 per ms sweeps 262144 slots in about a second,
 /// well inside the shortest timeout.
 const EXPIRE_BUDGET: usize = 256;
@@ -115,6 +118,10 @@ pub struct WorkerStats {
     pub tx_errors: u64,
     /// Flows removed by expiry.
     pub expired: u64,
+    /// ARP requests and neighbor solicitations sent by the resolver (worker 0 only).
+    pub neighbor_probes: u64,
+    /// Resolved neighbors forgotten after they stopped answering refresh probes (worker 0).
+    pub neighbor_expired: u64,
 }
 
 /// What a worker publishes for the control plane.
@@ -161,6 +168,8 @@ pub fn total(snapshots: &[Snapshot]) -> Counters {
                 a.packets += b.packets;
                 a.bytes += b.bytes;
                 a.new_flows += b.new_flows;
+                a.resets += b.resets;
+                a.unanswered_syns += b.unanswered_syns;
             }
         }
     }
@@ -322,8 +331,16 @@ pub struct Worker {
     mesh: Mesh,
     stats: WorkerStats,
     published: Arc<ArcSwap<Snapshot>>,
+    /// Generation of the table this worker adopted, for the control plane: once every worker
+    /// shows a generation, none holds an older table (see [`WorkerHandle::generation`]).
+    adopted: Arc<AtomicU64>,
     started: Instant,
     generation: Option<u64>,
+    /// Worker 0 resolves next hops (see [`Worker::resolve`]); built on first use.
+    resolver: Option<Box<Resolver>>,
+    /// Address of the cache the resolver's timing belongs to (identity only).
+    resolver_cache: usize,
+    next_resolve: Millis,
     next_slow: Millis,
     next_publish: Millis,
     published_turns: u64,
@@ -366,8 +383,12 @@ pub fn build_workers(
                 worker: i as u16,
                 ..Snapshot::default()
             })),
+            adopted: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
             generation: None,
+            resolver: None,
+            resolver_cache: 0,
+            next_resolve: 0,
             next_slow: 0,
             next_publish: 0,
             published_turns: 0,
@@ -397,6 +418,9 @@ impl Worker {
             self.state.adopt(&table);
             self.steer.refresh(&table);
             self.generation = Some(table.generation);
+            // Release: the drop of the previous burst's guard on the old table happens before
+            // the control plane, reading this with Acquire, drops that table.
+            self.adopted.store(table.generation, Ordering::Release);
         }
         let Worker {
             id,
@@ -454,7 +478,11 @@ impl Worker {
         drop(table);
         if now >= self.next_slow {
             self.next_slow = now + SLOW_PATH_MS;
-            self.stats.expired += self.state.ct.expire(now, EXPIRE_BUDGET) as u64;
+            self.stats.expired += self.state.expire(now, EXPIRE_BUDGET) as u64;
+        }
+        if self.id == 0 && now >= self.next_resolve {
+            self.next_resolve = now + RESOLVE_MS;
+            self.resolve(now);
         }
         if now >= self.next_publish {
             self.next_publish = now + PUBLISH_MS;
@@ -465,6 +493,47 @@ impl Worker {
             self.stats.busy_turns += 1;
         }
         work
+    }
+
+    /// Runs the neighbor resolver and transmits its ARP/ND probes on this worker's port. Only
+    /// worker 0 does this: one resolver sees every next hop once, its probes leave through a port
+    /// that is polled anyway, and answers are learned by whichever worker receives them (the
+    /// cache is shared). The table is loaded here and released before returning, like a burst's.
+    fn resolve(&mut self, now: Millis) {
+        let table = self.table.load();
+        let Some(cache) = table.neighbors() else {
+            return;
+        };
+        if table.next_hops().is_empty() {
+            return;
+        }
+        let id = Arc::as_ptr(cache) as usize;
+        if self.resolver.is_none() || self.resolver_cache != id {
+            // Once per cache (at start): the timing array is sized by the cache.
+            self.resolver = Some(Box::new(Resolver::new(cache.capacity())));
+            self.resolver_cache = id;
+        }
+        let Some(r) = self.resolver.as_mut() else {
+            return;
+        };
+        let (port, stats) = (&mut self.port, &mut self.stats);
+        let expired = r.expired;
+        let sent = r.tick(
+            now,
+            table.local.mac,
+            cache,
+            table.next_hops(),
+            &mut |f, _| {
+                if port.tx_frame(f).is_err() {
+                    stats.tx_errors += 1;
+                }
+            },
+        );
+        stats.neighbor_probes += sent as u64;
+        stats.neighbor_expired += r.expired - expired;
+        if sent > 0 && port.flush().is_err() {
+            stats.tx_errors += 1;
+        }
     }
 
     /// Copies the counters where the control plane reads them. Allocates; every 100 ms at most
@@ -590,6 +659,7 @@ pub struct WorkerHandle {
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
     published: Arc<ArcSwap<Snapshot>>,
+    adopted: Arc<AtomicU64>,
     thread: Option<JoinHandle<Snapshot>>,
 }
 
@@ -624,9 +694,23 @@ impl WorkerHandle {
         self.pin_error.as_ref()
     }
 
+    /// Generation of the table the worker runs on (0 before its first turn). Once it is at
+    /// least `g`, the worker holds no reference to any table older than `g`: it loads the table
+    /// afresh every turn and keeps none across idle sleeps, so the control plane may drop older
+    /// tables. An idle worker adopts a new table within one sleep (at most 1 ms by default).
+    pub fn generation(&self) -> u64 {
+        self.adopted.load(Ordering::Acquire)
+    }
+
     /// The counters last published (at most about 100 ms old). Never blocks the worker.
     pub fn counters(&self) -> Arc<Snapshot> {
         self.published.load_full()
+    }
+
+    /// Wakes the worker if it sleeps idle, so it adopts a just-published table now rather than
+    /// after its sleep (the control plane calls this on every handle after a reload).
+    pub fn wake(&self) {
+        self.wake.ring();
     }
 
     /// Asks the worker to stop after its current turn (and wakes it if it sleeps).
@@ -677,6 +761,7 @@ pub fn spawn_workers(
             stop: w.stop.clone(),
             wake: w.mesh.wake.clone(),
             published: w.published.clone(),
+            adopted: w.adopted.clone(),
             thread: None,
         };
         let thread = std::thread::Builder::new()

@@ -1,21 +1,20 @@
 //! Worker threads end to end over in-memory ports: hand-off between workers, table swaps under
 //! traffic, idle CPU use and stopping.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use common::SharedPort;
 use dataplane::conntrack;
 use dataplane::flow::{proto, Addr};
-use dataplane::port::mem::MemPort;
-use dataplane::port::{Port, PortStats};
+use dataplane::port::Port;
 use dataplane::table::{Affinity, Backend, Local, Mode, Pool, ServiceSpec};
 use dataplane::worker::{spawn_workers, total, IdlePolicy, WorkerConfig, WorkerHandle};
-use dataplane::{wire, PacketBuf, RoutingTable, Verdict};
+use dataplane::{wire, RoutingTable};
 
 const VIP: [u8; 4] = [198, 18, 0, 100];
 const SNAT: [u8; 4] = [198, 18, 0, 2];
@@ -26,66 +25,6 @@ const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 9, 9];
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A `MemPort` the test can feed and read while a worker thread owns the port, with a wait fd
-/// that becomes readable when the test pushes frames (as a real port's would).
-#[derive(Clone)]
-struct SharedPort {
-    mem: Arc<Mutex<MemPort>>,
-    bell: Arc<(UnixStream, UnixStream)>,
-}
-
-impl SharedPort {
-    fn new() -> SharedPort {
-        let (a, b) = UnixStream::pair().unwrap();
-        b.set_nonblocking(true).unwrap();
-        SharedPort {
-            mem: Arc::new(Mutex::new(MemPort::new())),
-            bell: Arc::new((a, b)),
-        }
-    }
-
-    fn push(&self, frames: impl IntoIterator<Item = Vec<u8>>) {
-        self.mem.lock().unwrap().rx.extend(frames);
-        let _ = (&self.bell.0).write(&[1]);
-    }
-
-    fn take_tx(&self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut self.mem.lock().unwrap().tx)
-    }
-}
-
-impl Port for SharedPort {
-    fn name(&self) -> String {
-        "shared-mem".into()
-    }
-
-    fn rx_burst(
-        &mut self,
-        max: usize,
-        f: &mut dyn FnMut(&mut PacketBuf<'_>) -> Verdict,
-    ) -> std::io::Result<usize> {
-        let mut sink = [0u8; 64];
-        while matches!((&self.bell.1).read(&mut sink), Ok(n) if n > 0) {}
-        self.mem.lock().unwrap().rx_burst(max, f)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-
-    fn wait_fd(&self) -> Option<RawFd> {
-        Some(self.bell.1.as_raw_fd())
-    }
-
-    fn stats(&self) -> PortStats {
-        self.mem.lock().unwrap().stats()
-    }
-
-    fn tx_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
-        self.mem.lock().unwrap().tx_frame(frame)
-    }
 }
 
 fn backend(last: u8) -> Backend {
@@ -417,4 +356,63 @@ fn stop_wakes_a_sleeping_worker() {
     );
     std::thread::sleep(Duration::from_millis(100));
     stop_all(handles); // asserts < 1 s although the worker sleeps 30 s at a time
+}
+
+/// Waits until every handle reports generation `g`; returns how long that took.
+fn until_generation(handles: &[WorkerHandle], g: u64, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if handles.iter().all(|h| h.generation() == g) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    None
+}
+
+#[test]
+fn every_worker_reports_a_new_table_quickly_and_keeps_no_reference_to_the_old_one() {
+    let _g = serial();
+    let t = Arc::new(ArcSwap::from_pointee(table(1, &[10, 11])));
+    let ports = [SharedPort::new(), SharedPort::new(), SharedPort::new()];
+    // Default idling: workers sleep at most 1 ms, so they pick a new table up within a sleep.
+    let handles = spawn(&ports, &t, IdlePolicy::default());
+    assert!(
+        until_generation(&handles, 1, Duration::from_secs(2)).is_some(),
+        "workers never adopted the first table"
+    );
+    std::thread::sleep(Duration::from_millis(50)); // idle now, past the spin phase
+    let mut worst = Duration::ZERO;
+    for g in 2..12u64 {
+        let old = t.swap(Arc::new(table(g, &[10, 11, (g % 3) as u8 + 12])));
+        let took = until_generation(&handles, g, Duration::from_secs(1))
+            .unwrap_or_else(|| panic!("generation {g} did not reach every worker within 1 s"));
+        worst = worst.max(took);
+        // The control plane holds the last reference: dropping it here frees the table, never
+        // a worker's burst.
+        assert_eq!(
+            Arc::strong_count(&old),
+            1,
+            "a worker still holds generation {}",
+            g - 1
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("reload to 3 idle workers (1 ms sleeps): worst {worst:?}");
+    assert!(worst < Duration::from_millis(100), "worst {worst:?}");
+    stop_all(handles);
+
+    // Workers in long sleeps are woken by the control plane instead of waiting 5 s.
+    let handles = spawn(&ports, &t, LONG_SLEEP);
+    assert!(until_generation(&handles, 11, Duration::from_secs(2)).is_some());
+    std::thread::sleep(Duration::from_millis(100)); // asleep by now
+    let old = t.swap(Arc::new(table(12, &[10])));
+    for h in &handles {
+        h.wake();
+    }
+    let took = until_generation(&handles, 12, Duration::from_secs(1))
+        .expect("woken workers adopt the new table");
+    eprintln!("reload to 3 woken workers (5 s sleeps): {took:?}");
+    assert_eq!(Arc::strong_count(&old), 1);
+    stop_all(handles);
 }
