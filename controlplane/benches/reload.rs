@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use controlplane::config;
 use controlplane::reload::{self, ControlPlane};
+use controlplane::{config, diag};
 use dataplane::port::mem::MemPort;
 use dataplane::port::Port;
 use dataplane::worker::{self, WorkerConfig};
@@ -58,8 +58,8 @@ fn measure(services: usize, backends: usize, reloads: usize) {
     let path: PathBuf = dir.join("lb.toml");
     std::fs::write(&path, config_text(services, backends, 0)).unwrap();
     let started = Instant::now();
-    let cfg = config::load(&path).unwrap();
-    let (cp, start) = ControlPlane::new(&path, cfg, Box::new(reload::load_file)).unwrap();
+    let (cfg, text) = diag::load_checked(&path).unwrap();
+    let (cp, start) = ControlPlane::new(&path, cfg, text, Box::new(reload::load_file)).unwrap();
     let first = started.elapsed();
     let ports: Vec<Box<dyn Port>> = (0..start.workers)
         .map(|_| Box::new(MemPort::new()) as Box<dyn Port>)

@@ -99,32 +99,26 @@ enum LabAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A server says what it serves; the one-shot commands stay quiet unless asked.
-    let default_level = match cli.command {
-        Command::Run { .. } => "info",
-        _ => "warn",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `lb run` logs as its config says (RUST_LOG still wins), so the config is read first; a bad
+    // one is reported below like any other error.
     let result = match cli.command {
         Command::Run { config } => {
-            load_and_compile(&config).and_then(|(cfg, _)| run::run(&config, cfg))
+            // The full check (rules too), so `lb run` refuses a bad file exactly as `lb check`.
+            match diag::load_checked(&config)
+                .and_then(|(_, text)| diag::check_str(&text, &config).map(|(c, _)| (c, text)))
+            {
+                Ok((cfg, text)) => {
+                    init_logging(&cfg.logging.level, cfg.logging.format);
+                    run::run(&config, cfg, text)
+                }
+                Err(report) => Err(report.into()),
+            }
         }
-        Command::Sim {
-            config,
-            input,
-            output,
-        } => run_sim(&config, &input, &output),
-        Command::Check { config } => run_check(&config),
-        Command::Lab { action } => run_lab(action),
-        Command::LabBackend { name, http, udp } => {
-            lab::backend::serve(&name, &http, &udp).map_err(Into::into)
+        command => {
+            // The one-shot commands stay quiet unless asked.
+            init_logging("warn", config::LogFormat::Text);
+            run_command(command)
         }
-        Command::LabDecap { dev } => lab::decap::run(&dev).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,6 +133,37 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn init_logging(level: &str, format: config::LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => fmt.init(),
+        config::LogFormat::Json => fmt.json().init(),
+    }
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        // Handled in `main` (it sets up logging from the config).
+        Command::Run { .. } => Ok(()),
+        Command::Sim {
+            config,
+            input,
+            output,
+        } => run_sim(&config, &input, &output),
+        Command::Check { config } => run_check(&config),
+        Command::Lab { action } => run_lab(action),
+        Command::LabBackend { name, http, udp } => {
+            lab::backend::serve(&name, &http, &udp).map_err(Into::into)
+        }
+        Command::LabDecap { dev } => lab::decap::run(&dev).map_err(Into::into),
     }
 }
 

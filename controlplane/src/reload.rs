@@ -19,20 +19,22 @@ use dataplane::table::MaglevCache;
 use dataplane::worker::{Snapshot, WorkerHandle};
 use dataplane::RoutingTable;
 
-use crate::compile::{compile_with, Compiled, Context, StatSlots};
+use crate::compile::{compile_with, CompileError, Compiled, Context, StatSlots};
 use crate::config::{self, AllDown, BackendKind, Config};
+use crate::diag::{self, ConfigReport};
 use crate::health::PassiveSample;
 use crate::state::{
     effective_weight, AdminState, BackendKey, BackendStatus, Control, Health, Observation, OpError,
     Override, ReloadStatus, ServiceStatus,
 };
 
-/// Reads, parses and checks a config file; the error is the full report, one problem per line.
-pub type Loader = dyn Fn(&Path) -> Result<Config, String> + Send + Sync;
+/// Reads and parses a config file: the config and its text (for locating compile problems), or
+/// the full report, one `file:line:column: message` per line.
+pub type Loader = dyn Fn(&Path) -> Result<(Config, String), String> + Send + Sync;
 
-/// The default loader: [`config::load`] and the compile checks.
-pub fn load_file(path: &Path) -> Result<Config, String> {
-    config::load(path).map_err(|e| e.to_string())
+/// The default loader: [`diag::load_checked`].
+pub fn load_file(path: &Path) -> Result<(Config, String), String> {
+    diag::load_checked(path).map_err(|r| r.to_string())
 }
 
 /// The running control plane. Shared by the control thread, the admin API and health checks.
@@ -47,6 +49,8 @@ pub struct ControlPlane {
 
 struct Inner {
     config: Config,
+    /// The serving config's text, so problems found in a later rebuild point into it.
+    text: String,
     generation: u64,
     slots: StatSlots,
     cache: MaglevCache,
@@ -85,15 +89,18 @@ pub struct Start {
 pub struct StartError(pub String);
 
 impl ControlPlane {
-    /// Compiles `config` (already loaded from `path`) into generation 1. The workers are attached
-    /// later with [`ControlPlane::attach_workers`], once they run on [`ControlPlane::table`].
+    /// Compiles `config` (already loaded from `path`, whose text is `text`) into generation 1.
+    /// The workers are attached later with [`ControlPlane::attach_workers`], once they run on
+    /// [`ControlPlane::table`].
     pub fn new(
         path: &Path,
         config: Config,
+        text: String,
         loader: Box<Loader>,
     ) -> Result<(ControlPlane, Start), StartError> {
         let mut inner = Inner {
             config,
+            text,
             generation: 0,
             slots: StatSlots::default(),
             cache: MaglevCache::default(),
@@ -111,7 +118,9 @@ impl ControlPlane {
             conntrack,
             workers,
             run,
-        } = inner.compile(&cfg, 1).map_err(StartError)?;
+        } = inner.compile(&cfg, 1).map_err(|e| {
+            StartError(ConfigReport::from_compile(path, &inner.text, &e).to_string())
+        })?;
         inner.generation = 1;
         inner.conntrack_capacity = conntrack.capacity;
         let cp = ControlPlane {
@@ -180,7 +189,7 @@ impl ControlPlane {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|h| h.counters().generation)
+            .map(|h| h.generation())
             .min()
     }
 
@@ -220,13 +229,16 @@ impl ControlPlane {
     pub fn reload_file(&self) -> Result<u64, String> {
         let loaded = (self.loader)(&self.path);
         let mut inner = self.lock();
-        let result = loaded.and_then(|cfg| {
+        let result = loaded.and_then(|(cfg, text)| {
             let notes = restart_only_changes(&inner.config, &cfg);
             for n in &notes {
                 tracing::warn!(change = %n, "this change needs a restart; the rest of the file is applied");
             }
-            let table = inner.next_table(&cfg)?;
+            let table = inner
+                .next_table(&cfg)
+                .map_err(|e| ConfigReport::from_compile(&self.path, &text, &e).to_string())?;
             inner.config = cfg;
+            inner.text = text;
             Ok(self.swap(&mut inner, table))
         });
         match &result {
@@ -276,14 +288,16 @@ impl ControlPlane {
     /// Compiles `cfg` as a reload would, without swapping (benchmarks measure compile time).
     pub fn compile_probe(&self, cfg: &Config) -> Result<(), String> {
         let mut inner = self.lock();
-        inner.next_table(cfg).map(drop)
+        inner.next_table(cfg).map(drop).map_err(|e| e.to_string())
     }
 
     /// Rebuilds the table from the serving config (after a health or override change).
     pub fn rebuild(&self) -> Result<u64, String> {
         let mut inner = self.lock();
         let cfg = inner.config.clone();
-        let table = inner.next_table(&cfg)?;
+        let table = inner
+            .next_table(&cfg)
+            .map_err(|e| inner.report(&self.path, &e))?;
         Ok(self.swap(&mut inner, table))
     }
 
@@ -304,6 +318,7 @@ impl ControlPlane {
         match inner.next_table(&cfg) {
             Ok(t) => Some(self.swap(&mut inner, t)),
             Err(e) => {
+                let e = inner.report(&self.path, &e);
                 tracing::error!(error = %e, "could not rebuild the table after a health change");
                 None
             }
@@ -315,6 +330,15 @@ impl ControlPlane {
         inner.generation = g;
         let old = self.table.swap(Arc::new(table));
         inner.retired.push(old);
+        // Idle workers sleep up to a millisecond: wake them so the new table is served now.
+        for h in self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            h.wake();
+        }
         g
     }
 
@@ -342,6 +366,7 @@ impl ControlPlane {
                 Ok(self.swap(&mut inner, t))
             }
             Err(e) => {
+                let e = inner.report(&self.path, &e);
                 match before {
                     Some(b) => inner.overrides.insert(key.clone(), b),
                     None => inner.overrides.remove(key),
@@ -353,8 +378,13 @@ impl ControlPlane {
 }
 
 impl Inner {
+    /// A compile error of the serving config, located in its text.
+    fn report(&self, path: &Path, e: &CompileError) -> String {
+        ConfigReport::from_compile(path, &self.text, e).to_string()
+    }
+
     /// Compiles `cfg` with the current overrides and health, stamped `generation`.
-    fn compile(&mut self, cfg: &Config, generation: u64) -> Result<Compiled, String> {
+    fn compile(&mut self, cfg: &Config, generation: u64) -> Result<Compiled, CompileError> {
         self.failing_open = failing_open(cfg, &self.overrides, &self.health);
         let overrides = &self.overrides;
         let health = &self.health;
@@ -372,10 +402,10 @@ impl Inner {
             slots: &mut self.slots,
             cache: &mut self.cache,
         };
-        compile_with(cfg, generation, &mut ctx).map_err(|e| e.to_string())
+        compile_with(cfg, generation, &mut ctx)
     }
 
-    fn next_table(&mut self, cfg: &Config) -> Result<RoutingTable, String> {
+    fn next_table(&mut self, cfg: &Config) -> Result<RoutingTable, CompileError> {
         let g = self.generation + 1;
         self.compile(cfg, g).map(|c| c.table)
     }

@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use controlplane::admin;
 use controlplane::compile::RunSettings;
-use controlplane::config::{Config, IdleMode, PortKind, XdpMode};
+use controlplane::config::{self, Config, IdleMode, PortKind, XdpMode};
 use controlplane::health::{self, Checker, Transition};
 use controlplane::reload::{self, ControlPlane};
+use controlplane::state::Control;
 use dataplane::port::af_packet::AfPacketPort;
 use dataplane::port::af_xdp::{AfXdpOptions, AfXdpPort, AttachMode};
 use dataplane::port::tap::TapPort;
@@ -210,7 +212,7 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// Serves the config at `path` (already loaded as `cfg`) until SIGINT or SIGTERM; SIGHUP or a
 /// change of the file reloads it.
-pub fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
+pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
     // Signals first: one arriving while ports open must still lead to a clean stop. A second
     // SIGINT/SIGTERM while stopping exits at once. SIGHUP must never kill a running balancer.
     let stop = Arc::new(AtomicBool::new(false));
@@ -221,8 +223,9 @@ pub fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
-    let (cp, start) = ControlPlane::new(path, cfg, Box::new(reload::load_file))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let admin = cfg.admin.clone();
+    let (cp, start) = ControlPlane::new(path, cfg, text, Box::new(reload::load_file))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let cp = Arc::new(cp);
     let run = start.run.clone();
     let workers = usize::from(start.workers);
@@ -267,7 +270,7 @@ pub fn run(path: &Path, cfg: Config) -> anyhow::Result<()> {
 
     let control = std::thread::Builder::new()
         .name("lb-control".into())
-        .spawn(move || control_thread(&cp, &stop, &hup))?;
+        .spawn(move || control_thread(&cp, &admin, &stop, &hup))?;
     let finals = control
         .join()
         .map_err(|_| anyhow::anyhow!("the control thread panicked"))??;
@@ -311,6 +314,7 @@ fn watch_file(path: &Path, dirty: Arc<AtomicBool>) -> Option<notify::Recommended
 /// replaced tables, logs summaries, and stops the workers on SIGINT/SIGTERM.
 fn control_thread(
     cp: &Arc<ControlPlane>,
+    admin: &config::Admin,
     stop: &AtomicBool,
     hup: &AtomicBool,
 ) -> anyhow::Result<Vec<Snapshot>> {
@@ -335,6 +339,30 @@ fn control_thread(
         })
     };
     checker.set_targets(health::targets(&cp.config()));
+    // The admin API stops with the control loop (the sender is dropped when it returns).
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    if admin.enabled {
+        let listener = rt.block_on(tokio::net::TcpListener::bind(admin.listen));
+        match listener {
+            Ok(l) => {
+                tracing::info!(listen = %admin.listen, "admin API listening");
+                let control: Arc<dyn Control> = cp.clone();
+                rt.spawn(async move {
+                    let shutdown = async {
+                        let _ = admin_stopped.await;
+                    };
+                    if let Err(e) = admin::serve(l, control, shutdown).await {
+                        tracing::error!(error = %e, "admin API stopped");
+                    }
+                });
+            }
+            // The dataplane keeps serving: an operator without metrics is better off than
+            // clients without service.
+            Err(e) => {
+                tracing::error!(listen = %admin.listen, error = %e, "cannot listen for the admin API")
+            }
+        }
+    }
     rt.block_on(async {
         let mut tick = tokio::time::interval(TICK);
         let mut next_summary = Instant::now() + SUMMARY_EVERY;
@@ -387,6 +415,7 @@ fn control_thread(
         }
     });
     checker.stop();
+    drop(admin_stop);
     tracing::info!("signal received; stopping the workers");
     let handles = cp.detach_workers();
     for h in &handles {
