@@ -1,6 +1,7 @@
-//! Reloads of a running `lb run` in the namespace lab (root only): established TCP connections
-//! and a UDP flow keep working, on the same backend, through a hundred table swaps; a broken
-//! file in between changes nothing.
+//! The control plane of a running `lb run` in the namespace lab (root only): established TCP
+//! connections and a UDP flow keep working, on the same backend, through a hundred reloads and
+//! broken files in between; a killed backend is ejected by health checks and comes back; a
+//! backend drained through the admin API finishes its connections and takes no new ones.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -54,7 +55,7 @@ interface = "lb0"
 workers = 2
 
 [admin]
-enabled = false
+listen = "127.0.0.1:9180"
 
 [[neighbors]]
 ip = "198.18.1.10"
@@ -379,5 +380,136 @@ fn a_killed_backend_is_ejected_within_fall_intervals_and_comes_back() {
         "{again:?}"
     );
     eprintln!("ejected after {ejected_after:?}, back after {back_after:?}");
+    assert!(lab.lb_running(), "lb exited during the test");
+}
+
+/// One HTTP/1.1 request to the admin API inside the balancer's namespace: (status, body).
+fn admin(lab: &Lab, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    lab.ns("lb")
+        .unwrap()
+        .enter_on_thread(|| {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9180").expect("admin API");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(
+                s,
+                "{method} {path} HTTP/1.1\r\nHost: lb\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            let status = out
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let body = out
+                .split_once("\r\n\r\n")
+                .map_or("", |(_, b)| b)
+                .to_string();
+            (status, body)
+        })
+        .unwrap()
+}
+
+/// The value of the first sample of `metric` whose labels contain every one of `labels`.
+fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(metric)?;
+        if !(rest.starts_with('{') || rest.starts_with(' '))
+            || !labels.iter().all(|x| rest.contains(x))
+        {
+            return None;
+        }
+        rest.rsplit(' ').next()?.parse().ok()
+    })
+}
+
+#[test]
+fn a_drained_backend_finishes_its_connections_and_takes_no_new_ones() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut lab, _dir, _path) = lab_with("dr", &config(0));
+    let web: SocketAddr = "198.18.0.100:80".parse().unwrap();
+    let (code, _) = admin(&lab, "GET", "/readyz", "");
+    assert_eq!(code, 200);
+
+    // A keep-alive connection that landed on pod-a (a socket keeps its namespace, so it can be
+    // used from this thread afterwards).
+    let mut kept = lab
+        .client()
+        .unwrap()
+        .enter_on_thread(|| {
+            (0..16u8).find_map(|i| {
+                let src = Some(IpAddr::V4(lab::client_v4(i)));
+                let mut c = lab::KeepAlive::connect(src, web, lab::REQUEST_TIMEOUT).ok()?;
+                (c.get().ok()? == "pod-a").then_some(c)
+            })
+        })
+        .unwrap()
+        .expect("no connection reached pod-a");
+
+    let (code, body) = admin(
+        &lab,
+        "POST",
+        "/backends/web/198.18.1.10:8080/state",
+        r#"{"state":"drain"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("generation"), "{body}");
+
+    // New connections avoid the drained backend...
+    let after = spread(&lab, 24);
+    assert_eq!(after.get("pod-b"), Some(&24), "{after:?}");
+    // ...while the existing one keeps it to completion.
+    for _ in 0..20 {
+        assert_eq!(
+            kept.get()
+                .expect("request on the drained backend's connection"),
+            "pod-a"
+        );
+    }
+    drop(kept);
+
+    let (_, state) = admin(&lab, "GET", "/state", "");
+    assert!(state.contains("\"drain\""), "{state}");
+    let (_, metrics) = admin(&lab, "GET", "/metrics", "");
+    let weight = sample(
+        &metrics,
+        "lb_backend_weight",
+        &["backend=\"198.18.1.10:8080\""],
+    );
+    assert_eq!(weight, Some(0.0), "{metrics}");
+    let new_b: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("lb_backend_new_flows_total") && l.contains("198.18.1.11:8080"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(new_b >= 24.0, "pod-b new flows {new_b}:\n{metrics}");
+
+    // Clearing the override brings it back for new connections.
+    let (code, body) = admin(
+        &lab,
+        "DELETE",
+        "/backends/web/198.18.1.10:8080/override",
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    let again = spread(&lab, 24);
+    assert!(again.contains_key("pod-a"), "{again:?}");
+    assert!(!again.contains_key("(failed)"), "{again:?}");
+
+    let (code, body) = admin(
+        &lab,
+        "POST",
+        "/backends/web/198.18.9.9:1/weight",
+        r#"{"weight":2}"#,
+    );
+    assert_eq!(code, 404, "{body}");
     assert!(lab.lb_running(), "lb exited during the test");
 }
