@@ -9,8 +9,10 @@ use std::net::IpAddr;
 
 use dataplane::conntrack;
 use dataplane::flow::Addr;
-use dataplane::table::{self, Local, MaglevCache, ServiceSpec};
+use dataplane::neighbor::NeighborCache;
+use dataplane::table::{self, Local, MaglevCache, NeighborSpec, Prefix, ServiceSpec};
 use dataplane::RoutingTable;
+use std::sync::Arc;
 
 use crate::config::{self, Config, MacAddr};
 use crate::diag::Problem;
@@ -83,6 +85,7 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Compiled, CompileError> 
             adjust: &|_, w| Some(w),
             slots: &mut StatSlots::default(),
             cache: &mut MaglevCache::default(),
+            neighbors: Arc::new(NeighborCache::new(NEIGHBOR_SLOTS)),
         },
     )
 }
@@ -100,6 +103,45 @@ pub struct Context<'a> {
     pub slots: &'a mut StatSlots,
     /// Maglev tables already built.
     pub cache: &'a mut MaglevCache,
+    /// The neighbor cache every generation shares (used when next hops are resolved by ARP/ND).
+    pub neighbors: Arc<NeighborCache>,
+}
+
+/// Next-hop addresses the neighbor cache holds at most (backends on the link plus gateways).
+pub const NEIGHBOR_SLOTS: usize = 16_384;
+
+/// What `set_neighbors` needs from `[dataplane]` and `[[neighbors]]`.
+fn neighbor_spec(cfg: &Config, cache: Arc<NeighborCache>) -> NeighborSpec {
+    let dp = &cfg.dataplane;
+    let gateway = |v4: bool| {
+        dp.gateway
+            .iter()
+            .find(|g| g.is_ipv4() == v4)
+            .map(|g| Addr::from(*g))
+    };
+    let mut statics: Vec<(Addr, [u8; 6])> = cfg
+        .neighbors
+        .iter()
+        .map(|n| (Addr::from(n.ip), n.mac.0))
+        .collect();
+    // A gateway with a configured MAC is a static neighbor too.
+    if let Some(mac) = dp.gateway_mac {
+        statics.extend(dp.gateway.iter().map(|g| (Addr::from(*g), mac.0)));
+    }
+    NeighborSpec {
+        cache,
+        on_link: dp
+            .on_link
+            .iter()
+            .map(|p| Prefix {
+                addr: p.addr.into(),
+                len: p.len,
+            })
+            .collect(),
+        gateway_v4: gateway(true),
+        gateway_v6: gateway(false),
+        statics,
+    }
 }
 
 /// Counter slots by name. A slot, once given, keeps its meaning for the life of the process, so
@@ -231,10 +273,19 @@ pub fn compile_with(
         mtu: dp.mtu,
         snat_ports: (dp.snat_ports.lo, dp.snat_ports.hi),
     };
-    let table =
+    let mut table =
         RoutingTable::build(generation, local, specs, ctx.cache).map_err(|e| CompileError {
             problems: vec![Problem::new("", e.to_string())],
         })?;
+    if !dp.on_link.is_empty() || !dp.gateway.is_empty() {
+        table
+            .set_neighbors(neighbor_spec(cfg, ctx.neighbors.clone()))
+            .map_err(|e| CompileError {
+                problems: vec![Problem::new("dataplane", e.to_string()).hint(
+                    "next hops are resolved from our own addresses of their family: add one to [dataplane] addresses",
+                )],
+            })?;
+    }
     Ok(Compiled {
         table,
         conntrack,
@@ -491,11 +542,14 @@ fn compile_service(
                     ),
                 ));
             }
-            let mac = match neighbors
-                .get(&b.addr)
-                .or(cfg.dataplane.gateway_mac.as_ref())
-            {
+            let dp = &cfg.dataplane;
+            // Resolved at run time (ARP/ND through the neighbor cache): on the link, or behind a
+            // gateway of its family.
+            let dynamic = dp.on_link.iter().any(|p| p.contains(b.addr))
+                || dp.gateway.iter().any(|g| g.is_ipv4() == b_v4);
+            let mac = match neighbors.get(&b.addr).or(dp.gateway_mac.as_ref()) {
                 Some(m) => m.0,
+                None if dynamic => [0; 6],
                 None => {
                     problems.push(
                         Problem::new(
@@ -506,7 +560,7 @@ fn compile_service(
                     ),
                         )
                         .hint(format!(
-                            "add a [[neighbors]] entry with ip = \"{}\", or set [dataplane] gateway_mac",
+                            "add a [[neighbors]] entry with ip = \"{}\", list its prefix in [dataplane] on_link, or set [dataplane] gateway or gateway_mac",
                             b.addr
                         )),
                     );

@@ -124,6 +124,12 @@ pub struct Dataplane {
     /// Next hop for addresses not listed in `[[neighbors]]`.
     #[serde(default)]
     pub gateway_mac: Option<MacAddr>,
+    /// Prefixes on our link: a backend inside one is resolved itself by ARP/ND.
+    #[serde(default)]
+    pub on_link: Vec<IpPrefix>,
+    /// Routers (at most one per family) for backends off the link, resolved by ARP/ND.
+    #[serde(default)]
+    pub gateway: Vec<IpAddr>,
     /// Number of dataplane workers.
     #[serde(default = "default_workers")]
     pub workers: u16,
@@ -642,6 +648,59 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
+/// An IP prefix, written `"198.18.0.0/16"` or `"2001:db8::/64"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpPrefix {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length in bits.
+    pub len: u8,
+}
+
+impl IpPrefix {
+    /// True when `a` is inside the prefix (same family).
+    pub fn contains(&self, a: IpAddr) -> bool {
+        dataplane::table::Prefix {
+            addr: self.addr.into(),
+            len: self.len,
+        }
+        .contains(a.into())
+    }
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for IpPrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid prefix {s:?}: expected an address and a length, like \"198.18.0.0/16\""
+            )
+        };
+        let (a, l) = s.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let len: u8 = l.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!("invalid prefix {s:?}: length {len} is above {max}"));
+        }
+        Ok(IpPrefix { addr, len })
+    }
+}
+
+impl<'de> Deserialize<'de> for IpPrefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
 /// An inclusive port range, written `"80"`, `"8000-8010"` or as an integer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortRange {
@@ -856,6 +915,35 @@ impl Config {
                 "dataplane: snat address",
                 *a,
             );
+        }
+        for (i, g) in dp.gateway.iter().enumerate() {
+            check_unicast(
+                &mut out,
+                format!("dataplane.gateway[{i}]"),
+                "dataplane: gateway",
+                *g,
+            );
+            if dp.gateway[..i].iter().any(|o| o.is_ipv4() == g.is_ipv4()) {
+                out.push(
+                    Problem::new(
+                        format!("dataplane.gateway[{i}]"),
+                        format!(
+                            "dataplane: a second {} gateway {g}",
+                            if g.is_ipv4() { "IPv4" } else { "IPv6" }
+                        ),
+                    )
+                    .hint("list at most one gateway per address family"),
+                );
+            }
+            if !dp.on_link.is_empty() && !dp.on_link.iter().any(|p| p.contains(*g)) {
+                out.push(
+                    Problem::new(
+                        format!("dataplane.gateway[{i}]"),
+                        format!("dataplane: gateway {g} is not inside any on_link prefix"),
+                    )
+                    .hint("a gateway must be on our link; add its prefix to [dataplane] on_link"),
+                );
+            }
         }
         for (i, n) in self.neighbors.iter().enumerate() {
             let at = format!("neighbor {}", n.ip);

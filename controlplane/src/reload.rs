@@ -19,7 +19,7 @@ use dataplane::table::MaglevCache;
 use dataplane::worker::{Snapshot, WorkerHandle};
 use dataplane::RoutingTable;
 
-use crate::compile::{compile_with, CompileError, Compiled, Context, StatSlots};
+use crate::compile::{compile_with, CompileError, Compiled, Context, StatSlots, NEIGHBOR_SLOTS};
 use crate::config::{self, AllDown, BackendKind, Config};
 use crate::diag::{self, ConfigReport};
 use crate::health::PassiveSample;
@@ -27,6 +27,7 @@ use crate::state::{
     effective_weight, AdminState, BackendKey, BackendStatus, Control, Health, Observation, OpError,
     Override, ReloadStatus, ServiceStatus,
 };
+use dataplane::neighbor::NeighborCache;
 
 /// Reads and parses a config file: the config and its text (for locating compile problems), or
 /// the full report, one `file:line:column: message` per line.
@@ -62,6 +63,8 @@ struct Inner {
     conntrack_capacity: usize,
     /// Tables replaced but possibly still read by a worker.
     retired: Vec<Arc<RoutingTable>>,
+    /// Next-hop MACs learned by the workers, shared by every generation.
+    neighbors: Arc<NeighborCache>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -111,6 +114,7 @@ impl ControlPlane {
             health_transitions: 0,
             conntrack_capacity: 0,
             retired: Vec::new(),
+            neighbors: Arc::new(NeighborCache::new(NEIGHBOR_SLOTS)),
         };
         let cfg = inner.config.clone();
         let Compiled {
@@ -220,6 +224,15 @@ impl ControlPlane {
         let released = before - inner.retired.len();
         if released > 0 {
             inner.cache.retain_used();
+            // Next hops no table still uses give their slots back (no worker reads old tables).
+            let serving = self.table.load();
+            inner.neighbors.retain(|a| {
+                serving.next_hop_by_addr(a).is_some()
+                    || inner
+                        .retired
+                        .iter()
+                        .any(|t| t.next_hop_by_addr(a).is_some())
+            });
         }
         released
     }
@@ -401,6 +414,7 @@ impl Inner {
             adjust: &adjust,
             slots: &mut self.slots,
             cache: &mut self.cache,
+            neighbors: self.neighbors.clone(),
         };
         compile_with(cfg, generation, &mut ctx)
     }

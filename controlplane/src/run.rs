@@ -479,11 +479,13 @@ fn log_final(finals: &[Snapshot]) {
         .map(|r| format!("{}={}", r.name(), t.dropped(*r)))
         .collect();
     let handed: u64 = finals.iter().map(|s| s.stats.handed_off).sum();
+    let probes: u64 = finals.iter().map(|s| s.stats.neighbor_probes).sum();
     tracing::info!(
         rx = t.rx_packets,
         tx = t.tx_packets,
         to_host = t.to_host,
         handed_off = handed,
+        neighbor_probes = probes,
         drops = ?drops,
         "stopped"
     );

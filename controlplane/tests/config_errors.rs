@@ -691,3 +691,42 @@ fn the_shipped_config_passes_with_its_commented_examples_enabled() {
         panic!("{}\n{uncommented}", r.render());
     }
 }
+
+#[test]
+fn neighbor_resolution_rules() {
+    let dp = "[dataplane]\nmac = \"02:00:00:00:00:01\"\naddresses = [\"198.18.0.1\"]\n";
+    case(
+        "bad prefix",
+        &format!("{dp}on_link = @@[\"198.18.0.0/33\"]\n"),
+        &["33"],
+    );
+    case(
+        "two gateways of one family",
+        &format!(
+            "{dp}on_link = [\"198.18.0.0/16\"]\ngateway = [\"198.18.0.254\", @@\"198.18.0.253\"]\n"
+        ),
+        &["one gateway per address family"],
+    );
+    case(
+        "gateway off the link",
+        &format!("{dp}on_link = [\"198.18.0.0/16\"]\ngateway = [@@\"198.19.0.254\"]\n"),
+        &["on_link"],
+    );
+    // A backend neither on the link, nor behind a gateway, nor with a MAC: named, with the ways out.
+    case(
+        "no way to reach a backend",
+        &format!(
+            "{dp}on_link = [\"198.18.0.0/24\"]\n[[services]]\nname = \"web\"\nvip = \"198.18.0.100\"\n\
+             protocol = \"tcp\"\n[[services.pools]]\nname = \"p\"\nmode = \"nat\"\n\
+             backends = [{{ addr = @@\"198.18.1.10\" }}]\n"
+        ),
+        &["on_link"],
+    );
+    // On the link: resolved at run time, no MAC needed.
+    let ok = format!(
+        "{dp}on_link = [\"198.18.0.0/16\"]\n[[services]]\nname = \"web\"\nvip = \"198.18.0.100\"\n\
+         protocol = \"tcp\"\n[[services.pools]]\nname = \"p\"\nmode = \"nat\"\n\
+         backends = [{{ addr = \"198.18.1.10\" }}]\n"
+    );
+    assert!(report(&ok).is_none(), "{}", report(&ok).unwrap());
+}

@@ -162,12 +162,31 @@ impl Drop for TempDir {
     }
 }
 
+/// [`config`] without any static neighbor: backends are on the link and resolved by ARP and
+/// neighbor discovery at run time.
+fn dynamic_config(port: &str) -> String {
+    let c = config(port);
+    let (head, rest) = c.split_once("[[neighbors]]").unwrap();
+    let services = &rest[rest.find("[[services]]").unwrap()..];
+    let head = head
+        .replace(
+            "workers = 2\n",
+            "workers = 2\non_link = [\"198.18.0.0/16\", \"2001:db8::/64\"]\n",
+        )
+        .replace("gateway_mac = \"02:00:00:00:00:fe\"\n", "");
+    format!("{head}{services}")
+}
+
 fn start(tag: &str, port: &str) -> Running {
+    start_with(tag, &config(port))
+}
+
+fn start_with(tag: &str, body: &str) -> Running {
     let dir = std::env::temp_dir().join(format!("lbe2e-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let dir = TempDir(dir);
     let path = dir.0.join("lb.toml");
-    std::fs::write(&path, config(port)).unwrap();
+    std::fs::write(&path, body).unwrap();
     let mut lab = Lab::up(&LabOptions {
         prefix: format!("lbt{tag}"),
         lb_bin: PathBuf::from(env!("CARGO_BIN_EXE_lb")),
@@ -336,4 +355,53 @@ fn a_long_lived_connection_keeps_its_backend_while_others_come_and_go() {
         assert_eq!(kept.len(), 1, "the kept connection moved: {kept:?}");
         assert_eq!(others, set(&["pod-a", "pod-b"]));
     });
+}
+
+#[test]
+fn every_mode_with_next_hops_resolved_by_arp_and_neighbor_discovery() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let body = dynamic_config("tap");
+    assert!(
+        !body.contains("[[neighbors]]") && body.contains("on_link"),
+        "{body}"
+    );
+    let mut r = start_with("nd", &body);
+    // The first SYN to a backend not yet resolved is dropped (counted) while worker 0 probes;
+    // the client's retransmission goes through. Warm every backend up once, then require
+    // every request to succeed.
+    let client = r.lab.client().unwrap();
+    client
+        .enter_on_thread(|| {
+            for dst in [
+                "198.18.0.100:80",
+                "198.18.0.101:80",
+                "198.18.0.102:80",
+                "[2001:db8::100]:80",
+                "[2001:db8::101]:80",
+                "[2001:db8::102]:80",
+            ] {
+                let dst: SocketAddr = dst.parse().unwrap();
+                for i in 0..8 {
+                    let _ = lab::http_get(Some(client_src(dst, i)), dst, Duration::from_secs(3));
+                }
+            }
+        })
+        .unwrap();
+    every_mode(&mut r);
+    let exit = r.lab.stop_lb().unwrap();
+    // No MAC was configured: every backend was probed for (and answered).
+    let stopped = exit
+        .output
+        .lines()
+        .find(|l| l.contains("stopped"))
+        .unwrap_or("");
+    assert!(
+        stopped.contains("neighbor_probes=") && !stopped.contains("neighbor_probes=0"),
+        "{}",
+        exit.output
+    );
 }
