@@ -209,6 +209,18 @@ fn worker_metrics(reg: &mut Registry, workers: &[&Snapshot]) {
     );
     per_worker(
         reg,
+        "neighbor_probes",
+        "ARP requests and neighbor solicitations sent to resolve next hops (worker 0).",
+        |s| s.stats.neighbor_probes,
+    );
+    per_worker(
+        reg,
+        "neighbor_expired",
+        "Next hops forgotten after unanswered refresh probes.",
+        |s| s.stats.neighbor_expired,
+    );
+    per_worker(
+        reg,
         "conntrack_expired",
         "Flows removed from the connection table by expiry.",
         |s| s.stats.expired,
