@@ -17,7 +17,6 @@ pub mod sample;
 pub mod steer;
 pub mod table;
 pub mod wire;
-#[allow(unsafe_code)]
 pub mod worker;
 
 pub use packet::PacketBuf;

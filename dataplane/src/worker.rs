@@ -10,7 +10,7 @@
 //! hand-off queues. Counters are published into an `ArcSwap` every 100 ms for the control plane.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -195,30 +195,22 @@ struct Wake {
 
 impl Wake {
     fn new() -> Wake {
-        // SAFETY: eventfd takes no pointers; a non-negative return is a new fd we own.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         Wake {
             sleeping: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
-            // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-            fd: (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }),
+            fd: sys::eventfd(),
         }
     }
 
     fn ring(&self) {
         if let Some(fd) = &self.fd {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to an fd we own; errors (counter full) mean
-            // it is already readable, which is all we want.
-            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            sys::eventfd_ring(fd);
         }
     }
 
     fn clear(&self) {
         if let Some(fd) = &self.fd {
-            let mut v: u64 = 0;
-            // SAFETY: reads at most 8 bytes into a live u64; non-blocking, so EAGAIN is fine.
-            unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+            sys::eventfd_clear(fd);
         }
     }
 }
@@ -597,58 +589,8 @@ impl Worker {
     }
 }
 
-/// poll(2)s the fds for input, at most `max`; sleeps `max` when there is none to poll.
-fn wait(fds: &[Option<RawFd>], max: Duration) {
-    let mut pfds = [libc::pollfd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    }; 2];
-    let mut n = 0;
-    for fd in fds.iter().flatten() {
-        if let Some(p) = pfds.get_mut(n) {
-            *p = libc::pollfd {
-                fd: *fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            n += 1;
-        }
-    }
-    if n == 0 {
-        std::thread::sleep(max);
-        return;
-    }
-    let ts = libc::timespec {
-        tv_sec: max.as_secs() as libc::time_t,
-        tv_nsec: max.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `pfds` holds `n` initialised pollfds and outlives the call; `ts` is a live timespec;
-    // a null signal mask keeps the thread's mask. EINTR just ends the sleep early.
-    unsafe { libc::ppoll(pfds.as_mut_ptr(), n as libc::nfds_t, &ts, std::ptr::null()) };
-}
-
-/// Pins the calling thread to `core`.
-pub fn pin_to_core(core: usize) -> io::Result<()> {
-    if core >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("core {core} is past CPU_SETSIZE"),
-        ));
-    }
-    // SAFETY: cpu_set_t is plain bits, so all-zero is the empty set; CPU_SET's index is checked
-    // above; sched_setaffinity reads `size_of::<cpu_set_t>()` bytes from a live set.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
+pub use crate::port::sys::pin_to_core;
+use crate::port::sys::{self, wait};
 
 /// A running worker thread, as the control plane holds it.
 pub struct WorkerHandle {

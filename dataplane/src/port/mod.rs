@@ -15,6 +15,7 @@ pub mod af_xdp;
 pub mod bpf;
 pub mod mem;
 pub mod netns;
+pub mod sys;
 pub mod tap;
 
 /// Headroom every port leaves in front of a received frame, enough for the largest encapsulation
