@@ -20,8 +20,8 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// The lab's config; `variant` changes weights and adds a service, so each reload really swaps a
-/// different table.
+/// The lab's config; `variant` changes weights, adds and removes a backend and a service, so each
+/// reload really swaps a different table.
 fn config(variant: usize) -> String {
     config_with(variant, "")
 }
@@ -29,6 +29,13 @@ fn config(variant: usize) -> String {
 /// [`config`] with extra keys for the web service (health checks).
 fn config_with(variant: usize, web_extra: &str) -> String {
     let weight_a = 1 + variant % 3;
+    // Every fourth table adds a third backend to the web service (then the next removes it): the
+    // established connections on the other two must not notice.
+    let third = if variant % 4 == 2 {
+        "\n  { addr = \"198.18.1.12\", port = 8080 },"
+    } else {
+        ""
+    };
     let extra = if variant % 2 == 1 {
         r#"
 [[services]]
@@ -75,7 +82,7 @@ mode = "fullnat"
 snat = ["198.18.0.2"]
 backends = [
   {{ addr = "198.18.1.10", port = 8080, weight = {weight_a} }},
-  {{ addr = "198.18.1.11", port = 8080 }},
+  {{ addr = "198.18.1.11", port = 8080 }},{third}
 ]
 {web_extra}
 
