@@ -4,7 +4,7 @@
 //! encapsulation sources) and reports all the problems it finds at once, so one edit-check cycle
 //! fixes a whole config.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use dataplane::conntrack;
@@ -233,10 +233,11 @@ pub fn compile_with(
     let neighbors = neighbor_macs(cfg, &mut problems);
     let conntrack = conntrack_config(&cfg.conntrack, &mut problems);
 
-    let mut specs = Vec::new();
-    // The config path of each spec's port range, for overlap problems.
-    let mut spec_paths = Vec::new();
-    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut specs = Vec::with_capacity(cfg.services.len());
+    // Where each spec's port range is in the config (service, port range; `None`: the VIP of an
+    // every-port service), for overlap problems.
+    let mut spec_places: Vec<(usize, Option<usize>)> = Vec::with_capacity(cfg.services.len());
+    let mut names: HashMap<&str, usize> = HashMap::with_capacity(cfg.services.len());
     for (i, svc) in cfg.services.iter().enumerate() {
         if let Some(first) = names.insert(svc.name.as_str(), i) {
             problems.push(
@@ -253,15 +254,14 @@ pub fn compile_with(
         }
         if let Some(mut svc_specs) = compile_service(cfg, i, svc, &neighbors, ctx, &mut problems) {
             if svc.ports.is_empty() {
-                spec_paths.push(format!("services[{i}].vip"));
+                spec_places.push((i, None));
             } else {
-                spec_paths
-                    .extend((0..svc_specs.len()).map(|k| format!("services[{i}].ports[{k}]")));
+                spec_places.extend((0..svc_specs.len()).map(|k| (i, Some(k))));
             }
             specs.append(&mut svc_specs);
         }
     }
-    check_overlaps(&specs, &spec_paths, &mut problems);
+    check_overlaps(&specs, &spec_places, &mut problems);
 
     if !problems.is_empty() {
         return Err(CompileError { problems });
@@ -443,7 +443,15 @@ fn compile_service(
     let mut pools = Vec::with_capacity(svc.pools.len());
     let mut backends = Vec::new();
     // Backends are identified by address and port in the table (and in flows that outlive a reload).
-    let mut seen: BTreeMap<(IpAddr, u16), String> = BTreeMap::new();
+    // The value is where the first one is (pool, backend), named only if a second one turns up.
+    let mut seen: HashMap<(IpAddr, u16), (usize, usize)> =
+        HashMap::with_capacity(svc.pools.iter().map(|p| p.backends.len()).sum());
+    // One key, its address and port changed per backend: no copy of the service name per backend.
+    let mut key = BackendKey {
+        service: svc.name.clone(),
+        addr: svc.vip,
+        port: 0,
+    };
     let mut pool_names: HashMap<&str, ()> = HashMap::new();
 
     if svc.pools.len() > usize::from(u16::MAX) {
@@ -529,16 +537,17 @@ fn compile_service(
         let mut missing_reported = [false, false];
 
         for (b_idx, b) in pool.backends.iter().enumerate() {
-            let name = backend_name(b);
-            let at_b = format!("{at} backend {name}");
-            let b_path = format!("{pool_path}.backends[{b_idx}]");
+            // Where the messages point and whom they name, written only when there is a problem.
+            let at_b = || format!("{at} backend {}", backend_name(b));
+            let b_path = || format!("{pool_path}.backends[{b_idx}]");
             let b_v4 = b.addr.is_ipv4();
 
             if b.port == Some(0) {
                 problems.push(Problem::new(
-                    format!("{b_path}.port"),
+                    format!("{}.port", b_path()),
                     format!(
-                        "{at_b}: port 0 is not a port (leave port out to keep the client's port)"
+                        "{}: port 0 is not a port (leave port out to keep the client's port)",
+                        at_b()
                     ),
                 ));
             }
@@ -553,9 +562,10 @@ fn compile_service(
                 None => {
                     problems.push(
                         Problem::new(
-                            format!("{b_path}.addr"),
+                            format!("{}.addr", b_path()),
                             format!(
-                        "{at_b}: no MAC: {} is not in [[neighbors]] and dataplane.gateway_mac is not set",
+                        "{}: no MAC: {} is not in [[neighbors]] and dataplane.gateway_mac is not set",
+                        at_b(),
                         b.addr
                     ),
                         )
@@ -571,9 +581,10 @@ fn compile_service(
                 table::Mode::FullNat | table::Mode::Nat | table::Mode::Dr if b_v4 != vip_v4 => {
                     problems.push(
                         Problem::new(
-                            format!("{b_path}.addr"),
+                            format!("{}.addr", b_path()),
                             format!(
-                        "{at_b}: {} backend behind {} VIP {}: {} cannot translate between address families",
+                        "{}: {} backend behind {} VIP {}: {} cannot translate between address families",
+                        at_b(),
                         family(b.addr),
                         family(svc.vip),
                         svc.vip,
@@ -589,9 +600,10 @@ fn compile_service(
                 table::Mode::DsrIpip | table::Mode::DsrGue if b_v4 && !vip_v4 => {
                     problems.push(
                         Problem::new(
-                            format!("{b_path}.addr"),
+                            format!("{}.addr", b_path()),
                             format!(
-                        "{at_b}: IPv4 backend behind IPv6 VIP {}: an IPv6 packet cannot be carried in IPv4 by {}",
+                        "{}: IPv4 backend behind IPv6 VIP {}: an IPv6 packet cannot be carried in IPv4 by {}",
+                        at_b(),
                         svc.vip,
                         mode.name()
                     ),
@@ -610,7 +622,8 @@ fn compile_service(
                     Problem::new(
                         format!("{pool_path}.snat"),
                         format!(
-                            "{at_b}: fullnat needs an {} address in the pool's snat list (or in [dataplane] snat)",
+                            "{}: fullnat needs an {} address in the pool's snat list (or in [dataplane] snat)",
+                            at_b(),
                             family(b.addr)
                         ),
                     )
@@ -628,7 +641,8 @@ fn compile_service(
                 problems.push(Problem::new(
                     format!("{pool_path}.encap_source"),
                     format!(
-                    "{at_b}: no {fam} source for the outer header: set the pool's encap_source or add an {fam} dataplane address",
+                    "{}: no {fam} source for the outer header: set the pool's encap_source or add an {fam} dataplane address",
+                    at_b(),
                     fam = family(b.addr)
                 ),
                 ));
@@ -640,9 +654,10 @@ fn compile_service(
             {
                 if p != 0 && !(svc.ports.len() == 1 && svc.ports[0].is_single(p)) {
                     problems.push(Problem::new(
-                        format!("{b_path}.port"),
+                        format!("{}.port", b_path()),
                         format!(
-                        "{at_b}: {} forwards the packet unchanged and cannot change the port to {p}: leave port out",
+                        "{}: {} forwards the packet unchanged and cannot change the port to {p}: leave port out",
+                        at_b(),
                         mode.name()
                     ),
                     ));
@@ -653,10 +668,12 @@ fn compile_service(
                 None => {
                     problems.push(
                         Problem::new(
-                            format!("{b_path}.weight"),
+                            format!("{}.weight", b_path()),
                             format!(
-                                "{at_b}: pool weight {} times backend weight {} overflows",
-                                pool.weight, b.weight
+                                "{}: pool weight {} times backend weight {} overflows",
+                                at_b(),
+                                pool.weight,
+                                b.weight
                             ),
                         )
                         .hint("weights are relative: 1 and 3 split traffic like 100 and 300"),
@@ -665,20 +682,24 @@ fn compile_service(
                 }
             };
             let port = b.port.unwrap_or(0);
-            if let Some(other) = seen.insert((b.addr, port), at_b.clone()) {
+            if let Some((p, k)) = seen.insert((b.addr, port), (pool_idx, b_idx)) {
+                let other = &svc.pools[p];
                 problems.push(
                     Problem::new(
-                        format!("{b_path}.addr"),
-                        format!("{at_b}: the same address and port as {other}"),
+                        format!("{}.addr", b_path()),
+                        format!(
+                            "{}: the same address and port as service {} pool {} backend {}",
+                            at_b(),
+                            svc.name,
+                            other.name,
+                            backend_name(&other.backends[k])
+                        ),
                     )
                     .hint("a backend may appear once per service; raise its weight instead"),
                 );
             }
-            let key = BackendKey {
-                service: svc.name.clone(),
-                addr: b.addr,
-                port,
-            };
+            key.addr = b.addr;
+            key.port = port;
             // Health and operators may take a backend out (its flows move) or drain it.
             if let Some(weight) = (ctx.adjust)(&key, weight) {
                 backends.push(table::Backend {
@@ -714,73 +735,96 @@ fn compile_service(
         config::Affinity::None => table::Affinity::None,
         config::Affinity::ClientIp => table::Affinity::ClientIp,
     };
-    Some(
-        ranges
-            .into_iter()
-            .map(|(port_lo, port_hi)| ServiceSpec {
-                stat: Some(ctx.slots.service(&svc.name, port_lo, port_hi)),
-                name: svc.name.clone(),
-                vip: Addr::from(svc.vip),
-                proto: svc.protocol.number(),
-                port_lo,
-                port_hi,
-                affinity,
-                table_size: svc.table_size,
-                pools: pools.clone(),
-                backends: backends.clone(),
-            })
-            .collect(),
-    )
+    let mut specs = Vec::with_capacity(ranges.len());
+    let last = ranges.len() - 1;
+    for (r, (port_lo, port_hi)) in ranges.into_iter().enumerate() {
+        // The last range takes the pools and backends, the others copy them.
+        let (pools, backends) = if r == last {
+            (std::mem::take(&mut pools), std::mem::take(&mut backends))
+        } else {
+            (pools.clone(), backends.clone())
+        };
+        specs.push(ServiceSpec {
+            stat: Some(ctx.slots.service(&svc.name, port_lo, port_hi)),
+            name: svc.name.clone(),
+            vip: Addr::from(svc.vip),
+            proto: svc.protocol.number(),
+            port_lo,
+            port_hi,
+            affinity,
+            table_size: svc.table_size,
+            pools,
+            backends,
+        });
+    }
+    Some(specs)
 }
 
-/// Reports every pair of specs that claim a common (VIP, protocol, port); the table would only
-/// report the first.
-fn check_overlaps(specs: &[ServiceSpec], paths: &[String], problems: &mut Vec<Problem>) {
-    for (i, a) in specs.iter().enumerate() {
-        for (j, b) in specs.iter().enumerate().skip(i + 1) {
-            if a.vip != b.vip || a.proto != b.proto {
-                continue;
-            }
-            // (0, 0) is "every port", which the table resolves after exact ports: it overlaps nothing
-            // but another every-port service.
-            let a_all = (a.port_lo, a.port_hi) == (0, 0);
-            let b_all = (b.port_lo, b.port_hi) == (0, 0);
-            let clash = if a_all || b_all {
-                a_all && b_all
+/// Reports every pair of specs that claim a common (VIP, protocol, port), in spec order; the table
+/// would only report the first. `places` says where each spec is (see `compile_with`).
+fn check_overlaps(
+    specs: &[ServiceSpec],
+    places: &[(usize, Option<usize>)],
+    problems: &mut Vec<Problem>,
+) {
+    // Only specs of one VIP and protocol can clash: compare within those groups rather than every
+    // pair of a thousand services.
+    let mut groups: HashMap<(Addr, u8), Vec<usize>, table::FastHash> =
+        HashMap::with_capacity_and_hasher(specs.len(), Default::default());
+    for (i, s) in specs.iter().enumerate() {
+        groups.entry((s.vip, s.proto)).or_default().push(i);
+    }
+    let mut pairs = Vec::new();
+    for group in groups.values().filter(|g| g.len() > 1) {
+        for (n, &i) in group.iter().enumerate() {
+            pairs.extend(group[n + 1..].iter().map(|&j| (i, j)));
+        }
+    }
+    pairs.sort_unstable();
+    for (i, j) in pairs {
+        let (a, b) = (&specs[i], &specs[j]);
+        // (0, 0) is "every port", which the table resolves after exact ports: it overlaps nothing
+        // but another every-port service.
+        let a_all = (a.port_lo, a.port_hi) == (0, 0);
+        let b_all = (b.port_lo, b.port_hi) == (0, 0);
+        let clash = if a_all || b_all {
+            a_all && b_all
+        } else {
+            a.port_lo <= b.port_hi && b.port_lo <= a.port_hi
+        };
+        if clash {
+            let ports = if a_all {
+                "every port".to_string()
             } else {
-                a.port_lo <= b.port_hi && b.port_lo <= a.port_hi
+                let lo = a.port_lo.max(b.port_lo);
+                let hi = a.port_hi.min(b.port_hi);
+                if lo == hi {
+                    format!("port {lo}")
+                } else {
+                    format!("ports {lo}-{hi}")
+                }
             };
-            if clash {
-                let ports = if a_all {
-                    "every port".to_string()
-                } else {
-                    let lo = a.port_lo.max(b.port_lo);
-                    let hi = a.port_hi.min(b.port_hi);
-                    if lo == hi {
-                        format!("port {lo}")
-                    } else {
-                        format!("ports {lo}-{hi}")
-                    }
-                };
-                let what = if a.name == b.name {
-                    format!("service {} lists {ports} twice", a.name)
-                } else {
-                    format!("services {} and {} both claim", a.name, b.name)
-                };
-                let proto = if a.proto == 6 { "tcp" } else { "udp" };
-                let message = if a.name == b.name {
-                    format!("{what} for {} {proto}", a.vip)
-                } else {
-                    format!("{what} {} {proto} {ports}", a.vip)
-                };
-                // The later claim is the one to point at: the first one was fine until then.
-                let path = paths.get(j).cloned().unwrap_or_default();
-                problems.push(
-                    Problem::new(path, message).hint(
-                        "a VIP, protocol and port belong to one service: split the port ranges",
-                    ),
-                );
-            }
+            let what = if a.name == b.name {
+                format!("service {} lists {ports} twice", a.name)
+            } else {
+                format!("services {} and {} both claim", a.name, b.name)
+            };
+            let proto = if a.proto == 6 { "tcp" } else { "udp" };
+            let message = if a.name == b.name {
+                format!("{what} for {} {proto}", a.vip)
+            } else {
+                format!("{what} {} {proto} {ports}", a.vip)
+            };
+            // The later claim is the one to point at: the first one was fine until then.
+            let path = match places.get(j) {
+                Some((s, None)) => format!("services[{s}].vip"),
+                Some((s, Some(k))) => format!("services[{s}].ports[{k}]"),
+                None => String::new(),
+            };
+            problems.push(
+                Problem::new(path, message)
+                    .hint("a VIP, protocol and port belong to one service: split the port ranges"),
+            );
         }
     }
 }

@@ -891,30 +891,32 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let dp = &self.dataplane;
-        check_mac(&mut out, "dataplane.mac", "dataplane: mac", dp.mac);
+        check_mac(&mut out, dp.mac, || {
+            ("dataplane.mac".into(), "dataplane: mac".into())
+        });
         if let Some(m) = dp.gateway_mac {
-            check_mac(
-                &mut out,
-                "dataplane.gateway_mac",
-                "dataplane: gateway_mac",
-                m,
-            );
+            check_mac(&mut out, m, || {
+                (
+                    "dataplane.gateway_mac".into(),
+                    "dataplane: gateway_mac".into(),
+                )
+            });
         }
         for (i, a) in dp.addresses.iter().enumerate() {
-            check_unicast(
-                &mut out,
-                format!("dataplane.addresses[{i}]"),
-                "dataplane: address",
-                *a,
-            );
+            check_unicast(&mut out, *a, || {
+                (
+                    format!("dataplane.addresses[{i}]"),
+                    "dataplane: address".into(),
+                )
+            });
         }
         for (i, a) in dp.snat.iter().enumerate() {
-            check_unicast(
-                &mut out,
-                format!("dataplane.snat[{i}]"),
-                "dataplane: snat address",
-                *a,
-            );
+            check_unicast(&mut out, *a, || {
+                (
+                    format!("dataplane.snat[{i}]"),
+                    "dataplane: snat address".into(),
+                )
+            });
         }
         for (i, g) in dp.gateway.iter().enumerate() {
             check_unicast(
@@ -946,9 +948,12 @@ impl Config {
             }
         }
         for (i, n) in self.neighbors.iter().enumerate() {
-            let at = format!("neighbor {}", n.ip);
-            check_unicast(&mut out, format!("neighbors[{i}].ip"), &at, n.ip);
-            check_mac(&mut out, format!("neighbors[{i}].mac"), &at, n.mac);
+            check_unicast(&mut out, n.ip, || {
+                (format!("neighbors[{i}].ip"), format!("neighbor {}", n.ip))
+            });
+            check_mac(&mut out, n.mac, || {
+                (format!("neighbors[{i}].mac"), format!("neighbor {}", n.ip))
+            });
         }
         for (i, svc) in self.services.iter().enumerate() {
             svc.validate(i, &mut out);
@@ -988,7 +993,9 @@ impl Service {
                 .hint("names appear in logs, metrics and the admin API: use e.g. \"web\""),
             );
         }
-        check_unicast(out, format!("{path}.vip"), &format!("{at}: vip"), self.vip);
+        check_unicast(out, self.vip, || {
+            (format!("{path}.vip"), format!("{at}: vip"))
+        });
 
         let backends: usize = self.pools.iter().map(|p| p.backends.len()).sum();
         if !dataplane::maglev::is_valid_table_size(self.table_size) {
@@ -1053,20 +1060,22 @@ impl Service {
                 ));
             }
             for (k, a) in pool.snat.iter().enumerate() {
-                check_unicast(
-                    out,
-                    format!("{pool_path}.snat[{k}]"),
-                    &format!("{at} pool {}: snat address", pool.name),
-                    *a,
-                );
+                check_unicast(out, *a, || {
+                    (
+                        format!("{pool_path}.snat[{k}]"),
+                        format!("{at} pool {}: snat address", pool.name),
+                    )
+                });
             }
+            // Per backend, the path and message are only written when there is a problem: a
+            // reload of thousands of backends would spend most of its validation formatting them.
             for (k, b) in pool.backends.iter().enumerate() {
-                check_unicast(
-                    out,
-                    format!("{pool_path}.backends[{k}].addr"),
-                    &format!("{at} pool {} backend", pool.name),
-                    b.addr,
-                );
+                check_unicast(out, b.addr, || {
+                    (
+                        format!("{pool_path}.backends[{k}].addr"),
+                        format!("{at} pool {} backend", pool.name),
+                    )
+                });
             }
         }
 
@@ -1250,8 +1259,9 @@ fn table_size_hint(backends: usize) -> String {
     }
 }
 
-/// A MAC we send from or to must be unicast: a multicast or zero MAC is a typo.
-fn check_mac(out: &mut Vec<Problem>, path: impl Into<String>, what: &str, mac: MacAddr) {
+/// A MAC we send from or to must be unicast: a multicast or zero MAC is a typo. `place` gives the
+/// key path and what the MAC is, only called when there is a problem.
+fn check_mac(out: &mut Vec<Problem>, mac: MacAddr, place: impl FnOnce() -> (String, String)) {
     let why = if mac.0 == [0; 6] {
         "is all zeros"
     } else if mac.0[0] & 1 == 1 {
@@ -1259,6 +1269,7 @@ fn check_mac(out: &mut Vec<Problem>, path: impl Into<String>, what: &str, mac: M
     } else {
         return;
     };
+    let (path, what) = place();
     out.push(
         Problem::new(path, format!("{what} {mac} {why}"))
             .hint("a unicast MAC has an even first byte, e.g. \"02:00:00:00:00:01\""),
@@ -1266,7 +1277,8 @@ fn check_mac(out: &mut Vec<Problem>, path: impl Into<String>, what: &str, mac: M
 }
 
 /// An address a packet is sent to or from must be a single host: not unspecified, not multicast.
-fn check_unicast(out: &mut Vec<Problem>, path: impl Into<String>, what: &str, addr: IpAddr) {
+/// `place` gives the key path and what the address is, only called when there is a problem.
+fn check_unicast(out: &mut Vec<Problem>, addr: IpAddr, place: impl FnOnce() -> (String, String)) {
     let why = if addr.is_unspecified() {
         "is the unspecified address"
     } else if addr.is_multicast() || addr == IpAddr::from([255, 255, 255, 255]) {
@@ -1274,6 +1286,7 @@ fn check_unicast(out: &mut Vec<Problem>, path: impl Into<String>, what: &str, ad
     } else {
         return;
     };
+    let (path, what) = place();
     out.push(Problem::new(path, format!("{what} {addr} {why}")).hint("use a unicast address"));
 }
 

@@ -250,9 +250,9 @@ pub fn check_str(text: &str, path: &Path) -> Result<(Config, Compiled), ConfigRe
 /// errors, the first of each section (the top-level tables, each neighbor, service, pool and
 /// backend).
 pub fn parse_checked(text: &str, path: &Path) -> Result<Config, ConfigReport> {
-    let mut report = ConfigReport::empty(path, text);
     let (doc, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
+        let mut report = ConfigReport::empty(path, text);
         for e in errors {
             report.push_span(e.span(), e.message().trim_end().to_string(), None);
         }
@@ -260,11 +260,16 @@ pub fn parse_checked(text: &str, path: &Path) -> Result<Config, ConfigReport> {
         report.diagnostics.dedup_by_key(|d| d.span.clone());
         return Err(report);
     }
-    let root = root_value(doc);
-    let first = match Config::deserialize(root.clone().into_deserializer()) {
+    // The success path deserializes the document it parsed, without a copy: a deep copy of a
+    // large config costs as much as a third of the parse. Only a config with schema errors is
+    // parsed a second time, to look at its sections apart.
+    let first = match Config::deserialize(root_value(doc).into_deserializer()) {
         Ok(cfg) => return Ok(cfg),
         Err(e) => e,
     };
+    let mut report = ConfigReport::empty(path, text);
+    let (doc, _) = DeTable::parse_recoverable(text);
+    let root = root_value(doc);
     let mut errors = section_errors(&root);
     if !errors
         .iter()

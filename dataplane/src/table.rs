@@ -207,21 +207,27 @@ pub struct ServiceSpec {
 /// whose backends or weights changed.
 #[derive(Debug, Default)]
 pub struct MaglevCache {
-    tables: HashMap<(Vec<MaglevBackend>, usize), Arc<Maglev>>,
+    /// Keyed by each backend's address, port and weight, in the order given, and the table size:
+    /// the Maglev key of a backend is a function of its address and port, so this is the same
+    /// key as the Maglev input, without formatting the keys of a table that is already built.
+    tables: HashMap<(Vec<(Addr, u16, u32)>, usize), Arc<Maglev>, FastHash>,
 }
 
 impl MaglevCache {
-    /// The table for these backends and size, built now or taken from an earlier build.
-    pub fn get(
-        &mut self,
-        keys: Vec<MaglevBackend>,
-        size: usize,
-    ) -> Result<Arc<Maglev>, MaglevError> {
-        let key = (keys, size);
+    /// The table for these backends (in this order; each backend's slots are indexes into it) and
+    /// size, built now or taken from an earlier build.
+    pub fn get(&mut self, backends: &[Backend], size: usize) -> Result<Arc<Maglev>, MaglevError> {
+        let key = (
+            backends
+                .iter()
+                .map(|b| (b.addr, b.port, b.weight))
+                .collect::<Vec<_>>(),
+            size,
+        );
         if let Some(t) = self.tables.get(&key) {
             return Ok(t.clone());
         }
-        let t = Arc::new(maglev::build(&key.0, size)?);
+        let t = Arc::new(maglev::build(&maglev_keys(backends), size)?);
         self.tables.insert(key, t.clone());
         Ok(t)
     }
@@ -240,6 +246,17 @@ impl MaglevCache {
     pub fn is_empty(&self) -> bool {
         self.tables.is_empty()
     }
+}
+
+/// Maglev's input for backends: each one's key is `addr:port`, which fixes the slots it prefers.
+fn maglev_keys(backends: &[Backend]) -> Vec<MaglevBackend> {
+    backends
+        .iter()
+        .map(|b| MaglevBackend {
+            key: format!("{}:{}", b.addr, b.port).into_bytes(),
+            weight: b.weight,
+        })
+        .collect()
 }
 
 /// The balancer's own L2/L3 identity.
@@ -336,29 +353,27 @@ impl RoutingTable {
         cache: &mut MaglevCache,
     ) -> Result<RoutingTable, TableError> {
         let mut services = Vec::with_capacity(specs.len());
-        let mut vips: HashMap<(Addr, u8, u16), u32, FastHash> = HashMap::default();
+        let mut vips: HashMap<(Addr, u8, u16), u32, FastHash> =
+            HashMap::with_capacity_and_hasher(specs.len(), FastHash::default());
         let mut owned: HashSet<Addr, FastHash> = local.addrs.iter().copied().collect();
+        owned.reserve(specs.len());
         let mut snat: HashSet<Addr, FastHash> = HashSet::default();
-        let mut vip_addrs: HashSet<Addr, FastHash> = HashSet::default();
+        let mut vip_addrs: HashSet<Addr, FastHash> =
+            HashSet::with_capacity_and_hasher(specs.len(), FastHash::default());
         let mut backend_stats = 0u32;
         let mut service_stats = 0u32;
         for (idx, spec) in specs.into_iter().enumerate() {
             let mut backends = spec.backends;
             backends.sort_by_key(|b| (b.addr, b.port, b.pool));
-            let keys: Vec<MaglevBackend> = backends
-                .iter()
-                .map(|b| MaglevBackend {
-                    key: format!("{}:{}", b.addr, b.port).into_bytes(),
-                    weight: b.weight,
-                })
-                .collect();
-            let maglev = cache
-                .get(keys, spec.table_size)
-                .map_err(|source| TableError::Maglev {
-                    service: spec.name.clone(),
-                    source,
-                })?;
-            let mut by_addr = HashMap::default();
+            let maglev =
+                cache
+                    .get(&backends, spec.table_size)
+                    .map_err(|source| TableError::Maglev {
+                        service: spec.name.clone(),
+                        source,
+                    })?;
+            let mut by_addr =
+                HashMap::with_capacity_and_hasher(backends.len(), FastHash::default());
             for (i, b) in backends.iter_mut().enumerate() {
                 if spec.stat.is_none() {
                     b.stat = backend_stats;
@@ -376,12 +391,8 @@ impl RoutingTable {
             }
             owned.insert(spec.vip);
             vip_addrs.insert(spec.vip);
-            let ports: Vec<u16> = if spec.port_lo == 0 && spec.port_hi == 0 {
-                vec![0]
-            } else {
-                (spec.port_lo..=spec.port_hi).collect()
-            };
-            for port in ports {
+            // (0, 0) is the one every-port entry; a range claims each of its ports.
+            for port in spec.port_lo..=spec.port_hi {
                 if let Some(prev) = vips.insert((spec.vip, spec.proto, port), idx as u32) {
                     let first: &Service = &services[prev as usize];
                     return Err(TableError::Overlap {
