@@ -919,12 +919,12 @@ impl Config {
             });
         }
         for (i, g) in dp.gateway.iter().enumerate() {
-            check_unicast(
-                &mut out,
-                format!("dataplane.gateway[{i}]"),
-                "dataplane: gateway",
-                *g,
-            );
+            check_unicast(&mut out, *g, || {
+                (
+                    format!("dataplane.gateway[{i}]"),
+                    "dataplane: gateway".into(),
+                )
+            });
             if dp.gateway[..i].iter().any(|o| o.is_ipv4() == g.is_ipv4()) {
                 out.push(
                     Problem::new(
