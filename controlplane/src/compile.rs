@@ -5,6 +5,7 @@
 //! fixes a whole config.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::IpAddr;
 
 use dataplane::conntrack;
@@ -14,7 +15,7 @@ use dataplane::table::{self, Local, MaglevCache, NeighborSpec, Prefix, ServiceSp
 use dataplane::RoutingTable;
 use std::sync::Arc;
 
-use crate::config::{self, Config, MacAddr};
+use crate::config::{self, Config, Lazy, MacAddr};
 use crate::diag::Problem;
 use crate::state::BackendKey;
 
@@ -147,40 +148,102 @@ fn neighbor_spec(cfg: &Config, cache: Arc<NeighborCache>) -> NeighborSpec {
 /// Counter slots by name. A slot, once given, keeps its meaning for the life of the process, so
 /// the workers' cumulative counters stay attached to the same service or backend across reloads
 /// (a slot is never reused; a process that sees very many distinct backends grows its counters).
+///
+/// Every compile looks up every service and backend: slots are grouped by service name (one
+/// string lookup per service, then address and port), hashed with the dataplane's fast hasher
+/// (the keys come from the config, not from packets).
 #[derive(Debug, Default)]
 pub struct StatSlots {
-    services: HashMap<(String, u16, u16), u32>,
-    backends: HashMap<BackendKey, u32>,
+    /// Index in `slots` of each service name.
+    by_name: HashMap<String, usize, table::FastHash>,
+    slots: Vec<ServiceSlots>,
+    services: u32,
+    backends: u32,
+}
+
+/// The slots of one service name.
+#[derive(Debug, Default)]
+struct ServiceSlots {
+    /// Per port range.
+    ranges: Vec<((u16, u16), u32)>,
+    /// Per backend address and port.
+    backends: HashMap<(IpAddr, u16), u32, table::FastHash>,
+}
+
+/// The backend slots of one service, to assign many with one lookup of its name.
+pub struct BackendSlots<'a> {
+    slots: &'a mut ServiceSlots,
+    next: &'a mut u32,
+}
+
+impl BackendSlots<'_> {
+    /// The slot of the service's backend at `addr` and `port`, assigned on first use.
+    pub fn get(&mut self, addr: IpAddr, port: u16) -> u32 {
+        *self.slots.backends.entry((addr, port)).or_insert_with(|| {
+            let s = *self.next;
+            *self.next += 1;
+            s
+        })
+    }
 }
 
 impl StatSlots {
+    /// Index of `name`'s slots, added on first use (only then is the name copied).
+    fn index(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let i = self.slots.len();
+        self.slots.push(ServiceSlots::default());
+        self.by_name.insert(name.to_string(), i);
+        i
+    }
+
+    fn of(&self, name: &str) -> Option<&ServiceSlots> {
+        self.by_name.get(name).and_then(|&i| self.slots.get(i))
+    }
+
     /// The slot of a service's port range (`(0, 0)`: every port), assigned on first use.
     pub fn service(&mut self, name: &str, lo: u16, hi: u16) -> u32 {
-        let next = self.services.len() as u32;
-        *self
-            .services
-            .entry((name.to_string(), lo, hi))
-            .or_insert(next)
+        if let Some(s) = self.service_slot(name, lo, hi) {
+            return s;
+        }
+        let next = self.services;
+        self.services += 1;
+        let i = self.index(name);
+        self.slots[i].ranges.push(((lo, hi), next));
+        next
+    }
+
+    /// The backend slots of service `name`.
+    pub fn backends_of(&mut self, name: &str) -> BackendSlots<'_> {
+        let i = self.index(name);
+        BackendSlots {
+            slots: &mut self.slots[i],
+            next: &mut self.backends,
+        }
     }
 
     /// The slot of a backend, assigned on first use.
     pub fn backend(&mut self, key: &BackendKey) -> u32 {
-        if let Some(s) = self.backends.get(key) {
-            return *s;
-        }
-        let next = self.backends.len() as u32;
-        self.backends.insert(key.clone(), next);
-        next
+        self.backends_of(&key.service).get(key.addr, key.port)
     }
 
     /// The slot of a backend, if it has one.
     pub fn backend_slot(&self, key: &BackendKey) -> Option<u32> {
-        self.backends.get(key).copied()
+        self.of(&key.service)?
+            .backends
+            .get(&(key.addr, key.port))
+            .copied()
     }
 
     /// The slot of a service's port range, if it has one.
     pub fn service_slot(&self, name: &str, lo: u16, hi: u16) -> Option<u32> {
-        self.services.get(&(name.to_string(), lo, hi)).copied()
+        self.of(name)?
+            .ranges
+            .iter()
+            .find(|(r, _)| *r == (lo, hi))
+            .map(|(_, s)| *s)
     }
 }
 
@@ -444,8 +507,12 @@ fn compile_service(
     let mut backends = Vec::new();
     // Backends are identified by address and port in the table (and in flows that outlive a reload).
     // The value is where the first one is (pool, backend), named only if a second one turns up.
-    let mut seen: HashMap<(IpAddr, u16), (usize, usize)> =
-        HashMap::with_capacity(svc.pools.iter().map(|p| p.backends.len()).sum());
+    let mut seen: HashMap<(IpAddr, u16), (usize, usize), table::FastHash> =
+        HashMap::with_capacity_and_hasher(
+            svc.pools.iter().map(|p| p.backends.len()).sum(),
+            table::FastHash::default(),
+        );
+    let mut slots = ctx.slots.backends_of(&svc.name);
     // One key, its address and port changed per backend: no copy of the service name per backend.
     let mut key = BackendKey {
         service: svc.name.clone(),
@@ -468,8 +535,11 @@ fn compile_service(
     }
 
     for (pool_idx, pool) in svc.pools.iter().enumerate() {
-        let at = format!("service {} pool {}", svc.name, pool.name);
-        let pool_path = format!("services[{svc_idx}].pools[{pool_idx}]");
+        // Written only into problems, like the backend's name and path below.
+        let at =
+            Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "service {} pool {}", svc.name, pool.name));
+        let pool_path =
+            Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "services[{svc_idx}].pools[{pool_idx}]"));
         if pool_names.insert(pool.name.as_str(), ()).is_some() {
             problems.push(Problem::new(
                 format!("{pool_path}.name"),
@@ -708,7 +778,7 @@ fn compile_service(
                     weight,
                     mac,
                     pool: pool_idx as u16,
-                    stat: ctx.slots.backend(&key),
+                    stat: slots.get(b.addr, port),
                 });
             }
         }
@@ -1367,5 +1437,146 @@ udp = "0s"
         assert_eq!(c.conntrack.timeouts.udp, 30_000);
         assert_eq!(c.workers, 1);
         assert_eq!(c.table.local.snat_ports, (1024, 65535));
+    }
+
+    #[test]
+    fn overlaps_of_different_vips_are_reported_in_file_order_at_the_later_claim() {
+        let svc = |name: &str, vip: &str, ports: &str| {
+            format!(
+                r#"
+[[services]]
+name = "{name}"
+vip = "{vip}"
+protocol = "tcp"
+ports = {ports}
+[[services.pools]]
+name = "p"
+mode = "nat"
+backends = [{{ addr = "198.18.1.10" }}]
+"#
+            )
+        };
+        let text = format!(
+            "{BASE}{}{}{}{}{}",
+            svc("a", "198.18.0.100", r#"["80"]"#),
+            svc("b", "198.18.0.101", r#"["80"]"#),
+            svc("c", "198.18.0.101", r#"["70", "80"]"#),
+            svc("d", "198.18.0.100", r#"["80"]"#),
+            svc("e", "198.18.0.102", r#"["80"]"#),
+        );
+        let c = Config::from_toml_str(&text, Path::new("t.toml")).unwrap();
+        let p = compile(&c, 1).unwrap_err().problems;
+        let got: Vec<(&str, &str)> = p
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "services[3].ports[0]",
+                    "services a and d both claim 198.18.0.100 tcp port 80"
+                ),
+                (
+                    "services[2].ports[1]",
+                    "services b and c both claim 198.18.0.101 tcp port 80"
+                ),
+            ]
+        );
+    }
+
+    /// (service, port, backend address) and its (service slot, backend slot).
+    type Slotted = ((String, u16, String), (u32, u32));
+
+    #[test]
+    fn counter_slots_stay_with_their_service_and_backend_across_compiles() {
+        let svc = |name: &str, vip: &str, backends: &[&str]| {
+            let list: Vec<String> = backends
+                .iter()
+                .map(|a| format!("{{ addr = \"{a}\", port = 80 }}"))
+                .collect();
+            format!(
+                "\n[[services]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\n\
+                 ports = [\"80\", \"443\"]\n[[services.pools]]\nname = \"p\"\nmode = \"nat\"\n\
+                 backends = [{}]\n",
+                list.join(", ")
+            )
+        };
+        let mut slots = StatSlots::default();
+        let mut cache = MaglevCache::default();
+        let mut build = |text: String| {
+            let c = Config::from_toml_str(&format!("{BASE}{text}"), Path::new("t.toml")).unwrap();
+            let mut ctx = Context {
+                adjust: &|_, w| Some(w),
+                slots: &mut slots,
+                cache: &mut cache,
+            };
+            let t = compile_with(&c, 1, &mut ctx).unwrap().table;
+            let mut out: Vec<Slotted> = Vec::new();
+            for s in &t.services {
+                for b in &s.backends {
+                    out.push((
+                        (s.name.clone(), s.port_lo, b.addr.to_string()),
+                        (s.stat, b.stat),
+                    ));
+                }
+            }
+            out.sort();
+            out
+        };
+        let first = build(format!(
+            "{}{}",
+            svc("a", "198.18.0.100", &["198.18.1.1", "198.18.1.2"]),
+            svc("b", "198.18.0.101", &["198.18.1.1"])
+        ));
+        // Every service port range and every backend of a service has its own slot.
+        let mut service_slots: Vec<u32> = first.iter().map(|(_, (s, _))| *s).collect();
+        service_slots.dedup();
+        assert_eq!(service_slots.len(), 4, "{first:?}");
+        let backend = |v: &[Slotted], svc: &str, addr: &str| {
+            v.iter()
+                .find(|((s, _, a), _)| s == svc && a == addr)
+                .map(|(_, (_, b))| *b)
+        };
+        let a1 = backend(&first, "a", "198.18.1.1").unwrap();
+        let b1 = backend(&first, "b", "198.18.1.1").unwrap();
+        assert_ne!(a1, b1, "the same address in two services counts apart");
+
+        // Reordered services, a backend removed and one added: the others keep their slots, the
+        // new one gets a slot never used before.
+        let second = build(format!(
+            "{}{}",
+            svc("b", "198.18.0.101", &["198.18.1.1"]),
+            svc("a", "198.18.0.100", &["198.18.1.3", "198.18.1.1"])
+        ));
+        assert_eq!(backend(&second, "a", "198.18.1.1"), Some(a1));
+        assert_eq!(backend(&second, "b", "198.18.1.1"), Some(b1));
+        let a3 = backend(&second, "a", "198.18.1.3").unwrap();
+        assert!(first.iter().all(|(_, (_, b))| *b != a3), "{a3} reused");
+        let services = |v: &[Slotted]| {
+            let mut s: Vec<(String, u16, u32)> = v
+                .iter()
+                .map(|((n, p, _), (s, _))| (n.clone(), *p, *s))
+                .collect();
+            s.dedup();
+            s
+        };
+        assert_eq!(services(&first), services(&second));
+        assert_eq!(
+            slots.backend_slot(&BackendKey {
+                service: "a".into(),
+                addr: "198.18.1.3".parse().unwrap(),
+                port: 80,
+            }),
+            Some(a3)
+        );
+        assert_eq!(
+            slots.service_slot("b", 443, 443),
+            services(&first)
+                .iter()
+                .find(|(n, p, _)| n == "b" && *p == 443)
+                .map(|(_, _, s)| *s)
+        );
+        assert_eq!(slots.service_slot("b", 8080, 8080), None);
     }
 }

@@ -979,8 +979,9 @@ impl Config {
 
 impl Service {
     fn validate(&self, i: usize, out: &mut Vec<Problem>) {
-        let at = format!("service {}", self.name);
-        let path = format!("services[{i}]");
+        // Written only into problems: a reload validates thousands of services that have none.
+        let at = Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "service {}", self.name));
+        let path = Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "services[{i}]"));
         if self.name.is_empty() || self.name.chars().any(char::is_control) {
             out.push(
                 Problem::new(
@@ -1049,7 +1050,7 @@ impl Service {
         }
 
         for (j, pool) in self.pools.iter().enumerate() {
-            let pool_path = format!("{path}.pools[{j}]");
+            let pool_path = Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "{path}.pools[{j}]"));
             if pool.name.is_empty() || pool.name.chars().any(char::is_control) {
                 out.push(Problem::new(
                     format!("{pool_path}.name"),
@@ -1237,6 +1238,16 @@ impl HealthCheck {
                 }
             }
         }
+    }
+}
+
+/// Text written only when it is displayed (`Lazy(|f| write!(f, ...))`): the names and key paths
+/// that problems mention, which a valid config never shows.
+pub(crate) struct Lazy<F>(pub(crate) F);
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Lazy<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
     }
 }
 

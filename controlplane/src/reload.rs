@@ -250,9 +250,15 @@ impl ControlPlane {
             let table = inner
                 .next_table(&cfg)
                 .map_err(|e| ConfigReport::from_compile(&self.path, &text, &e).to_string())?;
-            inner.config = cfg;
-            inner.text = text;
-            Ok(self.swap(&mut inner, table))
+            // The replaced config (every service and backend) is freed after the swap, not
+            // before: the workers need not wait for it.
+            let old = (
+                std::mem::replace(&mut inner.config, cfg),
+                std::mem::replace(&mut inner.text, text),
+            );
+            let g = self.swap(&mut inner, table);
+            drop(old);
+            Ok(g)
         });
         match &result {
             Ok(g) => {

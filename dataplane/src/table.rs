@@ -210,8 +210,11 @@ pub struct MaglevCache {
     /// Keyed by each backend's address, port and weight, in the order given, and the table size:
     /// the Maglev key of a backend is a function of its address and port, so this is the same
     /// key as the Maglev input, without formatting the keys of a table that is already built.
-    tables: HashMap<(Vec<(Addr, u16, u32)>, usize), Arc<Maglev>, FastHash>,
+    tables: HashMap<MaglevInput, Arc<Maglev>, FastHash>,
 }
+
+/// What a Maglev table is built from: each backend's address, port and weight, and the size.
+type MaglevInput = (Vec<(Addr, u16, u32)>, usize);
 
 impl MaglevCache {
     /// The table for these backends (in this order; each backend's slots are indexes into it) and
