@@ -1510,6 +1510,7 @@ backends = [{{ addr = "198.18.1.10" }}]
                 adjust: &|_, w| Some(w),
                 slots: &mut slots,
                 cache: &mut cache,
+                neighbors: Arc::new(NeighborCache::new(16)),
             };
             let t = compile_with(&c, 1, &mut ctx).unwrap().table;
             let mut out: Vec<Slotted> = Vec::new();
