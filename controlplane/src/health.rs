@@ -321,11 +321,7 @@ pub fn targets(config: &Config) -> Vec<Target> {
     for s in &config.services {
         for p in &s.pools {
             for b in &p.backends {
-                let key = BackendKey {
-                    service: s.name.clone(),
-                    addr: b.addr,
-                    port: b.port.unwrap_or(0),
-                };
+                let key = BackendKey::of(s, b);
                 if !seen.insert(key.clone()) {
                     continue;
                 }

@@ -284,11 +284,7 @@ impl ControlPlane {
         let mut out = HashMap::new();
         for s in inner.config.services.iter().filter(|s| s.passive.is_some()) {
             for b in s.pools.iter().flat_map(|p| &p.backends) {
-                let key = BackendKey {
-                    service: s.name.clone(),
-                    addr: b.addr,
-                    port: b.port.unwrap_or(0),
-                };
+                let key = BackendKey::of(s, b);
                 let Some(slot) = inner.slots.backend_slot(&key) else {
                     continue;
                 };
@@ -462,11 +458,7 @@ fn failing_open(
         let mut any = false;
         let mut all_down = true;
         for b in s.pools.iter().flat_map(|p| &p.backends) {
-            let key = BackendKey {
-                service: s.name.clone(),
-                addr: b.addr,
-                port: b.port.unwrap_or(0),
-            };
+            let key = BackendKey::of(s, b);
             if overrides.get(&key).map(|o| o.admin) == Some(AdminState::Disabled) {
                 continue;
             }
@@ -538,11 +530,7 @@ impl Control for ControlPlane {
             let mut backends = Vec::new();
             for p in &s.pools {
                 for b in &p.backends {
-                    let key = BackendKey {
-                        service: s.name.clone(),
-                        addr: b.addr,
-                        port: b.port.unwrap_or(0),
-                    };
+                    let key = BackendKey::of(s, b);
                     let over = inner.overrides.get(&key).copied().unwrap_or_default();
                     let health = inner.health.get(&key).cloned().unwrap_or_default();
                     let configured = p.weight.saturating_mul(b.weight);

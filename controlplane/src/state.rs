@@ -25,6 +25,17 @@ pub struct BackendKey {
     pub port: u16,
 }
 
+impl BackendKey {
+    /// The name of backend `b` of service `svc` in the config.
+    pub fn of(svc: &crate::config::Service, b: &crate::config::Backend) -> BackendKey {
+        BackendKey {
+            service: svc.name.clone(),
+            addr: b.addr,
+            port: b.port.unwrap_or(0),
+        }
+    }
+}
+
 impl fmt::Display for BackendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.addr, self.port) {

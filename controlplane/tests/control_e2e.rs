@@ -5,20 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use controlplane::lab::{self, Lab, LabOptions};
+use controlplane::lab::{self, Lab};
+
+mod labkit;
+use labkit::{is_root, lab_with};
 
 /// One lab at a time: the tests share the machine's two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
 
 /// The lab's config; `variant` changes weights, adds and removes a backend and a service, so each
 /// reload really swaps a different table.
@@ -97,31 +94,6 @@ mode = "nat"
 backends = [{{ addr = "198.18.1.10", port = 7 }}, {{ addr = "198.18.1.11", port = 7 }}]
 {extra}"#
     )
-}
-
-struct TempDir(PathBuf);
-
-/// A lab running `lb run` on `body`; the config file's path comes back for rewriting.
-fn lab_with(tag: &str, body: &str) -> (Lab, TempDir, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("lb{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir = TempDir(dir);
-    let path = dir.0.join("lb.toml");
-    std::fs::write(&path, body).unwrap();
-    let mut lab = Lab::up(&LabOptions {
-        prefix: format!("lbt{tag}"),
-        lb_bin: PathBuf::from(env!("CARGO_BIN_EXE_lb")),
-        config: path.clone(),
-    })
-    .unwrap();
-    lab.start_lb(Duration::from_secs(15)).unwrap();
-    (lab, dir, path)
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn reloads_logged(lab: &Lab) -> usize {

@@ -8,12 +8,13 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use controlplane::lab::{self, Lab, LabOptions};
+use controlplane::lab::{self, Lab};
+
+mod labkit;
+use labkit::{is_root, lab_with, TempDir};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -124,10 +125,6 @@ mode = "nat"
 backends = [{ addr = "2001:db8::1:10" }, { addr = "2001:db8::1:11" }]
 "#;
 
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
 /// The config for a port kind: two workers, our MAC and addresses, the services above.
 fn config(port: &str) -> String {
     format!(
@@ -154,14 +151,6 @@ struct Running {
     _dir: TempDir,
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// [`config`] without any static neighbor: backends are on the link and resolved by ARP and
 /// neighbor discovery at run time.
 fn dynamic_config(port: &str) -> String {
@@ -182,18 +171,7 @@ fn start(tag: &str, port: &str) -> Running {
 }
 
 fn start_with(tag: &str, body: &str) -> Running {
-    let dir = std::env::temp_dir().join(format!("lbe2e-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir = TempDir(dir);
-    let path = dir.0.join("lb.toml");
-    std::fs::write(&path, body).unwrap();
-    let mut lab = Lab::up(&LabOptions {
-        prefix: format!("lbt{tag}"),
-        lb_bin: PathBuf::from(env!("CARGO_BIN_EXE_lb")),
-        config: path,
-    })
-    .unwrap();
-    lab.start_lb(Duration::from_secs(15)).unwrap();
+    let (lab, dir, _) = lab_with(tag, body);
     Running { lab, _dir: dir }
 }
 

@@ -1,0 +1,41 @@
+//! Shared by the end-to-end tests: root detection, a config directory removed on drop, and a lab
+//! running `lb run` on a given config.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use controlplane::lab::{Lab, LabOptions};
+
+/// True when running as root (namespaces, TAP and raw sockets need it).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A lab (namespace prefix `lbt<tag>`) running `lb run` on `body`, written to its own directory;
+/// the config file's path comes back for rewriting. Dropping the lab tears everything down.
+pub fn lab_with(tag: &str, body: &str) -> (Lab, TempDir, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("lbe2e-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir(dir);
+    let path = dir.0.join("lb.toml");
+    std::fs::write(&path, body).unwrap();
+    let mut lab = Lab::up(&LabOptions {
+        prefix: format!("lbt{tag}"),
+        lb_bin: PathBuf::from(env!("CARGO_BIN_EXE_lb")),
+        config: path.clone(),
+    })
+    .unwrap();
+    lab.start_lb(Duration::from_secs(15)).unwrap();
+    (lab, dir, path)
+}
