@@ -495,6 +495,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.admin != new.admin {
         out.push("admin".into());
     }
+    if old.logging != new.logging {
+        out.push("logging".into());
+    }
     out
 }
 
