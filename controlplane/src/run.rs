@@ -382,6 +382,9 @@ fn control_thread(
                 let reloaded = tokio::task::spawn_blocking(move || c.reload_file()).await;
                 if matches!(reloaded, Ok(Ok(_))) {
                     checker.set_targets(health::targets(&cp.config()));
+                    // Checks removed or changed by the file may change health without a
+                    // transition being reported: apply the checker's view now.
+                    health_changed.store(true, Ordering::SeqCst);
                 }
             }
             if now >= next_passive {
