@@ -320,9 +320,11 @@ impl ControlPlane {
     /// table when a backend's health changed.
     pub fn set_health(
         &self,
-        health: HashMap<BackendKey, Health>,
+        mut health: HashMap<BackendKey, Health>,
         transitions_total: u64,
     ) -> Option<u64> {
+        // Unchecked is what an absent entry means: keep only what can change a weight.
+        health.retain(|_, h| *h != Health::Unchecked);
         let mut inner = self.lock();
         inner.health_transitions = transitions_total;
         if inner.health == health {
