@@ -116,13 +116,12 @@ impl ControlPlane {
             retired: Vec::new(),
             neighbors: Arc::new(NeighborCache::new(NEIGHBOR_SLOTS)),
         };
-        let cfg = inner.config.clone();
         let Compiled {
             table,
             conntrack,
             workers,
             run,
-        } = inner.compile(&cfg, 1).map_err(|e| {
+        } = inner.compile(None, 1).map_err(|e| {
             StartError(ConfigReport::from_compile(path, &inner.text, &e).to_string())
         })?;
         inner.generation = 1;
@@ -248,7 +247,7 @@ impl ControlPlane {
                 tracing::warn!(change = %n, "this change needs a restart; the rest of the file is applied");
             }
             let table = inner
-                .next_table(&cfg)
+                .next_table(Some(&cfg))
                 .map_err(|e| ConfigReport::from_compile(&self.path, &text, &e).to_string())?;
             // The replaced config (every service and backend) is freed after the swap, not
             // before: the workers need not wait for it.
@@ -303,17 +302,10 @@ impl ControlPlane {
     /// Compiles `cfg` as a reload would, without swapping (benchmarks measure compile time).
     pub fn compile_probe(&self, cfg: &Config) -> Result<(), String> {
         let mut inner = self.lock();
-        inner.next_table(cfg).map(drop).map_err(|e| e.to_string())
-    }
-
-    /// Rebuilds the table from the serving config (after a health or override change).
-    pub fn rebuild(&self) -> Result<u64, String> {
-        let mut inner = self.lock();
-        let cfg = inner.config.clone();
-        let table = inner
-            .next_table(&cfg)
-            .map_err(|e| inner.report(&self.path, &e))?;
-        Ok(self.swap(&mut inner, table))
+        inner
+            .next_table(Some(cfg))
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     /// Applies health results (and the checker's running count of transitions); rebuilds the
@@ -331,8 +323,7 @@ impl ControlPlane {
             return None;
         }
         inner.health = health;
-        let cfg = inner.config.clone();
-        match inner.next_table(&cfg) {
+        match inner.next_table(None) {
             Ok(t) => Some(self.swap(&mut inner, t)),
             Err(e) => {
                 let e = inner.report(&self.path, &e);
@@ -376,8 +367,7 @@ impl ControlPlane {
         } else {
             inner.overrides.insert(key.clone(), ov);
         }
-        let cfg = inner.config.clone();
-        match inner.next_table(&cfg) {
+        match inner.next_table(None) {
             Ok(t) => {
                 tracing::info!(backend = %key, weight = ?ov.weight, state = ?ov.admin, "runtime override");
                 Ok(self.swap(&mut inner, t))
@@ -400,12 +390,20 @@ impl Inner {
         ConfigReport::from_compile(path, &self.text, e).to_string()
     }
 
-    /// Compiles `cfg` with the current overrides and health, stamped `generation`.
-    fn compile(&mut self, cfg: &Config, generation: u64) -> Result<Compiled, CompileError> {
-        self.failing_open = failing_open(cfg, &self.overrides, &self.health);
-        let overrides = &self.overrides;
-        let health = &self.health;
-        let failing = &self.failing_open;
+    /// Compiles `cfg` (`None`: the serving config) with the current overrides and health,
+    /// stamped `generation`; on success, remembers which services fail open in it.
+    fn compile(&mut self, cfg: Option<&Config>, generation: u64) -> Result<Compiled, CompileError> {
+        let Inner {
+            config,
+            overrides,
+            health,
+            slots,
+            cache,
+            neighbors,
+            ..
+        } = self;
+        let cfg = cfg.unwrap_or(config);
+        let failing = failing_open(cfg, overrides, health);
         let adjust = |key: &BackendKey, w: u32| {
             effective_weight(
                 w,
@@ -416,14 +414,17 @@ impl Inner {
         };
         let mut ctx = Context {
             adjust: &adjust,
-            slots: &mut self.slots,
-            cache: &mut self.cache,
-            neighbors: self.neighbors.clone(),
+            slots,
+            cache,
+            neighbors: neighbors.clone(),
         };
-        compile_with(cfg, generation, &mut ctx)
+        let compiled = compile_with(cfg, generation, &mut ctx)?;
+        self.failing_open = failing;
+        Ok(compiled)
     }
 
-    fn next_table(&mut self, cfg: &Config) -> Result<RoutingTable, CompileError> {
+    /// The next generation's table for `cfg` (`None`: the serving config).
+    fn next_table(&mut self, cfg: Option<&Config>) -> Result<RoutingTable, CompileError> {
         let g = self.generation + 1;
         self.compile(cfg, g).map(|c| c.table)
     }
