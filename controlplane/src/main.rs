@@ -102,18 +102,15 @@ fn main() -> ExitCode {
     // `lb run` logs as its config says (RUST_LOG still wins), so the config is read first; a bad
     // one is reported below like any other error.
     let result = match cli.command {
-        Command::Run { config } => {
-            // The full check (rules too), so `lb run` refuses a bad file exactly as `lb check`.
-            match diag::load_checked(&config)
-                .and_then(|(_, text)| diag::check_str(&text, &config).map(|(c, _)| (c, text)))
-            {
-                Ok((cfg, text)) => {
-                    init_logging(&cfg.logging.level, cfg.logging.format);
-                    run::run(&config, cfg, text)
-                }
-                Err(report) => Err(report.into()),
+        // Parsed once here; the control plane's first compile checks the rules, and a problem
+        // comes back as the same report `lb check` prints.
+        Command::Run { config } => match diag::load_checked(&config) {
+            Ok((cfg, text)) => {
+                init_logging(&cfg.logging.level, cfg.logging.format);
+                run::run(&config, cfg, text)
             }
-        }
+            Err(report) => Err(report.into()),
+        },
         command => {
             // The one-shot commands stay quiet unless asked.
             init_logging("warn", config::LogFormat::Text);

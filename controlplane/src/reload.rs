@@ -89,7 +89,7 @@ pub struct Start {
 /// Why the first table could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct StartError(pub String);
+pub struct StartError(pub ConfigReport);
 
 impl ControlPlane {
     /// Compiles `config` (already loaded from `path`, whose text is `text`) into generation 1.
@@ -121,9 +121,9 @@ impl ControlPlane {
             conntrack,
             workers,
             run,
-        } = inner.compile(None, 1).map_err(|e| {
-            StartError(ConfigReport::from_compile(path, &inner.text, &e).to_string())
-        })?;
+        } = inner
+            .compile(None, 1)
+            .map_err(|e| StartError(ConfigReport::from_compile(path, &inner.text, &e)))?;
         inner.generation = 1;
         inner.conntrack_capacity = conntrack.capacity;
         let cp = ControlPlane {

@@ -225,7 +225,8 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
 
     let admin = cfg.admin.clone();
     let (cp, start) = ControlPlane::new(path, cfg, text, Box::new(reload::load_file))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The report itself, so `main` renders it with the source lines as `lb check` does.
+        .map_err(|e| anyhow::Error::new(e.0))?;
     let cp = Arc::new(cp);
     let run = start.run.clone();
     let workers = usize::from(start.workers);
