@@ -1272,14 +1272,13 @@ backends = [{ addr = "198.18.1.11" }]
         }
     }
 
-    #[test]
-    fn overlapping_services_are_all_reported() {
-        let svc = |name: &str, ports: &str| {
-            format!(
-                r#"
+    /// A tcp service `name` on `vip` and `ports` (a TOML list) with one nat backend.
+    fn nat_service(name: &str, vip: &str, ports: &str) -> String {
+        format!(
+            r#"
 [[services]]
 name = "{name}"
-vip = "198.18.0.100"
+vip = "{vip}"
 protocol = "tcp"
 ports = {ports}
 [[services.pools]]
@@ -1287,8 +1286,12 @@ name = "p"
 mode = "nat"
 backends = [{{ addr = "198.18.1.10" }}]
 "#
-            )
-        };
+        )
+    }
+
+    #[test]
+    fn overlapping_services_are_all_reported() {
+        let svc = |name: &str, ports: &str| nat_service(name, "198.18.0.100", ports);
         let p = problems(&format!(
             "{}{}{}",
             svc("a", r#"["80-90"]"#),
@@ -1441,21 +1444,7 @@ udp = "0s"
 
     #[test]
     fn overlaps_of_different_vips_are_reported_in_file_order_at_the_later_claim() {
-        let svc = |name: &str, vip: &str, ports: &str| {
-            format!(
-                r#"
-[[services]]
-name = "{name}"
-vip = "{vip}"
-protocol = "tcp"
-ports = {ports}
-[[services.pools]]
-name = "p"
-mode = "nat"
-backends = [{{ addr = "198.18.1.10" }}]
-"#
-            )
-        };
+        let svc = nat_service;
         let text = format!(
             "{BASE}{}{}{}{}{}",
             svc("a", "198.18.0.100", r#"["80"]"#),
