@@ -13,5 +13,5 @@ pub mod sim;
 pub mod state;
 
 pub use compile::{compile, CompileError, Compiled};
-pub use config::{load, Config, ConfigError};
+pub use config::{load, Config};
 pub use diag::{ConfigReport, Problem};

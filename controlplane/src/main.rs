@@ -102,9 +102,9 @@ fn main() -> ExitCode {
     // `lb run` logs as its config says (RUST_LOG still wins), so the config is read first; a bad
     // one is reported below like any other error.
     let result = match cli.command {
-        // Parsed once here; the control plane's first compile checks the rules, and a problem
-        // comes back as the same report `lb check` prints.
-        Command::Run { config } => match diag::load_checked(&config) {
+        // Loaded (parsed and validated) once here; a problem comes back as the same report
+        // `lb check` prints.
+        Command::Run { config } => match config::load_with_text(&config) {
             Ok((cfg, text)) => {
                 init_logging(&cfg.logging.level, cfg.logging.format);
                 run::run(&config, cfg, text)
@@ -167,7 +167,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
 /// Loads and compiles `path`; every problem (syntax, schema, rules) comes back as one
 /// [`diag::ConfigReport`], which `main` renders with the source lines.
 fn load_and_compile(path: &Path) -> anyhow::Result<(config::Config, compile::Compiled)> {
-    let (cfg, compiled) = diag::check_file(path)?;
+    let (cfg, compiled) = compile::check_file(path)?;
     tracing::info!(
         path = %path.display(),
         services = compiled.table.services.len(),

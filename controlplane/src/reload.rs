@@ -21,7 +21,7 @@ use dataplane::RoutingTable;
 
 use crate::compile::{compile_with, CompileError, Compiled, Context, StatSlots, NEIGHBOR_SLOTS};
 use crate::config::{self, AllDown, BackendKind, Config};
-use crate::diag::{self, ConfigReport};
+use crate::diag::ConfigReport;
 use crate::health::PassiveSample;
 use crate::state::{
     effective_weight, AdminState, BackendKey, BackendStatus, Control, Health, Observation, OpError,
@@ -33,9 +33,9 @@ use dataplane::neighbor::NeighborCache;
 /// the full report, one `file:line:column: message` per line.
 pub type Loader = dyn Fn(&Path) -> Result<(Config, String), String> + Send + Sync;
 
-/// The default loader: [`diag::load_checked`].
+/// The default loader: [`crate::config::load_with_text`].
 pub fn load_file(path: &Path) -> Result<(Config, String), String> {
-    diag::load_checked(path).map_err(|r| r.to_string())
+    crate::config::load_with_text(path).map_err(|r| r.to_string())
 }
 
 /// The running control plane. Shared by the control thread, the admin API and health checks.
@@ -121,6 +121,7 @@ impl ControlPlane {
             conntrack,
             workers,
             run,
+            ..
         } = inner
             .compile(None, 1)
             .map_err(|e| StartError(ConfigReport::from_compile(path, &inner.text, &e)))?;
@@ -416,9 +417,11 @@ impl Inner {
             adjust: &adjust,
             slots,
             cache,
-            neighbors: neighbors.clone(),
         };
-        let compiled = compile_with(cfg, generation, &mut ctx)?;
+        let mut compiled = compile_with(cfg, generation, &mut ctx)?;
+        if let Some(hops) = &compiled.next_hops {
+            compiled.table.set_neighbors(hops.spec(neighbors.clone()))?;
+        }
         self.failing_open = failing;
         Ok(compiled)
     }

@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-use controlplane::diag::{self, ConfigReport};
+use controlplane::compile;
+use controlplane::diag::ConfigReport;
 
 /// A dataplane every backend can be reached through (the gateway) with both families.
 const BASE: &str = r#"[dataplane]
@@ -33,7 +34,7 @@ fn unmark(marked: &str) -> (String, Vec<(usize, usize)>) {
     let mut at = Vec::new();
     for (i, part) in marked.split("@@").enumerate() {
         if i > 0 {
-            at.push(controlplane::config::line_column(&text, text.len()));
+            at.push(controlplane::diag::line_column(&text, text.len()));
         }
         text.push_str(part);
     }
@@ -41,7 +42,7 @@ fn unmark(marked: &str) -> (String, Vec<(usize, usize)>) {
 }
 
 fn report(text: &str) -> Option<ConfigReport> {
-    diag::check_str(text, Path::new("lb.toml")).err()
+    compile::check_str(text, Path::new("lb.toml")).err()
 }
 
 /// Asserts the report of `marked` has one problem per marker, at the marker, in file order, each
@@ -633,7 +634,7 @@ fn a_fullnat_pool_without_snat_uses_the_dataplane_pool() {
         "gateway_mac = \"02:00:00:00:00:fe\"\n",
         "gateway_mac = \"02:00:00:00:00:fe\"\nsnat = [\"198.18.0.2\"]\n",
     );
-    let (_, compiled) = diag::check_str(&text, Path::new("lb.toml")).unwrap();
+    let (_, compiled) = compile::check_str(&text, Path::new("lb.toml")).unwrap();
     let snat = &compiled.table.services[0].pools[0].snat;
     assert_eq!(snat, &vec![dataplane::flow::Addr::v4([198, 18, 0, 2])]);
     assert!(compiled
@@ -645,7 +646,7 @@ fn a_fullnat_pool_without_snat_uses_the_dataplane_pool() {
         "mode = \"fullnat\"",
         "mode = \"fullnat\"\nsnat = [\"198.18.0.3\"]",
     );
-    let (_, compiled) = diag::check_str(&own, Path::new("lb.toml")).unwrap();
+    let (_, compiled) = compile::check_str(&own, Path::new("lb.toml")).unwrap();
     assert_eq!(
         compiled.table.services[0].pools[0].snat,
         vec![dataplane::flow::Addr::v4([198, 18, 0, 3])]
@@ -654,7 +655,7 @@ fn a_fullnat_pool_without_snat_uses_the_dataplane_pool() {
 
 #[test]
 fn a_missing_file_is_named() {
-    let r = diag::check_file(Path::new("/nonexistent/lb.toml")).unwrap_err();
+    let r = compile::check_file(Path::new("/nonexistent/lb.toml")).unwrap_err();
     assert!(
         r.to_string()
             .starts_with("/nonexistent/lb.toml: cannot read the file"),
@@ -667,7 +668,7 @@ fn a_missing_file_is_named() {
 fn the_shipped_config_passes_with_its_commented_examples_enabled() {
     let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../lb.toml"));
     let text = std::fs::read_to_string(path).unwrap();
-    if let Err(r) = diag::check_str(&text, path) {
+    if let Err(r) = compile::check_str(&text, path) {
         panic!("{}", r.render());
     }
     // `# key = value` and `# [table]` lines are examples: uncommented, they must be valid too.
@@ -687,7 +688,7 @@ fn the_shipped_config_passes_with_its_commented_examples_enabled() {
         })
         .collect();
     assert!(enabled >= 20, "{enabled} examples found");
-    if let Err(r) = diag::check_str(&uncommented, path) {
+    if let Err(r) = compile::check_str(&uncommented, path) {
         panic!("{}\n{uncommented}", r.render());
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use controlplane::diag;
+use controlplane::config;
 use controlplane::reload::{self, ControlPlane};
 use controlplane::state::{AdminState, BackendKey, Control, Health, OpError};
 use dataplane::port::mem::MemPort;
@@ -74,7 +74,7 @@ impl Drop for File {
 }
 
 fn start(file: &File) -> Arc<ControlPlane> {
-    let (cfg, text) = diag::load_checked(&file.path).unwrap();
+    let (cfg, text) = config::load_with_text(&file.path).unwrap();
     let (cp, start) =
         ControlPlane::new(&file.path, cfg, text, Box::new(reload::load_file)).unwrap();
     let ports: Vec<Box<dyn Port>> = (0..start.workers)

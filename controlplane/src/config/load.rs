@@ -1,0 +1,147 @@
+//! Reading lb.toml: the text, its syntax and schema (every error placed), then its rules.
+
+use std::path::Path;
+
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::schema::{Backend, Config, Neighbor, Pool, Service};
+use crate::diag::{schema_hint, spanned_root, ConfigReport};
+
+/// Reads, parses and validates the file at `path`: a config `compile()` can build, or every
+/// problem found, placed at `file:line:column`.
+pub fn load(path: &Path) -> Result<Config, ConfigReport> {
+    load_with_text(path).map(|(cfg, _)| cfg)
+}
+
+/// [`load`], also returning the text, so problems found later (a failed compile) point into it.
+pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigReport> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut r = ConfigReport::new(path, "");
+        r.push_span(None, format!("cannot read the file: {e}"), None);
+        r
+    })?;
+    let cfg = Config::from_toml_str(&text, path)?;
+    Ok((cfg, text))
+}
+
+impl Config {
+    /// Parses and validates lb.toml text; `path` only names the file. Every syntax error is
+    /// reported; for schema errors, the first of each section (the top-level tables, each
+    /// neighbor, service, pool and backend); then, if it parsed, every rule it breaks.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigReport> {
+        let cfg = parse(text, path)?;
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigReport::from_problems(path, text, &problems))
+        }
+    }
+}
+
+/// Syntax and schema of `text`, every error placed.
+fn parse(text: &str, path: &Path) -> Result<Config, ConfigReport> {
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        let mut report = ConfigReport::new(path, text);
+        for e in errors {
+            report.push_span(e.span(), e.message().trim_end().to_string(), None);
+        }
+        report.sort();
+        report.diagnostics.dedup_by_key(|d| d.span.clone());
+        return Err(report);
+    }
+    // The success path deserializes the document it parsed, without a copy: a deep copy of a
+    // large config costs as much as a third of the parse. Only a config with schema errors is
+    // parsed a second time, to look at its sections apart.
+    let first = match Config::deserialize(spanned_root(doc).into_deserializer()) {
+        Ok(cfg) => return Ok(cfg),
+        Err(e) => e,
+    };
+    let mut report = ConfigReport::new(path, text);
+    let (doc, _) = DeTable::parse_recoverable(text);
+    let root = spanned_root(doc);
+    let mut errors = section_errors(&root);
+    if !errors
+        .iter()
+        .any(|e| e.span() == first.span() && e.message() == first.message())
+    {
+        errors.push(first);
+    }
+    for e in errors {
+        let message = e.message().trim_end().to_string();
+        let hint = schema_hint(&message);
+        report.push_span(e.span(), message, hint);
+    }
+    report.sort();
+    report.diagnostics.dedup();
+    Err(report)
+}
+
+/// The first schema error of each section, found by deserializing the sections apart: the root
+/// without its arrays of tables, then each element of those arrays without its own nested arrays.
+fn section_errors(root: &Spanned<DeValue<'_>>) -> Vec<toml::de::Error> {
+    let mut errors = Vec::new();
+    let Some(table) = root.get_ref().as_table() else {
+        return errors;
+    };
+    let mut top = table.clone();
+    if let Some(neighbors) = take_array(&mut top, "neighbors") {
+        for n in neighbors {
+            check_section::<Neighbor>(n, &mut errors);
+        }
+    }
+    if let Some(services) = take_array(&mut top, "services") {
+        for svc in services {
+            let Some(mut svc_table) = svc.get_ref().as_table().cloned() else {
+                check_section::<Service>(svc, &mut errors);
+                continue;
+            };
+            if let Some(pools) = take_array(&mut svc_table, "pools") {
+                for pool in pools {
+                    let Some(mut pool_table) = pool.get_ref().as_table().cloned() else {
+                        check_section::<Pool>(pool, &mut errors);
+                        continue;
+                    };
+                    if let Some(backends) = take_array(&mut pool_table, "backends") {
+                        for b in backends {
+                            check_section::<Backend>(b, &mut errors);
+                        }
+                    }
+                    let span = pool.span();
+                    check_section::<Pool>(
+                        Spanned::new(span, DeValue::Table(pool_table)),
+                        &mut errors,
+                    );
+                }
+            }
+            let span = svc.span();
+            check_section::<Service>(Spanned::new(span, DeValue::Table(svc_table)), &mut errors);
+        }
+    }
+    check_section::<Config>(Spanned::new(root.span(), DeValue::Table(top)), &mut errors);
+    errors
+}
+
+/// Removes `key` from `table` when it is an array (left in place otherwise, so the type error is
+/// reported where it is).
+fn take_array<'i>(table: &mut DeTable<'i>, key: &str) -> Option<Vec<Spanned<DeValue<'i>>>> {
+    let items = table
+        .get(key)?
+        .get_ref()
+        .as_array()?
+        .iter()
+        .cloned()
+        .collect();
+    table.remove(key);
+    Some(items)
+}
+
+fn check_section<T: DeserializeOwned>(v: Spanned<DeValue<'_>>, errors: &mut Vec<toml::de::Error>) {
+    if let Err(e) = T::deserialize(v.into_deserializer()) {
+        errors.push(e);
+    }
+}

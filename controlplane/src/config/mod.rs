@@ -1,0 +1,18 @@
+//! lb.toml: its schema, the value types serde reads, every rule of the file, and loading.
+//!
+//! [`load`] reads a file, parses it (every syntax error; the first schema error of each section)
+//! and runs [`Config::validate`], which checks every rule serde cannot express, from the range of
+//! a single key to the rules that span the file (address families, next hops, overlapping
+//! services). A config that loads is one `compile()` can build. [`crate::diag`] places every
+//! problem at `file:line:column`.
+
+mod load;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod types;
+mod validate;
+
+pub use load::{load, load_with_text};
+pub use schema::*;
+pub use types::{IpPrefix, MacAddr, PortRange, StatusRange, ValueError};
