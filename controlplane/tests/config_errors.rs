@@ -723,6 +723,18 @@ fn neighbor_resolution_rules() {
         ),
         &["on_link"],
     );
+    // Resolved at run time, but none of our addresses is of the next hop's family to send the
+    // ARP/ND probes from: the backend on the link, and the gateway, each named.
+    let v6 = "[[services]]\nname = \"web\"\nvip = \"2001:db8::100\"\nprotocol = \"tcp\"\n\
+              [[services.pools]]\nname = \"p\"\nmode = \"nat\"\n";
+    case(
+        "no address to probe an IPv6 next hop from",
+        &format!(
+            "{dp}on_link = [\"2001:db8::/64\"]\ngateway = [@@\"2001:db8::fe\"]\n{v6}\
+             backends = [{{ addr = @@\"2001:db8::10\" }}, {{ addr = \"2001:db9::10\" }}]\n"
+        ),
+        &["add one to [dataplane] addresses", "ND"],
+    );
     // On the link: resolved at run time, no MAC needed.
     let ok = format!(
         "{dp}on_link = [\"198.18.0.0/16\"]\n[[services]]\nname = \"web\"\nvip = \"198.18.0.100\"\n\

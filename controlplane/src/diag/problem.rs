@@ -28,11 +28,6 @@ impl Problem {
         self.hint = Some(hint.into());
         self
     }
-
-    /// What is wrong (without the place or hint).
-    pub fn message(&self) -> &str {
-        &self.message
-    }
 }
 
 impl fmt::Display for Problem {
