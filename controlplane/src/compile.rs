@@ -30,6 +30,36 @@ pub struct Compiled {
     pub workers: u16,
     /// How `lb run` runs the dataplane: port, interface, cores, idle policy.
     pub run: RunSettings,
+    /// Next hops resolved by ARP/ND; `None` when `[dataplane] on_link` and `gateway` are both
+    /// empty. The control plane binds their neighbor-cache slots when it publishes the table.
+    pub next_hops: Option<NextHops>,
+}
+
+/// What resolving next hops needs from `[dataplane]` and `[[neighbors]]`, without the cache:
+/// compile stays pure, and the one publish step binds the slots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextHops {
+    /// Prefixes on our link: a backend inside one is resolved itself.
+    pub on_link: Vec<Prefix>,
+    /// IPv4 gateway for backends off the link.
+    pub gateway_v4: Option<Addr>,
+    /// IPv6 gateway for backends off the link.
+    pub gateway_v6: Option<Addr>,
+    /// Static neighbors (`[[neighbors]]`, and the gateways when `gateway_mac` is set).
+    pub statics: Vec<(Addr, [u8; 6])>,
+}
+
+impl NextHops {
+    /// The spec `RoutingTable::set_neighbors` takes, resolving through `cache`.
+    pub fn spec(&self, cache: Arc<NeighborCache>) -> NeighborSpec {
+        NeighborSpec {
+            cache,
+            on_link: self.on_link.clone(),
+            gateway_v4: self.gateway_v4,
+            gateway_v6: self.gateway_v6,
+            statics: self.statics.clone(),
+        }
+    }
 }
 
 /// The dataplane run settings of `[dataplane]`, checked.
@@ -86,7 +116,6 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Compiled, CompileError> 
             adjust: &|_, w| Some(w),
             slots: &mut StatSlots::default(),
             cache: &mut MaglevCache::default(),
-            neighbors: Arc::new(NeighborCache::new(NEIGHBOR_SLOTS)),
         },
     )
 }
@@ -104,15 +133,13 @@ pub struct Context<'a> {
     pub slots: &'a mut StatSlots,
     /// Maglev tables already built.
     pub cache: &'a mut MaglevCache,
-    /// The neighbor cache every generation shares (used when next hops are resolved by ARP/ND).
-    pub neighbors: Arc<NeighborCache>,
 }
 
 /// Next-hop addresses the neighbor cache holds at most (backends on the link plus gateways).
 pub const NEIGHBOR_SLOTS: usize = 16_384;
 
-/// What `set_neighbors` needs from `[dataplane]` and `[[neighbors]]`.
-fn neighbor_spec(cfg: &Config, cache: Arc<NeighborCache>) -> NeighborSpec {
+/// The next hops of `[dataplane]` and `[[neighbors]]`.
+fn next_hops(cfg: &Config) -> NextHops {
     let dp = &cfg.dataplane;
     let gateway = |v4: bool| {
         dp.gateway
@@ -129,8 +156,7 @@ fn neighbor_spec(cfg: &Config, cache: Arc<NeighborCache>) -> NeighborSpec {
     if let Some(mac) = dp.gateway_mac {
         statics.extend(dp.gateway.iter().map(|g| (Addr::from(*g), mac.0)));
     }
-    NeighborSpec {
-        cache,
+    NextHops {
         on_link: dp
             .on_link
             .iter()
@@ -336,24 +362,17 @@ pub fn compile_with(
         mtu: dp.mtu,
         snat_ports: (dp.snat_ports.lo, dp.snat_ports.hi),
     };
-    let mut table =
+    let table =
         RoutingTable::build(generation, local, specs, ctx.cache).map_err(|e| CompileError {
             problems: vec![Problem::new("", e.to_string())],
         })?;
-    if !dp.on_link.is_empty() || !dp.gateway.is_empty() {
-        table
-            .set_neighbors(neighbor_spec(cfg, ctx.neighbors.clone()))
-            .map_err(|e| CompileError {
-                problems: vec![Problem::new("dataplane", e.to_string()).hint(
-                    "next hops are resolved from our own addresses of their family: add one to [dataplane] addresses",
-                )],
-            })?;
-    }
+    let next_hops = (!dp.on_link.is_empty() || !dp.gateway.is_empty()).then(|| next_hops(cfg));
     Ok(Compiled {
         table,
         conntrack,
         workers: dp.workers,
         run,
+        next_hops,
     })
 }
 
@@ -1499,7 +1518,6 @@ udp = "0s"
                 adjust: &|_, w| Some(w),
                 slots: &mut slots,
                 cache: &mut cache,
-                neighbors: Arc::new(NeighborCache::new(16)),
             };
             let t = compile_with(&c, 1, &mut ctx).unwrap().table;
             let mut out: Vec<Slotted> = Vec::new();

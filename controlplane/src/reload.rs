@@ -121,6 +121,7 @@ impl ControlPlane {
             conntrack,
             workers,
             run,
+            ..
         } = inner
             .compile(None, 1)
             .map_err(|e| StartError(ConfigReport::from_compile(path, &inner.text, &e)))?;
@@ -416,9 +417,18 @@ impl Inner {
             adjust: &adjust,
             slots,
             cache,
-            neighbors: neighbors.clone(),
         };
-        let compiled = compile_with(cfg, generation, &mut ctx)?;
+        let mut compiled = compile_with(cfg, generation, &mut ctx)?;
+        if let Some(hops) = &compiled.next_hops {
+            compiled
+                .table
+                .set_neighbors(hops.spec(neighbors.clone()))
+                .map_err(|e| CompileError {
+                    problems: vec![crate::diag::Problem::new("dataplane", e.to_string()).hint(
+                        "next hops are resolved from our own addresses of their family: add one to [dataplane] addresses",
+                    )],
+                })?;
+        }
         self.failing_open = failing;
         Ok(compiled)
     }
