@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use controlplane::reload::{self, ControlPlane};
+use controlplane::control::{self, ControlPlane};
 use controlplane::{config, diag};
 use dataplane::port::mem::MemPort;
 use dataplane::port::Port;
@@ -63,7 +63,7 @@ fn measure(services: usize, backends: usize, reloads: usize) {
     std::fs::write(&path, config_text(services, backends, 0)).unwrap();
     let started = Instant::now();
     let (cfg, text) = diag::load_checked(&path).unwrap();
-    let (cp, start) = ControlPlane::new(&path, cfg, text, Box::new(reload::load_file)).unwrap();
+    let (cp, start) = ControlPlane::new(&path, cfg, text, Box::new(control::load_file)).unwrap();
     let first = started.elapsed();
     let ports: Vec<Box<dyn Port>> = (0..start.workers)
         .map(|_| Box::new(MemPort::new()) as Box<dyn Port>)

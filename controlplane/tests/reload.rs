@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use controlplane::control::{self, AdminState, BackendKey, Control, ControlPlane, Health, OpError};
 use controlplane::diag;
-use controlplane::reload::{self, ControlPlane};
-use controlplane::state::{AdminState, BackendKey, Control, Health, OpError};
 use dataplane::port::mem::MemPort;
 use dataplane::port::Port;
 use dataplane::worker::{self, WorkerConfig};
@@ -76,7 +75,7 @@ impl Drop for File {
 fn start(file: &File) -> Arc<ControlPlane> {
     let (cfg, text) = diag::load_checked(&file.path).unwrap();
     let (cp, start) =
-        ControlPlane::new(&file.path, cfg, text, Box::new(reload::load_file)).unwrap();
+        ControlPlane::new(&file.path, cfg, text, Box::new(control::load_file)).unwrap();
     let ports: Vec<Box<dyn Port>> = (0..start.workers)
         .map(|_| Box::new(MemPort::new()) as Box<dyn Port>)
         .collect();
@@ -119,7 +118,7 @@ fn a_good_file_swaps_and_every_worker_adopts_it() {
     let cp = start(&file);
     assert_eq!(serving(&cp).generation, 1);
     file.write(&text(5, "drop"));
-    assert_eq!(cp.reload(), Ok(2));
+    assert_eq!(cp.reload().unwrap(), 2);
     let t = serving(&cp);
     assert_eq!(t.generation, 2);
     assert_eq!(weights(&t)["198.18.1.12"], 5);
@@ -147,7 +146,7 @@ fn a_broken_file_between_good_ones_changes_nothing() {
         (text(1, "drop").replace("198.18.0.2", "2001:db8::2"), "snat"),
     ] {
         file.write(&bad);
-        let err = cp.reload().unwrap_err();
+        let err = cp.reload().unwrap_err().to_string();
         assert!(err.contains(needle), "{needle:?} not in {err}");
         let now = serving(&cp);
         assert!(Arc::ptr_eq(&before, &now), "a bad file replaced the table");
@@ -158,7 +157,7 @@ fn a_broken_file_between_good_ones_changes_nothing() {
     assert_eq!(cp.observe().reload.failed, 2);
 
     file.write(&text(3, "drop"));
-    assert_eq!(cp.reload(), Ok(2));
+    assert_eq!(cp.reload().unwrap(), 2);
     let obs = cp.observe();
     assert_eq!(obs.reload.last_error, None);
     assert_eq!((obs.reload.ok, obs.reload.failed), (1, 2));

@@ -217,6 +217,8 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
     /// Seconds since the Unix epoch of the last successful swap.
     pub last_ok_unix: Option<u64>,
+    /// Settings the serving file changes that wait for a restart (`dataplane.workers`, ...).
+    pub restart_needed: Vec<String>,
 }
 
 /// Everything the admin API reports, taken at one moment.
@@ -265,7 +267,7 @@ pub trait Control: Send + Sync + 'static {
     /// Drops a backend's overrides; rebuilds and swaps the table.
     fn clear(&self, key: &BackendKey) -> Result<u64, OpError>;
     /// Rereads the config file now (as SIGHUP does); the new generation, or the rejection.
-    fn reload(&self) -> Result<u64, String>;
+    fn reload(&self) -> Result<u64, super::ReloadError>;
 }
 
 #[cfg(test)]
