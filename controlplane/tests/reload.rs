@@ -440,3 +440,39 @@ fn the_address_filter_grows_before_a_publish_and_shrinks_after_the_release() {
     assert_eq!(cp.observe().reload.failed, 1);
     stop(cp);
 }
+
+/// Binding next hops to neighbor slots happens when a table is applied (compile is pure); a
+/// table whose next hops cannot be bound is refused and the serving one stays.
+#[test]
+fn a_table_whose_next_hops_cannot_be_bound_is_not_published() {
+    let file = File::new("hops", &text(1, "drop"));
+    let cp = start(&file);
+    let before = serving(&cp);
+    let v6 = r#"
+[[services]]
+name = "web6"
+vip = "2001:db8::100"
+ports = ["80"]
+protocol = "tcp"
+
+[[services.pools]]
+name = "pods"
+mode = "nat"
+backends = [{ addr = "2001:db8:1::10", port = 8080 }]
+"#;
+    // On the link but no IPv6 address of ours to send neighbor solicitations from.
+    let body = text(1, "drop").replace(
+        "workers = 2",
+        "workers = 2\non_link = [\"2001:db8:1::/64\"]",
+    );
+    file.write(&format!("{body}{v6}"));
+    let err = cp.reload().unwrap_err();
+    assert!(
+        matches!(err, ReloadError::Apply(ApplyError::Neighbors(_))),
+        "{err}"
+    );
+    assert!(err.to_string().contains("[dataplane] addresses"), "{err}");
+    assert!(Arc::ptr_eq(&before, &serving(&cp)));
+    assert_eq!(cp.observe().reload.last_error, Some(err.to_string()));
+    stop(cp);
+}

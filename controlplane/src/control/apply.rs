@@ -66,11 +66,24 @@ pub(super) struct Filter {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// A next hop could not get a neighbor-cache slot or a probe source.
-    #[error("{0}; next hops are resolved from our own addresses of their family (add one to [dataplane] addresses if none is there)")]
+    #[error("{0}{hint}", hint = neighbor_hint(.0))]
     Neighbors(#[source] TableError),
     /// The XDP address filter could not be widened to the new table's addresses.
     #[error("updating the XDP address filter: {0}")]
     AddressFilter(#[source] io::Error),
+}
+
+/// What an operator can do about a neighbor error.
+fn neighbor_hint(e: &TableError) -> &'static str {
+    match e {
+        TableError::NoProbeSource { .. } => {
+            " (hint: next hops are resolved from our own addresses of their family: add one to [dataplane] addresses)"
+        }
+        TableError::NeighborsFull { .. } => {
+            " (hint: fewer distinct next hops: list backends off the link behind a [dataplane] gateway)"
+        }
+        _ => "",
+    }
 }
 
 /// What `lb run` read once at start and keeps until it restarts: ports, workers and their
