@@ -137,11 +137,6 @@ impl Fixed {
     }
 }
 
-/// Settings `new` changes that take effect only after a restart (compared with `old`).
-pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    Fixed::of(old).changes(new)
-}
-
 /// A compiled table on its way to the workers.
 pub(super) struct Next {
     /// The table, with the next generation.

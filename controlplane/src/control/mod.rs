@@ -2,8 +2,8 @@
 //! that turns them into a routing table and publishes it to the workers.
 //!
 //! Every change — the first table, a reloaded file, a health transition, an operator's command —
-//! compiles a new table with the next generation and hands it to [`ControlPlane::apply`] (in
-//! [`apply`]), the only place a table is published. A file that fails to parse, validate or
+//! compiles a new table with the next generation and hands it to `ControlPlane::apply` (in
+//! `control/apply.rs`), the only place a table is published. A file that fails to parse, validate or
 //! compile, or a table that cannot be applied, changes nothing: the error is logged, counted and
 //! kept for the admin API while the previous table keeps serving. Replaced tables are kept here
 //! until every worker has moved to a newer generation, so the last reference to a table is
@@ -30,7 +30,7 @@ use crate::compile::{compile_with, CompileError, Compiled, Context, StatSlots, N
 use crate::config::Config;
 use crate::diag::{self, ConfigReport};
 use crate::health::PassiveSample;
-pub use apply::{restart_only_changes, AddressFilter, ApplyError};
+pub use apply::{AddressFilter, ApplyError};
 use apply::{Filter, Fixed, Next};
 use overrides::failing_open;
 pub use state::{
