@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use controlplane::config;
-use controlplane::reload::{self, ControlPlane};
+use controlplane::control::{self, ControlPlane};
 use dataplane::port::mem::MemPort;
 use dataplane::port::Port;
 use dataplane::worker::{self, WorkerConfig};
@@ -63,7 +63,7 @@ fn measure(services: usize, backends: usize, reloads: usize) {
     std::fs::write(&path, config_text(services, backends, 0)).unwrap();
     let started = Instant::now();
     let (cfg, text) = config::load_with_text(&path).unwrap();
-    let (cp, start) = ControlPlane::new(&path, cfg, text, Box::new(reload::load_file)).unwrap();
+    let (cp, start) = ControlPlane::new(&path, cfg, text, Box::new(control::load_file)).unwrap();
     let first = started.elapsed();
     let ports: Vec<Box<dyn Port>> = (0..start.workers)
         .map(|_| Box::new(MemPort::new()) as Box<dyn Port>)

@@ -4,14 +4,16 @@
 pub mod admin;
 pub mod compile;
 pub mod config;
+pub mod control;
 pub mod diag;
 pub mod health;
 pub mod lab;
 pub mod metrics;
-pub mod reload;
 pub mod sim;
-pub mod state;
 
 pub use compile::{compile, CompileError, Compiled};
 pub use config::{load, Config};
 pub use diag::{ConfigReport, Problem};
+
+/// The control plane's shared vocabulary, at the path health, compile and the admin API use.
+pub use control::state;

@@ -3,7 +3,6 @@
 //! device the port created).
 
 use std::io;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,9 +11,8 @@ use std::time::{Duration, Instant};
 use controlplane::admin;
 use controlplane::compile::RunSettings;
 use controlplane::config::{self, Config, IdleMode, PortKind, XdpMode};
+use controlplane::control::{self, AddressFilter, Control, ControlPlane, StartError};
 use controlplane::health::{self, Checker, Transition};
-use controlplane::reload::{self, ControlPlane};
-use controlplane::state::Control;
 use dataplane::port::af_packet::AfPacketPort;
 use dataplane::port::af_xdp::{AfXdpOptions, AfXdpPort, AttachMode};
 use dataplane::port::tap::TapPort;
@@ -134,24 +132,30 @@ pub fn check_interface(
     }
 }
 
-/// Opens one port per worker on the configured interface. `owned` are the addresses the
-/// balancer answers for and `nat_backends` the backends whose replies come back through it (an
-/// AF_XDP port redirects only frames to the former or from the latter; the rest stays with the
-/// kernel).
-pub fn open_ports(
-    run: &RunSettings,
-    queues: usize,
-    owned: &[IpAddr],
-    nat_backends: &[IpAddr],
-) -> Result<Vec<Box<dyn Port>>, PortError> {
+/// Ports opened on the interface, and the filter that decides which frames reach them when
+/// the interface filters (AF_XDP: frames to owned addresses and from nat backends; the rest
+/// stays with the kernel).
+pub struct Opened {
+    /// One port per worker.
+    pub ports: Vec<Box<dyn Port>>,
+    /// The interface's address filter, for the control plane to keep current.
+    pub filter: Option<Box<dyn AddressFilter>>,
+}
+
+/// Opens one port per worker on the configured interface.
+pub fn open_ports(run: &RunSettings, queues: usize) -> Result<Opened, PortError> {
     check_interface(run.port, &run.interface, Path::new("/sys/class/net"))?;
+    let unfiltered = |ports| Opened {
+        ports,
+        filter: None,
+    };
     let opened = match run.port {
-        PortKind::Tap => TapPort::open(&run.interface, queues).map(boxed),
+        PortKind::Tap => TapPort::open(&run.interface, queues).map(|p| unfiltered(boxed(p))),
         PortKind::AfPacket => u16::try_from(queues)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
             .and_then(|q| AfPacketPort::open(&run.interface, q))
-            .map(boxed),
-        PortKind::AfXdp => open_af_xdp(run, queues, owned, nat_backends),
+            .map(|p| unfiltered(boxed(p))),
+        PortKind::AfXdp => open_af_xdp(run, queues),
     };
     opened.map_err(|e| classify(run.port, &run.interface, e))
 }
@@ -163,12 +167,7 @@ fn boxed<P: Port + 'static>(ports: Vec<P>) -> Vec<Box<dyn Port>> {
         .collect()
 }
 
-fn open_af_xdp(
-    run: &RunSettings,
-    queues: usize,
-    owned: &[IpAddr],
-    nat_backends: &[IpAddr],
-) -> io::Result<Vec<Box<dyn Port>>> {
+fn open_af_xdp(run: &RunSettings, queues: usize) -> io::Result<Opened> {
     let queues = u16::try_from(queues).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let opts = AfXdpOptions {
         mode: match run.xdp_mode {
@@ -179,15 +178,18 @@ fn open_af_xdp(
         ..AfXdpOptions::default()
     };
     let ports = AfXdpPort::open(&run.interface, queues, opts)?;
-    if let Some(first) = ports.first() {
-        first.set_owned_and_sources(owned, nat_backends)?;
+    let filter = ports.first().map(|first| {
         tracing::info!(
             native = first.native(),
             zero_copy = first.zero_copy(),
             "af_xdp attached"
         );
-    }
-    Ok(boxed(ports))
+        Box::new(first.owned_handle()) as Box<dyn AddressFilter>
+    });
+    Ok(Opened {
+        ports: boxed(ports),
+        filter,
+    })
 }
 
 /// The worker idle policy for a config's `idle`.
@@ -224,20 +226,22 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
     let admin = cfg.admin.clone();
-    let (cp, start) = ControlPlane::new(path, cfg, text, Box::new(reload::load_file))
-        // The report itself, so `main` renders it with the source lines as `lb check` does.
-        .map_err(|e| anyhow::Error::new(e.0))?;
+    let (cp, start) =
+        ControlPlane::new(path, cfg, text, Box::new(control::load_file)).map_err(|e| match e {
+            // The report itself, so `main` renders it with the source lines as `lb check` does.
+            StartError::Config(report) => anyhow::Error::new(report),
+            e => anyhow::Error::new(e),
+        })?;
     let cp = Arc::new(cp);
     let run = start.run.clone();
     let workers = usize::from(start.workers);
     let table = cp.table();
-    let (owned, nat_backends) = {
-        let t = table.load();
-        let owned: Vec<IpAddr> = t.owned_addrs().map(IpAddr::from).collect();
-        let nat: Vec<IpAddr> = t.nat_backend_addrs().map(IpAddr::from).collect();
-        (owned, nat)
-    };
-    let ports = open_ports(&run, workers, &owned, &nat_backends)?;
+    let Opened { ports, filter } = open_ports(&run, workers)?;
+    if let Some(filter) = filter {
+        // Before the workers start: frames for the served addresses must reach them.
+        cp.attach_filter(filter)
+            .map_err(|e| anyhow::anyhow!("writing the XDP address filter: {e}"))?;
+    }
     let names: Vec<String> = ports.iter().map(|p| p.name()).collect();
     tracing::info!(
         config = %path.display(),

@@ -3,16 +3,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controlplane::admin;
+use controlplane::control::ReloadError;
 use controlplane::metrics;
 use controlplane::state::{
     AdminState, BackendKey, BackendStatus, Control, Health, Observation, OpError, Override,
     ReloadStatus, ServiceStatus,
 };
+use controlplane::{ConfigReport, Problem};
 use dataplane::pipeline::{DropReason, FlowCounters};
 use dataplane::worker::Snapshot;
 use serde_json::Value;
@@ -78,12 +81,17 @@ impl Control for Fake {
     fn clear(&self, key: &BackendKey) -> Result<u64, OpError> {
         self.op(key, Call::Clear(key.clone()))
     }
-    fn reload(&self) -> Result<u64, String> {
+    fn reload(&self) -> Result<u64, ReloadError> {
         self.calls.lock().unwrap().push(Call::Reload);
         if self.reload_ok.load(Ordering::SeqCst) {
             Ok(self.generation.fetch_add(1, Ordering::SeqCst) + 1)
         } else {
-            Err("lb.toml:12: service web: unknown pool \"blue\"".into())
+            let problem = Problem::new("services[0].pool", "service web: unknown pool \"blue\"");
+            Err(ReloadError::Config(ConfigReport::from_problems(
+                Path::new("lb.toml"),
+                "",
+                &[problem],
+            )))
         }
     }
 }
@@ -249,6 +257,7 @@ fn observation() -> Observation {
             failed: 1,
             last_error: Some("lb.toml:3: bad vip".into()),
             last_ok_unix: Some(1_700_000_000),
+            restart_needed: vec![],
         },
         health_transitions: 9,
         workers: vec![Arc::new(w0), Arc::new(w1)],

@@ -5,12 +5,16 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use controlplane::config;
-use controlplane::reload::{self, ControlPlane};
-use controlplane::state::{AdminState, BackendKey, Control, Health, OpError};
+use controlplane::control::{
+    self, AddressFilter, AdminState, ApplyError, BackendKey, Control, ControlPlane, Health,
+    OpError, ReloadError,
+};
 use dataplane::port::mem::MemPort;
 use dataplane::port::Port;
 use dataplane::worker::{self, WorkerConfig};
@@ -76,7 +80,7 @@ impl Drop for File {
 fn start(file: &File) -> Arc<ControlPlane> {
     let (cfg, text) = config::load_with_text(&file.path).unwrap();
     let (cp, start) =
-        ControlPlane::new(&file.path, cfg, text, Box::new(reload::load_file)).unwrap();
+        ControlPlane::new(&file.path, cfg, text, Box::new(control::load_file)).unwrap();
     let ports: Vec<Box<dyn Port>> = (0..start.workers)
         .map(|_| Box::new(MemPort::new()) as Box<dyn Port>)
         .collect();
@@ -119,7 +123,7 @@ fn a_good_file_swaps_and_every_worker_adopts_it() {
     let cp = start(&file);
     assert_eq!(serving(&cp).generation, 1);
     file.write(&text(5, "drop"));
-    assert_eq!(cp.reload(), Ok(2));
+    assert_eq!(cp.reload().unwrap(), 2);
     let t = serving(&cp);
     assert_eq!(t.generation, 2);
     assert_eq!(weights(&t)["198.18.1.12"], 5);
@@ -147,7 +151,7 @@ fn a_broken_file_between_good_ones_changes_nothing() {
         (text(1, "drop").replace("198.18.0.2", "2001:db8::2"), "snat"),
     ] {
         file.write(&bad);
-        let err = cp.reload().unwrap_err();
+        let err = cp.reload().unwrap_err().to_string();
         assert!(err.contains(needle), "{needle:?} not in {err}");
         let now = serving(&cp);
         assert!(Arc::ptr_eq(&before, &now), "a bad file replaced the table");
@@ -158,7 +162,7 @@ fn a_broken_file_between_good_ones_changes_nothing() {
     assert_eq!(cp.observe().reload.failed, 2);
 
     file.write(&text(3, "drop"));
-    assert_eq!(cp.reload(), Ok(2));
+    assert_eq!(cp.reload().unwrap(), 2);
     let obs = cp.observe();
     assert_eq!(obs.reload.last_error, None);
     assert_eq!((obs.reload.ok, obs.reload.failed), (1, 2));
@@ -236,4 +240,238 @@ fn down_backends_leave_the_table_and_all_down_follows_the_policy() {
         assert_eq!(obs.health_transitions, 3);
         stop(cp);
     }
+}
+
+/// A TCP segment `src:sport -> dst:dport` in an Ethernet frame (IPv4, header checksum set).
+fn tcp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 20];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x10]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x12; // SYN+ACK: a backend's reply
+    f
+}
+
+/// Defect 3 of issue 9: a reload used to apply `snat_ports` live, which moves every worker's
+/// source-port slice, so replies of existing fullnat flows were steered to workers that do not
+/// hold them. It is restart-only now: reported, and the running range stays in the table.
+#[test]
+fn snat_ports_is_restart_only_and_replies_keep_their_worker() {
+    let file = File::new("snat", &text(1, "drop"));
+    let cp = start(&file);
+    let before = serving(&cp);
+    // A reply from a backend to our SNAT address, at a port of worker 1's slice; worker 1
+    // allocated it for a flow it holds.
+    let reply = tcp_frame([198, 18, 1, 10], 8080, [198, 18, 0, 2], 60_000);
+    let owner = dataplane::steer::owner(&before, &reply, 2);
+    assert_eq!(
+        owner, 1,
+        "the reply belongs to the worker whose slice holds its port"
+    );
+
+    // The new range and a weight change in one file: the weight is applied, the range waits.
+    let changed =
+        text(5, "drop").replace("workers = 2", "workers = 2\nsnat_ports = \"20000-20099\"");
+    file.write(&changed);
+    cp.reload().unwrap();
+    let after = serving(&cp);
+    assert_eq!(
+        weights(&after)["198.18.1.12"],
+        5,
+        "the rest of the file is applied"
+    );
+    assert_eq!(after.local.snat_ports, before.local.snat_ports);
+    assert_eq!(
+        dataplane::steer::owner(&after, &reply, 2),
+        owner,
+        "a reply of an existing flow moved to another worker"
+    );
+    let obs = cp.observe();
+    assert_eq!(obs.reload.restart_needed, vec!["dataplane.snat_ports"]);
+
+    // Back to the running range: nothing waits for a restart any more.
+    file.write(&text(5, "drop"));
+    cp.reload().unwrap();
+    assert!(cp.observe().reload.restart_needed.is_empty());
+    stop(cp);
+}
+
+/// Every setting `lb run` reads once at start is reported when a reload changes it, and the
+/// rest of the file is still applied.
+#[test]
+fn restart_only_settings_are_reported_and_the_rest_applied() {
+    let file = File::new("restart", &text(1, "drop"));
+    let cp = start(&file);
+    let changed = text(2, "drop").replace(
+        "workers = 2",
+        "workers = 3\nidle = \"poll\"\nxdp_mode = \"generic\"\ninterface = \"lb9\"\n\
+         \n[conntrack]\ncapacity = 4096\n\n[admin]\nenabled = false\n\n[logging]\nlevel = \"debug\"\n",
+    );
+    file.write(&changed);
+    cp.reload().unwrap();
+    assert_eq!(weights(&serving(&cp))["198.18.1.12"], 2);
+    assert_eq!(
+        cp.observe().reload.restart_needed,
+        vec![
+            "dataplane.interface",
+            "dataplane.workers",
+            "dataplane.idle",
+            "dataplane.xdp_mode",
+            "conntrack",
+            "admin",
+            "logging",
+        ]
+    );
+    stop(cp);
+}
+
+/// What a fake address filter saw: the generation serving at each write, and the write.
+type FilterLog = Arc<Mutex<Vec<(u64, Vec<IpAddr>, Vec<IpAddr>)>>>;
+
+/// An address filter that records its writes (the AF_XDP map in production).
+struct Recorder {
+    table: Arc<ArcSwap<RoutingTable>>,
+    log: FilterLog,
+    fail: Arc<AtomicBool>,
+}
+
+impl AddressFilter for Recorder {
+    fn set(&self, owned: &[IpAddr], sources: &[IpAddr]) -> std::io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("map full"));
+        }
+        let g = self.table.load().generation;
+        self.log
+            .lock()
+            .unwrap()
+            .push((g, owned.to_vec(), sources.to_vec()));
+        Ok(())
+    }
+}
+
+const EXTRA: &str = r#"
+[[services]]
+name = "dns"
+vip = "198.18.0.200"
+ports = ["53"]
+protocol = "udp"
+
+[[services.pools]]
+name = "vms"
+mode = "nat"
+backends = [{ addr = "198.18.2.10", port = 53 }]
+"#;
+
+/// Defect 2 of issue 9: the AF_XDP map of owned addresses was written only at start, so a VIP
+/// added by a reload stayed with the kernel. The plane now widens the filter before it publishes
+/// a table and narrows it only after the replaced table is released.
+#[test]
+fn the_address_filter_grows_before_a_publish_and_shrinks_after_the_release() {
+    let file = File::new("filter", &text(1, "drop"));
+    let cp = start(&file);
+    let log: FilterLog = Arc::default();
+    let fail = Arc::new(AtomicBool::new(false));
+    cp.attach_filter(Box::new(Recorder {
+        table: cp.table(),
+        log: log.clone(),
+        fail: fail.clone(),
+    }))
+    .unwrap();
+    let vip: IpAddr = "198.18.0.200".parse().unwrap();
+    let nat_backend: IpAddr = "198.18.2.10".parse().unwrap();
+    let last = || log.lock().unwrap().last().cloned().unwrap();
+    let (g, owned, _) = last();
+    assert_eq!(g, 1);
+    assert!(
+        owned.contains(&"198.18.0.100".parse().unwrap()),
+        "{owned:?}"
+    );
+    assert!(!owned.contains(&vip));
+
+    // Added by a reload: in the filter while generation 1 still serves.
+    file.write(&format!("{}{EXTRA}", text(1, "drop")));
+    assert_eq!(cp.reload().unwrap(), 2);
+    let (g, owned, sources) = last();
+    assert_eq!(g, 1, "the filter was written after the table was published");
+    assert!(owned.contains(&vip) && sources.contains(&nat_backend));
+
+    // Removed by a reload: it stays while a worker may still serve generation 2.
+    file.write(&text(1, "drop"));
+    assert_eq!(cp.reload().unwrap(), 3);
+    let (_, owned, sources) = last();
+    assert!(owned.contains(&vip) && sources.contains(&nat_backend));
+
+    // Every worker on generation 3, the old tables released: now it goes.
+    assert!(cp.wait_adopted(3, Duration::from_secs(5)).is_some());
+    assert!(cp.release_retired() > 0);
+    let (g, owned, sources) = last();
+    assert_eq!(g, 3);
+    assert!(!owned.contains(&vip) && !sources.contains(&nat_backend));
+    assert!(owned.contains(&"198.18.0.100".parse().unwrap()));
+
+    // A filter that cannot take the new addresses: the reload is refused, the table stays.
+    fail.store(true, Ordering::SeqCst);
+    let before = serving(&cp);
+    file.write(&format!("{}{EXTRA}", text(1, "drop")));
+    let err = cp.reload().unwrap_err();
+    assert!(
+        matches!(err, ReloadError::Apply(ApplyError::AddressFilter(_))),
+        "{err}"
+    );
+    assert!(Arc::ptr_eq(&before, &serving(&cp)));
+    assert_eq!(cp.observe().reload.failed, 1);
+    stop(cp);
+}
+
+/// Next hops are bound to neighbor slots when a table is applied (compile is pure), but a next hop
+/// with no address of ours to probe from is a rule of the file: validate refuses it, located, and
+/// the serving table stays.
+#[test]
+fn a_table_whose_next_hops_cannot_be_bound_is_not_published() {
+    let file = File::new("hops", &text(1, "drop"));
+    let cp = start(&file);
+    let before = serving(&cp);
+    let v6 = r#"
+[[services]]
+name = "web6"
+vip = "2001:db8::100"
+ports = ["80"]
+protocol = "tcp"
+
+[[services.pools]]
+name = "pods"
+mode = "nat"
+backends = [{ addr = "2001:db8:1::10", port = 8080 }]
+"#;
+    // On the link but no IPv6 address of ours to send neighbor solicitations from.
+    let body = text(1, "drop").replace(
+        "workers = 2",
+        "workers = 2\non_link = [\"2001:db8:1::/64\"]",
+    );
+    file.write(&format!("{body}{v6}"));
+    let err = cp.reload().unwrap_err();
+    assert!(matches!(err, ReloadError::Config(_)), "{err}");
+    assert!(err.to_string().contains("lb.toml:35:22:"), "{err}");
+    assert!(err.to_string().contains("[dataplane] addresses"), "{err}");
+    assert!(Arc::ptr_eq(&before, &serving(&cp)));
+    assert_eq!(cp.observe().reload.last_error, Some(err.to_string()));
+    stop(cp);
 }

@@ -375,6 +375,12 @@ impl OwnedAddrs {
     pub fn set(&self, addrs: &[IpAddr]) -> io::Result<()> {
         self.0.set_owned(addrs)
     }
+
+    /// Replaces the owned addresses and the nat backends, as
+    /// [`AfXdpPort::set_owned_and_sources`] (the control plane keeps it current across reloads).
+    pub fn set_with_sources(&self, addrs: &[IpAddr], sources: &[IpAddr]) -> io::Result<()> {
+        self.0.set_owned_and_sources(addrs, sources)
+    }
 }
 
 impl Port for AfXdpPort {

@@ -45,15 +45,28 @@ impl fmt::Display for BackendKey {
     }
 }
 
-impl FromStr for BackendKey {
-    type Err = String;
+/// Why an operator's name for a backend or a state was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Not `service/address[:port]`.
+    #[error("invalid backend {0:?}: expected service/address[:port], like web/198.18.1.10:8080")]
+    Backend(String),
+    /// Not one of the operator states.
+    #[error("invalid state {0:?}: expected enabled, drain or disabled")]
+    State(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "invalid backend {s:?}: expected service/address[:port], like web/198.18.1.10:8080"
-            )
-        };
+impl From<NameError> for String {
+    fn from(e: NameError) -> String {
+        e.to_string()
+    }
+}
+
+impl FromStr for BackendKey {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        let bad = || NameError::Backend(s.to_string());
         let (service, rest) = s.rsplit_once('/').ok_or_else(bad)?;
         if service.is_empty() {
             return Err(bad());
@@ -89,16 +102,14 @@ pub enum AdminState {
 }
 
 impl FromStr for AdminState {
-    type Err = String;
+    type Err = NameError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, NameError> {
         match s {
             "enabled" | "enable" | "ready" => Ok(AdminState::Enabled),
             "drain" => Ok(AdminState::Drain),
             "disabled" | "disable" | "maint" => Ok(AdminState::Disabled),
-            _ => Err(format!(
-                "invalid state {s:?}: expected enabled, drain or disabled"
-            )),
+            _ => Err(NameError::State(s.to_string())),
         }
     }
 }
@@ -217,6 +228,8 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
     /// Seconds since the Unix epoch of the last successful swap.
     pub last_ok_unix: Option<u64>,
+    /// Settings the serving file changes that wait for a restart (`dataplane.workers`, ...).
+    pub restart_needed: Vec<String>,
 }
 
 /// Everything the admin API reports, taken at one moment.
@@ -265,7 +278,7 @@ pub trait Control: Send + Sync + 'static {
     /// Drops a backend's overrides; rebuilds and swaps the table.
     fn clear(&self, key: &BackendKey) -> Result<u64, OpError>;
     /// Rereads the config file now (as SIGHUP does); the new generation, or the rejection.
-    fn reload(&self) -> Result<u64, String>;
+    fn reload(&self) -> Result<u64, super::ReloadError>;
 }
 
 #[cfg(test)]

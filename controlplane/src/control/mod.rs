@@ -1,0 +1,411 @@
+//! The running control plane: the serving config, runtime overrides and health, and the one path
+//! that turns them into a routing table and publishes it to the workers.
+//!
+//! Every change — the first table, a reloaded file, a health transition, an operator's command —
+//! compiles a new table with the next generation and hands it to `ControlPlane::apply` (in
+//! `control/apply.rs`), the only place a table is published. A file that fails to parse, validate or
+//! compile, or a table that cannot be applied, changes nothing: the error is logged, counted and
+//! kept for the admin API while the previous table keeps serving. Replaced tables are kept here
+//! until every worker has moved to a newer generation, so the last reference to a table is
+//! dropped on the control plane, never inside a worker.
+
+mod apply;
+mod observe;
+mod overrides;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use dataplane::neighbor::NeighborCache;
+use dataplane::table::{Local, MaglevCache};
+use dataplane::worker::{Snapshot, WorkerHandle};
+use dataplane::RoutingTable;
+
+use crate::compile::{compile_with, CompileError, Compiled, Context, StatSlots, NEIGHBOR_SLOTS};
+use crate::config::Config;
+use crate::diag::ConfigReport;
+use crate::health::PassiveSample;
+pub use apply::{AddressFilter, ApplyError};
+use apply::{Filter, Fixed, Next};
+use overrides::failing_open;
+pub use state::{
+    effective_weight, AdminState, BackendKey, BackendStatus, Control, Health, Observation, OpError,
+    Override, ReloadStatus, ServiceStatus,
+};
+
+/// Reads and parses a config file: the config and its text (for locating compile problems), or
+/// the located report of every problem.
+pub type Loader = dyn Fn(&Path) -> Result<(Config, String), ConfigReport> + Send + Sync;
+
+/// The default loader: [`crate::config::load_with_text`] (read, parse, validate).
+pub fn load_file(path: &Path) -> Result<(Config, String), ConfigReport> {
+    crate::config::load_with_text(path)
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read, parsed, validated or compiled: every problem, located.
+    #[error("{0}")]
+    Config(ConfigReport),
+    /// The compiled table could not be published.
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+}
+
+impl From<ReloadError> for String {
+    fn from(e: ReloadError) -> String {
+        e.to_string()
+    }
+}
+
+/// The running control plane. Shared by the control thread, the admin API and health checks.
+pub struct ControlPlane {
+    path: PathBuf,
+    loader: Box<Loader>,
+    table: Arc<ArcSwap<RoutingTable>>,
+    inner: Mutex<Inner>,
+    workers: Mutex<Vec<WorkerHandle>>,
+    ready: AtomicBool,
+}
+
+struct Inner {
+    config: Config,
+    /// The serving config's text, so problems found in a later rebuild point into it.
+    text: String,
+    generation: u64,
+    slots: StatSlots,
+    cache: MaglevCache,
+    overrides: BTreeMap<BackendKey, Override>,
+    health: HashMap<BackendKey, Health>,
+    failing_open: HashSet<String>,
+    reload: ReloadStatus,
+    health_transitions: u64,
+    conntrack_capacity: usize,
+    /// Tables replaced but possibly still read by a worker.
+    retired: Vec<Arc<RoutingTable>>,
+    /// Next-hop MACs learned by the workers, shared by every generation.
+    neighbors: Arc<NeighborCache>,
+    /// The settings read once at start.
+    fixed: Fixed,
+    /// The ports' address filter (AF_XDP), once attached.
+    filter: Option<Filter>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What starting the workers needs besides the table: fixed for the life of the process.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// Each worker's conntrack sizing and timeouts.
+    pub conntrack: dataplane::conntrack::Config,
+    /// Number of workers.
+    pub workers: u16,
+    /// Port, interface, cores, idle policy.
+    pub run: crate::compile::RunSettings,
+}
+
+/// Why the first table could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config does not compile: every problem, located.
+    #[error("{0}")]
+    Config(ConfigReport),
+    /// The compiled table could not be published.
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+}
+
+impl ControlPlane {
+    /// Compiles `config` (already loaded from `path`, whose text is `text`) into generation 1.
+    /// The workers are attached later with [`ControlPlane::attach_workers`], once they run on
+    /// [`ControlPlane::table`].
+    pub fn new(
+        path: &Path,
+        config: Config,
+        text: String,
+        loader: Box<Loader>,
+    ) -> Result<(ControlPlane, Start), StartError> {
+        let mut inner = Inner {
+            fixed: Fixed::of(&config),
+            config,
+            text,
+            generation: 0,
+            slots: StatSlots::default(),
+            cache: MaglevCache::default(),
+            overrides: BTreeMap::new(),
+            health: HashMap::new(),
+            failing_open: HashSet::new(),
+            reload: ReloadStatus::default(),
+            health_transitions: 0,
+            conntrack_capacity: 0,
+            retired: Vec::new(),
+            neighbors: Arc::new(NeighborCache::new(NEIGHBOR_SLOTS)),
+            filter: None,
+        };
+        let (next, start) = inner
+            .compile(None, 1)
+            .map_err(|e| StartError::Config(ConfigReport::from_compile(path, &inner.text, &e)))?;
+        inner.conntrack_capacity = start.conntrack.capacity;
+        let cp = ControlPlane {
+            path: path.to_path_buf(),
+            loader,
+            table: Arc::new(ArcSwap::from_pointee(placeholder())),
+            inner: Mutex::new(inner),
+            workers: Mutex::new(Vec::new()),
+            ready: AtomicBool::new(false),
+        };
+        {
+            let mut inner = cp.lock();
+            cp.apply(&mut inner, next, None)?;
+        }
+        Ok((cp, start))
+    }
+
+    /// The table the workers read.
+    pub fn table(&self) -> Arc<ArcSwap<RoutingTable>> {
+        self.table.clone()
+    }
+
+    /// The config file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The serving config.
+    pub fn config(&self) -> Config {
+        self.lock().config.clone()
+    }
+
+    /// Hands over the running workers; the plane is ready from now on.
+    pub fn attach_workers(&self, handles: Vec<WorkerHandle>) {
+        *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = handles;
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes the workers back (to stop them); the plane is no longer ready.
+    pub fn detach_workers(&self) -> Vec<WorkerHandle> {
+        self.ready.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every change is a whole swap).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Current worker counters.
+    pub fn snapshots(&self) -> Vec<Arc<Snapshot>> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|h| h.counters())
+            .collect()
+    }
+
+    /// The generation every worker has adopted (the smallest), `None` without workers.
+    pub fn adopted_generation(&self) -> Option<u64> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|h| h.generation())
+            .min()
+    }
+
+    /// Waits until every worker serves `generation` or newer; the time it took, or `None` on timeout.
+    pub fn wait_adopted(&self, generation: u64, timeout: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        loop {
+            match self.adopted_generation() {
+                Some(g) if g >= generation => return Some(start.elapsed()),
+                None => return Some(start.elapsed()),
+                _ => {}
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Rereads the config file: parse, validate, compile, apply. On any error the serving table
+    /// is untouched; the error is counted, logged and kept for `/state`.
+    pub fn reload_file(&self) -> Result<u64, ReloadError> {
+        let loaded = (self.loader)(&self.path);
+        let mut inner = self.lock();
+        let result = loaded.map_err(ReloadError::Config).and_then(|(cfg, text)| {
+            let g = inner.generation + 1;
+            let (next, _) = inner.compile(Some(&cfg), g).map_err(|e| {
+                ReloadError::Config(ConfigReport::from_compile(&self.path, &text, &e))
+            })?;
+            Ok(self.apply(&mut inner, next, Some((cfg, text)))?)
+        });
+        match &result {
+            Ok(g) => {
+                inner.reload.ok += 1;
+                inner.reload.last_error = None;
+                inner.reload.last_ok_unix = Some(unix_now());
+                tracing::info!(generation = g, path = %self.path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                inner.reload.failed += 1;
+                inner.reload.last_error = Some(e.to_string());
+                tracing::error!(path = %self.path.display(), error = %e, "reload rejected; the previous configuration keeps serving");
+            }
+        }
+        result
+    }
+
+    /// Per-backend passive signals (resets, unanswered SYNs) summed over the workers, for the
+    /// backends whose service has passive ejection.
+    pub fn passive_samples(&self) -> HashMap<BackendKey, PassiveSample> {
+        let snaps = self.snapshots();
+        let inner = self.lock();
+        let mut out = HashMap::new();
+        for s in inner.config.services.iter().filter(|s| s.passive.is_some()) {
+            for b in s.pools.iter().flat_map(|p| &p.backends) {
+                let key = BackendKey::of(s, b);
+                let Some(slot) = inner.slots.backend_slot(&key) else {
+                    continue;
+                };
+                let mut sample = PassiveSample::default();
+                for snap in &snaps {
+                    if let Some(c) = snap.counters.backends.get(slot as usize) {
+                        sample.add(c);
+                    }
+                }
+                out.insert(key, sample);
+            }
+        }
+        out
+    }
+
+    /// Compiles `cfg` as a reload would, without publishing (benchmarks measure compile time).
+    pub fn compile_probe(&self, cfg: &Config) -> Result<(), CompileError> {
+        let mut inner = self.lock();
+        let g = inner.generation + 1;
+        inner.compile(Some(cfg), g).map(drop)
+    }
+
+    /// Applies health results (and the checker's running count of transitions); rebuilds the
+    /// table when a backend's health changed.
+    pub fn set_health(
+        &self,
+        mut health: HashMap<BackendKey, Health>,
+        transitions_total: u64,
+    ) -> Option<u64> {
+        // Unchecked is what an absent entry means: keep only what can change a weight.
+        health.retain(|_, h| *h != Health::Unchecked);
+        let mut inner = self.lock();
+        inner.health_transitions = transitions_total;
+        if inner.health == health {
+            return None;
+        }
+        inner.health = health;
+        match self.rebuild(&mut inner) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::error!(error = %e, "could not rebuild the table after a health change");
+                None
+            }
+        }
+    }
+
+    /// Compiles the serving config with the current overrides and health and publishes it; the
+    /// error, located in the serving config's text, when it cannot be.
+    fn rebuild(&self, inner: &mut Inner) -> Result<u64, String> {
+        let g = inner.generation + 1;
+        let (next, _) = inner
+            .compile(None, g)
+            .map_err(|e| inner.report(&self.path, &e))?;
+        self.apply(inner, next, None).map_err(|e| e.to_string())
+    }
+}
+
+impl Inner {
+    /// A compile error of the serving config, located in its text.
+    fn report(&self, path: &Path, e: &CompileError) -> String {
+        ConfigReport::from_compile(path, &self.text, e).to_string()
+    }
+
+    /// Compiles `cfg` (`None`: the serving config) with the current overrides and health,
+    /// stamped `generation`: the table to publish and the settings workers start with.
+    fn compile(
+        &mut self,
+        cfg: Option<&Config>,
+        generation: u64,
+    ) -> Result<(Next, Start), CompileError> {
+        let Inner {
+            config,
+            overrides,
+            health,
+            slots,
+            cache,
+            ..
+        } = self;
+        let cfg = cfg.unwrap_or(config);
+        let failing = failing_open(cfg, overrides, health);
+        let adjust = |key: &BackendKey, w: u32| {
+            effective_weight(
+                w,
+                overrides.get(key).unwrap_or(&Override::default()),
+                health.get(key).unwrap_or(&Health::Unchecked),
+                failing.contains(&key.service),
+            )
+        };
+        let mut ctx = Context {
+            adjust: &adjust,
+            slots,
+            cache,
+        };
+        let Compiled {
+            table,
+            conntrack,
+            workers,
+            run,
+            next_hops,
+        } = compile_with(cfg, generation, &mut ctx)?;
+        let next = Next {
+            table,
+            next_hops,
+            failing,
+        };
+        let start = Start {
+            conntrack,
+            workers,
+            run,
+        };
+        Ok((next, start))
+    }
+}
+
+/// The table the workers' `ArcSwap` holds until the first one is applied (no worker runs on it).
+fn placeholder() -> RoutingTable {
+    let local = Local {
+        mac: [0; 6],
+        addrs: Vec::new(),
+        mtu: 1500,
+        snat_ports: (1024, 65535),
+    };
+    RoutingTable::build(0, local, Vec::new(), &mut MaglevCache::default())
+        .expect("an empty table builds")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

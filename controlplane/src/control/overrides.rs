@@ -1,0 +1,85 @@
+//! Runtime overrides: what operators set on a backend (weight, drain, disable) until they clear
+//! it, and the fail-open rule that decides when health is ignored.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::state::{AdminState, BackendKey, Health, OpError, Override};
+use super::ControlPlane;
+use crate::config::{AllDown, Config};
+
+impl ControlPlane {
+    /// Changes `key`'s override with `f` and publishes the resulting table; on an error the
+    /// override is put back and nothing changes.
+    pub(super) fn update_override(
+        &self,
+        key: &BackendKey,
+        f: impl FnOnce(&mut Override),
+    ) -> Result<u64, OpError> {
+        let mut inner = self.lock();
+        if !config_has(&inner.config, key) {
+            return Err(OpError::NoBackend(key.to_string()));
+        }
+        let before = inner.overrides.get(key).copied();
+        let mut ov = before.unwrap_or_default();
+        f(&mut ov);
+        if ov.is_empty() {
+            inner.overrides.remove(key);
+        } else {
+            inner.overrides.insert(key.clone(), ov);
+        }
+        match self.rebuild(&mut inner) {
+            Ok(g) => {
+                tracing::info!(backend = %key, weight = ?ov.weight, state = ?ov.admin, "runtime override");
+                Ok(g)
+            }
+            Err(e) => {
+                match before {
+                    Some(b) => inner.overrides.insert(key.clone(), b),
+                    None => inner.overrides.remove(key),
+                };
+                Err(OpError::Compile(e))
+            }
+        }
+    }
+}
+
+/// True when `key` names a backend of the config.
+fn config_has(cfg: &Config, key: &BackendKey) -> bool {
+    cfg.services.iter().any(|s| {
+        s.name == key.service
+            && s.pools
+                .iter()
+                .flat_map(|p| &p.backends)
+                .any(|b| b.addr == key.addr && b.port.unwrap_or(0) == key.port)
+    })
+}
+
+/// Services whose every operator-enabled backend is down and whose policy is to fail open.
+pub(super) fn failing_open(
+    cfg: &Config,
+    overrides: &BTreeMap<BackendKey, Override>,
+    health: &HashMap<BackendKey, Health>,
+) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for s in &cfg.services {
+        if s.all_down != AllDown::FailOpen {
+            continue;
+        }
+        let mut any = false;
+        let mut all_down = true;
+        for b in s.pools.iter().flat_map(|p| &p.backends) {
+            let key = BackendKey::of(s, b);
+            if overrides.get(&key).map(|o| o.admin) == Some(AdminState::Disabled) {
+                continue;
+            }
+            any = true;
+            if health.get(&key).is_none_or(Health::serves) {
+                all_down = false;
+            }
+        }
+        if any && all_down {
+            out.insert(s.name.clone());
+        }
+    }
+    out
+}
