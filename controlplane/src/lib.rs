@@ -6,7 +6,6 @@ pub mod compile;
 pub mod config;
 pub mod diag;
 pub mod health;
-pub mod lab;
 pub mod metrics;
 pub mod reload;
 pub mod sim;

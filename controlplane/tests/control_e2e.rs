@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use controlplane::lab::{self, Lab};
+use testkit::lab::{self, Lab};
 
 mod labkit;
 use labkit::{is_root, lab_with};

@@ -1,5 +1,5 @@
 //! End-to-end tests: the real `lb` binary balancing real connections in the namespace lab
-//! (`controlplane::lab`), over TAP, AF_PACKET and AF_XDP ports, IPv4 and IPv6, two workers.
+//! (`testkit::lab`), over TAP, AF_PACKET and AF_XDP ports, IPv4 and IPv6, two workers.
 //!
 //! They need root (namespaces, TAP, raw sockets) and print "skipped: needs root" otherwise. Each
 //! test builds its own lab under its own name prefix, with a config written to its own directory;
@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use controlplane::lab::{self, Lab};
+use testkit::lab::{self, Lab};
 
 mod labkit;
 use labkit::{is_root, lab_with, TempDir};

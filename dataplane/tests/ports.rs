@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use dataplane::flow::{proto, Addr};
 use dataplane::port::af_packet::AfPacketPort;
-use dataplane::port::netns::{scoped_name, veth_pair, Netns};
 use dataplane::port::tap::TapPort;
 use dataplane::port::Port;
 use dataplane::wire::{self, L3};
 use dataplane::{DropReason, PacketBuf, Verdict};
+use testkit::netns::{scoped_name, veth_pair, Netns};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {

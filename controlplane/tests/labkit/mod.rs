@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use controlplane::lab::{Lab, LabOptions};
+use testkit::lab::{Lab, LabOptions};
 
 /// True when running as root (namespaces, TAP and raw sockets need it).
 pub fn is_root() -> bool {
