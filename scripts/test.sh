@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ -z "${LB_SKIP_APT:-}" ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends ca-certificates build-essential pkg-config iproute2 >/dev/null
+  # shellcheck disable=SC2046 # one package per word
+  apt-get install -y -qq --no-install-recommends $(scripts/packages.sh) >/dev/null
 fi
 cargo test --workspace --all-targets
