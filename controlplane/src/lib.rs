@@ -1,12 +1,11 @@
 //! Control plane: config, compile() into routing tables, and the frame replay behind `lb sim`.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub mod api;
 pub mod compile;
 pub mod config;
 pub mod diag;
 pub mod health;
-pub mod metrics;
 pub mod reload;
 pub mod sim;
 pub mod state;

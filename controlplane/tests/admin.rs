@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use controlplane::admin;
-use controlplane::metrics;
+use controlplane::api::{admin, metrics};
 use controlplane::state::{
     AdminState, BackendKey, BackendStatus, Control, Health, Observation, OpError, Override,
     ReloadStatus, ServiceStatus,
