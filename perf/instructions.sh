@@ -8,7 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-fullnat}
 kind=${2:-established}
-command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
+if ! command -v valgrind >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+  else
+    echo "valgrind is needed: apt-get install valgrind" >&2
+    exit 1
+  fi
+fi
 cargo build --release -q -p dataplane --example pps
 bin=target/release/examples/pps
 out=$(mktemp -d)

@@ -11,13 +11,14 @@ if [ "$(id -u)" != 0 ]; then
   echo "demo.sh: needs root (network namespaces, a TAP device, raw sockets); try: sudo $0" >&2
   exit 1
 fi
-if ! command -v ip >/dev/null 2>&1; then
+if ! command -v ip >/dev/null 2>&1 || ! command -v kill >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
+    # shellcheck disable=SC2046 # one package per word
+    apt-get install -y -qq --no-install-recommends $(scripts/packages.sh) >/dev/null
   else
-    echo "demo.sh: the ip command (iproute2) is missing" >&2
+    echo "demo.sh: ip (iproute2) or kill (procps) is missing; see scripts/packages.txt" >&2
     exit 1
   fi
 fi

@@ -1,14 +1,12 @@
 //! Control plane: config, compile() into routing tables, and the frame replay behind `lb sim`.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub mod api;
 pub mod compile;
 pub mod config;
 pub mod control;
 pub mod diag;
 pub mod health;
-pub mod lab;
-pub mod metrics;
 pub mod sim;
 
 pub use compile::{compile, CompileError, Compiled};

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 mod run;
-use controlplane::{compile, config, diag, lab, sim};
+use controlplane::{compile, config, diag, sim};
+use testkit::lab;
 use tracing_subscriber::EnvFilter;
 
 /// A userspace L4/L7 load balancer.

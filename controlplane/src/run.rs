@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use controlplane::admin;
+use controlplane::api::admin;
 use controlplane::compile::RunSettings;
 use controlplane::config::{self, Config, IdleMode, PortKind, XdpMode};
 use controlplane::control::{self, AddressFilter, Control, ControlPlane, StartError};

@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use controlplane::admin;
+use controlplane::api::{admin, metrics};
 use controlplane::control::ReloadError;
-use controlplane::metrics;
 use controlplane::state::{
     AdminState, BackendKey, BackendStatus, Control, Health, Observation, OpError, Override,
     ReloadStatus, ServiceStatus,

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use controlplane::lab::{self, Lab};
+use testkit::lab::{self, Lab};
 
 mod labkit;
-use labkit::{is_root, lab_with};
+use labkit::lab_with;
 
 /// One lab at a time: the tests share the machine's two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -125,11 +125,9 @@ struct Traffic {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
 fn a_hundred_reloads_under_traffic_lose_no_connection_and_no_packet() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testkit::require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (mut lab, _dir, path) = lab_with("rl", &config(0));
 
@@ -308,11 +306,9 @@ fn spread(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
 fn a_killed_backend_is_ejected_within_fall_intervals_and_comes_back() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testkit::require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     // interval 200 ms, fall 2, rise 2: down within about 0.4 s, back within about 0.4 s.
     let check = "[services.health_check]\nkind = \"http\"\npath = \"/\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\njitter = \"20ms\"\n";
@@ -421,11 +417,9 @@ fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
 fn a_drained_backend_finishes_its_connections_and_takes_no_new_ones() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testkit::require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (mut lab, _dir, _path) = lab_with("dr", &config(0));
     let web: SocketAddr = "198.18.0.100:80".parse().unwrap();
@@ -547,11 +541,9 @@ fn answers_from(lab: &Lab, dst: &str, n: usize, timeout: Duration) -> BTreeMap<S
 /// again (the address left the map once the old table was released) and no worker sees them.
 /// Before the fix the map was written once at start and the added VIP never answered.
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
 fn a_vip_added_by_reload_is_redirected_by_xdp_and_leaves_the_map_when_removed() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testkit::require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let on_xdp = |variant: usize| {
         config(variant).replace(

@@ -219,17 +219,10 @@ fn echo_round(ports: &mut [AfXdpPort], sock: &UdpSocket, n: usize) -> usize {
     got.iter().filter(|g| **g).count()
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
 fn echoes_owned_traffic_passes_the_rest_and_detaches() {
-    if !is_root() {
-        println!("skipped: needs root");
-        return;
-    }
+    testkit::require_root();
     let veth = Veth::new("e", 1);
     let opts = AfXdpOptions {
         mode: AttachMode::Native,
@@ -307,11 +300,9 @@ fn echoes_owned_traffic_passes_the_rest_and_detaches() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
 fn generic_mode_serves_every_queue() {
-    if !is_root() {
-        println!("skipped: needs root");
-        return;
-    }
+    testkit::require_root();
     let veth = Veth::new("g", 2);
     let opts = AfXdpOptions {
         mode: AttachMode::Generic,

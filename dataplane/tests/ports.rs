@@ -9,27 +9,11 @@ use std::time::{Duration, Instant};
 
 use dataplane::flow::{proto, Addr};
 use dataplane::port::af_packet::AfPacketPort;
-use dataplane::port::netns::{scoped_name, veth_pair, Netns};
 use dataplane::port::tap::TapPort;
 use dataplane::port::Port;
 use dataplane::wire::{self, L3};
 use dataplane::{DropReason, PacketBuf, Verdict};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    })
-}
-
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
+use testkit::netns::{scoped_name, veth_pair, Netns};
 
 /// A UDP datagram seen on a port: its addresses, ports and payload, and whether its checksum holds.
 struct Udp {
@@ -91,8 +75,9 @@ fn pump(
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
 fn tap_answers_reach_the_kernel_and_to_host_frames_do_not() {
-    need_root!();
+    testkit::require_root();
     let ns = Netns::create(&scoped_name("lbt-tap-", "")).expect("netns");
     let ifname = scoped_name("lbt", "t");
     let mut ports = ns
@@ -192,8 +177,9 @@ fn tap_open_reports_a_bad_name() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
 fn af_packet_fanout_echoes_every_datagram_once() {
-    need_root!();
+    testkit::require_root();
     let ns_a = Netns::create(&scoped_name("lbt-afp-", "-a")).expect("netns a");
     let ns_b = Netns::create(&scoped_name("lbt-afp-", "-b")).expect("netns b");
     let (if_a, if_b) = (scoped_name("lbp", "a"), scoped_name("lbp", "b"));
@@ -313,8 +299,9 @@ fn af_packet_fanout_echoes_every_datagram_once() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
 fn af_packet_open_reports_a_missing_interface() {
-    need_root!();
+    testkit::require_root();
     let ns = Netns::create(&scoped_name("lbt-afp-", "-m")).expect("netns");
     let e = ns
         .enter_on_thread(|| AfPacketPort::open("nosuchif0", 1))
@@ -325,8 +312,9 @@ fn af_packet_open_reports_a_missing_interface() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
 fn af_packet_single_queue_sees_ingress_only() {
-    need_root!();
+    testkit::require_root();
     let ns_a = Netns::create(&scoped_name("lbt-af1-", "-a")).expect("netns a");
     let ns_b = Netns::create(&scoped_name("lbt-af1-", "-b")).expect("netns b");
     let (if_a, if_b) = (scoped_name("lb1", "a"), scoped_name("lb1", "b"));

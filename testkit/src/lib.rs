@@ -2,3 +2,22 @@
 //! fuzzing, tests), network namespace helpers, and the lab of namespaces behind `lb lab` and the
 //! end-to-end tests.
 #![forbid(unsafe_code)]
+
+pub mod lab;
+pub mod netns;
+
+/// True when this process runs as root (namespaces, TAP devices and raw sockets need it).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Panics with a clear message unless running as root. Root-only tests call it first: they are
+/// `#[ignore]`d (so a plain `cargo test` lists them as ignored), and when someone runs them anyway
+/// without root they fail instead of passing without having tested anything.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test needs root (network namespaces, TAP, raw sockets); it is #[ignore]d for that \
+         reason: run `sudo bash scripts/test.sh`, which runs the ignored tests as root"
+    );
+}

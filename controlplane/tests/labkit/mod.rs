@@ -1,17 +1,11 @@
-//! Shared by the end-to-end tests: root detection, a config directory removed on drop, and a lab
+//! Shared by the end-to-end tests: a config directory removed on drop, and a lab
 //! running `lb run` on a given config.
 #![allow(dead_code)] // each test file uses a different part of this module
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use controlplane::lab::{Lab, LabOptions};
-
-/// True when running as root (namespaces, TAP and raw sockets need it).
-pub fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
+use testkit::lab::{Lab, LabOptions};
 
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);

@@ -27,7 +27,7 @@ use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{netns::check_ifname, Port, PortStats, HEADROOM};
+use super::{check_ifname, Port, PortStats, HEADROOM};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::pipeline::Verdict;

@@ -13,10 +13,12 @@ use crate::pipeline::Verdict;
 pub mod af_packet;
 pub mod af_xdp;
 pub mod bpf;
+mod ifname;
 pub mod mem;
-pub mod netns;
 pub mod sys;
 pub mod tap;
+
+pub use ifname::{check_ifname, IFNAME_MAX};
 
 /// Headroom every port leaves in front of a received frame, enough for the largest encapsulation
 /// (Ethernet + VLAN + IPv6 + UDP = 66 bytes) with room to spare.

@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::{netns::check_ifname, Port, PortStats, HEADROOM};
+use super::{check_ifname, Port, PortStats, HEADROOM};
 use crate::packet::PacketBuf;
 use crate::pipeline::Verdict;
 

@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::metrics;
+use super::metrics;
 use crate::state::{
     AdminState, BackendKey, BackendStatus, Control, Observation, OpError, ReloadStatus,
     ServiceStatus,
