@@ -117,18 +117,6 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    /// The key of a parsed packet's own direction.
-    #[inline]
-    pub fn of(p: &crate::wire::Parsed) -> FlowKey {
-        FlowKey {
-            src: p.src,
-            dst: p.dst,
-            sport: p.sport,
-            dport: p.dport,
-            proto: p.proto,
-        }
-    }
-
     /// The key of the opposite direction.
     pub fn reversed(&self) -> FlowKey {
         FlowKey {

@@ -104,7 +104,7 @@ fn decide(
         return ANY;
     }
     match p.proto {
-        proto::TCP | proto::UDP => by_tuple(table, &FlowKey::of(p), workers, nat_backends),
+        proto::TCP | proto::UDP => by_tuple(table, &p.key(), workers, nat_backends),
         proto::ICMP | proto::ICMPV6 => match wire::parse_icmp_quote(frame, p) {
             Some(q) if q.ports_present && matches!(q.proto, proto::TCP | proto::UDP) => {
                 let reverse = FlowKey {

@@ -19,7 +19,7 @@ pub use state::{snat_slice, FlowValue, WorkerState};
 pub use verdict::{Counters, DropReason, FlowCounters, Verdict};
 
 use crate::conntrack::Millis;
-use crate::flow::{proto, Addr, FlowKey};
+use crate::flow::{proto, Addr};
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
 use crate::wire::{self, Frag, ParseError, Parsed, L3};
@@ -94,7 +94,7 @@ fn classify(
     }
     match p.proto {
         proto::TCP | proto::UDP => {
-            let key = FlowKey::of(&p);
+            let key = p.key();
             if let Some(hit) = st.ct.lookup(&key, now) {
                 return tracked::tracked(st, table, now, pkt, &p, hit);
             }
