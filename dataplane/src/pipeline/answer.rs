@@ -4,9 +4,8 @@
 use crate::flow::{proto, Addr};
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
-use crate::wire::{self, checksum, Ipv6Fields, Parsed, L3};
+use crate::wire::{self, nd, set_macs, src_mac, Ipv6Fields, Parsed, L3};
 
-use super::rewrite::{set_macs, src_mac};
 use super::verdict::{DropReason, Verdict};
 use super::OUR_TTL;
 
@@ -52,16 +51,19 @@ pub(super) fn learn(table: &RoutingTable, addr: Addr, mac: [u8; 6]) {
 /// RFC 4861 7.1: hop limit 255, code 0, valid checksum.
 pub(super) fn learn_nd(table: &RoutingTable, d: &[u8], p: &Parsed) {
     let l4 = p.l4_off;
-    if p.ttl != 255 || p.icmp_code != 0 || p.l3_end < l4 + 24 || p.l3_end > d.len() {
+    if p.ttl != 255 || p.icmp_code != 0 || p.l3_end < l4 + nd::ND_LEN || p.l3_end > d.len() {
         return;
     }
-    let (addr, want_opt) = if p.icmp_type == 136 {
-        match d.get(l4 + 8..l4 + 24).and_then(Addr::from_wire) {
-            Some(t) => (t, 2),
+    let Some(msg) = d.get(l4..p.l3_end) else {
+        return;
+    };
+    let (addr, want_opt) = if p.icmp_type == nd::ND_ADVERT {
+        match nd::target(msg) {
+            Some(t) => (t, nd::OPT_TARGET_LL),
             None => return,
         }
     } else {
-        (p.src, 1)
+        (p.src, nd::OPT_SOURCE_LL)
     };
     if addr == Addr::default() || table.next_hop_by_addr(addr).is_none() {
         return;
@@ -69,54 +71,21 @@ pub(super) fn learn_nd(table: &RoutingTable, d: &[u8], p: &Parsed) {
     if !wire::verify_l4_checksum(d, p) {
         return;
     }
-    let mut off = l4 + 24;
-    while off + 8 <= p.l3_end {
-        let (kind, len) = (d[off], usize::from(d[off + 1]) * 8);
-        if len == 0 || off + len > p.l3_end {
-            return;
-        }
-        if kind == want_opt {
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(&d[off + 2..off + 8]);
-            learn(table, addr, mac);
-            return;
-        }
-        off += len;
+    if let Some(mac) = nd::link_layer_option(msg, want_opt) {
+        learn(table, addr, mac);
     }
 }
 
+/// Answers an echo request to one of our addresses in place.
 pub(super) fn echo_reply(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verdict {
     let v4 = p.l3 == L3::Ipv4;
     let d = pkt.data_mut();
-    let l3 = p.l3_off;
-    let (a_off, half) = if v4 { (l3 + 12, 4) } else { (l3 + 8, 16) };
-    if let Some(addrs) = d.get_mut(a_off..a_off + 2 * half) {
-        let (s, t) = addrs.split_at_mut(half);
-        s.swap_with_slice(t);
-    }
-    if v4 {
-        d[l3 + 8] = OUR_TTL;
-        wire::put_be16(d, l3 + 10, 0);
-        let c = checksum::ipv4_header(&d[l3..p.l4_off]);
-        wire::put_be16(d, l3 + 10, c);
-    } else {
-        d[l3 + 7] = OUR_TTL;
-    }
-    let reply = if v4 { 0 } else { 129 };
+    wire::answer_in_place(d, p.l3_off, p.l4_off, v4, OUR_TTL);
     let (src, dst) = (p.dst, p.src);
     let Some(icmp) = d.get_mut(p.l4_off..p.l3_end) else {
         return Verdict::Drop(DropReason::Truncated);
     };
-    icmp[0] = reply;
-    // Recomputed, not updated: an all-zero message must get 0xffff, which RFC 1624's
-    // incremental update would write as 0x0000.
-    wire::put_be16(icmp, 2, 0);
-    let c = if v4 {
-        checksum::icmpv4(icmp)
-    } else {
-        checksum::l4(&src, &dst, proto::ICMPV6, icmp)
-    };
-    wire::put_be16(icmp, 2, c);
+    wire::echo_reply_in_place(icmp, v4, &src, &dst);
     let eth_src = src_mac(d);
     set_macs(d, eth_src, table.local.mac);
     Verdict::Tx
@@ -130,11 +99,11 @@ pub(super) fn neighbor_solicitation(
 ) -> Verdict {
     let l4 = p.l4_off;
     let data = pkt.data();
-    let Some(target) = data.get(l4 + 8..l4 + 24).and_then(Addr::from_wire) else {
+    let Some(target) = data.get(l4..).and_then(nd::target) else {
         return Verdict::ToHost;
     };
     // RFC 4861 7.1.1: hop limit 255, code 0, at least 24 bytes.
-    if p.ttl != 255 || p.icmp_code != 0 || p.l3_end < l4 + 24 || !table.owns(target) {
+    if p.ttl != 255 || p.icmp_code != 0 || p.l3_end < l4 + nd::ND_LEN || !table.owns(target) {
         return Verdict::ToHost;
     }
     if !wire::verify_l4_checksum(data, p) {
@@ -149,7 +118,7 @@ pub(super) fn neighbor_solicitation(
         src_mac(data)
     };
     let l3 = p.l3_off;
-    let len = l4 + 32;
+    let len = l4 + nd::ADVERT_LEN;
     if !pkt.set_len(len) {
         return Verdict::Drop(DropReason::NoRoom);
     }
@@ -165,7 +134,7 @@ pub(super) fn neighbor_solicitation(
             src: target.0,
             dst: dst.0,
             next_header: proto::ICMPV6,
-            payload_len: 32,
+            payload_len: nd::ADVERT_LEN as u16,
             hop_limit: 255,
             traffic_class: 0,
             flow_label: 0,
@@ -175,13 +144,8 @@ pub(super) fn neighbor_solicitation(
     {
         return Verdict::Drop(DropReason::NoRoom);
     }
-    let flags = if dad { 0x20 } else { 0x60 }; // Override, plus Solicited when answering a host.
-    let na = &mut d[l4..len];
-    na[..8].copy_from_slice(&[136, 0, 0, 0, flags, 0, 0, 0]);
-    na[8..24].copy_from_slice(&target.0);
-    na[24..26].copy_from_slice(&[2, 1]);
-    na[26..32].copy_from_slice(&mac);
-    let c = checksum::l4(&target, &dst, proto::ICMPV6, na);
-    wire::put_be16(na, 2, c);
+    if nd::write_advert(&mut d[l4..len], &target, &dst, mac, !dad).is_none() {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
     Verdict::Tx
 }

@@ -3,10 +3,9 @@
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
-use crate::wire::{self, checksum, Ipv4Fields, Ipv6Fields, Parsed, L3};
+use crate::wire::{self, Ipv4Fields, Ipv6Fields, Parsed, L3};
 
 use super::icmp::too_big;
-use super::rewrite::tos;
 use super::state::{Action, FlowValue};
 use super::verdict::{DropReason, Verdict};
 use super::OUR_TTL;
@@ -32,7 +31,7 @@ pub(super) fn encap(
         let report = mtu.saturating_sub(overhead) as u32;
         return too_big(table, pkt, p, report);
     }
-    let inner_tos = tos(pkt.data(), p);
+    let inner_tos = wire::tos(pkt.data(), p.l3_off, p.l3 == L3::Ipv4);
     // Trailing Ethernet padding stays behind the packet; the outer length excludes it.
     if !pkt.push_front(overhead) {
         return Verdict::Drop(DropReason::NoRoom);
@@ -97,12 +96,8 @@ pub(super) fn encap(
             return Verdict::Drop(DropReason::NoRoom);
         }
         if !outer_v4 {
-            let seg = &mut udp[..inner_len + 8];
-            let mut c = checksum::l4(&val.new_src, &val.new_dst, proto::UDP, seg);
-            if c == 0 {
-                c = 0xffff;
-            }
-            wire::put_be16(seg, 6, c);
+            // IPv6 requires a UDP checksum (RFC 8200); IPv4's outer GUE header goes without.
+            wire::fill_udp_checksum(&mut udp[..inner_len + 8], &val.new_src, &val.new_dst);
         }
     }
     Verdict::Tx

@@ -5,11 +5,12 @@ use crate::conntrack::{Dir, Hit, Millis};
 use crate::flow::{proto, FlowKey};
 use crate::packet::PacketBuf;
 use crate::table::{Mode, RoutingTable};
-use crate::wire::{self, checksum, Ipv4Fields, Ipv6Fields, Parsed, L3};
+use crate::wire::nat::{self, IpAt};
+use crate::wire::{self, nd, Ipv4Fields, Ipv6Fields, Parsed, L3};
 
 use super::answer::{echo_reply, learn_nd, neighbor_solicitation};
-use super::new_flow::{backend_mac, forward_value, select};
-use super::rewrite::{apply, rewrite_at, set_macs, src_mac};
+use super::new_flow::choose;
+use super::rewrite::apply;
 use super::state::{Action, WorkerState};
 use super::verdict::{DropReason, Verdict};
 use super::{ICMP4_MAX, ICMP6_MAX, OUR_TTL};
@@ -37,13 +38,9 @@ pub(super) fn icmp(
     if error {
         if let Some(q) = wire::parse_icmp_quote(pkt.data(), p) {
             if q.ports_present && matches!(q.proto, proto::TCP | proto::UDP) {
-                let key = FlowKey {
-                    src: q.dst,
-                    dst: q.src,
-                    sport: q.dport,
-                    dport: q.sport,
-                    proto: q.proto,
-                };
+                // The quote is a packet sent towards the error's sender; its flow's key here is
+                // the reverse.
+                let key = q.key().reversed();
                 if let Some(hit) = st.ct.lookup(&key, now) {
                     return icmp_error_tracked(st, table, pkt, p, &q, hit);
                 }
@@ -60,16 +57,20 @@ pub(super) fn icmp(
             Verdict::ToHost
         };
     }
-    if v6 && matches!(p.icmp_type, 135 | 136) && table.neighbors().is_some() {
+    if v6 && matches!(p.icmp_type, nd::ND_SOLICIT | nd::ND_ADVERT) && table.neighbors().is_some() {
         learn_nd(table, pkt.data(), p);
     }
-    if v6 && p.icmp_type == 135 {
+    if v6 && p.icmp_type == nd::ND_SOLICIT {
         return neighbor_solicitation(table, pkt, p);
     }
     if !table.owns(p.dst) {
         return Verdict::ToHost;
     }
-    let echo_request = if v6 { 128 } else { 8 };
+    let echo_request = if v6 {
+        wire::ICMPV6_ECHO_REQUEST
+    } else {
+        wire::ICMPV4_ECHO_REQUEST
+    };
     if p.icmp_type != echo_request || p.icmp_code != 0 {
         return Verdict::ToHost;
     }
@@ -90,7 +91,7 @@ pub(super) fn too_big(
     let (ip_len, max) = if v4 { (20, ICMP4_MAX) } else { (40, ICMP6_MAX) };
     let inner_len = p.l3_end - p.l3_off;
     let quote = inner_len.min(max - ip_len - 8);
-    let client_mac = src_mac(pkt.data());
+    let client_mac = wire::src_mac(pkt.data());
     let (client, vip) = (p.src, p.dst);
     let l2 = p.l3_off;
     let (buf, head, _) = pkt.raw_mut();
@@ -143,15 +144,8 @@ pub(super) fn too_big(
         return Verdict::Drop(DropReason::NoRoom);
     }
     let icmp = &mut ip[ip_len..ip_len + icmp_len];
-    if v4 {
-        icmp[..8].copy_from_slice(&[3, 4, 0, 0, 0, 0, (mtu >> 8) as u8, mtu as u8]);
-        let c = checksum::icmpv4(icmp);
-        wire::put_be16(icmp, 2, c);
-    } else {
-        let m = mtu.to_be_bytes();
-        icmp[..8].copy_from_slice(&[2, 0, 0, 0, m[0], m[1], m[2], m[3]]);
-        let c = checksum::l4(&vip, &client, proto::ICMPV6, icmp);
-        wire::put_be16(icmp, 2, c);
+    if wire::write_too_big(icmp, v4, mtu, &vip, &client).is_none() {
+        return Verdict::Drop(DropReason::NoRoom);
     }
     if pkt.set_bounds(head, l2 + ip_len + icmp_len) {
         Verdict::Tx
@@ -172,15 +166,9 @@ pub(super) fn icmp_error_stateless(
     let Some((_, svc)) = table.service_for(key.dst, key.proto, key.dport) else {
         return Verdict::Drop(DropReason::IcmpUntracked);
     };
-    let Some((be, pool, bi)) = select(table, svc, key) else {
-        return Verdict::Drop(DropReason::NoBackend);
-    };
-    let mac = match backend_mac(table, svc, bi, be) {
-        Ok(m) => m,
+    let val = match choose(table, svc, key, |_| Ok(())) {
+        Ok((val, _, _)) => val,
         Err(r) => return Verdict::Drop(r),
-    };
-    let Some(val) = forward_value(table, svc, be, mac, pool, key) else {
-        return Verdict::Drop(DropReason::Unsupported);
     };
     match val.action {
         Action::Ipip | Action::Gue | Action::Mac => apply(table, pkt, p, &val, key.sport),
@@ -216,43 +204,21 @@ pub(super) fn icmp_error_tracked(
     let v4 = p.l3 == L3::Ipv4;
     let d = pkt.data_mut();
     // Quoted packet: the flow as the receiver of this error sent it.
-    rewrite_at(
-        d,
-        q.l3_off,
-        q.l4_off,
-        q.end,
-        !q.v6,
-        q.proto,
-        val.new_dst,
-        val.new_src,
-        val.new_dport,
-        val.new_sport,
-    );
-    if !q.v6 && q.l4_off <= q.end {
-        wire::put_be16(d, q.l3_off + 10, 0);
-        let c = checksum::ipv4_header(&d[q.l3_off..q.l4_off]);
-        wire::put_be16(d, q.l3_off + 10, c);
-    }
-    // Outer header.
-    let l3 = p.l3_off;
-    if v4 {
-        d[l3 + 12..l3 + 16].copy_from_slice(&outer_src.v4_octets());
-        d[l3 + 16..l3 + 20].copy_from_slice(&val.new_dst.v4_octets());
-        wire::put_be16(d, l3 + 10, 0);
-        let c = checksum::ipv4_header(&d[l3..p.l4_off]);
-        wire::put_be16(d, l3 + 10, c);
-    } else {
-        d[l3 + 8..l3 + 24].copy_from_slice(&outer_src.0);
-        d[l3 + 24..l3 + 40].copy_from_slice(&val.new_dst.0);
-    }
-    let icmp = &mut d[p.l4_off..p.l3_end];
-    wire::put_be16(icmp, 2, 0);
-    let c = if v4 {
-        checksum::icmpv4(icmp)
-    } else {
-        checksum::l4(&outer_src, &val.new_dst, proto::ICMPV6, icmp)
+    let quoted = IpAt {
+        l3: q.l3_off,
+        l4: q.l4_off,
+        end: q.end,
+        v4: !q.v6,
+        proto: q.proto,
     };
-    wire::put_be16(icmp, 2, c);
-    set_macs(d, val.mac, table.local.mac);
+    nat::rewrite_present(d, quoted, &val.new_key().reversed());
+    if !q.v6 && q.l4_off <= q.end {
+        wire::refresh_ipv4_checksum(d, q.l3_off, q.l4_off);
+    }
+    wire::set_addrs(d, p.l3_off, p.l4_off, v4, &outer_src, &val.new_dst);
+    if let Some(msg) = d.get_mut(p.l4_off..p.l3_end) {
+        wire::refresh_icmp_checksum(msg, v4, &outer_src, &val.new_dst);
+    }
+    wire::set_macs(d, val.mac, table.local.mac);
     Verdict::Tx
 }

@@ -19,7 +19,7 @@ pub use state::{snat_slice, FlowValue, WorkerState};
 pub use verdict::{Counters, DropReason, FlowCounters, Verdict};
 
 use crate::conntrack::Millis;
-use crate::flow::{proto, Addr};
+use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
 use crate::wire::{self, Frag, ParseError, Parsed, L3};
@@ -116,12 +116,7 @@ fn parse_error(table: &RoutingTable, frame: &[u8], e: ParseError) -> Verdict {
         ParseError::BadIpChecksum => DropReason::BadIpChecksum,
         ParseError::UnsupportedExtension => {
             // Only IPv6 gets here; a packet for someone else is the host's business.
-            let off = if wire::be16(frame, 12) == wire::ETHERTYPE_VLAN {
-                18
-            } else {
-                14
-            };
-            match frame.get(off + 24..off + 40).and_then(Addr::from_wire) {
+            match wire::ipv6_dst(frame) {
                 Some(dst) if table.owns(dst) => DropReason::UnsupportedExtension,
                 _ => return Verdict::ToHost,
             }

@@ -6,9 +6,10 @@ use crate::conntrack::{FlowState, InsertError, Millis, TcpState};
 use crate::flow::{hash_addr, proto, FlowKey};
 use crate::packet::PacketBuf;
 use crate::table::{Affinity, Backend, Mode, Pool, RoutingTable, Service};
+use crate::wire::checksum::Delta;
 use crate::wire::{self, Parsed};
 
-use super::rewrite::{apply, src_mac};
+use super::rewrite::apply;
 use super::state::{Action, FlowValue, WorkerState};
 use super::verdict::{count, DropReason, Verdict};
 
@@ -32,19 +33,15 @@ pub(super) fn new_flow(
     if !wire::verify_l4_checksum(pkt.data(), p) {
         return Verdict::Drop(DropReason::BadL4Checksum);
     }
-    let Some((be, pool, bi)) = select(table, svc, key) else {
-        return Verdict::Drop(DropReason::NoBackend);
+    let client_mac = wire::src_mac(pkt.data());
+    // A fullnat flow needs the client's SYN: refused before the next hop is probed for it.
+    let gate = |pool: &Pool| match tcp && !syn && pool.mode == Mode::FullNat {
+        true => Err(DropReason::NoFlow),
+        false => Ok(()),
     };
-    if tcp && !syn && pool.mode == Mode::FullNat {
-        return Verdict::Drop(DropReason::NoFlow);
-    }
-    let mac = match backend_mac(table, svc, bi, be) {
-        Ok(m) => m,
+    let (mut fwd, be, pool) = match choose(table, svc, key, gate) {
+        Ok(c) => c,
         Err(r) => return Verdict::Drop(r),
-    };
-    let client_mac = src_mac(pkt.data());
-    let Some(mut fwd) = forward_value(table, svc, be, mac, pool, key) else {
-        return Verdict::Drop(DropReason::Unsupported);
     };
     fwd.by_syn = syn;
     let mut reply = None;
@@ -112,9 +109,25 @@ pub(super) fn new_flow(
     apply(table, pkt, p, &fwd, p.sport)
 }
 
+/// The one select -> MAC -> forward sequence of a new flow `key` (client -> VIP) of `svc`: Maglev's
+/// backend, the MAC of its next hop, and the client -> backend flow value. `gate` may refuse the
+/// backend's pool before its next hop is looked up (and probed).
+pub(super) fn choose<'t>(
+    table: &RoutingTable,
+    svc: &'t Service,
+    key: &FlowKey,
+    gate: impl FnOnce(&Pool) -> Result<(), DropReason>,
+) -> Result<(FlowValue, &'t Backend, &'t Pool), DropReason> {
+    let (be, pool, bi) = select(table, svc, key).ok_or(DropReason::NoBackend)?;
+    gate(pool)?;
+    let mac = backend_mac(table, svc, bi, be)?;
+    let fwd = forward_value(table, svc, be, mac, pool, key).ok_or(DropReason::Unsupported)?;
+    Ok((fwd, be, pool))
+}
+
 /// Maglev's backend (and its pool) for a new flow `key` (client -> VIP); `None` when every
 /// backend has weight 0.
-pub(super) fn select<'t>(
+fn select<'t>(
     table: &RoutingTable,
     svc: &'t Service,
     key: &FlowKey,
@@ -154,7 +167,7 @@ pub(super) fn backend_mac(
 /// The client -> backend half of a new flow `key` (client -> VIP) on backend `be`, whose next
 /// hop has `mac`. Fullnat's source address and port are filled in by the caller, which
 /// allocates them.
-pub(super) fn forward_value(
+fn forward_value(
     table: &RoutingTable,
     svc: &Service,
     be: &Backend,
@@ -180,8 +193,8 @@ pub(super) fn forward_value(
         svc_stat: svc.stat,
         be_stat: be.stat,
         by_syn: false,
-        l3_delta: 0,
-        l4_delta: 0,
+        l3_delta: Delta::default(),
+        l4_delta: Delta::default(),
     };
     match pool.mode {
         Mode::DsrIpip | Mode::DsrGue => {

@@ -7,8 +7,9 @@ use std::hash::BuildHasher;
 use crate::conntrack::{self, Conntrack, FlowState, Millis, TcpState};
 use crate::flow::{Addr, FlowKey};
 use crate::table::{Mode, RoutingTable};
+use crate::wire::checksum::Delta;
+use crate::wire::nat;
 
-use super::rewrite::{sub32, sum32};
 use super::verdict::{Counters, FlowCounters};
 
 /// What a tracked key does to the packets that match it.
@@ -48,24 +49,29 @@ pub struct FlowValue {
     /// still in `SynSent` is a SYN the backend never answered.
     pub(super) by_syn: bool,
     /// Checksum delta of the address rewrite (IPv4 header), computed once per flow.
-    pub(super) l3_delta: u64,
+    pub(super) l3_delta: Delta,
     /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
-    pub(super) l4_delta: u64,
+    pub(super) l4_delta: Delta,
 }
 
 impl FlowValue {
     /// Precomputes the checksum deltas of rewriting `key` (the tuple this value's packets carry)
     /// into `new_*`, so a packet of the flow costs two checksum adjustments, not four sums.
     pub(super) fn seal(mut self, key: &FlowKey) -> FlowValue {
-        let ports = |a: u16, b: u16| (u32::from(a) << 16) | u32::from(b);
-        self.l3_delta = sub32(key.src.wire_bytes())
-            + sub32(key.dst.wire_bytes())
-            + sum32(self.new_src.wire_bytes())
-            + sum32(self.new_dst.wire_bytes());
-        self.l4_delta = self.l3_delta
-            + u64::from(!ports(key.sport, key.dport))
-            + u64::from(ports(self.new_sport, self.new_dport));
+        (self.l3_delta, self.l4_delta) = nat::deltas(key, &self.new_key());
         self
+    }
+
+    /// The tuple this value rewrites its packets into.
+    #[inline]
+    pub(super) fn new_key(&self) -> FlowKey {
+        FlowKey {
+            src: self.new_src,
+            dst: self.new_dst,
+            sport: self.new_sport,
+            dport: self.new_dport,
+            proto: self.proto,
+        }
     }
 }
 

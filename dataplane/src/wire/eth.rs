@@ -30,3 +30,22 @@ pub fn write_eth(
     b[len - 2..len].copy_from_slice(&ethertype.to_be_bytes());
     Some(len)
 }
+
+/// The source MAC of a frame (all zero when the frame is shorter than that).
+#[inline]
+pub fn src_mac(frame: &[u8]) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    if let Some(s) = frame.get(6..12) {
+        m.copy_from_slice(s);
+    }
+    m
+}
+
+/// Sets a frame's destination and source MACs (nothing when the frame is shorter than that).
+#[inline]
+pub fn set_macs(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
+    if let Some(h) = frame.get_mut(..12) {
+        h[..6].copy_from_slice(&dst);
+        h[6..].copy_from_slice(&src);
+    }
+}

@@ -4,26 +4,38 @@
 //! allocation, no panic whatever the input) and [`verify_l4_checksum`] the slower check that only
 //! packets creating state or getting answered need; `quote` reads the packet an ICMP error
 //! quotes; [`checksum`] holds the RFC 1071/1624 arithmetic; `eth`, `arp`, `ipv4`, `ipv6`, `udp`,
-//! `icmp` and `nd` read and build their own headers.
+//! `icmp` and [`nd`] read and build their own headers, `ip` edits either IP header in place, and
+//! [`nat`] rewrites addresses and ports with incremental checksum updates.
 
 mod arp;
 pub mod checksum;
 mod eth;
 mod icmp;
+mod ip;
 mod ipv4;
 mod ipv6;
+pub mod nat;
+pub mod nd;
 mod parse;
 mod quote;
 mod udp;
 
 pub use arp::{ArpIpv4, ARP_IPV4_LEN, ARP_REPLY, ARP_REQUEST};
-pub use eth::{write_eth, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, ETH_LEN};
-pub use icmp::{is_icmpv4_error, is_icmpv6_error};
+pub use eth::{
+    set_macs, src_mac, write_eth, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN,
+    ETH_LEN,
+};
+pub use icmp::{
+    echo_reply_in_place, is_icmpv4_error, is_icmpv6_error,
+    refresh_checksum as refresh_icmp_checksum, write_too_big, ICMPV4_ECHO_REPLY,
+    ICMPV4_ECHO_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
+};
+pub use ip::{answer_in_place, refresh_ipv4_checksum, set_addrs, tos};
 pub use ipv4::{write_ipv4, Ipv4Fields};
 pub use ipv6::{write_ipv6, Ipv6Fields, MAX_IPV6_EXTENSIONS};
-pub use parse::{parse, verify_l4_checksum, Frag, ParseError, Parsed, L3};
+pub use parse::{ipv6_dst, parse, verify_l4_checksum, Frag, ParseError, Parsed, L3};
 pub use quote::{parse_icmp_quote, Quoted};
-pub use udp::write_udp;
+pub use udp::{fill_udp_checksum, write_udp};
 
 /// smoltcp's checked views and reprs, so callers need a single `wire::` import.
 pub use smoltcp::wire::{

@@ -357,6 +357,17 @@ fn parse_l4(
     Ok(f)
 }
 
+/// The destination of an IPv6 frame (untagged or with one VLAN tag) that [`parse`] refused: for
+/// telling whether a packet with an unsupported extension header was for us.
+pub fn ipv6_dst(frame: &[u8]) -> Option<Addr> {
+    let l3 = if be16(frame, 12) == ETHERTYPE_VLAN {
+        ETH_LEN + 4
+    } else {
+        ETH_LEN
+    };
+    frame.get(l3 + 24..l3 + 40).and_then(Addr::from_wire)
+}
+
 /// Verifies the transport checksum of a parsed IP packet: TCP, UDP, ICMPv4 and ICMPv6.
 ///
 /// UDP over IPv4 with checksum 0 carries none and is valid; over IPv6 it is invalid (RFC 8200).

@@ -3,7 +3,7 @@
 use super::icmp::{is_icmpv4_echo, is_icmpv4_error, is_icmpv6_echo, is_icmpv6_error};
 use super::ipv6::walk_ipv6_extensions;
 use super::{arr, Frag, Parsed, L3};
-use crate::flow::{proto, Addr};
+use crate::flow::{proto, Addr, FlowKey};
 
 /// The packet quoted by an ICMP error, as far as it is present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +28,19 @@ pub struct Quoted {
     pub dport: u16,
     /// True when the quote holds the ports (TCP/UDP: 4 bytes; ICMP echo: 8 bytes) and is no later fragment.
     pub ports_present: bool,
+}
+
+impl Quoted {
+    /// The flow key of the quoted packet's own direction (meaningful when `ports_present`).
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+        }
+    }
 }
 
 /// Parses the packet quoted by an ICMPv4 (types 3, 4, 11, 12) or ICMPv6 (types 1 to 4) error.

@@ -546,9 +546,9 @@ fn incremental_nat_rewrite_keeps_tcp_checksum_valid() {
     assert!(put_be16(
         &mut f,
         24,
-        checksum::update_bytes(ip_c, &old_dst, &backend)
+        checksum::Delta::replace(&old_dst, &backend).apply(ip_c)
     ));
-    let tcp_c = checksum::update_bytes(tcp_c, &old_dst, &backend);
+    let tcp_c = checksum::Delta::replace(&old_dst, &backend).apply(tcp_c);
     assert!(put_be16(&mut f, 50, checksum::update16(tcp_c, 80, 8080)));
     assert!(put_be16(&mut f, 36, 8080));
     let p = parse(&f).expect("rewritten frame still has a valid IP checksum");
