@@ -17,6 +17,7 @@
 //! - SYN-flood protection: TCP flows are *embryonic* until they are confirmed (handshake completed, or for
 //!   a flow picked up mid-stream, a second packet seen). Embryonic flows are capped by
 //!   [`Config::embryonic_budget`], and an insert may only evict embryonic flows, never confirmed ones.
+#![forbid(unsafe_code)]
 
 use crate::flow::FlowKey;
 

@@ -1,4 +1,5 @@
 //! Flow identity: addresses, the 5-tuple key, and the hashes used for Maglev and conntrack.
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -1,5 +1,6 @@
 //! A small, fixed routing table and frame builders, shared by benchmarks, the instruction counter,
 //! fuzz targets and tests, so they all exercise the same realistic setup.
+#![forbid(unsafe_code)]
 
 use crate::flow::{proto, Addr};
 use crate::maglev::DEFAULT_TABLE_SIZE;

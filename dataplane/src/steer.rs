@@ -19,6 +19,7 @@
 //! The hash uses the table's `hash_seed`, which is constant across generations, so a table swap
 //! does not move flows. Changing `snat_ports` or the number of workers does move fullnat replies
 //! (their slices change): that is a restart, not a reload.
+#![forbid(unsafe_code)]
 
 use std::collections::HashSet;
 

@@ -2,9 +2,9 @@
 //!
 //! A table is built off the hot path (by the control plane's `compile()`), never mutated, and swapped
 //! in whole. Everything a worker needs per packet is an index or a hash lookup away.
+#![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::flow::{hash_bytes, Addr};
@@ -581,57 +581,10 @@ impl RoutingTable {
     }
 }
 
-/// A fast, non-cryptographic hasher for the table's small keys. The keys stored come from config,
-/// so packets can only probe the map, not fill it with colliding keys.
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
-
-impl Hasher for FastHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        let mut h = self.0;
-        h ^= h >> 29;
-        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h ^ (h >> 32)
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(w));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(i as u64)
-    }
-
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.write_u64(i as u64)
-    }
-
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(i as u64)
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64)
-    }
-}
-
-/// `BuildHasher` for [`FastHasher`].
-pub type FastHash = BuildHasherDefault<FastHasher>;
+/// The hasher of the table's small keys (rustc-hash's Fx): fast and not keyed, which is safe
+/// here because the keys stored come from config, so packets can only probe the maps, not fill
+/// them with colliding keys.
+pub type FastHash = rustc_hash::FxBuildHasher;
 
 #[cfg(test)]
 mod tests {

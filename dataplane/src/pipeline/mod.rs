@@ -5,6 +5,7 @@
 //! `tracked` (packets of known flows), `rewrite` (address and port rewrite), `encap`
 //! (dsr-ipip, dsr-gue), `icmp` (errors about flows, too-big answers) and `answer` (ARP, ND
 //! and echo for our own addresses).
+#![forbid(unsafe_code)]
 
 mod answer;
 mod encap;

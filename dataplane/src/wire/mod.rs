@@ -6,6 +6,7 @@
 //! quotes; [`checksum`] holds the RFC 1071/1624 arithmetic; `eth`, `arp`, `ipv4`, `ipv6`, `udp`,
 //! `icmp` and [`nd`] read and build their own headers, `ip` edits either IP header in place, and
 //! [`nat`] rewrites addresses and ports with incremental checksum updates.
+#![forbid(unsafe_code)]
 
 mod arp;
 pub mod checksum;
