@@ -2,3 +2,5 @@
 //! fuzzing, tests), network namespace helpers, and the lab of namespaces behind `lb lab` and the
 //! end-to-end tests.
 #![forbid(unsafe_code)]
+
+pub mod sample;

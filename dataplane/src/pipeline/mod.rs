@@ -129,6 +129,3 @@ fn parse_error(table: &RoutingTable, frame: &[u8], e: ParseError) -> Verdict {
         | ParseError::BadUdpLength => DropReason::Malformed,
     })
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,13 +1,17 @@
-use super::*;
-use crate::conntrack::tcp_flags::{ACK as TCP_ACK, RST as TCP_RST, SYN as TCP_SYN};
-use crate::conntrack::Timeouts;
-use crate::conntrack::{self, Millis};
-use crate::flow::{proto, Addr};
-use crate::neighbor::NeighborCache;
-use crate::sample;
-use crate::table::{NeighborSpec, Prefix};
-use crate::wire::{checksum, Ipv6Fields};
+//! The pipeline end to end on the sample table: verdicts, rewrites, counters, neighbors and the
+//! SYN-flood guard, through the public `process` the workers run.
+
+use dataplane::conntrack::tcp_flags::{ACK as TCP_ACK, RST as TCP_RST, SYN as TCP_SYN};
+use dataplane::conntrack::Timeouts;
+use dataplane::conntrack::{self, Millis};
+use dataplane::flow::{proto, Addr};
+use dataplane::neighbor::NeighborCache;
+use dataplane::pipeline::FlowCounters;
+use dataplane::table::{NeighborSpec, Prefix};
+use dataplane::wire::{checksum, Ipv6Fields};
+use dataplane::{process, wire, DropReason, PacketBuf, RoutingTable, Verdict, WorkerState};
 use proptest::prelude::*;
+use testkit::sample;
 
 const HEAD: usize = 128;
 
