@@ -38,13 +38,6 @@ pub use parse::{ipv6_dst, parse, verify_l4_checksum, Frag, ParseError, Parsed, L
 pub use quote::{parse_icmp_quote, Quoted};
 pub use udp::{fill_udp_checksum, write_udp};
 
-/// smoltcp's checked views and reprs, so callers need a single `wire::` import.
-pub use smoltcp::wire::{
-    ArpHardware, ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame,
-    EthernetProtocol, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, Icmpv6Message, Icmpv6Packet,
-    Icmpv6Repr, Ipv4Packet, Ipv6Packet, NdiscNeighborFlags, NdiscRepr, TcpPacket, UdpPacket,
-};
-
 /// Reads a fixed-size array at `off`, or `None` past the end: indexing the array is then check-free.
 #[inline(always)]
 fn arr<const N: usize>(b: &[u8], off: usize) -> Option<&[u8; N]> {
@@ -57,28 +50,10 @@ pub fn be16(b: &[u8], off: usize) -> u16 {
     arr::<2>(b, off).map_or(0, |w| u16::from_be_bytes(*w))
 }
 
-/// The big-endian 32-bit word at `off`, or 0 when `b` is too short.
-#[inline]
-pub fn be32(b: &[u8], off: usize) -> u32 {
-    arr::<4>(b, off).map_or(0, |w| u32::from_be_bytes(*w))
-}
-
 /// Writes `v` big-endian at `off`; false (and `b` unchanged) when it does not fit.
 #[inline]
 pub fn put_be16(b: &mut [u8], off: usize, v: u16) -> bool {
     match off.checked_add(2).and_then(|end| b.get_mut(off..end)) {
-        Some(dst) => {
-            dst.copy_from_slice(&v.to_be_bytes());
-            true
-        }
-        None => false,
-    }
-}
-
-/// Writes `v` big-endian at `off`; false (and `b` unchanged) when it does not fit.
-#[inline]
-pub fn put_be32(b: &mut [u8], off: usize, v: u32) -> bool {
-    match off.checked_add(4).and_then(|end| b.get_mut(off..end)) {
         Some(dst) => {
             dst.copy_from_slice(&v.to_be_bytes());
             true

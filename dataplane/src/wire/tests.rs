@@ -208,7 +208,8 @@ fn echo_requests_put_identifier_in_both_ports() {
     assert_eq!((p.sport, p.dport), (0x1234, 0x1234));
     assert!(verify_l4_checksum(&f, &p));
     assert_eq!(parse_icmp_quote(&f, &p), None, "an echo is no error");
-    let view = Icmpv4Packet::new_checked(&f[p.l4_off..p.l3_end]).expect("smoltcp view");
+    let view =
+        smoltcp::wire::Icmpv4Packet::new_checked(&f[p.l4_off..p.l3_end]).expect("smoltcp view");
     assert_eq!(view.echo_ident(), 0x1234);
 
     let f = hex(V6_ECHO_REQUEST);
@@ -564,8 +565,6 @@ fn be16_helpers_are_bounds_checked() {
     assert!(!put_be16(&mut b, 2, 1));
     assert!(!put_be16(&mut b, usize::MAX, 1));
     assert_eq!(be16(&b, 2), 0);
-    assert!(!put_be32(&mut b, 0, 1));
-    assert_eq!(be32(&b, 0), 0);
     assert_eq!(be16(&b, usize::MAX), 0);
 }
 
