@@ -1,6 +1,6 @@
 //! One packet in, one verdict out: the whole L4 decision path the workers run.
 //!
-//! Rooms by job: [`verdict`] (verdicts and counters), `state` (per-worker state and the flow
+//! Rooms by job: `verdict` (verdicts and counters), `state` (per-worker state and the flow
 //! values conntrack stores), `new_flow` (service lookup, Maglev, the new flow's entries),
 //! `tracked` (packets of known flows), `rewrite` (address and port rewrite), `encap`
 //! (dsr-ipip, dsr-gue), `icmp` (errors about flows, too-big answers) and `answer` (ARP, ND

@@ -2,7 +2,7 @@
 
 use super::state::FlowValue;
 
-/// What to do with a frame after [`process`].
+/// What to do with a frame after [`process`](super::process).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Transmit the (rewritten) frame on the port.
