@@ -3,8 +3,8 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dataplane::conntrack::{Config, Timeouts};
 use dataplane::flow::Addr;
-use dataplane::sample;
 use dataplane::{process, PacketBuf, WorkerState};
+use testkit::sample;
 
 const FLOWS: usize = 1024;
 const HEADROOM: usize = 128;

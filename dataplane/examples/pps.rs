@@ -5,8 +5,8 @@
 
 use dataplane::conntrack::{Config, Timeouts};
 use dataplane::flow::Addr;
-use dataplane::sample;
 use dataplane::{process, PacketBuf, Verdict, WorkerState};
+use testkit::sample;
 
 const FLOWS: usize = 1024;
 const HEADROOM: usize = 128;

@@ -1,4 +1,5 @@
 //! Flow identity: addresses, the 5-tuple key, and the hashes used for Maglev and conntrack.
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -117,18 +118,6 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    /// The key of a parsed packet's own direction.
-    #[inline]
-    pub fn of(p: &crate::wire::Parsed) -> FlowKey {
-        FlowKey {
-            src: p.src,
-            dst: p.dst,
-            sport: p.sport,
-            dport: p.dport,
-            proto: p.proto,
-        }
-    }
-
     /// The key of the opposite direction.
     pub fn reversed(&self) -> FlowKey {
         FlowKey {

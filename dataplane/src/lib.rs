@@ -13,7 +13,6 @@ pub mod packet;
 pub mod pipeline;
 #[allow(unsafe_code)]
 pub mod port;
-pub mod sample;
 pub mod steer;
 pub mod table;
 pub mod wire;

@@ -11,6 +11,7 @@
 //!
 //! The table depends only on the set of (key, weight) pairs: backends are ordered by key before
 //! anything else, so the caller's order only decides which index a slot holds, never which backend.
+#![forbid(unsafe_code)]
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -15,6 +15,7 @@
 //! The [`Resolver`] is a pure state machine (frames out, time in) that worker 0 runs in its slow
 //! path: it probes unresolved slots (broadcast ARP request / multicast NS) with back-off, faster
 //! while new flows are waiting, and re-probes resolved ones (unicast) before they age out.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,5 @@
 //! A frame inside a buffer with headroom, so encapsulation can grow it in front without copying.
+#![forbid(unsafe_code)]
 
 /// A frame of `len` bytes starting at `head` inside `buf`. Bytes before `head` are headroom.
 #[derive(Debug)]

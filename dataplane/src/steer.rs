@@ -19,6 +19,7 @@
 //! The hash uses the table's `hash_seed`, which is constant across generations, so a table swap
 //! does not move flows. Changing `snat_ports` or the number of workers does move fullnat replies
 //! (their slices change): that is a restart, not a reload.
+#![forbid(unsafe_code)]
 
 use std::collections::HashSet;
 
@@ -104,7 +105,7 @@ fn decide(
         return ANY;
     }
     match p.proto {
-        proto::TCP | proto::UDP => by_tuple(table, &FlowKey::of(p), workers, nat_backends),
+        proto::TCP | proto::UDP => by_tuple(table, &p.key(), workers, nat_backends),
         proto::ICMP | proto::ICMPV6 => match wire::parse_icmp_quote(frame, p) {
             Some(q) if q.ports_present && matches!(q.proto, proto::TCP | proto::UDP) => {
                 let reverse = FlowKey {

@@ -8,6 +8,7 @@
 //!
 //! The only shared state on the hot path is the table (`ArcSwap::load`, once per burst) and the
 //! hand-off queues. Counters are published into an `ArcSwap` every 100 ms for the control plane.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -8,7 +8,8 @@
 use std::sync::OnceLock;
 
 use dataplane::conntrack::{Config, Timeouts};
-use dataplane::{process, sample, PacketBuf, RoutingTable, Verdict, WorkerState};
+use dataplane::{process, PacketBuf, RoutingTable, Verdict, WorkerState};
+use testkit::sample;
 use libfuzzer_sys::fuzz_target;
 
 const HEAD: usize = 128;

@@ -5,6 +5,7 @@
 
 pub mod lab;
 pub mod netns;
+pub mod sample;
 
 /// True when this process runs as root (namespaces, TAP devices and raw sockets need it).
 pub fn is_root() -> bool {

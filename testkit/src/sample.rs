@@ -1,10 +1,10 @@
 //! A small, fixed routing table and frame builders, shared by benchmarks, the instruction counter,
 //! fuzz targets and tests, so they all exercise the same realistic setup.
 
-use crate::flow::{proto, Addr};
-use crate::maglev::DEFAULT_TABLE_SIZE;
-use crate::table::{Affinity, Backend, Local, Mode, Pool, RoutingTable, ServiceSpec};
-use crate::wire::{self, checksum, Ipv4Fields};
+use dataplane::flow::{proto, Addr};
+use dataplane::maglev::DEFAULT_TABLE_SIZE;
+use dataplane::table::{Affinity, Backend, Local, Mode, Pool, RoutingTable, ServiceSpec};
+use dataplane::wire::{self, checksum, Ipv4Fields};
 
 /// Our MAC in the sample table.
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];

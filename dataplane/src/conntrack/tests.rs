@@ -1,0 +1,657 @@
+use super::tcp_flags::{ACK, FIN, RST, SYN};
+use super::*;
+use crate::flow::{proto, Addr};
+use proptest::prelude::*;
+
+const T: Timeouts = Timeouts {
+    tcp_syn: 5_000,
+    tcp_established: 900_000,
+    tcp_closing: 10_000,
+    udp: 30_000,
+};
+
+fn cfg(capacity: usize, embryonic_budget: usize) -> Config {
+    Config {
+        capacity,
+        embryonic_budget,
+        timeouts: T,
+    }
+}
+
+/// Client `n` -> VIP:80 (TCP) or VIP:53 (UDP).
+fn key(n: u32, p: u8) -> FlowKey {
+    let b = n.to_be_bytes();
+    FlowKey {
+        src: Addr::v4([10, b[1], b[2], b[3]]),
+        dst: Addr::v4([192, 0, 2, 1]),
+        sport: 1024 + (n >> 24) as u16,
+        dport: if p == proto::TCP { 80 } else { 53 },
+        proto: p,
+    }
+}
+
+/// The reply key of a nat flow for client `n`: backend -> client.
+fn rkey(n: u32, p: u8) -> FlowKey {
+    let k = key(n, p);
+    FlowKey {
+        src: Addr::v4([198, 51, 100, 7]),
+        dst: k.src,
+        sport: k.dport,
+        dport: k.sport,
+        proto: p,
+    }
+}
+
+const SYN_SENT: FlowState = FlowState::Tcp(TcpState::SynSent);
+const ESTABLISHED: FlowState = FlowState::Tcp(TcpState::Established);
+const UDP_NEW: FlowState = FlowState::Udp { replied: false };
+
+#[test]
+fn capacity_is_rounded_up_to_a_power_of_two_of_at_least_one_bucket() {
+    for (asked, got) in [
+        (0, 16),
+        (1, 16),
+        (16, 16),
+        (17, 32),
+        (1000, 1024),
+        (1 << 20, 1 << 20),
+    ] {
+        let ct: Conntrack<u8> = Conntrack::new(cfg(asked, 1));
+        assert_eq!(ct.capacity(), got, "capacity {asked}");
+        assert_eq!(ct.config().capacity, got);
+        assert!(ct.is_empty());
+    }
+}
+
+#[test]
+fn nat_handshake_walks_syn_sent_syn_received_established() {
+    let mut ct = Conntrack::new(cfg(1024, 16));
+    let (k, r) = (key(1, proto::TCP), rkey(1, proto::TCP));
+    let f = ct.insert(0, (&k, 'o'), Some((&r, 'r')), SYN_SENT).unwrap();
+    assert_eq!(ct.embryonic(), 1);
+    // The client's ACK before the backend's SYN+ACK proves nothing on a nat flow.
+    assert_eq!(ct.observe(f, Dir::Original, ACK, 1), SYN_SENT);
+    let hit = ct.lookup(&r, 2).unwrap();
+    assert_eq!((hit.flow, hit.dir), (f, Dir::Reply));
+    assert_eq!(
+        ct.observe(hit.flow, Dir::Reply, SYN | ACK, 2),
+        FlowState::Tcp(TcpState::SynReceived)
+    );
+    assert_eq!(ct.embryonic(), 1);
+    assert_eq!(ct.observe(f, Dir::Original, ACK, 3), ESTABLISHED);
+    assert_eq!(ct.embryonic(), 0);
+    assert_eq!(ct.state(f), ESTABLISHED);
+    assert_eq!(ct.len(), 1);
+}
+
+#[test]
+fn dsr_flow_is_established_by_the_clients_second_packet() {
+    let mut ct = Conntrack::new(cfg(1024, 16));
+    let k = key(2, proto::TCP);
+    let f = ct.insert(0, (&k, 0u32), None, SYN_SENT).unwrap();
+    // A retransmitted SYN is still a handshake in progress.
+    assert_eq!(ct.observe(f, Dir::Original, SYN, 1_000), SYN_SENT);
+    assert_eq!(ct.embryonic(), 1);
+    assert_eq!(ct.observe(f, Dir::Original, ACK, 1_010), ESTABLISHED);
+    assert_eq!(ct.embryonic(), 0);
+    assert_eq!(ct.reply_slot(f), None);
+}
+
+#[test]
+fn fin_from_both_sides_or_rst_closes() {
+    let mut ct = Conntrack::new(cfg(1024, 16));
+    let establish = |ct: &mut Conntrack<u8>, n| {
+        let f = ct
+            .insert(
+                0,
+                (&key(n, proto::TCP), 0),
+                Some((&rkey(n, proto::TCP), 0)),
+                SYN_SENT,
+            )
+            .unwrap();
+        ct.observe(f, Dir::Reply, SYN | ACK, 0);
+        ct.observe(f, Dir::Original, ACK, 0);
+        f
+    };
+    let f = establish(&mut ct, 1);
+    let fin_wait = FlowState::Tcp(TcpState::FinWait);
+    let closed = FlowState::Tcp(TcpState::Closed);
+    assert_eq!(ct.observe(f, Dir::Original, FIN | ACK, 1), fin_wait);
+    // A second FIN from the same side does not close.
+    assert_eq!(ct.observe(f, Dir::Original, FIN | ACK, 2), fin_wait);
+    assert_eq!(ct.observe(f, Dir::Reply, ACK, 3), fin_wait);
+    assert_eq!(ct.observe(f, Dir::Reply, FIN | ACK, 4), closed);
+    // The client reusing the port starts a new handshake on the same entry.
+    assert_eq!(ct.observe(f, Dir::Original, SYN, 5), SYN_SENT);
+    let g = establish(&mut ct, 2);
+    assert_eq!(ct.observe(g, Dir::Reply, RST, 1), closed);
+    let h = establish(&mut ct, 3);
+    assert_eq!(ct.observe(h, Dir::Original, RST | ACK, 1), closed);
+}
+
+#[test]
+fn udp_flow_is_replied_once_the_reply_direction_is_seen() {
+    let mut ct = Conntrack::new(cfg(1024, 0));
+    let (k, r) = (key(1, proto::UDP), rkey(1, proto::UDP));
+    // UDP is not embryonic, so a zero budget does not stop it.
+    let f = ct.insert(0, (&k, 1u8), Some((&r, 2u8)), UDP_NEW).unwrap();
+    assert_eq!(ct.embryonic(), 0);
+    assert_eq!(ct.observe(f, Dir::Original, 0, 1), UDP_NEW);
+    assert_eq!(
+        ct.observe(f, Dir::Reply, 0, 2),
+        FlowState::Udp { replied: true }
+    );
+    assert_eq!(
+        ct.observe(f, Dir::Original, 0, 3),
+        FlowState::Udp { replied: true }
+    );
+}
+
+#[test]
+fn each_state_expires_after_its_own_timeout() {
+    let mut ct = Conntrack::new(cfg(1024, 16));
+    let syn = key(1, proto::TCP);
+    let est = key(2, proto::TCP);
+    let fin = key(3, proto::TCP);
+    let udp = key(4, proto::UDP);
+    ct.insert(100, (&syn, 0u8), None, SYN_SENT).unwrap();
+    let e = ct.insert(100, (&est, 0), None, SYN_SENT).unwrap();
+    ct.observe(e, Dir::Original, ACK, 100);
+    let c = ct.insert(100, (&fin, 0), None, SYN_SENT).unwrap();
+    ct.observe(c, Dir::Original, ACK, 100);
+    ct.observe(c, Dir::Original, FIN | ACK, 100);
+    ct.insert(100, (&udp, 0), None, UDP_NEW).unwrap();
+    for (k, t) in [
+        (syn, T.tcp_syn),
+        (est, T.tcp_established),
+        (fin, T.tcp_closing),
+        (udp, T.udp),
+    ] {
+        assert!(
+            ct.lookup(&k, 100 + t - 1).is_some(),
+            "{k:?} alive just before {t} ms"
+        );
+        assert!(
+            ct.lookup(&k, 100 + t).is_none(),
+            "{k:?} expired after {t} ms"
+        );
+    }
+    // A packet refreshes the timer.
+    ct.observe(e, Dir::Original, ACK, 500_000);
+    assert!(ct.lookup(&est, 100 + T.tcp_established).is_some());
+    // Expired flows stay stored until collected.
+    assert_eq!(ct.len(), 4);
+}
+
+#[test]
+fn expire_with_reports_the_state_and_value_of_each_flow_it_removes() {
+    let mut ct = Conntrack::new(cfg(64, 64));
+    let a = ct
+        .insert(
+            0,
+            (&key(1, proto::TCP), 10),
+            Some((&rkey(1, proto::TCP), 11)),
+            SYN_SENT,
+        )
+        .unwrap();
+    let b = ct
+        .insert(
+            0,
+            (&key(2, proto::TCP), 20),
+            Some((&rkey(2, proto::TCP), 21)),
+            SYN_SENT,
+        )
+        .unwrap();
+    // The backend answers flow b's SYN.
+    ct.observe(b, Dir::Reply, SYN | ACK, 1);
+    let _ = a;
+    let mut seen = Vec::new();
+    let n = ct.expire_with(T.tcp_syn + 1, 64, |st, v| seen.push((st, *v)));
+    seen.sort_by_key(|s| s.1);
+    assert_eq!(n, 2);
+    assert_eq!(
+        seen,
+        vec![(SYN_SENT, 10), (FlowState::Tcp(TcpState::SynReceived), 20)],
+        "each flow once, with the value of its original key"
+    );
+}
+
+#[test]
+fn expire_examines_at_most_budget_slots_per_call() {
+    let mut ct = Conntrack::new(cfg(1024, 1024));
+    for n in 0..300 {
+        ct.insert(
+            0,
+            (&key(n, proto::UDP), n),
+            Some((&rkey(n, proto::UDP), n)),
+            UDP_NEW,
+        )
+        .unwrap();
+    }
+    let keep = key(1_000, proto::TCP);
+    let kf = ct.insert(0, (&keep, 7), None, SYN_SENT).unwrap();
+    ct.observe(kf, Dir::Original, ACK, T.udp);
+    // Nothing is due yet.
+    assert_eq!(ct.expire(T.udp - 1, 1024), 0);
+    let now = T.udp;
+    let mut calls = 0;
+    let mut removed = 0;
+    while ct.len() > 1 {
+        let r = ct.expire(now, 16);
+        assert!(r <= 16, "removed {r} flows while examining 16 slots");
+        removed += r;
+        calls += 1;
+        assert!(calls <= 1024 / 16 * 2, "expiry does not progress");
+    }
+    assert_eq!(removed, 300);
+    // One sweep of the table is enough, spread over many calls.
+    assert!(calls > 1 && calls <= 1024 / 16, "took {calls} calls");
+    assert_eq!(
+        ct.iter_flows().map(|(f, _, _)| f).collect::<Vec<_>>(),
+        vec![kf]
+    );
+    assert!(ct.lookup(&key(3, proto::UDP), now).is_none());
+    assert!(ct.lookup(&rkey(3, proto::UDP), now).is_none());
+}
+
+#[test]
+fn paired_keys_share_state_and_values_and_are_removed_together() {
+    let mut ct = Conntrack::new(cfg(1024, 16));
+    let (k, r) = (key(1, proto::TCP), rkey(1, proto::TCP));
+    let f = ct
+        .insert(0, (&k, 10u32), Some((&r, 20u32)), SYN_SENT)
+        .unwrap();
+    let ho = ct.lookup(&k, 1).unwrap();
+    let hr = ct.lookup(&r, 1).unwrap();
+    assert_eq!((ho.flow, ho.slot, ho.dir), (f, f, Dir::Original));
+    assert_eq!((hr.flow, hr.dir), (f, Dir::Reply));
+    assert_eq!(ct.reply_slot(f), Some(hr.slot));
+    assert_eq!((*ct.value(ho.slot), *ct.value(hr.slot)), (10, 20));
+    *ct.value_mut(hr.slot) = 21;
+    assert_eq!(*ct.value(hr.slot), 21);
+    ct.observe(hr.flow, Dir::Reply, SYN | ACK, 2);
+    assert_eq!(ct.state(hr.slot), FlowState::Tcp(TcpState::SynReceived));
+    assert_eq!(ct.state(f), FlowState::Tcp(TcpState::SynReceived));
+    assert_eq!(ct.len(), 1);
+    assert_eq!(ct.iter_flows().count(), 1);
+    // Removing through the reply key removes the whole flow.
+    ct.remove(hr.slot);
+    assert!(ct.lookup(&k, 3).is_none());
+    assert!(ct.lookup(&r, 3).is_none());
+    assert_eq!((ct.len(), ct.embryonic()), (0, 0));
+    // Removing again is harmless.
+    ct.remove(f);
+    assert_eq!(ct.len(), 0);
+    // And the keys can be tracked again.
+    ct.insert(4, (&r, 1), Some((&k, 2)), UDP_NEW).unwrap();
+    assert_eq!(ct.lookup(&k, 5).unwrap().dir, Dir::Reply);
+}
+
+#[test]
+fn live_key_is_exists_and_a_failed_insert_changes_nothing() {
+    let mut ct = Conntrack::new(cfg(1024, 16));
+    let (k, r) = (key(1, proto::TCP), rkey(1, proto::TCP));
+    let f = ct.insert(0, (&k, 1u8), Some((&r, 2u8)), SYN_SENT).unwrap();
+    let k2 = key(2, proto::TCP);
+    assert_eq!(
+        ct.insert(1, (&k, 9), None, SYN_SENT),
+        Err(InsertError::Exists)
+    );
+    assert_eq!(
+        ct.insert(1, (&k2, 9), Some((&r, 9)), SYN_SENT),
+        Err(InsertError::Exists)
+    );
+    assert_eq!(
+        ct.insert(1, (&k2, 9), Some((&k2, 9)), SYN_SENT),
+        Err(InsertError::Exists)
+    );
+    assert_eq!((ct.len(), ct.embryonic()), (1, 1));
+    assert!(ct.lookup(&k2, 1).is_none());
+    assert_eq!(*ct.value(ct.lookup(&r, 1).unwrap().slot), 2);
+    // Once expired, the same keys make a new flow (and the old entry is gone).
+    let g = ct
+        .insert(T.tcp_syn, (&k, 3), Some((&r, 4)), SYN_SENT)
+        .unwrap();
+    assert_eq!((ct.len(), ct.embryonic()), (1, 1));
+    assert_eq!(*ct.value(ct.lookup(&k, T.tcp_syn).unwrap().slot), 3);
+    assert_eq!(
+        ct.iter_flows().map(|(f, _, _)| f).collect::<Vec<_>>(),
+        vec![g]
+    );
+    let _ = f;
+}
+
+#[test]
+fn full_bucket_of_established_flows_rejects_even_syns() {
+    // One bucket: every key competes for the same 16 slots.
+    let mut ct = Conntrack::new(cfg(16, 16));
+    for n in 0..16 {
+        ct.insert(0, (&key(n, proto::UDP), n), None, UDP_NEW)
+            .unwrap();
+    }
+    assert_eq!(
+        ct.insert(0, (&key(99, proto::UDP), 0), None, UDP_NEW),
+        Err(InsertError::Full)
+    );
+    assert_eq!(
+        ct.insert(0, (&key(99, proto::TCP), 0), None, SYN_SENT),
+        Err(InsertError::Full)
+    );
+    assert_eq!(ct.len(), 16);
+    // An expired entry is reused.
+    let f = ct.lookup(&key(5, proto::UDP), 0).unwrap().flow;
+    ct.observe(f, Dir::Original, 0, 1_000);
+    let at = T.udp + 500;
+    ct.insert(at, (&key(99, proto::TCP), 0), None, SYN_SENT)
+        .unwrap();
+    assert!(ct.lookup(&key(5, proto::UDP), at).is_some());
+    // Only the reused entry went; the other expired ones wait for expire().
+    assert_eq!(ct.len(), 16);
+    assert_eq!(ct.expire(at, 16), 14);
+    assert_eq!(ct.len(), 2);
+}
+
+#[test]
+fn pair_insert_needs_room_for_both_keys() {
+    let mut ct = Conntrack::new(cfg(16, 16));
+    for n in 0..15 {
+        ct.insert(0, (&key(n, proto::UDP), n), None, UDP_NEW)
+            .unwrap();
+    }
+    let (k, r) = (key(99, proto::UDP), rkey(99, proto::UDP));
+    assert_eq!(
+        ct.insert(0, (&k, 0), Some((&r, 0)), UDP_NEW),
+        Err(InsertError::Full)
+    );
+    assert!(ct.lookup(&k, 0).is_none());
+    assert_eq!(ct.len(), 15);
+    ct.insert(0, (&k, 0), None, UDP_NEW).unwrap();
+    assert_eq!(ct.len(), 16);
+}
+
+#[test]
+fn syn_evicts_the_oldest_embryonic_flow_in_its_window() {
+    let mut ct = Conntrack::new(cfg(16, 2));
+    let (a, b, c) = (key(1, proto::TCP), key(2, proto::TCP), key(3, proto::TCP));
+    ct.insert(10, (&a, 1u8), None, SYN_SENT).unwrap();
+    let fb = ct.insert(0, (&b, 2u8), None, SYN_SENT).unwrap();
+    let _ = fb;
+    // At the budget: the least recently active embryonic flow (b) makes room.
+    ct.insert(20, (&c, 3u8), None, SYN_SENT).unwrap();
+    assert!(ct.lookup(&a, 20).is_some());
+    assert!(ct.lookup(&b, 20).is_none());
+    assert_eq!(*ct.value(ct.lookup(&c, 20).unwrap().slot), 3);
+    assert_eq!((ct.len(), ct.embryonic()), (2, 2));
+
+    // A full bucket of live flows: a SYN replaces the oldest embryonic one, never an established one.
+    let mut ct = Conntrack::new(cfg(16, 16));
+    for n in 0..16 {
+        let f = ct
+            .insert(n.into(), (&key(n, proto::TCP), n), None, SYN_SENT)
+            .unwrap();
+        if n != 7 && n != 9 {
+            ct.observe(f, Dir::Original, ACK, n.into());
+        }
+    }
+    assert_eq!(ct.embryonic(), 2);
+    ct.insert(100, (&key(50, proto::TCP), 50), None, SYN_SENT)
+        .unwrap();
+    assert!(ct.lookup(&key(7, proto::TCP), 100).is_none());
+    ct.insert(100, (&key(51, proto::TCP), 51), None, SYN_SENT)
+        .unwrap();
+    assert!(ct.lookup(&key(9, proto::TCP), 100).is_none());
+    // Now the window holds the two new embryonic flows and 14 established ones: UDP cannot evict.
+    assert_eq!(
+        ct.insert(100, (&key(52, proto::UDP), 0), None, UDP_NEW),
+        Err(InsertError::Full)
+    );
+    for n in (0..16).filter(|n| *n != 7 && *n != 9) {
+        let h = ct.lookup(&key(n, proto::TCP), 100).unwrap();
+        assert_eq!(*ct.value(h.slot), n);
+    }
+}
+
+#[test]
+fn embryonic_budget_fails_when_no_embryonic_flow_shares_the_window() {
+    let mut ct = Conntrack::new(cfg(1 << 16, 2));
+    let a = key(1, proto::TCP);
+    let b = key(2, proto::TCP);
+    ct.insert(0, (&a, 0u8), None, SYN_SENT).unwrap();
+    ct.insert(0, (&b, 0u8), None, SYN_SENT).unwrap();
+    let shares = |ct: &Conntrack<u8>, k: &FlowKey| {
+        let p = ct.probe(k);
+        [a, b].iter().any(|x| {
+            let s = ct.lookup(x, 0).unwrap().slot as usize;
+            p.buckets.iter().any(|&bk| (bk..bk + BUCKET).contains(&s))
+        })
+    };
+    let c = (3..)
+        .map(|n| key(n, proto::TCP))
+        .find(|k| !shares(&ct, k))
+        .unwrap();
+    assert_eq!(
+        ct.insert(1, (&c, 0), None, SYN_SENT),
+        Err(InsertError::EmbryonicBudget)
+    );
+    assert_eq!((ct.len(), ct.embryonic()), (2, 2));
+    // UDP is not held to the budget; an established flow leaves it and makes room.
+    ct.insert(1, (&key(3, proto::UDP), 0), None, UDP_NEW)
+        .unwrap();
+    let fa = ct.lookup(&a, 1).unwrap().flow;
+    ct.observe(fa, Dir::Original, ACK, 1);
+    ct.insert(1, (&c, 0), None, SYN_SENT).unwrap();
+    assert_eq!((ct.len(), ct.embryonic()), (4, 2));
+}
+
+#[test]
+fn mid_stream_pickup_is_embryonic_until_its_next_packet() {
+    let mut ct = Conntrack::new(cfg(1024, 1));
+    let k = key(1, proto::TCP);
+    let f = ct.insert(0, (&k, 0u8), None, ESTABLISHED).unwrap();
+    assert_eq!(ct.state(f), ESTABLISHED);
+    assert_eq!(ct.embryonic(), 1);
+    // Unconfirmed, it lives only as long as a SYN would.
+    assert_eq!(ct.deadline(f), Some(T.tcp_syn));
+    assert_eq!(
+        ct.insert(0, (&key(2, proto::TCP), 0), None, ESTABLISHED),
+        Err(InsertError::EmbryonicBudget)
+    );
+    assert_eq!(ct.observe(f, Dir::Original, ACK, 10), ESTABLISHED);
+    assert_eq!(ct.embryonic(), 0);
+    assert_eq!(ct.deadline(f), Some(10 + T.tcp_established));
+}
+
+#[test]
+fn unused_slots_are_harmless_to_state_observe_and_remove() {
+    let mut ct: Conntrack<u8> = Conntrack::new(cfg(16, 1));
+    assert_eq!(ct.state(3), FlowState::Tcp(TcpState::Closed));
+    assert_eq!(
+        ct.observe(3, Dir::Reply, SYN, 0),
+        FlowState::Tcp(TcpState::Closed)
+    );
+    assert_eq!(
+        ct.observe(u32::MAX, Dir::Reply, SYN, 0),
+        FlowState::Tcp(TcpState::Closed)
+    );
+    ct.remove(3);
+    ct.remove(u32::MAX);
+    assert_eq!(ct.expire(0, usize::MAX), 0);
+    assert_eq!((ct.len(), ct.embryonic(), ct.key(3)), (0, 0, None));
+}
+
+/// Counters agree with what the table holds, and every unexpired stored key is found.
+fn check_consistent(ct: &Conntrack<u32>, now: Millis) -> Result<(), TestCaseError> {
+    let flows: Vec<_> = ct.iter_flows().collect();
+    prop_assert_eq!(ct.len(), flows.len());
+    let emb = flows
+        .iter()
+        .filter(|(f, _, _)| ct.is_embryonic_flow(*f))
+        .count();
+    prop_assert_eq!(ct.embryonic(), emb);
+    prop_assert!(emb <= ct.config().embryonic_budget);
+    for (f, k, _) in flows {
+        let live = now < ct.deadline(f).unwrap();
+        prop_assert_eq!(ct.lookup(k, now).map(|h| h.flow), live.then_some(f));
+        if let Some(r) = ct.reply_slot(f) {
+            let h = ct.lookup(ct.key(r).unwrap(), now);
+            prop_assert_eq!(
+                h.map(|h| (h.flow, h.slot, h.dir)),
+                live.then_some((f, r, Dir::Reply))
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Insert {
+        n: u32,
+        paired: bool,
+        tcp: bool,
+        initial: u8,
+    },
+    Observe {
+        pick: usize,
+        reply: bool,
+        flags: u8,
+    },
+    Remove {
+        pick: usize,
+    },
+    Expire {
+        budget: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u32..80, any::<bool>(), any::<bool>(), 0u8..3)
+            .prop_map(|(n, paired, tcp, initial)| Op::Insert { n, paired, tcp, initial }),
+        4 => (any::<usize>(), any::<bool>(), any::<u8>())
+            .prop_map(|(pick, reply, flags)| Op::Observe { pick, reply, flags }),
+        1 => any::<usize>().prop_map(|pick| Op::Remove { pick }),
+        1 => (0usize..40).prop_map(|budget| Op::Expire { budget }),
+        2 => (0u64..8_000).prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn any_operation_sequence_keeps_counters_and_lookups_consistent(
+        ops in proptest::collection::vec(op(), 1..300),
+        cap in prop_oneof![Just(16usize), Just(32), Just(64)],
+        budget in 0usize..12,
+    ) {
+        let mut ct: Conntrack<u32> = Conntrack::new(cfg(cap, budget));
+        let mut now = 0;
+        for op in ops {
+            match op {
+                Op::Insert { n, paired, tcp, initial } => {
+                    let p = if tcp { proto::TCP } else { proto::UDP };
+                    let st = match (tcp, initial) {
+                        (false, _) => UDP_NEW,
+                        (true, 0) => SYN_SENT,
+                        (true, 1) => ESTABLISHED,
+                        (true, _) => FlowState::Tcp(TcpState::FinWait),
+                    };
+                    let (k, r) = (key(n, p), rkey(n % 20, p));
+                    let before = (ct.len(), ct.lookup(&k, now), ct.lookup(&r, now));
+                    let res = ct.insert(now, (&k, n), paired.then_some((&r, n + 1000)), st);
+                    match res {
+                        Ok(f) => {
+                            prop_assert_eq!(ct.lookup(&k, now).map(|h| h.flow), Some(f));
+                            prop_assert_eq!(ct.state(f), st);
+                            prop_assert_eq!(*ct.value(f), n);
+                        }
+                        Err(InsertError::Exists) => {
+                            prop_assert!(before.1.is_some() || (paired && before.2.is_some()));
+                            prop_assert_eq!(ct.len(), before.0);
+                        }
+                        Err(_) => prop_assert_eq!(ct.len(), before.0),
+                    }
+                }
+                Op::Observe { pick, reply, flags } => {
+                    let flows: Vec<u32> = ct.iter_flows().map(|(f, _, _)| f).collect();
+                    if !flows.is_empty() {
+                        let f = flows[pick % flows.len()];
+                        let dir = if reply { Dir::Reply } else { Dir::Original };
+                        let s = ct.observe(f, dir, flags, now);
+                        prop_assert_eq!(ct.state(f), s);
+                    }
+                }
+                Op::Remove { pick } => {
+                    let flows: Vec<u32> = ct.iter_flows().map(|(f, _, _)| f).collect();
+                    if !flows.is_empty() {
+                        let f = flows[pick % flows.len()];
+                        let k = *ct.key(f).unwrap();
+                        ct.remove(f);
+                        prop_assert!(ct.lookup(&k, now).is_none());
+                    }
+                }
+                Op::Expire { budget } => {
+                    let before = ct.len();
+                    let r = ct.expire(now, budget);
+                    prop_assert!(r <= budget);
+                    prop_assert_eq!(ct.len(), before - r);
+                }
+                Op::Advance { ms } => now += ms,
+            }
+            check_consistent(&ct, now)?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn syn_flood_never_evicts_an_established_flow(
+        fill in 0.0f64..0.7,
+        flood in proptest::collection::vec((any::<u32>(), any::<bool>(), 0u64..50), 1000..4000),
+        seed in any::<u64>(),
+    ) {
+        let cap = 4096;
+        let mut ct: Conntrack<u32> = Conntrack::with_seed(cfg(cap, 256), seed);
+        // Establish flows until `fill` of the slots hold keys; every other one is a nat pair.
+        let mut est = Vec::new();
+        let mut n = 0u32;
+        let mut keys = 0;
+        while keys < (cap as f64 * fill) as usize {
+            n += 1;
+            let paired = n % 2 == 0;
+            let (k, r) = (key(n, proto::TCP), rkey(n, proto::TCP));
+            let f = ct.insert(0, (&k, n), paired.then_some((&r, !n)), SYN_SENT);
+            let f = f.map_err(|e| TestCaseError::fail(format!("establishing at {keys} keys: {e}")))?;
+            if paired {
+                ct.observe(f, Dir::Reply, SYN | ACK, 0);
+            }
+            prop_assert_eq!(ct.observe(f, Dir::Original, ACK, 0), ESTABLISHED);
+            est.push((n, paired));
+            keys += 1 + usize::from(paired);
+        }
+        let mut now = 0;
+        for (i, (x, paired, dt)) in flood.into_iter().enumerate() {
+            now += dt;
+            // Flood keys live outside 10/8 and the backend's address, so they never equal a real one.
+            let k = FlowKey { src: Addr::v4(x.to_be_bytes()).max(Addr::v4([11, 0, 0, 0])), sport: i as u16, ..key(0, proto::TCP) };
+            let r = FlowKey { dst: Addr::v4([172, 16, 0, 1]), ..k.reversed() };
+            let _ = ct.insert(now, (&k, 0), paired.then_some((&r, 0)), SYN_SENT);
+            if i % 64 == 0 {
+                ct.expire(now, 256);
+            }
+            prop_assert!(ct.embryonic() <= 256);
+        }
+        prop_assert!(now < T.tcp_established);
+        for (n, paired) in est {
+            let h = ct.lookup(&key(n, proto::TCP), now).unwrap();
+            prop_assert_eq!((*ct.value(h.slot), ct.state(h.flow)), (n, ESTABLISHED));
+            if paired {
+                let h = ct.lookup(&rkey(n, proto::TCP), now).unwrap();
+                prop_assert_eq!(*ct.value(h.slot), !n);
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! dsr-ipip and dsr-gue: the client's packet, unchanged, inside an outer IP (and UDP) header.
+
+use crate::flow::proto;
+use crate::packet::PacketBuf;
+use crate::table::RoutingTable;
+use crate::wire::{self, Ipv4Fields, Ipv6Fields, Parsed, L3};
+
+use super::icmp::too_big;
+use super::state::{Action, FlowValue};
+use super::verdict::{DropReason, Verdict};
+use super::OUR_TTL;
+
+/// Puts the frame's IP packet, unchanged, inside an outer IP (and UDP for GUE) header.
+pub(super) fn encap(
+    table: &RoutingTable,
+    pkt: &mut PacketBuf<'_>,
+    p: &Parsed,
+    val: &FlowValue,
+    entropy: u16,
+) -> Verdict {
+    let inner_len = p.l3_end - p.l3_off;
+    let outer_v4 = val.new_dst.is_v4();
+    if outer_v4 && p.l3 == L3::Ipv6 {
+        return Verdict::Drop(DropReason::Unsupported);
+    }
+    let ip_len = if outer_v4 { 20 } else { 40 };
+    let udp_len = if val.action == Action::Gue { 8 } else { 0 };
+    let overhead = ip_len + udp_len;
+    let mtu = usize::from(table.local.mtu);
+    if inner_len + overhead > mtu {
+        let report = mtu.saturating_sub(overhead) as u32;
+        return too_big(table, pkt, p, report);
+    }
+    let inner_tos = wire::tos(pkt.data(), p.l3_off, p.l3 == L3::Ipv4);
+    // Trailing Ethernet padding stays behind the packet; the outer length excludes it.
+    if !pkt.push_front(overhead) {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
+    let l2 = p.l3_off;
+    let d = pkt.data_mut();
+    let outer_type = if outer_v4 {
+        wire::ETHERTYPE_IPV4
+    } else {
+        wire::ETHERTYPE_IPV6
+    };
+    if wire::write_eth(d, val.mac, table.local.mac, p.vlan, outer_type).is_none() {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
+    let next = if udp_len > 0 {
+        proto::UDP
+    } else if p.l3 == L3::Ipv4 {
+        proto::IPIP
+    } else {
+        proto::IPV6
+    };
+    let payload = (inner_len + udp_len) as u16;
+    let Some(out) = d.get_mut(l2..) else {
+        return Verdict::Drop(DropReason::NoRoom);
+    };
+    let written = if outer_v4 {
+        wire::write_ipv4(
+            out,
+            &Ipv4Fields {
+                src: val.new_src.v4_octets(),
+                dst: val.new_dst.v4_octets(),
+                proto: next,
+                payload_len: payload,
+                ttl: OUR_TTL,
+                tos: inner_tos,
+                id: 0,
+                flags_frag: 0,
+            },
+        )
+    } else {
+        wire::write_ipv6(
+            out,
+            &Ipv6Fields {
+                src: val.new_src.0,
+                dst: val.new_dst.0,
+                next_header: next,
+                payload_len: payload,
+                hop_limit: OUR_TTL,
+                traffic_class: inner_tos,
+                flow_label: 0,
+            },
+        )
+    };
+    if written.is_none() {
+        return Verdict::Drop(DropReason::NoRoom);
+    }
+    if udp_len > 0 {
+        let Some(udp) = out.get_mut(ip_len..) else {
+            return Verdict::Drop(DropReason::NoRoom);
+        };
+        if wire::write_udp(udp, entropy, val.gue_port, inner_len as u16).is_none() {
+            return Verdict::Drop(DropReason::NoRoom);
+        }
+        if !outer_v4 {
+            // IPv6 requires a UDP checksum (RFC 8200); IPv4's outer GUE header goes without.
+            wire::fill_udp_checksum(&mut udp[..inner_len + 8], &val.new_src, &val.new_dst);
+        }
+    }
+    Verdict::Tx
+}

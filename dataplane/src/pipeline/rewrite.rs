@@ -1,0 +1,48 @@
+//! Forwarding a packet by its flow value: address and port rewrite (nat, fullnat) or a MAC change
+//! (dr); encapsulating actions go to `encap`.
+
+use crate::packet::PacketBuf;
+use crate::table::RoutingTable;
+use crate::wire::nat::{self, IpAt};
+use crate::wire::{self, Parsed, L3};
+
+use super::encap::encap;
+use super::state::{Action, FlowValue};
+use super::verdict::{DropReason, Verdict};
+
+/// Forwards a packet according to a flow value. `entropy` is the GUE source port.
+pub(super) fn apply(
+    table: &RoutingTable,
+    pkt: &mut PacketBuf<'_>,
+    p: &Parsed,
+    val: &FlowValue,
+    entropy: u16,
+) -> Verdict {
+    match val.action {
+        Action::Rewrite => {
+            if val.new_src.is_v4() != (p.l3 == L3::Ipv4)
+                || val.new_dst.is_v4() != val.new_src.is_v4()
+            {
+                return Verdict::Drop(DropReason::Unsupported);
+            }
+            let d = pkt.data_mut();
+            let at = IpAt {
+                l3: p.l3_off,
+                l4: p.l4_off,
+                end: p.l3_end,
+                v4: p.l3 == L3::Ipv4,
+                proto: p.proto,
+            };
+            let ports = nat::ports(val.new_sport, val.new_dport);
+            let deltas = (val.l3_delta, val.l4_delta);
+            nat::rewrite(d, at, &val.new_src, &val.new_dst, ports, deltas);
+            wire::set_macs(d, val.mac, table.local.mac);
+            Verdict::Tx
+        }
+        Action::Mac => {
+            wire::set_macs(pkt.data_mut(), val.mac, table.local.mac);
+            Verdict::Tx
+        }
+        Action::Ipip | Action::Gue => encap(table, pkt, p, val, entropy),
+    }
+}

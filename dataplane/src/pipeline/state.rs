@@ -1,0 +1,189 @@
+//! Per-worker state: the connection table and what it stores per key, counters, and this
+//! worker's slice of the fullnat source ports.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+
+use crate::conntrack::{self, Conntrack, FlowState, Millis, TcpState};
+use crate::flow::{Addr, FlowKey};
+use crate::table::{Mode, RoutingTable};
+use crate::wire::checksum::Delta;
+use crate::wire::nat;
+
+use super::verdict::{Counters, FlowCounters};
+
+/// What a tracked key does to the packets that match it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Action {
+    /// Rewrite addresses and ports to `new_*` (nat, fullnat and their replies).
+    Rewrite,
+    /// Encapsulate in IP towards `new_dst` from `new_src`.
+    Ipip,
+    /// Encapsulate in UDP/GUE towards `new_dst:gue_port` from `new_src`.
+    Gue,
+    /// Change the destination MAC only.
+    Mac,
+}
+
+/// The per-key value stored in conntrack: everything needed to forward a packet of that direction
+/// without looking at the routing table, plus what identifies the backend across table swaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowValue {
+    pub(super) action: Action,
+    pub(super) mode: Mode,
+    pub(super) new_src: Addr,
+    pub(super) new_dst: Addr,
+    pub(super) new_sport: u16,
+    pub(super) new_dport: u16,
+    pub(super) mac: [u8; 6],
+    pub(super) gue_port: u16,
+    pub(super) vip: Addr,
+    pub(super) vport: u16,
+    pub(super) proto: u8,
+    pub(super) backend: Addr,
+    pub(super) backend_port: u16,
+    pub(super) generation: u64,
+    pub(super) svc_stat: u32,
+    pub(super) be_stat: u32,
+    /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
+    /// still in `SynSent` is a SYN the backend never answered.
+    pub(super) by_syn: bool,
+    /// Checksum delta of the address rewrite (IPv4 header), computed once per flow.
+    pub(super) l3_delta: Delta,
+    /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
+    pub(super) l4_delta: Delta,
+}
+
+impl FlowValue {
+    /// Precomputes the checksum deltas of rewriting `key` (the tuple this value's packets carry)
+    /// into `new_*`, so a packet of the flow costs two checksum adjustments, not four sums.
+    pub(super) fn seal(mut self, key: &FlowKey) -> FlowValue {
+        (self.l3_delta, self.l4_delta) = nat::deltas(key, &self.new_key());
+        self
+    }
+
+    /// The tuple this value rewrites its packets into.
+    #[inline]
+    pub(super) fn new_key(&self) -> FlowKey {
+        FlowKey {
+            src: self.new_src,
+            dst: self.new_dst,
+            sport: self.new_sport,
+            dport: self.new_dport,
+            proto: self.proto,
+        }
+    }
+}
+
+/// Per-worker state: conntrack, counters, fullnat port allocator.
+#[derive(Debug)]
+pub struct WorkerState {
+    /// This worker's index.
+    pub worker: u16,
+    /// How many workers share the traffic.
+    pub workers: u16,
+    /// The connection table.
+    pub ct: Conntrack<FlowValue>,
+    /// Counters.
+    pub counters: Counters,
+    snat_lo: u16,
+    snat_hi: u16,
+    snat_next: u16,
+    pub(super) generation: Option<u64>,
+}
+
+impl WorkerState {
+    /// State for worker `worker` of `workers`, with a conntrack table sized by `ct` whose hash
+    /// seed is random per process, so packets cannot be crafted to pile into one bucket.
+    pub fn new(worker: u16, workers: u16, ct: conntrack::Config) -> WorkerState {
+        Self::with_seed(worker, workers, ct, RandomState::new().hash_one(worker))
+    }
+
+    /// The same with a fixed conntrack hash seed, for runs that must repeat exactly
+    /// (instruction counts, benchmarks).
+    pub fn with_seed(worker: u16, workers: u16, ct: conntrack::Config, seed: u64) -> WorkerState {
+        WorkerState {
+            worker,
+            workers: workers.max(1),
+            ct: Conntrack::with_seed(ct, seed),
+            counters: Counters::default(),
+            snat_lo: 0,
+            snat_hi: 0,
+            snat_next: 0,
+            generation: None,
+        }
+    }
+
+    /// Adopts a new table: sizes the counters and this worker's slice of the fullnat ports.
+    /// Runs once per table generation (it may allocate), never per packet.
+    pub fn adopt(&mut self, table: &RoutingTable) {
+        let c = &mut self.counters;
+        if c.services.len() < table.service_stat_slots() {
+            c.services
+                .resize(table.service_stat_slots(), FlowCounters::default());
+        }
+        if c.backends.len() < table.backend_stat_slots() {
+            c.backends
+                .resize(table.backend_stat_slots(), FlowCounters::default());
+        }
+        let (lo, hi) = snat_slice(table.local.snat_ports, self.worker, self.workers);
+        if (lo, hi) != (self.snat_lo, self.snat_hi) {
+            self.snat_lo = lo;
+            self.snat_hi = hi;
+            self.snat_next = lo;
+        }
+        self.generation = Some(table.generation);
+    }
+
+    /// Incremental conntrack expiry (the worker's slow path): removes at most `budget` slots'
+    /// worth of expired flows and counts, per backend, the nat/fullnat TCP flows that expire
+    /// while still waiting for the backend's SYN+ACK (`FlowCounters::unanswered_syns`).
+    /// Returns how many flows were removed.
+    pub fn expire(&mut self, now: Millis, budget: usize) -> usize {
+        let WorkerState { ct, counters, .. } = self;
+        ct.expire_with(now, budget, |fs, val| {
+            let unanswered = fs == FlowState::Tcp(TcpState::SynSent) && val.by_syn;
+            if unanswered && val.mode.replies_through_us() {
+                if let Some(b) = counters.backends.get_mut(val.be_stat as usize) {
+                    b.unanswered_syns += 1;
+                }
+            }
+        })
+    }
+
+    /// Next fullnat source port whose reply key (backend -> snat:port) is free.
+    pub(super) fn alloc_port(&mut self, key: &mut FlowKey, now: Millis) -> Option<u16> {
+        if self.snat_hi < self.snat_lo || self.snat_lo == 0 {
+            return None;
+        }
+        let span = u32::from(self.snat_hi - self.snat_lo) + 1;
+        // Bounded: a burst must not stall on a crowded range; the next flow tries further on.
+        for _ in 0..span.min(64) {
+            let port = self.snat_next;
+            self.snat_next = if port >= self.snat_hi {
+                self.snat_lo
+            } else {
+                port + 1
+            };
+            key.dport = port;
+            if self.ct.lookup(key, now).is_none() {
+                return Some(port);
+            }
+        }
+        None
+    }
+}
+
+/// Worker `w` of `n` gets the `w`-th of `n` equal slices of the port range.
+pub fn snat_slice(range: (u16, u16), w: u16, n: u16) -> (u16, u16) {
+    let (lo, hi) = range;
+    if hi < lo || n == 0 {
+        return (0, 0);
+    }
+    let per = (u32::from(hi - lo) + 1) / u32::from(n);
+    if per == 0 {
+        return (0, 0);
+    }
+    let start = u32::from(lo) + per * u32::from(w);
+    (start as u16, (start + per - 1) as u16)
+}

@@ -1,0 +1,174 @@
+//! What the pipeline decides for a frame, and the per-worker counters that record it.
+
+use super::state::FlowValue;
+
+/// What to do with a frame after [`process`](super::process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit the (rewritten) frame on the port.
+    Tx,
+    /// Drop it, counted under the reason.
+    Drop(DropReason),
+    /// Hand it to the L7 proxy.
+    ToL7,
+    /// Not ours: give it to the host's stack.
+    ToHost,
+}
+
+/// Why a frame was dropped. Every reason has its own counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Shorter than a header it announces (or an empty frame).
+    Truncated,
+    /// Inconsistent header fields (IHL, lengths, TCP data offset, UDP length, IP version).
+    Malformed,
+    /// IPv4 header checksum wrong.
+    BadIpChecksum,
+    /// TCP/UDP/ICMP checksum wrong on a packet that would create state or be answered.
+    BadL4Checksum,
+    /// An IPv6 extension header we do not walk, on a packet for us.
+    UnsupportedExtension,
+    /// An IP fragment for a VIP.
+    Fragment,
+    /// A VIP, but no service for that protocol and port.
+    NoService,
+    /// The service has no backend with weight above 0.
+    NoBackend,
+    /// A fullnat TCP packet without a SYN and without state.
+    NoFlow,
+    /// No room in the connection table.
+    ConntrackFull,
+    /// Too many flows mid-handshake: the SYN-flood guard.
+    EmbryonicBudget,
+    /// No free fullnat source port.
+    SnatExhausted,
+    /// The flow's backend was removed from its service.
+    BackendGone,
+    /// An ICMP error to one of our addresses that quotes no tracked flow.
+    IcmpUntracked,
+    /// Growing the frame (encapsulation) found no headroom or room in the buffer.
+    NoRoom,
+    /// A configuration we cannot forward (e.g. address family mismatch at run time).
+    Unsupported,
+    /// A new flow's next hop (backend or gateway) has no resolved MAC yet; it is being probed.
+    NoNeighbor,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 17] = [
+        DropReason::Truncated,
+        DropReason::Malformed,
+        DropReason::BadIpChecksum,
+        DropReason::BadL4Checksum,
+        DropReason::UnsupportedExtension,
+        DropReason::Fragment,
+        DropReason::NoService,
+        DropReason::NoBackend,
+        DropReason::NoFlow,
+        DropReason::ConntrackFull,
+        DropReason::EmbryonicBudget,
+        DropReason::SnatExhausted,
+        DropReason::BackendGone,
+        DropReason::IcmpUntracked,
+        DropReason::NoRoom,
+        DropReason::Unsupported,
+        DropReason::NoNeighbor,
+    ];
+
+    /// The kebab-case name used by `lb sim`, fixtures and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::Malformed => "malformed",
+            DropReason::BadIpChecksum => "bad-ip-checksum",
+            DropReason::BadL4Checksum => "bad-l4-checksum",
+            DropReason::UnsupportedExtension => "unsupported-extension",
+            DropReason::Fragment => "fragment",
+            DropReason::NoService => "no-service",
+            DropReason::NoBackend => "no-backend",
+            DropReason::NoFlow => "no-flow",
+            DropReason::ConntrackFull => "conntrack-full",
+            DropReason::EmbryonicBudget => "embryonic-budget",
+            DropReason::SnatExhausted => "snat-exhausted",
+            DropReason::BackendGone => "backend-gone",
+            DropReason::IcmpUntracked => "icmp-untracked",
+            DropReason::NoRoom => "no-room",
+            DropReason::Unsupported => "unsupported",
+            DropReason::NoNeighbor => "no-neighbor",
+        }
+    }
+}
+
+impl Verdict {
+    /// `tx`, `to-host`, `to-l7` or `drop:<reason>`, as `lb sim` prints and fixtures expect.
+    pub fn name(&self) -> String {
+        match self {
+            Verdict::Tx => "tx".into(),
+            Verdict::ToHost => "to-host".into(),
+            Verdict::ToL7 => "to-l7".into(),
+            Verdict::Drop(r) => format!("drop:{}", r.name()),
+        }
+    }
+}
+
+/// Packets, bytes and new flows of one service or backend on one worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded (frame lengths as received).
+    pub bytes: u64,
+    /// Flows created.
+    pub new_flows: u64,
+    /// TCP resets the backend sent (backends only; fullnat and nat, whose replies we see).
+    pub resets: u64,
+    /// Flows whose SYN the backend never answered before the flow expired (backends only;
+    /// fullnat and nat).
+    pub unanswered_syns: u64,
+}
+
+/// One worker's counters. Only the worker writes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames transmitted.
+    pub tx_packets: u64,
+    /// Bytes transmitted.
+    pub tx_bytes: u64,
+    /// Frames handed to the host.
+    pub to_host: u64,
+    /// Frames handed to the L7 proxy.
+    pub to_l7: u64,
+    /// Drops, indexed by `DropReason as usize`.
+    pub drops: [u64; DropReason::ALL.len()],
+    /// Per service, indexed by `Service::stat`.
+    pub services: Vec<FlowCounters>,
+    /// Per backend, indexed by `Backend::stat`.
+    pub backends: Vec<FlowCounters>,
+}
+
+impl Counters {
+    /// Drops for one reason.
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+}
+
+/// Counts one forwarded packet of a flow for its service and backend.
+pub(super) fn count(c: &mut Counters, val: &FlowValue, len: u64, new: bool) {
+    if let Some(s) = c.services.get_mut(val.svc_stat as usize) {
+        s.packets += 1;
+        s.bytes += len;
+        s.new_flows += u64::from(new);
+    }
+    if let Some(b) = c.backends.get_mut(val.be_stat as usize) {
+        b.packets += 1;
+        b.bytes += len;
+        b.new_flows += u64::from(new);
+    }
+}

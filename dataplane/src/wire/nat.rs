@@ -1,0 +1,128 @@
+//! NAT: rewriting an IP packet's (or an ICMP quote's) addresses and ports in place, with
+//! incremental checksum updates (RFC 1624) of the IPv4 header and the TCP/UDP checksum.
+
+use super::checksum::Delta;
+use super::{be16, put_be16};
+use crate::flow::{proto, Addr, FlowKey};
+
+/// Where the headers of an IP packet sit in a frame, for [`rewrite`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpAt {
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the transport header.
+    pub l4: usize,
+    /// Offset just past the bytes present (quotes in ICMP errors are truncated).
+    pub end: usize,
+    /// IPv4 (else IPv6).
+    pub v4: bool,
+    /// Transport protocol.
+    pub proto: u8,
+}
+
+/// The checksum deltas of rewriting a packet of `from` into `to`: the IPv4 header's (addresses)
+/// and the transport's (pseudo header addresses and ports). One address delta serves both.
+#[inline]
+pub fn deltas(from: &FlowKey, to: &FlowKey) -> (Delta, Delta) {
+    let l3 = Delta::replace(from.src.wire_bytes(), to.src.wire_bytes())
+        .and(Delta::replace(from.dst.wire_bytes(), to.dst.wire_bytes()));
+    let l4 = l3.and(Delta::replace(
+        &ports(from.sport, from.dport).to_be_bytes(),
+        &ports(to.sport, to.dport).to_be_bytes(),
+    ));
+    (l3, l4)
+}
+
+/// A port pair as the 32-bit word it is on the wire (source port in the high half).
+#[inline]
+pub fn ports(sport: u16, dport: u16) -> u32 {
+    (u32::from(sport) << 16) | u32::from(dport)
+}
+
+/// Offset of the TCP/UDP checksum field inside the transport header, if it has one we maintain.
+#[inline]
+fn l4_csum_off(proto: u8) -> Option<usize> {
+    match proto {
+        proto::TCP => Some(16),
+        proto::UDP => Some(6),
+        _ => None,
+    }
+}
+
+/// Writes the addresses `src`, `dst` (same family as the packet) and the ports `ports` (source
+/// port in the high half) and adjusts the checksums by the `(IPv4 header, transport)` deltas that
+/// [`deltas`] computed for the packet's current tuple: the per-packet path of nat and fullnat.
+/// Ports and the transport checksum are left alone where they lie past `at.end`.
+#[inline(always)]
+pub fn rewrite(
+    frame: &mut [u8],
+    at: IpAt,
+    src: &Addr,
+    dst: &Addr,
+    ports: u32,
+    (l3_delta, l4_delta): (Delta, Delta),
+) {
+    let Some(frame) = frame.get_mut(..at.end) else {
+        return;
+    };
+    let (a_off, half) = if at.v4 {
+        (at.l3 + 12, 4)
+    } else {
+        (at.l3 + 8, 16)
+    };
+    let Some(addrs) = frame.get_mut(a_off..a_off + 2 * half) else {
+        return;
+    };
+    addrs[..half].copy_from_slice(src.wire_bytes());
+    addrs[half..].copy_from_slice(dst.wire_bytes());
+    if at.v4 {
+        let c = l3_delta.apply(be16(frame, at.l3 + 10));
+        put_be16(frame, at.l3 + 10, c);
+    }
+    let l4 = at.l4;
+    let Some(p) = frame.get_mut(l4..l4 + 4) else {
+        return;
+    };
+    p.copy_from_slice(&ports.to_be_bytes());
+    let Some(co) = l4_csum_off(at.proto) else {
+        return;
+    };
+    let Some(field) = frame.get_mut(l4 + co..l4 + co + 2) else {
+        return;
+    };
+    let c = u16::from_be_bytes([field[0], field[1]]);
+    if at.proto == proto::UDP && c == 0 && at.v4 {
+        return; // IPv4 UDP without checksum stays without one.
+    }
+    let mut c = l4_delta.apply(c);
+    if at.proto == proto::UDP && c == 0 {
+        c = 0xffff;
+    }
+    field.copy_from_slice(&c.to_be_bytes());
+}
+
+/// [`rewrite`] with the deltas taken from the bytes present: for one-off rewrites (the packet an
+/// ICMP error quotes), not the per-packet path.
+pub fn rewrite_present(frame: &mut [u8], at: IpAt, to: &FlowKey) {
+    let (a_off, half) = if at.v4 {
+        (at.l3 + 12, 4)
+    } else {
+        (at.l3 + 8, 16)
+    };
+    let (Some(src), Some(dst)) = (
+        frame.get(a_off..a_off + half),
+        frame.get(a_off + half..a_off + 2 * half),
+    ) else {
+        return;
+    };
+    let l3 = Delta::replace(src, to.src.wire_bytes()).and(Delta::replace(dst, to.dst.wire_bytes()));
+    let l4 = match frame.get(at.l4..at.l4 + 4).filter(|_| at.l4 + 4 <= at.end) {
+        Some(old) => l3.and(Delta::replace(
+            old,
+            &ports(to.sport, to.dport).to_be_bytes(),
+        )),
+        None => l3,
+    };
+    let to_ports = ports(to.sport, to.dport);
+    rewrite(frame, at, &to.src, &to.dst, to_ports, (l3, l4));
+}

@@ -1,0 +1,410 @@
+//! The single-pass classifier every frame goes through, and the transport checksum check of
+//! packets that create state or get answered.
+
+use super::arp::ArpIpv4;
+use super::eth::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, ETH_LEN};
+use super::icmp::{is_icmpv4_echo, is_icmpv6_echo};
+use super::ipv4::ipv4_checksum_ok;
+use super::ipv6::walk_ipv6_extensions;
+use super::{arr, be16, checksum};
+use crate::flow::{proto, Addr, FlowKey};
+
+/// What the network layer of a frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L3 {
+    /// An ARP packet at `l3_off`.
+    Arp,
+    /// IPv4.
+    Ipv4,
+    /// IPv6.
+    Ipv6,
+    /// Any other EtherType.
+    Other,
+}
+
+/// Fragmentation state of an IP packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frag {
+    /// Not a fragment.
+    None,
+    /// First fragment (offset 0, more fragments): ports are present.
+    First,
+    /// A later fragment: no transport header.
+    Later,
+}
+
+/// The result of [`parse`]: offsets and the fields the pipeline classifies on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    /// The 802.1Q TCI (priority, DEI and VLAN id), if the frame had one tag.
+    pub vlan: Option<u16>,
+    /// The EtherType after any VLAN tag.
+    pub ethertype: u16,
+    /// Network layer.
+    pub l3: L3,
+    /// Offset of the network header (14, or 18 with a VLAN tag).
+    pub l3_off: usize,
+    /// Offset of the transport header (IPv4: `l3_off + IHL*4`; IPv6: after the skipped extension headers).
+    /// Non-IP frames: equal to `l3_end`.
+    pub l4_off: usize,
+    /// Offset just past the IP packet (`l3_off + total length`); trailing Ethernet padding is after it.
+    /// ARP: just past the ARP packet. Other EtherTypes: the frame length.
+    pub l3_end: usize,
+    /// IP protocol / IPv6 next header of the transport (after extension headers).
+    pub proto: u8,
+    /// Source address (ARP over Ethernet/IPv4: the sender protocol address; else zero for non-IP).
+    pub src: Addr,
+    /// Destination address (ARP over Ethernet/IPv4: the target protocol address; else zero for non-IP).
+    pub dst: Addr,
+    /// Source port (TCP/UDP), ICMP echo identifier for echo request/reply, else 0.
+    pub sport: u16,
+    /// Destination port (TCP/UDP), ICMP echo identifier for echo request/reply, else 0.
+    pub dport: u16,
+    /// TCP flags byte (FIN=0x01, SYN=0x02, RST=0x04, PSH=0x08, ACK=0x10), else 0.
+    pub tcp_flags: u8,
+    /// ICMP / ICMPv6 type, else 0.
+    pub icmp_type: u8,
+    /// ICMP / ICMPv6 code, else 0.
+    pub icmp_code: u8,
+    /// Fragment state.
+    pub frag: Frag,
+    /// IPv4 DF bit (always true for IPv6, which routers never fragment).
+    pub df: bool,
+    /// TTL / hop limit.
+    pub ttl: u8,
+}
+
+impl Parsed {
+    /// The flow key of the packet's own direction.
+    #[inline]
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+        }
+    }
+}
+
+/// Why a frame was rejected by [`parse`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// The frame (or the IP packet) ends before a header it announces.
+    #[error("truncated header")]
+    Truncated,
+    /// IPv4 IHL below 5 or past the packet.
+    #[error("bad IPv4 header length")]
+    BadIhl,
+    /// IP version field disagrees with the EtherType.
+    #[error("bad IP version")]
+    BadVersion,
+    /// IP total/payload length smaller than the header or larger than the frame.
+    #[error("bad IP length")]
+    BadLength,
+    /// IPv4 header checksum wrong.
+    #[error("bad IPv4 header checksum")]
+    BadIpChecksum,
+    /// TCP data offset below 5 or past the packet.
+    #[error("bad TCP header length")]
+    BadTcpHeader,
+    /// UDP length field smaller than 8 or larger than the IP payload.
+    #[error("bad UDP length")]
+    BadUdpLength,
+    /// An IPv6 extension header we do not walk (or a chain that is too long).
+    #[error("unsupported IPv6 extension header")]
+    UnsupportedExtension,
+}
+/// What the transport header contributes to [`Parsed`].
+#[derive(Clone, Copy, Default)]
+struct L4Fields {
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+}
+
+/// Classifies a frame in one pass. Verifies lengths and the IPv4 header checksum, not L4 checksums.
+///
+/// Errors: fewer bytes than a fixed header needs (Ethernet, VLAN tag, IP, or a transport / extension
+/// header inside the IP packet) is [`ParseError::Truncated`]; the rest as the variants say. For a
+/// first fragment the UDP length is not compared with the fragment's payload (it covers the whole
+/// datagram). Frames that are not IPv4, IPv6 or ARP are `Ok` with `l3 == L3::Other`.
+#[inline]
+pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    let eth: &[u8; ETH_LEN] = arr(frame, 0).ok_or(ParseError::Truncated)?;
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    // The untagged IPv4 frame is the common case: test it first.
+    if ethertype == ETHERTYPE_IPV4 {
+        return parse_ipv4(frame, None, ETH_LEN);
+    }
+    let (vlan, ethertype, l3_off) = if ethertype == ETHERTYPE_VLAN {
+        let tag: &[u8; 4] = arr(frame, ETH_LEN).ok_or(ParseError::Truncated)?;
+        let inner = u16::from_be_bytes([tag[2], tag[3]]);
+        (
+            Some(u16::from_be_bytes([tag[0], tag[1]])),
+            inner,
+            ETH_LEN + 4,
+        )
+    } else {
+        (None, ethertype, ETH_LEN)
+    };
+    match ethertype {
+        ETHERTYPE_IPV4 => parse_ipv4(frame, vlan, l3_off),
+        ETHERTYPE_IPV6 => parse_ipv6(frame, vlan, l3_off),
+        ETHERTYPE_ARP => parse_arp(frame, vlan, l3_off),
+        _ => Ok(non_ip(vlan, ethertype, L3::Other, l3_off, frame.len())),
+    }
+}
+
+/// A [`Parsed`] for a frame without IP: everything past the network header is zero.
+fn non_ip(vlan: Option<u16>, ethertype: u16, l3: L3, l3_off: usize, l3_end: usize) -> Parsed {
+    Parsed {
+        vlan,
+        ethertype,
+        l3,
+        l3_off,
+        l4_off: l3_end,
+        l3_end,
+        proto: 0,
+        src: Addr::default(),
+        dst: Addr::default(),
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        frag: Frag::None,
+        df: false,
+        ttl: 0,
+    }
+}
+
+/// ARP: the fixed header and both address pairs must be present; Ethernet/IPv4 fills `src`/`dst`.
+#[inline(never)]
+fn parse_arp(frame: &[u8], vlan: Option<u16>, l3_off: usize) -> Result<Parsed, ParseError> {
+    let h: &[u8; 8] = arr(frame, l3_off).ok_or(ParseError::Truncated)?;
+    let (hlen, plen) = (h[4] as usize, h[5] as usize);
+    let end = l3_off + 8 + 2 * (hlen + plen);
+    if end > frame.len() {
+        return Err(ParseError::Truncated);
+    }
+    let mut p = non_ip(vlan, ETHERTYPE_ARP, L3::Arp, l3_off, end);
+    if let Some(a) = ArpIpv4::new_checked(frame.get(l3_off..).unwrap_or(&[])) {
+        p.src = Addr::v4(a.sender_ip());
+        p.dst = Addr::v4(a.target_ip());
+    }
+    Ok(p)
+}
+
+#[inline(always)]
+fn parse_ipv4(frame: &[u8], vlan: Option<u16>, l3_off: usize) -> Result<Parsed, ParseError> {
+    let h: &[u8; 20] = arr(frame, l3_off).ok_or(ParseError::Truncated)?;
+    // Almost every IPv4 header is 0x45 (no options): one compare settles version and IHL, and
+    // lets the compiler drop the option-length checks below on that path.
+    let hlen = if h[0] == 0x45 {
+        20
+    } else {
+        if h[0] >> 4 != 4 {
+            return Err(ParseError::BadVersion);
+        }
+        let hlen = (h[0] & 0x0f) as usize * 4;
+        if hlen < 20 {
+            return Err(ParseError::BadIhl);
+        }
+        hlen
+    };
+    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+    // `arr` succeeded, so l3_off + 20 <= frame.len().
+    if total < 20 || total > frame.len() - l3_off {
+        return Err(ParseError::BadLength);
+    }
+    if hlen > total {
+        return Err(ParseError::BadIhl);
+    }
+    if !ipv4_checksum_ok(frame, h, l3_off, hlen) {
+        return Err(ParseError::BadIpChecksum);
+    }
+    let ff = u16::from_be_bytes([h[6], h[7]]);
+    let frag = if ff & 0x1fff != 0 {
+        Frag::Later
+    } else if ff & 0x2000 != 0 {
+        Frag::First
+    } else {
+        Frag::None
+    };
+    let l4_off = l3_off + hlen;
+    let l3_end = l3_off + total;
+    let proto = h[9];
+    let l4 = if frag == Frag::Later {
+        L4Fields::default()
+    } else {
+        parse_l4(frame, proto, l4_off, l3_end, frag, proto::ICMP)?
+    };
+    Ok(Parsed {
+        vlan,
+        ethertype: ETHERTYPE_IPV4,
+        l3: L3::Ipv4,
+        l3_off,
+        l4_off,
+        l3_end,
+        proto,
+        src: Addr::v4([h[12], h[13], h[14], h[15]]),
+        dst: Addr::v4([h[16], h[17], h[18], h[19]]),
+        sport: l4.sport,
+        dport: l4.dport,
+        tcp_flags: l4.tcp_flags,
+        icmp_type: l4.icmp_type,
+        icmp_code: l4.icmp_code,
+        frag,
+        df: ff & 0x4000 != 0,
+        ttl: h[8],
+    })
+}
+
+#[inline(always)]
+fn parse_ipv6(frame: &[u8], vlan: Option<u16>, l3_off: usize) -> Result<Parsed, ParseError> {
+    let h: &[u8; 40] = arr(frame, l3_off).ok_or(ParseError::Truncated)?;
+    if h[0] >> 4 != 6 {
+        return Err(ParseError::BadVersion);
+    }
+    let plen = u16::from_be_bytes([h[4], h[5]]) as usize;
+    if plen > frame.len() - l3_off - 40 {
+        return Err(ParseError::BadLength);
+    }
+    let l3_end = l3_off + 40 + plen;
+    let pkt = frame.get(..l3_end).unwrap_or(&[]);
+    let (proto, l4_off) = walk_ipv6_extensions(pkt, h[6], l3_off + 40, l3_end)?;
+    let l4 = parse_l4(frame, proto, l4_off, l3_end, Frag::None, proto::ICMPV6)?;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&h[8..24]);
+    dst.copy_from_slice(&h[24..40]);
+    Ok(Parsed {
+        vlan,
+        ethertype: ETHERTYPE_IPV6,
+        l3: L3::Ipv6,
+        l3_off,
+        l4_off,
+        l3_end,
+        proto,
+        src: Addr::v6(src),
+        dst: Addr::v6(dst),
+        sport: l4.sport,
+        dport: l4.dport,
+        tcp_flags: l4.tcp_flags,
+        icmp_type: l4.icmp_type,
+        icmp_code: l4.icmp_code,
+        frag: Frag::None,
+        df: true,
+        ttl: h[7],
+    })
+}
+
+/// The transport header inside `frame[l4_off..l3_end]`; `icmp` is the ICMP protocol of this IP version.
+#[inline(always)]
+fn parse_l4(
+    frame: &[u8],
+    proto: u8,
+    l4: usize,
+    l3_end: usize,
+    frag: Frag,
+    icmp: u8,
+) -> Result<L4Fields, ParseError> {
+    let pkt = frame.get(..l3_end).unwrap_or(&[]);
+    let mut f = L4Fields::default();
+    match proto {
+        proto::TCP => {
+            let t: &[u8; 20] = arr(pkt, l4).ok_or(ParseError::Truncated)?;
+            let doff = (t[12] >> 4) as usize * 4;
+            if doff < 20 || doff > pkt.len() - l4 {
+                return Err(ParseError::BadTcpHeader);
+            }
+            f.sport = u16::from_be_bytes([t[0], t[1]]);
+            f.dport = u16::from_be_bytes([t[2], t[3]]);
+            f.tcp_flags = t[13];
+        }
+        proto::UDP => {
+            let u: &[u8; 8] = arr(pkt, l4).ok_or(ParseError::Truncated)?;
+            let ulen = u16::from_be_bytes([u[4], u[5]]) as usize;
+            // A first fragment's UDP length covers the whole datagram, not this fragment.
+            if ulen < 8 || (ulen > pkt.len() - l4 && frag == Frag::None) {
+                return Err(ParseError::BadUdpLength);
+            }
+            f.sport = u16::from_be_bytes([u[0], u[1]]);
+            f.dport = u16::from_be_bytes([u[2], u[3]]);
+        }
+        n if n == icmp => {
+            let c: &[u8; 4] = arr(pkt, l4).ok_or(ParseError::Truncated)?;
+            f.icmp_type = c[0];
+            f.icmp_code = c[1];
+            let echo = if icmp == proto::ICMP {
+                is_icmpv4_echo(c[0])
+            } else {
+                is_icmpv6_echo(c[0])
+            };
+            if echo {
+                let e: &[u8; 8] = arr(pkt, l4).ok_or(ParseError::Truncated)?;
+                let id = u16::from_be_bytes([e[4], e[5]]);
+                f.sport = id;
+                f.dport = id;
+            }
+        }
+        _ => {}
+    }
+    Ok(f)
+}
+
+/// The destination of an IPv6 frame (untagged or with one VLAN tag) that [`parse`] refused: for
+/// telling whether a packet with an unsupported extension header was for us.
+pub fn ipv6_dst(frame: &[u8]) -> Option<Addr> {
+    let l3 = if be16(frame, 12) == ETHERTYPE_VLAN {
+        ETH_LEN + 4
+    } else {
+        ETH_LEN
+    };
+    frame.get(l3 + 24..l3 + 40).and_then(Addr::from_wire)
+}
+
+/// Verifies the transport checksum of a parsed IP packet: TCP, UDP, ICMPv4 and ICMPv6.
+///
+/// UDP over IPv4 with checksum 0 carries none and is valid; over IPv6 it is invalid (RFC 8200).
+/// Other protocols, non-IP frames and fragments (whose checksum covers the whole datagram) are `true`.
+pub fn verify_l4_checksum(frame: &[u8], p: &Parsed) -> bool {
+    if p.frag != Frag::None || !matches!(p.l3, L3::Ipv4 | L3::Ipv6) {
+        return true;
+    }
+    let Some(seg) = frame.get(p.l4_off..p.l3_end) else {
+        return false;
+    };
+    let v4 = p.l3 == L3::Ipv4;
+    let ok = |seg: &[u8], initial: u32| checksum::sum(seg, initial) == 0xffff;
+    match p.proto {
+        proto::TCP => ok(
+            seg,
+            checksum::pseudo_header(&p.src, &p.dst, proto::TCP, seg.len() as u32),
+        ),
+        proto::UDP => {
+            let csum = be16(seg, 6);
+            if csum == 0 {
+                return v4;
+            }
+            // The checksum covers the UDP length, not any bytes after it inside the IP payload.
+            let Some(dgram) = seg.get(..be16(seg, 4) as usize) else {
+                return false;
+            };
+            ok(
+                dgram,
+                checksum::pseudo_header(&p.src, &p.dst, proto::UDP, dgram.len() as u32),
+            )
+        }
+        proto::ICMP if v4 => ok(seg, 0),
+        proto::ICMPV6 if !v4 => ok(
+            seg,
+            checksum::pseudo_header(&p.src, &p.dst, proto::ICMPV6, seg.len() as u32),
+        ),
+        _ => true,
+    }
+}
