@@ -256,3 +256,61 @@ fn check_of_a_missing_file_names_it() {
         "{err}"
     );
 }
+
+#[test]
+fn check_refuses_a_device_a_fifo_and_a_directory_without_reading_them() {
+    let fifo = tmp("fifo.toml");
+    let _ = std::fs::remove_file(&fifo);
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for (path, kind) in [
+        ("/dev/zero", "a character device"),
+        (p(&fifo), "a FIFO"),
+        ("/", "a directory"),
+    ] {
+        // Before: /dev/zero grew without bound and the FIFO waited for a writer forever.
+        let out = lb(&["check", path]);
+        assert_eq!(out.status.code(), Some(1), "{path}");
+        let err = text(&out.stderr);
+        assert!(
+            err.starts_with(&format!(
+                "{path}: error: cannot read the file: it is {kind}"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("regular file"), "{err}");
+    }
+    std::fs::remove_file(&fifo).unwrap();
+}
+
+#[test]
+fn check_refuses_a_file_over_the_size_limit() {
+    let cfg = tmp("huge.toml");
+    let f = std::fs::File::create(&cfg).unwrap();
+    // Sparse: 64 MiB + 1 of zero bytes without writing them.
+    f.set_len(controlplane::config::MAX_CONFIG_BYTES + 1)
+        .unwrap();
+    let out = lb(&["check", p(&cfg)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("larger than 64 MiB"), "{err}");
+    std::fs::remove_file(&cfg).unwrap();
+}
+
+#[test]
+fn check_places_the_first_byte_that_is_not_utf8() {
+    let cfg = tmp("latin1.toml");
+    std::fs::write(&cfg, b"[dataplane]\nmtu = 1500\n# caf\xe9\n").unwrap();
+    let out = lb(&["check", p(&cfg)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "{}:3:6: error: byte 0xe9 is not UTF-8",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("3 | # caf"), "{err}");
+    std::fs::remove_file(&cfg).unwrap();
+}
