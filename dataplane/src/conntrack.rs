@@ -306,6 +306,13 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
+    /// Bytes a table asked for `capacity` slots allocates, computed without allocating, so a
+    /// config can be sized before it runs.
+    pub fn bytes_for(capacity: usize) -> u64 {
+        let cap = capacity.clamp(BUCKET, MAX_CAPACITY).next_power_of_two();
+        (cap * (std::mem::size_of::<Slot<V>>() + std::mem::size_of::<u16>())) as u64
+    }
+
     /// Number of key slots (a power of two). A flow with a reply key takes two.
     pub fn capacity(&self) -> usize {
         self.slots.len()
@@ -817,6 +824,17 @@ mod tests {
     const SYN_SENT: FlowState = FlowState::Tcp(TcpState::SynSent);
     const ESTABLISHED: FlowState = FlowState::Tcp(TcpState::Established);
     const UDP_NEW: FlowState = FlowState::Udp { replied: false };
+
+    #[test]
+    fn bytes_for_matches_what_new_allocates() {
+        let ct: Conntrack<u64> = Conntrack::new(cfg(1000, 10));
+        let allocated = std::mem::size_of_val(&*ct.slots) + std::mem::size_of_val(&*ct.tags);
+        assert_eq!(Conntrack::<u64>::bytes_for(1000), allocated as u64);
+        assert_eq!(
+            Conntrack::<u64>::bytes_for(usize::MAX),
+            Conntrack::<u64>::bytes_for(MAX_CAPACITY)
+        );
+    }
 
     #[test]
     fn capacity_is_rounded_up_to_a_power_of_two_of_at_least_one_bucket() {
