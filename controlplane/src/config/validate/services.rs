@@ -6,7 +6,10 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::reach::Reach;
-use super::{check_unicast, family, first_of_family, table_size_hint, Lazy, SLOTS_PER_BACKEND};
+use super::{
+    check_unicast, family, first_of_family, table_size_hint, Lazy, MAX_TABLE_SIZE,
+    SLOTS_PER_BACKEND,
+};
 use crate::config::schema::{Backend, Config, Mode, Pool, Service};
 use crate::diag::Problem;
 
@@ -77,7 +80,19 @@ fn check_service(
     });
 
     let backends: usize = svc.pools.iter().map(|p| p.backends.len()).sum();
-    if !dataplane::maglev::is_valid_table_size(svc.table_size) {
+    // Checked before primality, whose trial division grows with the value.
+    if svc.table_size > MAX_TABLE_SIZE {
+        out.push(
+            Problem::new(
+                format!("{path}.table_size"),
+                format!(
+                    "{at}: table_size {} is above the largest table, {MAX_TABLE_SIZE} slots",
+                    svc.table_size
+                ),
+            )
+            .hint(table_size_hint(backends)),
+        );
+    } else if !dataplane::maglev::is_valid_table_size(svc.table_size) {
         out.push(
             Problem::new(
                 format!("{path}.table_size"),
