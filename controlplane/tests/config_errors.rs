@@ -399,16 +399,21 @@ fn the_memory_estimate_adds_up_from_sizes() {
         m.conntrack_per_worker,
         dataplane::conntrack::Conntrack::<dataplane::pipeline::FlowValue>::bytes_for(1024)
     );
-    assert_eq!((m.workers, m.tables, m.maglev), (2, 1, 502));
+    assert_eq!((m.workers, m.tables, m.maglev, m.vip_ports), (2, 1, 502, 1));
     assert_eq!(
         m.total(),
-        2 * m.conntrack_per_worker + 2 * 502 + m.maglev_build
+        2 * m.conntrack_per_worker + 2 * (502 + m.vip_bytes()) + m.maglev_build
     );
     let line = m.to_string();
     assert!(
-        line.contains("conntrack 2 workers x ") && line.contains("Maglev 1 table 502 B x 2"),
+        line.contains("conntrack 2 workers x ")
+            && line.contains("(Maglev 1 table 502 B + 1 VIP port 48 B) x 2"),
         "{line}"
     );
+    // A port range claims each of its ports.
+    let wide = text.replace("ports = [80]", "ports = [\"1000-1999\", 80]");
+    let cfg = Config::from_toml_str(&wide, Path::new("lb.toml")).unwrap();
+    assert_eq!(cfg.memory_estimate().vip_ports, 1001);
 }
 
 #[test]

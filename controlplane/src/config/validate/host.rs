@@ -83,6 +83,8 @@ pub struct MemoryEstimate {
     pub maglev: u64,
     /// Bytes the largest Maglev table needs while it is built, besides itself.
     pub maglev_build: u64,
+    /// (VIP, protocol, port) entries of the routing table: a port range claims each of its ports.
+    pub vip_ports: u64,
 }
 
 /// Bytes per Maglev slot: the table holds a backend index (`u16`) per slot.
@@ -92,13 +94,27 @@ const MAGLEV_SLOT_BYTES: u64 = 2;
 /// bit of the taken set per slot (see `dataplane::maglev::build`); one byte more for slack.
 const MAGLEV_BUILD_BYTES: u64 = 5;
 
+/// Bytes per (VIP, protocol, port) entry of the routing table's hash map: key and value (about 32
+/// bytes) and a control byte, at the map's 7/8 load, rounded up.
+const VIP_PORT_BYTES: u64 = 48;
+
 impl MemoryEstimate {
-    /// Everything at its peak: the conntrack of every worker, two generations of Maglev tables
-    /// (a reload builds the new tables while the old ones serve) and one table being built.
+    /// Bytes of the routing table's VIP entries, one generation.
+    pub fn vip_bytes(&self) -> u64 {
+        self.vip_ports.saturating_mul(VIP_PORT_BYTES)
+    }
+
+    /// Everything at its peak: the conntrack of every worker, two generations of Maglev tables and
+    /// VIP entries (a reload builds the new ones while the old ones serve) and one table being
+    /// built.
     pub fn total(&self) -> u64 {
         self.workers
             .saturating_mul(self.conntrack_per_worker)
-            .saturating_add(self.maglev.saturating_mul(2))
+            .saturating_add(
+                self.maglev
+                    .saturating_add(self.vip_bytes())
+                    .saturating_mul(2),
+            )
             .saturating_add(self.maglev_build)
     }
 }
@@ -107,7 +123,7 @@ impl fmt::Display for MemoryEstimate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} = conntrack {} worker{} x {} + Maglev {} table{} {} x 2 (a reload holds the old and the new) + {} to build one",
+            "{} = conntrack {} worker{} x {} + (Maglev {} table{} {} + {} VIP port{} {}) x 2 (a reload holds the old and the new) + {} to build a table",
             Bytes(self.total()),
             self.workers,
             if self.workers == 1 { "" } else { "s" },
@@ -115,6 +131,9 @@ impl fmt::Display for MemoryEstimate {
             self.tables,
             if self.tables == 1 { "" } else { "s" },
             Bytes(self.maglev),
+            self.vip_ports,
+            if self.vip_ports == 1 { "" } else { "s" },
+            Bytes(self.vip_bytes()),
             Bytes(self.maglev_build),
         )
     }
@@ -155,6 +174,20 @@ impl Config {
             tables: self.services.len() as u64,
             maglev: slots.saturating_mul(MAGLEV_SLOT_BYTES),
             maglev_build: largest.saturating_mul(MAGLEV_BUILD_BYTES),
+            vip_ports: self
+                .services
+                .iter()
+                .map(|s| {
+                    if s.ports.is_empty() {
+                        1
+                    } else {
+                        s.ports
+                            .iter()
+                            .map(|r| u64::from(r.hi - r.lo) + 1)
+                            .sum::<u64>()
+                    }
+                })
+                .sum(),
         }
     }
 
@@ -200,19 +233,24 @@ impl Config {
         }
         let need = self.memory_estimate();
         if need.total() > host.memory {
-            // Point at the bigger of the two: conntrack or the largest table.
+            // Point at what takes most: conntrack, the largest table, or the most ports.
             let conntrack = need.workers.saturating_mul(need.conntrack_per_worker);
-            let path = match self
-                .services
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, s)| s.table_size)
-            {
-                Some((i, _)) if need.maglev.saturating_mul(2) > conntrack => {
-                    format!("services[{i}].table_size")
-                }
-                _ => "conntrack.capacity".to_string(),
+            let (maglev, vips) = (
+                need.maglev.saturating_mul(2),
+                need.vip_bytes().saturating_mul(2),
+            );
+            let largest = |key: fn(&crate::config::Service) -> usize| {
+                (0..self.services.len()).max_by_key(|&i| key(&self.services[i]))
             };
+            let path = if maglev >= conntrack && maglev >= vips {
+                largest(|s| s.table_size).map(|i| format!("services[{i}].table_size"))
+            } else if vips > conntrack {
+                largest(|s| s.ports.iter().map(|r| usize::from(r.hi - r.lo)).sum())
+                    .map(|i| format!("services[{i}].ports"))
+            } else {
+                None
+            }
+            .unwrap_or_else(|| "conntrack.capacity".to_string());
             out.push(
                 Problem::new(
                     path,
