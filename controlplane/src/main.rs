@@ -208,8 +208,10 @@ fn run_sim(config: &Path, input: &Path, output: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lb check`: every problem, including a config this machine cannot run (cores, memory); then
+/// the summary and the memory the config needs.
 fn run_check(config: &Path) -> anyhow::Result<()> {
-    let (cfg, _) = load_and_compile(config)?;
+    let (cfg, _) = compile::check_file_on(config, &config::Host::current())?;
     let backends: usize = cfg
         .services
         .iter()
@@ -217,6 +219,7 @@ fn run_check(config: &Path) -> anyhow::Result<()> {
         .map(|p| p.backends.len())
         .sum();
     println!("ok: {} services, {} backends", cfg.services.len(), backends);
+    println!("memory: {}", cfg.memory_estimate());
     Ok(())
 }
 

@@ -29,7 +29,55 @@ fn p(path: &Path) -> &str {
 fn check_accepts_the_shipped_config() {
     let out = lb(&["check", SHIPPED]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "ok: 2 services, 5 backends\n");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("ok: 2 services, 5 backends\n"),
+        "{stdout}"
+    );
+    // Then the memory the config needs, with its breakdown.
+    let memory = stdout.lines().nth(1).unwrap_or("");
+    assert!(
+        memory.starts_with("memory: ")
+            && memory.contains(" = conntrack 2 workers x ")
+            && memory.contains("Maglev 2 tables"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+}
+
+#[test]
+fn check_refuses_what_this_machine_cannot_run() {
+    let cfg = tmp("machine.toml");
+    let shipped = std::fs::read_to_string(SHIPPED).unwrap();
+    // No machine has core 4000 online, or 712 GiB to spare for two workers' conntrack.
+    let text = shipped
+        .replace("# cores = [0, 1]", "cores = [0, 4000]")
+        .replace("capacity = 262144", "capacity = 2147483648");
+    assert!(text.contains("cores = [0, 4000]"));
+    std::fs::write(&cfg, &text).unwrap();
+    let out = lb(&["check", p(&cfg)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = self::text(&out.stderr);
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert!(
+        err.contains(&format!(
+            "{}:{}:13: error: dataplane: core 4000 is not online",
+            cfg.display(),
+            line_of("cores = [0, 4000]")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{}:{}:12: error: the config needs 712.0 GiB of memory",
+            cfg.display(),
+            line_of("capacity = 2147483648")
+        )),
+        "{err}"
+    );
+    assert!(err.contains("conntrack 2 workers x 356.0 GiB"), "{err}");
+    assert!(out.stdout.is_empty());
+    std::fs::remove_file(&cfg).unwrap();
 }
 
 #[test]
@@ -255,4 +303,62 @@ fn check_of_a_missing_file_names_it() {
         err.starts_with("/nonexistent/lb.toml: error: cannot read the file"),
         "{err}"
     );
+}
+
+#[test]
+fn check_refuses_a_device_a_fifo_and_a_directory_without_reading_them() {
+    let fifo = tmp("fifo.toml");
+    let _ = std::fs::remove_file(&fifo);
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for (path, kind) in [
+        ("/dev/zero", "a character device"),
+        (p(&fifo), "a FIFO"),
+        ("/", "a directory"),
+    ] {
+        // Before: /dev/zero grew without bound and the FIFO waited for a writer forever.
+        let out = lb(&["check", path]);
+        assert_eq!(out.status.code(), Some(1), "{path}");
+        let err = text(&out.stderr);
+        assert!(
+            err.starts_with(&format!(
+                "{path}: error: cannot read the file: it is {kind}"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("regular file"), "{err}");
+    }
+    std::fs::remove_file(&fifo).unwrap();
+}
+
+#[test]
+fn check_refuses_a_file_over_the_size_limit() {
+    let cfg = tmp("huge.toml");
+    let f = std::fs::File::create(&cfg).unwrap();
+    // Sparse: 64 MiB + 1 of zero bytes without writing them.
+    f.set_len(controlplane::config::MAX_CONFIG_BYTES + 1)
+        .unwrap();
+    let out = lb(&["check", p(&cfg)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("larger than 64 MiB"), "{err}");
+    std::fs::remove_file(&cfg).unwrap();
+}
+
+#[test]
+fn check_places_the_first_byte_that_is_not_utf8() {
+    let cfg = tmp("latin1.toml");
+    std::fs::write(&cfg, b"[dataplane]\nmtu = 1500\n# caf\xe9\n").unwrap();
+    let out = lb(&["check", p(&cfg)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "{}:3:6: error: byte 0xe9 is not UTF-8",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("3 | # caf"), "{err}");
+    std::fs::remove_file(&cfg).unwrap();
 }

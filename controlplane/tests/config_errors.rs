@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use controlplane::compile;
+use controlplane::config::{Config, Host};
 use controlplane::diag::ConfigReport;
 
 /// A dataplane every backend can be reached through (the gateway) with both families.
@@ -298,6 +299,121 @@ fn neighbor_and_conntrack_rules() {
         &format!("{BASE}[conntrack.timeouts]\ntcp_syn = @@\"0s\"\n"),
         &["tcp_syn must be above 0"],
     );
+}
+
+#[test]
+fn bounds_are_checked_before_anything_is_built() {
+    // Before: 2^40 passed and `lb run` aborted allocating 377 GB; 2147483647 (a prime) passed and
+    // building its table took 12.8 GB.
+    case(
+        "conntrack capacity above the largest table",
+        &format!("{BASE}[conntrack]\ncapacity = @@1099511627776\nembryonic_budget = 0\n"),
+        &["above the largest table, 2147483648 keys"],
+    );
+    case(
+        "table size above the largest table",
+        &svc("table_size = @@2147483647", NAT, ""),
+        &["above the largest table, 2097152 slots"],
+    );
+    case(
+        "a huge weight",
+        &svc(
+            "table_size = @@65537",
+            "mode = \"nat\"\nbackends = [{ addr = \"198.18.1.10\", weight = 4294967295 }, { addr = \"198.18.1.11\" }]",
+            "",
+        ),
+        &["weights add up to 4294967296"],
+    );
+}
+
+/// Asserts the machine rules for `host` report one problem per marker of `marked`, in order, each
+/// naming its word.
+#[track_caller]
+fn host_case(name: &str, marked: &str, host: &Host, words: &[&str]) {
+    let (text, at) = unmark(marked);
+    let path = Path::new("lb.toml");
+    let cfg = Config::from_toml_str(&text, path).unwrap_or_else(|r| panic!("{name}: {r}"));
+    let r = ConfigReport::from_problems(path, &text, &cfg.check_host(host));
+    let got: Vec<(usize, usize)> = r.diagnostics.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(got, at, "{name}: places differ\n{r}\n---\n{text}");
+    for (d, w) in r.diagnostics.iter().zip(words) {
+        let said = format!("{} {}", d.message, d.hint.as_deref().unwrap_or(""));
+        assert!(said.contains(w), "{name}: {said:?} does not name {w:?}");
+    }
+}
+
+#[test]
+fn machine_rules_take_the_machine_as_input() {
+    let two_cpus = Host {
+        cpus: vec![0, 1],
+        memory: 8 << 30,
+    };
+    host_case("fits", &format!("{BASE}workers = 2\n"), &two_cpus, &[]);
+    // `lb run` would run workers 2 and 3 unpinned.
+    host_case(
+        "more workers than online cores",
+        &format!("{BASE}workers = @@4\n"),
+        &two_cpus,
+        &["core 2 is not online on this machine (online: 0-1)"],
+    );
+    host_case(
+        "a listed core that is not online",
+        &format!("{BASE}workers = 2\ncores = [1, @@5]\n"),
+        &two_cpus,
+        &["core 5 is not online"],
+    );
+    // 2^31 keys are about 356 GiB a worker.
+    host_case(
+        "conntrack larger than memory",
+        &format!("{BASE}[conntrack]\ncapacity = @@2147483648\n"),
+        &two_cpus,
+        &["more than the 8.0 GiB this machine has available"],
+    );
+    let small = Host {
+        cpus: vec![0, 1],
+        memory: 16 << 20,
+    };
+    host_case(
+        "tables larger than memory",
+        &format!(
+            "{BASE}[conntrack]\ncapacity = 1024\n{}",
+            svc("table_size = @@2097143", NAT, "")
+                .strip_prefix(BASE)
+                .unwrap()
+        ),
+        &small,
+        &["lower [conntrack] capacity, workers or table sizes"],
+    );
+}
+
+#[test]
+fn the_memory_estimate_adds_up_from_sizes() {
+    let text = format!(
+        "{BASE}workers = 2\n[conntrack]\ncapacity = 1000\n{}",
+        svc("table_size = 251", NAT, "").strip_prefix(BASE).unwrap()
+    );
+    let cfg = Config::from_toml_str(&text, Path::new("lb.toml")).unwrap();
+    let m = cfg.memory_estimate();
+    // 1000 keys round up to 1024.
+    assert_eq!(
+        m.conntrack_per_worker,
+        dataplane::conntrack::Conntrack::<dataplane::pipeline::FlowValue>::bytes_for(1024)
+    );
+    assert_eq!((m.workers, m.tables, m.maglev, m.vip_ports), (2, 1, 502, 1));
+    assert_eq!(
+        m.total(),
+        2 * m.conntrack_per_worker + 2 * (502 + m.vip_bytes()) + m.maglev_build
+    );
+    let line = m.to_string();
+    assert!(
+        line.contains("conntrack 2 workers x ")
+            && line.contains("(Maglev 1 table 502 B + 1 VIP port 48 B) x 2"),
+        "{line}"
+    );
+    // A port range claims each of its ports.
+    let wide = text.replace("ports = [80]", "ports = [\"1000-1999\", 80]");
+    let cfg = Config::from_toml_str(&wide, Path::new("lb.toml")).unwrap();
+    assert_eq!(cfg.memory_estimate().vip_ports, 1001);
 }
 
 #[test]

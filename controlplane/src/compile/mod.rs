@@ -23,7 +23,7 @@ use dataplane::flow::Addr;
 use dataplane::table::{Local, MaglevCache, TableError};
 use dataplane::RoutingTable;
 
-pub use check::{check_file, check_str};
+pub use check::{check_file, check_file_on, check_str};
 pub use next_hops::{NextHops, NEIGHBOR_SLOTS};
 pub use slots::StatSlots;
 

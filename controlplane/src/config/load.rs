@@ -1,5 +1,6 @@
 //! Reading lb.toml: the text, its syntax and schema (every error placed), then its rules.
 
+use std::io::Read;
 use std::path::Path;
 
 use serde::de::{DeserializeOwned, IntoDeserializer};
@@ -18,13 +19,94 @@ pub fn load(path: &Path) -> Result<Config, ConfigReport> {
 
 /// [`load`], also returning the text, so problems found later (a failed compile) point into it.
 pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigReport> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let mut r = ConfigReport::new(path, "");
-        r.push_span(None, format!("cannot read the file: {e}"), None);
-        r
-    })?;
+    let text = read_text(path)?;
     let cfg = Config::from_toml_str(&text, path)?;
     Ok((cfg, text))
+}
+
+/// Largest config file read (64 MiB): a config of 10,000 services is about 2 MB, and reading stops
+/// here, so a wrong path (`/dev/zero`, a huge log) cannot fill memory.
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+/// The text of the regular file at `path`, at most [`MAX_CONFIG_BYTES`]: a FIFO, device or
+/// directory is refused before it is opened (opening a FIFO would wait for a writer), and bytes
+/// that are not UTF-8 are reported at their line and column.
+pub fn read_text(path: &Path) -> Result<String, ConfigReport> {
+    let fail = |message: String, hint: Option<&str>| {
+        let mut r = ConfigReport::new(path, "");
+        r.push_span(None, message, hint.map(str::to_string));
+        r
+    };
+    let not_regular = |meta: &std::fs::Metadata| {
+        fail(
+            format!(
+                "cannot read the file: it is {}, not a regular file",
+                file_kind(meta)
+            ),
+            Some("lb reads its config from a regular file (a symlink to one is fine)"),
+        )
+    };
+    let meta =
+        std::fs::metadata(path).map_err(|e| fail(format!("cannot read the file: {e}"), None))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let file =
+        std::fs::File::open(path).map_err(|e| fail(format!("cannot read the file: {e}"), None))?;
+    // The path may have been replaced between the two looks: judge what was opened.
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot read the file: {e}"), None))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read the file: {e}"), None))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(fail(
+            format!(
+                "cannot read the file: it is larger than {} MiB",
+                MAX_CONFIG_BYTES >> 20
+            ),
+            Some("a config is a few MB at most: is this the right file?"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let byte = e.as_bytes()[at];
+        // The lossy text keeps every byte before the first bad one, so offsets agree up to it;
+        // the bad byte became U+FFFD, which the caret underlines.
+        let text = String::from_utf8_lossy(e.as_bytes());
+        let mut r = ConfigReport::new(path, &text);
+        r.push_span(
+            Some(at..at + '\u{FFFD}'.len_utf8()),
+            format!("byte 0x{byte:02x} is not UTF-8"),
+            Some("TOML files are UTF-8 text: re-save the file as UTF-8".into()),
+        );
+        r.sort();
+        r
+    })
+}
+
+/// What a file that is not a regular file is, for the message refusing it.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    }
 }
 
 impl Config {

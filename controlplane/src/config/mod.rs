@@ -13,6 +13,8 @@ mod tests;
 mod types;
 mod validate;
 
-pub use load::{load, load_with_text};
+pub use validate::{Host, MemoryEstimate, MAX_CONNTRACK_CAPACITY, MAX_TABLE_SIZE};
+
+pub use load::{load, load_with_text, read_text, MAX_CONFIG_BYTES};
 pub use schema::*;
 pub use types::{IpPrefix, MacAddr, PortRange, StatusRange, ValueError};

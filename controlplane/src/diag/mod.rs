@@ -15,4 +15,4 @@ pub use hint::schema_hint;
 pub use location::line_column;
 pub(crate) use location::spanned_root;
 pub use problem::Problem;
-pub use report::{ConfigReport, Diagnostic};
+pub use report::{ConfigReport, Diagnostic, MAX_SHOWN};

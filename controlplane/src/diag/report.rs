@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use toml::de::DeTable;
 
-use super::location::{line_column, locate_in, spanned_root};
+use super::location::{locate_in, spanned_root, LineCursor};
 use super::Problem;
 
 /// A problem placed in the text.
@@ -41,6 +41,10 @@ pub struct ConfigReport {
 
 impl std::error::Error for ConfigReport {}
 
+/// Problems shown in full by [`ConfigReport::render`] and `Display`; the rest are counted ("and N
+/// more"): past the first screens, more lines help nobody, and 200k of them flood a log.
+pub const MAX_SHOWN: usize = 100;
+
 impl ConfigReport {
     /// A report of no problems yet for `path` with contents `text`.
     pub(crate) fn new(path: &Path, text: &str) -> ConfigReport {
@@ -51,21 +55,18 @@ impl ConfigReport {
         }
     }
 
-    /// Adds a problem at a byte span.
+    /// Adds a problem at a byte span; its line and column are set by [`ConfigReport::sort`],
+    /// which every report calls once its problems are in.
     pub(crate) fn push_span(
         &mut self,
         span: Option<Range<usize>>,
         message: String,
         hint: Option<String>,
     ) {
-        let (line, column) = match &span {
-            Some(s) => line_column(&self.text, s.start),
-            None => (0, 0),
-        };
         self.diagnostics.push(Diagnostic {
             span,
-            line,
-            column,
+            line: 0,
+            column: 0,
             message,
             hint,
         });
@@ -93,10 +94,18 @@ impl ConfigReport {
         self.diagnostics.is_empty()
     }
 
-    /// File order; problems without a place last, in the order found.
+    /// File order (problems without a place last, in the order found), each placed at its line
+    /// and column in one pass over the text.
     pub(crate) fn sort(&mut self) {
         self.diagnostics
             .sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
+        let mut cursor = LineCursor::new(&self.text);
+        for d in &mut self.diagnostics {
+            (d.line, d.column) = match &d.span {
+                Some(s) => cursor.advance_to(s.start),
+                None => (0, 0),
+            };
+        }
     }
 
     /// The report for a terminal: per problem `file:line:column: error: message`, the source line
@@ -104,7 +113,7 @@ impl ConfigReport {
     pub fn render(&self) -> String {
         let renderer = Renderer::plain();
         let mut out = String::new();
-        for d in &self.diagnostics {
+        for d in self.diagnostics.iter().take(MAX_SHOWN) {
             out.push_str(&self.header(d));
             out.push_str(": error: ");
             out.push_str(&d.message);
@@ -117,9 +126,17 @@ impl ConfigReport {
                 } else {
                     span.clone()
                 };
+                // Only the lines the span is on: the renderer reads the source it is given.
+                let from = self.text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+                let to = self.text[span.end..]
+                    .find('\n')
+                    .map_or(self.text.len(), |i| span.end + i);
                 group = group.element(
-                    Snippet::source(self.text.as_str())
-                        .annotation(AnnotationKind::Primary.span(span)),
+                    Snippet::source(&self.text[from..to])
+                        .line_start(d.line)
+                        .annotation(
+                            AnnotationKind::Primary.span(span.start - from..span.end - from),
+                        ),
                 );
             }
             if let Some(h) = &d.hint {
@@ -130,9 +147,25 @@ impl ConfigReport {
                 out.push('\n');
             }
         }
+        if let Some(more) = self.not_shown() {
+            out.push_str(&more);
+            out.push('\n');
+        }
         let n = self.diagnostics.len();
         out.push_str(&format!("{n} error{}\n", if n == 1 { "" } else { "s" }));
         out
+    }
+
+    /// "... and N more", when there are more than [`MAX_SHOWN`] problems.
+    fn not_shown(&self) -> Option<String> {
+        let n = self.diagnostics.len().checked_sub(MAX_SHOWN)?;
+        (n > 0).then(|| {
+            format!(
+                "{}: ... and {n} more problem{} not shown",
+                self.path.display(),
+                if n == 1 { "" } else { "s" }
+            )
+        })
     }
 
     /// `file:line:column`, or `file` without a place.
@@ -147,7 +180,7 @@ impl ConfigReport {
 
 impl fmt::Display for ConfigReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.diagnostics.iter().enumerate() {
+        for (i, d) in self.diagnostics.iter().take(MAX_SHOWN).enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
             }
@@ -155,6 +188,9 @@ impl fmt::Display for ConfigReport {
             if let Some(h) = &d.hint {
                 write!(f, " (hint: {h})")?;
             }
+        }
+        if let Some(more) = self.not_shown() {
+            write!(f, "\n{more}")?;
         }
         Ok(())
     }
@@ -189,5 +225,40 @@ mod tests {
         assert!(shown.contains("2 | mtu = 1\n"), "{shown}");
         assert!(shown.contains("hint: 576-9216"), "{shown}");
         assert!(shown.ends_with("3 errors\n"), "{shown}");
+    }
+
+    #[test]
+    fn many_problems_are_placed_in_one_pass_and_shown_up_to_the_cap() {
+        let n = 50_000;
+        let text = "k = 1\n".repeat(n);
+        let problems: Vec<Problem> = (0..n).map(|_| Problem::new("k", "bad")).collect();
+        let mut r = ConfigReport::new(Path::new("lb.toml"), &text);
+        for line in (0..n).rev() {
+            r.push_span(Some(line * 6 + 4..line * 6 + 5), "bad".into(), None);
+        }
+        r.sort();
+        assert_eq!((r.diagnostics[0].line, r.diagnostics[0].column), (1, 5));
+        let last = &r.diagnostics[n - 1];
+        assert_eq!((last.line, last.column), (n, 5));
+
+        let shown = r.render();
+        assert_eq!(shown.matches(": error: bad").count(), MAX_SHOWN, "{shown}");
+        assert!(shown.contains("lb.toml:100:5: error: bad\n"), "{shown}");
+        assert!(!shown.contains("lb.toml:101:5"), "{shown}");
+        assert!(
+            shown.ends_with(&format!(
+                "lb.toml: ... and {} more problems not shown\n{n} errors\n",
+                n - MAX_SHOWN
+            )),
+            "{}",
+            &shown[shown.len() - 200..]
+        );
+        let lines = r.to_string();
+        assert_eq!(lines.lines().count(), MAX_SHOWN + 1);
+        assert!(lines.ends_with("more problems not shown"), "{lines}");
+        // Through the config's own path too (every problem resolved by key path).
+        let r = ConfigReport::from_problems(Path::new("lb.toml"), &text, &problems);
+        assert_eq!(r.len(), n);
+        assert_eq!(r.render().matches(": error: bad").count(), MAX_SHOWN);
     }
 }

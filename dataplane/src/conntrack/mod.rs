@@ -307,6 +307,13 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
+    /// Bytes a table asked for `capacity` slots allocates, computed without allocating, so a
+    /// config can be sized before it runs.
+    pub fn bytes_for(capacity: usize) -> u64 {
+        let cap = capacity.clamp(BUCKET, MAX_CAPACITY).next_power_of_two();
+        (cap * (std::mem::size_of::<Slot<V>>() + std::mem::size_of::<u16>())) as u64
+    }
+
     /// Number of key slots (a power of two). A flow with a reply key takes two.
     pub fn capacity(&self) -> usize {
         self.slots.len()

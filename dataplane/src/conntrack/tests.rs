@@ -47,6 +47,17 @@ const ESTABLISHED: FlowState = FlowState::Tcp(TcpState::Established);
 const UDP_NEW: FlowState = FlowState::Udp { replied: false };
 
 #[test]
+fn bytes_for_matches_what_new_allocates() {
+    let ct: Conntrack<u64> = Conntrack::new(cfg(1000, 10));
+    let allocated = std::mem::size_of_val(&*ct.slots) + std::mem::size_of_val(&*ct.tags);
+    assert_eq!(Conntrack::<u64>::bytes_for(1000), allocated as u64);
+    assert_eq!(
+        Conntrack::<u64>::bytes_for(usize::MAX),
+        Conntrack::<u64>::bytes_for(MAX_CAPACITY)
+    );
+}
+
+#[test]
 fn capacity_is_rounded_up_to_a_power_of_two_of_at_least_one_bucket() {
     for (asked, got) in [
         (0, 16),

@@ -8,6 +8,7 @@
 
 mod dataplane;
 mod health;
+mod host;
 mod reach;
 mod services;
 #[cfg(test)]
@@ -15,6 +16,8 @@ mod tests;
 
 use std::fmt;
 use std::net::IpAddr;
+
+pub use host::{Host, MemoryEstimate};
 
 use super::schema::{Config, Conntrack};
 use super::types::MacAddr;
@@ -24,6 +27,15 @@ use crate::diag::Problem;
 const SUITABLE_TABLE_SIZES: [usize; 14] = [
     251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65537, 131071, 262139, 524287, 1048573, 2097143,
 ];
+
+/// Largest Maglev table size: 2^21 slots (4 MiB a table) is 200,000 backends at ten slots each,
+/// beyond the 65,534 a table can index. Larger sizes only cost memory and build time (2147483647
+/// took 12.8 GB to check).
+pub const MAX_TABLE_SIZE: usize = 1 << 21;
+
+/// Largest conntrack capacity: what the dataplane's table can index (2^31 keys, about 190 GiB a
+/// worker); whether it fits in memory is checked against the machine by [`Config::check_host`].
+pub const MAX_CONNTRACK_CAPACITY: usize = ::dataplane::conntrack::MAX_CAPACITY;
 
 /// A service's table needs this many slots per backend: with fewer, a backend's share strays far
 /// from its weight and a backend change moves more flows than it must.
@@ -70,6 +82,18 @@ fn check_conntrack(ct: &Conntrack, out: &mut Vec<Problem>) {
                 ct.capacity
             ),
         ));
+    }
+    if ct.capacity > MAX_CONNTRACK_CAPACITY {
+        out.push(
+            Problem::new(
+                "conntrack.capacity",
+                format!(
+                    "conntrack: capacity {} is above the largest table, {MAX_CONNTRACK_CAPACITY} keys",
+                    ct.capacity
+                ),
+            )
+            .hint("every worker holds a table of this many keys (a nat flow takes two): `lb check` prints the memory it needs"),
+        );
     }
     let embryonic_budget = ct.embryonic_budget();
     if embryonic_budget > ct.capacity {

@@ -6,7 +6,10 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::reach::Reach;
-use super::{check_unicast, family, first_of_family, table_size_hint, Lazy, SLOTS_PER_BACKEND};
+use super::{
+    check_unicast, family, first_of_family, table_size_hint, Lazy, MAX_TABLE_SIZE,
+    SLOTS_PER_BACKEND,
+};
 use crate::config::schema::{Backend, Config, Mode, Pool, Service};
 use crate::diag::Problem;
 
@@ -77,7 +80,19 @@ fn check_service(
     });
 
     let backends: usize = svc.pools.iter().map(|p| p.backends.len()).sum();
-    if !dataplane::maglev::is_valid_table_size(svc.table_size) {
+    // Checked before primality, whose trial division grows with the value.
+    if svc.table_size > MAX_TABLE_SIZE {
+        out.push(
+            Problem::new(
+                format!("{path}.table_size"),
+                format!(
+                    "{at}: table_size {} is above the largest table, {MAX_TABLE_SIZE} slots",
+                    svc.table_size
+                ),
+            )
+            .hint(table_size_hint(backends)),
+        );
+    } else if !dataplane::maglev::is_valid_table_size(svc.table_size) {
         out.push(
             Problem::new(
                 format!("{path}.table_size"),
@@ -424,6 +439,10 @@ fn backend_name(b: &Backend) -> String {
     }
 }
 
+/// Overlapping claims reported at most: past them the config is a copy gone wrong, and listing every
+/// pair of 100k copies would take hours.
+pub(super) const MAX_OVERLAPS: usize = 10_000;
+
 /// One (VIP, protocol, ports) claim: a port range of a service, or its VIP for every port.
 struct Claim<'a> {
     svc: &'a Service,
@@ -463,11 +482,43 @@ fn check_overlaps(services: &[Service], out: &mut Vec<Problem>) {
             .or_default()
             .push(i);
     }
+    // The clashing pairs only, found by sorting each group by first port: a VIP shared by 20k
+    // services on distinct ports made 200M pairs to compare. Every-port claims clash only with
+    // each other.
     let mut pairs = Vec::new();
-    for group in groups.values().filter(|g| g.len() > 1) {
-        for (n, &i) in group.iter().enumerate() {
-            pairs.extend(group[n + 1..].iter().map(|&j| (i, j)));
+    'groups: for group in groups.values().filter(|g| g.len() > 1) {
+        let (every, mut ranged): (Vec<usize>, Vec<usize>) =
+            group.iter().partition(|&&i| claims[i].ports == (0, 0));
+        for (n, &i) in every.iter().enumerate() {
+            for &j in &every[n + 1..] {
+                if pairs.len() == MAX_OVERLAPS {
+                    break 'groups;
+                }
+                pairs.push((i, j));
+            }
         }
+        ranged.sort_unstable_by_key(|&i| (claims[i].ports.0, i));
+        for (n, &i) in ranged.iter().enumerate() {
+            let hi = claims[i].ports.1;
+            for &j in ranged[n + 1..]
+                .iter()
+                .take_while(|&&j| claims[j].ports.0 <= hi)
+            {
+                if pairs.len() == MAX_OVERLAPS {
+                    break 'groups;
+                }
+                pairs.push((i.min(j), i.max(j)));
+            }
+        }
+    }
+    if pairs.len() == MAX_OVERLAPS {
+        out.push(
+            Problem::new(
+                "services",
+                format!("more than {MAX_OVERLAPS} overlapping claims: only those are listed"),
+            )
+            .hint("each (VIP, protocol, port) belongs to one service"),
+        );
     }
     pairs.sort_unstable();
     for (i, j) in pairs {

@@ -275,6 +275,35 @@ fn overlapping_services_are_all_reported() {
 }
 
 #[test]
+fn one_vip_on_many_ports_is_checked_without_comparing_every_pair() {
+    // Before: 20k services on one VIP made 200M pairs (3.2 GB) to compare and sort.
+    let services: String = (1..=20_000)
+        .map(|i| nat_service(&format!("s{i}"), "198.18.0.100", &format!("[{i}]")))
+        .collect();
+    assert_eq!(problems(&services), Vec::<String>::new());
+}
+
+#[test]
+fn overlaps_are_listed_up_to_a_cap() {
+    // 200 copies of one service: 19,900 clashing pairs, of which the first 10,000 are listed.
+    let services: String = (0..200)
+        .map(|i| nat_service(&format!("s{i}"), "198.18.0.100", "[80]"))
+        .collect();
+    let p = problems(&services);
+    assert_eq!(p.len(), super::services::MAX_OVERLAPS + 1);
+    assert!(
+        p[0].contains("more than 10000 overlapping claims"),
+        "{}",
+        p[0]
+    );
+    assert!(
+        p[1].contains("services s0 and s1 both claim 198.18.0.100 tcp port 80"),
+        "{}",
+        p[1]
+    );
+}
+
+#[test]
 fn duplicate_backends_and_names() {
     let p = problems(
         r#"
