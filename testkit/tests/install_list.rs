@@ -25,6 +25,7 @@ const PRESENT: &[&str] = &[
 /// the test: add it with its package, and the package to scripts/packages.txt.
 const PACKAGE_OF: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("mkfifo", "coreutils"),
     ("ethtool", "ethtool"),
     ("kill", "procps"),
     ("pgrep", "procps"),
