@@ -12,6 +12,3 @@ pub mod sim;
 pub use compile::{compile, CompileError, Compiled};
 pub use config::{load, Config};
 pub use diag::{ConfigReport, Problem};
-
-/// The control plane's shared vocabulary, at the path health, compile and the admin API use.
-pub use control::state;

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controlplane::api::{admin, metrics};
-use controlplane::control::ReloadError;
-use controlplane::state::{
+use controlplane::control::state::{
     AdminState, BackendKey, BackendStatus, Control, Health, Observation, OpError, Override,
     ReloadStatus, ServiceStatus,
 };
+use controlplane::control::ReloadError;
 use controlplane::{ConfigReport, Problem};
 use dataplane::pipeline::{DropReason, FlowCounters};
 use dataplane::worker::Snapshot;

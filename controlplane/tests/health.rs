@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use controlplane::config::{CheckKind, HealthCheck, Passive, StatusRange};
+use controlplane::control::state::{BackendKey, Health};
 use controlplane::health::{Checker, PassiveSample, Target, Transition};
-use controlplane::state::{BackendKey, Health};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;

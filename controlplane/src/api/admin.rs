@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::metrics;
-use crate::state::{
+use crate::control::state::{
     AdminState, BackendKey, BackendStatus, Control, Observation, OpError, ReloadStatus,
     ServiceStatus,
 };

@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::state::{AdminState, BackendKey, BackendStatus, Observation};
+use crate::control::state::{AdminState, BackendKey, BackendStatus, Observation};
 
 /// The `Content-Type` of [`render`]'s output (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -472,7 +472,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::state::{Health, Override, ReloadStatus, ServiceStatus};
+    use crate::control::state::{Health, Override, ReloadStatus, ServiceStatus};
 
     fn backend(addr: &str, stat: Option<u32>) -> BackendStatus {
         BackendStatus {

@@ -27,9 +27,9 @@ pub use check::{check_file, check_file_on, check_str};
 pub use next_hops::{NextHops, NEIGHBOR_SLOTS};
 pub use slots::StatSlots;
 
+use crate::config::BackendKey;
 use crate::config::{self, Config, MacAddr};
 use crate::diag::{ConfigReport, Problem};
-use crate::state::BackendKey;
 
 /// What `compile()` produces: the routing table and the per-worker settings that go with it.
 #[derive(Debug)]

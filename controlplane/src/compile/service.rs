@@ -8,8 +8,8 @@ use dataplane::flow::Addr;
 use dataplane::table::{self, ServiceSpec};
 
 use super::Context;
+use crate::config::BackendKey;
 use crate::config::{self, Config, MacAddr};
-use crate::state::BackendKey;
 
 /// One spec per port range of `svc` (the table serves one range per spec); `macs` are the
 /// `[[neighbors]]` by address.

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use dataplane::table;
 
-use crate::state::BackendKey;
+use crate::config::BackendKey;
 
 /// Counter slots by name. A slot, once given, keeps its meaning for the life of the process, so
 /// the workers' cumulative counters stay attached to the same service or backend across reloads

@@ -6,6 +6,7 @@
 //! services). A config that loads is one `compile()` can build. [`crate::diag`] places every
 //! problem at `file:line:column`.
 
+mod key;
 mod load;
 mod schema;
 #[cfg(test)]
@@ -15,6 +16,7 @@ mod validate;
 
 pub use validate::{Host, MemoryEstimate, MAX_CONNTRACK_CAPACITY, MAX_TABLE_SIZE};
 
+pub use key::{BackendKey, NameError};
 pub use load::{load, load_with_text, read_text, MAX_CONFIG_BYTES};
 pub use schema::*;
 pub use types::{IpPrefix, MacAddr, PortRange, StatusRange, ValueError};

@@ -5,88 +5,15 @@
 //! *may* serve right now. [`effective_weight`] combines them into the weight a backend gets in the
 //! next compiled table; it is pure so the rules are tested without sockets.
 
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use dataplane::worker::Snapshot;
 use serde::Serialize;
 
-/// A backend as operators name it: its service, address and port (0: the client's port).
-/// Written `web/198.18.1.10:8080`, `web/[2001:db8::10]:80` or `web/198.18.2.10` (port 0).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct BackendKey {
-    /// Service name.
-    pub service: String,
-    /// Backend address.
-    pub addr: IpAddr,
-    /// Backend port; 0 keeps the client's destination port.
-    pub port: u16,
-}
-
-impl BackendKey {
-    /// The name of backend `b` of service `svc` in the config.
-    pub fn of(svc: &crate::config::Service, b: &crate::config::Backend) -> BackendKey {
-        BackendKey {
-            service: svc.name.clone(),
-            addr: b.addr,
-            port: b.port.unwrap_or(0),
-        }
-    }
-}
-
-impl fmt::Display for BackendKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.addr, self.port) {
-            (a, 0) => write!(f, "{}/{a}", self.service),
-            (a, p) => write!(f, "{}/{}", self.service, SocketAddr::new(a, p)),
-        }
-    }
-}
-
-/// Why an operator's name for a backend or a state was not understood.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    /// Not `service/address[:port]`.
-    #[error("invalid backend {0:?}: expected service/address[:port], like web/198.18.1.10:8080")]
-    Backend(String),
-    /// Not one of the operator states.
-    #[error("invalid state {0:?}: expected enabled, drain or disabled")]
-    State(String),
-}
-
-impl From<NameError> for String {
-    fn from(e: NameError) -> String {
-        e.to_string()
-    }
-}
-
-impl FromStr for BackendKey {
-    type Err = NameError;
-
-    fn from_str(s: &str) -> Result<Self, NameError> {
-        let bad = || NameError::Backend(s.to_string());
-        let (service, rest) = s.rsplit_once('/').ok_or_else(bad)?;
-        if service.is_empty() {
-            return Err(bad());
-        }
-        let (addr, port) = if let Ok(sa) = rest.parse::<SocketAddr>() {
-            (sa.ip(), sa.port())
-        } else if let Ok(a) = rest.parse::<IpAddr>() {
-            (a, 0)
-        } else if let Some(inner) = rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            (inner.parse::<IpAddr>().map_err(|_| bad())?, 0)
-        } else {
-            return Err(bad());
-        };
-        Ok(BackendKey {
-            service: service.to_string(),
-            addr,
-            port,
-        })
-    }
-}
+pub use crate::config::{BackendKey, NameError};
+pub use crate::health::Health;
 
 /// What an operator set on a backend at runtime (HAProxy's `set server ... state`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
@@ -127,31 +54,6 @@ impl Override {
     /// True when the override changes nothing (and can be forgotten).
     pub fn is_empty(&self) -> bool {
         self.weight.is_none() && self.admin == AdminState::Enabled
-    }
-}
-
-/// What health checking says about a backend.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase", tag = "state", content = "reason")]
-pub enum Health {
-    /// No check configured (or not yet decided): treated as up.
-    #[default]
-    Unchecked,
-    /// Passing.
-    Up,
-    /// Failing: out of the table; the reason says which check and why.
-    Down(String),
-}
-
-impl Health {
-    /// True unless checks say the backend is down.
-    pub fn serves(&self) -> bool {
-        !matches!(self, Health::Down(_))
-    }
-
-    /// The value of the `lb_backend_up` gauge: 1 up or unchecked, 0 down.
-    pub fn gauge(&self) -> i64 {
-        i64::from(self.serves())
     }
 }
 

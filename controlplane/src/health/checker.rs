@@ -11,12 +11,13 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
 use super::rules::same_state;
+use super::Health;
 use super::{
     probe, ActiveState, BackendState, PassiveSample, PassiveState, ProbeResult, Transition,
     MAX_WAIT, MIN_INTERVAL,
 };
+use crate::config::BackendKey;
 use crate::config::{Config, HealthCheck, Passive, Service};
-use crate::state::{BackendKey, Health};
 
 /// One backend to check, as the caller resolved it from the config.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,13 +17,14 @@
 //! Rooms: `rules` (the pure core), `probes` (TCP and HTTP, failures as [`ProbeError`]) and
 //! `checker` (the tasks).
 //!
-//! [`Health::Unchecked`]: crate::state::Health::Unchecked
 
 mod checker;
 mod probes;
 mod rules;
 
 use std::time::Duration;
+
+use serde::Serialize;
 
 pub use checker::{probe_port, targets, Checker, Target};
 pub use probes::{
@@ -49,5 +50,30 @@ fn fmt_duration(d: Duration) -> String {
         format!("{ms}ms")
     } else {
         format!("{d:?}")
+    }
+}
+
+/// What health checking says about a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "reason")]
+pub enum Health {
+    /// No check configured (or not yet decided): treated as up.
+    #[default]
+    Unchecked,
+    /// Passing.
+    Up,
+    /// Failing: out of the table; the reason says which check and why.
+    Down(String),
+}
+
+impl Health {
+    /// True unless checks say the backend is down.
+    pub fn serves(&self) -> bool {
+        !matches!(self, Health::Down(_))
+    }
+
+    /// The value of the `lb_backend_up` gauge: 1 up or unchecked, 0 down.
+    pub fn gauge(&self) -> i64 {
+        i64::from(self.serves())
     }
 }

@@ -8,8 +8,9 @@ use std::time::Instant;
 use dataplane::pipeline::FlowCounters;
 
 use super::fmt_duration;
+use super::Health;
+use crate::config::BackendKey;
 use crate::config::Passive;
-use crate::state::{BackendKey, Health};
 
 /// What the active check last decided, before combining with passive ejection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
