@@ -54,13 +54,7 @@ pub(super) fn specs(
 
 /// A pool as the table takes it: its mode and the sources its packets leave with.
 fn pool(cfg: &Config, pool: &config::Pool) -> table::Pool {
-    let mode = match pool.mode {
-        config::Mode::FullNat => table::Mode::FullNat,
-        config::Mode::Nat => table::Mode::Nat,
-        config::Mode::DsrIpip => table::Mode::DsrIpip,
-        config::Mode::DsrGue => table::Mode::DsrGue,
-        config::Mode::Dr => table::Mode::Dr,
-    };
+    let mode = pool.mode.table_mode();
     // A fullnat pool without its own snat list uses the dataplane's.
     let snat: &[IpAddr] = if mode == table::Mode::FullNat && pool.snat.is_empty() {
         &cfg.dataplane.snat

@@ -552,15 +552,21 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The name used in lb.toml.
-    pub fn name(self) -> &'static str {
+    /// The dataplane's mode for this one (the one mapping between the two).
+    pub fn table_mode(self) -> dataplane::table::Mode {
+        use dataplane::table::Mode as T;
         match self {
-            Mode::FullNat => "fullnat",
-            Mode::Nat => "nat",
-            Mode::DsrIpip => "dsr-ipip",
-            Mode::DsrGue => "dsr-gue",
-            Mode::Dr => "dr",
+            Mode::FullNat => T::FullNat,
+            Mode::Nat => T::Nat,
+            Mode::DsrIpip => T::DsrIpip,
+            Mode::DsrGue => T::DsrGue,
+            Mode::Dr => T::Dr,
         }
+    }
+
+    /// The name used in lb.toml (the dataplane's, which metrics use too).
+    pub fn name(self) -> &'static str {
+        self.table_mode().name()
     }
 
     /// True for the modes that encapsulate (and so need an outer source address).

@@ -16,16 +16,6 @@ fn kind_name(k: BackendKind) -> &'static str {
     }
 }
 
-fn mode_name(m: config::Mode) -> &'static str {
-    match m {
-        config::Mode::FullNat => "fullnat",
-        config::Mode::Nat => "nat",
-        config::Mode::DsrIpip => "dsr-ipip",
-        config::Mode::DsrGue => "dsr-gue",
-        config::Mode::Dr => "dr",
-    }
-}
-
 impl Control for ControlPlane {
     fn observe(&self) -> Observation {
         let workers = self.snapshots();
@@ -50,7 +40,7 @@ impl Control for ControlPlane {
                         stat: inner.slots.backend_slot(&key),
                         key,
                         pool: p.name.clone(),
-                        mode: mode_name(p.mode),
+                        mode: config::Mode::name(p.mode),
                         kind: kind_name(b.kind),
                         configured_weight: configured,
                         health,
