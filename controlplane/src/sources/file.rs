@@ -69,6 +69,8 @@ pub fn watch(
         }
     })?;
     let path = path.to_path_buf();
+    // Read before watching: a write racing the start is then seen as a change, not as the start.
+    let last = content_hash(&path);
     let mut watched = BTreeSet::new();
     rewatch(&mut watcher, &path, &mut watched)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -76,7 +78,7 @@ pub fn watch(
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("lb-config-watch".into())
-            .spawn(move || run(watcher, path, watched, rx, &stop, on_change))
+            .spawn(move || run(watcher, path, watched, last, rx, &stop, on_change))
             .map_err(notify::Error::io)?
     };
     Ok(FileWatcher {
@@ -139,15 +141,16 @@ fn relevant(ev_path: &Path, names: &[std::ffi::OsString]) -> bool {
         || ev_path.is_symlink()
 }
 
+/// The watching thread: sorts events, follows the link, and reports content changes.
 fn run(
     mut w: notify::RecommendedWatcher,
     path: PathBuf,
     mut watched: BTreeSet<PathBuf>,
+    mut last: Option<u64>,
     rx: mpsc::Receiver<notify::Event>,
     stop: &AtomicBool,
     on_change: impl Fn(),
 ) {
-    let mut last = content_hash(&path);
     while !stop.load(Ordering::SeqCst) {
         let ev = match rx.recv_timeout(POLL) {
             Ok(ev) => ev,
