@@ -8,6 +8,7 @@ pub mod control;
 pub mod diag;
 pub mod health;
 pub mod sim;
+pub mod sources;
 
 pub use compile::{compile, CompileError, Compiled};
 pub use config::{load, Config};

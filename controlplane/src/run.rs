@@ -13,6 +13,7 @@ use controlplane::compile::RunSettings;
 use controlplane::config::{self, Config, IdleMode, PortKind, XdpMode};
 use controlplane::control::{self, AddressFilter, Control, ControlPlane, StartError};
 use controlplane::health::{self, Checker, Transition};
+use controlplane::sources;
 use dataplane::port::af_packet::AfPacketPort;
 use dataplane::port::af_xdp::{AfXdpOptions, AfXdpPort, AttachMode};
 use dataplane::port::tap::TapPort;
@@ -283,38 +284,6 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Watches the config file's directory (editors replace files by renaming) and sets `dirty` when
-/// an event names the file. A watcher that cannot start is logged; SIGHUP still reloads.
-fn watch_file(path: &Path, dirty: Arc<AtomicBool>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let name = path.file_name()?.to_os_string();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            let ours = ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(name.as_os_str()));
-            if ours && !ev.kind.is_access() {
-                dirty.store(true, Ordering::SeqCst);
-            }
-        }
-    });
-    match watcher.and_then(|mut w| {
-        w.watch(&dir, notify::RecursiveMode::NonRecursive)
-            .map(|()| w)
-    }) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
-            None
-        }
-    }
-}
-
 /// The control-plane thread: a tokio runtime that reloads on SIGHUP and file changes, releases
 /// replaced tables, logs summaries, and stops the workers on SIGINT/SIGTERM.
 fn control_thread(
@@ -327,7 +296,14 @@ fn control_thread(
         .enable_all()
         .build()?;
     let dirty = Arc::new(AtomicBool::new(false));
-    let _watcher = watch_file(cp.path(), dirty.clone());
+    let _watcher = {
+        let dirty = dirty.clone();
+        sources::file::watch(cp.path(), move || dirty.store(true, Ordering::SeqCst))
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP"),
+            )
+            .ok()
+    };
     // Health transitions are logged as they happen; the table is rebuilt on the next tick.
     let health_changed = Arc::new(AtomicBool::new(false));
     let checker = {
