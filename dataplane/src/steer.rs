@@ -182,12 +182,12 @@ mod tests {
     const SNAT: [u8; 4] = [198, 18, 0, 2];
     const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 
-    fn pool(name: &str, mode: Mode) -> Pool {
+    fn pool(name: &str, mode: Mode, snat: &[Addr]) -> Pool {
         Pool {
             name: name.into(),
             mode,
             snat: if mode == Mode::FullNat {
-                vec![Addr::v4(SNAT)]
+                snat.to_vec()
             } else {
                 vec![]
             },
@@ -210,6 +210,12 @@ mod tests {
 
     /// Three services on one VIP: tcp/80 fullnat, udp/7 nat, tcp/443 dsr-ipip.
     fn table() -> RoutingTable {
+        table_with(&[Addr::v4(SNAT)], (1024, 65535), 2)
+    }
+
+    /// The same with these fullnat source addresses and ports, and the first `backends` (1 or 2)
+    /// backends.
+    fn table_with(snat: &[Addr], snat_ports: (u16, u16), backends: usize) -> RoutingTable {
         let svc = |name: &str, proto: u8, port: u16, mode: Mode| ServiceSpec {
             stat: None,
             name: name.into(),
@@ -219,8 +225,8 @@ mod tests {
             port_hi: port,
             affinity: Affinity::None,
             table_size: 251,
-            pools: vec![pool(name, mode)],
-            backends: vec![be([198, 18, 1, 10], 8080), be([198, 18, 1, 11], 8080)],
+            pools: vec![pool(name, mode, snat)],
+            backends: [be([198, 18, 1, 10], 8080), be([198, 18, 1, 11], 8080)][..backends].to_vec(),
         };
         RoutingTable::new(
             1,
@@ -228,7 +234,7 @@ mod tests {
                 mac: LB_MAC,
                 addrs: vec![Addr::v4([198, 18, 0, 1])],
                 mtu: 1500,
-                snat_ports: (1024, 65535),
+                snat_ports,
             },
             vec![
                 svc("full", proto::TCP, 80, Mode::FullNat),
@@ -407,5 +413,39 @@ mod tests {
                 assert_eq!(slice_owner((1024, 1033), p, 3), w);
             }
         }
+    }
+
+    /// Fullnat spreads new flows over every snat address of the family: with two addresses and
+    /// a 5-port slice per worker, 10 flows to one backend through one worker succeed (one address holds 5),
+    /// both addresses carry flows, every (address, port) is distinct, and every reply steers
+    /// back to that worker and is rewritten back to its client.
+    #[test]
+    fn fullnat_uses_every_snat_address() {
+        const SNAT2: [u8; 4] = [198, 18, 0, 3];
+        let t = table_with(&[Addr::v4(SNAT), Addr::v4(SNAT2)], (1024, 1033), 1);
+        let workers = 2;
+        let mut st = WorkerState::new(0, workers, ct_cfg());
+        st.adopt(&t);
+        let mut used = HashSet::<(Addr, u16), FastHash>::default();
+        for i in 0..10u16 {
+            let req = frame([10, 0, 0, 1], VIP, proto::TCP, 2000 + i, 80);
+            let fwd = run(&mut st, &t, &req).unwrap_or_else(|| panic!("flow {i} refused"));
+            let p = wire::parse(&fwd).unwrap();
+            assert!(
+                used.insert((p.src, p.sport)),
+                "flow {i} reuses {:?}",
+                p.sport
+            );
+            let reply = reply_to(&fwd);
+            assert_eq!(owner(&t, &reply, workers), 0, "reply of flow {i}");
+            let back = run(&mut st, &t, &reply).expect("reply forwarded");
+            assert_eq!(wire::parse(&back).unwrap().dport, 2000 + i);
+        }
+        for a in [SNAT, SNAT2] {
+            assert!(used.iter().any(|(s, _)| *s == Addr::v4(a)), "{a:?} unused");
+        }
+        // Both slices full now: the next flow is refused, not given a duplicate.
+        let req = frame([10, 0, 0, 1], VIP, proto::TCP, 3000, 80);
+        assert_eq!(run(&mut st, &t, &req), None);
     }
 }

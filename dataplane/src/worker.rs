@@ -437,6 +437,7 @@ impl Worker {
                 stats.handed_off += 1;
             } else {
                 stats.handoff_full += 1;
+                state.counters.drops[DropReason::HandoffFull as usize] += 1;
             }
             HANDED_OFF
         });
@@ -460,7 +461,10 @@ impl Worker {
                         stats.tx_errors += 1;
                     }
                 }
-                Verdict::ToHost => stats.handoff_to_host_lost += 1,
+                Verdict::ToHost => {
+                    stats.handoff_to_host_lost += 1;
+                    state.counters.drops[DropReason::HandoffToHost as usize] += 1;
+                }
                 Verdict::Drop(_) | Verdict::ToL7 => {}
             }
             mesh.recycle(f);
@@ -537,11 +541,16 @@ impl Worker {
     }
 
     fn snapshot_at(&self, now: Millis) -> Snapshot {
+        let port = self.port.stats();
+        let mut counters = self.state.counters.clone();
+        // The port keeps its own loss counters (cumulative): `lb_drops_total` shows them too.
+        counters.drops[DropReason::TxFailed as usize] = port.tx_dropped;
+        counters.drops[DropReason::RxDropped as usize] = port.rx_dropped;
         Snapshot {
             worker: self.id,
-            counters: self.state.counters.clone(),
+            counters,
             stats: self.stats,
-            port: self.port.stats(),
+            port,
             flows: self.state.ct.len(),
             generation: self.generation.unwrap_or(0),
             at_ms: now,
@@ -802,5 +811,77 @@ mod tests {
         assert!(build_workers(vec![], t.clone(), &cfg).is_err());
         let one: Vec<Box<dyn Port>> = vec![Box::new(MemPort::new())];
         assert_eq!(build_workers(one, t, &cfg).unwrap().len(), 1);
+    }
+
+    /// A frame lost to a full hand-off ring is a drop `lb_drops_total` shows (`handoff-full`),
+    /// not only a worker statistic.
+    #[test]
+    fn a_full_handoff_ring_counts_handoff_full_drops() {
+        use crate::flow::{proto, Addr};
+        use crate::table::{Affinity, Backend, Local, Mode, Pool, ServiceSpec};
+        const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+        const SNAT: [u8; 4] = [198, 18, 0, 2];
+        let spec = ServiceSpec {
+            stat: None,
+            name: "full".into(),
+            vip: Addr::v4([198, 18, 0, 100]),
+            proto: proto::TCP,
+            port_lo: 80,
+            port_hi: 80,
+            affinity: Affinity::None,
+            table_size: 251,
+            pools: vec![Pool {
+                name: "full".into(),
+                mode: Mode::FullNat,
+                snat: vec![Addr::v4(SNAT)],
+                encap_src_v4: None,
+                encap_src_v6: None,
+                gue_port: 6080,
+            }],
+            backends: vec![Backend {
+                addr: Addr::v4([198, 18, 1, 10]),
+                port: 8080,
+                weight: 1,
+                mac: [2, 0, 0, 0, 1, 10],
+                pool: 0,
+                stat: 0,
+            }],
+        };
+        let local = Local {
+            mac: LB_MAC,
+            addrs: vec![Addr::v4([198, 18, 0, 1])],
+            mtu: 1500,
+            snat_ports: (1024, 65535),
+        };
+        let t = Arc::new(ArcSwap::from_pointee(
+            RoutingTable::new(1, local, vec![spec]).unwrap(),
+        ));
+        // Backend replies to a port of worker 1's slice, all received by worker 0.
+        let (_, hi0) = crate::pipeline::snat_slice((1024, 65535), 0, 2);
+        let mut p0 = MemPort::new();
+        for i in 0..5u16 {
+            let mut f = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 1, 10], LB_MAC)
+                .ipv4([198, 18, 1, 10], SNAT, 64)
+                .tcp(8080, hi0 + 1 + i, 1, 1000)
+                .ack(1)
+                .write(&mut f, b"hi")
+                .unwrap();
+            p0.rx.push_back(f);
+        }
+        let mut cfg = WorkerConfig::new(conntrack::Config {
+            capacity: 64,
+            embryonic_budget: 16,
+            timeouts: Default::default(),
+        });
+        cfg.handoff_slots = 1;
+        let ports: Vec<Box<dyn Port>> = vec![Box::new(p0), Box::new(MemPort::new())];
+        let mut ws = build_workers(ports, t, &cfg).unwrap();
+        assert_eq!(ws[0].poll_once(), 5);
+        // One buffer: the first frame is handed off, the other four find no room.
+        assert_eq!((ws[0].stats.handed_off, ws[0].stats.handoff_full), (1, 4));
+        let snap = ws[0].snapshot_at(0);
+        assert_eq!(snap.counters.dropped(DropReason::HandoffFull), 4);
+        assert_eq!(total(&[snap]).dropped(DropReason::HandoffFull), 4);
     }
 }

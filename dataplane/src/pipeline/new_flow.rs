@@ -48,20 +48,19 @@ pub(super) fn new_flow(
     match pool.mode {
         Mode::FullNat => {
             let want_v4 = be.addr.is_v4();
-            let Some(snat) = pool.snat.iter().find(|a| a.is_v4() == want_v4) else {
-                return Verdict::Drop(DropReason::Unsupported);
+            let (snat, port) = match snat_alloc(st, pool, be, fwd.new_dport, p.proto, want_v4, now)
+            {
+                Ok(a) => a,
+                Err(r) => return Verdict::Drop(r),
             };
-            let mut rkey = FlowKey {
+            let rkey = FlowKey {
                 src: be.addr,
-                dst: *snat,
+                dst: snat,
                 sport: fwd.new_dport,
-                dport: 0,
+                dport: port,
                 proto: p.proto,
             };
-            let Some(port) = st.alloc_port(&mut rkey, now) else {
-                return Verdict::Drop(DropReason::SnatExhausted);
-            };
-            fwd.new_src = *snat;
+            fwd.new_src = snat;
             fwd.new_sport = port;
             reply = Some(rkey);
         }
@@ -107,6 +106,44 @@ pub(super) fn new_flow(
     let len = pkt.len() as u64;
     count(&mut st.counters, &fwd, len, true);
     apply(table, pkt, p, &fwd, p.sport)
+}
+
+/// A fullnat source (address, port) for a new flow to `be`: the pool's addresses of the
+/// backend's family take turns (one per new flow, so all of them carry flows), and when one has
+/// no free port in this worker's slice the next is tried. Any of them steers replies to us, as
+/// steering reads only the port. `unsupported` when the pool has no address of that family,
+/// `snat-exhausted` when every address's slice is full. No allocation: the family's addresses are counted, then walked.
+fn snat_alloc(
+    st: &mut WorkerState,
+    pool: &Pool,
+    be: &Backend,
+    be_port: u16,
+    proto: u8,
+    want_v4: bool,
+    now: Millis,
+) -> Result<(crate::flow::Addr, u16), DropReason> {
+    let of_family = || pool.snat.iter().filter(move |a| a.is_v4() == want_v4);
+    let n = of_family().count();
+    if n == 0 {
+        return Err(DropReason::Unsupported);
+    }
+    let start = st.next_snat_addr(n);
+    for i in 0..n {
+        let Some(&snat) = of_family().nth((start + i) % n) else {
+            break;
+        };
+        let mut rkey = FlowKey {
+            src: be.addr,
+            dst: snat,
+            sport: be_port,
+            dport: 0,
+            proto,
+        };
+        if let Some(port) = st.alloc_port(&mut rkey, now) {
+            return Ok((snat, port));
+        }
+    }
+    Err(DropReason::SnatExhausted)
 }
 
 /// The one select -> MAC -> forward sequence of a new flow `key` (client -> VIP) of `svc`: Maglev's

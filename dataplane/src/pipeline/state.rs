@@ -89,6 +89,7 @@ pub struct WorkerState {
     snat_lo: u16,
     snat_hi: u16,
     snat_next: u16,
+    snat_addr_next: usize,
     pub(super) generation: Option<u64>,
 }
 
@@ -110,6 +111,7 @@ impl WorkerState {
             snat_lo: 0,
             snat_hi: 0,
             snat_next: 0,
+            snat_addr_next: 0,
             generation: None,
         }
     }
@@ -149,6 +151,13 @@ impl WorkerState {
                 }
             }
         })
+    }
+
+    /// Which of `n` fullnat source addresses a new flow starts with: each in turn.
+    pub(super) fn next_snat_addr(&mut self, n: usize) -> usize {
+        let i = self.snat_addr_next % n;
+        self.snat_addr_next = i + 1;
+        i
     }
 
     /// Next fullnat source port whose reply key (backend -> snat:port) is free.

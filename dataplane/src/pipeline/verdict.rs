@@ -53,11 +53,23 @@ pub enum DropReason {
     Unsupported,
     /// A new flow's next hop (backend or gateway) has no resolved MAC yet; it is being probed.
     NoNeighbor,
+    /// The worker owning the frame's flow had no room in its hand-off ring (or we had no free
+    /// hand-off buffer). Counted by the worker, not the pipeline.
+    HandoffFull,
+    /// A frame handed over by another worker that the pipeline sent to the host: only the
+    /// receiving port can inject into the host's stack. Counted by the worker.
+    HandoffToHost,
+    /// The port could not transmit the frame (ring or socket buffer full, TAP queue full:
+    /// `EAGAIN`, send error). Taken from the port's own counter.
+    TxFailed,
+    /// Frames the kernel dropped before lb could read them, where the port can read that
+    /// figure (af_packet: TPACKET statistics; AF_XDP: XDP statistics). Taken from the port.
+    RxDropped,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::BadIpChecksum,
@@ -75,6 +87,10 @@ impl DropReason {
         DropReason::NoRoom,
         DropReason::Unsupported,
         DropReason::NoNeighbor,
+        DropReason::HandoffFull,
+        DropReason::HandoffToHost,
+        DropReason::TxFailed,
+        DropReason::RxDropped,
     ];
 
     /// The kebab-case name used by `lb sim`, fixtures and metrics.
@@ -97,6 +113,10 @@ impl DropReason {
             DropReason::NoRoom => "no-room",
             DropReason::Unsupported => "unsupported",
             DropReason::NoNeighbor => "no-neighbor",
+            DropReason::HandoffFull => "handoff-full",
+            DropReason::HandoffToHost => "handoff-to-host",
+            DropReason::TxFailed => "tx-failed",
+            DropReason::RxDropped => "rx-dropped",
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct AfPacketPort {
     pos: Option<BlockPos>,
     buf: Vec<u8>,
     stats: PortStats,
+    /// Ring-full drops the kernel reported so far: its counter resets on every read, and
+    /// `stats` (which takes `&self`) adds each read here.
+    kernel_drops: std::cell::Cell<u64>,
 }
 
 /// Where the next frame of a block we own starts.
@@ -239,6 +242,7 @@ fn open_socket(ifname: &str, ifindex: libc::c_int, queue: u16) -> io::Result<AfP
         pos: None,
         buf: vec![0; HEADROOM + MAX_FRAME + TAILROOM],
         stats: PortStats::default(),
+        kernel_drops: std::cell::Cell::new(0),
     })
 }
 
@@ -484,7 +488,39 @@ impl Port for AfPacketPort {
     }
 
     fn stats(&self) -> PortStats {
-        self.stats
+        self.kernel_drops
+            .set(self.kernel_drops.get() + u64::from(read_kernel_drops(&self.fd)));
+        PortStats {
+            rx_dropped: self.kernel_drops.get(),
+            ..self.stats
+        }
+    }
+}
+
+/// Frames the kernel dropped for a full ring since the last call (PACKET_STATISTICS resets its
+/// counters on read); 0 when it cannot be read.
+fn read_kernel_drops(fd: &OwnedFd) -> u32 {
+    let mut st = libc::tpacket_stats_v3 {
+        tp_packets: 0,
+        tp_drops: 0,
+        tp_freeze_q_cnt: 0,
+    };
+    let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `st`, a live tpacket_stats_v3 (the
+    // layout it uses for a TPACKET_V3 socket), and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats_v3).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        st.tp_drops
+    } else {
+        0
     }
 }
 

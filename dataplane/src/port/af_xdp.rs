@@ -43,6 +43,8 @@ pub const FRAME_SIZE: u32 = 4096;
 /// `SOL_XDP` socket option level and the `XDP_OPTIONS` query.
 const SOL_XDP: libc::c_int = 283;
 const XDP_OPTIONS: libc::c_int = 8;
+/// `XDP_STATISTICS` (linux/if_xdp.h): the socket's cumulative drop counters.
+const XDP_STATISTICS: libc::c_int = 7;
 const XDP_OPTIONS_ZEROCOPY: u32 = 1;
 
 /// How often a bind that finds the queue busy is retried: the socket of a process that just
@@ -506,6 +508,32 @@ impl Port for AfXdpPort {
     }
 
     fn stats(&self) -> PortStats {
-        self.stats
+        PortStats {
+            rx_dropped: kernel_rx_drops(self.fd),
+            ..self.stats
+        }
     }
+}
+
+/// Frames the kernel dropped on their way to socket `fd` (cumulative): `rx_dropped` (no room,
+/// e.g. an empty fill ring) plus `rx_ring_full`. 0 when it cannot be read.
+fn kernel_rx_drops(fd: RawFd) -> u64 {
+    // struct xdp_statistics: rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full,
+    // rx_fill_ring_empty_descs, tx_ring_empty_descs; older kernels fill only a prefix.
+    let mut st = [0u64; 6];
+    let mut len = std::mem::size_of_val(&st) as libc::socklen_t;
+    // SAFETY: `st` is valid for `len` bytes of writes and the kernel writes at most that.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_STATISTICS,
+            st.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return 0;
+    }
+    st[0] + if len as usize >= 4 * 8 { st[3] } else { 0 }
 }

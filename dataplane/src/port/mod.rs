@@ -33,6 +33,8 @@ pub struct PortStats {
     pub tx: u64,
     /// Frames that could not be transmitted (ring full, send error).
     pub tx_dropped: u64,
+    /// Frames the kernel dropped before we read them, where the port can read that figure.
+    pub rx_dropped: u64,
     /// Frames handed to the host's stack.
     pub to_host: u64,
 }
