@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use testkit::lab::{self, Lab};
 
 mod labkit;
-use labkit::lab_with;
+use labkit::{lab_with, reloads_logged, wait_for, HEAD};
 
 /// One lab at a time: the tests share the machine's two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -50,24 +50,7 @@ backends = [{ addr = "198.18.1.10", port = 8080 }]
         ""
     };
     format!(
-        r#"[dataplane]
-mac = "02:00:00:00:00:01"
-addresses = ["198.18.0.1", "2001:db8::1"]
-gateway_mac = "02:00:00:00:00:fe"
-port = "tap"
-interface = "lb0"
-workers = 2
-
-[admin]
-listen = "127.0.0.1:9180"
-
-[[neighbors]]
-ip = "198.18.1.10"
-mac = "02:00:00:00:01:0a"
-[[neighbors]]
-ip = "198.18.1.11"
-mac = "02:00:00:00:01:0b"
-
+        r#"{HEAD}
 [[services]]
 name = "web"
 vip = "198.18.0.100"
@@ -96,24 +79,8 @@ backends = [{{ addr = "198.18.1.10", port = 7 }}, {{ addr = "198.18.1.11", port 
     )
 }
 
-fn reloads_logged(lab: &Lab) -> usize {
-    lab.lb_log().matches("configuration reloaded").count()
-}
-
 fn rejections_logged(lab: &Lab) -> usize {
     lab.lb_log().matches("reload rejected").count()
-}
-
-/// Waits until `f` holds, up to `timeout`.
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
 }
 
 #[derive(Default)]

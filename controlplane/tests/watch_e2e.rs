@@ -4,32 +4,12 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use testkit::lab::{self, Lab};
+use testkit::lab;
 
 mod labkit;
-use labkit::lab_with;
-
-/// Everything before the first service: valid TOML on its own, with no service in it.
-const HEAD: &str = r#"[dataplane]
-mac = "02:00:00:00:00:01"
-addresses = ["198.18.0.1", "2001:db8::1"]
-gateway_mac = "02:00:00:00:00:fe"
-port = "tap"
-interface = "lb0"
-workers = 2
-
-[admin]
-listen = "127.0.0.1:9180"
-
-[[neighbors]]
-ip = "198.18.1.10"
-mac = "02:00:00:00:01:0a"
-[[neighbors]]
-ip = "198.18.1.11"
-mac = "02:00:00:00:01:0b"
-"#;
+use labkit::{lab_with, reloads_logged, wait_for, HEAD};
 
 /// The web service; `weight` makes each written file differ from the last.
 fn services(weight: u32) -> String {
@@ -50,22 +30,6 @@ backends = [
 ]
 "#
     )
-}
-
-fn reloads_logged(lab: &Lab) -> usize {
-    lab.lb_log().matches("configuration reloaded").count()
-}
-
-/// Waits until `f` holds, up to `timeout`.
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
 }
 
 #[test]

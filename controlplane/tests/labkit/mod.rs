@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use testkit::lab::{Lab, LabOptions};
 
@@ -32,4 +32,42 @@ pub fn lab_with(tag: &str, body: &str) -> (Lab, TempDir, PathBuf) {
     .unwrap();
     lab.start_lb(Duration::from_secs(15)).unwrap();
     (lab, dir, path)
+}
+
+/// The lab's `[dataplane]`, `[admin]` and `[[neighbors]]` (TAP, two workers, the pods' MACs):
+/// valid on its own, with no service; the tests append theirs.
+pub const HEAD: &str = r#"[dataplane]
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.1", "2001:db8::1"]
+gateway_mac = "02:00:00:00:00:fe"
+port = "tap"
+interface = "lb0"
+workers = 2
+
+[admin]
+listen = "127.0.0.1:9180"
+
+[[neighbors]]
+ip = "198.18.1.10"
+mac = "02:00:00:00:01:0a"
+[[neighbors]]
+ip = "198.18.1.11"
+mac = "02:00:00:00:01:0b"
+"#;
+
+/// How many reloads `lb run` has logged as applied.
+pub fn reloads_logged(lab: &Lab) -> usize {
+    lab.lb_log().matches("configuration reloaded").count()
+}
+
+/// Waits until `f` holds, up to `timeout`.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
 }
