@@ -32,6 +32,40 @@ pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
 /// directory is refused before it is opened (opening a FIFO would wait for a writer), and bytes
 /// that are not UTF-8 are reported at their line and column.
 pub fn read_text(path: &Path) -> Result<String, ConfigReport> {
+    let bytes = read_bytes(path)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        let mut r = ConfigReport::new(path, "");
+        r.push_span(
+            None,
+            format!(
+                "cannot read the file: it is larger than {} MiB",
+                MAX_CONFIG_BYTES >> 20
+            ),
+            Some("a config is a few MB at most: is this the right file?".into()),
+        );
+        return Err(r);
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let byte = e.as_bytes()[at];
+        // The lossy text keeps every byte before the first bad one, so offsets agree up to it;
+        // the bad byte became U+FFFD, which the caret underlines.
+        let text = String::from_utf8_lossy(e.as_bytes());
+        let mut r = ConfigReport::new(path, &text);
+        r.push_span(
+            Some(at..at + '\u{FFFD}'.len_utf8()),
+            format!("byte 0x{byte:02x} is not UTF-8"),
+            Some("TOML files are UTF-8 text: re-save the file as UTF-8".into()),
+        );
+        r.sort();
+        r
+    })
+}
+
+/// The bytes of the regular file at `path`, at most [`MAX_CONFIG_BYTES`] + 1 (one more than
+/// allowed, so a caller can tell a file that is too large): a FIFO, device or directory is
+/// refused before it is opened. [`read_text`] and the file watcher read through it.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, ConfigReport> {
     let fail = |message: String, hint: Option<&str>| {
         let mut r = ConfigReport::new(path, "");
         r.push_span(None, message, hint.map(str::to_string));
@@ -64,30 +98,7 @@ pub fn read_text(path: &Path) -> Result<String, ConfigReport> {
     file.take(MAX_CONFIG_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| fail(format!("cannot read the file: {e}"), None))?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(fail(
-            format!(
-                "cannot read the file: it is larger than {} MiB",
-                MAX_CONFIG_BYTES >> 20
-            ),
-            Some("a config is a few MB at most: is this the right file?"),
-        ));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let byte = e.as_bytes()[at];
-        // The lossy text keeps every byte before the first bad one, so offsets agree up to it;
-        // the bad byte became U+FFFD, which the caret underlines.
-        let text = String::from_utf8_lossy(e.as_bytes());
-        let mut r = ConfigReport::new(path, &text);
-        r.push_span(
-            Some(at..at + '\u{FFFD}'.len_utf8()),
-            format!("byte 0x{byte:02x} is not UTF-8"),
-            Some("TOML files are UTF-8 text: re-save the file as UTF-8".into()),
-        );
-        r.sort();
-        r
-    })
+    Ok(bytes)
 }
 
 /// What a file that is not a regular file is, for the message refusing it.

@@ -17,6 +17,6 @@ mod validate;
 pub use validate::{Host, MemoryEstimate, MAX_CONNTRACK_CAPACITY, MAX_TABLE_SIZE};
 
 pub use key::{BackendKey, NameError};
-pub use load::{load, load_with_text, read_text, MAX_CONFIG_BYTES};
+pub use load::{load, load_with_text, read_bytes, read_text, MAX_CONFIG_BYTES};
 pub use schema::*;
 pub use types::{IpPrefix, MacAddr, PortRange, StatusRange, ValueError};

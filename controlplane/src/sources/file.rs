@@ -124,9 +124,11 @@ fn rewatch(
     result
 }
 
-/// A hash of the file's bytes (through its links); None when it cannot be read now.
+/// A hash of the file's bytes (through its links); None when it cannot be read now. Read as
+/// loading reads it (regular files only, bounded), so a FIFO or a device behind the path neither
+/// blocks this thread nor fills memory.
 fn content_hash(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = crate::config::read_bytes(path).ok()?;
     let mut h = DefaultHasher::new();
     h.write(&bytes);
     Some(h.finish())
