@@ -255,6 +255,11 @@ impl ControlPlane {
         if released > 0 || inner.filter.as_ref().is_some_and(|f| f.stale) {
             self.shrink_filter(&mut inner);
         }
+        drop(inner);
+        if released > 0 {
+            // What the released tables held goes back to the kernel, not only to the allocator.
+            crate::sys::return_free_memory();
+        }
         released
     }
 
