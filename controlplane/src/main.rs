@@ -306,8 +306,12 @@ fn run_lab(action: LabAction) -> anyhow::Result<()> {
             Ok(())
         }
         LabAction::Down { prefix } => {
-            for name in lab::sweep(&prefix)? {
+            let swept = lab::sweep(&prefix)?;
+            for name in swept.namespaces {
                 println!("deleted namespace {name}");
+            }
+            for dir in swept.dirs {
+                println!("deleted {}", dir.display());
             }
             Ok(())
         }

@@ -22,7 +22,7 @@
 //! and their far ends moved straight into the peer. Addresses come only from 198.18.0.0/15 and
 //! 2001:db8::/32. [`Lab`]'s `Drop` stops every process and deletes the namespaces (which removes
 //! every interface with them), so a failing test or an interrupted demo leaves nothing behind; a
-//! killed process can leave namespaces, which `lb lab down` sweeps.
+//! killed process can leave namespaces and its log directory, which `lb lab down` sweeps.
 //!
 //! The backends are `lb lab-backend` processes ([`backend`]): HTTP and UDP echo servers that
 //! answer with their name, so the client sees which backend it reached.
@@ -43,7 +43,7 @@ use std::time::Duration;
 pub use client::{http_get, ping, udp_echo, KeepAlive};
 pub use config::Target;
 pub use demo::{demo, DemoReport};
-pub use topology::{sweep, Lab, LabOptions, LbExit};
+pub use topology::{sweep, Lab, LabOptions, LbExit, Swept};
 
 /// The balancer's own IPv4 address in the lab (the backends' default gateway).
 pub const LB_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);

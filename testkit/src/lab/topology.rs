@@ -147,10 +147,22 @@ impl Lab {
             &["addr", "add", &format!("{HOST_V4}/16"), "dev", "br0"],
         )?;
         if port_kind == "tap" {
-            // A persistent multi-queue TAP, so it is on the bridge before `lb run` attaches.
+            // A persistent multi-queue TAP, so it is on the bridge before `lb run` attaches. Owned
+            // by root: a TAP with no owner lets any user who can open /dev/net/tun attach to it
+            // and read or inject the lab's frames.
             in_ns(
                 &lb,
-                &["tuntap", "add", "dev", iface, "mode", "tap", "multi_queue"],
+                &[
+                    "tuntap",
+                    "add",
+                    "dev",
+                    iface,
+                    "mode",
+                    "tap",
+                    "multi_queue",
+                    "user",
+                    "0",
+                ],
             )?;
             in_ns(&lb, &["link", "set", iface, "master", "br0", "up"])?;
         } else {
@@ -429,9 +441,19 @@ fn set_sysctl(ns: &Netns, key: &str, value: &str) -> Result<(), LabError> {
     )
 }
 
-/// Deletes every namespace whose name starts with `prefix` (after killing what runs in it):
-/// the leftovers of a lab whose process was killed. Returns the names deleted.
-pub fn sweep(prefix: &str) -> io::Result<Vec<String>> {
+/// What [`sweep`] deleted.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Namespaces deleted (with every interface in them).
+    pub namespaces: Vec<String>,
+    /// Log and config directories of labs whose process is gone.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Deletes every namespace whose name starts with `prefix` (after killing what runs in it) and
+/// the log directories of labs with that prefix whose process is gone: the leftovers of a lab
+/// whose process was killed.
+pub fn sweep(prefix: &str) -> io::Result<Swept> {
     if prefix.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -439,7 +461,7 @@ pub fn sweep(prefix: &str) -> io::Result<Vec<String>> {
         ));
     }
     let list = netns::run("ip", &["netns", "list"])?;
-    let mut deleted = Vec::new();
+    let mut swept = Swept::default();
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
         if !name.starts_with(prefix) {
             continue;
@@ -450,7 +472,60 @@ pub fn sweep(prefix: &str) -> io::Result<Vec<String>> {
             }
         }
         netns::run("ip", &["netns", "delete", name])?;
-        deleted.push(name.to_owned());
+        swept.namespaces.push(name.to_owned());
+    }
+    swept.dirs = sweep_dirs(&std::env::temp_dir(), prefix)?;
+    Ok(swept)
+}
+
+/// Deletes `<prefix><pid>-lab` directories under `tmp` whose pid is no longer running. A live
+/// lab keeps its directory: its own `Drop` removes it.
+fn sweep_dirs(tmp: &Path, prefix: &str) -> io::Result<Vec<PathBuf>> {
+    let mut deleted = Vec::new();
+    for entry in std::fs::read_dir(tmp)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_suffix("-lab"))
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if Path::new("/proc").join(pid).exists() || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        std::fs::remove_dir_all(entry.path())?;
+        deleted.push(entry.path());
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sweep_dirs;
+
+    #[test]
+    fn sweep_deletes_the_log_directories_of_dead_labs_only() {
+        let tmp = std::env::temp_dir().join(format!("lbsweeptest{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        // A pid that cannot be running (above pid_max's ceiling), ours (alive), another prefix,
+        // and a name that only looks like a lab's.
+        let dead = tmp.join("lbdemo4999999-lab");
+        let alive = tmp.join(format!("lbdemo{}-lab", std::process::id()));
+        let other = tmp.join("lbtest4999999-lab");
+        let odd = tmp.join("lbdemox-lab");
+        for d in [&dead, &alive, &other, &odd] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("lb.log"), "log").unwrap();
+        }
+        let deleted = sweep_dirs(&tmp, "lbdemo").unwrap();
+        let kept = [alive.exists(), other.exists(), odd.exists()];
+        let _ = std::fs::remove_dir_all(&tmp);
+        assert_eq!(deleted, vec![dead.clone()]);
+        assert!(!dead.exists());
+        assert_eq!(kept, [true, true, true]);
+    }
 }
