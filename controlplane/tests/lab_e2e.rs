@@ -251,7 +251,13 @@ fn every_mode(r: &mut Running) {
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it as root"]
 fn tcp_and_udp_through_every_mode_over_tap() {
-    with_lab("tap", "tap", every_mode);
+    with_lab("tap", "tap", |r| {
+        // The persistent TAP is root's: with no owner, any user could attach to it.
+        let ns = r.lab.ns_name("lb");
+        let link = testkit::netns::run_in(&ns, "ip", &["-d", "link", "show", "lb0"]).unwrap();
+        assert!(link.contains(" user root "), "{link}");
+        every_mode(r);
+    });
 }
 
 #[test]
