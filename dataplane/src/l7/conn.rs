@@ -221,6 +221,12 @@ impl Conn {
             && self.cout.len() < self.config.buffer
     }
 
+    /// Bytes held in the connection's buffers (input and output, both sides): bounded by the
+    /// limits when the transport follows `wants_*_data`.
+    pub fn buffered(&self) -> usize {
+        self.cin.len() + self.bin.len() + self.cout.len() + self.bout.len() + self.sent_head.len()
+    }
+
     /// The connection is finished (after `CloseClient`).
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed

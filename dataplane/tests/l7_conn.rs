@@ -1,0 +1,320 @@
+//! The L7 connection machine from recorded byte streams: keep-alive and pool reuse, pipelining,
+//! streaming bodies, 100-continue, upgrade tunnels, timeouts, retries and 502/503/504, and
+//! backend connections whose framing was ambiguous never reused. Then property tests: any
+//! client or backend bytes, split anywhere, give no panic, bounded buffers and the same answers.
+
+mod l7_harness;
+
+use dataplane::l7::conn::{ConnConfig, Timeouts};
+use dataplane::l7::route::BackendId;
+use l7_harness::{find, FakeRouter, Harness, Reply};
+use proptest::prelude::*;
+
+const GET: &[u8] = b"GET /a HTTP/1.1\r\nHost: lb.test\r\n\r\n";
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+fn harness(backends: u32, reply: Reply) -> Harness<FakeRouter> {
+    Harness::new(ConnConfig::default(), FakeRouter { backends }, reply)
+}
+
+fn client_text(h: &Harness<FakeRouter>) -> String {
+    String::from_utf8_lossy(&h.to_client).into_owned()
+}
+
+#[test]
+fn keep_alive_reuses_the_backend_connection() {
+    let mut h = harness(1, Reply::Fixed(OK.to_vec()));
+    h.client(GET);
+    h.client(GET);
+    assert_eq!(h.statuses(), vec![200, 200]);
+    assert_eq!((h.connects.len(), h.released, h.reused), (2, 2, 1));
+    assert!(!h.client_closed);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let mut h = harness(1, Reply::Silent);
+    h.client(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n");
+    // Only the first request is in flight.
+    assert_eq!(
+        h.seen.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(),
+        ["/one"]
+    );
+    h.backend(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none");
+    assert_eq!(h.seen.len(), 2);
+    h.backend(b"HTTP/1.1 201 Created\r\ncontent-length: 3\r\n\r\ntwo");
+    assert_eq!(h.statuses(), vec![200, 201]);
+    let text = client_text(&h);
+    assert!(text.find("one").unwrap() < text.find("two").unwrap());
+}
+
+#[test]
+fn chunked_upload_streams_before_it_ends() {
+    let mut h = harness(1, Reply::Silent);
+    h.client(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel");
+    assert!(
+        h.to_backend.ends_with(b"5\r\nhel"),
+        "the first bytes go on at once"
+    );
+    h.client(b"lo\r\n0\r\n\r\n");
+    assert_eq!(h.seen.len(), 1);
+    assert_eq!(h.seen[0].body, b"hello");
+}
+
+#[test]
+fn expect_100_continue_is_relayed() {
+    let mut h = harness(1, Reply::Silent);
+    h.client(b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
+    assert!(find(&h.to_backend, b"Expect: 100-continue").is_some());
+    h.backend(b"HTTP/1.1 100 Continue\r\n\r\n");
+    assert!(client_text(&h).starts_with("HTTP/1.1 100 Continue\r\n\r\n"));
+    h.client(b"hi");
+    h.backend(OK);
+    assert_eq!(h.seen[0].body, b"hi");
+    assert_eq!(h.statuses(), vec![100, 200]);
+}
+
+#[test]
+fn upgrade_becomes_a_tunnel() {
+    let mut h = harness(1, Reply::Silent);
+    h.client(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert!(find(&h.to_backend, b"connection: upgrade\r\n").is_some());
+    h.backend(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nFROM-BACKEND");
+    h.client(b"\x81\x02hi not http at all\r\n\r\n");
+    assert!(h
+        .to_backend
+        .ends_with(b"\x81\x02hi not http at all\r\n\r\n"));
+    assert!(h.to_client.ends_with(b"\r\n\r\nFROM-BACKEND"));
+    assert!(client_text(&h).contains("connection: upgrade\r\n"));
+}
+
+#[test]
+fn a_101_nobody_asked_for_is_a_502() {
+    let mut h = harness(1, Reply::Silent);
+    h.client(GET);
+    h.backend(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n");
+    assert_eq!(h.statuses(), vec![502]);
+}
+
+#[test]
+fn ambiguous_response_framing_is_never_reused() {
+    for response in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+    ] {
+        let mut h = harness(1, Reply::Fixed(response.to_vec()));
+        h.client(GET);
+        assert_eq!(h.statuses()[0], 200);
+        assert_eq!((h.released, h.backend_closes), (0, 1), "{}", String::from_utf8_lossy(response));
+    }
+    // Conflicting lengths: the client gets a 502, never the body.
+    let mut h = harness(
+        1,
+        Reply::Fixed(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok".to_vec(),
+        ),
+    );
+    h.client(GET);
+    assert_eq!(h.statuses(), vec![502]);
+}
+
+#[test]
+fn close_delimited_response_closes_the_client() {
+    let mut h = harness(1, Reply::Silent);
+    h.client(GET);
+    h.backend(b"HTTP/1.1 200 OK\r\n\r\nuntil the end");
+    assert!(!h.client_closed);
+    h.backend_close();
+    assert!(h.client_closed);
+    assert!(client_text(&h).ends_with("connection: close\r\n\r\nuntil the end"));
+}
+
+#[test]
+fn http10_client_gets_a_dechunked_body() {
+    let mut h = harness(
+        1,
+        Reply::Fixed(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+        ),
+    );
+    h.client(b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(
+        client_text(&h),
+        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nok"
+    );
+    assert!(h.client_closed);
+}
+
+#[test]
+fn connect_failure_retries_another_backend_once() {
+    let mut h = harness(2, Reply::Fixed(OK.to_vec()));
+    h.refuse = vec![BackendId(0)];
+    h.client(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(h.connects, vec![BackendId(0), BackendId(1)]);
+    assert_eq!(h.statuses(), vec![200]);
+    assert_eq!(h.seen[0].body, b"hi");
+
+    let mut h = harness(3, Reply::Fixed(OK.to_vec()));
+    h.refuse = vec![BackendId(0), BackendId(1)];
+    h.client(GET);
+    assert_eq!(h.connects.len(), 2, "one retry only");
+    assert_eq!(h.statuses(), vec![502]);
+}
+
+#[test]
+fn backend_closing_early_retries_only_what_can_be_replayed() {
+    // GET, nothing answered: replayed on the other backend.
+    let mut h = harness(2, Reply::Silent);
+    h.client(GET);
+    h.backend_close();
+    assert_eq!(h.connects, vec![BackendId(0), BackendId(1)]);
+    h.backend(OK);
+    assert_eq!(h.statuses(), vec![200]);
+    // POST whose body went out: 502, no retry.
+    let mut h = harness(2, Reply::Silent);
+    h.client(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
+    h.backend_close();
+    assert_eq!(h.connects.len(), 1);
+    assert_eq!(h.statuses(), vec![502]);
+    assert!(h.client_closed);
+}
+
+#[test]
+fn timeouts() {
+    let t = Timeouts {
+        header_read: 100,
+        idle: 1000,
+        connect: 50,
+        total: 500,
+    };
+    let config = ConnConfig {
+        timeouts: t,
+        ..ConnConfig::default()
+    };
+    // Header read: 408.
+    let mut h = Harness::new(config, FakeRouter { backends: 1 }, Reply::Silent);
+    h.client(b"GET / HTTP/1.1\r\nHo");
+    h.advance(99);
+    assert!(h.to_client.is_empty());
+    h.advance(100);
+    assert_eq!(h.statuses(), vec![408]);
+    assert!(h.client_closed);
+    // Idle keep-alive connection: closed silently.
+    let mut h = Harness::new(
+        config,
+        FakeRouter { backends: 1 },
+        Reply::Fixed(OK.to_vec()),
+    );
+    h.client(GET);
+    h.advance(1000);
+    assert!(h.client_closed);
+    assert_eq!(h.statuses(), vec![200]);
+    // Total: the backend never answers: 504.
+    let mut h = Harness::new(config, FakeRouter { backends: 1 }, Reply::Silent);
+    h.client(GET);
+    h.advance(500);
+    assert_eq!(h.statuses(), vec![504]);
+    assert_eq!(h.backend_closes, 1);
+}
+
+#[test]
+fn routing_answers_keep_bodiless_connections() {
+    struct NotFound;
+    impl dataplane::l7::conn::Router for NotFound {
+        fn route(
+            &mut self,
+            _: &dataplane::l7::route::RequestView<'_>,
+        ) -> Result<dataplane::l7::route::Pick, dataplane::l7::errors::Status> {
+            Err(dataplane::l7::errors::Status::NotFound)
+        }
+        fn retry(&mut self, _: &dataplane::l7::route::Pick) -> Option<dataplane::l7::route::Pick> {
+            None
+        }
+        fn finished(&mut self, _: &dataplane::l7::route::Pick) {}
+    }
+    let mut h = Harness::new(ConnConfig::default(), NotFound, Reply::Silent);
+    h.client(GET);
+    h.client(GET);
+    assert_eq!(h.statuses(), vec![404, 404]);
+    assert!(!h.client_closed);
+    h.client(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhel");
+    assert!(
+        h.client_closed,
+        "a body left unread cannot be skipped safely"
+    );
+}
+
+/// Client streams: valid requests, refusals and junk, to be split anywhere.
+fn client_stream() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(GET.to_vec()),
+        Just(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc".to_vec()),
+        Just(b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: v\r\n\r\n".to_vec()),
+        Just(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..40),
+        "[ -~\r\n]{0,60}".prop_map(String::into_bytes),
+    ];
+    proptest::collection::vec(piece, 1..6).prop_map(|p| p.concat())
+}
+
+fn feed_split(stream: &[u8], cuts: &[usize], reply: Reply) -> Harness<FakeRouter> {
+    let mut h = Harness::new(ConnConfig::default(), FakeRouter { backends: 1 }, reply);
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut at = 0;
+    for cut in cuts.into_iter().chain([stream.len()]) {
+        h.client(&stream[at..cut]);
+        at = cut;
+        assert!(h.conn.buffered() <= 2 * 64 * 1024 + stream.len());
+    }
+    h
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Any client bytes split anywhere: no panic, bounded buffers, the same answers and the same
+    /// requests at the backend as when sent in one piece.
+    #[test]
+    fn client_bytes_split_anywhere(stream in client_stream(), cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+        let whole = feed_split(&stream, &[], Reply::Fixed(OK.to_vec()));
+        let split = feed_split(&stream, &cuts, Reply::Fixed(OK.to_vec()));
+        prop_assert_eq!(split.statuses(), whole.statuses());
+        prop_assert_eq!(&split.seen, &whole.seen);
+        prop_assert_eq!(split.client_closed, whole.client_closed);
+    }
+
+    /// Any backend bytes split anywhere: no panic, bounded buffers, and the client gets the same
+    /// responses (statuses) and connection outcome.
+    #[test]
+    fn backend_bytes_split_anywhere(
+        stream in prop_oneof![
+            Just(OK.to_vec()),
+            Just(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec()),
+            Just(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..80),
+            "HTTP/1.1 [0-9]{3} [ -~]{0,10}\r\n([A-Za-z-]{1,8}: [ -~]{0,8}\r\n){0,3}\r\n[ -~\r\n]{0,30}".prop_map(String::into_bytes),
+        ],
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        close in any::<bool>(),
+    ) {
+        let run = |cuts: &[usize]| {
+            let mut h = harness(1, Reply::Silent);
+            h.client(GET);
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut at = 0;
+            for cut in cuts.into_iter().chain([stream.len()]) {
+                h.backend(&stream[at..cut]);
+                at = cut;
+                assert!(h.conn.buffered() <= 2 * 64 * 1024 + stream.len());
+            }
+            if close {
+                h.backend_close();
+            }
+            (h.statuses(), h.client_closed)
+        };
+        prop_assert_eq!(run(&cuts), run(&[]));
+    }
+}
