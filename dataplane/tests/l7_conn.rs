@@ -62,6 +62,23 @@ fn chunked_upload_streams_before_it_ends() {
 }
 
 #[test]
+fn a_bad_body_in_hand_never_opens_a_backend() {
+    let mut h = harness(1, Reply::Fixed(OK.to_vec()));
+    h.client(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    assert_eq!(h.statuses(), vec![400]);
+    assert!(h.connects.is_empty());
+    // Arriving after the head went out, the same error cuts the backend connection.
+    let mut h = harness(1, Reply::Fixed(OK.to_vec()));
+    h.client(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+    h.client(b"zz\r\n");
+    assert_eq!(h.statuses(), vec![400]);
+    assert_eq!(
+        (h.connects.len(), h.backend_closes, h.seen.len()),
+        (1, 1, 0)
+    );
+}
+
+#[test]
 fn expect_100_continue_is_relayed() {
     let mut h = harness(1, Reply::Silent);
     h.client(b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");

@@ -21,7 +21,7 @@
 
 use super::body::BodyReader;
 use super::errors::{RejectReason, Status};
-use super::head::{parse_request, Framing, HeadScan, Limits, Method, RequestHead, Version};
+use super::head::{parse_request, Framing, HeadScan, Limits, RequestHead, Version};
 use super::headers::{write_request_head, ClientInfo};
 use super::response::{parse_response, write_response_head, ResponseHead, ResponseOut};
 use super::route::{BackendId, Pick, RequestView};
@@ -404,7 +404,7 @@ impl Conn {
                 break;
             }
         }
-        if self.cout.len() > cout || (self.cout.len() < cout && !self.cout.is_empty()) {
+        if self.cout.len() > cout {
             actions.push(Action::WriteClient);
         }
         if self.bout.len() > bout {
@@ -764,13 +764,5 @@ impl Conn {
                 actions.push(Action::ArmTimer(at));
             }
         }
-    }
-}
-
-/// Method and framing of the request in flight (for tests and metrics).
-impl Conn {
-    /// The method of the current (or last) request.
-    pub fn method(&self) -> Method {
-        self.req.method
     }
 }

@@ -418,7 +418,6 @@ pub fn parse_request(
     let mut content_length = None;
     let mut chunked = false;
     let mut connection_upgrade = false;
-    let mut connection_keep_alive = false;
     let mut has_upgrade = false;
     for f in parsed.iter() {
         let value = trim(f.value);
@@ -452,8 +451,6 @@ pub fn parse_request(
                 for token in list_items(value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         head.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        connection_keep_alive = true;
                     } else if token.eq_ignore_ascii_case(b"upgrade") {
                         connection_upgrade = true;
                     } else if [&b"content-length"[..], b"transfer-encoding", b"host"]
@@ -492,9 +489,9 @@ pub fn parse_request(
     }
     head.host = absolute_host.or(host_field);
     head.upgrade = connection_upgrade && has_upgrade;
-    // HTTP/1.0 keep-alive is not offered: the connection closes after each answer (a 1.0 client
-    // cannot read chunked bodies, so close-delimiting is the one framing that always works).
-    let _ = connection_keep_alive;
+    // HTTP/1.0 keep-alive is not offered (Connection: keep-alive is ignored): the connection
+    // closes after each answer, as a 1.0 client cannot read chunked bodies and close-delimiting
+    // is the one framing that always works for it.
     head.close |= head.version == Version::Http10;
     Ok(())
 }
