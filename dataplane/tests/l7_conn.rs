@@ -106,6 +106,45 @@ fn upgrade_becomes_a_tunnel() {
 }
 
 #[test]
+fn an_idle_tunnel_closes() {
+    let config = ConnConfig {
+        timeouts: Timeouts {
+            idle: 100,
+            ..Timeouts::default()
+        },
+        ..ConnConfig::default()
+    };
+    let mut h = Harness::new(config, FakeRouter { backends: 1 }, Reply::Silent);
+    h.client(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    h.backend(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+    h.advance(90);
+    h.client(b"ping");
+    h.advance(150);
+    assert!(!h.client_closed, "bytes moved at 90: alive until 190");
+    h.advance(190);
+    assert!(h.client_closed);
+}
+
+#[test]
+fn half_closed_client_still_gets_its_answers() {
+    let mut h = harness(1, Reply::Silent);
+    h.client(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /thr");
+    h.client_close();
+    assert!(!h.client_closed);
+    h.backend(OK);
+    h.backend(OK);
+    assert_eq!(h.statuses(), vec![200, 200]);
+    assert_eq!(h.seen.len(), 2, "the cut-short third request is not sent");
+    assert!(h.client_closed);
+    // Cut in the middle of a body: ends at once.
+    let mut h = harness(1, Reply::Silent);
+    h.client(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhe");
+    h.client_close();
+    assert!(h.client_closed);
+    assert_eq!(h.backend_closes, 1);
+}
+
+#[test]
 fn a_101_nobody_asked_for_is_a_502() {
     let mut h = harness(1, Reply::Silent);
     h.client(GET);
@@ -275,7 +314,7 @@ fn client_stream() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(piece, 1..6).prop_map(|p| p.concat())
 }
 
-fn feed_split(stream: &[u8], cuts: &[usize], reply: Reply) -> Harness<FakeRouter> {
+fn feed_split(stream: &[u8], cuts: &[usize], reply: Reply, close: bool) -> Harness<FakeRouter> {
     let mut h = Harness::new(ConnConfig::default(), FakeRouter { backends: 1 }, reply);
     let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
     cuts.sort_unstable();
@@ -284,6 +323,10 @@ fn feed_split(stream: &[u8], cuts: &[usize], reply: Reply) -> Harness<FakeRouter
         h.client(&stream[at..cut]);
         at = cut;
         assert!(h.conn.buffered() <= 2 * 64 * 1024 + stream.len());
+    }
+    if close {
+        h.client_close();
+        assert!(h.client_closed, "the end of the stream ends the connection");
     }
     h
 }
@@ -294,9 +337,13 @@ proptest! {
     /// Any client bytes split anywhere: no panic, bounded buffers, the same answers and the same
     /// requests at the backend as when sent in one piece.
     #[test]
-    fn client_bytes_split_anywhere(stream in client_stream(), cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
-        let whole = feed_split(&stream, &[], Reply::Fixed(OK.to_vec()));
-        let split = feed_split(&stream, &cuts, Reply::Fixed(OK.to_vec()));
+    fn client_bytes_split_anywhere(
+        stream in client_stream(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        close in any::<bool>(),
+    ) {
+        let whole = feed_split(&stream, &[], Reply::Fixed(OK.to_vec()), close);
+        let split = feed_split(&stream, &cuts, Reply::Fixed(OK.to_vec()), close);
         prop_assert_eq!(split.statuses(), whole.statuses());
         prop_assert_eq!(&split.seen, &whole.seen);
         prop_assert_eq!(split.client_closed, whole.client_closed);

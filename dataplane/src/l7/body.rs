@@ -329,6 +329,20 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any bytes, split anywhere: no panic, and the same data, end and error as in one piece.
+        #[test]
+        fn chunked_any_bytes_any_split(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            valid_prefix in proptest::prelude::any::<bool>(),
+            piece in 1usize..40,
+        ) {
+            let input = if valid_prefix { [&b"4;a=\"b\"\r\nwxyz\r\n"[..], &input].concat() } else { input };
+            let whole = run(&input, input.len().max(1));
+            proptest::prop_assert_eq!(run(&input, piece), whole);
+        }
+    }
+
     #[test]
     fn length_reader_stops_at_the_end() {
         let mut reader = BodyReader::Length(3);

@@ -150,6 +150,8 @@ pub struct Conn {
     in_body: bool,
     dechunk: bool,
     close_after: bool,
+    /// The client closed its side: no more requests will come.
+    client_eof: bool,
     header_deadline: Option<Millis>,
     idle_deadline: Option<Millis>,
     connect_deadline: Option<Millis>,
@@ -187,6 +189,7 @@ impl Conn {
             in_body: false,
             dechunk: false,
             close_after: false,
+            client_eof: false,
             header_deadline: None,
             idle_deadline: Some(now + config.timeouts.idle),
             connect_deadline: None,
@@ -210,6 +213,7 @@ impl Conn {
     /// True while the client may send more (input and output to the backend are under the limit).
     pub fn wants_client_data(&self) -> bool {
         self.phase != Phase::Closed
+            && !self.client_eof
             && self.cin.len() < self.config.buffer.max(self.config.limits.max_head)
             && self.bout.len() < self.config.buffer
     }
@@ -355,10 +359,21 @@ impl Conn {
         self.rearm(actions);
     }
 
-    /// The client closed its side.
-    pub fn client_closed(&mut self, actions: &mut Vec<Action>) {
-        if self.phase != Phase::Closed {
-            self.close_all(actions);
+    /// The client closed its side. Requests it sent whole are still answered (then the
+    /// connection closes); one cut short, or a tunnel, ends at once.
+    pub fn client_closed<R: Router>(
+        &mut self,
+        now: Millis,
+        router: &mut R,
+        actions: &mut Vec<Action>,
+    ) {
+        self.client_eof = true;
+        match self.phase {
+            Phase::Closed => {}
+            Phase::Head => self.pump(now, router, actions),
+            // The answer goes out; the next head is then found missing and the connection ends.
+            Phase::Exchange if self.req_body.is_done() => self.pump(now, router, actions),
+            Phase::Exchange | Phase::Tunnel => self.close_all(actions),
         }
     }
 
@@ -397,7 +412,13 @@ impl Conn {
             let progress = match self.phase {
                 Phase::Head => self.read_head(now, router, actions),
                 Phase::Exchange => self.exchange(now, router, actions),
-                Phase::Tunnel => self.tunnel(),
+                Phase::Tunnel => {
+                    let moved = self.tunnel();
+                    if moved {
+                        self.idle_deadline = Some(now + self.config.timeouts.idle);
+                    }
+                    moved
+                }
                 Phase::Closed => false,
             };
             if !progress {
@@ -420,6 +441,10 @@ impl Conn {
         actions: &mut Vec<Action>,
     ) -> bool {
         if self.cin.is_empty() {
+            if self.client_eof {
+                self.close_all(actions);
+                return true;
+            }
             return false;
         }
         if self.header_deadline.is_none() {
@@ -428,6 +453,11 @@ impl Conn {
         }
         let len = match self.scan.scan(&self.cin, &self.config.limits) {
             Ok(Some(len)) => len,
+            Ok(None) if self.client_eof => {
+                // A head cut short by the end of the stream: nothing to answer.
+                self.close_all(actions);
+                return true;
+            }
             Ok(None) => return false,
             Err(reason) => return self.reject(reason, actions),
         };
@@ -600,6 +630,8 @@ impl Conn {
                         self.answered = true;
                         self.phase = Phase::Tunnel;
                         self.total_deadline = None;
+                        // A tunnel lives while bytes move; idle for `idle`, it closes.
+                        self.idle_deadline = Some(now + self.config.timeouts.idle);
                         return true;
                     }
                     self.dechunk = self.resp.chunked && self.req.version == Version::Http10;

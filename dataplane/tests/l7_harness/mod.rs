@@ -212,6 +212,15 @@ impl<R: Router> Harness<R> {
         self.run();
     }
 
+    /// The client closes its side.
+    pub fn client_close(&mut self) {
+        let mut actions = std::mem::take(&mut self.pending);
+        self.conn
+            .client_closed(self.now, &mut self.router, &mut actions);
+        self.pending = actions;
+        self.run();
+    }
+
     /// Time passes to `now`; the timer fires if due.
     pub fn advance(&mut self, now: u64) {
         self.now = now;
