@@ -6,6 +6,7 @@
 mod l7_harness;
 
 use dataplane::l7::conn::{ConnConfig, Timeouts};
+use dataplane::l7::errors::RejectReason;
 use dataplane::l7::route::BackendId;
 use l7_harness::{find, FakeRouter, Harness, Reply};
 use proptest::prelude::*;
@@ -66,6 +67,7 @@ fn a_bad_body_in_hand_never_opens_a_backend() {
     let mut h = harness(1, Reply::Fixed(OK.to_vec()));
     h.client(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
     assert_eq!(h.statuses(), vec![400]);
+    assert_eq!(h.refused, vec![RejectReason::ChunkSize]);
     assert!(h.connects.is_empty());
     // Arriving after the head went out, the same error cuts the backend connection.
     let mut h = harness(1, Reply::Fixed(OK.to_vec()));

@@ -12,7 +12,8 @@
 //!   [`Conn::client_output`] / [`Conn::backend_output`], then report [`Conn::client_written`] /
 //!   [`Conn::backend_written`]), [`Action::ReleaseBackend`] (back to the pool),
 //!   [`Action::CloseBackend`], [`Action::CloseClient`] (after the client output is written) and
-//!   [`Action::ArmTimer`] (one timer: a new one replaces the old).
+//!   [`Action::ArmTimer`] (one timer: a new one replaces the old); [`Action::Refused`] only
+//!   reports why a request was refused (metrics).
 //! - Read from the client only while [`Conn::wants_client_data`], from the backend only while
 //!   [`Conn::wants_backend_data`]: that bounds every buffer.
 //!
@@ -45,6 +46,8 @@ pub enum Action {
     CloseClient,
     /// Call `timer` at this time (replaces any earlier timer of this connection).
     ArmTimer(Millis),
+    /// A request was refused for this reason (for metrics; the answer is already queued).
+    Refused(RejectReason),
 }
 
 /// Timeouts in milliseconds.
@@ -750,6 +753,7 @@ impl Conn {
     }
 
     fn reject(&mut self, reason: RejectReason, actions: &mut Vec<Action>) -> bool {
+        actions.push(Action::Refused(reason));
         self.reject_with(reason.status(), actions);
         true
     }

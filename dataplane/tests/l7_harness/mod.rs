@@ -144,6 +144,8 @@ pub struct Harness<R: Router> {
     pub backend_closes: usize,
     pub client_closed: bool,
     pub timer: Option<u64>,
+    /// Why requests were refused, in order.
+    pub refused: Vec<dataplane::l7::errors::RejectReason>,
     /// Backends that refuse connections.
     pub refuse: Vec<BackendId>,
     stream: Vec<u8>,
@@ -174,6 +176,7 @@ impl<R: Router> Harness<R> {
             backend_closes: 0,
             client_closed: false,
             timer: None,
+            refused: Vec::new(),
             refuse: Vec::new(),
             stream: Vec::new(),
             pooled: false,
@@ -272,6 +275,7 @@ impl<R: Router> Harness<R> {
                     }
                     Action::CloseClient => self.client_closed = true,
                     Action::ArmTimer(at) => self.timer = Some(at),
+                    Action::Refused(reason) => self.refused.push(reason),
                     Action::WriteClient | Action::WriteBackend => {}
                 }
             }
