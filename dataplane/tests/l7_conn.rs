@@ -276,6 +276,79 @@ fn timeouts() {
 }
 
 #[test]
+fn connect_timeout_retries_then_504() {
+    let config = ConnConfig {
+        timeouts: Timeouts {
+            connect: 50,
+            ..Timeouts::default()
+        },
+        ..ConnConfig::default()
+    };
+    let mut h = Harness::new(config, FakeRouter { backends: 2 }, Reply::Silent);
+    // Backends that never answer the connect: the harness holds the Connect unanswered.
+    h.hold_connects = true;
+    h.client(GET);
+    assert_eq!(h.connects, vec![BackendId(0)]);
+    h.advance(50);
+    assert_eq!(h.connects, vec![BackendId(0), BackendId(1)]);
+    assert!(h.to_client.is_empty());
+    h.advance(100);
+    assert_eq!(h.connects.len(), 2);
+    assert_eq!(h.statuses(), vec![504]);
+    assert_eq!(h.backend_closes, 2);
+}
+
+#[test]
+fn routed_through_a_compiled_table() {
+    use dataplane::l7::route::{
+        BackendRef, EndpointSpec, Origin, PathMatch, Policy, RouteSpec, RouteTable, ServiceSpec,
+        TableSpec,
+    };
+    use dataplane::l7::select::{Routing, SelectState};
+    let service = |name: &str, weight| ServiceSpec {
+        name: name.into(),
+        endpoints: vec![EndpointSpec {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight,
+        }],
+        policy: Policy::RoundRobin,
+    };
+    let route = |host: &str, name: &str| RouteSpec {
+        origin: Origin::Ingress,
+        hosts: vec![host.into()],
+        path: PathMatch::Prefix("/".into()),
+        method: None,
+        headers: vec![],
+        backends: vec![BackendRef {
+            service: name.into(),
+            weight: 1,
+        }],
+    };
+    let table = RouteTable::compile(&TableSpec {
+        services: vec![service("a", 1), service("b", 1), service("drained", 0)],
+        routes: vec![
+            route("a.test", "a"),
+            route("*.b.test", "b"),
+            route("d.test", "drained"),
+        ],
+        default_backend: None,
+    });
+    let mut state = SelectState::new(&table);
+    let routing = Routing {
+        table: &table,
+        state: &mut state,
+    };
+    let mut h = Harness::new(ConnConfig::default(), routing, Reply::Fixed(OK.to_vec()));
+    for host in ["a.test", "x.B.test:8080", "nowhere.test", "d.test"] {
+        h.client(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    }
+    assert_eq!(h.statuses(), vec![200, 200, 404, 503]);
+    assert_eq!(h.connects, vec![BackendId(0), BackendId(1)]);
+    assert_eq!(h.seen[1].host.as_deref(), Some("x.B.test:8080"));
+    assert!(!h.client_closed);
+}
+
+#[test]
 fn routing_answers_keep_bodiless_connections() {
     struct NotFound;
     impl dataplane::l7::conn::Router for NotFound {

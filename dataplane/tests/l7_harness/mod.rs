@@ -148,6 +148,8 @@ pub struct Harness<R: Router> {
     pub refused: Vec<dataplane::l7::errors::RejectReason>,
     /// Backends that refuse connections.
     pub refuse: Vec<BackendId>,
+    /// Leave every Connect unanswered (a backend that never completes the handshake).
+    pub hold_connects: bool,
     stream: Vec<u8>,
     pooled: bool,
     connected: bool,
@@ -178,6 +180,7 @@ impl<R: Router> Harness<R> {
             timer: None,
             refused: Vec::new(),
             refuse: Vec::new(),
+            hold_connects: false,
             stream: Vec::new(),
             pooled: false,
             connected: false,
@@ -247,7 +250,9 @@ impl<R: Router> Harness<R> {
                     Action::Connect(b) => {
                         self.connects.push(b);
                         let mut next = Vec::new();
-                        if self.refuse.contains(&b) {
+                        if self.hold_connects {
+                            // Nothing: the connect never completes.
+                        } else if self.refuse.contains(&b) {
                             self.conn
                                 .backend_failed(self.now, &mut self.router, &mut next);
                         } else {
