@@ -349,6 +349,61 @@ fn routed_through_a_compiled_table() {
 }
 
 #[test]
+fn requests_in_flight_are_counted_until_they_end_however_they_end() {
+    use dataplane::l7::route::{
+        BackendRef, EndpointSpec, Origin, PathMatch, Policy, RouteSpec, RouteTable, ServiceSpec,
+        TableSpec,
+    };
+    use dataplane::l7::select::{Routing, SelectState};
+    let table = RouteTable::compile(&TableSpec {
+        services: vec![ServiceSpec {
+            name: "s".into(),
+            endpoints: vec![EndpointSpec {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                weight: 1,
+            }],
+            policy: Policy::LeastOutstanding,
+        }],
+        routes: vec![RouteSpec {
+            origin: Origin::Ingress,
+            hosts: vec![],
+            path: PathMatch::Prefix("/".into()),
+            method: None,
+            headers: vec![],
+            backends: vec![BackendRef {
+                service: "s".into(),
+                weight: 1,
+            }],
+        }],
+        default_backend: None,
+    });
+    let mut state = SelectState::new(&table);
+    type Step = fn(&mut Harness<Routing<'_>>);
+    let endings: [(&str, Step); 4] = [
+        ("answered", |h| h.backend(OK)),
+        ("client gone", |h| h.client_close()),
+        ("backend gone", |h| h.backend_close()),
+        ("timed out", |h| h.advance(60_000)),
+    ];
+    for (name, end) in endings {
+        {
+            let routing = Routing {
+                table: &table,
+                state: &mut state,
+            };
+            let mut h = Harness::new(ConnConfig::default(), routing, Reply::Silent);
+            h.client(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbo");
+            assert_eq!(h.router.state.outstanding(BackendId(0)), 1, "{name}");
+            if name == "answered" {
+                h.client(b"dy");
+            }
+            end(&mut h);
+        }
+        assert_eq!(state.outstanding(BackendId(0)), 0, "{name}");
+    }
+}
+
+#[test]
 fn routing_answers_keep_bodiless_connections() {
     struct NotFound;
     impl dataplane::l7::conn::Router for NotFound {

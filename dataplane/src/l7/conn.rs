@@ -340,7 +340,7 @@ impl Conn {
             return;
         }
         match self.phase {
-            Phase::Tunnel => self.close_all(actions),
+            Phase::Tunnel => self.close_all(router, actions),
             Phase::Exchange if self.in_body && self.resp_body == BodyReader::UntilClose => {
                 // Close-delimited body: the end of the connection is the end of the body.
                 self.backend = Backend::None;
@@ -357,7 +357,7 @@ impl Conn {
                     self.fail(Status::BadGateway, router, actions);
                 }
             }
-            _ => self.close_all(actions),
+            _ => self.close_all(router, actions),
         }
         self.rearm(actions);
     }
@@ -376,7 +376,7 @@ impl Conn {
             Phase::Head => self.pump(now, router, actions),
             // The answer goes out; the next head is then found missing and the connection ends.
             Phase::Exchange if self.req_body.is_done() => self.pump(now, router, actions),
-            Phase::Exchange | Phase::Tunnel => self.close_all(actions),
+            Phase::Exchange | Phase::Tunnel => self.close_all(router, actions),
         }
     }
 
@@ -388,9 +388,9 @@ impl Conn {
             return;
         }
         if due(self.header_deadline) {
-            self.reject_with(Status::RequestTimeout, actions);
+            self.reject_with(Status::RequestTimeout, router, actions);
         } else if due(self.idle_deadline) {
-            self.close_all(actions);
+            self.close_all(router, actions);
         } else if due(self.connect_deadline) {
             self.connect_deadline = None;
             self.backend = Backend::None;
@@ -400,7 +400,7 @@ impl Conn {
             }
         } else if due(self.total_deadline) {
             if self.answered {
-                self.close_all(actions);
+                self.close_all(router, actions);
             } else {
                 self.fail(Status::GatewayTimeout, router, actions);
             }
@@ -445,7 +445,7 @@ impl Conn {
     ) -> bool {
         if self.cin.is_empty() {
             if self.client_eof {
-                self.close_all(actions);
+                self.close_all(router, actions);
                 return true;
             }
             return false;
@@ -458,14 +458,14 @@ impl Conn {
             Ok(Some(len)) => len,
             Ok(None) if self.client_eof => {
                 // A head cut short by the end of the stream: nothing to answer.
-                self.close_all(actions);
+                self.close_all(router, actions);
                 return true;
             }
             Ok(None) => return false,
-            Err(reason) => return self.reject(reason, actions),
+            Err(reason) => return self.reject(reason, router, actions),
         };
         if let Err(reason) = parse_request(&self.cin, len, &self.config.limits, &mut self.req) {
-            return self.reject(reason, actions);
+            return self.reject(reason, router, actions);
         }
         self.header_deadline = None;
         self.req_body = match self.req.framing {
@@ -478,7 +478,7 @@ impl Conn {
             .req_body
             .check_ahead(&self.cin[len..], &self.config.limits)
         {
-            return self.reject(reason, actions);
+            return self.reject(reason, router, actions);
         }
         let view = RequestView::new(&self.cin, &self.req, self.client.addr);
         let pick = match router.route(&view) {
@@ -489,7 +489,7 @@ impl Conn {
                 self.cout.extend_from_slice(status.answer(close));
                 self.cin.drain(..len);
                 if close {
-                    self.close_all(actions);
+                    self.close_all(router, actions);
                 } else {
                     self.next_request(now);
                 }
@@ -573,12 +573,12 @@ impl Conn {
                 }
                 Err(reason) => {
                     if self.answered {
-                        self.close_all(actions);
+                        self.close_all(router, actions);
                     } else {
                         self.release_pick(router);
                         actions.push(Action::CloseBackend);
                         self.backend = Backend::None;
-                        self.reject(reason, actions);
+                        self.reject(reason, router, actions);
                     }
                     return true;
                 }
@@ -597,7 +597,7 @@ impl Conn {
                     actions.push(Action::CloseBackend);
                     self.backend = Backend::None;
                     if self.answered {
-                        self.close_all(actions);
+                        self.close_all(router, actions);
                     } else {
                         self.fail(Status::BadGateway, router, actions);
                     }
@@ -674,7 +674,7 @@ impl Conn {
                 }
                 Err(_) => {
                     // The client already has the head: all that is left is to cut.
-                    self.close_all(actions);
+                    self.close_all(router, actions);
                     return true;
                 }
             }
@@ -709,7 +709,7 @@ impl Conn {
         self.total_deadline = None;
         self.connect_deadline = None;
         if self.close_after || !request_done {
-            self.close_all(actions);
+            self.close_all(router, actions);
         } else {
             self.next_request(now);
         }
@@ -749,23 +749,36 @@ impl Conn {
             actions.push(Action::CloseBackend);
             self.backend = Backend::None;
         }
-        self.reject_with(status, actions);
+        self.reject_with(status, router, actions);
     }
 
-    fn reject(&mut self, reason: RejectReason, actions: &mut Vec<Action>) -> bool {
+    fn reject<R: Router>(
+        &mut self,
+        reason: RejectReason,
+        router: &mut R,
+        actions: &mut Vec<Action>,
+    ) -> bool {
         actions.push(Action::Refused(reason));
-        self.reject_with(reason.status(), actions);
+        self.reject_with(reason.status(), router, actions);
         true
     }
 
     /// Answers `status` and closes: the rest of the input cannot be trusted to be framed right.
-    fn reject_with(&mut self, status: Status, actions: &mut Vec<Action>) {
+    fn reject_with<R: Router>(
+        &mut self,
+        status: Status,
+        router: &mut R,
+        actions: &mut Vec<Action>,
+    ) {
         self.cout.extend_from_slice(status.answer(true));
         self.answered = true;
-        self.close_all(actions);
+        self.close_all(router, actions);
     }
 
-    fn close_all(&mut self, actions: &mut Vec<Action>) {
+    /// Ends everything: the backend (if any) is closed, the client closed after its output.
+    fn close_all<R: Router>(&mut self, router: &mut R, actions: &mut Vec<Action>) {
+        // The request in flight is over too (least-outstanding bookkeeping).
+        self.release_pick(router);
         if self.backend != Backend::None {
             actions.push(Action::CloseBackend);
             self.backend = Backend::None;
