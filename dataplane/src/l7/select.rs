@@ -207,6 +207,10 @@ impl Router for Routing<'_> {
     }
 
     fn retry(&mut self, pick: &Pick) -> Option<Pick> {
+        // A pick from another table (the request outlived a reload) is not retried here.
+        if pick.service as usize >= self.table.services.len() {
+            return None;
+        }
         let backend = pick_endpoint(
             self.table,
             self.state,
@@ -219,8 +223,10 @@ impl Router for Routing<'_> {
     }
 
     fn finished(&mut self, pick: &Pick) {
-        let n = &mut self.state.outstanding[pick.backend.0 as usize];
-        *n = n.saturating_sub(1);
+        // A pick from another table counts nothing here (and must not panic).
+        if let Some(n) = self.state.outstanding.get_mut(pick.backend.0 as usize) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -342,6 +348,31 @@ mod tests {
             .route(&RequestView::from_parts("h", "/", "GET", &[]))
             .unwrap();
         assert_eq!(routing.retry(&first), None);
+    }
+
+    #[test]
+    fn picks_from_another_table_are_ignored() {
+        let big = table(Policy::RoundRobin, &[1, 1, 1], &[1, 1]);
+        let small = table(Policy::RoundRobin, &[1], &[1]);
+        let mut big_state = SelectState::new(&big);
+        let pick = Routing {
+            table: &big,
+            state: &mut big_state,
+        }
+        .route(&RequestView::from_parts("h", "/", "GET", &[]))
+        .unwrap();
+        let far = Pick {
+            service: 1,
+            backend: BackendId(5),
+            ..pick
+        };
+        let mut state = SelectState::new(&small);
+        let mut routing = Routing {
+            table: &small,
+            state: &mut state,
+        };
+        routing.finished(&far);
+        assert_eq!(routing.retry(&far), None);
     }
 
     #[test]
