@@ -512,3 +512,63 @@ proptest! {
         prop_assert_eq!(run(&cuts), run(&[]));
     }
 }
+
+#[derive(Clone, Debug)]
+enum Event {
+    Client(Vec<u8>),
+    Backend(Vec<u8>),
+    BackendClose,
+    ClientClose,
+    Advance(u64),
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        3 => prop_oneof![
+            Just(GET.to_vec()),
+            Just(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n".to_vec()),
+            Just(b"0\r\n\r\n".to_vec()),
+            Just(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..30),
+        ].prop_map(Event::Client),
+        3 => prop_oneof![
+            Just(OK.to_vec()),
+            Just(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n".to_vec()),
+            Just(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()),
+            Just(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..30),
+        ].prop_map(Event::Backend),
+        1 => Just(Event::BackendClose),
+        1 => Just(Event::ClientClose),
+        1 => (0u64..70_000).prop_map(Event::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Any order of client bytes, backend bytes, closes and timers: no panic, bounded buffers,
+    /// bytes only to a connected backend (the harness checks), nothing after the end.
+    #[test]
+    fn any_event_sequence(events in proptest::collection::vec(event(), 1..25)) {
+        let mut h = harness(2, Reply::Silent);
+        for e in events {
+            let closed = h.client_closed;
+            let written = h.to_client.len();
+            match e {
+                Event::Client(b) => h.client(&b),
+                Event::Backend(b) => h.backend(&b),
+                Event::BackendClose => h.backend_close(),
+                Event::ClientClose => h.client_close(),
+                Event::Advance(ms) => {
+                    let now = h.now + ms;
+                    h.advance(now);
+                }
+            }
+            prop_assert!(h.conn.buffered() <= 4 * 64 * 1024);
+            if closed {
+                prop_assert_eq!(h.to_client.len(), written, "nothing is written after the end");
+            }
+        }
+    }
+}
