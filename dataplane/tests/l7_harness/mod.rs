@@ -151,6 +151,8 @@ pub struct Harness<R: Router> {
     /// Leave every Connect unanswered (a backend that never completes the handshake).
     pub hold_connects: bool,
     stream: Vec<u8>,
+    /// The backend answered 101: what follows is a tunnel, not HTTP.
+    tunnel: bool,
     pooled: bool,
     connected: bool,
     pending: Vec<Action>,
@@ -182,6 +184,7 @@ impl<R: Router> Harness<R> {
             refuse: Vec::new(),
             hold_connects: false,
             stream: Vec::new(),
+            tunnel: false,
             pooled: false,
             connected: false,
             pending,
@@ -201,6 +204,9 @@ impl<R: Router> Harness<R> {
 
     /// The backend sends `data` on the current connection.
     pub fn backend(&mut self, data: &[u8]) {
+        if self.connected && data.starts_with(b"HTTP/1.1 101") {
+            self.tunnel = true;
+        }
         let mut actions = std::mem::take(&mut self.pending);
         self.conn
             .backend_data(self.now, data, &mut self.router, &mut actions);
@@ -261,6 +267,7 @@ impl<R: Router> Harness<R> {
                             }
                             self.pooled = false;
                             self.connected = true;
+                            self.tunnel = false;
                             self.stream.clear();
                             self.conn
                                 .backend_connected(self.now, &mut self.router, &mut next);
@@ -298,7 +305,9 @@ impl<R: Router> Harness<R> {
                     .backend_written(self.now, out, &mut self.router, &mut next);
                 self.pending.extend(next);
                 let before = self.seen.len();
-                parse_requests(&mut self.stream, &mut self.seen);
+                if !self.tunnel {
+                    parse_requests(&mut self.stream, &mut self.seen);
+                }
                 if let Reply::Fixed(answer) = &self.reply {
                     for _ in before..self.seen.len() {
                         let answer = answer.clone();
