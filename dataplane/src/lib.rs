@@ -7,6 +7,7 @@
 
 pub mod conntrack;
 pub mod flow;
+pub mod l7;
 pub mod maglev;
 pub mod neighbor;
 pub mod packet;

@@ -1,0 +1,420 @@
+//! Backend choice: which service of a route's weighted split, then which endpoint of it.
+//!
+//! The split is a smooth weighted round robin (the same sequence every time: 70/30 gives seven
+//! and three in every ten). Within a service: round robin (weighted by repeating the turn),
+//! least outstanding requests, or weighted rendezvous hashing of a header, cookie or the client
+//! address (a key keeps its endpoint while that endpoint exists; removing one moves only its
+//! keys). State is per worker and sized to one table: a new table gets a new state.
+
+use super::conn::Router;
+use super::errors::Status;
+use super::route::{BackendId, HashKey, Pick, Policy, RequestView, RouteTable, Target};
+use std::hash::{BuildHasher, Hasher};
+
+/// Per-worker selection state for one [`RouteTable`].
+#[derive(Clone, Debug, Default)]
+pub struct SelectState {
+    /// Smooth weighted round robin: current weight of each (split, entry).
+    current: Vec<Vec<i64>>,
+    /// Round robin position per service.
+    turn: Vec<u64>,
+    /// Requests in flight per endpoint.
+    outstanding: Vec<u32>,
+}
+
+impl SelectState {
+    /// Fresh state for `table`.
+    pub fn new(table: &RouteTable) -> SelectState {
+        SelectState {
+            current: table.splits.iter().map(|s| vec![0; s.len()]).collect(),
+            turn: vec![0; table.services.len()],
+            outstanding: vec![0; table.backends.len()],
+        }
+    }
+
+    /// Requests in flight to `backend` from this worker.
+    pub fn outstanding(&self, backend: BackendId) -> u32 {
+        self.outstanding[backend.0 as usize]
+    }
+}
+
+/// A fixed hasher (same result on every worker and every run, so hashing is consistent).
+fn hash_bytes(parts: &[&[u8]]) -> u64 {
+    let mut h = rustc_hash::FxBuildHasher.build_hasher();
+    for p in parts {
+        h.write(p);
+        h.write_u8(0xff);
+    }
+    // Fx mixes weakly in the low bits; finish with a multiply-xorshift.
+    let mut x = h.finish();
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x
+}
+
+/// The cookie `name`'s value in a Cookie header.
+fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = super::head::trim(pair);
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (&pair[..eq] == name).then(|| &pair[eq + 1..])
+    })
+}
+
+fn key_hash(key: &HashKey, request: &RequestView<'_>) -> u64 {
+    match key {
+        HashKey::Header(name) => hash_bytes(&[request.header(name.as_bytes()).unwrap_or(b"")]),
+        HashKey::Cookie(name) => {
+            let value = request
+                .header(b"cookie")
+                .and_then(|c| cookie(c, name.as_bytes()));
+            hash_bytes(&[value.unwrap_or(b"")])
+        }
+        HashKey::ClientAddr => match request.client {
+            std::net::IpAddr::V4(a) => hash_bytes(&[&a.octets()]),
+            std::net::IpAddr::V6(a) => hash_bytes(&[&a.octets()]),
+        },
+    }
+}
+
+/// Picks an endpoint of `service`, never `avoid`; `None` when none is usable.
+fn pick_endpoint(
+    table: &RouteTable,
+    state: &mut SelectState,
+    service: u32,
+    hash: u64,
+    avoid: Option<BackendId>,
+) -> Option<BackendId> {
+    let svc = &table.services[service as usize];
+    let usable = |id: &BackendId| table.backends[id.0 as usize].weight > 0 && Some(*id) != avoid;
+    match &svc.policy {
+        Policy::RoundRobin => {
+            let total: u64 = svc
+                .backends
+                .iter()
+                .filter(|b| usable(b))
+                .map(|b| u64::from(table.backends[b.0 as usize].weight))
+                .sum();
+            if total == 0 {
+                return None;
+            }
+            let turn = &mut state.turn[service as usize];
+            let mut at = *turn % total;
+            *turn = turn.wrapping_add(1);
+            svc.backends.iter().copied().filter(usable).find(|b| {
+                let w = u64::from(table.backends[b.0 as usize].weight);
+                if at < w {
+                    true
+                } else {
+                    at -= w;
+                    false
+                }
+            })
+        }
+        Policy::LeastOutstanding => {
+            // Fewest in flight relative to weight; ties go round robin.
+            let turn = &mut state.turn[service as usize];
+            let start = (*turn as usize) % svc.backends.len().max(1);
+            *turn = turn.wrapping_add(1);
+            let n = svc.backends.len();
+            (0..n)
+                .map(|i| svc.backends[(start + i) % n])
+                .filter(usable)
+                .min_by_key(|b| {
+                    let w = u64::from(table.backends[b.0 as usize].weight);
+                    (u64::from(state.outstanding[b.0 as usize]) << 32) / w
+                })
+        }
+        Policy::Hash(_) => svc.backends.iter().copied().filter(usable).max_by(|a, b| {
+            let score = |id: BackendId| {
+                // The address, not the id: ids shift when a table is rebuilt.
+                let addr = table.backends[id.0 as usize].addr;
+                let ip = match addr.ip() {
+                    std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                    std::net::IpAddr::V6(a) => a.octets(),
+                };
+                let h = hash_bytes(&[&hash.to_le_bytes(), &ip, &addr.port().to_le_bytes()]);
+                // Weighted rendezvous: -w / ln(u), u uniform in (0, 1].
+                let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                -f64::from(table.backends[id.0 as usize].weight) / u.ln()
+            };
+            score(*a).total_cmp(&score(*b))
+        }),
+    }
+}
+
+/// The table and this worker's selection state, as the connection machine's [`Router`].
+#[derive(Debug)]
+pub struct Routing<'a> {
+    /// The table.
+    pub table: &'a RouteTable,
+    /// This worker's state for it.
+    pub state: &'a mut SelectState,
+}
+
+impl Routing<'_> {
+    /// Chooses a service of `split` by smooth weighted round robin.
+    fn pick_service(&mut self, split: u32) -> Option<u32> {
+        let entries = &self.table.splits[split as usize];
+        let current = &mut self.state.current[split as usize];
+        let total: i64 = entries.iter().map(|&(_, w)| i64::from(w)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut best = 0;
+        for (i, &(_, w)) in entries.iter().enumerate() {
+            current[i] += i64::from(w);
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        Some(entries[best].0)
+    }
+}
+
+impl Router for Routing<'_> {
+    fn route(&mut self, request: &RequestView<'_>) -> Result<Pick, Status> {
+        let split = match self.table.lookup(request) {
+            Target::Answer(status) => return Err(status),
+            Target::Split(split) => split,
+        };
+        let service = self.pick_service(split).ok_or(Status::Unavailable)?;
+        let hash = match &self.table.services[service as usize].policy {
+            Policy::Hash(key) => key_hash(key, request),
+            _ => 0,
+        };
+        let chosen = pick_endpoint(self.table, self.state, service, hash, None);
+        // The chosen service has nothing usable: any other service of the split will do.
+        let (service, backend) = match chosen {
+            Some(b) => (service, b),
+            None => self.table.splits[split as usize]
+                .iter()
+                .filter(|&&(s, w)| w > 0 && s != service)
+                .find_map(|&(s, _)| {
+                    pick_endpoint(self.table, self.state, s, hash, None).map(|b| (s, b))
+                })
+                .ok_or(Status::Unavailable)?,
+        };
+        self.state.outstanding[backend.0 as usize] += 1;
+        Ok(Pick {
+            split,
+            service,
+            backend,
+            hash,
+        })
+    }
+
+    fn retry(&mut self, pick: &Pick) -> Option<Pick> {
+        // A pick from another table (the request outlived a reload) is not retried here.
+        if pick.service as usize >= self.table.services.len() {
+            return None;
+        }
+        let backend = pick_endpoint(
+            self.table,
+            self.state,
+            pick.service,
+            pick.hash,
+            Some(pick.backend),
+        )?;
+        self.state.outstanding[backend.0 as usize] += 1;
+        Some(Pick { backend, ..*pick })
+    }
+
+    fn finished(&mut self, pick: &Pick) {
+        // A pick from another table counts nothing here (and must not panic).
+        if let Some(n) = self.state.outstanding.get_mut(pick.backend.0 as usize) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::l7::route::{
+        BackendRef, EndpointSpec, Origin, PathMatch, RouteSpec, ServiceSpec, TableSpec,
+    };
+    use proptest::prelude::*;
+
+    fn table(policy: Policy, weights: &[u32], split: &[u32]) -> RouteTable {
+        let services = split
+            .iter()
+            .enumerate()
+            .map(|(s, _)| ServiceSpec {
+                name: format!("s{s}"),
+                endpoints: weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &weight)| EndpointSpec {
+                        addr: format!("10.0.{s}.{i}:80").parse().unwrap(),
+                        weight,
+                    })
+                    .collect(),
+                policy: policy.clone(),
+            })
+            .collect();
+        let routes = vec![RouteSpec {
+            origin: Origin::Gateway,
+            hosts: vec![],
+            path: PathMatch::Prefix("/".into()),
+            method: None,
+            headers: vec![],
+            backends: split
+                .iter()
+                .enumerate()
+                .map(|(s, &weight)| BackendRef {
+                    service: format!("s{s}"),
+                    weight,
+                })
+                .collect(),
+        }];
+        RouteTable::compile(&TableSpec {
+            services,
+            routes,
+            default_backend: None,
+        })
+    }
+
+    fn counts(t: &RouteTable, n: usize, headers: &[(&str, &str)]) -> Vec<usize> {
+        let mut state = SelectState::new(t);
+        let mut routing = Routing {
+            table: t,
+            state: &mut state,
+        };
+        let mut seen = vec![0; t.backends.len()];
+        for _ in 0..n {
+            let pick = routing
+                .route(&RequestView::from_parts("h", "/", "GET", headers))
+                .unwrap();
+            seen[pick.backend.0 as usize] += 1;
+            routing.finished(&pick);
+        }
+        seen
+    }
+
+    #[test]
+    fn round_robin_is_weighted_and_skips_weight_zero() {
+        let t = table(Policy::RoundRobin, &[1, 2, 0], &[1]);
+        assert_eq!(counts(&t, 300, &[]), vec![100, 200, 0]);
+    }
+
+    #[test]
+    fn split_is_exact_over_each_period() {
+        let t = table(Policy::RoundRobin, &[1], &[70, 30, 0]);
+        assert_eq!(counts(&t, 1000, &[]), vec![700, 300, 0]);
+    }
+
+    #[test]
+    fn least_outstanding_avoids_busy_endpoints() {
+        let t = table(Policy::LeastOutstanding, &[1, 1, 1], &[1]);
+        let mut state = SelectState::new(&t);
+        let mut routing = Routing {
+            table: &t,
+            state: &mut state,
+        };
+        let view = RequestView::from_parts("h", "/", "GET", &[]);
+        // Three requests in flight spread over the three endpoints.
+        let picks: Vec<_> = (0..3).map(|_| routing.route(&view).unwrap()).collect();
+        let mut ids: Vec<_> = picks.iter().map(|p| p.backend.0).collect();
+        ids.sort();
+        assert_eq!(ids, vec![0, 1, 2]);
+        // Finish the one on endpoint 1: the next request goes there.
+        let on_one = picks.iter().find(|p| p.backend.0 == 1).unwrap();
+        routing.finished(on_one);
+        assert_eq!(routing.route(&view).unwrap().backend.0, 1);
+    }
+
+    #[test]
+    fn retry_never_picks_the_same_endpoint() {
+        let t = table(Policy::RoundRobin, &[1, 1], &[1]);
+        let mut state = SelectState::new(&t);
+        let mut routing = Routing {
+            table: &t,
+            state: &mut state,
+        };
+        let first = routing
+            .route(&RequestView::from_parts("h", "/", "GET", &[]))
+            .unwrap();
+        assert_ne!(routing.retry(&first).unwrap().backend, first.backend);
+        let single = table(Policy::RoundRobin, &[1], &[1]);
+        let mut state = SelectState::new(&single);
+        let mut routing = Routing {
+            table: &single,
+            state: &mut state,
+        };
+        let first = routing
+            .route(&RequestView::from_parts("h", "/", "GET", &[]))
+            .unwrap();
+        assert_eq!(routing.retry(&first), None);
+    }
+
+    #[test]
+    fn picks_from_another_table_are_ignored() {
+        let big = table(Policy::RoundRobin, &[1, 1, 1], &[1, 1]);
+        let small = table(Policy::RoundRobin, &[1], &[1]);
+        let mut big_state = SelectState::new(&big);
+        let pick = Routing {
+            table: &big,
+            state: &mut big_state,
+        }
+        .route(&RequestView::from_parts("h", "/", "GET", &[]))
+        .unwrap();
+        let far = Pick {
+            service: 1,
+            backend: BackendId(5),
+            ..pick
+        };
+        let mut state = SelectState::new(&small);
+        let mut routing = Routing {
+            table: &small,
+            state: &mut state,
+        };
+        routing.finished(&far);
+        assert_eq!(routing.retry(&far), None);
+    }
+
+    #[test]
+    fn cookie_values() {
+        assert_eq!(cookie(b"a=1; sid=xyz; b=2", b"sid"), Some(&b"xyz"[..]));
+        assert_eq!(cookie(b"a=1", b"sid"), None);
+    }
+
+    proptest! {
+        /// A key always lands on the same endpoint, and removing another endpoint does not move it.
+        #[test]
+        fn hash_is_consistent(key in "[a-z0-9]{1,12}", drop in 0usize..5) {
+            let policy = Policy::Hash(HashKey::Header("x-user".into()));
+            let all = table(policy.clone(), &[1, 1, 1, 1, 1], &[1]);
+            let headers = [("X-User", key.as_str())];
+            let view = RequestView::from_parts("h", "/", "GET", &headers);
+            let mut state = SelectState::new(&all);
+            let mut routing = Routing { table: &all, state: &mut state };
+            let a = routing.route(&view).unwrap().backend;
+            prop_assert_eq!(routing.route(&view).unwrap().backend, a);
+            let mut weights = [1u32; 5];
+            weights[drop] = 0;
+            let fewer = table(policy, &weights, &[1]);
+            let mut state = SelectState::new(&fewer);
+            let mut routing = Routing { table: &fewer, state: &mut state };
+            let b = routing.route(&view).unwrap().backend;
+            if a.0 as usize != drop {
+                prop_assert_eq!(a, b);
+            } else {
+                prop_assert_ne!(b.0 as usize, drop);
+            }
+        }
+
+        /// Weighted split: over any whole number of periods the counts are the weights exactly.
+        #[test]
+        fn split_counts_follow_weights(w in proptest::collection::vec(0u32..20, 1..5), periods in 1usize..4) {
+            prop_assume!(w.iter().any(|&x| x > 0));
+            let t = table(Policy::RoundRobin, &[1], &w);
+            let total: u32 = w.iter().sum();
+            let seen = counts(&t, total as usize * periods, &[]);
+            let want: Vec<usize> = w.iter().map(|&x| x as usize * periods).collect();
+            prop_assert_eq!(seen, want);
+        }
+    }
+}
