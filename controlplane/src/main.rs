@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+mod instance;
 mod run;
 use controlplane::{compile, config, diag, sim};
 use testkit::lab;
@@ -107,8 +108,15 @@ fn main() -> ExitCode {
         // `lb check` prints.
         Command::Run { config } => match config::load_with_text(&config) {
             Ok((cfg, text)) => {
-                init_logging(&cfg.logging.level, cfg.logging.format);
-                run::run(&config, cfg, text)
+                // What `lb check` refuses on this machine (cores not online, memory the config
+                // cannot have) `lb run` refuses too, with the same report, before it allocates.
+                let problems = cfg.check_host(&config::Host::current());
+                if problems.is_empty() {
+                    init_logging(&cfg.logging.level, cfg.logging.format);
+                    run::run(&config, cfg, text)
+                } else {
+                    Err(diag::ConfigReport::from_problems(&config, &text, &problems).into())
+                }
             }
             Err(report) => Err(report.into()),
         },

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::instance;
 use controlplane::api::admin;
 use controlplane::compile::RunSettings;
 use controlplane::config::{self, Config, IdleMode, PortKind, XdpMode};
@@ -226,6 +227,23 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
+    // Before anything touches the interface: a second balancer on it would double or split
+    // every frame. Held until this function returns.
+    let _lock = instance::lock_interface(&cfg.dataplane.interface)?;
+    let nofile = instance::raise_nofile();
+    let mut limits = admin::Limits::of(&cfg.admin);
+    let budget = instance::admin_connection_budget(limits.max_connections, nofile);
+    if budget < limits.max_connections {
+        tracing::warn!(
+            configured = limits.max_connections,
+            allowed = budget,
+            open_files = ?nofile,
+            "admin max_connections lowered to a quarter of the open-file limit"
+        );
+        limits.max_connections = budget;
+    }
+    tracing::info!(open_files = ?nofile, admin_connections = limits.max_connections, "limits");
+
     let admin = cfg.admin.clone();
     let (cp, start) =
         ControlPlane::new(path, cfg, text, Box::new(control::load_file)).map_err(|e| match e {
@@ -276,7 +294,7 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
 
     let control = std::thread::Builder::new()
         .name("lb-control".into())
-        .spawn(move || control_thread(&cp, &admin, &stop, &hup))?;
+        .spawn(move || control_thread(&cp, &admin, limits, &stop, &hup))?;
     let finals = control
         .join()
         .map_err(|_| anyhow::anyhow!("the control thread panicked"))??;
@@ -285,10 +303,12 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
 }
 
 /// The control-plane thread: a tokio runtime that reloads on SIGHUP and file changes, releases
-/// replaced tables, logs summaries, and stops the workers on SIGINT/SIGTERM.
+/// replaced tables, serves the admin API, logs summaries, and stops the workers on
+/// SIGINT/SIGTERM. Health probes run on a runtime of their own ([`Checker::start`]).
 fn control_thread(
     cp: &Arc<ControlPlane>,
     admin: &config::Admin,
+    limits: admin::Limits,
     stop: &AtomicBool,
     hup: &AtomicBool,
 ) -> anyhow::Result<Vec<Snapshot>> {
@@ -308,7 +328,9 @@ fn control_thread(
     let health_changed = Arc::new(AtomicBool::new(false));
     let checker = {
         let changed = health_changed.clone();
-        Checker::new(rt.handle().clone(), move |transitions: Vec<Transition>| {
+        // Probes on their own runtime: this thread waits for the control plane's lock while
+        // others compile under it, and serves the admin API.
+        Checker::start(move |transitions: Vec<Transition>| {
             for t in &transitions {
                 if t.new.serves() {
                     tracing::info!(backend = %t.key, from = ?t.old, to = ?t.new, "backend up");
@@ -317,7 +339,7 @@ fn control_thread(
                 }
             }
             changed.store(true, Ordering::SeqCst);
-        })
+        })?
     };
     checker.set_targets(health::targets(&cp.config()));
     // The admin API stops with the control loop (the sender is dropped when it returns).
@@ -328,11 +350,12 @@ fn control_thread(
             Ok(l) => {
                 tracing::info!(listen = %admin.listen, "admin API listening");
                 let control: Arc<dyn Control> = cp.clone();
+                let stats = Arc::new(admin::Stats::new(checker.local_errors()));
                 rt.spawn(async move {
                     let shutdown = async {
                         let _ = admin_stopped.await;
                     };
-                    if let Err(e) = admin::serve(l, control, shutdown).await {
+                    if let Err(e) = admin::serve(l, control, limits, stats, shutdown).await {
                         tracing::error!(error = %e, "admin API stopped");
                     }
                 });
@@ -398,7 +421,7 @@ fn control_thread(
             }
         }
     });
-    checker.stop();
+    drop(checker);
     drop(admin_stop);
     tracing::info!("signal received; stopping the workers");
     let handles = cp.detach_workers();

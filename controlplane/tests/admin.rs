@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -282,10 +282,18 @@ struct Server {
 }
 
 async fn start(control: Arc<Fake>) -> Server {
+    start_with(control, admin::Limits::default(), Arc::default()).await
+}
+
+async fn start_with(
+    control: Arc<dyn Control>,
+    limits: admin::Limits,
+    stats: Arc<admin::Stats>,
+) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(admin::serve(listener, control, async {
+    let task = tokio::spawn(admin::serve(listener, control, limits, stats, async {
         let _ = stopped.await;
     }));
     Server {
@@ -841,4 +849,186 @@ fn collect_queries(v: &Value, out: &mut Vec<String>) {
         Value::Array(a) => a.iter().for_each(|v| collect_queries(v, out)),
         _ => {}
     }
+}
+
+/// A real control plane (no workers) serving `web` with three backends of weight 1 in a table of
+/// 65537 slots.
+fn real_plane(tag: &str) -> (Arc<controlplane::control::ControlPlane>, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("lb-admin-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lb.toml");
+    std::fs::write(
+        &path,
+        r#"
+[dataplane]
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.1"]
+gateway_mac = "02:00:00:00:00:fe"
+workers = 1
+
+[[services]]
+name = "web"
+vip = "198.18.0.100"
+ports = ["80"]
+protocol = "tcp"
+table_size = 65537
+
+[[services.pools]]
+name = "pods"
+mode = "fullnat"
+snat = ["198.18.0.2"]
+backends = [
+  { addr = "198.18.1.10", port = 8080 },
+  { addr = "198.18.1.11", port = 8080 },
+  { addr = "198.18.1.12", port = 8080 },
+]
+"#,
+    )
+    .unwrap();
+    let (cfg, text) = controlplane::config::load_with_text(&path).unwrap();
+    let (cp, _) = controlplane::control::ControlPlane::new(
+        &path,
+        cfg,
+        text,
+        Box::new(controlplane::control::load_file),
+    )
+    .unwrap();
+    (Arc::new(cp), dir)
+}
+
+/// A weight from the API obeys the file's rule (the weights of a service fit its table): a
+/// weight of 4294967295 would otherwise take every slot and send every flow to one backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_weights_obey_the_bound_of_the_file() {
+    let (cp, dir) = real_plane("weights");
+    let server = start_with(cp.clone(), admin::Limits::default(), Arc::default()).await;
+    let path = "/backends/web/198.18.1.10:8080/weight";
+
+    let r = request(server.addr, "POST", path, r#"{"weight": 4294967295}"#).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let msg = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("weight 4294967295 refused")
+            && msg.contains("weights add up to 4294967297, more than the 65537 slots"),
+        "{msg}"
+    );
+    // Nothing changed: no override, the table still splits evenly.
+    let b = request(server.addr, "GET", "/backends/web/198.18.1.10:8080", "").await;
+    assert_eq!(b.json()["weight"], 1, "{}", b.body);
+
+    // One slot over the table refused, exactly the table accepted.
+    let r = request(server.addr, "POST", path, r#"{"weight": 65536}"#).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = request(server.addr, "POST", path, r#"{"weight": 65535}"#).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Overrides of the other backends count too.
+    let other = "/backends/web/198.18.1.11:8080/weight";
+    let r = request(server.addr, "POST", other, r#"{"weight": 2}"#).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Opens a connection that sends nothing.
+async fn idle(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).await.unwrap()
+}
+
+/// Waits (bounded) until the server closes `s`: true when it did.
+async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let read = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.is_ok()
+}
+
+/// Beyond `max_connections` a client waits (in the backlog) and is served as soon as a place
+/// frees; idle clients never starve the API for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_a_free_place() {
+    let stats = Arc::new(admin::Stats::default());
+    let limits = admin::Limits {
+        max_connections: 2,
+        header_timeout: Duration::from_secs(3600),
+        idle_timeout: Duration::from_secs(3600),
+    };
+    let server = start_with(fake(), limits, stats.clone()).await;
+    let a = idle(server.addr).await;
+    let _b = idle(server.addr).await;
+    let third = tokio::spawn(request(server.addr, "GET", "/healthz", ""));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served beyond the limit of 2"
+    );
+    assert!(stats.open.load(Ordering::Relaxed) <= 2);
+    drop(a);
+    let r = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the waiting client was never served")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "ok\n");
+}
+
+/// A connection that never sends a whole head, or stalls in a body, is closed; its place serves
+/// the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_stalled_connections_are_closed() {
+    let hour = Duration::from_secs(3600);
+    let short = Duration::from_millis(300);
+    // The head: nothing sent, or half a head.
+    let heads = admin::Limits {
+        max_connections: 2,
+        header_timeout: short,
+        idle_timeout: hour,
+    };
+    let server = start_with(fake(), heads, Arc::default()).await;
+    let mut silent = idle(server.addr).await;
+    let mut partial = idle(server.addr).await;
+    partial
+        .write_all(b"GET /state HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut silent, Duration::from_secs(10)).await);
+    assert!(closed_by_server(&mut partial, Duration::from_secs(10)).await);
+    let r = request(server.addr, "GET", "/healthz", "").await;
+    assert_eq!(r.status, 200);
+
+    // A body that stops halfway.
+    let stats = Arc::new(admin::Stats::default());
+    let bodies = admin::Limits {
+        max_connections: 1,
+        header_timeout: hour,
+        idle_timeout: short,
+    };
+    let server = start_with(fake(), bodies, stats.clone()).await;
+    let mut stalled = idle(server.addr).await;
+    stalled
+        .write_all(
+            b"POST /backends/web/198.18.1.10:8080/weight HTTP/1.1\r\nHost: x\r\n\
+              Content-Length: 40\r\n\r\n{\"weight\"",
+        )
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut stalled, Duration::from_secs(10)).await);
+    let r = request(server.addr, "GET", "/healthz", "").await;
+    assert_eq!(r.status, 200);
+    let m = request(server.addr, "GET", "/metrics", "").await;
+    assert!(
+        m.body.contains("lb_admin_connections_timed_out_total 1\n"),
+        "{}",
+        m.body
+    );
+    assert!(
+        m.body.contains("lb_admin_connections_accepted_total 3\n"),
+        "{}",
+        m.body
+    );
+    assert!(m.body.contains("lb_admin_connections 1\n"), "{}", m.body);
 }

@@ -272,6 +272,36 @@ fn check_counts_several_errors_and_syntax_errors_render_the_same_way() {
 }
 
 #[test]
+fn run_refuses_what_this_machine_cannot_run_as_check_does() {
+    // Core 4000 and 712 GiB of conntrack: refused before the interface (which does not exist
+    // either) is touched and before anything is allocated, with `lb check`'s report.
+    let cfg = tmp("run-machine.toml");
+    let text = std::fs::read_to_string(SHIPPED)
+        .unwrap()
+        .replace("# cores = [0, 1]", "cores = [0, 4000]")
+        .replace("capacity = 262144", "capacity = 2147483648")
+        .replace("port = \"tap\"", "port = \"af_packet\"")
+        .replace("interface = \"lb0\"", "interface = \"lbnosuch0\"");
+    assert!(text.contains("cores = [0, 4000]") && text.contains("lbnosuch0"));
+    std::fs::write(&cfg, &text).unwrap();
+    let check = lb(&["check", p(&cfg)]);
+    let run = lb(&["run", "--config", p(&cfg)]);
+    assert_eq!(run.status.code(), Some(1));
+    let err = self::text(&run.stderr);
+    assert!(
+        err.contains("error: dataplane: core 4000 is not online"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: the config needs 712.0 GiB of memory"),
+        "{err}"
+    );
+    assert!(!err.contains("lbnosuch0 does not exist"), "{err}");
+    assert_eq!(err, self::text(&check.stderr));
+    std::fs::remove_file(&cfg).unwrap();
+}
+
+#[test]
 fn run_with_a_bad_config_prints_the_same_report_and_serves_nothing() {
     // The config is refused before any port is opened, so this needs no privileges.
     let cfg = tmp("run-bad.toml");

@@ -359,3 +359,55 @@ async fn passive_ejection_takes_a_backend_out_for_the_back_off() {
     assert!(seen.iter().all(Transition::changes_serving));
     assert_eq!(c.transitions_total(), 2);
 }
+
+/// A control loop that keeps its runtime's thread busy (waiting for the control plane's lock
+/// while a reload compiles, say) never fails a probe: `Checker::start` gives the probes a
+/// runtime of their own. On a shared runtime the probe's timer kept running while its request
+/// could not be sent, and healthy backends were taken down (HTTP checks with a 500 ms timeout).
+#[test]
+fn a_busy_control_runtime_never_fails_a_probe() {
+    let backend_rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = backend_rt.block_on(async {
+        let l = bind("127.0.0.1:0".parse().unwrap());
+        let a = l.local_addr().unwrap();
+        drop(serve_http(l, Arc::new(AtomicU16::new(200)), Arc::default()));
+        a
+    });
+    // The control thread's runtime, as `lb run` has it: current-thread.
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let c = Checker::start(move |t| sink.lock().unwrap().extend(t)).unwrap();
+    let mut chk = check(CheckKind::Http);
+    chk.interval = Duration::from_millis(50);
+    chk.timeout = Duration::from_millis(50);
+    chk.rise = 1;
+    chk.fall = 1;
+    chk.jitter = Duration::ZERO;
+    let t = target(addr, Some(chk));
+    let key = t.key.clone();
+    c.set_targets(vec![t]);
+    // Busy most of the time, yielding only between spells: 3 s, some 60 probe intervals.
+    control.block_on(async {
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(120));
+        }
+    });
+    let downs: Vec<Transition> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| !t.new.serves())
+        .cloned()
+        .collect();
+    assert!(
+        downs.is_empty(),
+        "a healthy backend was taken down: {downs:?}"
+    );
+    assert_eq!(c.health(&key), Some(Health::Up));
+}

@@ -3,14 +3,23 @@
 //!
 //! [`Control`] methods are synchronous and may rebuild a routing table, so every call runs on
 //! tokio's blocking pool: a slow rebuild never stalls a scrape or a probe.
+//!
+//! The listener is bounded ([`Limits`]): at most `max_connections` are served at once (more wait
+//! in the kernel's listen backlog and hold no descriptor of ours), a request head must arrive
+//! within `header_timeout`, and a connection on which nothing moves for `idle_timeout` is closed.
+//! Idle clients can therefore never take the descriptors the health checks and the ports need.
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -19,13 +28,103 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::metrics;
+use crate::config;
 use crate::control::state::{
     AdminState, BackendKey, BackendStatus, Control, Observation, OpError, ReloadStatus,
     ServiceStatus,
 };
 
+/// The admin API's state: the control plane and the counters kept beside it.
+#[derive(Clone)]
+struct Api {
+    control: Arc<dyn Control>,
+    stats: Arc<Stats>,
+}
+
+impl FromRef<Api> for Arc<dyn Control> {
+    fn from_ref(api: &Api) -> Self {
+        api.control.clone()
+    }
+}
+
+impl FromRef<Api> for Arc<Stats> {
+    fn from_ref(api: &Api) -> Self {
+        api.stats.clone()
+    }
+}
+
+/// Bounds of the admin listener (`[admin]` in lb.toml).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A request head must arrive within this, counted from when the server waits for it.
+    pub header_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits `[admin]` asks for.
+    pub fn of(admin: &config::Admin) -> Limits {
+        Limits {
+            max_connections: usize::try_from(admin.max_connections).unwrap_or(usize::MAX),
+            header_timeout: admin.header_timeout,
+            idle_timeout: admin.idle_timeout,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::of(&config::Admin::default())
+    }
+}
+
+/// What the admin listener (and the health checker, which has no API of its own) counts
+/// outside the control plane; `/metrics` shows it.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections being served now.
+    pub open: AtomicU64,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections closed because a head or any byte did not come in time.
+    pub timed_out: AtomicU64,
+    /// Failed accepts (out of descriptors, most likely).
+    pub accept_errors: AtomicU64,
+    /// Health probes that failed on this host rather than at the backend (the checker's count).
+    pub probe_local_errors: Arc<AtomicU64>,
+}
+
+impl Stats {
+    /// Counters at zero, showing the checker's count of local probe errors.
+    pub fn new(probe_local_errors: Arc<AtomicU64>) -> Stats {
+        Stats {
+            probe_local_errors,
+            ..Stats::default()
+        }
+    }
+
+    /// The values as the metrics exposition takes them.
+    pub fn sample(&self) -> metrics::ListenerSample {
+        metrics::ListenerSample {
+            open: self.open.load(Ordering::Relaxed),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
+            accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            probe_local_errors: self.probe_local_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The admin API's routes, calling `control`.
 pub fn router(control: Arc<dyn Control>) -> Router {
+    router_with(control, Arc::default())
+}
+
+/// The admin API's routes, calling `control`; `/metrics` also shows `stats`.
+pub fn router_with(control: Arc<dyn Control>, stats: Arc<Stats>) -> Router {
     Router::new()
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -40,19 +139,221 @@ pub fn router(control: Arc<dyn Control>) -> Router {
         )
         .route("/reload", post(post_reload))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
-        .with_state(control)
+        .with_state(Api { control, stats })
 }
 
-/// Serves the admin API on `listener` until `shutdown` completes, then lets requests in progress
-/// finish and returns.
+/// How long to wait before accepting again after a failed accept (out of descriptors): a
+/// tight retry loop would take the runtime's thread and fill the log.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Failed accepts are logged at most this often.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// After `shutdown`, how long requests in progress may take to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the admin API on `listener` within `limits` until `shutdown` completes, then lets
+/// requests in progress finish (up to 5 s) and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Arc<dyn Control>,
+    limits: Limits,
+    stats: Arc<Stats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    axum::serve(listener, router(control))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router_with(control, stats.clone());
+    let max = limits
+        .max_connections
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut last_logged: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        // A permit first, then accept: beyond the limit a client waits in the kernel's backlog,
+        // holding no descriptor of ours.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if last_logged.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                    last_logged = Some(Instant::now());
+                    tracing::warn!(error = %e, "admin API: accept failed; retrying");
+                }
+                drop(permit);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let conn = serve_connection(stream, app.clone(), limits, stats.clone(), closed.clone());
+        tokio::spawn(async move {
+            conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all)).await;
+    Ok(())
+}
+
+/// Serves one connection: HTTP/1.1 with keep-alive, the header-read timeout on hyper's timer,
+/// the idle timeout on the socket; closes gracefully once `closing` turns true.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    limits: Limits,
+    stats: Arc<Stats>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let io = hyper_util::rt::TokioIo::new(Idle::new(stream, limits.idle_timeout, stats.clone()));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { closing.wait_for(|c| *c).await.map(drop) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
+        // Idle counts its own; hyper's header timeout comes back as this error (or, on a
+        // connection that sent nothing at all, as a quiet close it does not tell apart).
+        if e.is_timeout() {
+            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(error = %e, "admin API connection ended");
+    }
+    stats.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A socket that fails with `TimedOut` once no byte has moved either way for `timeout` while the
+/// server waits on it: a client that stalls mid-body or stops reading its answer lets go of its
+/// connection.
+struct Idle<S> {
+    inner: S,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    stats: Arc<Stats>,
+}
+
+impl<S> Idle<S> {
+    fn new(inner: S, timeout: Duration, stats: Arc<Stats>) -> Self {
+        Idle {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            stats,
+        }
+    }
+
+    /// Bytes moved: the silence starts again.
+    fn moved(&mut self) {
+        let next = tokio::time::Instant::now() + self.timeout;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// The wait goes on, unless the silence has lasted too long.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "admin API connection idle too long",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Idle<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut me.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    me.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => me.pending(cx),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Idle<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        match Pin::new(&mut me.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                if r.as_ref().is_ok_and(|n| *n > 0) {
+                    me.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => me.pending(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        match Pin::new(&mut me.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                if r.as_ref().is_ok_and(|n| *n > 0) {
+                    me.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => me.pending(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 type Ctl = State<Arc<dyn Control>>;
@@ -141,8 +442,9 @@ fn done(key: Option<&BackendKey>, generation: u64) -> Json<Done> {
     })
 }
 
-async fn get_metrics(State(c): Ctl) -> Result<Response, ApiError> {
-    let text = blocking(move || metrics::render(&c.observe())).await?;
+async fn get_metrics(State(c): Ctl, State(stats): State<Arc<Stats>>) -> Result<Response, ApiError> {
+    let listener = stats.sample();
+    let text = blocking(move || metrics::render_with(&c.observe(), &listener)).await?;
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 

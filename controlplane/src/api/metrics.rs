@@ -412,6 +412,27 @@ fn backend_metrics(reg: &mut Registry, obs: &Observation, workers: &[&Snapshot])
 
 /// The exposition (Prometheus text format 0.0.4, see [`CONTENT_TYPE`]) of one observation.
 pub fn render(obs: &Observation) -> String {
+    render_with(obs, &ListenerSample::default())
+}
+
+/// What the admin listener and the health checker counted, beside the control plane's
+/// [`Observation`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerSample {
+    /// Admin connections being served.
+    pub open: u64,
+    /// Admin connections accepted since start.
+    pub accepted: u64,
+    /// Admin connections closed by the header-read or idle timeout.
+    pub timed_out: u64,
+    /// Failed accepts on the admin listener.
+    pub accept_errors: u64,
+    /// Health probes that failed on this host (counted as unknown, not against the backend).
+    pub probe_local_errors: u64,
+}
+
+/// [`render`], with the admin listener's and the checker's own counters.
+pub fn render_with(obs: &Observation, listener: &ListenerSample) -> String {
     let mut reg = Registry::with_prefix("lb");
     let workers: Vec<&Snapshot> = obs.workers.iter().map(|s| s.as_ref()).collect();
     worker_metrics(&mut reg, &workers);
@@ -457,6 +478,36 @@ pub fn render(obs: &Observation) -> String {
         "health_transitions",
         "Backend health changes (up to down and back) since start.",
         obs.health_transitions,
+    );
+    counter(
+        &mut reg,
+        "health_probe_local_errors",
+        "Health probes that failed on this host (out of descriptors, buffers or ports): the backend kept its state.",
+        listener.probe_local_errors,
+    );
+    gauge(
+        &mut reg,
+        "admin_connections",
+        "Admin API connections being served.",
+        to_i64(listener.open),
+    );
+    counter(
+        &mut reg,
+        "admin_connections_accepted",
+        "Admin API connections accepted since start.",
+        listener.accepted,
+    );
+    counter(
+        &mut reg,
+        "admin_connections_timed_out",
+        "Admin API connections closed because a request head or any byte did not come in time.",
+        listener.timed_out,
+    );
+    counter(
+        &mut reg,
+        "admin_accept_errors",
+        "Failed accepts on the admin listener (out of descriptors, most likely).",
+        listener.accept_errors,
     );
     let mut out = String::new();
     // Writing into a String cannot fail and our label encoders do not fail either; should one

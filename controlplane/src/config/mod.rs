@@ -14,7 +14,10 @@ mod tests;
 mod types;
 mod validate;
 
-pub use validate::{Host, MemoryEstimate, MAX_CONNTRACK_CAPACITY, MAX_TABLE_SIZE};
+pub use validate::{
+    weights_fit, Host, MemoryEstimate, WeightsTooLarge, MAX_ADMIN_CONNECTIONS,
+    MAX_CONNTRACK_CAPACITY, MAX_TABLE_SIZE, WEIGHTS_HINT,
+};
 
 pub use key::{BackendKey, NameError};
 pub use load::{load, load_with_text, read_bytes, read_text, MAX_CONFIG_BYTES};

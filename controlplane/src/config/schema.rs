@@ -41,6 +41,23 @@ pub struct Admin {
     /// Address and port to listen on; loopback by default, so only the box itself can reach it.
     #[serde(default = "default_admin_listen")]
     pub listen: std::net::SocketAddr,
+    /// Connections served at once; more wait in the listen backlog, never holding a descriptor.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: u32,
+    /// A request head must arrive within this, counted from when the server waits for it (so it
+    /// also closes a keep-alive connection idle between requests).
+    #[serde(
+        default = "default_admin_header_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub header_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is closed (a stalled body,
+    /// a client that stops reading its answer).
+    #[serde(
+        default = "default_admin_idle_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub idle_timeout: Duration,
 }
 
 impl Default for Admin {
@@ -48,8 +65,23 @@ impl Default for Admin {
         Admin {
             enabled: true,
             listen: default_admin_listen(),
+            max_connections: default_admin_max_connections(),
+            header_timeout: default_admin_header_timeout(),
+            idle_timeout: default_admin_idle_timeout(),
         }
     }
+}
+
+fn default_admin_max_connections() -> u32 {
+    256
+}
+
+fn default_admin_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_admin_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_true() -> bool {

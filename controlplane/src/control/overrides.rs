@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::state::{AdminState, BackendKey, Health, OpError, Override};
 use super::ControlPlane;
-use crate::config::{AllDown, Config};
+use crate::config::{self, AllDown, Config};
 
 impl ControlPlane {
     /// Changes `key`'s override with `f` and publishes the resulting table; on an error the
@@ -22,6 +22,9 @@ impl ControlPlane {
         let before = inner.overrides.get(key).copied();
         let mut ov = before.unwrap_or_default();
         f(&mut ov);
+        if let Some(w) = ov.weight {
+            weight_fits(&inner.config, &inner.overrides, key, w)?;
+        }
         if ov.is_empty() {
             inner.overrides.remove(key);
         } else {
@@ -41,6 +44,40 @@ impl ControlPlane {
             }
         }
     }
+}
+
+/// The file's weight rule ([`config::weights_fit`]) for `key`'s service with `weight` as its
+/// override: one huge weight would take every slot of the table.
+fn weight_fits(
+    cfg: &Config,
+    overrides: &BTreeMap<BackendKey, Override>,
+    key: &BackendKey,
+    weight: u32,
+) -> Result<(), OpError> {
+    let Some(s) = cfg.services.iter().find(|s| s.name == key.service) else {
+        return Ok(());
+    };
+    let total: u64 = s
+        .pools
+        .iter()
+        .flat_map(|p| p.backends.iter().map(move |b| (p, b)))
+        .map(|(p, b)| {
+            let k = BackendKey::of(s, b);
+            let w = if &k == key {
+                Some(weight)
+            } else {
+                overrides.get(&k).and_then(|o| o.weight)
+            };
+            w.map_or(u64::from(p.weight) * u64::from(b.weight), u64::from)
+        })
+        .sum();
+    config::weights_fit(total, s.table_size).map_err(|e| {
+        OpError::Invalid(format!(
+            "{key}: weight {weight} refused: service {}: {e} ({})",
+            s.name,
+            config::WEIGHTS_HINT
+        ))
+    })
 }
 
 /// True when `key` names a backend of the config.

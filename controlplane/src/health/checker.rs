@@ -93,6 +93,8 @@ struct Slot {
     /// reload (or of a removed and re-added backend) finds another number and stops.
     generation: u64,
     task: Option<AbortHandle>,
+    /// The latest probe could not run on this host; logged once until a probe runs again.
+    local_failing: bool,
 }
 
 #[derive(Default)]
@@ -105,6 +107,8 @@ struct Inner {
     slots: Mutex<Slots>,
     on_change: Box<OnChange>,
     serving_changes: AtomicU64,
+    /// Probes that failed on this host (shared with whoever shows it: the admin API).
+    local_errors: Arc<AtomicU64>,
 }
 
 impl Inner {
@@ -134,6 +138,17 @@ impl Inner {
         if slot.generation != generation {
             return false;
         }
+        // Out of descriptors, buffers or ports here says nothing about the backend: unknown, so
+        // it keeps its state (an exhausted host would otherwise take every backend down).
+        if let Some(e) = result.as_ref().err().filter(|e| e.is_local()) {
+            self.local_errors.fetch_add(1, Ordering::Relaxed);
+            if !slot.local_failing {
+                slot.local_failing = true;
+                tracing::warn!(backend = %key, error = %e, "health probe could not run on this host; the backend keeps its state");
+            }
+            return true;
+        }
+        slot.local_failing = false;
         let old = slot.state.health();
         let Some(active) = slot.state.active.as_mut() else {
             return false;
@@ -158,6 +173,8 @@ impl Inner {
 pub struct Checker {
     inner: Arc<Inner>,
     runtime: Handle,
+    /// The runtime [`Checker::start`] made for the probes alone, shut down with the checker.
+    own: Option<tokio::runtime::Runtime>,
 }
 
 impl Checker {
@@ -175,9 +192,28 @@ impl Checker {
                 slots: Mutex::new(Slots::default()),
                 on_change: Box::new(on_change),
                 serving_changes: AtomicU64::new(0),
+                local_errors: Arc::default(),
             }),
             runtime,
+            own: None,
         }
+    }
+
+    /// A checker whose probes run on a runtime of their own (one thread, `lb-health`), so that
+    /// nothing else (a control loop waiting for a lock, an admin request) can hold a probe back:
+    /// a probe held back past its timeout fails although the backend would have answered.
+    pub fn start(
+        on_change: impl Fn(Vec<Transition>) + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
+        let own = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .thread_name("lb-health")
+            .enable_all()
+            .build()?;
+        let mut checker = Checker::new(own.handle().clone(), on_change);
+        checker.own = Some(own);
+        Ok(checker)
     }
 
     /// Replaces the set of targets (on start and on every reload). A backend whose key stays
@@ -245,6 +281,7 @@ impl Checker {
                         task: self.spawn(&target, generation),
                         target,
                         generation,
+                        local_failing: false,
                     }
                 }
             };
@@ -328,6 +365,12 @@ impl Checker {
         self.inner.serving_changes.load(Ordering::Relaxed)
     }
 
+    /// Probes that could not run on this host since the checker was made (for
+    /// `lb_health_probe_local_errors_total`); they left their backend's state as it was.
+    pub fn local_errors(&self) -> Arc<AtomicU64> {
+        self.inner.local_errors.clone()
+    }
+
     /// Stops every probe task and forgets every target.
     pub fn stop(&self) {
         let mut slots = self.inner.lock();
@@ -342,6 +385,10 @@ impl Checker {
 impl Drop for Checker {
     fn drop(&mut self) {
         self.stop();
+        if let Some(own) = self.own.take() {
+            // Does not wait, so it may run inside another runtime too.
+            own.shutdown_background();
+        }
     }
 }
 

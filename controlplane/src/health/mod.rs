@@ -3,8 +3,8 @@
 //!
 //! The decisions are a pure core ([`ActiveState`], [`PassiveState`], [`BackendState`]) fed with
 //! probe results and counter samples, so the rules are tested without sockets or clocks. The
-//! probes ([`probe`]) and the [`Checker`] that schedules them run on the control plane's tokio
-//! runtime; the checker reports every change of a backend's health as a [`Transition`] so the
+//! probes ([`probe`]) and the [`Checker`] that schedules them run on the tokio runtime it is
+//! given (`lb run` gives it one of its own, so nothing else on the control plane delays a probe); the checker reports every change of a backend's health as a [`Transition`] so the
 //! caller can log it, count it and rebuild the table.
 //!
 //! Initial policy: a backend with an active check is [`Health::Unchecked`] (served) until its
@@ -13,6 +13,10 @@
 //! consecutive successes bring a down backend up. This is HAProxy's default `init-state up`:
 //! nothing is withheld from traffic at start or when added, yet a backend never seen healthy
 //! does not take traffic for `fall` intervals.
+//!
+//! A probe that fails because of this host (out of descriptors, buffers, memory or ports:
+//! [`ProbeError::Local`]) is unknown: it is counted ([`Checker::local_errors`]) and leaves the
+//! backend's state as it was, so an exhausted host never takes its backends down.
 //!
 //! Rooms: `rules` (the pure core), `probes` (TCP and HTTP, failures as [`ProbeError`]) and
 //! `checker` (the tasks).
@@ -28,8 +32,8 @@ use serde::Serialize;
 
 pub use checker::{probe_port, targets, Checker, Target};
 pub use probes::{
-    parse_status_line, probe, probe_http, probe_tcp, BadStatusLine, HttpError, ProbeError,
-    ProbeResult,
+    is_local_error, parse_status_line, probe, probe_http, probe_tcp, BadStatusLine, HttpError,
+    ProbeError, ProbeResult,
 };
 pub use rules::{ActiveState, BackendState, PassiveSample, PassiveState, Transition};
 

@@ -1,5 +1,5 @@
 //! The probes: a TCP connect, or an HTTP/1.1 GET whose status line must match, each bounded by the
-//! check's timeout, on the control plane's tokio runtime.
+//! check's timeout, on the checker's tokio runtime.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,6 +40,31 @@ fn io_reason(e: &std::io::Error) -> String {
     s.to_string()
 }
 
+/// Errors that come from this host, never from the backend: out of descriptors (EMFILE, ENFILE),
+/// buffers (ENOBUFS), memory (ENOMEM) or local ports (EADDRNOTAVAIL on connect). Linux numbers;
+/// the crate forbids unsafe and does not link libc.
+const LOCAL_ERRNOS: [i32; 5] = [24, 23, 105, 12, 99];
+
+/// True when `e` says this host could not try, rather than that the backend failed.
+pub fn is_local_error(e: &std::io::Error) -> bool {
+    e.raw_os_error().is_some_and(|n| LOCAL_ERRNOS.contains(&n))
+}
+
+/// A failed connect to `addr`: local ([`ProbeError::Local`]) or the backend's.
+fn connect_error(addr: SocketAddr, e: &std::io::Error) -> ProbeError {
+    if is_local_error(e) {
+        ProbeError::Local {
+            addr,
+            reason: e.to_string(),
+        }
+    } else {
+        ProbeError::Connect {
+            addr,
+            reason: io_reason(e),
+        }
+    }
+}
+
 /// Why one probe failed. The text is what `/state`, the logs and `Health::Down` show, e.g.
 /// `tcp connect to 198.18.1.10:8080: connection refused`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +80,15 @@ pub enum ProbeError {
         /// The probed address.
         addr: SocketAddr,
         /// The I/O error as a short phrase (`connection refused`).
+        reason: String,
+    },
+    /// This host could not run the probe (out of descriptors, buffers, memory or ports): says
+    /// nothing about the backend, whose state is kept ([`ProbeError::is_local`]).
+    #[error("probe of {addr} could not run on this host: {reason}")]
+    Local {
+        /// The probed address.
+        addr: SocketAddr,
+        /// The system's error.
         reason: String,
     },
     /// The TCP connect did not finish within the timeout.
@@ -83,6 +117,14 @@ pub enum ProbeError {
         /// The range the check accepts.
         expected: StatusRange,
     },
+}
+
+impl ProbeError {
+    /// True when the failure is this host's, not the backend's: the result is "unknown" and
+    /// must not count towards taking the backend down.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ProbeError::Local { .. })
+    }
 }
 
 /// Why an HTTP check's exchange failed (after the TCP connect).
@@ -188,10 +230,7 @@ pub async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> ProbeResult {
     let timeout = timeout.min(MAX_WAIT);
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(_stream)) => Ok(()),
-        Ok(Err(e)) => Err(ProbeError::Connect {
-            addr,
-            reason: io_reason(&e),
-        }),
+        Ok(Err(e)) => Err(connect_error(addr, &e)),
         Err(_) => Err(ProbeError::ConnectTimeout {
             addr,
             after: timeout,
@@ -211,12 +250,7 @@ pub async fn probe_http(addr: SocketAddr, check: &HealthCheck) -> ProbeResult {
     let deadline = tokio::time::Instant::now() + timeout;
     let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(ProbeError::Connect {
-                addr,
-                reason: io_reason(&e),
-            })
-        }
+        Ok(Err(e)) => return Err(connect_error(addr, &e)),
         Err(_) => {
             return Err(ProbeError::ConnectTimeout {
                 addr,
@@ -226,7 +260,13 @@ pub async fn probe_http(addr: SocketAddr, check: &HealthCheck) -> ProbeResult {
     };
     let status = match tokio::time::timeout_at(deadline, status_of(stream, &request)).await {
         Ok(Ok(status)) => status,
-        Ok(Err(e)) => return Err(http(e)),
+        Ok(Err(StatusError::Local(e))) => {
+            return Err(ProbeError::Local {
+                addr,
+                reason: e.to_string(),
+            })
+        }
+        Ok(Err(StatusError::Http(e))) => return Err(http(e)),
         Err(_) => return Err(http(HttpError::Timeout(timeout))),
     };
     if check.expect_status.contains(status) {
@@ -240,12 +280,39 @@ pub async fn probe_http(addr: SocketAddr, check: &HealthCheck) -> ProbeResult {
     }
 }
 
+/// Why [`status_of`] found no status: this host's error or the exchange's.
+enum StatusError {
+    Local(std::io::Error),
+    Http(HttpError),
+}
+
+impl From<HttpError> for StatusError {
+    fn from(e: HttpError) -> Self {
+        StatusError::Http(e)
+    }
+}
+
+impl From<BadStatusLine> for StatusError {
+    fn from(e: BadStatusLine) -> Self {
+        StatusError::Http(e.into())
+    }
+}
+
+/// An I/O error of the exchange: this host's, or `http`'s kind of failure.
+fn exchange_error(e: std::io::Error, http: fn(String) -> HttpError) -> StatusError {
+    if is_local_error(&e) {
+        StatusError::Local(e)
+    } else {
+        StatusError::Http(http(io_reason(&e)))
+    }
+}
+
 /// Sends `request` and reads the response's status line.
-async fn status_of(mut stream: TcpStream, request: &[u8]) -> Result<u16, HttpError> {
+async fn status_of(mut stream: TcpStream, request: &[u8]) -> Result<u16, StatusError> {
     stream
         .write_all(request)
         .await
-        .map_err(|e| HttpError::Send(io_reason(&e)))?;
+        .map_err(|e| exchange_error(e, HttpError::Send))?;
     let mut buf = [0u8; MAX_STATUS_LINE];
     let mut len = 0;
     loop {
@@ -255,18 +322,19 @@ async fn status_of(mut stream: TcpStream, request: &[u8]) -> Result<u16, HttpErr
             return Ok(parse_status_line(line)?);
         }
         if len == buf.len() {
-            return Err(HttpError::StatusLineTooLong);
+            return Err(HttpError::StatusLineTooLong.into());
         }
         let n = stream
             .read(&mut buf[len..])
             .await
-            .map_err(|e| HttpError::Receive(io_reason(&e)))?;
+            .map_err(|e| exchange_error(e, HttpError::Receive))?;
         if n == 0 {
             return Err(if len == 0 {
                 HttpError::ClosedBeforeResponse
             } else {
                 HttpError::ClosedInStatusLine
-            });
+            }
+            .into());
         }
         len += n;
     }
@@ -343,6 +411,44 @@ mod tests {
         let e = req(&c, "198.18.1.10:80").unwrap_err();
         assert_eq!(e, HttpError::InvalidHost("a\r\nb".into()));
         assert_eq!(e.to_string(), r#"invalid host "a\r\nb""#);
+    }
+
+    #[test]
+    fn errors_of_this_host_are_unknown_not_the_backends_fault() {
+        let addr: SocketAddr = "198.18.1.10:8080".parse().unwrap();
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL: this host could not try.
+        for errno in [24, 23, 105, 12, 99] {
+            let e = connect_error(addr, &std::io::Error::from_raw_os_error(errno));
+            assert!(e.is_local(), "errno {errno}: {e}");
+            let text = e.to_string();
+            assert!(
+                text.starts_with("probe of 198.18.1.10:8080 could not run on this host: "),
+                "{text}"
+            );
+        }
+        // Refused, reset, unreachable, timed out: the backend's answer (or silence).
+        for errno in [111, 104, 113, 101, 110] {
+            let e = connect_error(addr, &std::io::Error::from_raw_os_error(errno));
+            assert!(!e.is_local(), "errno {errno}: {e}");
+            assert!(matches!(e, ProbeError::Connect { .. }), "{e}");
+        }
+        assert_eq!(
+            connect_error(addr, &std::io::Error::from_raw_os_error(111)).to_string(),
+            "tcp connect to 198.18.1.10:8080: connection refused"
+        );
+        assert!(!ProbeError::ConnectTimeout {
+            addr,
+            after: Duration::from_secs(1)
+        }
+        .is_local());
+        assert!(matches!(
+            exchange_error(std::io::Error::from_raw_os_error(105), HttpError::Send),
+            StatusError::Local(_)
+        ));
+        assert!(matches!(
+            exchange_error(std::io::Error::from_raw_os_error(104), HttpError::Receive),
+            StatusError::Http(HttpError::Receive(r)) if r == "connection reset"
+        ));
     }
 
     #[test]

@@ -18,8 +18,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 pub use host::{Host, MemoryEstimate};
+pub use services::{weights_fit, WeightsTooLarge, WEIGHTS_HINT};
 
-use super::schema::{Config, Conntrack};
+use super::schema::{Admin, Config, Conntrack};
 use super::types::MacAddr;
 use crate::diag::Problem;
 
@@ -64,10 +65,51 @@ impl Config {
                 .hint("give a fixed port, e.g. \"127.0.0.1:9180\", or set enabled = false"),
             );
         }
+        check_admin_limits(&self.admin, &mut out);
         if let Some(p) = check_log_level(&self.logging.level) {
             out.push(p);
         }
         out
+    }
+}
+
+/// Most admin connections served at once: each holds a descriptor the dataplane and the health
+/// checks may need.
+pub const MAX_ADMIN_CONNECTIONS: u32 = 65_536;
+
+/// Longest admin timeout: beyond it a connection that sends nothing is held for no reason.
+const MAX_ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `[admin]` limits: at least one connection, at most [`MAX_ADMIN_CONNECTIONS`]; timeouts above 0
+/// and at most an hour.
+fn check_admin_limits(admin: &Admin, out: &mut Vec<Problem>) {
+    if !(1..=MAX_ADMIN_CONNECTIONS).contains(&admin.max_connections) {
+        out.push(
+            Problem::new(
+                "admin.max_connections",
+                format!(
+                    "admin: max_connections {} is outside 1-{MAX_ADMIN_CONNECTIONS}",
+                    admin.max_connections
+                ),
+            )
+            .hint(
+                "each admin connection holds a file descriptor: 256 serves scrapers and operators",
+            ),
+        );
+    }
+    for (key, d) in [
+        ("header_timeout", admin.header_timeout),
+        ("idle_timeout", admin.idle_timeout),
+    ] {
+        if d.is_zero() || d > MAX_ADMIN_TIMEOUT {
+            out.push(
+                Problem::new(
+                    format!("admin.{key}"),
+                    format!("admin: {key} must be above 0 and at most 1h"),
+                )
+                .hint("a few seconds lets slow clients in and idle ones out, e.g. \"10s\""),
+            );
+        }
     }
 }
 

@@ -56,6 +56,32 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
     check_overlaps(&cfg.services, out);
 }
 
+/// What to do about weights that do not fit their table.
+pub const WEIGHTS_HINT: &str =
+    "weights are relative (1 and 3 split like 100 and 300): lower them, or raise table_size";
+
+/// The weights of a service's backends (pool weight times backend weight, or an operator's
+/// override) add up to more than its table's slots: light backends would get no slot, and one
+/// huge weight takes every slot.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("weights add up to {total}, more than the {table_size} slots of the table: light backends would get no traffic")]
+pub struct WeightsTooLarge {
+    /// The sum of the weights.
+    pub total: u64,
+    /// The service's `table_size`.
+    pub table_size: usize,
+}
+
+/// The one weight rule, for the file and the admin API alike: a service's weights add up to at
+/// most its `table_size`.
+pub fn weights_fit(total: u64, table_size: usize) -> Result<(), WeightsTooLarge> {
+    if total > table_size as u64 {
+        Err(WeightsTooLarge { total, table_size })
+    } else {
+        Ok(())
+    }
+}
+
 /// The service's own keys: name, VIP, and a table that fits its backends and weights.
 fn check_service(
     svc: &Service,
@@ -128,16 +154,9 @@ fn check_service(
             })
             .map(|w| u64::from(w.unwrap_or(0)))
             .sum();
-        if total > svc.table_size as u64 {
+        if let Err(e) = weights_fit(total, svc.table_size) {
             out.push(
-                Problem::new(
-                    format!("{path}.table_size"),
-                    format!(
-                        "{at}: weights add up to {total}, more than the {} slots of the table: light backends would get no traffic",
-                        svc.table_size
-                    ),
-                )
-                .hint("weights are relative (1 and 3 split like 100 and 300): lower them, or raise table_size"),
+                Problem::new(format!("{path}.table_size"), format!("{at}: {e}")).hint(WEIGHTS_HINT),
             );
         }
     }

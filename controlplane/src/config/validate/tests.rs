@@ -558,3 +558,24 @@ fn next_hops_need_an_address_of_their_family_to_probe_from() {
     let cfg: Config = toml::from_str(&format!("{with_mac}{statics}")).unwrap();
     assert_eq!(cfg.validate(), vec![]);
 }
+
+#[test]
+fn admin_limits_are_bounded() {
+    assert!(problems("[admin]\nmax_connections = 256\nheader_timeout = \"10s\"\n").is_empty());
+    one_problem(
+        "[admin]\nmax_connections = 0\n",
+        &["admin: max_connections 0 is outside 1-65536"],
+    );
+    one_problem(
+        "[admin]\nmax_connections = 100000\n",
+        &["max_connections 100000 is outside"],
+    );
+    one_problem(
+        "[admin]\nheader_timeout = \"0ms\"\n",
+        &["admin: header_timeout must be above 0 and at most 1h"],
+    );
+    one_problem(
+        "[admin]\nidle_timeout = \"2h\"\n",
+        &["admin: idle_timeout must be above 0"],
+    );
+}
