@@ -162,6 +162,7 @@ fn observation() -> Observation {
     let mut w1 = Snapshot {
         worker: 1,
         flows: 250,
+        keys: 500,
         generation: 7,
         ..Default::default()
     };
@@ -574,7 +575,9 @@ async fn state_reports_services_backends_reload_and_conntrack() {
     assert_eq!(v["conntrack"]["capacity"], 1000);
     assert_eq!(v["conntrack"]["workers"][1]["worker"], 1);
     assert_eq!(v["conntrack"]["workers"][1]["flows"], 250);
-    assert_eq!(v["conntrack"]["workers"][1]["occupancy"], 0.25);
+    // 250 nat flows take 500 of the 1000 keys.
+    assert_eq!(v["conntrack"]["workers"][1]["keys"], 500);
+    assert_eq!(v["conntrack"]["workers"][1]["occupancy"], 0.5);
     let web = &v["services"][0];
     assert_eq!(web["name"], "web");
     assert_eq!(web["vip"], "198.18.0.10");

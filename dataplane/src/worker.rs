@@ -138,6 +138,9 @@ pub struct Snapshot {
     pub port: PortStats,
     /// Flows in the connection table.
     pub flows: usize,
+    /// Keys in use in the connection table (a nat or fullnat flow takes two): its occupancy is
+    /// keys over capacity.
+    pub keys: usize,
     /// Generation of the table in use.
     pub generation: u64,
     /// Monotonic milliseconds since the worker started, when published.
@@ -552,6 +555,7 @@ impl Worker {
             stats: self.stats,
             port,
             flows: self.state.ct.len(),
+            keys: self.state.ct.keys(),
             generation: self.generation.unwrap_or(0),
             at_ms: now,
         }

@@ -505,7 +505,9 @@ struct WorkerView {
     worker: u16,
     /// Flows in its connection table.
     flows: usize,
-    /// `flows / capacity`, 0 when the capacity is unknown.
+    /// Keys those flows take (a nat or fullnat flow takes two).
+    keys: usize,
+    /// `keys / capacity` (1 is a full table), 0 when the capacity is unknown.
     occupancy: f64,
     /// Generation of the table it uses.
     generation: u64,
@@ -537,11 +539,12 @@ fn state_json(obs: &Observation, ready: bool) -> serde_json::Value {
         .map(|s| WorkerView {
             worker: s.worker,
             flows: s.flows,
+            keys: s.keys,
             // Precision loss is irrelevant for a ratio shown to people.
             occupancy: if capacity == 0 {
                 0.0
             } else {
-                s.flows as f64 / capacity as f64
+                s.keys as f64 / capacity as f64
             },
             generation: s.generation,
         })

@@ -249,6 +249,14 @@ fn worker_metrics(reg: &mut Registry, workers: &[&Snapshot]) {
     );
     gauges(
         reg,
+        "conntrack_keys",
+        "Keys in use in the worker's connection table (a nat or fullnat flow takes two).",
+        workers
+            .iter()
+            .map(|s| (WorkerLabels { worker: s.worker }, to_i64(s.keys))),
+    );
+    gauges(
+        reg,
         "worker_table_generation",
         "Generation of the routing table the worker uses.",
         workers

@@ -165,6 +165,7 @@ fn conntrack_config(ct: &config::Conntrack) -> conntrack::Config {
             tcp_established: ms(t.tcp_established),
             tcp_closing: ms(t.tcp_closing),
             udp: ms(t.udp),
+            udp_unconfirmed: ms(t.udp_unconfirmed),
         },
     }
 }

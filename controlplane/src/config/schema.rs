@@ -261,7 +261,8 @@ pub struct Conntrack {
     /// Tracked keys per worker (a nat or fullnat flow takes two).
     #[serde(default = "default_capacity")]
     pub capacity: usize,
-    /// Most embryonic flows at once; absent means a quarter of `capacity`.
+    /// Most unconfirmed flows of each class at once (TCP mid-handshake, and apart from them UDP
+    /// flows not yet confirmed); absent means a quarter of `capacity`.
     #[serde(default)]
     pub embryonic_budget: Option<usize>,
     /// Idle timeouts per state.
@@ -303,9 +304,12 @@ pub struct Timeouts {
     /// TCP flow after a FIN or RST.
     #[serde(deserialize_with = "de_duration")]
     pub tcp_closing: Duration,
-    /// UDP flow (and ICMP echo).
+    /// Confirmed UDP flow (and ICMP echo).
     #[serde(deserialize_with = "de_duration")]
     pub udp: Duration,
+    /// UDP flow not yet confirmed (no client datagram after an answer yet).
+    #[serde(deserialize_with = "de_duration")]
+    pub udp_unconfirmed: Duration,
 }
 
 impl Default for Timeouts {
@@ -317,6 +321,7 @@ impl Default for Timeouts {
             tcp_established: Duration::from_millis(d.tcp_established),
             tcp_closing: Duration::from_millis(d.tcp_closing),
             udp: Duration::from_millis(d.udp),
+            udp_unconfirmed: Duration::from_millis(d.udp_unconfirmed),
         }
     }
 }

@@ -40,6 +40,7 @@ fn defaults_fill_a_minimal_config() {
         c.conntrack.timeouts.tcp_established,
         Duration::from_secs(900)
     );
+    assert_eq!(c.conntrack.timeouts.udp_unconfirmed, Duration::from_secs(5));
     assert!(c.services.is_empty());
 }
 
@@ -53,6 +54,7 @@ mac = "02:00:00:00:00:01"
 capacity = 1000
 [conntrack.timeouts]
 udp = "500ms"
+udp_unconfirmed = "2s"
 [[services]]
 name = "s"
 vip = "2001:db8::100"
@@ -66,6 +68,7 @@ backends = [{ addr = "2001:db8::10" }]
     );
     assert_eq!(c.conntrack.embryonic_budget(), 250);
     assert_eq!(c.conntrack.timeouts.udp, Duration::from_millis(500));
+    assert_eq!(c.conntrack.timeouts.udp_unconfirmed, Duration::from_secs(2));
     assert_eq!(c.conntrack.timeouts.tcp_syn, Duration::from_secs(5));
     let s = &c.services[0];
     assert_eq!(s.affinity, Affinity::None);

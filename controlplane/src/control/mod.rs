@@ -157,7 +157,8 @@ impl ControlPlane {
         let (next, start) = inner
             .compile(None, 1)
             .map_err(|e| StartError::Config(ConfigReport::from_compile(path, &inner.text, &e)))?;
-        inner.conntrack_capacity = start.conntrack.capacity;
+        // The key slots a worker's table really has (rounded up), so occupancy reaches 1 when full.
+        inner.conntrack_capacity = dataplane::conntrack::slots_for(start.conntrack.capacity);
         let cp = ControlPlane {
             path: path.to_path_buf(),
             loader,

@@ -7,16 +7,27 @@
 //!   ("two choices"); a key lives in one of them and a lookup scans only those 32 slots. Two choices with
 //!   insertion into the emptier bucket keep the table usable far past the fill where a single bucket
 //!   overflows (a single 16-slot bucket overflows somewhere around 30 % fill at 1M slots).
-//! - A compact `u16` tag per slot (15-bit fingerprint plus an "embryonic" bit) is scanned first, so a miss
+//! - A compact `u16` tag per slot (15-bit fingerprint plus an "unconfirmed" bit) is scanned first, so a miss
 //!   touches two short runs of the tag array and almost never a key.
 //! - Slots never move: a flow's two keys (original and reply) point at each other by slot index, so a
 //!   removed key just frees its slot (no tombstone is needed because lookups always scan whole buckets).
 //! - The flow's state, timer and flags live with its original key (the "flow slot").
 //! - Expiry is lazy (an expired entry is a miss and may be reused by an insert) plus incremental
 //!   ([`Conntrack::expire`] walks a bounded number of slots from a moving cursor).
-//! - SYN-flood protection: TCP flows are *embryonic* until they are confirmed (handshake completed, or for
-//!   a flow picked up mid-stream, a second packet seen). Embryonic flows are capped by
-//!   [`Config::embryonic_budget`], and an insert may only evict embryonic flows, never confirmed ones.
+//! - Flood protection: every flow starts *unconfirmed* and is confirmed by the client's packet that
+//!   follows an answer. TCP: the ACK after the backend's SYN+ACK (a flow without a reply key, dsr or
+//!   dr, whose answers bypass us: the client's ACK after its SYN; a flow picked up mid-stream: its
+//!   second packet). UDP, the same way: the client's datagram after the backend's reply (dsr, dr:
+//!   the client's second datagram). A reply alone does not confirm a UDP flow: an echo or DNS
+//!   backend answers every spoofed source, so a random-source flood would be "replied".
+//!   Unconfirmed flows come in two classes, TCP (*embryonic*) and UDP, each with its own count
+//!   held to [`Config::embryonic_budget`] and its own short timeout. An insert may evict only an
+//!   unconfirmed flow of its own class, the one with the earliest deadline in its key's buckets,
+//!   never a confirmed flow: a UDP flood cannot take TCP's budget or evict a half-open TCP flow,
+//!   and a SYN flood cannot evict UDP flows. Within a class, oldest-first eviction keeps a flood
+//!   on one service from starving the others: each new flow of another service evicts a flood
+//!   flow in its own buckets, and lives until the flood has cycled through the budget (budget /
+//!   flood rate), long enough for its answer and confirming packet.
 #![forbid(unsafe_code)]
 
 use crate::flow::FlowKey;
@@ -53,8 +64,10 @@ pub struct Timeouts {
     pub tcp_established: Millis,
     /// TCP flow after a FIN or RST.
     pub tcp_closing: Millis,
-    /// UDP flow (and ICMP echo).
+    /// Confirmed UDP flow (and ICMP echo).
     pub udp: Millis,
+    /// UDP flow not yet confirmed (see the module doc): short, so a flood's flows go soon.
+    pub udp_unconfirmed: Millis,
 }
 
 impl Default for Timeouts {
@@ -64,6 +77,7 @@ impl Default for Timeouts {
             tcp_established: 900_000,
             tcp_closing: 10_000,
             udp: 30_000,
+            udp_unconfirmed: 5_000,
         }
     }
 }
@@ -73,7 +87,8 @@ impl Default for Timeouts {
 pub struct Config {
     /// Slots (keys), rounded up to a power of two. A nat/fullnat flow takes two keys.
     pub capacity: usize,
-    /// Most flows that may be embryonic (handshake not complete) at once.
+    /// Most unconfirmed flows of each class at once: TCP flows whose handshake is not complete
+    /// (embryonic), and separately UDP flows not yet confirmed.
     pub embryonic_budget: usize,
     /// Idle timeouts.
     pub timeouts: Timeouts,
@@ -135,6 +150,9 @@ pub enum InsertError {
     /// The embryonic budget is used up and no embryonic flow could be evicted.
     #[error("embryonic budget exhausted")]
     EmbryonicBudget,
+    /// The budget of unconfirmed UDP flows is used up and none could be evicted.
+    #[error("unconfirmed UDP budget exhausted")]
+    UdpBudget,
     /// A live entry already holds one of the keys.
     #[error("key already tracked")]
     Exists,
@@ -147,8 +165,9 @@ const NO_SLOT: u32 = u32::MAX;
 const TAG_FREE: u16 = 0;
 /// Smallest live fingerprint (0 is free; 1 is kept unused so a fingerprint is never mistaken for free).
 const TAG_MIN: u16 = 2;
-/// Tag bit set on both keys of an embryonic flow, so eviction candidates are found from the tags alone.
-const TAG_EMBRYONIC: u16 = 0x8000;
+/// Tag bit set on both keys of an unconfirmed flow (TCP or UDP), so eviction candidates are found
+/// from the tags alone.
+const TAG_UNCONFIRMED: u16 = 0x8000;
 /// Fingerprint bits of a tag.
 const TAG_FP: u16 = 0x7fff;
 
@@ -218,7 +237,10 @@ pub struct Conntrack<V: Copy> {
     mask: usize,
     seed: u64,
     len: usize,
+    /// Keys in use (a flow with a reply key has two).
+    keys: usize,
     embryonic: usize,
+    udp_unconfirmed: usize,
     cursor: usize,
     cfg: Config,
 }
@@ -228,13 +250,15 @@ impl<V: Copy> std::fmt::Debug for Conntrack<V> {
         f.debug_struct("Conntrack")
             .field("capacity", &self.capacity())
             .field("len", &self.len)
+            .field("keys", &self.keys)
             .field("embryonic", &self.embryonic)
+            .field("udp_unconfirmed", &self.udp_unconfirmed)
             .field("cfg", &self.cfg)
             .finish()
     }
 }
 
-/// Which bits of a bucket's tags equal `fp` once the embryonic bit is masked off (bit i = slot i).
+/// Which bits of a bucket's tags equal `fp` once the unconfirmed bit is masked off (bit i = slot i).
 #[inline]
 fn match_fp(tags: &[u16], fp: u16) -> u32 {
     match_with(tags, |t| t & TAG_FP == fp)
@@ -260,6 +284,30 @@ fn match_with(tags: &[u16], pred: impl Fn(u16) -> bool) -> u32 {
     m
 }
 
+/// Key slots of a table asked for `capacity`: a power of two, at least [`BUCKET`], at most
+/// [`MAX_CAPACITY`]. What [`Conntrack::capacity`] reports, so occupancy is measured against it.
+pub fn slots_for(capacity: usize) -> usize {
+    capacity.clamp(BUCKET, MAX_CAPACITY).next_power_of_two()
+}
+
+/// The two classes of unconfirmed flows, each with its own count and budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// TCP flows whose handshake is not complete.
+    Tcp,
+    /// UDP flows not yet confirmed.
+    Udp,
+}
+
+impl Class {
+    fn of(state: FlowState) -> Class {
+        match state {
+            FlowState::Tcp(_) => Class::Tcp,
+            FlowState::Udp { .. } => Class::Udp,
+        }
+    }
+}
+
 /// Iterates the set bits of a bucket mask as slot indices.
 #[inline]
 fn bits(base: usize, mut m: u32) -> impl Iterator<Item = usize> {
@@ -283,7 +331,7 @@ impl<V: Copy> Conntrack<V> {
     /// Like [`Conntrack::new`] with an explicit hash seed (give workers secret, different seeds to make
     /// collisions hard to aim at).
     pub fn with_seed(cfg: Config, seed: u64) -> Self {
-        let cap = cfg.capacity.clamp(BUCKET, MAX_CAPACITY).next_power_of_two();
+        let cap = slots_for(cfg.capacity);
         let blank = Slot {
             key: FlowKey::default(),
             peer: NO_SLOT,
@@ -298,7 +346,9 @@ impl<V: Copy> Conntrack<V> {
             mask: cap - 1,
             seed,
             len: 0,
+            keys: 0,
             embryonic: 0,
+            udp_unconfirmed: 0,
             cursor: 0,
             cfg: Config {
                 capacity: cap,
@@ -310,7 +360,7 @@ impl<V: Copy> Conntrack<V> {
     /// Bytes a table asked for `capacity` slots allocates, computed without allocating, so a
     /// config can be sized before it runs.
     pub fn bytes_for(capacity: usize) -> u64 {
-        let cap = capacity.clamp(BUCKET, MAX_CAPACITY).next_power_of_two();
+        let cap = slots_for(capacity);
         (cap * (std::mem::size_of::<Slot<V>>() + std::mem::size_of::<u16>())) as u64
     }
 
@@ -329,9 +379,20 @@ impl<V: Copy> Conntrack<V> {
         self.len == 0
     }
 
+    /// Number of keys in use (a flow with a reply key takes two): `keys() == capacity()` is a full
+    /// table, whatever mix of flows fills it.
+    pub fn keys(&self) -> usize {
+        self.keys
+    }
+
     /// Number of stored flows that are embryonic (TCP, not yet confirmed); never above the budget.
     pub fn embryonic(&self) -> usize {
         self.embryonic
+    }
+
+    /// Number of stored UDP flows not yet confirmed; never above the budget.
+    pub fn udp_unconfirmed(&self) -> usize {
+        self.udp_unconfirmed
     }
 
     /// The configuration in use (with `capacity` as rounded).
@@ -408,13 +469,13 @@ impl<V: Copy> Conntrack<V> {
     /// (backend -> balancer, nat/fullnat) with its own value. Both keys share one state and one timer.
     ///
     /// `initial` is the state after the flow's first packet; do not `observe` that packet again. Every
-    /// TCP flow starts embryonic, whatever `initial` says (a flow picked up mid-stream as
+    /// flow starts unconfirmed, whatever `initial` says (a TCP flow picked up mid-stream as
     /// `Tcp(Established)` is confirmed by its next packet), so ACK floods are held to the budget too.
-    /// UDP flows are never embryonic.
     ///
-    /// Free and expired slots are reused. When a key's buckets hold only live entries, or the embryonic
-    /// budget is used up, an embryonic insert evicts the least recently active embryonic flow found in
-    /// its own buckets; confirmed flows are never evicted. All-or-nothing: on error nothing changes.
+    /// Free and expired slots are reused. When a key's buckets hold only live entries, or its class's
+    /// budget is used up, the insert evicts the unconfirmed flow of its own class (TCP or UDP) with the
+    /// earliest deadline found in its own buckets; confirmed flows are never evicted. All-or-nothing:
+    /// on error nothing changes.
     pub fn insert(
         &mut self,
         now: Millis,
@@ -422,7 +483,7 @@ impl<V: Copy> Conntrack<V> {
         reply: Option<(&FlowKey, V)>,
         initial: FlowState,
     ) -> Result<u32, InsertError> {
-        let embryonic = matches!(initial, FlowState::Tcp(_));
+        let class = Class::of(initial);
         let pa = self.probe(orig.0);
         let pb = match reply {
             Some((k, _)) if k == orig.0 => return Err(InsertError::Exists),
@@ -440,46 +501,47 @@ impl<V: Copy> Conntrack<V> {
                 plan.add(flow);
             }
         }
-        let sa = self.choose(&pa, NO_SLOT, &mut plan, embryonic, now)?;
+        let sa = self.choose(&pa, NO_SLOT, &mut plan, class, now)?;
         let sb = match &pb {
-            Some(p) => self.choose(p, sa, &mut plan, embryonic, now)?,
+            Some(p) => self.choose(p, sa, &mut plan, class, now)?,
             None => NO_SLOT,
         };
-        if embryonic {
-            let freed = (0..plan.n)
-                .filter(|&i| self.is_embryonic_flow(plan.flows[i]))
-                .count();
-            if self.embryonic - freed >= self.cfg.embryonic_budget {
-                let victim = self
-                    .oldest_embryonic(&pa, &plan, NO_SLOT)
-                    .into_iter()
-                    .chain(
-                        pb.as_ref()
-                            .and_then(|p| self.oldest_embryonic(p, &plan, NO_SLOT)),
-                    )
-                    .min_by_key(|&(_, d)| d)
-                    .ok_or(InsertError::EmbryonicBudget)?;
-                plan.add(victim.0);
-            }
+        let freed = (0..plan.n)
+            .filter(|&i| self.unconfirmed_class(plan.flows[i]) == Some(class))
+            .count();
+        if self.unconfirmed_count(class) - freed >= self.cfg.embryonic_budget {
+            let victim = self
+                .oldest_unconfirmed(&pa, &plan, NO_SLOT, class)
+                .into_iter()
+                .chain(
+                    pb.as_ref()
+                        .and_then(|p| self.oldest_unconfirmed(p, &plan, NO_SLOT, class)),
+                )
+                .min_by_key(|&(_, d)| d)
+                .ok_or(match class {
+                    Class::Tcp => InsertError::EmbryonicBudget,
+                    Class::Udp => InsertError::UdpBudget,
+                })?;
+            plan.add(victim.0);
         }
 
         // Commit.
         for i in 0..plan.n {
             self.remove(plan.flows[i]);
         }
-        let timeout = self.timeout(initial, !embryonic);
-        let etag = if embryonic { TAG_EMBRYONIC } else { 0 };
-        self.tags[sa as usize] = pa.fp | etag;
+        let timeout = self.timeout(initial, false);
+        self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
         self.slots[sa as usize] = Slot {
             key: *orig.0,
             peer: sb,
             deadline: now.saturating_add(timeout),
             state: initial,
-            flags: if embryonic { 0 } else { F_CONFIRMED },
+            flags: 0,
             value: Some(orig.1),
         };
+        self.keys += 1;
         if let (Some(p), Some((k, v))) = (&pb, reply) {
-            self.tags[sb as usize] = p.fp | etag;
+            self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
             self.slots[sb as usize] = Slot {
                 key: *k,
                 peer: sa,
@@ -488,11 +550,10 @@ impl<V: Copy> Conntrack<V> {
                 flags: F_REPLY,
                 value: Some(v),
             };
+            self.keys += 1;
         }
         self.len += 1;
-        if embryonic {
-            self.embryonic += 1;
-        }
+        *self.unconfirmed_count_mut(class) += 1;
         Ok(sa)
     }
 
@@ -505,18 +566,17 @@ impl<V: Copy> Conntrack<V> {
         };
         let s = &mut self.slots[f as usize];
         let dsr = s.peer == NO_SLOT;
-        let (state, flags) = step(s.state, s.flags, dir, tcp_flags, dsr);
+        let before = s.state;
+        let (state, flags) = step(before, s.flags, dir, tcp_flags, dsr);
         s.state = state;
         s.flags = flags;
-        let newly_confirmed =
-            flags & F_CONFIRMED == 0 && state == FlowState::Tcp(TcpState::Established);
-        if newly_confirmed {
+        if flags & F_CONFIRMED == 0 && confirms(before, state, dir, dsr) {
             s.flags |= F_CONFIRMED;
             let peer = s.peer;
-            self.embryonic -= 1;
-            self.tags[f as usize] &= !TAG_EMBRYONIC;
+            *self.unconfirmed_count_mut(Class::of(state)) -= 1;
+            self.tags[f as usize] &= !TAG_UNCONFIRMED;
             if let Some(t) = self.tags.get_mut(peer as usize) {
-                *t &= !TAG_EMBRYONIC;
+                *t &= !TAG_UNCONFIRMED;
             }
         }
         let confirmed = self.slots[f as usize].flags & F_CONFIRMED != 0;
@@ -533,11 +593,13 @@ impl<V: Copy> Conntrack<V> {
         let s = &self.slots[f as usize];
         let peer = s.peer;
         if s.flags & F_CONFIRMED == 0 {
-            self.embryonic -= 1;
+            *self.unconfirmed_count_mut(Class::of(s.state)) -= 1;
         }
         self.tags[f as usize] = TAG_FREE;
+        self.keys -= 1;
         if let Some(t) = self.tags.get_mut(peer as usize) {
             *t = TAG_FREE;
+            self.keys -= 1;
         }
         self.len -= 1;
     }
@@ -594,16 +656,34 @@ impl<V: Copy> Conntrack<V> {
         Some(if s.flags & F_REPLY != 0 { s.peer } else { slot })
     }
 
-    fn is_embryonic_flow(&self, flow: u32) -> bool {
-        self.slots[flow as usize].flags & F_CONFIRMED == 0
+    /// The class of `flow` (a flow slot) if it is unconfirmed.
+    fn unconfirmed_class(&self, flow: u32) -> Option<Class> {
+        let s = &self.slots[flow as usize];
+        (s.flags & F_CONFIRMED == 0).then(|| Class::of(s.state))
+    }
+
+    fn unconfirmed_count(&self, class: Class) -> usize {
+        match class {
+            Class::Tcp => self.embryonic,
+            Class::Udp => self.udp_unconfirmed,
+        }
+    }
+
+    fn unconfirmed_count_mut(&mut self, class: Class) -> &mut usize {
+        match class {
+            Class::Tcp => &mut self.embryonic,
+            Class::Udp => &mut self.udp_unconfirmed,
+        }
     }
 
     /// Idle timeout of a flow in `state`. Unconfirmed TCP flows get the SYN timeout whatever their
-    /// state says, so mid-stream pickups that never see a second packet go away quickly.
+    /// state says, so mid-stream pickups that never see a second packet go away quickly; unconfirmed
+    /// UDP flows get their own short timeout.
     fn timeout(&self, state: FlowState, confirmed: bool) -> Millis {
         let t = &self.cfg.timeouts;
         match state {
-            FlowState::Udp { .. } => t.udp,
+            FlowState::Udp { .. } if confirmed => t.udp,
+            FlowState::Udp { .. } => t.udp_unconfirmed,
             FlowState::Tcp(TcpState::FinWait | TcpState::Closed) => t.tcp_closing,
             FlowState::Tcp(TcpState::Established) if confirmed => t.tcp_established,
             FlowState::Tcp(_) => t.tcp_syn,
@@ -647,13 +727,13 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// Picks a slot (other than `exclude`) for a key with probe `p`: free, else one the plan already
-    /// frees, else expired, else (embryonic inserts only) the least recently active embryonic entry.
+    /// frees, else expired, else the least recently active unconfirmed entry of `class`.
     fn choose(
         &self,
         p: &Probe,
         exclude: u32,
         plan: &mut Plan,
-        embryonic: bool,
+        class: Class,
         now: Millis,
     ) -> Result<u32, InsertError> {
         let buckets = &p.buckets[..p.nb];
@@ -687,45 +767,63 @@ impl<V: Copy> Conntrack<V> {
                 }
             }
         }
-        if embryonic {
-            if let Some((flow, _)) = self.oldest_embryonic(p, plan, exclude) {
-                // The victim may own the slot through either of its keys; pick the one in this bucket.
-                let slot = buckets
-                    .iter()
-                    .flat_map(|&b| b..b + BUCKET)
-                    .map(|i| i as u32)
-                    .find(|&i| i != exclude && self.flow_of(i) == Some(flow));
-                if let Some(slot) = slot {
-                    plan.add(flow);
-                    return Ok(slot);
-                }
+        if let Some((flow, _)) = self.oldest_unconfirmed(p, plan, exclude, class) {
+            // The victim may own the slot through either of its keys; pick the one in this bucket.
+            let slot = buckets
+                .iter()
+                .flat_map(|&b| b..b + BUCKET)
+                .map(|i| i as u32)
+                .find(|&i| i != exclude && self.flow_of(i) == Some(flow));
+            if let Some(slot) = slot {
+                plan.add(flow);
+                return Ok(slot);
             }
         }
         Err(InsertError::Full)
     }
 
-    /// The embryonic flow with the earliest deadline among the keys in `p`'s buckets (skipping flows
-    /// already planned for removal and the slot `exclude`), with that deadline.
-    fn oldest_embryonic(&self, p: &Probe, plan: &Plan, exclude: u32) -> Option<(u32, Millis)> {
+    /// The unconfirmed flow of `class` with the earliest deadline among the keys in `p`'s buckets
+    /// (skipping flows already planned for removal and the slot `exclude`), with that deadline.
+    fn oldest_unconfirmed(
+        &self,
+        p: &Probe,
+        plan: &Plan,
+        exclude: u32,
+        class: Class,
+    ) -> Option<(u32, Millis)> {
         let mut best: Option<(u32, Millis)> = None;
         for &b in &p.buckets[..p.nb] {
             for i in b..b + BUCKET {
-                if self.tags[i] & TAG_EMBRYONIC == 0 || i as u32 == exclude {
+                if self.tags[i] & TAG_UNCONFIRMED == 0 || i as u32 == exclude {
                     continue;
                 }
                 let Some(flow) = self.flow_of(i as u32) else {
                     continue;
                 };
-                if plan.contains(flow) {
-                    continue;
-                }
-                let d = self.slots[flow as usize].deadline;
-                if best.is_none_or(|(_, bd)| d < bd) {
+                let s = &self.slots[flow as usize];
+                let d = s.deadline;
+                // The class is checked only for a better candidate: most are not.
+                if best.is_none_or(|(_, bd)| d < bd)
+                    && Class::of(s.state) == class
+                    && !plan.contains(flow)
+                {
                     best = Some((flow, d));
                 }
             }
         }
         best
+    }
+}
+
+/// Whether a packet in `dir` that moved a flow from `before` to `after` confirms it (see the module
+/// doc): a TCP handshake completed, or a client datagram after the backend's reply (flows without a
+/// reply key, `dsr`: the client's second datagram).
+#[inline]
+fn confirms(before: FlowState, after: FlowState, dir: Dir, dsr: bool) -> bool {
+    match (before, after) {
+        (_, FlowState::Tcp(t)) => t == TcpState::Established,
+        (FlowState::Udp { replied }, _) => dir == Dir::Original && (replied || dsr),
+        (FlowState::Tcp(_), FlowState::Udp { .. }) => false,
     }
 }
 

@@ -8,6 +8,7 @@ const T: Timeouts = Timeouts {
     tcp_established: 900_000,
     tcp_closing: 10_000,
     udp: 30_000,
+    udp_unconfirmed: 5_000,
 };
 
 fn cfg(capacity: usize, embryonic_budget: usize) -> Config {
@@ -45,6 +46,18 @@ fn rkey(n: u32, p: u8) -> FlowKey {
 const SYN_SENT: FlowState = FlowState::Tcp(TcpState::SynSent);
 const ESTABLISHED: FlowState = FlowState::Tcp(TcpState::Established);
 const UDP_NEW: FlowState = FlowState::Udp { replied: false };
+const UDP_REPLIED: FlowState = FlowState::Udp { replied: true };
+
+/// Tracks a UDP flow without a reply key (dsr) for client `n` at `now` and confirms it with the
+/// client's second datagram.
+fn udp_confirmed(ct: &mut Conntrack<u32>, n: u32, now: Millis) -> u32 {
+    let f = ct
+        .insert(now, (&key(n, proto::UDP), n), None, UDP_NEW)
+        .unwrap();
+    ct.observe(f, Dir::Original, 0, now);
+    assert_eq!(ct.udp_unconfirmed(), 0, "flow {n} confirmed");
+    f
+}
 
 #[test]
 fn bytes_for_matches_what_new_allocates() {
@@ -141,21 +154,38 @@ fn fin_from_both_sides_or_rst_closes() {
 }
 
 #[test]
-fn udp_flow_is_replied_once_the_reply_direction_is_seen() {
-    let mut ct = Conntrack::new(cfg(1024, 0));
+fn nat_udp_flow_is_confirmed_by_the_clients_datagram_after_a_reply() {
+    let mut ct = Conntrack::new(cfg(1024, 4));
     let (k, r) = (key(1, proto::UDP), rkey(1, proto::UDP));
-    // UDP is not embryonic, so a zero budget does not stop it.
     let f = ct.insert(0, (&k, 1u8), Some((&r, 2u8)), UDP_NEW).unwrap();
-    assert_eq!(ct.embryonic(), 0);
+    // UDP has its own count: the TCP (embryonic) one is untouched.
+    assert_eq!((ct.embryonic(), ct.udp_unconfirmed()), (0, 1));
+    assert_eq!(ct.deadline(f), Some(T.udp_unconfirmed));
+    // The client repeating itself proves nothing on a nat flow (a spoofer can do that).
     assert_eq!(ct.observe(f, Dir::Original, 0, 1), UDP_NEW);
-    assert_eq!(
-        ct.observe(f, Dir::Reply, 0, 2),
-        FlowState::Udp { replied: true }
-    );
-    assert_eq!(
-        ct.observe(f, Dir::Original, 0, 3),
-        FlowState::Udp { replied: true }
-    );
+    assert_eq!(ct.udp_unconfirmed(), 1);
+    // Nor does the backend's reply alone: an echo or DNS backend answers every spoofed source.
+    assert_eq!(ct.observe(f, Dir::Reply, 0, 2), UDP_REPLIED);
+    assert_eq!(ct.udp_unconfirmed(), 1);
+    assert_eq!(ct.deadline(f), Some(2 + T.udp_unconfirmed));
+    // The client's datagram after the reply confirms it, with the long timeout.
+    assert_eq!(ct.observe(f, Dir::Original, 0, 3), UDP_REPLIED);
+    assert_eq!(ct.udp_unconfirmed(), 0);
+    assert_eq!(ct.deadline(f), Some(3 + T.udp));
+    assert_eq!(ct.observe(f, Dir::Reply, 0, 4), UDP_REPLIED);
+    assert_eq!((ct.udp_unconfirmed(), ct.deadline(f)), (0, Some(4 + T.udp)));
+}
+
+#[test]
+fn dsr_udp_flow_is_confirmed_by_the_clients_second_datagram() {
+    let mut ct = Conntrack::new(cfg(1024, 4));
+    let f = ct
+        .insert(0, (&key(1, proto::UDP), 1u32), None, UDP_NEW)
+        .unwrap();
+    assert_eq!(ct.udp_unconfirmed(), 1);
+    assert_eq!(ct.observe(f, Dir::Original, 0, 10), UDP_NEW);
+    assert_eq!(ct.udp_unconfirmed(), 0);
+    assert_eq!(ct.deadline(f), Some(10 + T.udp));
 }
 
 #[test]
@@ -165,18 +195,22 @@ fn each_state_expires_after_its_own_timeout() {
     let est = key(2, proto::TCP);
     let fin = key(3, proto::TCP);
     let udp = key(4, proto::UDP);
+    let new_udp = key(5, proto::UDP);
     ct.insert(100, (&syn, 0u8), None, SYN_SENT).unwrap();
     let e = ct.insert(100, (&est, 0), None, SYN_SENT).unwrap();
     ct.observe(e, Dir::Original, ACK, 100);
     let c = ct.insert(100, (&fin, 0), None, SYN_SENT).unwrap();
     ct.observe(c, Dir::Original, ACK, 100);
     ct.observe(c, Dir::Original, FIN | ACK, 100);
-    ct.insert(100, (&udp, 0), None, UDP_NEW).unwrap();
+    let u = ct.insert(0, (&udp, 0), None, UDP_NEW).unwrap();
+    ct.observe(u, Dir::Original, 0, 100);
+    ct.insert(100, (&new_udp, 0), None, UDP_NEW).unwrap();
     for (k, t) in [
         (syn, T.tcp_syn),
         (est, T.tcp_established),
         (fin, T.tcp_closing),
         (udp, T.udp),
+        (new_udp, T.udp_unconfirmed),
     ] {
         assert!(
             ct.lookup(&k, 100 + t - 1).is_some(),
@@ -191,7 +225,7 @@ fn each_state_expires_after_its_own_timeout() {
     ct.observe(e, Dir::Original, ACK, 500_000);
     assert!(ct.lookup(&est, 100 + T.tcp_established).is_some());
     // Expired flows stay stored until collected.
-    assert_eq!(ct.len(), 4);
+    assert_eq!(ct.len(), 5);
 }
 
 #[test]
@@ -241,10 +275,10 @@ fn expire_examines_at_most_budget_slots_per_call() {
     }
     let keep = key(1_000, proto::TCP);
     let kf = ct.insert(0, (&keep, 7), None, SYN_SENT).unwrap();
-    ct.observe(kf, Dir::Original, ACK, T.udp);
+    ct.observe(kf, Dir::Original, ACK, T.udp_unconfirmed);
     // Nothing is due yet.
-    assert_eq!(ct.expire(T.udp - 1, 1024), 0);
-    let now = T.udp;
+    assert_eq!(ct.expire(T.udp_unconfirmed - 1, 1024), 0);
+    let now = T.udp_unconfirmed;
     let mut calls = 0;
     let mut removed = 0;
     while ct.len() > 1 {
@@ -337,8 +371,7 @@ fn full_bucket_of_established_flows_rejects_even_syns() {
     // One bucket: every key competes for the same 16 slots.
     let mut ct = Conntrack::new(cfg(16, 16));
     for n in 0..16 {
-        ct.insert(0, (&key(n, proto::UDP), n), None, UDP_NEW)
-            .unwrap();
+        udp_confirmed(&mut ct, n, 0);
     }
     assert_eq!(
         ct.insert(0, (&key(99, proto::UDP), 0), None, UDP_NEW),
@@ -366,8 +399,7 @@ fn full_bucket_of_established_flows_rejects_even_syns() {
 fn pair_insert_needs_room_for_both_keys() {
     let mut ct = Conntrack::new(cfg(16, 16));
     for n in 0..15 {
-        ct.insert(0, (&key(n, proto::UDP), n), None, UDP_NEW)
-            .unwrap();
+        udp_confirmed(&mut ct, n, 0);
     }
     let (k, r) = (key(99, proto::UDP), rkey(99, proto::UDP));
     assert_eq!(
@@ -445,13 +477,202 @@ fn embryonic_budget_fails_when_no_embryonic_flow_shares_the_window() {
         Err(InsertError::EmbryonicBudget)
     );
     assert_eq!((ct.len(), ct.embryonic()), (2, 2));
-    // UDP is not held to the budget; an established flow leaves it and makes room.
+    // UDP has a budget of its own; an established flow leaves TCP's and makes room.
     ct.insert(1, (&key(3, proto::UDP), 0), None, UDP_NEW)
         .unwrap();
     let fa = ct.lookup(&a, 1).unwrap().flow;
     ct.observe(fa, Dir::Original, ACK, 1);
     ct.insert(1, (&c, 0), None, SYN_SENT).unwrap();
     assert_eq!((ct.len(), ct.embryonic()), (4, 2));
+}
+
+/// A flood key: random client `x` (outside 10/8, so never equal to a test's real key) to the
+/// VIP's UDP port, and its nat reply key.
+fn flood_key(x: u32, i: usize) -> (FlowKey, FlowKey) {
+    let k = FlowKey {
+        src: Addr::v4(x.to_be_bytes()).max(Addr::v4([11, 0, 0, 0])),
+        sport: i as u16,
+        ..key(0, proto::UDP)
+    };
+    let r = FlowKey {
+        dst: Addr::v4([172, 16, 0, 1]),
+        ..k.reversed()
+    };
+    (k, r)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// Issue 10 defect 7: a random-source UDP flood (nat: two keys a flow; its backend answers
+    /// every datagram) fills the table only up to the UDP budget, evicts neither confirmed flows
+    /// nor half-open TCP flows, and leaves TCP's whole budget to new connections.
+    #[test]
+    fn udp_flood_evicts_no_confirmed_flow_and_leaves_the_tcp_budget_alone(
+        fill in 0.0f64..0.3,
+        flood in proptest::collection::vec((any::<u32>(), any::<bool>(), 0u64..2), 3000..6000),
+        seed in any::<u64>(),
+    ) {
+        let (cap, budget) = (4096, 256);
+        let mut ct: Conntrack<u32> = Conntrack::with_seed(cfg(cap, budget), seed);
+        // Confirmed flows (TCP and UDP, half of them nat pairs) up to `fill`, then 64 TCP flows
+        // mid-handshake (the backend's SYN+ACK seen).
+        let mut confirmed = Vec::new();
+        let mut n = 0u32;
+        while ct.keys() < (cap as f64 * fill) as usize {
+            n += 1;
+            let p = if n % 3 == 0 { proto::UDP } else { proto::TCP };
+            let paired = n % 2 == 0;
+            let (k, r) = (key(n, p), rkey(n, p));
+            let initial = if p == proto::TCP { SYN_SENT } else { UDP_NEW };
+            let f = ct.insert(0, (&k, n), paired.then_some((&r, !n)), initial);
+            let f = f.map_err(|e| TestCaseError::fail(format!("flow {n}: {e}")))?;
+            if paired {
+                ct.observe(f, Dir::Reply, SYN | ACK, 0);
+            }
+            ct.observe(f, Dir::Original, if p == proto::TCP { ACK } else { 0 }, 0);
+            confirmed.push((n, p, paired));
+        }
+        prop_assert_eq!((ct.embryonic(), ct.udp_unconfirmed()), (0, 0));
+        let mut half_open = Vec::new();
+        for m in 0..64 {
+            let n = 100_000 + m;
+            let f = ct.insert(0, (&key(n, proto::TCP), n), Some((&rkey(n, proto::TCP), n)), SYN_SENT);
+            let f = f.map_err(|e| TestCaseError::fail(format!("half-open {n}: {e}")))?;
+            ct.observe(f, Dir::Reply, SYN | ACK, 0);
+            half_open.push(n);
+        }
+        let mut now = 0;
+        let mut udp_budget_drops = 0;
+        for (i, (x, answered, dt)) in flood.into_iter().enumerate() {
+            now += dt;
+            let (k, r) = flood_key(x, i);
+            match ct.insert(now, (&k, 0), Some((&r, 0)), UDP_NEW) {
+                Ok(f) if answered => {
+                    ct.observe(f, Dir::Reply, 0, now);
+                }
+                Ok(_) | Err(InsertError::Full) => {}
+                Err(InsertError::UdpBudget) => udp_budget_drops += 1,
+                Err(e) => return Err(TestCaseError::fail(format!("flood insert: {e}"))),
+            }
+            prop_assert!(ct.udp_unconfirmed() <= budget);
+            if i % 64 == 0 {
+                ct.expire(now, 256);
+            }
+        }
+        // The flood may lose datagrams to its own budget, never to TCP's.
+        let _ = udp_budget_drops;
+        prop_assert!(now < T.tcp_syn);
+        prop_assert!(ct.udp_unconfirmed() <= budget);
+        prop_assert_eq!(ct.embryonic(), half_open.len());
+        for (n, p, paired) in confirmed {
+            let h = ct.lookup(&key(n, p), now).ok_or_else(|| TestCaseError::fail(format!("confirmed {n} evicted")))?;
+            prop_assert_eq!(*ct.value(h.slot), n);
+            if paired {
+                prop_assert!(ct.lookup(&rkey(n, p), now).is_some());
+            }
+        }
+        for n in half_open {
+            let h = ct.lookup(&key(n, proto::TCP), now).ok_or_else(|| TestCaseError::fail(format!("half-open {n} evicted")))?;
+            prop_assert_eq!(ct.state(h.flow), FlowState::Tcp(TcpState::SynReceived));
+        }
+        // New connections get TCP's budget (less the half-open ones) in full.
+        for m in 0..(budget - 64) as u32 {
+            let n = 200_000 + m;
+            let r = ct.insert(now, (&key(n, proto::TCP), n), None, SYN_SENT);
+            prop_assert!(r.is_ok(), "SYN {} after the flood: {:?}", m, r);
+        }
+    }
+}
+
+/// Oldest-first eviction is the per-service fairness: while a flood holds the UDP budget, a new
+/// flow of another service evicts a flood flow in its own buckets and lives long enough (the
+/// flood has to cycle through the budget to reach it) to get its answer and be confirmed.
+#[test]
+fn udp_flood_on_one_service_does_not_starve_new_flows_of_another() {
+    // The default ratio: the budget is a quarter of the capacity, so a nat flood holds half the keys.
+    let (cap, budget) = (4096, 1024);
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(cap, budget));
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng as u32
+    };
+    let mut now = 0;
+    let mut flood = 0;
+    let mut served = 0;
+    for round in 0..100u32 {
+        // The flood: many times the budget in new flows between two clients' flows.
+        for _ in 0..(budget * 2) {
+            flood += 1;
+            now += 1;
+            let (k, r) = flood_key(next(), flood);
+            let _ = ct.insert(now, (&k, 0), Some((&r, 0)), UDP_NEW);
+        }
+        assert_eq!(
+            ct.udp_unconfirmed(),
+            budget,
+            "round {round}: the flood holds the budget"
+        );
+        // A DNS client of another service (port 5353): query, then the flood goes on for a
+        // tenth of the budget before the answer and the client's next query (time moves a
+        // millisecond per flood flow, so the client's flow is never the oldest in its buckets).
+        let k = FlowKey {
+            dport: 5353,
+            ..key(round, proto::UDP)
+        };
+        let r = FlowKey {
+            sport: 5353,
+            ..rkey(round, proto::UDP)
+        };
+        let f = ct.insert(now, (&k, round), Some((&r, round)), UDP_NEW);
+        assert!(f.is_ok(), "round {round}: {f:?}");
+        for _ in 0..budget / 10 {
+            flood += 1;
+            now += 1;
+            let (fk, fr) = flood_key(next(), flood);
+            let _ = ct.insert(now, (&fk, 0), Some((&fr, 0)), UDP_NEW);
+        }
+        if let Some(h) = ct.lookup(&r, now) {
+            ct.observe(h.flow, Dir::Reply, 0, now);
+            ct.observe(h.flow, Dir::Original, 0, now);
+            served += 1;
+        }
+    }
+    assert_eq!(served, 100, "every client of the other service was served");
+}
+
+/// Occupancy counts keys: a table filled with nat flows (two keys each) is full at
+/// `keys() == capacity()`, not at half of it.
+#[test]
+fn keys_count_both_keys_of_a_nat_flow_so_a_full_table_reads_full() {
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(16, 16));
+    for n in 0..8 {
+        let f = ct
+            .insert(
+                0,
+                (&key(n, proto::UDP), n),
+                Some((&rkey(n, proto::UDP), n)),
+                UDP_NEW,
+            )
+            .unwrap();
+        ct.observe(f, Dir::Reply, 0, 0);
+        ct.observe(f, Dir::Original, 0, 0);
+    }
+    assert_eq!((ct.len(), ct.keys(), ct.capacity()), (8, 16, 16));
+    assert_eq!(
+        ct.insert(0, (&key(99, proto::UDP), 0), None, UDP_NEW),
+        Err(InsertError::Full)
+    );
+    ct.remove(ct.lookup(&rkey(3, proto::UDP), 0).unwrap().slot);
+    assert_eq!((ct.len(), ct.keys()), (7, 14));
+    let f = ct.lookup(&key(4, proto::UDP), 0).unwrap().flow;
+    ct.observe(f, Dir::Original, 0, 0);
+    assert_eq!(ct.expire(T.udp, 16), 7);
+    assert_eq!((ct.len(), ct.keys()), (0, 0));
+    assert_eq!(slots_for(1000), 1024);
+    assert_eq!(slots_for(0), BUCKET);
 }
 
 #[test]
@@ -494,12 +715,27 @@ fn unused_slots_are_harmless_to_state_observe_and_remove() {
 fn check_consistent(ct: &Conntrack<u32>, now: Millis) -> Result<(), TestCaseError> {
     let flows: Vec<_> = ct.iter_flows().collect();
     prop_assert_eq!(ct.len(), flows.len());
-    let emb = flows
-        .iter()
-        .filter(|(f, _, _)| ct.is_embryonic_flow(*f))
-        .count();
+    let count = |class| {
+        flows
+            .iter()
+            .filter(|(f, _, _)| ct.unconfirmed_class(*f) == Some(class))
+            .count()
+    };
+    let (emb, udp) = (count(Class::Tcp), count(Class::Udp));
     prop_assert_eq!(ct.embryonic(), emb);
+    prop_assert_eq!(ct.udp_unconfirmed(), udp);
     prop_assert!(emb <= ct.config().embryonic_budget);
+    prop_assert!(udp <= ct.config().embryonic_budget);
+    let keys = flows.len()
+        + flows
+            .iter()
+            .filter(|(f, _, _)| ct.reply_slot(*f).is_some())
+            .count();
+    prop_assert_eq!(ct.keys(), keys);
+    prop_assert_eq!(
+        ct.keys(),
+        ct.tags.iter().filter(|&&t| t != TAG_FREE).count()
+    );
     for (f, k, _) in flows {
         let live = now < ct.deadline(f).unwrap();
         prop_assert_eq!(ct.lookup(k, now).map(|h| h.flow), live.then_some(f));

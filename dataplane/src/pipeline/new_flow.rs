@@ -101,6 +101,7 @@ pub(super) fn new_flow(
         return Verdict::Drop(match e {
             InsertError::Full | InsertError::Exists => DropReason::ConntrackFull,
             InsertError::EmbryonicBudget => DropReason::EmbryonicBudget,
+            InsertError::UdpBudget => DropReason::UdpBudget,
         });
     }
     let len = pkt.len() as u64;

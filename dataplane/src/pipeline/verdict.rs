@@ -41,6 +41,9 @@ pub enum DropReason {
     ConntrackFull,
     /// Too many flows mid-handshake: the SYN-flood guard.
     EmbryonicBudget,
+    /// Too many UDP flows not yet confirmed (no client datagram after an answer): the UDP-flood
+    /// guard, counted apart so a UDP flood never shows as a TCP problem.
+    UdpBudget,
     /// No free fullnat source port.
     SnatExhausted,
     /// The flow's backend was removed from its service.
@@ -69,7 +72,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::BadIpChecksum,
@@ -81,6 +84,7 @@ impl DropReason {
         DropReason::NoFlow,
         DropReason::ConntrackFull,
         DropReason::EmbryonicBudget,
+        DropReason::UdpBudget,
         DropReason::SnatExhausted,
         DropReason::BackendGone,
         DropReason::IcmpUntracked,
@@ -107,6 +111,7 @@ impl DropReason {
             DropReason::NoFlow => "no-flow",
             DropReason::ConntrackFull => "conntrack-full",
             DropReason::EmbryonicBudget => "embryonic-budget",
+            DropReason::UdpBudget => "udp-budget",
             DropReason::SnatExhausted => "snat-exhausted",
             DropReason::BackendGone => "backend-gone",
             DropReason::IcmpUntracked => "icmp-untracked",

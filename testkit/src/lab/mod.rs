@@ -32,6 +32,7 @@ mod client;
 mod config;
 pub mod decap;
 mod demo;
+pub mod flood;
 mod process;
 mod topology;
 

@@ -156,6 +156,7 @@ fn check_conntrack(ct: &Conntrack, out: &mut Vec<Problem>) {
         ("tcp_established", t.tcp_established),
         ("tcp_closing", t.tcp_closing),
         ("udp", t.udp),
+        ("udp_unconfirmed", t.udp_unconfirmed),
     ] {
         if d.is_zero() {
             out.push(Problem::new(
