@@ -111,6 +111,9 @@ pub struct Service {
     pub maglev: Arc<Maglev>,
     /// Index of its counters in a worker's per-service counters.
     pub stat: u32,
+    /// Removed from the config but kept for its tracked flows: they revalidate to it, new flows
+    /// find no service. Every backend of a draining service has weight 0.
+    pub draining: bool,
     by_addr: HashMap<(Addr, u16), u16, FastHash>,
     /// Per backend, its index in [`RoutingTable::next_hops`] when resolved dynamically
     /// ([`NO_HOP`]: the backend's static `mac`); empty when the table has no neighbor cache.
@@ -355,6 +358,22 @@ impl RoutingTable {
         specs: Vec<ServiceSpec>,
         cache: &mut MaglevCache,
     ) -> Result<RoutingTable, TableError> {
+        Self::build_with_draining(generation, local, specs, Vec::new(), cache)
+    }
+
+    /// [`RoutingTable::build`] plus `draining` services: removed from the config but kept, with
+    /// their VIPs, so their tracked flows keep their backends ([`Service::draining`]). A draining
+    /// service never shadows a live one or an earlier draining one: a port already claimed stays
+    /// with its first claimant (so list the newest removals first).
+    pub fn build_with_draining(
+        generation: u64,
+        local: Local,
+        specs: Vec<ServiceSpec>,
+        draining: Vec<ServiceSpec>,
+        cache: &mut MaglevCache,
+    ) -> Result<RoutingTable, TableError> {
+        let live = specs.len();
+        let specs: Vec<ServiceSpec> = specs.into_iter().chain(draining).collect();
         let mut services = Vec::with_capacity(specs.len());
         let mut vips: HashMap<(Addr, u8, u16), u32, FastHash> =
             HashMap::with_capacity_and_hasher(specs.len(), FastHash::default());
@@ -366,6 +385,7 @@ impl RoutingTable {
         let mut backend_stats = 0u32;
         let mut service_stats = 0u32;
         for (idx, spec) in specs.into_iter().enumerate() {
+            let draining = idx >= live;
             let mut backends = spec.backends;
             backends.sort_by_key(|b| (b.addr, b.port, b.pool));
             let maglev =
@@ -396,7 +416,12 @@ impl RoutingTable {
             vip_addrs.insert(spec.vip);
             // (0, 0) is the one every-port entry; a range claims each of its ports.
             for port in spec.port_lo..=spec.port_hi {
-                if let Some(prev) = vips.insert((spec.vip, spec.proto, port), idx as u32) {
+                let key = (spec.vip, spec.proto, port);
+                if draining {
+                    vips.entry(key).or_insert(idx as u32);
+                    continue;
+                }
+                if let Some(prev) = vips.insert(key, idx as u32) {
                     let first: &Service = &services[prev as usize];
                     return Err(TableError::Overlap {
                         first: first.name.clone(),
@@ -418,6 +443,7 @@ impl RoutingTable {
                 backends,
                 maglev,
                 stat,
+                draining,
                 by_addr,
                 hops: Vec::new(),
             });
