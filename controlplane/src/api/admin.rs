@@ -20,8 +20,8 @@ use serde_json::json;
 
 use super::metrics;
 use crate::control::state::{
-    AdminState, BackendKey, BackendStatus, Control, Observation, OpError, ReloadStatus,
-    ServiceStatus,
+    AdminState, BackendKey, BackendStatus, Control, DrainingStatus, Observation, OpError,
+    ReloadStatus, ServiceStatus,
 };
 
 /// The admin API's routes, calling `control`.
@@ -225,6 +225,7 @@ struct StateView<'a> {
     health_transitions: u64,
     conntrack: ConntrackView,
     services: Vec<ServiceView<'a>>,
+    draining: &'a DrainingStatus,
 }
 
 fn state_json(obs: &Observation, ready: bool) -> serde_json::Value {
@@ -252,6 +253,7 @@ fn state_json(obs: &Observation, ready: bool) -> serde_json::Value {
         health_transitions: obs.health_transitions,
         conntrack: ConntrackView { capacity, workers },
         services: obs.services.iter().map(ServiceView::new).collect(),
+        draining: &obs.draining,
     };
     serde_json::to_value(view).unwrap_or_else(|e| json!({ "error": e.to_string() }))
 }
