@@ -111,8 +111,9 @@ pub struct Service {
     pub maglev: Arc<Maglev>,
     /// Index of its counters in a worker's per-service counters.
     pub stat: u32,
-    /// Removed from the config but kept for its tracked flows: they revalidate to it, new flows
-    /// find no service. Every backend of a draining service has weight 0.
+    /// Removed from the config but kept for its tracked flows: they revalidate to it
+    /// ([`RoutingTable::draining_service_for`]), new flows find no service
+    /// ([`RoutingTable::service_for`] skips it). Every backend of a draining service has weight 0.
     pub draining: bool,
     by_addr: HashMap<(Addr, u16), u16, FastHash>,
     /// Per backend, its index in [`RoutingTable::next_hops`] when resolved dynamically
@@ -333,6 +334,7 @@ pub struct RoutingTable {
     backend_stats: u32,
     service_stats: u32,
     vips: HashMap<(Addr, u8, u16), u32, FastHash>,
+    draining_vips: HashMap<(Addr, u8, u16), u32, FastHash>,
     owned: HashSet<Addr, FastHash>,
     snat: HashSet<Addr, FastHash>,
     vip_addrs: HashSet<Addr, FastHash>,
@@ -382,6 +384,9 @@ impl RoutingTable {
         let mut snat: HashSet<Addr, FastHash> = HashSet::default();
         let mut vip_addrs: HashSet<Addr, FastHash> =
             HashSet::with_capacity_and_hasher(specs.len(), FastHash::default());
+        // Draining services are found only by tracked flows, so a new flow's lookup is the
+        // same as without them (and costs nothing more).
+        let mut draining_vips: HashMap<(Addr, u8, u16), u32, FastHash> = HashMap::default();
         let mut backend_stats = 0u32;
         let mut service_stats = 0u32;
         for (idx, spec) in specs.into_iter().enumerate() {
@@ -418,7 +423,9 @@ impl RoutingTable {
             for port in spec.port_lo..=spec.port_hi {
                 let key = (spec.vip, spec.proto, port);
                 if draining {
-                    vips.entry(key).or_insert(idx as u32);
+                    if !vips.contains_key(&key) {
+                        draining_vips.entry(key).or_insert(idx as u32);
+                    }
                     continue;
                 }
                 if let Some(prev) = vips.insert(key, idx as u32) {
@@ -456,6 +463,7 @@ impl RoutingTable {
             backend_stats,
             service_stats,
             vips,
+            draining_vips,
             owned,
             snat,
             vip_addrs,
@@ -553,7 +561,8 @@ impl RoutingTable {
         self.next_hops.get(i as usize)
     }
 
-    /// The service serving `dst`/`proto`/`dport` (an exact port first, then an every-port service).
+    /// The service serving `dst`/`proto`/`dport` (an exact port first, then an every-port
+    /// service); never a draining one.
     #[inline]
     pub fn service_for(&self, dst: Addr, proto: u8, dport: u16) -> Option<(u32, &Service)> {
         let idx = match self.vips.get(&(dst, proto, dport)) {
@@ -561,6 +570,16 @@ impl RoutingTable {
             None => *self.vips.get(&(dst, proto, 0))?,
         };
         Some((idx, &self.services[idx as usize]))
+    }
+
+    /// The draining service (removed by a reload, see [`Service::draining`]) that held
+    /// `dst`/`proto`/`dport` where no live service does: only tracked flows look here.
+    pub fn draining_service_for(&self, dst: Addr, proto: u8, dport: u16) -> Option<&Service> {
+        let idx = match self.draining_vips.get(&(dst, proto, dport)) {
+            Some(i) => *i,
+            None => *self.draining_vips.get(&(dst, proto, 0))?,
+        };
+        self.services.get(idx as usize)
     }
 
     /// True for any address we answer for: VIPs, local and SNAT addresses.

@@ -213,6 +213,7 @@ fn a_draining_service_never_shadows_a_live_one() {
     let (_, live) = t.service_for(API, proto::TCP, 80).unwrap();
     assert_eq!(live.name, "api2");
     assert!(!live.draining);
+    assert!(t.draining_service_for(API, proto::TCP, 80).is_none());
     let mut st = state();
     let (v, out) = run(&mut st, &t, 0, &tcp(client(1), API, 7000, 80, TCP_SYN));
     assert_eq!((v, dest(&out)), (Verdict::Tx, [198, 18, 3, 20]));

@@ -13,6 +13,8 @@ use super::rewrite::apply;
 use super::state::{Action, FlowValue, WorkerState};
 use super::verdict::{count, DropReason, Verdict};
 
+// Its own function: inlined into `classify`, its size changes the code of every tracked packet.
+#[inline(never)]
 pub(super) fn new_flow(
     st: &mut WorkerState,
     table: &RoutingTable,
@@ -24,10 +26,6 @@ pub(super) fn new_flow(
     let Some((_, svc)) = table.service_for(p.dst, p.proto, p.dport) else {
         return Verdict::Drop(DropReason::NoService);
     };
-    // A removed service serves only the flows it already has.
-    if svc.draining {
-        return Verdict::Drop(DropReason::NoService);
-    }
     let tcp = p.proto == proto::TCP;
     let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
     if tcp && !syn && p.tcp_flags & (TCP_RST | TCP_SYN) != 0 {

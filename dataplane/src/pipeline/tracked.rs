@@ -48,8 +48,14 @@ pub(super) fn tracked(
 
 /// Re-finds a flow's service and backend in a new table; `None` when the backend is gone (out of
 /// the table: removed with `on_remove = "reset"`, drained past its timeout, disabled or down).
+// Once per flow and table generation: kept out of the per-packet code around it.
+#[cold]
+#[inline(never)]
 pub(super) fn revalidate(table: &RoutingTable, val: &mut FlowValue, dir: Dir) -> Option<()> {
-    let (_, svc) = table.service_for(val.vip, val.proto, val.vport)?;
+    let svc = match table.service_for(val.vip, val.proto, val.vport) {
+        Some((_, svc)) => svc,
+        None => table.draining_service_for(val.vip, val.proto, val.vport)?,
+    };
     let bi = svc.backend_index(val.backend, val.backend_port)?;
     let be = svc.backends.get(bi as usize)?;
     if dir == Dir::Original {
