@@ -404,6 +404,7 @@ fn control_thread(
                     tracing::info!(generation = g, "table rebuilt after a health change");
                 }
             }
+            cp.expire_draining(now);
             cp.release_retired();
             if now >= next_summary {
                 next_summary += SUMMARY_EVERY;

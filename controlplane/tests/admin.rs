@@ -262,6 +262,7 @@ fn observation() -> Observation {
         health_transitions: 9,
         workers: vec![Arc::new(w0), Arc::new(w1)],
         conntrack_capacity: 1000,
+        draining: Default::default(),
     }
 }
 

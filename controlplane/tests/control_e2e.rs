@@ -515,7 +515,9 @@ fn a_vip_added_by_reload_is_redirected_by_xdp_and_leaves_the_map_when_removed() 
     let on_xdp = |variant: usize| {
         config(variant).replace(
             "port = \"tap\"",
-            "port = \"af_xdp\"\nxdp_mode = \"generic\"",
+            // A removed VIP leaves the map once no table serves it: at once with "reset"
+            // (with the default "drain" it stays for its tracked flows until drain_timeout).
+            "port = \"af_xdp\"\nxdp_mode = \"generic\"\non_remove = \"reset\"",
         )
     };
     // Variant 0 has no "extra" service; variant 1 adds it at 198.18.0.103:81 (to pod-a).

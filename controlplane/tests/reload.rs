@@ -385,6 +385,9 @@ backends = [{ addr = "198.18.2.10", port = 53 }]
 /// a table and narrows it only after the replaced table is released.
 #[test]
 fn the_address_filter_grows_before_a_publish_and_shrinks_after_the_release() {
+    // With "reset" a removed VIP leaves with the last table that serves it (the default "drain"
+    // keeps it, with its tracked flows, until drain_timeout).
+    let text = |w, d| text(w, d).replace("workers = 2", "workers = 2\non_remove = \"reset\"");
     let file = File::new("filter", &text(1, "drop"));
     let cp = start(&file);
     let log: FilterLog = Arc::default();
@@ -473,5 +476,82 @@ backends = [{ addr = "2001:db8:1::10", port = 8080 }]
     assert!(err.to_string().contains("[dataplane] addresses"), "{err}");
     assert!(Arc::ptr_eq(&before, &serving(&cp)));
     assert_eq!(cp.observe().reload.last_error, Some(err.to_string()));
+    stop(cp);
+}
+
+/// Issue 10, defect 2: a reload that removes a backend or a whole service keeps it in the table
+/// at weight 0 (the service marked draining) so its tracked flows keep their backend, until the
+/// file brings it back or `drain_timeout` passes; `on_remove = "reset"` removes it at once.
+#[test]
+fn removed_services_and_backends_drain_until_restored_or_timed_out() {
+    let api = r#"
+[[services]]
+name = "api"
+vip = "198.18.0.101"
+ports = ["80"]
+protocol = "tcp"
+[[services.pools]]
+name = "pods"
+mode = "fullnat"
+snat = ["198.18.0.2"]
+backends = [{ addr = "198.18.1.10", port = 8080 }]
+"#;
+    let full = format!("{}{api}", text(1, "drop"));
+    let file = File::new("drain", &full);
+    let cp = start(&file);
+    let svc = |t: &RoutingTable, name: &str| t.services.iter().find(|s| s.name == name).cloned();
+
+    // Without api and without web's third backend.
+    let cut = text(1, "drop").replace(
+        "  { addr = \"198.18.1.12\", port = 8080, weight = 1 },\n",
+        "",
+    );
+    file.write(&cut);
+    cp.reload().unwrap();
+    let t = serving(&cp);
+    let web = svc(&t, "web").unwrap();
+    assert!(!web.draining);
+    assert_eq!(weights(&t)["198.18.1.12"], 0, "the removed backend is gone");
+    assert!(
+        svc(&t, "api")
+            .expect("the removed service is gone")
+            .draining
+    );
+    let obs = cp.observe();
+    assert_eq!(obs.draining.services, vec!["api"]);
+    assert_eq!(obs.draining.backends.len(), 2, "{:?}", obs.draining);
+    assert!(obs.services.iter().all(|s| s.name != "api"));
+    let metrics = controlplane::api::metrics::render(&obs);
+    assert!(metrics.contains("lb_draining_services 1"), "{metrics}");
+    assert!(metrics.contains("lb_draining_backends 2"), "{metrics}");
+
+    // Restored: served as before, nothing drains.
+    file.write(&full);
+    cp.reload().unwrap();
+    let t = serving(&cp);
+    assert!(!svc(&t, "api").unwrap().draining);
+    assert_eq!(weights(&t)["198.18.1.12"], 1);
+    assert!(cp.observe().draining.services.is_empty());
+    assert_eq!(cp.expire_draining(std::time::Instant::now()), None);
+
+    // Cut again, then the drain times out: out of the table for good.
+    file.write(&cut);
+    cp.reload().unwrap();
+    let later = std::time::Instant::now() + Duration::from_secs(15 * 60);
+    assert_eq!(cp.expire_draining(std::time::Instant::now()), None);
+    let g = cp.expire_draining(later).expect("a new table without them");
+    let t = serving(&cp);
+    assert_eq!(t.generation, g);
+    assert!(svc(&t, "api").is_none());
+    assert!(!weights(&t).contains_key("198.18.1.12"));
+
+    // on_remove = "reset": what the reload removes leaves at once.
+    file.write(&full);
+    cp.reload().unwrap();
+    file.write(&cut.replace("workers = 2", "workers = 2\non_remove = \"reset\""));
+    cp.reload().unwrap();
+    let t = serving(&cp);
+    assert!(svc(&t, "api").is_none());
+    assert!(!weights(&t).contains_key("198.18.1.12"));
     stop(cp);
 }

@@ -111,6 +111,10 @@ pub struct Service {
     pub maglev: Arc<Maglev>,
     /// Index of its counters in a worker's per-service counters.
     pub stat: u32,
+    /// Removed from the config but kept for its tracked flows: they revalidate to it
+    /// ([`RoutingTable::draining_service_for`]), new flows find no service
+    /// ([`RoutingTable::service_for`] skips it). Every backend of a draining service has weight 0.
+    pub draining: bool,
     by_addr: HashMap<(Addr, u16), u16, FastHash>,
     /// Per backend, its index in [`RoutingTable::next_hops`] when resolved dynamically
     /// ([`NO_HOP`]: the backend's static `mac`); empty when the table has no neighbor cache.
@@ -330,6 +334,7 @@ pub struct RoutingTable {
     backend_stats: u32,
     service_stats: u32,
     vips: HashMap<(Addr, u8, u16), u32, FastHash>,
+    draining_vips: HashMap<(Addr, u8, u16), u32, FastHash>,
     owned: HashSet<Addr, FastHash>,
     snat: HashSet<Addr, FastHash>,
     vip_addrs: HashSet<Addr, FastHash>,
@@ -355,6 +360,22 @@ impl RoutingTable {
         specs: Vec<ServiceSpec>,
         cache: &mut MaglevCache,
     ) -> Result<RoutingTable, TableError> {
+        Self::build_with_draining(generation, local, specs, Vec::new(), cache)
+    }
+
+    /// [`RoutingTable::build`] plus `draining` services: removed from the config but kept, with
+    /// their VIPs, so their tracked flows keep their backends ([`Service::draining`]). A draining
+    /// service never shadows a live one or an earlier draining one: a port already claimed stays
+    /// with its first claimant (so list the newest removals first).
+    pub fn build_with_draining(
+        generation: u64,
+        local: Local,
+        specs: Vec<ServiceSpec>,
+        draining: Vec<ServiceSpec>,
+        cache: &mut MaglevCache,
+    ) -> Result<RoutingTable, TableError> {
+        let live = specs.len();
+        let specs: Vec<ServiceSpec> = specs.into_iter().chain(draining).collect();
         let mut services = Vec::with_capacity(specs.len());
         let mut vips: HashMap<(Addr, u8, u16), u32, FastHash> =
             HashMap::with_capacity_and_hasher(specs.len(), FastHash::default());
@@ -363,9 +384,13 @@ impl RoutingTable {
         let mut snat: HashSet<Addr, FastHash> = HashSet::default();
         let mut vip_addrs: HashSet<Addr, FastHash> =
             HashSet::with_capacity_and_hasher(specs.len(), FastHash::default());
+        // Draining services are found only by tracked flows, so a new flow's lookup is the
+        // same as without them (and costs nothing more).
+        let mut draining_vips: HashMap<(Addr, u8, u16), u32, FastHash> = HashMap::default();
         let mut backend_stats = 0u32;
         let mut service_stats = 0u32;
         for (idx, spec) in specs.into_iter().enumerate() {
+            let draining = idx >= live;
             let mut backends = spec.backends;
             backends.sort_by_key(|b| (b.addr, b.port, b.pool));
             let maglev =
@@ -396,7 +421,14 @@ impl RoutingTable {
             vip_addrs.insert(spec.vip);
             // (0, 0) is the one every-port entry; a range claims each of its ports.
             for port in spec.port_lo..=spec.port_hi {
-                if let Some(prev) = vips.insert((spec.vip, spec.proto, port), idx as u32) {
+                let key = (spec.vip, spec.proto, port);
+                if draining {
+                    if !vips.contains_key(&key) {
+                        draining_vips.entry(key).or_insert(idx as u32);
+                    }
+                    continue;
+                }
+                if let Some(prev) = vips.insert(key, idx as u32) {
                     let first: &Service = &services[prev as usize];
                     return Err(TableError::Overlap {
                         first: first.name.clone(),
@@ -418,6 +450,7 @@ impl RoutingTable {
                 backends,
                 maglev,
                 stat,
+                draining,
                 by_addr,
                 hops: Vec::new(),
             });
@@ -430,6 +463,7 @@ impl RoutingTable {
             backend_stats,
             service_stats,
             vips,
+            draining_vips,
             owned,
             snat,
             vip_addrs,
@@ -527,7 +561,8 @@ impl RoutingTable {
         self.next_hops.get(i as usize)
     }
 
-    /// The service serving `dst`/`proto`/`dport` (an exact port first, then an every-port service).
+    /// The service serving `dst`/`proto`/`dport` (an exact port first, then an every-port
+    /// service); never a draining one.
     #[inline]
     pub fn service_for(&self, dst: Addr, proto: u8, dport: u16) -> Option<(u32, &Service)> {
         let idx = match self.vips.get(&(dst, proto, dport)) {
@@ -535,6 +570,16 @@ impl RoutingTable {
             None => *self.vips.get(&(dst, proto, 0))?,
         };
         Some((idx, &self.services[idx as usize]))
+    }
+
+    /// The draining service (removed by a reload, see [`Service::draining`]) that held
+    /// `dst`/`proto`/`dport` where no live service does: only tracked flows look here.
+    pub fn draining_service_for(&self, dst: Addr, proto: u8, dport: u16) -> Option<&Service> {
+        let idx = match self.draining_vips.get(&(dst, proto, dport)) {
+            Some(i) => *i,
+            None => *self.draining_vips.get(&(dst, proto, 0))?,
+        };
+        self.services.get(idx as usize)
     }
 
     /// True for any address we answer for: VIPs, local and SNAT addresses.

@@ -30,8 +30,8 @@ use serde_json::json;
 use super::metrics;
 use crate::config;
 use crate::control::state::{
-    AdminState, BackendKey, BackendStatus, Control, Observation, OpError, ReloadStatus,
-    ServiceStatus,
+    AdminState, BackendKey, BackendStatus, Control, DrainingStatus, Observation, OpError,
+    ReloadStatus, ServiceStatus,
 };
 
 /// The admin API's state: the control plane and the counters kept beside it.
@@ -529,6 +529,7 @@ struct StateView<'a> {
     health_transitions: u64,
     conntrack: ConntrackView,
     services: Vec<ServiceView<'a>>,
+    draining: &'a DrainingStatus,
 }
 
 fn state_json(obs: &Observation, ready: bool) -> serde_json::Value {
@@ -557,6 +558,7 @@ fn state_json(obs: &Observation, ready: bool) -> serde_json::Value {
         health_transitions: obs.health_transitions,
         conntrack: ConntrackView { capacity, workers },
         services: obs.services.iter().map(ServiceView::new).collect(),
+        draining: &obs.draining,
     };
     serde_json::to_value(view).unwrap_or_else(|e| json!({ "error": e.to_string() }))
 }

@@ -450,6 +450,18 @@ pub fn render_with(obs: &Observation, listener: &ListenerSample) -> String {
         "Connection table capacity of each worker (keys).",
         to_i64(obs.conntrack_capacity),
     );
+    gauge(
+        &mut reg,
+        "draining_services",
+        "Services a reload removed that still serve their tracked flows (on_remove = \"drain\").",
+        to_i64(obs.draining.services.len()),
+    );
+    gauge(
+        &mut reg,
+        "draining_backends",
+        "Backends a reload removed (with their service or alone) that still serve their tracked flows.",
+        to_i64(obs.draining.backends.len()),
+    );
     service_metrics(&mut reg, obs, &workers);
     backend_metrics(&mut reg, obs, &workers);
     counters(
@@ -591,6 +603,7 @@ mod tests {
                 }),
             ],
             conntrack_capacity: 0,
+            draining: Default::default(),
         };
         let text = render(&obs);
         let b = |addr: &str, w: u16| {

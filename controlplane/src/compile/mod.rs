@@ -8,6 +8,7 @@
 //! the step that publishes the table ([`Compiled::next_hops`]).
 
 mod check;
+mod draining;
 mod next_hops;
 mod service;
 mod slots;
@@ -24,6 +25,7 @@ use dataplane::table::{Local, MaglevCache, TableError};
 use dataplane::RoutingTable;
 
 pub use check::{check_file, check_file_on, check_str};
+pub use draining::{Draining, DrainingBackend};
 pub use next_hops::{NextHops, NEIGHBOR_SLOTS};
 pub use slots::StatSlots;
 
@@ -83,10 +85,13 @@ impl ConfigReport {
 pub type Adjust<'a> = &'a dyn Fn(&BackendKey, u32) -> Option<u32>;
 
 /// What a running control plane adds to a compile: the runtime weight of each backend, counter
-/// slots that stay put across reloads, and the Maglev tables of the previous compile.
+/// slots that stay put across reloads, the Maglev tables of the previous compile, and what
+/// earlier reloads removed that still drains.
 pub struct Context<'a> {
     /// Runtime weight of each backend.
     pub adjust: Adjust<'a>,
+    /// Removed services and backends kept, at weight 0, for their tracked flows.
+    pub draining: &'a Draining,
     /// Counter slots by service and backend, kept across compiles.
     pub slots: &'a mut StatSlots,
     /// Maglev tables already built.
@@ -101,6 +106,7 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Compiled, CompileError> 
         generation,
         &mut Context {
             adjust: &|_, w| Some(w),
+            draining: &Draining::default(),
             slots: &mut StatSlots::default(),
             cache: &mut MaglevCache::default(),
         },
@@ -108,7 +114,8 @@ pub fn compile(cfg: &Config, generation: u64) -> Result<Compiled, CompileError> 
 }
 
 /// [`compile`] for a running control plane: weights pass through `ctx.adjust`, counter slots come
-/// from `ctx.slots` and Maglev tables from `ctx.cache`.
+/// from `ctx.slots` and Maglev tables from `ctx.cache`; `ctx.draining` is added at weight 0
+/// (removed backends in their services, removed services as draining services).
 ///
 /// `cfg` must have passed [`Config::validate`]: a config that breaks a rule may build a table
 /// that misroutes (a backend without a MAC, say) rather than fail.
@@ -121,7 +128,12 @@ pub fn compile_with(
     let macs: HashMap<IpAddr, MacAddr> = cfg.neighbors.iter().map(|n| (n.ip, n.mac)).collect();
     let mut specs = Vec::with_capacity(cfg.services.len());
     for svc in &cfg.services {
-        specs.extend(service::specs(cfg, svc, &macs, ctx));
+        specs.extend(service::specs(cfg, svc, &macs, ctx, false));
+    }
+    let draining: &Draining = ctx.draining;
+    let mut drained = Vec::with_capacity(draining.services.len());
+    for svc in &draining.services {
+        drained.extend(service::specs(cfg, svc, &macs, ctx, true));
     }
     let local = Local {
         mac: dp.mac.0,
@@ -129,7 +141,7 @@ pub fn compile_with(
         mtu: dp.mtu,
         snat_ports: (dp.snat_ports.lo, dp.snat_ports.hi),
     };
-    let table = RoutingTable::build(generation, local, specs, ctx.cache)?;
+    let table = RoutingTable::build_with_draining(generation, local, specs, drained, ctx.cache)?;
     Ok(Compiled {
         table,
         conntrack: conntrack_config(&cfg.conntrack),

@@ -1,5 +1,5 @@
 //! One `[[services]]` entry becomes the table's specs: its pools, its backends at their runtime
-//! weights, one spec per port range.
+//! weights (and its removed backends that drain, at weight 0), one spec per port range.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,15 +12,16 @@ use crate::config::BackendKey;
 use crate::config::{self, Config, MacAddr};
 
 /// One spec per port range of `svc` (the table serves one range per spec); `macs` are the
-/// `[[neighbors]]` by address.
+/// `[[neighbors]]` by address. A `removed` service drains: every backend at weight 0.
 pub(super) fn specs(
     cfg: &Config,
     svc: &config::Service,
     macs: &HashMap<IpAddr, MacAddr>,
     ctx: &mut Context<'_>,
+    removed: bool,
 ) -> Vec<ServiceSpec> {
-    let pools: Vec<table::Pool> = svc.pools.iter().map(|p| pool(cfg, p)).collect();
-    let backends = backends(cfg, svc, macs, ctx);
+    let mut pools: Vec<table::Pool> = svc.pools.iter().map(|p| pool(cfg, p)).collect();
+    let backends = backends(cfg, svc, macs, ctx, removed, &mut pools);
     let ranges: Vec<(u16, u16)> = if svc.ports.is_empty() {
         vec![(0, 0)]
     } else {
@@ -80,16 +81,27 @@ fn pool(cfg: &Config, pool: &config::Pool) -> table::Pool {
     }
 }
 
-/// Every backend of `svc` that `ctx.adjust` keeps, at the weight it gives, with its counter slot
-/// and its MAC (zero for one resolved at run time).
+/// Every backend of `svc` that `ctx.adjust` keeps, at the weight it gives (0 for every backend
+/// of a `removed` service), with its counter slot and its MAC (zero for one resolved at run
+/// time); then the service's draining backends at weight 0, in their pool (added to `pools`
+/// when the service no longer has it).
 fn backends(
     cfg: &Config,
     svc: &config::Service,
     macs: &HashMap<IpAddr, MacAddr>,
     ctx: &mut Context<'_>,
+    removed: bool,
+    pools: &mut Vec<table::Pool>,
 ) -> Vec<table::Backend> {
     let gateway_mac = cfg.dataplane.gateway_mac;
+    let mac_of = |addr: &IpAddr| {
+        macs.get(addr)
+            .copied()
+            .or(gateway_mac)
+            .map_or([0; 6], |m| m.0)
+    };
     let mut out = Vec::with_capacity(svc.pools.iter().map(|p| p.backends.len()).sum());
+    let draining: &super::Draining = ctx.draining;
     let mut slots = ctx.slots.backends_of(&svc.name);
     // One key, its address and port changed per backend: no copy of the service name per backend.
     let mut key = BackendKey {
@@ -102,23 +114,54 @@ fn backends(
             let port = b.port.unwrap_or(0);
             key.addr = b.addr;
             key.port = port;
-            // Health and operators may take a backend out (its flows move) or drain it.
-            let Some(weight) = (ctx.adjust)(&key, pool.weight.saturating_mul(b.weight)) else {
-                continue;
+            // Health and operators may take a backend out (its flows move) or drain it; a
+            // removed service's backends only serve the flows they have.
+            let weight = if removed {
+                0
+            } else {
+                match (ctx.adjust)(&key, pool.weight.saturating_mul(b.weight)) {
+                    Some(w) => w,
+                    None => continue,
+                }
             };
             out.push(table::Backend {
                 addr: Addr::from(b.addr),
                 port,
                 weight,
-                mac: macs
-                    .get(&b.addr)
-                    .copied()
-                    .or(gateway_mac)
-                    .map_or([0; 6], |m| m.0),
+                mac: mac_of(&b.addr),
                 pool: pool_idx as u16,
                 stat: slots.get(b.addr, port),
             });
         }
+    }
+    for d in draining.backends.iter().filter(|d| d.service == svc.name) {
+        let (addr, port) = (d.backend.addr, d.backend.port.unwrap_or(0));
+        // Back in the config (or twice in the set): the configured one wins.
+        if out
+            .iter()
+            .any(|b| b.addr == Addr::from(addr) && b.port == port)
+        {
+            continue;
+        }
+        let want = pool(cfg, &d.pool);
+        let idx = match pools
+            .iter()
+            .position(|p| p.name == want.name && p.mode == want.mode)
+        {
+            Some(i) => i,
+            None => {
+                pools.push(want);
+                pools.len() - 1
+            }
+        };
+        out.push(table::Backend {
+            addr: Addr::from(addr),
+            port,
+            weight: 0,
+            mac: mac_of(&addr),
+            pool: idx as u16,
+            stat: slots.get(addr, port),
+        });
     }
     out
 }

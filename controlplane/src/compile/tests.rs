@@ -180,6 +180,7 @@ fn counter_slots_stay_with_their_service_and_backend_across_compiles() {
         let c = Config::from_toml_str(&format!("{BASE}{text}"), Path::new("t.toml")).unwrap();
         let mut ctx = Context {
             adjust: &|_, w| Some(w),
+            draining: &Draining::default(),
             slots: &mut slots,
             cache: &mut cache,
         };
@@ -318,4 +319,76 @@ fn every_prefix_of_the_shipped_config_is_reported_without_a_panic() {
     // Cuts inside comments or after a complete key leave a valid file; the others are refused.
     assert!(refused > 1000, "{refused}");
     assert!(check_str(text, Path::new("lb.toml")).is_ok());
+}
+
+#[test]
+fn draining_services_and_backends_are_compiled_at_weight_zero_in_their_slots() {
+    let svc = |name: &str, vip: &str, hosts: &[u8]| {
+        let list: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("{{ addr = \"198.18.1.{h}\", port = 80 }}"))
+            .collect();
+        format!(
+            "\n[[services]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\n\
+             ports = [\"80\"]\n[[services.pools]]\nname = \"p\"\nmode = \"nat\"\n\
+             backends = [{}]\n",
+            list.join(", ")
+        )
+    };
+    let before = cfg(&format!(
+        "{}{}",
+        svc("web", "198.18.0.100", &[1, 2]),
+        svc("api", "198.18.0.101", &[3])
+    ));
+    let after = cfg(&svc("web", "198.18.0.100", &[1]));
+    let (mut slots, mut cache) = (StatSlots::default(), MaglevCache::default());
+    let mut build = |c: &Config, draining: &Draining| {
+        let mut ctx = Context {
+            adjust: &|_, w| Some(w),
+            draining,
+            slots: &mut slots,
+            cache: &mut cache,
+        };
+        compile_with(c, 1, &mut ctx).unwrap().table
+    };
+    let t1 = build(&before, &Draining::default());
+    let web_pool = before.services[0].pools[0].clone();
+    let draining = Draining {
+        services: vec![before.services[1].clone()],
+        backends: vec![DrainingBackend {
+            service: "web".into(),
+            pool: config::Pool {
+                backends: vec![],
+                ..web_pool.clone()
+            },
+            backend: web_pool.backends[1].clone(),
+        }],
+    };
+    let t2 = build(&after, &draining);
+    let find =
+        |t: &RoutingTable, name: &str| t.services.iter().find(|s| s.name == name).cloned().unwrap();
+    let (web1, web2) = (find(&t1, "web"), find(&t2, "web"));
+    assert!(!web2.draining);
+    assert_eq!(web2.pools.len(), 1, "the backend went back into its pool");
+    let slot = |s: &dataplane::table::Service, last: u8| {
+        s.backends
+            .iter()
+            .find(|b| b.addr == Addr::v4([198, 18, 1, last]))
+            .map(|b| (b.weight, b.stat))
+    };
+    assert_eq!(slot(&web2, 1), slot(&web1, 1));
+    assert_eq!(slot(&web2, 2), Some((0, slot(&web1, 2).unwrap().1)));
+    let (api1, api2) = (find(&t1, "api"), find(&t2, "api"));
+    assert!(api2.draining && !api1.draining);
+    assert_eq!(api2.stat, api1.stat);
+    assert_eq!(slot(&api2, 3), Some((0, slot(&api1, 3).unwrap().1)));
+    // Its VIP is still ours (ARP, the XDP filter) and its nat backend still a reply source.
+    assert!(t2.owns(Addr::v4([198, 18, 0, 101])));
+    assert!(t2
+        .nat_backend_addrs()
+        .any(|a| a == Addr::v4([198, 18, 1, 3])));
+    // Without a drain set the removed things are gone (`on_remove = "reset"`, or drained).
+    let t3 = build(&after, &Draining::default());
+    assert_eq!(t3.services.len(), 1);
+    assert_eq!(slot(&t3.services[0], 2), None);
 }

@@ -173,6 +173,12 @@ pub struct Dataplane {
     /// How `af_xdp` attaches its XDP program.
     #[serde(default)]
     pub xdp_mode: XdpMode,
+    /// What a reload does to the tracked flows of a service or backend it removes.
+    #[serde(default)]
+    pub on_remove: OnRemove,
+    /// How long a removed service or backend keeps its tracked flows (`on_remove = "drain"`).
+    #[serde(default = "default_drain_timeout", deserialize_with = "de_duration")]
+    pub drain_timeout: Duration,
 }
 
 /// `[dataplane] port`: where frames come from.
@@ -223,6 +229,23 @@ pub enum XdpMode {
     /// Native where the driver has it, generic otherwise.
     #[default]
     Auto,
+}
+
+/// `[dataplane] on_remove`: the fate of the flows of a service or backend a reload removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRemove {
+    /// They keep their backend until they end or `drain_timeout` passes; new flows go
+    /// elsewhere (IPVS's default, and what a hitless reload needs).
+    #[default]
+    Drain,
+    /// They are dropped at once (their next packet finds no backend).
+    Reset,
+}
+
+/// As long as an established TCP flow may stay idle by default (`[conntrack.timeouts]`).
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 fn default_interface() -> String {

@@ -10,6 +10,7 @@
 //! dropped on the control plane, never inside a worker.
 
 mod apply;
+mod drain;
 mod observe;
 mod overrides;
 pub mod state;
@@ -32,10 +33,11 @@ use crate::diag::ConfigReport;
 use crate::health::PassiveSample;
 pub use apply::{AddressFilter, ApplyError};
 use apply::{Filter, Fixed, Next};
+use drain::DrainSet;
 use overrides::failing_open;
 pub use state::{
-    effective_weight, AdminState, BackendKey, BackendStatus, Control, Health, Observation, OpError,
-    Override, ReloadStatus, ServiceStatus,
+    effective_weight, AdminState, BackendKey, BackendStatus, Control, DrainingStatus, Health,
+    Observation, OpError, Override, ReloadStatus, ServiceStatus,
 };
 
 /// Reads and parses a config file: the config and its text (for locating compile problems), or
@@ -84,6 +86,8 @@ struct Inner {
     overrides: BTreeMap<BackendKey, Override>,
     health: HashMap<BackendKey, Health>,
     failing_open: HashSet<String>,
+    /// Services and backends reloads removed, kept for their tracked flows until a deadline.
+    draining: DrainSet,
     reload: ReloadStatus,
     health_transitions: u64,
     conntrack_capacity: usize,
@@ -147,6 +151,7 @@ impl ControlPlane {
             overrides: BTreeMap::new(),
             health: HashMap::new(),
             failing_open: HashSet::new(),
+            draining: DrainSet::default(),
             reload: ReloadStatus::default(),
             health_transitions: 0,
             conntrack_capacity: 0,
@@ -155,7 +160,7 @@ impl ControlPlane {
             filter: None,
         };
         let (next, start) = inner
-            .compile(None, 1)
+            .compile(None, None, 1)
             .map_err(|e| StartError::Config(ConfigReport::from_compile(path, &inner.text, &e)))?;
         // The key slots a worker's table really has (rounded up), so occupancy reaches 1 when full.
         inner.conntrack_capacity = dataplane::conntrack::slots_for(start.conntrack.capacity);
@@ -249,10 +254,23 @@ impl ControlPlane {
         let mut inner = self.lock();
         let result = loaded.map_err(ReloadError::Config).and_then(|(cfg, text)| {
             let g = inner.generation + 1;
-            let (next, _) = inner.compile(Some(&cfg), g).map_err(|e| {
+            let draining = inner
+                .draining
+                .after_reload(&inner.config, &cfg, Instant::now());
+            let (next, _) = inner.compile(Some(&cfg), Some(&draining), g).map_err(|e| {
                 ReloadError::Config(ConfigReport::from_compile(&self.path, &text, &e))
             })?;
-            Ok(self.apply(&mut inner, next, Some((cfg, text)))?)
+            let g = self.apply(&mut inner, next, Some((cfg, text)))?;
+            if draining != inner.draining {
+                let (services, backends) = draining.names();
+                tracing::info!(
+                    ?services,
+                    ?backends,
+                    "removed services and backends keep their flows until they drain"
+                );
+            }
+            inner.draining = draining;
+            Ok(g)
         });
         match &result {
             Ok(g) => {
@@ -298,7 +316,7 @@ impl ControlPlane {
     pub fn compile_probe(&self, cfg: &Config) -> Result<(), CompileError> {
         let mut inner = self.lock();
         let g = inner.generation + 1;
-        inner.compile(Some(cfg), g).map(drop)
+        inner.compile(Some(cfg), None, g).map(drop)
     }
 
     /// Applies health results (and the checker's running count of transitions); rebuilds the
@@ -325,12 +343,35 @@ impl ControlPlane {
         }
     }
 
+    /// Lets go of the removed services and backends whose `drain_timeout` has passed by `now`
+    /// (their remaining flows end at their next packet); the new generation when the table
+    /// changed. The control loop calls it every tick.
+    pub fn expire_draining(&self, now: Instant) -> Option<u64> {
+        let mut inner = self.lock();
+        let before = inner.draining.clone();
+        if !inner.draining.expire(now) {
+            return None;
+        }
+        match self.rebuild(&mut inner) {
+            Ok(g) => {
+                tracing::info!(generation = g, "drained services and backends removed");
+                Some(g)
+            }
+            Err(e) => {
+                // Try again at the next tick.
+                inner.draining = before;
+                tracing::error!(error = %e, "could not rebuild the table after a drain ended");
+                None
+            }
+        }
+    }
+
     /// Compiles the serving config with the current overrides and health and publishes it; the
     /// error, located in the serving config's text, when it cannot be.
     fn rebuild(&self, inner: &mut Inner) -> Result<u64, String> {
         let g = inner.generation + 1;
         let (next, _) = inner
-            .compile(None, g)
+            .compile(None, None, g)
             .map_err(|e| inner.report(&self.path, &e))?;
         self.apply(inner, next, None).map_err(|e| e.to_string())
     }
@@ -342,11 +383,13 @@ impl Inner {
         ConfigReport::from_compile(path, &self.text, e).to_string()
     }
 
-    /// Compiles `cfg` (`None`: the serving config) with the current overrides and health,
-    /// stamped `generation`: the table to publish and the settings workers start with.
+    /// Compiles `cfg` (`None`: the serving config) with the current overrides and health and
+    /// `draining` (`None`: what drains now), stamped `generation`: the table to publish and the
+    /// settings workers start with.
     fn compile(
         &mut self,
         cfg: Option<&Config>,
+        draining: Option<&DrainSet>,
         generation: u64,
     ) -> Result<(Next, Start), CompileError> {
         let Inner {
@@ -355,9 +398,11 @@ impl Inner {
             health,
             slots,
             cache,
+            draining: draining_now,
             ..
         } = self;
         let cfg = cfg.unwrap_or(config);
+        let draining = draining.unwrap_or(draining_now).draining();
         let failing = failing_open(cfg, overrides, health);
         let adjust = |key: &BackendKey, w: u32| {
             effective_weight(
@@ -369,6 +414,7 @@ impl Inner {
         };
         let mut ctx = Context {
             adjust: &adjust,
+            draining: &draining,
             slots,
             cache,
         };

@@ -3,8 +3,8 @@
 use std::sync::atomic::Ordering;
 
 use super::state::{
-    effective_weight, AdminState, BackendKey, BackendStatus, Control, Observation, OpError,
-    Override, ServiceStatus,
+    effective_weight, AdminState, BackendKey, BackendStatus, Control, DrainingStatus, Observation,
+    OpError, Override, ServiceStatus,
 };
 use super::{ControlPlane, ReloadError};
 use crate::config::{self, BackendKind};
@@ -72,6 +72,10 @@ impl Control for ControlPlane {
             health_transitions: inner.health_transitions,
             workers,
             conntrack_capacity: inner.conntrack_capacity,
+            draining: {
+                let (services, backends) = inner.draining.names();
+                DrainingStatus { services, backends }
+            },
         }
     }
 

@@ -134,6 +134,15 @@ pub struct ReloadStatus {
     pub restart_needed: Vec<String>,
 }
 
+/// What reloads removed that still serves its tracked flows (`[dataplane] on_remove = "drain"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DrainingStatus {
+    /// Removed services.
+    pub services: Vec<String>,
+    /// Removed backends, those of removed services included.
+    pub backends: Vec<BackendKey>,
+}
+
 /// Everything the admin API reports, taken at one moment.
 #[derive(Clone, Debug)]
 pub struct Observation {
@@ -151,6 +160,8 @@ pub struct Observation {
     pub workers: Vec<Arc<Snapshot>>,
     /// Conntrack capacity per worker (keys).
     pub conntrack_capacity: usize,
+    /// Removed services and backends still draining.
+    pub draining: DrainingStatus,
 }
 
 /// Why a runtime operation was refused.

@@ -13,6 +13,8 @@ use super::rewrite::apply;
 use super::state::{Action, FlowValue, WorkerState};
 use super::verdict::{count, DropReason, Verdict};
 
+// Its own function: inlined into `classify`, its size changes the code of every tracked packet.
+#[inline(never)]
 pub(super) fn new_flow(
     st: &mut WorkerState,
     table: &RoutingTable,

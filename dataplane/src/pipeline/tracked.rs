@@ -13,7 +13,8 @@ use super::state::{FlowValue, WorkerState};
 use super::verdict::{count, DropReason, Verdict};
 
 /// A packet of a tracked flow: the stored rewrite wins over the current table, as long as the
-/// flow's backend is still in its service.
+/// flow's backend is still in its service (a removed one that drains counts: the control plane
+/// keeps it at weight 0, in a draining service if the service went too).
 pub(super) fn tracked(
     st: &mut WorkerState,
     table: &RoutingTable,
@@ -45,9 +46,16 @@ pub(super) fn tracked(
     apply(table, pkt, p, val, p.sport)
 }
 
-/// Re-finds a flow's service and backend in a new table; `None` when the backend is gone.
+/// Re-finds a flow's service and backend in a new table; `None` when the backend is gone (out of
+/// the table: removed with `on_remove = "reset"`, drained past its timeout, disabled or down).
+// Once per flow and table generation: kept out of the per-packet code around it.
+#[cold]
+#[inline(never)]
 pub(super) fn revalidate(table: &RoutingTable, val: &mut FlowValue, dir: Dir) -> Option<()> {
-    let (_, svc) = table.service_for(val.vip, val.proto, val.vport)?;
+    let svc = match table.service_for(val.vip, val.proto, val.vport) {
+        Some((_, svc)) => svc,
+        None => table.draining_service_for(val.vip, val.proto, val.vport)?,
+    };
     let bi = svc.backend_index(val.backend, val.backend_port)?;
     let be = svc.backends.get(bi as usize)?;
     if dir == Dir::Original {
