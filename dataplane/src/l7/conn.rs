@@ -155,6 +155,10 @@ pub struct Conn {
     connect_deadline: Option<Millis>,
     total_deadline: Option<Millis>,
     armed: Option<Millis>,
+    /// Answers given to the client, by status class (1xx..5xx; 101 counts, interim 1xx not).
+    answers: [u64; 5],
+    /// Why the last refused request was refused.
+    last_reject: Option<RejectReason>,
 }
 
 impl Conn {
@@ -192,6 +196,8 @@ impl Conn {
             connect_deadline: None,
             total_deadline: None,
             armed: None,
+            answers: [0; 5],
+            last_reject: None,
         };
         conn.rearm(actions);
         conn
@@ -454,6 +460,7 @@ impl Conn {
                 // A request whose body is still coming cannot be skipped safely: close after it.
                 let close = self.req.close || self.req.framing != Framing::None;
                 self.cout.extend_from_slice(status.answer(close));
+                self.count_answer(status.code());
                 self.cin.drain(..len);
                 if close {
                     self.close_all(actions);
@@ -598,6 +605,7 @@ impl Conn {
                         write_response_head(&self.bin, &self.resp, how, &mut self.cout);
                         self.bin.drain(..head_len);
                         self.answered = true;
+                        self.count_answer(101);
                         self.phase = Phase::Tunnel;
                         self.total_deadline = None;
                         return true;
@@ -615,6 +623,7 @@ impl Conn {
                     self.resp_body = reader;
                     self.in_body = true;
                     self.answered = true;
+                    self.count_answer(self.resp.status);
                 }
             }
         }
@@ -718,6 +727,7 @@ impl Conn {
     }
 
     fn reject(&mut self, reason: RejectReason, actions: &mut Vec<Action>) -> bool {
+        self.last_reject = Some(reason);
         self.reject_with(reason.status(), actions);
         true
     }
@@ -725,6 +735,7 @@ impl Conn {
     /// Answers `status` and closes: the rest of the input cannot be trusted to be framed right.
     fn reject_with(&mut self, status: Status, actions: &mut Vec<Action>) {
         self.cout.extend_from_slice(status.answer(true));
+        self.count_answer(status.code());
         self.answered = true;
         self.close_all(actions);
     }
@@ -772,5 +783,21 @@ impl Conn {
     /// The method of the current (or last) request.
     pub fn method(&self) -> Method {
         self.req.method
+    }
+
+    /// Answers given so far, by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]` (a transport's
+    /// metrics count the difference after each call).
+    pub fn answers(&self) -> [u64; 5] {
+        self.answers
+    }
+
+    /// Why the last refused request was refused (None: none was).
+    pub fn last_reject(&self) -> Option<RejectReason> {
+        self.last_reject
+    }
+
+    fn count_answer(&mut self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.answers[class] += 1;
     }
 }
