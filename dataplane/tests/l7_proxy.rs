@@ -381,3 +381,39 @@ fn stop_closes_open_connections_and_joins() {
     assert!(c.reader.read_to_end(&mut rest).is_ok() && rest.is_empty());
     let _ = c.writer.write_all(b"x");
 }
+
+#[test]
+fn listeners_are_added_and_removed_without_touching_the_rest() {
+    let b = Backend::start("l", Mode::Name);
+    let (mut proxy, _) = proxy(&catch_all(&b), 2, ConnConfig::default());
+    let first = proxy.local_addrs()[0];
+    let mut kept = Client::connect(first);
+    assert_eq!(kept.get("x", "/").unwrap().status, 200);
+
+    let spec = |addr| dataplane::net::ListenerSpec { addr, tls: None };
+    proxy
+        .update_listeners(vec![spec(first), spec("127.0.0.1:0".parse().unwrap())])
+        .unwrap();
+    let second = proxy.local_addrs()[1];
+    assert_eq!(
+        proxy.local_addrs()[0],
+        first,
+        "a kept address keeps its socket"
+    );
+    for addr in [first, second] {
+        assert_eq!(Client::connect(addr).get("x", "/").unwrap().text(), "l");
+    }
+    // The connection accepted before is untouched.
+    assert_eq!(kept.get("x", "/").unwrap().status, 200);
+
+    proxy.update_listeners(vec![spec(second)]).unwrap();
+    assert_eq!(proxy.local_addrs(), [second]);
+    assert!(
+        std::net::TcpStream::connect(first).is_err(),
+        "a removed address no longer accepts"
+    );
+    assert_eq!(Client::connect(second).get("x", "/").unwrap().status, 200);
+    // Removing its listener does not close a connection it accepted.
+    assert_eq!(kept.get("x", "/").unwrap().status, 200);
+    proxy.stop().unwrap();
+}

@@ -201,3 +201,27 @@ fn a_key_of_another_certificate_is_an_error_naming_the_key_file() {
     assert!(matches!(err, TlsError::Key { .. }), "{err}");
     assert!(err.to_string().contains("two.test.key"), "{err}");
 }
+
+#[test]
+fn a_new_certificate_applies_to_new_handshakes_on_the_same_socket() {
+    let dir = TempDir::new("renew");
+    let (old_dir, new_dir) = (dir.0.join("old"), dir.0.join("new"));
+    std::fs::create_dir_all(&old_dir).unwrap();
+    std::fs::create_dir_all(&new_dir).unwrap();
+    let (old_ca, old_ders, old_certs) = make_certs(&old_dir, &["one.test"]);
+    let (new_ca, new_ders, new_certs) = make_certs(&new_dir, &["one.test"]);
+    let b = Backend::start("one", Mode::Name);
+    let mut proxy = tls_proxy(&catch_all(&b), TlsSpec { certs: old_certs });
+    let addr = proxy.local_addrs()[0];
+    assert_eq!(rustls_get(addr, &old_ca, "one.test").0, old_ders[0]);
+    proxy
+        .update_listeners(vec![ListenerSpec {
+            addr,
+            tls: Some(server_config(&TlsSpec { certs: new_certs }).unwrap()),
+        }])
+        .unwrap();
+    assert_eq!(proxy.local_addrs(), [addr], "the same socket");
+    let (leaf, r) = rustls_get(addr, &new_ca, "one.test");
+    assert_eq!((leaf, r.status), (new_ders[0].clone(), 200));
+    proxy.stop().unwrap();
+}

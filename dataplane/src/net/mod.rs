@@ -28,9 +28,10 @@ use socket2::{Domain, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One address the proxy accepts HTTP on.
 #[derive(Clone, Debug)]
@@ -82,8 +83,12 @@ impl Default for ProxyConfig {
 #[derive(Debug)]
 struct WorkerThread {
     waker: Arc<Waker>,
+    mailbox: Arc<Mutex<Option<worker::ListenerUpdate>>>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// How long [`Proxy::update_listeners`] waits for a worker to adopt the new set.
+const UPDATE_WAIT: Duration = Duration::from_secs(5);
 
 /// The running proxy: its workers, their listeners and counters.
 #[derive(Debug)]
@@ -133,11 +138,13 @@ impl Proxy {
         };
         for (id, listeners) in sockets.into_iter().enumerate() {
             let metrics = Arc::new(Metrics::default());
+            let mailbox = Arc::new(Mutex::new(None));
             let w = worker::Worker::new(
                 config.clone(),
                 listeners,
                 routes.clone(),
                 stop.clone(),
+                mailbox.clone(),
                 metrics.clone(),
                 epoch,
             )?;
@@ -155,6 +162,7 @@ impl Proxy {
             proxy.metrics.push(metrics);
             proxy.workers.push(WorkerThread {
                 waker,
+                mailbox,
                 thread: Some(thread),
             });
         }
@@ -164,6 +172,57 @@ impl Proxy {
     /// The bound listen addresses, in the order of [`ProxyConfig::listeners`].
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Replaces the listener set without closing what stays: an address already listened on
+    /// keeps its sockets (and takes the spec's TLS settings: a new certificate applies to new
+    /// handshakes), a new address is bound on every worker here (an error leaves the old set
+    /// serving), an address no longer listed is closed. Open connections are never closed.
+    /// Returns once every worker listens on the new set.
+    pub fn update_listeners(&mut self, specs: Vec<ListenerSpec>) -> io::Result<()> {
+        let workers = self.workers.len();
+        let mut sockets: Vec<Vec<Option<TcpListener>>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::with_capacity(specs.len());
+        let mut bound = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            if self.addrs.contains(&spec.addr) {
+                addrs.push(spec.addr);
+                sockets.iter_mut().for_each(|s| s.push(None));
+                bound.push(spec.clone());
+                continue;
+            }
+            let first = listen(spec.addr)?;
+            let addr = first.local_addr()?;
+            sockets[0].push(Some(first));
+            for list in sockets.iter_mut().skip(1) {
+                list.push(Some(listen(addr)?));
+            }
+            addrs.push(addr);
+            bound.push(ListenerSpec {
+                addr,
+                tls: spec.tls.clone(),
+            });
+        }
+        let mut acks = Vec::with_capacity(workers);
+        for (w, sockets) in self.workers.iter().zip(sockets) {
+            let (done, ack) = sync_channel(1);
+            let update = worker::ListenerUpdate {
+                specs: bound.clone(),
+                sockets,
+                done,
+            };
+            *w.mailbox
+                .lock()
+                .map_err(|_| io::Error::other("an l7 worker panicked"))? = Some(update);
+            w.waker.wake()?;
+            acks.push(ack);
+        }
+        self.addrs = addrs;
+        for ack in acks {
+            ack.recv_timeout(UPDATE_WAIT)
+                .map_err(|_| io::Error::other("an l7 worker did not take the new listeners"))?;
+        }
+        Ok(())
     }
 
     /// Each worker's counters.

@@ -8,7 +8,7 @@
 use super::metrics::Metrics;
 use super::tables::{ConnRouter, Tables};
 use super::timers::{Timer, Timers};
-use super::ProxyConfig;
+use super::{ListenerSpec, ProxyConfig};
 use crate::conntrack::Millis;
 use crate::l7::pool::Pool;
 use crate::l7::route::BackendId;
@@ -22,7 +22,8 @@ use rustls::ServerConfig;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// First connection token; listeners are below.
@@ -88,8 +89,20 @@ pub(super) struct Worker {
     incarnations: Vec<u32>,
     free: Vec<usize>,
     stop: Arc<AtomicBool>,
+    /// New listener sets from [`super::Proxy::update_listeners`].
+    mailbox: Arc<Mutex<Option<ListenerUpdate>>>,
     epoch: Instant,
     cx: Cx,
+}
+
+/// A new listener set for one worker: the specs in order, with a socket for each address this
+/// worker does not listen on yet (bound by the caller, so errors are the caller's).
+#[derive(Debug)]
+pub(super) struct ListenerUpdate {
+    pub specs: Vec<ListenerSpec>,
+    pub sockets: Vec<Option<TcpListener>>,
+    /// Told once the worker listens on the new set.
+    pub done: SyncSender<()>,
 }
 
 impl Worker {
@@ -98,6 +111,7 @@ impl Worker {
         listeners: Vec<TcpListener>,
         routes: Arc<ArcSwap<RouteTable>>,
         stop: Arc<AtomicBool>,
+        mailbox: Arc<Mutex<Option<ListenerUpdate>>>,
         metrics: Arc<Metrics>,
         epoch: Instant,
     ) -> io::Result<Worker> {
@@ -129,6 +143,7 @@ impl Worker {
             incarnations: Vec::new(),
             free: Vec::new(),
             stop,
+            mailbox,
             epoch,
             cx,
         })
@@ -164,6 +179,7 @@ impl Worker {
             for event in &events {
                 let token = event.token().0;
                 if event.token() == WAKE {
+                    self.take_listener_update();
                     continue;
                 }
                 if token < BASE {
@@ -216,7 +232,51 @@ impl Worker {
         }
     }
 
+    /// Adopts a new listener set: addresses kept keep their socket (and take the new TLS
+    /// settings), new ones are registered, dropped ones are closed. Open connections stay.
+    fn take_listener_update(&mut self) {
+        let Some(update) = self.mailbox.lock().ok().and_then(|mut m| m.take()) else {
+            return;
+        };
+        let mut old: Vec<Option<TcpListener>> = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .map(|(mut l, _)| {
+                let _ = self.cx.registry.deregister(&mut l);
+                Some(l)
+            })
+            .collect();
+        for (i, (spec, socket)) in update.specs.into_iter().zip(update.sockets).enumerate() {
+            let socket = socket.or_else(|| {
+                old.iter_mut()
+                    .find(|l| {
+                        l.as_ref()
+                            .is_some_and(|l| l.local_addr().ok() == Some(spec.addr))
+                    })
+                    .and_then(Option::take)
+            });
+            let Some(mut l) = socket else { continue };
+            if self
+                .cx
+                .registry
+                .register(&mut l, Token(i), Interest::READABLE)
+                .is_ok()
+            {
+                self.listeners.push((l, spec.tls));
+            }
+        }
+        // Addresses no longer listed close before the caller hears it is done.
+        drop(old);
+        // Connections may wait in a kept socket's queue since the deregistration.
+        for i in 0..self.listeners.len() {
+            self.accept(i);
+        }
+        let _ = update.done.send(());
+    }
+
     fn accept(&mut self, i: usize) {
+        if i >= self.listeners.len() {
+            return;
+        }
         loop {
             let (stream, peer) = match self.listeners[i].0.accept() {
                 Ok(s) => s,
