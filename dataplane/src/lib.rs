@@ -10,6 +10,7 @@ pub mod flow;
 pub mod l7;
 pub mod maglev;
 pub mod neighbor;
+pub mod net;
 pub mod packet;
 pub mod pipeline;
 #[allow(unsafe_code)]

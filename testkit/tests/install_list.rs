@@ -36,6 +36,7 @@ const PACKAGE_OF: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),
     ("valgrind", "valgrind"),
     ("ping", "iputils-ping"),
+    ("curl", "curl"),
     ("cc", "build-essential"),
     ("pkg-config", "pkg-config"),
     ("debootstrap", "debootstrap"),

@@ -160,6 +160,10 @@ pub struct Conn {
     connect_deadline: Option<Millis>,
     total_deadline: Option<Millis>,
     armed: Option<Millis>,
+    /// Answers given to the client, by status class (1xx..5xx; 101 counts, interim 1xx not).
+    answers: [u64; 5],
+    /// Why the last refused request was refused.
+    last_reject: Option<RejectReason>,
 }
 
 impl Conn {
@@ -198,6 +202,8 @@ impl Conn {
             connect_deadline: None,
             total_deadline: None,
             armed: None,
+            answers: [0; 5],
+            last_reject: None,
         };
         conn.rearm(actions);
         conn
@@ -487,6 +493,7 @@ impl Conn {
                 // A request whose body is still coming cannot be skipped safely: close after it.
                 let close = self.req.close || self.req.framing != Framing::None;
                 self.cout.extend_from_slice(status.answer(close));
+                self.count_answer(status.code());
                 self.cin.drain(..len);
                 if close {
                     self.close_all(router, actions);
@@ -631,6 +638,7 @@ impl Conn {
                         write_response_head(&self.bin, &self.resp, how, &mut self.cout);
                         self.bin.drain(..head_len);
                         self.answered = true;
+                        self.count_answer(101);
                         self.phase = Phase::Tunnel;
                         self.total_deadline = None;
                         // A tunnel lives while bytes move; idle for `idle`, it closes.
@@ -650,6 +658,7 @@ impl Conn {
                     self.resp_body = reader;
                     self.in_body = true;
                     self.answered = true;
+                    self.count_answer(self.resp.status);
                 }
             }
         }
@@ -759,6 +768,7 @@ impl Conn {
         actions: &mut Vec<Action>,
     ) -> bool {
         actions.push(Action::Refused(reason));
+        self.last_reject = Some(reason);
         self.reject_with(reason.status(), router, actions);
         true
     }
@@ -771,6 +781,7 @@ impl Conn {
         actions: &mut Vec<Action>,
     ) {
         self.cout.extend_from_slice(status.answer(true));
+        self.count_answer(status.code());
         self.answered = true;
         self.close_all(router, actions);
     }
@@ -813,5 +824,29 @@ impl Conn {
                 actions.push(Action::ArmTimer(at));
             }
         }
+    }
+}
+
+/// Method and framing of the request in flight (for tests and metrics).
+impl Conn {
+    /// The method of the current (or last) request.
+    pub fn method(&self) -> Method {
+        self.req.method
+    }
+
+    /// Answers given so far, by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]` (a transport's
+    /// metrics count the difference after each call).
+    pub fn answers(&self) -> [u64; 5] {
+        self.answers
+    }
+
+    /// Why the last refused request was refused (None: none was).
+    pub fn last_reject(&self) -> Option<RejectReason> {
+        self.last_reject
+    }
+
+    fn count_answer(&mut self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.answers[class] += 1;
     }
 }

@@ -6,7 +6,8 @@
 //! chunked framing), [`response`] (backend response heads and their framing), [`headers`] (the
 //! head sent on: hop-by-hop removal, X-Forwarded-*, Forwarded), [`errors`] (refusal reasons and
 //! the short answers), [`route`] (the route table), [`select`] (backend choice), [`pool`] (idle
-//! backend connections, held by the transport) and [`conn`] (the connection state machine).
+//! backend connections, held by the transport), [`conn`] (the connection state machine) and
+//! [`tls`] (rustls glue: certificates by SNI, a server session between transport and core).
 #![forbid(unsafe_code)]
 
 pub mod body;
@@ -18,6 +19,7 @@ pub mod pool;
 pub mod response;
 pub mod route;
 pub mod select;
+pub mod tls;
 
 pub use conn::{Action, Conn, ConnConfig, Router, Timeouts};
 pub use errors::{RejectReason, Status};

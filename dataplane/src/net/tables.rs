@@ -1,0 +1,218 @@
+//! Route table generations on one worker, as the core's [`Router`].
+//!
+//! A connection holds the generation its current request was routed on (for the retry and the
+//! bookkeeping) until its next request is routed. Routing a request loads the published table: a
+//! new one becomes the newest generation, with fresh selection state. A generation no request
+//! holds any more, and that is not the newest, is dropped.
+
+use crate::l7::route::{BackendId, Pick, RequestView};
+use crate::l7::{RouteTable, Router, Routing, SelectState, Status};
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Debug)]
+struct Generation {
+    table: Arc<RouteTable>,
+    state: SelectState,
+    /// Connections holding it.
+    users: u32,
+}
+
+/// The tables a worker serves from.
+#[derive(Debug)]
+pub(super) struct Tables {
+    source: Arc<ArcSwap<RouteTable>>,
+    gens: Vec<Option<Generation>>,
+    newest: usize,
+}
+
+impl Tables {
+    pub fn new(source: Arc<ArcSwap<RouteTable>>) -> Tables {
+        let table = source.load_full();
+        let state = SelectState::new(&table);
+        Tables {
+            source,
+            gens: vec![Some(Generation {
+                table,
+                state,
+                users: 0,
+            })],
+            newest: 0,
+        }
+    }
+
+    fn generation(&mut self, g: usize) -> &mut Generation {
+        self.gens[g].as_mut().expect("a held generation is kept")
+    }
+
+    /// Adopts the published table if it changed.
+    fn refresh(&mut self) {
+        let current = self.source.load();
+        if Arc::ptr_eq(&current, &self.generation(self.newest).table) {
+            return;
+        }
+        let table = arc_swap::Guard::into_inner(current);
+        let gen = Generation {
+            state: SelectState::new(&table),
+            table,
+            users: 0,
+        };
+        let old = self.newest;
+        self.newest = match self.gens.iter().position(Option::is_none) {
+            Some(free) => {
+                self.gens[free] = Some(gen);
+                free
+            }
+            None => {
+                self.gens.push(Some(gen));
+                self.gens.len() - 1
+            }
+        };
+        if self.generation(old).users == 0 {
+            self.gens[old] = None;
+        }
+    }
+
+    /// A connection lets go of generation `g`.
+    pub fn release(&mut self, g: usize) {
+        let gen = self.generation(g);
+        gen.users -= 1;
+        if gen.users == 0 && g != self.newest {
+            self.gens[g] = None;
+        }
+    }
+
+    /// Where `backend` of generation `g` listens.
+    pub fn addr(&mut self, g: usize, backend: BackendId) -> Option<SocketAddr> {
+        let table = &self.generation(g).table;
+        table.backends.get(backend.0 as usize).map(|b| b.addr)
+    }
+
+    /// Generations alive (the newest and those requests still hold).
+    #[cfg(test)]
+    pub fn alive(&self) -> usize {
+        self.gens.iter().flatten().count()
+    }
+}
+
+/// The [`Router`] a connection's calls get: the worker's tables and the connection's generation.
+pub(super) struct ConnRouter<'a> {
+    pub tables: &'a mut Tables,
+    pub gen: &'a mut Option<usize>,
+}
+
+impl Router for ConnRouter<'_> {
+    fn route(&mut self, request: &RequestView<'_>) -> Result<Pick, Status> {
+        self.tables.refresh();
+        let newest = self.tables.newest;
+        if *self.gen != Some(newest) {
+            if let Some(old) = self.gen.take() {
+                self.tables.release(old);
+            }
+            self.tables.generation(newest).users += 1;
+            *self.gen = Some(newest);
+        }
+        let gen = self.tables.generation(newest);
+        Routing {
+            table: &gen.table,
+            state: &mut gen.state,
+        }
+        .route(request)
+    }
+
+    fn retry(&mut self, pick: &Pick) -> Option<Pick> {
+        let gen = self.tables.generation((*self.gen)?);
+        Routing {
+            table: &gen.table,
+            state: &mut gen.state,
+        }
+        .retry(pick)
+    }
+
+    fn finished(&mut self, pick: &Pick) {
+        if let Some(g) = *self.gen {
+            let gen = self.tables.generation(g);
+            Routing {
+                table: &gen.table,
+                state: &mut gen.state,
+            }
+            .finished(pick);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::l7::head::{parse_request, HeadScan, Limits, RequestHead};
+    use crate::l7::route::{
+        BackendRef, EndpointSpec, Origin, PathMatch, Policy, RouteSpec, ServiceSpec,
+    };
+    use crate::l7::TableSpec;
+
+    fn table(port: u16) -> RouteTable {
+        RouteTable::compile(&TableSpec {
+            services: vec![ServiceSpec {
+                name: "s".into(),
+                endpoints: vec![EndpointSpec {
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    weight: 1,
+                }],
+                policy: Policy::RoundRobin,
+            }],
+            routes: vec![RouteSpec {
+                origin: Origin::Ingress,
+                hosts: vec![],
+                path: PathMatch::Prefix("/".into()),
+                method: None,
+                headers: vec![],
+                backends: vec![BackendRef {
+                    service: "s".into(),
+                    weight: 1,
+                }],
+            }],
+            default_backend: None,
+        })
+    }
+
+    #[test]
+    fn a_request_keeps_its_table_and_the_next_one_takes_the_new_one() {
+        let source = Arc::new(ArcSwap::from_pointee(table(1)));
+        let mut tables = Tables::new(source.clone());
+        let buf = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let limits = Limits::default();
+        let len = HeadScan::default().scan(buf, &limits).unwrap().unwrap();
+        let mut head = RequestHead::default();
+        parse_request(buf, len, &limits, &mut head).unwrap();
+        let view = RequestView::new(buf, &head, [127, 0, 0, 1].into());
+
+        let (mut a, mut b) = (None, None);
+        let pick = ConnRouter {
+            tables: &mut tables,
+            gen: &mut a,
+        }
+        .route(&view)
+        .unwrap();
+        source.store(Arc::new(table(2)));
+        // `a` is mid-request: its backend is still the old table's.
+        assert_eq!(tables.addr(a.unwrap(), pick.backend).unwrap().port(), 1);
+        let pick_b = ConnRouter {
+            tables: &mut tables,
+            gen: &mut b,
+        }
+        .route(&view)
+        .unwrap();
+        assert_eq!(tables.addr(b.unwrap(), pick_b.backend).unwrap().port(), 2);
+        assert_eq!(tables.alive(), 2);
+        // `a`'s next request moves it to the new table; the old one is dropped.
+        ConnRouter {
+            tables: &mut tables,
+            gen: &mut a,
+        }
+        .route(&view)
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(tables.alive(), 1);
+    }
+}
