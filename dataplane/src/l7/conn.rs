@@ -162,8 +162,6 @@ pub struct Conn {
     armed: Option<Millis>,
     /// Answers given to the client, by status class (1xx..5xx; 101 counts, interim 1xx not).
     answers: [u64; 5],
-    /// Why the last refused request was refused.
-    last_reject: Option<RejectReason>,
 }
 
 impl Conn {
@@ -203,7 +201,6 @@ impl Conn {
             total_deadline: None,
             armed: None,
             answers: [0; 5],
-            last_reject: None,
         };
         conn.rearm(actions);
         conn
@@ -768,7 +765,6 @@ impl Conn {
         actions: &mut Vec<Action>,
     ) -> bool {
         actions.push(Action::Refused(reason));
-        self.last_reject = Some(reason);
         self.reject_with(reason.status(), router, actions);
         true
     }
@@ -827,22 +823,12 @@ impl Conn {
     }
 }
 
-/// Method and framing of the request in flight (for tests and metrics).
+/// What the connection answered (for a transport's metrics).
 impl Conn {
-    /// The method of the current (or last) request.
-    pub fn method(&self) -> Method {
-        self.req.method
-    }
-
     /// Answers given so far, by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]` (a transport's
     /// metrics count the difference after each call).
     pub fn answers(&self) -> [u64; 5] {
         self.answers
-    }
-
-    /// Why the last refused request was refused (None: none was).
-    pub fn last_reject(&self) -> Option<RejectReason> {
-        self.last_reject
     }
 
     fn count_answer(&mut self, status: u16) {

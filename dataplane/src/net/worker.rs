@@ -363,9 +363,6 @@ impl Worker {
         let Some(mut slot) = self.slots[s].take() else {
             return;
         };
-        if let Some(reason) = slot.conn.last_reject() {
-            self.cx.metrics.reject(reason);
-        }
         count_answers(&mut slot, &self.cx.metrics);
         let _ = self.cx.registry.deregister(&mut slot.client);
         if let Some(mut b) = slot.backend.take() {
@@ -459,6 +456,7 @@ fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
             }
             Action::CloseClient => slot.closing = true,
             Action::ArmTimer(at) => cx.timers.arm(&mut slot.timer, s, inc, at),
+            Action::Refused(reason) => cx.metrics.reject(reason),
         }
     }
     cx.actions.clear();
@@ -642,7 +640,12 @@ fn pump(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) -> bool {
             match read_client(slot, cx) {
                 Ok(moved) => progress |= moved,
                 Err(()) => {
-                    slot.conn.client_closed(&mut cx.actions);
+                    let mut router = ConnRouter {
+                        tables: &mut cx.tables,
+                        gen: &mut slot.gen,
+                    };
+                    slot.conn
+                        .client_closed(cx.now, &mut router, &mut cx.actions);
                     progress = true;
                 }
             }
