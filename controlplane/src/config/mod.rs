@@ -6,6 +6,7 @@
 //! services). A config that loads is one `compile()` can build. [`crate::diag`] places every
 //! problem at `file:line:column`.
 
+mod http;
 mod key;
 mod load;
 mod schema;
@@ -16,6 +17,10 @@ mod validate;
 
 pub use validate::{Host, MemoryEstimate, MAX_CONNTRACK_CAPACITY, MAX_TABLE_SIZE};
 
+pub use http::{
+    Balance, HashKey, Http, HttpBackend, HttpLimits, HttpTimeouts, PathType, Route, RouteKind,
+    TlsCert, Upstream, UpstreamRef,
+};
 pub use key::{BackendKey, NameError};
 pub use load::{load, load_with_text, read_bytes, read_text, MAX_CONFIG_BYTES};
 pub use schema::*;

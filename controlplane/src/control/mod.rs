@@ -377,6 +377,7 @@ impl Inner {
             workers,
             run,
             next_hops,
+            http: _,
         } = compile_with(cfg, generation, &mut ctx)?;
         let next = Next {
             table,
