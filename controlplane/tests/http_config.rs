@@ -361,7 +361,15 @@ fn names_listeners_and_upstream_references() {
             "{}[[http]]\nname = \"b\"\nlisten = [@@\"198.18.0.10:80\"]\n",
             http("")
         ),
-        &["http web"],
+        &["by http web"],
+    );
+    case(
+        "a wildcard address overlaps every address of its family",
+        &format!(
+            "{}[[http]]\nname = \"b\"\nlisten = [\"[::]:80\", @@\"0.0.0.0:80\", \"0.0.0.0:81\", @@\"0.0.0.0:81\"]\n",
+            http("")
+        ),
+        &["198.18.0.10:80", "here"],
     );
     case(
         "an L4 service's VIP and port",

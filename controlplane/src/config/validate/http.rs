@@ -31,7 +31,7 @@ const MAX_HOST: usize = 253;
 /// Every `[[http]]`, then what they claim together (names, sockets, L4 VIPs).
 pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
     let mut names: HashMap<&str, usize> = HashMap::with_capacity(cfg.http.len());
-    let mut sockets: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut sockets: Vec<(SocketAddr, usize)> = Vec::new();
     for (i, http) in cfg.http.iter().enumerate() {
         let path = format!("http[{i}]");
         let at = format!("http {}", http.name);
@@ -99,13 +99,14 @@ fn check_name(name: &str, what: &str, path: &str, out: &mut Vec<Problem>) {
     }
 }
 
-/// Listen sockets: at least one, a real port, each claimed once, none on an L4 service's VIP.
+/// Listen sockets: at least one, a real port, each claimed once (a wildcard address claims every
+/// address of its family), none on an L4 service's VIP.
 fn check_listen(
     cfg: &Config,
     http: &Http,
     at: &str,
     path: &str,
-    sockets: &mut HashMap<SocketAddr, usize>,
+    sockets: &mut Vec<(SocketAddr, usize)>,
     idx: usize,
     out: &mut Vec<Problem>,
 ) {
@@ -132,14 +133,26 @@ fn check_listen(
                 .hint("listen on a unicast address, or 0.0.0.0 / [::] for every address"),
             );
         }
-        if let Some(first) = sockets.insert(*sa, idx) {
+        // A wildcard address takes the port on every address of its family: with SO_REUSEPORT
+        // both binds would succeed and the kernel would split connections between them.
+        let overlaps = |other: &SocketAddr| {
+            other.port() == sa.port()
+                && (other.ip() == sa.ip()
+                    || ((other.ip().is_unspecified() || sa.ip().is_unspecified())
+                        && other.is_ipv4() == sa.is_ipv4()))
+        };
+        if let Some(&(other, first)) = sockets.iter().find(|(other, _)| overlaps(other)) {
             let whose = if first == idx {
-                "listed twice here".to_string()
+                "here".to_string()
             } else {
-                format!("already the listener of http {}", cfg.http[first].name)
+                format!("by http {}", cfg.http[first].name)
             };
-            out.push(Problem::new(&key, format!("{at}: listen {sa} is {whose}")));
+            out.push(
+                Problem::new(&key, format!("{at}: listen {sa} overlaps {other}, listened on {whose}"))
+                    .hint("each address and port is served by one [[http]], once; 0.0.0.0 and [::] take the port on every address"),
+            );
         }
+        sockets.push((*sa, idx));
         for (s, svc) in cfg.services.iter().enumerate() {
             let same_addr = svc.vip == sa.ip()
                 || (sa.ip().is_unspecified() && sa.ip().is_ipv4() == svc.vip.is_ipv4());
