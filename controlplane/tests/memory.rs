@@ -3,7 +3,8 @@
 //!
 //! Real control plane and worker threads on in-memory ports, reloading from a file as SIGHUP
 //! does; each service has backends of its own, so each needs a Maglev table of its own
-//! (65537 slots, 128 KiB).
+//! (65537 slots, 128 KiB). Removed services leave at once (`on_remove = "reset"`): with the
+//! default `drain` they stay in the table, and hold their memory, for `drain_timeout`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use dataplane::worker::{self, WorkerConfig};
 fn config_text(services: usize) -> String {
     let mut s = String::from(
         "[dataplane]\nmac = \"02:00:00:00:00:01\"\naddresses = [\"198.18.0.1\"]\n\
-         gateway_mac = \"02:00:00:00:00:fe\"\nworkers = 2\n[conntrack]\ncapacity = 1024\n",
+         gateway_mac = \"02:00:00:00:00:fe\"\nworkers = 2\non_remove = \"reset\"\n[conntrack]\ncapacity = 1024\n",
     );
     for i in 0..services {
         let (hi, lo) = (i / 250, i % 250 + 1);

@@ -82,3 +82,45 @@ fn shipped_config_compiles_to_web_and_echo() {
     assert!(t.owns(Addr::v4([198, 18, 0, 2])) && t.is_snat(Addr::v4([198, 18, 0, 2])));
     assert!(t.is_vip(vip));
 }
+
+#[test]
+fn shipped_config_routes_http_by_host_and_path() {
+    use dataplane::l7::route::{RequestView, RouteTable, Target};
+
+    let c = shipped();
+    assert_eq!(c.http.len(), 1);
+    let site = &c.http[0];
+    assert_eq!(site.name, "site");
+    assert_eq!(site.listen, vec!["198.18.255.1:80".parse().unwrap()]);
+    assert!(site.tls.is_empty());
+    let table = RouteTable::compile(&site.routes);
+    // The upstreams each request can reach, by name and weight.
+    let to = |host: &str, path: &str, headers: &[(&str, &str)]| -> Vec<(String, u32)> {
+        match table.lookup(&RequestView::from_parts(host, path, "GET", headers)) {
+            Target::Split(s) => table.splits[s as usize]
+                .iter()
+                .map(|&(svc, w)| (table.services[svc as usize].name.to_string(), w))
+                .collect(),
+            Target::Answer(status) => vec![(format!("answer {}", status.code()), 0)],
+        }
+    };
+    let one = |name: &str| vec![(name.to_string(), 1)];
+    assert_eq!(to("www.lab.test", "/", &[]), one("pods"));
+    assert_eq!(to("WWW.lab.test:80", "/index.html", &[]), one("pods"));
+    assert_eq!(
+        to("www.lab.test", "/api/v1", &[]),
+        vec![("pod-a".to_string(), 90), ("pod-b".to_string(), 10)]
+    );
+    // Element-wise prefix: /apiary is not under /api.
+    assert_eq!(to("www.lab.test", "/apiary", &[]), one("pods"));
+    assert_eq!(to("x.lab.test", "/", &[("x-pod", "b")]), one("pod-b"));
+    // No header match, no route of the host: the default upstream.
+    assert_eq!(to("x.lab.test", "/", &[]), one("pods"));
+    assert_eq!(to("elsewhere.test", "/", &[]), one("pods"));
+    let pods: Vec<String> = site.routes.services[0]
+        .endpoints
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect();
+    assert_eq!(pods, vec!["198.18.1.10:8080", "198.18.1.11:8080"]);
+}

@@ -9,6 +9,7 @@
 
 mod check;
 mod draining;
+mod http;
 mod next_hops;
 mod service;
 mod slots;
@@ -26,6 +27,7 @@ use dataplane::RoutingTable;
 
 pub use check::{check_file, check_file_on, check_str};
 pub use draining::{Draining, DrainingBackend};
+pub use http::{backend_key, HttpCert, HttpListener};
 pub use next_hops::{NextHops, NEIGHBOR_SLOTS};
 pub use slots::StatSlots;
 
@@ -47,6 +49,8 @@ pub struct Compiled {
     /// Next hops to resolve by ARP/ND, for `RoutingTable::set_neighbors` before the table is
     /// served; `None` when the config resolves none (static MACs only).
     pub next_hops: Option<NextHops>,
+    /// The `[[http]]` listeners (L7), each with its route table spec.
+    pub http: Vec<HttpListener>,
 }
 
 /// The dataplane run settings of `[dataplane]`.
@@ -148,6 +152,7 @@ pub fn compile_with(
         workers: dp.workers,
         run: run_settings(dp),
         next_hops: NextHops::of(cfg),
+        http: http::listeners(cfg, ctx.adjust),
     })
 }
 

@@ -125,7 +125,8 @@ impl Config {
     /// reported; for schema errors, the first of each section (the top-level tables, each
     /// neighbor, service, pool and backend); then, if it parsed, every rule it breaks.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigReport> {
-        let cfg = parse(text, path)?;
+        let mut cfg = parse(text, path)?;
+        cfg.resolve_paths(path);
         let problems = cfg.validate();
         if problems.is_empty() {
             Ok(cfg)

@@ -6,6 +6,7 @@
 //! services). A config that loads is one `compile()` can build. [`crate::diag`] places every
 //! problem at `file:line:column`.
 
+mod http;
 mod key;
 mod load;
 mod schema;
@@ -19,6 +20,10 @@ pub use validate::{
     MAX_CONNTRACK_CAPACITY, MAX_TABLE_SIZE, WEIGHTS_HINT,
 };
 
+pub use http::{
+    Balance, HashKey, Http, HttpBackend, HttpLimits, HttpTimeouts, PathType, Route, RouteKind,
+    TlsCert, Upstream, UpstreamRef,
+};
 pub use key::{BackendKey, NameError};
 pub use load::{load, load_with_text, read_bytes, read_text, MAX_CONFIG_BYTES};
 pub use schema::*;

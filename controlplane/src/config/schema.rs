@@ -23,6 +23,9 @@ pub struct Config {
     /// Virtual services.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// HTTP services (L7): listeners, upstreams and routes.
+    #[serde(default)]
+    pub http: Vec<super::http::Http>,
     /// The admin HTTP API (metrics, state, runtime operations).
     #[serde(default)]
     pub admin: Admin,

@@ -424,6 +424,7 @@ impl Inner {
             workers,
             run,
             next_hops,
+            http: _,
         } = compile_with(cfg, generation, &mut ctx)?;
         let next = Next {
             table,

@@ -4,11 +4,12 @@
 //! [`crate::diag`] places it at `file:line:column`.
 //!
 //! Problems come in section order: `[dataplane]` and `[[neighbors]]`, `[conntrack]`, the services,
-//! `[admin]`, `[logging]`.
+//! `[[http]]`, `[admin]`, `[logging]`.
 
 mod dataplane;
 mod health;
 mod host;
+mod http;
 mod reach;
 mod services;
 #[cfg(test)]
@@ -53,6 +54,7 @@ impl Config {
         dataplane::check(self, &mut out);
         check_conntrack(&self.conntrack, &mut out);
         services::check(self, &mut out);
+        http::check(self, &mut out);
         if self.admin.enabled && self.admin.listen.port() == 0 {
             out.push(
                 Problem::new(

@@ -1,0 +1,698 @@
+//! `[[http]]`: names, listeners (and their clashes with L4 services), TLS files, timeouts and
+//! limits, upstreams and their backends, routes (hosts, paths, matches, upstream references).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::check_unicast;
+use crate::config::http::{is_token, Balance, Http, Route, RouteKind, TlsCert, Upstream};
+use crate::config::schema::{Backend, Config, Pool, Protocol, Service};
+use crate::diag::Problem;
+
+/// Largest weight of a backend or of an upstream in a route (Gateway API's bound too): weights
+/// are relative, and this keeps every sum of them far from overflow.
+pub const MAX_HTTP_WEIGHT: u32 = 1_000_000;
+
+/// Largest request head a listener may accept: larger heads only help a client hold memory.
+const MAX_HEAD_LIMIT: usize = 1 << 20;
+
+/// Largest per-direction buffer: every connection may hold two of them.
+const MAX_BUFFER: usize = 64 << 20;
+
+/// Longest host name a route may match: the route table lowercases request hosts on the stack in
+/// 256 bytes, and DNS names stop at 253.
+const MAX_HOST: usize = 253;
+
+/// Every `[[http]]`, then what they claim together (names, sockets, L4 VIPs).
+pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
+    let mut names: HashMap<&str, usize> = HashMap::with_capacity(cfg.http.len());
+    let mut sockets: Vec<(SocketAddr, usize)> = Vec::new();
+    for (i, http) in cfg.http.iter().enumerate() {
+        let path = format!("http[{i}]");
+        let at = format!("http {}", http.name);
+        check_name(&http.name, "http", &format!("{path}.name"), out);
+        if let Some(first) = names.insert(http.name.as_str(), i) {
+            out.push(
+                Problem::new(
+                    format!("{path}.name"),
+                    format!("{at}: name already used by http #{}", first + 1),
+                )
+                .hint("http names key metrics and the admin API: make each one unique"),
+            );
+        }
+        check_listen(cfg, http, &at, &path, &mut sockets, i, out);
+        check_tls(&http.tls, &at, &path, out);
+        check_timeouts(http, &at, &path, out);
+        check_limits(http, &at, &path, out);
+        let upstreams: Vec<&str> = http.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(upstreams.len());
+        for (k, up) in http.upstreams.iter().enumerate() {
+            let up_path = format!("{path}.upstreams[{k}]");
+            if seen.insert(up.name.as_str(), k).is_some() {
+                out.push(
+                    Problem::new(
+                        format!("{up_path}.name"),
+                        format!("{at}: upstream {} is defined twice", up.name),
+                    )
+                    .hint("routes name upstreams: make each name unique in its [[http]]"),
+                );
+            }
+            check_upstream(http, up, &up_path, out);
+        }
+        for (k, route) in http.routes.iter().enumerate() {
+            check_route(
+                http,
+                route,
+                &upstreams,
+                &format!("{path}.routes[{k}]"),
+                k,
+                out,
+            );
+        }
+        if let Some(name) = &http.default_upstream {
+            check_ref(
+                &at,
+                name,
+                &upstreams,
+                &format!("{path}.default_upstream"),
+                out,
+            );
+        }
+    }
+}
+
+/// Names appear in logs, metrics and admin API paths (`http/upstream/backend`).
+fn check_name(name: &str, what: &str, path: &str, out: &mut Vec<Problem>) {
+    if name.is_empty() || name.chars().any(|c| c.is_control() || c == '/') {
+        out.push(
+            Problem::new(
+                path,
+                format!("{what} {name:?}: name is empty or has control characters or '/'"),
+            )
+            .hint("names appear in logs, metrics and the admin API: use e.g. \"web\""),
+        );
+    }
+}
+
+/// Listen sockets: at least one, a real port, each claimed once (a wildcard address claims every
+/// address of its family), none on an L4 service's VIP.
+fn check_listen(
+    cfg: &Config,
+    http: &Http,
+    at: &str,
+    path: &str,
+    sockets: &mut Vec<(SocketAddr, usize)>,
+    idx: usize,
+    out: &mut Vec<Problem>,
+) {
+    if http.listen.is_empty() {
+        out.push(
+            Problem::new(format!("{path}.listen"), format!("{at}: listen is empty"))
+                .hint("give the sockets to serve on, e.g. listen = [\"198.18.0.10:80\"]"),
+        );
+    }
+    for (k, sa) in http.listen.iter().enumerate() {
+        let key = format!("{path}.listen[{k}]");
+        if sa.port() == 0 {
+            out.push(
+                Problem::new(&key, format!("{at}: listen {sa} has port 0"))
+                    .hint("give a fixed port, e.g. 80 or 443"),
+            );
+        }
+        if sa.ip().is_multicast() || sa.ip() == IpAddr::from([255, 255, 255, 255]) {
+            out.push(
+                Problem::new(
+                    &key,
+                    format!("{at}: listen {sa} is a multicast or broadcast address"),
+                )
+                .hint("listen on a unicast address, or 0.0.0.0 / [::] for every address"),
+            );
+        }
+        // A wildcard address takes the port on every address of its family: with SO_REUSEPORT
+        // both binds would succeed and the kernel would split connections between them.
+        let overlaps = |other: &SocketAddr| {
+            other.port() == sa.port()
+                && (other.ip() == sa.ip()
+                    || ((other.ip().is_unspecified() || sa.ip().is_unspecified())
+                        && other.is_ipv4() == sa.is_ipv4()))
+        };
+        if let Some(&(other, first)) = sockets.iter().find(|(other, _)| overlaps(other)) {
+            let whose = if first == idx {
+                "here".to_string()
+            } else {
+                format!("by http {}", cfg.http[first].name)
+            };
+            out.push(
+                Problem::new(&key, format!("{at}: listen {sa} overlaps {other}, listened on {whose}"))
+                    .hint("each address and port is served by one [[http]], once; 0.0.0.0 and [::] take the port on every address"),
+            );
+        }
+        sockets.push((*sa, idx));
+        for (s, svc) in cfg.services.iter().enumerate() {
+            let same_addr = svc.vip == sa.ip()
+                || (sa.ip().is_unspecified() && sa.ip().is_ipv4() == svc.vip.is_ipv4());
+            let same_port = svc.ports.is_empty()
+                || svc.ports.iter().any(|r| (r.lo..=r.hi).contains(&sa.port()));
+            if svc.protocol == Protocol::Tcp && same_addr && same_port {
+                out.push(
+                    Problem::new(
+                        &key,
+                        format!(
+                            "{at}: listen {sa} takes TCP port {} of service {} (services[{s}]), VIP {}",
+                            sa.port(),
+                            svc.name,
+                            svc.vip
+                        ),
+                    )
+                    .hint("an address and port is served either by an L4 service or by an HTTP listener: change one of them"),
+                );
+            }
+        }
+    }
+}
+
+/// Certificates: files that read, parse and belong together; SNI names valid and each used once;
+/// at most one default.
+fn check_tls(certs: &[TlsCert], at: &str, path: &str, out: &mut Vec<Problem>) {
+    let defaults = certs.iter().filter(|c| c.default).count();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (k, cert) in certs.iter().enumerate() {
+        let c_path = format!("{path}.tls[{k}]");
+        if cert.default && defaults > 1 {
+            out.push(
+                Problem::new(
+                    format!("{c_path}.default"),
+                    format!("{at}: {defaults} certificates are marked default"),
+                )
+                .hint("mark one (or none: then the first is the default)"),
+            );
+        }
+        for (n, name) in cert.sni.iter().enumerate() {
+            let n_path = format!("{c_path}.sni[{n}]");
+            if let Some((why, hint)) = bad_host(name) {
+                out.push(Problem::new(&n_path, format!("{at}: sni {name:?} {why}")).hint(hint));
+            } else if let Some(first) = names.insert(name.to_ascii_lowercase(), k) {
+                out.push(
+                    Problem::new(
+                        &n_path,
+                        format!(
+                            "{at}: sni {name:?} is already served by certificate #{}",
+                            first + 1
+                        ),
+                    )
+                    .hint("each name picks one certificate: list it once"),
+                );
+            }
+        }
+        if let Err((key, message)) = load_pair(&cert.cert, &cert.key) {
+            let file = if key == "key" { &cert.key } else { &cert.cert };
+            out.push(
+                Problem::new(
+                    format!("{c_path}.{key}"),
+                    format!("{at}: {} {}: {message}", key, file.display()),
+                )
+                .hint(match key {
+                    "cert" => "a PEM file with the certificate chain, leaf first (-----BEGIN CERTIFICATE-----); relative paths start at the config file's directory",
+                    _ => "a PEM file with the certificate's private key (-----BEGIN PRIVATE KEY-----, RSA or EC); relative paths start at the config file's directory",
+                }),
+            );
+        }
+    }
+}
+
+/// Reads and parses a certificate chain and its key, and checks the key is the certificate's:
+/// `Err((which key, why))`.
+fn load_pair(cert: &Path, key: &Path) -> Result<(), (&'static str, String)> {
+    let read =
+        |p: &Path, which| std::fs::read(p).map_err(|e| (which, format!("cannot read it: {e}")));
+    let pem_error = |which, e: pem::Error| match e {
+        pem::Error::NoItemsFound => (
+            which,
+            if which == "cert" {
+                "holds no CERTIFICATE section".to_string()
+            } else {
+                "holds no PRIVATE KEY section".to_string()
+            },
+        ),
+        e => (which, format!("is not valid PEM: {e}")),
+    };
+    let bytes = read(cert, "cert")?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error("cert", e))?;
+    if chain.is_empty() {
+        return Err(pem_error("cert", pem::Error::NoItemsFound));
+    }
+    let bytes = read(key, "key")?;
+    let private = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| pem_error("key", e))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&private)
+        .map_err(|e| ("key", format!("is not a usable key: {e}")))?;
+    CertifiedKey::new(chain, signing)
+        .keys_match()
+        .map_err(|e| ("key", format!("does not fit the certificate: {e}")))
+}
+
+/// Every timeout above 0; a connect timeout inside the request timeout (else it never fires).
+fn check_timeouts(http: &Http, at: &str, path: &str, out: &mut Vec<Problem>) {
+    let t = &http.timeouts;
+    for (name, d) in [
+        ("header_read", t.header_read),
+        ("idle", t.idle),
+        ("connect", t.connect),
+        ("request", t.request),
+    ] {
+        if d.is_zero() {
+            out.push(Problem::new(
+                format!("{path}.timeouts.{name}"),
+                format!("{at}: timeouts.{name} must be above 0"),
+            ));
+        }
+    }
+    if !t.request.is_zero() && t.connect > t.request {
+        out.push(
+            Problem::new(
+                format!("{path}.timeouts.connect"),
+                format!(
+                    "{at}: timeouts.connect {:?} is longer than timeouts.request {:?}",
+                    t.connect, t.request
+                ),
+            )
+            .hint("the request timeout would end the connect first, so no other backend is tried: lower connect"),
+        );
+    }
+}
+
+/// Limits the core can keep: a request line inside the head, a head inside the buffer, a field
+/// count the parser holds.
+fn check_limits(http: &Http, at: &str, path: &str, out: &mut Vec<Problem>) {
+    let l = &http.limits;
+    let mut push = |key: &str, message: String, hint: &str| {
+        out.push(
+            Problem::new(
+                format!("{path}.limits.{key}"),
+                format!("{at}: limits.{key} {message}"),
+            )
+            .hint(hint),
+        );
+    };
+    let max_fields = dataplane::l7::head::MAX_HEADERS;
+    if !(1024..=MAX_HEAD_LIMIT).contains(&l.max_head) {
+        push(
+            "max_head",
+            format!("{} is outside 1024..={MAX_HEAD_LIMIT}", l.max_head),
+            "the default, 32768, fits every common client",
+        );
+    }
+    if l.max_request_line < 64 || l.max_request_line > l.max_head {
+        push(
+            "max_request_line",
+            format!(
+                "{} is outside 64..=max_head ({})",
+                l.max_request_line, l.max_head
+            ),
+            "the request line is part of the head; the default is 8192",
+        );
+    }
+    if !(1..=max_fields).contains(&l.max_headers) {
+        push(
+            "max_headers",
+            format!("{} is outside 1..={max_fields}", l.max_headers),
+            "the default is 100",
+        );
+    }
+    if !(16..=64 * 1024).contains(&l.max_chunk_line) {
+        push(
+            "max_chunk_line",
+            format!("{} is outside 16..=65536", l.max_chunk_line),
+            "a chunk-size line with its extensions; the default is 4096",
+        );
+    }
+    if l.buffer < l.max_head || l.buffer > MAX_BUFFER {
+        push(
+            "buffer",
+            format!(
+                "{} is outside max_head ({})..={MAX_BUFFER}",
+                l.buffer, l.max_head
+            ),
+            "a whole request head must fit in the buffer; the default is 65536",
+        );
+    }
+}
+
+/// An upstream: name, policy keys, backends, health check.
+fn check_upstream(http: &Http, up: &Upstream, path: &str, out: &mut Vec<Problem>) {
+    let at = format!("http {} upstream {}", http.name, up.name);
+    check_name(&up.name, "upstream", &format!("{path}.name"), out);
+    if up.hash_key.is_some() && up.balance != Balance::Hash {
+        out.push(
+            Problem::new(
+                format!("{path}.hash_key"),
+                format!("{at}: hash_key is only used with balance = \"hash\""),
+            )
+            .hint("set balance = \"hash\", or remove hash_key"),
+        );
+    }
+    if up.backends.is_empty() {
+        out.push(
+            Problem::new(format!("{path}.backends"), format!("{at}: no backends"))
+                .hint("list backends = [{ addr = \"198.18.1.10\", port = 8080 }]; a route with upstreams = [] refuses on purpose"),
+        );
+    }
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::with_capacity(up.backends.len());
+    for (k, b) in up.backends.iter().enumerate() {
+        let b_path = format!("{path}.backends[{k}]");
+        check_unicast(out, b.addr, || {
+            (format!("{b_path}.addr"), format!("{at} backend"))
+        });
+        if b.port == 0 {
+            out.push(Problem::new(
+                format!("{b_path}.port"),
+                format!("{at}: backend {} has port 0", b.addr),
+            ));
+        }
+        if b.weight > MAX_HTTP_WEIGHT {
+            out.push(
+                Problem::new(
+                    format!("{b_path}.weight"),
+                    format!(
+                        "{at}: backend {} weight {} is above {MAX_HTTP_WEIGHT}",
+                        b.socket(),
+                        b.weight
+                    ),
+                )
+                .hint("weights are relative (1 and 3 split like 100 and 300)"),
+            );
+        }
+        if let Some(first) = seen.insert(b.socket(), k) {
+            out.push(
+                Problem::new(
+                    format!("{b_path}.addr"),
+                    format!(
+                        "{at}: backend {} is listed twice (#{} and #{})",
+                        b.socket(),
+                        first + 1,
+                        k + 1
+                    ),
+                )
+                .hint("list a backend once; raise its weight instead"),
+            );
+        }
+    }
+    if let Some(hc) = &up.health_check {
+        // The L4 rules of a check apply unchanged; they read the backends' ports from a pool.
+        let svc = Service {
+            name: format!("{}/{}", http.name, up.name),
+            vip: http
+                .listen
+                .first()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |s| s.ip()),
+            ports: Vec::new(),
+            protocol: Protocol::Tcp,
+            affinity: Default::default(),
+            table_size: dataplane::maglev::DEFAULT_TABLE_SIZE,
+            pools: vec![Pool {
+                name: up.name.clone(),
+                mode: crate::config::Mode::FullNat,
+                weight: 1,
+                snat: Vec::new(),
+                encap_source: Vec::new(),
+                gue_port: 0,
+                backends: up
+                    .backends
+                    .iter()
+                    .map(|b| Backend {
+                        addr: b.addr,
+                        port: Some(b.port),
+                        weight: b.weight,
+                        kind: Default::default(),
+                    })
+                    .collect(),
+            }],
+            health_check: None,
+            passive: None,
+            all_down: Default::default(),
+        };
+        hc.validate(&svc, &format!("{path}.health_check"), out);
+    }
+}
+
+/// A route: hosts, path, matches allowed by its kind, upstream references and weights, and that
+/// no earlier route already takes every request it matches.
+fn check_route(
+    http: &Http,
+    route: &Route,
+    upstreams: &[&str],
+    path: &str,
+    idx: usize,
+    out: &mut Vec<Problem>,
+) {
+    let at = format!("http {} route #{}", http.name, idx + 1);
+    for (k, host) in route.hosts.iter().enumerate() {
+        if let Some((why, hint)) = bad_host(host) {
+            out.push(
+                Problem::new(
+                    format!("{path}.hosts[{k}]"),
+                    format!("{at}: host {host:?} {why}"),
+                )
+                .hint(hint),
+            );
+        }
+    }
+    if let Some(why) = bad_path(&route.path) {
+        out.push(
+            Problem::new(
+                format!("{path}.path"),
+                format!("{at}: path {:?} {why}", route.path),
+            )
+            .hint("a path starts with '/' and holds visible ASCII only, no query: e.g. \"/api\""),
+        );
+    }
+    if route.kind == RouteKind::Ingress {
+        if route.method.is_some() {
+            out.push(
+                Problem::new(
+                    format!("{path}.method"),
+                    format!("{at}: method matches are for gateway routes"),
+                )
+                .hint("set kind = \"gateway\" (Gateway API HTTPRoute rules), or remove method"),
+            );
+        }
+        if !route.headers.is_empty() {
+            out.push(
+                Problem::new(
+                    format!("{path}.headers"),
+                    format!("{at}: header matches are for gateway routes"),
+                )
+                .hint("set kind = \"gateway\" (Gateway API HTTPRoute rules), or remove headers"),
+            );
+        }
+    }
+    if let Some(m) = &route.method {
+        if !is_token(m) {
+            out.push(
+                Problem::new(
+                    format!("{path}.method"),
+                    format!("{at}: method {m:?} is not an HTTP method"),
+                )
+                .hint("e.g. \"GET\" (methods are case-sensitive)"),
+            );
+        }
+    }
+    let mut lower: HashMap<String, &str> = HashMap::with_capacity(route.headers.len());
+    for (name, value) in &route.headers {
+        // A name with '.' cannot be a key path segment: point at the table instead.
+        let h_path = if name.contains(['.', '[']) {
+            format!("{path}.headers")
+        } else {
+            format!("{path}.headers.{name}")
+        };
+        if !is_token(name) {
+            out.push(Problem::new(
+                &h_path,
+                format!("{at}: {name:?} is not a header name"),
+            ));
+        } else if let Some(other) = lower.insert(name.to_ascii_lowercase(), name) {
+            out.push(
+                Problem::new(
+                    &h_path,
+                    format!("{at}: header {name:?} is matched twice (also as {other:?})"),
+                )
+                .hint("header names are case-insensitive: keep one"),
+            );
+        }
+        if value
+            .bytes()
+            .any(|b| b != b' ' && b != b'\t' && !b.is_ascii_graphic())
+        {
+            out.push(Problem::new(
+                &h_path,
+                format!(
+                    "{at}: header {name:?} value {value:?} has control or non-ASCII characters"
+                ),
+            ));
+        }
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(route.upstreams.len());
+    for (k, r) in route.upstreams.iter().enumerate() {
+        let r_path = format!("{path}.upstreams[{k}]");
+        check_ref(&at, &r.name, upstreams, &format!("{r_path}.name"), out);
+        if seen.insert(r.name.as_str(), k).is_some() {
+            out.push(
+                Problem::new(
+                    format!("{r_path}.name"),
+                    format!("{at}: upstream {} is listed twice", r.name),
+                )
+                .hint("list an upstream once per route and give it the sum of the weights"),
+            );
+        }
+        if r.weight > MAX_HTTP_WEIGHT {
+            out.push(
+                Problem::new(
+                    format!("{r_path}.weight"),
+                    format!(
+                        "{at}: upstream {} weight {} is above {MAX_HTTP_WEIGHT}",
+                        r.name, r.weight
+                    ),
+                )
+                .hint("weights are relative (90 and 10 split like 9 and 1)"),
+            );
+        }
+    }
+    if !route.upstreams.is_empty() && route.upstreams.iter().all(|r| r.weight == 0) {
+        out.push(
+            Problem::new(format!("{path}.upstreams"), format!("{at}: every upstream has weight 0"))
+                .hint("give one a weight above 0, or write upstreams = [] to refuse these requests on purpose"),
+        );
+    }
+    if let Some(first) = http.routes[..idx]
+        .iter()
+        .position(|earlier| same_match(earlier, route))
+    {
+        out.push(
+            Problem::new(
+                path,
+                format!(
+                    "{at}: matches exactly what route #{} matches, so it never gets a request",
+                    first + 1
+                ),
+            )
+            .hint("remove one, or list both routes' upstreams in one with weights"),
+        );
+    }
+}
+
+/// Both routes take the same requests (same kind, hosts, path, method and headers), so the later
+/// one is dead.
+fn same_match(a: &Route, b: &Route) -> bool {
+    let hosts = |r: &Route| {
+        let mut h: Vec<String> = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        h.sort();
+        h.dedup();
+        h
+    };
+    let prefix = |r: &Route| r.path_type != crate::config::PathType::Exact;
+    a.kind == b.kind
+        && a.path == b.path
+        && prefix(a) == prefix(b)
+        && a.method == b.method
+        && a.headers == b.headers
+        && hosts(a) == hosts(b)
+}
+
+/// A reference to an upstream of the same `[[http]]`, with a "did you mean" when it is a typo.
+fn check_ref(at: &str, name: &str, upstreams: &[&str], path: &str, out: &mut Vec<Problem>) {
+    if upstreams.contains(&name) {
+        return;
+    }
+    let near = upstreams
+        .iter()
+        .map(|u| (strsim::osa_distance(name, u), *u))
+        .filter(|(d, _)| *d <= (name.chars().count() / 3).max(1))
+        .min_by_key(|(d, _)| *d);
+    let hint = match near {
+        Some((_, u)) => format!("did you mean \"{u}\"?"),
+        None if upstreams.is_empty() => {
+            "define it in an [[http.upstreams]] table of this [[http]]".into()
+        }
+        None => format!("upstreams of this [[http]]: {}", upstreams.join(", ")),
+    };
+    out.push(Problem::new(path, format!("{at}: no upstream named {name:?}")).hint(hint));
+}
+
+/// Why `host` cannot be a route or SNI host name, with a hint; `None` when it is fine.
+fn bad_host(host: &str) -> Option<(String, &'static str)> {
+    let example = "a name like \"app.example.com\" or \"*.example.com\"";
+    if host.is_empty() {
+        return Some((
+            "is empty".into(),
+            "leave hosts out (or empty) to match any host",
+        ));
+    }
+    if host.contains(':') || host.starts_with('[') {
+        return Some((
+            "has a port or is an IPv6 address".into(),
+            "hosts are matched without their port: write just the name",
+        ));
+    }
+    if host.len() > MAX_HOST {
+        return Some((format!("is longer than {MAX_HOST} characters"), example));
+    }
+    for (i, label) in host.split('.').enumerate() {
+        if label.is_empty() {
+            return Some((
+                "has an empty label (a leading, trailing or double dot)".into(),
+                example,
+            ));
+        }
+        if label == "*" && i == 0 {
+            if !host.contains('.') {
+                return Some((
+                    "is a bare wildcard".into(),
+                    "leave hosts out to match any host",
+                ));
+            }
+            continue;
+        }
+        if label.contains('*') {
+            return Some((
+                "has a wildcard that is not the whole first label".into(),
+                "a wildcard stands for the first label only: \"*.example.com\"",
+            ));
+        }
+        if label.len() > 63 {
+            return Some(("has a label longer than 63 characters".into(), example));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || label.starts_with('-')
+            || label.ends_with('-')
+        {
+            return Some((
+                format!("has label {label:?}, which is not letters, digits and inner '-'"),
+                "non-ASCII names are written in punycode (xn--...)",
+            ));
+        }
+    }
+    None
+}
+
+/// Why `path` can never be a route path; `None` when it is fine.
+fn bad_path(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        Some("does not start with '/'")
+    } else if path.bytes().any(|b| !b.is_ascii_graphic()) {
+        // Request targets are visible ASCII (we refuse others): such a route never matches, and
+        // the characters could smuggle into logs.
+        Some("has spaces, control or non-ASCII characters")
+    } else if path.contains(['?', '#']) {
+        Some("has a query or fragment, which routes never see")
+    } else {
+        None
+    }
+}
