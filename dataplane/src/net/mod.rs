@@ -7,8 +7,8 @@
 //! on the table it started with, the next one uses the newest. Listeners stay open across table
 //! changes. TLS listeners put a [`crate::l7::tls::TlsSession`] between socket and core.
 //!
-//! By job: [`worker`] (the poll loop and socket handling), [`tables`] (table generations as the
-//! core's `Router`), [`timers`] (one timer per connection, lazy deletion), [`metrics`].
+//! By job: `worker` (the poll loop and socket handling), `tables` (table generations as the
+//! core's `Router`), `timers` (one timer per connection, lazy deletion), [`metrics`].
 #![forbid(unsafe_code)]
 
 pub mod metrics;
