@@ -27,14 +27,7 @@ fn q(s: &str) -> String {
 }
 
 fn cases() -> Vec<Value> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/routing/cases.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str::<Value>(&text)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    testkit::shared::json_array("routing/cases.json")
 }
 
 /// One case group as an operator would write it in lb.toml. What a controller decides before

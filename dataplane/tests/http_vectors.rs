@@ -9,18 +9,9 @@ use base64::Engine as _;
 use dataplane::l7::conn::ConnConfig;
 use l7_harness::{FakeRouter, Harness, Reply};
 use serde_json::Value;
-use std::path::PathBuf;
 
 fn vectors() -> Vec<Value> {
-    // The shared data sits beside the checkout (never copied into the project).
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/http/vectors.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str::<Value>(&text)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    testkit::shared::json_array("http/vectors.json")
 }
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";

@@ -11,7 +11,6 @@ use dataplane::l7::{ConnConfig, RejectReason, RouteTable, TableSpec};
 use l7_net::*;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
@@ -274,14 +273,7 @@ fn reloads_under_a_client_loop_lose_no_request() {
 }
 
 fn vectors() -> Vec<Value> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/http/vectors.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str::<Value>(&text)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    testkit::shared::json_array("http/vectors.json")
 }
 
 /// Every shared vector through the real proxy and a recording backend.

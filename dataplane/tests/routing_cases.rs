@@ -15,17 +15,9 @@ use dataplane::l7::route::{
 use dataplane::l7::select::{Routing, SelectState};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 fn cases() -> Vec<Value> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/routing/cases.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str::<Value>(&text)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    testkit::shared::json_array("routing/cases.json")
 }
 
 fn str_of(v: &Value) -> Option<String> {

@@ -6,6 +6,7 @@
 pub mod lab;
 pub mod netns;
 pub mod sample;
+pub mod shared;
 
 /// True when this process runs as root (namespaces, TAP devices and raw sockets need it).
 pub fn is_root() -> bool {
