@@ -2,15 +2,14 @@
 //! lb.toml text routes as expected through the core's table; each rule's problem is placed at its
 //! line and column; TLS files are read relative to the config and checked; compile maps every key.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use controlplane::compile::{self, Context, StatSlots};
 use controlplane::config::BackendKey;
 use controlplane::diag::ConfigReport;
-use dataplane::l7::conn::Router;
-use dataplane::l7::route::{HashKey, Policy, RequestView, RouteTable};
+use dataplane::l7::route::{HashKey, Policy, RouteTable};
 use dataplane::l7::select::{Routing, SelectState};
 use dataplane::table::MaglevCache;
 use serde_json::Value;
@@ -157,80 +156,6 @@ fn lb_toml(group: &Value) -> String {
     t
 }
 
-fn headers_of(v: &Value) -> Vec<(String, String)> {
-    v.as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// One request: the status and, for 200, the upstream and endpoint chosen.
-fn send(routing: &mut Routing<'_>, request: &Value) -> (u16, Option<(String, u32)>) {
-    let headers = headers_of(&request["headers"]);
-    let pairs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let view = RequestView::from_parts(
-        request["host"].as_str().unwrap_or(""),
-        request["path"].as_str().unwrap(),
-        request["method"].as_str().unwrap_or("GET"),
-        &pairs,
-    );
-    match routing.route(&view) {
-        Ok(pick) => {
-            routing.finished(&pick);
-            let name = routing.table.services[pick.service as usize]
-                .name
-                .to_string();
-            (200, Some((name, pick.backend.0)))
-        }
-        Err(status) => (status.code(), None),
-    }
-}
-
-fn check(routing: &mut Routing<'_>, request: &Value) -> Result<(), String> {
-    let want_status = request["expect_status"].as_u64().unwrap() as u16;
-    if let Some(distribution) = request["expect_distribution"].as_object() {
-        let samples = request["samples"].as_u64().unwrap();
-        let tolerance = request["tolerance"].as_f64().unwrap();
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for _ in 0..samples {
-            let (status, pick) = send(routing, request);
-            if status != want_status {
-                return Err(format!("status {status}"));
-            }
-            *counts.entry(pick.unwrap().0).or_default() += 1;
-        }
-        for (name, share) in distribution {
-            let got = *counts.get(name).unwrap_or(&0) as f64 / samples as f64;
-            if (got - share.as_f64().unwrap()).abs() > tolerance {
-                return Err(format!("{name}: share {got}, want {share}"));
-            }
-        }
-        return Ok(());
-    }
-    let mut endpoints = BTreeSet::new();
-    for _ in 0..request["repeat"].as_u64().unwrap_or(1) {
-        let (status, pick) = send(routing, request);
-        let got = pick.as_ref().map(|p| p.0.as_str());
-        let want = request["expect_backend"].as_str();
-        if status != want_status || got != want {
-            return Err(format!("got {status} {got:?}, want {want_status} {want:?}"));
-        }
-        endpoints.extend(pick.map(|p| p.1));
-    }
-    match request["expect_distinct_endpoints"].as_u64() {
-        Some(n) if endpoints.len() as u64 != n => {
-            Err(format!("{} distinct endpoints, want {n}", endpoints.len()))
-        }
-        _ => Ok(()),
-    }
-}
-
 #[test]
 fn every_routing_case_written_as_lb_toml_routes_as_expected() {
     let mut failures = Vec::new();
@@ -247,7 +172,7 @@ fn every_routing_case_written_as_lb_toml_routes_as_expected() {
             state: &mut state,
         };
         for request in group["requests"].as_array().unwrap() {
-            match check(&mut routing, request) {
+            match testkit::shared::check_routing_request(&mut routing, request) {
                 Ok(()) => passed += 1,
                 Err(e) => failures.push(format!(
                     "{} {} {}: {e}",

@@ -7,14 +7,13 @@
 //! routes of a class that does not exist are left out, and a backendRef of an unknown kind or to
 //! a missing Service becomes a reference to no service.
 
-use dataplane::l7::conn::Router;
 use dataplane::l7::route::{
-    BackendRef, EndpointSpec, Origin, PathMatch, Policy, RequestView, RouteSpec, RouteTable,
-    ServiceSpec, TableSpec,
+    BackendRef, EndpointSpec, Origin, PathMatch, Policy, RouteSpec, RouteTable, ServiceSpec,
+    TableSpec,
 };
 use dataplane::l7::select::{Routing, SelectState};
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 fn cases() -> Vec<Value> {
     testkit::shared::json_array("routing/cases.json")
@@ -22,16 +21,6 @@ fn cases() -> Vec<Value> {
 
 fn str_of(v: &Value) -> Option<String> {
     v.as_str().map(str::to_string)
-}
-
-fn headers_of(v: &Value) -> Vec<(String, String)> {
-    v.as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The table a controller would build for one case group.
@@ -89,7 +78,7 @@ fn table_of(group: &Value) -> TableSpec {
             hosts: str_of(&row["host"]).into_iter().collect(),
             path,
             method: str_of(&row["method"]),
-            headers: headers_of(&row["headers"]),
+            headers: testkit::shared::headers_of(&row["headers"]),
             backends: backend.into_iter().collect(),
         };
         match routes
@@ -125,75 +114,6 @@ fn table_of(group: &Value) -> TableSpec {
     }
 }
 
-/// One request: the status and, for 200, the service and endpoint chosen.
-fn send(routing: &mut Routing<'_>, request: &Value) -> (u16, Option<(String, u32)>) {
-    let host = request["host"].as_str().unwrap_or("");
-    let path = request["path"].as_str().unwrap();
-    let method = request["method"].as_str().unwrap_or("GET");
-    let headers = headers_of(&request["headers"]);
-    let pairs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    match routing.route(&RequestView::from_parts(host, path, method, &pairs)) {
-        Ok(pick) => {
-            routing.finished(&pick);
-            let service = routing.table.services[pick.service as usize]
-                .name
-                .to_string();
-            (200, Some((service, pick.backend.0)))
-        }
-        Err(status) => (status.code(), None),
-    }
-}
-
-fn check(routing: &mut Routing<'_>, request: &Value) -> Result<(), String> {
-    let want_status = request["expect_status"].as_u64().unwrap() as u16;
-    if let Some(distribution) = request["expect_distribution"].as_object() {
-        let samples = request["samples"].as_u64().unwrap();
-        let tolerance = request["tolerance"].as_f64().unwrap();
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for _ in 0..samples {
-            let (status, pick) = send(routing, request);
-            if status != want_status {
-                return Err(format!("status {status}"));
-            }
-            *counts.entry(pick.unwrap().0).or_default() += 1;
-        }
-        for (name, share) in distribution {
-            let got = *counts.get(name).unwrap_or(&0) as f64 / samples as f64;
-            if (got - share.as_f64().unwrap()).abs() > tolerance {
-                return Err(format!("{name}: share {got}, want {share}"));
-            }
-        }
-        return Ok(());
-    }
-    let repeat = request["repeat"].as_u64().unwrap_or(1);
-    let mut endpoints = BTreeSet::new();
-    for _ in 0..repeat {
-        let (status, pick) = send(routing, request);
-        let service = pick.as_ref().map(|p| p.0.as_str());
-        let want = request["expect_backend"].as_str();
-        if status != want_status || service != want {
-            return Err(format!(
-                "got {status} {service:?}, want {want_status} {want:?}"
-            ));
-        }
-        if let Some((_, endpoint)) = pick {
-            endpoints.insert(endpoint);
-        }
-    }
-    if let Some(distinct) = request["expect_distinct_endpoints"].as_u64() {
-        if endpoints.len() as u64 != distinct {
-            return Err(format!(
-                "{} distinct endpoints, want {distinct}",
-                endpoints.len()
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[test]
 fn every_group() {
     let mut failures = Vec::new();
@@ -206,7 +126,7 @@ fn every_group() {
             state: &mut state,
         };
         for request in group["requests"].as_array().unwrap() {
-            match check(&mut routing, request) {
+            match testkit::shared::check_routing_request(&mut routing, request) {
                 Ok(()) => passed += 1,
                 Err(e) => failures.push(format!(
                     "{} {} {}: {e}",

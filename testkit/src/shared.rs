@@ -21,3 +21,90 @@ pub fn json_array(rel: &str) -> Vec<serde_json::Value> {
         Err(e) => panic!("{}: {e}", path.display()),
     }
 }
+
+/// The `headers` object of a routing case's route or request, as (name, value) pairs.
+pub fn headers_of(v: &serde_json::Value) -> Vec<(String, String)> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One request of `routing/cases.json` through `routing`: the status and, for 200, the service
+/// and the endpoint chosen.
+fn route_request(
+    routing: &mut dataplane::l7::select::Routing<'_>,
+    request: &serde_json::Value,
+) -> (u16, Option<(String, u32)>) {
+    use dataplane::l7::conn::Router;
+    use dataplane::l7::route::RequestView;
+    let headers = headers_of(&request["headers"]);
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let view = RequestView::from_parts(
+        request["host"].as_str().unwrap_or(""),
+        request["path"].as_str().unwrap(),
+        request["method"].as_str().unwrap_or("GET"),
+        &pairs,
+    );
+    match routing.route(&view) {
+        Ok(pick) => {
+            routing.finished(&pick);
+            let service = routing.table.services[pick.service as usize]
+                .name
+                .to_string();
+            (200, Some((service, pick.backend.0)))
+        }
+        Err(status) => (status.code(), None),
+    }
+}
+
+/// Checks one request of `routing/cases.json` against `routing`: its status and backend, over
+/// `repeat` sends its distinct endpoints, or over `samples` sends its weighted distribution.
+pub fn check_routing_request(
+    routing: &mut dataplane::l7::select::Routing<'_>,
+    request: &serde_json::Value,
+) -> Result<(), String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let want_status = request["expect_status"].as_u64().unwrap() as u16;
+    if let Some(distribution) = request["expect_distribution"].as_object() {
+        let samples = request["samples"].as_u64().unwrap();
+        let tolerance = request["tolerance"].as_f64().unwrap();
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for _ in 0..samples {
+            let (status, pick) = route_request(routing, request);
+            if status != want_status {
+                return Err(format!("status {status}"));
+            }
+            *counts.entry(pick.unwrap().0).or_default() += 1;
+        }
+        for (name, share) in distribution {
+            let got = *counts.get(name).unwrap_or(&0) as f64 / samples as f64;
+            if (got - share.as_f64().unwrap()).abs() > tolerance {
+                return Err(format!("{name}: share {got}, want {share}"));
+            }
+        }
+        return Ok(());
+    }
+    let mut endpoints = BTreeSet::new();
+    for _ in 0..request["repeat"].as_u64().unwrap_or(1) {
+        let (status, pick) = route_request(routing, request);
+        let got = pick.as_ref().map(|p| p.0.as_str());
+        let want = request["expect_backend"].as_str();
+        if status != want_status || got != want {
+            return Err(format!("got {status} {got:?}, want {want_status} {want:?}"));
+        }
+        endpoints.extend(pick.map(|p| p.1));
+    }
+    match request["expect_distinct_endpoints"].as_u64() {
+        Some(n) if endpoints.len() as u64 != n => {
+            Err(format!("{} distinct endpoints, want {n}", endpoints.len()))
+        }
+        _ => Ok(()),
+    }
+}
