@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use dataplane::l7::tls::{self, CertSpec, TlsError};
 
 use super::check_unicast;
 use crate::config::http::{is_token, Balance, Http, Route, RouteKind, TlsCert, Upstream};
@@ -225,36 +223,32 @@ fn check_tls(certs: &[TlsCert], at: &str, path: &str, out: &mut Vec<Problem>) {
     }
 }
 
-/// Reads and parses a certificate chain and its key, and checks the key is the certificate's:
-/// `Err((which key, why))`.
+/// Loads a certificate chain and its key as the listener will (`l7::tls::load_cert`, which also
+/// checks the key is the certificate's): `Err((which key, why))`.
 fn load_pair(cert: &Path, key: &Path) -> Result<(), (&'static str, String)> {
-    let read =
-        |p: &Path, which| std::fs::read(p).map_err(|e| (which, format!("cannot read it: {e}")));
-    let pem_error = |which, e: pem::Error| match e {
-        pem::Error::NoItemsFound => (
-            which,
-            if which == "cert" {
-                "holds no CERTIFICATE section".to_string()
-            } else {
-                "holds no PRIVATE KEY section".to_string()
-            },
-        ),
-        e => (which, format!("is not valid PEM: {e}")),
+    let spec = CertSpec {
+        names: Vec::new(),
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
     };
-    let bytes = read(cert, "cert")?;
-    let chain = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error("cert", e))?;
-    if chain.is_empty() {
-        return Err(pem_error("cert", pem::Error::NoItemsFound));
+    let which = |p: &Path| if p == cert { "cert" } else { "key" };
+    match tls::load_cert(&spec, &tls::provider()) {
+        Ok(_) => Ok(()),
+        Err(TlsError::Read { path, source }) => {
+            Err((which(&path), format!("cannot read it: {source}")))
+        }
+        Err(TlsError::Pem { path, what }) if what.starts_with("no ") => {
+            Err((which(&path), format!("holds {what}")))
+        }
+        Err(TlsError::Pem { path, what }) => {
+            Err((which(&path), format!("is not valid PEM: {what}")))
+        }
+        Err(TlsError::Key { what, .. }) => Err((
+            "key",
+            format!("does not fit the certificate or is not a usable key: {what}"),
+        )),
+        Err(e) => Err(("key", e.to_string())),
     }
-    let bytes = read(key, "key")?;
-    let private = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| pem_error("key", e))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&private)
-        .map_err(|e| ("key", format!("is not a usable key: {e}")))?;
-    CertifiedKey::new(chain, signing)
-        .keys_match()
-        .map_err(|e| ("key", format!("does not fit the certificate: {e}")))
 }
 
 /// Every timeout above 0; a connect timeout inside the request timeout (else it never fires).
