@@ -255,8 +255,13 @@ fn run_lab(action: LabAction) -> anyhow::Result<()> {
                 } else {
                     "tcp connections"
                 };
+                let what = if t.request.is_some() {
+                    "http route"
+                } else {
+                    "service"
+                };
                 println!(
-                    "service {} ({} {}): {total} {kind}",
+                    "{what} {} ({} {}): {total} {kind}",
                     t.service,
                     t.addr,
                     if t.udp { "echo" } else { "http" }

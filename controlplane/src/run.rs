@@ -291,6 +291,14 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
         }
     }
     cp.attach_workers(handles);
+    // L7 after the L4 ports: a listener that cannot bind stops `lb run` before it reports ready.
+    if let Err(e) = cp.start_http(workers) {
+        stop_workers(&cp);
+        return Err(anyhow::anyhow!("starting the http listeners: {e}"));
+    }
+    for h in cp.http_handles() {
+        tracing::info!(http = %h.listener, listen = ?h.listen, workers = h.workers.len(), "serving http");
+    }
 
     let control = std::thread::Builder::new()
         .name("lb-control".into())
@@ -425,6 +433,12 @@ fn control_thread(
     drop(checker);
     drop(admin_stop);
     tracing::info!("signal received; stopping the workers");
+    cp.stop_http();
+    Ok(stop_workers(cp))
+}
+
+/// Stops and joins the dataplane workers; their final counters.
+fn stop_workers(cp: &ControlPlane) -> Vec<Snapshot> {
     let handles = cp.detach_workers();
     for h in &handles {
         h.stop();
@@ -437,7 +451,7 @@ fn control_thread(
             Err(e) => tracing::error!(worker = id, error = %e, "worker did not stop cleanly"),
         }
     }
-    Ok(finals)
+    finals
 }
 
 fn log_served(table: &RoutingTable) {

@@ -30,8 +30,8 @@ use serde_json::json;
 use super::metrics;
 use crate::config;
 use crate::control::state::{
-    AdminState, BackendKey, BackendStatus, Control, DrainingStatus, Observation, OpError,
-    ReloadStatus, ServiceStatus,
+    AdminState, BackendKey, BackendStatus, Control, DrainingStatus, HttpStatus, Observation,
+    OpError, ReloadStatus, ServiceStatus,
 };
 
 /// The admin API's state: the control plane and the counters kept beside it.
@@ -444,7 +444,12 @@ fn done(key: Option<&BackendKey>, generation: u64) -> Json<Done> {
 
 async fn get_metrics(State(c): Ctl, State(stats): State<Arc<Stats>>) -> Result<Response, ApiError> {
     let listener = stats.sample();
-    let text = blocking(move || metrics::render_with(&c.observe(), &listener)).await?;
+    let text = blocking(move || {
+        let mut text = metrics::render_with(&c.observe(), &listener);
+        text.push_str(&metrics::render_l7_basic(&c.http()));
+        text
+    })
+    .await?;
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -500,6 +505,29 @@ impl<'a> ServiceView<'a> {
     }
 }
 
+/// One `[[http]]` in `/state`.
+#[derive(Serialize)]
+struct HttpView<'a> {
+    name: &'a str,
+    listen: &'a [std::net::SocketAddr],
+    tls: bool,
+    /// Whether its proxy runs (`lb run` started it).
+    serving: bool,
+    backends: Vec<BackendView<'a>>,
+}
+
+impl<'a> HttpView<'a> {
+    fn new(h: &'a HttpStatus) -> Self {
+        HttpView {
+            name: &h.name,
+            listen: &h.listen,
+            tls: h.tls,
+            serving: h.proxy.is_some(),
+            backends: h.backends.iter().map(BackendView::new).collect(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct WorkerView {
     worker: u16,
@@ -529,10 +557,11 @@ struct StateView<'a> {
     health_transitions: u64,
     conntrack: ConntrackView,
     services: Vec<ServiceView<'a>>,
+    http: Vec<HttpView<'a>>,
     draining: &'a DrainingStatus,
 }
 
-fn state_json(obs: &Observation, ready: bool) -> serde_json::Value {
+fn state_json(obs: &Observation, http: &[HttpStatus], ready: bool) -> serde_json::Value {
     let capacity = obs.conntrack_capacity;
     let workers = obs
         .workers
@@ -558,6 +587,7 @@ fn state_json(obs: &Observation, ready: bool) -> serde_json::Value {
         health_transitions: obs.health_transitions,
         conntrack: ConntrackView { capacity, workers },
         services: obs.services.iter().map(ServiceView::new).collect(),
+        http: http.iter().map(HttpView::new).collect(),
         draining: &obs.draining,
     };
     serde_json::to_value(view).unwrap_or_else(|e| json!({ "error": e.to_string() }))
@@ -566,7 +596,7 @@ fn state_json(obs: &Observation, ready: bool) -> serde_json::Value {
 async fn get_state(State(c): Ctl) -> Result<Json<serde_json::Value>, ApiError> {
     let v = blocking(move || {
         let ready = c.ready();
-        state_json(&c.observe(), ready)
+        state_json(&c.observe(), &c.http(), ready)
     })
     .await?;
     Ok(Json(v))
@@ -577,11 +607,12 @@ async fn get_backend(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = backend_key(path)?;
-    let obs = blocking(move || c.observe()).await?;
+    let (obs, http) = blocking(move || (c.observe(), c.http())).await?;
     let status = obs
         .services
         .iter()
         .flat_map(|s| s.backends.iter())
+        .chain(http.iter().flat_map(|h| h.backends.iter()))
         .find(|b| b.key == key)
         .ok_or_else(|| ApiError::from(OpError::NoBackend(key.to_string())))?;
     serde_json::to_value(BackendView::new(status))

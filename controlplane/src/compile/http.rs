@@ -34,6 +34,21 @@ pub struct HttpListener {
     pub routes: TableSpec,
     /// Limits, timeouts and buffer size of every connection.
     pub conn: ConnConfig,
+    /// Connection counts and the backend pool (`[http.proxy]`).
+    pub proxy: ProxySettings,
+}
+
+/// `[http.proxy]` as the transport takes it (a listener keeps them while it runs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Client connections per worker.
+    pub max_conns: usize,
+    /// Idle backend connections kept per backend address, per worker.
+    pub pool_per_backend: usize,
+    /// How long an idle backend connection is kept (ms).
+    pub pool_idle: u64,
+    /// How long a closing client connection is drained (ms).
+    pub linger: u64,
 }
 
 /// One certificate chain and key, with the SNI names it serves.
@@ -49,11 +64,7 @@ pub struct HttpCert {
 
 /// How operators, metrics and overrides name an L7 backend: service `http/upstream`.
 pub fn backend_key(http: &Http, up: &Upstream, b: &crate::config::HttpBackend) -> BackendKey {
-    BackendKey {
-        service: format!("{}/{}", http.name, up.name),
-        addr: b.addr,
-        port: b.port,
-    }
+    BackendKey::of_http(http, up, b)
 }
 
 /// Every `[[http]]` of `cfg` (validated), backend weights through `adjust`.
@@ -118,7 +129,17 @@ fn listener(http: &Http, adjust: Adjust<'_>) -> HttpListener {
             }),
         },
         conn: conn_config(http),
+        proxy: ProxySettings {
+            max_conns: http.proxy.max_connections,
+            pool_per_backend: http.proxy.pool_per_backend,
+            pool_idle: ms(http.proxy.pool_idle),
+            linger: ms(http.proxy.linger),
+        },
     }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn backend_ref(r: &UpstreamRef) -> BackendRef {
@@ -160,7 +181,6 @@ fn certs(http: &Http) -> Vec<HttpCert> {
 }
 
 fn conn_config(http: &Http) -> ConnConfig {
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let (t, l) = (&http.timeouts, &http.limits);
     ConnConfig {
         limits: Limits {

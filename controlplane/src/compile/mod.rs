@@ -27,7 +27,7 @@ use dataplane::RoutingTable;
 
 pub use check::{check_file, check_file_on, check_str};
 pub use draining::{Draining, DrainingBackend};
-pub use http::{backend_key, HttpCert, HttpListener};
+pub use http::{backend_key, HttpCert, HttpListener, ProxySettings};
 pub use next_hops::{NextHops, NEIGHBOR_SLOTS};
 pub use slots::StatSlots;
 

@@ -33,6 +33,9 @@ pub struct Http {
     /// Size limits.
     #[serde(default)]
     pub limits: HttpLimits,
+    /// Connection counts and the backend connection pool.
+    #[serde(default)]
+    pub proxy: HttpProxy,
     /// Groups of backends routes send to.
     #[serde(default)]
     pub upstreams: Vec<Upstream>,
@@ -121,6 +124,37 @@ impl Default for HttpLimits {
             max_chunk_line: c.limits.max_chunk_line,
             max_body: c.limits.max_body,
             buffer: c.buffer,
+        }
+    }
+}
+
+/// `[http.proxy]`: how many client connections a worker takes and how backend connections are
+/// kept. Read when the listener starts (a change needs a restart of `lb run`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpProxy {
+    /// Client connections per worker; more are closed at accept.
+    pub max_connections: usize,
+    /// Idle backend connections kept per backend address, per worker (0: none kept).
+    pub pool_per_backend: usize,
+    /// How long an idle backend connection is kept.
+    #[serde(deserialize_with = "de_duration")]
+    pub pool_idle: Duration,
+    /// How long a closing client connection is drained after its last answer, so the answer is
+    /// not lost to a reset while the client still sends.
+    #[serde(deserialize_with = "de_duration")]
+    pub linger: Duration,
+}
+
+impl Default for HttpProxy {
+    /// The transport's defaults.
+    fn default() -> Self {
+        let d = dataplane::net::ProxyConfig::default();
+        HttpProxy {
+            max_connections: d.max_conns,
+            pool_per_backend: d.pool_per_backend,
+            pool_idle: Duration::from_millis(d.pool_idle),
+            linger: Duration::from_millis(d.linger),
         }
     }
 }

@@ -27,6 +27,15 @@ impl BackendKey {
             port: b.port.unwrap_or(0),
         }
     }
+
+    /// The name of backend `b` of upstream `up` of `[[http]]` `http`: service `http/upstream`.
+    pub fn of_http(http: &super::Http, up: &super::Upstream, b: &super::HttpBackend) -> BackendKey {
+        BackendKey {
+            service: format!("{}/{}", http.name, up.name),
+            addr: b.addr,
+            port: b.port,
+        }
+    }
 }
 
 impl fmt::Display for BackendKey {

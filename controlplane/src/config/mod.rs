@@ -17,12 +17,12 @@ mod validate;
 
 pub use validate::{
     weights_fit, Host, MemoryEstimate, WeightsTooLarge, MAX_ADMIN_CONNECTIONS,
-    MAX_CONNTRACK_CAPACITY, MAX_TABLE_SIZE, WEIGHTS_HINT,
+    MAX_CONNTRACK_CAPACITY, MAX_HTTP_WEIGHT, MAX_TABLE_SIZE, WEIGHTS_HINT,
 };
 
 pub use http::{
-    Balance, HashKey, Http, HttpBackend, HttpLimits, HttpTimeouts, PathType, Route, RouteKind,
-    TlsCert, Upstream, UpstreamRef,
+    Balance, HashKey, Http, HttpBackend, HttpLimits, HttpProxy, HttpTimeouts, PathType, Route,
+    RouteKind, TlsCert, Upstream, UpstreamRef,
 };
 pub use key::{BackendKey, NameError};
 pub use load::{load, load_with_text, read_bytes, read_text, MAX_CONFIG_BYTES};

@@ -168,3 +168,67 @@ fn rules_are_checked_on_load() {
         "t.toml:3:11: dataplane: workers must be at least 1"
     );
 }
+
+/// An `[[http]]` on 198.18.0.10:80 with one upstream and `proxy` as its `[http.proxy]` body.
+fn http_with_proxy(proxy: &str) -> String {
+    format!(
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\n\
+         [[http]]\nname = \"site\"\nlisten = [\"198.18.0.10:80\"]\n\
+         [http.proxy]\n{proxy}\n\
+         [[http.upstreams]]\nname = \"app\"\nbackends = [{{ addr = \"198.18.1.10\", port = 8080 }}]\n"
+    )
+}
+
+#[test]
+fn http_proxy_keys_default_to_the_transport_and_are_checked() {
+    let c = parse(&http_with_proxy("")).unwrap();
+    let d = dataplane::net::ProxyConfig::default();
+    let p = c.http[0].proxy;
+    assert_eq!(
+        (p.max_connections, p.pool_per_backend),
+        (d.max_conns, d.pool_per_backend)
+    );
+    assert_eq!(
+        (p.pool_idle, p.linger),
+        (
+            Duration::from_millis(d.pool_idle),
+            Duration::from_millis(d.linger)
+        )
+    );
+    let c = parse(&http_with_proxy(
+        "max_connections = 5\npool_per_backend = 0\npool_idle = \"5s\"\nlinger = \"0s\"",
+    ))
+    .unwrap();
+    assert_eq!(c.http[0].proxy.max_connections, 5);
+    assert_eq!(c.http[0].proxy.pool_per_backend, 0);
+
+    for (body, place, words) in [
+        (
+            "max_connections = 0",
+            "t.toml:7:19",
+            "proxy.max_connections 0 is outside",
+        ),
+        (
+            "pool_per_backend = 10001",
+            "t.toml:7:20",
+            "proxy.pool_per_backend 10001 is above",
+        ),
+        (
+            "pool_idle = \"0s\"",
+            "t.toml:7:13",
+            "proxy.pool_idle 0ns is outside",
+        ),
+        (
+            "linger = \"2h\"",
+            "t.toml:7:10",
+            "proxy.linger 7200s is above",
+        ),
+    ] {
+        let r = parse(&http_with_proxy(body)).unwrap_err().to_string();
+        assert!(r.contains(place) && r.contains(words), "{body}: {r}");
+    }
+    let r = parse(&http_with_proxy("max_conns = 5"))
+        .unwrap_err()
+        .to_string();
+    assert!(r.contains("unknown field `max_conns`"), "{r}");
+}

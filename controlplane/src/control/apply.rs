@@ -16,8 +16,9 @@ use dataplane::port::af_xdp::OwnedAddrs;
 use dataplane::table::TableError;
 use dataplane::RoutingTable;
 
+use super::l7::L7Error;
 use super::{ControlPlane, Inner};
-use crate::compile::NextHops;
+use crate::compile::{HttpListener, NextHops};
 use crate::config::{self, Config};
 
 /// Where the network decides which frames reach the balancer at all: AF_XDP's map of owned
@@ -71,6 +72,9 @@ pub enum ApplyError {
     /// The XDP address filter could not be widened to the new table's addresses.
     #[error("updating the XDP address filter: {0}")]
     AddressFilter(#[source] io::Error),
+    /// An `[[http]]` listener could not load its certificates or open its sockets.
+    #[error("{0}")]
+    Http(#[from] L7Error),
 }
 
 /// What an operator can do about a neighbor error.
@@ -145,11 +149,20 @@ pub(super) struct Next {
     pub next_hops: Option<NextHops>,
     /// Services failing open in it.
     pub failing: std::collections::HashSet<String>,
+    /// The `[[http]]` listeners compiled with it (same overrides and health).
+    pub http: Vec<HttpListener>,
 }
 
 impl ControlPlane {
     /// Publishes `next` (and makes `config`, with its text, the serving config): the only place
-    /// a table reaches the workers. Nothing changes on an error.
+    /// a table reaches the workers, L4 or L7. Nothing changes on an error, except that
+    /// `[[http]]` listeners bound before a failing one keep their new sockets (each serving its
+    /// old routes until a publish succeeds).
+    ///
+    /// L7 order: route tables compiled and certificates read first (no socket touched), then
+    /// new listeners started and sockets or certificates changed, then the L4 table stored, then
+    /// the route tables swapped and removed listeners stopped. A config (`Some`) rereads the
+    /// certificate files; a rebuild (health, operators) keeps the loaded ones.
     pub(super) fn apply(
         &self,
         inner: &mut Inner,
@@ -160,8 +173,10 @@ impl ControlPlane {
             mut table,
             next_hops,
             failing,
+            http,
         } = next;
-        let restart = config
+        let http = inner.l7.prepare(http, config.is_some())?;
+        let mut restart = config
             .as_ref()
             .map(|(c, _)| inner.fixed.changes(c))
             .unwrap_or_default();
@@ -185,6 +200,15 @@ impl ControlPlane {
                     return Err(ApplyError::AddressFilter(e));
                 }
                 f.written = want;
+            }
+        }
+        match inner.l7.bind(&http) {
+            // Reported for a new file only, as the settings above (a rebuild changes none).
+            Ok(notes) if config.is_some() => restart.extend(notes),
+            Ok(_) => {}
+            Err(e) => {
+                self.retain_neighbors(inner);
+                return Err(e.into());
             }
         }
         for n in &restart {
@@ -216,6 +240,7 @@ impl ControlPlane {
         {
             h.wake();
         }
+        inner.l7.publish(http);
         drop(old_config);
         Ok(g)
     }

@@ -11,6 +11,7 @@
 
 mod apply;
 mod drain;
+mod l7;
 mod observe;
 mod overrides;
 pub mod state;
@@ -34,10 +35,11 @@ use crate::health::PassiveSample;
 pub use apply::{AddressFilter, ApplyError};
 use apply::{Filter, Fixed, Next};
 use drain::DrainSet;
+pub use l7::{HttpHandle, L7Error};
 use overrides::failing_open;
 pub use state::{
     effective_weight, AdminState, BackendKey, BackendStatus, Control, DrainingStatus, Health,
-    Observation, OpError, Override, ReloadStatus, ServiceStatus,
+    HttpStatus, Observation, OpError, Override, ReloadStatus, ServiceStatus,
 };
 
 /// Reads and parses a config file: the config and its text (for locating compile problems), or
@@ -99,6 +101,8 @@ struct Inner {
     fixed: Fixed,
     /// The ports' address filter (AF_XDP), once attached.
     filter: Option<Filter>,
+    /// The `[[http]]` listeners and, once `lb run` starts them, their proxies.
+    l7: l7::L7,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -158,6 +162,7 @@ impl ControlPlane {
             retired: Vec::new(),
             neighbors: Arc::new(NeighborCache::new(NEIGHBOR_SLOTS)),
             filter: None,
+            l7: l7::L7::default(),
         };
         let (next, start) = inner
             .compile(None, None, 1)
@@ -204,6 +209,22 @@ impl ControlPlane {
     pub fn detach_workers(&self) -> Vec<WorkerHandle> {
         self.ready.store(false, Ordering::SeqCst);
         std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Starts one proxy per `[[http]]` of the serving config, `workers` threads each; from now
+    /// on every change of the config, health or overrides reaches them too.
+    pub fn start_http(&self, workers: usize) -> Result<(), L7Error> {
+        self.lock().l7.start(workers)
+    }
+
+    /// Stops the `[[http]]` proxies (their open connections close).
+    pub fn stop_http(&self) {
+        self.lock().l7.stop_all();
+    }
+
+    /// The running `[[http]]` proxies: each listener's per-worker counters.
+    pub fn http_handles(&self) -> Vec<HttpHandle> {
+        self.lock().l7.handles()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -424,12 +445,13 @@ impl Inner {
             workers,
             run,
             next_hops,
-            http: _,
+            http,
         } = compile_with(cfg, generation, &mut ctx)?;
         let next = Next {
             table,
             next_hops,
             failing,
+            http,
         };
         let start = Start {
             conntrack,

@@ -3,8 +3,8 @@
 use std::sync::atomic::Ordering;
 
 use super::state::{
-    effective_weight, AdminState, BackendKey, BackendStatus, Control, DrainingStatus, Observation,
-    OpError, Override, ServiceStatus,
+    effective_weight, AdminState, BackendKey, BackendStatus, Control, DrainingStatus, HttpStatus,
+    Observation, OpError, Override, ServiceStatus,
 };
 use super::{ControlPlane, ReloadError};
 use crate::config::{self, BackendKind};
@@ -97,5 +97,44 @@ impl Control for ControlPlane {
 
     fn reload(&self) -> Result<u64, ReloadError> {
         self.reload_file()
+    }
+
+    fn http(&self) -> Vec<HttpStatus> {
+        let inner = self.lock();
+        let handles = inner.l7.handles();
+        inner
+            .config
+            .http
+            .iter()
+            .map(|h| {
+                let mut backends = Vec::new();
+                for up in &h.upstreams {
+                    for b in &up.backends {
+                        let key = crate::compile::backend_key(h, up, b);
+                        let over = inner.overrides.get(&key).copied().unwrap_or_default();
+                        let health = inner.health.get(&key).cloned().unwrap_or_default();
+                        backends.push(BackendStatus {
+                            // L7 upstreams never fail open.
+                            weight: effective_weight(b.weight, &over, &health, false),
+                            stat: None,
+                            key,
+                            pool: up.name.clone(),
+                            mode: "http",
+                            kind: "http",
+                            configured_weight: b.weight,
+                            health,
+                            over,
+                        });
+                    }
+                }
+                HttpStatus {
+                    name: h.name.clone(),
+                    listen: h.listen.clone(),
+                    tls: !h.tls.is_empty(),
+                    backends,
+                    proxy: handles.iter().find(|p| p.listener == h.name).cloned(),
+                }
+            })
+            .collect()
     }
 }

@@ -54,6 +54,17 @@ fn weight_fits(
     key: &BackendKey,
     weight: u32,
 ) -> Result<(), OpError> {
+    if http_has(cfg, key) {
+        // No Maglev table to fill: the file's own bound on an L7 weight.
+        return if weight <= config::MAX_HTTP_WEIGHT {
+            Ok(())
+        } else {
+            Err(OpError::Invalid(format!(
+                "{key}: weight {weight} refused: an http backend's weight is at most {}",
+                config::MAX_HTTP_WEIGHT
+            )))
+        };
+    }
     let Some(s) = cfg.services.iter().find(|s| s.name == key.service) else {
         return Ok(());
     };
@@ -82,16 +93,28 @@ fn weight_fits(
 
 /// True when `key` names a backend of the config.
 fn config_has(cfg: &Config, key: &BackendKey) -> bool {
-    cfg.services.iter().any(|s| {
-        s.name == key.service
-            && s.pools
-                .iter()
-                .flat_map(|p| &p.backends)
-                .any(|b| b.addr == key.addr && b.port.unwrap_or(0) == key.port)
-    })
+    http_has(cfg, key)
+        || cfg.services.iter().any(|s| {
+            s.name == key.service
+                && s.pools
+                    .iter()
+                    .flat_map(|p| &p.backends)
+                    .any(|b| b.addr == key.addr && b.port.unwrap_or(0) == key.port)
+        })
 }
 
 /// Services whose every operator-enabled backend is down and whose policy is to fail open.
+/// Whether `key` names a backend of an `[[http]]` upstream (`HTTP/UPSTREAM/ADDR:PORT`).
+fn http_has(cfg: &Config, key: &BackendKey) -> bool {
+    cfg.http.iter().any(|h| {
+        h.upstreams.iter().any(|up| {
+            up.backends
+                .iter()
+                .any(|b| BackendKey::of_http(h, up, b) == *key)
+        })
+    })
+}
+
 pub(super) fn failing_open(
     cfg: &Config,
     overrides: &BTreeMap<BackendKey, Override>,

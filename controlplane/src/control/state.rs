@@ -5,7 +5,7 @@
 //! *may* serve right now. [`effective_weight`] combines them into the weight a backend gets in the
 //! next compiled table; it is pure so the rules are tested without sockets.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -119,6 +119,23 @@ pub struct ServiceStatus {
     pub stats: Vec<u32>,
 }
 
+/// One `[[http]]` as the admin API sees it: its sockets, its backends (named
+/// `HTTP/UPSTREAM/ADDR:PORT`, `pool` is the upstream) and, while it serves, its proxy's counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpStatus {
+    /// The `[[http]]` name.
+    pub name: String,
+    /// Configured listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Whether it ends TLS.
+    pub tls: bool,
+    /// Every backend of every upstream, in file order.
+    pub backends: Vec<BackendStatus>,
+    /// The running proxy's per-worker counters; `None` while `lb run` has not started it.
+    #[serde(skip)]
+    pub proxy: Option<super::HttpHandle>,
+}
+
 /// Reload outcomes since start.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ReloadStatus {
@@ -192,6 +209,11 @@ pub trait Control: Send + Sync + 'static {
     fn clear(&self, key: &BackendKey) -> Result<u64, OpError>;
     /// Rereads the config file now (as SIGHUP does); the new generation, or the rejection.
     fn reload(&self) -> Result<u64, super::ReloadError>;
+    /// Every `[[http]]` with its backends and proxy counters (none by default: a plane without
+    /// L7).
+    fn http(&self) -> Vec<HttpStatus> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

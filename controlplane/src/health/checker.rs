@@ -74,6 +74,29 @@ pub fn targets(config: &Config) -> Vec<Target> {
             }
         }
     }
+    // L7 backends: the upstream's check on the check's port, else the backend's. Passive
+    // ejection reads the L4 workers' counters, which never see them.
+    for h in &config.http {
+        for up in &h.upstreams {
+            for b in &up.backends {
+                let key = BackendKey::of_http(h, up, b);
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                let port = up
+                    .health_check
+                    .as_ref()
+                    .and_then(|c| c.port)
+                    .unwrap_or(b.port);
+                out.push(Target {
+                    key,
+                    probe: SocketAddr::new(b.addr, port),
+                    check: up.health_check.clone(),
+                    passive: None,
+                });
+            }
+        }
+    }
     out
 }
 
@@ -415,5 +438,52 @@ async fn probe_loop(
         }
         drop(inner);
         next = started + interval + jitter(check.jitter);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_upstream_backends_are_targets_with_their_upstreams_check() {
+        let text = r#"
+[dataplane]
+mac = "02:00:00:00:00:01"
+
+[[http]]
+name = "site"
+listen = ["198.18.0.10:80"]
+
+[[http.upstreams]]
+name = "pods"
+backends = [{ addr = "198.18.1.10", port = 8080 }, { addr = "198.18.1.11", port = 8080 }]
+[http.upstreams.health_check]
+kind = "http"
+port = 9000
+
+[[http.upstreams]]
+name = "plain"
+backends = [{ addr = "198.18.1.12", port = 8080 }]
+"#;
+        let cfg = Config::from_toml_str(text, std::path::Path::new("t.toml")).unwrap();
+        let t = targets(&cfg);
+        let names: Vec<String> = t.iter().map(|t| t.key.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "site/pods/198.18.1.10:8080",
+                "site/pods/198.18.1.11:8080",
+                "site/plain/198.18.1.12:8080"
+            ]
+        );
+        // The check's port wins over the backend's; no check: none (always up); never passive.
+        assert_eq!(t[0].probe, "198.18.1.10:9000".parse().unwrap());
+        assert!(t[0]
+            .check
+            .as_ref()
+            .is_some_and(|c| c.kind == crate::config::CheckKind::Http));
+        assert_eq!(t[2].check, None);
+        assert!(t.iter().all(|t| t.passive.is_none()));
     }
 }

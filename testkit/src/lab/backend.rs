@@ -47,6 +47,13 @@ pub fn serve(name: &str, http: &[u16], udp: &[u16]) -> io::Result<()> {
     }
 }
 
+/// Serves HTTP on `l` from a thread of its own, answering every request with `name` (the lab
+/// backend in-process, for tests on loopback).
+pub fn spawn_http(name: &str, l: TcpListener) {
+    let name = name.to_owned();
+    std::thread::spawn(move || accept_loop(&name, &l));
+}
+
 fn accept_loop(name: &str, l: &TcpListener) {
     for conn in l.incoming() {
         let Ok(conn) = conn else { continue };

@@ -33,6 +33,65 @@ pub fn http_get(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> io::
     parse_http_body(&answer)
 }
 
+/// A GET with a chosen Host, path and extra header fields (what an HTTP route matches on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The Host header.
+    pub host: String,
+    /// The request target (origin form).
+    pub path: String,
+    /// More header fields.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// `GET path` for `host`, no other fields.
+    pub fn new(host: &str, path: &str) -> Request {
+        Request {
+            host: host.to_owned(),
+            path: path.to_owned(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a header field.
+    pub fn header(mut self, name: &str, value: &str) -> Request {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    fn write_to(&self, w: &mut impl Write, close: bool) -> io::Result<()> {
+        let mut head = format!("GET {} HTTP/1.1\r\nHost: {}\r\n", self.path, self.host);
+        for (n, v) in &self.headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if close {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        w.write_all(head.as_bytes())
+    }
+}
+
+/// Sends `req` on a new connection from `src` (when given) and returns the body of a 200 answer
+/// (the backend's name); any other status is an error naming the status line.
+pub fn http_request(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    req: &Request,
+    timeout: Duration,
+) -> io::Result<String> {
+    let s = socket_for(dst, Type::STREAM, src)?;
+    s.connect_timeout(&SockAddr::from(dst), timeout)?;
+    let mut conn = TcpStream::from(s);
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    req.write_to(&mut conn, true)?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)?;
+    parse_http_body(&answer)
+}
+
 /// The body of a `200` answer.
 fn parse_http_body(answer: &str) -> io::Result<String> {
     let (head, body) = answer
@@ -71,8 +130,12 @@ impl KeepAlive {
 
     /// Sends one request and returns the body of the answer.
     pub fn get(&mut self) -> io::Result<String> {
-        self.writer
-            .write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+        self.request(&Request::new("lab", "/"))
+    }
+
+    /// Sends `req` on the connection and reads its answer as [`KeepAlive::get`] does.
+    pub fn request(&mut self, req: &Request) -> io::Result<String> {
+        req.write_to(&mut self.writer, false)?;
         let mut len = None;
         let mut head = String::new();
         loop {

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use super::{LabError, DEFAULT_INTERFACE};
+use super::{LabError, Request, DEFAULT_INTERFACE};
 use crate::netns;
 
 /// Service addresses of a config, read leniently (only `[[services]] vip`) so the lab works with
@@ -60,9 +60,59 @@ pub(super) fn read_config(path: &Path) -> Result<(Vec<IpAddr>, String, Vec<Targe
             service: name.to_owned(),
             addr: SocketAddr::new(vip, port),
             udp,
+            request: None,
         });
     }
+    targets.extend(http_targets(&value));
     Ok((vips, iface, targets))
+}
+
+/// One target per route of every `[[http]]` (at its first listen address): a request the route
+/// matches (its first host, a wildcard's `*` as `demo`; its path; its header matches), so the
+/// demo shows which backend answers each route.
+fn http_targets(value: &toml::Table) -> Vec<Target> {
+    let mut out = Vec::new();
+    let listeners = value.get("http").and_then(|h| h.as_array());
+    for h in listeners.into_iter().flatten() {
+        let name = h.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+        let Some(addr) = h
+            .get("listen")
+            .and_then(|l| l.as_array())
+            .and_then(|l| l.first())
+            .and_then(|a| a.as_str())
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        else {
+            continue;
+        };
+        let routes = h.get("routes").and_then(|r| r.as_array());
+        for r in routes.into_iter().flatten() {
+            let host = r
+                .get("hosts")
+                .and_then(|h| h.as_array())
+                .and_then(|h| h.first())
+                .and_then(|h| h.as_str())
+                .map_or_else(
+                    || "demo.lab.test".to_owned(),
+                    |h| h.replacen('*', "demo", 1),
+                );
+            let path = r.get("path").and_then(|p| p.as_str()).unwrap_or("/");
+            let mut request = Request::new(&host, path);
+            let mut shown = format!("{host}{path}");
+            let headers = r.get("headers").and_then(|h| h.as_table());
+            for (n, v) in headers.into_iter().flatten() {
+                let v = v.as_str().unwrap_or_default();
+                shown.push_str(&format!(" {n}: {v}"));
+                request = request.header(n, v);
+            }
+            out.push(Target {
+                service: format!("{name} {shown}"),
+                addr,
+                udp: false,
+                request: Some(request),
+            });
+        }
+    }
+    out
 }
 
 /// `[dataplane] port` and `workers` of a config (`tap` and 1 when absent).
@@ -101,6 +151,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// UDP (echo) rather than TCP (HTTP).
     pub udp: bool,
+    /// An `[[http]]` route: the request that matches it (else a plain `GET /`).
+    pub request: Option<Request>,
 }
 
 #[cfg(test)]
@@ -115,6 +167,20 @@ mod tests {
         assert!(!vips.is_empty());
         assert!(!iface.is_empty());
         assert!(targets.iter().any(|t| !t.udp) && targets.iter().any(|t| t.udp));
+        // Every route of the HTTP service is a target, with the host and headers it matches.
+        let http: Vec<&Target> = targets.iter().filter(|t| t.request.is_some()).collect();
+        assert_eq!(http.len(), 3, "{http:?}");
+        let api = http
+            .iter()
+            .find(|t| t.service.ends_with("www.lab.test/api"));
+        assert!(api.is_some(), "{http:?}");
+        let by_header = http
+            .iter()
+            .find_map(|t| t.request.as_ref().filter(|r| !r.headers.is_empty()));
+        assert_eq!(
+            by_header.map(|r| (r.host.as_str(), r.headers.clone())),
+            Some(("demo.lab.test", vec![("X-Pod".to_owned(), "b".to_owned())]))
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         for b in &BACKENDS {
             assert!(

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::config::read_config;
 use super::{
-    client_v4, client_v6, http_get, step, udp_echo, Lab, LabError, LabOptions, Target,
-    CLIENT_ADDRS, REQUEST_TIMEOUT,
+    client_v4, client_v6, http_get, http_request, step, udp_echo, Lab, LabError, LabOptions,
+    Target, CLIENT_ADDRS, REQUEST_TIMEOUT,
 };
 
 /// What `lb lab demo` measured.
@@ -24,7 +24,8 @@ pub struct DemoReport {
 }
 
 /// Builds the lab for `config`, runs `lb run` in it, sends `requests` new connections (TCP
-/// services: HTTP GET; UDP services: one datagram) to every service of the config from the
+/// services: HTTP GET; UDP services: one datagram; `[[http]]` routes: a GET the route matches)
+/// to every service of the config from the
 /// client's addresses in turn, stops the balancer and tears everything down. `stop` (set by a
 /// signal handler) ends the run early, still tearing down.
 pub fn demo(
@@ -66,10 +67,10 @@ pub fn demo(
                     SocketAddr::V4(_) => IpAddr::V4(client_v4(k)),
                     SocketAddr::V6(_) => IpAddr::V6(client_v6(k)),
                 };
-                let answer = if t.udp {
-                    udp_echo(Some(src), t.addr, REQUEST_TIMEOUT)
-                } else {
-                    http_get(Some(src), t.addr, REQUEST_TIMEOUT)
+                let answer = match &t.request {
+                    _ if t.udp => udp_echo(Some(src), t.addr, REQUEST_TIMEOUT),
+                    Some(req) => http_request(Some(src), t.addr, req, REQUEST_TIMEOUT),
+                    None => http_get(Some(src), t.addr, REQUEST_TIMEOUT),
                 };
                 let key = match answer {
                     Ok(name) => name,

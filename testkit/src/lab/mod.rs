@@ -41,7 +41,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::{http_get, ping, udp_echo, KeepAlive};
+pub use client::{http_get, http_request, ping, udp_echo, KeepAlive, Request};
 pub use config::Target;
 pub use demo::{demo, DemoReport};
 pub use topology::{sweep, Lab, LabOptions, LbExit, Swept};

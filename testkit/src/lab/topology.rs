@@ -146,6 +146,8 @@ impl Lab {
             &lb,
             &["addr", "add", &format!("{HOST_V4}/16"), "dev", "br0"],
         )?;
+        // The clients are on-link too: the [[http]] listeners answer them from the kernel here.
+        in_ns(&lb, &["route", "add", "198.19.0.0/16", "dev", "br0"])?;
         if port_kind == "tap" {
             // A persistent multi-queue TAP, so it is on the bridge before `lb run` attaches. Owned
             // by root: a TAP with no owner lets any user who can open /dev/net/tun attach to it

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
 
 use dataplane::l7::tls::{self, CertSpec, TlsError};
 
@@ -47,6 +48,7 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
         check_tls(&http.tls, &at, &path, out);
         check_timeouts(http, &at, &path, out);
         check_limits(http, &at, &path, out);
+        check_proxy(http, &at, &path, out);
         let upstreams: Vec<&str> = http.upstreams.iter().map(|u| u.name.as_str()).collect();
         let mut seen: HashMap<&str, usize> = HashMap::with_capacity(upstreams.len());
         for (k, up) in http.upstreams.iter().enumerate() {
@@ -334,6 +336,55 @@ fn check_limits(http: &Http, at: &str, path: &str, out: &mut Vec<Problem>) {
                 l.buffer, l.max_head
             ),
             "a whole request head must fit in the buffer; the default is 65536",
+        );
+    }
+}
+
+/// Most client connections one worker may hold (each holds four buffers).
+const MAX_CONNECTIONS: usize = 1_000_000;
+/// Most idle backend connections kept per backend and worker.
+const MAX_POOL: usize = 10_000;
+/// Longest an idle backend connection is kept, and a closing client connection drained.
+const MAX_PROXY_WAIT: Duration = Duration::from_secs(3600);
+
+/// `[http.proxy]`: counts a worker can hold, waits a timer can arm.
+fn check_proxy(http: &Http, at: &str, path: &str, out: &mut Vec<Problem>) {
+    let p = &http.proxy;
+    let mut push = |key: &str, message: String, hint: &str| {
+        out.push(
+            Problem::new(
+                format!("{path}.proxy.{key}"),
+                format!("{at}: proxy.{key} {message}"),
+            )
+            .hint(hint),
+        );
+    };
+    if !(1..=MAX_CONNECTIONS).contains(&p.max_connections) {
+        push(
+            "max_connections",
+            format!("{} is outside 1..={MAX_CONNECTIONS}", p.max_connections),
+            "client connections per worker; the default is 10000",
+        );
+    }
+    if p.pool_per_backend > MAX_POOL {
+        push(
+            "pool_per_backend",
+            format!("{} is above {MAX_POOL}", p.pool_per_backend),
+            "idle backend connections per backend and worker (0 keeps none); the default is 64",
+        );
+    }
+    if p.pool_idle.is_zero() || p.pool_idle > MAX_PROXY_WAIT {
+        push(
+            "pool_idle",
+            format!("{:?} is outside 1ms..=1h", p.pool_idle),
+            "how long an idle backend connection is kept; the default is \"30s\"",
+        );
+    }
+    if p.linger > MAX_PROXY_WAIT {
+        push(
+            "linger",
+            format!("{:?} is above 1h", p.linger),
+            "how long a closing client connection is drained; the default is \"2s\"",
         );
     }
 }

@@ -19,6 +19,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 pub use host::{Host, MemoryEstimate};
+pub use http::MAX_HTTP_WEIGHT;
 pub use services::{weights_fit, WeightsTooLarge, WEIGHTS_HINT};
 
 use super::schema::{Admin, Config, Conntrack};
