@@ -503,6 +503,42 @@ upstreams = [{ name = "b" }]
     }
 
     #[test]
+    fn an_added_http_section_starts_listening_and_a_removed_one_stops() {
+        let (a, b) = (backend("pod-a"), backend("pod-b"));
+        let p = free_port();
+        let with = text(&[p], a, b, "");
+        let without = with[..with.find("[[http]]").unwrap()].to_owned();
+        let (cp, _dir, path) = plane("section", &without);
+        cp.start_http(1).unwrap();
+        assert!(cp.http_handles().is_empty());
+        let root = Request::new("x.test", "/");
+        assert_eq!(
+            spread(p, &root, 1)
+                .keys()
+                .filter(|k| k.starts_with("error"))
+                .count(),
+            1
+        );
+
+        std::fs::write(&path, &with).unwrap();
+        cp.reload_file().unwrap();
+        assert_eq!(cp.http_handles().len(), 1);
+        assert_eq!(spread(p, &root, 4).values().sum::<usize>(), 4);
+        assert!(!spread(p, &root, 4).keys().any(|k| k.starts_with("error")));
+
+        std::fs::write(&path, &without).unwrap();
+        cp.reload_file().unwrap();
+        assert!(cp.http_handles().is_empty());
+        assert!(lab::http_request(
+            None,
+            SocketAddr::from(([127, 0, 0, 1], p)),
+            &root,
+            lab::REQUEST_TIMEOUT
+        )
+        .is_err());
+    }
+
+    #[test]
     fn operators_drain_l7_backends_and_state_shows_them() {
         let (a, b) = (backend("pod-a"), backend("pod-b"));
         let p = free_port();

@@ -11,7 +11,8 @@
 //!   198.18.1.10/11, default route via the balancer (198.18.0.1 / 2001:db8::1), so nat replies
 //!   return through it; MACs are the [[neighbors]] of lb.toml.
 //!   br0 itself has 198.18.255.1/16: the balancer host's kernel address, where health checks
-//!   come from (on-link for the backends, so their answers never touch the dataplane).
+//!   come from (on-link for the backends, so their answers never touch the dataplane), and
+//!   where `[[http]]` listeners listen (a route puts the clients' 198.19.0.0/16 on br0 too).
 //! ```
 //!
 //! With `port = "af_packet"` or `"af_xdp"` the balancer's interface is instead one end of a veth
