@@ -538,6 +538,77 @@ upstreams = [{ name = "b" }]
         .is_err());
     }
 
+    /// A CA and a leaf for `name` signed by it: the leaf's PEM files written to `cert` and
+    /// `key`, the CA's to `ca`.
+    fn issue(name: &str, ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "lb test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let leaf = params.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
+        std::fs::write(ca, ca_cert.pem()).unwrap();
+        std::fs::write(cert, leaf.pem()).unwrap();
+        std::fs::write(key, leaf_key.serialize_pem()).unwrap();
+    }
+
+    /// `curl https://site.test:port/` trusting only `ca`: the body, or curl's complaint.
+    fn curl(port: u16, ca: &std::path::Path) -> Result<String, String> {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(ca)
+            .arg("--resolve")
+            .arg(format!("site.test:{port}:127.0.0.1"))
+            .arg(format!("https://site.test:{port}/"))
+            .output()
+            .expect("curl runs");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    #[test]
+    fn a_reload_serves_certificate_files_renewed_in_place() {
+        let (a, b) = (backend("pod-a"), backend("pod-b"));
+        let p = free_port();
+        let tls = "[[http.tls]]\ncert = \"site.pem\"\nkey = \"site.key\"\n";
+        let body = text(&[p], a, b, "").replacen(
+            "[[http.upstreams]]",
+            &format!("{tls}[[http.upstreams]]"),
+            1,
+        );
+        let dir = std::env::temp_dir().join(format!("lb-l7-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca1, ca2) = (dir.join("ca1.pem"), dir.join("ca2.pem"));
+        let (cert, key) = (dir.join("site.pem"), dir.join("site.key"));
+        issue("site.test", &ca1, &cert, &key);
+        std::fs::write(dir.join("lb.toml"), &body).unwrap();
+        let _dir = Dir(dir.clone());
+        let path = dir.join("lb.toml");
+        let (cfg, text) = crate::config::load_with_text(&path).unwrap();
+        let (cp, _) = ControlPlane::new(&path, cfg, text, Box::new(control::load_file)).unwrap();
+        cp.start_http(1).unwrap();
+        let first = curl(p, &ca1).unwrap();
+        assert!(first == "pod-a" || first == "pod-b", "{first}");
+
+        // New files behind the same paths, the same lb.toml: a reload (SIGHUP) serves them to
+        // new handshakes.
+        issue("site.test", &ca2, &cert, &key);
+        assert!(curl(p, &ca2).is_err(), "renewed before the reload");
+        cp.reload_file().unwrap();
+        assert!(curl(p, &ca2).is_ok());
+        assert!(curl(p, &ca1).is_err());
+        cp.stop_http();
+    }
+
     #[test]
     fn operators_drain_l7_backends_and_state_shows_them() {
         let (a, b) = (backend("pod-a"), backend("pod-b"));
