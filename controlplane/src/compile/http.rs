@@ -78,6 +78,7 @@ fn listener(http: &Http, adjust: Adjust<'_>) -> HttpListener {
                 })
                 .collect(),
             policy: policy(up),
+            upstream: Default::default(),
         })
         .collect();
     let routes = http
