@@ -587,3 +587,74 @@ fn compile_maps_limits_timeouts_policies_and_runtime_weights() {
         .collect();
     assert_eq!(endpoints, vec![("198.18.1.10:8080".to_string(), 0)]);
 }
+
+/// An `[[http]]` whose upstream `a` has `keys` (after its backends) and then `tls`.
+fn upstream_http(keys: &str, tls: &str) -> String {
+    format!(
+        "{BASE}[[http]]\nname = \"w\"\nlisten = [\"198.18.0.10:80\"]\ndefault_upstream = \"a\"\n\
+         [[http.upstreams]]\nname = \"a\"\nbackends = [{{ addr = \"198.18.1.1\", port = 443 }}]\n{keys}{tls}"
+    )
+}
+
+#[test]
+fn upstream_proxy_protocol_and_tls_are_compiled_and_checked() {
+    use dataplane::l7::upstream::{BackendTlsSpec, ProxyProtocol, UpstreamSpec};
+    let dir = TempDir::new("upstream-tls");
+    write_cert(&dir.0, "ca", "ca.example");
+    std::fs::write(dir.0.join("certs/junk.pem"), "hello\n").unwrap();
+    let config = dir.0.join("lb.toml");
+
+    let good = upstream_http(
+        "proxy_protocol = \"v2\"\n",
+        "[http.upstreams.tls]\nca = \"certs/ca.pem\"\nserver_name = \"api.internal\"\n",
+    );
+    let (_, compiled) = compile::check_str(&good, &config).unwrap_or_else(|r| panic!("{r}"));
+    assert_eq!(
+        compiled.http[0].routes.services[0].upstream,
+        UpstreamSpec {
+            proxy_protocol: Some(ProxyProtocol::V2),
+            tls: Some(BackendTlsSpec {
+                ca: Some(dir.0.join("certs/ca.pem")),
+                server_name: Some("api.internal".into()),
+                insecure_skip_verify: false,
+            }),
+        },
+        "the CA path from the config's directory"
+    );
+    let insecure = upstream_http("", "[http.upstreams.tls]\ninsecure_skip_verify = true\n");
+    assert!(compile::check_str(&insecure, &config).is_ok());
+
+    for (name, tls, word) in [
+        (
+            "missing CA file",
+            "[http.upstreams.tls]\nca = @@\"certs/none.pem\"\n",
+            "cannot read",
+        ),
+        (
+            "not PEM",
+            "[http.upstreams.tls]\nca = @@\"certs/junk.pem\"\n",
+            "no CERTIFICATE",
+        ),
+        (
+            "bad server name",
+            "[http.upstreams.tls]\nca = \"certs/ca.pem\"\nserver_name = @@\"not a name\"\n",
+            "not a DNS name",
+        ),
+        (
+            "ca and insecure",
+            "[http.upstreams.tls]\nca = \"certs/ca.pem\"\ninsecure_skip_verify = @@true\n",
+            "would not be used",
+        ),
+    ] {
+        case_at(name, &upstream_http("", tls), &[word], &config);
+    }
+    // No CA and verification on: refused (the problem is the table's).
+    let r = report_at(
+        &upstream_http("", "[http.upstreams.tls]\nserver_name = \"x.example\"\n"),
+        &config,
+    )
+    .expect("refused");
+    assert!(r.to_string().contains("no ca"), "{r}");
+    let r = report_at(&upstream_http("proxy_protocol = \"v1\"\n", ""), &config).expect("refused");
+    assert!(r.to_string().contains("v2"), "{r}");
+}

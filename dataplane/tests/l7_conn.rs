@@ -312,6 +312,7 @@ fn routed_through_a_compiled_table() {
             weight,
         }],
         policy: Policy::RoundRobin,
+        upstream: Default::default(),
     };
     let route = |host: &str, name: &str| RouteSpec {
         origin: Origin::Ingress,
@@ -363,6 +364,7 @@ fn requests_in_flight_are_counted_until_they_end_however_they_end() {
                 weight: 1,
             }],
             policy: Policy::LeastOutstanding,
+            upstream: Default::default(),
         }],
         routes: vec![RouteSpec {
             origin: Origin::Ingress,

@@ -105,6 +105,7 @@ fn table_of(group: &Value) -> TableSpec {
                 })
                 .collect(),
             policy: Policy::RoundRobin,
+            upstream: Default::default(),
         })
         .collect();
     TableSpec {

@@ -37,6 +37,7 @@ const PACKAGE_OF: &[(&str, &str)] = &[
     ("valgrind", "valgrind"),
     ("ping", "iputils-ping"),
     ("curl", "curl"),
+    ("haproxy", "haproxy"),
     ("cc", "build-essential"),
     ("pkg-config", "pkg-config"),
     ("debootstrap", "debootstrap"),

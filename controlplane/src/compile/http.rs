@@ -12,11 +12,13 @@ use dataplane::l7::route::{
     BackendRef, EndpointSpec, HashKey as CoreHashKey, Origin, PathMatch, Policy, RouteSpec,
     ServiceSpec, TableSpec,
 };
+use dataplane::l7::upstream::{BackendTlsSpec, ProxyProtocol as CoreProxyProtocol, UpstreamSpec};
 use dataplane::l7::{ConnConfig, Limits, Timeouts};
 
 use super::Adjust;
 use crate::config::{
-    BackendKey, Balance, Config, HashKey, Http, PathType, RouteKind, Upstream, UpstreamRef,
+    BackendKey, Balance, Config, HashKey, Http, PathType, ProxyProtocol, RouteKind, Upstream,
+    UpstreamRef,
 };
 
 /// One `[[http]]` as the transport takes it.
@@ -89,6 +91,7 @@ fn listener(http: &Http, adjust: Adjust<'_>) -> HttpListener {
                 })
                 .collect(),
             policy: policy(up),
+            upstream: upstream(up),
         })
         .collect();
     let routes = http
@@ -146,6 +149,21 @@ fn backend_ref(r: &UpstreamRef) -> BackendRef {
     BackendRef {
         service: r.name.clone(),
         weight: r.weight,
+    }
+}
+
+/// How connections to the upstream's backends are made (CA path as resolved by
+/// `Config::resolve_paths`; the file is read when the route table is compiled).
+fn upstream(up: &Upstream) -> UpstreamSpec {
+    UpstreamSpec {
+        proxy_protocol: up.proxy_protocol.map(|p| match p {
+            ProxyProtocol::V2 => CoreProxyProtocol::V2,
+        }),
+        tls: up.tls.as_ref().map(|t| BackendTlsSpec {
+            ca: t.ca.clone(),
+            server_name: t.server_name.clone(),
+            insecure_skip_verify: t.insecure_skip_verify,
+        }),
     }
 }
 

@@ -176,6 +176,38 @@ pub struct Upstream {
     /// Active health check of every backend; absent: backends are always up.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// `"v2"`: a PROXY protocol v2 header (the client's address and port) first on every new
+    /// backend connection; absent: none.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// `[http.upstreams.tls]`: TLS to the backends; absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `[[http.upstreams]] proxy_protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum ProxyProtocol {
+    /// The binary version 2 header.
+    #[serde(rename = "v2")]
+    V2,
+}
+
+/// `[http.upstreams.tls]`: how backends are reached over TLS and verified.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM file of the CA certificates backend certificates must chain to (relative to the
+    /// config file's directory); required unless `insecure_skip_verify`.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Name sent as SNI and verified in the certificate; absent: no SNI, the backend's address
+    /// is verified (an IP name in its certificate).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Accept any certificate: lab use only, traffic can then be read and changed on the path.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// `[[http.upstreams]] balance`.
@@ -345,6 +377,16 @@ impl Config {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }
+            }
+        }
+        let upstream_cas = self
+            .http
+            .iter_mut()
+            .flat_map(|h| &mut h.upstreams)
+            .filter_map(|u| u.tls.as_mut()?.ca.as_mut());
+        for p in upstream_cas {
+            if p.is_relative() {
+                *p = dir.join(&*p);
             }
         }
     }

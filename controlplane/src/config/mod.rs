@@ -21,8 +21,8 @@ pub use validate::{
 };
 
 pub use http::{
-    Balance, HashKey, Http, HttpBackend, HttpLimits, HttpProxy, HttpTimeouts, PathType, Route,
-    RouteKind, TlsCert, Upstream, UpstreamRef,
+    Balance, HashKey, Http, HttpBackend, HttpLimits, HttpProxy, HttpTimeouts, PathType,
+    ProxyProtocol, Route, RouteKind, TlsCert, Upstream, UpstreamRef, UpstreamTls,
 };
 pub use key::{BackendKey, NameError};
 pub use load::{load, load_with_text, read_bytes, read_text, MAX_CONFIG_BYTES};

@@ -32,6 +32,16 @@ pub enum L7Error {
         /// What is wrong with which file.
         source: TlsError,
     },
+    /// The CA file of an upstream's TLS to its backends could not be loaded.
+    #[error("http {listener}: upstream {upstream}: {source}")]
+    BackendTls {
+        /// The `[[http]]` name.
+        listener: String,
+        /// The `[[http.upstreams]]` name.
+        upstream: String,
+        /// What is wrong with which file.
+        source: Arc<TlsError>,
+    },
     /// A listen socket could not be opened, or the proxy could not start its workers.
     #[error("http {listener}: listening on {addrs:?}: {source}")]
     Listen {
@@ -189,11 +199,20 @@ impl L7 {
                 _ if !self.started() => Vec::new(),
                 _ => load_specs(&spec)?,
             };
-            out.push(Prepared {
-                table: RouteTable::compile(&spec.routes),
-                spec,
-                specs,
-            });
+            // A file reload refuses an upstream whose CA file no longer loads (the old table
+            // keeps serving); a health or operator change compiles what the file gave.
+            let table = if reread {
+                RouteTable::try_compile(&spec.routes).map_err(|(upstream, source)| {
+                    L7Error::BackendTls {
+                        listener: spec.name.clone(),
+                        upstream,
+                        source,
+                    }
+                })?
+            } else {
+                RouteTable::compile(&spec.routes)
+            };
+            out.push(Prepared { table, spec, specs });
         }
         Ok(out)
     }

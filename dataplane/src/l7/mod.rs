@@ -7,7 +7,9 @@
 //! head sent on: hop-by-hop removal, X-Forwarded-*, Forwarded), [`errors`] (refusal reasons and
 //! the short answers), [`route`] (the route table), [`select`] (backend choice), [`pool`] (idle
 //! backend connections, held by the transport), [`conn`] (the connection state machine) and
-//! [`tls`] (rustls glue: certificates by SNI, a server session between transport and core).
+//! [`tls`] (rustls glue: certificates by SNI, a session between transport and core, server or
+//! client side), [`upstream`] (how backend connections are made: PROXY header, TLS) and
+//! [`proxy_proto`] (the PROXY v2 header).
 #![forbid(unsafe_code)]
 
 pub mod body;
@@ -16,10 +18,12 @@ pub mod errors;
 pub mod head;
 pub mod headers;
 pub mod pool;
+pub mod proxy_proto;
 pub mod response;
 pub mod route;
 pub mod select;
 pub mod tls;
+pub mod upstream;
 
 pub use conn::{Action, Conn, ConnConfig, Router, Timeouts};
 pub use errors::{RejectReason, Status};

@@ -15,8 +15,11 @@
 
 use super::errors::Status;
 use super::head::RequestHead;
+use super::tls::TlsError;
+use super::upstream::{Upstream, UpstreamSpec};
 use rustc_hash::FxHashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 /// Which API a route comes from: it decides wildcard and precedence rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,8 @@ pub struct ServiceSpec {
     pub endpoints: Vec<EndpointSpec>,
     /// How it picks one.
     pub policy: Policy,
+    /// How connections to its endpoints are made (PROXY header, TLS).
+    pub upstream: UpstreamSpec,
 }
 
 /// A service a route sends to, with its share of the route's requests.
@@ -156,6 +161,8 @@ pub struct Service {
     pub backends: Vec<BackendId>,
     /// How it picks one.
     pub policy: Policy,
+    /// How connections to its endpoints are made, TLS settings loaded.
+    pub upstream: Arc<Upstream>,
 }
 
 /// Where a matched route sends: a weighted set of services, or an answer.
@@ -297,7 +304,27 @@ fn lower(s: &str) -> Box<[u8]> {
 }
 
 impl RouteTable {
-    /// Compiles `spec`. Never fails: a route with nothing usable to send to answers an error.
+    /// Like [`Self::compile`], but refuses a table with a service whose backend TLS settings
+    /// do not load (rather than serving 502 for it): the error names the service.
+    pub fn try_compile(spec: &TableSpec) -> Result<RouteTable, (String, Arc<TlsError>)> {
+        let table = RouteTable::compile(spec);
+        for s in &table.services {
+            if let Some(Err(e)) = &s.upstream.tls {
+                return Err((s.name.to_string(), e.clone()));
+            }
+        }
+        Ok(table)
+    }
+
+    /// Where `backend` listens and how to connect to it.
+    pub fn backend_conn(&self, backend: BackendId) -> Option<(SocketAddr, &Arc<Upstream>)> {
+        let b = self.backends.get(backend.0 as usize)?;
+        let service = self.services.get(b.service as usize)?;
+        Some((b.addr, &service.upstream))
+    }
+
+    /// Compiles `spec`. Never fails: a route with nothing usable to send to answers an error,
+    /// a service whose backend TLS settings do not load answers 502 (see [`Self::try_compile`]).
     pub fn compile(spec: &TableSpec) -> RouteTable {
         let mut table = RouteTable::default();
         let mut by_name = FxHashMap::default();
@@ -319,6 +346,7 @@ impl RouteTable {
                 name: s.name.as_str().into(),
                 backends,
                 policy: s.policy.clone(),
+                upstream: Arc::new(Upstream::load(&s.upstream)),
             });
         }
         let target_of = |table: &mut RouteTable, refs: &[BackendRef], origin: Origin| {
@@ -520,6 +548,7 @@ mod tests {
                     weight: 1,
                 }],
                 policy: Policy::RoundRobin,
+                upstream: Default::default(),
             })
             .collect();
         RouteTable::compile(&TableSpec {

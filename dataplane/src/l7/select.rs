@@ -253,6 +253,7 @@ mod tests {
                     })
                     .collect(),
                 policy: policy.clone(),
+                upstream: Default::default(),
             })
             .collect();
         let routes = vec![RouteSpec {

@@ -1,16 +1,21 @@
-//! TLS termination glue: certificates from PEM files chosen by SNI, and a server session that
-//! sits between a transport and the HTTP core (TLS records in, plaintext out, and back).
+//! TLS glue: certificates from PEM files chosen by SNI (termination), client settings for TLS to
+//! backends ([`client_config`]), and a session that sits between a transport and the HTTP core
+//! (TLS records in, plaintext out, and back), server or client side.
 //!
 //! rustls is sans-IO already: [`TlsSession`] only narrows its API to what a transport needs and
 //! turns its errors into values. Certificates are loaded whole before a listener uses them: a bad
 //! or missing file is a [`TlsError`] naming the file, never a half-loaded certificate set.
 
-use rustls::crypto::CryptoProvider;
+use super::upstream::BackendTlsSpec;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientConfig, ClientConnection};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnection};
 use rustls::sign::CertifiedKey;
+use rustls::{Connection, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -70,6 +75,12 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(rustls::Error),
+    /// TLS to a backend with neither a CA file nor `insecure_skip_verify`.
+    #[error("TLS to a backend needs a CA file to verify it (or insecure_skip_verify)")]
+    NoCa,
+    /// A backend server name that is not a DNS name or an IP address.
+    #[error("server name {0:?} is not a DNS name or an IP address")]
+    ServerName(String),
 }
 
 /// Picks the certificate for a handshake by SNI: exact name, then `*.parent`, then the default.
@@ -183,6 +194,112 @@ pub fn server_config(spec: &TlsSpec) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// Client settings for TLS to backends: verified against the CA file of `spec` (every
+/// certificate in it is trusted), or not at all with `insecure_skip_verify`; TLS 1.2 and 1.3,
+/// ALPN http/1.1, session resumption in memory.
+pub fn client_config(spec: &BackendTlsSpec) -> Result<Arc<ClientConfig>, TlsError> {
+    if let Some(name) = &spec.server_name {
+        ServerName::try_from(name.as_str()).map_err(|_| TlsError::ServerName(name.clone()))?;
+    }
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(TlsError::Config)?;
+    let mut config = if spec.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        let path = spec.ca.as_deref().ok_or(TlsError::NoCa)?;
+        builder
+            .with_root_certificates(load_roots(path)?)
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The name a backend connection verifies (and sends as SNI when it is a DNS name):
+/// `server_name` when set, else the backend's address (verified against the certificate's IP
+/// names; rustls sends no SNI for an address).
+pub fn backend_name(spec: &BackendTlsSpec, addr: std::net::IpAddr) -> ServerName<'static> {
+    spec.server_name
+        .as_deref()
+        .and_then(|n| ServerName::try_from(n.to_owned()).ok())
+        .unwrap_or(ServerName::IpAddress(addr.into()))
+}
+
+/// Every certificate of a PEM file, as trust anchors.
+fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let pem = read(path)?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| pem_error(path, e))?;
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            what: "no CERTIFICATE section".into(),
+        });
+    }
+    Ok(roots)
+}
+
+/// `insecure_skip_verify`: any certificate and name are accepted (the handshake signatures are
+/// still checked, so the peer holds the key of the certificate it sent, whoever that is).
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// What the peer did, as seen through TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plain {
@@ -194,17 +311,28 @@ pub enum Plain {
     Closed,
 }
 
-/// One server-side TLS session.
+/// One TLS session: server side (a client connection) or client side (a backend connection).
 #[derive(Debug)]
 pub struct TlsSession {
-    conn: ServerConnection,
+    conn: Connection,
 }
 
 impl TlsSession {
     /// A session for a just-accepted connection.
     pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
         Ok(TlsSession {
-            conn: ServerConnection::new(config)?,
+            conn: Connection::Server(ServerConnection::new(config)?),
+        })
+    }
+
+    /// A session for a new backend connection to `name` (see [`backend_name`]); the ClientHello
+    /// is queued at once.
+    pub fn client(
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<TlsSession, rustls::Error> {
+        Ok(TlsSession {
+            conn: Connection::Client(ClientConnection::new(config, name)?),
         })
     }
 
@@ -258,9 +386,12 @@ impl TlsSession {
         self.conn.is_handshaking()
     }
 
-    /// The name the client asked for.
+    /// The name the client asked for (server side).
     pub fn sni(&self) -> Option<&str> {
-        self.conn.server_name()
+        match &self.conn {
+            Connection::Server(c) => c.server_name(),
+            Connection::Client(_) => None,
+        }
     }
 
     /// Queues a close_notify alert (write it out with [`Self::write_tls`]).

@@ -6,6 +6,7 @@
 //! holds any more, and that is not the newest, is dropped.
 
 use crate::l7::route::{BackendId, Pick, RequestView};
+use crate::l7::upstream::Upstream;
 use crate::l7::{RouteTable, Router, Routing, SelectState, Status};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -84,9 +85,19 @@ impl Tables {
     }
 
     /// Where `backend` of generation `g` listens.
+    #[cfg(test)]
     pub fn addr(&mut self, g: usize, backend: BackendId) -> Option<SocketAddr> {
         let table = &self.generation(g).table;
         table.backends.get(backend.0 as usize).map(|b| b.addr)
+    }
+
+    /// Where `backend` of generation `g` listens and how connections to it are made.
+    pub fn backend_conn(
+        &mut self,
+        g: usize,
+        backend: BackendId,
+    ) -> Option<(SocketAddr, &Arc<Upstream>)> {
+        self.generation(g).table.backend_conn(backend)
     }
 
     /// Generations alive (the newest and those requests still hold).
@@ -160,6 +171,7 @@ mod tests {
                     weight: 1,
                 }],
                 policy: Policy::RoundRobin,
+                upstream: Default::default(),
             }],
             routes: vec![RouteSpec {
                 origin: Origin::Ingress,

@@ -4,6 +4,12 @@
 //! Tokens: listener `i` is `i`; connection slot `s` is `BASE + 2s` (client) and `BASE + 2s + 1`
 //! (its backend). Readiness is edge-triggered, so a side is read until `WouldBlock` or until the
 //! core wants no more; a side left readable is read again once the core wants more.
+//!
+//! A new backend connection is set up before the core hears it is connected: TCP connect, then
+//! the PROXY header (if its upstream sends one), then the TLS handshake (if TLS): a failure in
+//! any of them is a failed connect (another backend, or 502). Pooled connections are keyed by
+//! address and upstream settings; one carrying a PROXY header is private to its client
+//! connection (parked in the slot, reused only by that client's next requests).
 
 use super::metrics::Metrics;
 use super::tables::{ConnRouter, Tables};
@@ -11,8 +17,10 @@ use super::timers::{Timer, Timers};
 use super::{ListenerSpec, ProxyConfig};
 use crate::conntrack::Millis;
 use crate::l7::pool::Pool;
+use crate::l7::proxy_proto::ProxyHeader;
 use crate::l7::route::BackendId;
-use crate::l7::tls::{Plain, TlsSession};
+use crate::l7::tls::{backend_name, Plain, TlsSession};
+use crate::l7::upstream::{ProxyProtocol, UpstreamSpec};
 use crate::l7::{Action, ClientInfo, Conn, RouteTable};
 use arc_swap::ArcSwap;
 use mio::net::{TcpListener, TcpStream};
@@ -35,14 +43,22 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Longest poll sleep: the pool's expiry runs at least this often.
 const HOUSEKEEPING: Millis = 1_000;
 
-/// A backend connection of a slot.
+/// A backend connection of a slot (or pooled, or parked).
 #[derive(Debug)]
 struct BackendSock {
     stream: TcpStream,
-    /// Pool key: the backend address, interned.
+    /// Pool key: the backend address and upstream settings, interned.
     key: BackendId,
+    /// Not handed to the core yet: TCP connect, PROXY header or TLS handshake under way.
     connecting: bool,
+    /// The TCP connect finished.
+    established: bool,
     readable: bool,
+    /// The PROXY header and how much of it is written (sent first, in clear).
+    preamble: Option<(ProxyHeader, usize)>,
+    tls: Option<TlsSession>,
+    /// Carries its client's PROXY header: reused only by that client connection.
+    private: bool,
 }
 
 /// One client connection.
@@ -50,8 +66,12 @@ struct BackendSock {
 struct Slot {
     conn: Conn,
     client: TcpStream,
+    /// The client's address and port (the PROXY header's source).
+    peer: SocketAddr,
     tls: Option<TlsSession>,
     backend: Option<BackendSock>,
+    /// An idle private backend connection, kept for this client's next request.
+    parked: Option<BackendSock>,
     /// Table generation of the current request.
     gen: Option<usize>,
     readable: bool,
@@ -68,9 +88,10 @@ struct Slot {
 struct Cx {
     registry: Registry,
     tables: Tables,
-    pool: Pool<TcpStream>,
-    /// Backend address -> pool key.
-    keys: FxHashMap<SocketAddr, BackendId>,
+    pool: Pool<BackendSock>,
+    /// Backend address -> (upstream settings, pool key) for each settings seen.
+    keys: FxHashMap<SocketAddr, Vec<(UpstreamSpec, BackendId)>>,
+    next_key: u32,
     timers: Timers,
     metrics: Arc<Metrics>,
     actions: Vec<Action>,
@@ -128,6 +149,7 @@ impl Worker {
             tables: Tables::new(routes),
             pool: Pool::new(config.pool_per_backend, config.pool_idle),
             keys: FxHashMap::default(),
+            next_key: 0,
             timers: Timers::default(),
             metrics,
             actions: Vec::with_capacity(16),
@@ -332,8 +354,10 @@ impl Worker {
             let slot = self.slots[s].insert(Slot {
                 conn,
                 client,
+                peer,
                 tls,
                 backend: None,
+                parked: None,
                 gen: None,
                 readable: true,
                 closing: false,
@@ -368,6 +392,8 @@ impl Worker {
         if let Some(mut b) = slot.backend.take() {
             let _ = self.cx.registry.deregister(&mut b.stream);
         }
+        // A parked connection is deregistered already; dropping closes it.
+        drop(slot.parked.take());
         if let Some(g) = slot.gen.take() {
             self.cx.tables.release(g);
         }
@@ -403,19 +429,32 @@ fn count_answers(slot: &mut Slot, metrics: &Metrics) {
     }
 }
 
-/// A backend connect finished (or failed): tell the core (its actions run in the next `pump`).
+/// A backend connection being set up had an event: once connected, PROXY header written and TLS
+/// handshake done, or on failure, tell the core (its actions run in the next `pump`).
 fn connect_outcome(slot: &mut Slot, cx: &mut Cx, error: bool) {
     let Some(b) = slot.backend.as_mut() else {
         return;
     };
-    let failed = error
-        || matches!(b.stream.take_error(), Ok(Some(_)) | Err(_))
-        || match b.stream.peer_addr() {
-            Ok(_) => false,
-            // Not yet: a spurious wake-up.
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-            Err(_) => true,
-        };
+    let mut failed = false;
+    if !b.established {
+        failed = error
+            || matches!(b.stream.take_error(), Ok(Some(_)) | Err(_))
+            || match b.stream.peer_addr() {
+                Ok(_) => false,
+                // Not yet: a spurious wake-up.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(_) => true,
+            };
+        b.established = !failed;
+    }
+    if !failed {
+        match set_up(b) {
+            Ok(true) => {}
+            // The rest comes with the next event (writable, or the peer's handshake records).
+            Ok(false) => return,
+            Err(()) => failed = true,
+        }
+    }
     let mut router = ConnRouter {
         tables: &mut cx.tables,
         gen: &mut slot.gen,
@@ -433,6 +472,62 @@ fn connect_outcome(slot: &mut Slot, cx: &mut Cx, error: bool) {
     }
 }
 
+/// Writes the PROXY header, then runs the TLS handshake, as far as the socket allows. `Ok(true)`:
+/// ready for the core; `Ok(false)`: wait for the socket; `Err`: failed (a bad certificate, the
+/// peer closed).
+fn set_up(b: &mut BackendSock) -> Result<bool, ()> {
+    if let Some((header, written)) = b.preamble.as_mut() {
+        let bytes = header.as_bytes();
+        while *written < bytes.len() {
+            match write_some(&mut b.stream, &bytes[*written..])? {
+                0 => return Ok(false),
+                n => *written += n,
+            }
+        }
+        b.preamble = None;
+    }
+    let Some(tls) = b.tls.as_mut() else {
+        return Ok(true);
+    };
+    loop {
+        let mut moved = flush_tls(tls, &mut b.stream)?;
+        if !tls.is_handshaking() {
+            // Anything still queued (the client Finished) goes out with the first request.
+            return Ok(true);
+        }
+        match tls.read_tls(&mut b.stream) {
+            Ok(0) => return Err(()),
+            Ok(_) => moved = true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
+            Err(_) => {
+                // Send the alert rustls queued (bad certificate...), best effort.
+                let _ = tls.write_tls(&mut b.stream);
+                return Err(());
+            }
+        }
+        if !moved {
+            return Ok(false);
+        }
+    }
+}
+
+/// Writes the TLS records a session has queued, as far as the socket takes them. `Ok(true)`:
+/// some were written; `Err`: the peer is gone.
+fn flush_tls(tls: &mut TlsSession, stream: &mut TcpStream) -> Result<bool, ()> {
+    let mut progress = false;
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(0) => break,
+            Ok(_) => progress = true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(progress)
+}
+
 /// Runs the actions the core pushed (it may push more while they run).
 fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
     let mut i = 0;
@@ -445,8 +540,13 @@ fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
             Action::ReleaseBackend => {
                 if let Some(mut b) = slot.backend.take() {
                     let _ = cx.registry.deregister(&mut b.stream);
-                    // A full pool hands it back: dropping closes it.
-                    drop(cx.pool.put(b.key, b.stream, cx.now));
+                    if b.private {
+                        // Replaces (closes) an older one: one per client is enough.
+                        drop(slot.parked.replace(b));
+                    } else {
+                        // A full pool hands it back: dropping closes it.
+                        drop(cx.pool.put(b.key, b, cx.now));
+                    }
                 }
             }
             Action::CloseBackend => {
@@ -462,13 +562,76 @@ fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
     cx.actions.clear();
 }
 
-/// A connection to backend `id` of the slot's table: pooled if one is alive, else new.
+/// The pool key of `addr` with `spec`: connections are shared only between equal settings.
+fn pool_key(cx: &mut Cx, addr: SocketAddr, spec: &UpstreamSpec) -> BackendId {
+    let list = cx.keys.entry(addr).or_default();
+    if let Some(&(_, key)) = list.iter().find(|(s, _)| s == spec) {
+        return key;
+    }
+    let key = BackendId(cx.next_key);
+    cx.next_key += 1;
+    list.push((spec.clone(), key));
+    key
+}
+
+/// True when an idle connection still looks usable: no EOF and no stray bytes waiting (a TLS
+/// connection with records waiting, a late alert or ticket, is not reused either).
+fn is_alive(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// Hands a reused (pooled or parked) connection to the core, if it is alive and registers.
+fn reuse(slot: &mut Slot, s: usize, mut b: BackendSock, cx: &mut Cx) -> bool {
+    if !is_alive(&b.stream) {
+        return false;
+    }
+    let token = Token(BASE + 2 * s + 1);
+    if cx
+        .registry
+        .register(
+            &mut b.stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )
+        .is_err()
+    {
+        return false;
+    }
+    cx.metrics.backend_reused.fetch_add(1, Relaxed);
+    b.readable = true;
+    slot.backend = Some(b);
+    let mut router = ConnRouter {
+        tables: &mut cx.tables,
+        gen: &mut slot.gen,
+    };
+    slot.conn
+        .backend_connected(cx.now, &mut router, &mut cx.actions);
+    true
+}
+
+/// Tells the core the connect failed, and counts it.
+fn connect_failed(slot: &mut Slot, cx: &mut Cx) {
+    cx.metrics.backend_failed.fetch_add(1, Relaxed);
+    let mut router = ConnRouter {
+        tables: &mut cx.tables,
+        gen: &mut slot.gen,
+    };
+    slot.conn
+        .backend_failed(cx.now, &mut router, &mut cx.actions);
+}
+
+/// A connection to backend `id` of the slot's table: this client's parked private one, a pooled
+/// one if alive, else new.
 fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
     if let Some(mut old) = slot.backend.take() {
         let _ = cx.registry.deregister(&mut old.stream);
     }
-    let addr = slot.gen.and_then(|g| cx.tables.addr(g, id));
-    let Some(addr) = addr else {
+    let target = slot
+        .gen
+        .and_then(|g| cx.tables.backend_conn(g, id))
+        .map(|(addr, up)| (addr, up.clone()));
+    let Some((addr, upstream)) = target else {
         let mut router = ConnRouter {
             tables: &mut cx.tables,
             gen: &mut slot.gen,
@@ -477,39 +640,40 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
             .backend_failed(cx.now, &mut router, &mut cx.actions);
         return;
     };
-    let next = BackendId(cx.keys.len() as u32);
-    let key = *cx.keys.entry(addr).or_insert(next);
-    let token = Token(BASE + 2 * s + 1);
-    // A pooled connection the backend closed while idle reads EOF (or stray bytes): drop it.
-    let mut probe = [0u8; 1];
-    while let Some(mut stream) = cx.pool.take(key, cx.now, drop) {
-        let alive =
-            matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-        if !alive {
-            continue;
+    let key = pool_key(cx, addr, &upstream.spec);
+    if let Some(b) = slot.parked.take() {
+        // Another backend (or settings): the parked one is of no more use; dropping closes it.
+        if b.key == key && reuse(slot, s, b, cx) {
+            return;
         }
-        if cx
-            .registry
-            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-            .is_err()
-        {
-            continue;
-        }
-        cx.metrics.backend_reused.fetch_add(1, Relaxed);
-        slot.backend = Some(BackendSock {
-            stream,
-            key,
-            connecting: false,
-            readable: true,
-        });
-        let mut router = ConnRouter {
-            tables: &mut cx.tables,
-            gen: &mut slot.gen,
-        };
-        slot.conn
-            .backend_connected(cx.now, &mut router, &mut cx.actions);
-        return;
     }
+    if !upstream.is_private() {
+        while let Some(b) = cx.pool.take(key, cx.now, drop) {
+            if reuse(slot, s, b, cx) {
+                return;
+            }
+        }
+    }
+    let tls = match &upstream.tls {
+        None => None,
+        Some(Ok(config)) => {
+            let spec = upstream.spec.tls.as_ref().expect("loaded from a spec");
+            match TlsSession::client(config.clone(), backend_name(spec, addr.ip())) {
+                Ok(t) => Some(t),
+                Err(_) => return connect_failed(slot, cx),
+            }
+        }
+        // The CA file did not load: nothing can be verified.
+        Some(Err(_)) => return connect_failed(slot, cx),
+    };
+    let preamble = match upstream.spec.proxy_protocol {
+        None => None,
+        Some(ProxyProtocol::V2) => match slot.client.local_addr() {
+            Ok(local) => Some((ProxyHeader::v2(slot.peer, local), 0)),
+            Err(_) => return connect_failed(slot, cx),
+        },
+    };
+    let token = Token(BASE + 2 * s + 1);
     let opened = TcpStream::connect(addr).and_then(|mut stream| {
         cx.registry
             .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
@@ -523,18 +687,14 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
                 stream,
                 key,
                 connecting: true,
+                established: false,
                 readable: false,
+                preamble,
+                tls,
+                private: upstream.is_private(),
             });
         }
-        Err(_) => {
-            cx.metrics.backend_failed.fetch_add(1, Relaxed);
-            let mut router = ConnRouter {
-                tables: &mut cx.tables,
-                gen: &mut slot.gen,
-            };
-            slot.conn
-                .backend_failed(cx.now, &mut router, &mut cx.actions);
-        }
+        Err(_) => connect_failed(slot, cx),
     }
 }
 
@@ -592,27 +752,24 @@ fn pump(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) -> bool {
         }
         // Backend output.
         if let Some(b) = slot.backend.as_mut().filter(|b| !b.connecting) {
-            let out = slot.conn.backend_output();
-            if !out.is_empty() {
-                let mut router = ConnRouter {
-                    tables: &mut cx.tables,
-                    gen: &mut slot.gen,
-                };
-                match write_some(&mut b.stream, out) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        slot.conn
-                            .backend_written(cx.now, n, &mut router, &mut cx.actions);
-                        progress = true;
-                    }
-                    Err(()) => {
-                        slot.conn
-                            .backend_closed(cx.now, &mut router, &mut cx.actions);
-                        progress = true;
-                    }
+            let mut router = ConnRouter {
+                tables: &mut cx.tables,
+                gen: &mut slot.gen,
+            };
+            match write_backend(b, slot.conn.backend_output()) {
+                Ok((0, moved)) => progress |= moved,
+                Ok((n, _)) => {
+                    slot.conn
+                        .backend_written(cx.now, n, &mut router, &mut cx.actions);
+                    progress = true;
                 }
-                run_actions(slot, s, inc, cx);
+                Err(()) => {
+                    slot.conn
+                        .backend_closed(cx.now, &mut router, &mut cx.actions);
+                    progress = true;
+                }
             }
+            run_actions(slot, s, inc, cx);
         }
         if slot.closing {
             let flushed = slot.conn.client_output().is_empty()
@@ -651,14 +808,14 @@ fn pump(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) -> bool {
             }
             run_actions(slot, s, inc, cx);
         }
-        // Backend input.
+        // Backend input (TLS: decrypted bytes may wait while the socket is drained).
         if let Some(b) = slot.backend.as_mut() {
-            if b.readable && !b.connecting && slot.conn.wants_backend_data() {
+            if (b.readable || b.tls.is_some()) && !b.connecting && slot.conn.wants_backend_data() {
                 let mut router = ConnRouter {
                     tables: &mut cx.tables,
                     gen: &mut slot.gen,
                 };
-                match read_some(&mut b.stream, &mut cx.scratch) {
+                match read_backend(b, &mut cx.scratch) {
                     Got::Data(n) => {
                         slot.conn.backend_data(
                             cx.now,
@@ -673,13 +830,66 @@ fn pump(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) -> bool {
                             .backend_closed(cx.now, &mut router, &mut cx.actions);
                         progress = true;
                     }
-                    Got::Blocked => b.readable = false,
+                    Got::Blocked => {}
                 }
                 run_actions(slot, s, inc, cx);
             }
         }
         if !progress {
             return false;
+        }
+    }
+}
+
+/// Writes the core's backend output (through TLS when there is one): `(bytes of it taken,
+/// anything moved)`. `Err`: the backend is gone.
+fn write_backend(b: &mut BackendSock, out: &[u8]) -> Result<(usize, bool), ()> {
+    match b.tls.as_mut() {
+        None if out.is_empty() => Ok((0, false)),
+        None => write_some(&mut b.stream, out).map(|n| (n, n > 0)),
+        Some(tls) => {
+            let n = if out.is_empty() {
+                0
+            } else {
+                tls.write_plain(out)
+            };
+            let flushed = flush_tls(tls, &mut b.stream)?;
+            Ok((n, n > 0 || flushed))
+        }
+    }
+}
+
+/// Reads backend bytes (decrypted on TLS) into `buf`; marks the socket drained on `Blocked`.
+fn read_backend(b: &mut BackendSock, buf: &mut [u8]) -> Got {
+    let Some(tls) = b.tls.as_mut() else {
+        if !b.readable {
+            return Got::Blocked;
+        }
+        let got = read_some(&mut b.stream, buf);
+        if matches!(got, Got::Blocked) {
+            b.readable = false;
+        }
+        return got;
+    };
+    loop {
+        match tls.read_plain(buf) {
+            Plain::Data(n) => return Got::Data(n),
+            Plain::Closed => return Got::Eof,
+            Plain::Empty => {}
+        }
+        if !b.readable {
+            return Got::Blocked;
+        }
+        match tls.read_tls(&mut b.stream) {
+            Ok(0) => return Got::Eof,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                b.readable = false;
+                return Got::Blocked;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A protocol error: the response cannot be trusted; an end like a reset.
+            Err(_) => return Got::Eof,
         }
     }
 }
@@ -713,15 +923,7 @@ fn flush_client(slot: &mut Slot, cx: &mut Cx) -> Result<bool, ()> {
                     progress = true;
                 }
             }
-            while tls.wants_write() {
-                match tls.write_tls(&mut slot.client) {
-                    Ok(0) => break,
-                    Ok(_) => progress = true,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Err(()),
-                }
-            }
+            progress |= flush_tls(tls, &mut slot.client)?;
         }
     }
     Ok(progress)

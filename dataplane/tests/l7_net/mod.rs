@@ -370,6 +370,7 @@ pub fn service(b: &Backend) -> ServiceSpec {
             weight: 1,
         }],
         policy: Policy::RoundRobin,
+        upstream: Default::default(),
     }
 }
 

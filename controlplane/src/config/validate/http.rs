@@ -7,9 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use dataplane::l7::tls::{self, CertSpec, TlsError};
+use dataplane::l7::upstream::BackendTlsSpec;
 
 use super::check_unicast;
-use crate::config::http::{is_token, Balance, Http, Route, RouteKind, TlsCert, Upstream};
+use crate::config::http::{
+    is_token, Balance, Http, Route, RouteKind, TlsCert, Upstream, UpstreamTls,
+};
 use crate::config::schema::{Backend, Config, Pool, Protocol, Service};
 use crate::diag::Problem;
 
@@ -225,6 +228,50 @@ fn check_tls(certs: &[TlsCert], at: &str, path: &str, out: &mut Vec<Problem>) {
     }
 }
 
+/// TLS to backends: a CA file that reads and holds certificates (unless verification is off, on
+/// purpose and without a CA), a server name rustls takes.
+fn check_upstream_tls(tls: &UpstreamTls, at: &str, path: &str, out: &mut Vec<Problem>) {
+    let t_path = format!("{path}.tls");
+    match (&tls.ca, tls.insecure_skip_verify) {
+        (None, false) => out.push(
+            Problem::new(&t_path, format!("{at}: tls has no ca to verify backends with"))
+                .hint("set ca = \"backend-ca.pem\" (PEM, relative to the config file's directory); insecure_skip_verify = true skips verification, for labs only"),
+        ),
+        (Some(_), true) => out.push(
+            Problem::new(
+                format!("{t_path}.insecure_skip_verify"),
+                format!("{at}: tls has a ca but insecure_skip_verify = true: the ca would not be used"),
+            )
+            .hint("remove insecure_skip_verify to verify backends against ca"),
+        ),
+        _ => {}
+    }
+    let spec = BackendTlsSpec {
+        ca: tls.ca.clone(),
+        server_name: tls.server_name.clone(),
+        insecure_skip_verify: tls.insecure_skip_verify,
+    };
+    let ca = || tls.ca.as_deref().unwrap_or(Path::new("")).display();
+    let problem = match tls::client_config(&spec) {
+        Ok(_) | Err(TlsError::NoCa) => return,
+        Err(TlsError::ServerName(name)) => Problem::new(
+            format!("{t_path}.server_name"),
+            format!("{at}: tls server_name {name:?} is not a DNS name or an IP address"),
+        )
+        .hint("the name the backends' certificates carry, e.g. \"api.internal\""),
+        Err(TlsError::Read { source, .. }) => {
+            Problem::new(format!("{t_path}.ca"), format!("{at}: ca {}: cannot read it: {source}", ca()))
+                .hint("a PEM file with the CA certificates (-----BEGIN CERTIFICATE-----); relative paths start at the config file's directory")
+        }
+        Err(TlsError::Pem { what, .. }) => {
+            Problem::new(format!("{t_path}.ca"), format!("{at}: ca {}: {what}", ca()))
+                .hint("a PEM file with the CA certificates (-----BEGIN CERTIFICATE-----)")
+        }
+        Err(e) => Problem::new(&t_path, format!("{at}: tls: {e}")),
+    };
+    out.push(problem);
+}
+
 /// Loads a certificate chain and its key as the listener will (`l7::tls::load_cert`, which also
 /// checks the key is the certificate's): `Err((which key, why))`.
 fn load_pair(cert: &Path, key: &Path) -> Result<(), (&'static str, String)> {
@@ -407,6 +454,9 @@ fn check_upstream(http: &Http, up: &Upstream, path: &str, out: &mut Vec<Problem>
             Problem::new(format!("{path}.backends"), format!("{at}: no backends"))
                 .hint("list backends = [{ addr = \"198.18.1.10\", port = 8080 }]; a route with upstreams = [] refuses on purpose"),
         );
+    }
+    if let Some(tls) = &up.tls {
+        check_upstream_tls(tls, &at, path, out);
     }
     let mut seen: HashMap<SocketAddr, usize> = HashMap::with_capacity(up.backends.len());
     for (k, b) in up.backends.iter().enumerate() {
