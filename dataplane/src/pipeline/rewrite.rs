@@ -18,6 +18,21 @@ pub(super) fn apply(
     val: &FlowValue,
     entropy: u16,
 ) -> Verdict {
+    if val.rewrite_v4 {
+        let at = IpAt {
+            l3: p.l3_off,
+            l4: p.l4_off,
+            end: p.l3_end,
+            v4: true,
+            proto: p.proto,
+        };
+        let d = pkt.data_mut();
+        let ports = nat::ports(val.new_sport, val.new_dport);
+        let (src, dst) = (val.new_src.v4_octets(), val.new_dst.v4_octets());
+        nat::rewrite_v4(d, at, src, dst, ports, (val.l3_delta, val.l4_delta));
+        wire::set_macs(d, val.mac, table.local.mac);
+        return Verdict::Tx;
+    }
     match val.action {
         Action::Rewrite => {
             if val.new_src.is_v4() != (p.l3 == L3::Ipv4)
