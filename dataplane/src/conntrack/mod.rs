@@ -608,6 +608,25 @@ impl<V: Copy> Conntrack<V> {
             return FlowState::Tcp(TcpState::Closed);
         };
         let s = &mut self.slots[f as usize];
+        // The common packet: a confirmed flow that stays where it is (TCP established without
+        // SYN, FIN or RST; UDP already replied). `step` would return the same state and flags and
+        // nothing is left to confirm: only the timer moves.
+        if s.flags & F_CONFIRMED != 0 {
+            let t = &self.cfg.timeouts;
+            let keep = match s.state {
+                FlowState::Tcp(TcpState::Established)
+                    if tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 =>
+                {
+                    Some(t.tcp_established)
+                }
+                FlowState::Udp { replied: true } => Some(t.udp),
+                _ => None,
+            };
+            if let Some(timeout) = keep {
+                s.deadline = now.saturating_add(timeout);
+                return s.state;
+            }
+        }
         let dsr = s.peer == NO_SLOT;
         let before = s.state;
         let (state, flags) = step(before, s.flags, dir, tcp_flags, dsr);
