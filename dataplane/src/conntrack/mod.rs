@@ -258,10 +258,12 @@ impl<V: Copy> std::fmt::Debug for Conntrack<V> {
     }
 }
 
-/// Which bits of a bucket's tags equal `fp` once the unconfirmed bit is masked off (bit i = slot i).
-#[inline]
+/// Which bits of a bucket's tags equal `fp` once the unconfirmed bit is masked off (bit i = slot i):
+/// [`group_match`] in slot order, for tests.
+#[cfg(test)]
 fn match_fp(tags: &[u16], fp: u16) -> u32 {
-    match_with(tags, |t| t & TAG_FP == fp)
+    let m = group_match(tags, fp);
+    (0..BUCKET).fold(0, |acc, i| acc | (((m >> lane_bit(i)) & 1) as u32) << i)
 }
 
 /// Which bits of a bucket's tags are free.
@@ -270,8 +272,7 @@ fn match_free(tags: &[u16]) -> u32 {
     match_with(tags, |t| t == TAG_FREE)
 }
 
-/// A bit per tag of a bucket for which `pred` holds. Over a fixed-size array so the compiler
-/// turns it into a few vector compares instead of 16 scalar ones (this runs for every packet).
+/// A bit per tag of a bucket for which `pred` holds (bit i = slot i). For the insert path.
 #[inline]
 fn match_with(tags: &[u16], pred: impl Fn(u16) -> bool) -> u32 {
     let Ok(tags) = <&[u16; BUCKET]>::try_from(tags) else {
@@ -280,6 +281,48 @@ fn match_with(tags: &[u16], pred: impl Fn(u16) -> bool) -> u32 {
     let mut m = 0u32;
     for (i, &t) in tags.iter().enumerate() {
         m |= u32::from(pred(t)) << i;
+    }
+    m
+}
+
+/// Every 16-bit lane of a word set to `v`.
+const fn lanes(v: u16) -> u64 {
+    (v as u64) * 0x0001_0001_0001_0001
+}
+
+/// Where [`group_match`] reports slot `i` of a bucket: lane `i % 4` of word `i / 4`.
+#[cfg(test)]
+const fn lane_bit(i: usize) -> usize {
+    16 * (i % 4) + i / 4
+}
+
+/// The slot of a bucket that bit `b` of a [`group_match`] result stands for.
+#[inline(always)]
+const fn slot_of_bit(b: usize) -> usize {
+    4 * (b % 16) + b / 16
+}
+
+/// Swiss-table style group match (SWAR): the tags of a bucket whose fingerprint is `fp`
+/// (`fp <= TAG_FP`, the unconfirmed bit ignored), four tags per 64-bit word and a few ALU
+/// operations per word instead of a compare and a branch per tag, on every packet's lookup.
+/// Slot `i` is bit [`lane_bit`]`(i)` of the result. Exact: with the high bit of every lane
+/// cleared, adding 0x7fff sets a lane's bit 15 iff the lane is non-zero and never carries into
+/// the next lane.
+#[inline(always)]
+fn group_match(tags: &[u16], fp: u16) -> u64 {
+    let Ok(tags) = <&[u16; BUCKET]>::try_from(tags) else {
+        return 0;
+    };
+    let mut m = 0u64;
+    for (w, q) in tags.chunks_exact(4).enumerate() {
+        let word = u64::from(q[0])
+            | (u64::from(q[1]) << 16)
+            | (u64::from(q[2]) << 32)
+            | (u64::from(q[3]) << 48);
+        let x = (word ^ lanes(fp)) & lanes(TAG_FP);
+        let zero = !(x + lanes(TAG_FP)) & lanes(0x8000);
+        // Word w's lanes report at bits 16 * lane + w.
+        m |= zero >> (15 - w);
     }
     m
 }
@@ -401,9 +444,11 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// Finds the live, unexpired entry for `key`.
-    #[inline]
+    // Always inlined: every packet calls it once, and as a call it spent ~20 instructions on
+    // saving registers and passing the key and the hit through memory.
+    #[inline(always)]
     pub fn lookup(&self, key: &FlowKey, now: Millis) -> Option<Hit> {
-        let slot = self.probe(key).found?;
+        let slot = self.find(key)?;
         let s = &self.slots[slot as usize];
         let (flow, dir) = if s.flags & F_REPLY != 0 {
             (s.peer, Dir::Reply)
@@ -565,6 +610,25 @@ impl<V: Copy> Conntrack<V> {
             return FlowState::Tcp(TcpState::Closed);
         };
         let s = &mut self.slots[f as usize];
+        // The common packet: a confirmed flow that stays where it is (TCP established without
+        // SYN, FIN or RST; UDP already replied). `step` would return the same state and flags and
+        // nothing is left to confirm: only the timer moves.
+        if s.flags & F_CONFIRMED != 0 {
+            let t = &self.cfg.timeouts;
+            let keep = match s.state {
+                FlowState::Tcp(TcpState::Established)
+                    if tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 =>
+                {
+                    Some(t.tcp_established)
+                }
+                FlowState::Udp { replied: true } => Some(t.udp),
+                _ => None,
+            };
+            if let Some(timeout) = keep {
+                s.deadline = now.saturating_add(timeout);
+                return s.state;
+            }
+        }
         let dsr = s.peer == NO_SLOT;
         let before = s.state;
         let (state, flags) = step(before, s.flags, dir, tcp_flags, dsr);
@@ -690,40 +754,67 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
-    /// Computes a key's buckets and fingerprint and finds its slot.
-    #[inline]
-    fn probe(&self, key: &FlowKey) -> Probe {
+    /// A key's two buckets (equal in a one-bucket table) and fingerprint.
+    #[inline(always)]
+    fn place(&self, key: &FlowKey) -> (usize, usize, u16) {
         let h = key.hash(self.seed);
         let groups_mask = self.mask & !(BUCKET - 1);
         let b1 = (h as usize) & groups_mask;
         let mut b2 = ((h >> 24) as usize) & groups_mask;
-        let mut nb = 2;
         if b2 == b1 {
             // Keep the second choice distinct where the table has more than one bucket.
             b2 = (b1 + BUCKET) & groups_mask;
-            if b2 == b1 {
-                nb = 1;
-            }
         }
         let fp = (((h >> 48) as u16) & TAG_FP).max(TAG_MIN);
-        let mut p = Probe {
+        (b1, b2, fp)
+    }
+
+    /// The slot holding `key` (live or expired) in bucket `b`, if any.
+    #[inline(always)]
+    fn find_in(&self, b: usize, fp: u16, key: &FlowKey) -> Option<u32> {
+        let tags = self.tags.get(b..b + BUCKET)?;
+        let mut m = group_match(tags, fp);
+        while m != 0 {
+            let i = b + slot_of_bit(m.trailing_zeros() as usize);
+            m &= m - 1;
+            if self.slots.get(i).is_some_and(|s| s.key == *key) {
+                return Some(i as u32);
+            }
+        }
+        None
+    }
+
+    /// The slot holding `key` (live or expired): the per-packet half of [`Conntrack::probe`].
+    #[inline(always)]
+    fn find(&self, key: &FlowKey) -> Option<u32> {
+        let (b1, b2, fp) = self.place(key);
+        self.find_in(b1, fp, key).or_else(|| {
+            if b2 == b1 {
+                None
+            } else {
+                self.find_in(b2, fp, key)
+            }
+        })
+    }
+
+    /// Computes a key's buckets and fingerprint and finds its slot.
+    #[inline]
+    fn probe(&self, key: &FlowKey) -> Probe {
+        let (b1, b2, fp) = self.place(key);
+        let nb = if b2 == b1 { 1 } else { 2 };
+        let found = self.find_in(b1, fp, key).or_else(|| {
+            if nb == 2 {
+                self.find_in(b2, fp, key)
+            } else {
+                None
+            }
+        });
+        Probe {
             buckets: [b1, b2],
             nb,
             fp,
-            found: None,
-        };
-        for &b in &p.buckets[..nb] {
-            let Some(tags) = self.tags.get(b..b + BUCKET) else {
-                continue;
-            };
-            for i in bits(b, match_fp(tags, fp)) {
-                if self.slots[i].key == *key {
-                    p.found = Some(i as u32);
-                    return p;
-                }
-            }
+            found,
         }
-        p
     }
 
     /// Picks a slot (other than `exclude`) for a key with probe `p`: free, else one the plan already

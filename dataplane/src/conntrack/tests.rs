@@ -902,3 +902,25 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The SWAR group match finds exactly the tags a plain per-tag compare finds, whatever the
+    /// unconfirmed bits and fingerprints around them (a missed tag would be a lost flow).
+    #[test]
+    fn group_match_equals_per_tag_compare(
+        tags in proptest::array::uniform16(prop_oneof![
+            Just(TAG_FREE),
+            Just(TAG_MIN),
+            Just(TAG_MIN | TAG_UNCONFIRMED),
+            Just(TAG_FP),
+            Just(TAG_FP | TAG_UNCONFIRMED),
+            any::<u16>(),
+        ]),
+        fp in prop_oneof![Just(TAG_MIN), Just(TAG_FP), TAG_MIN..=TAG_FP],
+    ) {
+        let fp_want = (0..BUCKET).filter(|&i| tags[i] & TAG_FP == fp).fold(0, |m, i| m | 1 << i);
+        let free_want = (0..BUCKET).filter(|&i| tags[i] == TAG_FREE).fold(0, |m, i| m | 1 << i);
+        prop_assert_eq!(match_fp(&tags, fp), fp_want);
+        prop_assert_eq!(match_free(&tags), free_want);
+    }
+}

@@ -235,6 +235,7 @@ fn forward_value(
         by_syn: false,
         l3_delta: Delta::default(),
         l4_delta: Delta::default(),
+        rewrite_v4: false,
     };
     match pool.mode {
         Mode::DsrIpip | Mode::DsrGue => {

@@ -5,7 +5,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
 use crate::conntrack::{self, Conntrack, FlowState, Millis, TcpState};
-use crate::flow::{Addr, FlowKey};
+use crate::flow::{proto, Addr, FlowKey};
 use crate::table::{Mode, RoutingTable};
 use crate::wire::checksum::Delta;
 use crate::wire::nat;
@@ -52,6 +52,9 @@ pub struct FlowValue {
     pub(super) l3_delta: Delta,
     /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
     pub(super) l4_delta: Delta,
+    /// Set by [`FlowValue::seal`]: a [`Action::Rewrite`] of IPv4 TCP or UDP into IPv4, which
+    /// takes the fixed-layout rewrite (the key fixes the packets' family and protocol).
+    pub(super) rewrite_v4: bool,
 }
 
 impl FlowValue {
@@ -59,6 +62,11 @@ impl FlowValue {
     /// into `new_*`, so a packet of the flow costs two checksum adjustments, not four sums.
     pub(super) fn seal(mut self, key: &FlowKey) -> FlowValue {
         (self.l3_delta, self.l4_delta) = nat::deltas(key, &self.new_key());
+        self.rewrite_v4 = self.action == Action::Rewrite
+            && matches!(key.proto, proto::TCP | proto::UDP)
+            && key.src.is_v4()
+            && self.new_src.is_v4()
+            && self.new_dst.is_v4();
         self
     }
 

@@ -63,35 +63,34 @@ pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
     !fold32(!csum as u32 + !old as u32 + new as u32)
 }
 
-/// An unfolded ones' complement difference (RFC 1624): what replacing some 32-bit words of the
-/// covered data with others does to its sum. Computed once per flow, applied per packet.
+/// A ones' complement difference (RFC 1624), folded to 16 bits: what replacing some 32-bit words
+/// of the covered data with others does to its sum. Computed once per flow, applied per packet;
+/// folding it up front leaves one fold per packet. (End-around-carry folding keeps a non-zero
+/// sum non-zero, so a folded delta gives the very checksums the unfolded one gave.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Delta(u64);
+pub struct Delta(u32);
 
 impl Delta {
     /// The difference of replacing `old` by `new` (equal lengths, multiples of 4 bytes, starting at
     /// an even offset of the covered data; other bytes past the last whole word are ignored).
     #[inline]
     pub fn replace(old: &[u8], new: &[u8]) -> Delta {
-        Delta(sub32(old) + sum32(new))
+        Delta(fold64(sub32(old) + sum32(new)))
     }
 
     /// Both differences at once (they cover the same data).
     #[inline]
     #[must_use]
     pub fn and(self, other: Delta) -> Delta {
-        Delta(self.0 + other.0)
+        Delta(u32::from(fold32(self.0 + other.0)))
     }
 
-    /// RFC 1624 eqn. 3, 32 bits at a time: the checksum `csum` after the replacement.
+    /// RFC 1624 eqn. 3: the checksum `csum` after the replacement.
     #[inline]
     pub fn apply(self, csum: u16) -> u16 {
-        let mut s = u64::from(!csum) + self.0;
-        s = (s & 0xffff_ffff) + (s >> 32);
-        s = (s & 0xffff_ffff) + (s >> 32);
-        s = (s & 0xffff) + (s >> 16);
-        s = (s & 0xffff) + (s >> 16);
-        !(s as u16)
+        // Both terms are at most 0xffff, so the sum is at most 0x1fffe and one fold ends below 2^16.
+        let s = u32::from(!csum) + self.0;
+        !(((s & 0xffff) + (s >> 16)) as u16)
     }
 }
 

@@ -101,6 +101,54 @@ pub fn rewrite(
     field.copy_from_slice(&c.to_be_bytes());
 }
 
+/// [`rewrite`] for an IPv4 TCP or UDP packet whose headers [`parse`](super::parse) checked (the
+/// IPv4 header at `at.l3`, the whole TCP or UDP header at `at.l4`): the per-packet path of nat and
+/// fullnat flows of that family, with fixed-size header views instead of offset arithmetic.
+/// Another protocol in `at.proto` counts as UDP; headers that are not all there are left alone.
+#[inline(always)]
+pub fn rewrite_v4(
+    frame: &mut [u8],
+    at: IpAt,
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: u32,
+    (l3_delta, l4_delta): (Delta, Delta),
+) {
+    let Some(frame) = frame.get_mut(..at.end) else {
+        return;
+    };
+    if let Some(ip) = arr_mut::<20>(frame, at.l3) {
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let c = l3_delta.apply(u16::from_be_bytes([ip[10], ip[11]]));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    if at.proto == proto::TCP {
+        if let Some(t) = arr_mut::<18>(frame, at.l4) {
+            t[..4].copy_from_slice(&ports.to_be_bytes());
+            let c = l4_delta.apply(u16::from_be_bytes([t[16], t[17]]));
+            t[16..18].copy_from_slice(&c.to_be_bytes());
+        }
+    } else if let Some(u) = arr_mut::<8>(frame, at.l4) {
+        u[..4].copy_from_slice(&ports.to_be_bytes());
+        let c = u16::from_be_bytes([u[6], u[7]]);
+        if c != 0 {
+            // A UDP checksum that computes to 0 goes on the wire as 0xffff (0 means none).
+            let c = match l4_delta.apply(c) {
+                0 => 0xffff,
+                c => c,
+            };
+            u[6..8].copy_from_slice(&c.to_be_bytes());
+        }
+    }
+}
+
+/// A fixed-size mutable view at `off`, or `None` past the end.
+#[inline(always)]
+fn arr_mut<const N: usize>(b: &mut [u8], off: usize) -> Option<&mut [u8; N]> {
+    b.get_mut(off..off.checked_add(N)?)?.try_into().ok()
+}
+
 /// [`rewrite`] with the deltas taken from the bytes present: for one-off rewrites (the packet an
 /// ICMP error quotes), not the per-packet path.
 pub fn rewrite_present(frame: &mut [u8], at: IpAt, to: &FlowKey) {

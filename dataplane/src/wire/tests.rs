@@ -1,5 +1,5 @@
 use super::*;
-use crate::flow::{proto, Addr};
+use crate::flow::{proto, Addr, FlowKey};
 use proptest::prelude::*;
 
 // Realistic frames, generated once with correct checksums (client 198.18.0.1 / 2001:db8::1,
@@ -626,5 +626,37 @@ proptest! {
         let c = cut.index(4 * f.len());
         let keep = if c < f.len() { c } else { f.len() };
         check_invariants(&f[..keep]);
+    }
+}
+
+proptest! {
+    /// The fixed-layout IPv4 rewrite (per packet of v4 nat/fullnat flows) writes the very bytes
+    /// the general rewrite writes, with sealed (folded) deltas, for TCP, UDP, and UDP without
+    /// a checksum, whatever the new tuple.
+    #[test]
+    fn rewrite_v4_equals_general_rewrite(
+        frame in prop_oneof![Just(V4_TCP_SYN), Just(V4_UDP_DNS), Just(VLAN_V4_UDP), Just(V4_TCP_ACK_PADDED)],
+        src in any::<[u8; 4]>(),
+        dst in any::<[u8; 4]>(),
+        sport in any::<u16>(),
+        dport in any::<u16>(),
+        no_udp_checksum in any::<bool>(),
+    ) {
+        let mut f = hex(frame);
+        let p = parse(&f).expect("sample frames parse");
+        if p.proto == proto::UDP && no_udp_checksum {
+            prop_assert!(put_be16(&mut f, p.l4_off + 6, 0));
+        }
+        let to = FlowKey { src: Addr::v4(src), dst: Addr::v4(dst), sport, dport, proto: p.proto };
+        let deltas = nat::deltas(&p.key(), &to);
+        let at = nat::IpAt { l3: p.l3_off, l4: p.l4_off, end: p.l3_end, v4: true, proto: p.proto };
+        let ports = nat::ports(sport, dport);
+        let mut general = f.clone();
+        nat::rewrite(&mut general, at, &to.src, &to.dst, ports, deltas);
+        nat::rewrite_v4(&mut f, at, src, dst, ports, deltas);
+        prop_assert_eq!(&f, &general);
+        let q = parse(&f).expect("rewritten frame keeps a valid IP checksum");
+        prop_assert_eq!(q.key(), to);
+        prop_assert!(verify_l4_checksum(&f, &q));
     }
 }

@@ -95,3 +95,35 @@ fn udp_header_has_length_and_no_checksum() {
     assert_eq!(write_udp(&mut b, 1, 2, 65530), None);
     assert_eq!(write_udp(&mut b[..7], 1, 2, 0), None);
 }
+
+#[test]
+fn ipv4_header_checksum_matches_the_generic_sum_for_any_fields() {
+    // write_ipv4 folds native-endian words; the generic RFC 1071 sum is the reference.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..20_000 {
+        let r = next().to_le_bytes();
+        let q = next().to_le_bytes();
+        let f = Ipv4Fields {
+            src: [r[0], r[1], r[2], r[3]],
+            dst: [r[4], r[5], r[6], r[7]],
+            proto: q[0],
+            payload_len: u16::from_le_bytes([q[1], q[2] & 0x7f]),
+            ttl: q[3],
+            tos: q[4],
+            id: u16::from_le_bytes([q[5], q[6]]),
+            flags_frag: u16::from(q[7]) << 8,
+        };
+        let mut b = [0u8; 20];
+        assert_eq!(write_ipv4(&mut b, &f), Some(20));
+        let written = u16::from_be_bytes([b[10], b[11]]);
+        b[10] = 0;
+        b[11] = 0;
+        assert_eq!(written, checksum::ipv4_header(&b), "{f:?}");
+    }
+}
