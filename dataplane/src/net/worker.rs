@@ -2,8 +2,10 @@
 //! connections. Sockets only: every decision is the core's ([`Conn`]).
 //!
 //! Tokens: listener `i` is `i`; connection slot `s` is `BASE + 2s` (client) and `BASE + 2s + 1`
-//! (its backend). Readiness is edge-triggered, so a side is read until `WouldBlock` or until the
-//! core wants no more; a side left readable is read again once the core wants more.
+//! (its backend). Readiness is edge-triggered, so a side is read until it is drained or until the
+//! core wants no more; a side left readable is read again once the core wants more. A read
+//! shorter than the buffer drained the socket: any byte arriving later raises a new edge, so no
+//! read is spent on `WouldBlock` (unless the peer's close was reported: then read to the end).
 
 use super::metrics::Metrics;
 use super::tables::{ConnRouter, Tables};
@@ -43,6 +45,8 @@ struct BackendSock {
     key: BackendId,
     connecting: bool,
     readable: bool,
+    /// The backend closed or failed: read until EOF, a short read does not mean drained.
+    hup: bool,
 }
 
 /// One client connection.
@@ -55,6 +59,8 @@ struct Slot {
     /// Table generation of the current request.
     gen: Option<usize>,
     readable: bool,
+    /// The client closed or failed: read until EOF, a short read does not mean drained.
+    hup: bool,
     /// The core asked to close: flush, then shut down and linger.
     closing: bool,
     /// Output flushed and write side shut: draining input until EOF or the linger timer.
@@ -193,8 +199,10 @@ impl Worker {
                 if (token - BASE) % 2 == 0 {
                     slot.readable |=
                         event.is_readable() || event.is_read_closed() || event.is_error();
+                    slot.hup |= event.is_read_closed() || event.is_error();
                 } else if let Some(b) = slot.backend.as_mut() {
                     b.readable |= event.is_readable() || event.is_read_closed();
+                    b.hup |= event.is_read_closed() || event.is_error();
                     if b.connecting {
                         connect_outcome(slot, &mut self.cx, event.is_error());
                     }
@@ -336,6 +344,7 @@ impl Worker {
                 backend: None,
                 gen: None,
                 readable: true,
+                hup: false,
                 closing: false,
                 lingering: false,
                 timer: Timer::default(),
@@ -364,10 +373,8 @@ impl Worker {
             return;
         };
         count_answers(&mut slot, &self.cx.metrics);
-        let _ = self.cx.registry.deregister(&mut slot.client);
-        if let Some(mut b) = slot.backend.take() {
-            let _ = self.cx.registry.deregister(&mut b.stream);
-        }
+        // No deregistration: closing a socket (its only descriptor) takes it out of the epoll
+        // set, so the slot's sockets just drop here, a syscall fewer each.
         if let Some(g) = slot.gen.take() {
             self.cx.tables.release(g);
         }
@@ -449,11 +456,8 @@ fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
                     drop(cx.pool.put(b.key, b.stream, cx.now));
                 }
             }
-            Action::CloseBackend => {
-                if let Some(mut b) = slot.backend.take() {
-                    let _ = cx.registry.deregister(&mut b.stream);
-                }
-            }
+            // Dropping closes it, which takes it out of the epoll set.
+            Action::CloseBackend => drop(slot.backend.take()),
             Action::CloseClient => slot.closing = true,
             Action::ArmTimer(at) => cx.timers.arm(&mut slot.timer, s, inc, at),
             Action::Refused(reason) => cx.metrics.reject(reason),
@@ -464,9 +468,7 @@ fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
 
 /// A connection to backend `id` of the slot's table: pooled if one is alive, else new.
 fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
-    if let Some(mut old) = slot.backend.take() {
-        let _ = cx.registry.deregister(&mut old.stream);
-    }
+    drop(slot.backend.take());
     let addr = slot.gen.and_then(|g| cx.tables.addr(g, id));
     let Some(addr) = addr else {
         let mut router = ConnRouter {
@@ -500,7 +502,9 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
             stream,
             key,
             connecting: false,
-            readable: true,
+            // The peek found nothing to read: the next byte raises an edge.
+            readable: false,
+            hup: false,
         });
         let mut router = ConnRouter {
             tables: &mut cx.tables,
@@ -524,6 +528,7 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
                 key,
                 connecting: true,
                 readable: false,
+                hup: false,
             });
         }
         Err(_) => {
@@ -660,6 +665,9 @@ fn pump(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) -> bool {
                 };
                 match read_some(&mut b.stream, &mut cx.scratch) {
                     Got::Data(n) => {
+                        if n < cx.scratch.len() && !b.hup {
+                            b.readable = false;
+                        }
                         slot.conn.backend_data(
                             cx.now,
                             &cx.scratch[..n],
@@ -739,6 +747,9 @@ fn read_client(slot: &mut Slot, cx: &mut Cx) -> Result<bool, ()> {
         }
         return match read_some(&mut slot.client, &mut cx.scratch) {
             Got::Data(n) => {
+                if n < cx.scratch.len() && !slot.hup {
+                    slot.readable = false;
+                }
                 slot.conn
                     .client_data(cx.now, &cx.scratch[..n], &mut router, &mut cx.actions);
                 Ok(true)
