@@ -1,8 +1,9 @@
 //! One L7 worker: a `mio::Poll` loop over its listeners, client connections and backend
 //! connections. Sockets only: every decision is the core's ([`Conn`]).
 //!
-//! Tokens: listener `i` is `i`; connection slot `s` is `BASE + 2s` (client) and `BASE + 2s + 1`
-//! (its backend). Readiness is edge-triggered, so a side is read until it is drained or until the
+//! Tokens: listener `i` is `i`; the client of connection slot `s` is `BASE + s`; backend socket
+//! `id` is `BACKENDS + id`, registered once for its life, so moving it between slots and the
+//! pool costs no epoll syscall (an event of a pooled socket is ignored: taking it checks it). Readiness is edge-triggered, so a side is read until it is drained or until the
 //! core wants no more; a side left readable is read again once the core wants more. A read
 //! shorter than the buffer drained the socket: any byte arriving later raises a new edge, so no
 //! read is spent on `WouldBlock` (unless the peer's close was reported: then read to the end).
@@ -28,8 +29,10 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// First connection token; listeners are below.
+/// First client token; listeners are below.
 const BASE: usize = 1 << 16;
+/// First backend socket token; clients are below.
+const BACKENDS: usize = 1 << 31;
 /// The waker's token.
 const WAKE: Token = Token(usize::MAX);
 /// Bytes read per call.
@@ -43,6 +46,8 @@ struct BackendSock {
     stream: TcpStream,
     /// Pool key: the backend address, interned.
     key: BackendId,
+    /// Its id in [`BackendIds`] (its token is `BACKENDS + id`).
+    id: usize,
     connecting: bool,
     readable: bool,
     /// The backend closed or failed: read until EOF, a short read does not mean drained.
@@ -74,7 +79,9 @@ struct Slot {
 struct Cx {
     registry: Registry,
     tables: Tables,
-    pool: Pool<TcpStream>,
+    /// Idle backend sockets with their ids (still registered).
+    pool: Pool<(TcpStream, usize)>,
+    ids: BackendIds,
     /// Backend address -> pool key.
     keys: FxHashMap<SocketAddr, BackendId>,
     timers: Timers,
@@ -83,6 +90,45 @@ struct Cx {
     scratch: Box<[u8]>,
     config: Arc<ProxyConfig>,
     now: Millis,
+}
+
+/// Ids of backend sockets, each registered once with token `BACKENDS + id` and kept while the
+/// socket moves between slots and the pool.
+#[derive(Debug, Default)]
+struct BackendIds {
+    /// The slot each id serves; None while idle in the pool or closed.
+    owners: Vec<Option<usize>>,
+    free: Vec<usize>,
+    /// Closed during this turn: reused from the next poll on, so an event of the closed socket
+    /// still in this turn's batch never reaches the id's next socket.
+    closed: Vec<usize>,
+}
+
+impl BackendIds {
+    /// A new id serving slot `s`.
+    fn open(&mut self, s: usize) -> usize {
+        match self.free.pop() {
+            Some(id) => {
+                self.owners[id] = Some(s);
+                id
+            }
+            None => {
+                self.owners.push(Some(s));
+                self.owners.len() - 1
+            }
+        }
+    }
+
+    /// The socket of `id` is closed (dropping it left the epoll set).
+    fn close(&mut self, id: usize) {
+        self.owners[id] = None;
+        self.closed.push(id);
+    }
+
+    /// Called between turns: the ids closed during the last one may be reused.
+    fn recycle(&mut self) {
+        self.free.append(&mut self.closed);
+    }
 }
 
 /// A worker before it runs.
@@ -133,6 +179,7 @@ impl Worker {
             registry: poll.registry().try_clone()?,
             tables: Tables::new(routes),
             pool: Pool::new(config.pool_per_backend, config.pool_idle),
+            ids: BackendIds::default(),
             keys: FxHashMap::default(),
             timers: Timers::default(),
             metrics,
@@ -182,6 +229,7 @@ impl Worker {
                 break;
             }
             self.cx.now = self.now();
+            self.cx.ids.recycle();
             for event in &events {
                 let token = event.token().0;
                 if event.token() == WAKE {
@@ -192,21 +240,31 @@ impl Worker {
                     self.accept(token);
                     continue;
                 }
-                let s = (token - BASE) / 2;
+                if token >= BACKENDS {
+                    let id = token - BACKENDS;
+                    // None: idle in the pool (taking it checks it) or closed.
+                    let Some(s) = self.cx.ids.owners.get(id).copied().flatten() else {
+                        continue;
+                    };
+                    let Some(slot) = self.slots.get_mut(s).and_then(Option::as_mut) else {
+                        continue;
+                    };
+                    if let Some(b) = slot.backend.as_mut().filter(|b| b.id == id) {
+                        b.readable |= event.is_readable() || event.is_read_closed();
+                        b.hup |= event.is_read_closed() || event.is_error();
+                        if b.connecting {
+                            connect_outcome(slot, &mut self.cx, event.is_error());
+                        }
+                    }
+                    self.drive(s);
+                    continue;
+                }
+                let s = token - BASE;
                 let Some(slot) = self.slots.get_mut(s).and_then(Option::as_mut) else {
                     continue;
                 };
-                if (token - BASE) % 2 == 0 {
-                    slot.readable |=
-                        event.is_readable() || event.is_read_closed() || event.is_error();
-                    slot.hup |= event.is_read_closed() || event.is_error();
-                } else if let Some(b) = slot.backend.as_mut() {
-                    b.readable |= event.is_readable() || event.is_read_closed();
-                    b.hup |= event.is_read_closed() || event.is_error();
-                    if b.connecting {
-                        connect_outcome(slot, &mut self.cx, event.is_error());
-                    }
-                }
+                slot.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                slot.hup |= event.is_read_closed() || event.is_error();
                 self.drive(s);
             }
             let now = self.cx.now;
@@ -234,7 +292,8 @@ impl Worker {
                 self.drive(s);
             }
             if now >= next_housekeeping {
-                self.cx.pool.expire(now, drop);
+                let ids = &mut self.cx.ids;
+                self.cx.pool.expire(now, |(_, id)| ids.close(id));
                 next_housekeeping = now + HOUSEKEEPING;
             }
         }
@@ -323,7 +382,7 @@ impl Worker {
                 .registry
                 .register(
                     &mut client,
-                    Token(BASE + 2 * s),
+                    Token(BASE + s),
                     Interest::READABLE | Interest::WRITABLE,
                 )
                 .is_err()
@@ -375,6 +434,9 @@ impl Worker {
         count_answers(&mut slot, &self.cx.metrics);
         // No deregistration: closing a socket (its only descriptor) takes it out of the epoll
         // set, so the slot's sockets just drop here, a syscall fewer each.
+        if let Some(b) = slot.backend.take() {
+            self.cx.ids.close(b.id);
+        }
         if let Some(g) = slot.gen.take() {
             self.cx.tables.release(g);
         }
@@ -429,8 +491,8 @@ fn connect_outcome(slot: &mut Slot, cx: &mut Cx, error: bool) {
     };
     if failed {
         cx.metrics.backend_failed.fetch_add(1, Relaxed);
-        let mut b = slot.backend.take().expect("checked above");
-        let _ = cx.registry.deregister(&mut b.stream);
+        let b = slot.backend.take().expect("checked above");
+        cx.ids.close(b.id);
         slot.conn
             .backend_failed(cx.now, &mut router, &mut cx.actions);
     } else {
@@ -450,14 +512,17 @@ fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
             Action::Connect(id) => connect(slot, s, id, cx),
             Action::WriteClient | Action::WriteBackend => {}
             Action::ReleaseBackend => {
-                if let Some(mut b) = slot.backend.take() {
-                    let _ = cx.registry.deregister(&mut b.stream);
+                if let Some(b) = slot.backend.take() {
+                    // It stays registered; its events are ignored while it idles.
+                    cx.ids.owners[b.id] = None;
                     // A full pool hands it back: dropping closes it.
-                    drop(cx.pool.put(b.key, b.stream, cx.now));
+                    if cx.pool.put(b.key, (b.stream, b.id), cx.now).is_some() {
+                        cx.ids.close(b.id);
+                    }
                 }
             }
             // Dropping closes it, which takes it out of the epoll set.
-            Action::CloseBackend => drop(slot.backend.take()),
+            Action::CloseBackend => close_backend(slot, cx),
             Action::CloseClient => slot.closing = true,
             Action::ArmTimer(at) => cx.timers.arm(&mut slot.timer, s, inc, at),
             Action::Refused(reason) => cx.metrics.reject(reason),
@@ -466,9 +531,16 @@ fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
     cx.actions.clear();
 }
 
+/// Closes the slot's backend connection, if any.
+fn close_backend(slot: &mut Slot, cx: &mut Cx) {
+    if let Some(b) = slot.backend.take() {
+        cx.ids.close(b.id);
+    }
+}
+
 /// A connection to backend `id` of the slot's table: pooled if one is alive, else new.
 fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
-    drop(slot.backend.take());
+    close_backend(slot, cx);
     let addr = slot.gen.and_then(|g| cx.tables.addr(g, id));
     let Some(addr) = addr else {
         let mut router = ConnRouter {
@@ -481,26 +553,22 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
     };
     let next = BackendId(cx.keys.len() as u32);
     let key = *cx.keys.entry(addr).or_insert(next);
-    let token = Token(BASE + 2 * s + 1);
     // A pooled connection the backend closed while idle reads EOF (or stray bytes): drop it.
     let mut probe = [0u8; 1];
-    while let Some(mut stream) = cx.pool.take(key, cx.now, drop) {
+    let ids = &mut cx.ids;
+    while let Some((stream, id)) = cx.pool.take(key, cx.now, |(_, id)| ids.close(id)) {
         let alive =
             matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
         if !alive {
+            ids.close(id);
             continue;
         }
-        if cx
-            .registry
-            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-            .is_err()
-        {
-            continue;
-        }
+        ids.owners[id] = Some(s);
         cx.metrics.backend_reused.fetch_add(1, Relaxed);
         slot.backend = Some(BackendSock {
             stream,
             key,
+            id,
             connecting: false,
             // The peek found nothing to read: the next byte raises an edge.
             readable: false,
@@ -514,7 +582,9 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
             .backend_connected(cx.now, &mut router, &mut cx.actions);
         return;
     }
+    let id = cx.ids.open(s);
     let opened = TcpStream::connect(addr).and_then(|mut stream| {
+        let token = Token(BACKENDS + id);
         cx.registry
             .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
         Ok(stream)
@@ -526,12 +596,14 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
             slot.backend = Some(BackendSock {
                 stream,
                 key,
+                id,
                 connecting: true,
                 readable: false,
                 hup: false,
             });
         }
         Err(_) => {
+            cx.ids.close(id);
             cx.metrics.backend_failed.fetch_add(1, Relaxed);
             let mut router = ConnRouter {
                 tables: &mut cx.tables,
