@@ -214,14 +214,23 @@ fn wrk_keep_alive_through_the_proxy_reuses_nginx_connections() {
     let (requests, conns) = nginx.log();
     // wrk stops counting at its deadline; what was in flight then still reached nginx.
     assert!(requests as u64 >= run.requests, "{requests} < {run:?}");
-    assert_eq!(counters.answers[1], requests as u64, "{counters:?}");
     // wrk keeps its 8 connections (after a first one that only checks the address).
     assert!(counters.accepted <= 9, "{counters:?}");
-    // What the proxy counts is what nginx saw: connections opened, the rest reused.
+    // What the proxy counts is what nginx saw: connections opened, the rest reused; up to one
+    // request per client connection may be cut at the end (wrk's exit, the proxy's stop).
     assert_eq!(counters.backend_opened, conns as u64, "{counters:?}");
-    assert_eq!(
+    let (answered, sent) = (
+        counters.answers[1],
         counters.backend_opened + counters.backend_reused,
-        requests as u64
+    );
+    let logged = requests as u64;
+    assert!(
+        answered <= logged && logged <= answered + 8,
+        "{logged} {counters:?}"
+    );
+    assert!(
+        logged <= sent && sent <= logged + 8,
+        "{logged} {counters:?}"
     );
     assert!(
         conns <= 8 && requests >= 10 * conns,
@@ -240,9 +249,14 @@ fn wrk_new_connection_per_request_still_reuses_nginx_connections() {
     assert_eq!(run.errors, 0, "{}", run.report);
     assert!(run.requests >= 100, "too few requests: {}", run.report);
     let (requests, conns) = nginx.log();
-    // One client connection per request, the backend connections outlive them in the pool.
+    // One client connection per request, the backend connections outlive them in the pool
+    // (up to one request per client connection may be cut at the end).
     assert!(counters.accepted >= run.requests, "{counters:?} {run:?}");
-    assert_eq!(counters.answers[1], requests as u64, "{counters:?}");
+    let logged = requests as u64;
+    assert!(
+        counters.answers[1] <= logged && logged <= counters.answers[1] + 4,
+        "{logged} {counters:?}"
+    );
     assert_eq!(counters.backend_opened, conns as u64, "{counters:?}");
     assert!(
         conns <= 4 && requests >= 10 * conns,
