@@ -653,12 +653,23 @@ fn pump(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) -> bool {
         let mut progress = false;
         run_actions(slot, s, inc, cx);
         if slot.lingering {
-            // Drain and discard until EOF; the linger timer bounds it.
+            // Drain and discard until EOF; the linger timer bounds it. Only on an edge: right
+            // after the shutdown the client has usually sent nothing more, and its FIN raises one.
             return loop {
+                if !slot.readable {
+                    break false;
+                }
                 match read_some(&mut slot.client, &mut cx.scratch) {
-                    Got::Data(_) => {}
+                    Got::Data(n) => {
+                        if n < cx.scratch.len() && !slot.hup {
+                            slot.readable = false;
+                        }
+                    }
                     Got::Eof => break true,
-                    Got::Blocked => break false,
+                    Got::Blocked => {
+                        slot.readable = false;
+                        break false;
+                    }
                 }
             };
         }
