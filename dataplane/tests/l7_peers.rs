@@ -70,6 +70,11 @@ struct Nginx {
 
 impl Nginx {
     fn start() -> Nginx {
+        Nginx::with_keepalive_timeout("75s")
+    }
+
+    /// nginx closing a keep-alive connection idle for `timeout` (nginx's syntax: `100ms`).
+    fn with_keepalive_timeout(timeout: &str) -> Nginx {
         let dir = TempDir::new("nginx");
         let d = dir.0.display();
         // nginx cannot listen on port 0: take a free port and hand it over (retried if taken).
@@ -87,7 +92,7 @@ impl Nginx {
                    uwsgi_temp_path {d}; scgi_temp_path {d};
                    log_format conns '$connection $request';
                    access_log {d}/access.log conns;
-                   keepalive_requests 1000000;
+                   keepalive_requests 1000000; keepalive_timeout {timeout};
                    server {{ listen 127.0.0.1:{port};
                      location / {{ default_type text/plain; return 200 'nginx\\n'; }} }}
                  }}"
@@ -261,6 +266,28 @@ fn wrk_new_connection_per_request_still_reuses_nginx_connections() {
     assert!(
         conns <= 4 && requests >= 10 * conns,
         "{conns} backend connections for {requests} requests"
+    );
+}
+
+#[test]
+#[ignore = "needs nginx, wrk and openssl: scripts/test.sh installs and runs it"]
+fn a_pooled_connection_nginx_closed_while_idle_is_not_reused() {
+    testkit::require_programs(&["nginx"]);
+    let nginx = Nginx::with_keepalive_timeout("100ms");
+    let (proxy, _) = proxy(&to_nginx(&nginx), 1, ConnConfig::default());
+    let addr = proxy.local_addrs()[0];
+    assert_eq!(Client::connect(addr).get("x", "/").unwrap().status, 200);
+    // nginx closes the pooled connection meanwhile; the proxy must notice, not send into it.
+    std::thread::sleep(Duration::from_millis(600));
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("x", "/").unwrap().status, 200);
+    assert_eq!(c.get("x", "/").unwrap().status, 200);
+    let counters = stop_and_count(proxy);
+    assert_eq!(nginx.log(), (3, 2), "{counters:?}");
+    assert_eq!(
+        (counters.backend_opened, counters.backend_reused),
+        (2, 1),
+        "the closed connection was not reused, the new one was"
     );
 }
 
