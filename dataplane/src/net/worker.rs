@@ -79,8 +79,8 @@ struct Slot {
 struct Cx {
     registry: Registry,
     tables: Tables,
-    /// Idle backend sockets with their ids (still registered).
-    pool: Pool<(TcpStream, usize)>,
+    /// Idle backend sockets with their ids (still registered) and when they went idle.
+    pool: Pool<(TcpStream, usize, Millis)>,
     ids: BackendIds,
     /// Backend address -> pool key.
     keys: FxHashMap<SocketAddr, BackendId>,
@@ -98,6 +98,8 @@ struct Cx {
 struct BackendIds {
     /// The slot each id serves; None while idle in the pool or closed.
     owners: Vec<Option<usize>>,
+    /// An event came while the socket idled in the pool (its edge is spent: peek before use).
+    stirred: Vec<bool>,
     free: Vec<usize>,
     /// Closed during this turn: reused from the next poll on, so an event of the closed socket
     /// still in this turn's batch never reaches the id's next socket.
@@ -110,10 +112,12 @@ impl BackendIds {
         match self.free.pop() {
             Some(id) => {
                 self.owners[id] = Some(s);
+                self.stirred[id] = false;
                 id
             }
             None => {
                 self.owners.push(Some(s));
+                self.stirred.push(false);
                 self.owners.len() - 1
             }
         }
@@ -244,6 +248,9 @@ impl Worker {
                     let id = token - BACKENDS;
                     // None: idle in the pool (taking it checks it) or closed.
                     let Some(s) = self.cx.ids.owners.get(id).copied().flatten() else {
+                        if let Some(stirred) = self.cx.ids.stirred.get_mut(id) {
+                            *stirred = true;
+                        }
                         continue;
                     };
                     let Some(slot) = self.slots.get_mut(s).and_then(Option::as_mut) else {
@@ -293,7 +300,7 @@ impl Worker {
             }
             if now >= next_housekeeping {
                 let ids = &mut self.cx.ids;
-                self.cx.pool.expire(now, |(_, id)| ids.close(id));
+                self.cx.pool.expire(now, |(_, id, _)| ids.close(id));
                 next_housekeeping = now + HOUSEKEEPING;
             }
         }
@@ -515,8 +522,13 @@ fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
                 if let Some(b) = slot.backend.take() {
                     // It stays registered; its events are ignored while it idles.
                     cx.ids.owners[b.id] = None;
+                    cx.ids.stirred[b.id] = false;
                     // A full pool hands it back: dropping closes it.
-                    if cx.pool.put(b.key, (b.stream, b.id), cx.now).is_some() {
+                    if cx
+                        .pool
+                        .put(b.key, (b.stream, b.id, cx.now), cx.now)
+                        .is_some()
+                    {
                         cx.ids.close(b.id);
                     }
                 }
@@ -554,11 +566,16 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
     let next = BackendId(cx.keys.len() as u32);
     let key = *cx.keys.entry(addr).or_insert(next);
     // A pooled connection the backend closed while idle reads EOF (or stray bytes): drop it.
+    // One put back this millisecond with no event since is taken without the peek (a syscall
+    // per request under load): its edge is unspent, so a close not yet polled reaches its new
+    // slot like one arriving just after a peek would.
     let mut probe = [0u8; 1];
     let ids = &mut cx.ids;
-    while let Some((stream, id)) = cx.pool.take(key, cx.now, |(_, id)| ids.close(id)) {
-        let alive =
-            matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    while let Some((stream, id, idle_since)) = cx.pool.take(key, cx.now, |(_, id, _)| ids.close(id))
+    {
+        let fresh = idle_since == cx.now && !ids.stirred[id];
+        let alive = fresh
+            || matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
         if !alive {
             ids.close(id);
             continue;
@@ -570,7 +587,7 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
             key,
             id,
             connecting: false,
-            // The peek found nothing to read: the next byte raises an edge.
+            // Nothing to read (the peek, or no event since it idled): the next byte raises an edge.
             readable: false,
             hup: false,
         });
