@@ -23,3 +23,19 @@ pub fn require_root() {
          reason: run `sudo bash scripts/test.sh`, which runs the ignored tests as root"
     );
 }
+
+/// Panics with a clear message unless every program is on the PATH. Tests that run real peers
+/// (nginx, wrk, openssl) call it first: they are `#[ignore]`d, so a plain `cargo test` on a machine
+/// without them lists them as ignored, and scripts/test.sh (which installs scripts/packages.txt)
+/// runs them; run anyway without the programs, they fail instead of passing untested.
+pub fn require_programs(programs: &[&str]) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for program in programs {
+        let found = std::env::split_paths(&path).any(|dir| dir.join(program).is_file());
+        assert!(
+            found,
+            "this test runs `{program}`, which is not installed: install the packages of \
+             scripts/packages.txt (scripts/test.sh does, as root)"
+        );
+    }
+}

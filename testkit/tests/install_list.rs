@@ -37,6 +37,7 @@ const PACKAGE_OF: &[(&str, &str)] = &[
     ("valgrind", "valgrind"),
     ("ping", "iputils-ping"),
     ("curl", "curl"),
+    ("openssl", "openssl"),
     ("haproxy", "haproxy"),
     ("cc", "build-essential"),
     ("pkg-config", "pkg-config"),

@@ -1,9 +1,14 @@
 //! One L7 worker: a `mio::Poll` loop over its listeners, client connections and backend
 //! connections. Sockets only: every decision is the core's ([`Conn`]).
 //!
-//! Tokens: listener `i` is `i`; connection slot `s` is `BASE + 2s` (client) and `BASE + 2s + 1`
-//! (its backend). Readiness is edge-triggered, so a side is read until `WouldBlock` or until the
-//! core wants no more; a side left readable is read again once the core wants more.
+//! Tokens: listener `i` is `i`; the client of connection slot `s` is `BASE + s`; backend socket
+//! `id` is `BACKENDS + id`, registered once for its life (plain or TLS, in a slot, parked or
+//! pooled), so moving it between slots, the pool and a slot's parking place costs no epoll
+//! syscall (an event of an idle socket only marks it: taking it checks it). Readiness is
+//! edge-triggered, so a side is read until it is drained or until the core wants no more; a side
+//! left readable is read again once the core wants more. A read shorter than the buffer drained
+//! the socket: any byte arriving later raises a new edge, so no read is spent on `WouldBlock`
+//! (unless the peer's close was reported: then read to the end).
 //!
 //! A new backend connection is set up before the core hears it is connected: TCP connect, then
 //! the PROXY header (if its upstream sends one), then the TLS handshake (if TLS): a failure in
@@ -34,8 +39,10 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// First connection token; listeners are below.
+/// First client token; listeners are below.
 const BASE: usize = 1 << 16;
+/// First backend socket token; clients are below.
+const BACKENDS: usize = 1 << 31;
 /// The waker's token.
 const WAKE: Token = Token(usize::MAX);
 /// Bytes read per call.
@@ -49,11 +56,18 @@ struct BackendSock {
     stream: TcpStream,
     /// Pool key: the backend address and upstream settings, interned.
     key: BackendId,
+    /// Its id in [`BackendIds`] (its token is `BACKENDS + id`).
+    id: usize,
     /// Not handed to the core yet: TCP connect, PROXY header or TLS handshake under way.
     connecting: bool,
     /// The TCP connect finished.
     established: bool,
     readable: bool,
+    /// The backend closed or failed: read until EOF, a short read does not mean drained.
+    hup: bool,
+    /// When it went idle (pooled or parked): one taken in the same millisecond with no event
+    /// since is not peeked.
+    idle_since: Millis,
     /// The PROXY header and how much of it is written (sent first, in clear).
     preamble: Option<(ProxyHeader, usize)>,
     tls: Option<TlsSession>,
@@ -75,6 +89,8 @@ struct Slot {
     /// Table generation of the current request.
     gen: Option<usize>,
     readable: bool,
+    /// The client closed or failed: read until EOF, a short read does not mean drained.
+    hup: bool,
     /// The core asked to close: flush, then shut down and linger.
     closing: bool,
     /// Output flushed and write side shut: draining input until EOF or the linger timer.
@@ -88,7 +104,9 @@ struct Slot {
 struct Cx {
     registry: Registry,
     tables: Tables,
+    /// Idle backend sockets (still registered, with their ids and when they went idle).
     pool: Pool<BackendSock>,
+    ids: BackendIds,
     /// Backend address -> (upstream settings, pool key) for each settings seen.
     keys: FxHashMap<SocketAddr, Vec<(UpstreamSpec, BackendId)>>,
     next_key: u32,
@@ -98,6 +116,49 @@ struct Cx {
     scratch: Box<[u8]>,
     config: Arc<ProxyConfig>,
     now: Millis,
+}
+
+/// Ids of backend sockets, each registered once with token `BACKENDS + id` and kept while the
+/// socket moves between slots and the pool.
+#[derive(Debug, Default)]
+struct BackendIds {
+    /// The slot each id serves; None while idle in the pool or closed.
+    owners: Vec<Option<usize>>,
+    /// An event came while the socket idled in the pool (its edge is spent: peek before use).
+    stirred: Vec<bool>,
+    free: Vec<usize>,
+    /// Closed during this turn: reused from the next poll on, so an event of the closed socket
+    /// still in this turn's batch never reaches the id's next socket.
+    closed: Vec<usize>,
+}
+
+impl BackendIds {
+    /// A new id serving slot `s`.
+    fn open(&mut self, s: usize) -> usize {
+        match self.free.pop() {
+            Some(id) => {
+                self.owners[id] = Some(s);
+                self.stirred[id] = false;
+                id
+            }
+            None => {
+                self.owners.push(Some(s));
+                self.stirred.push(false);
+                self.owners.len() - 1
+            }
+        }
+    }
+
+    /// The socket of `id` is closed (dropping it left the epoll set).
+    fn close(&mut self, id: usize) {
+        self.owners[id] = None;
+        self.closed.push(id);
+    }
+
+    /// Called between turns: the ids closed during the last one may be reused.
+    fn recycle(&mut self) {
+        self.free.append(&mut self.closed);
+    }
 }
 
 /// A worker before it runs.
@@ -148,6 +209,7 @@ impl Worker {
             registry: poll.registry().try_clone()?,
             tables: Tables::new(routes),
             pool: Pool::new(config.pool_per_backend, config.pool_idle),
+            ids: BackendIds::default(),
             keys: FxHashMap::default(),
             next_key: 0,
             timers: Timers::default(),
@@ -198,6 +260,7 @@ impl Worker {
                 break;
             }
             self.cx.now = self.now();
+            self.cx.ids.recycle();
             for event in &events {
                 let token = event.token().0;
                 if event.token() == WAKE {
@@ -208,19 +271,34 @@ impl Worker {
                     self.accept(token);
                     continue;
                 }
-                let s = (token - BASE) / 2;
+                if token >= BACKENDS {
+                    let id = token - BACKENDS;
+                    // None: idle in the pool (taking it checks it) or closed.
+                    let Some(s) = self.cx.ids.owners.get(id).copied().flatten() else {
+                        if let Some(stirred) = self.cx.ids.stirred.get_mut(id) {
+                            *stirred = true;
+                        }
+                        continue;
+                    };
+                    let Some(slot) = self.slots.get_mut(s).and_then(Option::as_mut) else {
+                        continue;
+                    };
+                    if let Some(b) = slot.backend.as_mut().filter(|b| b.id == id) {
+                        b.readable |= event.is_readable() || event.is_read_closed();
+                        b.hup |= event.is_read_closed() || event.is_error();
+                        if b.connecting {
+                            connect_outcome(slot, &mut self.cx, event.is_error());
+                        }
+                    }
+                    self.drive(s);
+                    continue;
+                }
+                let s = token - BASE;
                 let Some(slot) = self.slots.get_mut(s).and_then(Option::as_mut) else {
                     continue;
                 };
-                if (token - BASE) % 2 == 0 {
-                    slot.readable |=
-                        event.is_readable() || event.is_read_closed() || event.is_error();
-                } else if let Some(b) = slot.backend.as_mut() {
-                    b.readable |= event.is_readable() || event.is_read_closed();
-                    if b.connecting {
-                        connect_outcome(slot, &mut self.cx, event.is_error());
-                    }
-                }
+                slot.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                slot.hup |= event.is_read_closed() || event.is_error();
                 self.drive(s);
             }
             let now = self.cx.now;
@@ -248,7 +326,8 @@ impl Worker {
                 self.drive(s);
             }
             if now >= next_housekeeping {
-                self.cx.pool.expire(now, drop);
+                let ids = &mut self.cx.ids;
+                self.cx.pool.expire(now, |b| ids.close(b.id));
                 next_housekeeping = now + HOUSEKEEPING;
             }
         }
@@ -337,7 +416,7 @@ impl Worker {
                 .registry
                 .register(
                     &mut client,
-                    Token(BASE + 2 * s),
+                    Token(BASE + s),
                     Interest::READABLE | Interest::WRITABLE,
                 )
                 .is_err()
@@ -360,6 +439,7 @@ impl Worker {
                 parked: None,
                 gen: None,
                 readable: true,
+                hup: false,
                 closing: false,
                 lingering: false,
                 timer: Timer::default(),
@@ -388,12 +468,14 @@ impl Worker {
             return;
         };
         count_answers(&mut slot, &self.cx.metrics);
-        let _ = self.cx.registry.deregister(&mut slot.client);
-        if let Some(mut b) = slot.backend.take() {
-            let _ = self.cx.registry.deregister(&mut b.stream);
+        // No deregistration: closing a socket (its only descriptor) takes it out of the epoll
+        // set, so the slot's sockets just drop here, a syscall fewer each.
+        for b in [slot.backend.take(), slot.parked.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.cx.ids.close(b.id);
         }
-        // A parked connection is deregistered already; dropping closes it.
-        drop(slot.parked.take());
         if let Some(g) = slot.gen.take() {
             self.cx.tables.release(g);
         }
@@ -461,8 +543,8 @@ fn connect_outcome(slot: &mut Slot, cx: &mut Cx, error: bool) {
     };
     if failed {
         cx.metrics.backend_failed.fetch_add(1, Relaxed);
-        let mut b = slot.backend.take().expect("checked above");
-        let _ = cx.registry.deregister(&mut b.stream);
+        let b = slot.backend.take().expect("checked above");
+        cx.ids.close(b.id);
         slot.conn
             .backend_failed(cx.now, &mut router, &mut cx.actions);
     } else {
@@ -539,21 +621,25 @@ fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
             Action::WriteClient | Action::WriteBackend => {}
             Action::ReleaseBackend => {
                 if let Some(mut b) = slot.backend.take() {
-                    let _ = cx.registry.deregister(&mut b.stream);
-                    if b.private {
-                        // Replaces (closes) an older one: one per client is enough.
-                        drop(slot.parked.replace(b));
+                    // It stays registered; its events only mark it while it idles.
+                    cx.ids.owners[b.id] = None;
+                    cx.ids.stirred[b.id] = false;
+                    b.idle_since = cx.now;
+                    // An older parked one, or this one when the pool is full: dropping
+                    // closes it, which takes it out of the epoll set.
+                    let closed = if b.private {
+                        // One per client is enough.
+                        slot.parked.replace(b)
                     } else {
-                        // A full pool hands it back: dropping closes it.
-                        drop(cx.pool.put(b.key, b, cx.now));
+                        cx.pool.put(b.key, b, cx.now)
+                    };
+                    if let Some(old) = closed {
+                        cx.ids.close(old.id);
                     }
                 }
             }
-            Action::CloseBackend => {
-                if let Some(mut b) = slot.backend.take() {
-                    let _ = cx.registry.deregister(&mut b.stream);
-                }
-            }
+            // Dropping closes it, which takes it out of the epoll set.
+            Action::CloseBackend => close_backend(slot, cx),
             Action::CloseClient => slot.closing = true,
             Action::ArmTimer(at) => cx.timers.arm(&mut slot.timer, s, inc, at),
             Action::Refused(reason) => cx.metrics.reject(reason),
@@ -581,25 +667,20 @@ fn is_alive(stream: &TcpStream) -> bool {
     matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// Hands a reused (pooled or parked) connection to the core, if it is alive and registers.
+/// Hands a reused (pooled or parked) connection to the core if it is alive; else closes it.
 fn reuse(slot: &mut Slot, s: usize, mut b: BackendSock, cx: &mut Cx) -> bool {
-    if !is_alive(&b.stream) {
+    // One put back this millisecond, drained, with no event since is taken without the peek (a
+    // syscall per request under load): its edge is unspent, so a close not yet polled reaches
+    // its new slot like one arriving just after a peek would.
+    let fresh = b.idle_since == cx.now && !cx.ids.stirred[b.id] && !b.readable && !b.hup;
+    if !fresh && !is_alive(&b.stream) {
+        cx.ids.close(b.id);
         return false;
     }
-    let token = Token(BASE + 2 * s + 1);
-    if cx
-        .registry
-        .register(
-            &mut b.stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        )
-        .is_err()
-    {
-        return false;
-    }
+    cx.ids.owners[b.id] = Some(s);
     cx.metrics.backend_reused.fetch_add(1, Relaxed);
-    b.readable = true;
+    // Nothing to read (the peek, or no event since it idled): the next byte raises an edge.
+    b.readable = false;
     slot.backend = Some(b);
     let mut router = ConnRouter {
         tables: &mut cx.tables,
@@ -621,12 +702,17 @@ fn connect_failed(slot: &mut Slot, cx: &mut Cx) {
         .backend_failed(cx.now, &mut router, &mut cx.actions);
 }
 
+/// Closes the slot's backend connection, if any (dropping it takes it out of the epoll set).
+fn close_backend(slot: &mut Slot, cx: &mut Cx) {
+    if let Some(b) = slot.backend.take() {
+        cx.ids.close(b.id);
+    }
+}
+
 /// A connection to backend `id` of the slot's table: this client's parked private one, a pooled
 /// one if alive, else new.
 fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
-    if let Some(mut old) = slot.backend.take() {
-        let _ = cx.registry.deregister(&mut old.stream);
-    }
+    close_backend(slot, cx);
     let target = slot
         .gen
         .and_then(|g| cx.tables.backend_conn(g, id))
@@ -642,13 +728,23 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
     };
     let key = pool_key(cx, addr, &upstream.spec);
     if let Some(b) = slot.parked.take() {
-        // Another backend (or settings): the parked one is of no more use; dropping closes it.
-        if b.key == key && reuse(slot, s, b, cx) {
-            return;
+        if b.key == key {
+            if reuse(slot, s, b, cx) {
+                return;
+            }
+        } else {
+            // Another backend (or settings): the parked one is of no more use.
+            cx.ids.close(b.id);
         }
     }
     if !upstream.is_private() {
-        while let Some(b) = cx.pool.take(key, cx.now, drop) {
+        // A pooled connection the backend closed while idle reads EOF (or stray bytes): the
+        // check in `reuse` drops it.
+        loop {
+            let ids = &mut cx.ids;
+            let Some(b) = cx.pool.take(key, cx.now, |b| ids.close(b.id)) else {
+                break;
+            };
             if reuse(slot, s, b, cx) {
                 return;
             }
@@ -673,8 +769,9 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
             Err(_) => return connect_failed(slot, cx),
         },
     };
-    let token = Token(BASE + 2 * s + 1);
+    let id = cx.ids.open(s);
     let opened = TcpStream::connect(addr).and_then(|mut stream| {
+        let token = Token(BACKENDS + id);
         cx.registry
             .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
         Ok(stream)
@@ -686,15 +783,21 @@ fn connect(slot: &mut Slot, s: usize, id: BackendId, cx: &mut Cx) {
             slot.backend = Some(BackendSock {
                 stream,
                 key,
+                id,
                 connecting: true,
                 established: false,
                 readable: false,
+                hup: false,
+                idle_since: 0,
                 preamble,
                 tls,
                 private: upstream.is_private(),
             });
         }
-        Err(_) => connect_failed(slot, cx),
+        Err(_) => {
+            cx.ids.close(id);
+            connect_failed(slot, cx);
+        }
     }
 }
 
@@ -736,12 +839,23 @@ fn pump(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) -> bool {
         let mut progress = false;
         run_actions(slot, s, inc, cx);
         if slot.lingering {
-            // Drain and discard until EOF; the linger timer bounds it.
+            // Drain and discard until EOF; the linger timer bounds it. Only on an edge: right
+            // after the shutdown the client has usually sent nothing more, and its FIN raises one.
             return loop {
+                if !slot.readable {
+                    break false;
+                }
                 match read_some(&mut slot.client, &mut cx.scratch) {
-                    Got::Data(_) => {}
+                    Got::Data(n) => {
+                        if n < cx.scratch.len() && !slot.hup {
+                            slot.readable = false;
+                        }
+                    }
                     Got::Eof => break true,
-                    Got::Blocked => break false,
+                    Got::Blocked => {
+                        slot.readable = false;
+                        break false;
+                    }
                 }
             };
         }
@@ -859,15 +973,19 @@ fn write_backend(b: &mut BackendSock, out: &[u8]) -> Result<(usize, bool), ()> {
     }
 }
 
-/// Reads backend bytes (decrypted on TLS) into `buf`; marks the socket drained on `Blocked`.
+/// Reads backend bytes (decrypted on TLS) into `buf`; marks the socket drained on `Blocked`, or
+/// (plain) on a read shorter than `buf`. TLS reads to `WouldBlock`: rustls takes at most its own
+/// buffer's room per read, so a short read there does not mean drained.
 fn read_backend(b: &mut BackendSock, buf: &mut [u8]) -> Got {
     let Some(tls) = b.tls.as_mut() else {
         if !b.readable {
             return Got::Blocked;
         }
         let got = read_some(&mut b.stream, buf);
-        if matches!(got, Got::Blocked) {
-            b.readable = false;
+        match got {
+            Got::Data(n) if n < buf.len() && !b.hup => b.readable = false,
+            Got::Blocked => b.readable = false,
+            _ => {}
         }
         return got;
     };
@@ -941,6 +1059,9 @@ fn read_client(slot: &mut Slot, cx: &mut Cx) -> Result<bool, ()> {
         }
         return match read_some(&mut slot.client, &mut cx.scratch) {
             Got::Data(n) => {
+                if n < cx.scratch.len() && !slot.hup {
+                    slot.readable = false;
+                }
                 slot.conn
                     .client_data(cx.now, &cx.scratch[..n], &mut router, &mut cx.actions);
                 Ok(true)
