@@ -21,7 +21,7 @@ pub mod route;
 pub mod select;
 pub mod tls;
 
-pub use conn::{Action, Conn, ConnConfig, Router, Timeouts};
+pub use conn::{Action, Conn, ConnConfig, Ended, Router, Timeouts};
 pub use errors::{RejectReason, Status};
 pub use head::Limits;
 pub use headers::ClientInfo;

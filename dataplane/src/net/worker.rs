@@ -5,7 +5,7 @@
 //! (its backend). Readiness is edge-triggered, so a side is read until `WouldBlock` or until the
 //! core wants no more; a side left readable is read again once the core wants more.
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, RequestStats};
 use super::tables::{ConnRouter, Tables};
 use super::timers::{Timer, Timers};
 use super::{ListenerSpec, ProxyConfig};
@@ -62,6 +62,9 @@ struct Slot {
     timer: Timer,
     /// Answers already counted.
     counted: [u64; 5],
+    /// When the current request started and when its response head went out (`Cx::now_us`).
+    started_us: u64,
+    head_us: u64,
 }
 
 /// What the per-connection code needs of the worker, apart from the slots.
@@ -77,6 +80,8 @@ struct Cx {
     scratch: Box<[u8]>,
     config: Arc<ProxyConfig>,
     now: Millis,
+    /// `now` in microseconds, for latencies: read with it, once per wake-up.
+    now_us: u64,
 }
 
 /// A worker before it runs.
@@ -113,6 +118,7 @@ impl Worker {
         stop: Arc<AtomicBool>,
         mailbox: Arc<Mutex<Option<ListenerUpdate>>>,
         metrics: Arc<Metrics>,
+        stats: Arc<RequestStats>,
         epoch: Instant,
     ) -> io::Result<Worker> {
         let poll = Poll::new()?;
@@ -125,7 +131,7 @@ impl Worker {
         }
         let cx = Cx {
             registry: poll.registry().try_clone()?,
-            tables: Tables::new(routes),
+            tables: Tables::new(routes, stats),
             pool: Pool::new(config.pool_per_backend, config.pool_idle),
             keys: FxHashMap::default(),
             timers: Timers::default(),
@@ -134,6 +140,7 @@ impl Worker {
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             config,
             now: 0,
+            now_us: 0,
         };
         Ok(Worker {
             poll,
@@ -175,7 +182,9 @@ impl Worker {
                 }
                 break;
             }
-            self.cx.now = self.now();
+            let elapsed = self.epoch.elapsed();
+            self.cx.now = elapsed.as_millis() as Millis;
+            self.cx.now_us = elapsed.as_micros() as u64;
             for event in &events {
                 let token = event.token().0;
                 if event.token() == WAKE {
@@ -340,6 +349,8 @@ impl Worker {
                 lingering: false,
                 timer: Timer::default(),
                 counted: [0; 5],
+                started_us: 0,
+                head_us: 0,
             });
             run_actions(slot, s, self.incarnations[s], &mut self.cx);
             self.drive(s);
@@ -457,6 +468,16 @@ fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
             Action::CloseClient => slot.closing = true,
             Action::ArmTimer(at) => cx.timers.arm(&mut slot.timer, s, inc, at),
             Action::Refused(reason) => cx.metrics.reject(reason),
+            Action::RequestStarted => {
+                slot.started_us = cx.now_us;
+                slot.head_us = cx.now_us;
+            }
+            Action::ResponseStarted => slot.head_us = cx.now_us,
+            Action::RequestEnded(ended) => cx.tables.record(
+                &ended,
+                cx.now_us.saturating_sub(slot.started_us),
+                slot.head_us.saturating_sub(slot.started_us),
+            ),
         }
     }
     cx.actions.clear();
