@@ -62,6 +62,9 @@ struct L7Collector(Vec<L7Sample>);
 
 type Family<'e> = MetricEncoder<'e>;
 
+/// An unlabelled-but-for-`listener` counter: name, help and its value in [`Counters`].
+type Single = (&'static str, &'static str, fn(&Counters) -> u64);
+
 /// One counter row of a family.
 fn count(f: &mut Family<'_>, labels: &impl EncodeLabelSet, v: u64) -> Result<(), std::fmt::Error> {
     f.encode_family(labels)?
@@ -148,7 +151,7 @@ impl Collector for L7Collector {
             let labels = [("listener", s.listener.as_str())];
             f.encode_family(&labels)?.encode_gauge(&s.counters.active)?;
         }
-        let singles: [(&str, &str, fn(&Counters) -> u64); 3] = [
+        let singles: [Single; 3] = [
             (
                 "http_connections",
                 "Client connections accepted (those closed at once for over_capacity included).",

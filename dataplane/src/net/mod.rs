@@ -145,11 +145,10 @@ impl Proxy {
             let w = worker::Worker::new(
                 config.clone(),
                 listeners,
-                routes.clone(),
+                tables::Tables::new(routes.clone(), proxy.requests.clone()),
                 stop.clone(),
                 mailbox.clone(),
                 metrics.clone(),
-                proxy.requests.clone(),
                 epoch,
             )?;
             let waker = w.waker();

@@ -5,7 +5,7 @@
 //! (its backend). Readiness is edge-triggered, so a side is read until `WouldBlock` or until the
 //! core wants no more; a side left readable is read again once the core wants more.
 
-use super::metrics::{Metrics, RequestStats};
+use super::metrics::Metrics;
 use super::tables::{ConnRouter, Tables};
 use super::timers::{Timer, Timers};
 use super::{ListenerSpec, ProxyConfig};
@@ -13,8 +13,7 @@ use crate::conntrack::Millis;
 use crate::l7::pool::Pool;
 use crate::l7::route::BackendId;
 use crate::l7::tls::{Plain, TlsSession};
-use crate::l7::{Action, ClientInfo, Conn, RouteTable};
-use arc_swap::ArcSwap;
+use crate::l7::{Action, ClientInfo, Conn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use rustc_hash::FxHashMap;
@@ -114,11 +113,10 @@ impl Worker {
     pub fn new(
         config: Arc<ProxyConfig>,
         listeners: Vec<TcpListener>,
-        routes: Arc<ArcSwap<RouteTable>>,
+        tables: Tables,
         stop: Arc<AtomicBool>,
         mailbox: Arc<Mutex<Option<ListenerUpdate>>>,
         metrics: Arc<Metrics>,
-        stats: Arc<RequestStats>,
         epoch: Instant,
     ) -> io::Result<Worker> {
         let poll = Poll::new()?;
@@ -131,7 +129,7 @@ impl Worker {
         }
         let cx = Cx {
             registry: poll.registry().try_clone()?,
-            tables: Tables::new(routes, stats),
+            tables,
             pool: Pool::new(config.pool_per_backend, config.pool_idle),
             keys: FxHashMap::default(),
             timers: Timers::default(),
