@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use controlplane::api::{admin, metrics};
+use controlplane::api::{admin, l7_metrics, metrics};
 use controlplane::control::state::{
     AdminState, BackendKey, BackendStatus, Control, Health, Observation, OpError, Override,
     ReloadStatus, ServiceStatus,
@@ -791,7 +791,8 @@ async fn the_server_stops_when_shutdown_completes() {
 /// Every `lb_` name in the Grafana dashboard's queries is one `/metrics` exports.
 #[test]
 fn the_dashboard_uses_only_exported_metrics() {
-    let text = metrics::render(&observation());
+    let mut text = metrics::render(&observation());
+    text += &l7_metrics::render(vec![l7_sample()]);
     let mut exported = BTreeSet::new();
     for line in text.lines() {
         let name = match line.strip_prefix("# TYPE ") {
@@ -828,9 +829,34 @@ fn the_dashboard_uses_only_exported_metrics() {
     }
     let unknown: Vec<_> = used.difference(&exported).collect();
     assert!(unknown.is_empty(), "dashboard uses unexported {unknown:?}");
-    for must in ["lb_backend_up", "lb_drops_total", "lb_conntrack_capacity"] {
+    for must in [
+        "lb_backend_up",
+        "lb_drops_total",
+        "lb_conntrack_capacity",
+        "lb_http_requests_total",
+        "lb_http_request_duration_seconds_bucket",
+    ] {
         assert!(used.contains(must), "dashboard lacks {must}");
     }
+}
+
+/// An L7 listener with one route and backend, so every `lb_http_` series is exported.
+fn l7_sample() -> l7_metrics::L7Sample {
+    use dataplane::net::metrics::{PairCounts, RouteCounts};
+    let mut sample = l7_metrics::L7Sample {
+        listener: "web".into(),
+        ..Default::default()
+    };
+    sample.requests.routes.push(RouteCounts {
+        route: "a.test/".into(),
+        ..Default::default()
+    });
+    sample.requests.pairs.push(PairCounts {
+        route: "a.test/".into(),
+        backend: "198.18.1.10:80".into(),
+        classes: [0, 1, 0, 0, 0],
+    });
+    sample
 }
 
 /// The PromQL of panel targets (`expr`) and template variables (`query`, `definition`).

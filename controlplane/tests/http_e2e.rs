@@ -246,13 +246,22 @@ fn http_routes_by_host_path_and_header_and_follows_health_and_drain() {
     assert_eq!(code, 200, "{body}");
     assert!(spread(&lab, SITE, &www("/"), 10).contains_key("pod-b"));
 
-    // The listener's answers are counted on /metrics.
+    // The listener's answers are counted on /metrics, by route and backend.
     let (_, metrics) = admin(&lab, "GET", "/metrics", "");
-    let ok = metrics
+    let ok: f64 = metrics
         .lines()
-        .find(|l| l.starts_with("lb_http_responses_total{") && l.contains("class=\"2xx\""))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
-    assert!(ok.is_some_and(|n| n >= 150.0), "{metrics}");
+        .filter(|l| {
+            l.starts_with("lb_http_requests_total{")
+                && l.contains("listener=\"site\"")
+                && l.contains("class=\"2xx\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(ok >= 150.0, "{metrics}");
+    assert!(
+        metrics.contains("route=\"www.lab.test/api\",backend=\"198.18.1.10:8080\""),
+        "{metrics}"
+    );
     assert!(metrics.contains("lb_http_active_connections{listener=\"site\"}"));
 
     let exit = lab.stop_lb().unwrap();

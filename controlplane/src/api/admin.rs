@@ -27,6 +27,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::l7_metrics::L7Sample;
 use super::metrics;
 use crate::config;
 use crate::control::state::{
@@ -445,9 +446,12 @@ fn done(key: Option<&BackendKey>, generation: u64) -> Json<Done> {
 async fn get_metrics(State(c): Ctl, State(stats): State<Arc<Stats>>) -> Result<Response, ApiError> {
     let listener = stats.sample();
     let text = blocking(move || {
-        let mut text = metrics::render_with(&c.observe(), &listener);
-        text.push_str(&metrics::render_l7_basic(&c.http()));
-        text
+        let l7 = c
+            .http()
+            .iter()
+            .filter_map(|h| h.proxy.as_ref().map(L7Sample::of_handle))
+            .collect();
+        metrics::render_all(&c.observe(), &listener, l7)
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())

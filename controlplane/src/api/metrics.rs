@@ -17,7 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::control::state::{AdminState, BackendKey, BackendStatus, HttpStatus, Observation};
+use super::l7_metrics::L7Sample;
+use crate::control::state::{AdminState, BackendKey, BackendStatus, Observation};
 
 /// The `Content-Type` of [`render`]'s output (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -69,17 +70,6 @@ struct BackendWorkerLabels {
     mode: &'static str,
     kind: &'static str,
     worker: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerClassLabels {
-    listener: String,
-    class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -452,7 +442,14 @@ pub struct ListenerSample {
 
 /// [`render`], with the admin listener's and the checker's own counters.
 pub fn render_with(obs: &Observation, listener: &ListenerSample) -> String {
+    render_all(obs, listener, Vec::new())
+}
+
+/// [`render_with`] and the `lb_http_*` families of the running `[[http]]` proxies in one
+/// exposition (one registry, so each family has one `# TYPE` line).
+pub fn render_all(obs: &Observation, listener: &ListenerSample, l7: Vec<L7Sample>) -> String {
     let mut reg = Registry::with_prefix("lb");
+    super::l7_metrics::register(&mut reg, l7);
     let workers: Vec<&Snapshot> = obs.workers.iter().map(|s| s.as_ref()).collect();
     worker_metrics(&mut reg, &workers);
     gauge(
@@ -543,49 +540,6 @@ pub fn render_with(obs: &Observation, listener: &ListenerSample) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail and our label encoders do not fail either; should one
     // ever, the scrape shows what was written so far rather than taking the API down.
-    if let Err(e) = prometheus_text::encode(&mut out, &reg) {
-        tracing::warn!("metrics encoding stopped early: {e}");
-    }
-    out
-}
-
-/// The minimum L7 series from each running `[[http]]` proxy's summed counters:
-/// `lb_http_active_connections{listener}` and `lb_http_responses_total{listener,class}`.
-/// Appended to the scrape by the admin API; one function, so a fuller L7 rendering can take its
-/// place.
-pub fn render_l7_basic(http: &[HttpStatus]) -> String {
-    const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-    let serving: Vec<(&str, dataplane::net::Counters)> = http
-        .iter()
-        .filter_map(|h| h.proxy.as_ref().map(|p| (h.name.as_str(), p.counters())))
-        .collect();
-    let mut reg = Registry::with_prefix("lb");
-    gauges(
-        &mut reg,
-        "http_active_connections",
-        "Client connections an http listener holds open now.",
-        serving.iter().map(|(name, c)| {
-            let labels = ListenerLabels {
-                listener: (*name).to_owned(),
-            };
-            (labels, to_i64(c.active))
-        }),
-    );
-    counters(
-        &mut reg,
-        "http_responses",
-        "Responses an http listener sent to clients, by status class (1xx: 101 only).",
-        serving.iter().flat_map(|(name, c)| {
-            CLASSES.iter().zip(c.answers).map(move |(class, n)| {
-                let labels = ListenerClassLabels {
-                    listener: (*name).to_owned(),
-                    class,
-                };
-                (labels, n)
-            })
-        }),
-    );
-    let mut out = String::new();
     if let Err(e) = prometheus_text::encode(&mut out, &reg) {
         tracing::warn!("metrics encoding stopped early: {e}");
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use dataplane::l7::tls::{self, CertSpec, TlsError, TlsSpec};
 use dataplane::l7::{ConnConfig, RouteTable};
-use dataplane::net::{Counters, ListenerSpec, Metrics, Proxy, ProxyConfig};
+use dataplane::net::{Counters, ListenerSpec, Metrics, Proxy, ProxyConfig, RequestStats};
 
 use crate::compile::{HttpCert, HttpListener, ProxySettings};
 
@@ -63,6 +63,8 @@ pub struct HttpHandle {
     pub listen: Vec<SocketAddr>,
     /// Each worker's live counters ([`Proxy::metrics`]).
     pub workers: Vec<Arc<Metrics>>,
+    /// Requests by route, backend and class, latencies by route ([`Proxy::requests`]).
+    pub requests: Arc<RequestStats>,
 }
 
 impl HttpHandle {
@@ -323,6 +325,7 @@ impl L7 {
                 listener: name.clone(),
                 listen: r.proxy.local_addrs().to_vec(),
                 workers: r.proxy.metrics().to_vec(),
+                requests: r.proxy.requests().clone(),
             })
             .collect()
     }

@@ -13,7 +13,9 @@
 //!   [`Conn::backend_written`]), [`Action::ReleaseBackend`] (back to the pool),
 //!   [`Action::CloseBackend`], [`Action::CloseClient`] (after the client output is written) and
 //!   [`Action::ArmTimer`] (one timer: a new one replaces the old); [`Action::Refused`] only
-//!   reports why a request was refused (metrics).
+//!   reports why a request was refused, and [`Action::RequestStarted`],
+//!   [`Action::ResponseStarted`] and [`Action::RequestEnded`] mark a request's life (metrics:
+//!   latency, requests by route, backend and status).
 //! - Read from the client only while [`Conn::wants_client_data`], from the backend only while
 //!   [`Conn::wants_backend_data`]: that bounds every buffer.
 //!
@@ -48,6 +50,39 @@ pub enum Action {
     ArmTimer(Millis),
     /// A request was refused for this reason (for metrics; the answer is already queued).
     Refused(RejectReason),
+    /// A request's head was read (or its refusal decided): its clock starts (for metrics).
+    RequestStarted,
+    /// The current request's response head (or local answer) was queued (for metrics).
+    ResponseStarted,
+    /// The current request is over: its response was queued whole, or cut (for metrics). A
+    /// request that ends before any answer reports nothing.
+    RequestEnded(Ended),
+}
+
+/// How a request ended, for a transport's metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// The split of the route it matched ([`Pick::split`]); `None`: no backend was picked (a
+    /// refusal, 404, or a route with nothing usable).
+    pub split: Option<u32>,
+    /// The backend last tried (the one that answered, or whose failure gave a 502 or 504).
+    pub backend: Option<BackendId>,
+    /// The status the client got (101 for an upgrade: the tunnel after it is not a request).
+    pub status: u16,
+    /// [`Router::metrics_key`] of `split` and `backend`; 0 when none was picked.
+    pub key: u32,
+}
+
+impl Ended {
+    /// The status class as an index: 0 for 1xx .. 4 for 5xx.
+    pub fn class(&self) -> usize {
+        status_class(self.status)
+    }
+}
+
+/// A status's class as an index: 0 for 1xx .. 4 for 5xx (anything else clamped into them).
+pub fn status_class(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
 }
 
 /// Timeouts in milliseconds.
@@ -83,6 +118,13 @@ pub trait Router {
     fn retry(&mut self, pick: &Pick) -> Option<Pick>;
     /// The request sent to `pick` is over (least-outstanding-requests bookkeeping).
     fn finished(&mut self, pick: &Pick);
+    /// The transport's tag for requests on route `split` to `backend`, carried in
+    /// [`Ended::key`]: asked when a request ends, before a later request may route on a newer
+    /// table, so a transport can name what the indexes mean now. 0 (the default) means none.
+    fn metrics_key(&mut self, split: u32, backend: BackendId) -> u32 {
+        let _ = (split, backend);
+        0
+    }
 }
 
 /// Settings of a connection.
@@ -162,6 +204,12 @@ pub struct Conn {
     armed: Option<Millis>,
     /// Answers given to the client, by status class (1xx..5xx; 101 counts, interim 1xx not).
     answers: [u64; 5],
+    /// A request started (`RequestStarted` sent) and has not ended.
+    in_request: bool,
+    /// The current request's answer status (0: none yet).
+    status: u16,
+    /// The current request's route split and backend, for `RequestEnded`.
+    served_by: Option<(u32, BackendId)>,
 }
 
 impl Conn {
@@ -201,6 +249,9 @@ impl Conn {
             total_deadline: None,
             armed: None,
             answers: [0; 5],
+            in_request: false,
+            status: 0,
+            served_by: None,
         };
         conn.rearm(actions);
         conn
@@ -458,7 +509,10 @@ impl Conn {
             self.idle_deadline = None;
         }
         let len = match self.scan.scan(&self.cin, &self.config.limits) {
-            Ok(Some(len)) => len,
+            Ok(Some(len)) => {
+                self.begin_request(actions);
+                len
+            }
             Ok(None) if self.client_eof => {
                 // A head cut short by the end of the stream: nothing to answer.
                 self.close_all(router, actions);
@@ -490,11 +544,12 @@ impl Conn {
                 // A request whose body is still coming cannot be skipped safely: close after it.
                 let close = self.req.close || self.req.framing != Framing::None;
                 self.cout.extend_from_slice(status.answer(close));
-                self.count_answer(status.code());
+                self.count_answer(status.code(), actions);
                 self.cin.drain(..len);
                 if close {
                     self.close_all(router, actions);
                 } else {
+                    self.end_request(router, actions);
                     self.next_request(now);
                 }
                 return true;
@@ -517,6 +572,7 @@ impl Conn {
 
     fn connect(&mut self, now: Millis, pick: Pick, actions: &mut Vec<Action>) {
         actions.push(Action::Connect(pick.backend));
+        self.served_by = Some((pick.split, pick.backend));
         self.pick = Some(pick);
         self.backend = Backend::Connecting;
         self.connect_deadline = Some(now + self.config.timeouts.connect);
@@ -635,7 +691,8 @@ impl Conn {
                         write_response_head(&self.bin, &self.resp, how, &mut self.cout);
                         self.bin.drain(..head_len);
                         self.answered = true;
-                        self.count_answer(101);
+                        self.count_answer(101, actions);
+                        self.end_request(router, actions);
                         self.phase = Phase::Tunnel;
                         self.total_deadline = None;
                         // A tunnel lives while bytes move; idle for `idle`, it closes.
@@ -655,7 +712,7 @@ impl Conn {
                     self.resp_body = reader;
                     self.in_body = true;
                     self.answered = true;
-                    self.count_answer(self.resp.status);
+                    self.count_answer(self.resp.status, actions);
                 }
             }
         }
@@ -699,6 +756,7 @@ impl Conn {
         router: &mut R,
         actions: &mut Vec<Action>,
     ) {
+        self.end_request(router, actions);
         self.release_pick(router);
         let request_done = self.req_body.is_done();
         if self.backend == Backend::Ready {
@@ -776,15 +834,20 @@ impl Conn {
         router: &mut R,
         actions: &mut Vec<Action>,
     ) {
+        // A refusal before any head was complete (bad bytes, 408) is a request too.
+        if !self.in_request {
+            self.begin_request(actions);
+        }
         self.cout.extend_from_slice(status.answer(true));
-        self.count_answer(status.code());
+        self.count_answer(status.code(), actions);
         self.answered = true;
         self.close_all(router, actions);
     }
 
     /// Ends everything: the backend (if any) is closed, the client closed after its output.
     fn close_all<R: Router>(&mut self, router: &mut R, actions: &mut Vec<Action>) {
-        // The request in flight is over too (least-outstanding bookkeeping).
+        // The request in flight is over too (least-outstanding bookkeeping, metrics).
+        self.end_request(router, actions);
         self.release_pick(router);
         if self.backend != Backend::None {
             actions.push(Action::CloseBackend);
@@ -831,8 +894,32 @@ impl Conn {
         self.answers
     }
 
-    fn count_answer(&mut self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.answers[class] += 1;
+    fn count_answer(&mut self, status: u16, actions: &mut Vec<Action>) {
+        self.answers[status_class(status)] += 1;
+        self.status = status;
+        actions.push(Action::ResponseStarted);
+    }
+
+    fn begin_request(&mut self, actions: &mut Vec<Action>) {
+        self.in_request = true;
+        self.status = 0;
+        self.served_by = None;
+        actions.push(Action::RequestStarted);
+    }
+
+    /// Reports the current request's end, once; nothing when it was never answered.
+    fn end_request<R: Router>(&mut self, router: &mut R, actions: &mut Vec<Action>) {
+        if !std::mem::take(&mut self.in_request) || self.status == 0 {
+            return;
+        }
+        let key = self
+            .served_by
+            .map_or(0, |(split, backend)| router.metrics_key(split, backend));
+        actions.push(Action::RequestEnded(Ended {
+            split: self.served_by.map(|(split, _)| split),
+            backend: self.served_by.map(|(_, backend)| backend),
+            status: self.status,
+            key,
+        }));
     }
 }

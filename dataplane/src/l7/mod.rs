@@ -25,7 +25,7 @@ pub mod select;
 pub mod tls;
 pub mod upstream;
 
-pub use conn::{Action, Conn, ConnConfig, Router, Timeouts};
+pub use conn::{Action, Conn, ConnConfig, Ended, Router, Timeouts};
 pub use errors::{RejectReason, Status};
 pub use head::Limits;
 pub use headers::ClientInfo;

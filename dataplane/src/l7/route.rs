@@ -214,6 +214,9 @@ pub struct RouteTable {
     default: Option<Target>,
     /// Weighted services per split: (service, weight).
     pub splits: Vec<Vec<(u32, u32)>>,
+    /// The route each split serves, as metrics name it: [`route_name`], or `default` for the
+    /// default backend. Routes with the same hosts and path share a name.
+    pub split_names: Vec<Box<str>>,
     /// Services.
     pub services: Vec<Service>,
     /// Endpoints.
@@ -299,6 +302,20 @@ fn strip_port(host: &[u8]) -> &[u8] {
     }
 }
 
+/// How metrics name a route: its hosts (comma-separated; `*` for any host) then its path, as
+/// the config wrote them: `shop.example.com,www.example.com/api`.
+pub fn route_name(route: &RouteSpec) -> String {
+    let hosts = if route.hosts.is_empty() {
+        "*".to_string()
+    } else {
+        route.hosts.join(",")
+    };
+    let path = match &route.path {
+        PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::ImplementationSpecific(p) => p,
+    };
+    format!("{hosts}{path}")
+}
+
 fn lower(s: &str) -> Box<[u8]> {
     s.to_ascii_lowercase().into_bytes().into_boxed_slice()
 }
@@ -369,8 +386,14 @@ impl RouteTable {
             .default_backend
             .as_ref()
             .map(|r| target_of(&mut table, std::slice::from_ref(r), Origin::Ingress));
+        if let Some(Target::Split(_)) = table.default {
+            table.split_names.push("default".into());
+        }
         for route in &spec.routes {
             let target = target_of(&mut table, &route.backends, route.origin);
+            if let Target::Split(_) = target {
+                table.split_names.push(route_name(route).into());
+            }
             let (path, exact, len) = match &route.path {
                 PathMatch::Exact(p) => (PathRule::Exact(p.as_bytes().into()), true, p.len()),
                 PathMatch::Prefix(p) | PathMatch::ImplementationSpecific(p) => {
@@ -614,5 +637,54 @@ mod tests {
         assert_eq!(answer("i"), Target::Answer(Status::Unavailable));
         assert_eq!(answer("g"), Target::Answer(Status::InternalError));
         assert_eq!(answer("other"), Target::Answer(Status::NotFound));
+    }
+
+    #[test]
+    fn each_split_is_named_after_its_route() {
+        let mut t = table(vec![
+            route(Origin::Ingress, "", PathMatch::Exact("/x".into()), "a"),
+            // No split for a route that answers an error: the names stay aligned.
+            route(Origin::Ingress, "i", PathMatch::Prefix("/".into()), "nope"),
+            route(
+                Origin::Ingress,
+                "*.w.test",
+                PathMatch::Prefix("/api".into()),
+                "b",
+            ),
+        ]);
+        assert_eq!(t.split_names.len(), t.splits.len());
+        let name = |t: &RouteTable, host, path| match t.lookup(&RequestView::from_parts(
+            host,
+            path,
+            "GET",
+            &[],
+        )) {
+            Target::Split(s) => t.split_names[s as usize].to_string(),
+            Target::Answer(a) => format!("{a:?}"),
+        };
+        assert_eq!(name(&t, "h", "/x"), "*/x");
+        assert_eq!(name(&t, "a.w.test", "/api/1"), "*.w.test/api");
+        let mut spec = TableSpec {
+            services: vec![ServiceSpec {
+                name: "a".into(),
+                endpoints: vec![],
+                policy: Policy::RoundRobin,
+                upstream: Default::default(),
+            }],
+            routes: vec![route(
+                Origin::Gateway,
+                "",
+                PathMatch::Exact("/x".into()),
+                "a",
+            )],
+            default_backend: Some(BackendRef {
+                service: "a".into(),
+                weight: 1,
+            }),
+        };
+        spec.routes[0].hosts = vec!["a.test".into(), "b.test".into()];
+        t = RouteTable::compile(&spec);
+        assert_eq!(name(&t, "b.test", "/x"), "a.test,b.test/x");
+        assert_eq!(name(&t, "c.test", "/x"), "default");
     }
 }

@@ -16,7 +16,7 @@ mod tables;
 mod timers;
 mod worker;
 
-pub use metrics::{Counters, Metrics};
+pub use metrics::{Counters, Metrics, RequestCounts, RequestStats};
 
 use crate::conntrack::Millis;
 use crate::l7::{ConnConfig, RouteTable};
@@ -97,6 +97,8 @@ pub struct Proxy {
     workers: Vec<WorkerThread>,
     addrs: Vec<SocketAddr>,
     metrics: Vec<Arc<Metrics>>,
+    /// Requests by route and backend, every worker's.
+    requests: Arc<RequestStats>,
 }
 
 /// A non-blocking listener with SO_REUSEPORT, so every worker has its own on one address.
@@ -135,6 +137,7 @@ impl Proxy {
             workers: Vec::with_capacity(workers),
             addrs,
             metrics: Vec::with_capacity(workers),
+            requests: Arc::default(),
         };
         for (id, listeners) in sockets.into_iter().enumerate() {
             let metrics = Arc::new(Metrics::default());
@@ -142,7 +145,7 @@ impl Proxy {
             let w = worker::Worker::new(
                 config.clone(),
                 listeners,
-                routes.clone(),
+                tables::Tables::new(routes.clone(), proxy.requests.clone()),
                 stop.clone(),
                 mailbox.clone(),
                 metrics.clone(),
@@ -228,6 +231,12 @@ impl Proxy {
     /// Each worker's counters.
     pub fn metrics(&self) -> &[Arc<Metrics>] {
         &self.metrics
+    }
+
+    /// Requests by route, backend and status class, and latencies by route: every worker's,
+    /// kept across table changes.
+    pub fn requests(&self) -> &Arc<RequestStats> {
+        &self.requests
     }
 
     /// Every worker's counters, summed.

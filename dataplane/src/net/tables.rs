@@ -4,12 +4,19 @@
 //! bookkeeping) until its next request is routed. Routing a request loads the published table: a
 //! new one becomes the newest generation, with fresh selection state. A generation no request
 //! holds any more, and that is not the newest, is dropped.
+//!
+//! Metrics: when a request ends, its route and backend indexes are named on the generation
+//! that routed it ([`Router::metrics_key`], once per pair and generation: the registry's lock),
+//! giving a registry id whose handles the worker keeps; counting is then an index and atomics.
 
+use super::metrics::{RequestHandles, RequestStats, NONE};
 use crate::l7::route::{BackendId, Pick, RequestView};
 use crate::l7::upstream::Upstream;
-use crate::l7::{RouteTable, Router, Routing, SelectState, Status};
+use crate::l7::{Ended, RouteTable, Router, Routing, SelectState, Status};
 use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -18,6 +25,8 @@ struct Generation {
     state: SelectState,
     /// Connections holding it.
     users: u32,
+    /// (split, backend) -> registry id, filled on first use.
+    keys: FxHashMap<(u32, u32), u32>,
 }
 
 /// The tables a worker serves from.
@@ -26,20 +35,29 @@ pub(super) struct Tables {
     source: Arc<ArcSwap<RouteTable>>,
     gens: Vec<Option<Generation>>,
     newest: usize,
+    /// The proxy's request counters.
+    stats: Arc<RequestStats>,
+    /// Registry id -> handles, for the ids this worker met.
+    handles: Vec<Option<RequestHandles>>,
 }
 
 impl Tables {
-    pub fn new(source: Arc<ArcSwap<RouteTable>>) -> Tables {
+    pub fn new(source: Arc<ArcSwap<RouteTable>>, stats: Arc<RequestStats>) -> Tables {
         let table = source.load_full();
         let state = SelectState::new(&table);
+        let (none, handles) = stats.resolve(NONE, NONE);
+        debug_assert_eq!(none, 0);
         Tables {
             source,
             gens: vec![Some(Generation {
                 table,
                 state,
                 users: 0,
+                keys: FxHashMap::default(),
             })],
             newest: 0,
+            stats,
+            handles: vec![Some(handles)],
         }
     }
 
@@ -58,6 +76,7 @@ impl Tables {
             state: SelectState::new(&table),
             table,
             users: 0,
+            keys: FxHashMap::default(),
         };
         let old = self.newest;
         self.newest = match self.gens.iter().position(Option::is_none) {
@@ -98,6 +117,44 @@ impl Tables {
         backend: BackendId,
     ) -> Option<(SocketAddr, &Arc<Upstream>)> {
         self.generation(g).table.backend_conn(backend)
+    }
+
+    /// The registry id of requests on `split` to `backend` of generation `g` (0: unknown).
+    fn key(&mut self, g: usize, split: u32, backend: BackendId) -> u32 {
+        let Some(gen) = self.gens.get_mut(g).and_then(Option::as_mut) else {
+            return 0;
+        };
+        if let Some(&id) = gen.keys.get(&(split, backend.0)) {
+            return id;
+        }
+        let table = &gen.table;
+        let (Some(route), Some(b)) = (
+            table.split_names.get(split as usize),
+            table.backends.get(backend.0 as usize),
+        ) else {
+            return 0;
+        };
+        let (id, handles) = self.stats.resolve(route, &b.addr.to_string());
+        gen.keys.insert((split, backend.0), id);
+        let i = id as usize;
+        if self.handles.len() <= i {
+            self.handles.resize(i + 1, None);
+        }
+        self.handles[i] = Some(handles);
+        id
+    }
+
+    /// Counts an ended request that took `total_us` (`head_us` to its response head).
+    pub fn record(&self, ended: &Ended, total_us: u64, head_us: u64) {
+        let h = self
+            .handles
+            .get(ended.key as usize)
+            .and_then(Option::as_ref)
+            .or(self.handles[0].as_ref())
+            .expect("id 0 is resolved at start");
+        h.counts.0[ended.class()].fetch_add(1, Relaxed);
+        h.route.duration.observe(total_us);
+        h.route.head.observe(head_us);
     }
 
     /// Generations alive (the newest and those requests still hold).
@@ -151,6 +208,13 @@ impl Router for ConnRouter<'_> {
             .finished(pick);
         }
     }
+
+    fn metrics_key(&mut self, split: u32, backend: BackendId) -> u32 {
+        match *self.gen {
+            Some(g) => self.tables.key(g, split, backend),
+            None => 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -191,7 +255,7 @@ mod tests {
     #[test]
     fn a_request_keeps_its_table_and_the_next_one_takes_the_new_one() {
         let source = Arc::new(ArcSwap::from_pointee(table(1)));
-        let mut tables = Tables::new(source.clone());
+        let mut tables = Tables::new(source.clone(), Arc::default());
         let buf = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
         let limits = Limits::default();
         let len = HeadScan::default().scan(buf, &limits).unwrap().unwrap();
@@ -226,5 +290,58 @@ mod tests {
         .unwrap();
         assert_eq!(a, b);
         assert_eq!(tables.alive(), 1);
+    }
+
+    #[test]
+    fn a_request_is_counted_on_the_table_that_routed_it() {
+        let source = Arc::new(ArcSwap::from_pointee(table(1)));
+        let stats = Arc::new(RequestStats::default());
+        let mut tables = Tables::new(source.clone(), stats.clone());
+        let buf = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let limits = Limits::default();
+        let len = HeadScan::default().scan(buf, &limits).unwrap().unwrap();
+        let mut head = RequestHead::default();
+        parse_request(buf, len, &limits, &mut head).unwrap();
+        let view = RequestView::new(buf, &head, [127, 0, 0, 1].into());
+        let mut gen = None;
+        let mut router = ConnRouter {
+            tables: &mut tables,
+            gen: &mut gen,
+        };
+        let pick = router.route(&view).unwrap();
+        // A reload lands while the request is in flight: it still counts on port 1.
+        source.store(Arc::new(table(2)));
+        let key = router.metrics_key(pick.split, pick.backend);
+        assert_ne!(key, 0);
+        let ended = Ended {
+            split: Some(pick.split),
+            backend: Some(pick.backend),
+            status: 204,
+            key,
+        };
+        tables.record(&ended, 7_000, 1_000);
+        // One with no backend counts on (none, none).
+        tables.record(
+            &Ended {
+                split: None,
+                backend: None,
+                status: 404,
+                key: 0,
+            },
+            0,
+            0,
+        );
+        let read = stats.read();
+        let pair = |backend: &str| {
+            read.pairs
+                .iter()
+                .find(|p| p.backend == backend)
+                .map(|p| (p.route.clone(), p.classes))
+        };
+        assert_eq!(pair("127.0.0.1:1"), Some(("*/".into(), [0, 1, 0, 0, 0])));
+        assert_eq!(pair(NONE), Some((NONE.into(), [0, 0, 0, 1, 0])));
+        let route = read.routes.iter().find(|r| r.route == "*/").unwrap();
+        assert_eq!(route.duration.buckets[1], 1, "7 ms: le=0.01");
+        assert_eq!(route.head.buckets[0], 1, "1 ms: le=0.005");
     }
 }

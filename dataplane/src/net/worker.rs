@@ -26,8 +26,7 @@ use crate::l7::proxy_proto::ProxyHeader;
 use crate::l7::route::BackendId;
 use crate::l7::tls::{backend_name, Plain, TlsSession};
 use crate::l7::upstream::{ProxyProtocol, UpstreamSpec};
-use crate::l7::{Action, ClientInfo, Conn, RouteTable};
-use arc_swap::ArcSwap;
+use crate::l7::{Action, ClientInfo, Conn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use rustc_hash::FxHashMap;
@@ -98,6 +97,9 @@ struct Slot {
     timer: Timer,
     /// Answers already counted.
     counted: [u64; 5],
+    /// When the current request started and when its response head went out (`Cx::now_us`).
+    started_us: u64,
+    head_us: u64,
 }
 
 /// What the per-connection code needs of the worker, apart from the slots.
@@ -116,6 +118,8 @@ struct Cx {
     scratch: Box<[u8]>,
     config: Arc<ProxyConfig>,
     now: Millis,
+    /// `now` in microseconds, for latencies: read with it, once per wake-up.
+    now_us: u64,
 }
 
 /// Ids of backend sockets, each registered once with token `BACKENDS + id` and kept while the
@@ -191,7 +195,7 @@ impl Worker {
     pub fn new(
         config: Arc<ProxyConfig>,
         listeners: Vec<TcpListener>,
-        routes: Arc<ArcSwap<RouteTable>>,
+        tables: Tables,
         stop: Arc<AtomicBool>,
         mailbox: Arc<Mutex<Option<ListenerUpdate>>>,
         metrics: Arc<Metrics>,
@@ -207,7 +211,7 @@ impl Worker {
         }
         let cx = Cx {
             registry: poll.registry().try_clone()?,
-            tables: Tables::new(routes),
+            tables,
             pool: Pool::new(config.pool_per_backend, config.pool_idle),
             ids: BackendIds::default(),
             keys: FxHashMap::default(),
@@ -218,6 +222,7 @@ impl Worker {
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             config,
             now: 0,
+            now_us: 0,
         };
         Ok(Worker {
             poll,
@@ -259,7 +264,9 @@ impl Worker {
                 }
                 break;
             }
-            self.cx.now = self.now();
+            let elapsed = self.epoch.elapsed();
+            self.cx.now = elapsed.as_millis() as Millis;
+            self.cx.now_us = elapsed.as_micros() as u64;
             self.cx.ids.recycle();
             for event in &events {
                 let token = event.token().0;
@@ -444,6 +451,8 @@ impl Worker {
                 lingering: false,
                 timer: Timer::default(),
                 counted: [0; 5],
+                started_us: 0,
+                head_us: 0,
             });
             run_actions(slot, s, self.incarnations[s], &mut self.cx);
             self.drive(s);
@@ -643,6 +652,16 @@ fn run_actions(slot: &mut Slot, s: usize, inc: u32, cx: &mut Cx) {
             Action::CloseClient => slot.closing = true,
             Action::ArmTimer(at) => cx.timers.arm(&mut slot.timer, s, inc, at),
             Action::Refused(reason) => cx.metrics.reject(reason),
+            Action::RequestStarted => {
+                slot.started_us = cx.now_us;
+                slot.head_us = cx.now_us;
+            }
+            Action::ResponseStarted => slot.head_us = cx.now_us,
+            Action::RequestEnded(ended) => cx.tables.record(
+                &ended,
+                cx.now_us.saturating_sub(slot.started_us),
+                slot.head_us.saturating_sub(slot.started_us),
+            ),
         }
     }
     cx.actions.clear();

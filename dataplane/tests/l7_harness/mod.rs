@@ -289,6 +289,7 @@ impl<R: Router> Harness<R> {
                     Action::ArmTimer(at) => self.timer = Some(at),
                     Action::Refused(reason) => self.refused.push(reason),
                     Action::WriteClient | Action::WriteBackend => {}
+                    Action::RequestStarted | Action::ResponseStarted | Action::RequestEnded(_) => {}
                 }
             }
             self.pending.extend(actions);
