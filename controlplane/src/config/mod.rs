@@ -8,6 +8,7 @@
 
 mod http;
 mod key;
+mod kubernetes;
 mod load;
 mod schema;
 #[cfg(test)]
@@ -25,6 +26,10 @@ pub use http::{
     ProxyProtocol, Route, RouteKind, TlsCert, Upstream, UpstreamRef, UpstreamTls,
 };
 pub use key::{BackendKey, NameError};
+pub use kubernetes::{
+    default_gateway_controller, default_ingress_controller, default_load_balancer_class,
+    Kubernetes, LeaderElection,
+};
 pub use load::{load, load_with_text, read_bytes, read_text, MAX_CONFIG_BYTES};
 pub use schema::*;
 pub use types::{IpPrefix, MacAddr, PortRange, StatusRange, ValueError};

@@ -32,6 +32,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub logging: Logging,
+    /// The Kubernetes source; absent: none runs.
+    #[serde(default)]
+    pub kubernetes: Option<super::kubernetes::Kubernetes>,
 }
 
 /// `[admin]`: the admin HTTP listener.

@@ -60,6 +60,10 @@ pub enum ReloadError {
     /// The compiled table could not be published.
     #[error("{0}")]
     Apply(#[from] ApplyError),
+    /// The cluster's part of the desired state does not fit beside the file's (a name or
+    /// address clash, an entry that breaks a rule): every problem, each naming its entry.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl From<ReloadError> for String {
@@ -79,7 +83,14 @@ pub struct ControlPlane {
 }
 
 struct Inner {
+    /// The serving config: the file's, with the cluster's entries appended.
     config: Config,
+    /// The file's config alone (as last loaded).
+    file: Config,
+    /// The cluster's part of the desired state, as last accepted.
+    cluster: ClusterPart,
+    /// What the cluster's changes did.
+    cluster_status: ClusterStatus,
     /// The serving config's text, so problems found in a later rebuild point into it.
     text: String,
     generation: u64,
@@ -147,6 +158,9 @@ impl ControlPlane {
     ) -> Result<(ControlPlane, Start), StartError> {
         let mut inner = Inner {
             fixed: Fixed::of(&config),
+            file: config.clone(),
+            cluster: ClusterPart::default(),
+            cluster_status: ClusterStatus::default(),
             config,
             text,
             generation: 0,
@@ -273,26 +287,18 @@ impl ControlPlane {
     pub fn reload_file(&self) -> Result<u64, ReloadError> {
         let loaded = (self.loader)(&self.path);
         let mut inner = self.lock();
-        let result = loaded.map_err(ReloadError::Config).and_then(|(cfg, text)| {
-            let g = inner.generation + 1;
-            let draining = inner
-                .draining
-                .after_reload(&inner.config, &cfg, Instant::now());
-            let (next, _) = inner.compile(Some(&cfg), Some(&draining), g).map_err(|e| {
-                ReloadError::Config(ConfigReport::from_compile(&self.path, &text, &e))
-            })?;
-            let g = self.apply(&mut inner, next, Some((cfg, text)))?;
-            if draining != inner.draining {
-                let (services, backends) = draining.names();
-                tracing::info!(
-                    ?services,
-                    ?backends,
-                    "removed services and backends keep their flows until they drain"
-                );
-            }
-            inner.draining = draining;
-            Ok(g)
-        });
+        let result = loaded
+            .map_err(ReloadError::Config)
+            .and_then(|(file, text)| {
+                // The cluster's part stays: it must still fit beside the new file.
+                let merged = merge(&file, &inner.cluster);
+                if !inner.cluster.is_empty() {
+                    check_merged(&file, &inner.cluster, &merged, &self.path, &text)?;
+                }
+                let g = self.publish(&mut inner, merged, text)?;
+                inner.file = file;
+                Ok(g)
+            });
         match &result {
             Ok(g) => {
                 inner.reload.ok += 1;
@@ -307,6 +313,80 @@ impl ControlPlane {
             }
         }
         result
+    }
+
+    /// Compiles `merged` (the next serving config, whose file part has `text`) with the drain
+    /// of what it removes, and publishes it. Nothing changes on an error.
+    fn publish(&self, inner: &mut Inner, merged: Config, text: String) -> Result<u64, ReloadError> {
+        let g = inner.generation + 1;
+        let draining = inner
+            .draining
+            .after_reload(&inner.config, &merged, Instant::now());
+        let (next, _) = inner
+            .compile(Some(&merged), Some(&draining), g)
+            .map_err(|e| ReloadError::Config(ConfigReport::from_compile(&self.path, &text, &e)))?;
+        let g = self.apply(inner, next, Some((merged, text)))?;
+        if draining != inner.draining {
+            let (services, backends) = draining.names();
+            tracing::info!(
+                ?services,
+                ?backends,
+                "removed services and backends keep their flows until they drain"
+            );
+        }
+        inner.draining = draining;
+        Ok(g)
+    }
+
+    /// Replaces the cluster's part of the desired state (the kubernetes source's services and
+    /// `[[http]]` entries): the serving config becomes the file's with `cluster` appended,
+    /// validated, compiled and applied like a reload (what it removes drains the same way).
+    /// A part that clashes with the file's names or addresses, breaks a rule or does not
+    /// compile changes nothing: it is counted, logged and kept for `/state` while the previous
+    /// table keeps serving. The same part again changes nothing and returns the serving
+    /// generation.
+    pub fn set_cluster(&self, cluster: ClusterPart) -> Result<u64, ReloadError> {
+        let mut inner = self.lock();
+        if cluster == inner.cluster && inner.cluster_status.last_error.is_none() {
+            return Ok(inner.generation);
+        }
+        let merged = merge(&inner.file, &cluster);
+        let text = inner.text.clone();
+        let result = check_merged(&inner.file, &cluster, &merged, &self.path, &text)
+            .and_then(|()| self.publish(&mut inner, merged, text));
+        let st = &mut inner.cluster_status;
+        match &result {
+            Ok(g) => {
+                st.applied += 1;
+                st.last_error = None;
+                st.last_ok_unix = Some(unix_now());
+                st.services = cluster.services.len();
+                st.http = cluster.http.len();
+                tracing::info!(
+                    generation = g,
+                    services = cluster.services.len(),
+                    http = cluster.http.len(),
+                    "cluster state applied"
+                );
+                inner.cluster = cluster;
+            }
+            Err(e) => {
+                st.rejected += 1;
+                st.last_error = Some(e.to_string());
+                tracing::error!(error = %e, "cluster change rejected; the previous tables keep serving");
+            }
+        }
+        result
+    }
+
+    /// What the cluster's changes did (for `/state`).
+    pub fn cluster_status(&self) -> ClusterStatus {
+        self.lock().cluster_status.clone()
+    }
+
+    /// The cluster's part of the serving config.
+    pub fn cluster(&self) -> ClusterPart {
+        self.lock().cluster.clone()
     }
 
     /// Per-backend passive signals (resets, unanswered SYNs) summed over the workers, for the
@@ -460,6 +540,119 @@ impl Inner {
         };
         Ok((next, start))
     }
+}
+
+/// The cluster's part of the desired state: what the kubernetes source's objects mean, as
+/// lb.toml entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterPart {
+    /// L4 services (LoadBalancer Services).
+    pub services: Vec<crate::config::Service>,
+    /// HTTP services (Ingress, Gateway listeners).
+    pub http: Vec<crate::config::Http>,
+}
+
+impl ClusterPart {
+    /// True when the cluster adds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.http.is_empty()
+    }
+}
+
+/// What the cluster's changes did, for `/state`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterStatus {
+    /// Changes applied.
+    pub applied: u64,
+    /// Changes rejected (the previous tables kept serving).
+    pub rejected: u64,
+    /// The last rejection, until a change is applied.
+    pub last_error: Option<String>,
+    /// Seconds since the Unix epoch of the last applied change.
+    pub last_ok_unix: Option<u64>,
+    /// Services the cluster adds now.
+    pub services: usize,
+    /// `[[http]]` entries the cluster adds now.
+    pub http: usize,
+}
+
+/// The file's config with the cluster's entries appended.
+fn merge(file: &Config, cluster: &ClusterPart) -> Config {
+    let mut c = file.clone();
+    c.services.extend(cluster.services.iter().cloned());
+    c.http.extend(cluster.http.iter().cloned());
+    c
+}
+
+/// Checks `merged` (`file` plus `cluster`): a cluster name that the file uses already, then
+/// every rule. A problem in a cluster entry names it (it has no place in the file); one in a
+/// file entry is placed in `text`.
+fn check_merged(
+    file: &Config,
+    cluster: &ClusterPart,
+    merged: &Config,
+    path: &Path,
+    text: &str,
+) -> Result<(), ReloadError> {
+    let mut lines = Vec::new();
+    for s in &cluster.services {
+        if file.services.iter().any(|f| f.name == s.name) {
+            lines.push(format!(
+                "cluster service {}: lb.toml has a service of that name",
+                s.name
+            ));
+        }
+    }
+    for h in &cluster.http {
+        if file.http.iter().any(|f| f.name == h.name) {
+            lines.push(format!(
+                "cluster http {}: lb.toml has an [[http]] of that name",
+                h.name
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        return Err(ReloadError::Cluster(lines.join("\n")));
+    }
+    let problems = merged.validate();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let (nf, nh) = (file.services.len(), file.http.len());
+    let mut in_file = Vec::new();
+    for p in problems {
+        let cluster_entry = entry_index(&p.path, "services")
+            .filter(|&i| i >= nf)
+            .and_then(|i| merged.services.get(i))
+            .map(|s| format!("cluster service {}", s.name))
+            .or_else(|| {
+                entry_index(&p.path, "http")
+                    .filter(|&i| i >= nh)
+                    .and_then(|i| merged.http.get(i))
+                    .map(|h| format!("cluster http {}", h.name))
+            });
+        match cluster_entry {
+            Some(who) => lines.push(match &p.hint {
+                Some(h) => format!("{who}: {} (hint: {h})", p.message),
+                None => format!("{who}: {}", p.message),
+            }),
+            None => in_file.push(p),
+        }
+    }
+    if !in_file.is_empty() {
+        // A file entry that breaks a rule only beside the cluster's (an address both use).
+        lines.push(format!(
+            "beside the cluster's entries: {}",
+            ConfigReport::from_problems(path, text, &in_file)
+        ));
+    }
+    Err(ReloadError::Cluster(lines.join("\n")))
+}
+
+/// `N` of a problem path `{section}[N]...`.
+fn entry_index(path: &str, section: &str) -> Option<usize> {
+    let rest = path.strip_prefix(section)?.strip_prefix('[')?;
+    rest[..rest.find(']')?].parse().ok()
 }
 
 /// The table the workers' `ArcSwap` holds until the first one is applied (no worker runs on it).

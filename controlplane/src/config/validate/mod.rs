@@ -4,12 +4,13 @@
 //! [`crate::diag`] places it at `file:line:column`.
 //!
 //! Problems come in section order: `[dataplane]` and `[[neighbors]]`, `[conntrack]`, the services,
-//! `[[http]]`, `[admin]`, `[logging]`.
+//! `[[http]]`, `[admin]`, `[logging]`, `[kubernetes]`.
 
 mod dataplane;
 mod health;
 mod host;
 mod http;
+mod kubernetes;
 mod reach;
 mod services;
 #[cfg(test)]
@@ -71,6 +72,9 @@ impl Config {
         check_admin_limits(&self.admin, &mut out);
         if let Some(p) = check_log_level(&self.logging.level) {
             out.push(p);
+        }
+        if let Some(k) = &self.kubernetes {
+            kubernetes::check(k, &mut out);
         }
         out
     }
