@@ -15,6 +15,7 @@ use controlplane::config::{self, Config, IdleMode, PortKind, XdpMode};
 use controlplane::control::{self, AddressFilter, Control, ControlPlane, StartError};
 use controlplane::health::{self, Checker, Transition};
 use controlplane::sources;
+use controlplane::sources::kubernetes::source::Source;
 use dataplane::port::af_packet::AfPacketPort;
 use dataplane::port::af_xdp::{AfXdpOptions, AfXdpPort, AttachMode};
 use dataplane::port::tap::TapPort;
@@ -350,6 +351,20 @@ fn control_thread(
         })?
     };
     checker.set_targets(health::targets(&cp.config()));
+    // The kubernetes source, on this runtime; it stops when dropped (before the runtime).
+    let kube_cfg = cp.config().kubernetes;
+    let kube = kube_cfg.as_ref().map(|k| {
+        let k = k.resolved(cp.path());
+        tracing::info!(
+            kubeconfig = ?k.kubeconfig,
+            namespaces = ?k.namespaces,
+            leader_election = k.leader_election.enabled,
+            "kubernetes source starting"
+        );
+        let (leader, _elector) = kubernetes_leader(&k);
+        let source = Source::start(rt.handle(), cp.clone(), k, leader);
+        (source, _elector)
+    });
     // The admin API stops with the control loop (the sender is dropped when it returns).
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     if admin.enabled {
@@ -358,7 +373,11 @@ fn control_thread(
             Ok(l) => {
                 tracing::info!(listen = %admin.listen, "admin API listening");
                 let control: Arc<dyn Control> = cp.clone();
-                let stats = Arc::new(admin::Stats::new(checker.local_errors()));
+                let mut stats = admin::Stats::new(checker.local_errors());
+                if let Some((source, _)) = &kube {
+                    stats = stats.with_source(source.state());
+                }
+                let stats = Arc::new(stats);
                 rt.spawn(async move {
                     let shutdown = async {
                         let _ = admin_stopped.await;
@@ -380,6 +399,7 @@ fn control_thread(
         let mut next_summary = Instant::now() + SUMMARY_EVERY;
         let mut next_passive = Instant::now();
         let mut changed_at: Option<Instant> = None;
+        let mut cluster_applied = 0;
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
             let now = Instant::now();
@@ -393,9 +413,23 @@ fn control_thread(
                 // Compiling a large config takes milliseconds: off the runtime's thread.
                 let reloaded = tokio::task::spawn_blocking(move || c.reload_file()).await;
                 if matches!(reloaded, Ok(Ok(_))) {
+                    if cp.config().kubernetes != kube_cfg {
+                        tracing::warn!(
+                            "[kubernetes] changed: the source keeps its settings until lb restarts"
+                        );
+                    }
                     checker.set_targets(health::targets(&cp.config()));
                     // Checks removed or changed by the file may change health without a
                     // transition being reported: apply the checker's view now.
+                    health_changed.store(true, Ordering::SeqCst);
+                }
+            }
+            if kube.is_some() {
+                // Cluster services may bring health checks of their own.
+                let applied = cp.cluster_status().applied;
+                if applied != cluster_applied {
+                    cluster_applied = applied;
+                    checker.set_targets(health::targets(&cp.config()));
                     health_changed.store(true, Ordering::SeqCst);
                 }
             }
@@ -430,11 +464,20 @@ fn control_thread(
             }
         }
     });
+    drop(kube);
     drop(checker);
     drop(admin_stop);
     tracing::info!("signal received; stopping the workers");
     cp.stop_http();
     Ok(stop_workers(cp))
+}
+
+/// Whether this replica writes status and Events: always without leader election.
+fn kubernetes_leader(
+    k: &config::Kubernetes,
+) -> (tokio::sync::watch::Receiver<bool>, Box<dyn std::any::Any>) {
+    let (tx, rx) = tokio::sync::watch::channel(!k.leader_election.enabled);
+    (rx, Box::new(tx))
 }
 
 /// Stops and joins the dataplane workers; their final counters.

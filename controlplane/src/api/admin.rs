@@ -96,6 +96,24 @@ pub struct Stats {
     pub accept_errors: AtomicU64,
     /// Health probes that failed on this host rather than at the backend (the checker's count).
     pub probe_local_errors: Arc<AtomicU64>,
+    /// Sources of desired state beside the file (the kubernetes source): their readiness,
+    /// `/state` and metrics.
+    pub sources: Vec<Arc<dyn SourceStatus>>,
+}
+
+/// A source of desired state beside the config file, as the admin API shows it.
+pub trait SourceStatus: Send + Sync + std::fmt::Debug {
+    /// Its key in `/state` (`kubernetes`).
+    fn name(&self) -> &'static str;
+    /// False until it has delivered its first state: `/readyz` is not ready meanwhile.
+    fn ready(&self) -> bool;
+    /// Why its part may be missing or stale, one line each; `/readyz` prints them (ready or
+    /// not).
+    fn reasons(&self) -> Vec<String>;
+    /// Its part of `/state`.
+    fn state(&self) -> serde_json::Value;
+    /// Its metric families (Prometheus text, without `# EOF`).
+    fn metrics(&self) -> String;
 }
 
 impl Stats {
@@ -105,6 +123,12 @@ impl Stats {
             probe_local_errors,
             ..Stats::default()
         }
+    }
+
+    /// Adds a source whose readiness, state and metrics the API shows.
+    pub fn with_source(mut self, source: Arc<dyn SourceStatus>) -> Stats {
+        self.sources.push(source);
+        self
     }
 
     /// The values as the metrics exposition takes them.
@@ -451,17 +475,40 @@ async fn get_metrics(State(c): Ctl, State(stats): State<Arc<Stats>>) -> Result<R
             .iter()
             .filter_map(|h| h.proxy.as_ref().map(L7Sample::of_handle))
             .collect();
-        metrics::render_all(&c.observe(), &listener, l7)
+        let mut text = metrics::render_all(&c.observe(), &listener, l7);
+        if !stats.sources.is_empty() {
+            // The sources' families go before the exposition's end marker.
+            let eof = text.rfind("# EOF").unwrap_or(text.len());
+            let tail = text.split_off(eof);
+            for s in &stats.sources {
+                text.push_str(&s.metrics());
+            }
+            text.push_str(&tail);
+        }
+        text
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
-async fn get_ready(State(c): Ctl) -> Result<Response, ApiError> {
-    Ok(if blocking(move || c.ready()).await? {
-        (StatusCode::OK, "ready\n").into_response()
+async fn get_ready(State(c): Ctl, State(stats): State<Arc<Stats>>) -> Result<Response, ApiError> {
+    let plane = blocking(move || c.ready()).await?;
+    let mut ready = plane;
+    let mut why = String::new();
+    if !plane {
+        why.push_str("dataplane: workers not started\n");
+    }
+    for s in &stats.sources {
+        ready &= s.ready();
+        for r in s.reasons() {
+            why.push_str(&r);
+            why.push('\n');
+        }
+    }
+    Ok(if ready {
+        (StatusCode::OK, format!("ready\n{why}")).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready\n{why}")).into_response()
     })
 }
 
@@ -597,10 +644,24 @@ fn state_json(obs: &Observation, http: &[HttpStatus], ready: bool) -> serde_json
     serde_json::to_value(view).unwrap_or_else(|e| json!({ "error": e.to_string() }))
 }
 
-async fn get_state(State(c): Ctl) -> Result<Json<serde_json::Value>, ApiError> {
+async fn get_state(
+    State(c): Ctl,
+    State(stats): State<Arc<Stats>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let v = blocking(move || {
-        let ready = c.ready();
-        state_json(&c.observe(), &c.http(), ready)
+        let ready = c.ready() && stats.sources.iter().all(|s| s.ready());
+        let mut v = state_json(&c.observe(), &c.http(), ready);
+        if let Some(obj) = v.as_object_mut() {
+            for s in &stats.sources {
+                let mut sv = s.state();
+                if let Some(o) = sv.as_object_mut() {
+                    o.insert("ready".into(), s.ready().into());
+                    o.insert("reasons".into(), s.reasons().into());
+                }
+                obj.insert(s.name().into(), sv);
+            }
+        }
+        v
     })
     .await?;
     Ok(Json(v))

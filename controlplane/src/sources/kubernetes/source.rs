@@ -94,8 +94,9 @@ pub fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-/// One watched object.
+/// One watched object (moved once from its watcher into the snapshot: its size does not matter).
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Obj {
     IngressClass(IngressClass),
     Ingress(Ingress),
@@ -275,6 +276,28 @@ impl SyncState {
     /// Records whether this replica leads (for `/state`).
     pub fn set_leader(&self, leader: bool) {
         self.lock().leader = leader;
+    }
+}
+
+impl crate::api::admin::SourceStatus for SyncState {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn ready(&self) -> bool {
+        SyncState::ready(self)
+    }
+
+    fn reasons(&self) -> Vec<String> {
+        SyncState::reasons(self)
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(self.view()).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        SyncState::metrics(self)
     }
 }
 
