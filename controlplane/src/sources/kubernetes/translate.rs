@@ -13,6 +13,16 @@ use std::path::PathBuf;
 use super::model::{ObjectKey, Snapshot};
 use crate::config::{Http, IpPrefix, Service};
 
+mod common;
+mod gateway;
+mod ingress;
+mod l4;
+mod tls;
+mod upstreams;
+
+use common::Problems;
+pub use ingress::{HTTPS_NAME as INGRESS_HTTPS_NAME, HTTP_NAME as INGRESS_HTTP_NAME};
+
 /// How the source reads the cluster (from `[kubernetes]` in lb.toml).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -116,6 +126,29 @@ pub struct Translated {
 
 /// What `snap` means under `settings`.
 pub fn translate(snap: &Snapshot, settings: &Settings) -> Translated {
-    let _ = (snap, settings);
-    Translated::default()
+    let mut problems = Problems::default();
+    let ing = ingress::translate(snap, settings, &mut problems);
+    let l4 = l4::translate(snap, settings, &mut problems);
+    let gw = gateway::translate(snap, settings, &mut problems);
+    let mut pem_files = ing.pem_files;
+    for f in gw.pem_files {
+        if !pem_files.iter().any(|p| p.path == f.path) {
+            pem_files.push(f);
+        }
+    }
+    let mut http = ing.http;
+    http.extend(gw.http);
+    Translated {
+        services: l4.services,
+        http,
+        pem_files,
+        problems: problems.into_vec(),
+        statuses: Statuses {
+            ingresses: ing.statuses,
+            services: l4.statuses,
+            gateway_classes: gw.gateway_classes,
+            gateways: gw.gateways,
+            http_routes: gw.http_routes,
+        },
+    }
 }

@@ -1,0 +1,736 @@
+//! The kubernetes source's translation, pure: snapshots of cluster objects -> `[[http]]` and
+//! `[[services]]` entries, problems and status. Every translated config is merged into a
+//! minimal file config and must pass `Config::validate` and `compile`.
+
+#[path = "common/k8s_objects.rs"]
+mod k8s_objects;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use controlplane::config::{Balance, Config, HashKey, Http, PathType, RouteKind, Service};
+use controlplane::sources::kubernetes::model::Snapshot;
+use controlplane::sources::kubernetes::translate::{translate, Kind, Translated};
+use dataplane::l7::conn::Router;
+use dataplane::l7::route::{RequestView, RouteTable};
+use dataplane::l7::select::{Routing, SelectState};
+use k8s_objects::*;
+
+const BASE: &str = r#"[dataplane]
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.1"]
+gateway_mac = "02:00:00:00:00:fe"
+snat = ["198.18.0.2"]
+on_link = ["198.18.0.0/15"]
+"#;
+
+/// A directory for certificates, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("k8s-translate-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// The translated config merged into a minimal file config: PEM files written, validated
+/// (every problem fails the test), compiled.
+fn merged(t: &Translated) -> controlplane::Compiled {
+    for f in &t.pem_files {
+        std::fs::write(&f.path, &f.content).unwrap();
+    }
+    let mut cfg = Config::from_toml_str(BASE, Path::new("lb.toml")).unwrap();
+    cfg.services.extend(t.services.iter().cloned());
+    cfg.http.extend(t.http.iter().cloned());
+    let problems = cfg.validate();
+    assert!(problems.is_empty(), "{problems:#?}");
+    controlplane::compile(&cfg, 1).unwrap()
+}
+
+fn http<'a>(t: &'a Translated, name: &str) -> &'a Http {
+    t.http.iter().find(|h| h.name == name).unwrap_or_else(|| {
+        panic!(
+            "no http {name}: {:?}",
+            t.http.iter().map(|h| &h.name).collect::<Vec<_>>()
+        )
+    })
+}
+
+fn service<'a>(t: &'a Translated, name: &str) -> &'a Service {
+    t.services
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no service {name}"))
+}
+
+/// The reasons reported for `kind` `ns/name`.
+fn reasons(t: &Translated, kind: Kind, ns: &str, name: &str) -> Vec<String> {
+    t.problems
+        .iter()
+        .filter(|p| p.kind == kind && p.key.namespace == ns && p.key.name == name)
+        .map(|p| p.reason.clone())
+        .collect()
+}
+
+/// Where a request goes through the compiled `[[http]]` `name`: the address picked, or the
+/// status.
+fn route_to(
+    c: &controlplane::Compiled,
+    name: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<IpAddr, u16> {
+    let spec = &c.http.iter().find(|h| h.name == name).unwrap().routes;
+    let table = RouteTable::compile(spec);
+    let mut state = SelectState::new(&table);
+    let mut routing = Routing {
+        table: &table,
+        state: &mut state,
+    };
+    let view = RequestView::from_parts(host, path, "GET", headers);
+    match routing.route(&view) {
+        Ok(pick) => Ok(table.backends[pick.backend.0 as usize].addr.ip()),
+        Err(s) => Err(s.code()),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The class, a Service `web` (port 80 "http" -> 8080) with a slice of three endpoints:
+/// ready, not ready, draining.
+fn web_cluster() -> Snapshot {
+    let mut s = Snapshot::default();
+    s.add(ingress_class("lb", INGRESS_CONTROLLER, false))
+        .add(k8s_objects::service("shop", "web", &[("http", 80, 8080)]))
+        .add(slice(
+            "shop",
+            "web",
+            "web-abc12",
+            &[("http", 8080)],
+            &[
+                ("198.18.1.10", State::Ready),
+                ("198.18.1.11", State::NotReady),
+                ("198.18.1.12", State::Draining),
+                ("198.18.1.13", State::Gone),
+            ],
+            false,
+        ));
+    s
+}
+
+#[test]
+fn ingress_service_and_slices_become_routes_and_upstreams() {
+    let dir = TempDir::new("basic");
+    let mut snap = web_cluster();
+    snap.add(
+        ingress("shop", "web", Some("lb"), 0)
+            .rule(
+                Some("shop.example.com"),
+                "/",
+                "Prefix",
+                backend_named("web", "http"),
+            )
+            .rule(
+                Some("shop.example.com"),
+                "/api",
+                "Exact",
+                backend("web", 80),
+            ),
+    );
+    let t = translate(&snap, &settings(&dir.0));
+    assert!(t.problems.is_empty(), "{:#?}", t.problems);
+    let h = http(&t, "k8s-ingress");
+    assert_eq!(h.listen, vec![INGRESS_HTTP.parse().unwrap()]);
+    assert_eq!(h.upstreams.len(), 1);
+    let up = &h.upstreams[0];
+    assert_eq!(up.name, "shop.web:80");
+    let backends: Vec<(IpAddr, u16, u32)> = up
+        .backends
+        .iter()
+        .map(|b| (b.addr, b.port, b.weight))
+        .collect();
+    // Ready: new requests; draining (serving + terminating): weight 0; not ready / gone: out.
+    assert_eq!(
+        backends,
+        vec![(ip("198.18.1.10"), 8080, 1), (ip("198.18.1.12"), 8080, 0)]
+    );
+    assert_eq!(h.routes.len(), 2);
+    assert_eq!(h.routes[0].kind, RouteKind::Ingress);
+    assert_eq!(h.routes[0].hosts, vec!["shop.example.com".to_string()]);
+    assert_eq!(h.routes[1].path, "/api");
+    assert_eq!(h.routes[1].path_type, PathType::Exact);
+    // No TLS: no HTTPS listener.
+    assert!(t.http.iter().all(|h| h.name != "k8s-ingress-tls"));
+    // Status: the Ingress address.
+    assert_eq!(t.statuses.ingresses.len(), 1);
+    assert_eq!(t.statuses.ingresses[0].1, vec![ip("198.18.0.10")]);
+    let c = merged(&t);
+    for _ in 0..5 {
+        assert_eq!(
+            route_to(&c, "k8s-ingress", "shop.example.com", "/x", &[]),
+            Ok(ip("198.18.1.10"))
+        );
+    }
+    assert_eq!(
+        route_to(&c, "k8s-ingress", "other.example.com", "/", &[]),
+        Err(404)
+    );
+}
+
+#[test]
+fn class_selection_default_legacy_and_foreign() {
+    let dir = TempDir::new("class");
+    let mut snap = web_cluster();
+    snap.add(ingress_class("lb", INGRESS_CONTROLLER, true))
+        .add(ingress_class("other", "example.org/other", false))
+        .add(ingress("shop", "no-class", None, 0).rule(
+            Some("a.example.com"),
+            "/",
+            "Prefix",
+            backend("web", 80),
+        ))
+        .add(ingress("shop", "foreign", Some("other"), 0).rule(
+            Some("b.example.com"),
+            "/",
+            "Prefix",
+            backend("web", 80),
+        ))
+        .add(ingress("shop", "unknown", Some("nope"), 0).rule(
+            Some("c.example.com"),
+            "/",
+            "Prefix",
+            backend("web", 80),
+        ))
+        .add(
+            ingress("shop", "legacy", None, 0)
+                .annotation("kubernetes.io/ingress.class", "lb")
+                .rule(Some("d.example.com"), "/", "Prefix", backend("web", 80)),
+        );
+    let t = translate(&snap, &settings(&dir.0));
+    let hosts: Vec<&str> = http(&t, "k8s-ingress")
+        .routes
+        .iter()
+        .map(|r| r.hosts[0].as_str())
+        .collect();
+    // Same age: by namespace and name (legacy, no-class).
+    assert_eq!(hosts, ["d.example.com", "a.example.com"]);
+    // Not ours: no status written for them.
+    let keys: Vec<&str> = t
+        .statuses
+        .ingresses
+        .iter()
+        .map(|(k, _)| k.name.as_str())
+        .collect();
+    assert_eq!(keys, ["legacy", "no-class"]);
+
+    // Without the default annotation, the class-less Ingress is not ours.
+    snap.add(ingress_class("lb", INGRESS_CONTROLLER, false));
+    let t = translate(&snap, &settings(&dir.0));
+    let hosts: Vec<&str> = http(&t, "k8s-ingress")
+        .routes
+        .iter()
+        .map(|r| r.hosts[0].as_str())
+        .collect();
+    assert_eq!(hosts, ["d.example.com"]);
+    merged(&t);
+}
+
+#[test]
+fn tls_from_secret_selected_by_sni_and_bad_secret_reported() {
+    let dir = TempDir::new("tls");
+    let mut snap = web_cluster();
+    let (cert, key) = self_signed("shop.example.com");
+    snap.add(tls_secret("shop", "shop-tls", &cert, &key))
+        .add(tls_secret("shop", "broken", "not pem", "nor this"))
+        .add(
+            ingress("shop", "web", Some("lb"), 0)
+                .rule(Some("shop.example.com"), "/", "Prefix", backend("web", 80))
+                .tls(&["shop.example.com"], "shop-tls")
+                .tls(&["other.example.com"], "broken")
+                .tls(&["third.example.com"], "missing"),
+        );
+    let t = translate(&snap, &settings(&dir.0));
+    let h = http(&t, "k8s-ingress-tls");
+    assert_eq!(h.listen, vec![INGRESS_HTTPS.parse().unwrap()]);
+    assert_eq!(h.tls.len(), 1);
+    assert_eq!(h.tls[0].sni, vec!["shop.example.com".to_string()]);
+    assert!(h.tls[0].cert.starts_with(&dir.0));
+    assert_eq!(t.pem_files.len(), 2);
+    assert!(t.pem_files.iter().any(|f| f.content == cert.as_bytes()));
+    // Same routes on both listeners.
+    assert_eq!(h.routes, http(&t, "k8s-ingress").routes);
+    assert_eq!(
+        reasons(&t, Kind::Ingress, "shop", "web"),
+        ["InvalidTls", "InvalidTls"]
+    );
+    // The status has both listeners' address once.
+    assert_eq!(t.statuses.ingresses[0].1, vec![ip("198.18.0.10")]);
+    let c = merged(&t);
+    let l = c.http.iter().find(|h| h.name == "k8s-ingress-tls").unwrap();
+    assert_eq!(l.tls[0].names, vec!["shop.example.com".to_string()]);
+    // A changed Secret is a new file name.
+    let (cert2, key2) = self_signed("shop.example.com");
+    snap.add(tls_secret("shop", "shop-tls", &cert2, &key2));
+    let t2 = translate(&snap, &settings(&dir.0));
+    assert_ne!(http(&t2, "k8s-ingress-tls").tls[0].cert, h.tls[0].cert);
+}
+
+#[test]
+fn default_backend_and_conflicts_oldest_wins() {
+    let dir = TempDir::new("conflict");
+    let mut snap = web_cluster();
+    snap.add(k8s_objects::service("shop", "api", &[("http", 80, 9090)]))
+        .add(slice(
+            "shop",
+            "api",
+            "api-1",
+            &[("http", 9090)],
+            &[("198.18.1.20", State::Ready)],
+            false,
+        ))
+        .add(
+            ingress("shop", "young", Some("lb"), 10)
+                .default_backend(backend("api", 80))
+                .rule(Some("shop.example.com"), "/", "Prefix", backend("api", 80)),
+        )
+        .add(
+            ingress("shop", "old", Some("lb"), 1)
+                .default_backend(backend("web", 80))
+                .rule(Some("shop.example.com"), "/", "Prefix", backend("web", 80))
+                .rule(
+                    Some("shop.example.com"),
+                    "/missing",
+                    "Prefix",
+                    backend("nope", 80),
+                ),
+        );
+    let t = translate(&snap, &settings(&dir.0));
+    let h = http(&t, "k8s-ingress");
+    assert_eq!(h.default_upstream.as_deref(), Some("shop.web:80"));
+    assert_eq!(h.routes.len(), 2);
+    assert_eq!(h.routes[0].upstreams[0].name, "shop.web:80");
+    // A missing Service: the route stays and answers 503.
+    assert!(h.routes[1].upstreams.is_empty());
+    assert_eq!(
+        reasons(&t, Kind::Ingress, "shop", "old"),
+        ["BackendNotFound"]
+    );
+    assert_eq!(
+        reasons(&t, Kind::Ingress, "shop", "young"),
+        ["Conflict", "Conflict"]
+    );
+    let c = merged(&t);
+    assert_eq!(
+        route_to(&c, "k8s-ingress", "shop.example.com", "/", &[]),
+        Ok(ip("198.18.1.10"))
+    );
+    assert_eq!(
+        route_to(&c, "k8s-ingress", "shop.example.com", "/missing", &[]),
+        Err(503)
+    );
+    assert_eq!(
+        route_to(&c, "k8s-ingress", "else.example.com", "/", &[]),
+        Ok(ip("198.18.1.10"))
+    );
+}
+
+#[test]
+fn a_service_without_endpoints_answers_503() {
+    let dir = TempDir::new("empty");
+    let mut snap = web_cluster();
+    snap.add(k8s_objects::service("shop", "idle", &[("http", 80, 8080)]))
+        .add(ingress("shop", "idle", Some("lb"), 0).rule(None, "/", "Prefix", backend("idle", 80)));
+    let t = translate(&snap, &settings(&dir.0));
+    let h = http(&t, "k8s-ingress");
+    assert!(h.upstreams.is_empty());
+    assert!(h.routes[0].upstreams.is_empty());
+    let c = merged(&t);
+    assert_eq!(
+        route_to(&c, "k8s-ingress", "any.example.com", "/", &[]),
+        Err(503)
+    );
+}
+
+#[test]
+fn canary_by_weight_and_by_header() {
+    let dir = TempDir::new("canary");
+    let mut snap = web_cluster();
+    snap.add(k8s_objects::service(
+        "shop",
+        "web-v2",
+        &[("http", 80, 8080)],
+    ))
+    .add(slice(
+        "shop",
+        "web-v2",
+        "v2-1",
+        &[("http", 8080)],
+        &[("198.18.2.10", State::Ready)],
+        false,
+    ))
+    .add(ingress("shop", "web", Some("lb"), 0).rule(
+        Some("shop.example.com"),
+        "/",
+        "Prefix",
+        backend("web", 80),
+    ))
+    .add(
+        ingress("shop", "web-canary", Some("lb"), 1)
+            .nginx("canary", "true")
+            .nginx("canary-weight", "20")
+            .nginx("canary-by-header", "X-Canary")
+            .rule(
+                Some("shop.example.com"),
+                "/",
+                "Prefix",
+                backend("web-v2", 80),
+            ),
+    );
+    let t = translate(&snap, &settings(&dir.0));
+    assert!(t.problems.is_empty(), "{:#?}", t.problems);
+    let h = http(&t, "k8s-ingress");
+    assert_eq!(h.routes.len(), 2);
+    // The header route (a Gateway route: only those match headers), then the weighted main.
+    let header = &h.routes[0];
+    assert_eq!(header.kind, RouteKind::Gateway);
+    assert_eq!(
+        header.headers.get("X-Canary").map(String::as_str),
+        Some("always")
+    );
+    assert_eq!(header.upstreams[0].name, "shop.web-v2:80");
+    let main = &h.routes[1];
+    let split: Vec<(&str, u32)> = main
+        .upstreams
+        .iter()
+        .map(|u| (u.name.as_str(), u.weight))
+        .collect();
+    assert_eq!(split, [("shop.web:80", 80), ("shop.web-v2:80", 20)]);
+    let c = merged(&t);
+    assert_eq!(
+        route_to(
+            &c,
+            "k8s-ingress",
+            "shop.example.com",
+            "/a/b",
+            &[("x-canary", "always")]
+        ),
+        Ok(ip("198.18.2.10"))
+    );
+    // The split, over many requests on one table.
+    let spec = &c.http[0].routes;
+    let table = RouteTable::compile(spec);
+    let mut state = SelectState::new(&table);
+    let mut routing = Routing {
+        table: &table,
+        state: &mut state,
+    };
+    let view = RequestView::from_parts("shop.example.com", "/", "GET", &[]);
+    let mut canary = 0;
+    for _ in 0..1000 {
+        let pick = routing.route(&view).unwrap();
+        routing.finished(&pick);
+        if table.backends[pick.backend.0 as usize].addr.ip() == ip("198.18.2.10") {
+            canary += 1;
+        }
+    }
+    assert!(
+        (150..=250).contains(&canary),
+        "{canary} of 1000 to the canary"
+    );
+}
+
+#[test]
+fn annotations_typed_bad_ones_reported_snippets_refused() {
+    let dir = TempDir::new("annotations");
+    let mut snap = web_cluster();
+    snap.add(
+        ingress("shop", "web", Some("lb"), 0)
+            .nginx("affinity", "cookie")
+            .nginx("session-cookie-name", "route")
+            .nginx("proxy-connect-timeout", "3")
+            .nginx("proxy-read-timeout", "30")
+            .nginx("proxy-body-size", "2m")
+            .nginx("canary-weight", "ten")
+            .nginx("upstream-hash-by", "$request_uri")
+            .nginx("configuration-snippet", "more_set_headers \"X: y\";")
+            .nginx("server-snippet", "location /x { return 200; }")
+            .rule(Some("shop.example.com"), "/", "Prefix", backend("web", 80)),
+    );
+    let t = translate(&snap, &settings(&dir.0));
+    let mut r = reasons(&t, Kind::Ingress, "shop", "web");
+    r.sort();
+    assert_eq!(
+        r,
+        [
+            "InvalidAnnotation",
+            "InvalidAnnotation",
+            "SnippetRefused",
+            "SnippetRefused"
+        ]
+    );
+    // Nothing of a snippet is anywhere in the output.
+    let dump = format!("{:?}{:?}", t.http, t.services);
+    assert!(!dump.contains("more_set_headers") && !dump.contains("return 200"));
+    // The rest is served, typed.
+    let h = http(&t, "k8s-ingress");
+    assert_eq!(h.upstreams[0].balance, Balance::Hash);
+    assert_eq!(
+        h.upstreams[0].hash_key,
+        Some(HashKey::Cookie("route".into()))
+    );
+    assert_eq!(h.timeouts.connect, std::time::Duration::from_secs(3));
+    assert_eq!(h.timeouts.request, std::time::Duration::from_secs(30));
+    assert_eq!(h.limits.max_body, 2 << 20);
+    assert_eq!(h.routes.len(), 1);
+    merged(&t);
+}
+
+#[test]
+fn hostile_objects_are_skipped_and_reported() {
+    let dir = TempDir::new("hostile");
+    let mut snap = web_cluster();
+    snap.add(
+        ingress("shop", "huge-annotation", Some("lb"), 0)
+            .annotation("example.com/blob", &"x".repeat(1 << 20))
+            .rule(Some("a.example.com"), "/", "Prefix", backend("web", 80)),
+    )
+    .add(ingress("shop", "many-paths", Some("lb"), 0).many_paths(
+        "b.example.com",
+        10_000,
+        backend("web", 80),
+    ))
+    .add(
+        ingress("shop", "injection", Some("lb"), 0)
+            .rule(Some("c.example.com"), "/ok", "Prefix", backend("web", 80))
+            .rule(
+                Some("c.example.com"),
+                "/x;\n}\nserver {",
+                "Prefix",
+                backend("web", 80),
+            )
+            .rule(
+                Some("c.example.com"),
+                "no-slash",
+                "Prefix",
+                backend("web", 80),
+            )
+            .rule(Some("bad host\n"), "/", "Prefix", backend("web", 80))
+            .rule(Some("c.example.com"), "/r", "Regex", backend("web", 80)),
+    )
+    .add(ingress("shop", "fine", Some("lb"), 0).rule(
+        Some("d.example.com"),
+        "/",
+        "Prefix",
+        backend("web", 80),
+    ));
+    let t = translate(&snap, &settings(&dir.0));
+    assert_eq!(
+        reasons(&t, Kind::Ingress, "shop", "huge-annotation"),
+        ["TooLarge"]
+    );
+    assert_eq!(
+        reasons(&t, Kind::Ingress, "shop", "many-paths"),
+        ["TooLarge"]
+    );
+    assert_eq!(
+        reasons(&t, Kind::Ingress, "shop", "injection"),
+        ["InvalidPath", "InvalidPath", "InvalidHost", "InvalidPath"]
+    );
+    let routes: Vec<(String, String)> = http(&t, "k8s-ingress")
+        .routes
+        .iter()
+        .map(|r| (r.hosts[0].clone(), r.path.clone()))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            ("d.example.com".into(), "/".into()),
+            ("c.example.com".into(), "/ok".into())
+        ]
+    );
+    // Messages are bounded even for a 1 MiB value.
+    assert!(t.problems.iter().all(|p| p.message.len() < 512));
+    merged(&t);
+}
+
+#[test]
+fn load_balancer_vips_are_stable_and_sticky() {
+    let dir = TempDir::new("vips");
+    let mut snap = Snapshot::default();
+    let ports = [("http", "TCP", 80, 80)];
+    snap.add(lb_service("a", "first", Some(LB_CLASS), &ports, 1, None))
+        .add(lb_service("a", "second", Some(LB_CLASS), &ports, 2, None))
+        // Sticky: keeps the address in its status (in the pool, free).
+        .add(lb_service(
+            "a",
+            "sticky",
+            Some(LB_CLASS),
+            &ports,
+            3,
+            Some("198.18.5.1"),
+        ))
+        .add(lb_service(
+            "a",
+            "other-class",
+            Some("example.org/x"),
+            &ports,
+            0,
+            None,
+        ))
+        .add(lb_service("a", "no-class", None, &ports, 0, None));
+    let s = settings(&dir.0);
+    let t = translate(&snap, &s);
+    let vips: Vec<(&str, IpAddr)> = t
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.vip))
+        .collect();
+    // 198.18.5.0/30: hosts .1 and .2; sticky keeps .1, the oldest others take what is left.
+    assert_eq!(
+        vips,
+        [
+            ("k8s/a/first", ip("198.18.5.2")),
+            ("k8s/a/sticky", ip("198.18.5.1"))
+        ]
+    );
+    assert_eq!(
+        reasons(&t, Kind::Service, "a", "second"),
+        ["NoVipAvailable"]
+    );
+    assert_eq!(
+        t.statuses.services.len(),
+        1,
+        "sticky's status is already right"
+    );
+    // The same snapshot, the same answer.
+    let again = translate(&snap, &s);
+    assert_eq!(again.services, t.services);
+    // The status written back makes it stick even when an older Service appears.
+    snap.add(lb_service(
+        "a",
+        "first",
+        Some(LB_CLASS),
+        &ports,
+        1,
+        Some("198.18.5.2"),
+    ))
+    .add(lb_service("a", "oldest", Some(LB_CLASS), &ports, 0, None));
+    let t = translate(&snap, &s);
+    let vips: Vec<(&str, IpAddr)> = t
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.vip))
+        .collect();
+    assert_eq!(
+        vips,
+        [
+            ("k8s/a/first", ip("198.18.5.2")),
+            ("k8s/a/sticky", ip("198.18.5.1"))
+        ]
+    );
+    // The default class when configured.
+    let mut s2 = s.clone();
+    s2.default_load_balancer = true;
+    s2.vip_pool = vec!["198.18.6.0/29".parse().unwrap()];
+    let t = translate(&snap, &s2);
+    assert!(t.services.iter().any(|s| s.name == "k8s/a/no-class"));
+    merged(&t);
+}
+
+#[test]
+fn load_balancer_pods_and_vms_ports_and_modes() {
+    let dir = TempDir::new("l4");
+    let mut snap = Snapshot::default();
+    let mut svc = lb_service(
+        "db",
+        "pg",
+        Some(LB_CLASS),
+        &[
+            ("pg", "TCP", 5432, 5432),
+            ("metrics", "TCP", 9187, 9187),
+            ("dns", "UDP", 53, 5353),
+        ],
+        0,
+        None,
+    );
+    svc.metadata.annotations = Some(
+        [
+            ("lb.example.com/mode", "nat"),
+            ("lb.example.com/vm-mode", "dsr-ipip"),
+            ("lb.example.com/weight", "3"),
+            ("lb.example.com/affinity", "client-ip"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    snap.add(svc)
+        .add(slice(
+            "db",
+            "pg",
+            "pg-pods",
+            &[("pg", 5432), ("metrics", 9187), ("dns", 5353)],
+            &[
+                ("198.18.3.10", State::Ready),
+                ("198.18.3.11", State::Draining),
+                ("198.18.3.12", State::NotReady),
+            ],
+            false,
+        ))
+        .add(slice(
+            "db",
+            "pg",
+            "pg-vms",
+            &[("pg", 5432), ("metrics", 9187)],
+            &[("198.18.4.10", State::Ready)],
+            true,
+        ));
+    // The UDP slice port has protocol TCP in the builder: make it UDP.
+    let key = controlplane::sources::kubernetes::model::ObjectKey::new("db", "pg-pods");
+    let s = snap.endpoint_slices.get_mut(&key).unwrap();
+    s.ports.as_mut().unwrap()[2].protocol = Some("UDP".into());
+    let t = translate(&snap, &settings(&dir.0));
+    assert!(t.problems.is_empty(), "{:#?}", t.problems);
+    // TCP ports keep their numbers: one service for both, backends keep the client's port.
+    let tcp = service(&t, "k8s/db/pg");
+    assert_eq!(tcp.ports.len(), 2);
+    assert_eq!(tcp.affinity, controlplane::config::Affinity::ClientIp);
+    assert_eq!(tcp.pools.len(), 2);
+    let pods = &tcp.pools[0];
+    assert_eq!(
+        (pods.name.as_str(), pods.mode, pods.weight),
+        ("pods", controlplane::config::Mode::Nat, 3)
+    );
+    let b: Vec<(IpAddr, Option<u16>, u32)> = pods
+        .backends
+        .iter()
+        .map(|b| (b.addr, b.port, b.weight))
+        .collect();
+    assert_eq!(
+        b,
+        [(ip("198.18.3.10"), None, 1), (ip("198.18.3.11"), None, 0)]
+    );
+    let vms = &tcp.pools[1];
+    assert_eq!(
+        (vms.name.as_str(), vms.mode),
+        ("vms", controlplane::config::Mode::DsrIpip)
+    );
+    assert_eq!(vms.backends[0].kind, controlplane::config::BackendKind::Vm);
+    // UDP 53 -> 5353: its own service with the target port.
+    let udp = service(&t, "k8s/db/pg/udp");
+    assert_eq!(udp.protocol, controlplane::config::Protocol::Udp);
+    assert_eq!(udp.pools[0].backends[0].port, Some(5353));
+    assert_eq!(t.statuses.services[0].1, vec![ip("198.18.5.1")]);
+    merged(&t);
+}
