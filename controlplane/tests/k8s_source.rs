@@ -423,3 +423,499 @@ fn kubernetes_settings_are_checked_and_placed_like_every_section() {
         "{e}"
     );
 }
+
+// ---- Against the fake API server: objects in, routes out. ----
+
+mod cluster {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use controlplane::config;
+    use controlplane::control::{self, Control, ControlPlane};
+    use controlplane::sources::kubernetes::source::{Source, SyncState};
+    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+    use k8s_openapi::api::discovery::v1::{
+        Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
+    };
+    use k8s_openapi::api::networking::v1::{
+        HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass,
+        IngressClassSpec, IngressRule, IngressServiceBackend, IngressSpec, ServiceBackendPort,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use kubefake::FakeApiServer;
+    use tokio::sync::watch;
+
+    use super::File;
+
+    pub const NS: &str = "shop";
+
+    fn meta(name: &str, ns: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: ns.map(str::to_string),
+            ..ObjectMeta::default()
+        }
+    }
+
+    pub fn class() -> IngressClass {
+        IngressClass {
+            metadata: meta("lb", None),
+            spec: Some(IngressClassSpec {
+                controller: Some("lb.example.com/ingress-controller".into()),
+                ..IngressClassSpec::default()
+            }),
+        }
+    }
+
+    pub fn service(name: &str) -> Service {
+        Service {
+            metadata: meta(name, Some(NS)),
+            spec: Some(ServiceSpec {
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: Some(IntOrString::Int(8080)),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    /// An endpoint: (last octet, ready, serving, terminating).
+    pub type Ep = (u8, bool, bool, bool);
+
+    pub fn up(last: u8) -> Ep {
+        (last, true, true, false)
+    }
+
+    pub fn slice(service: &str, eps: &[Ep]) -> EndpointSlice {
+        let mut m = meta(&format!("{service}-abc"), Some(NS));
+        m.labels = Some(BTreeMap::from([(
+            "kubernetes.io/service-name".to_string(),
+            service.to_string(),
+        )]));
+        EndpointSlice {
+            metadata: m,
+            address_type: "IPv4".into(),
+            endpoints: eps
+                .iter()
+                .map(|&(last, ready, serving, terminating)| Endpoint {
+                    addresses: vec![format!("198.18.2.{last}")],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(ready),
+                        serving: Some(serving),
+                        terminating: Some(terminating),
+                    }),
+                    ..Endpoint::default()
+                })
+                .collect(),
+            ports: Some(vec![EndpointPort {
+                name: Some("http".into()),
+                port: Some(8080),
+                protocol: Some("TCP".into()),
+                ..EndpointPort::default()
+            }]),
+        }
+    }
+
+    pub fn ingress(name: &str, host: &str, service: &str) -> Ingress {
+        Ingress {
+            metadata: meta(name, Some(NS)),
+            spec: Some(IngressSpec {
+                ingress_class_name: Some("lb".into()),
+                rules: Some(vec![IngressRule {
+                    host: Some(host.into()),
+                    http: Some(HTTPIngressRuleValue {
+                        paths: vec![HTTPIngressPath {
+                            path: Some("/".into()),
+                            path_type: "Prefix".into(),
+                            backend: IngressBackend {
+                                service: Some(IngressServiceBackend {
+                                    name: service.into(),
+                                    port: Some(ServiceBackendPort {
+                                        number: Some(80),
+                                        ..ServiceBackendPort::default()
+                                    }),
+                                }),
+                                ..IngressBackend::default()
+                            },
+                        }],
+                    }),
+                }]),
+                ..IngressSpec::default()
+            }),
+            ..Ingress::default()
+        }
+    }
+
+    /// One balancer replica: a control plane whose lb.toml has `[kubernetes]` pointing at the
+    /// fake, and its source.
+    pub struct Replica {
+        pub cp: Arc<ControlPlane>,
+        pub source: Option<Source>,
+        pub state: Arc<SyncState>,
+        pub leader: watch::Sender<bool>,
+        _file: File,
+    }
+
+    pub const BASE: &str = r#"
+[dataplane]
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.1"]
+snat = ["198.18.0.2"]
+gateway_mac = "02:00:00:00:00:fe"
+workers = 1
+"#;
+
+    impl Replica {
+        pub fn start(tag: &str, fake: &FakeApiServer, extra: &str, leader: bool) -> Replica {
+            let file = File::new(tag, "");
+            let kc = file.dir.join("kubeconfig");
+            fake.write_kubeconfig(&kc).unwrap();
+            let text = format!(
+                "{BASE}\n[kubernetes]\nkubeconfig = {kc:?}\nsecrets_dir = {:?}\ningress_http = [\"198.18.0.10:80\"]\nvip_pool = [\"198.18.0.128/28\"]\n{extra}\n",
+                file.dir.join("secrets")
+            );
+            std::fs::write(&file.path, text).unwrap();
+            let (cfg, text) = config::load_with_text(&file.path).unwrap();
+            let k = cfg.kubernetes.clone().unwrap().resolved(&file.path);
+            let (cp, _) =
+                ControlPlane::new(&file.path, cfg, text, Box::new(control::load_file)).unwrap();
+            let cp = Arc::new(cp);
+            let (tx, rx) = watch::channel(leader);
+            let source = Source::start(&tokio::runtime::Handle::current(), cp.clone(), k, rx);
+            Replica {
+                cp,
+                state: source.state(),
+                source: Some(source),
+                leader: tx,
+                _file: file,
+            }
+        }
+
+        /// Each Ingress backend (`addr:port`) with its weight in the serving config (`None`:
+        /// out of the table).
+        pub fn ingress_backends(&self) -> BTreeMap<String, Option<u32>> {
+            self.cp
+                .http()
+                .iter()
+                .filter(|h| h.name == "k8s-ingress")
+                .flat_map(|h| h.backends.iter())
+                .map(|b| (format!("{}:{}", b.key.addr, b.key.port), b.weight))
+                .collect()
+        }
+
+        pub fn stop(mut self) {
+            if let Some(s) = self.source.take() {
+                s.stop();
+            }
+        }
+    }
+
+    /// Waits (up to 10 s, polling every millisecond) until `what` holds; how long it took.
+    pub async fn until(what: impl Fn() -> bool) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if what() {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        None
+    }
+
+    pub fn backends(list: &[(&str, Option<u32>)]) -> BTreeMap<String, Option<u32>> {
+        list.iter().map(|(a, w)| (a.to_string(), *w)).collect()
+    }
+
+    /// The fake with a class, Service `web` (two ready endpoints) and Ingress `shop`.
+    pub fn seeded() -> FakeApiServer {
+        let fake = FakeApiServer::start();
+        fake.apply(&class());
+        fake.apply(&service("web"));
+        fake.apply(&slice("web", &[up(1), up(2)]));
+        fake.apply(&ingress("shop", "shop.example.com", "web"));
+        fake
+    }
+}
+
+use cluster::{backends, seeded, slice, until, up, Replica};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_service_and_slices_route_and_follow_endpoint_conditions() {
+    let fake = seeded();
+    let r = Replica::start("routes", &fake, "", true);
+    let two = backends(&[("198.18.2.1:8080", Some(1)), ("198.18.2.2:8080", Some(1))]);
+    let took = until(|| r.ingress_backends() == two).await;
+    assert!(
+        took.is_some(),
+        "{:?} {:?}",
+        r.ingress_backends(),
+        r.state.reasons()
+    );
+    assert!(r.state.ready());
+    assert!(r.state.reasons().is_empty(), "{:?}", r.state.reasons());
+
+    // A pod turns not ready: out at once.
+    fake.apply(&slice("web", &[up(1), (2, false, false, false)]));
+    let took = until(|| !r.ingress_backends().contains_key("198.18.2.2:8080")).await;
+    println!("not ready -> out of the table in {took:?}");
+    assert!(took.is_some(), "{:?}", r.ingress_backends());
+
+    // Back, then terminating (still serving): weight 0 (drains, no new requests).
+    fake.apply(&slice("web", &[up(1), up(2)]));
+    assert!(until(|| r.ingress_backends() == two).await.is_some());
+    fake.apply(&slice("web", &[up(1), (2, false, true, true)]));
+    let drained = backends(&[("198.18.2.1:8080", Some(1)), ("198.18.2.2:8080", Some(0))]);
+    let took = until(|| r.ingress_backends() == drained).await;
+    println!("terminating -> weight 0 in {took:?}");
+    assert!(took.is_some(), "{:?}", r.ingress_backends());
+
+    // Scaled up: a new endpoint takes requests.
+    fake.apply(&slice("web", &[up(1), up(2), up(3)]));
+    let took = until(|| r.ingress_backends().get("198.18.2.3:8080") == Some(&Some(1))).await;
+    println!("scaled up -> serving in {took:?}");
+    assert!(took.is_some(), "{:?}", r.ingress_backends());
+    // The Ingress got its address.
+    assert!(until(|| fake
+        .get::<k8s_openapi::api::networking::v1::Ingress>(cluster::NS, "shop")
+        .and_then(|i| i.status?.load_balancer?.ingress)
+        .is_some_and(|v| v.iter().any(|i| i.ip.as_deref() == Some("198.18.0.10"))))
+    .await
+    .is_some());
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removals_are_applied_at_once_additions_wait_for_the_batch() {
+    let fake = seeded();
+    let r = Replica::start("batch", &fake, "batch = \"400ms\"", true);
+    let two = backends(&[("198.18.2.1:8080", Some(1)), ("198.18.2.2:8080", Some(1))]);
+    assert!(until(|| r.ingress_backends() == two).await.is_some());
+    let applied = r.state.view().applies_ok;
+
+    // An addition waits for the window.
+    let t = Instant::now();
+    fake.apply(&slice("web", &[up(1), up(2), up(3)]));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!r.ingress_backends().contains_key("198.18.2.3:8080"));
+    assert!(
+        until(|| r.ingress_backends().contains_key("198.18.2.3:8080"))
+            .await
+            .is_some()
+    );
+    let added = t.elapsed();
+    println!("addition applied after {added:?} (batch 400ms)");
+    assert!(added >= Duration::from_millis(350), "{added:?}");
+
+    // An addition, then a removal inside the window: both applied at once with the removal.
+    let t = Instant::now();
+    fake.apply(&slice("web", &[up(1), up(2), up(3), up(4)]));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    fake.apply(&slice("web", &[up(2), up(3), up(4)]));
+    assert!(
+        until(|| !r.ingress_backends().contains_key("198.18.2.1:8080"))
+            .await
+            .is_some()
+    );
+    let removed = t.elapsed();
+    println!("removal applied after {removed:?} (batch 400ms)");
+    assert!(removed < Duration::from_millis(300), "{removed:?}");
+    assert!(r.ingress_backends().contains_key("198.18.2.4:8080"));
+    // Two changes of the first kind were one apply each, not one per event.
+    assert!(r.state.view().applies_ok <= applied + 3);
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_restart_relists_without_losing_a_route() {
+    let fake = seeded();
+    let r = Replica::start("restart", &fake, "", true);
+    let two = backends(&[("198.18.2.1:8080", Some(1)), ("198.18.2.2:8080", Some(1))]);
+    assert!(until(|| r.ingress_backends() == two).await.is_some());
+    let watches = fake.watches_started();
+
+    // Restarted, with a change made while it was down (its history gone: 410 on resume).
+    let watcher = {
+        let cp = r.cp.clone();
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let l = lost.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                let routed = cp
+                    .http()
+                    .iter()
+                    .any(|h| h.name == "k8s-ingress" && !h.backends.is_empty());
+                if !routed {
+                    l.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        (lost, stop, t)
+    };
+    fake.restart(Duration::from_millis(500));
+    assert!(until(|| r
+        .state
+        .reasons()
+        .iter()
+        .any(|x| x.contains("failing since")))
+    .await
+    .is_some());
+    assert!(r.state.ready(), "stays ready on the last tables");
+    fake.apply(&slice("web", &[up(1), up(2), up(3)]));
+    fake.compact();
+    let took = until(|| r.ingress_backends().contains_key("198.18.2.3:8080")).await;
+    println!("change made during a restart applied {took:?} after the change");
+    assert!(took.is_some(), "{:?}", r.state.reasons());
+    assert!(
+        until(|| r.state.reasons().is_empty()).await.is_some(),
+        "{:?}",
+        r.state.reasons()
+    );
+    assert!(fake.watches_started() > watches);
+    let (lost, stop, t) = watcher;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    t.join().unwrap();
+    assert!(
+        !lost.load(std::sync::atomic::Ordering::SeqCst),
+        "a route was lost meanwhile"
+    );
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_410_relists_and_keeps_the_routes() {
+    let fake = seeded();
+    let r = Replica::start("gone", &fake, "", true);
+    let two = backends(&[("198.18.2.1:8080", Some(1)), ("198.18.2.2:8080", Some(1))]);
+    assert!(until(|| r.ingress_backends() == two).await.is_some());
+    let expired = fake.watches_expired();
+    // Compacted history, then a change: open watches end with 410 and the watchers relist.
+    fake.set_history_limit(1);
+    fake.compact();
+    fake.apply(&slice("web", &[up(1), up(2), up(5)]));
+    fake.apply(&cluster::service("other"));
+    fake.apply(&cluster::service("third"));
+    let took = until(|| r.ingress_backends().contains_key("198.18.2.5:8080")).await;
+    assert!(
+        took.is_some(),
+        "{:?} {:?}",
+        r.ingress_backends(),
+        r.state.reasons()
+    );
+    assert!(r.ingress_backends().contains_key("198.18.2.1:8080"));
+    println!("410 expired watches: {}", fake.watches_expired() - expired);
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_keeps_the_tables_and_readyz_says_why() {
+    let fake = seeded();
+    let r = Replica::start("gone-away", &fake, "", true);
+    let two = backends(&[("198.18.2.1:8080", Some(1)), ("198.18.2.2:8080", Some(1))]);
+    assert!(until(|| r.ingress_backends() == two).await.is_some());
+    fake.set_unreachable(true);
+    assert!(until(|| r
+        .state
+        .reasons()
+        .iter()
+        .any(|x| x.starts_with("kubernetes: watch of") && x.contains("failing since")))
+    .await
+    .is_some());
+    assert!(r.state.ready());
+    assert_eq!(r.ingress_backends(), two);
+    fake.set_unreachable(false);
+    assert!(
+        until(|| r.state.reasons().is_empty()).await.is_some(),
+        "{:?}",
+        r.state.reasons()
+    );
+    r.stop();
+}
+
+/// Status writes (PATCH of a `/status` subresource) in the fake's log.
+fn status_writes(fake: &kubefake::FakeApiServer) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|(m, p, _)| m == "PATCH" && p.ends_with("/status"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes_status_and_events_and_a_new_leader_takes_over() {
+    use k8s_openapi::api::networking::v1::Ingress;
+    let fake = seeded();
+    // An Ingress with a bad annotation: a problem to report as an Event.
+    let mut bad = cluster::ingress("bad", "bad.example.com", "web");
+    bad.metadata.annotations = Some(
+        [(
+            "nginx.ingress.kubernetes.io/proxy-body-size".to_string(),
+            "lots".to_string(),
+        )]
+        .into(),
+    );
+    fake.apply(&bad);
+    let a = Replica::start("leader-a", &fake, "", false);
+    let b = Replica::start("leader-b", &fake, "", false);
+    let two = backends(&[("198.18.2.1:8080", Some(1)), ("198.18.2.2:8080", Some(1))]);
+    assert!(
+        until(|| a.ingress_backends() == two && b.ingress_backends() == two)
+            .await
+            .is_some()
+    );
+    // Both serve; neither leads: nothing written.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_writes(&fake), 0);
+    let events = |fake: &kubefake::FakeApiServer| {
+        fake.requests()
+            .iter()
+            .filter(|(m, p, _)| m == "POST" && p.ends_with("/events"))
+            .count()
+    };
+    assert_eq!(events(&fake), 0);
+
+    // A leads: the Ingresses get their address, the bad one an Event.
+    a.leader.send_replace(true);
+    let has_ip = |fake: &kubefake::FakeApiServer, name: &str| {
+        fake.get::<Ingress>(cluster::NS, name)
+            .and_then(|i| i.status?.load_balancer?.ingress)
+            .is_some_and(|v| v.iter().any(|i| i.ip.as_deref() == Some("198.18.0.10")))
+    };
+    assert!(until(|| has_ip(&fake, "shop")).await.is_some());
+    assert!(until(|| events(&fake) >= 1).await.is_some());
+    assert!(a.state.view().leader && !b.state.view().leader);
+    // Written once: further changes that keep the status write nothing more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (writes, evs) = (status_writes(&fake), events(&fake));
+    fake.apply(&slice("web", &[up(1), up(2), up(3)]));
+    assert!(
+        until(|| a.ingress_backends().contains_key("198.18.2.3:8080"))
+            .await
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_writes(&fake), writes, "{:?}", fake.requests());
+    assert_eq!(events(&fake), evs, "the same problem is reported once");
+
+    // Failover: A stops leading, B leads; a status someone cleared is written again by B.
+    a.leader.send_replace(false);
+    b.leader.send_replace(true);
+    assert!(until(|| b.state.view().leader && !a.state.view().leader)
+        .await
+        .is_some());
+    fake.clear_requests();
+    let mut cleared = fake.get::<Ingress>(cluster::NS, "shop").unwrap();
+    cleared.status = Some(Default::default());
+    fake.apply_status(&cleared);
+    assert!(until(|| has_ip(&fake, "shop")).await.is_some());
+    assert!(status_writes(&fake) >= 1);
+    a.stop();
+    b.stop();
+}

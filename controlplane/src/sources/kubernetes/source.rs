@@ -632,16 +632,15 @@ where
                         {
                             return;
                         }
-                        // A watch refused with 410 at its start would be retried at the
-                        // same resourceVersion forever: start over with a list.
-                        restart =
-                            code == Some(410) && matches!(e, watcher::Error::WatchStartFailed(_));
+                        // Start over with a list: its completion is the sign the watch works
+                        // again (a resumed watch says nothing until something changes), and a
+                        // watch refused with 410 at its start would otherwise be retried at
+                        // the same resourceVersion forever. The list is buffered, so the
+                        // tables stay as they are meanwhile.
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
-                        if restart {
-                            break;
-                        }
-                        continue;
+                        restart = true;
+                        break;
                     }
                 };
                 backoff = MIN_BACKOFF;
