@@ -325,6 +325,12 @@ impl FakeApiServer {
         }
     }
 
+    /// Delays every answer by `latency` (requests in flight overlap: races become certain).
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.shared.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// Every request so far: (method, path, `fieldManager` query parameter or else the
     /// User-Agent). Test controls are not requests.
     pub fn requests(&self) -> Vec<(String, String, String)> {
@@ -334,7 +340,7 @@ impl FakeApiServer {
             .collect()
     }
 
-    /// Every request so far with its query string.
+    /// Every request so far with its query string and answer status, in the order answered.
     pub fn request_log(&self) -> Vec<RequestRecord> {
         lock(&self.shared.requests).clone()
     }

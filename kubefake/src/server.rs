@@ -32,6 +32,8 @@ pub struct RequestRecord {
     pub query: String,
     /// `fieldManager` query parameter when given, else the User-Agent header.
     pub agent: String,
+    /// The answer's HTTP status (0: never answered, the server was unresponsive).
+    pub status: u16,
 }
 
 impl RequestRecord {
@@ -52,6 +54,8 @@ pub(crate) struct Shared {
     /// Watches answered with 410 Expired.
     pub watches_expired: AtomicU64,
     pub bookmark_interval_ms: AtomicU64,
+    /// Delay before every answer, in milliseconds.
+    pub latency_ms: AtomicU64,
     /// Bumped to drop every open connection (restart, outage).
     pub epoch: watch::Sender<u64>,
     /// Whether the listener should be open.
@@ -79,6 +83,7 @@ impl Shared {
             watches_started: AtomicU64::new(0),
             watches_expired: AtomicU64::new(0),
             bookmark_interval_ms: AtomicU64::new(1000),
+            latency_ms: AtomicU64::new(0),
             epoch: watch::Sender::new(0),
             available: watch::Sender::new(true),
             listening: AtomicBool::new(false),
@@ -264,15 +269,21 @@ pub(crate) async fn handle(
             .unwrap_or("")
             .to_owned()
     });
-    lock(&shared.requests).push(RequestRecord {
+    let mut record = RequestRecord {
         method: method.to_string(),
         path: path.clone(),
         query: raw_query,
         agent,
-    });
+        status: 0,
+    };
     if shared.unresponsive.load(Ordering::SeqCst) {
         // A black hole: the connection stays open, the answer never comes.
+        lock(&shared.requests).push(record.clone());
         std::future::pending::<()>().await;
+    }
+    let latency = shared.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     let content_type = req
         .headers()
@@ -280,16 +291,20 @@ pub(crate) async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return Ok(error_response(&ApiError::bad_request(format!(
-                "reading the body: {e}"
-            ))))
-        }
+    let resp = match req.into_body().collect().await {
+        Ok(body) => route(
+            &shared,
+            &method,
+            &path,
+            &query,
+            &content_type,
+            &body.to_bytes(),
+        )
+        .unwrap_or_else(|e| error_response(&e)),
+        Err(e) => error_response(&ApiError::bad_request(format!("reading the body: {e}"))),
     };
-    let resp = route(&shared, &method, &path, &query, &content_type, &body)
-        .unwrap_or_else(|e| error_response(&e));
+    record.status = resp.status().as_u16();
+    lock(&shared.requests).push(record);
     Ok(resp)
 }
 
