@@ -361,9 +361,7 @@ fn control_thread(
             leader_election = k.leader_election.enabled,
             "kubernetes source starting"
         );
-        let (leader, _elector) = kubernetes_leader(&k);
-        let source = Source::start(rt.handle(), cp.clone(), k, leader);
-        (source, _elector)
+        Source::start_elected(rt.handle(), cp.clone(), k)
     });
     // The admin API stops with the control loop (the sender is dropped when it returns).
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -374,7 +372,7 @@ fn control_thread(
                 tracing::info!(listen = %admin.listen, "admin API listening");
                 let control: Arc<dyn Control> = cp.clone();
                 let mut stats = admin::Stats::new(checker.local_errors());
-                if let Some((source, _)) = &kube {
+                if let Some(source) = &kube {
                     stats = stats.with_source(source.state());
                 }
                 let stats = Arc::new(stats);
@@ -464,20 +462,15 @@ fn control_thread(
             }
         }
     });
-    drop(kube);
+    if let Some(source) = kube {
+        // A leader gives up its Lease so another replica takes over at once.
+        rt.block_on(source.shutdown(Duration::from_secs(2)));
+    }
     drop(checker);
     drop(admin_stop);
     tracing::info!("signal received; stopping the workers");
     cp.stop_http();
     Ok(stop_workers(cp))
-}
-
-/// Whether this replica writes status and Events: always without leader election.
-fn kubernetes_leader(
-    k: &config::Kubernetes,
-) -> (tokio::sync::watch::Receiver<bool>, Box<dyn std::any::Any>) {
-    let (tx, rx) = tokio::sync::watch::channel(!k.leader_election.enabled);
-    (rx, Box::new(tx))
 }
 
 /// Stops and joins the dataplane workers; their final counters.

@@ -919,3 +919,69 @@ async fn only_the_leader_writes_status_and_events_and_a_new_leader_takes_over() 
     a.stop();
     b.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_elected_replicas_one_leader_and_failover() {
+    use controlplane::control::{self as ctl, ControlPlane as Plane};
+    use controlplane::sources::kubernetes::source::Source as Src;
+    use k8s_openapi::api::networking::v1::Ingress;
+    let fake = seeded();
+    let election = "[kubernetes.leader_election]\nnamespace = \"lb-system\"\nlease_duration = \"2s\"\nrenew_deadline = \"1s\"\nretry_period = \"100ms\"\n";
+    let start = |tag: &str| {
+        let file = File::new(tag, "");
+        let kc = file.dir.join("kubeconfig");
+        fake.write_kubeconfig(&kc).unwrap();
+        std::fs::write(
+            &file.path,
+            format!(
+                "{}\n[kubernetes]\nkubeconfig = {kc:?}\nsecrets_dir = {:?}\ningress_http = [\"198.18.0.10:80\"]\n{election}",
+                cluster::BASE,
+                file.dir.join("secrets")
+            ),
+        )
+        .unwrap();
+        let (cfg, text) = config::load_with_text(&file.path).unwrap();
+        let k = cfg.kubernetes.clone().unwrap().resolved(&file.path);
+        let (cp, _) = Plane::new(&file.path, cfg, text, Box::new(ctl::load_file)).unwrap();
+        let src = Src::start_elected(&tokio::runtime::Handle::current(), Arc::new(cp), k);
+        (src, file)
+    };
+    let (a, _fa) = start("elect-a");
+    let (b, _fb) = start("elect-b");
+    let (sa, sb) = (a.state(), b.state());
+    let one = || {
+        let (x, y) = (sa.view().leader, sb.view().leader);
+        x != y
+    };
+    assert!(until(one).await.is_some(), "no single leader");
+    // Stays one for a while (several renewals).
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        assert!(one(), "a: {}, b: {}", sa.view().leader, sb.view().leader);
+    }
+    assert!(fake
+        .get::<k8s_openapi::api::coordination::v1::Lease>("lb-system", "lb-leader")
+        .is_some());
+    let (leader, follower, fstate) = if sa.view().leader {
+        (a, b, sb)
+    } else {
+        (b, a, sa)
+    };
+    // The leader wrote the Ingress status.
+    let has_ip = || {
+        fake.get::<Ingress>(cluster::NS, "shop")
+            .and_then(|i| i.status?.load_balancer?.ingress)
+            .is_some_and(|v| v.iter().any(|i| i.ip.as_deref() == Some("198.18.0.10")))
+    };
+    assert!(until(has_ip).await.is_some());
+    // The leader stops (gives the Lease up): the other takes over and writes.
+    let t = Instant::now();
+    leader.shutdown(Duration::from_secs(2)).await;
+    assert!(until(|| fstate.view().leader).await.is_some());
+    println!("failover in {:?}", t.elapsed());
+    let mut cleared = fake.get::<Ingress>(cluster::NS, "shop").unwrap();
+    cleared.status = Some(Default::default());
+    fake.apply_status(&cleared);
+    assert!(until(has_ip).await.is_some());
+    follower.shutdown(Duration::from_secs(2)).await;
+}

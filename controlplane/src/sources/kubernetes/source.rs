@@ -30,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+use super::leader::{default_identity, LeaderConfig, LeaderElector};
 use super::model::{Gateway, GatewayClass, HTTPRoute, ObjectKey, Snapshot};
 use super::translate::{self, Kind, PemFile, Settings, Translated};
 use crate::config::Kubernetes;
@@ -313,10 +314,15 @@ pub struct StatusWork {
     pub problems: Vec<translate::ObjectProblem>,
 }
 
-/// A running source; dropping it (or [`Source::stop`]) stops its watchers and status writer.
+/// A running source; dropping it (or [`Source::stop`]) stops its watchers and status writer;
+/// [`Source::shutdown`] also gives up the Lease when it leads.
 pub struct Source {
     state: Arc<SyncState>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Tells the leader elector to stop (and release the Lease).
+    stop: watch::Sender<bool>,
+    /// The elector's task, once the client is there.
+    elector: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Debug for Source {
@@ -343,10 +349,47 @@ impl Source {
         k: Kubernetes,
         leader: watch::Receiver<bool>,
     ) -> Source {
+        Source::spawn(rt, cp, k, leader, None)
+    }
+
+    /// Starts the source with `[kubernetes.leader_election]`: with it enabled, a
+    /// [`LeaderElector`] on the source's client decides whether this replica writes status;
+    /// disabled, this replica always does.
+    pub fn start_elected(
+        rt: &tokio::runtime::Handle,
+        cp: Arc<ControlPlane>,
+        k: Kubernetes,
+    ) -> Source {
+        let enabled = k.leader_election.enabled;
+        let (tx, rx) = watch::channel(!enabled);
+        Source::spawn(rt, cp, k, rx, enabled.then_some(tx))
+    }
+
+    fn spawn(
+        rt: &tokio::runtime::Handle,
+        cp: Arc<ControlPlane>,
+        k: Kubernetes,
+        leader: watch::Receiver<bool>,
+        elect: Option<watch::Sender<bool>>,
+    ) -> Source {
         let state = Arc::new(SyncState::default());
         let (work_tx, work_rx) = watch::channel::<Option<StatusWork>>(None);
         let (client_tx, client_rx) = watch::channel::<Option<Client>>(None);
-        let main = rt.spawn(run(cp, k.clone(), state.clone(), work_tx, client_tx));
+        let (stop, stop_rx) = watch::channel(false);
+        let elector = Arc::new(Mutex::new(None));
+        let election = elect.map(|leading| Election {
+            leading,
+            stop: stop_rx,
+            task: elector.clone(),
+        });
+        let main = rt.spawn(run(
+            cp,
+            k.clone(),
+            state.clone(),
+            work_tx,
+            client_tx,
+            election,
+        ));
         let status = rt.spawn(super::status::run(
             client_rx,
             leader,
@@ -357,6 +400,22 @@ impl Source {
         Source {
             state,
             tasks: vec![main, status],
+            stop,
+            elector,
+        }
+    }
+
+    /// Stops the source; a leader first gives up its Lease (waiting at most `timeout`), so
+    /// another replica takes over without waiting for it to expire.
+    pub async fn shutdown(self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        let task = self
+            .elector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = task {
+            let _ = tokio::time::timeout(timeout, t).await;
         }
     }
 
@@ -371,6 +430,76 @@ impl Source {
     }
 }
 
+/// The leader election of a source: where to say whether we lead, when to stop, and where
+/// the elector's task goes.
+struct Election {
+    leading: watch::Sender<bool>,
+    stop: watch::Receiver<bool>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+/// The Lease's namespace: `[kubernetes.leader_election] namespace`, else the pod's
+/// (`POD_NAMESPACE`, the service account's namespace file), else `default`.
+pub fn lease_namespace(k: &Kubernetes) -> String {
+    k.leader_election
+        .namespace
+        .clone()
+        .or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "default".into())
+}
+
+/// Starts the elector on `client`; its verdicts go to `e.leading`.
+fn start_election(client: &Client, k: &Kubernetes, e: Election) {
+    let le = &k.leader_election;
+    let cfg = LeaderConfig {
+        namespace: lease_namespace(k),
+        name: le.name.clone(),
+        // Unique per start: two sources in one process (or a restart reusing a pid) are two
+        // candidates.
+        identity: format!("{}_{:08x}", default_identity(), fastrand::u32(..)),
+        lease_duration: le.lease_duration,
+        renew_deadline: le.renew_deadline,
+        retry_period: le.retry_period,
+    };
+    tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, identity = %cfg.identity, "kubernetes: leader election");
+    let elector = LeaderElector::new(client.clone(), cfg);
+    let mut sub = elector.subscribe();
+    let Election {
+        leading,
+        mut stop,
+        task,
+    } = e;
+    let forward = tokio::spawn(async move {
+        loop {
+            let v = *sub.borrow_and_update();
+            leading.send_replace(v);
+            if sub.changed().await.is_err() {
+                leading.send_replace(false);
+                return;
+            }
+        }
+    });
+    let run = tokio::spawn(async move {
+        elector
+            .run(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        let _ = forward.await;
+    });
+    *task.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+}
+
 /// Connects, then watches and applies until aborted.
 async fn run(
     cp: Arc<ControlPlane>,
@@ -378,6 +507,7 @@ async fn run(
     state: Arc<SyncState>,
     work: watch::Sender<Option<StatusWork>>,
     client_out: watch::Sender<Option<Client>>,
+    election: Option<Election>,
 ) {
     let client = loop {
         match client(&k).await {
@@ -390,6 +520,9 @@ async fn run(
         }
     };
     state.lock().failing.remove("connection");
+    if let Some(e) = election {
+        start_election(&client, &k, e);
+    }
     let _ = client_out.send(Some(client.clone()));
     let (tx, rx) = mpsc::unbounded_channel();
     let watches = spawn_watchers(&client, &k, &tx);
