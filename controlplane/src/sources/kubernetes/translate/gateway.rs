@@ -147,11 +147,22 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
                 .push((name.to_string(), GatewayClassStatus { conditions: want }));
         }
     }
-    let mut gws: Vec<(&ObjectKey, &Gateway)> = snap
-        .gateways
-        .iter()
-        .filter(|(_, g)| classes.contains(g.spec.gateway_class_name.as_str()))
-        .collect();
+    let mut gws: Vec<(&ObjectKey, &Gateway)> = Vec::new();
+    for (key, g) in &snap.gateways {
+        if !classes.contains(g.spec.gateway_class_name.as_str()) {
+            continue;
+        }
+        if g.spec.listeners.len() > MAX_LISTENERS {
+            problems.push(
+                Kind::Gateway,
+                key,
+                "TooLarge",
+                format!("more than {MAX_LISTENERS} listeners: skipped"),
+            );
+            continue;
+        }
+        gws.push((key, g));
+    }
     if gws.is_empty() {
         return out;
     }
@@ -499,16 +510,13 @@ fn listeners(
 ) {
     let gen = st.gw.metadata.generation;
     let mut protocols: BTreeMap<u16, &str> = BTreeMap::new();
-    for (i, l) in st.gw.spec.listeners.iter().enumerate() {
+    for l in &st.gw.spec.listeners {
         let mut ok = true;
         let mut accepted = condition("Accepted", true, "Accepted", "", gen);
         let mut resolved = condition("ResolvedRefs", true, "ResolvedRefs", "", gen);
         let mut certs = Vec::new();
         let mut conflicted = None;
-        if i >= MAX_LISTENERS {
-            ok = false;
-            accepted = condition("Accepted", false, "Invalid", "too many listeners", gen);
-        } else if l.port == 0 || !matches!(l.protocol.as_str(), "HTTP" | "HTTPS") {
+        if l.port == 0 || !matches!(l.protocol.as_str(), "HTTP" | "HTTPS") {
             ok = false;
             accepted = condition(
                 "Accepted",
