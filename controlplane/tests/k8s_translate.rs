@@ -385,6 +385,21 @@ fn canary_by_weight_and_by_header() {
         "Prefix",
         backend("web", 80),
     ))
+    .add(k8s_objects::service("shop", "api", &[("http", 80, 9090)]))
+    .add(slice(
+        "shop",
+        "api",
+        "api-1",
+        &[("http", 9090)],
+        &[("198.18.1.20", State::Ready)],
+        false,
+    ))
+    .add(ingress("shop", "api", Some("lb"), 2).rule(
+        Some("shop.example.com"),
+        "/api",
+        "Prefix",
+        backend("api", 80),
+    ))
     .add(
         ingress("shop", "web-canary", Some("lb"), 1)
             .nginx("canary", "true")
@@ -400,7 +415,7 @@ fn canary_by_weight_and_by_header() {
     let t = translate(&snap, &settings(&dir.0));
     assert!(t.problems.is_empty(), "{:#?}", t.problems);
     let h = http(&t, "k8s-ingress");
-    assert_eq!(h.routes.len(), 2);
+    assert_eq!(h.routes.len(), 3);
     // The header route (a Gateway route: only those match headers), then the weighted main.
     let header = &h.routes[0];
     assert_eq!(header.kind, RouteKind::Gateway);
@@ -426,6 +441,21 @@ fn canary_by_weight_and_by_header() {
             &[("x-canary", "always")]
         ),
         Ok(ip("198.18.2.10"))
+    );
+    // The other routes of the host keep their precedence (the longer path first).
+    assert_eq!(
+        route_to(
+            &c,
+            "k8s-ingress",
+            "shop.example.com",
+            "/api/v1",
+            &[("x-canary", "always")]
+        ),
+        Ok(ip("198.18.1.20"))
+    );
+    assert_eq!(
+        route_to(&c, "k8s-ingress", "shop.example.com", "/api", &[]),
+        Ok(ip("198.18.1.20"))
     );
     // The split, over many requests on one table.
     let spec = &c.http[0].routes;
