@@ -385,6 +385,21 @@ fn canary_by_weight_and_by_header() {
         "Prefix",
         backend("web", 80),
     ))
+    .add(k8s_objects::service("shop", "api", &[("http", 80, 9090)]))
+    .add(slice(
+        "shop",
+        "api",
+        "api-1",
+        &[("http", 9090)],
+        &[("198.18.1.20", State::Ready)],
+        false,
+    ))
+    .add(ingress("shop", "api", Some("lb"), 2).rule(
+        Some("shop.example.com"),
+        "/api",
+        "Prefix",
+        backend("api", 80),
+    ))
     .add(
         ingress("shop", "web-canary", Some("lb"), 1)
             .nginx("canary", "true")
@@ -400,7 +415,7 @@ fn canary_by_weight_and_by_header() {
     let t = translate(&snap, &settings(&dir.0));
     assert!(t.problems.is_empty(), "{:#?}", t.problems);
     let h = http(&t, "k8s-ingress");
-    assert_eq!(h.routes.len(), 2);
+    assert_eq!(h.routes.len(), 3);
     // The header route (a Gateway route: only those match headers), then the weighted main.
     let header = &h.routes[0];
     assert_eq!(header.kind, RouteKind::Gateway);
@@ -426,6 +441,21 @@ fn canary_by_weight_and_by_header() {
             &[("x-canary", "always")]
         ),
         Ok(ip("198.18.2.10"))
+    );
+    // The other routes of the host keep their precedence (the longer path first).
+    assert_eq!(
+        route_to(
+            &c,
+            "k8s-ingress",
+            "shop.example.com",
+            "/api/v1",
+            &[("x-canary", "always")]
+        ),
+        Ok(ip("198.18.1.20"))
+    );
+    assert_eq!(
+        route_to(&c, "k8s-ingress", "shop.example.com", "/api", &[]),
+        Ok(ip("198.18.1.20"))
     );
     // The split, over many requests on one table.
     let spec = &c.http[0].routes;
@@ -733,4 +763,560 @@ fn load_balancer_pods_and_vms_ports_and_modes() {
     assert_eq!(udp.pools[0].backends[0].port, Some(5353));
     assert_eq!(t.statuses.services[0].1, vec![ip("198.18.5.1")]);
     merged(&t);
+}
+
+/// A condition's (type, status, reason).
+fn cond(
+    c: &[controlplane::sources::kubernetes::model::Condition],
+) -> Vec<(String, String, String)> {
+    c.iter()
+        .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+        .collect()
+}
+
+fn t3(a: &str, b: &str, c: &str) -> (String, String, String) {
+    (a.into(), b.into(), c.into())
+}
+
+/// GatewayClass, a Gateway with an HTTP and an HTTPS listener, Services `web` and `web-v2`.
+fn gateway_cluster() -> Snapshot {
+    use controlplane::sources::kubernetes::model::{GatewayTls, SecretObjectReference};
+    let mut snap = web_cluster();
+    let (cert, key) = self_signed("app.example.com");
+    let mut https = listener("https", Some("app.example.com"), 443);
+    https.protocol = "HTTPS".into();
+    https.tls = Some(GatewayTls {
+        mode: None,
+        certificate_refs: vec![SecretObjectReference {
+            group: None,
+            kind: None,
+            name: "app-tls".into(),
+            namespace: None,
+        }],
+    });
+    snap.add(gateway_class("lb", GATEWAY_CONTROLLER))
+        .add(gateway_class("theirs", "example.org/gateway"))
+        .add(tls_secret("shop", "app-tls", &cert, &key))
+        .add(k8s_objects::service(
+            "shop",
+            "web-v2",
+            &[("http", 80, 8080)],
+        ))
+        .add(slice(
+            "shop",
+            "web-v2",
+            "v2-1",
+            &[("http", 8080)],
+            &[("198.18.2.10", State::Ready)],
+            false,
+        ))
+        .add(gateway(
+            "shop",
+            "gw",
+            "lb",
+            vec![listener("http", Some("*.example.com"), 80), https],
+            &["198.18.0.21"],
+        ))
+        .add(gateway(
+            "shop",
+            "foreign",
+            "theirs",
+            vec![listener("http", None, 80)],
+            &[],
+        ));
+    snap
+}
+
+#[test]
+fn gateway_and_http_routes_with_statuses() {
+    use controlplane::sources::kubernetes::model::{
+        HTTPHeaderMatch, HTTPPathMatch, HTTPRouteMatch, HTTPRouteRule, HTTPRouteSpec,
+    };
+    let dir = TempDir::new("gateway");
+    let mut snap = gateway_cluster();
+    let rule = |path: &str, headers: &[(&str, &str)], refs| HTTPRouteRule {
+        matches: vec![HTTPRouteMatch {
+            path: Some(HTTPPathMatch {
+                type_: Some("PathPrefix".into()),
+                value: Some(path.into()),
+            }),
+            headers: headers
+                .iter()
+                .map(|(n, v)| HTTPHeaderMatch {
+                    type_: None,
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            method: Some("GET".into()),
+        }],
+        filters: vec![],
+        backend_refs: refs,
+    };
+    snap.add(http_route(
+        "shop",
+        "app",
+        0,
+        HTTPRouteSpec {
+            parent_refs: vec![parent("gw", None)],
+            hostnames: vec!["app.example.com".into()],
+            rules: vec![
+                rule(
+                    "/",
+                    &[],
+                    vec![
+                        backend_ref("web", 80, Some(90)),
+                        backend_ref("web-v2", 80, Some(10)),
+                    ],
+                ),
+                rule(
+                    "/beta",
+                    &[("x-beta", "1")],
+                    vec![backend_ref("web-v2", 80, None)],
+                ),
+            ],
+        },
+    ))
+    .add(http_route(
+        "shop",
+        "bad-ref",
+        1,
+        HTTPRouteSpec {
+            parent_refs: vec![parent("gw", Some("http"))],
+            hostnames: vec!["bad.example.com".into()],
+            rules: vec![rule("/", &[], {
+                let mut r = backend_ref("web", 80, None);
+                r.kind = Some("Bucket".into());
+                vec![r]
+            })],
+        },
+    ))
+    .add(http_route(
+        "other-ns",
+        "elsewhere",
+        2,
+        HTTPRouteSpec {
+            parent_refs: vec![ParentReferenceExt::ns(parent("gw", None), "shop")],
+            hostnames: vec![],
+            rules: vec![rule("/", &[], vec![])],
+        },
+    ))
+    .add(http_route(
+        "shop",
+        "wrong-host",
+        3,
+        HTTPRouteSpec {
+            parent_refs: vec![parent("gw", Some("http"))],
+            hostnames: vec!["app.example.org".into()],
+            rules: vec![rule("/", &[], vec![])],
+        },
+    ))
+    .add(http_route(
+        "shop",
+        "no-section",
+        4,
+        HTTPRouteSpec {
+            parent_refs: vec![parent("gw", Some("grpc"))],
+            hostnames: vec![],
+            rules: vec![rule("/", &[], vec![])],
+        },
+    ))
+    .add(http_route(
+        "shop",
+        "not-ours",
+        5,
+        HTTPRouteSpec {
+            parent_refs: vec![parent("foreign", None)],
+            hostnames: vec![],
+            rules: vec![rule("/", &[], vec![])],
+        },
+    ));
+    let t = translate(&snap, &settings(&dir.0));
+    // One [[http]] per port, on the requested address.
+    let h80 = http(&t, "gw:shop:gw:80");
+    assert_eq!(h80.listen, vec!["198.18.0.21:80".parse().unwrap()]);
+    let h443 = http(&t, "gw:shop:gw:443");
+    assert_eq!(h443.tls.len(), 1);
+    assert_eq!(h443.tls[0].sni, vec!["app.example.com".to_string()]);
+    let r = &h80.routes[0];
+    assert_eq!(r.kind, RouteKind::Gateway);
+    assert_eq!(r.hosts, vec!["app.example.com".to_string()]);
+    assert_eq!(r.method.as_deref(), Some("GET"));
+    let split: Vec<(&str, u32)> = r
+        .upstreams
+        .iter()
+        .map(|u| (u.name.as_str(), u.weight))
+        .collect();
+    assert_eq!(split, [("shop.web:80", 90), ("shop.web-v2:80", 10)]);
+    assert_eq!(
+        h80.routes[1].headers.get("x-beta").map(String::as_str),
+        Some("1")
+    );
+    // bad-ref: attached, but its rule answers 500.
+    assert!(h80.routes[2].upstreams.is_empty());
+    assert_eq!(h80.routes.len(), 3);
+    assert_eq!(
+        h443.routes.len(),
+        2,
+        "only app attaches to the https listener"
+    );
+
+    // Statuses.
+    let classes: Vec<&str> = t
+        .statuses
+        .gateway_classes
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(classes, ["lb"]);
+    assert_eq!(
+        cond(&t.statuses.gateway_classes[0].1.conditions),
+        [t3("Accepted", "True", "Accepted")]
+    );
+    assert_eq!(t.statuses.gateways.len(), 1);
+    let (gk, gs) = &t.statuses.gateways[0];
+    assert_eq!(gk.name, "gw");
+    assert_eq!(gs.addresses[0].value, "198.18.0.21");
+    assert_eq!(
+        cond(&gs.conditions),
+        [
+            t3("Accepted", "True", "Accepted"),
+            t3("Programmed", "True", "Programmed")
+        ]
+    );
+    let attached: Vec<(&str, i32)> = gs
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.attached_routes))
+        .collect();
+    assert_eq!(attached, [("http", 2), ("https", 1)]);
+    assert!(gs
+        .conditions
+        .iter()
+        .all(|c| c.observed_generation == Some(1) && c.last_transition_time.is_empty()));
+    let route_status = |name: &str| {
+        let (_, s) = t
+            .statuses
+            .http_routes
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .unwrap_or_else(|| panic!("no status for {name}"));
+        assert_eq!(s.parents.len(), 1);
+        assert_eq!(s.parents[0].controller_name, GATEWAY_CONTROLLER);
+        cond(&s.parents[0].conditions)
+    };
+    assert_eq!(
+        route_status("app"),
+        [
+            t3("Accepted", "True", "Accepted"),
+            t3("ResolvedRefs", "True", "ResolvedRefs")
+        ]
+    );
+    assert_eq!(
+        route_status("bad-ref")[1],
+        t3("ResolvedRefs", "False", "InvalidKind")
+    );
+    assert_eq!(
+        route_status("elsewhere")[0],
+        t3("Accepted", "False", "NotAllowedByListeners")
+    );
+    assert_eq!(
+        route_status("wrong-host")[0],
+        t3("Accepted", "False", "NoMatchingListenerHostname")
+    );
+    assert_eq!(
+        route_status("no-section")[0],
+        t3("Accepted", "False", "NoMatchingParent")
+    );
+    assert!(t
+        .statuses
+        .http_routes
+        .iter()
+        .all(|(k, _)| k.name != "not-ours"));
+    let c = merged(&t);
+    assert_eq!(
+        route_to(
+            &c,
+            "gw:shop:gw:80",
+            "app.example.com",
+            "/beta/x",
+            &[("x-beta", "1")]
+        ),
+        Ok(ip("198.18.2.10"))
+    );
+    assert_eq!(
+        route_to(&c, "gw:shop:gw:80", "bad.example.com", "/", &[]),
+        Err(500)
+    );
+
+    // Written back, the same statuses are not written again.
+    let mut again = snap.clone();
+    for (k, s) in &t.statuses.http_routes {
+        again.http_routes.get_mut(k).unwrap().status = Some(s.clone());
+    }
+    for (k, s) in &t.statuses.gateways {
+        again.gateways.get_mut(k).unwrap().status = Some(s.clone());
+    }
+    for (k, s) in &t.statuses.gateway_classes {
+        again.gateway_classes.get_mut(k).unwrap().status = Some(s.clone());
+    }
+    let t2 = translate(&again, &settings(&dir.0));
+    assert_eq!(t2.statuses.http_routes.len(), 0);
+    assert_eq!(t2.statuses.gateways.len(), 0);
+    assert_eq!(t2.statuses.gateway_classes.len(), 0);
+}
+
+/// Sets a parentRef's namespace.
+trait ParentReferenceExt {
+    fn ns(self, ns: &str) -> Self;
+}
+
+impl ParentReferenceExt for controlplane::sources::kubernetes::model::ParentReference {
+    fn ns(mut self, ns: &str) -> Self {
+        self.namespace = Some(ns.into());
+        self
+    }
+}
+
+#[test]
+fn gateway_address_and_certificate_refs_refused() {
+    use controlplane::sources::kubernetes::model::SecretObjectReference;
+    let dir = TempDir::new("gateway-refused");
+    let mut snap = gateway_cluster();
+    // An address this controller may not use.
+    let key = controlplane::sources::kubernetes::model::ObjectKey::new("shop", "gw");
+    snap.gateways.get_mut(&key).unwrap().spec.addresses[0].value = "192.0.2.1".into();
+    // A certificate of another namespace (no ReferenceGrant support).
+    let mut g2 = gateway("shop", "gw2", "lb", vec![listener("https", None, 443)], &[]);
+    g2.spec.listeners[0].protocol = "HTTPS".into();
+    g2.spec.listeners[0].tls = Some(controlplane::sources::kubernetes::model::GatewayTls {
+        mode: None,
+        certificate_refs: vec![SecretObjectReference {
+            group: None,
+            kind: None,
+            name: "app-tls".into(),
+            namespace: Some("elsewhere".into()),
+        }],
+    });
+    snap.add(g2);
+    let t = translate(&snap, &settings(&dir.0));
+    let status = |name: &str| {
+        &t.statuses
+            .gateways
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .unwrap()
+            .1
+    };
+    assert_eq!(
+        cond(&status("gw").conditions)[1],
+        t3("Programmed", "False", "AddressNotUsable")
+    );
+    assert!(t.http.iter().all(|h| !h.name.starts_with("gw:shop:gw:")));
+    // gw2 gets the first free address, but its listener has no certificate.
+    let s2 = status("gw2");
+    assert_eq!(s2.addresses[0].value, "198.18.0.20");
+    let l = cond(&s2.listeners[0].conditions);
+    assert_eq!(l[1], t3("ResolvedRefs", "False", "RefNotPermitted"));
+    assert_eq!(l[2], t3("Programmed", "False", "Invalid"));
+    assert!(t.http.iter().all(|h| h.name != "gw:shop:gw2:443"));
+    merged(&t);
+}
+
+mod fuzz {
+    //! Random objects, hostile values included: translate never panics, and what it gives
+    //! always passes validate and compile when merged into a file config.
+    use super::*;
+    use controlplane::sources::kubernetes::model::{
+        HTTPHeaderMatch, HTTPPathMatch, HTTPRouteMatch, HTTPRouteRule, HTTPRouteSpec,
+    };
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z0-9.*-]{1,20}",
+            "[ -~]{0,24}",
+            "\\PC{0,12}",
+            Just("shop.example.com".to_string()),
+            Just("*.example.com".to_string()),
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("/".to_string()),
+            "/[a-z/]{0,10}",
+            "[ -~]{0,16}",
+            "/[a-z]{1,4}[\\n\\t ?#;{}]{1,3}",
+        ]
+    }
+
+    fn svc_name() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["web".to_string(), "api".into(), "missing".into()])
+    }
+
+    fn addr() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (1u8..4, 1u8..250).prop_map(|(a, b)| format!("198.18.{a}.{b}")),
+            prop::sample::select(vec![
+                "0.0.0.0".to_string(),
+                "224.0.0.1".into(),
+                "255.255.255.255".into(),
+                "2001:db8::5".into(),
+                "not-an-address".into(),
+            ]),
+        ]
+    }
+
+    fn state() -> impl Strategy<Value = State> {
+        prop::sample::select(vec![
+            State::Ready,
+            State::NotReady,
+            State::Draining,
+            State::Gone,
+        ])
+    }
+
+    prop_compose! {
+        fn an_ingress(i: usize)(
+            class in prop::sample::select(vec![Some("lb"), None, Some("other")]),
+            rules in prop::collection::vec((prop::option::of(text()), path(),
+                prop::sample::select(vec!["Exact", "Prefix", "ImplementationSpecific", "Regex"]),
+                svc_name(), prop::sample::select(vec![80, 81, 0, -1])), 0..5),
+            default in prop::option::of(svc_name()),
+            ann in prop::collection::vec((prop::sample::select(vec!["canary", "canary-weight",
+                "canary-by-header", "affinity", "session-cookie-name", "upstream-hash-by",
+                "backend-protocol", "proxy-connect-timeout", "proxy-read-timeout",
+                "proxy-body-size", "server-snippet", "canary-weight-total"]), text()), 0..4),
+            created in 0i64..4,
+        ) -> k8s_openapi::api::networking::v1::Ingress {
+            let mut b = ingress("shop", &format!("ing{i}"), class, created);
+            for (h, p, t, s, port) in rules {
+                b = b.rule(h.as_deref(), &p, t, backend(&s, port));
+            }
+            if let Some(d) = default {
+                b = b.default_backend(backend(&d, 80));
+            }
+            for (k, v) in ann {
+                b = b.nginx(k, &v);
+            }
+            b.build()
+        }
+    }
+
+    prop_compose! {
+        fn a_route(i: usize)(
+            hostnames in prop::collection::vec(text(), 0..3),
+            rules in prop::collection::vec((path(), prop::sample::select(vec!["Exact", "PathPrefix", "RegularExpression"]),
+                prop::option::of(text()), prop::collection::vec((text(), text()), 0..2),
+                prop::collection::vec((svc_name(), prop::sample::select(vec![80u16, 81]), prop::option::of(0u32..2_000_000)), 0..3)), 0..4),
+            section in prop::option::of(prop::sample::select(vec!["http", "nope"])),
+            created in 0i64..4,
+        ) -> controlplane::sources::kubernetes::model::HTTPRoute {
+            let rules = rules.into_iter().map(|(p, t, m, hs, refs)| HTTPRouteRule {
+                matches: vec![HTTPRouteMatch {
+                    path: Some(HTTPPathMatch { type_: Some(t.into()), value: Some(p) }),
+                    headers: hs.into_iter().map(|(n, v)| HTTPHeaderMatch { type_: None, name: n, value: v }).collect(),
+                    method: m,
+                }],
+                filters: vec![],
+                backend_refs: refs.into_iter().map(|(s, p, w)| backend_ref(&s, p, w)).collect(),
+            }).collect();
+            http_route("shop", &format!("r{i}"), created, HTTPRouteSpec {
+                parent_refs: vec![parent("gw", section)],
+                hostnames,
+                rules,
+            })
+        }
+    }
+
+    fn cluster() -> impl Strategy<Value = Snapshot> {
+        (
+            prop::collection::vec(an_ingress(0), 0..4),
+            prop::collection::vec(a_route(0), 0..4),
+            prop::collection::vec((addr(), state()), 0..6),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec!["TCP", "UDP", "SCTP"]),
+                    0i32..3,
+                    0i32..3,
+                ),
+                1..4,
+            ),
+            prop::sample::select(vec!["fullnat", "nat", "dr", "bogus"]),
+            prop::option::of(prop::sample::select(vec![
+                "198.18.5.1",
+                "198.18.5.3",
+                "10.0.0.1",
+            ])),
+        )
+            .prop_map(|(ings, routes, eps, lb_ports, mode, status_ip)| {
+                let mut snap = Snapshot::default();
+                snap.add(ingress_class("lb", INGRESS_CONTROLLER, true))
+                    .add(gateway_class("lb", GATEWAY_CONTROLLER))
+                    .add(gateway(
+                        "shop",
+                        "gw",
+                        "lb",
+                        vec![listener("http", Some("*.example.com"), 80)],
+                        &[],
+                    ))
+                    .add(k8s_objects::service("shop", "web", &[("http", 80, 8080)]))
+                    .add(k8s_objects::service(
+                        "shop",
+                        "api",
+                        &[("", 80, 80), ("http", 81, 8081)],
+                    ));
+                let eps_ref: Vec<(&str, State)> =
+                    eps.iter().map(|(a, s)| (a.as_str(), *s)).collect();
+                snap.add(slice(
+                    "shop",
+                    "web",
+                    "web-1",
+                    &[("http", 8080)],
+                    &eps_ref,
+                    false,
+                ))
+                .add(slice(
+                    "shop",
+                    "api",
+                    "api-1",
+                    &[("", 80), ("http", 8081)],
+                    &eps_ref,
+                    true,
+                ));
+                for (i, mut ing) in ings.into_iter().enumerate() {
+                    ing.metadata.name = Some(format!("ing{i}"));
+                    snap.add(ing);
+                }
+                for (i, mut r) in routes.into_iter().enumerate() {
+                    r.metadata.name = Some(format!("r{i}"));
+                    snap.add(r);
+                }
+                let ports: Vec<(&str, &str, i32, i32)> = lb_ports
+                    .iter()
+                    .map(|(proto, p, t)| ("", *proto, 80 + p, 8080 + t))
+                    .collect();
+                let mut lb = lb_service("shop", "api", Some(LB_CLASS), &ports, 0, status_ip);
+                lb.metadata.annotations =
+                    Some([("lb.example.com/mode".to_string(), mode.to_string())].into());
+                snap.add(lb);
+                snap
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn translate_never_panics_and_its_output_validates(snap in cluster()) {
+            let dir = TempDir::new("fuzz");
+            let t = translate(&snap, &settings(&dir.0));
+            let again = translate(&snap, &settings(&dir.0));
+            prop_assert_eq!(&t.http, &again.http);
+            prop_assert_eq!(&t.services, &again.services);
+            merged(&t);
+        }
+    }
 }

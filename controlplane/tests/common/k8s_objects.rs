@@ -712,6 +712,16 @@ fn gateway_case(group: &Value, rows: &[&Value], unattached: &[&Value], snap: &mu
             .iter()
             .filter(|r| r["route"].as_str().unwrap_or("route") == name)
             .collect();
+        // A row's host is the effective one: declared by the route, unless it is just its
+        // listener's hostname (then the route declares none and inherits it).
+        let listener_host = |l: Option<&str>| {
+            group["listeners"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| l.is_some() && x["name"].as_str() == l)
+                .and_then(|x| x["hostname"].as_str())
+        };
         let hostnames: Vec<String> = match mine[0]["declared_hostnames"].as_array() {
             Some(h) => h
                 .iter()
@@ -720,16 +730,25 @@ fn gateway_case(group: &Value, rows: &[&Value], unattached: &[&Value], snap: &mu
             None => {
                 let mut h: Vec<String> = Vec::new();
                 for r in &mine {
-                    if let Some(host) = r["host"].as_str() {
+                    let host = r["host"].as_str();
+                    if let Some(host) =
+                        host.filter(|x| Some(*x) != listener_host(r["listener"].as_str()))
+                    {
                         if !h.iter().any(|x| x == host) {
-                            h.push(host.into());
+                            h.push(host.to_string());
                         }
                     }
                 }
                 h
             }
         };
-        let section = mine[0]["listener"].as_str();
+        let mut sections: Vec<Option<&str>> = Vec::new();
+        for r in &mine {
+            let l = r["listener"].as_str();
+            if !sections.contains(&l) {
+                sections.push(l);
+            }
+        }
         let mut rules: BTreeMap<u64, HTTPRouteRule> = BTreeMap::new();
         let mut seen: BTreeSet<(u64, u64)> = BTreeSet::new();
         for r in &mine {
@@ -779,7 +798,7 @@ fn gateway_case(group: &Value, rows: &[&Value], unattached: &[&Value], snap: &mu
             name,
             created as i64,
             HTTPRouteSpec {
-                parent_refs: vec![parent(CASE_GATEWAY, section)],
+                parent_refs: sections.iter().map(|l| parent(CASE_GATEWAY, *l)).collect(),
                 hostnames,
                 rules: rules.into_values().collect(),
             },

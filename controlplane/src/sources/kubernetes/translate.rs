@@ -6,6 +6,12 @@
 //! tested without a cluster. An object that cannot be used is skipped and reported; it never
 //! stops the others, and no value of an object is ever pasted into any config text (the
 //! entries are typed structs, not text).
+//!
+//! Names: Ingresses share the `[[http]]` [`INGRESS_HTTP_NAME`] (and [`INGRESS_HTTPS_NAME`] with
+//! certificates); a Gateway's port is [`gateway_http_name`] (`gw:<namespace>:<name>:<port>`);
+//! an upstream is a Service port, `<namespace>.<service>:<port>` (lb.toml refuses `/` in HTTP
+//! and upstream names: they are path segments of the admin API); an L4 service is
+//! `k8s/<namespace>/<name>` (see `l4` for the UDP and per-port forms).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -21,6 +27,7 @@ mod tls;
 mod upstreams;
 
 use common::Problems;
+pub use gateway::http_name as gateway_http_name;
 pub use ingress::{HTTPS_NAME as INGRESS_HTTPS_NAME, HTTP_NAME as INGRESS_HTTP_NAME};
 
 /// How the source reads the cluster (from `[kubernetes]` in lb.toml).

@@ -633,6 +633,7 @@ fn certificates(
     let mut certs: Vec<TlsCert> = Vec::new();
     let mut files: BTreeMap<std::path::PathBuf, PemFile> = BTreeMap::new();
     let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut cert_index: BTreeMap<std::path::PathBuf, usize> = BTreeMap::new();
     for o in mains {
         for t in o
             .ing
@@ -692,10 +693,12 @@ fn certificates(
             if sni.is_empty() && t.hosts.as_ref().is_some_and(|h| !h.is_empty()) {
                 continue;
             }
-            if let Some(c) = certs.iter_mut().find(|c| c.cert == pem.cert.path) {
+            if let Some(&i) = cert_index.get(&pem.cert.path) {
+                let c: &mut TlsCert = &mut certs[i];
                 c.sni.extend(sni);
                 continue;
             }
+            cert_index.insert(pem.cert.path.clone(), certs.len());
             certs.push(TlsCert {
                 cert: pem.cert.path.clone(),
                 key: pem.key.path.clone(),

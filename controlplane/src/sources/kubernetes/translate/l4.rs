@@ -188,7 +188,22 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
                 continue;
             }
             match proto {
-                "TCP" | "UDP" => by_proto.entry(proto).or_default().push(p),
+                "TCP" | "UDP" => {
+                    let list = by_proto.entry(proto).or_default();
+                    if list.iter().any(|q| q.port == p.port) {
+                        problems.push(
+                            Kind::Service,
+                            key,
+                            "InvalidPorts",
+                            format!(
+                                "port {} {proto} is listed twice: the second is skipped",
+                                p.port
+                            ),
+                        );
+                    } else {
+                        list.push(p);
+                    }
+                }
                 other => problems.push(
                     Kind::Service,
                     key,
@@ -244,6 +259,7 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
             } else {
                 vec![(format!("k8s/{key}{suffix}"), per_port)]
             };
+            let mut family_mismatch = false;
             for (name, group) in groups {
                 let single = group.len() == 1;
                 let ports: Vec<PortRange> = group
@@ -255,6 +271,16 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
                 for (_, endpoints) in &group {
                     for e in endpoints {
                         let m = if e.vm { vm_mode } else { mode };
+                        // nat, fullnat and dr cannot change the family; dsr carries IPv4 in
+                        // IPv6 but not the reverse.
+                        let fits = match m {
+                            Mode::DsrIpip | Mode::DsrGue => e.addr.is_ipv6() || vip.is_ipv4(),
+                            _ => e.addr.is_ipv4() == vip.is_ipv4(),
+                        };
+                        if !fits {
+                            family_mismatch = true;
+                            continue;
+                        }
                         let port = if single && !dsr_like(m) && rewrites {
                             Some(e.port)
                         } else {
@@ -325,6 +351,14 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
                     all_down: AllDown::default(),
                 });
                 made = true;
+            }
+            if family_mismatch {
+                problems.push(
+                    Kind::Service,
+                    key,
+                    "FamilyMismatch",
+                    format!("endpoints of another address family than VIP {vip} cannot be reached in this mode: left out"),
+                );
             }
         }
         if made {
