@@ -257,7 +257,7 @@ impl FakeApiServer {
         self.shared.write(|s| s.compact());
     }
 
-    /// How many changes the history keeps (default 100,000); older ones are compacted away.
+    /// How many changes the history keeps (default 10,000); older ones are compacted away.
     pub fn set_history_limit(&self, changes: usize) {
         self.shared.write(|s| s.set_history_limit(changes));
     }
@@ -315,14 +315,10 @@ impl FakeApiServer {
     }
 
     /// While true, requests are accepted but never answered (a network black hole: clients
-    /// see timeouts, not errors). Turning it off closes the connections that hung.
+    /// see timeouts, not errors). When it ends, the connections of the hung requests break
+    /// (their requests are never carried out); other connections are untouched.
     pub fn set_unresponsive(&self, unresponsive: bool) {
-        self.shared
-            .unresponsive
-            .store(unresponsive, Ordering::SeqCst);
-        if !unresponsive {
-            self.drop_connections();
-        }
+        self.shared.unresponsive.send_replace(unresponsive);
     }
 
     /// Delays every answer by `latency` (requests in flight overlap: races become certain).

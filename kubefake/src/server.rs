@@ -64,7 +64,7 @@ pub(crate) struct Shared {
     pub listening: AtomicBool,
     pub unreachable: AtomicBool,
     /// Requests are read but never answered while set.
-    pub unresponsive: AtomicBool,
+    pub unresponsive: watch::Sender<bool>,
     pub down_until: Mutex<Option<Instant>>,
 }
 
@@ -88,7 +88,7 @@ impl Shared {
             available: watch::Sender::new(true),
             listening: AtomicBool::new(false),
             unreachable: AtomicBool::new(false),
-            unresponsive: AtomicBool::new(false),
+            unresponsive: watch::Sender::new(false),
             down_until: Mutex::new(None),
         }
     }
@@ -257,7 +257,7 @@ fn parse_target(shared: &Shared, path: &str) -> Result<Target, ApiError> {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, std::io::Error> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let raw_query = req.uri().query().unwrap_or("").to_owned();
@@ -276,10 +276,15 @@ pub(crate) async fn handle(
         agent,
         status: 0,
     };
-    if shared.unresponsive.load(Ordering::SeqCst) {
-        // A black hole: the connection stays open, the answer never comes.
+    let mut black_hole = shared.unresponsive.subscribe();
+    if *black_hole.borrow_and_update() {
+        // A black hole: no answer while it lasts; then the connection breaks (the request
+        // is never carried out: no late write lands after the client gave up).
         lock(&shared.requests).push(record.clone());
-        std::future::pending::<()>().await;
+        let _ = black_hole.wait_for(|on| !*on).await;
+        return Err(std::io::Error::other(
+            "the black hole ended; dropping the connection",
+        ));
     }
     let latency = shared.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {
@@ -441,14 +446,15 @@ fn render_change(c: &Change, filter: &Filter) -> Option<Bytes> {
     match (before, after) {
         (None, Some(a)) => Some(event_line("ADDED", a)),
         (Some(_), Some(a)) => Some(event_line("MODIFIED", a)),
-        (Some(b), None) => {
-            let obj = c.after.clone().unwrap_or_else(|| {
-                let mut gone = b.clone();
+        (Some(b), None) => Some(match &c.after {
+            // Still there, but no longer selected.
+            Some(a) => event_line("DELETED", a),
+            None => {
+                let mut gone = (**b).clone();
                 gone["metadata"]["resourceVersion"] = c.rv.to_string().into();
-                gone
-            });
-            Some(event_line("DELETED", &obj))
-        }
+                event_line("DELETED", &gone)
+            }
+        }),
         (None, None) => None,
     }
 }

@@ -2,6 +2,7 @@
 //! history of changes that watches replay (until compacted).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
@@ -223,8 +224,8 @@ pub(crate) struct Change {
     pub rv: u64,
     ty: TypeKey,
     pub key: ObjKey,
-    pub before: Option<Value>,
-    pub after: Option<Value>,
+    pub before: Option<Arc<Value>>,
+    pub after: Option<Arc<Value>>,
 }
 
 /// Which part of an object a write may change.
@@ -272,7 +273,8 @@ pub(crate) struct Store {
     types: Vec<ResourceType>,
     /// The last resourceVersion handed out.
     pub rv: u64,
-    objects: BTreeMap<TypeKey, BTreeMap<ObjKey, Value>>,
+    /// Shared with the history: a version is stored once however many changes name it.
+    objects: BTreeMap<TypeKey, BTreeMap<ObjKey, Arc<Value>>>,
     history: VecDeque<Change>,
     /// Watches and continue tokens from a resourceVersion below this get 410 Expired.
     pub history_start: u64,
@@ -342,7 +344,7 @@ impl Store {
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             history_start: 0,
-            history_limit: 100_000,
+            history_limit: 10_000,
             uids: 0,
         }
     }
@@ -392,34 +394,30 @@ impl Store {
         self.objects
             .get(&ty.key())
             .and_then(|m| m.get(&Self::key_for(ty, ns, name)))
-            .cloned()
+            .map(|v| (**v).clone())
             .ok_or_else(|| ApiError::not_found(ty, name))
     }
 
     /// Stores `after` (or removes the object when None) as a new resourceVersion, unless
     /// nothing changed (as kube-apiserver, a no-op write keeps the old resourceVersion).
-    fn commit(
-        &mut self,
-        ty: &ResourceType,
-        key: ObjKey,
-        before: Option<Value>,
-        after: Option<Value>,
-    ) -> Option<Value> {
+    fn commit(&mut self, ty: &ResourceType, key: ObjKey, after: Option<Value>) -> Option<Value> {
+        let objects = self.objects.entry(ty.key()).or_default();
+        let before = objects.get(&key).cloned();
         if let (Some(b), Some(a)) = (&before, &after) {
             let mut a2 = a.clone();
             if let Some(rv) = meta_str(b, "resourceVersion") {
                 meta_mut(&mut a2).insert("resourceVersion".into(), rv.into());
             }
-            if a2 == *b {
-                return Some(b.clone());
+            if a2 == **b {
+                return Some((**b).clone());
             }
         }
         self.rv += 1;
         let rv = self.rv.to_string();
-        let objects = self.objects.entry(ty.key()).or_default();
         let stored = match after {
             Some(mut a) => {
                 meta_mut(&mut a).insert("resourceVersion".into(), rv.into());
+                let a = Arc::new(a);
                 objects.insert(key.clone(), a.clone());
                 Some(a)
             }
@@ -428,15 +426,16 @@ impl Store {
                 None
             }
         };
+        let result = stored.as_ref().map(|a| (**a).clone());
         self.history.push_back(Change {
             rv: self.rv,
             ty: ty.key(),
             key,
             before,
-            after: stored.clone(),
+            after: stored,
         });
         self.trim_history();
-        stored
+        result
     }
 
     /// Checks and fills the identity fields of a written object.
@@ -541,7 +540,7 @@ impl Store {
                 o.remove("status");
             }
         }
-        Ok(self.commit(ty, key, None, Some(obj)).unwrap_or(Value::Null))
+        Ok(self.commit(ty, key, Some(obj)).unwrap_or(Value::Null))
     }
 
     /// 409 when the writer gave a resourceVersion and it is not the stored one.
@@ -614,9 +613,7 @@ impl Store {
             }
         };
         let key = Self::key_for(ty, ns, name);
-        Ok(self
-            .commit(ty, key, Some(old), Some(result))
-            .unwrap_or(Value::Null))
+        Ok(self.commit(ty, key, Some(result)).unwrap_or(Value::Null))
     }
 
     /// PUT: the object must exist; a given, stale `metadata.resourceVersion` is a 409.
@@ -672,7 +669,7 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let old = self.get(ty, ns, name)?;
         Self::check_precondition(ty, name, &old, precondition)?;
-        self.commit(ty, Self::key_for(ty, ns, name), Some(old.clone()), None);
+        self.commit(ty, Self::key_for(ty, ns, name), None);
         let mut gone = old;
         meta_mut(&mut gone).insert("resourceVersion".into(), self.rv.to_string().into());
         Ok(gone)
@@ -680,7 +677,11 @@ impl Store {
 
     /// The objects of a type as they were at resourceVersion `at` (current ones undone by
     /// the history after it), or 410 when the history no longer reaches back that far.
-    fn objects_at(&self, ty: &ResourceType, at: u64) -> Result<BTreeMap<ObjKey, Value>, ApiError> {
+    fn objects_at(
+        &self,
+        ty: &ResourceType,
+        at: u64,
+    ) -> Result<BTreeMap<ObjKey, Arc<Value>>, ApiError> {
         let mut objs = self.objects.get(&ty.key()).cloned().unwrap_or_default();
         if at >= self.rv {
             return Ok(objs);
@@ -729,7 +730,7 @@ impl Store {
             }
         };
         let objs = self.objects_at(ty, at)?;
-        let mut items: Vec<(ObjKey, Value)> = Vec::new();
+        let mut items: Vec<(ObjKey, Arc<Value>)> = Vec::new();
         let mut next = None;
         let range = objs
             .iter()
@@ -754,7 +755,7 @@ impl Store {
             "kind": format!("{}List", ty.kind),
             "apiVersion": ty.api_version(),
             "metadata": metadata,
-            "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            "items": items.into_iter().map(|(_, v)| (*v).clone()).collect::<Vec<_>>(),
         }))
     }
 
@@ -784,7 +785,12 @@ impl Store {
     pub(crate) fn current(&self, ty: &ResourceType, filter: &Filter) -> Vec<Value> {
         self.objects
             .get(&ty.key())
-            .map(|m| m.values().filter(|v| filter.matches(v)).cloned().collect())
+            .map(|m| {
+                m.values()
+                    .filter(|v| filter.matches(v))
+                    .map(|v| (**v).clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

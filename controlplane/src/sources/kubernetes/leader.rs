@@ -8,6 +8,10 @@
 //! the lease duration) it steps down before anyone else may take the Lease, so two replicas
 //! never both believe they lead.
 //!
+//! A Lease another replica holds is also only taken once it has not changed for its duration
+//! as seen here (client-go's observed time), so clock skew between replicas cannot make one
+//! take a Lease that is still being renewed.
+//!
 //! [`decide`] is the pure part (a Lease as read, who we are, the time -> what to do);
 //! [`LeaderElector::run`] does the I/O and publishes "am I the leader" on a watch channel.
 
@@ -211,6 +215,69 @@ fn lease_to_write(
     lease
 }
 
+/// What this replica last saw of the Lease (holder and renewal) and since when by its own
+/// monotonic clock: client-go's observedTime. A Lease another replica holds is taken only when
+/// it is expired by its `renewTime` and has also not changed here for its duration, so a
+/// replica whose clock runs ahead cannot take a Lease that is still being renewed.
+#[derive(Debug, Default)]
+struct Observed {
+    seen: bool,
+    record: Option<(Option<String>, Option<MicroTime>)>,
+    /// None: first sight, nothing known of its past (then `renewTime` alone decides).
+    since: Option<Instant>,
+}
+
+impl Observed {
+    /// Notes the Lease as read at `at`.
+    fn see(&mut self, lease: Option<&Lease>, at: Instant) {
+        let record = lease
+            .and_then(|l| l.spec.as_ref())
+            .map(|s| (s.holder_identity.clone(), s.renew_time.clone()));
+        if !self.seen {
+            self.seen = true;
+            self.record = record;
+        } else if self.record != record {
+            self.record = record;
+            self.since = Some(at);
+        }
+    }
+
+    /// Whether the Lease has stayed the same here for `duration` (true when its past is
+    /// unknown).
+    fn unchanged_for(&self, duration: Duration, now: Instant) -> bool {
+        self.since.is_none_or(|since| now >= since + duration)
+    }
+}
+
+/// `decide`, then held back to Wait while another replica's Lease has changed here within its
+/// duration (see [`Observed`]).
+fn decide_observed(
+    lease: Option<&Lease>,
+    identity: &str,
+    now: Timestamp,
+    leading: bool,
+    observed: &Observed,
+    local_now: Instant,
+) -> Decision {
+    let decision = decide(lease, identity, now, leading);
+    let spec = lease.and_then(|l| l.spec.as_ref());
+    let holder = spec
+        .and_then(|s| s.holder_identity.as_deref())
+        .unwrap_or("");
+    if decision != Decision::Acquire || holder.is_empty() || holder == identity {
+        return decision;
+    }
+    let secs = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(0);
+    let duration = Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    if observed.unchanged_for(duration, local_now) {
+        decision
+    } else {
+        Decision::Wait {
+            holder: holder.to_owned(),
+        }
+    }
+}
+
 /// Why an attempt to acquire or renew did not settle the question.
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
@@ -266,9 +333,23 @@ impl LeaderElector {
     }
 
     /// One read and (maybe) one write. Ok(true): we hold the Lease as of `now`.
-    async fn attempt(&self, leading: bool, now: Timestamp) -> Result<bool, AttemptError> {
+    async fn attempt(
+        &self,
+        leading: bool,
+        now: Timestamp,
+        observed: &mut Observed,
+    ) -> Result<bool, AttemptError> {
         let current = self.api.get_opt(&self.cfg.name).await?;
-        let decision = decide(current.as_ref(), &self.cfg.identity, now, leading);
+        let local_now = Instant::now();
+        observed.see(current.as_ref(), local_now);
+        let decision = decide_observed(
+            current.as_ref(),
+            &self.cfg.identity,
+            now,
+            leading,
+            observed,
+            local_now,
+        );
         match &decision {
             Decision::Wait { .. } | Decision::StepDown { .. } => return Ok(false),
             Decision::Acquire | Decision::Renew => {}
@@ -334,6 +415,7 @@ impl LeaderElector {
         let cfg = self.cfg.clone();
         // While leading: when the last successful renewal started.
         let mut renewed: Option<Instant> = None;
+        let mut observed = Observed::default();
         loop {
             let started = Instant::now();
             // A leader that could not renew in time stops leading before anything else.
@@ -350,7 +432,7 @@ impl LeaderElector {
             };
             let outcome = tokio::select! {
                 () = &mut shutdown => break,
-                r = tokio::time::timeout(budget, self.attempt(renewed.is_some(), Timestamp::now())) => {
+                r = tokio::time::timeout(budget, self.attempt(renewed.is_some(), Timestamp::now(), &mut observed)) => {
                     r.unwrap_or(Err(AttemptError::Timeout))
                 }
             };
@@ -546,6 +628,51 @@ mod tests {
         assert_eq!(spec.holder_identity, None);
         assert_eq!(
             decide(Some(&lease(None, Some(6), Some(1))), "other", at(6), false),
+            Decision::Acquire
+        );
+    }
+
+    #[test]
+    fn a_lease_renewed_here_recently_is_not_taken_whatever_its_renew_time() {
+        let t0 = Instant::now();
+        let mut obs = Observed::default();
+        // First sight: nothing known of its past, renewTime decides.
+        let stale = lease(Some("them"), Some(0), Some(15));
+        obs.see(Some(&stale), t0);
+        assert_eq!(
+            decide_observed(Some(&stale), "me", at(100), false, &obs, t0),
+            Decision::Acquire
+        );
+        // It changes (they renew, but their clock is behind ours by 100 s): the renewTime
+        // looks expired, yet it changed here just now, so we wait a lease duration.
+        let renewed = lease(Some("them"), Some(1), Some(15));
+        obs.see(Some(&renewed), t0 + Duration::from_secs(1));
+        let wait = Decision::Wait {
+            holder: "them".into(),
+        };
+        let local = t0 + Duration::from_secs(10);
+        assert_eq!(
+            decide_observed(Some(&renewed), "me", at(100), false, &obs, local),
+            wait
+        );
+        // Unchanged for its duration: taken.
+        obs.see(Some(&renewed), t0 + Duration::from_secs(16));
+        let local = t0 + Duration::from_secs(17);
+        assert_eq!(
+            decide_observed(Some(&renewed), "me", at(100), false, &obs, local),
+            Decision::Acquire
+        );
+        // Our own and released Leases are not held back.
+        let ours = lease(Some("me"), Some(1), Some(15));
+        obs.see(Some(&ours), local);
+        assert_eq!(
+            decide_observed(Some(&ours), "me", at(2), true, &obs, local),
+            Decision::Renew
+        );
+        let released = lease(None, Some(2), Some(1));
+        obs.see(Some(&released), local);
+        assert_eq!(
+            decide_observed(Some(&released), "me", at(2), false, &obs, local),
             Decision::Acquire
         );
     }

@@ -1,0 +1,277 @@
+//! Beyond the basics: custom resources with a status subresource (our Gateway API types are
+//! such), kube's Event recorder, raw watch semantics (initial events, timeouts, 410 on an old
+//! resourceVersion, black holes) and a list of thousands of objects.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::CustomResource;
+use kubefake::FakeApiServer;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A namespaced custom resource with a status, like HTTPRoute.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "HTTPRoute",
+    namespaced,
+    status = "RouteStatus",
+    schema = "disabled"
+)]
+struct RouteSpec {
+    hostnames: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct RouteStatus {
+    accepted: bool,
+}
+
+/// A cluster-scoped one, like GatewayClass.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "GatewayClass",
+    status = "RouteStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+struct ClassSpec {
+    controller_name: String,
+}
+
+fn service(name: &str) -> Service {
+    let mut s = Service::default();
+    s.metadata.name = Some(name.into());
+    s.metadata.namespace = Some("default".into());
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_with_status_subresource() {
+    let fake = FakeApiServer::start();
+    let mut route = HTTPRoute::new(
+        "r1",
+        RouteSpec {
+            hostnames: vec!["a.example".into()],
+        },
+    );
+    route.metadata.namespace = Some("apps".into());
+    route.status = Some(RouteStatus { accepted: true });
+    let stored = fake.apply(&route);
+    assert!(
+        stored.get("status").is_none(),
+        "a user's apply does not write status"
+    );
+
+    let routes: Api<HTTPRoute> = Api::namespaced(fake.client(), "apps");
+    let got = routes.get("r1").await.expect("get route");
+    assert_eq!(got.spec.hostnames, ["a.example"]);
+    let status = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                        "status": {"accepted": true}});
+    let pp = PatchParams::apply("lb-status").force();
+    let patched = routes
+        .patch_status("r1", &pp, &Patch::Apply(&status))
+        .await
+        .expect("status");
+    assert_eq!(patched.status, Some(RouteStatus { accepted: true }));
+    assert_eq!(
+        fake.request_log().last().map(|r| r.path.clone()).as_deref(),
+        Some("/apis/gateway.networking.k8s.io/v1/namespaces/apps/httproutes/r1/status")
+    );
+
+    let classes: Api<GatewayClass> = Api::all(fake.client());
+    fake.apply(&GatewayClass::new(
+        "lb",
+        ClassSpec {
+            controller_name: "example.net/lb".into(),
+        },
+    ));
+    let listed = classes
+        .list(&ListParams::default())
+        .await
+        .expect("list classes");
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].metadata.namespace, None, "cluster-scoped");
+    assert_eq!(listed.items[0].spec.controller_name, "example.net/lb");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_event_recorder_publishes_and_updates_series() {
+    let fake = FakeApiServer::start();
+    fake.apply(&service("web"));
+    let reporter = Reporter {
+        controller: "lb".into(),
+        instance: Some("lb-0".into()),
+    };
+    let recorder = Recorder::new(fake.client(), reporter);
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: Some("web".into()),
+        namespace: Some("default".into()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "InvalidAnnotation".into(),
+        note: Some("lb.example/weight: not a number".into()),
+        action: "Translate".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &reference).await.expect("publish");
+    recorder
+        .publish(&event, &reference)
+        .await
+        .expect("publish again");
+    let events = fake.list_json::<k8s_openapi::api::events::v1::Event>(Some("default"));
+    assert_eq!(
+        events.len(),
+        1,
+        "the repeat is a series on the same Event: {events:?}"
+    );
+    assert_eq!(events[0]["reason"], "InvalidAnnotation");
+    assert_eq!(events[0]["regarding"]["name"], "web");
+    let methods: Vec<String> = fake.requests().into_iter().map(|(m, _, _)| m).collect();
+    assert_eq!(methods, ["POST", "PATCH"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_watch_semantics() {
+    let fake = FakeApiServer::start();
+    fake.apply(&service("a"));
+    fake.apply(&service("b"));
+    let api: Api<Service> = Api::namespaced(fake.client(), "default");
+
+    // From "0": the current objects first, as ADDED.
+    let mut s = api
+        .watch(&WatchParams::default().disable_bookmarks(), "0")
+        .await
+        .expect("watch")
+        .boxed();
+    for want in ["a", "b"] {
+        let ev = within("initial event", s.try_next())
+            .await
+            .expect("stream")
+            .expect("event");
+        assert!(
+            matches!(&ev, WatchEvent::Added(o) if o.metadata.name.as_deref() == Some(want)),
+            "{ev:?}"
+        );
+    }
+    drop(s);
+
+    // timeoutSeconds ends the stream.
+    let started = Instant::now();
+    let wp = WatchParams::default().disable_bookmarks().timeout(1);
+    let mut s = api
+        .watch(&wp, &fake.resource_version().to_string())
+        .await
+        .expect("watch")
+        .boxed();
+    assert!(within("the watch to end", s.try_next())
+        .await
+        .expect("stream")
+        .is_none());
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // An old resourceVersion after a compaction: one ERROR 410 Expired, then the end.
+    let old = fake.resource_version();
+    fake.apply(&service("c"));
+    fake.compact();
+    let mut s = api
+        .watch(&WatchParams::default(), &old.to_string())
+        .await
+        .expect("watch")
+        .boxed();
+    let ev = within("the 410", s.try_next())
+        .await
+        .expect("stream")
+        .expect("event");
+    assert!(
+        matches!(&ev, WatchEvent::Error(e) if e.code == 410 && e.reason == "Expired"),
+        "{ev:?}"
+    );
+    assert!(within("the end", s.try_next())
+        .await
+        .expect("stream")
+        .is_none());
+    assert_eq!(fake.watches_expired(), 1);
+    within("ended watches to be uncounted", async {
+        while fake.active_watches() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // A black hole: the request hangs (the client's own timeout fires), then it answers again.
+    fake.set_unresponsive(true);
+    let hung = tokio::time::timeout(Duration::from_millis(300), api.get("a")).await;
+    assert!(hung.is_err(), "no answer while unresponsive");
+    fake.set_unresponsive(false);
+    within("an answer", api.get("a"))
+        .await
+        .expect("get after the black hole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_objects_list_and_reflect() {
+    let fake = FakeApiServer::start();
+    let api: Api<Service> = Api::all(fake.client());
+    let start = Instant::now();
+    for i in 0..3000 {
+        fake.apply(&service(&format!("s{i:05}")));
+    }
+    let applied = start.elapsed();
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(api.clone(), watcher::Config::default().page_size(500)),
+    )
+    .default_backoff()
+    .applied_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    let start = Instant::now();
+    within("the reflector", async {
+        while reader.state().len() < 3000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let synced = start.elapsed();
+    let pages = fake
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "GET" && !r.is_watch() && r.query.contains("limit=500"))
+        .count();
+    eprintln!("3000 applies {applied:?}, reflector synced in {synced:?} with {pages} pages");
+    assert_eq!(pages, 6, "paged by 500");
+    // One more change reaches the reflector through the watch.
+    fake.apply(&service("z"));
+    within("the watch event", async {
+        while reader.state().len() < 3001 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    task.abort();
+}
