@@ -985,3 +985,152 @@ async fn two_elected_replicas_one_leader_and_failover() {
     assert!(until(has_ip).await.is_some());
     follower.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_and_httproute_route_and_get_their_conditions() {
+    use controlplane::sources::kubernetes::model::ObjectKey;
+    use controlplane::sources::kubernetes::model::{
+        Gateway, GatewayClass, GatewayClassSpec, GatewaySpec, HTTPBackendRef, HTTPRoute,
+        HTTPRouteRule, HTTPRouteSpec, Listener, ParentReference,
+    };
+    use controlplane::sources::kubernetes::translate::gateway_http_name;
+    let fake = kubefake::FakeApiServer::start();
+    fake.apply(&cluster::service("web"));
+    fake.apply(&slice("web", &[up(1), up(2)]));
+    fake.apply(&GatewayClass::new(
+        "lb",
+        GatewayClassSpec {
+            controller_name: "lb.example.com/gateway-controller".into(),
+            description: None,
+        },
+    ));
+    let mut gw = Gateway::new(
+        "gw",
+        GatewaySpec {
+            gateway_class_name: "lb".into(),
+            listeners: vec![Listener {
+                name: "http".into(),
+                hostname: None,
+                port: 8080,
+                protocol: "HTTP".into(),
+                tls: None,
+                allowed_routes: None,
+            }],
+            addresses: Vec::new(),
+        },
+    );
+    gw.metadata.namespace = Some(cluster::NS.into());
+    fake.apply(&gw);
+    let mut route = HTTPRoute::new(
+        "shop",
+        HTTPRouteSpec {
+            parent_refs: vec![ParentReference {
+                name: "gw".into(),
+                ..ParentReference::default()
+            }],
+            hostnames: vec!["shop.example.com".into()],
+            rules: vec![HTTPRouteRule {
+                backend_refs: vec![HTTPBackendRef {
+                    name: "web".into(),
+                    port: Some(80),
+                    ..HTTPBackendRef::default()
+                }],
+                ..HTTPRouteRule::default()
+            }],
+        },
+    );
+    route.metadata.namespace = Some(cluster::NS.into());
+    fake.apply(&route);
+    let r = Replica::start(
+        "gateway",
+        &fake,
+        "gateway_addresses = [\"198.18.0.11\"]",
+        true,
+    );
+    let name = gateway_http_name(&ObjectKey::new(cluster::NS, "gw"), 8080);
+    let routed = || {
+        r.cp.http().iter().any(|h| {
+            h.name == name
+                && h.listen.iter().any(|a| a.to_string() == "198.18.0.11:8080")
+                && h.backends.len() == 2
+        })
+    };
+    assert!(
+        until(routed).await.is_some(),
+        "{:?} {:?}",
+        r.cp.http().iter().map(|h| &h.name).collect::<Vec<_>>(),
+        r.state.view()
+    );
+    // The leader writes the route's and the gateway's conditions.
+    let accepted = || {
+        let route: Option<HTTPRoute> = fake.get(cluster::NS, "shop");
+        let gw: Option<Gateway> = fake.get(cluster::NS, "gw");
+        let route_ok = route.and_then(|r| r.status).is_some_and(|s| {
+            s.parents.iter().any(|p| {
+                p.conditions.iter().any(|c| {
+                    c.type_ == "Accepted"
+                        && c.status == "True"
+                        && !c.last_transition_time.is_empty()
+                })
+            })
+        });
+        let gw_ok = gw.and_then(|g| g.status).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Programmed" && c.status == "True")
+                && s.addresses.iter().any(|a| a.value == "198.18.0.11")
+        });
+        route_ok && gw_ok
+    };
+    assert!(until(accepted).await.is_some());
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_balancer_service_gets_a_vip_and_its_status() {
+    use k8s_openapi::api::core::v1::Service;
+    let fake = kubefake::FakeApiServer::start();
+    let mut svc = cluster::service("db");
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.type_ = Some("LoadBalancer".into());
+        spec.load_balancer_class = Some("lb.example.com/vip".into());
+    }
+    fake.apply(&svc);
+    fake.apply(&slice("db", &[up(7), up(8)]));
+    let r = Replica::start("l4", &fake, "", true);
+    // The first host address of the pool (198.18.0.128/28).
+    let vip = "198.18.0.129";
+    let served = || {
+        r.cp.table().load().services.iter().any(|s| {
+            s.name.starts_with("k8s/shop/db") && s.vip.to_string() == vip && s.backends.len() == 2
+        })
+    };
+    assert!(
+        until(served).await.is_some(),
+        "{:?}",
+        r.cp.table()
+            .load()
+            .services
+            .iter()
+            .map(|s| (s.name.to_string(), s.vip.to_string(), s.backends.len()))
+            .collect::<Vec<_>>()
+    );
+    let has_vip = || {
+        fake.get::<Service>(cluster::NS, "db")
+            .and_then(|s| s.status?.load_balancer?.ingress)
+            .is_some_and(|v| v.iter().any(|i| i.ip.as_deref() == Some(vip)))
+    };
+    assert!(until(has_vip).await.is_some());
+    // The Service goes away: its VIP drains (kept for its flows), then nothing new.
+    fake.delete::<Service>(cluster::NS, "db");
+    assert!(until(|| r
+        .cp
+        .observe()
+        .draining
+        .services
+        .iter()
+        .any(|s| s.starts_with("k8s/shop/db")))
+    .await
+    .is_some());
+    r.stop();
+}
