@@ -411,6 +411,12 @@ fn control_thread(
                 // Compiling a large config takes milliseconds: off the runtime's thread.
                 let reloaded = tokio::task::spawn_blocking(move || c.reload_file()).await;
                 if matches!(reloaded, Ok(Ok(_))) {
+                    if let Some(source) = &kube {
+                        if cp.cluster_status().last_error.is_some() {
+                            // The cluster change the old file refused may fit the new one.
+                            source.resync();
+                        }
+                    }
                     if cp.config().kubernetes != kube_cfg {
                         tracing::warn!(
                             "[kubernetes] changed: the source keeps its settings until lb restarts"

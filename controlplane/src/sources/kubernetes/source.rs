@@ -323,6 +323,8 @@ pub struct Source {
     stop: watch::Sender<bool>,
     /// The elector's task, once the client is there.
     elector: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// Asks the applier to apply the cluster state again.
+    resync: Arc<tokio::sync::Notify>,
 }
 
 impl Debug for Source {
@@ -382,6 +384,7 @@ impl Source {
             stop: stop_rx,
             task: elector.clone(),
         });
+        let resync = Arc::new(tokio::sync::Notify::new());
         let main = rt.spawn(run(
             cp,
             k.clone(),
@@ -389,6 +392,7 @@ impl Source {
             work_tx,
             client_tx,
             election,
+            resync.clone(),
         ));
         let status = rt.spawn(super::status::run(
             client_rx,
@@ -402,7 +406,14 @@ impl Source {
             tasks: vec![main, status],
             stop,
             elector,
+            resync,
         }
+    }
+
+    /// Applies the cluster state again (after a file reload: a cluster change the old file
+    /// refused may fit the new one).
+    pub fn resync(&self) {
+        self.resync.notify_one();
     }
 
     /// Stops the source; a leader first gives up its Lease (waiting at most `timeout`), so
@@ -508,6 +519,7 @@ async fn run(
     work: watch::Sender<Option<StatusWork>>,
     client_out: watch::Sender<Option<Client>>,
     election: Option<Election>,
+    resync: Arc<tokio::sync::Notify>,
 ) {
     let client = loop {
         match client(&k).await {
@@ -540,6 +552,7 @@ async fn run(
         work,
         snapshot: Snapshot::default(),
         last: None,
+        resync,
     }
     .run(rx)
     .await;
@@ -812,6 +825,8 @@ struct Applier {
     snapshot: Snapshot,
     /// The last translation's cluster part applied (to skip identical ones).
     last: Option<ClusterPart>,
+    /// Asks for an apply even when nothing changed.
+    resync: Arc<tokio::sync::Notify>,
 }
 
 /// How urgent a change is.
@@ -833,6 +848,7 @@ impl Applier {
         let mut pending: Option<(Instant, Instant)> = None;
         let mut now_due = false;
         loop {
+            let resync = self.resync.clone();
             let msg = match pending {
                 Some(_) if now_due && waiting.is_empty() => None,
                 Some((_, deadline)) if waiting.is_empty() => tokio::select! {
@@ -842,9 +858,19 @@ impl Applier {
                     },
                     () = tokio::time::sleep_until(deadline.into()) => None,
                 },
-                _ => match rx.recv().await {
-                    Some(m) => Some(m),
-                    None => return,
+                _ => tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => Some(m),
+                        None => return,
+                    },
+                    () = resync.notified() => {
+                        // Apply even an unchanged translation (the plane's file changed).
+                        self.last = None;
+                        let now = Instant::now();
+                        pending.get_or_insert((now, now));
+                        now_due = true;
+                        None
+                    }
                 },
             };
             let batch = self.batch;
@@ -1085,6 +1111,10 @@ impl Applier {
                     Ok(()) => cp.set_cluster(part.clone()).map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 };
+                if result.is_ok() {
+                    // The listeners have read what they serve: older certificates can go.
+                    prune_pem_files(&settings.secrets_dir, &t.pem_files);
+                }
                 (t, part, Some(result))
             })
         };
@@ -1234,6 +1264,32 @@ pub fn write_pem_files(dir: &Path, files: &[PemFile]) -> Result<(), String> {
     Ok(())
 }
 
+/// Removes the certificate files of earlier applies from `dir`: files named like the
+/// translation names them (32 hex digits, `.crt` or `.key`) that `keep` does not list. Other
+/// files are left alone.
+pub fn prune_pem_files(dir: &Path, keep: &[PemFile]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let ours = name.split_once('.').is_some_and(|(stem, ext)| {
+            stem.len() == 32
+                && stem.bytes().all(|b| b.is_ascii_hexdigit())
+                && (ext == "crt" || ext == "key")
+        });
+        if ours && !keep.iter().any(|f| f.path == path) {
+            if let Err(err) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %err, "kubernetes: removing an old certificate file");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1316,6 +1372,20 @@ mod tests {
             content: Vec::new(),
         };
         assert!(write_pem_files(&dir, &[outside]).is_err());
+        // Certificates no longer used are pruned; other files stay.
+        let old = PemFile {
+            path: dir.join(format!("{}.crt", "a".repeat(32))),
+            content: b"old".to_vec(),
+        };
+        let kept = PemFile {
+            path: dir.join(format!("{}.key", "b".repeat(32))),
+            content: b"new".to_vec(),
+        };
+        write_pem_files(&dir, &[old.clone(), kept.clone()]).unwrap();
+        prune_pem_files(&dir, std::slice::from_ref(&kept));
+        assert!(!old.path.exists());
+        assert!(kept.path.exists());
+        assert!(f.path.exists(), "not named like ours: left alone");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
