@@ -265,7 +265,7 @@ fn time_to_move(lab: &Lab, fake: &FakeApiServer, pods: &[&str], want: &str) -> D
 fn cluster_objects_drive_real_traffic_and_endpoint_churn_loses_nothing() {
     testkit::require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let (lab, fake, _dir) = lab_with_cluster("k8");
+    let (mut lab, fake, _dir) = lab_with_cluster("k8");
     assert!(
         wait_for(Duration::from_secs(15), || admin(&lab, "/readyz").0 == 200),
         "not ready: {:?}\n{}",
@@ -312,6 +312,23 @@ fn cluster_objects_drive_real_traffic_and_endpoint_churn_loses_nothing() {
     let median = moves[moves.len() / 2];
     println!("median {median:?}, max {:?}", moves[moves.len() - 1]);
     assert!(median <= Duration::from_millis(100), "{moves:?}");
+    // What the balancer itself measured: first watch event of an apply to its table published.
+    let (_, metrics) = admin(&lab, "/metrics");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (sum, count) = (
+        value("lb_kubernetes_sync_seconds_sum "),
+        value("lb_kubernetes_sync_seconds_count "),
+    );
+    assert!(count >= 10.0, "{metrics}");
+    println!(
+        "lb_kubernetes_sync_seconds: {count} applies, mean {:.2} ms",
+        sum / count * 1000.0
+    );
 
     // 100 churns under keep-alive load: pod-b joins and leaves (pod-a stays) every 20 ms.
     fake.apply(&slice("web", &["pod-a", "pod-b"]));
@@ -351,6 +368,18 @@ fn cluster_objects_drive_real_traffic_and_endpoint_churn_loses_nothing() {
     assert!(errors.is_empty(), "{out}\n{}", lab.lb_log());
     let (_, state) = admin(&lab, "/state");
     assert!(state.contains("\"kubernetes\""), "{state}");
+
+    // SIGTERM: the source stops with the rest, and the leader gives its Lease up.
+    let exit = lab.stop_lb().unwrap();
+    assert!(exit.status.is_some_and(|s| s.success()), "{}", exit.output);
+    let lease: k8s_openapi::api::coordination::v1::Lease = fake
+        .get("lb-system", "lb-leader")
+        .expect("the Lease was taken");
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert!(holder.is_empty(), "still held by {holder}");
 }
 
 /// wrk, interrupted for its summary or killed on drop.
