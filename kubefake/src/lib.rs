@@ -148,6 +148,12 @@ impl FakeApiServer {
         self.shared.write(|s| s.register(ty));
     }
 
+    /// Stops serving a type, as if its CRD were not installed: its URLs answer 404 and
+    /// discovery no longer lists it (objects stored for it are kept).
+    pub fn unregister(&self, group: &str, version: &str, plural: &str) {
+        self.shared.write(|s| s.unregister(group, version, plural));
+    }
+
     fn type_of<K: Resource<DynamicType = ()>>(&self, namespaced_hint: bool) -> ResourceType {
         let (g, v, p) = (K::group(&()), K::version(&()), K::plural(&()));
         if let Some(t) = self.shared.read(|s| s.find_type(&g, &v, &p)) {
