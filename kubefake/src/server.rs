@@ -595,11 +595,13 @@ fn start_watch(
     };
     let bookmarks = truthy(query, "allowWatchBookmarks");
     let initial_end = truthy(query, "sendInitialEvents");
+    // 0 or absent: no timeout (kube-apiserver picks a long one).
     let timeout = match query.get("timeoutSeconds") {
         Some(t) => {
-            Some(Duration::from_secs(t.parse().map_err(|_| {
-                ApiError::bad_request("invalid timeoutSeconds")
-            })?))
+            let secs: u64 = t
+                .parse()
+                .map_err(|_| ApiError::bad_request("invalid timeoutSeconds"))?;
+            (secs > 0).then(|| Duration::from_secs(secs))
         }
         None => None,
     };

@@ -397,3 +397,49 @@ async fn exact_lists_json_patches_and_delete_collection() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].metadata.name.as_deref(), Some("c"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watchers_sync_from_initial_events() {
+    let fake = FakeApiServer::start();
+    fake.apply(&service("a"));
+    fake.apply(&service("b"));
+    let api: Api<Service> = Api::all(fake.client());
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(api, watcher::Config::default().streaming_lists()),
+    )
+    .default_backoff()
+    .applied_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    let names = |r: &reflector::Store<Service>| {
+        let mut n: Vec<String> = r
+            .state()
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        n.sort();
+        n
+    };
+    within("the initial events", async {
+        while names(&reader) != ["a", "b"] {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        fake.request_log().iter().all(|r| r.is_watch()),
+        "a streaming list needs no LIST"
+    );
+    fake.apply(&service("c"));
+    within("a later event", async {
+        while names(&reader) != ["a", "b", "c"] {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    task.abort();
+}
