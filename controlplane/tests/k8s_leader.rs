@@ -139,10 +139,10 @@ async fn a_dead_leader_is_replaced_within_lease_duration_and_retry() {
     crashed.task.abort();
     let _ = crashed.task.await;
     let took = until("the other to take over", &cands, |c| leaders(c).len() == 1).await;
-    // Expiry is counted from the last renewal (before the crash), then one retry (with
-    // jitter) and two requests.
+    // Expiry is counted from the last renewal seen (before the crash), then one retry (with
+    // jitter), two requests and scheduling.
     assert!(
-        took <= LEASE + 2 * RETRY + Duration::from_millis(300),
+        took <= LEASE + 2 * RETRY + Duration::from_millis(500),
         "takeover took {took:?}"
     );
     assert_eq!(holder(&fake, "lb").as_deref(), Some(cands[0].id.as_str()));
@@ -227,11 +227,12 @@ async fn the_leader_steps_down_when_the_api_server_is_gone() {
     ];
     until("a leader", &cands, |c| leaders(c).len() == 1).await;
 
-    // Refused connections.
+    // Refused connections. The deadline runs from the last renewal, so the leader steps down
+    // within it (plus scheduling), well before the Lease could expire for anyone else.
     fake.set_unreachable(true);
     let took = until("the leader to step down", &cands, |c| leaders(c).is_empty()).await;
     assert!(
-        took <= RENEW_DEADLINE + Duration::from_millis(100),
+        took <= RENEW_DEADLINE + Duration::from_millis(250),
         "stepping down took {took:?}"
     );
     // Nobody can lead without the API server.
@@ -247,7 +248,7 @@ async fn the_leader_steps_down_when_the_api_server_is_gone() {
     fake.set_unresponsive(true);
     let took = until("the leader to step down", &cands, |c| leaders(c).is_empty()).await;
     assert!(
-        took <= RENEW_DEADLINE + Duration::from_millis(100),
+        took <= RENEW_DEADLINE + Duration::from_millis(250),
         "stepping down took {took:?}"
     );
     fake.set_unresponsive(false);

@@ -7,6 +7,22 @@
 //! The test controls ([`FakeApiServer::apply`], [`FakeApiServer::restart`], ...) are plain
 //! synchronous calls usable from `#[test]` and from async tests alike.
 //!
+//! What it serves: the core and group URL forms (`/api/v1/namespaces/{ns}/{plural}/{name}/status`,
+//! `/apis/{group}/{version}/{plural}` across namespaces, ...) for Services, Secrets, ConfigMaps,
+//! Events (core and events.k8s.io), Namespaces, Pods, Endpoints, EndpointSlices, Ingresses,
+//! IngressClasses, Leases and the Gateway API kinds ([`FakeApiServer::register`] adds more);
+//! GET, LIST (`limit`/`continue`, `labelSelector`, `fieldSelector`, `resourceVersionMatch=Exact`),
+//! WATCH (replay from a resourceVersion, bookmarks, `sendInitialEvents`, `timeoutSeconds`, 410),
+//! POST, PUT, PATCH (merge, strategic as merge, apply as merge, JSON patch), DELETE and
+//! deletecollection; discovery (`/api`, `/apis`). Apply patches must be JSON (kube sends JSON).
+//!
+//! Test controls: [`FakeApiServer::apply`] / [`FakeApiServer::apply_status`] /
+//! [`FakeApiServer::delete`] / [`FakeApiServer::get`] (no HTTP, not in the request log),
+//! [`FakeApiServer::compact`] (410 for older resourceVersions), [`FakeApiServer::restart`],
+//! [`FakeApiServer::set_unreachable`] (refused), [`FakeApiServer::set_unresponsive`] (black
+//! hole), [`FakeApiServer::set_latency`], [`FakeApiServer::requests`] /
+//! [`FakeApiServer::request_log`], [`FakeApiServer::active_watches`].
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use k8s_openapi::api::core::v1::Service;
@@ -146,6 +162,12 @@ impl FakeApiServer {
     /// Serves another resource type (a CRD of our own, say).
     pub fn register(&self, ty: ResourceType) {
         self.shared.write(|s| s.register(ty));
+    }
+
+    /// Stops serving a type, as if its CRD were not installed: its URLs answer 404 and
+    /// discovery no longer lists it (objects stored for it are kept).
+    pub fn unregister(&self, group: &str, version: &str, plural: &str) {
+        self.shared.write(|s| s.unregister(group, version, plural));
     }
 
     fn type_of<K: Resource<DynamicType = ()>>(&self, namespaced_hint: bool) -> ResourceType {
@@ -384,5 +406,14 @@ impl Drop for FakeApiServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_server_handle_can_be_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::FakeApiServer>();
     }
 }

@@ -332,6 +332,9 @@ fn route(
             &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-kubefake", "platform": "linux/amd64"}),
         ));
     }
+    if let Some(doc) = discovery(shared, path) {
+        return doc.map(|d| json_response(200, &d));
+    }
     let t = parse_target(shared, path)?;
     let ns = t.namespace.as_deref().unwrap_or("");
     let part = if t.status { Part::Status } else { Part::Main };
@@ -356,7 +359,16 @@ fn route(
                 None => None,
             };
             let cont = query.get("continue").map(String::as_str);
-            let list = shared.read(|s| s.list(&t.ty, &filter, limit, cont))?;
+            let exact = match (
+                query.get("resourceVersionMatch"),
+                query.get("resourceVersion"),
+            ) {
+                (Some(m), Some(rv)) if m == "Exact" => Some(rv.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                })?),
+                _ => None,
+            };
+            let list = shared.read(|s| s.list(&t.ty, &filter, limit, cont, exact))?;
             Ok(json_response(200, &list))
         }
         (&Method::GET, Some(name)) if !needs_ns => {
@@ -379,6 +391,7 @@ fn route(
                     PatchKind::Merge
                 }
                 "application/apply-patch+yaml" => PatchKind::Apply,
+                "application/json-patch+json" => PatchKind::Json,
                 other => {
                     return Err(ApiError::new(
                         415,
@@ -404,12 +417,120 @@ fn route(
             let gone = shared.write(|s| s.delete(&t.ty, ns, name, precondition))?;
             Ok(json_response(200, &gone))
         }
+        (&Method::DELETE, None) if !t.status => {
+            // deletecollection: every selected object, answered as a list of them.
+            let filter = Filter {
+                namespace: t.namespace.clone(),
+                labels: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
+                    .map_err(ApiError::bad_request)?,
+                fields: FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))
+                    .map_err(ApiError::bad_request)?,
+            };
+            let gone = shared.write(|s| {
+                let doomed = s.current(&t.ty, &filter);
+                doomed
+                    .iter()
+                    .filter_map(|o| {
+                        let ns = o
+                            .pointer("/metadata/namespace")
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        let name = o.pointer("/metadata/name").and_then(Value::as_str)?;
+                        s.delete(&t.ty, ns, name, None).ok()
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let rv = shared.read(|s| s.rv);
+            Ok(json_response(
+                200,
+                &json!({"kind": format!("{}List", t.ty.kind), "apiVersion": t.ty.api_version(),
+                        "metadata": {"resourceVersion": rv.to_string()}, "items": gone}),
+            ))
+        }
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",
             format!("{method} is not supported on {path}"),
         )),
     }
+}
+
+/// The discovery documents (`/api`, `/apis`, `/api/v1`, `/apis/{group}/{version}`) for the
+/// types served; None for any other path.
+fn discovery(shared: &Shared, path: &str) -> Option<Result<Value, ApiError>> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let types = shared.read(|s| s.types().to_vec());
+    let resources = |group: &str, version: &str| {
+        let mut list = Vec::new();
+        for t in types
+            .iter()
+            .filter(|t| t.group == group && t.version == version)
+        {
+            let verbs = [
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ];
+            list.push(
+                json!({"name": t.plural, "singularName": t.kind.to_lowercase(),
+                             "namespaced": t.namespaced, "kind": t.kind, "verbs": verbs}),
+            );
+            if t.has_status {
+                list.push(
+                    json!({"name": format!("{}/status", t.plural), "singularName": "",
+                                 "namespaced": t.namespaced, "kind": t.kind,
+                                 "verbs": ["get", "patch", "update"]}),
+                );
+            }
+        }
+        if list.is_empty() {
+            return Err(not_found(path));
+        }
+        let group_version = if group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{group}/{version}")
+        };
+        Ok(
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+                  "resources": list}),
+        )
+    };
+    Some(match segs.as_slice() {
+        ["api"] => Ok(json!({"kind": "APIVersions", "versions": ["v1"],
+                             "serverAddressByClientCIDRs": []})),
+        ["apis"] => {
+            let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+            for t in types.iter().filter(|t| !t.group.is_empty()) {
+                match groups.iter_mut().find(|(g, _)| *g == t.group) {
+                    Some((_, versions)) if !versions.contains(&t.version) => {
+                        versions.push(t.version.clone())
+                    }
+                    Some(_) => {}
+                    None => groups.push((t.group.clone(), vec![t.version.clone()])),
+                }
+            }
+            let groups: Vec<Value> = groups
+                .iter()
+                .map(|(g, versions)| {
+                    let vs: Vec<Value> = versions
+                        .iter()
+                        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                        .collect();
+                    json!({"name": g, "versions": vs, "preferredVersion": vs[0]})
+                })
+                .collect();
+            Ok(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        }
+        ["api", version] => resources("", version),
+        ["apis", group, version] => resources(group, version),
+        _ => return None,
+    })
 }
 
 /// Keeps the count of active watches right however a watch task ends.
@@ -474,11 +595,13 @@ fn start_watch(
     };
     let bookmarks = truthy(query, "allowWatchBookmarks");
     let initial_end = truthy(query, "sendInitialEvents");
+    // 0 or absent: no timeout (kube-apiserver picks a long one).
     let timeout = match query.get("timeoutSeconds") {
         Some(t) => {
-            Some(Duration::from_secs(t.parse().map_err(|_| {
-                ApiError::bad_request("invalid timeoutSeconds")
-            })?))
+            let secs: u64 = t
+                .parse()
+                .map_err(|_| ApiError::bad_request("invalid timeoutSeconds"))?;
+            (secs > 0).then(|| Duration::from_secs(secs))
         }
         None => None,
     };

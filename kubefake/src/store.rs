@@ -246,6 +246,8 @@ pub(crate) enum PatchKind {
     Merge,
     /// Server-side apply, treated as a merge that creates the object when absent.
     Apply,
+    /// JSON patch (RFC 6902): a list of operations.
+    Json,
 }
 
 /// Selection for LIST and WATCH.
@@ -352,6 +354,17 @@ impl Store {
     pub(crate) fn register(&mut self, ty: ResourceType) {
         self.types.retain(|t| t.key() != ty.key());
         self.types.push(ty);
+    }
+
+    /// Stops serving a type (as if its CRD were absent); its objects are kept.
+    pub(crate) fn unregister(&mut self, group: &str, version: &str, plural: &str) {
+        self.types
+            .retain(|t| !(t.group == group && t.version == version && t.plural == plural));
+    }
+
+    /// The types served, in registration order.
+    pub(crate) fn types(&self) -> &[ResourceType] {
+        &self.types
     }
 
     pub(crate) fn find_type(
@@ -640,6 +653,22 @@ impl Store {
         patch: &Value,
         part: Part,
     ) -> Result<Value, ApiError> {
+        if kind == PatchKind::Json {
+            let ops: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| {
+                ApiError::bad_request(format!("the JSON patch does not parse: {e}"))
+            })?;
+            let old = self.get(ty, ns, name)?;
+            let mut new = old.clone();
+            json_patch::patch(&mut new, &ops).map_err(|e| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the JSON patch does not apply: {e}"),
+                )
+            })?;
+            Self::check_precondition(ty, name, &old, meta_str(&new, "resourceVersion"))?;
+            return self.update(ty, ns, name, old, new, part);
+        }
         if !patch.is_object() {
             return Err(ApiError::bad_request("the patch is not a JSON object"));
         }
@@ -687,10 +716,11 @@ impl Store {
             return Ok(objs);
         }
         if at < self.history_start {
-            return Err(ApiError::expired(
-                "The provided continue parameter is too old to display a consistent list result. \
-                 You can start a new list without the continue parameter.",
-            ));
+            return Err(ApiError::expired(format!(
+                "too old resource version: {at} ({}); start a new list without a continue \
+                 token or resourceVersion",
+                self.history_start
+            )));
         }
         let tk = ty.key();
         for c in self.history.iter().rev().take_while(|c| c.rv > at) {
@@ -705,16 +735,18 @@ impl Store {
         Ok(objs)
     }
 
-    /// LIST: a `XList` object, paged by `limit`/`continue` (a consistent snapshot across pages).
+    /// LIST: a `XList` object, paged by `limit`/`continue` (a consistent snapshot across
+    /// pages); `exact`: as of that resourceVersion (`resourceVersionMatch=Exact`).
     pub(crate) fn list(
         &self,
         ty: &ResourceType,
         filter: &Filter,
         limit: Option<usize>,
         continue_token: Option<&str>,
+        exact: Option<u64>,
     ) -> Result<Value, ApiError> {
         let (at, after): (u64, Option<ObjKey>) = match continue_token.filter(|c| !c.is_empty()) {
-            None => (self.rv, None),
+            None => (exact.unwrap_or(self.rv), None),
             Some(token) => {
                 let mut it = token.splitn(3, '/');
                 let parsed = (it.next(), it.next(), it.next());
@@ -874,7 +906,7 @@ mod tests {
             .expect("create");
         }
         let page1 = s
-            .list(&ty, &Filter::default(), Some(2), None)
+            .list(&ty, &Filter::default(), Some(2), None, None)
             .expect("page 1");
         let token = page1["metadata"]["continue"]
             .as_str()
@@ -882,14 +914,14 @@ mod tests {
             .to_owned();
         s.delete(&ty, "default", "s4", None).expect("delete");
         let page2 = s
-            .list(&ty, &Filter::default(), Some(2), Some(&token))
+            .list(&ty, &Filter::default(), Some(2), Some(&token), None)
             .expect("page 2");
         let token = page2["metadata"]["continue"]
             .as_str()
             .expect("continue")
             .to_owned();
         let page3 = s
-            .list(&ty, &Filter::default(), Some(2), Some(&token))
+            .list(&ty, &Filter::default(), Some(2), Some(&token), None)
             .expect("page 3");
         let names: Vec<_> = [page1, page2, page3.clone()]
             .iter()
@@ -900,7 +932,7 @@ mod tests {
         assert!(page3["metadata"].get("continue").is_none());
         s.compact();
         let err = s
-            .list(&ty, &Filter::default(), Some(2), Some(&token))
+            .list(&ty, &Filter::default(), Some(2), Some(&token), None)
             .expect_err("expired");
         assert_eq!(err.code, 410);
     }

@@ -275,3 +275,171 @@ async fn thousands_of_objects_list_and_reflect() {
     .await;
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_lists_served_types_and_unregister_hides_a_crd() {
+    let fake = FakeApiServer::start();
+    let client = fake.client();
+    let discovery = kube::Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let gateway = discovery
+        .get("gateway.networking.k8s.io")
+        .expect("the Gateway API group");
+    let kinds: Vec<String> = gateway
+        .recommended_resources()
+        .into_iter()
+        .map(|(r, _)| r.kind)
+        .collect();
+    assert!(kinds.contains(&"HTTPRoute".to_owned()), "{kinds:?}");
+    let core = discovery.get("").expect("the core group");
+    assert!(core.recommended_resources().iter().any(
+        |(r, caps)| r.plural == "services" && caps.scope == kube::discovery::Scope::Namespaced
+    ));
+
+    // Without the CRD: not discovered, and its URLs are 404.
+    fake.unregister("gateway.networking.k8s.io", "v1", "httproutes");
+    let discovery = kube::Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let kinds: Vec<String> = discovery
+        .get("gateway.networking.k8s.io")
+        .map(|g| {
+            g.recommended_resources()
+                .into_iter()
+                .map(|(r, _)| r.kind)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!kinds.contains(&"HTTPRoute".to_owned()), "{kinds:?}");
+    let routes: Api<HTTPRoute> = Api::namespaced(client, "apps");
+    let missing = routes.list(&ListParams::default()).await;
+    assert!(
+        matches!(&missing, Err(kube::Error::Api(s)) if s.code == 404),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_lists_json_patches_and_delete_collection() {
+    let fake = FakeApiServer::start();
+    let api: Api<Service> = Api::namespaced(fake.client(), "default");
+    fake.apply(&service("a"));
+    let then = fake.resource_version();
+    fake.apply(&service("b"));
+    assert!(fake.delete::<Service>("default", "a"));
+
+    // The list as it was at `then`.
+    let lp = ListParams::default()
+        .at(&then.to_string())
+        .matching(kube::api::VersionMatch::Exact);
+    let old = api.list(&lp).await.expect("exact list");
+    let names: Vec<_> = old
+        .items
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["a"]);
+    assert_eq!(old.metadata.resource_version, Some(then.to_string()));
+
+    // RFC 6902 patch: add a label, test-guarded.
+    let ops: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/name", "value": "b"},
+        {"op": "add", "path": "/metadata/labels", "value": {"tier": "web"}},
+    ]))
+    .expect("patch ops");
+    let patched = api
+        .patch("b", &PatchParams::default(), &Patch::Json::<()>(ops))
+        .await
+        .expect("json patch");
+    assert_eq!(
+        patched
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("tier")
+            .map(String::as_str),
+        Some("web")
+    );
+    let failing: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "test", "path": "/metadata/name", "value": "zzz"}]))
+            .expect("patch ops");
+    let refused = api
+        .patch("b", &PatchParams::default(), &Patch::Json::<()>(failing))
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422),
+        "{refused:?}"
+    );
+
+    // deletecollection with a selector takes only the selected.
+    fake.apply(&service("c"));
+    let gone = api
+        .delete_collection(
+            &kube::api::DeleteParams::default(),
+            &ListParams::default().labels("tier=web"),
+        )
+        .await
+        .expect("delete collection");
+    let deleted: Vec<String> = gone
+        .left()
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|s| s.metadata.name)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(deleted, ["b"]);
+    let left: Vec<_> = api.list(&ListParams::default()).await.expect("list").items;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].metadata.name.as_deref(), Some("c"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watchers_sync_from_initial_events() {
+    let fake = FakeApiServer::start();
+    fake.apply(&service("a"));
+    fake.apply(&service("b"));
+    let api: Api<Service> = Api::all(fake.client());
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(api, watcher::Config::default().streaming_lists()),
+    )
+    .default_backoff()
+    .applied_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    let names = |r: &reflector::Store<Service>| {
+        let mut n: Vec<String> = r
+            .state()
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        n.sort();
+        n
+    };
+    within("the initial events", async {
+        while names(&reader) != ["a", "b"] {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        fake.request_log().iter().all(|r| r.is_watch()),
+        "a streaming list needs no LIST"
+    );
+    fake.apply(&service("c"));
+    within("a later event", async {
+        while names(&reader) != ["a", "b", "c"] {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    task.abort();
+}

@@ -371,18 +371,18 @@ impl LeaderElector {
         }
     }
 
-    /// Gives the Lease up (so another replica need not wait for it to expire), if we still
-    /// hold it.
-    async fn release(&self) -> Result<(), AttemptError> {
+    /// Gives the Lease up (so another replica need not wait for it to expire), if we hold
+    /// it. Ok(false): it was not ours.
+    async fn release(&self) -> Result<bool, AttemptError> {
         let Some(current) = self.api.get_opt(&self.cfg.name).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let holder = current
             .spec
             .as_ref()
             .and_then(|s| s.holder_identity.as_deref());
         if holder != Some(self.cfg.identity.as_str()) {
-            return Ok(());
+            return Ok(false);
         }
         let lease = lease_to_write(
             &self.cfg,
@@ -394,7 +394,7 @@ impl LeaderElector {
         self.api
             .replace(&self.cfg.name, &PostParams::default(), &lease)
             .await?;
-        Ok(())
+        Ok(true)
     }
 
     fn set_leading(&self, leading: bool) {
@@ -469,17 +469,16 @@ impl LeaderElector {
                 () = tokio::time::sleep(pause) => {}
             }
         }
-        let was_leading = renewed.is_some();
         // Stop acting as the leader before the Lease is given up, never after.
         self.set_leading(false);
-        if was_leading {
-            match tokio::time::timeout(cfg.retry_period, self.release()).await {
-                Ok(Ok(())) => tracing::info!(lease = %cfg.name, "released the lease"),
-                Ok(Err(e)) => {
-                    tracing::warn!(lease = %cfg.name, error = %e, "could not release the lease")
-                }
-                Err(_) => tracing::warn!(lease = %cfg.name, "could not release the lease in time"),
+        // Also when not leading: an acquisition cut short by the shutdown may have landed.
+        match tokio::time::timeout(cfg.retry_period, self.release()).await {
+            Ok(Ok(true)) => tracing::info!(lease = %cfg.name, "released the lease"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(lease = %cfg.name, error = %e, "could not release the lease")
             }
+            Err(_) => tracing::warn!(lease = %cfg.name, "could not release the lease in time"),
         }
     }
 }
