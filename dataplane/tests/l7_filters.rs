@@ -223,3 +223,29 @@ fn a_filter_that_does_not_check_out_answers_500() {
     assert!(h.connects.is_empty());
     assert!(!text(&h.to_client).contains("Injected") && !text(&h.to_client).contains("Set-Cookie"));
 }
+
+#[test]
+fn answers_to_head_have_no_body_and_the_next_answer_follows_at_once() {
+    let t = table(vec![
+        redirect_route("a.test", PathMatch::Prefix("/".into()), Redirect::default()),
+        route("b.test", PathMatch::Prefix("/".into())),
+    ]);
+    let mut state = SelectState::new(&t);
+    let routing = Routing {
+        table: &t,
+        state: &mut state,
+    };
+    let mut h = Harness::new(ConnConfig::default(), routing, Reply::Fixed(OK.to_vec()));
+    h.client(
+        b"HEAD /x HTTP/1.1\r\nHost: a.test\r\n\r\nHEAD / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n\
+GET / HTTP/1.1\r\nHost: b.test\r\n\r\n",
+    );
+    assert_eq!(
+        text(&h.to_client),
+        "HTTP/1.1 302 Found\r\nlocation: http://a.test/x\r\ncontent-type: text/plain\r\n\
+content-length: 10\r\n\r\n\
+HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 14\r\n\r\n\
+HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    );
+    assert!(!h.client_closed);
+}

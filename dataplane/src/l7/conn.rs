@@ -25,7 +25,7 @@
 use super::body::BodyReader;
 use super::errors::{RejectReason, Status};
 use super::filters::{HeaderRewrite, RedirectFrom, RedirectRule};
-use super::head::{parse_request, Framing, HeadScan, Limits, RequestHead, Version};
+use super::head::{parse_request, Framing, HeadScan, Limits, Method, RequestHead, Version};
 use super::headers::{write_request_head, ClientInfo};
 use super::response::{parse_response, write_response_head, ResponseHead, ResponseOut};
 use super::route::{BackendId, Pick, RequestView};
@@ -561,6 +561,8 @@ impl Conn {
         // A request whose body is still coming cannot be skipped safely: a local answer closes
         // after it.
         let close = self.req.close || self.req.framing != Framing::None;
+        // The answer to HEAD has no body: one would be read as the start of the next answer.
+        let to_head = self.req.method == Method::Head;
         let pick = match router.route_request(&view) {
             Routed::Send(pick, rewrite) => {
                 self.sent_head.clear();
@@ -574,7 +576,11 @@ impl Conn {
                 pick
             }
             Routed::Answer(status) => {
-                self.cout.extend_from_slice(status.answer(close));
+                self.cout.extend_from_slice(if to_head {
+                    status.answer_to_head(close)
+                } else {
+                    status.answer(close)
+                });
                 self.count_answer(status.code(), actions);
                 self.answered_locally(now, len, close, router, actions);
                 return true;
@@ -585,7 +591,7 @@ impl Conn {
                     host: self.req.host.map_or(&[][..], |h| h.of(&self.cin)),
                     target: self.req.path.of(&self.cin),
                 };
-                redirect.write_answer(&from, close, &mut self.cout);
+                redirect.write_answer(&from, close, to_head, &mut self.cout);
                 let code = redirect.status().code();
                 self.count_answer(code, actions);
                 self.answered_locally(now, len, close, router, actions);

@@ -336,9 +336,10 @@ impl RedirectRule {
         out.extend_from_slice(query);
     }
 
-    /// Appends the whole answer for `req` to `out`: the status, Location and a one-line body;
-    /// `close` adds `connection: close`.
-    pub fn write_answer(&self, req: &RedirectFrom<'_>, close: bool, out: &mut Vec<u8>) {
+    /// Appends the whole answer for `req` to `out`: the status, Location and a one-line body
+    /// (left out when `head`: the answer to a HEAD request has none); `close` adds
+    /// `connection: close`.
+    pub fn write_answer(&self, req: &RedirectFrom<'_>, close: bool, head: bool, out: &mut Vec<u8>) {
         let (code, reason) = (self.status.code(), self.status.reason());
         let _ = write!(out, "HTTP/1.1 {code} {reason}\r\nlocation: ");
         self.write_location(req, out);
@@ -351,7 +352,10 @@ impl RedirectRule {
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
-        let _ = write!(out, "\r\n{code} {reason}\n");
+        out.extend_from_slice(b"\r\n");
+        if !head {
+            let _ = writeln!(out, "{code} {reason}");
+        }
     }
 }
 
@@ -583,7 +587,7 @@ mod tests {
             target: b"/x",
         };
         let mut out = Vec::new();
-        rule.write_answer(&req, false, &mut out);
+        rule.write_answer(&req, false, false, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 301 Moved Permanently\r\nlocation: https://a.test/x\r\n\
@@ -591,7 +595,7 @@ content-type: text/plain\r\ncontent-length: 22\r\n\r\n301 Moved Permanently\n"
         );
         let found = RedirectRule::compile(&Redirect::default(), "/").unwrap();
         let mut out = Vec::new();
-        found.write_answer(&req, true, &mut out);
+        found.write_answer(&req, true, false, &mut out);
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 302 Found\r\n"), "{head}");
@@ -600,6 +604,10 @@ content-type: text/plain\r\ncontent-length: 22\r\n\r\n301 Moved Permanently\n"
             "{head}"
         );
         assert_eq!(body, "302 Found\n");
+        // To HEAD: the same head, no body.
+        let mut out = Vec::new();
+        found.write_answer(&req, true, true, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{head}\r\n\r\n"));
     }
 
     #[test]
