@@ -1320,3 +1320,164 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn ssl_redirect_answers_https_on_the_plain_listener() {
+    let dir = TempDir::new("ssl-redirect");
+    let mut snap = web_cluster();
+    let (cert, key) = self_signed("shop.example.com");
+    snap.add(tls_secret("shop", "shop-tls", &cert, &key))
+        .add(
+            ingress("shop", "web", Some("lb"), 0)
+                .nginx("ssl-redirect", "true")
+                .rule(Some("shop.example.com"), "/", "Prefix", backend("web", 80))
+                .tls(&["shop.example.com"], "shop-tls"),
+        )
+        .add(ingress("shop", "plain", Some("lb"), 1).rule(
+            Some("plain.example.com"),
+            "/",
+            "Prefix",
+            backend("web", 80),
+        ));
+    let t = translate(&snap, &settings(&dir.0));
+    assert!(t.problems.is_empty(), "{:#?}", t.problems);
+    let plain = http(&t, "k8s-ingress");
+    let r = &plain.routes[0];
+    assert!(r.upstreams.is_empty());
+    let redirect = r.redirect.as_ref().expect("a redirect");
+    assert_eq!(
+        redirect.scheme,
+        Some(controlplane::config::RedirectScheme::Https)
+    );
+    assert_eq!((redirect.status, redirect.port), (301, None));
+    // Only the annotated Ingress redirects; HTTPS serves both.
+    assert!(plain.routes[1].redirect.is_none());
+    let tls = http(&t, "k8s-ingress-tls");
+    assert!(tls
+        .routes
+        .iter()
+        .all(|r| r.redirect.is_none() && !r.upstreams.is_empty()));
+    merged(&t);
+
+    // Without an HTTPS listener: reported, served as is.
+    let mut s = settings(&dir.0);
+    s.ingress_https.clear();
+    let t = translate(&snap, &s);
+    assert!(http(&t, "k8s-ingress")
+        .routes
+        .iter()
+        .all(|r| r.redirect.is_none()));
+    assert!(reasons(&t, Kind::Ingress, "shop", "web").contains(&"NotSupported".to_string()));
+}
+
+#[test]
+fn gateway_filters_header_modifier_and_redirect() {
+    use controlplane::sources::kubernetes::model::{
+        HTTPHeader, HTTPHeaderFilter, HTTPPathMatch, HTTPPathModifier, HTTPRequestRedirectFilter,
+        HTTPRouteFilter, HTTPRouteMatch, HTTPRouteRule, HTTPRouteSpec,
+    };
+    let dir = TempDir::new("gateway-filters");
+    let mut snap = gateway_cluster();
+    let m = |t: &str, p: &str| HTTPRouteMatch {
+        path: Some(HTTPPathMatch {
+            type_: Some(t.into()),
+            value: Some(p.into()),
+        }),
+        ..HTTPRouteMatch::default()
+    };
+    let header_filter = HTTPRouteFilter {
+        type_: "RequestHeaderModifier".into(),
+        request_header_modifier: Some(HTTPHeaderFilter {
+            set: vec![
+                HTTPHeader {
+                    name: "X-Env".into(),
+                    value: "prod".into(),
+                },
+                HTTPHeader {
+                    name: "Host".into(),
+                    value: "evil.example.com".into(),
+                },
+            ],
+            add: vec![HTTPHeader {
+                name: "X-Bad".into(),
+                value: "a\r\nInjected: 1".into(),
+            }],
+            remove: vec!["X-Debug".into()],
+        }),
+        request_redirect: None,
+    };
+    let redirect = |prefix: bool| HTTPRouteFilter {
+        type_: "RequestRedirect".into(),
+        request_header_modifier: None,
+        request_redirect: Some(HTTPRequestRedirectFilter {
+            scheme: Some("https".into()),
+            hostname: None,
+            path: prefix.then(|| HTTPPathModifier {
+                type_: "ReplacePrefixMatch".into(),
+                replace_full_path: None,
+                replace_prefix_match: Some("/v2".into()),
+            }),
+            port: None,
+            status_code: Some(301),
+        }),
+    };
+    snap.add(http_route(
+        "shop",
+        "filters",
+        0,
+        HTTPRouteSpec {
+            parent_refs: vec![parent("gw", Some("http"))],
+            hostnames: vec!["app.example.com".into()],
+            rules: vec![
+                HTTPRouteRule {
+                    matches: vec![m("PathPrefix", "/api")],
+                    filters: vec![header_filter],
+                    backend_refs: vec![backend_ref("web", 80, None)],
+                },
+                HTTPRouteRule {
+                    matches: vec![m("PathPrefix", "/v1"), m("Exact", "/v1-exact")],
+                    filters: vec![redirect(true)],
+                    backend_refs: vec![backend_ref("web", 80, None)],
+                },
+                HTTPRouteRule {
+                    matches: vec![m("PathPrefix", "/old")],
+                    filters: vec![HTTPRouteFilter {
+                        type_: "URLRewrite".into(),
+                        ..HTTPRouteFilter::default()
+                    }],
+                    backend_refs: vec![backend_ref("web", 80, None)],
+                },
+            ],
+        },
+    ));
+    let t = translate(&snap, &settings(&dir.0));
+    let h = http(&t, "gw:shop:gw:80");
+    let paths: Vec<&str> = h.routes.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/api", "/v1"],
+        "the Exact match of a prefix rewrite and the URLRewrite rule are not served"
+    );
+    let mods = h.routes[0].request_headers.as_ref().unwrap();
+    assert_eq!(mods.set.get("X-Env").map(String::as_str), Some("prod"));
+    assert_eq!(mods.set.len(), 1, "Host is the proxy's");
+    assert!(mods.add.is_empty(), "a CR/LF value is refused");
+    assert_eq!(mods.remove, vec!["X-Debug".to_string()]);
+    let r = &h.routes[1];
+    assert!(r.upstreams.is_empty());
+    let red = r.redirect.as_ref().unwrap();
+    assert_eq!(red.path_prefix.as_deref(), Some("/v2"));
+    assert_eq!(red.status, 301);
+    let mut rs = reasons(&t, Kind::HttpRoute, "shop", "filters");
+    rs.sort();
+    assert_eq!(
+        rs,
+        [
+            "InvalidFilter",
+            "InvalidFilter",
+            "InvalidFilter",
+            "NotSupported"
+        ]
+    );
+    merged(&t);
+}
