@@ -1213,14 +1213,16 @@ mod fuzz {
                 prop::collection::vec((svc_name(), prop::sample::select(vec![80u16, 81]), prop::option::of(0u32..2_000_000)), 0..3)), 0..4),
             section in prop::option::of(prop::sample::select(vec!["http", "nope"])),
             created in 0i64..4,
+            filters in prop::collection::vec(a_filter(), 0..3),
         ) -> controlplane::sources::kubernetes::model::HTTPRoute {
+            let mut filters = filters.into_iter();
             let rules = rules.into_iter().map(|(p, t, m, hs, refs)| HTTPRouteRule {
                 matches: vec![HTTPRouteMatch {
                     path: Some(HTTPPathMatch { type_: Some(t.into()), value: Some(p) }),
                     headers: hs.into_iter().map(|(n, v)| HTTPHeaderMatch { type_: None, name: n, value: v }).collect(),
                     method: m,
                 }],
-                filters: vec![],
+                filters: filters.next().into_iter().collect(),
                 backend_refs: refs.into_iter().map(|(s, p, w)| backend_ref(&s, p, w)).collect(),
             }).collect();
             http_route("shop", &format!("r{i}"), created, HTTPRouteSpec {
@@ -1229,6 +1231,68 @@ mod fuzz {
                 rules,
             })
         }
+    }
+
+    fn a_filter() -> impl Strategy<Value = controlplane::sources::kubernetes::model::HTTPRouteFilter>
+    {
+        use controlplane::sources::kubernetes::model::{
+            HTTPHeader, HTTPHeaderFilter, HTTPPathModifier, HTTPRequestRedirectFilter,
+            HTTPRouteFilter,
+        };
+        let header = || {
+            (
+                prop::sample::select(vec![
+                    "X-A".to_string(),
+                    "x-a".into(),
+                    "Host".into(),
+                    "Content-Length".into(),
+                    "bad name".into(),
+                ]),
+                text(),
+            )
+                .prop_map(|(name, value)| HTTPHeader { name, value })
+        };
+        prop_oneof![
+            (
+                prop::collection::vec(header(), 0..3),
+                prop::collection::vec(header(), 0..3),
+                prop::collection::vec(text(), 0..3)
+            )
+                .prop_map(|(set, add, remove)| HTTPRouteFilter {
+                    type_: "RequestHeaderModifier".into(),
+                    request_header_modifier: Some(HTTPHeaderFilter { set, add, remove }),
+                    request_redirect: None,
+                }),
+            (
+                prop::option::of(text()),
+                prop::option::of(text()),
+                prop::option::of(0u16..3),
+                prop::option::of(prop::sample::select(vec![301u16, 302, 307, 0])),
+                prop::option::of((
+                    prop::sample::select(vec!["ReplaceFullPath", "ReplacePrefixMatch", "Other"]),
+                    path()
+                ))
+            )
+                .prop_map(|(scheme, hostname, port, status_code, p)| HTTPRouteFilter {
+                    type_: "RequestRedirect".into(),
+                    request_header_modifier: None,
+                    request_redirect: Some(HTTPRequestRedirectFilter {
+                        scheme,
+                        hostname,
+                        path: p.map(|(t, v)| HTTPPathModifier {
+                            type_: t.into(),
+                            replace_full_path: Some(v.clone()),
+                            replace_prefix_match: Some(v),
+                        }),
+                        port,
+                        status_code,
+                    }),
+                }),
+            Just(HTTPRouteFilter {
+                type_: "URLRewrite".into(),
+                ..HTTPRouteFilter::default()
+            }),
+        ]
     }
 
     fn cluster() -> impl Strategy<Value = Snapshot> {
