@@ -618,7 +618,16 @@ fn load_balancer_vips_are_stable_and_sticky() {
             0,
             None,
         ))
-        .add(lb_service("a", "no-class", None, &ports, 0, None));
+        .add(lb_service("a", "no-class", None, &ports, 0, None))
+        // Oldest, but nothing to serve: it takes no VIP.
+        .add(lb_service(
+            "a",
+            "sctp-only",
+            Some(LB_CLASS),
+            &[("x", "SCTP", 80, 80)],
+            0,
+            None,
+        ));
     let s = settings(&dir.0);
     let t = translate(&snap, &s);
     let vips: Vec<(&str, IpAddr)> = t
@@ -637,6 +646,10 @@ fn load_balancer_vips_are_stable_and_sticky() {
     assert_eq!(
         reasons(&t, Kind::Service, "a", "second"),
         ["NoVipAvailable"]
+    );
+    assert_eq!(
+        reasons(&t, Kind::Service, "a", "sctp-only"),
+        ["InvalidPorts"]
     );
     assert_eq!(
         t.statuses.services.len(),
