@@ -1558,3 +1558,50 @@ fn gateway_filters_header_modifier_and_redirect() {
     );
     merged(&t);
 }
+
+#[test]
+fn ingress_status_names_the_listeners_that_serve() {
+    let dir = TempDir::new("status");
+    let mut snap = web_cluster();
+    let (cert, key) = self_signed("shop.example.com");
+    snap.add(tls_secret("shop", "shop-tls", &cert, &key)).add(
+        ingress("shop", "web", Some("lb"), 0)
+            .rule(Some("shop.example.com"), "/", "Prefix", backend("web", 80))
+            .tls(&["shop.example.com"], "shop-tls"),
+    );
+    // HTTPS only, on its own address.
+    let mut s = settings(&dir.0);
+    s.ingress_http.clear();
+    s.ingress_https = vec!["198.18.0.11:443".parse().unwrap()];
+    let t = translate(&snap, &s);
+    assert_eq!(t.http.len(), 1);
+    assert_eq!(t.statuses.ingresses[0].1, vec![ip("198.18.0.11")]);
+    // Both, on two addresses.
+    s.ingress_http = vec![INGRESS_HTTP.parse().unwrap()];
+    let t = translate(&snap, &s);
+    assert_eq!(
+        t.statuses.ingresses[0].1,
+        vec![ip("198.18.0.10"), ip("198.18.0.11")]
+    );
+    // Already written: nothing to write.
+    let key = controlplane::sources::kubernetes::model::ObjectKey::new("shop", "web");
+    let ing = snap.ingresses.get_mut(&key).unwrap();
+    ing.status = Some(k8s_openapi::api::networking::v1::IngressStatus {
+        load_balancer: Some(
+            k8s_openapi::api::networking::v1::IngressLoadBalancerStatus {
+                ingress: Some(
+                    ["198.18.0.11", "198.18.0.10"]
+                        .iter()
+                        .map(
+                            |a| k8s_openapi::api::networking::v1::IngressLoadBalancerIngress {
+                                ip: Some(a.to_string()),
+                                ..Default::default()
+                            },
+                        )
+                        .collect(),
+                ),
+            },
+        ),
+    });
+    assert!(translate(&snap, &s).statuses.ingresses.is_empty());
+}

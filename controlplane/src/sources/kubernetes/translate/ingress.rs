@@ -493,11 +493,12 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
         }
     }
     let served = !out.http.is_empty();
+    let tls_served = out.http.iter().any(|h| h.name == HTTPS_NAME);
     let ips = distinct(
         settings
             .ingress_http
             .iter()
-            .chain(if out.http.len() > 1 {
+            .chain(if tls_served {
                 &settings.ingress_https[..]
             } else {
                 &[]
