@@ -658,3 +658,124 @@ fn upstream_proxy_protocol_and_tls_are_compiled_and_checked() {
     let r = report_at(&upstream_http("proxy_protocol = \"v1\"\n", ""), &config).expect("refused");
     assert!(r.to_string().contains("v2"), "{r}");
 }
+
+#[test]
+fn redirect_and_request_headers_are_compiled() {
+    use dataplane::l7::route::{
+        HeaderModifier, PathRewrite, Redirect, RedirectStatus, RequestView, Scheme, Target,
+    };
+    let text = format!(
+        "{}[[http.routes]]\nhosts = [\"old.example.com\"]\npath = \"/v1\"\n\
+         redirect = {{ scheme = \"https\", host = \"new.example.com\", port = 8443, path_prefix = \"/v2\", status = 301 }}\n\
+         [[http.routes]]\nhosts = [\"old.example.com\"]\npath = \"/home\"\npath_type = \"exact\"\nredirect = {{ path = \"/\" }}\n\
+         [[http.routes]]\nhosts = [\"api.example.com\"]\nupstreams = [{{ name = \"app\" }}]\n\
+         request_headers = {{ set = {{ X-Env = \"prod\" }}, add = {{ X-Tag = \"a b\" }}, remove = [\"X-Debug\"] }}\n",
+        BASE.to_string() + &http("")
+    );
+    let (_, compiled) =
+        compile::check_str(&text, Path::new("lb.toml")).unwrap_or_else(|r| panic!("{r}"));
+    let routes = &compiled.http[0].routes.routes;
+    assert_eq!(
+        routes[1].redirect,
+        Some(Redirect {
+            scheme: Some(Scheme::Https),
+            host: Some("new.example.com".into()),
+            port: Some(8443),
+            path: Some(PathRewrite::ReplacePrefix("/v2".into())),
+            status: RedirectStatus::MovedPermanently,
+        })
+    );
+    assert!(routes[1].backends.is_empty());
+    assert_eq!(
+        routes[2].redirect,
+        Some(Redirect {
+            path: Some(PathRewrite::ReplaceFull("/".into())),
+            ..Default::default()
+        })
+    );
+    assert_eq!(routes[1].request_headers, None);
+    assert_eq!(
+        routes[3].request_headers,
+        Some(HeaderModifier {
+            set: vec![("X-Env".into(), "prod".into())],
+            add: vec![("X-Tag".into(), "a b".into())],
+            remove: vec!["X-Debug".into()],
+        })
+    );
+    // The table answers the redirects itself.
+    let table = RouteTable::compile(&compiled.http[0].routes);
+    let view = RequestView::from_parts("old.example.com", "/v1/x?y", "GET", &[]);
+    let matched = table.matched(&view);
+    let rule = matched.redirect.expect("a redirect");
+    let mut location = Vec::new();
+    rule.write_location(
+        &dataplane::l7::filters::RedirectFrom {
+            tls: false,
+            host: b"old.example.com",
+            target: b"/v1/x?y",
+        },
+        &mut location,
+    );
+    assert_eq!(location, b"https://new.example.com:8443/v2/x?y");
+    let api = RequestView::from_parts("api.example.com", "/", "GET", &[]);
+    assert!(table.matched(&api).request_headers.is_some());
+    assert!(matches!(table.lookup(&api), Target::Split(_)));
+}
+
+#[test]
+fn redirect_keys_are_checked() {
+    case(
+        "redirect with upstreams, bad status",
+        &http("[[http.routes]]\npath = \"/r\"\nupstreams = @@[{ name = \"app\" }]\nredirect = { status = @@307 }\n"),
+        &["redirects", "not 301 or 302"],
+    );
+    case(
+        "redirect host, port, path",
+        &http("[[http.routes]]\npath = \"/r\"\nredirect = { host = @@\"a.test:80\", port = @@0, path = @@\"new\" }\n"),
+        &["not a host name", "port 0", "must start with '/'"],
+    );
+    case(
+        "path and path_prefix",
+        &http("[[http.routes]]\npath = \"/r\"\nredirect = { path = \"/a\", path_prefix = @@\"/b\" }\n"),
+        &["both path and path_prefix"],
+    );
+    case(
+        "path_prefix on an exact route",
+        &http("[[http.routes]]\npath = \"/r\"\npath_type = \"exact\"\nredirect = { path_prefix = @@\"/b\" }\n"),
+        &["use path ="],
+    );
+    case(
+        "path_prefix with a query",
+        &http("[[http.routes]]\npath = \"/r\"\nredirect = { path_prefix = @@\"/b?x\" }\n"),
+        &["no query"],
+    );
+    case(
+        "scheme typo",
+        &http("[[http.routes]]\npath = \"/r\"\nredirect = { scheme = @@\"ftp\" }\n"),
+        &["http"],
+    );
+    case(
+        "redirect key typo",
+        &http("[[http.routes]]\npath = \"/r\"\nredirect = { @@hostname = \"a.test\" }\n"),
+        &["host"],
+    );
+}
+
+#[test]
+fn request_header_keys_are_checked() {
+    case(
+        "protected, bad names and values, repeated",
+        &http("[[http.routes]]\npath = \"/h\"\nupstreams = [{ name = \"app\" }]\nrequest_headers = { set = { Content-Length = @@\"0\", X-A = \"1\", x-a = @@\"2\" }, add = { \"X B\" = @@\"1\", X-C = @@\"1\\r\\nX-Evil: 1\" }, remove = [@@\"Host\", \"X-D\", @@\"x-d\"] }\n"),
+        &["Content-Length", "twice", "not a header name", "control", "Host", "twice"],
+    );
+    case(
+        "request_headers on a redirect",
+        &http("[[http.routes]]\npath = \"/h\"\nredirect = { host = \"a.test\" }\nrequest_headers = @@{ remove = [\"X-A\"] }\n"),
+        &["no request is sent on"],
+    );
+    case(
+        "request_headers key typo",
+        &http("[[http.routes]]\npath = \"/h\"\nupstreams = []\nrequest_headers = { @@append = { X-A = \"1\" } }\n"),
+        &["add"],
+    );
+}

@@ -618,7 +618,16 @@ fn load_balancer_vips_are_stable_and_sticky() {
             0,
             None,
         ))
-        .add(lb_service("a", "no-class", None, &ports, 0, None));
+        .add(lb_service("a", "no-class", None, &ports, 0, None))
+        // Oldest, but nothing to serve: it takes no VIP.
+        .add(lb_service(
+            "a",
+            "sctp-only",
+            Some(LB_CLASS),
+            &[("x", "SCTP", 80, 80)],
+            0,
+            None,
+        ));
     let s = settings(&dir.0);
     let t = translate(&snap, &s);
     let vips: Vec<(&str, IpAddr)> = t
@@ -637,6 +646,10 @@ fn load_balancer_vips_are_stable_and_sticky() {
     assert_eq!(
         reasons(&t, Kind::Service, "a", "second"),
         ["NoVipAvailable"]
+    );
+    assert_eq!(
+        reasons(&t, Kind::Service, "a", "sctp-only"),
+        ["InvalidPorts"]
     );
     assert_eq!(
         t.statuses.services.len(),
@@ -1213,14 +1226,16 @@ mod fuzz {
                 prop::collection::vec((svc_name(), prop::sample::select(vec![80u16, 81]), prop::option::of(0u32..2_000_000)), 0..3)), 0..4),
             section in prop::option::of(prop::sample::select(vec!["http", "nope"])),
             created in 0i64..4,
+            filters in prop::collection::vec(a_filter(), 0..3),
         ) -> controlplane::sources::kubernetes::model::HTTPRoute {
+            let mut filters = filters.into_iter();
             let rules = rules.into_iter().map(|(p, t, m, hs, refs)| HTTPRouteRule {
                 matches: vec![HTTPRouteMatch {
                     path: Some(HTTPPathMatch { type_: Some(t.into()), value: Some(p) }),
                     headers: hs.into_iter().map(|(n, v)| HTTPHeaderMatch { type_: None, name: n, value: v }).collect(),
                     method: m,
                 }],
-                filters: vec![],
+                filters: filters.next().into_iter().collect(),
                 backend_refs: refs.into_iter().map(|(s, p, w)| backend_ref(&s, p, w)).collect(),
             }).collect();
             http_route("shop", &format!("r{i}"), created, HTTPRouteSpec {
@@ -1229,6 +1244,68 @@ mod fuzz {
                 rules,
             })
         }
+    }
+
+    fn a_filter() -> impl Strategy<Value = controlplane::sources::kubernetes::model::HTTPRouteFilter>
+    {
+        use controlplane::sources::kubernetes::model::{
+            HTTPHeader, HTTPHeaderFilter, HTTPPathModifier, HTTPRequestRedirectFilter,
+            HTTPRouteFilter,
+        };
+        let header = || {
+            (
+                prop::sample::select(vec![
+                    "X-A".to_string(),
+                    "x-a".into(),
+                    "Host".into(),
+                    "Content-Length".into(),
+                    "bad name".into(),
+                ]),
+                text(),
+            )
+                .prop_map(|(name, value)| HTTPHeader { name, value })
+        };
+        prop_oneof![
+            (
+                prop::collection::vec(header(), 0..3),
+                prop::collection::vec(header(), 0..3),
+                prop::collection::vec(text(), 0..3)
+            )
+                .prop_map(|(set, add, remove)| HTTPRouteFilter {
+                    type_: "RequestHeaderModifier".into(),
+                    request_header_modifier: Some(HTTPHeaderFilter { set, add, remove }),
+                    request_redirect: None,
+                }),
+            (
+                prop::option::of(text()),
+                prop::option::of(text()),
+                prop::option::of(0u16..3),
+                prop::option::of(prop::sample::select(vec![301u16, 302, 307, 0])),
+                prop::option::of((
+                    prop::sample::select(vec!["ReplaceFullPath", "ReplacePrefixMatch", "Other"]),
+                    path()
+                ))
+            )
+                .prop_map(|(scheme, hostname, port, status_code, p)| HTTPRouteFilter {
+                    type_: "RequestRedirect".into(),
+                    request_header_modifier: None,
+                    request_redirect: Some(HTTPRequestRedirectFilter {
+                        scheme,
+                        hostname,
+                        path: p.map(|(t, v)| HTTPPathModifier {
+                            type_: t.into(),
+                            replace_full_path: Some(v.clone()),
+                            replace_prefix_match: Some(v),
+                        }),
+                        port,
+                        status_code,
+                    }),
+                }),
+            Just(HTTPRouteFilter {
+                type_: "URLRewrite".into(),
+                ..HTTPRouteFilter::default()
+            }),
+        ]
     }
 
     fn cluster() -> impl Strategy<Value = Snapshot> {
@@ -1319,4 +1396,212 @@ mod fuzz {
             merged(&t);
         }
     }
+}
+
+#[test]
+fn ssl_redirect_answers_https_on_the_plain_listener() {
+    let dir = TempDir::new("ssl-redirect");
+    let mut snap = web_cluster();
+    let (cert, key) = self_signed("shop.example.com");
+    snap.add(tls_secret("shop", "shop-tls", &cert, &key))
+        .add(
+            ingress("shop", "web", Some("lb"), 0)
+                .nginx("ssl-redirect", "true")
+                .rule(Some("shop.example.com"), "/", "Prefix", backend("web", 80))
+                .tls(&["shop.example.com"], "shop-tls"),
+        )
+        .add(ingress("shop", "plain", Some("lb"), 1).rule(
+            Some("plain.example.com"),
+            "/",
+            "Prefix",
+            backend("web", 80),
+        ));
+    let t = translate(&snap, &settings(&dir.0));
+    assert!(t.problems.is_empty(), "{:#?}", t.problems);
+    let plain = http(&t, "k8s-ingress");
+    let r = &plain.routes[0];
+    assert!(r.upstreams.is_empty());
+    let redirect = r.redirect.as_ref().expect("a redirect");
+    assert_eq!(
+        redirect.scheme,
+        Some(controlplane::config::RedirectScheme::Https)
+    );
+    assert_eq!((redirect.status, redirect.port), (301, None));
+    // Only the annotated Ingress redirects; HTTPS serves both.
+    assert!(plain.routes[1].redirect.is_none());
+    let tls = http(&t, "k8s-ingress-tls");
+    assert!(tls
+        .routes
+        .iter()
+        .all(|r| r.redirect.is_none() && !r.upstreams.is_empty()));
+    merged(&t);
+
+    // Without an HTTPS listener: reported, served as is.
+    let mut s = settings(&dir.0);
+    s.ingress_https.clear();
+    let t = translate(&snap, &s);
+    assert!(http(&t, "k8s-ingress")
+        .routes
+        .iter()
+        .all(|r| r.redirect.is_none()));
+    assert!(reasons(&t, Kind::Ingress, "shop", "web").contains(&"NotSupported".to_string()));
+}
+
+#[test]
+fn gateway_filters_header_modifier_and_redirect() {
+    use controlplane::sources::kubernetes::model::{
+        HTTPHeader, HTTPHeaderFilter, HTTPPathMatch, HTTPPathModifier, HTTPRequestRedirectFilter,
+        HTTPRouteFilter, HTTPRouteMatch, HTTPRouteRule, HTTPRouteSpec,
+    };
+    let dir = TempDir::new("gateway-filters");
+    let mut snap = gateway_cluster();
+    let m = |t: &str, p: &str| HTTPRouteMatch {
+        path: Some(HTTPPathMatch {
+            type_: Some(t.into()),
+            value: Some(p.into()),
+        }),
+        ..HTTPRouteMatch::default()
+    };
+    let header_filter = HTTPRouteFilter {
+        type_: "RequestHeaderModifier".into(),
+        request_header_modifier: Some(HTTPHeaderFilter {
+            set: vec![
+                HTTPHeader {
+                    name: "X-Env".into(),
+                    value: "prod".into(),
+                },
+                HTTPHeader {
+                    name: "Host".into(),
+                    value: "evil.example.com".into(),
+                },
+            ],
+            add: vec![HTTPHeader {
+                name: "X-Bad".into(),
+                value: "a\r\nInjected: 1".into(),
+            }],
+            remove: vec!["X-Debug".into()],
+        }),
+        request_redirect: None,
+    };
+    let redirect = |prefix: bool| HTTPRouteFilter {
+        type_: "RequestRedirect".into(),
+        request_header_modifier: None,
+        request_redirect: Some(HTTPRequestRedirectFilter {
+            scheme: Some("https".into()),
+            hostname: None,
+            path: prefix.then(|| HTTPPathModifier {
+                type_: "ReplacePrefixMatch".into(),
+                replace_full_path: None,
+                replace_prefix_match: Some("/v2".into()),
+            }),
+            port: None,
+            status_code: Some(301),
+        }),
+    };
+    snap.add(http_route(
+        "shop",
+        "filters",
+        0,
+        HTTPRouteSpec {
+            parent_refs: vec![parent("gw", Some("http"))],
+            hostnames: vec!["app.example.com".into()],
+            rules: vec![
+                HTTPRouteRule {
+                    matches: vec![m("PathPrefix", "/api")],
+                    filters: vec![header_filter],
+                    backend_refs: vec![backend_ref("web", 80, None)],
+                },
+                HTTPRouteRule {
+                    matches: vec![m("PathPrefix", "/v1"), m("Exact", "/v1-exact")],
+                    filters: vec![redirect(true)],
+                    backend_refs: vec![backend_ref("web", 80, None)],
+                },
+                HTTPRouteRule {
+                    matches: vec![m("PathPrefix", "/old")],
+                    filters: vec![HTTPRouteFilter {
+                        type_: "URLRewrite".into(),
+                        ..HTTPRouteFilter::default()
+                    }],
+                    backend_refs: vec![backend_ref("web", 80, None)],
+                },
+            ],
+        },
+    ));
+    let t = translate(&snap, &settings(&dir.0));
+    let h = http(&t, "gw:shop:gw:80");
+    let paths: Vec<&str> = h.routes.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/api", "/v1"],
+        "the Exact match of a prefix rewrite and the URLRewrite rule are not served"
+    );
+    let mods = h.routes[0].request_headers.as_ref().unwrap();
+    assert_eq!(mods.set.get("X-Env").map(String::as_str), Some("prod"));
+    assert_eq!(mods.set.len(), 1, "Host is the proxy's");
+    assert!(mods.add.is_empty(), "a CR/LF value is refused");
+    assert_eq!(mods.remove, vec!["X-Debug".to_string()]);
+    let r = &h.routes[1];
+    assert!(r.upstreams.is_empty());
+    let red = r.redirect.as_ref().unwrap();
+    assert_eq!(red.path_prefix.as_deref(), Some("/v2"));
+    assert_eq!(red.status, 301);
+    let mut rs = reasons(&t, Kind::HttpRoute, "shop", "filters");
+    rs.sort();
+    assert_eq!(
+        rs,
+        [
+            "InvalidFilter",
+            "InvalidFilter",
+            "InvalidFilter",
+            "NotSupported"
+        ]
+    );
+    merged(&t);
+}
+
+#[test]
+fn ingress_status_names_the_listeners_that_serve() {
+    let dir = TempDir::new("status");
+    let mut snap = web_cluster();
+    let (cert, key) = self_signed("shop.example.com");
+    snap.add(tls_secret("shop", "shop-tls", &cert, &key)).add(
+        ingress("shop", "web", Some("lb"), 0)
+            .rule(Some("shop.example.com"), "/", "Prefix", backend("web", 80))
+            .tls(&["shop.example.com"], "shop-tls"),
+    );
+    // HTTPS only, on its own address.
+    let mut s = settings(&dir.0);
+    s.ingress_http.clear();
+    s.ingress_https = vec!["198.18.0.11:443".parse().unwrap()];
+    let t = translate(&snap, &s);
+    assert_eq!(t.http.len(), 1);
+    assert_eq!(t.statuses.ingresses[0].1, vec![ip("198.18.0.11")]);
+    // Both, on two addresses.
+    s.ingress_http = vec![INGRESS_HTTP.parse().unwrap()];
+    let t = translate(&snap, &s);
+    assert_eq!(
+        t.statuses.ingresses[0].1,
+        vec![ip("198.18.0.10"), ip("198.18.0.11")]
+    );
+    // Already written: nothing to write.
+    let key = controlplane::sources::kubernetes::model::ObjectKey::new("shop", "web");
+    let ing = snap.ingresses.get_mut(&key).unwrap();
+    ing.status = Some(k8s_openapi::api::networking::v1::IngressStatus {
+        load_balancer: Some(
+            k8s_openapi::api::networking::v1::IngressLoadBalancerStatus {
+                ingress: Some(
+                    ["198.18.0.11", "198.18.0.10"]
+                        .iter()
+                        .map(
+                            |a| k8s_openapi::api::networking::v1::IngressLoadBalancerIngress {
+                                ip: Some(a.to_string()),
+                                ..Default::default()
+                            },
+                        )
+                        .collect(),
+                ),
+            },
+        ),
+    });
+    assert!(translate(&snap, &s).statuses.ingresses.is_empty());
 }

@@ -85,6 +85,8 @@ fn main() {
                 service: "upstream".into(),
                 weight: 1,
             }],
+            redirect: None,
+            request_headers: None,
         }],
         default_backend: None,
     };

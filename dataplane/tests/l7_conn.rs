@@ -324,6 +324,8 @@ fn routed_through_a_compiled_table() {
             service: name.into(),
             weight: 1,
         }],
+        redirect: None,
+        request_headers: None,
     };
     let table = RouteTable::compile(&TableSpec {
         services: vec![service("a", 1), service("b", 1), service("drained", 0)],
@@ -376,6 +378,8 @@ fn requests_in_flight_are_counted_until_they_end_however_they_end() {
                 service: "s".into(),
                 weight: 1,
             }],
+            redirect: None,
+            request_headers: None,
         }],
         default_backend: None,
     });

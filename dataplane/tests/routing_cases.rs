@@ -80,6 +80,8 @@ fn table_of(group: &Value) -> TableSpec {
             method: str_of(&row["method"]),
             headers: testkit::shared::headers_of(&row["headers"]),
             backends: backend.into_iter().collect(),
+            redirect: None,
+            request_headers: None,
         };
         match routes
             .iter_mut()

@@ -291,6 +291,8 @@ mod tests {
                 service: service.into(),
                 weight: 1,
             }],
+            redirect: None,
+            request_headers: None,
         }
     }
 

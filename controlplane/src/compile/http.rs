@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dataplane::l7::route::{
-    BackendRef, EndpointSpec, HashKey as CoreHashKey, Origin, PathMatch, Policy, RouteSpec,
+    BackendRef, EndpointSpec, HashKey as CoreHashKey, HeaderModifier as CoreHeaderModifier, Origin,
+    PathMatch, PathRewrite, Policy, Redirect as CoreRedirect, RedirectStatus, RouteSpec, Scheme,
     ServiceSpec, TableSpec,
 };
 use dataplane::l7::upstream::{BackendTlsSpec, ProxyProtocol as CoreProxyProtocol, UpstreamSpec};
@@ -17,8 +18,8 @@ use dataplane::l7::{ConnConfig, Limits, Timeouts};
 
 use super::Adjust;
 use crate::config::{
-    BackendKey, Balance, Config, HashKey, Http, PathType, ProxyProtocol, RouteKind, Upstream,
-    UpstreamRef,
+    BackendKey, Balance, Config, HashKey, HeaderModifier, Http, PathType, ProxyProtocol, Redirect,
+    RedirectScheme, RouteKind, Upstream, UpstreamRef,
 };
 
 /// One `[[http]]` as the transport takes it.
@@ -117,6 +118,8 @@ fn listener(http: &Http, adjust: Adjust<'_>) -> HttpListener {
                 .map(|(n, v)| (n.clone(), v.clone()))
                 .collect(),
             backends: r.upstreams.iter().map(backend_ref).collect(),
+            redirect: r.redirect.as_ref().map(redirect),
+            request_headers: r.request_headers.as_ref().map(header_modifier),
         })
         .collect();
     HttpListener {
@@ -143,6 +146,40 @@ fn listener(http: &Http, adjust: Adjust<'_>) -> HttpListener {
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `redirect` (validated: status 301 or 302, at most one of path and path_prefix).
+fn redirect(r: &Redirect) -> CoreRedirect {
+    CoreRedirect {
+        scheme: r.scheme.map(|s| match s {
+            RedirectScheme::Http => Scheme::Http,
+            RedirectScheme::Https => Scheme::Https,
+        }),
+        host: r.host.clone(),
+        port: r.port,
+        path: match (&r.path, &r.path_prefix) {
+            (Some(p), _) => Some(PathRewrite::ReplaceFull(p.clone())),
+            (None, Some(p)) => Some(PathRewrite::ReplacePrefix(p.clone())),
+            (None, None) => None,
+        },
+        status: if r.status == 301 {
+            RedirectStatus::MovedPermanently
+        } else {
+            RedirectStatus::Found
+        },
+    }
+}
+
+/// `request_headers`, in the config's order (names sorted, as the TOML tables hold them).
+fn header_modifier(m: &HeaderModifier) -> CoreHeaderModifier {
+    let pairs = |map: &std::collections::BTreeMap<String, String>| {
+        map.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+    };
+    CoreHeaderModifier {
+        set: pairs(&m.set),
+        add: pairs(&m.add),
+        remove: m.remove.clone(),
+    }
 }
 
 fn backend_ref(r: &UpstreamRef) -> BackendRef {

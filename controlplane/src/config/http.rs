@@ -323,8 +323,72 @@ pub struct Route {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Where matching requests go, split by weight; empty: an error answer (503 for ingress,
-    /// 500 for gateway routes).
+    /// 500 for gateway routes). Required unless the route redirects.
+    #[serde(default)]
     pub upstreams: Vec<UpstreamRef>,
+    /// Answer every matching request with a redirect (then the route has no upstreams).
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    /// Change the request head sent to the upstream.
+    #[serde(default)]
+    pub request_headers: Option<HeaderModifier>,
+}
+
+/// `[[http.routes]] redirect`: where to send the client instead (Gateway API
+/// RequestRedirect). Each absent part is taken from the request.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// The scheme of the new location; absent: the request's.
+    #[serde(default)]
+    pub scheme: Option<RedirectScheme>,
+    /// The host of the new location (a name, no port); absent: the request's.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The port of the new location; absent: the scheme's default when `scheme` is set, else
+    /// the request's. The scheme's default port is never written.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Replace the whole path with this; exclusive with `path_prefix`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Replace the matched prefix with this (prefix routes only); exclusive with `path`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// The answer's status: 301 or 302.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+/// `[[http.routes]] redirect.scheme`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectScheme {
+    /// `http` (default port 80).
+    Http,
+    /// `https` (default port 443).
+    Https,
+}
+
+/// `[[http.routes]] request_headers`: fields to set, add and remove on the forwarded request
+/// (Gateway API RequestHeaderModifier). Names are case-insensitive; removal comes first, then
+/// set, then add.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderModifier {
+    /// Replace every field of this name with one field of this value (added when absent).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Append a field, keeping those already there.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Drop every field of these names.
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 fn default_path() -> String {

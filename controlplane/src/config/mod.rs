@@ -22,8 +22,9 @@ pub use validate::{
 };
 
 pub use http::{
-    Balance, HashKey, Http, HttpBackend, HttpLimits, HttpProxy, HttpTimeouts, PathType,
-    ProxyProtocol, Route, RouteKind, TlsCert, Upstream, UpstreamRef, UpstreamTls,
+    Balance, HashKey, HeaderModifier, Http, HttpBackend, HttpLimits, HttpProxy, HttpTimeouts,
+    PathType, ProxyProtocol, Redirect, RedirectScheme, Route, RouteKind, TlsCert, Upstream,
+    UpstreamRef, UpstreamTls,
 };
 pub use key::{BackendKey, NameError};
 pub use kubernetes::{

@@ -24,7 +24,8 @@
 
 use super::body::BodyReader;
 use super::errors::{RejectReason, Status};
-use super::head::{parse_request, Framing, HeadScan, Limits, RequestHead, Version};
+use super::filters::{HeaderRewrite, RedirectFrom, RedirectRule};
+use super::head::{parse_request, Framing, HeadScan, Limits, Method, RequestHead, Version};
 use super::headers::{write_request_head, ClientInfo};
 use super::response::{parse_response, write_response_head, ResponseHead, ResponseOut};
 use super::route::{BackendId, Pick, RequestView};
@@ -109,11 +110,30 @@ impl Default for Timeouts {
     }
 }
 
+/// What a route does with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routed<'t> {
+    /// Send it to this backend, its head changed by the route's rewrite (if any).
+    Send(Pick, Option<&'t HeaderRewrite>),
+    /// Answer this redirect.
+    Redirect(&'t RedirectRule),
+    /// Answer this status (404, 500, 503).
+    Answer(Status),
+}
+
 /// Routes a request and picks backends: the route table with its selection state, or a fake in
 /// tests.
 pub trait Router {
     /// The backend for a request, or the status to answer instead (404, 500, 503).
     fn route(&mut self, request: &RequestView<'_>) -> Result<Pick, Status>;
+    /// What the connection asks: [`Self::route`] with the route's filters. The default knows no
+    /// filters (a router without any, like a test's fake).
+    fn route_request(&mut self, request: &RequestView<'_>) -> Routed<'_> {
+        match self.route(request) {
+            Ok(pick) => Routed::Send(pick, None),
+            Err(status) => Routed::Answer(status),
+        }
+    }
     /// Another backend of the same route, other than `pick.backend`, for the one retry.
     fn retry(&mut self, pick: &Pick) -> Option<Pick>;
     /// The request sent to `pick` is over (least-outstanding-requests bookkeeping).
@@ -538,25 +558,46 @@ impl Conn {
             return self.reject(reason, router, actions);
         }
         let view = RequestView::new(&self.cin, &self.req, self.client.addr);
-        let pick = match router.route(&view) {
-            Ok(pick) => pick,
-            Err(status) => {
-                // A request whose body is still coming cannot be skipped safely: close after it.
-                let close = self.req.close || self.req.framing != Framing::None;
-                self.cout.extend_from_slice(status.answer(close));
-                self.count_answer(status.code(), actions);
-                self.cin.drain(..len);
-                if close {
-                    self.close_all(router, actions);
+        // A request whose body is still coming cannot be skipped safely: a local answer closes
+        // after it.
+        let close = self.req.close || self.req.framing != Framing::None;
+        // The answer to HEAD has no body: one would be read as the start of the next answer.
+        let to_head = self.req.method == Method::Head;
+        let pick = match router.route_request(&view) {
+            Routed::Send(pick, rewrite) => {
+                self.sent_head.clear();
+                write_request_head(
+                    &self.cin,
+                    &self.req,
+                    &self.client,
+                    rewrite,
+                    &mut self.sent_head,
+                );
+                pick
+            }
+            Routed::Answer(status) => {
+                self.cout.extend_from_slice(if to_head {
+                    status.answer_to_head(close)
                 } else {
-                    self.end_request(router, actions);
-                    self.next_request(now);
-                }
+                    status.answer(close)
+                });
+                self.count_answer(status.code(), actions);
+                self.answered_locally(now, len, close, router, actions);
+                return true;
+            }
+            Routed::Redirect(redirect) => {
+                let from = RedirectFrom {
+                    tls: self.client.tls,
+                    host: self.req.host.map_or(&[][..], |h| h.of(&self.cin)),
+                    target: self.req.path.of(&self.cin),
+                };
+                redirect.write_answer(&from, close, to_head, &mut self.cout);
+                let code = redirect.status().code();
+                self.count_answer(code, actions);
+                self.answered_locally(now, len, close, router, actions);
                 return true;
             }
         };
-        self.sent_head.clear();
-        write_request_head(&self.cin, &self.req, &self.client, &mut self.sent_head);
         self.cin.drain(..len);
         self.phase = Phase::Exchange;
         self.retried = false;
@@ -568,6 +609,25 @@ impl Conn {
         self.total_deadline = Some(now + self.config.timeouts.total);
         self.connect(now, pick, actions);
         true
+    }
+
+    /// The request whose head is `cin[..len]` was answered by the proxy: the next request, or
+    /// the end of the connection.
+    fn answered_locally<R: Router>(
+        &mut self,
+        now: Millis,
+        len: usize,
+        close: bool,
+        router: &mut R,
+        actions: &mut Vec<Action>,
+    ) {
+        self.cin.drain(..len);
+        if close {
+            self.close_all(router, actions);
+        } else {
+            self.end_request(router, actions);
+            self.next_request(now);
+        }
     }
 
     fn connect(&mut self, now: Millis, pick: Pick, actions: &mut Vec<Action>) {

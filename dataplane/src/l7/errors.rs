@@ -128,6 +128,18 @@ macro_rules! answers {
                 }
             }
         }
+        impl Status {
+            /// [`Self::answer`] without its body: the answer to a HEAD request (whose response
+            /// never has one, whatever its Content-Length says).
+            pub fn answer_to_head(self, close: bool) -> &'static [u8] {
+                let answer = self.answer(close);
+                let end = answer
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(answer.len(), |i| i + 4);
+                &answer[..end]
+            }
+        }
         #[cfg(test)]
         const ALL: &[Status] = &[$(Status::$variant,)*];
     };
@@ -170,6 +182,8 @@ mod tests {
                 assert_eq!(len, body.len(), "{status:?}");
                 assert!(head.starts_with(&format!("HTTP/1.1 {} ", status.code())));
                 assert_eq!(head.contains("connection: close"), close);
+                let bodiless = status.answer_to_head(close);
+                assert_eq!(bodiless, &answer[..head.len() + 4], "{status:?}");
             }
         }
     }

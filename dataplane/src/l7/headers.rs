@@ -1,9 +1,11 @@
 //! The request head sent to a backend: origin-form target, hop-by-hop fields removed (RFC 9110
-//! §7.6.1), and X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239) set by the proxy.
+//! §7.6.1), the route's header changes, and X-Forwarded-For/-Proto/-Host and Forwarded
+//! (RFC 7239) set by the proxy.
 //!
 //! The client's own forwarding fields are dropped, never trusted or appended to: a client can
 //! claim any address. Written into a buffer reused for every request of a connection.
 
+use super::filters::HeaderRewrite;
 use super::head::{FieldKind, RequestHead};
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -27,8 +29,16 @@ impl ClientInfo {
     }
 }
 
-/// Appends the head to send to the backend for `head` (parsed from `buf`) to `out`.
-pub fn write_request_head(buf: &[u8], head: &RequestHead, client: &ClientInfo, out: &mut Vec<u8>) {
+/// Appends the head to send to the backend for `head` (parsed from `buf`) to `out`, changed by
+/// the route's `rewrite` (its fields after the request's own; the fields it owns never reach
+/// it: Host, framing, hop-by-hop and forwarding fields are the proxy's).
+pub fn write_request_head(
+    buf: &[u8],
+    head: &RequestHead,
+    client: &ClientInfo,
+    rewrite: Option<&HeaderRewrite>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(head.method_name.of(buf));
     out.push(b' ');
     let path = head.path.of(buf);
@@ -49,7 +59,10 @@ pub fn write_request_head(buf: &[u8], head: &RequestHead, client: &ClientInfo, o
             FieldKind::Upgrade => head.upgrade,
             FieldKind::Expect => head.expect_continue,
             FieldKind::ContentLength | FieldKind::TransferEncoding => true,
-            FieldKind::Other => !head.connection_lists(buf, field.name.of(buf)),
+            FieldKind::Other => {
+                !head.connection_lists(buf, field.name.of(buf))
+                    && !rewrite.is_some_and(|r| r.drops(field.name.of(buf)))
+            }
         };
         if keep {
             out.extend_from_slice(field.name.of(buf));
@@ -57,6 +70,9 @@ pub fn write_request_head(buf: &[u8], head: &RequestHead, client: &ClientInfo, o
             out.extend_from_slice(field.value.of(buf));
             out.extend_from_slice(b"\r\n");
         }
+    }
+    if let Some(r) = rewrite {
+        out.extend_from_slice(r.lines());
     }
     // Writing into a Vec cannot fail.
     let _ = write!(
@@ -93,12 +109,16 @@ mod tests {
     use crate::l7::head::{parse_request, HeadScan, Limits};
 
     fn rewrite(raw: &[u8], client: ClientInfo) -> String {
+        rewrite_with(raw, client, None)
+    }
+
+    fn rewrite_with(raw: &[u8], client: ClientInfo, mods: Option<&HeaderRewrite>) -> String {
         let limits = Limits::default();
         let len = HeadScan::default().scan(raw, &limits).unwrap().unwrap();
         let mut head = RequestHead::default();
         parse_request(raw, len, &limits, &mut head).unwrap();
         let mut out = Vec::new();
-        write_request_head(raw, &head, &client, &mut out);
+        write_request_head(raw, &head, &client, mods, &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -133,5 +153,34 @@ forwarded: for=192.0.2.7;proto=https;host=\"b.test:8080\"\r\n\r\n"
             "{out}"
         );
         assert!(out.ends_with("connection: upgrade\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn route_header_changes() {
+        use crate::l7::filters::HeaderModifier;
+        let pairs = |l: &[(&str, &str)]| -> Vec<(String, String)> {
+            l.iter().map(|(n, v)| ((*n).into(), (*v).into())).collect()
+        };
+        let mods = HeaderRewrite::compile(&HeaderModifier {
+            set: pairs(&[("X-Set", "new"), ("x-absent", "a")]),
+            add: pairs(&[("X-Add", "2"), ("X-Set", "more")]),
+            remove: vec!["X-REMOVE".into()],
+        })
+        .unwrap();
+        // Repeated fields and any case: every field of a set or removed name goes, the others
+        // stay in order, added fields come after them.
+        let raw = b"POST /p HTTP/1.1\r\nHost: a\r\nx-set: old1\r\nX-Add: 1\r\nX-Remove: r1\r\n\
+Content-Length: 2\r\nX-SET: old2\r\nx-remove: r2\r\nAccept: */*\r\n\r\nhi";
+        let client = ClientInfo {
+            addr: "192.0.2.7".parse().unwrap(),
+            tls: false,
+        };
+        assert_eq!(
+            rewrite_with(raw, client, Some(&mods)),
+            "POST /p HTTP/1.1\r\nhost: a\r\nX-Add: 1\r\nContent-Length: 2\r\nAccept: */*\r\n\
+X-Set: new\r\nx-absent: a\r\nX-Add: 2\r\nX-Set: more\r\n\
+x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\
+forwarded: for=192.0.2.7;proto=http;host=\"a\"\r\n\r\n"
+        );
     }
 }

@@ -5,16 +5,18 @@
 //! By job: [`head`] (request heads and the smuggling checks), [`body`] (Content-Length and
 //! chunked framing), [`response`] (backend response heads and their framing), [`headers`] (the
 //! head sent on: hop-by-hop removal, X-Forwarded-*, Forwarded), [`errors`] (refusal reasons and
-//! the short answers), [`route`] (the route table), [`select`] (backend choice), [`pool`] (idle
-//! backend connections, held by the transport), [`conn`] (the connection state machine) and
-//! [`tls`] (rustls glue: certificates by SNI, a session between transport and core, server or
-//! client side), [`upstream`] (how backend connections are made: PROXY header, TLS) and
-//! [`proxy_proto`] (the PROXY v2 header).
+//! the short answers), [`route`] (the route table), [`filters`] (a route's redirect and request
+//! header changes), [`select`] (backend choice), [`pool`] (idle backend connections, held by
+//! the transport), [`conn`] (the connection state machine) and [`tls`] (rustls glue:
+//! certificates by SNI, a session between transport and core, server or client side),
+//! [`upstream`] (how backend connections are made: PROXY header, TLS) and [`proxy_proto`] (the
+//! PROXY v2 header).
 #![forbid(unsafe_code)]
 
 pub mod body;
 pub mod conn;
 pub mod errors;
+pub mod filters;
 pub mod head;
 pub mod headers;
 pub mod pool;
@@ -25,7 +27,7 @@ pub mod select;
 pub mod tls;
 pub mod upstream;
 
-pub use conn::{Action, Conn, ConnConfig, Ended, Router, Timeouts};
+pub use conn::{Action, Conn, ConnConfig, Ended, Routed, Router, Timeouts};
 pub use errors::{RejectReason, Status};
 pub use head::Limits;
 pub use headers::ClientInfo;

@@ -14,12 +14,15 @@
 //! ingress-nginx and Envoy's virtual hosts). No rule: the default backend, else 404.
 
 use super::errors::Status;
+use super::filters::{FilterError, HeaderRewrite, RedirectRule};
 use super::head::RequestHead;
 use super::tls::TlsError;
 use super::upstream::{Upstream, UpstreamSpec};
 use rustc_hash::FxHashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+
+pub use super::filters::{HeaderModifier, PathRewrite, Redirect, RedirectStatus, Scheme};
 
 /// Which API a route comes from: it decides wildcard and precedence rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,8 +112,12 @@ pub struct RouteSpec {
     /// case-insensitive).
     pub headers: Vec<(String, String)>,
     /// Where matched requests go; empty (or only unknown services): an error answer (Gateway
-    /// 500, Ingress 503).
+    /// 500, Ingress 503). Not used when the route redirects.
     pub backends: Vec<BackendRef>,
+    /// Answer matched requests with this redirect instead of sending them anywhere.
+    pub redirect: Option<Redirect>,
+    /// Change the request head sent to the backend.
+    pub request_headers: Option<HeaderModifier>,
 }
 
 /// Everything a table is compiled from.
@@ -191,6 +198,11 @@ struct Rule {
     /// Lowercased names.
     headers: Box<[HeaderMatch]>,
     target: Target,
+    /// The route answers a redirect (its `target` is then only what [`RouteTable::lookup`]
+    /// says).
+    redirect: Option<Arc<RedirectRule>>,
+    /// The route changes the forwarded head.
+    rewrite: Option<Arc<HeaderRewrite>>,
     /// Precedence: larger first (origin-specific meaning, see `precedence`).
     key: (u32, u32, u32, u32),
 }
@@ -221,6 +233,17 @@ pub struct RouteTable {
     pub services: Vec<Service>,
     /// Endpoints.
     pub backends: Vec<Backend>,
+}
+
+/// The rule a request matched, with its filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Matched<'t> {
+    /// Where it goes (ignoring `redirect`).
+    pub target: Target,
+    /// Answer this redirect instead.
+    pub redirect: Option<&'t RedirectRule>,
+    /// Change the forwarded head so.
+    pub request_headers: Option<&'t HeaderRewrite>,
 }
 
 /// What the table sees of a request.
@@ -316,6 +339,26 @@ pub fn route_name(route: &RouteSpec) -> String {
     format!("{hosts}{path}")
 }
 
+/// A route's compiled filters (redirect, header rewrite).
+type Filters = (Option<Arc<RedirectRule>>, Option<Arc<HeaderRewrite>>);
+
+fn compile_filters(route: &RouteSpec) -> Result<Filters, FilterError> {
+    let path = match &route.path {
+        PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::ImplementationSpecific(p) => p,
+    };
+    let redirect = route
+        .redirect
+        .as_ref()
+        .map(|r| RedirectRule::compile(r, path).map(Arc::new))
+        .transpose()?;
+    let rewrite = route
+        .request_headers
+        .as_ref()
+        .map(|h| HeaderRewrite::compile(h).map(Arc::new))
+        .transpose()?;
+    Ok((redirect, rewrite))
+}
+
 fn lower(s: &str) -> Box<[u8]> {
     s.to_ascii_lowercase().into_bytes().into_boxed_slice()
 }
@@ -390,10 +433,19 @@ impl RouteTable {
             table.split_names.push("default".into());
         }
         for route in &spec.routes {
-            let target = target_of(&mut table, &route.backends, route.origin);
+            let filters = compile_filters(route);
+            let target = match &filters {
+                // A filter that does not check out (the controlplane refuses them first):
+                // the route is misconfigured.
+                Err(_) => Target::Answer(Status::InternalError),
+                // A redirect sends nowhere; `lookup` (which knows no filters) says 500.
+                Ok((Some(_), _)) => Target::Answer(Status::InternalError),
+                Ok((None, _)) => target_of(&mut table, &route.backends, route.origin),
+            };
             if let Target::Split(_) = target {
                 table.split_names.push(route_name(route).into());
             }
+            let (redirect, rewrite) = filters.unwrap_or_default();
             let (path, exact, len) = match &route.path {
                 PathMatch::Exact(p) => (PathRule::Exact(p.as_bytes().into()), true, p.len()),
                 PathMatch::Prefix(p) | PathMatch::ImplementationSpecific(p) => {
@@ -420,6 +472,8 @@ impl RouteTable {
                     .map(|(n, v)| (lower(n), v.as_bytes().into()))
                     .collect(),
                 target,
+                redirect,
+                rewrite,
                 key,
             };
             if route.hosts.is_empty() {
@@ -513,7 +567,13 @@ impl RouteTable {
     }
 
     /// Where `request` goes: a split of services or an answer (404 when nothing matches).
+    /// Filters are not looked at (a redirecting route says 500): see [`Self::matched`].
     pub fn lookup(&self, request: &RequestView<'_>) -> Target {
+        self.matched(request).target
+    }
+
+    /// The rule `request` matches: where it goes and what its filters do.
+    pub fn matched(&self, request: &RequestView<'_>) -> Matched<'_> {
         let path = request.path;
         let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
         let matched = self.group(request.host).and_then(|g| {
@@ -533,8 +593,16 @@ impl RouteTable {
             })
         });
         match matched {
-            Some(rule) => rule.target,
-            None => self.default.unwrap_or(Target::Answer(Status::NotFound)),
+            Some(rule) => Matched {
+                target: rule.target,
+                redirect: rule.redirect.as_deref(),
+                request_headers: rule.rewrite.as_deref(),
+            },
+            None => Matched {
+                target: self.default.unwrap_or(Target::Answer(Status::NotFound)),
+                redirect: None,
+                request_headers: None,
+            },
         }
     }
 }
@@ -558,6 +626,8 @@ mod tests {
                 service: service.into(),
                 weight: 1,
             }],
+            redirect: None,
+            request_headers: None,
         }
     }
 

@@ -6,7 +6,7 @@
 //! address (a key keeps its endpoint while that endpoint exists; removing one moves only its
 //! keys). State is per worker and sized to one table: a new table gets a new state.
 
-use super::conn::Router;
+use super::conn::{Routed, Router};
 use super::errors::Status;
 use super::route::{BackendId, HashKey, Pick, Policy, RequestView, RouteTable, Target};
 use std::hash::{BuildHasher, Hasher};
@@ -153,33 +153,26 @@ pub struct Routing<'a> {
     pub state: &'a mut SelectState,
 }
 
-impl Routing<'_> {
-    /// Chooses a service of `split` by smooth weighted round robin.
-    fn pick_service(&mut self, split: u32) -> Option<u32> {
-        let entries = &self.table.splits[split as usize];
-        let current = &mut self.state.current[split as usize];
-        let total: i64 = entries.iter().map(|&(_, w)| i64::from(w)).sum();
-        if total == 0 {
-            return None;
+impl<'a> Routing<'a> {
+    /// What the table's route for `request` does: a backend (with the route's header rewrite),
+    /// a redirect, or an answer. The filters borrow the table, not this state.
+    pub fn route_in_table(&mut self, request: &RequestView<'_>) -> Routed<'a> {
+        let table: &'a RouteTable = self.table;
+        let matched = table.matched(request);
+        if let Some(redirect) = matched.redirect {
+            return Routed::Redirect(redirect);
         }
-        let mut best = 0;
-        for (i, &(_, w)) in entries.iter().enumerate() {
-            current[i] += i64::from(w);
-            if current[i] > current[best] {
-                best = i;
-            }
+        match matched.target {
+            Target::Answer(status) => Routed::Answer(status),
+            Target::Split(split) => match self.pick_in_split(split, request) {
+                Ok(pick) => Routed::Send(pick, matched.request_headers),
+                Err(status) => Routed::Answer(status),
+            },
         }
-        current[best] -= total;
-        Some(entries[best].0)
     }
-}
 
-impl Router for Routing<'_> {
-    fn route(&mut self, request: &RequestView<'_>) -> Result<Pick, Status> {
-        let split = match self.table.lookup(request) {
-            Target::Answer(status) => return Err(status),
-            Target::Split(split) => split,
-        };
+    /// A backend of `split` for `request`.
+    fn pick_in_split(&mut self, split: u32, request: &RequestView<'_>) -> Result<Pick, Status> {
         let service = self.pick_service(split).ok_or(Status::Unavailable)?;
         let hash = match &self.table.services[service as usize].policy {
             Policy::Hash(key) => key_hash(key, request),
@@ -204,6 +197,38 @@ impl Router for Routing<'_> {
             backend,
             hash,
         })
+    }
+
+    /// Chooses a service of `split` by smooth weighted round robin.
+    fn pick_service(&mut self, split: u32) -> Option<u32> {
+        let entries = &self.table.splits[split as usize];
+        let current = &mut self.state.current[split as usize];
+        let total: i64 = entries.iter().map(|&(_, w)| i64::from(w)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut best = 0;
+        for (i, &(_, w)) in entries.iter().enumerate() {
+            current[i] += i64::from(w);
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        Some(entries[best].0)
+    }
+}
+
+impl Router for Routing<'_> {
+    fn route(&mut self, request: &RequestView<'_>) -> Result<Pick, Status> {
+        match self.table.lookup(request) {
+            Target::Answer(status) => Err(status),
+            Target::Split(split) => self.pick_in_split(split, request),
+        }
+    }
+
+    fn route_request(&mut self, request: &RequestView<'_>) -> Routed<'_> {
+        self.route_in_table(request)
     }
 
     fn retry(&mut self, pick: &Pick) -> Option<Pick> {
@@ -270,6 +295,8 @@ mod tests {
                     weight,
                 })
                 .collect(),
+            redirect: None,
+            request_headers: None,
         }];
         RouteTable::compile(&TableSpec {
             services,

@@ -12,7 +12,7 @@
 use super::metrics::{RequestHandles, RequestStats, NONE};
 use crate::l7::route::{BackendId, Pick, RequestView};
 use crate::l7::upstream::Upstream;
-use crate::l7::{Ended, RouteTable, Router, Routing, SelectState, Status};
+use crate::l7::{Ended, RouteTable, Routed, Router, Routing, SelectState, Status};
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
@@ -170,8 +170,9 @@ pub(super) struct ConnRouter<'a> {
     pub gen: &'a mut Option<usize>,
 }
 
-impl Router for ConnRouter<'_> {
-    fn route(&mut self, request: &RequestView<'_>) -> Result<Pick, Status> {
+impl ConnRouter<'_> {
+    /// The newest table for a new request: the connection moves to its generation.
+    fn newest(&mut self) -> Routing<'_> {
         self.tables.refresh();
         let newest = self.tables.newest;
         if *self.gen != Some(newest) {
@@ -186,7 +187,17 @@ impl Router for ConnRouter<'_> {
             table: &gen.table,
             state: &mut gen.state,
         }
-        .route(request)
+    }
+}
+
+impl Router for ConnRouter<'_> {
+    fn route(&mut self, request: &RequestView<'_>) -> Result<Pick, Status> {
+        self.newest().route(request)
+    }
+
+    fn route_request(&mut self, request: &RequestView<'_>) -> Routed<'_> {
+        // The route's filters borrow the table, which outlives this call's Routing.
+        self.newest().route_in_table(request)
     }
 
     fn retry(&mut self, pick: &Pick) -> Option<Pick> {
@@ -247,6 +258,8 @@ mod tests {
                     service: "s".into(),
                     weight: 1,
                 }],
+                redirect: None,
+                request_headers: None,
             }],
             default_backend: None,
         })

@@ -389,6 +389,8 @@ pub fn route(hosts: &[&str], path: &str, service: &str) -> RouteSpec {
             service: service.into(),
             weight: 1,
         }],
+        redirect: None,
+        request_headers: None,
     }
 }
 

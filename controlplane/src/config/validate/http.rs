@@ -6,12 +6,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use dataplane::l7::filters::{self, FilterError, PathRewrite};
 use dataplane::l7::tls::{self, CertSpec, TlsError};
 use dataplane::l7::upstream::BackendTlsSpec;
 
 use super::check_unicast;
 use crate::config::http::{
-    is_token, Balance, Http, Route, RouteKind, TlsCert, Upstream, UpstreamTls,
+    is_token, Balance, HeaderModifier, Http, PathType, Redirect, Route, RouteKind, TlsCert,
+    Upstream, UpstreamTls,
 };
 use crate::config::schema::{Backend, Config, Pool, Protocol, Service};
 use crate::diag::Problem;
@@ -632,6 +634,23 @@ fn check_route(
             ));
         }
     }
+    if let Some(redirect) = &route.redirect {
+        check_redirect(route, redirect, &at, path, out);
+    }
+    if let Some(mods) = &route.request_headers {
+        check_request_headers(mods, &at, &format!("{path}.request_headers"), out);
+        if route.redirect.is_some() {
+            out.push(
+                Problem::new(
+                    format!("{path}.request_headers"),
+                    format!(
+                        "{at}: request_headers on a route that redirects: no request is sent on"
+                    ),
+                )
+                .hint("remove request_headers, or the redirect"),
+            );
+        }
+    }
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(route.upstreams.len());
     for (k, r) in route.upstreams.iter().enumerate() {
         let r_path = format!("{path}.upstreams[{k}]");
@@ -678,6 +697,145 @@ fn check_route(
             )
             .hint("remove one, or list both routes' upstreams in one with weights"),
         );
+    }
+}
+
+/// A redirect: a status of 301 or 302, a host name without port, a port, paths that are
+/// paths (one of `path` and `path_prefix`, the latter on prefix routes only), no upstreams.
+fn check_redirect(route: &Route, r: &Redirect, at: &str, path: &str, out: &mut Vec<Problem>) {
+    let r_path = format!("{path}.redirect");
+    if !route.upstreams.is_empty() {
+        out.push(
+            Problem::new(
+                format!("{path}.upstreams"),
+                format!("{at}: a route that redirects sends no request to upstreams"),
+            )
+            .hint("remove upstreams (the redirect answers every request of this route), or the redirect"),
+        );
+    }
+    if r.status != 301 && r.status != 302 {
+        out.push(
+            Problem::new(
+                format!("{r_path}.status"),
+                format!("{at}: redirect status {} is not 301 or 302", r.status),
+            )
+            .hint("301 (moved permanently, cached by clients) or 302 (found, the default)"),
+        );
+    }
+    // Each part checked alone, by the core's own rules, so each problem has its place.
+    let alone = |f: &dyn Fn(&mut filters::Redirect)| {
+        let mut one = filters::Redirect::default();
+        f(&mut one);
+        one.check()
+    };
+    if let Some(host) = &r.host {
+        if let Err(e) = alone(&|one| one.host = Some(host.clone())) {
+            out.push(
+                Problem::new(format!("{r_path}.host"), format!("{at}: {e}"))
+                    .hint("a name like \"www.example.com\"; the port goes in port"),
+            );
+        }
+    }
+    if let Some(port) = r.port {
+        if let Err(e) = alone(&|one| one.port = Some(port)) {
+            out.push(Problem::new(format!("{r_path}.port"), format!("{at}: {e}")));
+        }
+    }
+    if let Some(p) = &r.path {
+        if let Err(e) = alone(&|one| one.path = Some(PathRewrite::ReplaceFull(p.clone()))) {
+            out.push(
+                Problem::new(format!("{r_path}.path"), format!("{at}: {e}"))
+                    .hint("e.g. path = \"/new\"; the request's query string is kept"),
+            );
+        }
+    }
+    if let Some(p) = &r.path_prefix {
+        if r.path.is_some() {
+            out.push(
+                Problem::new(
+                    format!("{r_path}.path_prefix"),
+                    format!("{at}: redirect has both path and path_prefix"),
+                )
+                .hint("path replaces the whole path, path_prefix only the prefix the route matched: keep one"),
+            );
+        } else if route.path_type == PathType::Exact {
+            out.push(
+                Problem::new(
+                    format!("{r_path}.path_prefix"),
+                    format!("{at}: redirect path_prefix on a route with path_type = \"exact\""),
+                )
+                .hint("an exact route matches the whole path: use path = \"...\" instead"),
+            );
+        } else if let Err(e) = alone(&|one| one.path = Some(PathRewrite::ReplacePrefix(p.clone())))
+        {
+            out.push(
+                Problem::new(format!("{r_path}.path_prefix"), format!("{at}: {e}"))
+                    .hint("e.g. path_prefix = \"/v2\" turns /v1/items into /v2/items (route path \"/v1\"); \"\" strips the prefix"),
+            );
+        }
+    }
+}
+
+/// Header changes: names the proxy does not own, each once per list (names are
+/// case-insensitive), values without control characters, so no change can add a head line.
+fn check_request_headers(m: &HeaderModifier, at: &str, path: &str, out: &mut Vec<Problem>) {
+    let check = |key: String, one: filters::HeaderModifier| {
+        one.check().err().map(|e| {
+            let hint = match e {
+                FilterError::Protected(_) => {
+                    "Host, Content-Length, Transfer-Encoding, Connection, Keep-Alive, TE, Trailer, Upgrade, Expect and the X-Forwarded-*/Forwarded fields are the proxy's"
+                }
+                FilterError::Name(_) => "e.g. \"X-Env\"",
+                _ => "values are visible ASCII, spaces and tabs",
+            };
+            Problem::new(key, format!("{at}: request_headers: {e}")).hint(hint)
+        })
+    };
+    // A name with '.' cannot be a key path segment: point at the table instead.
+    let key = |list: &str, name: &str| {
+        if name.contains(['.', '[']) {
+            format!("{path}.{list}")
+        } else {
+            format!("{path}.{list}.{name}")
+        }
+    };
+    for (list, pairs) in [("set", &m.set), ("add", &m.add)] {
+        let mut lower: HashMap<String, &str> = HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            let one = filters::HeaderModifier {
+                set: vec![(name.clone(), value.clone())],
+                ..Default::default()
+            };
+            out.extend(check(key(list, name), one));
+            if let Some(other) = lower.insert(name.to_ascii_lowercase(), name) {
+                out.push(
+                    Problem::new(
+                        key(list, name),
+                        format!(
+                            "{at}: request_headers.{list} has {name:?} twice (also as {other:?})"
+                        ),
+                    )
+                    .hint("header names are case-insensitive: keep one"),
+                );
+            }
+        }
+    }
+    let mut lower: HashMap<String, usize> = HashMap::with_capacity(m.remove.len());
+    for (k, name) in m.remove.iter().enumerate() {
+        let one = filters::HeaderModifier {
+            remove: vec![name.clone()],
+            ..Default::default()
+        };
+        out.extend(check(format!("{path}.remove[{k}]"), one));
+        if lower.insert(name.to_ascii_lowercase(), k).is_some() {
+            out.push(
+                Problem::new(
+                    format!("{path}.remove[{k}]"),
+                    format!("{at}: request_headers.remove has {name:?} twice"),
+                )
+                .hint("header names are case-insensitive: keep one"),
+            );
+        }
     }
 }
 

@@ -8,8 +8,9 @@
 //!   ReferenceGrant, which is not supported); `allowedRoutes` Same or All.
 //! - HTTPRoute: attaches to the listeners its parentRefs name that allow it and whose hostname
 //!   intersects its hostnames; rules become Gateway routes (Exact and PathPrefix paths, method,
-//!   exact header matches, weighted backendRefs). A rule with a backendRef that does not
-//!   resolve answers 500 (the L7 core's reading of the spec: the whole rule, not a share).
+//!   exact header matches, weighted backendRefs, the RequestHeaderModifier and RequestRedirect
+//!   filters). A rule with a backendRef that does not resolve answers 500 (the L7 core's
+//!   reading of the spec: the whole rule, not a share).
 //!
 //! Oldest first everywhere (creation time, then namespace and name): addresses, and a rule
 //! matching exactly what an older one matches loses.
@@ -17,19 +18,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
+use dataplane::l7::filters;
+
 use super::common::{age, check_host, check_path, EndpointIndex, PortRef, Problems};
 use super::tls::secret_pem;
 use super::upstreams::{Resolved, UpstreamSettings, Upstreams};
 use super::{Kind, PemFile, Settings};
 use crate::config::{
-    Http, HttpLimits, HttpProxy, HttpTimeouts, PathType, Route, RouteKind, TlsCert, UpstreamRef,
-    MAX_HTTP_WEIGHT,
+    HeaderModifier, Http, HttpLimits, HttpProxy, HttpTimeouts, PathType, Redirect, RedirectScheme,
+    Route, RouteKind, TlsCert, UpstreamRef, MAX_HTTP_WEIGHT,
 };
 use crate::sources::kubernetes::annotations::{is_token, quote};
 use crate::sources::kubernetes::model::{
     Condition, Gateway, GatewayAddress, GatewayClassStatus, GatewayStatus, HTTPBackendRef,
-    HTTPRoute, HTTPRouteRule, HTTPRouteStatus, Listener, ListenerStatus, ObjectKey, RouteGroupKind,
-    RouteParentStatus, Snapshot,
+    HTTPHeaderFilter, HTTPRequestRedirectFilter, HTTPRoute, HTTPRouteRule, HTTPRouteStatus,
+    Listener, ListenerStatus, ObjectKey, RouteGroupKind, RouteParentStatus, Snapshot,
 };
 
 /// The Gateway API group.
@@ -722,6 +725,8 @@ fn within(outer: &str, inner: &str) -> bool {
 struct RuleDraft {
     matches: Vec<MatchDraft>,
     refs: Option<Vec<(String, String, u16, u32)>>,
+    redirect: Option<Redirect>,
+    request_headers: Option<HeaderModifier>,
 }
 
 /// The rules of a route, and whether every backendRef resolved (else the ResolvedRefs reason).
@@ -744,21 +749,42 @@ fn rules(
             continue;
         }
         let mut skip = false;
-        for f in &rule.filters {
+        let mut redirect: Option<Redirect> = None;
+        let mut request_headers: Option<HeaderModifier> = None;
+        for f in rule.filters.iter().take(16) {
             match f.type_.as_str() {
-                // TODO: apply once config::Route has request header and redirect filters.
-                "RequestHeaderModifier" => problems.push(
-                    Kind::HttpRoute,
-                    rkey,
-                    "NotSupported",
-                    format!("rule {ri}: RequestHeaderModifier is not supported yet: requests are forwarded unchanged"),
-                ),
+                "RequestHeaderModifier" if request_headers.is_none() => {
+                    match f.request_header_modifier.as_ref() {
+                        Some(m) => {
+                            request_headers = Some(header_modifier(m, rkey, ri, problems));
+                        }
+                        None => skip = true,
+                    }
+                }
+                "RequestRedirect" if redirect.is_none() => {
+                    match f.request_redirect.as_ref().map(to_redirect) {
+                        Some(Ok(r)) => redirect = Some(r),
+                        Some(Err(why)) => {
+                            problems.push(
+                                Kind::HttpRoute,
+                                rkey,
+                                "InvalidFilter",
+                                format!("rule {ri}: RequestRedirect {why}: the rule is not served"),
+                            );
+                            skip = true;
+                        }
+                        None => skip = true,
+                    }
+                }
                 other => {
                     problems.push(
                         Kind::HttpRoute,
                         rkey,
                         "NotSupported",
-                        format!("rule {ri}: filter {} is not supported yet: the rule is not served", quote(other)),
+                        format!(
+                            "rule {ri}: filter {} is not supported (or given twice): the rule is not served",
+                            quote(other)
+                        ),
                     );
                     skip = true;
                 }
@@ -766,6 +792,10 @@ fn rules(
         }
         if skip {
             continue;
+        }
+        if redirect.is_some() {
+            // A redirect answers the request: nothing is sent on, so no header changes.
+            request_headers = None;
         }
         let mut matches = Vec::new();
         let default_match = [Default::default()];
@@ -867,9 +897,134 @@ fn rules(
                 }
             }
         }
-        out.push(RuleDraft { matches, refs });
+        if redirect.as_ref().is_some_and(|r| r.path_prefix.is_some()) {
+            let before = matches.len();
+            matches.retain(|m| m.path_type != PathType::Exact);
+            if matches.len() < before {
+                problems.push(
+                    Kind::HttpRoute,
+                    rkey,
+                    "InvalidFilter",
+                    format!("rule {ri}: ReplacePrefixMatch on an Exact path match: that match is not accepted"),
+                );
+            }
+            if matches.is_empty() {
+                continue;
+            }
+        }
+        out.push(RuleDraft {
+            matches,
+            refs,
+            redirect,
+            request_headers,
+        });
     }
     (out, refs_ok)
+}
+
+/// A RequestHeaderModifier as lb takes it: each entry checked by the core's own rules; an
+/// entry the core refuses (a field the proxy owns, like Host; a bad name or value; a name given
+/// twice) is left out and reported.
+fn header_modifier(
+    m: &HTTPHeaderFilter,
+    rkey: &ObjectKey,
+    ri: usize,
+    problems: &mut Problems,
+) -> HeaderModifier {
+    let mut out = HeaderModifier::default();
+    let bad = |what: String, problems: &mut Problems| {
+        problems.push(
+            Kind::HttpRoute,
+            rkey,
+            "InvalidFilter",
+            format!("rule {ri}: RequestHeaderModifier {what}: left out"),
+        )
+    };
+    for (list, entries) in [("set", &m.set), ("add", &m.add)] {
+        let mut lower = BTreeSet::new();
+        for h in entries.iter().take(16) {
+            let one = filters::HeaderModifier {
+                set: vec![(h.name.clone(), h.value.clone())],
+                ..Default::default()
+            };
+            if let Err(e) = one.check() {
+                bad(
+                    format!("{list} {}: {}", quote(&h.name), quote(&e.to_string())),
+                    problems,
+                );
+            } else if !lower.insert(h.name.to_ascii_lowercase()) {
+                bad(format!("{list} {} given twice", quote(&h.name)), problems);
+            } else {
+                let target = if list == "set" {
+                    &mut out.set
+                } else {
+                    &mut out.add
+                };
+                target.insert(h.name.clone(), h.value.clone());
+            }
+        }
+    }
+    let mut lower = BTreeSet::new();
+    for name in m.remove.iter().take(16) {
+        let one = filters::HeaderModifier {
+            remove: vec![name.clone()],
+            ..Default::default()
+        };
+        if let Err(e) = one.check() {
+            bad(
+                format!("remove {}: {}", quote(name), quote(&e.to_string())),
+                problems,
+            );
+        } else if lower.insert(name.to_ascii_lowercase()) {
+            out.remove.push(name.clone());
+        }
+    }
+    out
+}
+
+/// A RequestRedirect as lb takes it (checked by the core's rules), or why not.
+fn to_redirect(r: &HTTPRequestRedirectFilter) -> Result<Redirect, String> {
+    let scheme = match r.scheme.as_deref() {
+        None => None,
+        Some("http") => Some(RedirectScheme::Http),
+        Some("https") => Some(RedirectScheme::Https),
+        Some(other) => return Err(format!("scheme {} is not http or https", quote(other))),
+    };
+    let status = r.status_code.unwrap_or(302);
+    if status != 301 && status != 302 {
+        return Err(format!("status {status} is not 301 or 302"));
+    }
+    let (path, path_prefix) = match &r.path {
+        None => (None, None),
+        Some(p) => match p.type_.as_str() {
+            "ReplaceFullPath" => (Some(p.replace_full_path.clone().unwrap_or_default()), None),
+            "ReplacePrefixMatch" => (
+                None,
+                Some(p.replace_prefix_match.clone().unwrap_or_default()),
+            ),
+            other => return Err(format!("path type {} is not supported", quote(other))),
+        },
+    };
+    let core = filters::Redirect {
+        scheme: None,
+        host: r.hostname.clone(),
+        port: r.port,
+        path: match (&path, &path_prefix) {
+            (Some(p), _) => Some(filters::PathRewrite::ReplaceFull(p.clone())),
+            (None, Some(p)) => Some(filters::PathRewrite::ReplacePrefix(p.clone())),
+            (None, None) => None,
+        },
+        status: filters::RedirectStatus::default(),
+    };
+    core.check().map_err(|e| quote(&e.to_string()))?;
+    Ok(Redirect {
+        scheme,
+        host: r.hostname.clone(),
+        port: r.port,
+        path,
+        path_prefix,
+        status,
+    })
 }
 
 /// A backendRef -> (namespace, Service, port, weight), or the ResolvedRefs reason.
@@ -942,6 +1097,7 @@ fn emit(
 ) {
     for rule in rules {
         let upstreams: Vec<UpstreamRef> = match &rule.refs {
+            _ if rule.redirect.is_some() => Vec::new(),
             None => Vec::new(),
             Some(refs) => {
                 let mut v: Vec<UpstreamRef> = Vec::new();
@@ -1000,6 +1156,8 @@ fn emit(
                 method: m.method.clone(),
                 headers: m.headers.clone(),
                 upstreams: upstreams.clone(),
+                redirect: rule.redirect.clone(),
+                request_headers: rule.request_headers.clone(),
             });
         }
     }

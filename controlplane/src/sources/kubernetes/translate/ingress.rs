@@ -15,8 +15,8 @@ use super::tls::secret_pem;
 use super::upstreams::{Resolved, UpstreamSettings, Upstreams};
 use super::{Kind, PemFile, Settings};
 use crate::config::{
-    Balance, HashKey, Http, HttpLimits, HttpProxy, HttpTimeouts, PathType, Route, RouteKind,
-    TlsCert, UpstreamRef, UpstreamTls,
+    Balance, HashKey, Http, HttpLimits, HttpProxy, HttpTimeouts, PathType, Redirect,
+    RedirectScheme, Route, RouteKind, TlsCert, UpstreamRef, UpstreamTls,
 };
 use crate::sources::kubernetes::annotations::{
     self, quote, BackendProtocol, HashBy, IngressAnnotations,
@@ -383,6 +383,8 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
                             .into_iter()
                             .map(|name| UpstreamRef { name, weight: 1 })
                             .collect(),
+                        redirect: None,
+                        request_headers: None,
                     },
                     owner: o.key.clone(),
                 });
@@ -423,6 +425,11 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
             }
         }
     }
+    let route_owners: Vec<ObjectKey> = header_routes
+        .iter()
+        .chain(&drafts)
+        .map(|d| d.owner.clone())
+        .collect();
     let mut routes: Vec<Route> = header_routes.into_iter().map(|d| d.route).collect();
     routes.extend(drafts.into_iter().map(|d| d.route));
     // References to upstreams that never got backends are dropped (the route answers 503).
@@ -435,23 +442,36 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
 
     let (certs, pem_files) = certificates(snap, settings, &mains, problems);
     let (timeouts, limits) = connection_settings(&mains);
-    redirects(&list, problems);
+    let https_served = !certs.is_empty() && !settings.ingress_https.is_empty();
+    let plain_routes = redirect_routes(
+        &routes,
+        &route_owners,
+        &list,
+        https_served,
+        settings,
+        problems,
+    );
     let upstream_list = upstreams.into_vec();
     let default_upstream = default_upstream.and_then(|(r, _)| r);
-    let http = |name: &str, listen: &[std::net::SocketAddr], tls: Vec<TlsCert>| Http {
-        name: name.into(),
-        listen: listen.to_vec(),
-        tls,
-        timeouts,
-        limits,
-        proxy: HttpProxy::default(),
-        upstreams: upstream_list.clone(),
-        routes: routes.clone(),
-        default_upstream: default_upstream.clone(),
-    };
+    let http =
+        |name: &str, listen: &[std::net::SocketAddr], tls: Vec<TlsCert>, routes: &[Route]| Http {
+            name: name.into(),
+            listen: listen.to_vec(),
+            tls,
+            timeouts,
+            limits,
+            proxy: HttpProxy::default(),
+            upstreams: upstream_list.clone(),
+            routes: routes.to_vec(),
+            default_upstream: default_upstream.clone(),
+        };
     if !settings.ingress_http.is_empty() {
-        out.http
-            .push(http(HTTP_NAME, &settings.ingress_http, Vec::new()));
+        out.http.push(http(
+            HTTP_NAME,
+            &settings.ingress_http,
+            Vec::new(),
+            &plain_routes,
+        ));
     }
     if !certs.is_empty() {
         if settings.ingress_https.is_empty() {
@@ -468,16 +488,17 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
             }
         } else {
             out.http
-                .push(http(HTTPS_NAME, &settings.ingress_https, certs));
+                .push(http(HTTPS_NAME, &settings.ingress_https, certs, &routes));
             out.pem_files = pem_files;
         }
     }
     let served = !out.http.is_empty();
+    let tls_served = out.http.iter().any(|h| h.name == HTTPS_NAME);
     let ips = distinct(
         settings
             .ingress_http
             .iter()
-            .chain(if out.http.len() > 1 {
+            .chain(if tls_served {
                 &settings.ingress_https[..]
             } else {
                 &[]
@@ -614,6 +635,8 @@ fn apply_canary(
                             name: up.clone(),
                             weight: 1,
                         }],
+                        redirect: None,
+                        request_headers: None,
                     },
                     owner: o.key.clone(),
                 });
@@ -741,18 +764,61 @@ fn connection_settings(mains: &[&Ours<'_>]) -> (HttpTimeouts, HttpLimits) {
     (t, l)
 }
 
-/// `ssl-redirect` and `force-ssl-redirect` need a redirect route, which `[[http.routes]]`
-/// does not have yet: reported.
-// TODO: apply them once config::Route has its redirect filter.
-fn redirects(list: &[Ours<'_>], problems: &mut Problems) {
-    for o in list {
-        if o.ann.ssl_redirect == Some(true) || o.ann.force_ssl_redirect == Some(true) {
+/// The routes of the plain listener: those of Ingresses with `ssl-redirect: "true"` or
+/// `force-ssl-redirect: "true"` answer a redirect to HTTPS (301; ingress-nginx answers 308,
+/// which lb's redirects do not have), the others as on the HTTPS listener. ingress-nginx also
+/// redirects every TLS host by default; lb only where the annotation asks (an Ingress that
+/// works over plain HTTP keeps working).
+fn redirect_routes(
+    routes: &[Route],
+    owners: &[ObjectKey],
+    list: &[Ours<'_>],
+    https_served: bool,
+    settings: &Settings,
+    problems: &mut Problems,
+) -> Vec<Route> {
+    let wants: BTreeSet<&ObjectKey> = list
+        .iter()
+        .filter(|o| {
+            !o.ann.canary.enabled
+                && (o.ann.ssl_redirect == Some(true) || o.ann.force_ssl_redirect == Some(true))
+        })
+        .map(|o| &o.key)
+        .collect();
+    if !https_served {
+        for key in &wants {
             problems.push(
                 Kind::Ingress,
-                &o.key,
+                key,
                 "NotSupported",
-                "ssl-redirect / force-ssl-redirect: redirects are not supported yet; HTTP is served as is",
+                "ssl-redirect / force-ssl-redirect: no HTTPS listener serves Ingresses: HTTP is served as is",
             );
         }
+        return routes.to_vec();
     }
+    let port = settings
+        .ingress_https
+        .first()
+        .map(|s| s.port())
+        .filter(|p| *p != 443);
+    routes
+        .iter()
+        .zip(owners)
+        .map(|(r, owner)| {
+            if !wants.contains(owner) {
+                return r.clone();
+            }
+            let mut r = r.clone();
+            r.upstreams.clear();
+            r.redirect = Some(Redirect {
+                scheme: Some(RedirectScheme::Https),
+                host: None,
+                port,
+                path: None,
+                path_prefix: None,
+                status: 301,
+            });
+            r
+        })
+        .collect()
 }

@@ -123,10 +123,54 @@ fn allocate(list: &[(&ObjectKey, &KService)], settings: &Settings) -> Vec<Option
     vips
 }
 
+/// Annotations of a readable size and at least one TCP or UDP port (at most [`MAX_PORTS`]);
+/// else reported.
+fn servable(key: &ObjectKey, svc: &KService, problems: &mut Problems) -> bool {
+    if annotations::check_size(svc.metadata.annotations.as_ref()).is_err() {
+        problems.push(
+            Kind::Service,
+            key,
+            "TooLarge",
+            format!(
+                "annotations are larger than {} bytes: the Service is skipped",
+                annotations::MAX_ANNOTATION_BYTES
+            ),
+        );
+        return false;
+    }
+    let ports: &[ServicePort] = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or_default();
+    let usable = ports.iter().any(|p| {
+        (1..=65535).contains(&p.port)
+            && matches!(p.protocol.as_deref().unwrap_or("TCP"), "TCP" | "UDP")
+    });
+    if !usable || ports.len() > MAX_PORTS {
+        problems.push(
+            Kind::Service,
+            key,
+            "InvalidPorts",
+            format!(
+                "{} ports, none TCP or UDP or more than {MAX_PORTS}: the Service is skipped",
+                ports.len()
+            ),
+        );
+        return false;
+    }
+    true
+}
+
 /// What the LoadBalancer Services of `snap` mean.
 pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) -> L4Out {
     let mut out = L4Out::default();
-    let list = ours(snap, settings);
+    // Services that cannot be served are left out before VIPs are handed out, so they hold
+    // none.
+    let list: Vec<(&ObjectKey, &KService)> = ours(snap, settings)
+        .into_iter()
+        .filter(|(key, svc)| servable(key, svc, problems))
+        .collect();
     if list.is_empty() {
         return out;
     }
@@ -142,18 +186,6 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
             );
             continue;
         };
-        if annotations::check_size(svc.metadata.annotations.as_ref()).is_err() {
-            problems.push(
-                Kind::Service,
-                key,
-                "TooLarge",
-                format!(
-                    "annotations are larger than {} bytes: the Service is skipped",
-                    annotations::MAX_ANNOTATION_BYTES
-                ),
-            );
-            continue;
-        }
         let (ann, ann_problems) = annotations::parse_service(svc.metadata.annotations.as_ref());
         for p in ann_problems {
             problems.push(Kind::Service, key, p.reason, p.message);
@@ -163,18 +195,6 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
             .as_ref()
             .and_then(|s| s.ports.as_deref())
             .unwrap_or_default();
-        if ports.is_empty() || ports.len() > MAX_PORTS {
-            problems.push(
-                Kind::Service,
-                key,
-                "InvalidPorts",
-                format!(
-                    "{} ports (1..={MAX_PORTS} are served): skipped",
-                    ports.len()
-                ),
-            );
-            continue;
-        }
         let mut by_proto: BTreeMap<&str, Vec<&ServicePort>> = BTreeMap::new();
         for p in ports {
             let proto = p.protocol.as_deref().unwrap_or("TCP");
