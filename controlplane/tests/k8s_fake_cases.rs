@@ -627,10 +627,20 @@ async fn hostile_objects_through_the_fake_are_skipped_and_reported_and_the_rest_
     // The process stays responsive: an Ingress written after all of them is served soon.
     let t = Instant::now();
     fake.apply(&plain("late", "f.example.com").build());
+    // Meanwhile the Ingress beside them never stops serving.
+    let interrupted = std::cell::Cell::new(0u32);
     let took = until(APPLY_WITHIN, || {
+        if answer(&r, "d.example.com", "/") != (200, Some(web)) {
+            interrupted.set(interrupted.get() + 1);
+        }
         answer(&r, "f.example.com", "/") == (200, Some(web))
     })
     .await;
+    assert_eq!(
+        interrupted.get(),
+        0,
+        "polls where d.example.com was not served"
+    );
     println!("a good Ingress written after the hostile ones served in {took:?}");
     assert!(
         took.is_some(),
@@ -722,6 +732,9 @@ async fn hostile_objects_through_the_fake_are_skipped_and_reported_and_the_rest_
     for good in ["fine", "late", "literal"] {
         assert!(events_about(&fake, good).is_empty(), "{good}");
     }
-    assert!(r.state.view().problems >= 3 + injected.len());
+    let view = r.state.view();
+    assert!(view.problems >= 3 + injected.len(), "{view:?}");
+    // Skipping is per object: no apply of the cluster's state was refused for them.
+    assert_eq!(view.applies_rejected, 0, "{view:?}");
     r.stop();
 }
