@@ -33,11 +33,16 @@ pub fn headers_of(v: &serde_json::Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// One request of `routing/cases.json` through `routing`: the status and, for 200, the service
-/// and the endpoint chosen.
+/// The name a pick is known by in `routing/cases.json`: here, the service (upstream) chosen.
+pub type NameOf<'a> =
+    &'a dyn Fn(&dataplane::l7::select::Routing<'_>, &dataplane::l7::route::Pick) -> String;
+
+/// One request of `routing/cases.json` through `routing`: the status and, for 200, the name of
+/// the pick (`name`) and the endpoint chosen.
 fn route_request(
     routing: &mut dataplane::l7::select::Routing<'_>,
     request: &serde_json::Value,
+    name: NameOf<'_>,
 ) -> (u16, Option<(String, u32)>) {
     use dataplane::l7::conn::Router;
     use dataplane::l7::route::RequestView;
@@ -54,21 +59,32 @@ fn route_request(
     );
     match routing.route(&view) {
         Ok(pick) => {
+            let named = name(routing, &pick);
             routing.finished(&pick);
-            let service = routing.table.services[pick.service as usize]
-                .name
-                .to_string();
-            (200, Some((service, pick.backend.0)))
+            (200, Some((named, pick.backend.0)))
         }
         Err(status) => (status.code(), None),
     }
 }
 
-/// Checks one request of `routing/cases.json` against `routing`: its status and backend, over
-/// `repeat` sends its distinct endpoints, or over `samples` sends its weighted distribution.
+/// Checks one request of `routing/cases.json` against `routing`, a case's backend being the
+/// upstream of that name: see [`check_routing_request_named`].
 pub fn check_routing_request(
     routing: &mut dataplane::l7::select::Routing<'_>,
     request: &serde_json::Value,
+) -> Result<(), String> {
+    check_routing_request_named(routing, request, &|r, pick| {
+        r.table.services[pick.service as usize].name.to_string()
+    })
+}
+
+/// Checks one request of `routing/cases.json` against `routing`: its status and backend (the
+/// case's backend name is what `name` calls the pick), over `repeat` sends its distinct
+/// endpoints, or over `samples` sends its weighted distribution.
+pub fn check_routing_request_named(
+    routing: &mut dataplane::l7::select::Routing<'_>,
+    request: &serde_json::Value,
+    name: NameOf<'_>,
 ) -> Result<(), String> {
     use std::collections::{BTreeMap, BTreeSet};
     let want_status = request["expect_status"].as_u64().unwrap() as u16;
@@ -77,7 +93,7 @@ pub fn check_routing_request(
         let tolerance = request["tolerance"].as_f64().unwrap();
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         for _ in 0..samples {
-            let (status, pick) = route_request(routing, request);
+            let (status, pick) = route_request(routing, request, name);
             if status != want_status {
                 return Err(format!("status {status}"));
             }
@@ -93,7 +109,7 @@ pub fn check_routing_request(
     }
     let mut endpoints = BTreeSet::new();
     for _ in 0..request["repeat"].as_u64().unwrap_or(1) {
-        let (status, pick) = route_request(routing, request);
+        let (status, pick) = route_request(routing, request, name);
         let got = pick.as_ref().map(|p| p.0.as_str());
         let want = request["expect_backend"].as_str();
         if status != want_status || got != want {

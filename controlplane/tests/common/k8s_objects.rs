@@ -838,3 +838,14 @@ fn gateway_case(group: &Value, rows: &[&Value], unattached: &[&Value], snap: &mu
         ));
     }
 }
+
+/// A case's backend is known here by the address its endpoint has (`backend_of`): upstream
+/// names are the cluster's (`namespace.service:port`), not the case's.
+pub fn by_address(
+    backend_of: &BTreeMap<IpAddr, String>,
+) -> impl Fn(&dataplane::l7::select::Routing<'_>, &dataplane::l7::route::Pick) -> String + '_ {
+    move |routing, pick| {
+        let addr = routing.table.backends[pick.backend.0 as usize].addr.ip();
+        backend_of.get(&addr).cloned().unwrap_or(addr.to_string())
+    }
+}
