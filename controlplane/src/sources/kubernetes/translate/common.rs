@@ -119,6 +119,20 @@ pub fn check_path(path: &str) -> Result<(), String> {
             "path {} has spaces, control or non-ASCII characters, or a query",
             quote(path)
         ))
+    } else if let Some(bad) = ["//", "/./", "/../", "%2f", "%2F"]
+        .into_iter()
+        .find(|s| path.contains(s))
+        .or(["/..", "/."].into_iter().find(|s| path.ends_with(s)))
+    {
+        // kube-apiserver refuses these in Exact and Prefix paths: a backend that normalizes
+        // the path would see another one than the route matched.
+        Err(format!(
+            "path {} has {bad:?} (empty, dot or encoded-slash segments are refused)",
+            quote(path)
+        ))
+    } else if path.contains(['{', '}']) {
+        // Outside Gateway API's path pattern; meaningful in other proxies' config syntax.
+        Err(format!("path {} has '{{' or '}}'", quote(path)))
     } else {
         Ok(())
     }
