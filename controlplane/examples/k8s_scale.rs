@@ -13,8 +13,9 @@
 //!   (`ControlPlane::wait_adopted`). The L7 proxies are not started (they would bind the
 //!   Ingress address); for Ingress backends (a) is the moment they would switch.
 //! - Where an apply's time goes, measured apart on the same state: cloning the snapshot (the
-//!   source does it per apply), `translate`, and `set_cluster` split into compile
-//!   (`compile_probe`, warm Maglev cache) and the rest (merge, checks, drain, swap).
+//!   source does it per apply), `translate`, and `set_cluster` split into validate
+//!   (`Config::validate`), compile (`compile_probe`, warm Maglev cache) and the rest (merge,
+//!   drain, swap).
 //! - Memory: VmRSS and VmHWM of this process (the fake API server and its copy of every
 //!   object are in it too: its share is printed before the source starts).
 //!
@@ -536,6 +537,10 @@ fn main() {
         cp.compile_probe(&serving)
             .expect("the serving config compiles")
     });
+    let (val_med, val_min) = timed(3, || {
+        let problems = serving.validate();
+        assert!(problems.is_empty(), "the serving config is valid");
+    });
     let (_, hwm_end) = memory();
 
     let mut published_sorted = published_all.clone();
@@ -585,8 +590,13 @@ fn main() {
         ms(comp_min)
     );
     println!(
-        "| rest of set_cluster (merge, checks, drain, swap) | {:.1} |",
+        "| rest of set_cluster (merge, validate, drain, swap) | {:.1} |",
         ms(set_med.saturating_sub(comp_med))
+    );
+    println!(
+        "| validate alone (`Config::validate` of the serving config, median (min) of 3) | {:.1} ({:.1}) |",
+        ms(val_med),
+        ms(val_min)
     );
     println!();
     println!("| memory (MiB) | RSS | peak (VmHWM) |");
