@@ -859,3 +859,43 @@ fn neighbor_resolution_rules() {
     );
     assert!(report(&ok).is_none(), "{}", report(&ok).unwrap());
 }
+
+/// An `[[http]]` with one upstream `a` and the given routes.
+fn http_routes(routes: &str) -> String {
+    format!(
+        "{BASE}[[http]]\nname = \"site\"\nlisten = [\"198.18.0.10:80\"]\n\
+         [[http.upstreams]]\nname = \"a\"\nbackends = [{{ addr = \"198.18.1.10\", port = 8080 }}]\n{routes}"
+    )
+}
+
+#[test]
+fn a_route_with_the_match_of_an_earlier_one_is_dead() {
+    // The same hosts in another case and order, the same path: the third route never gets a
+    // request, and the message names the first one it repeats (not the second, which differs).
+    let route = |hosts: &str, extra: &str| {
+        format!("[[http.routes]]\nhosts = [{hosts}]\npath = \"/x\"\n{extra}upstreams = [{{ name = \"a\" }}]\n")
+    };
+    let first = route("\"A.example\", \"b.example\"", "");
+    let exact = route("\"a.example\", \"b.example\"", "path_type = \"exact\"\n");
+    let dead = route("\"b.example\", \"a.example\", \"B.example\"", "");
+    case(
+        "dead route",
+        &http_routes(&format!("{first}{exact}@@{dead}")),
+        &["route #1"],
+    );
+    // Exact beside prefix, another host, gateway routes with another method or header: all
+    // different matches, accepted.
+    let gateway = |extra: &str| {
+        format!("[[http.routes]]\nkind = \"gateway\"\npath = \"/x\"\n{extra}upstreams = [{{ name = \"a\" }}]\n")
+    };
+    let distinct = [
+        first.clone(),
+        exact,
+        route("\"c.example\"", ""),
+        gateway(""),
+        gateway("method = \"POST\"\n"),
+        gateway("headers = { \"X-A\" = \"1\" }\n"),
+    ]
+    .concat();
+    assert!(report(&http_routes(&distinct)).is_none(), "{distinct}");
+}

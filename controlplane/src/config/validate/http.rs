@@ -69,24 +69,26 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
             }
             check_upstream(http, up, &up_path, out);
         }
+        let names = Names {
+            list: &upstreams,
+            set: &seen,
+        };
+        // The first route of each match, so a later one with the same match is found in one
+        // lookup (the cluster writes thousands of routes into one [[http]]).
+        let mut first_of: HashMap<MatchKey<'_>, usize> = HashMap::with_capacity(http.routes.len());
         for (k, route) in http.routes.iter().enumerate() {
+            let first = *first_of.entry(match_key(route)).or_insert(k);
             check_route(
                 http,
                 route,
-                &upstreams,
+                names,
                 &format!("{path}.routes[{k}]"),
-                k,
+                (k, (first != k).then_some(first)),
                 out,
             );
         }
         if let Some(name) = &http.default_upstream {
-            check_ref(
-                &at,
-                name,
-                &upstreams,
-                &format!("{path}.default_upstream"),
-                out,
-            );
+            check_ref(&at, name, names, &format!("{path}.default_upstream"), out);
         }
     }
 }
@@ -543,9 +545,9 @@ fn check_upstream(http: &Http, up: &Upstream, path: &str, out: &mut Vec<Problem>
 fn check_route(
     http: &Http,
     route: &Route,
-    upstreams: &[&str],
+    upstreams: Names<'_>,
     path: &str,
-    idx: usize,
+    (idx, same_as): (usize, Option<usize>),
     out: &mut Vec<Problem>,
 ) {
     let at = format!("http {} route #{}", http.name, idx + 1);
@@ -683,10 +685,7 @@ fn check_route(
                 .hint("give one a weight above 0, or write upstreams = [] to refuse these requests on purpose"),
         );
     }
-    if let Some(first) = http.routes[..idx]
-        .iter()
-        .position(|earlier| same_match(earlier, route))
-    {
+    if let Some(first) = same_as {
         out.push(
             Problem::new(
                 path,
@@ -839,29 +838,44 @@ fn check_request_headers(m: &HeaderModifier, at: &str, path: &str, out: &mut Vec
     }
 }
 
-/// Both routes take the same requests (same kind, hosts, path, method and headers), so the later
-/// one is dead.
-fn same_match(a: &Route, b: &Route) -> bool {
-    let hosts = |r: &Route| {
-        let mut h: Vec<String> = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
-        h.sort();
-        h.dedup();
-        h
-    };
-    let prefix = |r: &Route| r.path_type != crate::config::PathType::Exact;
-    a.kind == b.kind
-        && a.path == b.path
-        && prefix(a) == prefix(b)
-        && a.method == b.method
-        && a.headers == b.headers
-        && hosts(a) == hosts(b)
+/// What a route takes requests by (kind, hosts, path and whether it is a prefix, method and
+/// headers): two routes with the same key take the same requests, so the later one is dead.
+type MatchKey<'a> = (
+    bool,
+    Vec<String>,
+    &'a str,
+    bool,
+    Option<&'a str>,
+    &'a std::collections::BTreeMap<String, String>,
+);
+
+fn match_key(r: &Route) -> MatchKey<'_> {
+    let mut hosts: Vec<String> = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+    hosts.sort();
+    hosts.dedup();
+    (
+        r.kind == crate::config::RouteKind::Gateway,
+        hosts,
+        &r.path,
+        r.path_type != crate::config::PathType::Exact,
+        r.method.as_deref(),
+        &r.headers,
+    )
+}
+
+/// The upstream names of one `[[http]]`: in order (for hints) and as a set (for lookups).
+#[derive(Clone, Copy)]
+struct Names<'a> {
+    list: &'a [&'a str],
+    set: &'a HashMap<&'a str, usize>,
 }
 
 /// A reference to an upstream of the same `[[http]]`, with a "did you mean" when it is a typo.
-fn check_ref(at: &str, name: &str, upstreams: &[&str], path: &str, out: &mut Vec<Problem>) {
-    if upstreams.contains(&name) {
+fn check_ref(at: &str, name: &str, names: Names<'_>, path: &str, out: &mut Vec<Problem>) {
+    if names.set.contains_key(name) {
         return;
     }
+    let upstreams = names.list;
     let near = upstreams
         .iter()
         .map(|u| (strsim::osa_distance(name, u), *u))
