@@ -129,8 +129,21 @@ impl Nginx {
 
     /// (requests, distinct connections) in the access log, the readiness probes' connections
     /// excluded (they send no request).
+    /// nginx writes a request's line after its response has gone, so the log is read until it
+    /// stops growing (bounded: 2 s).
     fn log(&self) -> (usize, usize) {
-        let log = std::fs::read_to_string(self.dir.0.join("access.log")).unwrap_or_default();
+        let read = || std::fs::read_to_string(self.dir.0.join("access.log")).unwrap_or_default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut log = read();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let again = read();
+            let stable = again.len() == log.len();
+            log = again;
+            if stable || std::time::Instant::now() > deadline {
+                break;
+            }
+        }
         let conns: BTreeSet<&str> = log.lines().filter_map(|l| l.split(' ').next()).collect();
         (log.lines().count(), conns.len())
     }
