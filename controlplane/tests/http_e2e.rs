@@ -13,58 +13,13 @@ use std::time::Duration;
 use testkit::lab::{self, Lab, Request};
 
 mod labkit;
-use labkit::{lab_with, reloads_logged, wait_for, HEAD};
+use labkit::{lab_with, reloads_logged, wait_for, Wrk, HEAD};
 
 /// One lab at a time: the tests share the machine's two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The HTTP listener, on the balancer host's kernel address (as in the shipped lb.toml).
 const SITE: &str = "198.18.255.1:80";
-
-/// wrk in the client's namespace against the site, until [`Wrk::finish`] interrupts it; killed
-/// on drop, so a failing test leaves no load running.
-struct Wrk(Option<std::process::Child>);
-
-impl Wrk {
-    /// Starts `wrk` with `conns` keep-alive connections for at most `max` seconds.
-    fn start(lab: &Lab, conns: u32, max: u32) -> Wrk {
-        let ns = lab.client().unwrap().name().to_owned();
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns, "wrk", "-t1"])
-            .arg(format!("-c{conns}"))
-            .arg(format!("-d{max}s"))
-            .args(["--timeout", "5s", "-H", "Host: www.lab.test"])
-            .arg(format!("http://{SITE}/"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("wrk starts");
-        Wrk(Some(child))
-    }
-
-    /// Interrupts wrk (it prints its summary on SIGINT) and returns that summary.
-    fn finish(mut self) -> String {
-        let child = self.0.take().unwrap();
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
-        let out = child.wait_with_output().expect("wrk ends");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-}
-
-impl Drop for Wrk {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Requests wrk's summary reports, and its error lines (non-2xx answers, socket errors).
 fn wrk_summary(out: &str) -> (u64, Vec<String>) {
@@ -410,7 +365,7 @@ fn http_reloads_apply_and_keep_alive_clients_lose_no_request() {
             >= 8));
         let before = traffic.requests.load(Ordering::Relaxed);
         // wrk's keep-alive load beside them, from before the first reload to after the last.
-        let wrk = Wrk::start(&lab, 8, 600);
+        let wrk = Wrk::start(&lab, SITE, 8, 600);
         // A hundred reloads, each a different table (pod-a's weight, the new route on and off),
         // a broken route every 25.
         let mut broken = 0;

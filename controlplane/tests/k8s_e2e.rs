@@ -22,7 +22,7 @@ use kubefake::FakeApiServer;
 use testkit::lab::{self, Lab, LabOptions, Request};
 
 mod labkit;
-use labkit::{wait_for, TempDir, HEAD};
+use labkit::{wait_for, TempDir, Wrk, HEAD};
 
 /// One lab at a time: the tests share the machine's two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -332,16 +332,7 @@ fn cluster_objects_drive_real_traffic_and_endpoint_churn_loses_nothing() {
 
     // 100 churns under keep-alive load: pod-b joins and leaves (pod-a stays) every 20 ms.
     fake.apply(&slice("web", &["pod-a", "pod-b"]));
-    let ns = lab.client().unwrap().name().to_owned();
-    let wrk = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "wrk", "-t1", "-c8", "-d30s"])
-        .args(["--timeout", "5s", "-H", "Host: www.lab.test"])
-        .arg(format!("http://{SITE}/"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("wrk starts");
-    let mut wrk = KillOnDrop(Some(wrk));
+    let wrk = Wrk::start(&lab, SITE, 8, 30);
     std::thread::sleep(Duration::from_millis(300));
     for i in 0..100 {
         let pods: &[&str] = if i % 2 == 0 {
@@ -380,31 +371,4 @@ fn cluster_objects_drive_real_traffic_and_endpoint_churn_loses_nothing() {
         .and_then(|s| s.holder_identity)
         .unwrap_or_default();
     assert!(holder.is_empty(), "still held by {holder}");
-}
-
-/// wrk, interrupted for its summary or killed on drop.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl KillOnDrop {
-    fn finish(&mut self) -> String {
-        let child = self.0.take().unwrap();
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
-        let out = child.wait_with_output().expect("wrk ends");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }

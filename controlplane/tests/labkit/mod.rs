@@ -71,3 +71,48 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// wrk in the client's namespace against `site` (Host: www.lab.test), until [`Wrk::finish`]
+/// interrupts it; killed on drop, so a failing test leaves no load running.
+pub struct Wrk(Option<std::process::Child>);
+
+impl Wrk {
+    /// Starts `wrk` against `site` with `conns` keep-alive connections for at most `max` seconds.
+    pub fn start(lab: &Lab, site: &str, conns: u32, max: u32) -> Wrk {
+        let ns = lab.client().unwrap().name().to_owned();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "wrk", "-t1"])
+            .arg(format!("-c{conns}"))
+            .arg(format!("-d{max}s"))
+            .args(["--timeout", "5s", "-H", "Host: www.lab.test"])
+            .arg(format!("http://{site}/"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("wrk starts");
+        Wrk(Some(child))
+    }
+
+    /// Interrupts wrk (it prints its summary on SIGINT) and returns that summary.
+    pub fn finish(mut self) -> String {
+        let child = self.0.take().unwrap();
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().expect("wrk ends");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+impl Drop for Wrk {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
