@@ -314,58 +314,26 @@ pub fn route_status(
     HTTPRouteStatus { parents }
 }
 
+/// An Event's involved object of kind `K`: its apiVersion and, when the source holds it, its uid.
+fn involved<K: Resource<DynamicType = ()>>(obj: Option<&K>) -> (String, Option<String>) {
+    (
+        K::api_version(&()).into_owned(),
+        obj.and_then(|o| o.meta().uid.clone()),
+    )
+}
+
 /// The Warning Event for `p`, named from a hash of the problem (the same problem gets the same
 /// name, so creating it twice is a conflict, not a duplicate).
 pub fn event_for(snap: &Snapshot, p: &ObjectProblem, now: &str) -> Event {
     let (api_version, uid) = match p.kind {
-        Kind::IngressClass => (
-            "networking.k8s.io/v1",
-            snap.ingress_classes
-                .get(&p.key.name)
-                .and_then(|o| o.metadata.uid.clone()),
-        ),
-        Kind::Ingress => (
-            "networking.k8s.io/v1",
-            snap.ingresses
-                .get(&p.key)
-                .and_then(|o| o.metadata.uid.clone()),
-        ),
-        Kind::Service => (
-            "v1",
-            snap.services
-                .get(&p.key)
-                .and_then(|o| o.metadata.uid.clone()),
-        ),
-        Kind::EndpointSlice => (
-            "discovery.k8s.io/v1",
-            snap.endpoint_slices
-                .get(&p.key)
-                .and_then(|o| o.metadata.uid.clone()),
-        ),
-        Kind::Secret => (
-            "v1",
-            snap.secrets
-                .get(&p.key)
-                .and_then(|o| o.metadata.uid.clone()),
-        ),
-        Kind::GatewayClass => (
-            "gateway.networking.k8s.io/v1",
-            snap.gateway_classes
-                .get(&p.key.name)
-                .and_then(|o| o.metadata.uid.clone()),
-        ),
-        Kind::Gateway => (
-            "gateway.networking.k8s.io/v1",
-            snap.gateways
-                .get(&p.key)
-                .and_then(|o| o.metadata.uid.clone()),
-        ),
-        Kind::HttpRoute => (
-            "gateway.networking.k8s.io/v1",
-            snap.http_routes
-                .get(&p.key)
-                .and_then(|o| o.metadata.uid.clone()),
-        ),
+        Kind::IngressClass => involved(snap.ingress_classes.get(&p.key.name)),
+        Kind::Ingress => involved(snap.ingresses.get(&p.key)),
+        Kind::Service => involved(snap.services.get(&p.key)),
+        Kind::EndpointSlice => involved(snap.endpoint_slices.get(&p.key)),
+        Kind::Secret => involved(snap.secrets.get(&p.key)),
+        Kind::GatewayClass => involved(snap.gateway_classes.get(&p.key.name)),
+        Kind::Gateway => involved(snap.gateways.get(&p.key)),
+        Kind::HttpRoute => involved(snap.http_routes.get(&p.key)),
     };
     let mut h = DefaultHasher::new();
     (p.kind, &p.key, &p.reason, &p.message).hash(&mut h);
@@ -384,7 +352,7 @@ pub fn event_for(snap: &Snapshot, p: &ObjectProblem, now: &str) -> Event {
             ..ObjectMeta::default()
         },
         involved_object: ObjectReference {
-            api_version: Some(api_version.into()),
+            api_version: Some(api_version),
             kind: Some(kind_name(p.kind).into()),
             name: Some(p.key.name.clone()),
             namespace: (!p.key.namespace.is_empty()).then(|| p.key.namespace.clone()),
@@ -496,5 +464,38 @@ mod tests {
                 .metadata
                 .name
         );
+    }
+
+    #[test]
+    fn events_name_their_object_by_api_version_and_uid() {
+        let mut snap = Snapshot::default();
+        let mut ing = Ingress::default();
+        ing.metadata.uid = Some("u-1".into());
+        snap.ingresses.insert(ObjectKey::new("web", "shop"), ing);
+        let at = |kind, key: ObjectKey| {
+            let p = ObjectProblem {
+                kind,
+                key,
+                reason: "R".into(),
+                message: "m".into(),
+            };
+            event_for(&snap, &p, "2026-01-01T00:00:00Z").involved_object
+        };
+        let o = at(Kind::Ingress, ObjectKey::new("web", "shop"));
+        assert_eq!(o.api_version.as_deref(), Some("networking.k8s.io/v1"));
+        assert_eq!(o.uid.as_deref(), Some("u-1"));
+        for (kind, want) in [
+            (Kind::IngressClass, "networking.k8s.io/v1"),
+            (Kind::Service, "v1"),
+            (Kind::EndpointSlice, "discovery.k8s.io/v1"),
+            (Kind::Secret, "v1"),
+            (Kind::GatewayClass, "gateway.networking.k8s.io/v1"),
+            (Kind::Gateway, "gateway.networking.k8s.io/v1"),
+            (Kind::HttpRoute, "gateway.networking.k8s.io/v1"),
+        ] {
+            let o = at(kind, ObjectKey::new("web", "absent"));
+            assert_eq!(o.api_version.as_deref(), Some(want), "{kind:?}");
+            assert_eq!(o.uid, None, "{kind:?}: not in the snapshot");
+        }
     }
 }
