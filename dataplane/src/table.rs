@@ -304,6 +304,13 @@ pub enum TableError {
         /// The next hop.
         addr: Addr,
     },
+    /// A change of backends names a service this table has not live under that name, VIP,
+    /// protocol and ports, or gives no counter slots ([`RoutingTable::with_backends`]).
+    #[error("service {service}: not a live service of the table with those ports")]
+    NotPatchable {
+        /// The service.
+        service: String,
+    },
     /// Two services claim the same VIP, protocol and port.
     #[error("services {first} and {second} both claim {vip} port {port} protocol {proto}")]
     Overlap {
@@ -321,7 +328,7 @@ pub enum TableError {
 }
 
 /// The immutable routing state every worker reads.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RoutingTable {
     /// Increases with every table the control plane publishes.
     pub generation: u64,
@@ -482,7 +489,21 @@ impl RoutingTable {
     /// unused ones later with [`NeighborCache::retain`]).
     pub fn set_neighbors(&mut self, spec: NeighborSpec) -> Result<(), TableError> {
         let statics: HashMap<Addr, [u8; 6], FastHash> = spec.statics.iter().copied().collect();
-        let local_addrs = self.local.addrs.clone();
+        for idx in 0..self.services.len() {
+            self.bind_hops(idx, &spec, &statics)?;
+        }
+        self.neighbors = Some(spec.cache);
+        Ok(())
+    }
+
+    /// Binds the next hops of service `idx`'s backends (see [`RoutingTable::set_neighbors`]).
+    fn bind_hops(
+        &mut self,
+        idx: usize,
+        spec: &NeighborSpec,
+        statics: &HashMap<Addr, [u8; 6], FastHash>,
+    ) -> Result<(), TableError> {
+        let local_addrs = &self.local.addrs;
         let source = |hop: Addr| -> Option<Addr> {
             let same = |a: &&Addr| a.is_v4() == hop.is_v4();
             // Prefer our address on the hop's own link, else any of its family.
@@ -497,50 +518,48 @@ impl RoutingTable {
                 .or_else(|| local_addrs.iter().find(same))
                 .copied()
         };
-        for svc in &mut self.services {
-            let mut hops = Vec::with_capacity(svc.backends.len());
-            for be in &mut svc.backends {
-                let on_link = statics.contains_key(&be.addr)
-                    || spec.on_link.iter().any(|p| p.contains(be.addr));
-                let hop = if on_link {
-                    Some(be.addr)
-                } else if be.addr.is_v4() {
-                    spec.gateway_v4
-                } else {
-                    spec.gateway_v6
-                };
-                let Some(hop) = hop else {
-                    hops.push(NO_HOP);
-                    continue;
-                };
-                if let Some(mac) = statics.get(&hop) {
-                    be.mac = *mac;
-                    hops.push(NO_HOP);
-                    continue;
-                }
-                let idx = match self.hop_index.get(&hop) {
-                    Some(i) => *i,
-                    None => {
-                        let h = spec.cache.bind(hop).ok_or(TableError::NeighborsFull {
-                            addr: hop,
-                            capacity: spec.cache.capacity(),
-                        })?;
-                        let src = source(hop).ok_or(TableError::NoProbeSource { addr: hop })?;
-                        let i = self.next_hops.len() as u32;
-                        self.next_hops.push(NextHop {
-                            addr: hop,
-                            hop: h,
-                            src,
-                        });
-                        self.hop_index.insert(hop, i);
-                        i
-                    }
-                };
-                hops.push(idx);
+        let svc = &mut self.services[idx];
+        let mut hops = Vec::with_capacity(svc.backends.len());
+        for be in &mut svc.backends {
+            let on_link =
+                statics.contains_key(&be.addr) || spec.on_link.iter().any(|p| p.contains(be.addr));
+            let hop = if on_link {
+                Some(be.addr)
+            } else if be.addr.is_v4() {
+                spec.gateway_v4
+            } else {
+                spec.gateway_v6
+            };
+            let Some(hop) = hop else {
+                hops.push(NO_HOP);
+                continue;
+            };
+            if let Some(mac) = statics.get(&hop) {
+                be.mac = *mac;
+                hops.push(NO_HOP);
+                continue;
             }
-            svc.hops = hops;
+            let i = match self.hop_index.get(&hop) {
+                Some(i) => *i,
+                None => {
+                    let h = spec.cache.bind(hop).ok_or(TableError::NeighborsFull {
+                        addr: hop,
+                        capacity: spec.cache.capacity(),
+                    })?;
+                    let src = source(hop).ok_or(TableError::NoProbeSource { addr: hop })?;
+                    let i = self.next_hops.len() as u32;
+                    self.next_hops.push(NextHop {
+                        addr: hop,
+                        hop: h,
+                        src,
+                    });
+                    self.hop_index.insert(hop, i);
+                    i
+                }
+            };
+            hops.push(i);
         }
-        self.neighbors = Some(spec.cache);
+        svc.hops = hops;
         Ok(())
     }
 
@@ -623,6 +642,77 @@ impl RoutingTable {
     /// Number of per-service counter slots a worker needs.
     pub fn service_stat_slots(&self) -> usize {
         self.service_stats as usize
+    }
+}
+
+impl RoutingTable {
+    /// This table, stamped `generation`, with the live services of `specs` rebuilt from them:
+    /// a change of backends only, in time proportional to the services changed, not to the
+    /// table (the Kubernetes source moves endpoints of one Service among thousands). Each spec
+    /// names a live service by its VIP, protocol and first port, with the same name and last
+    /// port, and gives counter slots (`stat` set); its pools, backends, weights and affinity
+    /// replace the service's. Next hops of the new backends are bound with `neighbors` when this
+    /// table resolves them dynamically (the spec it was bound with). Nothing else changes, and
+    /// on an error this table is untouched.
+    pub fn with_backends(
+        &self,
+        generation: u64,
+        specs: Vec<ServiceSpec>,
+        cache: &mut MaglevCache,
+        neighbors: Option<&NeighborSpec>,
+    ) -> Result<RoutingTable, TableError> {
+        let statics: HashMap<Addr, [u8; 6], FastHash> = neighbors
+            .map(|n| n.statics.iter().copied().collect())
+            .unwrap_or_default();
+        let mut t = self.clone();
+        t.generation = generation;
+        for spec in specs {
+            let idx = match (spec.stat, t.vips.get(&(spec.vip, spec.proto, spec.port_lo))) {
+                (Some(_), Some(&i))
+                    if t.services[i as usize].name == spec.name
+                        && t.services[i as usize].port_hi == spec.port_hi
+                        && t.services[i as usize].port_lo == spec.port_lo =>
+                {
+                    i as usize
+                }
+                _ => return Err(TableError::NotPatchable { service: spec.name }),
+            };
+            let mut backends = spec.backends;
+            backends.sort_by_key(|b| (b.addr, b.port, b.pool));
+            let maglev =
+                cache
+                    .get(&backends, spec.table_size)
+                    .map_err(|source| TableError::Maglev {
+                        service: spec.name.clone(),
+                        source,
+                    })?;
+            let mut by_addr =
+                HashMap::with_capacity_and_hasher(backends.len(), FastHash::default());
+            for (i, b) in backends.iter().enumerate() {
+                t.backend_stats = t.backend_stats.max(b.stat.saturating_add(1));
+                by_addr.insert((b.addr, b.port), i as u16);
+            }
+            for p in &spec.pools {
+                for a in &p.snat {
+                    t.snat.insert(*a);
+                    t.owned.insert(*a);
+                }
+            }
+            let stat = spec.stat.unwrap_or_default();
+            t.service_stats = t.service_stats.max(stat.saturating_add(1));
+            let svc = &mut t.services[idx];
+            svc.affinity = spec.affinity;
+            svc.pools = spec.pools;
+            svc.backends = backends;
+            svc.maglev = maglev;
+            svc.stat = stat;
+            svc.by_addr = by_addr;
+            svc.hops = Vec::new();
+            if let Some(n) = neighbors.filter(|_| t.neighbors.is_some()) {
+                t.bind_hops(idx, n, &statics)?;
+            }
+        }
+        Ok(t)
     }
 }
 

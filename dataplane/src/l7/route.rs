@@ -383,6 +383,52 @@ impl RouteTable {
         Some((b.addr, &service.upstream))
     }
 
+    /// This table with the endpoints, policy and connection settings of the services in
+    /// `services` replaced (each names one of the table's services): a change of backends only,
+    /// without compiling the routes again. `None` when a name is not one of its services.
+    ///
+    /// The replaced endpoints stay in [`RouteTable::backends`], unused, so every `BackendId`
+    /// keeps its meaning; they are dropped (and the ids renumbered) once they outnumber the
+    /// used ones.
+    pub fn with_endpoints(&self, services: &[ServiceSpec]) -> Option<RouteTable> {
+        let mut t = self.clone();
+        for s in services {
+            let i = t.services.iter().position(|x| *x.name == *s.name)?;
+            let ids = s
+                .endpoints
+                .iter()
+                .map(|e| {
+                    t.backends.push(Backend {
+                        addr: e.addr,
+                        weight: e.weight,
+                        service: i as u32,
+                    });
+                    BackendId(t.backends.len() as u32 - 1)
+                })
+                .collect();
+            let svc = &mut t.services[i];
+            svc.backends = ids;
+            svc.policy = s.policy.clone();
+            svc.upstream = Arc::new(Upstream::load(&s.upstream));
+        }
+        let used: usize = t.services.iter().map(|s| s.backends.len()).sum();
+        if t.backends.len() > 2 * used + 1024 {
+            t.compact();
+        }
+        Some(t)
+    }
+
+    /// Drops the endpoints no service uses and renumbers the rest.
+    fn compact(&mut self) {
+        let old = std::mem::take(&mut self.backends);
+        for svc in &mut self.services {
+            for id in &mut svc.backends {
+                self.backends.push(old[id.0 as usize].clone());
+                *id = BackendId(self.backends.len() as u32 - 1);
+            }
+        }
+    }
+
     /// Compiles `spec`. Never fails: a route with nothing usable to send to answers an error,
     /// a service whose backend TLS settings do not load answers 502 (see [`Self::try_compile`]).
     pub fn compile(spec: &TableSpec) -> RouteTable {
@@ -660,6 +706,88 @@ mod tests {
             ),
             Target::Answer(_) => None,
         }
+    }
+
+    /// Each service's endpoints (address, weight) as a table resolves them.
+    fn endpoints(t: &RouteTable) -> Vec<(String, Vec<(SocketAddr, u32)>)> {
+        t.services
+            .iter()
+            .map(|s| {
+                let eps = s
+                    .backends
+                    .iter()
+                    .map(|id| {
+                        let b = &t.backends[id.0 as usize];
+                        assert_eq!(t.services[b.service as usize].name, s.name);
+                        (b.addr, b.weight)
+                    })
+                    .collect();
+                (s.name.to_string(), eps)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn new_endpoints_serve_like_a_compiled_table_and_old_ids_are_dropped_later() {
+        let routes = vec![
+            route(
+                Origin::Ingress,
+                "a.test",
+                PathMatch::Prefix("/".into()),
+                "a",
+            ),
+            route(
+                Origin::Ingress,
+                "b.test",
+                PathMatch::Prefix("/".into()),
+                "b",
+            ),
+        ];
+        let mut spec = TableSpec {
+            services: ["a", "b"]
+                .iter()
+                .map(|n| ServiceSpec {
+                    name: (*n).into(),
+                    endpoints: vec![EndpointSpec {
+                        addr: "127.0.0.1:1".parse().unwrap(),
+                        weight: 1,
+                    }],
+                    policy: Policy::RoundRobin,
+                    upstream: Default::default(),
+                })
+                .collect(),
+            routes,
+            default_backend: None,
+        };
+        let mut t = RouteTable::compile(&spec);
+        for round in 0..2000u32 {
+            let mut a = spec.services[0].clone();
+            a.endpoints = (0..3)
+                .map(|i| EndpointSpec {
+                    addr: SocketAddr::from(([127, 0, 0, 2 + i as u8], 8000 + (round % 7) as u16)),
+                    weight: i,
+                })
+                .collect();
+            a.policy = if round % 2 == 0 {
+                Policy::RoundRobin
+            } else {
+                Policy::LeastOutstanding
+            };
+            t = t.with_endpoints(std::slice::from_ref(&a)).unwrap();
+            spec.services[0] = a;
+            let want = RouteTable::compile(&spec);
+            assert_eq!(endpoints(&t), endpoints(&want), "round {round}");
+            assert_eq!(t.services[0].policy, want.services[0].policy);
+            assert_eq!(service(&t, "a.test", "/").as_deref(), Some("a"));
+            assert_eq!(service(&t, "b.test", "/").as_deref(), Some("b"));
+        }
+        // Replaced endpoints do not pile up.
+        assert!(t.backends.len() <= 2 * 4 + 1024, "{}", t.backends.len());
+        let unknown = ServiceSpec {
+            name: "nope".into(),
+            ..spec.services[0].clone()
+        };
+        assert!(t.with_endpoints(&[unknown]).is_none());
     }
 
     #[test]
