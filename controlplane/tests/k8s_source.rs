@@ -691,6 +691,74 @@ async fn ingress_service_and_slices_route_and_follow_endpoint_conditions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_moves_are_patched_in_place_and_match_a_whole_sync() {
+    let fake = seeded();
+    let r = Replica::start("patched", &fake, "", true);
+    let two = backends(&[("198.18.2.1:8080", Some(1)), ("198.18.2.2:8080", Some(1))]);
+    assert!(until(|| r.ingress_backends() == two).await.is_some());
+    // The leader writes the Ingress's address; that write comes back as a change of the
+    // Ingress (a whole translation). Let it settle.
+    assert!(until(|| fake
+        .get::<k8s_openapi::api::networking::v1::Ingress>(cluster::NS, "shop")
+        .and_then(|i| i.status?.load_balancer?.ingress)
+        .is_some())
+    .await
+    .is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = r.state.view();
+    type Move<'a> = (&'a [cluster::Ep], &'a [(&'a str, Option<u32>)]);
+    let moves: [Move<'_>; 3] = [
+        (
+            &[up(1), (2, false, false, false)],
+            &[("198.18.2.1:8080", Some(1))],
+        ),
+        (
+            &[up(1), up(3)],
+            &[("198.18.2.1:8080", Some(1)), ("198.18.2.3:8080", Some(1))],
+        ),
+        (
+            &[up(1), (3, false, true, true), up(4)],
+            &[
+                ("198.18.2.1:8080", Some(1)),
+                ("198.18.2.3:8080", Some(0)),
+                ("198.18.2.4:8080", Some(1)),
+            ],
+        ),
+    ];
+    for (eps, want) in moves {
+        fake.apply(&slice("web", eps));
+        let want = backends(want);
+        assert!(
+            until(|| r.ingress_backends() == want).await.is_some(),
+            "{:?} != {want:?}",
+            r.ingress_backends()
+        );
+    }
+    let after = r.state.view();
+    assert_eq!(
+        after.applies_patched - before.applies_patched,
+        3,
+        "each endpoint move patched in place: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after.applies_ok - before.applies_ok,
+        3,
+        "and nothing else applied"
+    );
+    assert_eq!(r.cp.cluster_status().patched, after.applies_patched);
+    // A replica that starts now translates everything once: the same serving state.
+    let fresh = Replica::start("patched-fresh", &fake, "", false);
+    assert!(until(|| fresh.state.ready()).await.is_some());
+    assert_eq!(fresh.cp.cluster(), r.cp.cluster());
+    assert_eq!(
+        fresh.cp.http_routes("k8s-ingress"),
+        r.cp.http_routes("k8s-ingress")
+    );
+    fresh.stop();
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removals_are_applied_at_once_additions_wait_for_the_batch() {
     let fake = seeded();
     let r = Replica::start("batch", &fake, "batch = \"400ms\"", true);

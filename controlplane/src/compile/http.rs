@@ -75,25 +75,30 @@ pub fn listeners(cfg: &Config, adjust: Adjust<'_>) -> Vec<HttpListener> {
     cfg.http.iter().map(|h| listener(h, adjust)).collect()
 }
 
-fn listener(http: &Http, adjust: Adjust<'_>) -> HttpListener {
+/// Upstream `up` of `http` as the route table takes it, backend weights through `adjust`.
+pub fn upstream_service(http: &Http, up: &Upstream, adjust: Adjust<'_>) -> ServiceSpec {
+    ServiceSpec {
+        name: up.name.clone(),
+        endpoints: up
+            .backends
+            .iter()
+            .filter_map(|b| {
+                adjust(&backend_key(http, up, b), b.weight).map(|weight| EndpointSpec {
+                    addr: b.socket(),
+                    weight,
+                })
+            })
+            .collect(),
+        policy: policy(up),
+        upstream: upstream(up),
+    }
+}
+
+pub(super) fn listener(http: &Http, adjust: Adjust<'_>) -> HttpListener {
     let services = http
         .upstreams
         .iter()
-        .map(|up| ServiceSpec {
-            name: up.name.clone(),
-            endpoints: up
-                .backends
-                .iter()
-                .filter_map(|b| {
-                    adjust(&backend_key(http, up, b), b.weight).map(|weight| EndpointSpec {
-                        addr: b.socket(),
-                        weight,
-                    })
-                })
-                .collect(),
-            policy: policy(up),
-            upstream: upstream(up),
-        })
+        .map(|up| upstream_service(http, up, adjust))
         .collect();
     let routes = http
         .routes

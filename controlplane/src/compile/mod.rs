@@ -22,12 +22,12 @@ use std::path::Path;
 
 use dataplane::conntrack;
 use dataplane::flow::Addr;
-use dataplane::table::{Local, MaglevCache, TableError};
+use dataplane::table::{Local, MaglevCache, ServiceSpec, TableError};
 use dataplane::RoutingTable;
 
 pub use check::{check_file, check_file_on, check_str};
 pub use draining::{Draining, DrainingBackend};
-pub use http::{backend_key, HttpCert, HttpListener, ProxySettings};
+pub use http::{backend_key, upstream_service, HttpCert, HttpListener, ProxySettings};
 pub use next_hops::{NextHops, NEIGHBOR_SLOTS};
 pub use slots::StatSlots;
 
@@ -154,6 +154,18 @@ pub fn compile_with(
         next_hops: NextHops::of(cfg),
         http: http::listeners(cfg, ctx.adjust),
     })
+}
+
+/// The table's specs of services `idxs` (entries of `cfg.services`, validated) as
+/// [`compile_with`] makes them: for [`RoutingTable::with_backends`], when only their backends
+/// changed.
+pub fn service_specs(cfg: &Config, idxs: &[usize], ctx: &mut Context<'_>) -> Vec<ServiceSpec> {
+    let macs: HashMap<IpAddr, MacAddr> = cfg.neighbors.iter().map(|n| (n.ip, n.mac)).collect();
+    let mut specs = Vec::with_capacity(idxs.len());
+    for svc in idxs.iter().filter_map(|&i| cfg.services.get(i)) {
+        specs.extend(service::specs(cfg, svc, &macs, ctx, false));
+    }
+    specs
 }
 
 /// Port, interface and cores; every worker gets a core (0, 1, ... when none are listed).

@@ -29,7 +29,7 @@ pub struct NextHops {
 
 impl NextHops {
     /// The next hops of `cfg`; `None` when it resolves none (no `on_link`, no `gateway`).
-    pub(super) fn of(cfg: &Config) -> Option<NextHops> {
+    pub fn of(cfg: &Config) -> Option<NextHops> {
         let dp = &cfg.dataplane;
         if dp.on_link.is_empty() && dp.gateway.is_empty() {
             return None;

@@ -16,7 +16,7 @@ use dataplane::port::af_xdp::OwnedAddrs;
 use dataplane::table::TableError;
 use dataplane::RoutingTable;
 
-use super::l7::L7Error;
+use super::l7::{EndpointChange, L7Error};
 use super::{ControlPlane, Inner};
 use crate::compile::{HttpListener, NextHops};
 use crate::config::{self, Config};
@@ -188,20 +188,7 @@ impl ControlPlane {
                 return Err(ApplyError::Neighbors(e));
             }
         }
-        // Frames for the new table's addresses must reach the workers before they serve it;
-        // the old table's stay until it is released.
-        if let Some(f) = &mut inner.filter {
-            let mut want = f.written.clone();
-            want.add(&table);
-            if want != f.written {
-                let written = want.write(&*f.filter);
-                if let Err(e) = written {
-                    self.retain_neighbors(inner);
-                    return Err(ApplyError::AddressFilter(e));
-                }
-                f.written = want;
-            }
-        }
+        self.widen_filter(inner, &table)?;
         match inner.l7.bind(&http) {
             // Reported for a new file only, as the settings above (a rebuild changes none).
             Ok(notes) if config.is_some() => restart.extend(notes),
@@ -226,6 +213,52 @@ impl ControlPlane {
                 std::mem::replace(&mut inner.text, text),
             )
         });
+        self.store(inner, table);
+        inner.l7.publish(http);
+        drop(old_config);
+        Ok(g)
+    }
+
+    /// Publishes `table`, a copy of the serving one with some services' backends changed
+    /// ([`RoutingTable::with_backends`]), and the new route tables of the listeners whose
+    /// upstreams changed with them. Nothing changes on an error.
+    pub(super) fn apply_entries(
+        &self,
+        inner: &mut Inner,
+        mut table: RoutingTable,
+        http: Vec<EndpointChange>,
+        failing: std::collections::HashSet<String>,
+    ) -> Result<u64, ApplyError> {
+        inner.fixed.keep(&mut table);
+        self.widen_filter(inner, &table)?;
+        let g = table.generation;
+        inner.generation = g;
+        inner.failing_open = failing;
+        self.store(inner, table);
+        inner.l7.publish_endpoints(http);
+        Ok(g)
+    }
+
+    /// Frames for `table`'s addresses must reach the workers before they serve it; the old
+    /// table's stay until it is released.
+    fn widen_filter(&self, inner: &mut Inner, table: &RoutingTable) -> Result<(), ApplyError> {
+        if let Some(f) = &mut inner.filter {
+            let mut want = f.written.clone();
+            want.add(table);
+            if want != f.written {
+                let written = want.write(&*f.filter);
+                if let Err(e) = written {
+                    self.retain_neighbors(inner);
+                    return Err(ApplyError::AddressFilter(e));
+                }
+                f.written = want;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `table` the workers' table and wakes them; the replaced one is retired.
+    fn store(&self, inner: &mut Inner, table: RoutingTable) {
         let old = self.table.swap(Arc::new(table));
         // Generation 0 is the placeholder no worker was started on.
         if old.generation > 0 {
@@ -240,9 +273,6 @@ impl ControlPlane {
         {
             h.wake();
         }
-        inner.l7.publish(http);
-        drop(old_config);
-        Ok(g)
     }
 
     /// Hands the plane the address filter of the opened ports and writes the serving table's
@@ -289,7 +319,7 @@ impl ControlPlane {
     }
 
     /// Frees the neighbor slots of next hops no table still uses.
-    fn retain_neighbors(&self, inner: &Inner) {
+    pub(super) fn retain_neighbors(&self, inner: &Inner) {
         let serving = self.table.load();
         inner.neighbors.retain(|a| {
             serving.next_hop_by_addr(a).is_some()

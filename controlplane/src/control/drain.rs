@@ -133,6 +133,59 @@ impl DrainSet {
         out
     }
 
+    /// The set once each service of `new` replaces the one of the same name in `old` (the same
+    /// services, only their backends changed) at `now`: as [`DrainSet::after_reload`] for these
+    /// services alone, the rest of the set as it is.
+    pub(super) fn after_patch(
+        &self,
+        old: &[&config::Service],
+        new: &[&config::Service],
+        dp: &config::Dataplane,
+        now: Instant,
+    ) -> DrainSet {
+        if dp.on_remove == OnRemove::Reset {
+            return DrainSet::default();
+        }
+        let until = now.checked_add(dp.drain_timeout).unwrap_or(now);
+        let mut out = DrainSet {
+            services: self.services.clone(),
+            backends: Vec::new(),
+        };
+        for (o, n) in old.iter().zip(new) {
+            out.backends.extend(removed_backends(o, n, until));
+        }
+        for (d, t) in &self.backends {
+            let back = new
+                .iter()
+                .any(|n| n.name == d.service && has_backend(n, &d.backend));
+            let twice = out
+                .backends
+                .iter()
+                .any(|(e, _)| e.service == d.service && same_backend(&e.backend, &d.backend));
+            if !back && !twice {
+                out.backends.push((d.clone(), *t));
+            }
+        }
+        out
+    }
+
+    /// Names of the live services whose draining backends are gone by `now` (what
+    /// [`DrainSet::expire`] would change), or `None` when a draining service goes too.
+    pub(super) fn expiring_backends(&self, now: Instant) -> Option<Vec<String>> {
+        if self.services.iter().any(|(_, t)| *t <= now) {
+            return None;
+        }
+        let mut names: Vec<String> = self
+            .backends
+            .iter()
+            .filter(|(_, t)| *t <= now)
+            .map(|(d, _)| d.service.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        Some(names)
+    }
+
     /// Forgets what stopped draining by `now`; true when something left.
     pub(super) fn expire(&mut self, now: Instant) -> bool {
         let before = self.services.len() + self.backends.len();

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use dataplane::l7::route::ServiceSpec;
 use dataplane::l7::tls::{self, CertSpec, TlsError, TlsSpec};
 use dataplane::l7::{ConnConfig, RouteTable};
 use dataplane::net::{Counters, ListenerSpec, Metrics, Proxy, ProxyConfig, RequestStats};
@@ -100,6 +101,16 @@ pub(super) struct Prepared {
     specs: Vec<ListenerSpec>,
 }
 
+/// New endpoints of some services of one listener, on their way to its proxy.
+pub(super) struct EndpointChange {
+    name: String,
+    /// Each service's index in the listener's spec.
+    at: Vec<usize>,
+    services: Vec<ServiceSpec>,
+    /// The running proxy's new table; `None` when it does not run yet.
+    table: Option<RouteTable>,
+}
+
 /// The L7 runtime: the compiled listeners, and once started, their proxies.
 #[derive(Default)]
 pub(super) struct L7 {
@@ -180,6 +191,14 @@ fn same_conn(a: &ConnConfig, b: &ConnConfig) -> bool {
 }
 
 impl L7 {
+    /// The route table spec of serving listener `name`.
+    pub(super) fn routes(&self, name: &str) -> Option<dataplane::l7::route::TableSpec> {
+        self.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.routes.clone())
+    }
+
     /// Whether [`L7::start`] ran: the proxies serve.
     pub(super) fn started(&self) -> bool {
         self.workers.is_some()
@@ -286,6 +305,46 @@ impl L7 {
             }
         }
         self.listeners = keep;
+    }
+
+    /// The route table of serving listener `name` with the endpoints of `services` replaced
+    /// (a change of its upstreams' backends, no route compiled again), ready for
+    /// [`L7::publish_endpoints`]; `None` when the listener or one of the services is not there.
+    pub(super) fn prepare_endpoints(
+        &self,
+        name: &str,
+        services: Vec<ServiceSpec>,
+    ) -> Option<EndpointChange> {
+        let spec = self.listeners.iter().find(|l| l.name == name)?;
+        let at = services
+            .iter()
+            .map(|s| spec.routes.services.iter().position(|x| x.name == s.name))
+            .collect::<Option<Vec<usize>>>()?;
+        let table = match self.running.get(name) {
+            Some(r) => Some(r.routes.load().with_endpoints(&services)?),
+            None => None,
+        };
+        Some(EndpointChange {
+            name: name.to_string(),
+            at,
+            services,
+            table,
+        })
+    }
+
+    /// Swaps in the route tables of [`L7::prepare_endpoints`] and keeps their services in the
+    /// serving listeners' specs.
+    pub(super) fn publish_endpoints(&mut self, changes: Vec<EndpointChange>) {
+        for c in changes {
+            if let (Some(r), Some(t)) = (self.running.get(&c.name), c.table) {
+                r.routes.store(Arc::new(t));
+            }
+            if let Some(l) = self.listeners.iter_mut().find(|l| l.name == c.name) {
+                for (i, s) in c.at.into_iter().zip(c.services) {
+                    l.routes.services[i] = s;
+                }
+            }
+        }
     }
 
     /// Starts a proxy per serving listener with `workers` threads each. On an error the proxies

@@ -14,6 +14,7 @@ mod drain;
 mod l7;
 mod observe;
 mod overrides;
+mod patch;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,6 +38,7 @@ use apply::{Filter, Fixed, Next};
 use drain::DrainSet;
 pub use l7::{HttpHandle, L7Error};
 use overrides::failing_open;
+pub use patch::BackendPatch;
 pub use state::{
     effective_weight, AdminState, BackendKey, BackendStatus, Control, DrainingStatus, Health,
     HttpStatus, Observation, OpError, Override, ReloadStatus, ServiceStatus,
@@ -239,6 +241,12 @@ impl ControlPlane {
     /// The running `[[http]]` proxies: each listener's per-worker counters.
     pub fn http_handles(&self) -> Vec<HttpHandle> {
         self.lock().l7.handles()
+    }
+
+    /// The route table spec `[[http]]` `name` serves (or will serve once its proxy starts):
+    /// routes, upstreams and their endpoints at their runtime weights.
+    pub fn http_routes(&self, name: &str) -> Option<dataplane::l7::route::TableSpec> {
+        self.lock().l7.routes(name)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -450,10 +458,24 @@ impl ControlPlane {
     pub fn expire_draining(&self, now: Instant) -> Option<u64> {
         let mut inner = self.lock();
         let before = inner.draining.clone();
+        // Only backends of live services end: rebuild those services alone.
+        let services: Option<Vec<usize>> =
+            inner.draining.expiring_backends(now).and_then(|names| {
+                names
+                    .iter()
+                    .map(|n| inner.config.services.iter().position(|s| s.name == *n))
+                    .collect()
+            });
         if !inner.draining.expire(now) {
             return None;
         }
-        match self.rebuild(&mut inner) {
+        let rebuilt = match services {
+            Some(idxs) => self
+                .publish_entries(&mut inner, &idxs, &[])
+                .map_err(|e| e.to_string()),
+            None => self.rebuild(&mut inner),
+        };
+        match rebuilt {
             Ok(g) => {
                 tracing::info!(generation = g, "drained services and backends removed");
                 Some(g)
@@ -564,6 +586,9 @@ impl ClusterPart {
 pub struct ClusterStatus {
     /// Changes applied.
     pub applied: u64,
+    /// Of the changes applied, those that replaced backends only (applied in time proportional
+    /// to them, not to the whole cluster).
+    pub patched: u64,
     /// Changes rejected (the previous tables kept serving).
     pub rejected: u64,
     /// The last rejection, until a change is applied.

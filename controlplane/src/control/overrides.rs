@@ -103,7 +103,6 @@ fn config_has(cfg: &Config, key: &BackendKey) -> bool {
         })
 }
 
-/// Services whose every operator-enabled backend is down and whose policy is to fail open.
 /// Whether `key` names a backend of an `[[http]]` upstream (`HTTP/UPSTREAM/ADDR:PORT`).
 fn http_has(cfg: &Config, key: &BackendKey) -> bool {
     cfg.http.iter().any(|h| {
@@ -115,13 +114,23 @@ fn http_has(cfg: &Config, key: &BackendKey) -> bool {
     })
 }
 
+/// Services whose every operator-enabled backend is down and whose policy is to fail open.
 pub(super) fn failing_open(
     cfg: &Config,
     overrides: &BTreeMap<BackendKey, Override>,
     health: &HashMap<BackendKey, Health>,
 ) -> HashSet<String> {
+    failing_open_of(&cfg.services, overrides, health)
+}
+
+/// [`failing_open`] of some services only.
+pub(super) fn failing_open_of<'a>(
+    services: impl IntoIterator<Item = &'a crate::config::Service>,
+    overrides: &BTreeMap<BackendKey, Override>,
+    health: &HashMap<BackendKey, Health>,
+) -> HashSet<String> {
     let mut out = HashSet::new();
-    for s in &cfg.services {
+    for s in services {
         if s.all_down != AllDown::FailOpen {
             continue;
         }

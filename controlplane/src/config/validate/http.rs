@@ -93,6 +93,19 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
+/// The rules of upstreams `(http, upstream)` (indices into `cfg.http` and its upstreams) alone:
+/// for a change that replaced only their backends, so the routes that name them still do.
+pub(super) fn check_upstreams(cfg: &Config, idxs: &[(usize, usize)], out: &mut Vec<Problem>) {
+    for &(i, k) in idxs {
+        let Some(http) = cfg.http.get(i) else {
+            continue;
+        };
+        if let Some(up) = http.upstreams.get(k) {
+            check_upstream(http, up, &format!("http[{i}].upstreams[{k}]"), out);
+        }
+    }
+}
+
 /// Names appear in logs, metrics and admin API paths (`http/upstream/backend`).
 fn check_name(name: &str, what: &str, path: &str, out: &mut Vec<Problem>) {
     if name.is_empty() || name.chars().any(|c| c.is_control() || c == '/') {

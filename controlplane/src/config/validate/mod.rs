@@ -80,6 +80,23 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The rules of some entries alone: services `services` (indices into `services`) and
+    /// upstreams `upstreams` (`(http, upstream)` indices). For a change that replaced only the
+    /// backends of entries that passed [`Config::validate`]: what they claim together with the
+    /// others (names, VIPs, ports, routes) is unchanged, so checking them alone is enough.
+    pub fn validate_entries(
+        &self,
+        services: &[usize],
+        upstreams: &[(usize, usize)],
+    ) -> Vec<Problem> {
+        let mut out = Vec::new();
+        services::check_some(self, services, &mut out);
+        http::check_upstreams(self, upstreams, &mut out);
+        out
+    }
+}
+
 /// Most admin connections served at once: each holds a descriptor the dataplane and the health
 /// checks may need.
 pub const MAX_ADMIN_CONNECTIONS: u32 = 65_536;

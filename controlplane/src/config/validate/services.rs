@@ -56,6 +56,35 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
     check_overlaps(&cfg.services, out);
 }
 
+/// The rules of services `idxs` (entries of `cfg.services`) alone: for a change that replaced
+/// only their backends, so the rules they share with the others (names, overlapping VIPs and
+/// ports) still hold.
+pub(super) fn check_some(cfg: &Config, idxs: &[usize], out: &mut Vec<Problem>) {
+    let mut reach = Reach::new(cfg);
+    for &i in idxs {
+        let Some(svc) = cfg.services.get(i) else {
+            continue;
+        };
+        let at = Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "service {}", svc.name));
+        let path = Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "services[{i}]"));
+        check_service(svc, &at, &path, out);
+        if svc.pools.len() > usize::from(u16::MAX) {
+            out.push(Problem::new(
+                format!("{path}.pools"),
+                format!("{at}: {} pools, at most {}", svc.pools.len(), u16::MAX),
+            ));
+            continue;
+        }
+        check_pools(cfg, i, svc, &mut reach, out);
+        if let Some(hc) = &svc.health_check {
+            hc.validate(svc, &format!("{path}.health_check"), out);
+        }
+        if let Some(p) = &svc.passive {
+            p.validate(svc, &at, &format!("{path}.passive"), out);
+        }
+    }
+}
+
 /// What to do about weights that do not fit their table.
 pub const WEIGHTS_HINT: &str =
     "weights are relative (1 and 3 split like 100 and 300): lower them, or raise table_size";

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::leader::{default_identity, LeaderConfig, LeaderElector};
 use super::model::{Gateway, GatewayClass, HTTPRoute, ObjectKey, Snapshot};
-use super::translate::{self, Kind, PemFile, Settings, Translated};
+use super::translate::{self, patch, service_of, Kind, PemFile, Settings, Translated};
 use crate::config::Kubernetes;
 use crate::control::{ClusterPart, ControlPlane};
 
@@ -158,6 +158,9 @@ pub struct SyncView {
     pub applies_rejected: u64,
     /// Applies that changed nothing (the same desired state).
     pub applies_unchanged: u64,
+    /// Of the applies that changed the tables, those that only moved endpoints of existing
+    /// entries (patched in place instead of a whole translation).
+    pub applies_patched: u64,
     /// The last rejection, until an apply succeeds.
     pub last_error: Option<String>,
     /// Objects (or parts) skipped in the last translation.
@@ -246,6 +249,16 @@ impl SyncState {
         ] {
             let _ = writeln!(s, "lb_kubernetes_applies_total{{result=\"{r}\"}} {n}");
         }
+        let _ = writeln!(
+            s,
+            "# HELP lb_kubernetes_applies_patched_total Applies that only moved endpoints of existing entries, patched in place (counted in applies_total ok too)."
+        );
+        let _ = writeln!(s, "# TYPE lb_kubernetes_applies_patched_total counter");
+        let _ = writeln!(
+            s,
+            "lb_kubernetes_applies_patched_total {}",
+            v.applies_patched
+        );
         let _ = writeln!(
             s,
             "# HELP lb_kubernetes_sync_seconds Time from the first watch event of an apply to its table being published."
@@ -552,6 +565,9 @@ async fn run(
         work,
         snapshot: Snapshot::default(),
         last: None,
+        index: None,
+        changed: BTreeSet::new(),
+        structural: false,
         resync,
     }
     .run(rx)
@@ -823,8 +839,15 @@ struct Applier {
     state: Arc<SyncState>,
     work: watch::Sender<Option<StatusWork>>,
     snapshot: Snapshot,
-    /// The last translation's cluster part applied (to skip identical ones).
+    /// The last translation's cluster part applied (to skip identical ones), with every patch
+    /// since.
     last: Option<ClusterPart>,
+    /// Where each Service's endpoints are in `last`, from its whole translation.
+    index: Option<patch::Index>,
+    /// Services whose EndpointSlices changed since the last apply.
+    changed: BTreeSet<ObjectKey>,
+    /// Something besides EndpointSlices changed since the last apply: translate everything.
+    structural: bool,
     /// Asks for an apply even when nothing changed.
     resync: Arc<tokio::sync::Notify>,
 }
@@ -866,6 +889,7 @@ impl Applier {
                     () = resync.notified() => {
                         // Apply even an unchanged translation (the plane's file changed).
                         self.last = None;
+                        self.structural = true;
                         let now = Instant::now();
                         pending.get_or_insert((now, now));
                         now_due = true;
@@ -939,7 +963,9 @@ impl Applier {
                     *v.events.entry(kind_name(kind).to_string()).or_default() +=
                         objects.len() as u64;
                 }
-                self.replace(kind, namespace.as_deref(), objects)
+                let u = self.replace(kind, namespace.as_deref(), objects);
+                self.structural |= u > Urgency::None;
+                u
             }
             Msg::Failed { watch, error } => {
                 record_failure(&self.state, &watch, &error);
@@ -964,6 +990,7 @@ impl Applier {
                     v.failing.remove(&n);
                 }
                 v.disabled.insert(kind_name(kind).to_string(), why);
+                self.structural = true;
                 Urgency::Batch
             }
         }
@@ -978,20 +1005,39 @@ impl Applier {
 
     fn upsert(&mut self, o: Obj) -> Urgency {
         let s = &mut self.snapshot;
+        let u = match &o {
+            Obj::EndpointSlice(x) => {
+                let old = s.endpoint_slices.insert(ObjectKey::of(x), x.clone());
+                let u = match &old {
+                    Some(old) if only_removes(old, x) => {
+                        if old == x {
+                            Urgency::None
+                        } else {
+                            Urgency::Now
+                        }
+                    }
+                    _ => Urgency::Batch,
+                };
+                if u > Urgency::None {
+                    self.changed.extend(old.as_ref().and_then(service_of));
+                    self.changed.extend(service_of(x));
+                }
+                return u;
+            }
+            _ => self.upsert_other(o),
+        };
+        self.structural |= u > Urgency::None;
+        u
+    }
+
+    /// [`Applier::upsert`] of anything but an EndpointSlice.
+    fn upsert_other(&mut self, o: Obj) -> Urgency {
+        let s = &mut self.snapshot;
         match o {
             Obj::IngressClass(x) => changed(s.ingress_classes.insert(name_of(&x), x.clone()), &x),
             Obj::Ingress(x) => changed(s.ingresses.insert(ObjectKey::of(&x), x.clone()), &x),
             Obj::Service(x) => changed(s.services.insert(ObjectKey::of(&x), x.clone()), &x),
-            Obj::EndpointSlice(x) => match s.endpoint_slices.insert(ObjectKey::of(&x), x.clone()) {
-                Some(old) if only_removes(&old, &x) => {
-                    if old == x {
-                        Urgency::None
-                    } else {
-                        Urgency::Now
-                    }
-                }
-                _ => Urgency::Batch,
-            },
+            Obj::EndpointSlice(_) => unreachable!("upsert takes EndpointSlices"),
             Obj::Secret(x) => changed(s.secrets.insert(ObjectKey::of(&x), x.clone()), &x),
             Obj::GatewayClass(x) => changed(s.gateway_classes.insert(name_of(&x), x.clone()), &x),
             Obj::Gateway(x) => changed(s.gateways.insert(ObjectKey::of(&x), x.clone()), &x),
@@ -1005,13 +1051,20 @@ impl Applier {
             Obj::IngressClass(x) => s.ingress_classes.remove(&name_of(x)).is_some(),
             Obj::Ingress(x) => s.ingresses.remove(&ObjectKey::of(x)).is_some(),
             Obj::Service(x) => s.services.remove(&ObjectKey::of(x)).is_some(),
-            Obj::EndpointSlice(x) => s.endpoint_slices.remove(&ObjectKey::of(x)).is_some(),
+            Obj::EndpointSlice(x) => match s.endpoint_slices.remove(&ObjectKey::of(x)) {
+                Some(old) => {
+                    self.changed.extend(service_of(&old));
+                    return Urgency::Now;
+                }
+                None => false,
+            },
             Obj::Secret(x) => s.secrets.remove(&ObjectKey::of(x)).is_some(),
             Obj::GatewayClass(x) => s.gateway_classes.remove(&name_of(x)).is_some(),
             Obj::Gateway(x) => s.gateways.remove(&ObjectKey::of(x)).is_some(),
             Obj::HttpRoute(x) => s.http_routes.remove(&ObjectKey::of(x)).is_some(),
         };
         if gone {
+            self.structural = true;
             Urgency::Now
         } else {
             Urgency::None
@@ -1089,8 +1142,63 @@ impl Applier {
         }
     }
 
-    /// Translates the snapshot and applies it; `first` is when its first change arrived.
+    /// Applies what changed since the last apply; `first` is when its first change arrived.
     async fn apply(&mut self, first: Instant) {
+        let changed = std::mem::take(&mut self.changed);
+        let structural = std::mem::replace(&mut self.structural, false);
+        if !structural && self.patch(&changed, first) {
+            return;
+        }
+        self.apply_all(first).await;
+    }
+
+    /// Applies a change of EndpointSlices alone as new backends of the entries their Services
+    /// have (in time proportional to them, not to the cluster); false when it is more than that
+    /// or the plane refused it: then everything is translated.
+    fn patch(&mut self, changed: &BTreeSet<ObjectKey>, first: Instant) -> bool {
+        let (Some(index), Some(last)) = (&self.index, &mut self.last) else {
+            return false;
+        };
+        let Some(p) = patch::patch(&self.snapshot, &self.settings, index, last, changed) else {
+            return false;
+        };
+        match self.cp.patch_backends(&p) {
+            Ok(Some(g)) => {
+                if !p.apply_to(last) {
+                    // Cannot be (the plane found every entry): start over from a whole one.
+                    self.last = None;
+                    self.index = None;
+                }
+                let secs = first.elapsed().as_secs_f64();
+                let mut v = self.state.lock();
+                if p.is_empty() {
+                    v.applies_unchanged += 1;
+                } else {
+                    v.applies_ok += 1;
+                    v.applies_patched += 1;
+                    v.last_sync_seconds = Some(secs);
+                    v.sync_seconds_sum += secs;
+                    v.sync_seconds_count += 1;
+                }
+                v.last_error = None;
+                tracing::debug!(
+                    generation = g,
+                    seconds = secs,
+                    "kubernetes: endpoints applied"
+                );
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                // A whole translation says the same, with every problem.
+                tracing::debug!(error = %e, "kubernetes: endpoint patch refused; translating everything");
+                false
+            }
+        }
+    }
+
+    /// Translates the whole snapshot and applies it.
+    async fn apply_all(&mut self, first: Instant) {
         let snap = Arc::new(self.snapshot.clone());
         let settings = self.settings.clone();
         let cp = self.cp.clone();
@@ -1103,8 +1211,9 @@ impl Applier {
                     services: t.services.clone(),
                     http: t.http.clone(),
                 };
+                let index = patch::Index::new(&snap, &t);
                 if last.as_ref() == Some(&part) {
-                    return (t, part, None);
+                    return (t, part, index, None);
                 }
                 let written = write_pem_files(&settings.secrets_dir, &t.pem_files);
                 let result = match written {
@@ -1115,10 +1224,10 @@ impl Applier {
                     // The listeners have read what they serve: older certificates can go.
                     prune_pem_files(&settings.secrets_dir, &t.pem_files);
                 }
-                (t, part, Some(result))
+                (t, part, index, Some(result))
             })
         };
-        let Ok((t, part, result)) = job.await else {
+        let Ok((t, part, index, result)) = job.await else {
             tracing::error!("kubernetes: the apply task panicked");
             return;
         };
@@ -1132,6 +1241,7 @@ impl Applier {
                 None => {
                     v.applies_unchanged += 1;
                     v.synced = true;
+                    self.index = Some(index);
                 }
                 Some(Ok(g)) => {
                     let secs = first.elapsed().as_secs_f64();
@@ -1143,8 +1253,10 @@ impl Applier {
                     v.sync_seconds_count += 1;
                     tracing::debug!(generation = g, seconds = secs, "kubernetes: applied");
                     self.last = Some(part);
+                    self.index = Some(index);
                 }
                 Some(Err(e)) => {
+                    self.index = None;
                     v.applies_rejected += 1;
                     v.last_error = Some(e);
                 }

@@ -23,9 +23,11 @@ mod common;
 mod gateway;
 mod ingress;
 mod l4;
+pub mod patch;
 mod tls;
 mod upstreams;
 
+pub use common::service_of;
 use common::Problems;
 pub use gateway::http_name as gateway_http_name;
 pub use ingress::{HTTPS_NAME as INGRESS_HTTPS_NAME, HTTP_NAME as INGRESS_HTTP_NAME};

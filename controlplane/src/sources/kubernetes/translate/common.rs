@@ -196,6 +196,21 @@ impl<'a> EndpointIndex<'a> {
         EndpointIndex { by_service }
     }
 
+    /// Indexes the slices of Service `svc` alone (a change of its endpoints).
+    pub fn of_service(snap: &'a Snapshot, svc: &ObjectKey) -> EndpointIndex<'a> {
+        let start = ObjectKey::new(svc.namespace.clone(), String::new());
+        let slices: Vec<&EndpointSlice> = snap
+            .endpoint_slices
+            .range(start..)
+            .take_while(|(k, _)| k.namespace == svc.namespace)
+            .map(|(_, s)| s)
+            .filter(|s| service_of(s).is_some_and(|k| k == *svc))
+            .collect();
+        let mut by_service = BTreeMap::new();
+        by_service.insert(svc.clone(), slices);
+        EndpointIndex { by_service }
+    }
+
     /// The endpoints of Service `svc`'s port `port`: ready ones at weight 1, serving and
     /// terminating ones at 0, others left out; one entry per address and port (the best
     /// condition wins when slices overlap), in address order.
@@ -262,6 +277,15 @@ impl<'a> EndpointIndex<'a> {
         }
         best.into_values().collect()
     }
+}
+
+/// The Service an EndpointSlice belongs to (its label), if it names one.
+pub fn service_of(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ObjectKey::new(
+        slice.metadata.namespace.clone().unwrap_or_default(),
+        name.clone(),
+    ))
 }
 
 /// Distinct addresses, in order.

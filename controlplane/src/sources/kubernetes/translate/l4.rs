@@ -47,16 +47,7 @@ fn ours<'a>(snap: &'a Snapshot, settings: &Settings) -> Vec<(&'a ObjectKey, &'a 
     let mut list: Vec<(&ObjectKey, &KService)> = snap
         .services
         .iter()
-        .filter(|(_, s)| {
-            let Some(spec) = s.spec.as_ref() else {
-                return false;
-            };
-            spec.type_.as_deref() == Some("LoadBalancer")
-                && match spec.load_balancer_class.as_deref() {
-                    Some(c) => c == settings.load_balancer_class,
-                    None => settings.default_load_balancer,
-                }
-        })
+        .filter(|(_, s)| is_ours(s, settings))
         .collect();
     list.sort_by_cached_key(|(_, s)| age(&s.metadata));
     list
@@ -186,215 +177,255 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
             );
             continue;
         };
-        let (ann, ann_problems) = annotations::parse_service(svc.metadata.annotations.as_ref());
-        for p in ann_problems {
-            problems.push(Kind::Service, key, p.reason, p.message);
+        one(key, svc, vip, &eps, problems, &mut out);
+    }
+    out
+}
+
+/// True when `svc` is a LoadBalancer Service of ours (whether it is served or not).
+pub fn is_ours(svc: &KService, settings: &Settings) -> bool {
+    let Some(spec) = svc.spec.as_ref() else {
+        return false;
+    };
+    spec.type_.as_deref() == Some("LoadBalancer")
+        && match spec.load_balancer_class.as_deref() {
+            Some(c) => c == settings.load_balancer_class,
+            None => settings.default_load_balancer,
         }
-        let ports: &[ServicePort] = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.as_deref())
-            .unwrap_or_default();
-        let mut by_proto: BTreeMap<&str, Vec<&ServicePort>> = BTreeMap::new();
-        for p in ports {
-            let proto = p.protocol.as_deref().unwrap_or("TCP");
-            if !(1..=65535).contains(&p.port) {
+}
+
+/// The `[[services]]` of LoadBalancer Service `key` at `vip` (the one it holds), and its
+/// problems: what [`translate`] makes of it, for a change of its endpoints alone.
+pub fn retranslate(
+    key: &ObjectKey,
+    svc: &KService,
+    vip: IpAddr,
+    eps: &EndpointIndex<'_>,
+    problems: &mut Problems,
+) -> Vec<Service> {
+    let mut out = L4Out::default();
+    if servable(key, svc, problems) {
+        one(key, svc, vip, eps, problems, &mut out);
+    }
+    out.services
+}
+
+/// The `[[services]]` of LoadBalancer Service `key` at `vip`, and its status.
+fn one(
+    key: &ObjectKey,
+    svc: &KService,
+    vip: IpAddr,
+    eps: &EndpointIndex<'_>,
+    problems: &mut Problems,
+    out: &mut L4Out,
+) {
+    let (ann, ann_problems) = annotations::parse_service(svc.metadata.annotations.as_ref());
+    for p in ann_problems {
+        problems.push(Kind::Service, key, p.reason, p.message);
+    }
+    let ports: &[ServicePort] = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or_default();
+    let mut by_proto: BTreeMap<&str, Vec<&ServicePort>> = BTreeMap::new();
+    for p in ports {
+        let proto = p.protocol.as_deref().unwrap_or("TCP");
+        if !(1..=65535).contains(&p.port) {
+            problems.push(
+                Kind::Service,
+                key,
+                "InvalidPorts",
+                format!("port {} is not a port: skipped", p.port),
+            );
+            continue;
+        }
+        match proto {
+            "TCP" | "UDP" => {
+                let list = by_proto.entry(proto).or_default();
+                if list.iter().any(|q| q.port == p.port) {
+                    problems.push(
+                        Kind::Service,
+                        key,
+                        "InvalidPorts",
+                        format!(
+                            "port {} {proto} is listed twice: the second is skipped",
+                            p.port
+                        ),
+                    );
+                } else {
+                    list.push(p);
+                }
+            }
+            other => problems.push(
+                Kind::Service,
+                key,
+                "NotSupported",
+                format!(
+                    "protocol {} is not supported: port {} skipped",
+                    quote(other),
+                    p.port
+                ),
+            ),
+        }
+    }
+    let both = by_proto.len() > 1;
+    let mode = ann.mode.unwrap_or(Mode::FullNat);
+    let vm_mode = ann.vm_mode.unwrap_or(mode);
+    let mut made = false;
+    for (proto, ports) in by_proto {
+        let protocol = if proto == "UDP" {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        };
+        let suffix = if protocol == Protocol::Udp && both {
+            "/udp"
+        } else {
+            ""
+        };
+        let per_port: PortEndpoints = ports
+            .iter()
+            .map(|p| (p.port as u16, eps.endpoints(key, p)))
+            .collect();
+        let rewrites = per_port
+            .iter()
+            .any(|(port, e)| e.iter().any(|e| e.port != *port));
+        let dsr_like = |m: Mode| matches!(m, Mode::Dr | Mode::DsrIpip | Mode::DsrGue);
+        let mismatch = per_port.iter().any(|(port, e)| {
+            e.iter()
+                .any(|e| e.port != *port && dsr_like(if e.vm { vm_mode } else { mode }))
+        });
+        if mismatch {
+            problems.push(
+                Kind::Service,
+                key,
+                "PortMismatch",
+                "dr and dsr forward packets unchanged: target ports must equal the ports; the packets keep the Service port",
+            );
+        }
+        let groups: Vec<(String, PortEndpoints)> = if rewrites && per_port.len() > 1 {
+            per_port
+                .into_iter()
+                .map(|(port, e)| (format!("k8s/{key}/{port}{suffix}"), vec![(port, e)]))
+                .collect()
+        } else {
+            vec![(format!("k8s/{key}{suffix}"), per_port)]
+        };
+        let mut family_mismatch = false;
+        for (name, group) in groups {
+            let single = group.len() == 1;
+            let ports: Vec<PortRange> = group
+                .iter()
+                .map(|(p, _)| PortRange { lo: *p, hi: *p })
+                .collect();
+            let mut pods: BTreeMap<(IpAddr, Option<u16>), Backend> = BTreeMap::new();
+            let mut vms: BTreeMap<(IpAddr, Option<u16>), Backend> = BTreeMap::new();
+            for (_, endpoints) in &group {
+                for e in endpoints {
+                    let m = if e.vm { vm_mode } else { mode };
+                    // nat, fullnat and dr cannot change the family; dsr carries IPv4 in
+                    // IPv6 but not the reverse.
+                    let fits = match m {
+                        Mode::DsrIpip | Mode::DsrGue => e.addr.is_ipv6() || vip.is_ipv4(),
+                        _ => e.addr.is_ipv4() == vip.is_ipv4(),
+                    };
+                    if !fits {
+                        family_mismatch = true;
+                        continue;
+                    }
+                    let port = if single && !dsr_like(m) && rewrites {
+                        Some(e.port)
+                    } else {
+                        None
+                    };
+                    let (set, kind) = if e.vm {
+                        (&mut vms, BackendKind::Vm)
+                    } else {
+                        (&mut pods, BackendKind::Pod)
+                    };
+                    let b = set.entry((e.addr, port)).or_insert(Backend {
+                        addr: e.addr,
+                        port,
+                        weight: e.weight,
+                        kind,
+                    });
+                    b.weight = b.weight.max(e.weight);
+                }
+            }
+            let count = pods.len() + vms.len();
+            if count > MAX_BACKENDS {
                 problems.push(
                     Kind::Service,
                     key,
-                    "InvalidPorts",
-                    format!("port {} is not a port: skipped", p.port),
+                    "TooLarge",
+                    format!("{count} endpoints, more than {MAX_BACKENDS}: skipped"),
                 );
                 continue;
             }
-            match proto {
-                "TCP" | "UDP" => {
-                    let list = by_proto.entry(proto).or_default();
-                    if list.iter().any(|q| q.port == p.port) {
-                        problems.push(
-                            Kind::Service,
-                            key,
-                            "InvalidPorts",
-                            format!(
-                                "port {} {proto} is listed twice: the second is skipped",
-                                p.port
-                            ),
-                        );
-                    } else {
-                        list.push(p);
-                    }
-                }
-                other => problems.push(
+            let weight = ann.weight.unwrap_or(1);
+            let need = (count * SLOTS_PER_BACKEND).max(count * weight as usize);
+            let Some(&table_size) = TABLE_SIZES.iter().find(|&&s| s >= need) else {
+                problems.push(
                     Kind::Service,
                     key,
-                    "NotSupported",
-                    format!(
-                        "protocol {} is not supported: port {} skipped",
-                        quote(other),
-                        p.port
-                    ),
-                ),
+                    "TooLarge",
+                    format!("{count} endpoints need a table larger than lb builds: skipped"),
+                );
+                continue;
+            };
+            let pool = |name: &str, mode: Mode, backends: Vec<Backend>| Pool {
+                name: name.into(),
+                mode,
+                weight,
+                snat: Vec::new(),
+                encap_source: Vec::new(),
+                gue_port: 6080,
+                backends,
+            };
+            let mut pools = vec![pool("pods", mode, pods.into_values().collect())];
+            if !vms.is_empty() {
+                pools.push(pool("vms", vm_mode, vms.into_values().collect()));
             }
-        }
-        let both = by_proto.len() > 1;
-        let mode = ann.mode.unwrap_or(Mode::FullNat);
-        let vm_mode = ann.vm_mode.unwrap_or(mode);
-        let mut made = false;
-        for (proto, ports) in by_proto {
-            let protocol = if proto == "UDP" {
-                Protocol::Udp
-            } else {
-                Protocol::Tcp
-            };
-            let suffix = if protocol == Protocol::Udp && both {
-                "/udp"
-            } else {
-                ""
-            };
-            let per_port: PortEndpoints = ports
-                .iter()
-                .map(|p| (p.port as u16, eps.endpoints(key, p)))
-                .collect();
-            let rewrites = per_port
-                .iter()
-                .any(|(port, e)| e.iter().any(|e| e.port != *port));
-            let dsr_like = |m: Mode| matches!(m, Mode::Dr | Mode::DsrIpip | Mode::DsrGue);
-            let mismatch = per_port.iter().any(|(port, e)| {
-                e.iter()
-                    .any(|e| e.port != *port && dsr_like(if e.vm { vm_mode } else { mode }))
+            out.services.push(Service {
+                name,
+                vip,
+                ports,
+                protocol,
+                affinity: if ann.client_ip_affinity {
+                    Affinity::ClientIp
+                } else {
+                    Affinity::None
+                },
+                table_size,
+                pools,
+                health_check: None,
+                passive: None,
+                all_down: AllDown::default(),
             });
-            if mismatch {
-                problems.push(
-                    Kind::Service,
-                    key,
-                    "PortMismatch",
-                    "dr and dsr forward packets unchanged: target ports must equal the ports; the packets keep the Service port",
-                );
-            }
-            let groups: Vec<(String, PortEndpoints)> = if rewrites && per_port.len() > 1 {
-                per_port
-                    .into_iter()
-                    .map(|(port, e)| (format!("k8s/{key}/{port}{suffix}"), vec![(port, e)]))
-                    .collect()
-            } else {
-                vec![(format!("k8s/{key}{suffix}"), per_port)]
-            };
-            let mut family_mismatch = false;
-            for (name, group) in groups {
-                let single = group.len() == 1;
-                let ports: Vec<PortRange> = group
-                    .iter()
-                    .map(|(p, _)| PortRange { lo: *p, hi: *p })
-                    .collect();
-                let mut pods: BTreeMap<(IpAddr, Option<u16>), Backend> = BTreeMap::new();
-                let mut vms: BTreeMap<(IpAddr, Option<u16>), Backend> = BTreeMap::new();
-                for (_, endpoints) in &group {
-                    for e in endpoints {
-                        let m = if e.vm { vm_mode } else { mode };
-                        // nat, fullnat and dr cannot change the family; dsr carries IPv4 in
-                        // IPv6 but not the reverse.
-                        let fits = match m {
-                            Mode::DsrIpip | Mode::DsrGue => e.addr.is_ipv6() || vip.is_ipv4(),
-                            _ => e.addr.is_ipv4() == vip.is_ipv4(),
-                        };
-                        if !fits {
-                            family_mismatch = true;
-                            continue;
-                        }
-                        let port = if single && !dsr_like(m) && rewrites {
-                            Some(e.port)
-                        } else {
-                            None
-                        };
-                        let (set, kind) = if e.vm {
-                            (&mut vms, BackendKind::Vm)
-                        } else {
-                            (&mut pods, BackendKind::Pod)
-                        };
-                        let b = set.entry((e.addr, port)).or_insert(Backend {
-                            addr: e.addr,
-                            port,
-                            weight: e.weight,
-                            kind,
-                        });
-                        b.weight = b.weight.max(e.weight);
-                    }
-                }
-                let count = pods.len() + vms.len();
-                if count > MAX_BACKENDS {
-                    problems.push(
-                        Kind::Service,
-                        key,
-                        "TooLarge",
-                        format!("{count} endpoints, more than {MAX_BACKENDS}: skipped"),
-                    );
-                    continue;
-                }
-                let weight = ann.weight.unwrap_or(1);
-                let need = (count * SLOTS_PER_BACKEND).max(count * weight as usize);
-                let Some(&table_size) = TABLE_SIZES.iter().find(|&&s| s >= need) else {
-                    problems.push(
-                        Kind::Service,
-                        key,
-                        "TooLarge",
-                        format!("{count} endpoints need a table larger than lb builds: skipped"),
-                    );
-                    continue;
-                };
-                let pool = |name: &str, mode: Mode, backends: Vec<Backend>| Pool {
-                    name: name.into(),
-                    mode,
-                    weight,
-                    snat: Vec::new(),
-                    encap_source: Vec::new(),
-                    gue_port: 6080,
-                    backends,
-                };
-                let mut pools = vec![pool("pods", mode, pods.into_values().collect())];
-                if !vms.is_empty() {
-                    pools.push(pool("vms", vm_mode, vms.into_values().collect()));
-                }
-                out.services.push(Service {
-                    name,
-                    vip,
-                    ports,
-                    protocol,
-                    affinity: if ann.client_ip_affinity {
-                        Affinity::ClientIp
-                    } else {
-                        Affinity::None
-                    },
-                    table_size,
-                    pools,
-                    health_check: None,
-                    passive: None,
-                    all_down: AllDown::default(),
-                });
-                made = true;
-            }
-            if family_mismatch {
-                problems.push(
-                    Kind::Service,
-                    key,
-                    "FamilyMismatch",
-                    format!("endpoints of another address family than VIP {vip} cannot be reached in this mode: left out"),
-                );
-            }
+            made = true;
         }
-        if made {
-            let current = distinct(
-                svc.status
-                    .as_ref()
-                    .and_then(|s| s.load_balancer.as_ref())
-                    .and_then(|l| l.ingress.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i.ip.as_deref()?.parse().ok()),
+        if family_mismatch {
+            problems.push(
+                Kind::Service,
+                key,
+                "FamilyMismatch",
+                format!("endpoints of another address family than VIP {vip} cannot be reached in this mode: left out"),
             );
-            if current != [vip] {
-                out.statuses.push(((*key).clone(), vec![vip]));
-            }
         }
     }
-    out
+    if made {
+        let current = distinct(
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok()),
+        );
+        if current != [vip] {
+            out.statuses.push((key.clone(), vec![vip]));
+        }
+    }
 }
