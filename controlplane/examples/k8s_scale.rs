@@ -12,8 +12,10 @@
 //!   serving config for Ingress backends) and (b) both L4 workers have adopted it
 //!   (`ControlPlane::wait_adopted`). The L7 proxies are not started (they would bind the
 //!   Ingress address); for Ingress backends (a) is the moment they would switch.
-//! - Where an apply's time goes, measured apart on the same state: cloning the snapshot (the
-//!   source does it per apply), `translate`, and `set_cluster` split into validate
+//!   Endpoint moves take the source's patch path (only the changed Services' entries).
+//! - Where a whole apply's time goes (any change but an endpoint move), measured apart on the
+//!   same state: cloning the snapshot (the source does it per whole apply), `translate`, and
+//!   `set_cluster` split into validate
 //!   (`Config::validate`), compile (`compile_probe`, warm Maglev cache) and the rest (merge,
 //!   drain, swap).
 //! - Memory: VmRSS and VmHWM of this process (the fake API server and its copy of every
@@ -567,10 +569,10 @@ fn main() {
         applies.len()
     );
     println!();
-    println!("| one apply, split (same state, source stopped) | median (min) ms |");
+    println!("| one whole apply (any change but an endpoint move), split (same state, source stopped) | median (min) ms |");
     println!("|---|---|");
     println!(
-        "| clone the snapshot (the source does it per apply) | {:.1} ({:.1}) |",
+        "| clone the snapshot (the source does it per whole apply) | {:.1} ({:.1}) |",
         ms(clone_med),
         ms(clone_min)
     );
