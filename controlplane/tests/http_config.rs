@@ -369,6 +369,18 @@ fn hosts_and_paths() {
         &http("[[http.routes]]\nkind = \"gateway\"\nmethod = @@\"G T\"\nheaders = { \"x y\" = @@\"1\", X-A = \"1\", x-a = @@\"2\" }\nupstreams = []\n"),
         &["not an HTTP method", "not a header name", "twice"],
     );
+    case(
+        "ingress routes match no cookie",
+        &http(
+            "[[http.routes]]\npath = \"/c\"\ncookies = @@{ canary = \"always\" }\nupstreams = []\n",
+        ),
+        &["kind = \"gateway\""],
+    );
+    case(
+        "cookie matches are checked",
+        &http("[[http.routes]]\nkind = \"gateway\"\ncookies = { \"a b\" = @@\"1\", c = @@\"x;y\", d = @@\"\" }\nupstreams = []\n"),
+        &["not a cookie name", "not a cookie value", "not a cookie value"],
+    );
 }
 
 #[test]

@@ -415,8 +415,9 @@ fn canary_by_weight_and_by_header() {
     let t = translate(&snap, &settings(&dir.0));
     assert!(t.problems.is_empty(), "{:#?}", t.problems);
     let h = http(&t, "k8s-ingress");
-    assert_eq!(h.routes.len(), 3);
-    // The header route (a Gateway route: only those match headers), then the weighted main.
+    assert_eq!(h.routes.len(), 4);
+    // The header routes (Gateway routes: only those match headers): "always" to the canary,
+    // "never" to the main backends alone; then the weighted main.
     let header = &h.routes[0];
     assert_eq!(header.kind, RouteKind::Gateway);
     assert_eq!(
@@ -424,7 +425,14 @@ fn canary_by_weight_and_by_header() {
         Some("always")
     );
     assert_eq!(header.upstreams[0].name, "shop.web-v2:80");
-    let main = &h.routes[1];
+    let never = &h.routes[1];
+    assert_eq!(
+        never.headers.get("X-Canary").map(String::as_str),
+        Some("never")
+    );
+    let only: Vec<&str> = never.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(only, ["shop.web:80"]);
+    let main = &h.routes[2];
     let split: Vec<(&str, u32)> = main
         .upstreams
         .iter()
@@ -457,6 +465,19 @@ fn canary_by_weight_and_by_header() {
         route_to(&c, "k8s-ingress", "shop.example.com", "/api", &[]),
         Ok(ip("198.18.1.20"))
     );
+    // "never" is never the canary, whatever the weight.
+    for _ in 0..50 {
+        assert_eq!(
+            route_to(
+                &c,
+                "k8s-ingress",
+                "shop.example.com",
+                "/",
+                &[("x-canary", "never")]
+            ),
+            Ok(ip("198.18.1.10"))
+        );
+    }
     // The split, over many requests on one table.
     let spec = &c.http[0].routes;
     let table = RouteTable::compile(spec);
@@ -478,6 +499,91 @@ fn canary_by_weight_and_by_header() {
         (150..=250).contains(&canary),
         "{canary} of 1000 to the canary"
     );
+}
+
+/// Where `n` requests with `headers` go: (main, canary) counts.
+fn spread(c: &controlplane::Compiled, headers: &[(&str, &str)], n: usize) -> (usize, usize) {
+    let table = RouteTable::compile(&c.http[0].routes);
+    let mut state = SelectState::new(&table);
+    let mut routing = Routing {
+        table: &table,
+        state: &mut state,
+    };
+    let view = RequestView::from_parts("shop.example.com", "/x", "GET", headers);
+    let mut out = (0, 0);
+    for _ in 0..n {
+        let pick = routing.route(&view).unwrap();
+        routing.finished(&pick);
+        if table.backends[pick.backend.0 as usize].addr.ip() == ip("198.18.2.10") {
+            out.1 += 1;
+        } else {
+            out.0 += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn canary_by_cookie_then_weight_and_the_header_first() {
+    let dir = TempDir::new("canary-cookie");
+    let mut snap = web_cluster();
+    snap.add(k8s_objects::service(
+        "shop",
+        "web-v2",
+        &[("http", 80, 8080)],
+    ))
+    .add(slice(
+        "shop",
+        "web-v2",
+        "v2-1",
+        &[("http", 8080)],
+        &[("198.18.2.10", State::Ready)],
+        false,
+    ))
+    .add(ingress("shop", "web", Some("lb"), 0).rule(
+        Some("shop.example.com"),
+        "/",
+        "Prefix",
+        backend("web", 80),
+    ))
+    .add(
+        ingress("shop", "web-canary", Some("lb"), 1)
+            .nginx("canary", "true")
+            .nginx("canary-weight", "50")
+            .nginx("canary-by-header", "X-Canary")
+            .nginx("canary-by-cookie", "canary_v2")
+            .rule(
+                Some("shop.example.com"),
+                "/",
+                "Prefix",
+                backend("web-v2", 80),
+            ),
+    );
+    let t = translate(&snap, &settings(&dir.0));
+    assert!(t.problems.is_empty(), "{:#?}", t.problems);
+    let c = merged(&t);
+    let cookie = |v: &str| format!("theme=dark; canary_v2={v}; x=1");
+    // The cookie decides.
+    assert_eq!(spread(&c, &[("cookie", &cookie("always"))], 100), (0, 100));
+    assert_eq!(spread(&c, &[("cookie", &cookie("never"))], 100), (100, 0));
+    // Another value, another cookie or none: the weight.
+    for headers in [
+        vec![("cookie", cookie("maybe"))],
+        vec![("cookie", "canary_v3=always".to_string())],
+        vec![],
+    ] {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let (main, canary) = spread(&c, &h, 1000);
+        assert!(
+            (400..=600).contains(&canary),
+            "{headers:?}: {main} main, {canary} canary"
+        );
+    }
+    // The header comes first: "never" wins over the cookie's "always", and the other way.
+    let never = [("x-canary", "never"), ("cookie", &*cookie("always"))];
+    assert_eq!(spread(&c, &never, 100), (100, 0));
+    let always = [("x-canary", "always"), ("cookie", &*cookie("never"))];
+    assert_eq!(spread(&c, &always, 100), (0, 100));
 }
 
 #[test]

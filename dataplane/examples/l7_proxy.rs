@@ -76,6 +76,7 @@ fn main() {
             upstream: Default::default(),
         }],
         routes: vec![RouteSpec {
+            cookies: Vec::new(),
             origin: Origin::Ingress,
             hosts: vec![],
             path: PathMatch::Prefix("/".into()),

@@ -315,6 +315,7 @@ fn routed_through_a_compiled_table() {
         upstream: Default::default(),
     };
     let route = |host: &str, name: &str| RouteSpec {
+        cookies: Vec::new(),
         origin: Origin::Ingress,
         hosts: vec![host.into()],
         path: PathMatch::Prefix("/".into()),
@@ -369,6 +370,7 @@ fn requests_in_flight_are_counted_until_they_end_however_they_end() {
             upstream: Default::default(),
         }],
         routes: vec![RouteSpec {
+            cookies: Vec::new(),
             origin: Origin::Ingress,
             hosts: vec![],
             path: PathMatch::Prefix("/".into()),

@@ -16,6 +16,7 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 fn route(host: &str, path: PathMatch) -> RouteSpec {
     RouteSpec {
+        cookies: Vec::new(),
         origin: Origin::Gateway,
         hosts: vec![host.into()],
         path,
@@ -51,6 +52,7 @@ fn table(routes: Vec<RouteSpec>) -> RouteTable {
 
 fn redirect_route(host: &str, path: PathMatch, redirect: Redirect) -> RouteSpec {
     RouteSpec {
+        cookies: Vec::new(),
         backends: vec![],
         redirect: Some(redirect),
         ..route(host, path)

@@ -74,6 +74,7 @@ fn table_of(group: &Value) -> TableSpec {
             row["route"], row["rule"], row["match"], row["host"], path
         );
         let spec = RouteSpec {
+            cookies: Vec::new(),
             origin,
             hosts: str_of(&row["host"]).into_iter().collect(),
             path,

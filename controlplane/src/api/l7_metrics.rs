@@ -282,6 +282,7 @@ mod tests {
 
     fn route(host: &str, path: &str, service: &str) -> RouteSpec {
         RouteSpec {
+            cookies: Vec::new(),
             origin: Origin::Ingress,
             hosts: vec![host.into()],
             path: PathMatch::Prefix(path.into()),

@@ -104,6 +104,11 @@ pub(super) fn listener(http: &Http, adjust: Adjust<'_>) -> HttpListener {
         .routes
         .iter()
         .map(|r| RouteSpec {
+            cookies: r
+                .cookies
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
             origin: match r.kind {
                 RouteKind::Ingress => Origin::Ingress,
                 RouteKind::Gateway => Origin::Gateway,

@@ -322,6 +322,10 @@ pub struct Route {
     /// `kind = "gateway"` only: each header must be present with exactly this value.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// `kind = "gateway"` only: each cookie of the request's Cookie header must be present with
+    /// exactly this value (names are case-sensitive; the Ingress source's canary-by-cookie).
+    #[serde(default)]
+    pub cookies: BTreeMap<String, String>,
     /// Where matching requests go, split by weight; empty: an error answer (503 for ingress,
     /// 500 for gateway routes). Required unless the route redirects.
     #[serde(default)]

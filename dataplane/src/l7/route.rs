@@ -111,6 +111,9 @@ pub struct RouteSpec {
     /// Gateway only: each header must be present with exactly this value (names are
     /// case-insensitive).
     pub headers: Vec<(String, String)>,
+    /// Gateway only: each cookie (of the Cookie header) must be present with exactly this
+    /// value (names are case-sensitive). Counts like a header match for precedence.
+    pub cookies: Vec<(String, String)>,
     /// Where matched requests go; empty (or only unknown services): an error answer (Gateway
     /// 500, Ingress 503). Not used when the route redirects.
     pub backends: Vec<BackendRef>,
@@ -197,6 +200,8 @@ struct Rule {
     method: Option<Box<[u8]>>,
     /// Lowercased names.
     headers: Box<[HeaderMatch]>,
+    /// Cookie name (as given) and value.
+    cookies: Box<[HeaderMatch]>,
     target: Target,
     /// The route answers a redirect (its `target` is then only what [`RouteTable::lookup`]
     /// says).
@@ -309,6 +314,15 @@ impl<'a> RequestView<'a> {
                 .map(|(_, v)| v.as_bytes()),
         }
     }
+}
+
+/// The value of cookie `name` in a Cookie header (`a=1; b=2`).
+pub(crate) fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = super::head::trim(pair);
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (&pair[..eq] == name).then(|| &pair[eq + 1..])
+    })
 }
 
 /// A host without its port, for matching.
@@ -506,7 +520,7 @@ impl RouteTable {
                     u32::from(exact),
                     len,
                     u32::from(route.method.is_some()),
-                    route.headers.len() as u32,
+                    (route.headers.len() + route.cookies.len()) as u32,
                 ),
             };
             let rule = Rule {
@@ -516,6 +530,11 @@ impl RouteTable {
                     .headers
                     .iter()
                     .map(|(n, v)| (lower(n), v.as_bytes().into()))
+                    .collect(),
+                cookies: route
+                    .cookies
+                    .iter()
+                    .map(|(n, v)| (n.as_bytes().into(), v.as_bytes().into()))
                     .collect(),
                 target,
                 redirect,
@@ -636,6 +655,12 @@ impl RouteTable {
                         .headers
                         .iter()
                         .all(|(n, v)| request.header(n) == Some(&**v))
+                    && (rule.cookies.is_empty() || {
+                        let header = request.header(b"cookie").unwrap_or_default();
+                        rule.cookies
+                            .iter()
+                            .all(|(n, v)| cookie(header, n) == Some(&**v))
+                    })
             })
         });
         match matched {
@@ -659,6 +684,7 @@ mod tests {
 
     fn route(origin: Origin, host: &str, path: PathMatch, service: &str) -> RouteSpec {
         RouteSpec {
+            cookies: Vec::new(),
             origin,
             hosts: if host.is_empty() {
                 vec![]
@@ -788,6 +814,42 @@ mod tests {
             ..spec.services[0].clone()
         };
         assert!(t.with_endpoints(&[unknown]).is_none());
+    }
+
+    #[test]
+    fn cookie_matches_read_the_cookie_header_and_rank_like_headers() {
+        let mut by_cookie = route(Origin::Gateway, "h", PathMatch::Prefix("/".into()), "b");
+        by_cookie.cookies = vec![("canary".into(), "always".into())];
+        let mut by_header = route(Origin::Gateway, "h", PathMatch::Prefix("/".into()), "c");
+        by_header.headers = vec![("x-canary".into(), "always".into())];
+        let t = table(vec![
+            route(Origin::Gateway, "h", PathMatch::Prefix("/".into()), "a"),
+            by_header,
+            by_cookie,
+        ]);
+        let to = |headers: &[(&str, &str)]| match t
+            .lookup(&RequestView::from_parts("h", "/x", "GET", headers))
+        {
+            Target::Split(s) => t.services[t.splits[s as usize][0].0 as usize]
+                .name
+                .to_string(),
+            Target::Answer(a) => format!("{a:?}"),
+        };
+        assert_eq!(to(&[]), "a");
+        assert_eq!(to(&[("cookie", "canary=always")]), "b");
+        assert_eq!(to(&[("cookie", "a=1;  canary=always ; z=2")]), "b");
+        assert_eq!(to(&[("cookie", "canary=never")]), "a");
+        assert_eq!(to(&[("cookie", "xcanary=always")]), "a");
+        assert_eq!(
+            to(&[("cookie", "Canary=always")]),
+            "a",
+            "names are case-sensitive"
+        );
+        // One match each: the earlier route wins the tie.
+        assert_eq!(
+            to(&[("x-canary", "always"), ("cookie", "canary=always")]),
+            "c"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use super::conn::{Routed, Router};
 use super::errors::Status;
-use super::route::{BackendId, HashKey, Pick, Policy, RequestView, RouteTable, Target};
+use super::route::{cookie, BackendId, HashKey, Pick, Policy, RequestView, RouteTable, Target};
 use std::hash::{BuildHasher, Hasher};
 
 /// Per-worker selection state for one [`RouteTable`].
@@ -51,15 +51,6 @@ fn hash_bytes(parts: &[&[u8]]) -> u64 {
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
     x
-}
-
-/// The cookie `name`'s value in a Cookie header.
-fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
-        let pair = super::head::trim(pair);
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        (&pair[..eq] == name).then(|| &pair[eq + 1..])
-    })
 }
 
 fn key_hash(key: &HashKey, request: &RequestView<'_>) -> u64 {
@@ -282,6 +273,7 @@ mod tests {
             })
             .collect();
         let routes = vec![RouteSpec {
+            cookies: Vec::new(),
             origin: Origin::Gateway,
             hosts: vec![],
             path: PathMatch::Prefix("/".into()),

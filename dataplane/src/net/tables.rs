@@ -249,6 +249,7 @@ mod tests {
                 upstream: Default::default(),
             }],
             routes: vec![RouteSpec {
+                cookies: Vec::new(),
                 origin: Origin::Ingress,
                 hosts: vec![],
                 path: PathMatch::Prefix("/".into()),

@@ -377,6 +377,7 @@ pub fn service(b: &Backend) -> ServiceSpec {
 /// An Ingress route: hosts, a prefix (or exact with a leading `=`), one service.
 pub fn route(hosts: &[&str], path: &str, service: &str) -> RouteSpec {
     RouteSpec {
+        cookies: Vec::new(),
         origin: Origin::Ingress,
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
         path: match path.strip_prefix('=') {

@@ -603,6 +603,15 @@ fn check_route(
                 .hint("set kind = \"gateway\" (Gateway API HTTPRoute rules), or remove headers"),
             );
         }
+        if !route.cookies.is_empty() {
+            out.push(
+                Problem::new(
+                    format!("{path}.cookies"),
+                    format!("{at}: cookie matches are for gateway routes"),
+                )
+                .hint("set kind = \"gateway\", or remove cookies"),
+            );
+        }
     }
     if let Some(m) = &route.method {
         if !is_token(m) {
@@ -647,6 +656,33 @@ fn check_route(
                     "{at}: header {name:?} value {value:?} has control or non-ASCII characters"
                 ),
             ));
+        }
+    }
+    for (name, value) in &route.cookies {
+        let c_path = if name.contains(['.', '[']) {
+            format!("{path}.cookies")
+        } else {
+            format!("{path}.cookies.{name}")
+        };
+        if !is_token(name) {
+            out.push(Problem::new(
+                &c_path,
+                format!("{at}: {name:?} is not a cookie name"),
+            ));
+        }
+        // RFC 6265 cookie-octets: visible ASCII but '"', ',', ';' and the backslash.
+        if value.is_empty()
+            || value
+                .bytes()
+                .any(|b| !b.is_ascii_graphic() || matches!(b, b'"' | b',' | b';' | b'\\'))
+        {
+            out.push(
+                Problem::new(
+                    &c_path,
+                    format!("{at}: cookie {name:?} value {value:?} is not a cookie value"),
+                )
+                .hint("visible ASCII without spaces, '\"', ',', ';' or '\\'"),
+            );
         }
     }
     if let Some(redirect) = &route.redirect {
@@ -851,14 +887,16 @@ fn check_request_headers(m: &HeaderModifier, at: &str, path: &str, out: &mut Vec
     }
 }
 
-/// What a route takes requests by (kind, hosts, path and whether it is a prefix, method and
-/// headers): two routes with the same key take the same requests, so the later one is dead.
+/// What a route takes requests by (kind, hosts, path and whether it is a prefix, method,
+/// headers and cookies): two routes with the same key take the same requests, so the later one
+/// is dead.
 type MatchKey<'a> = (
     bool,
     Vec<String>,
     &'a str,
     bool,
     Option<&'a str>,
+    &'a std::collections::BTreeMap<String, String>,
     &'a std::collections::BTreeMap<String, String>,
 );
 
@@ -873,6 +911,7 @@ fn match_key(r: &Route) -> MatchKey<'_> {
         r.path_type != crate::config::PathType::Exact,
         r.method.as_deref(),
         &r.headers,
+        &r.cookies,
     )
 }
 

@@ -51,7 +51,8 @@ pub struct Canary {
     pub by_header: Option<String>,
     /// `canary-by-header-value`.
     pub by_header_value: Option<String>,
-    /// `canary-by-cookie` (kept typed; not supported yet: reported).
+    /// `canary-by-cookie`: a cookie of this name set to `always` sends to the canary, `never`
+    /// keeps away from it.
     pub by_cookie: Option<String>,
 }
 

@@ -1155,6 +1155,7 @@ fn emit(
                 path_type: m.path_type,
                 method: m.method.clone(),
                 headers: m.headers.clone(),
+                cookies: BTreeMap::new(),
                 upstreams: upstreams.clone(),
                 redirect: rule.redirect.clone(),
                 request_headers: rule.request_headers.clone(),

@@ -379,6 +379,7 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
                         path_type,
                         method: None,
                         headers: BTreeMap::new(),
+                        cookies: BTreeMap::new(),
                         upstreams: up
                             .into_iter()
                             .map(|name| UpstreamRef { name, weight: 1 })
@@ -526,8 +527,36 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
     out
 }
 
+/// A canary's route of its own: a header or a cookie with a value, and where it sends.
+struct CanaryMatch<'a> {
+    header: Option<&'a String>,
+    cookie: Option<&'a String>,
+    value: &'a str,
+    to: &'a [UpstreamRef],
+}
+
+impl<'a> CanaryMatch<'a> {
+    fn header(name: &'a String, value: &'a str, to: &'a [UpstreamRef]) -> Self {
+        CanaryMatch {
+            header: Some(name),
+            cookie: None,
+            value,
+            to,
+        }
+    }
+
+    fn cookie(name: &'a String, value: &'a str, to: &'a [UpstreamRef]) -> Self {
+        CanaryMatch {
+            header: None,
+            cookie: Some(name),
+            value,
+            to,
+        }
+    }
+}
+
 /// Adds canary Ingress `o`'s backend to the routes it shadows: by weight (a share of the main
-/// route) and by header (a route of its own, ahead of the main one).
+/// route), by header and by cookie (routes of their own, ahead of the main one).
 #[allow(clippy::too_many_arguments)]
 fn apply_canary(
     snap: &Snapshot,
@@ -541,14 +570,6 @@ fn apply_canary(
     problems: &mut Problems,
 ) {
     let c = &o.ann.canary;
-    if c.by_cookie.is_some() {
-        problems.push(
-            Kind::Ingress,
-            &o.key,
-            "NotSupported",
-            "canary-by-cookie is not supported yet: ignored",
-        );
-    }
     let up_settings = upstream_settings(o, problems);
     let spec = o.ing.spec.as_ref();
     for rule in spec.and_then(|s| s.rules.as_deref()).unwrap_or_default() {
@@ -595,6 +616,8 @@ fn apply_canary(
                 continue;
             };
             let main = &mut drafts[i].route;
+            // What "never" keeps to: the main backends without the canary's share.
+            let main_only = main.upstreams.clone();
             if let Some(w) = c.weight {
                 let w = w.min(c.weight_total);
                 let rest = c.weight_total - w;
@@ -618,8 +641,33 @@ fn apply_canary(
                     });
                 }
             }
+            // ingress-nginx's order: the header, then the cookie, then the weight. "always" (or
+            // the header value given) sends to the canary, "never" keeps to the main backends;
+            // another value falls through to the next rule. Each is a route of its own with one
+            // match, ahead of the main route; among them the earlier wins a tie.
+            let canary = vec![UpstreamRef {
+                name: up.clone(),
+                weight: 1,
+            }];
+            let mut matches: Vec<CanaryMatch<'_>> = Vec::new();
             if let Some(h) = &c.by_header {
-                let value = c.by_header_value.clone().unwrap_or_else(|| "always".into());
+                match &c.by_header_value {
+                    Some(v) => matches.push(CanaryMatch::header(h, v, &canary)),
+                    None => {
+                        matches.push(CanaryMatch::header(h, "always", &canary));
+                        matches.push(CanaryMatch::header(h, "never", &main_only));
+                    }
+                }
+            }
+            if let Some(name) = &c.by_cookie {
+                matches.push(CanaryMatch::cookie(name, "always", &canary));
+                matches.push(CanaryMatch::cookie(name, "never", &main_only));
+            }
+            for m in matches {
+                let one = |n: Option<&String>| {
+                    n.map(|n| BTreeMap::from([(n.clone(), m.value.to_string())]))
+                        .unwrap_or_default()
+                };
                 header_routes.push(Draft {
                     route: Route {
                         kind: RouteKind::Gateway,
@@ -630,11 +678,9 @@ fn apply_canary(
                             _ => PathType::Prefix,
                         },
                         method: None,
-                        headers: BTreeMap::from([(h.clone(), value)]),
-                        upstreams: vec![UpstreamRef {
-                            name: up.clone(),
-                            weight: 1,
-                        }],
+                        headers: one(m.header),
+                        cookies: one(m.cookie),
+                        upstreams: m.to.to_vec(),
                         redirect: None,
                         request_headers: None,
                     },
