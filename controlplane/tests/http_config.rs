@@ -396,6 +396,11 @@ fn upstreams_limits_and_timeouts() {
         &["balance = \"hash\""],
     );
     case(
+        "sticky without its cookie",
+        "[[http]]\nname = \"w\"\nlisten = [\"198.18.0.10:80\"]\n[[http.upstreams]]\nname = \"a\"\nbalance = @@\"sticky\"\nhash_key = \"client-ip\"\nbackends = [{ addr = \"198.18.1.1\", port = 80 }]\n",
+        &["needs the cookie it sets"],
+    );
+    case(
         "bad hash_key",
         "[[http]]\nname = \"w\"\nlisten = [\"198.18.0.10:80\"]\n[[http.upstreams]]\nname = \"a\"\nbalance = \"hash\"\nhash_key = @@\"query:x\"\nbackends = [{ addr = \"198.18.1.1\", port = 80 }]\n",
         &["header:NAME"],

@@ -620,7 +620,7 @@ fn annotations_typed_bad_ones_reported_snippets_refused() {
     assert!(!dump.contains("more_set_headers") && !dump.contains("return 200"));
     // The rest is served, typed.
     let h = http(&t, "k8s-ingress");
-    assert_eq!(h.upstreams[0].balance, Balance::Hash);
+    assert_eq!(h.upstreams[0].balance, Balance::Sticky);
     assert_eq!(
         h.upstreams[0].hash_key,
         Some(HashKey::Cookie("route".into()))
@@ -629,7 +629,32 @@ fn annotations_typed_bad_ones_reported_snippets_refused() {
     assert_eq!(h.timeouts.request, std::time::Duration::from_secs(30));
     assert_eq!(h.limits.max_body, 2 << 20);
     assert_eq!(h.routes.len(), 1);
-    merged(&t);
+    let c = merged(&t);
+    // The affinity cookie is set by lb on the first answer, and followed after.
+    let table = RouteTable::compile(&c.http[0].routes);
+    let mut state = SelectState::new(&table);
+    let mut routing = Routing {
+        table: &table,
+        state: &mut state,
+    };
+    let mut send = |headers: &[(&str, &str)]| {
+        let view = RequestView::from_parts("shop.example.com", "/", "GET", headers);
+        match routing.route_in_table(&view) {
+            dataplane::l7::conn::Routed::Send(pick, _, set) => {
+                routing.finished(&pick);
+                (
+                    table.backends[pick.backend.0 as usize].addr,
+                    set.map(|s| (s.name.to_string(), s.token)),
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let (first, set) = send(&[]);
+    let (name, token) = set.expect("the first answer sets the cookie");
+    assert_eq!(name, "route");
+    let cookie = format!("route={token:016x}");
+    assert_eq!(send(&[("cookie", &cookie)]), (first, None));
 }
 
 #[test]

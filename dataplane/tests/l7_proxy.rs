@@ -409,3 +409,59 @@ fn listeners_are_added_and_removed_without_touching_the_rest() {
     assert_eq!(kept.get("x", "/").unwrap().status, 200);
     proxy.stop().unwrap();
 }
+
+#[test]
+fn sticky_sessions_set_their_cookie_and_keep_each_client_on_its_backend() {
+    use dataplane::l7::route::{EndpointSpec, Policy, ServiceSpec};
+    use std::collections::BTreeMap;
+    let backends: Vec<Backend> = ["one", "two", "three"]
+        .iter()
+        .map(|n| Backend::start(n, Mode::Name))
+        .collect();
+    let spec = TableSpec {
+        services: vec![ServiceSpec {
+            name: "app".into(),
+            endpoints: backends
+                .iter()
+                .map(|b| EndpointSpec {
+                    addr: b.addr,
+                    weight: 1,
+                })
+                .collect(),
+            policy: Policy::Sticky("SRV".into()),
+            upstream: Default::default(),
+        }],
+        routes: vec![route(&[], "/", "app")],
+        default_backend: None,
+    };
+    let (proxy, _) = proxy(&spec, 1, ConnConfig::default());
+    let addr = proxy.local_addrs()[0];
+    // New clients are balanced in turn, and each answer names the backend that gave it.
+    let mut backend_of: BTreeMap<String, String> = BTreeMap::new();
+    for _ in 0..6 {
+        let mut c = Client::connect(addr);
+        let r = c.get("x", "/").expect("an answer");
+        let set = r
+            .header("set-cookie")
+            .expect("a new client gets the cookie");
+        let (pair, attrs) = set.split_once(';').unwrap();
+        assert_eq!(attrs.trim(), "Path=/; HttpOnly");
+        let value = pair.strip_prefix("SRV=").unwrap().to_string();
+        let before = backend_of.insert(value.clone(), r.text());
+        assert!(before.is_none_or(|b| b == r.text()), "{value}: one backend");
+    }
+    assert_eq!(backend_of.len(), 3, "every backend took new clients");
+    // A returning client stays on its backend, told nothing new.
+    for (value, name) in &backend_of {
+        let mut c = Client::connect(addr);
+        for _ in 0..5 {
+            c.send(
+                format!("GET / HTTP/1.1\r\nhost: x\r\ncookie: a=1; SRV={value}\r\n\r\n").as_bytes(),
+            );
+            let r = read_response(&mut c.reader).expect("an answer");
+            assert_eq!(&r.text(), name);
+            assert_eq!(r.header("set-cookie"), None);
+        }
+    }
+    proxy.stop().unwrap();
+}

@@ -223,6 +223,11 @@ fn policy(up: &Upstream) -> Policy {
             Some(HashKey::Header(n)) => CoreHashKey::Header(n.clone()),
             Some(HashKey::Cookie(n)) => CoreHashKey::Cookie(n.clone()),
         }),
+        Balance::Sticky => match &up.hash_key {
+            Some(HashKey::Cookie(n)) => Policy::Sticky(n.clone()),
+            // Refused by validation; the client address keeps it balanced if it came here.
+            _ => Policy::Hash(CoreHashKey::ClientAddr),
+        },
     }
 }
 

@@ -221,6 +221,10 @@ pub enum Balance {
     LeastRequests,
     /// The same `hash_key` goes to the same backend while it exists (weighted rendezvous).
     Hash,
+    /// Sticky sessions: the cookie `hash_key` names (`"cookie:NAME"`) is set on the first
+    /// answer to the backend that served it, and later requests carrying it go there while it
+    /// takes requests; the others are balanced in turn.
+    Sticky,
 }
 
 /// `[[http.upstreams]] hash_key`: `"client-ip"`, `"header:NAME"` or `"cookie:NAME"`.

@@ -28,7 +28,7 @@ use super::filters::{HeaderRewrite, RedirectFrom, RedirectRule};
 use super::head::{parse_request, Framing, HeadScan, Limits, Method, RequestHead, Version};
 use super::headers::{write_request_head, ClientInfo};
 use super::response::{parse_response, write_response_head, ResponseHead, ResponseOut};
-use super::route::{BackendId, Pick, RequestView};
+use super::route::{BackendId, Pick, RequestView, SetCookie};
 use crate::conntrack::Millis;
 
 /// What the transport does next for a connection.
@@ -113,8 +113,9 @@ impl Default for Timeouts {
 /// What a route does with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Routed<'t> {
-    /// Send it to this backend, its head changed by the route's rewrite (if any).
-    Send(Pick, Option<&'t HeaderRewrite>),
+    /// Send it to this backend, its head changed by the route's rewrite (if any); the answer
+    /// sets this cookie (a sticky session's first request, or one whose endpoint left).
+    Send(Pick, Option<&'t HeaderRewrite>, Option<SetCookie<'t>>),
     /// Answer this redirect.
     Redirect(&'t RedirectRule),
     /// Answer this status (404, 500, 503).
@@ -130,7 +131,7 @@ pub trait Router {
     /// filters (a router without any, like a test's fake).
     fn route_request(&mut self, request: &RequestView<'_>) -> Routed<'_> {
         match self.route(request) {
-            Ok(pick) => Routed::Send(pick, None),
+            Ok(pick) => Routed::Send(pick, None, None),
             Err(status) => Routed::Answer(status),
         }
     }
@@ -201,6 +202,9 @@ pub struct Conn {
     resp: ResponseHead,
     /// The head sent to the backend, kept for the one retry of a bodiless request.
     sent_head: Vec<u8>,
+    /// The `set-cookie` line the current request's answer carries (a sticky session's), or
+    /// empty.
+    set_cookie: Vec<u8>,
     req_body: BodyReader,
     resp_body: BodyReader,
     phase: Phase,
@@ -251,6 +255,7 @@ impl Conn {
             req: RequestHead::default(),
             resp: ResponseHead::default(),
             sent_head: Vec::new(),
+            set_cookie: Vec::new(),
             req_body: BodyReader::Done,
             resp_body: BodyReader::Done,
             phase: Phase::Head,
@@ -564,7 +569,11 @@ impl Conn {
         // The answer to HEAD has no body: one would be read as the start of the next answer.
         let to_head = self.req.method == Method::Head;
         let pick = match router.route_request(&view) {
-            Routed::Send(pick, rewrite) => {
+            Routed::Send(pick, rewrite, set_cookie) => {
+                self.set_cookie.clear();
+                if let Some(c) = set_cookie {
+                    c.write(&mut self.set_cookie);
+                }
                 self.sent_head.clear();
                 write_request_head(
                     &self.cin,
@@ -732,7 +741,7 @@ impl Conn {
                                 close: false,
                                 dechunk: false,
                             };
-                            write_response_head(&self.bin, &self.resp, how, &mut self.cout);
+                            write_response_head(&self.bin, &self.resp, how, &[], &mut self.cout);
                         }
                         self.bin.drain(..head_len);
                         continue;
@@ -748,7 +757,7 @@ impl Conn {
                             close: false,
                             dechunk: false,
                         };
-                        write_response_head(&self.bin, &self.resp, how, &mut self.cout);
+                        write_response_head(&self.bin, &self.resp, how, &[], &mut self.cout);
                         self.bin.drain(..head_len);
                         self.answered = true;
                         self.count_answer(101, actions);
@@ -767,7 +776,13 @@ impl Conn {
                         close: self.close_after,
                         dechunk: self.dechunk,
                     };
-                    write_response_head(&self.bin, &self.resp, how, &mut self.cout);
+                    write_response_head(
+                        &self.bin,
+                        &self.resp,
+                        how,
+                        &self.set_cookie,
+                        &mut self.cout,
+                    );
                     self.bin.drain(..head_len);
                     self.resp_body = reader;
                     self.in_body = true;

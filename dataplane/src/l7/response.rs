@@ -162,8 +162,15 @@ pub struct ResponseOut {
     pub dechunk: bool,
 }
 
-/// Appends the head to send to the client for `head` (parsed from `buf`).
-pub fn write_response_head(buf: &[u8], head: &ResponseHead, how: ResponseOut, out: &mut Vec<u8>) {
+/// Appends the head to send to the client for `head` (parsed from `buf`), with the header
+/// lines `extra` (each ending in CRLF) added after the backend's fields.
+pub fn write_response_head(
+    buf: &[u8],
+    head: &ResponseHead,
+    how: ResponseOut,
+    extra: &[u8],
+    out: &mut Vec<u8>,
+) {
     use std::io::Write as _;
     let _ = write!(out, "HTTP/1.1 {} ", head.status);
     out.extend_from_slice(head.reason.of(buf));
@@ -189,6 +196,7 @@ pub fn write_response_head(buf: &[u8], head: &ResponseHead, how: ResponseOut, ou
             out.extend_from_slice(b"\r\n");
         }
     }
+    out.extend_from_slice(extra);
     if head.status == 101 {
         out.extend_from_slice(b"connection: upgrade\r\n");
     } else if how.close && !head.is_interim() {
@@ -250,11 +258,12 @@ mod tests {
                 close: true,
                 dechunk: true,
             },
+            b"set-cookie: s=1\r\n",
             &mut out,
         );
         assert_eq!(
             out,
-            b"HTTP/1.1 200 OK\r\nX-B: 2\r\nconnection: close\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nX-B: 2\r\nset-cookie: s=1\r\nconnection: close\r\n\r\n"
         );
     }
 }

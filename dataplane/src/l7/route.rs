@@ -53,6 +53,55 @@ pub enum Policy {
     LeastOutstanding,
     /// The same key goes to the same endpoint while it exists (weighted rendezvous hashing).
     Hash(HashKey),
+    /// Sticky sessions: a request whose cookie of this name names a usable endpoint
+    /// ([`sticky_token`]) goes to it; any other is balanced in turn (weighted) and its answer
+    /// sets the cookie to the endpoint chosen (ingress-nginx's `affinity: cookie`).
+    Sticky(String),
+}
+
+/// What a sticky cookie holds for the endpoint at `addr`: a fixed hash of the address (FNV-1a
+/// over the IPv6 or IPv4-mapped address and the port), the same on every replica and table
+/// generation, never 0.
+pub fn sticky_token(addr: SocketAddr) -> u64 {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(a) => a.octets(),
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in ip.iter().chain(&addr.port().to_be_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+/// The cookie an answer sets for a sticky session: `name=<16 hex digits>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetCookie<'t> {
+    /// The cookie's name.
+    pub name: &'t str,
+    /// The endpoint's [`sticky_token`].
+    pub token: u64,
+}
+
+impl SetCookie<'_> {
+    /// Appends the `set-cookie` header line (for the whole site, not readable by scripts).
+    pub fn write(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let _ = write!(
+            out,
+            "set-cookie: {}={:016x}; Path=/; HttpOnly\r\n",
+            self.name, self.token
+        );
+    }
+
+    /// The token a cookie value names (16 hex digits), if it is one.
+    pub fn parse(value: &[u8]) -> Option<u64> {
+        if value.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(std::str::from_utf8(value).ok()?, 16).ok()
+    }
 }
 
 /// What a consistent hash is computed over.

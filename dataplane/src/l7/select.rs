@@ -8,7 +8,10 @@
 
 use super::conn::{Routed, Router};
 use super::errors::Status;
-use super::route::{cookie, BackendId, HashKey, Pick, Policy, RequestView, RouteTable, Target};
+use super::route::{
+    cookie, sticky_token, BackendId, HashKey, Pick, Policy, RequestView, RouteTable, SetCookie,
+    Target,
+};
 use std::hash::{BuildHasher, Hasher};
 
 /// Per-worker selection state for one [`RouteTable`].
@@ -79,30 +82,39 @@ fn pick_endpoint(
 ) -> Option<BackendId> {
     let svc = &table.services[service as usize];
     let usable = |id: &BackendId| table.backends[id.0 as usize].weight > 0 && Some(*id) != avoid;
-    match &svc.policy {
-        Policy::RoundRobin => {
-            let total: u64 = svc
-                .backends
-                .iter()
-                .filter(|b| usable(b))
-                .map(|b| u64::from(table.backends[b.0 as usize].weight))
-                .sum();
-            if total == 0 {
-                return None;
-            }
-            let turn = &mut state.turn[service as usize];
-            let mut at = *turn % total;
-            *turn = turn.wrapping_add(1);
-            svc.backends.iter().copied().filter(usable).find(|b| {
-                let w = u64::from(table.backends[b.0 as usize].weight);
-                if at < w {
-                    true
-                } else {
-                    at -= w;
-                    false
-                }
-            })
+    let round_robin = |state: &mut SelectState| {
+        let total: u64 = svc
+            .backends
+            .iter()
+            .filter(|b| usable(b))
+            .map(|b| u64::from(table.backends[b.0 as usize].weight))
+            .sum();
+        if total == 0 {
+            return None;
         }
+        let turn = &mut state.turn[service as usize];
+        let mut at = *turn % total;
+        *turn = turn.wrapping_add(1);
+        svc.backends.iter().copied().filter(usable).find(|b| {
+            let w = u64::from(table.backends[b.0 as usize].weight);
+            if at < w {
+                true
+            } else {
+                at -= w;
+                false
+            }
+        })
+    };
+    match &svc.policy {
+        Policy::RoundRobin => round_robin(state),
+        // `hash` is the token the request's cookie names (0: none).
+        Policy::Sticky(_) => svc
+            .backends
+            .iter()
+            .copied()
+            .filter(usable)
+            .find(|b| hash != 0 && sticky_token(table.backends[b.0 as usize].addr) == hash)
+            .or_else(|| round_robin(state)),
         Policy::LeastOutstanding => {
             // Fewest in flight relative to weight; ties go round robin.
             let turn = &mut state.turn[service as usize];
@@ -156,7 +168,16 @@ impl<'a> Routing<'a> {
         match matched.target {
             Target::Answer(status) => Routed::Answer(status),
             Target::Split(split) => match self.pick_in_split(split, request) {
-                Ok(pick) => Routed::Send(pick, matched.request_headers),
+                Ok(pick) => {
+                    let set_cookie = match &table.services[pick.service as usize].policy {
+                        Policy::Sticky(name) => {
+                            let token = sticky_token(table.backends[pick.backend.0 as usize].addr);
+                            (token != pick.hash).then_some(SetCookie { name, token })
+                        }
+                        _ => None,
+                    };
+                    Routed::Send(pick, matched.request_headers, set_cookie)
+                }
                 Err(status) => Routed::Answer(status),
             },
         }
@@ -167,6 +188,11 @@ impl<'a> Routing<'a> {
         let service = self.pick_service(split).ok_or(Status::Unavailable)?;
         let hash = match &self.table.services[service as usize].policy {
             Policy::Hash(key) => key_hash(key, request),
+            Policy::Sticky(name) => request
+                .header(b"cookie")
+                .and_then(|c| cookie(c, name.as_bytes()))
+                .and_then(SetCookie::parse)
+                .unwrap_or(0),
             _ => 0,
         };
         let chosen = pick_endpoint(self.table, self.state, service, hash, None);
@@ -295,6 +321,71 @@ mod tests {
             routes,
             default_backend: None,
         })
+    }
+
+    /// Routes one request on `t`: the endpoint and the token the answer sets (if any).
+    fn sticky(
+        r: &mut Routing<'_>,
+        headers: &[(&str, &str)],
+    ) -> (std::net::SocketAddr, Option<u64>) {
+        let t = r.table;
+        match r.route_in_table(&RequestView::from_parts("h", "/", "GET", headers)) {
+            Routed::Send(p, _, c) => {
+                r.finished(&p);
+                (t.backends[p.backend.0 as usize].addr, c.map(|c| c.token))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sticky_cookie_is_set_followed_and_moved_when_its_endpoint_leaves() {
+        let t = table(Policy::Sticky("srv".into()), &[1, 1, 0], &[1]);
+        let mut state = SelectState::new(&t);
+        let mut r = Routing {
+            table: &t,
+            state: &mut state,
+        };
+        // Without the cookie: in turn over the usable endpoints, each answer naming its own.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let (addr, c) = sticky(&mut r, &[]);
+            assert_eq!(c, Some(sticky_token(addr)));
+            seen.insert(addr);
+        }
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        // With it: the same endpoint every time, and no new cookie.
+        let (addr, c) = sticky(&mut r, &[]);
+        let cookie = format!("a=1; srv={:016x}; b=2", c.unwrap());
+        for _ in 0..20 {
+            assert_eq!(sticky(&mut r, &[("cookie", &cookie)]), (addr, None));
+        }
+        // A value naming no endpoint, or the drained one (weight 0): balanced, told the new one.
+        let drained: std::net::SocketAddr = "10.0.0.2:80".parse().unwrap();
+        for value in [
+            "zz".to_string(),
+            "00000000000000ff".to_string(),
+            format!("{:016x}", sticky_token(drained)),
+        ] {
+            let (to, c) = sticky(&mut r, &[("cookie", &format!("srv={value}"))]);
+            assert_ne!(to, drained);
+            assert_eq!(c, Some(sticky_token(to)), "{value}");
+        }
+        // Tokens are the address's: the same on every table and replica.
+        assert_eq!(
+            SetCookie::parse(format!("{:016x}", sticky_token(addr)).as_bytes()),
+            Some(sticky_token(addr))
+        );
+        let mut line = Vec::new();
+        SetCookie {
+            name: "srv",
+            token: 0xab,
+        }
+        .write(&mut line);
+        assert_eq!(
+            line,
+            b"set-cookie: srv=00000000000000ab; Path=/; HttpOnly\r\n"
+        );
     }
 
     fn counts(t: &RouteTable, n: usize, headers: &[(&str, &str)]) -> Vec<usize> {

@@ -12,8 +12,8 @@ use dataplane::l7::upstream::BackendTlsSpec;
 
 use super::check_unicast;
 use crate::config::http::{
-    is_token, Balance, HeaderModifier, Http, PathType, Redirect, Route, RouteKind, TlsCert,
-    Upstream, UpstreamTls,
+    is_token, Balance, HashKey, HeaderModifier, Http, PathType, Redirect, Route, RouteKind,
+    TlsCert, Upstream, UpstreamTls,
 };
 use crate::config::schema::{Backend, Config, Pool, Protocol, Service};
 use crate::diag::Problem;
@@ -457,14 +457,24 @@ fn check_proxy(http: &Http, at: &str, path: &str, out: &mut Vec<Problem>) {
 fn check_upstream(http: &Http, up: &Upstream, path: &str, out: &mut Vec<Problem>) {
     let at = format!("http {} upstream {}", http.name, up.name);
     check_name(&up.name, "upstream", &format!("{path}.name"), out);
-    if up.hash_key.is_some() && up.balance != Balance::Hash {
-        out.push(
+    match (up.balance, &up.hash_key) {
+        (Balance::Hash, _) => {}
+        (Balance::Sticky, Some(HashKey::Cookie(_))) => {}
+        (Balance::Sticky, _) => out.push(
+            Problem::new(
+                format!("{path}.balance"),
+                format!("{at}: balance = \"sticky\" needs the cookie it sets"),
+            )
+            .hint("add hash_key = \"cookie:NAME\" (e.g. \"cookie:INGRESSCOOKIE\")"),
+        ),
+        (_, Some(_)) => out.push(
             Problem::new(
                 format!("{path}.hash_key"),
-                format!("{at}: hash_key is only used with balance = \"hash\""),
+                format!("{at}: hash_key is only used with balance = \"hash\" or \"sticky\""),
             )
             .hint("set balance = \"hash\", or remove hash_key"),
-        );
+        ),
+        (_, None) => {}
     }
     if up.backends.is_empty() {
         out.push(

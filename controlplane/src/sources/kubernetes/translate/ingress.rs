@@ -158,14 +158,15 @@ fn ours<'a>(snap: &'a Snapshot, settings: &Settings, problems: &mut Problems) ->
 fn upstream_settings(o: &Ours<'_>, problems: &mut Problems) -> UpstreamSettings {
     let mut s = UpstreamSettings::default();
     let key = match (&o.ann.affinity_cookie, &o.ann.hash_by) {
-        (Some(cookie), _) => Some(HashKey::Cookie(cookie.clone())),
-        (None, Some(HashBy::RemoteAddr)) => Some(HashKey::ClientIp),
-        (None, Some(HashBy::Header(h))) => Some(HashKey::Header(h.clone())),
-        (None, Some(HashBy::Cookie(c))) => Some(HashKey::Cookie(c.clone())),
+        // lb sets the affinity cookie on the first answer, as ingress-nginx does.
+        (Some(cookie), _) => Some((Balance::Sticky, HashKey::Cookie(cookie.clone()))),
+        (None, Some(HashBy::RemoteAddr)) => Some((Balance::Hash, HashKey::ClientIp)),
+        (None, Some(HashBy::Header(h))) => Some((Balance::Hash, HashKey::Header(h.clone()))),
+        (None, Some(HashBy::Cookie(c))) => Some((Balance::Hash, HashKey::Cookie(c.clone()))),
         (None, None) => None,
     };
-    if let Some(k) = key {
-        s.balance = Balance::Hash;
+    if let Some((balance, k)) = key {
+        s.balance = balance;
         s.hash_key = Some(k);
     }
     if o.ann.backend_protocol == Some(BackendProtocol::Https) {
