@@ -1259,3 +1259,118 @@ backends = [{ addr = "198.18.1.10", port = 8080 }]
     );
     r.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_labelled_later_lets_its_routes_attach_to_a_selector_listener() {
+    use controlplane::sources::kubernetes::model::ObjectKey;
+    use controlplane::sources::kubernetes::model::{
+        AllowedRoutes, Gateway, GatewayClass, GatewayClassSpec, GatewaySpec, HTTPBackendRef,
+        HTTPRoute, HTTPRouteRule, HTTPRouteSpec, Listener, ParentReference, RouteNamespaces,
+    };
+    use controlplane::sources::kubernetes::translate::gateway_http_name;
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let fake = kubefake::FakeApiServer::start();
+    fake.apply(&cluster::service("web"));
+    fake.apply(&slice("web", &[up(1)]));
+    fake.apply(&GatewayClass::new(
+        "lb",
+        GatewayClassSpec {
+            controller_name: "lb.example.com/gateway-controller".into(),
+            description: None,
+        },
+    ));
+    let mut gw = Gateway::new(
+        "gw",
+        GatewaySpec {
+            gateway_class_name: "lb".into(),
+            listeners: vec![Listener {
+                name: "http".into(),
+                hostname: None,
+                port: 8080,
+                protocol: "HTTP".into(),
+                tls: None,
+                allowed_routes: Some(AllowedRoutes {
+                    namespaces: Some(RouteNamespaces {
+                        from: Some("Selector".into()),
+                        selector: Some(LabelSelector {
+                            match_labels: Some([("gw".to_string(), "shared".to_string())].into()),
+                            match_expressions: None,
+                        }),
+                    }),
+                }),
+            }],
+            addresses: Vec::new(),
+        },
+    );
+    gw.metadata.namespace = Some(cluster::NS.into());
+    fake.apply(&gw);
+    let mut route = HTTPRoute::new(
+        "shop",
+        HTTPRouteSpec {
+            parent_refs: vec![ParentReference {
+                name: "gw".into(),
+                ..ParentReference::default()
+            }],
+            hostnames: vec!["shop.example.com".into()],
+            rules: vec![HTTPRouteRule {
+                backend_refs: vec![HTTPBackendRef {
+                    name: "web".into(),
+                    port: Some(80),
+                    ..HTTPBackendRef::default()
+                }],
+                ..HTTPRouteRule::default()
+            }],
+        },
+    );
+    route.metadata.namespace = Some(cluster::NS.into());
+    fake.apply(&route);
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(cluster::NS.into());
+    fake.apply(&ns);
+    let r = Replica::start(
+        "selector",
+        &fake,
+        "gateway_addresses = [\"198.18.0.11\"]",
+        true,
+    );
+    let name = gateway_http_name(&ObjectKey::new(cluster::NS, "gw"), 8080);
+    let routes = || r.cp.http_routes(&name).map_or(0, |spec| spec.routes.len());
+    assert!(until(|| r.state.ready()).await.is_some());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(routes(), 0, "the namespace has no matching label yet");
+    // Labelled: the route attaches, without a restart.
+    ns.metadata.labels = Some([("gw".to_string(), "shared".to_string())].into());
+    fake.apply(&ns);
+    assert!(
+        until(|| routes() == 1).await.is_some(),
+        "{:?}",
+        r.state.view()
+    );
+    // The label taken away: it leaves again.
+    ns.metadata.labels = None;
+    fake.apply(&ns);
+    assert!(until(|| routes() == 0).await.is_some());
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_that_cannot_be_listed_do_not_keep_the_source_unready() {
+    let fake = seeded();
+    // An API server (or RBAC) without Namespaces for us: 404 on the first list.
+    fake.unregister("", "v1", "namespaces");
+    let r = Replica::start("no-namespaces", &fake, "", true);
+    let two = backends(&[("198.18.2.1:8080", Some(1)), ("198.18.2.2:8080", Some(1))]);
+    assert!(until(|| r.ingress_backends() == two && r.state.ready())
+        .await
+        .is_some());
+    let v = r.state.view();
+    assert!(
+        v.disabled
+            .get("Namespace")
+            .is_some_and(|why| why.contains("Selector")),
+        "{:?}",
+        v.disabled
+    );
+    r.stop();
+}

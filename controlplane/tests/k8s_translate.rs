@@ -1736,3 +1736,138 @@ fn ingress_status_names_the_listeners_that_serve() {
     });
     assert!(translate(&snap, &s).statuses.ingresses.is_empty());
 }
+
+#[test]
+fn listeners_allow_routes_from_namespaces_chosen_by_labels() {
+    use controlplane::sources::kubernetes::model::{
+        AllowedRoutes, HTTPPathMatch, HTTPRouteMatch, HTTPRouteRule, HTTPRouteSpec, RouteNamespaces,
+    };
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    let dir = TempDir::new("selector");
+    let selector = |sel: LabelSelector| AllowedRoutes {
+        namespaces: Some(RouteNamespaces {
+            from: Some("Selector".into()),
+            selector: Some(sel),
+        }),
+    };
+    let mut by_label = listener("teams", Some("*.example.com"), 80);
+    by_label.allowed_routes = Some(selector(LabelSelector {
+        match_labels: Some([("team".to_string(), "a".to_string())].into()),
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "env".into(),
+            operator: "NotIn".into(),
+            values: Some(vec!["dev".into()]),
+        }]),
+    }));
+    let mut bad = listener("bad", Some("*.example.org"), 8080);
+    bad.allowed_routes = Some(selector(LabelSelector {
+        match_labels: None,
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "team".into(),
+            operator: "Near".into(),
+            values: None,
+        }]),
+    }));
+    let mut snap = web_cluster();
+    snap.add(gateway_class("lb", GATEWAY_CONTROLLER))
+        .add(gateway(
+            "shop",
+            "gw",
+            "lb",
+            vec![by_label, bad],
+            &["198.18.0.21"],
+        ));
+    let namespace = |name: &str, labels: &[(&str, &str)]| {
+        let mut n = Namespace::default();
+        n.metadata.name = Some(name.into());
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        n
+    };
+    for (ns, labels) in [
+        ("team-a", &[("team", "a")][..]),
+        ("team-a-dev", &[("team", "a"), ("env", "dev")][..]),
+        ("team-b", &[("team", "b")][..]),
+    ] {
+        snap.namespaces.insert(ns.into(), namespace(ns, labels));
+    }
+    let route_in = |ns: &str| {
+        http_route(
+            ns,
+            "app",
+            0,
+            HTTPRouteSpec {
+                parent_refs: vec![parent("gw", None).ns("shop")],
+                hostnames: vec![format!("{ns}.example.com")],
+                rules: vec![HTTPRouteRule {
+                    matches: vec![HTTPRouteMatch {
+                        path: Some(HTTPPathMatch {
+                            type_: Some("PathPrefix".into()),
+                            value: Some("/".into()),
+                        }),
+                        headers: vec![],
+                        method: None,
+                    }],
+                    filters: vec![],
+                    backend_refs: vec![backend_ref("web", 80, None)],
+                }],
+            },
+        )
+    };
+    // Also a namespace the snapshot has no object of (not listed yet, or not allowed to list).
+    for ns in ["team-a", "team-a-dev", "team-b", "unknown"] {
+        snap.add(route_in(ns))
+            .add(k8s_objects::service(ns, "web", &[("http", 80, 8080)]))
+            .add(slice(
+                ns,
+                "web",
+                "web-1",
+                &[("http", 8080)],
+                &[("198.18.1.30", State::Ready)],
+                false,
+            ));
+    }
+    let t = translate(&snap, &settings(&dir.0));
+    let accepted = |ns: &str| {
+        let (_, s) = t
+            .statuses
+            .http_routes
+            .iter()
+            .find(|(k, _)| k.namespace == ns)
+            .unwrap_or_else(|| panic!("a status for the route in {ns}"));
+        let c = &s.parents[0].conditions;
+        cond(c)
+            .into_iter()
+            .find(|(ty, _, _)| ty == "Accepted")
+            .map(|(_, status, reason)| (status, reason))
+            .unwrap()
+    };
+    assert_eq!(accepted("team-a"), ("True".into(), "Accepted".into()));
+    for ns in ["team-a-dev", "team-b", "unknown"] {
+        assert_eq!(
+            accepted(ns),
+            ("False".into(), "NotAllowedByListeners".into()),
+            "{ns}"
+        );
+    }
+    assert_eq!(
+        reasons(&t, Kind::Gateway, "shop", "gw"),
+        ["InvalidSelector"],
+        "{:#?}",
+        t.problems
+    );
+    let c = merged(&t);
+    assert_eq!(
+        route_to(&c, "gw:shop:gw:80", "team-a.example.com", "/", &[]),
+        Ok(ip("198.18.1.30"))
+    );
+    assert_eq!(
+        route_to(&c, "gw:shop:gw:80", "team-b.example.com", "/", &[]),
+        Err(404)
+    );
+}

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::CustomResource;
@@ -69,6 +69,9 @@ pub struct Snapshot {
     pub gateways: BTreeMap<ObjectKey, Gateway>,
     /// HTTPRoutes.
     pub http_routes: BTreeMap<ObjectKey, HTTPRoute>,
+    /// Namespaces (cluster-scoped), by name: their labels, for listeners that allow routes
+    /// from namespaces chosen by a selector.
+    pub namespaces: BTreeMap<String, Namespace>,
 }
 
 /// A condition as Gateway API status carries it (metav1.Condition).

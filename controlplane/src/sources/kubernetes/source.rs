@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::watcher::{self, Event};
@@ -92,6 +92,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
         Kind::GatewayClass => "GatewayClass",
         Kind::Gateway => "Gateway",
         Kind::HttpRoute => "HTTPRoute",
+        Kind::Namespace => "Namespace",
     }
 }
 
@@ -107,6 +108,7 @@ enum Obj {
     GatewayClass(GatewayClass),
     Gateway(Gateway),
     HttpRoute(HTTPRoute),
+    Namespace(Namespace),
 }
 
 /// What a watcher tells the source.
@@ -642,6 +644,15 @@ fn spawn_watchers(
         Obj::GatewayClass,
         tx,
     ));
+    // Their labels only: Gateway listeners may allow routes from namespaces by selector.
+    out.push(spawn_watch::<Namespace>(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        Kind::Namespace,
+        None,
+        Obj::Namespace,
+        tx,
+    ));
     for ns in &namespaces {
         fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
         where
@@ -771,14 +782,19 @@ where
                     Ok(Event::Delete(o)) => Msg::Delete(wrap(o)),
                     Err(e) => {
                         let code = api_code(&e);
-                        if code == Some(404)
-                            && is_gateway_api(kind)
-                            && matches!(e, watcher::Error::InitialListFailed(_))
+                        let first = matches!(e, watcher::Error::InitialListFailed(_));
+                        if first
+                            && (code == Some(404) && is_gateway_api(kind)
+                                || matches!(code, Some(403 | 404)) && kind == Kind::Namespace)
                         {
-                            let why = format!(
-                                "the API server does not serve {} (Gateway API CRDs not installed?); restart lb after installing them",
-                                kind_name(kind)
-                            );
+                            let why = if kind == Kind::Namespace {
+                                "Namespaces cannot be listed (RBAC: list and watch namespaces); listeners with allowedRoutes from Selector attach no route; restart lb after granting it".to_string()
+                            } else {
+                                format!(
+                                    "the API server does not serve {} (Gateway API CRDs not installed?); restart lb after installing them",
+                                    kind_name(kind)
+                                )
+                            };
                             tracing::warn!(watch = %name, "kubernetes: {why}");
                             let _ = tx.send(Msg::Disabled { kind, why });
                             return;
@@ -1042,6 +1058,7 @@ impl Applier {
             Obj::GatewayClass(x) => changed(s.gateway_classes.insert(name_of(&x), x.clone()), &x),
             Obj::Gateway(x) => changed(s.gateways.insert(ObjectKey::of(&x), x.clone()), &x),
             Obj::HttpRoute(x) => changed(s.http_routes.insert(ObjectKey::of(&x), x.clone()), &x),
+            Obj::Namespace(x) => changed(s.namespaces.insert(name_of(&x), x.clone()), &x),
         }
     }
 
@@ -1062,6 +1079,7 @@ impl Applier {
             Obj::GatewayClass(x) => s.gateway_classes.remove(&name_of(x)).is_some(),
             Obj::Gateway(x) => s.gateways.remove(&ObjectKey::of(x)).is_some(),
             Obj::HttpRoute(x) => s.http_routes.remove(&ObjectKey::of(x)).is_some(),
+            Obj::Namespace(x) => s.namespaces.remove(&name_of(x)).is_some(),
         };
         if gone {
             self.structural = true;
@@ -1139,6 +1157,17 @@ impl Applier {
             Kind::Secret => swap(&mut s.secrets, keep, pick!(Secret)),
             Kind::Gateway => swap(&mut s.gateways, keep, pick!(Gateway)),
             Kind::HttpRoute => swap(&mut s.http_routes, keep, pick!(HttpRoute)),
+            Kind::Namespace => swap(
+                &mut s.namespaces,
+                |_| false,
+                objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Obj::Namespace(x) => Some((name_of(&x), x)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -1283,6 +1312,7 @@ fn obj_kind(o: &Obj) -> Kind {
         Obj::GatewayClass(_) => Kind::GatewayClass,
         Obj::Gateway(_) => Kind::Gateway,
         Obj::HttpRoute(_) => Kind::HttpRoute,
+        Obj::Namespace(_) => Kind::Namespace,
     }
 }
 

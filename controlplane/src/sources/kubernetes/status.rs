@@ -334,6 +334,7 @@ pub fn event_for(snap: &Snapshot, p: &ObjectProblem, now: &str) -> Event {
         Kind::GatewayClass => involved(snap.gateway_classes.get(&p.key.name)),
         Kind::Gateway => involved(snap.gateways.get(&p.key)),
         Kind::HttpRoute => involved(snap.http_routes.get(&p.key)),
+        Kind::Namespace => involved(snap.namespaces.get(&p.key.name)),
     };
     let mut h = DefaultHasher::new();
     (p.kind, &p.key, &p.reason, &p.message).hash(&mut h);

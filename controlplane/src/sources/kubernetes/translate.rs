@@ -76,6 +76,8 @@ pub enum Kind {
     Gateway,
     /// gateway.networking.k8s.io/v1 HTTPRoute.
     HttpRoute,
+    /// v1 Namespace (read for its labels only).
+    Namespace,
 }
 
 /// Why (part of) an object was not used: logged, counted, and written as a Warning Event by

@@ -288,6 +288,54 @@ pub fn service_of(slice: &EndpointSlice) -> Option<ObjectKey> {
     ))
 }
 
+/// Whether `labels` satisfy `sel` (every `matchLabels` pair and every `matchExpressions`
+/// requirement, as the API server reads them; an empty selector selects everything).
+/// `Err(why)` for a requirement the API server would refuse.
+pub fn selects(
+    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<bool, String> {
+    let empty = BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    let mut ok = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    for e in sel.match_expressions.iter().flatten() {
+        let values = e.values.as_deref().unwrap_or_default();
+        let has = labels.get(&e.key);
+        let met = match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(format!(
+                    "selector operator {} on {} needs values",
+                    e.operator,
+                    quote(&e.key)
+                ))
+            }
+            "In" => has.is_some_and(|v| values.contains(v)),
+            "NotIn" => has.is_none_or(|v| !values.contains(v)),
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(format!(
+                    "selector operator {} on {} takes no values",
+                    e.operator,
+                    quote(&e.key)
+                ))
+            }
+            "Exists" => has.is_some(),
+            "DoesNotExist" => has.is_none(),
+            other => {
+                return Err(format!(
+                    "selector operator {} is not one of In, NotIn, Exists, DoesNotExist",
+                    quote(other)
+                ))
+            }
+        };
+        ok &= met;
+    }
+    Ok(ok)
+}
+
 /// Distinct addresses, in order.
 pub fn distinct(addrs: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
     let set: BTreeSet<IpAddr> = addrs.into_iter().collect();

@@ -5,7 +5,8 @@
 //! - Gateway of such a class: an address (`spec.addresses`, which must be one of
 //!   `Settings::gateway_addresses`, else the first free one), listeners HTTP and HTTPS (TLS
 //!   terminated with Secrets of the Gateway's namespace; other namespaces need a
-//!   ReferenceGrant, which is not supported); `allowedRoutes` Same or All.
+//!   ReferenceGrant, which is not supported); `allowedRoutes` Same, All or Selector (the
+//!   route's Namespace labels).
 //! - HTTPRoute: attaches to the listeners its parentRefs name that allow it and whose hostname
 //!   intersects its hostnames; rules become Gateway routes (Exact and PathPrefix paths, method,
 //!   exact header matches, weighted backendRefs, the RequestHeaderModifier and RequestRedirect
@@ -20,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use dataplane::l7::filters;
 
-use super::common::{age, check_host, check_path, EndpointIndex, PortRef, Problems};
+use super::common::{age, check_host, check_path, selects, EndpointIndex, PortRef, Problems};
 use super::tls::secret_pem;
 use super::upstreams::{Resolved, UpstreamSettings, Upstreams};
 use super::{Kind, PemFile, Settings};
@@ -34,6 +35,7 @@ use crate::sources::kubernetes::model::{
     HTTPHeaderFilter, HTTPRequestRedirectFilter, HTTPRoute, HTTPRouteRule, HTTPRouteStatus,
     Listener, ListenerStatus, ObjectKey, RouteGroupKind, RouteParentStatus, Snapshot,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// The Gateway API group.
 const GROUP: &str = "gateway.networking.k8s.io";
@@ -101,8 +103,10 @@ struct ListenerState {
     /// Accepted and programmable (valid protocol, hostname, certificates).
     ok: bool,
     hostname: Option<String>,
-    /// `allowedRoutes.namespaces.from`: Same, All (Selector and others: none).
+    /// `allowedRoutes.namespaces.from`: Same, All or Selector (others: none).
     from: String,
+    /// `from: Selector`: the namespaces' labels it takes (`None`: none, an invalid selector).
+    selector: Option<LabelSelector>,
     conditions: Vec<Condition>,
     attached: i32,
     certs: Vec<TlsCert>,
@@ -253,6 +257,13 @@ pub fn translate(snap: &Snapshot, settings: &Settings, problems: &mut Problems) 
                         l.ok && match l.from.as_str() {
                             "All" => true,
                             "Same" => rkey.namespace == st.key.namespace,
+                            "Selector" => l.selector.as_ref().is_some_and(|sel| {
+                                let labels = snap
+                                    .namespaces
+                                    .get(&rkey.namespace)
+                                    .and_then(|n| n.metadata.labels.as_ref());
+                                selects(sel, labels) == Ok(true)
+                            }),
                             _ => false,
                         }
                     })
@@ -558,16 +569,29 @@ fn listeners(
             .and_then(|a| a.namespaces.as_ref())
             .and_then(|n| n.from.clone())
             .unwrap_or_else(|| "Same".into());
+        let mut selector = None;
         if from == "Selector" {
-            problems.push(
-                Kind::Gateway,
-                &st.key,
-                "NotSupported",
-                format!(
-                    "listener {}: allowedRoutes from Selector is not supported: no route attaches",
-                    quote(&l.name)
+            let sel = l
+                .allowed_routes
+                .as_ref()
+                .and_then(|a| a.namespaces.as_ref())
+                .and_then(|n| n.selector.clone());
+            let checked = match &sel {
+                None => Err("from Selector names no selector".to_string()),
+                Some(s) => selects(s, None).map(|_| ()),
+            };
+            match checked {
+                Ok(()) => selector = sel,
+                Err(why) => problems.push(
+                    Kind::Gateway,
+                    &st.key,
+                    "InvalidSelector",
+                    format!(
+                        "listener {}: allowedRoutes {why}: no route attaches",
+                        quote(&l.name)
+                    ),
                 ),
-            );
+            }
         }
         if ok && l.protocol == "HTTPS" {
             let (c, problem) = listener_certs(snap, settings, st, l, pem_files);
@@ -590,6 +614,7 @@ fn listeners(
             ok,
             hostname,
             from,
+            selector,
             conditions,
             attached: 0,
             certs,
