@@ -122,7 +122,7 @@ fn forward_tracked(
                 // The client's source port is the entropy, as the general path's; no UDP
                 // checksum over IPv4.
                 if let Some(u) = d.get_mut(ETH_LEN + 20..) {
-                    wire::write_udp(u, (f.ports >> 16) as u16, val.gue_port, inner as u16);
+                    wire::write_udp(u, f.sport(), val.gue_port, inner as u16);
                 }
             }
         }

@@ -361,11 +361,11 @@ fn parse_l4(
 /// [`Parsed`]'s 80, offsets implied (IPv4 header at 14, transport at 34).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct V4Flow {
-    /// Source address, as the big-endian word on the wire.
+    /// Source address: its 4 wire bytes loaded as a native-endian word (no byte swap).
     pub src: u32,
-    /// Destination address, big-endian word.
+    /// Destination address, loaded the same way.
     pub dst: u32,
-    /// Source port (high half) and destination port, as the word on the wire.
+    /// Source and destination port, the 4 wire bytes loaded the same way.
     pub ports: u32,
     /// Offset just past the IP packet (14 + total length).
     pub l3_end: u16,
@@ -380,12 +380,26 @@ impl V4Flow {
     #[inline(always)]
     pub fn key(&self) -> FlowKey {
         FlowKey {
-            src: Addr::v4(self.src.to_be_bytes()),
-            dst: Addr::v4(self.dst.to_be_bytes()),
-            sport: (self.ports >> 16) as u16,
-            dport: self.ports as u16,
+            src: Addr::v4(self.src.to_ne_bytes()),
+            dst: Addr::v4(self.dst.to_ne_bytes()),
+            sport: self.sport(),
+            dport: self.dport(),
             proto: self.proto,
         }
+    }
+
+    /// The source port.
+    #[inline(always)]
+    pub fn sport(&self) -> u16 {
+        let p = self.ports.to_ne_bytes();
+        u16::from_be_bytes([p[0], p[1]])
+    }
+
+    /// The destination port.
+    #[inline(always)]
+    pub fn dport(&self) -> u16 {
+        let p = self.ports.to_ne_bytes();
+        u16::from_be_bytes([p[2], p[3]])
     }
 }
 
@@ -408,7 +422,7 @@ pub fn parse_v4_flow(frame: &[u8]) -> Option<V4Flow> {
     if !ipv4_checksum_ok(frame, ip, ETH_LEN, 20) {
         return None;
     }
-    let word = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let word = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
     let proto = ip[9];
     let tcp_flags = match proto {
         proto::TCP => {
@@ -455,10 +469,10 @@ pub fn parsed_v4(frame: &[u8], f: &V4Flow) -> Parsed {
         l4_off: ETH_LEN + 20,
         l3_end: usize::from(f.l3_end),
         proto: f.proto,
-        src: Addr::v4(f.src.to_be_bytes()),
-        dst: Addr::v4(f.dst.to_be_bytes()),
-        sport: (f.ports >> 16) as u16,
-        dport: f.ports as u16,
+        src: Addr::v4(f.src.to_ne_bytes()),
+        dst: Addr::v4(f.dst.to_ne_bytes()),
+        sport: f.sport(),
+        dport: f.dport(),
         tcp_flags: f.tcp_flags,
         icmp_type: 0,
         icmp_code: 0,
