@@ -435,12 +435,12 @@ impl Worker {
         let rx = port.rx_batch(BURST, &mut |pkts, verdicts| {
             // The fast path forwards packets of this worker's established flows (a flow is
             // tracked only by its owner, so a hit needs no steering); the rest are steered.
-            process_burst_with(state, t, now, pkts, verdicts, |state, pkt, untracked| {
+            process_burst_with(state, t, now, pkts, verdicts, |state, pkt, seen| {
                 // One parse per frame serves both steering and the pipeline.
-                let parsed = parse_after(pkt.data(), untracked);
+                let parsed = parse_after(pkt.data(), seen);
                 let owner = steer.owner_parsed(t, pkt.data(), &parsed, workers);
                 if owner == ANY || owner == id || owner >= workers {
-                    return process_parsed_as(state, t, now, pkt, parsed, untracked.is_some());
+                    return process_parsed_as(state, t, now, pkt, parsed, seen);
                 }
                 if mesh.hand_off(owner, pkt.data()) {
                     stats.handed_off += 1;

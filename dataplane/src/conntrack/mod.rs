@@ -456,9 +456,10 @@ impl<V: Copy> Conntrack<V> {
     /// The fast path's lookup: finds the live key (table hash `h`) and, when the packet
     /// (`tcp_flags`) leaves the key's confirmed flow where it is (see [`Conntrack::touch`]),
     /// returns the key's value and a [`Refresh`] that moves the flow's timer once the caller
-    /// forwarded the packet. `Err(true)`: the key is not tracked (or expired); `Err(false)`: it
-    /// is, but the packet needs the general path. Nothing changes here: one walk from key to
-    /// flow instead of a lookup, a touch and a value read that each index the slots again.
+    /// forwarded the packet. `Err(None)`: the key is not tracked (or expired);
+    /// `Err(Some(hit))`: it is, but the packet needs the general path, which can take the hit
+    /// instead of looking again. Nothing changes here: one walk from key to flow instead of a
+    /// lookup, a touch and a value read that each index the slots again.
     #[inline(always)]
     pub fn lookup_steady(
         &self,
@@ -466,20 +467,21 @@ impl<V: Copy> Conntrack<V> {
         h: u64,
         now: Millis,
         tcp_flags: u8,
-    ) -> Result<(&V, Refresh), bool> {
-        let slot = self.find(key, h).ok_or(true)? as usize;
-        let s = self.slots.get(slot).ok_or(true)?;
-        let flow = if s.flags & F_REPLY != 0 {
-            s.peer as usize
+    ) -> Result<(&V, Refresh), Option<Hit>> {
+        let slot = self.find(key, h).ok_or(None)?;
+        let s = self.slots.get(slot as usize).ok_or(None)?;
+        let (flow, dir) = if s.flags & F_REPLY != 0 {
+            (s.peer, Dir::Reply)
         } else {
-            slot
+            (slot, Dir::Original)
         };
-        let f = self.slots.get(flow).ok_or(true)?;
+        let f = self.slots.get(flow as usize).ok_or(None)?;
         if now >= f.deadline {
-            return Err(true);
+            return Err(None);
         }
+        let hit = || Some(Hit { slot, flow, dir });
         if f.flags & F_CONFIRMED == 0 {
-            return Err(false);
+            return Err(hit());
         }
         let t = &self.cfg.timeouts;
         let timeout = match f.state {
@@ -489,16 +491,14 @@ impl<V: Copy> Conntrack<V> {
                 t.tcp_established
             }
             FlowState::Udp { replied: true } => t.udp,
-            _ => return Err(false),
+            _ => return Err(hit()),
         };
-        let value = s.value.as_ref().ok_or(false)?;
-        Ok((
-            value,
-            Refresh {
-                flow: flow as u32,
-                deadline: now.saturating_add(timeout),
-            },
-        ))
+        let value = s.value.as_ref().ok_or_else(hit)?;
+        let refresh = Refresh {
+            flow,
+            deadline: now.saturating_add(timeout),
+        };
+        Ok((value, refresh))
     }
 
     /// Moves a flow's timer as [`Conntrack::lookup_steady`] prepared it (the table must not

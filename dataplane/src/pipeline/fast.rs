@@ -8,7 +8,7 @@
 //! that would not fit) returns `None` before anything changed, and the general path handles the
 //! packet exactly as it always did.
 
-use crate::conntrack::Millis;
+use crate::conntrack::{Hit, Millis};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
@@ -29,10 +29,9 @@ const GUE_OVERHEAD: usize = 28;
 pub(super) enum Outcome {
     /// Forwarded: transmit it.
     Forwarded,
-    /// Its key is not tracked (or expired): the general path need not look it up again.
-    Untracked,
-    /// Tracked, but it needs the general path; nothing changed.
-    General,
+    /// It needs the general path (nothing changed), which can take this lookup's result
+    /// instead of looking again: `None`, the key is not tracked (or expired).
+    General(Option<Hit>),
 }
 
 /// Forwards `pkt` (whose fields `f` are, and whose key has table hash `h`) if it is a fast-path
@@ -62,13 +61,17 @@ fn forward_tracked(
     f: &V4Flow,
     h: u64,
 ) -> Result<(), Outcome> {
-    let (val, refresh) = match st.ct.lookup_steady(&f.key(), h, now, f.tcp_flags) {
+    let key = f.key();
+    let (val, refresh) = match st.ct.lookup_steady(&key, h, now, f.tcp_flags) {
         Ok(v) => v,
-        Err(true) => return Err(Outcome::Untracked),
-        Err(false) => return Err(Outcome::General),
+        Err(hit) => return Err(Outcome::General(hit)),
     };
+    // A steady flow the fast path still cannot take (rare: a table swap since the flow was
+    // checked, a fast kind it does not have, a packet too big to encapsulate) looks up once
+    // more for the general path, off the common path.
+    let general = |st: &WorkerState| Err(Outcome::General(st.ct.lookup_hashed(&key, h, now)));
     if val.generation != table.generation {
-        return Err(Outcome::General);
+        return general(st);
     }
     let l3_end = usize::from(f.l3_end);
     let len = pkt.len() as u64;
@@ -93,7 +96,7 @@ fn forward_tracked(
             let gue = val.fast == Fast::GueV4;
             let overhead = if gue { GUE_OVERHEAD } else { IPIP_OVERHEAD };
             if inner + overhead > usize::from(table.local.mtu) || !pkt.push_front(overhead) {
-                return Err(Outcome::General);
+                return general(st);
             }
             let d = pkt.data_mut();
             let tos = d[overhead + ETH_LEN + 1];
@@ -126,7 +129,7 @@ fn forward_tracked(
                 }
             }
         }
-        Fast::No => return Err(Outcome::General),
+        Fast::No => return general(st),
     }
     count(&mut st.counters, val, len, false);
     st.ct.refresh(refresh);

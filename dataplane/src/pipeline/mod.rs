@@ -21,7 +21,7 @@ mod verdict;
 pub use state::{snat_slice, FlowValue, WorkerState};
 pub use verdict::{Counters, DropReason, FlowCounters, Verdict};
 
-use crate::conntrack::Millis;
+use crate::conntrack::{Hit, Millis};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::port::MAX_BURST;
@@ -58,15 +58,26 @@ pub fn process(
                     c.tx_bytes += pkt.len() as u64;
                     return Verdict::Tx;
                 }
-                Outcome::Untracked => {
-                    let parsed = Ok(wire::parsed_v4(pkt.data(), &f));
-                    return process_parsed_as(state, table, now, pkt, parsed, true);
+                Outcome::General(hit) => {
+                    let seen = FastMiss { flow: f, hit };
+                    let parsed = parse_after(pkt.data(), Some(&seen));
+                    return process_parsed_as(state, table, now, pkt, parsed, Some(&seen));
                 }
-                Outcome::General => {}
             }
         }
     }
     process_general(state, table, now, pkt)
+}
+
+/// What the fast path learned of a frame it passed on to the general path: the frame's fields
+/// (it accepted the frame's headers) and its conntrack lookup (`None`: untracked or expired),
+/// so neither the parse nor the lookup is repeated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastMiss {
+    /// The frame's fields.
+    pub flow: V4Flow,
+    /// Its key's conntrack hit, if any.
+    pub hit: Option<Hit>,
 }
 
 /// [`process`] without the fast path: the general parse and classification for every frame.
@@ -92,16 +103,16 @@ pub fn process_burst(
     pkts: &mut [PacketBuf<'_>],
     verdicts: &mut [Verdict],
 ) {
-    process_burst_with(state, table, now, pkts, verdicts, |st, pkt, untracked| {
-        let parsed = parse_after(pkt.data(), untracked);
-        process_parsed_as(st, table, now, pkt, parsed, untracked.is_some())
+    process_burst_with(state, table, now, pkts, verdicts, |st, pkt, seen| {
+        let parsed = parse_after(pkt.data(), seen);
+        process_parsed_as(st, table, now, pkt, parsed, seen)
     })
 }
 
 /// [`process_burst`] with the frames that leave the fast path given to `slow` (the worker
-/// steers them to their flow's owner before processing), with the frame's fields when the fast
-/// path found its key untracked (for [`parse_after`] and [`process_parsed_as`]). `slow` must
-/// count what it handles (as [`process_parsed`] does).
+/// steers them to their flow's owner before processing), with what the fast path learned of
+/// the frame if it read it (for [`parse_after`] and [`process_parsed_as`]). `slow` must count
+/// what it handles (as [`process_parsed`] does).
 #[inline]
 pub fn process_burst_with(
     state: &mut WorkerState,
@@ -109,7 +120,7 @@ pub fn process_burst_with(
     now: Millis,
     pkts: &mut [PacketBuf<'_>],
     verdicts: &mut [Verdict],
-    mut slow: impl FnMut(&mut WorkerState, &mut PacketBuf<'_>, Option<&V4Flow>) -> Verdict,
+    mut slow: impl FnMut(&mut WorkerState, &mut PacketBuf<'_>, Option<&FastMiss>) -> Verdict,
 ) {
     if state.generation != Some(table.generation) {
         state.adopt(table);
@@ -120,7 +131,7 @@ pub fn process_burst_with(
         let (Some(pkt), Some(v)) = (pkts.first_mut(), verdicts.first_mut()) else {
             return;
         };
-        let mut untracked = None;
+        let mut seen = None;
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
             let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
             let rx_len = pkt.len() as u64;
@@ -134,11 +145,10 @@ pub fn process_burst_with(
                     *v = Verdict::Tx;
                     return;
                 }
-                Outcome::Untracked => untracked = Some(f),
-                Outcome::General => {}
+                Outcome::General(hit) => seen = Some(FastMiss { flow: f, hit }),
             }
         }
-        *v = slow(state, pkt, untracked.as_ref());
+        *v = slow(state, pkt, seen.as_ref());
         return;
     }
     let mut flows: [Option<(V4Flow, u64)>; MAX_BURST] = [None; MAX_BURST];
@@ -151,7 +161,7 @@ pub fn process_burst_with(
     }
     let (mut fast_n, mut rx_bytes, mut tx_bytes) = (0u64, 0u64, 0u64);
     for ((pkt, v), flow) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).zip(flows) {
-        let mut untracked = None;
+        let mut seen = None;
         if let Some((f, h)) = flow {
             let len = pkt.len() as u64;
             match fast::forward(state, table, now, pkt, &f, h) {
@@ -162,11 +172,10 @@ pub fn process_burst_with(
                     *v = Verdict::Tx;
                     continue;
                 }
-                Outcome::Untracked => untracked = Some(f),
-                Outcome::General => {}
+                Outcome::General(hit) => seen = Some(FastMiss { flow: f, hit }),
             }
         }
-        *v = slow(state, pkt, untracked.as_ref());
+        *v = slow(state, pkt, seen.as_ref());
     }
     let c = &mut state.counters;
     c.rx_packets += fast_n;
@@ -184,28 +193,28 @@ pub fn process_parsed(
     pkt: &mut PacketBuf<'_>,
     parsed: Result<Parsed, ParseError>,
 ) -> Verdict {
-    process_parsed_as(state, table, now, pkt, parsed, false)
+    process_parsed_as(state, table, now, pkt, parsed, None)
 }
 
 /// The parse of a frame that left the fast path: [`wire::parse`], or, when the fast path read
-/// it as `untracked` (and found its key untracked), the same result built from those fields.
+/// it (`seen`), the same result built from the fields it read.
 #[inline]
-pub fn parse_after(frame: &[u8], untracked: Option<&V4Flow>) -> Result<Parsed, ParseError> {
-    match untracked {
-        Some(f) => Ok(wire::parsed_v4(frame, f)),
+pub fn parse_after(frame: &[u8], seen: Option<&FastMiss>) -> Result<Parsed, ParseError> {
+    match seen {
+        Some(s) => Ok(wire::parsed_v4(frame, &s.flow)),
         None => wire::parse(frame),
     }
 }
 
-/// [`process_parsed`] for a frame whose key the fast path already looked up and found
-/// untracked (`untracked`; the lookup is not repeated), from the same table generation.
+/// [`process_parsed`] for a frame the fast path already looked up (`seen`, from the same table
+/// generation and nothing processed in between: its conntrack lookup is not repeated).
 pub fn process_parsed_as(
     state: &mut WorkerState,
     table: &RoutingTable,
     now: Millis,
     pkt: &mut PacketBuf<'_>,
     parsed: Result<Parsed, ParseError>,
-    untracked: bool,
+    seen: Option<&FastMiss>,
 ) -> Verdict {
     if state.generation != Some(table.generation) {
         state.adopt(table);
@@ -213,7 +222,7 @@ pub fn process_parsed_as(
     state.counters.rx_packets += 1;
     state.counters.rx_bytes += pkt.len() as u64;
     let v = match parsed {
-        Ok(p) => classify(state, table, now, pkt, p, untracked),
+        Ok(p) => classify(state, table, now, pkt, p, seen.map(|s| s.hit)),
         Err(e) => parse_error(table, pkt.data(), e),
     };
     let c = &mut state.counters;
@@ -235,7 +244,7 @@ fn classify(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
     p: Parsed,
-    untracked: bool,
+    known: Option<Option<Hit>>,
 ) -> Verdict {
     match p.l3 {
         L3::Arp => return answer::arp(table, pkt, &p),
@@ -252,10 +261,12 @@ fn classify(
     match p.proto {
         proto::TCP | proto::UDP => {
             let key = p.key();
-            if !untracked {
-                if let Some(hit) = st.ct.lookup(&key, now) {
-                    return tracked::tracked(st, table, now, pkt, &p, hit);
-                }
+            let hit = match known {
+                Some(hit) => hit,
+                None => st.ct.lookup(&key, now),
+            };
+            if let Some(hit) = hit {
+                return tracked::tracked(st, table, now, pkt, &p, hit);
             }
             if table.is_vip(p.dst) {
                 return new_flow::new_flow(st, table, now, pkt, &p, &key);
