@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Instructions per packet through the real pipeline, counted by callgrind (exact and repeatable,
 # unlike timings on a shared 2-core machine). Two runs with different packet counts are
-# subtracted, so set-up (table build, flow creation, process start) cancels out.
+# subtracted, so set-up (table build, flow creation, process start) cancels out. Packets run in
+# bursts of 32 through `process_burst`, as the worker runs them (examples/pps.rs).
 #
-# Usage: perf/instructions.sh [fullnat|ipip] [established|new]   (default: fullnat established)
+# Usage: perf/instructions.sh [fullnat|nat|ipip|gue|dr|all] [established|new|all]
+#        (default: every mode, established and new)
+#        perf/instructions.sh maglev   (instructions of one Maglev build, 1000 weighted backends)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=${1:-fullnat}
-kind=${2:-established}
+mode=${1:-all}
+kind=${2:-all}
 if ! command -v valgrind >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
@@ -16,17 +19,34 @@ if ! command -v valgrind >/dev/null; then
     exit 1
   fi
 fi
-cargo build --release -q -p dataplane --example pps
-bin=target/release/examples/pps
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-count() {
-  valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$bin" "$mode" "$kind" "$1" >/dev/null 2>"$out/log.$1"
-  grep -E '^summary:' "$out/cg.$1" | awk '{print $2}'
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+total() {
+  valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$@" >/dev/null 2>"$out/log"
+  grep -E '^summary:' "$out/cg" | awk '{print $2}'
 }
+if [ "$mode" = maglev ]; then
+  cargo build --release -q -p dataplane --example maglev_build
+  bin=target/release/examples/maglev_build
+  i1=$(total "$bin" 1)
+  i3=$(total "$bin" 3)
+  echo "maglev build (1000 weighted backends, M = 65537): $(( (i3 - i1) / 2 )) instructions (callgrind, commit $commit)"
+  exit 0
+fi
+cargo build --release -q -p dataplane --example pps
+bin=target/release/examples/pps
+modes=$mode
+[ "$mode" = all ] && modes="fullnat nat ipip gue dr"
+kinds=$kind
+[ "$kind" = all ] && kinds="established new"
 n1=20000
 n2=120000
-i1=$(count $n1)
-i2=$(count $n2)
-per=$(( (i2 - i1) / (n2 - n1) ))
-echo "$mode $kind: $per instructions per packet (callgrind, $((n2 - n1)) packets, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+for m in $modes; do
+  for k in $kinds; do
+    i1=$(total "$bin" "$m" "$k" $n1)
+    i2=$(total "$bin" "$m" "$k" $n2)
+    per=$(( (i2 - i1) / (n2 - n1) ))
+    echo "$m $k: $per instructions per packet (callgrind, $((n2 - n1)) packets, commit $commit)"
+  done
+done

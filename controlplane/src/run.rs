@@ -185,8 +185,12 @@ fn open_af_xdp(run: &RunSettings, queues: usize) -> io::Result<Opened> {
         tracing::info!(
             native = first.native(),
             zero_copy = first.zero_copy(),
+            busy_poll = first.busy_poll().active,
             "af_xdp attached"
         );
+        if !first.busy_poll().refused.is_empty() {
+            tracing::info!(refused = ?first.busy_poll().refused, "af_xdp busy polling options not set");
+        }
         Box::new(first.owned_handle()) as Box<dyn AddressFilter>
     });
     Ok(Opened {

@@ -1,13 +1,16 @@
-//! Packets per second through `process()` for established and new flows, fullnat and dsr-ipip.
+//! Packets per second through `process()` for established and new flows, fullnat and dsr-ipip,
+//! and through `process_burst` (bursts of 32, as the worker runs them) for established flows.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dataplane::conntrack::{Config, Timeouts};
 use dataplane::flow::Addr;
-use dataplane::{process, PacketBuf, WorkerState};
+use dataplane::pipeline::process_burst;
+use dataplane::{process, DropReason, PacketBuf, Verdict, WorkerState};
 use testkit::sample;
 
 const FLOWS: usize = 1024;
 const HEADROOM: usize = 128;
+const BURST: usize = 32;
 
 fn state() -> WorkerState {
     WorkerState::new(
@@ -43,6 +46,22 @@ fn bench_mode(c: &mut Criterion, name: &str, vip: Addr) {
             0,
             &mut PacketBuf::new(&mut buf, HEADROOM, n),
         );
+        if vip == sample::VIP_FULLNAT {
+            // The backend's SYN+ACK to the rewritten SYN: with the client's ACKs that follow,
+            // the flow is established and confirmed, as a real one is.
+            let o = &buf[HEADROOM..HEADROOM + 54];
+            let ip = |i: usize| Addr::v4([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            let port = |i: usize| u16::from_be_bytes([o[i], o[i + 1]]);
+            let (src, dst, sport, dport) = (ip(30), ip(26), port(36), port(34));
+            let n = sample::tcp4(&mut f, src, dst, sport, dport, 0x12, 0);
+            buf[HEADROOM..HEADROOM + n].copy_from_slice(&f[..n]);
+            process(
+                &mut st,
+                &table,
+                0,
+                &mut PacketBuf::new(&mut buf, HEADROOM, n),
+            );
+        }
         let n = sample::tcp4(&mut f, client(i), vip, 40000, 80, 0x10, 64);
         frames.push((f, n));
     }
@@ -60,6 +79,31 @@ fn bench_mode(c: &mut Criterion, name: &str, vip: Addr) {
             )
         })
     });
+
+    // The same frames, 32 per `process_burst` call.
+    let mut bufs = [[0u8; 512]; BURST];
+    let mut verdicts = [Verdict::Drop(DropReason::Unsupported); BURST];
+    let mut k = 0usize;
+    g.throughput(Throughput::Elements(BURST as u64));
+    g.bench_function("established-burst32", |b| {
+        b.iter(|| {
+            let mut lens = [0usize; BURST];
+            for (buf, len) in bufs.iter_mut().zip(lens.iter_mut()) {
+                let (f, n) = &frames[k % FLOWS];
+                k += 1;
+                buf[HEADROOM..HEADROOM + 128].copy_from_slice(&f[..128]);
+                *len = *n;
+            }
+            let mut i = 0;
+            let mut pkts = bufs.each_mut().map(|b| {
+                i += 1;
+                PacketBuf::new(b, HEADROOM, lens[i - 1])
+            });
+            process_burst(&mut st, &table, 1, &mut pkts, &mut verdicts);
+            verdicts[0]
+        })
+    });
+    g.throughput(Throughput::Elements(1));
 
     let mut st = state();
     let mut n = 0u64;

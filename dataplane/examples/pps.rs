@@ -1,33 +1,48 @@
 //! Drives the real pipeline over synthetic traffic without any port, for instruction counting
 //! (`perf/instructions.sh` runs it under callgrind) and quick profiling.
 //!
-//! Usage: `pps <fullnat|ipip> <established|new> <packets>`
+//! Usage: `pps <fullnat|nat|ipip|gue|dr> <established|new> <packets>`
 //!
-//! `established`: every flow's handshake first (the client's SYN, for fullnat the backend's
-//! SYN+ACK, then the client's ACKs), so the counted packets belong to established, confirmed
-//! flows. `new`: a SYN of a new flow per packet.
+//! `established`: every flow's handshake first (the client's SYN, for fullnat and nat the
+//! backend's SYN+ACK, then the client's ACKs), so the counted packets belong to established, confirmed
+//! flows. `new`: a SYN of a new flow per packet. The counted packets run in bursts of 32
+//! through `process_burst`, as the worker runs them (`packets` is rounded down to whole bursts).
 
 use dataplane::conntrack::{Config, Timeouts};
 use dataplane::flow::Addr;
-use dataplane::{process, PacketBuf, RoutingTable, Verdict, WorkerState};
+use dataplane::pipeline::process_burst;
+use dataplane::{process, DropReason, PacketBuf, RoutingTable, Verdict, WorkerState};
 use testkit::sample;
 
 const FLOWS: usize = 1024;
 const HEADROOM: usize = 128;
+/// Frames per `process_burst` call, as the worker's.
+const BURST: usize = 32;
+/// One frame's buffer: headroom, the frame, room to grow.
+const BUF: usize = 512;
+/// Bytes copied in per frame (every frame here is shorter): a fixed size, so the copy is a few
+/// moves instead of a `memcpy` call.
+const COPY: usize = 128;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (mode, kind, packets) = match args.as_slice() {
         [_, m, k, n] => (m.as_str(), k.as_str(), n.parse::<usize>().unwrap_or(0)),
         _ => {
-            eprintln!("usage: pps <fullnat|ipip> <established|new> <packets>");
+            eprintln!("usage: pps <fullnat|nat|ipip|gue|dr> <established|new> <packets>");
             std::process::exit(2);
         }
     };
-    let vip = if mode == "ipip" {
-        sample::VIP_IPIP
-    } else {
-        sample::VIP_FULLNAT
+    let (vip, replies) = match mode {
+        "fullnat" => (sample::VIP_FULLNAT, true),
+        "nat" => (sample::VIP_NAT, true),
+        "ipip" => (sample::VIP_IPIP, false),
+        "gue" => (sample::VIP_GUE, false),
+        "dr" => (sample::VIP_DR, false),
+        _ => {
+            eprintln!("unknown mode {mode}: fullnat, nat, ipip, gue or dr");
+            std::process::exit(2);
+        }
     };
     let table = sample::table(1, 16);
     // A fixed conntrack seed: callgrind counts must repeat exactly from run to run.
@@ -49,29 +64,36 @@ fn main() {
         sample::tcp4(&mut syn[i], client(i), vip, 40000, 80, 0x02, 0);
         lens[i] = sample::tcp4(&mut ack[i], client(i), vip, 40000, 80, 0x10, 64);
     }
-    let mut buf = [0u8; 2048];
-    // Copies the frame into the receive buffer, as a port would, and runs it through.
-    let mut run = |frame: &[u8], len: usize, st: &mut WorkerState, now: u64| -> Verdict {
-        rx(&mut buf, frame, len, st, &table, now)
-    };
     let mut tx = 0usize;
+    // The counted packets go through `process_burst` in bursts of BURST, as the worker runs
+    // them; a port's receive is stood in for by a fixed-size copy into each frame's buffer.
+    let mut bufs = [[0u8; BUF]; BURST];
+    let mut blens = [0usize; BURST];
+    let bursts = packets / BURST;
     if kind == "new" {
-        for n in 0..packets {
-            let i = n % FLOWS;
-            let mut f = syn[i];
-            // A fresh source port per packet makes every SYN a new flow.
-            f[34..36].copy_from_slice(&((n as u16) | 1024).to_be_bytes());
-            let c = u16::from_be_bytes([f[50], f[51]]);
-            let c = dataplane::wire::checksum::update16(c, 40000, (n as u16) | 1024);
-            f[50..52].copy_from_slice(&c.to_be_bytes());
-            tx += usize::from(run(&f, 54, &mut st, n as u64) == Verdict::Tx);
+        for b in 0..bursts {
+            for (i, buf) in bufs.iter_mut().enumerate() {
+                let n = b * BURST + i;
+                let f = &mut buf[HEADROOM..HEADROOM + COPY];
+                f.copy_from_slice(&syn[n % FLOWS][..COPY]);
+                // A fresh source port per packet makes every SYN a new flow.
+                let port = (n as u16) | 1024;
+                f[34..36].copy_from_slice(&port.to_be_bytes());
+                let c = u16::from_be_bytes([f[50], f[51]]);
+                let c = dataplane::wire::checksum::update16(c, 40000, port);
+                f[50..52].copy_from_slice(&c.to_be_bytes());
+                blens[i] = 54;
+            }
+            // Time moves 1 ms per SYN, as with one packet per call: unanswered flows expire
+            // after the SYN timeout instead of piling up to the embryonic budget.
+            tx += burst(&mut st, &table, (b * BURST) as u64, &mut bufs, &blens);
         }
     } else {
         let mut out = [0u8; 2048];
         let mut reply = [0u8; 256];
         for f in &syn {
             rx(&mut out, f, 54, &mut st, &table, 0);
-            if mode != "ipip" {
+            if replies {
                 // The backend's SYN+ACK to the rewritten SYN: with the client's ACK that
                 // follows, the flow is established and confirmed, as a real one is.
                 let o = &out[HEADROOM..HEADROOM + 54];
@@ -81,16 +103,40 @@ fn main() {
                 rx(&mut out, &reply, n, &mut st, &table, 0);
             }
         }
-        for n in 0..packets {
-            let i = n % FLOWS;
-            tx += usize::from(run(&ack[i], lens[i], &mut st, 1) == Verdict::Tx);
+        for b in 0..bursts {
+            for (i, buf) in bufs.iter_mut().enumerate() {
+                let k = (b * BURST + i) % FLOWS;
+                buf[HEADROOM..HEADROOM + COPY].copy_from_slice(&ack[k][..COPY]);
+                blens[i] = lens[k];
+            }
+            tx += burst(&mut st, &table, 1, &mut bufs, &blens);
         }
     }
     // Established runs must leave no flow mid-handshake (unconfirmed).
     println!(
-        "{mode} {kind}: {packets} packets, {tx} transmitted, {} flows unconfirmed",
+        "{mode} {kind}: {} packets, {tx} transmitted, {} flows unconfirmed",
+        bursts * BURST,
         st.ct.embryonic()
     );
+}
+
+/// Runs one burst of frames (`lens[i]` bytes of `bufs[i]` behind the headroom) through
+/// `process_burst`; returns how many it transmitted.
+fn burst(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    now: u64,
+    bufs: &mut [[u8; BUF]; BURST],
+    lens: &[usize; BURST],
+) -> usize {
+    let mut i = 0;
+    let mut pkts = bufs.each_mut().map(|b| {
+        i += 1;
+        PacketBuf::new(b, HEADROOM, lens[i - 1])
+    });
+    let mut verdicts = [Verdict::Drop(DropReason::Unsupported); BURST];
+    process_burst(st, table, now, &mut pkts, &mut verdicts);
+    verdicts.iter().filter(|v| **v == Verdict::Tx).count()
 }
 
 /// Copies `frame` into `buf` behind the headroom, as a port's receive would, and processes it.

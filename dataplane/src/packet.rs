@@ -11,6 +11,7 @@ pub struct PacketBuf<'a> {
 
 impl<'a> PacketBuf<'a> {
     /// Wraps `buf[head..head + len]`. Out-of-range values are clamped to the buffer.
+    #[inline]
     pub fn new(buf: &'a mut [u8], head: usize, len: usize) -> Self {
         let head = head.min(buf.len());
         let len = len.min(buf.len() - head);
@@ -18,41 +19,49 @@ impl<'a> PacketBuf<'a> {
     }
 
     /// The frame's bytes.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.head..self.head + self.len]
     }
 
     /// The frame's bytes, writable.
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.head..self.head + self.len]
     }
 
     /// Length of the frame.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// True for a zero-length frame.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Free bytes in front of the frame.
+    #[inline]
     pub fn headroom(&self) -> usize {
         self.head
     }
 
     /// Free bytes after the frame.
+    #[inline]
     pub fn tailroom(&self) -> usize {
         self.buf.len() - self.head - self.len
     }
 
     /// Offset of the frame inside the underlying buffer.
+    #[inline]
     pub fn head(&self) -> usize {
         self.head
     }
 
     /// Grows the frame by `n` bytes at the front; false (and unchanged) without enough headroom.
+    #[inline]
     pub fn push_front(&mut self, n: usize) -> bool {
         if n > self.head {
             return false;

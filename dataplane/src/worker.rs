@@ -23,11 +23,13 @@ use arc_swap::ArcSwap;
 use crate::conntrack::{self, Millis};
 use crate::neighbor::Resolver;
 use crate::packet::PacketBuf;
-use crate::pipeline::{process, process_parsed, Counters, DropReason, Verdict, WorkerState};
+use crate::pipeline::{
+    parse_after, process, process_burst_with, process_parsed_as, Counters, DropReason, Verdict,
+    WorkerState,
+};
 use crate::port::{Port, PortStats, HEADROOM};
 use crate::steer::{Steer, ANY};
 use crate::table::RoutingTable;
-use crate::wire;
 
 /// Frames received per `rx_burst`.
 pub const BURST: usize = 32;
@@ -429,20 +431,25 @@ impl Worker {
             ..
         } = self;
         let (id, workers) = (*id, *workers);
-        let rx = port.rx_burst(BURST, &mut |pkt| {
-            // One parse per frame serves both steering and the pipeline.
-            let parsed = wire::parse(pkt.data());
-            let owner = steer.owner_parsed(&table, pkt.data(), &parsed, workers);
-            if owner == ANY || owner == id || owner >= workers {
-                return process_parsed(state, &table, now, pkt, parsed);
-            }
-            if mesh.hand_off(owner, pkt.data()) {
-                stats.handed_off += 1;
-            } else {
-                stats.handoff_full += 1;
-                state.counters.drops[DropReason::HandoffFull as usize] += 1;
-            }
-            HANDED_OFF
+        let t: &RoutingTable = &table;
+        let rx = port.rx_batch(BURST, &mut |pkts, verdicts| {
+            // The fast path forwards packets of this worker's established flows (a flow is
+            // tracked only by its owner, so a hit needs no steering); the rest are steered.
+            process_burst_with(state, t, now, pkts, verdicts, |state, pkt, seen| {
+                // One parse per frame serves both steering and the pipeline.
+                let parsed = parse_after(pkt.data(), seen);
+                let owner = steer.owner_parsed(t, pkt.data(), &parsed, workers);
+                if owner == ANY || owner == id || owner >= workers {
+                    return process_parsed_as(state, t, now, pkt, parsed, seen);
+                }
+                if mesh.hand_off(owner, pkt.data()) {
+                    stats.handed_off += 1;
+                } else {
+                    stats.handoff_full += 1;
+                    state.counters.drops[DropReason::HandoffFull as usize] += 1;
+                }
+                HANDED_OFF
+            })
         });
         let rx = rx.unwrap_or_else(|_| {
             stats.rx_errors += 1;

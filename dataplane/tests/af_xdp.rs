@@ -192,6 +192,11 @@ fn echo(pkt: &mut PacketBuf<'_>) -> Verdict {
 /// Sends `n` datagrams from `sock` to the VIP and runs the port until all come back echoed or
 /// the deadline passes (polling every port). Returns how many came back with their payload intact.
 fn echo_round(ports: &mut [AfXdpPort], sock: &UdpSocket, n: usize) -> usize {
+    echo_round_with(ports, sock, n, false)
+}
+
+/// [`echo_round`] through `rx_batch` (whole bursts) when `batch`, else `rx_burst`.
+fn echo_round_with(ports: &mut [AfXdpPort], sock: &UdpSocket, n: usize, batch: bool) -> usize {
     let vip = SocketAddr::new(IpAddr::V4(VIP), 9000);
     for i in 0..n {
         sock.send_to(format!("ping {i}").as_bytes(), vip)
@@ -202,7 +207,16 @@ fn echo_round(ports: &mut [AfXdpPort], sock: &UdpSocket, n: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(5);
     while got.iter().any(|g| !g) && Instant::now() < deadline {
         for port in ports.iter_mut() {
-            port.rx_burst(64, &mut echo).expect("rx_burst");
+            if batch {
+                port.rx_batch(64, &mut |pkts, verdicts| {
+                    for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+                        *v = echo(p);
+                    }
+                })
+                .expect("rx_batch");
+            } else {
+                port.rx_burst(64, &mut echo).expect("rx_burst");
+            }
             port.flush().expect("flush");
         }
         while let Ok((len, from)) = sock.recv_from(&mut buf) {
@@ -330,4 +344,45 @@ fn generic_mode_serves_every_queue() {
     assert_eq!((rx, tx), (32, 32));
     drop(ports);
     assert!(!veth.link_a_xdp().contains("xdp"), "program detached");
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
+fn bursts_echo_with_busy_polling_and_veth_refuses_zero_copy() {
+    testkit::require_root();
+    let veth = Veth::new("b", 1);
+    let opts = AfXdpOptions {
+        mode: AttachMode::Native,
+        frames: 256,
+        ring_size: 128,
+        ..AfXdpOptions::default()
+    };
+    // veth has no AF_XDP zero-copy support: asking for it fails instead of copying.
+    let strict = AfXdpOptions {
+        require_zero_copy: true,
+        ..opts.clone()
+    };
+    let refused = in_netns(&veth.ns_a, || AfXdpPort::open(&veth.link_a, 1, strict));
+    assert!(refused.is_err(), "zero copy on veth must fail");
+    let mut ports = in_netns(&veth.ns_a, || AfXdpPort::open(&veth.link_a, 1, opts))
+        .expect("open AF_XDP on veth in native mode");
+    let mut port = ports.pop().expect("one port");
+    assert!(!port.zero_copy(), "veth copies");
+    let bp = port.busy_poll().clone();
+    println!("busy polling: {bp:?}");
+    assert!(
+        bp.active || !bp.refused.is_empty(),
+        "busy polling is either set or its refusal reported"
+    );
+    port.set_owned(&[IpAddr::V4(VIP)]).expect("set_owned");
+    let b = in_netns(&veth.ns_b, || UdpSocket::bind((ADDR_B, 0))).expect("bind in b");
+    b.set_nonblocking(true).expect("nonblocking");
+    // Twice as many datagrams as the fill ring holds, so chunks must come back in batches.
+    let mut echoed = 0;
+    for _ in 0..8 {
+        echoed += echo_round_with(std::slice::from_mut(&mut port), &b, 32, true);
+    }
+    assert_eq!(echoed, 256, "all datagrams echoed through rx_batch");
+    let s = port.stats();
+    assert_eq!((s.rx, s.tx, s.tx_dropped), (256, 256, 0), "{s:?}");
 }

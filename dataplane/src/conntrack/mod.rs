@@ -28,7 +28,10 @@
 //!   on one service from starving the others: each new flow of another service evicts a flood
 //!   flow in its own buckets, and lives until the flood has cycled through the budget (budget /
 //!   flood rate), long enough for its answer and confirming packet.
-#![forbid(unsafe_code)]
+// Denied, not forbidden: `group` matches a bucket's tags with SSE2 (its one unsafe block).
+#![deny(unsafe_code)]
+
+mod group;
 
 use crate::flow::FlowKey;
 
@@ -139,6 +142,13 @@ pub struct Hit {
     pub flow: u32,
     /// Direction of the key that matched.
     pub dir: Dir,
+}
+
+/// A flow timer move that [`Conntrack::lookup_steady`] prepared, for [`Conntrack::refresh`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refresh {
+    flow: u32,
+    deadline: Millis,
 }
 
 /// Why an insert failed.
@@ -259,11 +269,10 @@ impl<V: Copy> std::fmt::Debug for Conntrack<V> {
 }
 
 /// Which bits of a bucket's tags equal `fp` once the unconfirmed bit is masked off (bit i = slot i):
-/// [`group_match`] in slot order, for tests.
+/// [`group::group_match`], for tests.
 #[cfg(test)]
 fn match_fp(tags: &[u16], fp: u16) -> u32 {
-    let m = group_match(tags, fp);
-    (0..BUCKET).fold(0, |acc, i| acc | (((m >> lane_bit(i)) & 1) as u32) << i)
+    <&[u16; BUCKET]>::try_from(tags).map_or(0, |t| group::group_match(t, fp))
 }
 
 /// Which bits of a bucket's tags are free.
@@ -281,48 +290,6 @@ fn match_with(tags: &[u16], pred: impl Fn(u16) -> bool) -> u32 {
     let mut m = 0u32;
     for (i, &t) in tags.iter().enumerate() {
         m |= u32::from(pred(t)) << i;
-    }
-    m
-}
-
-/// Every 16-bit lane of a word set to `v`.
-const fn lanes(v: u16) -> u64 {
-    (v as u64) * 0x0001_0001_0001_0001
-}
-
-/// Where [`group_match`] reports slot `i` of a bucket: lane `i % 4` of word `i / 4`.
-#[cfg(test)]
-const fn lane_bit(i: usize) -> usize {
-    16 * (i % 4) + i / 4
-}
-
-/// The slot of a bucket that bit `b` of a [`group_match`] result stands for.
-#[inline(always)]
-const fn slot_of_bit(b: usize) -> usize {
-    4 * (b % 16) + b / 16
-}
-
-/// Swiss-table style group match (SWAR): the tags of a bucket whose fingerprint is `fp`
-/// (`fp <= TAG_FP`, the unconfirmed bit ignored), four tags per 64-bit word and a few ALU
-/// operations per word instead of a compare and a branch per tag, on every packet's lookup.
-/// Slot `i` is bit [`lane_bit`]`(i)` of the result. Exact: with the high bit of every lane
-/// cleared, adding 0x7fff sets a lane's bit 15 iff the lane is non-zero and never carries into
-/// the next lane.
-#[inline(always)]
-fn group_match(tags: &[u16], fp: u16) -> u64 {
-    let Ok(tags) = <&[u16; BUCKET]>::try_from(tags) else {
-        return 0;
-    };
-    let mut m = 0u64;
-    for (w, q) in tags.chunks_exact(4).enumerate() {
-        let word = u64::from(q[0])
-            | (u64::from(q[1]) << 16)
-            | (u64::from(q[2]) << 32)
-            | (u64::from(q[3]) << 48);
-        let x = (word ^ lanes(fp)) & lanes(TAG_FP);
-        let zero = !(x + lanes(TAG_FP)) & lanes(0x8000);
-        // Word w's lanes report at bits 16 * lane + w.
-        m |= zero >> (15 - w);
     }
     m
 }
@@ -448,7 +415,32 @@ impl<V: Copy> Conntrack<V> {
     // saving registers and passing the key and the hit through memory.
     #[inline(always)]
     pub fn lookup(&self, key: &FlowKey, now: Millis) -> Option<Hit> {
-        let slot = self.find(key)?;
+        self.lookup_hashed(key, key.table_hash(self.seed), now)
+    }
+
+    /// The table hash of an IPv4 key from its header words (see [`crate::flow::hash_v4`]): what
+    /// [`Conntrack::lookup_hashed`] and [`Conntrack::prefetch`] take, without building the key.
+    #[inline(always)]
+    pub fn hash_v4(&self, src: u32, dst: u32, ports: u32, proto: u8) -> u64 {
+        crate::flow::hash_v4(src, dst, ports, proto, self.seed)
+    }
+
+    /// Asks the CPU to start loading the first bucket's tags of a key with table hash `h`: a
+    /// burst's first pass calls it for every frame, so the lookups that follow find their tags
+    /// in cache instead of waiting for memory one frame at a time.
+    #[inline(always)]
+    pub fn prefetch(&self, h: u64) {
+        let (b1, _, _) = self.place_hashed(h);
+        if let Some(t) = self.tags.get(b1) {
+            crate::port::prefetch(t);
+        }
+    }
+
+    /// [`Conntrack::lookup`] for a key whose table hash the caller computed (`h` must be
+    /// `key.table_hash(seed)`, e.g. [`Conntrack::hash_v4`] of an IPv4 key).
+    #[inline(always)]
+    pub fn lookup_hashed(&self, key: &FlowKey, h: u64, now: Millis) -> Option<Hit> {
+        let slot = self.find(key, h)?;
         let s = &self.slots[slot as usize];
         let (flow, dir) = if s.flags & F_REPLY != 0 {
             (s.peer, Dir::Reply)
@@ -461,10 +453,68 @@ impl<V: Copy> Conntrack<V> {
         Some(Hit { slot, flow, dir })
     }
 
+    /// The fast path's lookup: finds the live key (table hash `h`) and, when the packet
+    /// (`tcp_flags`) leaves the key's confirmed flow where it is (see [`Conntrack::touch`]),
+    /// returns the key's value and a [`Refresh`] that moves the flow's timer once the caller
+    /// forwarded the packet. `Err(None)`: the key is not tracked (or expired);
+    /// `Err(Some(hit))`: it is, but the packet needs the general path, which can take the hit
+    /// instead of looking again. Nothing changes here: one walk from key to flow instead of a
+    /// lookup, a touch and a value read that each index the slots again.
+    #[inline(always)]
+    pub fn lookup_steady(
+        &self,
+        key: &FlowKey,
+        h: u64,
+        now: Millis,
+        tcp_flags: u8,
+    ) -> Result<(&V, Refresh), Option<Hit>> {
+        let slot = self.find(key, h).ok_or(None)?;
+        let s = self.slots.get(slot as usize).ok_or(None)?;
+        let (flow, dir) = if s.flags & F_REPLY != 0 {
+            (s.peer, Dir::Reply)
+        } else {
+            (slot, Dir::Original)
+        };
+        let f = self.slots.get(flow as usize).ok_or(None)?;
+        if now >= f.deadline {
+            return Err(None);
+        }
+        let hit = || Some(Hit { slot, flow, dir });
+        if f.flags & F_CONFIRMED == 0 {
+            return Err(hit());
+        }
+        let t = &self.cfg.timeouts;
+        let timeout = match f.state {
+            FlowState::Tcp(TcpState::Established)
+                if tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 =>
+            {
+                t.tcp_established
+            }
+            FlowState::Udp { replied: true } => t.udp,
+            _ => return Err(hit()),
+        };
+        let value = s.value.as_ref().ok_or_else(hit)?;
+        let refresh = Refresh {
+            flow,
+            deadline: now.saturating_add(timeout),
+        };
+        Ok((value, refresh))
+    }
+
+    /// Moves a flow's timer as [`Conntrack::lookup_steady`] prepared it (the table must not
+    /// have changed in between).
+    #[inline(always)]
+    pub fn refresh(&mut self, r: Refresh) {
+        if let Some(f) = self.slots.get_mut(r.flow as usize) {
+            f.deadline = r.deadline;
+        }
+    }
+
     /// The value stored with the key at `slot` (from a [`Hit`] or [`Conntrack::insert`]).
     ///
     /// # Panics
     /// If `slot` is out of range or has never held a key: that is a caller bug, not an input error.
+    #[inline]
     pub fn value(&self, slot: u32) -> &V {
         self.slots[slot as usize]
             .value
@@ -476,6 +526,7 @@ impl<V: Copy> Conntrack<V> {
     ///
     /// # Panics
     /// If `slot` is out of range or has never held a key.
+    #[inline]
     pub fn value_mut(&mut self, slot: u32) -> &mut V {
         self.slots[slot as usize]
             .value
@@ -609,26 +660,10 @@ impl<V: Copy> Conntrack<V> {
         let Some(f) = self.flow_of(flow) else {
             return FlowState::Tcp(TcpState::Closed);
         };
-        let s = &mut self.slots[f as usize];
-        // The common packet: a confirmed flow that stays where it is (TCP established without
-        // SYN, FIN or RST; UDP already replied). `step` would return the same state and flags and
-        // nothing is left to confirm: only the timer moves.
-        if s.flags & F_CONFIRMED != 0 {
-            let t = &self.cfg.timeouts;
-            let keep = match s.state {
-                FlowState::Tcp(TcpState::Established)
-                    if tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 =>
-                {
-                    Some(t.tcp_established)
-                }
-                FlowState::Udp { replied: true } => Some(t.udp),
-                _ => None,
-            };
-            if let Some(timeout) = keep {
-                s.deadline = now.saturating_add(timeout);
-                return s.state;
-            }
+        if self.touch(f, tcp_flags, now) {
+            return self.slots[f as usize].state;
         }
+        let s = &mut self.slots[f as usize];
         let dsr = s.peer == NO_SLOT;
         let before = s.state;
         let (state, flags) = step(before, s.flags, dir, tcp_flags, dsr);
@@ -647,6 +682,32 @@ impl<V: Copy> Conntrack<V> {
         let timeout = self.timeout(state, confirmed);
         self.slots[f as usize].deadline = now.saturating_add(timeout);
         state
+    }
+
+    /// [`Conntrack::observe`]'s common case alone: when the flow whose flow slot is `flow` (a
+    /// [`Hit::flow`]) is confirmed and a packet with `tcp_flags` leaves it where it is (TCP
+    /// established without SYN, FIN or RST; UDP already replied), moves its timer and returns
+    /// true. Otherwise changes nothing and returns false: the packet needs `observe`.
+    #[inline(always)]
+    pub fn touch(&mut self, flow: u32, tcp_flags: u8, now: Millis) -> bool {
+        let t = &self.cfg.timeouts;
+        let Some(s) = self.slots.get_mut(flow as usize) else {
+            return false;
+        };
+        if s.flags & (F_CONFIRMED | F_REPLY) != F_CONFIRMED {
+            return false;
+        }
+        let timeout = match s.state {
+            FlowState::Tcp(TcpState::Established)
+                if tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 =>
+            {
+                t.tcp_established
+            }
+            FlowState::Udp { replied: true } => t.udp,
+            _ => return false,
+        };
+        s.deadline = now.saturating_add(timeout);
+        true
     }
 
     /// Removes the flow (given by its flow slot or reply slot) and both its keys; no-op if not in use.
@@ -757,7 +818,12 @@ impl<V: Copy> Conntrack<V> {
     /// A key's two buckets (equal in a one-bucket table) and fingerprint.
     #[inline(always)]
     fn place(&self, key: &FlowKey) -> (usize, usize, u16) {
-        let h = key.hash(self.seed);
+        self.place_hashed(key.table_hash(self.seed))
+    }
+
+    /// [`Conntrack::place`] from the key's table hash.
+    #[inline(always)]
+    fn place_hashed(&self, h: u64) -> (usize, usize, u16) {
         let groups_mask = self.mask & !(BUCKET - 1);
         let b1 = (h as usize) & groups_mask;
         let mut b2 = ((h >> 24) as usize) & groups_mask;
@@ -772,10 +838,10 @@ impl<V: Copy> Conntrack<V> {
     /// The slot holding `key` (live or expired) in bucket `b`, if any.
     #[inline(always)]
     fn find_in(&self, b: usize, fp: u16, key: &FlowKey) -> Option<u32> {
-        let tags = self.tags.get(b..b + BUCKET)?;
-        let mut m = group_match(tags, fp);
+        let tags: &[u16; BUCKET] = self.tags.get(b..b + BUCKET)?.try_into().ok()?;
+        let mut m = group::group_match(tags, fp);
         while m != 0 {
-            let i = b + slot_of_bit(m.trailing_zeros() as usize);
+            let i = b + m.trailing_zeros() as usize;
             m &= m - 1;
             if self.slots.get(i).is_some_and(|s| s.key == *key) {
                 return Some(i as u32);
@@ -786,15 +852,15 @@ impl<V: Copy> Conntrack<V> {
 
     /// The slot holding `key` (live or expired): the per-packet half of [`Conntrack::probe`].
     #[inline(always)]
-    fn find(&self, key: &FlowKey) -> Option<u32> {
-        let (b1, b2, fp) = self.place(key);
-        self.find_in(b1, fp, key).or_else(|| {
-            if b2 == b1 {
-                None
-            } else {
-                self.find_in(b2, fp, key)
-            }
-        })
+    fn find(&self, key: &FlowKey, h: u64) -> Option<u32> {
+        let (b1, b2, fp) = self.place_hashed(h);
+        if let Some(i) = self.find_in(b1, fp, key) {
+            return Some(i);
+        }
+        if b2 == b1 {
+            return None;
+        }
+        self.find_in(b2, fp, key)
     }
 
     /// Computes a key's buckets and fingerprint and finds its slot.

@@ -1,7 +1,8 @@
 //! One packet in, one verdict out: the whole L4 decision path the workers run.
 //!
 //! Rooms by job: `verdict` (verdicts and counters), `state` (per-worker state and the flow
-//! values conntrack stores), `new_flow` (service lookup, Maglev, the new flow's entries),
+//! values conntrack stores), `fast` (the common packet of an established IPv4 flow, tried
+//! first), `new_flow` (service lookup, Maglev, the new flow's entries),
 //! `tracked` (packets of known flows), `rewrite` (address and port rewrite), `encap`
 //! (dsr-ipip, dsr-gue), `icmp` (errors about flows, too-big answers) and `answer` (ARP, ND
 //! and echo for our own addresses).
@@ -9,6 +10,7 @@
 
 mod answer;
 mod encap;
+mod fast;
 mod icmp;
 mod new_flow;
 mod rewrite;
@@ -19,11 +21,14 @@ mod verdict;
 pub use state::{snat_slice, FlowValue, WorkerState};
 pub use verdict::{Counters, DropReason, FlowCounters, Verdict};
 
-use crate::conntrack::Millis;
+use crate::conntrack::{Hit, Millis};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
+use crate::port::MAX_BURST;
 use crate::table::RoutingTable;
-use crate::wire::{self, Frag, ParseError, Parsed, L3};
+use crate::wire::{self, Frag, ParseError, Parsed, V4Flow, L3};
+
+use fast::Outcome;
 
 /// TTL / hop limit of packets we originate (answers, outer headers).
 const OUR_TTL: u8 = 64;
@@ -32,8 +37,51 @@ const ICMP4_MAX: usize = 576;
 /// RFC 4443: an ICMPv6 error must not exceed the minimum IPv6 MTU.
 const ICMP6_MAX: usize = 1280;
 
-/// Runs one frame through the pipeline: parse, classify, track, rewrite in place.
+/// Runs one frame through the pipeline: parse, classify, track, rewrite in place. Tries the
+/// fast path (an established IPv4 flow's common packet) first.
 pub fn process(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+) -> Verdict {
+    if state.generation == Some(table.generation) {
+        if let Some(f) = wire::parse_v4_flow(pkt.data()) {
+            let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
+            let rx_len = pkt.len() as u64;
+            match fast::forward(state, table, now, pkt, &f, h) {
+                Outcome::Forwarded => {
+                    let c = &mut state.counters;
+                    c.rx_packets += 1;
+                    c.rx_bytes += rx_len;
+                    c.tx_packets += 1;
+                    c.tx_bytes += pkt.len() as u64;
+                    return Verdict::Tx;
+                }
+                Outcome::General(hit) => {
+                    let seen = FastMiss { flow: f, hit };
+                    let parsed = parse_after(pkt.data(), Some(&seen));
+                    return process_parsed_as(state, table, now, pkt, parsed, Some(&seen));
+                }
+            }
+        }
+    }
+    process_general(state, table, now, pkt)
+}
+
+/// What the fast path learned of a frame it passed on to the general path: the frame's fields
+/// (it accepted the frame's headers) and its conntrack lookup (`None`: untracked or expired),
+/// so neither the parse nor the lookup is repeated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastMiss {
+    /// The frame's fields.
+    pub flow: V4Flow,
+    /// Its key's conntrack hit, if any.
+    pub hit: Option<Hit>,
+}
+
+/// [`process`] without the fast path: the general parse and classification for every frame.
+pub fn process_general(
     state: &mut WorkerState,
     table: &RoutingTable,
     now: Millis,
@@ -41,6 +89,99 @@ pub fn process(
 ) -> Verdict {
     let parsed = wire::parse(pkt.data());
     process_parsed(state, table, now, pkt, parsed)
+}
+
+/// Runs a burst (at most [`MAX_BURST`] frames; `verdicts[i]` is set for `pkts[i]`) through the
+/// pipeline, as [`process`] would one by one, in two passes: the first reads each frame's flow
+/// fields and prefetches its conntrack bucket, the second forwards the fast-path frames and
+/// gives the others to [`process_general`]. The worker's rx/tx counters of fast-path frames are
+/// added once per burst.
+pub fn process_burst(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkts: &mut [PacketBuf<'_>],
+    verdicts: &mut [Verdict],
+) {
+    process_burst_with(state, table, now, pkts, verdicts, |st, pkt, seen| {
+        let parsed = parse_after(pkt.data(), seen);
+        process_parsed_as(st, table, now, pkt, parsed, seen)
+    })
+}
+
+/// [`process_burst`] with the frames that leave the fast path given to `slow` (the worker
+/// steers them to their flow's owner before processing), with what the fast path learned of
+/// the frame if it read it (for [`parse_after`] and [`process_parsed_as`]). `slow` must count
+/// what it handles (as [`process_parsed`] does).
+#[inline]
+pub fn process_burst_with(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkts: &mut [PacketBuf<'_>],
+    verdicts: &mut [Verdict],
+    mut slow: impl FnMut(&mut WorkerState, &mut PacketBuf<'_>, Option<&FastMiss>) -> Verdict,
+) {
+    if state.generation != Some(table.generation) {
+        state.adopt(table);
+    }
+    let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
+    if n == 1 {
+        // A port that hands frames over one at a time: no burst arrays to fill.
+        let (Some(pkt), Some(v)) = (pkts.first_mut(), verdicts.first_mut()) else {
+            return;
+        };
+        let mut seen = None;
+        if let Some(f) = wire::parse_v4_flow(pkt.data()) {
+            let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
+            let rx_len = pkt.len() as u64;
+            match fast::forward(state, table, now, pkt, &f, h) {
+                Outcome::Forwarded => {
+                    let c = &mut state.counters;
+                    c.rx_packets += 1;
+                    c.rx_bytes += rx_len;
+                    c.tx_packets += 1;
+                    c.tx_bytes += pkt.len() as u64;
+                    *v = Verdict::Tx;
+                    return;
+                }
+                Outcome::General(hit) => seen = Some(FastMiss { flow: f, hit }),
+            }
+        }
+        *v = slow(state, pkt, seen.as_ref());
+        return;
+    }
+    let mut flows: [Option<(V4Flow, u64)>; MAX_BURST] = [None; MAX_BURST];
+    for (pkt, slot) in pkts[..n].iter().zip(flows.iter_mut()) {
+        if let Some(f) = wire::parse_v4_flow(pkt.data()) {
+            let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
+            state.ct.prefetch(h);
+            *slot = Some((f, h));
+        }
+    }
+    let (mut fast_n, mut rx_bytes, mut tx_bytes) = (0u64, 0u64, 0u64);
+    for ((pkt, v), flow) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).zip(flows) {
+        let mut seen = None;
+        if let Some((f, h)) = flow {
+            let len = pkt.len() as u64;
+            match fast::forward(state, table, now, pkt, &f, h) {
+                Outcome::Forwarded => {
+                    fast_n += 1;
+                    rx_bytes += len;
+                    tx_bytes += pkt.len() as u64;
+                    *v = Verdict::Tx;
+                    continue;
+                }
+                Outcome::General(hit) => seen = Some(FastMiss { flow: f, hit }),
+            }
+        }
+        *v = slow(state, pkt, seen.as_ref());
+    }
+    let c = &mut state.counters;
+    c.rx_packets += fast_n;
+    c.rx_bytes += rx_bytes;
+    c.tx_packets += fast_n;
+    c.tx_bytes += tx_bytes;
 }
 
 /// [`process`] for a frame the caller already parsed (the worker parses once to steer the frame
@@ -52,13 +193,36 @@ pub fn process_parsed(
     pkt: &mut PacketBuf<'_>,
     parsed: Result<Parsed, ParseError>,
 ) -> Verdict {
+    process_parsed_as(state, table, now, pkt, parsed, None)
+}
+
+/// The parse of a frame that left the fast path: [`wire::parse`], or, when the fast path read
+/// it (`seen`), the same result built from the fields it read.
+#[inline]
+pub fn parse_after(frame: &[u8], seen: Option<&FastMiss>) -> Result<Parsed, ParseError> {
+    match seen {
+        Some(s) => Ok(wire::parsed_v4(frame, &s.flow)),
+        None => wire::parse(frame),
+    }
+}
+
+/// [`process_parsed`] for a frame the fast path already looked up (`seen`, from the same table
+/// generation and nothing processed in between: its conntrack lookup is not repeated).
+pub fn process_parsed_as(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    parsed: Result<Parsed, ParseError>,
+    seen: Option<&FastMiss>,
+) -> Verdict {
     if state.generation != Some(table.generation) {
         state.adopt(table);
     }
     state.counters.rx_packets += 1;
     state.counters.rx_bytes += pkt.len() as u64;
     let v = match parsed {
-        Ok(p) => classify(state, table, now, pkt, p),
+        Ok(p) => classify(state, table, now, pkt, p, seen.map(|s| s.hit)),
         Err(e) => parse_error(table, pkt.data(), e),
     };
     let c = &mut state.counters;
@@ -80,6 +244,7 @@ fn classify(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
     p: Parsed,
+    known: Option<Option<Hit>>,
 ) -> Verdict {
     match p.l3 {
         L3::Arp => return answer::arp(table, pkt, &p),
@@ -96,7 +261,11 @@ fn classify(
     match p.proto {
         proto::TCP | proto::UDP => {
             let key = p.key();
-            if let Some(hit) = st.ct.lookup(&key, now) {
+            let hit = match known {
+                Some(hit) => hit,
+                None => st.ct.lookup(&key, now),
+            };
+            if let Some(hit) = hit {
                 return tracked::tracked(st, table, now, pkt, &p, hit);
             }
             if table.is_vip(p.dst) {

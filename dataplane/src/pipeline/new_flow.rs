@@ -10,7 +10,7 @@ use crate::wire::checksum::Delta;
 use crate::wire::{self, Parsed};
 
 use super::rewrite::apply;
-use super::state::{Action, FlowValue, WorkerState};
+use super::state::{Action, Fast, FlowValue, WorkerState};
 use super::verdict::{count, DropReason, Verdict};
 
 // Its own function: inlined into `classify`, its size changes the code of every tracked packet.
@@ -235,7 +235,7 @@ fn forward_value(
         by_syn: false,
         l3_delta: Delta::default(),
         l4_delta: Delta::default(),
-        rewrite_v4: false,
+        fast: Fast::No,
     };
     match pool.mode {
         Mode::DsrIpip | Mode::DsrGue => {

@@ -7,7 +7,7 @@ use crate::wire::nat::{self, IpAt};
 use crate::wire::{self, Parsed, L3};
 
 use super::encap::encap;
-use super::state::{Action, FlowValue};
+use super::state::{Action, Fast, FlowValue};
 use super::verdict::{DropReason, Verdict};
 
 /// Forwards a packet according to a flow value. `entropy` is the GUE source port.
@@ -21,7 +21,7 @@ pub(super) fn apply(
     val: &FlowValue,
     entropy: u16,
 ) -> Verdict {
-    if val.rewrite_v4 {
+    if val.fast == Fast::RewriteV4 {
         let at = IpAt {
             l3: p.l3_off,
             l4: p.l4_off,
@@ -39,7 +39,7 @@ pub(super) fn apply(
     apply_other(table, pkt, p, val, entropy)
 }
 
-/// [`apply`] for every flow value not sealed `rewrite_v4`.
+/// [`apply`] for every flow value not sealed `Fast::RewriteV4`.
 #[inline(never)]
 fn apply_other(
     table: &RoutingTable,

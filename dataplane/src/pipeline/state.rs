@@ -52,9 +52,25 @@ pub struct FlowValue {
     pub(super) l3_delta: Delta,
     /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
     pub(super) l4_delta: Delta,
-    /// Set by [`FlowValue::seal`]: a [`Action::Rewrite`] of IPv4 TCP or UDP into IPv4, which
-    /// takes the fixed-layout rewrite (the key fixes the packets' family and protocol).
-    pub(super) rewrite_v4: bool,
+    /// Set by [`FlowValue::seal`]: which fixed-layout path the flow's packets take, if any.
+    pub(super) fast: Fast,
+}
+
+/// The fixed-layout forwarding a flow's packets qualify for, decided once per flow by
+/// [`FlowValue::seal`] (the key fixes the packets' family and protocol), so the per-packet path
+/// tests one byte instead of the action, both families and the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fast {
+    /// Neither: the general `apply`.
+    No,
+    /// [`Action::Rewrite`] of IPv4 TCP or UDP into IPv4.
+    RewriteV4,
+    /// [`Action::Ipip`] of IPv4 TCP or UDP into an outer IPv4 header.
+    IpipV4,
+    /// [`Action::Gue`] of IPv4 TCP or UDP into outer IPv4 and UDP headers.
+    GueV4,
+    /// [`Action::Mac`] (dr) of IPv4 TCP or UDP.
+    MacV4,
 }
 
 impl FlowValue {
@@ -62,11 +78,18 @@ impl FlowValue {
     /// into `new_*`, so a packet of the flow costs two checksum adjustments, not four sums.
     pub(super) fn seal(mut self, key: &FlowKey) -> FlowValue {
         (self.l3_delta, self.l4_delta) = nat::deltas(key, &self.new_key());
-        self.rewrite_v4 = self.action == Action::Rewrite
-            && matches!(key.proto, proto::TCP | proto::UDP)
+        let v4 = matches!(key.proto, proto::TCP | proto::UDP)
             && key.src.is_v4()
+            && key.dst.is_v4()
             && self.new_src.is_v4()
             && self.new_dst.is_v4();
+        self.fast = match self.action {
+            Action::Rewrite if v4 => Fast::RewriteV4,
+            Action::Ipip if v4 => Fast::IpipV4,
+            Action::Gue if v4 => Fast::GueV4,
+            Action::Mac if v4 => Fast::MacV4,
+            _ => Fast::No,
+        };
         self
     }
 

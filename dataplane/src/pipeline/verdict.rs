@@ -185,6 +185,7 @@ impl Counters {
 }
 
 /// Counts one forwarded packet of a flow for its service and backend.
+#[inline(always)]
 pub(super) fn count(c: &mut Counters, val: &FlowValue, len: u64, new: bool) {
     if let Some(s) = c.services.get_mut(val.svc_stat as usize) {
         s.packets += 1;

@@ -19,7 +19,21 @@
 //!
 //! Binding asks for no particular mode, so the kernel uses zero copy where the driver supports it
 //! and falls back to copy mode otherwise ([`AfXdpPort::zero_copy`] says which it chose); generic
-//! XDP and [`AfXdpOptions::force_copy`] bind in copy mode.
+//! XDP and [`AfXdpOptions::force_copy`] bind in copy mode, [`AfXdpOptions::require_zero_copy`]
+//! binds with `XDP_ZEROCOPY` and fails where the driver cannot. Zero copy needs a driver with
+//! AF_XDP zero-copy support in native mode (i40e, ice, ixgbe, igc, igb, mlx5, stmmac, ...);
+//! veth, tap and generic XDP have none and always copy.
+//!
+//! The rings run in the kernel's `need_wakeup` mode: the kernel is kicked (a zero-length
+//! `sendto` for the tx ring, `recvfrom` for the fill ring) only when it asks for it, at most once
+//! per burst and flush. Received chunks go back to the fill ring in batches of at least
+//! [`REFILL_BATCH`]; transmitted frames are committed once per burst. With
+//! [`AfXdpOptions::busy_poll`] (on by default) the socket asks for busy polling
+//! (`SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL`, `SO_BUSY_POLL_BUDGET`, Linux 5.11+): a poll that finds
+//! the rx ring empty then drives the driver's NAPI from this thread with one `recvfrom`, and
+//! with the interface's `napi_defer_hard_irqs` and `gro_flush_timeout` set the device's
+//! interrupts stay off while the worker keeps up. A kernel that refuses an option leaves that
+//! option unset ([`AfXdpPort::busy_poll`] says what took); the port works the same without.
 
 use std::io;
 use std::net::IpAddr;
@@ -33,7 +47,7 @@ use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, 
 
 pub use super::bpf::AttachMode;
 use super::bpf::XdpAttachment;
-use super::{Port, PortStats, HEADROOM};
+use super::{Port, PortStats, HEADROOM, MAX_BURST, UNSET};
 use crate::packet::PacketBuf;
 use crate::pipeline::Verdict;
 
@@ -52,6 +66,43 @@ const XDP_OPTIONS_ZEROCOPY: u32 = 1;
 const BIND_RETRIES: u32 = 40;
 const BIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Free chunks collected before they go back to the fill ring: one ring update (and at most one
+/// wakeup) per batch instead of per burst.
+pub const REFILL_BATCH: usize = 64;
+
+/// `SO_BUSY_POLL`, `SO_PREFER_BUSY_POLL` and `SO_BUSY_POLL_BUDGET` (asm-generic/socket.h).
+const SO_BUSY_POLL: libc::c_int = 46;
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+/// Busy-poll settings for an AF_XDP socket (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// `SO_BUSY_POLL`: microseconds a busy poll may spin in the driver.
+    pub usecs: u32,
+    /// `SO_BUSY_POLL_BUDGET`: packets one busy poll may process.
+    pub budget: u32,
+}
+
+impl Default for BusyPoll {
+    /// The kernel documentation's example values: 20 us, a budget of 64.
+    fn default() -> Self {
+        BusyPoll {
+            usecs: 20,
+            budget: 64,
+        }
+    }
+}
+
+/// Which busy-poll options a socket accepted (see [`AfXdpPort::busy_poll`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BusyPollState {
+    /// `SO_PREFER_BUSY_POLL` is set: the worker drives NAPI when its rx ring is empty.
+    pub active: bool,
+    /// Options the kernel refused, with its error (empty when all took or none was asked for).
+    pub refused: Vec<String>,
+}
+
 /// Upper bound of `sendto` kicks per flush: in copy mode each one sends a batch (32 frames on
 /// current kernels) and answers `EAGAIN` while more are pending.
 const MAX_KICKS: u32 = 64;
@@ -69,6 +120,11 @@ pub struct AfXdpOptions {
     pub ring_size: u32,
     /// Capacity of the owned-address map; 0 redirects every frame to userspace instead.
     pub max_owned: u32,
+    /// Bind with `XDP_ZEROCOPY`: fail where the driver has no zero-copy support instead of
+    /// falling back to copy mode.
+    pub require_zero_copy: bool,
+    /// Busy polling for the socket; `None` leaves the socket's defaults.
+    pub busy_poll: Option<BusyPoll>,
 }
 
 impl Default for AfXdpOptions {
@@ -79,6 +135,8 @@ impl Default for AfXdpOptions {
             frames: 4096,
             ring_size: 2048,
             max_owned: 1024,
+            require_zero_copy: false,
+            busy_poll: Some(BusyPoll::default()),
         }
     }
 }
@@ -123,6 +181,66 @@ impl Area {
         // `&mut self` borrow keeps us from handing out a second slice at the same time.
         Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), size) })
     }
+
+    /// A burst's chunks as frames: `PacketBuf`s over the chunks of `frames` (chunk offset, head,
+    /// length), in order, into `out`. The caller checked that every offset is a distinct chunk
+    /// inside the area ([`Burst::take`]).
+    fn bufs<'a>(&'a mut self, frames: &[(u64, usize, usize)], out: &mut [PacketBuf<'a>]) {
+        let base = self.ptr.as_ptr();
+        for (&(chunk, head, len), pkt) in frames.iter().zip(out.iter_mut()) {
+            let Ok(start) = usize::try_from(chunk) else {
+                continue;
+            };
+            if start % FRAME_SIZE as usize != 0 || start + FRAME_SIZE as usize > self.len {
+                continue;
+            }
+            // SAFETY: the chunk lies inside the mapping (checked here), which lives as long as
+            // `self`, and it is ours alone: the kernel handed it over on the rx ring and does not
+            // touch it until it goes back on the fill or tx ring, after `'a` ends. The chunks of
+            // `frames` are distinct (the caller checked), so the slices do not overlap, and the
+            // `&mut self` borrow keeps anyone else from handing out more for `'a`.
+            let chunk =
+                unsafe { std::slice::from_raw_parts_mut(base.add(start), FRAME_SIZE as usize) };
+            *pkt = PacketBuf::new(chunk, head, len);
+        }
+    }
+}
+
+/// The descriptors of one received burst, checked: in range, aligned, no chunk twice.
+struct Burst {
+    /// (chunk offset, head, length) per frame.
+    frames: [(u64, usize, usize); MAX_BURST],
+    n: usize,
+}
+
+impl Burst {
+    /// Adds a received descriptor's chunk; false (not added) for a chunk outside the area or one
+    /// already in the burst (a kernel bug, but two `&mut` over one chunk must never exist).
+    /// `seen` holds, per chunk index, the stamp of the last burst that took it.
+    fn take(
+        &mut self,
+        chunk: u64,
+        head: usize,
+        len: usize,
+        area_len: usize,
+        seen: &mut [u32],
+        stamp: u32,
+    ) -> bool {
+        let idx = (chunk / u64::from(FRAME_SIZE)) as usize;
+        let ok = chunk % u64::from(FRAME_SIZE) == 0
+            && (chunk as usize)
+                .checked_add(FRAME_SIZE as usize)
+                .is_some_and(|e| e <= area_len)
+            && seen.get(idx).is_some_and(|&s| s != stamp)
+            && self.n < MAX_BURST;
+        if !ok {
+            return false;
+        }
+        seen[idx] = stamp;
+        self.frames[self.n] = (chunk, head, len);
+        self.n += 1;
+        true
+    }
 }
 
 impl Drop for Area {
@@ -146,12 +264,18 @@ pub struct AfXdpPort {
     area: Area,
     /// Chunks we own that are on no ring (capacity `frames`, so pushes never allocate).
     free: Vec<u64>,
+    /// Per chunk, the stamp of the last burst that received it ([`Burst::take`]).
+    seen: Box<[u32]>,
+    stamp: u32,
+    /// Free chunks that go back to the fill ring at once.
+    refill_batch: usize,
     xdp: Arc<XdpAttachment>,
     fd: RawFd,
     ifname: String,
     queue: u32,
     ring_size: u32,
     zero_copy: bool,
+    busy_poll: BusyPollState,
     stats: PortStats,
     to_host_dropped: u64,
 }
@@ -233,6 +357,8 @@ impl AfXdpPort {
         let mut bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP;
         if opts.force_copy || !xdp.native() {
             bind_flags |= SocketConfig::XDP_BIND_COPY;
+        } else if opts.require_zero_copy {
+            bind_flags |= SocketConfig::XDP_BIND_ZEROCOPY;
         }
         let ring = NonZeroU32::new(opts.ring_size);
         let user = umem
@@ -255,7 +381,7 @@ impl AfXdpPort {
                 .rev()
                 .map(|i| i * u64::from(FRAME_SIZE)),
         );
-        refill(&mut device, &mut free);
+        refill(&mut device, &mut free, 1);
 
         let mut tries = 0;
         loop {
@@ -270,14 +396,21 @@ impl AfXdpPort {
         }
         let fd = user.as_raw_fd();
         xdp.set_socket(queue, fd)?;
+        let busy_poll = opts
+            .busy_poll
+            .map_or_else(BusyPollState::default, |b| set_busy_poll(fd, b));
         Ok(AfXdpPort {
             zero_copy: query_zero_copy(fd)?,
+            busy_poll,
             rx,
             tx,
             device,
             _umem: umem,
             area,
             free,
+            seen: vec![0; opts.frames as usize].into_boxed_slice(),
+            stamp: 0,
+            refill_batch: REFILL_BATCH.min(opts.frames as usize / 4).max(1),
             xdp,
             fd,
             ifname: ifname.to_owned(),
@@ -315,6 +448,11 @@ impl AfXdpPort {
         self.zero_copy
     }
 
+    /// Which busy-poll options the socket accepted.
+    pub fn busy_poll(&self) -> &BusyPollState {
+        &self.busy_poll
+    }
+
     /// Frames the pipeline gave `ToHost` that had already been redirected to us: dropped, since
     /// AF_XDP cannot hand a frame back to the kernel.
     pub fn to_host_dropped(&self) -> u64 {
@@ -331,9 +469,10 @@ impl AfXdpPort {
     }
 }
 
-/// Gives the kernel as many free chunks as the fill ring takes.
-fn refill(device: &mut DeviceQueue, free: &mut Vec<u64>) {
-    if free.is_empty() {
+/// Gives the kernel as many free chunks as the fill ring takes, once at least `batch` are free
+/// (and, in `need_wakeup` mode, kicks the driver if it asks for it).
+fn refill(device: &mut DeviceQueue, free: &mut Vec<u64>, batch: usize) {
+    if free.len() < batch.max(1) {
         return;
     }
     let mut fill = device.fill(u32::try_from(free.len()).unwrap_or(u32::MAX));
@@ -345,6 +484,61 @@ fn refill(device: &mut DeviceQueue, free: &mut Vec<u64>) {
     free.drain(start..start + put);
     if put > 0 && device.needs_wakeup() {
         device.wake();
+    }
+}
+
+/// Sets the busy-poll options on `fd`, each on its own: a kernel without one (before 5.11) or a
+/// budget above what an unprivileged socket may ask for refuses it, and the others still count.
+fn set_busy_poll(fd: RawFd, b: BusyPoll) -> BusyPollState {
+    let mut state = BusyPollState::default();
+    for (name, opt, value) in [
+        ("SO_PREFER_BUSY_POLL", SO_PREFER_BUSY_POLL, 1),
+        (
+            "SO_BUSY_POLL",
+            SO_BUSY_POLL,
+            b.usecs.min(i32::MAX as u32) as libc::c_int,
+        ),
+        (
+            "SO_BUSY_POLL_BUDGET",
+            SO_BUSY_POLL_BUDGET,
+            b.budget.min(i32::MAX as u32) as libc::c_int,
+        ),
+    ] {
+        // SAFETY: `value` is a c_int that outlives the call, and its size is what we pass.
+        let ret = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if ret == 0 {
+            state.active |= opt == SO_PREFER_BUSY_POLL;
+        } else {
+            state
+                .refused
+                .push(format!("{name}: {}", io::Error::last_os_error()));
+        }
+    }
+    state
+}
+
+/// Drives the driver's NAPI from this thread (busy polling) or answers a fill-ring wakeup
+/// request: one non-blocking, zero-length `recvfrom` on our socket.
+fn kick_rx(fd: RawFd) {
+    // SAFETY: a zero-length, non-blocking receive on our own socket with no buffer and no
+    // address: the kernel writes nothing.
+    unsafe {
+        libc::recvfrom(
+            fd,
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
     }
 }
 
@@ -434,13 +628,98 @@ impl Port for AfXdpPort {
             rx.release();
         }
         self.stats.rx += n as u64;
-        refill(&mut self.device, &mut self.free);
+        refill(&mut self.device, &mut self.free, self.refill_batch);
+        if n == 0 && (self.busy_poll.active || self.device.needs_wakeup()) {
+            // Nothing arrived: let this thread run the driver's receive (busy polling), or
+            // wake a driver that stopped for lack of fill-ring entries.
+            kick_rx(self.fd);
+        }
         Ok(n)
+    }
+
+    fn rx_batch(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&mut [PacketBuf<'_>], &mut [Verdict]),
+    ) -> io::Result<usize> {
+        self.reclaim();
+        let max = max.min(MAX_BURST);
+        let chunk_mask = !u64::from(FRAME_SIZE - 1);
+        self.stamp = self.stamp.wrapping_add(1);
+        let mut burst = Burst {
+            frames: [(0, 0, 0); MAX_BURST],
+            n: 0,
+        };
+        let mut got = 0usize;
+        {
+            let mut rx = self.rx.receive(max as u32);
+            while let Some(desc) = rx.read() {
+                got += 1;
+                let chunk = desc.addr & chunk_mask;
+                let head = (desc.addr - chunk) as usize;
+                // A descriptor we cannot take has no chunk of ours to recycle.
+                burst.take(
+                    chunk,
+                    head,
+                    desc.len as usize,
+                    self.area.len,
+                    &mut self.seen,
+                    self.stamp,
+                );
+            }
+            rx.release();
+        }
+        self.stats.rx += got as u64;
+        let n = burst.n;
+        if n > 0 {
+            let mut verdicts = [UNSET; MAX_BURST];
+            let mut out = [(0usize, 0usize); MAX_BURST];
+            {
+                let mut pkts: [PacketBuf<'_>; MAX_BURST] =
+                    std::array::from_fn(|_| PacketBuf::new(&mut [], 0, 0));
+                self.area.bufs(&burst.frames[..n], &mut pkts[..n]);
+                f(&mut pkts[..n], &mut verdicts[..n]);
+                for (o, p) in out.iter_mut().zip(&pkts[..n]) {
+                    *o = (p.head(), p.len());
+                }
+            }
+            let mut tx = self.tx.transmit(n as u32);
+            for i in 0..n {
+                let chunk = burst.frames[i].0;
+                let (head, len) = out[i];
+                match verdicts[i] {
+                    Verdict::Tx if len > 0 => {
+                        let desc = XdpDesc {
+                            addr: chunk + head as u64,
+                            len: len as u32,
+                            options: 0,
+                        };
+                        if tx.insert_once(desc) {
+                            self.stats.tx += 1;
+                            continue;
+                        }
+                        self.stats.tx_dropped += 1;
+                    }
+                    Verdict::Tx => self.stats.tx_dropped += 1,
+                    Verdict::ToHost => self.to_host_dropped += 1,
+                    Verdict::Drop(_) | Verdict::ToL7 => {}
+                }
+                self.free.push(chunk);
+            }
+            // One commit for the burst; the kick, if the kernel wants one, comes with `flush`.
+            tx.commit();
+        }
+        refill(&mut self.device, &mut self.free, self.refill_batch);
+        if got == 0 && (self.busy_poll.active || self.device.needs_wakeup()) {
+            kick_rx(self.fd);
+        }
+        Ok(got)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         for _ in 0..MAX_KICKS {
-            if self.tx.pending() == 0 || !self.tx.needs_wakeup() {
+            // Busy polling drives the driver's transmit from here too, asked or not.
+            if self.tx.pending() == 0 || !(self.tx.needs_wakeup() || self.busy_poll.active) {
                 break;
             }
             // SAFETY: a zero-length send on our own socket; no buffers are passed.

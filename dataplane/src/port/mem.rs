@@ -2,7 +2,10 @@
 
 use std::collections::VecDeque;
 
-use super::{Port, PortStats, HEADROOM};
+use super::{Port, PortStats, HEADROOM, MAX_BURST, UNSET};
+
+/// Size of one frame's buffer: headroom, the largest frame, some tailroom.
+const SLOT: usize = HEADROOM + 9216 + 64;
 use crate::packet::PacketBuf;
 use crate::pipeline::Verdict;
 
@@ -17,13 +20,15 @@ pub struct MemPort {
     pub host: Vec<Vec<u8>>,
     stats: PortStats,
     buf: Vec<u8>,
+    /// Buffers of [`Port::rx_batch`]'s bursts, `SLOT` bytes per frame.
+    burst: Vec<u8>,
 }
 
 impl MemPort {
     /// An empty port.
     pub fn new() -> MemPort {
         MemPort {
-            buf: vec![0; HEADROOM + 9216 + 64],
+            buf: vec![0; SLOT],
             ..MemPort::default()
         }
     }
@@ -50,6 +55,51 @@ impl Port for MemPort {
             self.buf[HEADROOM..HEADROOM + len].copy_from_slice(&frame[..len]);
             let mut pkt = PacketBuf::new(&mut self.buf, HEADROOM, len);
             match f(&mut pkt) {
+                Verdict::Tx => {
+                    self.stats.tx += 1;
+                    self.tx.push(pkt.data().to_vec());
+                }
+                Verdict::ToHost => {
+                    self.stats.to_host += 1;
+                    self.host.push(pkt.data().to_vec());
+                }
+                Verdict::Drop(_) | Verdict::ToL7 => {}
+            }
+        }
+        Ok(n)
+    }
+
+    fn rx_batch(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&mut [PacketBuf<'_>], &mut [Verdict]),
+    ) -> std::io::Result<usize> {
+        let n = max.min(MAX_BURST).min(self.rx.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        // One buffer per frame of the burst, so the pipeline sees the whole burst at once.
+        let want = n * SLOT;
+        if self.burst.len() < want {
+            self.burst.resize(want, 0);
+        }
+        let mut lens = [0usize; MAX_BURST];
+        for (i, len) in lens.iter_mut().take(n).enumerate() {
+            let frame = self.rx.pop_front().unwrap_or_default();
+            *len = frame.len().min(SLOT - HEADROOM);
+            let start = i * SLOT + HEADROOM;
+            self.burst[start..start + *len].copy_from_slice(&frame[..*len]);
+        }
+        self.stats.rx += n as u64;
+        let mut pkts: Vec<PacketBuf<'_>> = self.burst[..want]
+            .chunks_mut(SLOT)
+            .zip(lens)
+            .map(|(b, len)| PacketBuf::new(b, HEADROOM, len))
+            .collect();
+        let mut verdicts = [UNSET; MAX_BURST];
+        f(&mut pkts, &mut verdicts[..n]);
+        for (pkt, v) in pkts.iter().zip(verdicts) {
+            match v {
                 Verdict::Tx => {
                     self.stats.tx += 1;
                     self.tx.push(pkt.data().to_vec());

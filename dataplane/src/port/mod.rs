@@ -8,7 +8,10 @@
 //! All `unsafe` of the dataplane lives in the submodules here, one `// SAFETY:` comment per block.
 
 use crate::packet::PacketBuf;
-use crate::pipeline::Verdict;
+use crate::pipeline::{DropReason, Verdict};
+
+/// What [`Port::rx_batch`]'s verdict slice holds before the callback sets it.
+pub const UNSET: Verdict = Verdict::Drop(DropReason::Unsupported);
 
 pub mod af_packet;
 pub mod af_xdp;
@@ -23,6 +26,25 @@ pub use ifname::{check_ifname, IFNAME_MAX};
 /// Headroom every port leaves in front of a received frame, enough for the largest encapsulation
 /// (Ethernet + VLAN + IPv6 + UDP = 66 bytes) with room to spare.
 pub const HEADROOM: usize = 128;
+
+/// Most frames a port hands over in one [`Port::rx_batch`] call.
+pub const MAX_BURST: usize = 64;
+
+/// Hints the CPU to fetch the cache line holding `r` (the first pass of a burst calls it for
+/// each frame's conntrack bucket). A no-op on targets without a prefetch instruction here.
+#[inline(always)]
+pub fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` only hints the cache; it never faults, whatever the address, and SSE
+    // (which the intrinsic requires) is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (r as *const T).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
 
 /// Per-port counters, kept by the port itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,6 +75,25 @@ pub trait Port: Send {
         max: usize,
         f: &mut dyn FnMut(&mut PacketBuf<'_>) -> Verdict,
     ) -> std::io::Result<usize>;
+
+    /// Receives up to `max` (at most [`MAX_BURST`]) frames and hands them to `f` as one burst:
+    /// `f` gets the frames and a verdict slice of the same length, filled with
+    /// `Verdict::Drop(DropReason::Unsupported)`, and sets `verdicts[i]` for `frames[i]`. The port
+    /// then acts on each verdict as [`Port::rx_burst`] does. Returns the number of frames
+    /// received. Never blocks. The default hands `rx_burst`'s frames over one at a time; ports
+    /// that can hold a whole burst override it, so the pipeline parses every frame and prefetches
+    /// its flow's bucket before processing any.
+    fn rx_batch(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&mut [PacketBuf<'_>], &mut [Verdict]),
+    ) -> std::io::Result<usize> {
+        self.rx_burst(max.min(MAX_BURST), &mut |pkt| {
+            let mut v = [UNSET];
+            f(std::slice::from_mut(pkt), &mut v);
+            v[0]
+        })
+    }
 
     /// Transmits what is queued.
     fn flush(&mut self) -> std::io::Result<()>;

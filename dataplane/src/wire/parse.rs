@@ -357,6 +357,131 @@ fn parse_l4(
     Ok(f)
 }
 
+/// The flow fields of the common frame, for the pipeline's fast path: 20 bytes instead of
+/// [`Parsed`]'s 80, offsets implied (IPv4 header at 14, transport at 34).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V4Flow {
+    /// Source address: its 4 wire bytes loaded as a native-endian word (no byte swap).
+    pub src: u32,
+    /// Destination address, loaded the same way.
+    pub dst: u32,
+    /// Source and destination port, the 4 wire bytes loaded the same way.
+    pub ports: u32,
+    /// Offset just past the IP packet (14 + total length).
+    pub l3_end: u16,
+    /// TCP or UDP.
+    pub proto: u8,
+    /// TCP flags byte; 0 for UDP.
+    pub tcp_flags: u8,
+}
+
+impl V4Flow {
+    /// The packet's flow key.
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            src: Addr::v4(self.src.to_ne_bytes()),
+            dst: Addr::v4(self.dst.to_ne_bytes()),
+            sport: self.sport(),
+            dport: self.dport(),
+            proto: self.proto,
+        }
+    }
+
+    /// The source port.
+    #[inline(always)]
+    pub fn sport(&self) -> u16 {
+        let p = self.ports.to_ne_bytes();
+        u16::from_be_bytes([p[0], p[1]])
+    }
+
+    /// The destination port.
+    #[inline(always)]
+    pub fn dport(&self) -> u16 {
+        let p = self.ports.to_ne_bytes();
+        u16::from_be_bytes([p[2], p[3]])
+    }
+}
+
+/// The fast path's parser: the flow fields of an untagged IPv4 TCP or UDP frame without IP
+/// options that is not a fragment, or `None` for every other frame. Accepts exactly the frames
+/// of that kind that [`parse`] accepts (same length, checksum and header checks) with the same
+/// fields, so a frame it refuses goes through `parse` and gets the same verdict it always had.
+#[inline(always)]
+pub fn parse_v4_flow(frame: &[u8]) -> Option<V4Flow> {
+    let h: &[u8; ETH_LEN + 20 + 8] = arr(frame, 0)?;
+    if u16::from_be_bytes([h[12], h[13]]) != ETHERTYPE_IPV4 || h[14] != 0x45 {
+        return None;
+    }
+    let ip: &[u8; 20] = arr(h, ETH_LEN)?;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    // More fragments or an offset: a fragment.
+    if total < 20 || total > frame.len() - ETH_LEN || ip[6] & 0x3f != 0 || ip[7] != 0 {
+        return None;
+    }
+    if !ipv4_checksum_ok(frame, ip, ETH_LEN, 20) {
+        return None;
+    }
+    let word = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let proto = ip[9];
+    let tcp_flags = match proto {
+        proto::TCP => {
+            let t: &[u8; 20] = arr(frame, ETH_LEN + 20)?;
+            let doff = usize::from(t[12] >> 4) * 4;
+            if total < 40 || doff < 20 || doff > total - 20 {
+                return None;
+            }
+            t[13]
+        }
+        proto::UDP => {
+            let ulen = usize::from(u16::from_be_bytes([h[38], h[39]]));
+            if total < 28 || ulen < 8 || ulen > total - 20 {
+                return None;
+            }
+            0
+        }
+        _ => return None,
+    };
+    Some(V4Flow {
+        src: word(26),
+        dst: word(30),
+        ports: word(34),
+        l3_end: (ETH_LEN + total) as u16,
+        proto,
+        tcp_flags,
+    })
+}
+
+/// What [`parse`] returns for a frame [`parse_v4_flow`] accepted as `f`, built from the
+/// checks already made instead of parsing again: the general path of a frame whose key the
+/// fast path found untracked (every new flow's first packet).
+#[inline]
+pub fn parsed_v4(frame: &[u8], f: &V4Flow) -> Parsed {
+    let (df, ttl) = match arr::<20>(frame, ETH_LEN) {
+        Some(ip) => (ip[6] & 0x40 != 0, ip[8]),
+        None => (false, 0),
+    };
+    Parsed {
+        vlan: None,
+        ethertype: ETHERTYPE_IPV4,
+        l3: L3::Ipv4,
+        l3_off: ETH_LEN,
+        l4_off: ETH_LEN + 20,
+        l3_end: usize::from(f.l3_end),
+        proto: f.proto,
+        src: Addr::v4(f.src.to_ne_bytes()),
+        dst: Addr::v4(f.dst.to_ne_bytes()),
+        sport: f.sport(),
+        dport: f.dport(),
+        tcp_flags: f.tcp_flags,
+        icmp_type: 0,
+        icmp_code: 0,
+        frag: Frag::None,
+        df,
+        ttl,
+    }
+}
+
 /// The destination of an IPv6 frame (untagged or with one VLAN tag) that [`parse`] refused: for
 /// telling whether a packet with an unsupported extension header was for us.
 pub fn ipv6_dst(frame: &[u8]) -> Option<Addr> {

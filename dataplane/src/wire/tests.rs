@@ -660,3 +660,61 @@ proptest! {
         prop_assert!(verify_l4_checksum(&f, &q));
     }
 }
+
+mod fast_parse {
+    use super::super::{parse, parse_v4_flow, parsed_v4};
+    use proptest::prelude::*;
+
+    /// An IPv4 TCP (6) or UDP (17) frame with valid lengths and header checksum, from a few
+    /// header fields.
+    fn frame(proto: u8, flags_frag: u16, ttl: u8, payload: usize) -> Vec<u8> {
+        let l4 = if proto == 6 { 20 } else { 8 };
+        let total = 20 + l4 + payload;
+        let mut f = vec![0u8; 14 + total];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+        f[20..22].copy_from_slice(&flags_frag.to_be_bytes());
+        f[22] = ttl;
+        f[23] = proto;
+        f[26..34].copy_from_slice(&[198, 19, 0, 1, 198, 18, 0, 100]);
+        f[34..38].copy_from_slice(&[0x9c, 0x40, 0, 80]);
+        if proto == 6 {
+            f[46] = 5 << 4;
+            f[47] = 0x10;
+        } else {
+            f[38..40].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        }
+        let c = super::super::checksum::sum(&f[14..34], 0);
+        f[24..26].copy_from_slice(&(!(c as u16)).to_be_bytes());
+        f
+    }
+
+    proptest! {
+        /// The fast parser accepts only what `parse` accepts, and `parsed_v4` rebuilds exactly
+        /// what `parse` returns, whatever bytes are changed.
+        #[test]
+        fn fast_parse_agrees_with_parse(
+            proto in prop_oneof![Just(6u8), Just(17u8)],
+            flags_frag in prop_oneof![Just(0u16), Just(0x4000), Just(0x2000), Just(0x0010)],
+            ttl in any::<u8>(),
+            payload in 0usize..40,
+            pokes in proptest::collection::vec((0usize..80, any::<u8>()), 0..3),
+            cut in 0usize..4,
+        ) {
+            // The unmodified, unfragmented frame takes the fast path.
+            prop_assert!(parse_v4_flow(&frame(proto, 0x4000, ttl, payload)).is_some());
+            let mut f = frame(proto, flags_frag, ttl, payload);
+            for (i, b) in pokes {
+                if let Some(x) = f.get_mut(i) {
+                    *x = b;
+                }
+            }
+            f.truncate(f.len().saturating_sub(cut * 7));
+            if let Some(v) = parse_v4_flow(&f) {
+                let p = parse(&f);
+                prop_assert_eq!(p, Ok(parsed_v4(&f, &v)));
+            }
+        }
+    }
+}
