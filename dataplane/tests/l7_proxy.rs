@@ -465,3 +465,34 @@ fn sticky_sessions_set_their_cookie_and_keep_each_client_on_its_backend() {
     }
     proxy.stop().unwrap();
 }
+
+#[test]
+fn a_dot_segment_cannot_walk_out_of_the_routed_prefix() {
+    let public = Backend::start("public", Mode::Name);
+    let admin = Backend::start("admin", Mode::Name);
+    let spec = TableSpec {
+        services: vec![service(&public), service(&admin)],
+        routes: vec![
+            route(&["a.test"], "/public", "public"),
+            route(&["a.test"], "/admin", "admin"),
+        ],
+        default_backend: None,
+    };
+    let (proxy, _) = proxy(&spec, 1, ConnConfig::default());
+    let addr = proxy.local_addrs()[0];
+    for path in ["/public/../admin", "/public/%2e%2e/admin", "/public/./x"] {
+        let mut c = Client::connect(addr);
+        let r = c.get("a.test", path).expect("an answer");
+        assert_eq!(r.status, 400, "{path}");
+    }
+    assert_eq!(
+        Client::connect(addr)
+            .get("a.test", "/public/x")
+            .unwrap()
+            .text(),
+        "public"
+    );
+    assert!(admin.seen().is_empty(), "nothing reached the admin backend");
+    let counters = stop_and_count(proxy);
+    assert_eq!(counters.answers[3], 3, "three 4xx answers");
+}

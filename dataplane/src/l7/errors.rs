@@ -55,6 +55,10 @@ pub enum RejectReason {
     Trailer,
     /// A body larger than the limit.
     BodyTooLarge,
+    /// A path with a `.` or `..` segment (or one written with `%2e`): a backend that resolves
+    /// it would serve another path than the one the route matched (`/public/../admin`).
+    /// Browsers and curl resolve them before sending; only crafted requests carry them.
+    DotSegment,
 }
 
 impl RejectReason {

@@ -515,6 +515,30 @@ fn parse_content_length(v: &[u8]) -> Result<u64, RejectReason> {
     })
 }
 
+/// True when the path of `target` (up to `?`) has a segment that is `.` or `..`, plainly or
+/// with `%2e` for a dot.
+fn has_dot_segment(target: &[u8]) -> bool {
+    let path = &target[..target
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(target.len())];
+    path.split(|&b| b == b'/').any(|seg| {
+        let mut dots = 0;
+        let mut rest = seg;
+        while !rest.is_empty() {
+            if rest[0] == b'.' {
+                rest = &rest[1..];
+            } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+                rest = &rest[3..];
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        (1..=2).contains(&dots)
+    })
+}
+
 /// `method SP target SP HTTP/d.d`, exactly. Returns the authority of an absolute-form target.
 fn parse_request_line(
     buf: &[u8],
@@ -567,6 +591,9 @@ fn parse_request_line(
     }
     let target_start = start + method_len + 1;
     if target[0] == b'/' || (target == b"*" && method == b"OPTIONS") {
+        if has_dot_segment(target) {
+            return Err(RejectReason::DotSegment);
+        }
         head.path = Span::new(target_start, target_start + target_len);
         return Ok(None);
     }
@@ -583,6 +610,9 @@ fn parse_request_line(
     let authority = &after[..authority_len];
     if authority.is_empty() || !valid_authority(authority) {
         return Err(RejectReason::BadHost);
+    }
+    if has_dot_segment(&after[authority_len..]) {
+        return Err(RejectReason::DotSegment);
     }
     let authority_start = target_start + scheme_len;
     head.path = Span::new(authority_start + authority_len, target_start + target_len);
@@ -603,6 +633,46 @@ mod tests {
         let mut head = RequestHead::default();
         parse_request(raw, len, &limits, &mut head)?;
         Ok(head)
+    }
+
+    #[test]
+    fn dot_segments_are_refused_plain_or_encoded() {
+        let req =
+            |target: &str| parse(format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
+        for bad in [
+            "/public/../admin",
+            "/a/./b",
+            "/..",
+            "/a/.",
+            "/%2e%2e/etc/passwd",
+            "/x/.%2E/y",
+            "/%2E/",
+            "http://h/a/../b",
+            "/../?q=1",
+        ] {
+            assert_eq!(req(bad).map(|_| ()), Err(RejectReason::DotSegment), "{bad}");
+        }
+        for good in [
+            "/a..b/",
+            "/.well-known/acme",
+            "/...",
+            "/a/...x",
+            "/a?x=../y",
+            "/a.b/c%2ed",
+            "/%2e%2e%2e",
+            "*",
+        ] {
+            let raw = if good == "*" {
+                "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n".to_string()
+            } else {
+                format!("GET {good} HTTP/1.1\r\nHost: h\r\n\r\n")
+            };
+            assert!(parse(raw.as_bytes()).is_ok(), "{good}");
+        }
+        assert_eq!(
+            RejectReason::DotSegment.status(),
+            crate::l7::errors::Status::BadRequest
+        );
     }
 
     #[test]

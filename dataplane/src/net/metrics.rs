@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub const REJECT_SLOTS: usize = 32;
 
 /// Every [`RejectReason`] with its metrics label (`reason`), in discriminant order.
-pub const REJECT_REASONS: [(RejectReason, &str); 25] = [
+pub const REJECT_REASONS: [(RejectReason, &str); 26] = [
     (RejectReason::BareCr, "bare_cr"),
     (RejectReason::BareLf, "bare_lf"),
     (RejectReason::ObsFold, "obs_fold"),
@@ -38,6 +38,7 @@ pub const REJECT_REASONS: [(RejectReason, &str); 25] = [
     (RejectReason::ChunkLineTooLong, "chunk_line_too_long"),
     (RejectReason::Trailer, "trailer"),
     (RejectReason::BodyTooLarge, "body_too_large"),
+    (RejectReason::DotSegment, "dot_segment"),
 ];
 
 /// One worker's live counters.
@@ -372,7 +373,7 @@ mod tests {
     #[test]
     fn every_reject_reason_has_its_own_slot() {
         // The last variant's discriminant must fit: a new reason past the room would share one.
-        assert!((RejectReason::BodyTooLarge as usize) < REJECT_SLOTS);
+        assert!((RejectReason::DotSegment as usize) < REJECT_SLOTS);
     }
 
     #[test]
@@ -381,6 +382,6 @@ mod tests {
             assert_eq!(*reason as usize, i);
         }
         // The last variant is listed: a reason added after it must be added here too.
-        assert_eq!(REJECT_REASONS.last().unwrap().0, RejectReason::BodyTooLarge);
+        assert_eq!(REJECT_REASONS.last().unwrap().0, RejectReason::DotSegment);
     }
 }
