@@ -13,6 +13,8 @@ use crate::pipeline::Verdict;
 pub mod af_packet;
 pub mod af_xdp;
 pub mod bpf;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 mod ifname;
 pub mod mem;
 pub mod sys;
