@@ -20,3 +20,7 @@ else
   cargo test --workspace --all-targets
   echo "test.sh: not root: the tests marked 'ignored, needs root' did not run (sudo $0 runs them)" >&2
 fi
+# The DPDK port (cargo feature dpdk, off by default): lint it, then its tests against testpmd over
+# memif (they need root; otherwise they print that they skipped).
+cargo clippy -p dataplane --features dpdk --all-targets -- -D warnings
+cargo test -p dataplane --features dpdk --test dpdk

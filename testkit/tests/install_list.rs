@@ -42,6 +42,7 @@ const PACKAGE_OF: &[(&str, &str)] = &[
     ("cc", "build-essential"),
     ("pkg-config", "pkg-config"),
     ("debootstrap", "debootstrap"),
+    ("dpdk-testpmd", "dpdk-dev"),
 ];
 
 /// Shell words that are not programs: keywords and builtins.
