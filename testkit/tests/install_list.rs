@@ -43,6 +43,7 @@ const PACKAGE_OF: &[(&str, &str)] = &[
     ("pkg-config", "pkg-config"),
     ("debootstrap", "debootstrap"),
     ("dpdk-testpmd", "dpdk-dev"),
+    ("perf", "linux-perf"),
 ];
 
 /// Shell words that are not programs: keywords and builtins.
