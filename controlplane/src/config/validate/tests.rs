@@ -638,3 +638,14 @@ fn dpdk_device_descriptors_and_pool_are_checked() {
     assert_eq!(p.len(), 1, "{p:#?}");
     assert!(p[0].contains("20480 mbufs 8 workers"), "{p:?}");
 }
+
+#[test]
+fn this_build_refuses_port_dpdk_exactly_when_built_without_the_feature() {
+    let p = problems(DPDK_OK);
+    if cfg!(feature = "dpdk") {
+        assert_eq!(p, Vec::<String>::new());
+    } else {
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].contains("built with the dpdk feature"), "{p:?}");
+    }
+}
