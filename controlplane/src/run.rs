@@ -176,9 +176,15 @@ pub fn open_ports(
                     ),
                 });
             };
+            // DPDK's messages name the cause themselves (an EAL failure reads as EACCES, which
+            // `classify` would call a permission problem).
             return open_dpdk(d, queues)
                 .map(unfiltered)
-                .map_err(|e| classify(run.port, &d.device, e));
+                .map_err(|source| PortError::Other {
+                    kind: run.port,
+                    ifname: d.device.clone(),
+                    source,
+                });
         }
     };
     opened.map_err(|e| classify(run.port, &run.interface, e))

@@ -228,6 +228,23 @@ fn eal_init(opts: &DpdkOptions) -> io::Result<()> {
     }
     if ret < 0 {
         let e = dpdk_error(&format!("EAL init with {}", argv.join(" ")), ret);
+        // EAL's own lines above say why; the usual cause is memory.
+        let e = io::Error::other(format!(
+            "{e} (EAL's messages above say why; with hugepages, reserve them in \
+             /proc/sys/vm/nr_hugepages and mount hugetlbfs, or set hugepages = false)"
+        ));
+        // A failed init leaves its runtime directory behind; remove it when the prefix is the
+        // one we chose (ours alone: another primary may be using a prefix given to us).
+        let ours = format!("--file-prefix=lb-{}", std::process::id());
+        if argv.contains(&ours) {
+            // SAFETY: EAL sets the runtime directory's path before anything that can fail late.
+            let dir = unsafe { CStr::from_ptr(ffi::rte_eal_get_runtime_dir()) }
+                .to_string_lossy()
+                .into_owned();
+            if dir.ends_with(&ours["--file-prefix=".len()..]) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
         *eal = Eal::Failed(e.to_string());
         return Err(e);
     }
