@@ -121,8 +121,9 @@ pub fn check_interface(
     ifname: &str,
     sys_class_net: &Path,
 ) -> Result<(), PortError> {
-    if kind == PortKind::Tap || !sys_class_net.exists() {
-        // TAP creates its interface; without sysfs the port's own error has to do.
+    if matches!(kind, PortKind::Tap | PortKind::Dpdk) || !sys_class_net.exists() {
+        // TAP creates its interface, DPDK has none in the kernel; without sysfs the port's own
+        // error has to do.
         return Ok(());
     }
     if sys_class_net.join(ifname).exists() {
@@ -145,8 +146,13 @@ pub struct Opened {
     pub filter: Option<Box<dyn AddressFilter>>,
 }
 
-/// Opens one port per worker on the configured interface.
-pub fn open_ports(run: &RunSettings, queues: usize) -> Result<Opened, PortError> {
+/// Opens one port per worker on the configured interface (for `dpdk`, on the device of
+/// `[dataplane.dpdk]`).
+pub fn open_ports(
+    run: &RunSettings,
+    dpdk: Option<&config::Dpdk>,
+    queues: usize,
+) -> Result<Opened, PortError> {
     check_interface(run.port, &run.interface, Path::new("/sys/class/net"))?;
     let unfiltered = |ports| Opened {
         ports,
@@ -159,8 +165,68 @@ pub fn open_ports(run: &RunSettings, queues: usize) -> Result<Opened, PortError>
             .and_then(|q| AfPacketPort::open(&run.interface, q))
             .map(|p| unfiltered(boxed(p))),
         PortKind::AfXdp => open_af_xdp(run, queues),
+        PortKind::Dpdk => {
+            let Some(d) = dpdk else {
+                return Err(PortError::Other {
+                    kind: run.port,
+                    ifname: run.interface.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "port \"dpdk\" needs a [dataplane.dpdk] table",
+                    ),
+                });
+            };
+            // DPDK's messages name the cause themselves (an EAL failure reads as EACCES, which
+            // `classify` would call a permission problem).
+            return open_dpdk(d, queues)
+                .map(unfiltered)
+                .map_err(|source| PortError::Other {
+                    kind: run.port,
+                    ifname: d.device.clone(),
+                    source,
+                });
+        }
     };
     opened.map_err(|e| classify(run.port, &run.interface, e))
+}
+
+/// Opens the DPDK device of `[dataplane.dpdk]`, one queue per worker.
+#[cfg(feature = "dpdk")]
+fn open_dpdk(d: &config::Dpdk, queues: usize) -> io::Result<Vec<Box<dyn Port>>> {
+    use dataplane::port::dpdk::{DpdkOptions, DpdkPort};
+    let queues = u16::try_from(queues).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let opts = DpdkOptions {
+        eal_args: d.eal_args.clone(),
+        device: d.device.clone(),
+        vdev_args: d.vdev.clone(),
+        rx_descriptors: d.rx_descriptors,
+        tx_descriptors: d.tx_descriptors,
+        mempool_size: d.mempool_size,
+        hugepages: d.hugepages,
+    };
+    let ports = DpdkPort::open(&opts, queues)?;
+    if let Some(first) = ports.first() {
+        tracing::info!(device = %d.device, driver = first.driver(), "dpdk device started");
+    }
+    Ok(boxed(ports))
+}
+
+/// Without the feature the port does not exist (the config check refuses it before this).
+#[cfg(not(feature = "dpdk"))]
+fn open_dpdk(_: &config::Dpdk, _: usize) -> io::Result<Vec<Box<dyn Port>>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this lb was built without the dpdk feature",
+    ))
+}
+
+/// Tears DPDK's EAL down once the ports are closed (a no-op when no DPDK port ever opened), so
+/// `lb run` leaves no runtime or hugepage files behind.
+fn close_dpdk() {
+    #[cfg(feature = "dpdk")]
+    if let Err(e) = dataplane::port::dpdk::eal_cleanup() {
+        tracing::warn!(error = %e, "dpdk cleanup");
+    }
 }
 
 fn boxed<P: Port + 'static>(ports: Vec<P>) -> Vec<Box<dyn Port>> {
@@ -250,6 +316,7 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
     tracing::info!(open_files = ?nofile, admin_connections = limits.max_connections, "limits");
 
     let admin = cfg.admin.clone();
+    let dpdk = cfg.dataplane.dpdk.clone();
     let (cp, start) =
         ControlPlane::new(path, cfg, text, Box::new(control::load_file)).map_err(|e| match e {
             // The report itself, so `main` renders it with the source lines as `lb check` does.
@@ -260,7 +327,8 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
     let run = start.run.clone();
     let workers = usize::from(start.workers);
     let table = cp.table();
-    let Opened { ports, filter } = open_ports(&run, workers)?;
+    let Opened { ports, filter } =
+        open_ports(&run, dpdk.as_ref(), workers).inspect_err(|_| close_dpdk())?;
     if let Some(filter) = filter {
         // Before the workers start: frames for the served addresses must reach them.
         cp.attach_filter(filter)
@@ -299,6 +367,7 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
     // L7 after the L4 ports: a listener that cannot bind stops `lb run` before it reports ready.
     if let Err(e) = cp.start_http(workers) {
         stop_workers(&cp);
+        close_dpdk();
         return Err(anyhow::anyhow!("starting the http listeners: {e}"));
     }
     for h in cp.http_handles() {
@@ -312,6 +381,8 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the control thread panicked"))??;
     log_final(&finals);
+    // The workers have ended and with them the ports.
+    close_dpdk();
     Ok(())
 }
 

@@ -42,6 +42,8 @@ const PACKAGE_OF: &[(&str, &str)] = &[
     ("cc", "build-essential"),
     ("pkg-config", "pkg-config"),
     ("debootstrap", "debootstrap"),
+    ("dpdk-testpmd", "dpdk-dev"),
+    ("perf", "linux-perf"),
 ];
 
 /// Shell words that are not programs: keywords and builtins.

@@ -179,6 +179,9 @@ pub struct Dataplane {
     /// How `af_xdp` attaches its XDP program.
     #[serde(default)]
     pub xdp_mode: XdpMode,
+    /// `[dataplane.dpdk]`: EAL and device settings of `port = "dpdk"`.
+    #[serde(default)]
+    pub dpdk: Option<Dpdk>,
     /// What a reload does to the tracked flows of a service or backend it removes.
     #[serde(default)]
     pub on_remove: OnRemove,
@@ -200,6 +203,10 @@ pub enum PortKind {
     /// AF_XDP sockets on an existing interface, one per queue.
     #[serde(rename = "af_xdp")]
     AfXdp,
+    /// A DPDK device (a NIC bound to a DPDK driver, or a virtual device), one queue per worker;
+    /// needs a build with the `dpdk` feature and a `[dataplane.dpdk]` table.
+    #[serde(rename = "dpdk")]
+    Dpdk,
 }
 
 impl PortKind {
@@ -209,8 +216,44 @@ impl PortKind {
             PortKind::Tap => "tap",
             PortKind::AfPacket => "af_packet",
             PortKind::AfXdp => "af_xdp",
+            PortKind::Dpdk => "dpdk",
         }
     }
+}
+
+/// `[dataplane.dpdk]`: how `port = "dpdk"` starts EAL and its device.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dpdk {
+    /// The device: a PCI address (`"0000:01:00.0"`) or a virtual device's name (`"net_memif0"`).
+    pub device: String,
+    /// Arguments of a virtual device that `lb run` creates as `device`
+    /// (`"role=server,socket=/run/lb.sock"`); absent for a device EAL probes itself.
+    #[serde(default)]
+    pub vdev: Option<String>,
+    /// Extra EAL arguments (`["-a", "0000:01:00.0"]`, `["--no-pci"]`, ...), after lb's own.
+    #[serde(default)]
+    pub eal_args: Vec<String>,
+    /// Receive descriptors per queue (the driver may round it).
+    #[serde(default = "default_dpdk_descriptors")]
+    pub rx_descriptors: u16,
+    /// Transmit descriptors per queue (the driver may round it).
+    #[serde(default = "default_dpdk_descriptors")]
+    pub tx_descriptors: u16,
+    /// Mbufs in the device's pool, shared by its queues.
+    #[serde(default = "default_dpdk_mempool")]
+    pub mempool_size: u32,
+    /// Hugepages for EAL's memory (false: `--no-huge`, ordinary pages).
+    #[serde(default = "default_true")]
+    pub hugepages: bool,
+}
+
+fn default_dpdk_descriptors() -> u16 {
+    1024
+}
+
+fn default_dpdk_mempool() -> u32 {
+    16383
 }
 
 /// `[dataplane] idle`: what a worker does with no traffic.

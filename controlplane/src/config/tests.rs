@@ -126,7 +126,7 @@ fn run_settings_parse_and_unknown_kinds_point_at_the_value() {
     assert_eq!((d.port, d.interface.as_str()), (PortKind::AfXdp, "eth1"));
     assert_eq!(d.cores, Some(vec![2, 3]));
     assert_eq!((d.idle, d.xdp_mode), (IdleMode::Poll, XdpMode::Generic));
-    let shown = parse("[dataplane]\nmac = \"02:00:00:00:00:01\"\nport = \"dpdk\"\n")
+    let shown = parse("[dataplane]\nmac = \"02:00:00:00:00:01\"\nport = \"netmap\"\n")
         .unwrap_err()
         .to_string();
     assert!(shown.starts_with("t.toml:3:8: "), "{shown}");
@@ -231,4 +231,33 @@ fn http_proxy_keys_default_to_the_transport_and_are_checked() {
         .unwrap_err()
         .to_string();
     assert!(r.contains("unknown field `max_conns`"), "{r}");
+}
+
+#[test]
+fn dpdk_settings_parse_and_their_problems_are_placed() {
+    let text = "[dataplane]\nmac = \"02:00:00:00:00:01\"\nport = \"dpdk\"\n\
+                [dataplane.dpdk]\ndevice = \"net_memif0\"\nvdev = \"role=server\"\n\
+                rx_descriptors = 8\n";
+    let c: Config = fields(text);
+    let d = c.dataplane.dpdk.expect("the table");
+    assert_eq!(c.dataplane.port, PortKind::Dpdk);
+    assert_eq!(
+        (
+            d.device.as_str(),
+            d.vdev.as_deref(),
+            d.tx_descriptors,
+            d.mempool_size,
+            d.hugepages
+        ),
+        ("net_memif0", Some("role=server"), 1024, 16383, true)
+    );
+    let shown = parse(text).unwrap_err().to_string();
+    assert!(
+        shown.contains("t.toml:7:18: dataplane.dpdk: rx_descriptors 8 is outside"),
+        "{shown}"
+    );
+    let shown = parse("[dataplane]\nmac = \"02:00:00:00:00:01\"\n[dataplane.dpdk]\nmapool = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(shown.starts_with("t.toml:4:1: "), "{shown}");
 }

@@ -16,6 +16,8 @@ pub const UNSET: Verdict = Verdict::Drop(DropReason::Unsupported);
 pub mod af_packet;
 pub mod af_xdp;
 pub mod bpf;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 mod ifname;
 pub mod mem;
 pub mod sys;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::{check_mac, check_unicast};
-use crate::config::schema::Config;
+use crate::config::schema::{Config, Dataplane, PortKind};
 use crate::diag::Problem;
 
 /// Smallest and largest MTU we accept: IPv4's minimum datagram and the jumbo frames the ports carry.
@@ -11,6 +11,16 @@ const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9216;
 
 /// Longest interface name Linux accepts (IFNAMSIZ less the terminating NUL).
 const IFNAME_MAX: usize = 15;
+
+/// Descriptors per DPDK queue we accept: below 32 no driver keeps up, above 32768 none takes it.
+const DPDK_DESCRIPTORS: std::ops::RangeInclusive<u16> = 32..=32768;
+
+/// Mbufs per worker beyond its receive and transmit rings: a burst in the pipeline, the pool's
+/// per-thread cache, frames handed between workers.
+const DPDK_MBUF_SLACK: u32 = 512;
+
+/// Whether this build has the DPDK port (the `dpdk` cargo feature).
+const DPDK_BUILT: bool = cfg!(feature = "dpdk");
 
 /// The rules of `[dataplane]` and `[[neighbors]]`.
 pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
@@ -133,6 +143,7 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
             );
         }
     }
+    check_dpdk(dp, DPDK_BUILT, out);
 
     let mut macs = HashMap::with_capacity(cfg.neighbors.len());
     for (i, n) in cfg.neighbors.iter().enumerate() {
@@ -156,5 +167,104 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
                 );
             }
         }
+    }
+}
+
+/// `port = "dpdk"` and `[dataplane.dpdk]`: the port needs the table and a build with the
+/// feature (`built`), the table needs the port; device, descriptors and pool size.
+pub(super) fn check_dpdk(dp: &Dataplane, built: bool, out: &mut Vec<Problem>) {
+    let wants = dp.port == PortKind::Dpdk;
+    if wants && !built {
+        out.push(
+            Problem::new(
+                "dataplane.port",
+                "dataplane: port \"dpdk\" needs lb built with the dpdk feature, and this one is not",
+            )
+            .hint("build with `cargo build --release --features dpdk` (needs libdpdk-dev), or pick \"af_xdp\""),
+        );
+    }
+    let Some(d) = &dp.dpdk else {
+        if wants {
+            out.push(
+                Problem::new(
+                    "dataplane.port",
+                    "dataplane: port \"dpdk\" needs a [dataplane.dpdk] table naming the device",
+                )
+                .hint("add [dataplane.dpdk] with device = \"0000:01:00.0\" (a NIC bound to a DPDK driver)"),
+            );
+        }
+        return;
+    };
+    if !wants {
+        out.push(
+            Problem::new(
+                "dataplane.dpdk",
+                format!(
+                    "dataplane: [dataplane.dpdk] is only read with port = \"dpdk\", and port is {:?}",
+                    dp.port.name()
+                ),
+            )
+            .hint("set port = \"dpdk\", or remove the [dataplane.dpdk] table"),
+        );
+    }
+    if d.device.trim().is_empty() {
+        out.push(
+            Problem::new("dataplane.dpdk.device", "dataplane.dpdk: device is empty")
+                .hint("a PCI address (\"0000:01:00.0\") or a virtual device name (\"net_memif0\")"),
+        );
+    }
+    let nul = |s: &str| s.contains('\0');
+    if nul(&d.device) {
+        out.push(Problem::new(
+            "dataplane.dpdk.device",
+            "dataplane.dpdk: device contains a NUL character",
+        ));
+    }
+    if d.vdev.as_deref().is_some_and(nul) {
+        out.push(Problem::new(
+            "dataplane.dpdk.vdev",
+            "dataplane.dpdk: vdev contains a NUL character",
+        ));
+    }
+    for (i, a) in d.eal_args.iter().enumerate() {
+        if nul(a) {
+            out.push(Problem::new(
+                format!("dataplane.dpdk.eal_args[{i}]"),
+                "dataplane.dpdk: an EAL argument contains a NUL character",
+            ));
+        }
+    }
+    for (key, n) in [
+        ("rx_descriptors", d.rx_descriptors),
+        ("tx_descriptors", d.tx_descriptors),
+    ] {
+        if !DPDK_DESCRIPTORS.contains(&n) {
+            out.push(
+                Problem::new(
+                    format!("dataplane.dpdk.{key}"),
+                    format!(
+                        "dataplane.dpdk: {key} {n} is outside {}-{}",
+                        DPDK_DESCRIPTORS.start(),
+                        DPDK_DESCRIPTORS.end()
+                    ),
+                )
+                .hint("1024 suits most NICs (the driver rounds it to what it supports)"),
+            );
+        }
+    }
+    let need = u32::from(dp.workers)
+        * (u32::from(d.rx_descriptors) + u32::from(d.tx_descriptors) + DPDK_MBUF_SLACK);
+    if d.mempool_size < need {
+        out.push(
+            Problem::new(
+                "dataplane.dpdk.mempool_size",
+                format!(
+                    "dataplane.dpdk: mempool_size {} is below the {need} mbufs {} workers need \
+                     (their receive and transmit rings plus {DPDK_MBUF_SLACK} each)",
+                    d.mempool_size, dp.workers
+                ),
+            )
+            .hint("raise mempool_size (a power of two minus one uses memory best) or lower the descriptors"),
+        );
     }
 }

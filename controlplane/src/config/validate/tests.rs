@@ -579,3 +579,73 @@ fn admin_limits_are_bounded() {
         &["admin: idle_timeout must be above 0"],
     );
 }
+
+/// The problems of `[dataplane]` extras `extra` as a build with (`built`) or without the dpdk
+/// feature sees them.
+fn dpdk_problems(extra: &str, built: bool) -> Vec<String> {
+    let text = format!("{BASE}{extra}");
+    let c: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let mut out = Vec::new();
+    super::dataplane::check_dpdk(&c.dataplane, built, &mut out);
+    out.into_iter().map(|p| p.message).collect()
+}
+
+const DPDK_OK: &str = "port = \"dpdk\"\n[dataplane.dpdk]\ndevice = \"net_memif0\"\n\
+                       vdev = \"role=server\"\neal_args = [\"--no-pci\"]\n";
+
+#[test]
+fn dpdk_port_needs_the_feature_and_its_table() {
+    assert_eq!(dpdk_problems(DPDK_OK, true), Vec::<String>::new());
+    let p = dpdk_problems(DPDK_OK, false);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].contains("dpdk feature"), "{p:?}");
+    let p = dpdk_problems("port = \"dpdk\"\n", true);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].contains("[dataplane.dpdk]"), "{p:?}");
+    let p = dpdk_problems(
+        "port = \"af_xdp\"\n[dataplane.dpdk]\ndevice = \"net_memif0\"\n",
+        true,
+    );
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].contains("only read with port = \"dpdk\""), "{p:?}");
+}
+
+#[test]
+fn dpdk_device_descriptors_and_pool_are_checked() {
+    let with = |extra: &str| dpdk_problems(&format!("{DPDK_OK}{extra}"), true);
+    let one = |extra: &str, needle: &str| {
+        let p = with(extra);
+        assert_eq!(p.len(), 1, "{extra}: {p:#?}");
+        assert!(p[0].contains(needle), "{p:?} lacks {needle:?}");
+    };
+    one(
+        "rx_descriptors = 16\n",
+        "rx_descriptors 16 is outside 32-32768",
+    );
+    one(
+        "tx_descriptors = 65535\nmempool_size = 100000\n",
+        "tx_descriptors 65535 is outside",
+    );
+    one(
+        "mempool_size = 2047\n",
+        "below the 2560 mbufs 1 workers need",
+    );
+    let p = dpdk_problems("port = \"dpdk\"\n[dataplane.dpdk]\ndevice = \" \"\n", true);
+    assert!(p.iter().any(|m| m.contains("device is empty")), "{p:?}");
+    // The default pool (16383) holds four workers' default rings (4 x 2560), not eight.
+    let eight = "workers = 8\nport = \"dpdk\"\n[dataplane.dpdk]\ndevice = \"0000:01:00.0\"\n";
+    let p = dpdk_problems(eight, true);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].contains("20480 mbufs 8 workers"), "{p:?}");
+}
+
+#[test]
+fn this_build_refuses_port_dpdk_exactly_when_built_without_the_feature() {
+    let p = problems(DPDK_OK);
+    if cfg!(feature = "dpdk") {
+        assert_eq!(p, Vec::<String>::new());
+    } else {
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].contains("built with the dpdk feature"), "{p:?}");
+    }
+}

@@ -1,0 +1,205 @@
+//! `lb run` with `port = "dpdk"` (root, `--features dpdk`, dpdk-testpmd): lb serves a memif
+//! device it creates, testpmd on the other end sends UDP to a fullnat VIP, lb forwards it, and
+//! SIGTERM ends lb cleanly: exit status 0, the forwarded frames in its final counters, and no
+//! EAL runtime directory left behind.
+
+#[cfg(not(feature = "dpdk"))]
+#[test]
+fn lb_run_with_dpdk_needs_the_feature() {
+    eprintln!(
+        "skipped: `lb run` with port = \"dpdk\" is tested by `cargo test -p controlplane \
+         --features dpdk --test dpdk_run -- --include-ignored` (root, libdpdk-dev, dpdk-testpmd)"
+    );
+}
+
+#[cfg(feature = "dpdk")]
+#[test]
+#[ignore = "needs root, --features dpdk and dpdk-testpmd"]
+fn lb_run_forwards_over_a_dpdk_memif_and_stops_cleanly() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    testkit::require_root();
+    testkit::require_programs(&["dpdk-testpmd"]);
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("lbd-run-{pid}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = format!("/lbd-run-{pid}.sock");
+    // testpmd's txonly frames go from 198.18.0.1 to 198.18.0.2, UDP 9 -> 9: the VIP here.
+    let config = format!(
+        r#"
+[dataplane]
+port = "dpdk"
+interface = "lbd{pid}"
+workers = 1
+idle = "poll"
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.250"]
+gateway_mac = "02:00:00:00:00:fe"
+
+[dataplane.dpdk]
+device = "net_memif0"
+vdev = "role=server,socket={socket},socket-abstract=yes"
+eal_args = ["--no-pci", "-m", "256"]
+hugepages = false
+mempool_size = 4095
+rx_descriptors = 512
+tx_descriptors = 512
+
+[admin]
+enabled = false
+
+[[neighbors]]
+ip = "198.18.1.10"
+mac = "02:00:00:00:01:0a"
+
+[[services]]
+name = "sink"
+vip = "198.18.0.2"
+protocol = "udp"
+ports = ["9"]
+[[services.pools]]
+name = "b"
+mode = "fullnat"
+snat = ["198.18.0.3"]
+backends = [{{ addr = "198.18.1.10", port = 9 }}]
+"#
+    );
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, config).unwrap();
+    let log = dir.join("lb.log");
+
+    /// Kills what is still running and removes the files, also when an assertion fails.
+    struct Cleanup {
+        children: Vec<std::process::Child>,
+        paths: Vec<std::path::PathBuf>,
+    }
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for c in &mut self.children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            for p in &self.paths {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+    }
+    let mut cleanup = Cleanup {
+        children: Vec::new(),
+        paths: vec![
+            dir.clone(),
+            format!("/var/run/dpdk/lbd-run-{pid}-peer").into(),
+        ],
+    };
+
+    let lb = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(dir.join("lb.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start lb");
+    let lb_pid = lb.id();
+    cleanup.children.push(lb);
+    cleanup
+        .paths
+        .push(format!("/var/run/dpdk/lb-{lb_pid}").into());
+    let read_log = || {
+        let raw = std::fs::read_to_string(&log).unwrap_or_default();
+        strip_ansi(&raw)
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    while !read_log().contains("worker started") {
+        assert!(Instant::now() < end, "lb did not start:\n{}", read_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        read_log().contains("driver=\"net_memif\""),
+        "{}",
+        read_log()
+    );
+
+    let mut peer = Command::new("dpdk-testpmd")
+        .args([
+            "--no-huge",
+            "-m",
+            "256",
+            "--no-pci",
+            "--no-telemetry",
+            "-l",
+            "0,1",
+            &format!("--file-prefix=lbd-run-{pid}-peer"),
+            &format!("--vdev=net_memif0,role=client,socket={socket},socket-abstract=yes"),
+            "--",
+            "--forward-mode=txonly",
+            "--eth-peer=0,02:00:00:00:00:01",
+            "--total-num-mbufs=4096",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dpdk-testpmd");
+    let peer_stdin = peer.stdin.take();
+    cleanup.children.push(peer);
+    std::thread::sleep(Duration::from_secs(3));
+    // testpmd stops and exits when its stdin closes.
+    drop(peer_stdin);
+
+    let st = Command::new("kill")
+        .args(["-TERM", &lb_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let lb = &mut cleanup.children[0];
+    let end = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = lb.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "lb did not stop:\n{}", read_log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = read_log();
+    assert!(status.success(), "lb exited with {status}:\n{text}");
+    let stopped = text
+        .lines()
+        .find(|l| l.contains(" stopped "))
+        .unwrap_or_else(|| panic!("no final counters:\n{text}"));
+    let count = |key: &str| -> u64 {
+        stopped
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        count("tx=") > 100,
+        "lb forwarded testpmd's frames: {stopped}"
+    );
+    assert!(!text.contains("dpdk cleanup"), "{text}");
+    let runtime = format!("/var/run/dpdk/lb-{lb_pid}");
+    assert!(
+        !std::path::Path::new(&runtime).exists(),
+        "lb left {runtime} behind"
+    );
+}
+
+#[cfg(feature = "dpdk")]
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

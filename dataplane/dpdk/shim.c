@@ -1,0 +1,139 @@
+/* See shim.h. */
+#include <errno.h>
+#include <string.h>
+
+#include <rte_errno.h>
+#include <rte_ethdev.h>
+#include <rte_lcore.h>
+#include <rte_mbuf.h>
+
+#include "shim.h"
+
+int lb_errno(void)
+{
+	return rte_errno;
+}
+
+int lb_thread_register(void)
+{
+	if (rte_lcore_id() != LCORE_ID_ANY)
+		return 0;
+	if (rte_thread_register() != 0)
+		return -rte_errno;
+	return 0;
+}
+
+int lb_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t tx_desc,
+		  struct rte_mempool *pool, struct lb_port_info *info)
+{
+	struct rte_eth_dev_info dev;
+	struct rte_eth_conf conf;
+	struct rte_ether_addr mac;
+	int socket, ret;
+	uint16_t q;
+
+	memset(info, 0, sizeof(*info));
+	ret = rte_eth_dev_info_get(port, &dev);
+	if (ret != 0)
+		return ret;
+	if (queues > dev.max_rx_queues || queues > dev.max_tx_queues)
+		return -EINVAL;
+	memset(&conf, 0, sizeof(conf));
+	uint64_t hash = dev.flow_type_rss_offloads & (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP);
+	if (queues > 1 && hash != 0) {
+		conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+		conf.rx_adv_conf.rss_conf.rss_hf = hash;
+		info->rss = 1;
+	}
+	ret = rte_eth_dev_configure(port, queues, queues, &conf);
+	if (ret != 0)
+		return ret;
+	ret = rte_eth_dev_adjust_nb_rx_tx_desc(port, &rx_desc, &tx_desc);
+	if (ret != 0)
+		return ret;
+	socket = rte_eth_dev_socket_id(port);
+	if (socket < 0)
+		socket = SOCKET_ID_ANY;
+	for (q = 0; q < queues; q++) {
+		ret = rte_eth_rx_queue_setup(port, q, rx_desc, socket, NULL, pool);
+		if (ret != 0)
+			return ret;
+		ret = rte_eth_tx_queue_setup(port, q, tx_desc, socket, NULL);
+		if (ret != 0)
+			return ret;
+	}
+	ret = rte_eth_dev_start(port);
+	if (ret != 0)
+		return ret;
+	/* Frames for our MAC arrive either way; promiscuous mode is only asked for (many virtual
+	 * devices have no such mode and say so). */
+	(void)rte_eth_promiscuous_enable(port);
+	if (rte_eth_macaddr_get(port, &mac) == 0)
+		memcpy(info->mac, mac.addr_bytes, 6);
+	info->rx_desc = rx_desc;
+	info->tx_desc = tx_desc;
+	if (dev.driver_name != NULL)
+		snprintf(info->driver, sizeof(info->driver), "%s", dev.driver_name);
+	return 0;
+}
+
+int lb_link_up(uint16_t port)
+{
+	struct rte_eth_link link;
+
+	memset(&link, 0, sizeof(link));
+	if (rte_eth_link_get_nowait(port, &link) != 0)
+		return 0;
+	return link.link_status == RTE_ETH_LINK_UP;
+}
+
+uint16_t lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
+		     struct lb_frame *frames, uint16_t n)
+{
+	uint16_t got = rte_eth_rx_burst(port, queue, pkts, n);
+	for (uint16_t i = 0; i < got; i++) {
+		struct rte_mbuf *m = pkts[i];
+		frames[i].buf = m->buf_addr;
+		frames[i].buf_len = m->buf_len;
+		frames[i].head = m->data_off;
+		frames[i].len = m->data_len;
+		frames[i].nb_segs = m->nb_segs;
+	}
+	return got;
+}
+
+uint16_t lb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
+		     const struct lb_frame *frames, uint16_t n)
+{
+	for (uint16_t i = 0; i < n; i++) {
+		struct rte_mbuf *m = pkts[i];
+		m->data_off = frames[i].head;
+		m->data_len = frames[i].len;
+		m->pkt_len = frames[i].len;
+	}
+	return rte_eth_tx_burst(port, queue, pkts, n);
+}
+
+uint16_t lb_tx_again(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n)
+{
+	return rte_eth_tx_burst(port, queue, pkts, n);
+}
+
+void lb_free_bulk(struct rte_mbuf **pkts, unsigned int n)
+{
+	rte_pktmbuf_free_bulk(pkts, n);
+}
+
+struct rte_mbuf *lb_alloc_copy(struct rte_mempool *pool, const uint8_t *data, uint16_t len)
+{
+	struct rte_mbuf *m = rte_pktmbuf_alloc(pool);
+	if (m == NULL)
+		return NULL;
+	char *dst = rte_pktmbuf_append(m, len);
+	if (dst == NULL) {
+		rte_pktmbuf_free(m);
+		return NULL;
+	}
+	memcpy(dst, data, len);
+	return m;
+}

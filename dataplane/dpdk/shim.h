@@ -1,0 +1,76 @@
+/*
+ * The DPDK calls the dpdk port makes, as plain functions: the burst functions and mbuf
+ * accessors are static inline in DPDK's headers, so Rust cannot call them directly. Every
+ * function works on a whole burst, so the hot path crosses the FFI boundary twice per burst
+ * (receive, transmit) and never per packet.
+ */
+#ifndef LB_DPDK_SHIM_H
+#define LB_DPDK_SHIM_H
+
+#include <stdint.h>
+
+struct rte_mbuf;
+struct rte_mempool;
+
+/* A received frame as the pipeline sees it: the mbuf's whole data buffer and the frame in it. */
+struct lb_frame {
+	/* Start of the mbuf's data buffer (buf_addr). */
+	uint8_t *buf;
+	/* Length of that buffer (buf_len). */
+	uint16_t buf_len;
+	/* Offset of the frame in the buffer (data_off). */
+	uint16_t head;
+	/* Length of the frame (data_len). */
+	uint16_t len;
+	/* Segments of the packet: only single-segment frames are handed to the pipeline. */
+	uint16_t nb_segs;
+};
+
+/* What lb_port_start found out about the device. */
+struct lb_port_info {
+	uint8_t mac[6];
+	/* Receive and transmit descriptors per queue, after the driver's adjustment. */
+	uint16_t rx_desc;
+	uint16_t tx_desc;
+	/* 1 when the queues are spread by RSS, 0 with a single queue or no RSS support. */
+	uint8_t rss;
+	/* The driver's name ("net_memif", "net_ixgbe", ...), NUL-terminated. */
+	char driver[32];
+};
+
+/* rte_errno of the calling thread. */
+int lb_errno(void);
+
+/* Registers the calling (non-EAL) thread with EAL so it gets an lcore id and with it a mempool
+ * cache; a no-op for a thread that has one. 0 or a negative errno. */
+int lb_thread_register(void);
+
+/* Configures `port` with `queues` receive and transmit queues (RSS over IP/TCP/UDP where the
+ * driver has it and queues > 1), sets them up with `rx_desc`/`tx_desc` descriptors and mbufs
+ * from `pool`, enables promiscuous mode where the driver allows, and starts it. 0 or a
+ * negative errno. */
+int lb_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t tx_desc,
+		  struct rte_mempool *pool, struct lb_port_info *info);
+
+/* 1 when the link is up, 0 when down or unknown (never waits). */
+int lb_link_up(uint16_t port);
+
+/* Receives up to `n` frames from queue `queue` into `pkts`, describing each in `frames`. */
+uint16_t lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
+		     struct lb_frame *frames, uint16_t n);
+
+/* Sets each mbuf's frame to `frames[i].head`/`.len` (the pipeline may have moved it) and
+ * transmits them; returns how many the driver took (those now belong to it). */
+uint16_t lb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
+		     const struct lb_frame *frames, uint16_t n);
+
+/* Transmits mbufs whose bounds are already set (the rest of a partly sent burst). */
+uint16_t lb_tx_again(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
+
+/* Returns `n` mbufs to their pool. */
+void lb_free_bulk(struct rte_mbuf **pkts, unsigned int n);
+
+/* An mbuf from `pool` holding a copy of `data`, or NULL (pool empty, frame too long). */
+struct rte_mbuf *lb_alloc_copy(struct rte_mempool *pool, const uint8_t *data, uint16_t len);
+
+#endif

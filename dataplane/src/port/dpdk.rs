@@ -1,0 +1,770 @@
+//! DPDK port (cargo feature `dpdk`): any DPDK poll-mode driver, physical (Intel, Mellanox, ...)
+//! or virtual (`net_memif`, `net_af_packet`, `net_tap`, `net_af_xdp`), one receive and transmit
+//! queue per worker with RSS spreading flows over the queues.
+//!
+//! Zero copy: the pipeline works on the receive mbuf's own data buffer (a [`PacketBuf`] over
+//! the whole buffer, the frame at the mbuf's data offset, DPDK's 128 bytes of headroom in front);
+//! a `Tx` verdict transmits that same mbuf with its bounds moved to wherever the pipeline left
+//! the frame; everything else goes back to the pool in one bulk free per burst. Only frames
+//! another worker hands over ([`Port::tx_frame`]) are copied, into a fresh mbuf.
+//!
+//! EAL is initialised once per process ([`DpdkPort::open`] does it on first use) and torn down
+//! by [`eal_cleanup`] once every port is closed; a process cannot initialise it again after that.
+//! EAL runs `--in-memory` (no hugepage or runtime files left behind, no secondary processes) and
+//! on one lcore unless the arguments say otherwise; the worker threads are not EAL lcores, each
+//! registers itself on its first burst to get a mempool cache.
+//!
+//! DPDK has no host stack to hand frames to: a `ToHost` verdict drops the frame and counts it
+//! ([`DpdkPort::to_host_dropped`]). Frames larger than one mbuf (2048 bytes of data) arrive in
+//! several segments and are dropped and counted ([`DpdkPort::multi_seg_dropped`]).
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{Port, PortStats};
+use crate::packet::PacketBuf;
+use crate::pipeline::Verdict;
+
+/// The bindgen output for `dpdk/bindings.h` (the shim and a few EAL and ethdev calls).
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code,
+    missing_docs,
+    unsafe_op_in_unsafe_fn,
+    clippy::all
+)]
+mod ffi {
+    include!(concat!(env!("OUT_DIR"), "/dpdk.rs"));
+}
+
+/// Most frames one `rx_burst` takes from the driver.
+pub const MAX_BURST: usize = 64;
+
+/// Frames queued for transmission before `rx_burst` flushes on its own.
+const TX_QUEUE: usize = 4 * MAX_BURST;
+
+/// Extra `rte_eth_tx_burst` calls for what the driver did not take at once (its ring was full);
+/// what is left after them is freed and counted in `tx_dropped`.
+const TX_RETRIES: u32 = 8;
+
+/// Data room of each mbuf: DPDK's default (2048 bytes of frame after the headroom).
+const MBUF_DATA_ROOM: u16 = 2048 + ffi::RTE_PKTMBUF_HEADROOM as u16;
+
+/// Per-lcore mempool cache size (DPDK's upper limit is 512).
+const POOL_CACHE: u32 = 256;
+
+/// How to open a DPDK port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DpdkOptions {
+    /// Extra EAL arguments (`-l 2`, `--vdev ...`, `-a 0000:01:00.0`, ...), after ours.
+    pub eal_args: Vec<String>,
+    /// The ethdev name: a PCI address (`0000:01:00.0`) or a virtual device's name (`net_memif0`).
+    pub device: String,
+    /// When set, `device` is a virtual device created with these arguments
+    /// (`role=server,socket=/run/lb.sock`) when the port opens and removed when it closes.
+    pub vdev_args: Option<String>,
+    /// Receive descriptors per queue (the driver may adjust it).
+    pub rx_descriptors: u16,
+    /// Transmit descriptors per queue (the driver may adjust it).
+    pub tx_descriptors: u16,
+    /// Mbufs in the device's pool, shared by its queues.
+    pub mempool_size: u32,
+    /// Back EAL's memory with hugepages; false runs with `--no-huge` (ordinary pages, slower,
+    /// enough for virtual devices).
+    pub hugepages: bool,
+}
+
+impl Default for DpdkOptions {
+    fn default() -> Self {
+        DpdkOptions {
+            eal_args: Vec::new(),
+            device: String::new(),
+            vdev_args: None,
+            rx_descriptors: 1024,
+            tx_descriptors: 1024,
+            mempool_size: 16383,
+            hugepages: true,
+        }
+    }
+}
+
+/// Counters of the whole device, from `rte_eth_stats_get`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Frames received.
+    pub ipackets: u64,
+    /// Frames transmitted.
+    pub opackets: u64,
+    /// Frames the hardware dropped for want of a free descriptor.
+    pub imissed: u64,
+    /// Erroneous received frames.
+    pub ierrors: u64,
+    /// Failed transmissions.
+    pub oerrors: u64,
+    /// Receive mbuf allocation failures.
+    pub rx_nombuf: u64,
+}
+
+/// EAL's life in this process.
+enum Eal {
+    Uninit,
+    Ready,
+    Failed(String),
+    CleanedUp,
+}
+
+static EAL: Mutex<Eal> = Mutex::new(Eal::Uninit);
+
+/// Devices open in this process: EAL is only torn down when none is.
+static OPEN_DEVICES: AtomicUsize = AtomicUsize::new(0);
+
+fn error(what: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("dpdk: {what}"))
+}
+
+/// DPDK's words for a (positive) errno value.
+fn strerror(errno: i32) -> String {
+    // SAFETY: rte_strerror returns a pointer to a static or thread-local NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(ffi::rte_strerror(errno)) };
+    s.to_string_lossy().into_owned()
+}
+
+/// An io::Error for a DPDK call that returned `ret` (a negative errno) or set rte_errno.
+fn dpdk_error(what: &str, ret: i32) -> io::Error {
+    let errno = if ret < 0 {
+        -ret
+    } else {
+        // SAFETY: reads the calling thread's rte_errno.
+        unsafe { ffi::lb_errno() }
+    };
+    io::Error::new(
+        io::Error::from_raw_os_error(errno).kind(),
+        format!("dpdk: {what}: {}", strerror(errno)),
+    )
+}
+
+/// The EAL argument vector: ours first, then the operator's, which may override them. Ours: a
+/// file prefix of our own (`lb-<pid>`: never the config of another DPDK process on the host),
+/// hugepage files unlinked as soon as they are mapped (`--no-huge` without hugepages), one lcore.
+/// The shared config stays on (unlike `--in-memory`) because some drivers, memif among them,
+/// need EAL's multi-process channel; [`eal_cleanup`] removes its files.
+fn eal_argv(opts: &DpdkOptions, first_cpu: usize, pid: u32) -> Vec<String> {
+    let has = |names: &[&str]| {
+        opts.eal_args.iter().any(|a| {
+            names
+                .iter()
+                .any(|n| a == n || a.starts_with(&format!("{n}=")))
+        })
+    };
+    let mut argv = vec!["lb".to_string()];
+    let in_memory = has(&["--in-memory", "--no-shconf"]);
+    if !in_memory && !has(&["--file-prefix", "--proc-type"]) {
+        argv.push(format!("--file-prefix=lb-{pid}"));
+    }
+    if !opts.hugepages {
+        if !has(&["--no-huge"]) {
+            argv.push("--no-huge".into());
+        }
+    } else if !in_memory && !has(&["--huge-unlink"]) {
+        argv.push("--huge-unlink".into());
+    }
+    if !has(&["-l", "-c", "--lcores"]) {
+        argv.extend(["-l".into(), first_cpu.to_string()]);
+    }
+    if !has(&["--no-telemetry", "--telemetry"]) {
+        argv.push("--no-telemetry".into());
+    }
+    argv.extend(opts.eal_args.iter().cloned());
+    argv
+}
+
+/// Initialises EAL on first use; later calls reuse it (with its first arguments).
+fn eal_init(opts: &DpdkOptions) -> io::Result<()> {
+    let mut eal = EAL.lock().unwrap_or_else(|e| e.into_inner());
+    match &*eal {
+        Eal::Ready => return Ok(()),
+        Eal::Failed(why) => return Err(error(format!("EAL failed to start earlier: {why}"))),
+        Eal::CleanedUp => {
+            return Err(error(
+                "EAL was cleaned up; it cannot start again in this process",
+            ))
+        }
+        Eal::Uninit => {}
+    }
+    let saved = affinity();
+    let first_cpu = saved
+        .as_ref()
+        .and_then(|set| (0..libc::CPU_SETSIZE as usize).find(|&c| cpu_isset(set, c)))
+        .unwrap_or(0);
+    let argv = eal_argv(opts, first_cpu, std::process::id());
+    let cargs: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| error("an EAL argument contains a NUL byte"))?;
+    // rte_eal_init keeps pointers into argv (and may permute it): the strings live for the rest
+    // of the process.
+    let cargs: &'static [CString] = Vec::leak(cargs);
+    let ptrs: &'static mut [*mut libc::c_char] = Vec::leak(
+        cargs
+            .iter()
+            .map(|c| c.as_ptr().cast_mut())
+            .chain(std::iter::once(std::ptr::null_mut()))
+            .collect(),
+    );
+    let argc = i32::try_from(cargs.len()).map_err(|_| error("too many EAL arguments"))?;
+    // SAFETY: argv holds `argc` valid NUL-terminated strings followed by NULL, leaked so they
+    // outlive EAL; EAL is initialised at most once (the mutex and the state above).
+    let ret = unsafe { ffi::rte_eal_init(argc, ptrs.as_mut_ptr()) };
+    // EAL pins the calling thread to its main lcore; the caller (lb's main thread, whose
+    // control threads inherit its mask) keeps the CPUs it had.
+    if let Some(set) = saved {
+        set_affinity(&set);
+    }
+    if ret < 0 {
+        let e = dpdk_error(&format!("EAL init with {}", argv.join(" ")), ret);
+        // EAL's own lines above say why; the usual cause is memory.
+        let e = io::Error::other(format!(
+            "{e} (EAL's messages above say why; with hugepages, reserve them in \
+             /proc/sys/vm/nr_hugepages and mount hugetlbfs, or set hugepages = false)"
+        ));
+        // A failed init leaves its runtime directory behind; remove it when the prefix is the
+        // one we chose (ours alone: another primary may be using a prefix given to us).
+        let ours = format!("--file-prefix=lb-{}", std::process::id());
+        if argv.contains(&ours) {
+            // SAFETY: EAL sets the runtime directory's path before anything that can fail late.
+            let dir = unsafe { CStr::from_ptr(ffi::rte_eal_get_runtime_dir()) }
+                .to_string_lossy()
+                .into_owned();
+            if dir.ends_with(&ours["--file-prefix=".len()..]) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        *eal = Eal::Failed(e.to_string());
+        return Err(e);
+    }
+    *eal = Eal::Ready;
+    Ok(())
+}
+
+fn affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is valid for writes of its size; pid 0 is the calling thread.
+    let ret = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    (ret == 0).then_some(set)
+}
+
+fn set_affinity(set: &libc::cpu_set_t) {
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+    unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of_val(set), set);
+    }
+}
+
+fn cpu_isset(set: &libc::cpu_set_t, cpu: usize) -> bool {
+    // SAFETY: CPU_ISSET only reads the set; `cpu` is below CPU_SETSIZE (the caller's range).
+    unsafe { libc::CPU_ISSET(cpu, set) }
+}
+
+/// Tears EAL down (`rte_eal_cleanup`) once every DPDK port of the process is closed. Call it
+/// once before exit; afterwards no DPDK port can open in this process. A no-op when EAL never
+/// started.
+pub fn eal_cleanup() -> io::Result<()> {
+    let mut eal = EAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !matches!(*eal, Eal::Ready) {
+        return Ok(());
+    }
+    let open = OPEN_DEVICES.load(Ordering::SeqCst);
+    if open != 0 {
+        return Err(error(format!(
+            "EAL cleanup with {open} device(s) still open"
+        )));
+    }
+    // SAFETY: EAL is initialised; the string is EAL's own, copied before cleanup.
+    let runtime_dir = unsafe { CStr::from_ptr(ffi::rte_eal_get_runtime_dir()) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: EAL is initialised and no device or pool of ours is left.
+    let ret = unsafe { ffi::rte_eal_cleanup() };
+    *eal = Eal::CleanedUp;
+    if ret < 0 {
+        return Err(dpdk_error("EAL cleanup", ret));
+    }
+    // EAL leaves its shared config (config, fbarray_*, mp_socket) in the runtime directory of
+    // our file prefix; we are its only (primary) process, so it goes with us.
+    if !runtime_dir.is_empty() {
+        match std::fs::remove_dir_all(&runtime_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(error(format!("removing {runtime_dir}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// One started ethdev with its mempool; stopped, closed (and a virtual device removed) when the
+/// last queue's port is dropped.
+struct Device {
+    port_id: u16,
+    pool: *mut ffi::rte_mempool,
+    name: String,
+    vdev: bool,
+    driver: String,
+}
+
+// SAFETY: the mempool pointer is used through DPDK's thread-safe pool operations; the ethdev
+// calls made on `Device` (stats, stop, close) are allowed from any thread.
+unsafe impl Send for Device {}
+// SAFETY: as above; `Device` has no interior state of its own.
+unsafe impl Sync for Device {}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // SAFETY: the port was started by us; every queue's port (and with it every mbuf it held)
+        // is gone, since they hold the Arc this drop ends.
+        unsafe {
+            ffi::rte_eth_dev_stop(self.port_id);
+            ffi::rte_eth_dev_close(self.port_id);
+        }
+        if self.vdev {
+            if let Ok(name) = CString::new(self.name.as_str()) {
+                // SAFETY: both arguments are valid NUL-terminated strings.
+                unsafe {
+                    ffi::rte_eal_hotplug_remove(c"vdev".as_ptr(), name.as_ptr());
+                }
+            }
+        }
+        // SAFETY: the device that drew from the pool is closed; no mbuf of it is in use.
+        unsafe { ffi::rte_mempool_free(self.pool) };
+        OPEN_DEVICES.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One queue of a DPDK device, for one worker.
+pub struct DpdkPort {
+    /// Received mbufs of the current burst and their frames.
+    rx: Vec<*mut ffi::rte_mbuf>,
+    frames: Vec<ffi::lb_frame>,
+    /// Mbufs queued for transmission, with the frame bounds to send them with.
+    tx: Vec<*mut ffi::rte_mbuf>,
+    tx_frames: Vec<ffi::lb_frame>,
+    /// Mbufs of the current burst to return to the pool.
+    free: Vec<*mut ffi::rte_mbuf>,
+    queue: u16,
+    registered: bool,
+    stats: PortStats,
+    to_host_dropped: u64,
+    multi_seg_dropped: u64,
+    device: Arc<Device>,
+}
+
+// SAFETY: the mbuf pointers are ours alone (received from or allocated for this queue, not yet
+// transmitted or freed); the queue is used by one thread at a time (`&mut self`), which is what
+// DPDK requires of a queue.
+unsafe impl Send for DpdkPort {}
+
+impl DpdkPort {
+    /// Initialises EAL if this process has not yet, creates the virtual device if `opts` asks,
+    /// and starts `opts.device` with `queues` receive/transmit queues: one port per queue.
+    pub fn open(opts: &DpdkOptions, queues: u16) -> io::Result<Vec<DpdkPort>> {
+        if queues == 0 {
+            return Err(error("a port needs at least one queue"));
+        }
+        eal_init(opts)?;
+        let name = CString::new(opts.device.as_str())
+            .map_err(|_| error("the device name contains a NUL byte"))?;
+        if let Some(args) = &opts.vdev_args {
+            let args = CString::new(args.as_str())
+                .map_err(|_| error("the vdev arguments contain a NUL byte"))?;
+            // SAFETY: valid NUL-terminated strings; EAL is initialised.
+            let ret =
+                unsafe { ffi::rte_eal_hotplug_add(c"vdev".as_ptr(), name.as_ptr(), args.as_ptr()) };
+            if ret < 0 {
+                return Err(dpdk_error(
+                    &format!("creating virtual device {}", opts.device),
+                    ret,
+                ));
+            }
+        }
+        let remove_vdev = || {
+            if opts.vdev_args.is_some() {
+                // SAFETY: valid NUL-terminated strings; the device was added above.
+                unsafe { ffi::rte_eal_hotplug_remove(c"vdev".as_ptr(), name.as_ptr()) };
+            }
+        };
+        let mut port_id = 0u16;
+        // SAFETY: `name` is a valid string and `port_id` is valid for writes.
+        let ret = unsafe { ffi::rte_eth_dev_get_port_by_name(name.as_ptr(), &mut port_id) };
+        if ret != 0 {
+            remove_vdev();
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "dpdk: no device {:?} (probed ones are named by PCI address or vdev name; \
+                     check the EAL arguments and that the NIC is bound to a DPDK driver)",
+                    opts.device
+                ),
+            ));
+        }
+        let pool_name = CString::new(format!("lb_pool_{port_id}")).map_err(|_| error("pool"))?;
+        let cache = if opts.mempool_size >= 2 * POOL_CACHE {
+            POOL_CACHE
+        } else {
+            0
+        };
+        // SAFETY: a valid name; sizes are plain numbers DPDK checks.
+        let pool = unsafe {
+            ffi::rte_pktmbuf_pool_create(
+                pool_name.as_ptr(),
+                opts.mempool_size,
+                cache,
+                0,
+                MBUF_DATA_ROOM,
+                ffi::SOCKET_ID_ANY,
+            )
+        };
+        if pool.is_null() {
+            let e = dpdk_error(
+                &format!("creating a pool of {} mbufs", opts.mempool_size),
+                0,
+            );
+            remove_vdev();
+            return Err(e);
+        }
+        OPEN_DEVICES.fetch_add(1, Ordering::SeqCst);
+        let mut device = Device {
+            port_id,
+            pool,
+            name: opts.device.clone(),
+            vdev: opts.vdev_args.is_some(),
+            driver: String::new(),
+        };
+        // SAFETY: lb_frame-style plain data; zeroed is valid.
+        let mut info: ffi::lb_port_info = unsafe { std::mem::zeroed() };
+        // SAFETY: `pool` is a live mempool and `info` is valid for writes.
+        let ret = unsafe {
+            ffi::lb_port_start(
+                port_id,
+                queues,
+                opts.rx_descriptors,
+                opts.tx_descriptors,
+                pool,
+                &mut info,
+            )
+        };
+        if ret != 0 {
+            // Dropping `device` closes the port, removes the vdev and frees the pool.
+            return Err(dpdk_error(
+                &format!("starting {} with {queues} queues", opts.device),
+                ret,
+            ));
+        }
+        // SAFETY: the shim wrote a NUL-terminated name into the array.
+        device.driver = unsafe { CStr::from_ptr(info.driver.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let device = Arc::new(device);
+        Ok((0..queues)
+            .map(|queue| DpdkPort {
+                rx: vec![std::ptr::null_mut(); MAX_BURST],
+                // SAFETY: plain data; zeroed is valid.
+                frames: vec![unsafe { std::mem::zeroed() }; MAX_BURST],
+                tx: Vec::with_capacity(TX_QUEUE),
+                tx_frames: Vec::with_capacity(TX_QUEUE),
+                free: Vec::with_capacity(MAX_BURST),
+                queue,
+                registered: false,
+                stats: PortStats::default(),
+                to_host_dropped: 0,
+                multi_seg_dropped: 0,
+                device: device.clone(),
+            })
+            .collect())
+    }
+
+    /// The driver's name (`net_memif`, `net_ixgbe`, ...).
+    pub fn driver(&self) -> &str {
+        &self.device.driver
+    }
+
+    /// True when the device reports its link up (a memif once its peer has connected).
+    pub fn link_up(&self) -> bool {
+        // SAFETY: a query of a started port; it does not wait.
+        unsafe { ffi::lb_link_up(self.device.port_id) == 1 }
+    }
+
+    /// Frames the pipeline gave `ToHost`: dropped, DPDK has no host stack to give them to.
+    pub fn to_host_dropped(&self) -> u64 {
+        self.to_host_dropped
+    }
+
+    /// Frames that arrived in several segments (longer than one mbuf): dropped.
+    pub fn multi_seg_dropped(&self) -> u64 {
+        self.multi_seg_dropped
+    }
+
+    /// The whole device's counters (all queues).
+    pub fn device_stats(&self) -> DeviceStats {
+        // SAFETY: rte_eth_stats is plain data; zeroed is valid.
+        let mut st: ffi::rte_eth_stats = unsafe { std::mem::zeroed() };
+        // SAFETY: the port is started and `st` valid for writes.
+        if unsafe { ffi::rte_eth_stats_get(self.device.port_id, &mut st) } != 0 {
+            return DeviceStats::default();
+        }
+        DeviceStats {
+            ipackets: st.ipackets,
+            opackets: st.opackets,
+            imissed: st.imissed,
+            ierrors: st.ierrors,
+            oerrors: st.oerrors,
+            rx_nombuf: st.rx_nombuf,
+        }
+    }
+
+    /// Queues an mbuf whose frame is at `head`, `len` bytes long, for transmission.
+    fn queue_tx(&mut self, m: *mut ffi::rte_mbuf, head: usize, len: usize) {
+        self.tx.push(m);
+        self.tx_frames.push(ffi::lb_frame {
+            buf: std::ptr::null_mut(),
+            buf_len: 0,
+            head: head as u16,
+            len: len as u16,
+            nb_segs: 1,
+        });
+    }
+
+    /// Transmits the queued mbufs, retrying what the driver's ring had no room for; frees and
+    /// counts what is still left after that.
+    fn transmit(&mut self) {
+        let n = self.tx.len();
+        if n == 0 {
+            return;
+        }
+        let port = self.device.port_id;
+        let mut sent = 0usize;
+        while sent < n {
+            let chunk = (n - sent).min(usize::from(u16::MAX));
+            // SAFETY: the mbufs are ours and `tx_frames` holds a frame for each.
+            let got = unsafe {
+                ffi::lb_tx_burst(
+                    port,
+                    self.queue,
+                    self.tx.as_mut_ptr().add(sent),
+                    self.tx_frames.as_ptr().add(sent),
+                    chunk as u16,
+                )
+            };
+            let mut done = usize::from(got);
+            let mut tries = 0;
+            while done < chunk && tries < TX_RETRIES {
+                tries += 1;
+                // SAFETY: the rest of the chunk: ours, bounds already set by lb_tx_burst.
+                let got = unsafe {
+                    ffi::lb_tx_again(
+                        port,
+                        self.queue,
+                        self.tx.as_mut_ptr().add(sent + done),
+                        (chunk - done) as u16,
+                    )
+                };
+                done += usize::from(got);
+            }
+            if done < chunk {
+                let left = chunk - done;
+                self.stats.tx_dropped += left as u64;
+                // SAFETY: the driver did not take these; they are still ours.
+                unsafe {
+                    ffi::lb_free_bulk(self.tx.as_mut_ptr().add(sent + done), left as u32);
+                }
+            }
+            self.stats.tx += done as u64;
+            sent += chunk;
+        }
+        self.tx.clear();
+        self.tx_frames.clear();
+    }
+}
+
+impl Port for DpdkPort {
+    fn name(&self) -> String {
+        format!("dpdk:{}/q{}", self.device.name, self.queue)
+    }
+
+    fn rx_burst(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&mut PacketBuf<'_>) -> Verdict,
+    ) -> io::Result<usize> {
+        if !self.registered {
+            // Once per worker thread: an lcore id gives the thread a mempool cache. Without
+            // one (no free lcore slot) the pool still works, uncached.
+            // SAFETY: EAL is initialised (the port exists).
+            let _ = unsafe { ffi::lb_thread_register() };
+            self.registered = true;
+        }
+        if self.tx.len() + MAX_BURST > TX_QUEUE {
+            self.transmit();
+        }
+        let want = max.min(MAX_BURST) as u16;
+        // SAFETY: `rx` and `frames` have room for MAX_BURST entries; the queue is ours.
+        let got = unsafe {
+            ffi::lb_rx_burst(
+                self.device.port_id,
+                self.queue,
+                self.rx.as_mut_ptr(),
+                self.frames.as_mut_ptr(),
+                want,
+            )
+        };
+        let got = usize::from(got);
+        for i in 0..got {
+            let m = self.rx[i];
+            let fr = self.frames[i];
+            if fr.nb_segs != 1 || fr.buf.is_null() {
+                self.multi_seg_dropped += 1;
+                self.free.push(m);
+                continue;
+            }
+            // SAFETY: the mbuf was just received and is ours until we transmit or free it; its
+            // data buffer is `buf_len` bytes at `buf`, and nothing else refers to it meanwhile.
+            let buf = unsafe { std::slice::from_raw_parts_mut(fr.buf, usize::from(fr.buf_len)) };
+            let mut pkt = PacketBuf::new(buf, usize::from(fr.head), usize::from(fr.len));
+            match f(&mut pkt) {
+                Verdict::Tx if !pkt.is_empty() && pkt.len() <= usize::from(u16::MAX) => {
+                    let (head, len) = (pkt.head(), pkt.len());
+                    self.queue_tx(m, head, len);
+                    continue;
+                }
+                Verdict::Tx => self.stats.tx_dropped += 1,
+                Verdict::ToHost => self.to_host_dropped += 1,
+                Verdict::Drop(_) | Verdict::ToL7 => {}
+            }
+            self.free.push(m);
+        }
+        if !self.free.is_empty() {
+            // SAFETY: every mbuf in `free` is ours and listed once.
+            unsafe { ffi::lb_free_bulk(self.free.as_mut_ptr(), self.free.len() as u32) };
+            self.free.clear();
+        }
+        self.stats.rx += got as u64;
+        Ok(got)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.transmit();
+        Ok(())
+    }
+
+    fn wait_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    fn stats(&self) -> PortStats {
+        let mut st = self.stats;
+        if self.queue == 0 {
+            // The device's drops are per device: queue 0 reports them, once.
+            let dev = self.device_stats();
+            st.rx_dropped = dev.imissed + dev.rx_nombuf;
+        }
+        st
+    }
+
+    fn tx_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        let Ok(len) = u16::try_from(frame.len()) else {
+            self.stats.tx_dropped += 1;
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        if self.tx.len() >= TX_QUEUE {
+            self.transmit();
+        }
+        // SAFETY: the pool is live; `frame` is valid for `len` bytes of reads.
+        let m = unsafe { ffi::lb_alloc_copy(self.device.pool, frame.as_ptr(), len) };
+        if m.is_null() {
+            self.stats.tx_dropped += 1;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.queue_tx(m, ffi::RTE_PKTMBUF_HEADROOM as usize, frame.len());
+        Ok(())
+    }
+}
+
+impl Drop for DpdkPort {
+    fn drop(&mut self) {
+        self.transmit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str], hugepages: bool) -> DpdkOptions {
+        DpdkOptions {
+            eal_args: args.iter().map(|s| s.to_string()).collect(),
+            hugepages,
+            ..DpdkOptions::default()
+        }
+    }
+
+    #[test]
+    fn eal_arguments_leave_no_files_and_use_one_lcore() {
+        let argv = eal_argv(&opts(&[], true), 0, 42);
+        assert_eq!(
+            argv,
+            [
+                "lb",
+                "--file-prefix=lb-42",
+                "--huge-unlink",
+                "-l",
+                "0",
+                "--no-telemetry"
+            ]
+        );
+        let argv = eal_argv(&opts(&["--vdev", "net_memif0"], false), 3, 42);
+        assert_eq!(
+            argv,
+            [
+                "lb",
+                "--file-prefix=lb-42",
+                "--no-huge",
+                "-l",
+                "3",
+                "--no-telemetry",
+                "--vdev",
+                "net_memif0"
+            ]
+        );
+    }
+
+    #[test]
+    fn operator_eal_arguments_replace_ours() {
+        let argv = eal_argv(
+            &opts(&["--in-memory", "-l", "0-1", "--telemetry"], true),
+            0,
+            42,
+        );
+        assert_eq!(argv, ["lb", "--in-memory", "-l", "0-1", "--telemetry"]);
+        let argv = eal_argv(
+            &opts(&["--file-prefix=x", "--huge-unlink=never"], true),
+            1,
+            42,
+        );
+        assert_eq!(
+            argv,
+            [
+                "lb",
+                "-l",
+                "1",
+                "--no-telemetry",
+                "--file-prefix=x",
+                "--huge-unlink=never"
+            ]
+        );
+    }
+}
