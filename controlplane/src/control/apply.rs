@@ -126,6 +126,7 @@ impl Fixed {
         note("dataplane.cores", a.cores != b.cores);
         note("dataplane.idle", a.idle != b.idle);
         note("dataplane.xdp_mode", a.xdp_mode != b.xdp_mode);
+        note("dataplane.dpdk", a.dpdk != b.dpdk);
         // Each worker's source-port slice is cut from this range and a fullnat reply is
         // steered by it: a live change would send replies of existing flows to other workers.
         note("dataplane.snat_ports", a.snat_ports != b.snat_ports);
