@@ -1055,17 +1055,16 @@ async fn two_elected_replicas_one_leader_and_failover() {
     follower.shutdown(Duration::from_secs(2)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_and_httproute_route_and_get_their_conditions() {
-    use controlplane::sources::kubernetes::model::ObjectKey;
+/// GatewayClass `lb` (ours), Gateway `gw` with one HTTP listener on 8080 (`allowed` routes),
+/// and HTTPRoute `shop` for shop.example.com to Service `web` port 80, in the fake.
+fn apply_gateway(
+    fake: &kubefake::FakeApiServer,
+    allowed: Option<controlplane::sources::kubernetes::model::AllowedRoutes>,
+) {
     use controlplane::sources::kubernetes::model::{
         Gateway, GatewayClass, GatewayClassSpec, GatewaySpec, HTTPBackendRef, HTTPRoute,
         HTTPRouteRule, HTTPRouteSpec, Listener, ParentReference,
     };
-    use controlplane::sources::kubernetes::translate::gateway_http_name;
-    let fake = kubefake::FakeApiServer::start();
-    fake.apply(&cluster::service("web"));
-    fake.apply(&slice("web", &[up(1), up(2)]));
     fake.apply(&GatewayClass::new(
         "lb",
         GatewayClassSpec {
@@ -1083,7 +1082,7 @@ async fn gateway_and_httproute_route_and_get_their_conditions() {
                 port: 8080,
                 protocol: "HTTP".into(),
                 tls: None,
-                allowed_routes: None,
+                allowed_routes: allowed,
             }],
             addresses: Vec::new(),
         },
@@ -1110,6 +1109,17 @@ async fn gateway_and_httproute_route_and_get_their_conditions() {
     );
     route.metadata.namespace = Some(cluster::NS.into());
     fake.apply(&route);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_and_httproute_route_and_get_their_conditions() {
+    use controlplane::sources::kubernetes::model::ObjectKey;
+    use controlplane::sources::kubernetes::model::{Gateway, HTTPRoute};
+    use controlplane::sources::kubernetes::translate::gateway_http_name;
+    let fake = kubefake::FakeApiServer::start();
+    fake.apply(&cluster::service("web"));
+    fake.apply(&slice("web", &[up(1), up(2)]));
+    apply_gateway(&fake, None);
     let r = Replica::start(
         "gateway",
         &fake,
@@ -1263,68 +1273,25 @@ backends = [{ addr = "198.18.1.10", port = 8080 }]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_labelled_later_lets_its_routes_attach_to_a_selector_listener() {
     use controlplane::sources::kubernetes::model::ObjectKey;
-    use controlplane::sources::kubernetes::model::{
-        AllowedRoutes, Gateway, GatewayClass, GatewayClassSpec, GatewaySpec, HTTPBackendRef,
-        HTTPRoute, HTTPRouteRule, HTTPRouteSpec, Listener, ParentReference, RouteNamespaces,
-    };
+    use controlplane::sources::kubernetes::model::{AllowedRoutes, RouteNamespaces};
     use controlplane::sources::kubernetes::translate::gateway_http_name;
     use k8s_openapi::api::core::v1::Namespace;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     let fake = kubefake::FakeApiServer::start();
     fake.apply(&cluster::service("web"));
     fake.apply(&slice("web", &[up(1)]));
-    fake.apply(&GatewayClass::new(
-        "lb",
-        GatewayClassSpec {
-            controller_name: "lb.example.com/gateway-controller".into(),
-            description: None,
-        },
-    ));
-    let mut gw = Gateway::new(
-        "gw",
-        GatewaySpec {
-            gateway_class_name: "lb".into(),
-            listeners: vec![Listener {
-                name: "http".into(),
-                hostname: None,
-                port: 8080,
-                protocol: "HTTP".into(),
-                tls: None,
-                allowed_routes: Some(AllowedRoutes {
-                    namespaces: Some(RouteNamespaces {
-                        from: Some("Selector".into()),
-                        selector: Some(LabelSelector {
-                            match_labels: Some([("gw".to_string(), "shared".to_string())].into()),
-                            match_expressions: None,
-                        }),
-                    }),
+    apply_gateway(
+        &fake,
+        Some(AllowedRoutes {
+            namespaces: Some(RouteNamespaces {
+                from: Some("Selector".into()),
+                selector: Some(LabelSelector {
+                    match_labels: Some([("gw".to_string(), "shared".to_string())].into()),
+                    match_expressions: None,
                 }),
-            }],
-            addresses: Vec::new(),
-        },
+            }),
+        }),
     );
-    gw.metadata.namespace = Some(cluster::NS.into());
-    fake.apply(&gw);
-    let mut route = HTTPRoute::new(
-        "shop",
-        HTTPRouteSpec {
-            parent_refs: vec![ParentReference {
-                name: "gw".into(),
-                ..ParentReference::default()
-            }],
-            hostnames: vec!["shop.example.com".into()],
-            rules: vec![HTTPRouteRule {
-                backend_refs: vec![HTTPBackendRef {
-                    name: "web".into(),
-                    port: Some(80),
-                    ..HTTPBackendRef::default()
-                }],
-                ..HTTPRouteRule::default()
-            }],
-        },
-    );
-    route.metadata.namespace = Some(cluster::NS.into());
-    fake.apply(&route);
     let mut ns = Namespace::default();
     ns.metadata.name = Some(cluster::NS.into());
     fake.apply(&ns);

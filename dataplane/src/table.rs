@@ -399,22 +399,17 @@ impl RoutingTable {
         for (idx, spec) in specs.into_iter().enumerate() {
             let draining = idx >= live;
             let mut backends = spec.backends;
-            backends.sort_by_key(|b| (b.addr, b.port, b.pool));
-            let maglev =
-                cache
-                    .get(&backends, spec.table_size)
-                    .map_err(|source| TableError::Maglev {
-                        service: spec.name.clone(),
-                        source,
-                    })?;
-            let mut by_addr =
-                HashMap::with_capacity_and_hasher(backends.len(), FastHash::default());
-            for (i, b) in backends.iter_mut().enumerate() {
-                if spec.stat.is_none() {
-                    b.stat = backend_stats;
+            if spec.stat.is_none() {
+                // Numbered in the order the table keeps them.
+                backends.sort_by_key(|b| (b.addr, b.port, b.pool));
+                for (i, b) in backends.iter_mut().enumerate() {
+                    b.stat = backend_stats + i as u32;
                 }
+            }
+            let (backends, maglev, by_addr) =
+                index_backends(backends, spec.table_size, &spec.name, cache)?;
+            for b in &backends {
                 backend_stats = backend_stats.max(b.stat.saturating_add(1));
-                by_addr.insert((b.addr, b.port), i as u16);
             }
             let stat = spec.stat.unwrap_or(idx as u32);
             service_stats = service_stats.max(stat.saturating_add(1));
@@ -677,20 +672,10 @@ impl RoutingTable {
                 }
                 _ => return Err(TableError::NotPatchable { service: spec.name }),
             };
-            let mut backends = spec.backends;
-            backends.sort_by_key(|b| (b.addr, b.port, b.pool));
-            let maglev =
-                cache
-                    .get(&backends, spec.table_size)
-                    .map_err(|source| TableError::Maglev {
-                        service: spec.name.clone(),
-                        source,
-                    })?;
-            let mut by_addr =
-                HashMap::with_capacity_and_hasher(backends.len(), FastHash::default());
-            for (i, b) in backends.iter().enumerate() {
+            let (backends, maglev, by_addr) =
+                index_backends(spec.backends, spec.table_size, &spec.name, cache)?;
+            for b in &backends {
                 t.backend_stats = t.backend_stats.max(b.stat.saturating_add(1));
-                by_addr.insert((b.addr, b.port), i as u16);
             }
             for p in &spec.pools {
                 for a in &p.snat {
@@ -714,6 +699,32 @@ impl RoutingTable {
         }
         Ok(t)
     }
+}
+
+/// A service's backend index by address and port.
+type ByAddr = HashMap<(Addr, u16), u16, FastHash>;
+
+/// A service's backends in the table's order (address, port, pool), their Maglev table (from
+/// `cache`) and the index by address and port.
+fn index_backends(
+    mut backends: Vec<Backend>,
+    table_size: usize,
+    service: &str,
+    cache: &mut MaglevCache,
+) -> Result<(Vec<Backend>, Arc<Maglev>, ByAddr), TableError> {
+    backends.sort_by_key(|b| (b.addr, b.port, b.pool));
+    let maglev = cache
+        .get(&backends, table_size)
+        .map_err(|source| TableError::Maglev {
+            service: service.to_string(),
+            source,
+        })?;
+    let by_addr = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| ((b.addr, b.port), i as u16))
+        .collect();
+    Ok((backends, maglev, by_addr))
 }
 
 /// The hasher of the table's small keys (rustc-hash's Fx): fast and not keyed, which is safe

@@ -527,14 +527,7 @@ impl Inner {
         let cfg = cfg.unwrap_or(config);
         let draining = draining.unwrap_or(draining_now).draining();
         let failing = failing_open(cfg, overrides, health);
-        let adjust = |key: &BackendKey, w: u32| {
-            effective_weight(
-                w,
-                overrides.get(key).unwrap_or(&Override::default()),
-                health.get(key).unwrap_or(&Health::Unchecked),
-                failing.contains(&key.service),
-            )
-        };
+        let adjust = |key: &BackendKey, w: u32| runtime_weight(overrides, health, &failing, key, w);
         let mut ctx = Context {
             adjust: &adjust,
             draining: &draining,
@@ -562,6 +555,23 @@ impl Inner {
         };
         Ok((next, start))
     }
+}
+
+/// Backend `key`'s weight in the table, from its configured weight `w`, its operator override,
+/// its health and whether its service fails open (`None`: out of the table).
+fn runtime_weight(
+    overrides: &BTreeMap<BackendKey, Override>,
+    health: &HashMap<BackendKey, Health>,
+    failing: &HashSet<String>,
+    key: &BackendKey,
+    w: u32,
+) -> Option<u32> {
+    effective_weight(
+        w,
+        overrides.get(key).unwrap_or(&Override::default()),
+        health.get(key).unwrap_or(&Health::Unchecked),
+        failing.contains(&key.service),
+    )
 }
 
 /// The cluster's part of the desired state: what the kubernetes source's objects mean, as

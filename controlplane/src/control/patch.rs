@@ -13,9 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use super::overrides::failing_open_of;
-use super::{
-    effective_weight, unix_now, ClusterPart, ControlPlane, Health, Inner, Override, ReloadError,
-};
+use super::{runtime_weight, unix_now, ClusterPart, ControlPlane, Inner, ReloadError};
 use crate::compile::{self, Context, NextHops};
 use crate::config::{self, BackendKey, Config};
 use crate::diag::Problem;
@@ -311,14 +309,7 @@ impl ControlPlane {
             overrides,
             health,
         ));
-        let adjust = |key: &BackendKey, w: u32| {
-            effective_weight(
-                w,
-                overrides.get(key).unwrap_or(&Override::default()),
-                health.get(key).unwrap_or(&Health::Unchecked),
-                failing.contains(&key.service),
-            )
-        };
+        let adjust = |key: &BackendKey, w: u32| runtime_weight(overrides, health, &failing, key, w);
         let drained = draining.draining();
         let mut ctx = Context {
             adjust: &adjust,

@@ -457,18 +457,7 @@ impl RouteTable {
         let mut t = self.clone();
         for s in services {
             let i = t.services.iter().position(|x| *x.name == *s.name)?;
-            let ids = s
-                .endpoints
-                .iter()
-                .map(|e| {
-                    t.backends.push(Backend {
-                        addr: e.addr,
-                        weight: e.weight,
-                        service: i as u32,
-                    });
-                    BackendId(t.backends.len() as u32 - 1)
-                })
-                .collect();
+            let ids = t.push_endpoints(&s.endpoints, i);
             let svc = &mut t.services[i];
             svc.backends = ids;
             svc.policy = s.policy.clone();
@@ -479,6 +468,21 @@ impl RouteTable {
             t.compact();
         }
         Some(t)
+    }
+
+    /// Adds `endpoints` of service `service` to [`RouteTable::backends`]; their ids.
+    fn push_endpoints(&mut self, endpoints: &[EndpointSpec], service: usize) -> Vec<BackendId> {
+        endpoints
+            .iter()
+            .map(|e| {
+                self.backends.push(Backend {
+                    addr: e.addr,
+                    weight: e.weight,
+                    service: service as u32,
+                });
+                BackendId(self.backends.len() as u32 - 1)
+            })
+            .collect()
     }
 
     /// Drops the endpoints no service uses and renumbers the rest.
@@ -499,18 +503,7 @@ impl RouteTable {
         let mut by_name = FxHashMap::default();
         for (i, s) in spec.services.iter().enumerate() {
             by_name.insert(s.name.as_str(), i as u32);
-            let backends = s
-                .endpoints
-                .iter()
-                .map(|e| {
-                    table.backends.push(Backend {
-                        addr: e.addr,
-                        weight: e.weight,
-                        service: i as u32,
-                    });
-                    BackendId(table.backends.len() as u32 - 1)
-                })
-                .collect();
+            let backends = table.push_endpoints(&s.endpoints, i);
             table.services.push(Service {
                 name: s.name.as_str().into(),
                 backends,

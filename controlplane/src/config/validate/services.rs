@@ -20,38 +20,8 @@ const MAX_BACKENDS: usize = u16::MAX as usize - 1;
 pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
     let mut reach = Reach::new(cfg);
     let mut names: HashMap<&str, usize> = HashMap::with_capacity(cfg.services.len());
-    for (i, svc) in cfg.services.iter().enumerate() {
-        // Written only into problems: a reload validates thousands of services that have none.
-        let at = Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "service {}", svc.name));
-        let path = Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "services[{i}]"));
-        check_service(svc, &at, &path, out);
-        if let Some(first) = names.insert(svc.name.as_str(), i) {
-            out.push(
-                Problem::new(
-                    format!("{path}.name"),
-                    format!(
-                        "service {}: name already used by service #{}",
-                        svc.name,
-                        first + 1
-                    ),
-                )
-                .hint("service names key metrics and the admin API: make each one unique"),
-            );
-        }
-        if svc.pools.len() > usize::from(u16::MAX) {
-            out.push(Problem::new(
-                format!("{path}.pools"),
-                format!("{at}: {} pools, at most {}", svc.pools.len(), u16::MAX),
-            ));
-            continue;
-        }
-        check_pools(cfg, i, svc, &mut reach, out);
-        if let Some(hc) = &svc.health_check {
-            hc.validate(svc, &format!("{path}.health_check"), out);
-        }
-        if let Some(p) = &svc.passive {
-            p.validate(svc, &at, &format!("{path}.passive"), out);
-        }
+    for i in 0..cfg.services.len() {
+        check_one(cfg, i, &mut reach, Some(&mut names), out);
     }
     check_overlaps(&cfg.services, out);
 }
@@ -61,27 +31,50 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
 /// ports) still hold.
 pub(super) fn check_some(cfg: &Config, idxs: &[usize], out: &mut Vec<Problem>) {
     let mut reach = Reach::new(cfg);
-    for &i in idxs {
-        let Some(svc) = cfg.services.get(i) else {
-            continue;
-        };
-        let at = Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "service {}", svc.name));
-        let path = Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "services[{i}]"));
-        check_service(svc, &at, &path, out);
-        if svc.pools.len() > usize::from(u16::MAX) {
-            out.push(Problem::new(
-                format!("{path}.pools"),
-                format!("{at}: {} pools, at most {}", svc.pools.len(), u16::MAX),
-            ));
-            continue;
-        }
-        check_pools(cfg, i, svc, &mut reach, out);
-        if let Some(hc) = &svc.health_check {
-            hc.validate(svc, &format!("{path}.health_check"), out);
-        }
-        if let Some(p) = &svc.passive {
-            p.validate(svc, &at, &format!("{path}.passive"), out);
-        }
+    for &i in idxs.iter().filter(|&&i| i < cfg.services.len()) {
+        check_one(cfg, i, &mut reach, None, out);
+    }
+}
+
+/// The rules of service `i`; with `names` (the names seen so far), a name used before too.
+fn check_one<'a>(
+    cfg: &'a Config,
+    i: usize,
+    reach: &mut Reach<'_>,
+    names: Option<&mut HashMap<&'a str, usize>>,
+    out: &mut Vec<Problem>,
+) {
+    let svc = &cfg.services[i];
+    // Written only into problems: a reload validates thousands of services that have none.
+    let at = Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "service {}", svc.name));
+    let path = Lazy(|f: &mut fmt::Formatter<'_>| write!(f, "services[{i}]"));
+    check_service(svc, &at, &path, out);
+    if let Some(first) = names.and_then(|n| n.insert(svc.name.as_str(), i)) {
+        out.push(
+            Problem::new(
+                format!("{path}.name"),
+                format!(
+                    "service {}: name already used by service #{}",
+                    svc.name,
+                    first + 1
+                ),
+            )
+            .hint("service names key metrics and the admin API: make each one unique"),
+        );
+    }
+    if svc.pools.len() > usize::from(u16::MAX) {
+        out.push(Problem::new(
+            format!("{path}.pools"),
+            format!("{at}: {} pools, at most {}", svc.pools.len(), u16::MAX),
+        ));
+        return;
+    }
+    check_pools(cfg, i, svc, reach, out);
+    if let Some(hc) = &svc.health_check {
+        hc.validate(svc, &format!("{path}.health_check"), out);
+    }
+    if let Some(p) = &svc.passive {
+        p.validate(svc, &at, &format!("{path}.passive"), out);
     }
 }
 

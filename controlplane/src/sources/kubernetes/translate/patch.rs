@@ -11,8 +11,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::common::{service_port, EndpointIndex, PortRef, Problems};
+use super::upstreams::http_backends;
 use super::{l4, Kind, ObjectProblem, Settings, Translated};
-use crate::config::{HttpBackend, Upstream};
+use crate::config::Upstream;
 use crate::control::{BackendPatch, ClusterPart};
 use crate::sources::kubernetes::model::{ObjectKey, Snapshot};
 
@@ -152,15 +153,7 @@ pub fn patch(
             let http = part.http.get(h)?;
             let old: &Upstream = http.upstreams.get(u)?;
             let sp = service_port(svc, &PortRef::Number(i32::from(port)))?;
-            let backends: Vec<HttpBackend> = eps
-                .endpoints(key, sp)
-                .into_iter()
-                .map(|e| HttpBackend {
-                    addr: e.addr,
-                    port: e.port,
-                    weight: e.weight,
-                })
-                .collect();
+            let backends = http_backends(&eps, key, sp);
             if backends.is_empty() {
                 // The routes lose their upstream: a whole translation says what they answer.
                 return None;

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::ServicePort;
+
 use super::common::{service_port, EndpointIndex, PortRef};
 use crate::config::{Balance, HashKey, HttpBackend, Upstream, UpstreamTls};
 use crate::sources::kubernetes::annotations::quote;
@@ -20,6 +22,22 @@ pub struct UpstreamSettings {
     pub hash_key: Option<HashKey>,
     /// TLS to the backends.
     pub tls: Option<UpstreamTls>,
+}
+
+/// The endpoints of Service `key`'s port `port` as upstream backends.
+pub fn http_backends(
+    eps: &EndpointIndex<'_>,
+    key: &ObjectKey,
+    port: &ServicePort,
+) -> Vec<HttpBackend> {
+    eps.endpoints(key, port)
+        .into_iter()
+        .map(|e| HttpBackend {
+            addr: e.addr,
+            port: e.port,
+            weight: e.weight,
+        })
+        .collect()
 }
 
 /// What a backend reference resolved to.
@@ -84,15 +102,7 @@ impl Upstreams {
                 && up.tls == settings.tls;
             return Ok((Resolved::Upstream(up_name), !same));
         }
-        let backends: Vec<HttpBackend> = eps
-            .endpoints(&key, sp)
-            .into_iter()
-            .map(|e| HttpBackend {
-                addr: e.addr,
-                port: e.port,
-                weight: e.weight,
-            })
-            .collect();
+        let backends = http_backends(eps, &key, sp);
         if backends.is_empty() {
             return Ok((Resolved::NoEndpoints, false));
         }
