@@ -362,9 +362,9 @@ fn a_service_without_endpoints_answers_503() {
     );
 }
 
-#[test]
-fn canary_by_weight_and_by_header() {
-    let dir = TempDir::new("canary");
+/// `web_cluster` with Service `web-v2` (one ready endpoint, 198.18.2.10) and the main Ingress
+/// `web` (shop.example.com/ to `web`): what a canary Ingress shadows.
+fn canary_cluster() -> Snapshot {
     let mut snap = web_cluster();
     snap.add(k8s_objects::service(
         "shop",
@@ -384,34 +384,41 @@ fn canary_by_weight_and_by_header() {
         "/",
         "Prefix",
         backend("web", 80),
-    ))
-    .add(k8s_objects::service("shop", "api", &[("http", 80, 9090)]))
-    .add(slice(
-        "shop",
-        "api",
-        "api-1",
-        &[("http", 9090)],
-        &[("198.18.1.20", State::Ready)],
-        false,
-    ))
-    .add(ingress("shop", "api", Some("lb"), 2).rule(
-        Some("shop.example.com"),
-        "/api",
-        "Prefix",
-        backend("api", 80),
-    ))
-    .add(
-        ingress("shop", "web-canary", Some("lb"), 1)
-            .nginx("canary", "true")
-            .nginx("canary-weight", "20")
-            .nginx("canary-by-header", "X-Canary")
-            .rule(
-                Some("shop.example.com"),
-                "/",
-                "Prefix",
-                backend("web-v2", 80),
-            ),
-    );
+    ));
+    snap
+}
+
+#[test]
+fn canary_by_weight_and_by_header() {
+    let dir = TempDir::new("canary");
+    let mut snap = canary_cluster();
+    snap.add(k8s_objects::service("shop", "api", &[("http", 80, 9090)]))
+        .add(slice(
+            "shop",
+            "api",
+            "api-1",
+            &[("http", 9090)],
+            &[("198.18.1.20", State::Ready)],
+            false,
+        ))
+        .add(ingress("shop", "api", Some("lb"), 2).rule(
+            Some("shop.example.com"),
+            "/api",
+            "Prefix",
+            backend("api", 80),
+        ))
+        .add(
+            ingress("shop", "web-canary", Some("lb"), 1)
+                .nginx("canary", "true")
+                .nginx("canary-weight", "20")
+                .nginx("canary-by-header", "X-Canary")
+                .rule(
+                    Some("shop.example.com"),
+                    "/",
+                    "Prefix",
+                    backend("web-v2", 80),
+                ),
+        );
     let t = translate(&snap, &settings(&dir.0));
     assert!(t.problems.is_empty(), "{:#?}", t.problems);
     let h = http(&t, "k8s-ingress");
@@ -526,27 +533,8 @@ fn spread(c: &controlplane::Compiled, headers: &[(&str, &str)], n: usize) -> (us
 #[test]
 fn canary_by_cookie_then_weight_and_the_header_first() {
     let dir = TempDir::new("canary-cookie");
-    let mut snap = web_cluster();
-    snap.add(k8s_objects::service(
-        "shop",
-        "web-v2",
-        &[("http", 80, 8080)],
-    ))
-    .add(slice(
-        "shop",
-        "web-v2",
-        "v2-1",
-        &[("http", 8080)],
-        &[("198.18.2.10", State::Ready)],
-        false,
-    ))
-    .add(ingress("shop", "web", Some("lb"), 0).rule(
-        Some("shop.example.com"),
-        "/",
-        "Prefix",
-        backend("web", 80),
-    ))
-    .add(
+    let mut snap = canary_cluster();
+    snap.add(
         ingress("shop", "web-canary", Some("lb"), 1)
             .nginx("canary", "true")
             .nginx("canary-weight", "50")
