@@ -146,30 +146,64 @@ pub struct Opened {
     pub filter: Option<Box<dyn AddressFilter>>,
 }
 
-/// Opens one port per worker on the configured interface (for `dpdk`, on the device of
-/// `[dataplane.dpdk]`).
-pub fn open_ports(
+/// The ports of every interface, and the filter of those that filter.
+pub struct OpenedAll {
+    /// Interface `k`'s queues, one per worker.
+    pub interfaces: Vec<Vec<Box<dyn Port>>>,
+    /// The address filters of the interfaces that filter, kept equal as one.
+    pub filter: Option<Box<dyn AddressFilter>>,
+}
+
+/// Opens one port per worker on every configured interface, in order.
+pub fn open_all(
     run: &RunSettings,
     dpdk: Option<&config::Dpdk>,
     queues: usize,
+) -> Result<OpenedAll, PortError> {
+    let mut ports = Vec::with_capacity(run.interfaces.len());
+    let mut filters: Vec<Box<dyn AddressFilter>> = Vec::new();
+    for (name, kind) in &run.interfaces {
+        // On an error the ports opened so far close as they drop.
+        let opened = open_link(run, name, *kind, dpdk, queues)?;
+        ports.push(opened.ports);
+        filters.extend(opened.filter);
+    }
+    let filter: Option<Box<dyn AddressFilter>> = match filters.len() {
+        0 => None,
+        1 => filters.pop(),
+        _ => Some(Box::new(filters)),
+    };
+    Ok(OpenedAll {
+        interfaces: ports,
+        filter,
+    })
+}
+
+/// Opens one port per worker on interface `ifname` with port kind `kind`.
+fn open_link(
+    run: &RunSettings,
+    ifname: &str,
+    kind: PortKind,
+    dpdk: Option<&config::Dpdk>,
+    queues: usize,
 ) -> Result<Opened, PortError> {
-    check_interface(run.port, &run.interface, Path::new("/sys/class/net"))?;
+    check_interface(kind, ifname, Path::new("/sys/class/net"))?;
     let unfiltered = |ports| Opened {
         ports,
         filter: None,
     };
-    let opened = match run.port {
-        PortKind::Tap => TapPort::open(&run.interface, queues).map(|p| unfiltered(boxed(p))),
+    let opened = match kind {
+        PortKind::Tap => TapPort::open(ifname, queues).map(|p| unfiltered(boxed(p))),
         PortKind::AfPacket => u16::try_from(queues)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-            .and_then(|q| AfPacketPort::open(&run.interface, q))
+            .and_then(|q| AfPacketPort::open(ifname, q))
             .map(|p| unfiltered(boxed(p))),
-        PortKind::AfXdp => open_af_xdp(run, queues),
+        PortKind::AfXdp => open_af_xdp(run, ifname, queues),
         PortKind::Dpdk => {
             let Some(d) = dpdk else {
                 return Err(PortError::Other {
-                    kind: run.port,
-                    ifname: run.interface.clone(),
+                    kind,
+                    ifname: ifname.to_string(),
                     source: io::Error::new(
                         io::ErrorKind::InvalidInput,
                         "port \"dpdk\" needs a [dataplane.dpdk] table",
@@ -181,13 +215,13 @@ pub fn open_ports(
             return open_dpdk(d, queues)
                 .map(unfiltered)
                 .map_err(|source| PortError::Other {
-                    kind: run.port,
+                    kind,
                     ifname: d.device.clone(),
                     source,
                 });
         }
     };
-    opened.map_err(|e| classify(run.port, &run.interface, e))
+    opened.map_err(|e| classify(kind, ifname, e))
 }
 
 /// Opens the DPDK device of `[dataplane.dpdk]`, one queue per worker.
@@ -236,7 +270,7 @@ fn boxed<P: Port + 'static>(ports: Vec<P>) -> Vec<Box<dyn Port>> {
         .collect()
 }
 
-fn open_af_xdp(run: &RunSettings, queues: usize) -> io::Result<Opened> {
+fn open_af_xdp(run: &RunSettings, ifname: &str, queues: usize) -> io::Result<Opened> {
     let queues = u16::try_from(queues).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let opts = AfXdpOptions {
         mode: match run.xdp_mode {
@@ -246,9 +280,10 @@ fn open_af_xdp(run: &RunSettings, queues: usize) -> io::Result<Opened> {
         },
         ..AfXdpOptions::default()
     };
-    let ports = AfXdpPort::open(&run.interface, queues, opts)?;
+    let ports = AfXdpPort::open(ifname, queues, opts)?;
     let filter = ports.first().map(|first| {
         tracing::info!(
+            interface = ifname,
             native = first.native(),
             zero_copy = first.zero_copy(),
             busy_poll = first.busy_poll().active,
@@ -300,7 +335,12 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
 
     // Before anything touches the interface: a second balancer on it would double or split
     // every frame. Held until this function returns.
-    let _lock = instance::lock_interface(&cfg.dataplane.interface)?;
+    let _locks = cfg
+        .dataplane
+        .links()
+        .iter()
+        .map(|l| instance::lock_interface(&l.name))
+        .collect::<Result<Vec<_>, _>>()?;
     let nofile = instance::raise_nofile();
     let mut limits = admin::Limits::of(&cfg.admin);
     let budget = instance::admin_connection_budget(limits.max_connections, nofile);
@@ -327,22 +367,26 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
     let run = start.run.clone();
     let workers = usize::from(start.workers);
     let table = cp.table();
-    let Opened { ports, filter } =
-        open_ports(&run, dpdk.as_ref(), workers).inspect_err(|_| close_dpdk())?;
+    let OpenedAll {
+        interfaces: ports,
+        filter,
+    } = open_all(&run, dpdk.as_ref(), workers).inspect_err(|_| close_dpdk())?;
     if let Some(filter) = filter {
         // Before the workers start: frames for the served addresses must reach them.
         cp.attach_filter(filter)
             .map_err(|e| anyhow::anyhow!("writing the XDP address filter: {e}"))?;
     }
-    let names: Vec<String> = ports.iter().map(|p| p.name()).collect();
-    tracing::info!(
-        config = %path.display(),
-        kind = run.port.name(),
-        interface = %run.interface,
-        queues = ports.len(),
-        ports = ?names,
-        "ports open"
-    );
+    for ((name, kind), queues) in run.interfaces.iter().zip(&ports) {
+        let names: Vec<String> = queues.iter().map(|p| p.name()).collect();
+        tracing::info!(
+            config = %path.display(),
+            kind = kind.name(),
+            interface = %name,
+            queues = queues.len(),
+            ports = ?names,
+            "ports open"
+        );
+    }
     log_served(&table.load());
 
     let wcfg = WorkerConfig {
@@ -351,7 +395,7 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
         conntrack: start.conntrack,
         handoff_slots: 256,
     };
-    let handles = worker::spawn_workers(ports, table, wcfg)
+    let handles = worker::spawn_workers_on(ports, table, wcfg)
         .map_err(|e| anyhow::anyhow!("starting the workers: {e}"))?;
     for h in &handles {
         match (h.core(), h.pin_error()) {
@@ -619,11 +663,13 @@ fn log_final(finals: &[Snapshot]) {
         .collect();
     let handed: u64 = finals.iter().map(|s| s.stats.handed_off).sum();
     let probes: u64 = finals.iter().map(|s| s.stats.neighbor_probes).sum();
+    let crossed: u64 = finals.iter().map(|s| s.stats.crossed).sum();
     tracing::info!(
         rx = t.rx_packets,
         tx = t.tx_packets,
         to_host = t.to_host,
         handed_off = handed,
+        crossed_interfaces = crossed,
         neighbor_probes = probes,
         drops = ?drops,
         "stopped"

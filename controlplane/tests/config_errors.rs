@@ -899,3 +899,73 @@ fn a_route_with_the_match_of_an_earlier_one_is_dead() {
     .concat();
     assert!(report(&http_routes(&distinct)).is_none(), "{distinct}");
 }
+
+/// Two interfaces that are fine on their own: outside and inside.
+const TWO_ARMED: &str = r#"[dataplane]
+workers = 1
+
+[[dataplane.interfaces]]
+name = "lbo"
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.1"]
+
+[[dataplane.interfaces]]
+name = "lbi"
+mac = "02:00:00:00:00:02"
+addresses = ["198.18.1.1"]
+on_link = ["198.18.1.0/24"]
+"#;
+
+#[test]
+fn interfaces_are_checked_each_at_its_own_key() {
+    assert!(
+        report(&format!(
+            "{TWO_ARMED}[[services]]\nname = \"web\"\nvip = \"198.18.0.100\"\nprotocol = \"tcp\"\nports = [80]\n\
+             [[services.pools]]\nname = \"p\"\n{NAT}\n"
+        ))
+        .is_none(),
+        "a backend on the inside link is reachable"
+    );
+    case(
+        "the single-interface keys beside interfaces",
+        &TWO_ARMED.replace(
+            "workers = 1\n",
+            "workers = 1\nmac = @@\"02:00:00:00:00:09\"\n",
+        ),
+        &["each interface's entry"],
+    );
+    case(
+        "two interfaces with one MAC",
+        &TWO_ARMED.replace(
+            "mac = \"02:00:00:00:00:02\"",
+            "mac = @@\"02:00:00:00:00:01\"",
+        ),
+        &["own MAC"],
+    );
+    case(
+        "a route without a gateway of its family",
+        &TWO_ARMED.replace(
+            "on_link = [\"198.18.1.0/24\"]\n",
+            "on_link = [\"198.18.1.0/24\"]\nroutes = [@@\"198.18.128.0/17\"]\n",
+        ),
+        &["gateway"],
+    );
+    case(
+        "an interface name the kernel refuses",
+        &TWO_ARMED.replace("name = \"lbi\"", "name = @@\"lb/inside\""),
+        &["not a valid interface name"],
+    );
+    case(
+        "a backend no interface reaches",
+        &format!(
+            "{TWO_ARMED}[[services]]\nname = \"web\"\nvip = \"198.18.0.100\"\nprotocol = \"tcp\"\nports = [80]\n\
+             [[services.pools]]\nname = \"p\"\nmode = \"nat\"\nbackends = [{{ addr = @@\"198.18.7.10\", port = 8080 }}]\n"
+        ),
+        &["[[dataplane.interfaces]]"],
+    );
+    case(
+        "one interface without a mac",
+        "@@[dataplane]\naddresses = [\"198.18.0.1\"]\n",
+        &["mac"],
+    );
+}

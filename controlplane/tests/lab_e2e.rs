@@ -390,3 +390,96 @@ fn every_mode_with_next_hops_resolved_by_arp_and_neighbor_discovery() {
         exit.output
     );
 }
+
+/// A two-armed balancer: clients on the outside interface (`lbo`, bridge br0), pods on the
+/// inside one (`lbi`, bridge br1); the only way between the two bridges is through `lb run`.
+/// The pods' next hops are resolved by ARP and neighbor discovery on the inside interface,
+/// from our inside addresses.
+fn two_armed_config() -> String {
+    let services = &SERVICES[SERVICES.find("[[services]]").unwrap()..];
+    format!(
+        r#"[dataplane]
+port = "tap"
+workers = 2
+
+[[dataplane.interfaces]]
+name = "lbo"
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.1", "2001:db8::1"]
+
+[[dataplane.interfaces]]
+name = "lbi"
+mac = "02:00:00:00:00:02"
+addresses = ["198.18.1.1", "2001:db8::1:1"]
+on_link = ["198.18.1.0/24", "198.18.2.0/24", "2001:db8::1:0/112", "2001:db8::2:0/112"]
+
+[conntrack]
+capacity = 65536
+{services}"#
+    )
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
+fn two_armed_clients_outside_pods_inside_through_fullnat_and_nat() {
+    testkit::require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let body = two_armed_config();
+    let mut r = start_with("arm", &body);
+    let client = r.lab.client().unwrap();
+    // The first SYN to a pod not yet resolved is dropped while worker 0 probes on the inside
+    // interface; warm both pods up, then require every request to succeed.
+    client
+        .enter_on_thread(|| {
+            for dst in ["198.18.0.100:80", "[2001:db8::100]:80"] {
+                let dst: SocketAddr = dst.parse().unwrap();
+                for i in 0..8 {
+                    let _ = lab::http_get(Some(client_src(dst, i)), dst, Duration::from_secs(3));
+                }
+            }
+        })
+        .unwrap();
+    // fullnat and nat, TCP and UDP, both families: every mode whose replies come back
+    // through the balancer (dsr and dr answer clients directly, which this lab's separate
+    // bridges do not route).
+    pod_modes(&mut r, true);
+    // Owned addresses are per interface: the client (outside) reaches our outside address but
+    // is not answered for the inside one, which the pods use as their gateway.
+    let client = r.lab.client().unwrap();
+    let ping = |dst: &str| {
+        let dst: IpAddr = dst.parse().unwrap();
+        client
+            .enter_on_thread(|| lab::ping(dst, 1, Duration::from_millis(800)))
+            .unwrap()
+    };
+    assert!(ping("198.18.0.1").is_ok(), "our outside address");
+    assert!(
+        ping("198.18.1.1").is_err(),
+        "the inside address answered on the outside"
+    );
+    let neigh = client
+        .run("ip", &["neigh", "show", "198.18.0.100", "dev", "eth0"])
+        .unwrap();
+    assert!(neigh.contains("02:00:00:00:00:01"), "client: {neigh}");
+    let pod = r.lab.ns("pa").unwrap();
+    let neigh = pod
+        .run("ip", &["neigh", "show", "198.18.1.1", "dev", "eth0"])
+        .unwrap();
+    assert!(neigh.contains("02:00:00:00:00:02"), "pod-a: {neigh}");
+    let exit = r.lab.stop_lb().unwrap();
+    let stopped = exit
+        .output
+        .lines()
+        .find(|l| l.contains("stopped"))
+        .unwrap_or("");
+    assert!(
+        stopped.contains("crossed_interfaces=") && !stopped.contains("crossed_interfaces=0"),
+        "{}",
+        exit.output
+    );
+    assert!(
+        stopped.contains("neighbor_probes=") && !stopped.contains("neighbor_probes=0"),
+        "{}",
+        exit.output
+    );
+}

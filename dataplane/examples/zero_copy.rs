@@ -38,6 +38,7 @@ fn table() -> RoutingTable {
         addrs: vec![Addr::v4([198, 18, 0, 1])],
         mtu: 1500,
         snat_ports: (1024, 65535),
+        more: Vec::new(),
     };
     let backends = (0..4u8)
         .map(|i| Backend {

@@ -305,6 +305,8 @@ pub struct NextHop {
     pub hop: Hop,
     /// Our address (same family) that probes come from.
     pub src: Addr,
+    /// The interface it is reached on (probes leave there, with that interface's MAC).
+    pub iface: u8,
 }
 
 /// What a probe is for, so callers can count them.
@@ -355,15 +357,16 @@ impl Resolver {
     }
 
     /// Looks at every next hop of the current table once: records answers, builds due probes
-    /// (at most [`PROBES_PER_TICK`]) and hands each to `tx`, and drops entries whose neighbor
-    /// stopped answering. Call it every few milliseconds from a slow path.
+    /// (at most [`PROBES_PER_TICK`]) from `our_mac(interface)` and hands each to `tx` with the
+    /// interface it leaves on, and drops entries whose neighbor stopped answering. Call it
+    /// every few milliseconds from a slow path.
     pub fn tick(
         &mut self,
         now: Millis,
-        our_mac: [u8; 6],
+        our_mac: &dyn Fn(u8) -> [u8; 6],
         cache: &NeighborCache,
         hops: &[NextHop],
-        tx: &mut dyn FnMut(&[u8], Probe),
+        tx: &mut dyn FnMut(&[u8], Probe, u8),
     ) -> usize {
         let mut sent = 0;
         for nh in hops {
@@ -417,7 +420,8 @@ impl Resolver {
                 Probe::Refresh => Some(mac_of(w)),
                 Probe::Resolve => None,
             };
-            let Some(len) = build_probe(&mut self.buf, our_mac, nh.src, nh.addr, dst_mac) else {
+            let Some(len) = build_probe(&mut self.buf, our_mac(nh.iface), nh.src, nh.addr, dst_mac)
+            else {
                 continue;
             };
             t.last = Some(now);
@@ -431,7 +435,7 @@ impl Resolver {
             self.probes += 1;
             sent += 1;
             if let Some(f) = self.buf.get(..len) {
-                tx(f, probe);
+                tx(f, probe, nh.iface);
             }
         }
         sent
@@ -547,6 +551,7 @@ mod tests {
             addr: a,
             hop: c.bind(a).unwrap(),
             src,
+            iface: 0,
         }
     }
 
@@ -604,7 +609,9 @@ mod tests {
         hops: &[NextHop],
     ) -> Vec<(Vec<u8>, Probe)> {
         let mut out = Vec::new();
-        r.tick(now, OUR, c, hops, &mut |f, p| out.push((f.to_vec(), p)));
+        r.tick(now, &|_| OUR, c, hops, &mut |f, p, _| {
+            out.push((f.to_vec(), p))
+        });
         out
     }
 

@@ -235,6 +235,7 @@ mod tests {
                 addrs: vec![Addr::v4([198, 18, 0, 1])],
                 mtu: 1500,
                 snat_ports,
+                more: Vec::new(),
             },
             vec![
                 svc("full", proto::TCP, 80, Mode::FullNat),

@@ -119,6 +119,8 @@ pub struct Service {
     /// Per backend, its index in [`RoutingTable::next_hops`] when resolved dynamically
     /// ([`NO_HOP`]: the backend's static `mac`); empty when the table has no neighbor cache.
     hops: Vec<u32>,
+    /// Per backend, the interface that reaches it; empty: interface 0 for all.
+    ifaces: Vec<u8>,
 }
 
 /// "Not resolved dynamically": the backend's `mac` is used as given.
@@ -135,6 +137,12 @@ impl Service {
     #[inline]
     pub fn next_hop(&self, i: usize) -> Option<u32> {
         self.hops.get(i).copied().filter(|&h| h != NO_HOP)
+    }
+
+    /// The interface that reaches backend `i` (0 when next hops are not resolved by route).
+    #[inline]
+    pub fn iface(&self, i: usize) -> u8 {
+        self.ifaces.get(i).copied().unwrap_or(0)
     }
 }
 
@@ -170,14 +178,93 @@ impl Prefix {
 pub struct NeighborSpec {
     /// The cache shared by every table generation and the workers (created once at start).
     pub cache: Arc<NeighborCache>,
-    /// Prefixes on our link: a backend inside one is resolved itself.
-    pub on_link: Vec<Prefix>,
-    /// IPv4 gateway for backends off the link.
-    pub gateway_v4: Option<Addr>,
-    /// IPv6 gateway for backends off the link.
-    pub gateway_v6: Option<Addr>,
+    /// What each interface reaches, in interface order (at least one).
+    pub links: Vec<Link>,
     /// Static neighbors (`[[neighbors]]`): never probed, never learned over.
     pub statics: Vec<(Addr, [u8; 6])>,
+}
+
+/// What one interface reaches: its on-link prefixes, and through its gateways either the
+/// prefixes of `routes` or, with no `routes`, everything no other interface claims.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    /// Prefixes on this link: an address inside one is its own next hop here.
+    pub on_link: Vec<Prefix>,
+    /// Prefixes reached through this link's gateway; empty: the gateway is a default route.
+    pub routes: Vec<Prefix>,
+    /// IPv4 gateway.
+    pub gateway_v4: Option<Addr>,
+    /// IPv6 gateway.
+    pub gateway_v6: Option<Addr>,
+}
+
+impl NeighborSpec {
+    /// A one-armed balancer's spec: one link.
+    pub fn one(
+        cache: Arc<NeighborCache>,
+        on_link: Vec<Prefix>,
+        gateway_v4: Option<Addr>,
+        gateway_v6: Option<Addr>,
+        statics: Vec<(Addr, [u8; 6])>,
+    ) -> NeighborSpec {
+        NeighborSpec {
+            cache,
+            links: vec![Link {
+                on_link,
+                routes: Vec::new(),
+                gateway_v4,
+                gateway_v6,
+            }],
+            statics,
+        }
+    }
+
+    /// The route to `a`: the interface that reaches it and its next hop there (`a` itself on
+    /// the link, else a gateway); `None` for the hop when nothing routes it (interface 0, the
+    /// backend's static MAC). Most specific on-link prefix first, then the most specific
+    /// `routes` prefix, then the first link with a default gateway of `a`'s family. A static
+    /// neighbor is on the link whose prefix holds it, else on interface 0.
+    pub fn route(&self, a: Addr, is_static: bool) -> (u8, Option<Addr>) {
+        route(&self.links, a, is_static)
+    }
+}
+
+/// The route to `a` over `links` (see [`NeighborSpec::route`]), for the config's checks too.
+pub fn route(links: &[Link], a: Addr, is_static: bool) -> (u8, Option<Addr>) {
+    {
+        let best = |pick: fn(&Link) -> &[Prefix]| {
+            links
+                .iter()
+                .enumerate()
+                .flat_map(|(i, l)| pick(l).iter().map(move |p| (i, p)))
+                .filter(|(_, p)| p.contains(a))
+                .max_by_key(|(i, p)| (p.len, std::cmp::Reverse(*i)))
+                .map(|(i, _)| i as u8)
+        };
+        let gateway = |l: &Link| {
+            if a.is_v4() {
+                l.gateway_v4
+            } else {
+                l.gateway_v6
+            }
+        };
+        if let Some(i) = best(|l| &l.on_link) {
+            return (i, Some(a));
+        }
+        if is_static {
+            return (0, Some(a));
+        }
+        if let Some(i) = best(|l| &l.routes) {
+            return (i, gateway(&links[usize::from(i)]));
+        }
+        match links
+            .iter()
+            .position(|l| l.routes.is_empty() && gateway(l).is_some())
+        {
+            Some(i) => (i as u8, gateway(&links[i])),
+            None => (0, None),
+        }
+    }
 }
 
 /// What a service is built from (the table computes the rest).
@@ -266,17 +353,72 @@ fn maglev_keys(backends: &[Backend]) -> Vec<MaglevBackend> {
         .collect()
 }
 
-/// The balancer's own L2/L3 identity.
+/// The balancer's own L2/L3 identity: its first interface (`mac`, `addrs`), the others (`more`:
+/// a two-armed or multi-NIC balancer), and what they share.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Local {
-    /// Our MAC address.
+    /// Our MAC address on interface 0.
     pub mac: [u8; 6],
-    /// Addresses we own besides VIPs and SNAT addresses (answer ARP, ND and echo).
+    /// Addresses we own on interface 0 besides VIPs and SNAT addresses (answer ARP, ND and echo).
     pub addrs: Vec<Addr>,
-    /// Largest IP packet we may transmit (the link MTU).
+    /// Largest IP packet we may transmit (the links' MTU).
     pub mtu: u16,
     /// Source ports used for fullnat, split evenly between workers.
     pub snat_ports: (u16, u16),
+    /// Interfaces 1, 2, ... (empty for a one-armed balancer).
+    pub more: Vec<Iface>,
+}
+
+/// One further interface of the balancer ([`Local::more`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Iface {
+    /// Our MAC address on it (distinct from every other interface's: a transmitted frame's
+    /// source MAC says which interface sends it).
+    pub mac: [u8; 6],
+    /// Addresses we own on it besides VIPs and SNAT addresses.
+    pub addrs: Vec<Addr>,
+}
+
+impl Local {
+    /// Number of interfaces.
+    pub fn interfaces(&self) -> usize {
+        1 + self.more.len()
+    }
+
+    /// Our MAC on interface `i` (interface 0's for an index past the end).
+    #[inline]
+    pub fn mac_of(&self, i: u8) -> [u8; 6] {
+        match i {
+            0 => self.mac,
+            i => self
+                .more
+                .get(usize::from(i) - 1)
+                .map_or(self.mac, |f| f.mac),
+        }
+    }
+
+    /// Our own addresses on interface `i` (empty past the end).
+    pub fn addrs_of(&self, i: u8) -> &[Addr] {
+        match i {
+            0 => &self.addrs,
+            i => self
+                .more
+                .get(usize::from(i) - 1)
+                .map_or(&[][..], |f| &f.addrs),
+        }
+    }
+
+    /// The interface whose MAC is `mac`, if any.
+    #[inline]
+    pub fn iface_of_mac(&self, mac: &[u8]) -> Option<u8> {
+        if mac == self.mac {
+            return Some(0);
+        }
+        self.more
+            .iter()
+            .position(|f| f.mac == mac)
+            .map(|i| (i + 1) as u8)
+    }
 }
 
 /// Why a table could not be built.
@@ -386,7 +528,12 @@ impl RoutingTable {
         let mut services = Vec::with_capacity(specs.len());
         let mut vips: HashMap<(Addr, u8, u16), u32, FastHash> =
             HashMap::with_capacity_and_hasher(specs.len(), FastHash::default());
-        let mut owned: HashSet<Addr, FastHash> = local.addrs.iter().copied().collect();
+        let mut owned: HashSet<Addr, FastHash> = local
+            .addrs
+            .iter()
+            .chain(local.more.iter().flat_map(|f| f.addrs.iter()))
+            .copied()
+            .collect();
         owned.reserve(specs.len());
         let mut snat: HashSet<Addr, FastHash> = HashSet::default();
         let mut vip_addrs: HashSet<Addr, FastHash> =
@@ -455,6 +602,7 @@ impl RoutingTable {
                 draining,
                 by_addr,
                 hops: Vec::new(),
+                ifaces: Vec::new(),
             });
         }
         Ok(RoutingTable {
@@ -498,33 +646,33 @@ impl RoutingTable {
         spec: &NeighborSpec,
         statics: &HashMap<Addr, [u8; 6], FastHash>,
     ) -> Result<(), TableError> {
-        let local_addrs = &self.local.addrs;
-        let source = |hop: Addr| -> Option<Addr> {
+        let local = &self.local;
+        let source = |iface: u8, hop: Addr| -> Option<Addr> {
             let same = |a: &&Addr| a.is_v4() == hop.is_v4();
-            // Prefer our address on the hop's own link, else any of its family.
-            local_addrs
-                .iter()
+            let on_link = spec
+                .links
+                .get(usize::from(iface))
+                .map_or(&[][..], |l| &l.on_link);
+            let own = local.addrs_of(iface);
+            // Prefer our address on the hop's own link, else any of its family on that
+            // interface, else any of its family.
+            own.iter()
                 .filter(same)
-                .find(|a| {
-                    spec.on_link
-                        .iter()
-                        .any(|p| p.contains(**a) && p.contains(hop))
+                .find(|a| on_link.iter().any(|p| p.contains(**a) && p.contains(hop)))
+                .or_else(|| own.iter().find(same))
+                .or_else(|| {
+                    (0..local.interfaces() as u8)
+                        .flat_map(|i| local.addrs_of(i))
+                        .find(same)
                 })
-                .or_else(|| local_addrs.iter().find(same))
                 .copied()
         };
         let svc = &mut self.services[idx];
         let mut hops = Vec::with_capacity(svc.backends.len());
+        let mut ifaces = Vec::with_capacity(svc.backends.len());
         for be in &mut svc.backends {
-            let on_link =
-                statics.contains_key(&be.addr) || spec.on_link.iter().any(|p| p.contains(be.addr));
-            let hop = if on_link {
-                Some(be.addr)
-            } else if be.addr.is_v4() {
-                spec.gateway_v4
-            } else {
-                spec.gateway_v6
-            };
+            let (iface, hop) = spec.route(be.addr, statics.contains_key(&be.addr));
+            ifaces.push(iface);
             let Some(hop) = hop else {
                 hops.push(NO_HOP);
                 continue;
@@ -541,12 +689,13 @@ impl RoutingTable {
                         addr: hop,
                         capacity: spec.cache.capacity(),
                     })?;
-                    let src = source(hop).ok_or(TableError::NoProbeSource { addr: hop })?;
+                    let src = source(iface, hop).ok_or(TableError::NoProbeSource { addr: hop })?;
                     let i = self.next_hops.len() as u32;
                     self.next_hops.push(NextHop {
                         addr: hop,
                         hop: h,
                         src,
+                        iface,
                     });
                     self.hop_index.insert(hop, i);
                     i
@@ -555,6 +704,11 @@ impl RoutingTable {
             hops.push(i);
         }
         svc.hops = hops;
+        svc.ifaces = if ifaces.iter().all(|&i| i == 0) {
+            Vec::new()
+        } else {
+            ifaces
+        };
         Ok(())
     }
 
@@ -600,6 +754,17 @@ impl RoutingTable {
     #[inline]
     pub fn owns(&self, a: Addr) -> bool {
         self.owned.contains(&a)
+    }
+
+    /// True for an address we answer ARP and ND for on interface `iface`: VIPs and SNAT
+    /// addresses on every interface, our own addresses on theirs.
+    #[inline]
+    pub fn owns_on(&self, iface: u8, a: Addr) -> bool {
+        self.owns(a)
+            && (self.local.more.is_empty()
+                || self.is_vip(a)
+                || self.is_snat(a)
+                || self.local.addrs_of(iface).contains(&a))
     }
 
     /// Every address we answer for (VIPs, local and SNAT addresses), e.g. for an XDP filter.
@@ -693,6 +858,7 @@ impl RoutingTable {
             svc.stat = stat;
             svc.by_addr = by_addr;
             svc.hops = Vec::new();
+            svc.ifaces = Vec::new();
             if let Some(n) = neighbors.filter(|_| t.neighbors.is_some()) {
                 t.bind_hops(idx, n, &statics)?;
             }
@@ -771,5 +937,92 @@ mod tests {
             len: 128,
         };
         assert!(host.contains(v6(9)) && !host.contains(v6(8)));
+    }
+
+    fn p4(a: [u8; 4], len: u8) -> Prefix {
+        Prefix {
+            addr: Addr::v4(a),
+            len,
+        }
+    }
+
+    #[test]
+    fn the_route_to_an_address_picks_its_interface_and_next_hop() {
+        let gw_out = Addr::v4([198, 18, 0, 254]);
+        let gw_in = Addr::v4([198, 18, 1, 254]);
+        let links = [
+            // Outside: the default route.
+            Link {
+                on_link: vec![p4([198, 18, 0, 0], 24)],
+                gateway_v4: Some(gw_out),
+                ..Link::default()
+            },
+            // Inside: its own net, and 198.18.128.0/17 through its router.
+            Link {
+                on_link: vec![p4([198, 18, 1, 0], 24), p4([198, 18, 1, 128], 25)],
+                routes: vec![p4([198, 18, 128, 0], 17)],
+                gateway_v4: Some(gw_in),
+                ..Link::default()
+            },
+        ];
+        let a = |o: [u8; 4]| Addr::v4(o);
+        // On a link: itself, on that link.
+        assert_eq!(
+            route(&links, a([198, 18, 0, 7]), false),
+            (0, Some(a([198, 18, 0, 7])))
+        );
+        assert_eq!(
+            route(&links, a([198, 18, 1, 7]), false),
+            (1, Some(a([198, 18, 1, 7])))
+        );
+        // Behind the inside router; anything else through the outside default.
+        assert_eq!(route(&links, a([198, 18, 200, 1]), false), (1, Some(gw_in)));
+        assert_eq!(route(&links, a([198, 19, 0, 1]), false), (0, Some(gw_out)));
+        // A static neighbor off every link stays on interface 0, as itself.
+        assert_eq!(
+            route(&links, a([198, 19, 0, 1]), true),
+            (0, Some(a([198, 19, 0, 1])))
+        );
+        // No IPv6 gateway anywhere: nothing routes it.
+        assert_eq!(route(&links, v6(1), false), (0, None));
+        // The most specific on-link prefix wins over an earlier, wider one.
+        let overlap = [
+            Link {
+                on_link: vec![p4([198, 18, 0, 0], 16)],
+                ..Link::default()
+            },
+            Link {
+                on_link: vec![p4([198, 18, 5, 0], 24)],
+                ..Link::default()
+            },
+        ];
+        assert_eq!(route(&overlap, a([198, 18, 5, 9]), false).0, 1);
+        assert_eq!(route(&overlap, a([198, 18, 6, 9]), false).0, 0);
+    }
+
+    #[test]
+    fn interfaces_are_found_by_their_mac() {
+        let local = Local {
+            mac: [2, 0, 0, 0, 0, 1],
+            addrs: vec![Addr::v4([198, 18, 0, 1])],
+            mtu: 1500,
+            snat_ports: (1024, 65535),
+            more: vec![Iface {
+                mac: [2, 0, 0, 0, 0, 2],
+                addrs: vec![Addr::v4([198, 18, 1, 1])],
+            }],
+        };
+        assert_eq!(local.interfaces(), 2);
+        assert_eq!(local.iface_of_mac(&[2, 0, 0, 0, 0, 2]), Some(1));
+        assert_eq!(local.iface_of_mac(&[2, 0, 0, 0, 0, 1]), Some(0));
+        assert_eq!(local.iface_of_mac(&[2, 0, 0, 0, 0, 3]), None);
+        assert_eq!(local.mac_of(1), [2, 0, 0, 0, 0, 2]);
+        assert_eq!(
+            local.mac_of(9),
+            [2, 0, 0, 0, 0, 1],
+            "past the end: interface 0"
+        );
+        assert_eq!(local.addrs_of(1), &[Addr::v4([198, 18, 1, 1])]);
+        assert!(local.addrs_of(2).is_empty());
     }
 }

@@ -1,6 +1,11 @@
 //! Workers: one thread per port queue, pinned to a core, running the loop
 //! receive -> process -> transmit -> slow path (conntrack expiry, table adoption, counters).
 //!
+//! A worker polls one queue of each interface (a two-armed balancer: an outside and an inside
+//! interface). A frame leaves by the interface whose MAC the pipeline wrote as its source (the
+//! route to the backend or the client's arrival interface decided it); a frame that leaves by
+//! another interface than it arrived on is copied into that interface's transmit queue.
+//!
 //! A flow is handled by one worker (see [`crate::steer`]): a frame received by a worker that does not
 //! own its flow is copied into a preallocated buffer and pushed onto the owner's bounded hand-off
 //! queue; the owner processes it and transmits it on its own port. Buffers travel back to the
@@ -35,6 +40,8 @@ use crate::table::RoutingTable;
 pub const BURST: usize = 32;
 /// Size of one hand-off buffer: headroom, the largest frame the ports carry, and some tailroom.
 const SLOT: usize = HEADROOM + 9216 + 64;
+/// Most interfaces a worker polls.
+pub const MAX_INTERFACES: usize = 8;
 /// Handed-off frames processed per loop turn, so a busy peer cannot starve our own port.
 const DRAIN_MAX: usize = 64;
 /// Slow-path period.
@@ -115,6 +122,8 @@ pub struct WorkerStats {
     /// Handed-off frames the pipeline sent to the host: our port cannot inject a foreign frame
     /// into the host's stack, so they are lost.
     pub handoff_to_host_lost: u64,
+    /// Frames transmitted by another interface than they arrived on (copied across).
+    pub crossed: u64,
     /// Receive errors from the port.
     pub rx_errors: u64,
     /// Transmit and flush errors from the port.
@@ -186,6 +195,8 @@ pub fn total(snapshots: &[Snapshot]) -> Counters {
 struct Frame {
     buf: Box<[u8]>,
     len: usize,
+    /// The interface it arrived on.
+    port: u8,
     /// The worker whose pool the buffer returns to.
     from: u16,
 }
@@ -250,6 +261,7 @@ impl Mesh {
                     let f = Frame {
                         buf: vec![0u8; SLOT].into_boxed_slice(),
                         len: 0,
+                        port: 0,
                         from: w as u16,
                     };
                     // Cannot fail: the channel has room for exactly `slots`.
@@ -277,8 +289,9 @@ impl Mesh {
             .collect()
     }
 
-    /// Copies `frame` into one of our buffers and queues it for worker `to`.
-    fn hand_off(&self, to: u16, frame: &[u8]) -> bool {
+    /// Copies `frame` (received on interface `port`) into one of our buffers and queues it for
+    /// worker `to`.
+    fn hand_off(&self, to: u16, frame: &[u8], port: u8) -> bool {
         let Some(peer) = self.peers.get(usize::from(to)) else {
             return false;
         };
@@ -291,6 +304,7 @@ impl Mesh {
             dst.copy_from_slice(src);
         }
         f.len = len;
+        f.port = port;
         match peer.inbound.try_send(f) {
             Ok(()) => {
                 // Dekker with `Worker::sleep`: either the owner sees `queued` or we see it asleep.
@@ -316,12 +330,14 @@ impl Mesh {
     }
 }
 
-/// One dataplane worker: its port, its flow state, and its end of the hand-off mesh.
+/// One dataplane worker: its ports (one queue of each interface), its flow state, and its end
+/// of the hand-off mesh.
 pub struct Worker {
     id: u16,
     workers: u16,
     state: WorkerState,
-    port: Box<dyn Port>,
+    /// Interface `i`'s queue is `ports[i]`.
+    ports: Vec<Box<dyn Port>>,
     table: Arc<ArcSwap<RoutingTable>>,
     idle: IdlePolicy,
     stop: Arc<AtomicBool>,
@@ -352,25 +368,58 @@ pub fn build_workers(
     table: Arc<ArcSwap<RoutingTable>>,
     cfg: &WorkerConfig,
 ) -> io::Result<Vec<Worker>> {
-    let n = ports.len();
+    build_workers_on(vec![ports], table, cfg)
+}
+
+/// [`build_workers`] for several interfaces: `interfaces[k]` are interface `k`'s queues, one per
+/// worker (worker `i` polls `interfaces[k][i]` of every `k`), in the order of the table's
+/// interfaces ([`crate::table::Local::mac_of`]).
+pub fn build_workers_on(
+    interfaces: Vec<Vec<Box<dyn Port>>>,
+    table: Arc<ArcSwap<RoutingTable>>,
+    cfg: &WorkerConfig,
+) -> io::Result<Vec<Worker>> {
+    let n = interfaces.first().map_or(0, Vec::len);
     if n == 0 || n > usize::from(u16::MAX - 1) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{n} ports: need between 1 and 65534 workers"),
         ));
     }
+    if interfaces.len() > MAX_INTERFACES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} interfaces: at most {MAX_INTERFACES}", interfaces.len()),
+        ));
+    }
+    if let Some(q) = interfaces.iter().find(|q| q.len() != n) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} queues on one interface, {n} on the first: every interface needs one per worker",
+                q.len()
+            ),
+        ));
+    }
+    // Transposed: worker i gets queue i of every interface.
+    let mut per_worker: Vec<Vec<Box<dyn Port>>> = (0..n).map(|_| Vec::new()).collect();
+    for queues in interfaces {
+        for (w, q) in per_worker.iter_mut().zip(queues) {
+            w.push(q);
+        }
+    }
     let meshes = Mesh::build(n, cfg.handoff_slots);
     let first = table.load();
     let steer = Steer::new(&first);
-    Ok(ports
+    Ok(per_worker
         .into_iter()
         .zip(meshes)
         .enumerate()
-        .map(|(i, (port, mesh))| Worker {
+        .map(|(i, (ports, mesh))| Worker {
             id: i as u16,
             workers: n as u16,
             state: WorkerState::new(i as u16, n as u16, cfg.conntrack),
-            port,
+            ports,
             table: table.clone(),
             idle: cfg.idle,
             stop: Arc::new(AtomicBool::new(false)),
@@ -424,7 +473,7 @@ impl Worker {
             id,
             workers,
             state,
-            port,
+            ports,
             steer,
             mesh,
             stats,
@@ -432,29 +481,63 @@ impl Worker {
         } = self;
         let (id, workers) = (*id, *workers);
         let t: &RoutingTable = &table;
-        let rx = port.rx_batch(BURST, &mut |pkts, verdicts| {
-            // The fast path forwards packets of this worker's established flows (a flow is
-            // tracked only by its owner, so a hit needs no steering); the rest are steered.
-            process_burst_with(state, t, now, pkts, verdicts, |state, pkt, seen| {
-                // One parse per frame serves both steering and the pipeline.
-                let parsed = parse_after(pkt.data(), seen);
-                let owner = steer.owner_parsed(t, pkt.data(), &parsed, workers);
-                if owner == ANY || owner == id || owner >= workers {
-                    return process_parsed_as(state, t, now, pkt, parsed, seen);
+        // With one interface every frame leaves where it arrived: no source MAC is read.
+        let multi = ports.len() > 1;
+        let mut rx = 0;
+        for i in 0..ports.len() {
+            let (before, rest) = ports.split_at_mut(i);
+            let Some((port, after)) = rest.split_first_mut() else {
+                break;
+            };
+            let here = i as u8;
+            state.rx_port = here;
+            let got = port.rx_batch(BURST, &mut |pkts, verdicts| {
+                // The fast path forwards packets of this worker's established flows (a flow is
+                // tracked only by its owner, so a hit needs no steering); the rest are steered.
+                process_burst_with(state, t, now, pkts, verdicts, |state, pkt, seen| {
+                    // One parse per frame serves both steering and the pipeline.
+                    let parsed = parse_after(pkt.data(), seen);
+                    let owner = steer.owner_parsed(t, pkt.data(), &parsed, workers);
+                    if owner == ANY || owner == id || owner >= workers {
+                        return process_parsed_as(state, t, now, pkt, parsed, seen);
+                    }
+                    if mesh.hand_off(owner, pkt.data(), here) {
+                        stats.handed_off += 1;
+                    } else {
+                        stats.handoff_full += 1;
+                        state.counters.drops[DropReason::HandoffFull as usize] += 1;
+                    }
+                    HANDED_OFF
+                });
+                if multi {
+                    for (pkt, v) in pkts.iter().zip(verdicts.iter_mut()) {
+                        if *v != Verdict::Tx {
+                            continue;
+                        }
+                        let Some(out) = egress(t, pkt.data(), here) else {
+                            continue;
+                        };
+                        let other = if out < here {
+                            before.get_mut(usize::from(out))
+                        } else {
+                            after.get_mut(usize::from(out - here - 1))
+                        };
+                        if let Some(other) = other {
+                            if other.tx_frame(pkt.data()).is_err() {
+                                stats.tx_errors += 1;
+                            }
+                            stats.crossed += 1;
+                        }
+                        // Sent (or lost) elsewhere: this port recycles the buffer.
+                        *v = HANDED_OFF;
+                    }
                 }
-                if mesh.hand_off(owner, pkt.data()) {
-                    stats.handed_off += 1;
-                } else {
-                    stats.handoff_full += 1;
-                    state.counters.drops[DropReason::HandoffFull as usize] += 1;
-                }
-                HANDED_OFF
-            })
-        });
-        let rx = rx.unwrap_or_else(|_| {
-            stats.rx_errors += 1;
-            0
-        });
+            });
+            rx += got.unwrap_or_else(|_| {
+                stats.rx_errors += 1;
+                0
+            });
+        }
         let mut drained = 0;
         while drained < DRAIN_MAX {
             let Ok(mut f) = mesh.inbound.try_recv() else {
@@ -464,10 +547,22 @@ impl Worker {
             drained += 1;
             stats.handoff_received += 1;
             let len = f.len.min(SLOT - HEADROOM);
+            state.rx_port = f.port;
             let mut pkt = PacketBuf::new(&mut f.buf, HEADROOM, len);
             match process(state, &table, now, &mut pkt) {
                 Verdict::Tx => {
-                    if port.tx_frame(pkt.data()).is_err() {
+                    let out = if multi {
+                        egress(t, pkt.data(), f.port).unwrap_or(f.port)
+                    } else {
+                        0
+                    };
+                    if out != f.port {
+                        stats.crossed += 1;
+                    }
+                    let sent = ports
+                        .get_mut(usize::from(out))
+                        .map(|port| port.tx_frame(pkt.data()));
+                    if !matches!(sent, Some(Ok(_))) {
                         stats.tx_errors += 1;
                     }
                 }
@@ -479,8 +574,10 @@ impl Worker {
             }
             mesh.recycle(f);
         }
-        if port.flush().is_err() {
-            stats.tx_errors += 1;
+        for port in ports.iter_mut() {
+            if port.flush().is_err() {
+                stats.tx_errors += 1;
+            }
         }
         drop(table);
         if now >= self.next_slow {
@@ -502,7 +599,8 @@ impl Worker {
         work
     }
 
-    /// Runs the neighbor resolver and transmits its ARP/ND probes on this worker's port. Only
+    /// Runs the neighbor resolver and transmits its ARP/ND probes on this worker's queue of each
+    /// next hop's interface. Only
     /// worker 0 does this: one resolver sees every next hop once, its probes leave through a port
     /// that is polled anyway, and answers are learned by whichever worker receives them (the
     /// cache is shared). The table is loaded here and released before returning, like a burst's.
@@ -523,23 +621,28 @@ impl Worker {
         let Some(r) = self.resolver.as_mut() else {
             return;
         };
-        let (port, stats) = (&mut self.port, &mut self.stats);
+        let (ports, stats) = (&mut self.ports, &mut self.stats);
         let expired = r.expired;
         let sent = r.tick(
             now,
-            table.local.mac,
+            &|i| table.local.mac_of(i),
             cache,
             table.next_hops(),
-            &mut |f, _| {
-                if port.tx_frame(f).is_err() {
+            &mut |f, _, iface| {
+                let sent = ports.get_mut(usize::from(iface)).map(|p| p.tx_frame(f));
+                if !matches!(sent, Some(Ok(_))) {
                     stats.tx_errors += 1;
                 }
             },
         );
         stats.neighbor_probes += sent as u64;
         stats.neighbor_expired += r.expired - expired;
-        if sent > 0 && port.flush().is_err() {
-            stats.tx_errors += 1;
+        if sent > 0 {
+            for port in ports.iter_mut() {
+                if port.flush().is_err() {
+                    stats.tx_errors += 1;
+                }
+            }
         }
     }
 
@@ -551,7 +654,17 @@ impl Worker {
     }
 
     fn snapshot_at(&self, now: Millis) -> Snapshot {
-        let port = self.port.stats();
+        let port = self
+            .ports
+            .iter()
+            .map(|p| p.stats())
+            .fold(PortStats::default(), |a, b| PortStats {
+                rx: a.rx + b.rx,
+                tx: a.tx + b.tx,
+                tx_dropped: a.tx_dropped + b.tx_dropped,
+                rx_dropped: a.rx_dropped + b.rx_dropped,
+                to_host: a.to_host + b.to_host,
+            });
         let mut counters = self.state.counters.clone();
         // The port keeps its own loss counters (cumulative): `lb_drops_total` shows them too.
         counters.drops[DropReason::TxFailed as usize] = port.tx_dropped;
@@ -602,12 +715,27 @@ impl Worker {
         fence(Ordering::SeqCst);
         if wake.queued.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::SeqCst) {
             self.stats.sleeps += 1;
-            let fds = [self.port.wait_fd(), wake.fd.as_ref().map(|f| f.as_raw_fd())];
+            let mut fds = [None; MAX_INTERFACES + 1];
+            fds[0] = wake.fd.as_ref().map(|f| f.as_raw_fd());
+            for (slot, port) in fds[1..].iter_mut().zip(&self.ports) {
+                *slot = port.wait_fd();
+            }
             wait(&fds, max);
         }
         wake.sleeping.store(false, Ordering::SeqCst);
         wake.clear();
     }
+}
+
+/// The interface a frame the pipeline answered `Tx` leaves by, when it is not `here` (where it
+/// arrived): the one whose MAC the pipeline wrote as the frame's source. `None`: `here`.
+#[inline]
+fn egress(table: &RoutingTable, frame: &[u8], here: u8) -> Option<u8> {
+    let src = frame.get(6..12)?;
+    if src == table.local.mac_of(here) {
+        return None;
+    }
+    table.local.iface_of_mac(src).filter(|&i| i != here)
 }
 
 pub use crate::port::sys::pin_to_core;
@@ -710,7 +838,16 @@ pub fn spawn_workers(
     table: Arc<ArcSwap<RoutingTable>>,
     cfg: WorkerConfig,
 ) -> io::Result<Vec<WorkerHandle>> {
-    let workers = build_workers(ports, table, &cfg)?;
+    spawn_workers_on(vec![ports], table, cfg)
+}
+
+/// [`spawn_workers`] for several interfaces (see [`build_workers_on`]).
+pub fn spawn_workers_on(
+    interfaces: Vec<Vec<Box<dyn Port>>>,
+    table: Arc<ArcSwap<RoutingTable>>,
+    cfg: WorkerConfig,
+) -> io::Result<Vec<WorkerHandle>> {
+    let workers = build_workers_on(interfaces, table, &cfg)?;
     let mut handles = Vec::with_capacity(workers.len());
     for w in workers {
         let id = w.id;
@@ -718,7 +855,12 @@ pub fn spawn_workers(
         let (pinned_tx, pinned_rx) = sync_channel(1);
         let mut h = WorkerHandle {
             id,
-            port: w.port.name(),
+            port: w
+                .ports
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(","),
             core,
             pin_error: None,
             stop: w.stop.clone(),
@@ -767,18 +909,18 @@ mod tests {
     fn handoff_buffers_return_to_their_pool() {
         let meshes = Mesh::build(2, 2);
         // Worker 0 can hand off exactly its two buffers before worker 1 processes anything.
-        assert!(meshes[0].hand_off(1, &[1u8; 60]));
-        assert!(meshes[0].hand_off(1, &[2u8; 60]));
-        assert!(!meshes[0].hand_off(1, &[3u8; 60]));
+        assert!(meshes[0].hand_off(1, &[1u8; 60], 0));
+        assert!(meshes[0].hand_off(1, &[2u8; 60], 0));
+        assert!(!meshes[0].hand_off(1, &[3u8; 60], 0));
         assert_eq!(meshes[1].wake.queued.load(Ordering::SeqCst), 2);
         let f = meshes[1].inbound.try_recv().unwrap();
         assert_eq!((f.from, f.len, f.buf[HEADROOM]), (0, 60, 1));
         meshes[1].recycle(f);
-        assert!(meshes[0].hand_off(1, &[4u8; 60]));
+        assert!(meshes[0].hand_off(1, &[4u8; 60], 0));
         // A frame larger than a buffer is cut, not a panic.
         let big = vec![7u8; SLOT * 2];
         let meshes = Mesh::build(2, 1);
-        assert!(meshes[1].hand_off(0, &big));
+        assert!(meshes[1].hand_off(0, &big, 0));
         assert_eq!(meshes[0].inbound.try_recv().unwrap().len, SLOT - HEADROOM);
     }
 
@@ -809,6 +951,7 @@ mod tests {
                     addrs: vec![],
                     mtu: 1500,
                     snat_ports: (1024, 65535),
+                    more: Vec::new(),
                 },
                 vec![],
             )
@@ -863,6 +1006,7 @@ mod tests {
             addrs: vec![Addr::v4([198, 18, 0, 1])],
             mtu: 1500,
             snat_ports: (1024, 65535),
+            more: Vec::new(),
         };
         let t = Arc::new(ArcSwap::from_pointee(
             RoutingTable::new(1, local, vec![spec]).unwrap(),

@@ -86,6 +86,7 @@ fn table(generation: u64, live: Vec<ServiceSpec>, draining: Vec<ServiceSpec>) ->
         addrs: vec![Addr::v4([198, 18, 0, 1])],
         mtu: 1500,
         snat_ports: (1024, 65535),
+        more: Vec::new(),
     };
     RoutingTable::build_with_draining(
         generation,

@@ -40,6 +40,7 @@ fn table(vip: Addr, snat: Addr, backend: Addr, cache: &Arc<NeighborCache>) -> Ro
             addrs: vec![Addr::v4(LB4), Addr::v6(v6(0, 1))],
             mtu: 1500,
             snat_ports: (1024, 65535),
+            more: Vec::new(),
         },
         vec![ServiceSpec {
             stat: None,
@@ -69,9 +70,9 @@ fn table(vip: Addr, snat: Addr, backend: Addr, cache: &Arc<NeighborCache>) -> Ro
         }],
     )
     .unwrap();
-    t.set_neighbors(NeighborSpec {
-        cache: cache.clone(),
-        on_link: vec![
+    t.set_neighbors(NeighborSpec::one(
+        cache.clone(),
+        vec![
             Prefix {
                 addr: Addr::v4([198, 18, 0, 0]),
                 len: 16,
@@ -81,10 +82,10 @@ fn table(vip: Addr, snat: Addr, backend: Addr, cache: &Arc<NeighborCache>) -> Ro
                 len: 32,
             },
         ],
-        gateway_v4: None,
-        gateway_v6: None,
-        statics: vec![],
-    })
+        None,
+        None,
+        vec![],
+    ))
     .unwrap();
     t
 }

@@ -212,9 +212,9 @@ fn syns_the_backend_never_answered_are_counted_when_the_flow_expires() {
 fn neighbor_table(generation: u64) -> (RoutingTable, std::sync::Arc<NeighborCache>) {
     let cache = std::sync::Arc::new(NeighborCache::new(64));
     let mut t = sample::table(generation, 2);
-    t.set_neighbors(NeighborSpec {
-        cache: cache.clone(),
-        on_link: vec![
+    t.set_neighbors(NeighborSpec::one(
+        cache.clone(),
+        vec![
             Prefix {
                 addr: Addr::v4([198, 18, 0, 0]),
                 len: 16,
@@ -224,10 +224,10 @@ fn neighbor_table(generation: u64) -> (RoutingTable, std::sync::Arc<NeighborCach
                 len: 32,
             },
         ],
-        gateway_v4: None,
-        gateway_v6: None,
-        statics: vec![],
-    })
+        None,
+        None,
+        vec![],
+    ))
     .unwrap();
     (t, cache)
 }

@@ -15,10 +15,10 @@ fn next_hops_are_the_backend_on_link_the_gateway_off_link_and_statics_stay_stati
     let cache = Arc::new(NeighborCache::new(16));
     let mut t = sample::table(1, 2);
     let gw4 = Addr::v4([198, 18, 0, 254]);
-    t.set_neighbors(NeighborSpec {
-        cache: cache.clone(),
+    t.set_neighbors(NeighborSpec::one(
+        cache.clone(),
         // Only the fullnat backends' net (198.18.1.0/24) and our own net are on the link.
-        on_link: vec![
+        vec![
             Prefix {
                 addr: Addr::v4([198, 18, 1, 0]),
                 len: 24,
@@ -28,11 +28,11 @@ fn next_hops_are_the_backend_on_link_the_gateway_off_link_and_statics_stay_stati
                 len: 24,
             },
         ],
-        gateway_v4: Some(gw4),
-        gateway_v6: None,
+        Some(gw4),
+        None,
         // One static backend on the nat net, which makes it on-link.
-        statics: vec![(Addr::v4([198, 18, 3, 10]), [2, 0, 0, 0, 0xee, 0xee])],
-    })
+        vec![(Addr::v4([198, 18, 3, 10]), [2, 0, 0, 0, 0xee, 0xee])],
+    ))
     .unwrap();
     let hop_addr = |svc: usize, b: usize| {
         let s = &t.services[svc];
@@ -58,16 +58,16 @@ fn next_hops_are_the_backend_on_link_the_gateway_off_link_and_statics_stay_stati
     assert_eq!(s6.backends[0].mac, [2, 0, 0, 0, 6, 10]);
     // Slots are shared by table generations: a rebuilt table binds the same ones.
     let mut t2 = sample::table(2, 2);
-    t2.set_neighbors(NeighborSpec {
-        cache: cache.clone(),
-        on_link: vec![Prefix {
+    t2.set_neighbors(NeighborSpec::one(
+        cache.clone(),
+        vec![Prefix {
             addr: Addr::v4([198, 18, 1, 0]),
             len: 24,
         }],
-        gateway_v4: Some(gw4),
-        gateway_v6: None,
-        statics: vec![],
-    })
+        Some(gw4),
+        None,
+        vec![],
+    ))
     .unwrap();
     for nh in t2.next_hops() {
         assert_eq!(t.next_hop_by_addr(nh.addr).map(|h| h.hop), Some(nh.hop));
@@ -78,16 +78,16 @@ fn next_hops_are_the_backend_on_link_the_gateway_off_link_and_statics_stay_stati
 fn a_full_cache_or_no_source_address_is_an_error_naming_the_next_hop() {
     let mut t = sample::table(1, 3);
     let err = t
-        .set_neighbors(NeighborSpec {
-            cache: Arc::new(NeighborCache::new(2)),
-            on_link: vec![Prefix {
+        .set_neighbors(NeighborSpec::one(
+            Arc::new(NeighborCache::new(2)),
+            vec![Prefix {
                 addr: Addr::v4([198, 18, 1, 0]),
                 len: 24,
             }],
-            gateway_v4: None,
-            gateway_v6: None,
-            statics: vec![],
-        })
+            None,
+            None,
+            vec![],
+        ))
         .unwrap_err();
     assert!(err.to_string().contains("198.18.1.12"), "{err}");
     // An IPv6 backend, but only IPv4 addresses of ours to probe from.
@@ -98,6 +98,7 @@ fn a_full_cache_or_no_source_address_is_an_error_naming_the_next_hop() {
             addrs: vec![Addr::v4([198, 18, 0, 1])],
             mtu: 1500,
             snat_ports: (1024, 65535),
+            more: Vec::new(),
         },
         vec![ServiceSpec {
             name: "six".into(),
@@ -128,13 +129,13 @@ fn a_full_cache_or_no_source_address_is_an_error_naming_the_next_hop() {
     )
     .unwrap();
     let err = t
-        .set_neighbors(NeighborSpec {
-            cache: Arc::new(NeighborCache::new(2)),
-            on_link: vec![],
-            gateway_v4: None,
-            gateway_v6: Some(v6(1)),
-            statics: vec![],
-        })
+        .set_neighbors(NeighborSpec::one(
+            Arc::new(NeighborCache::new(2)),
+            vec![],
+            None,
+            Some(v6(1)),
+            vec![],
+        ))
         .unwrap_err();
     assert!(
         matches!(err, TableError::NoProbeSource { addr } if addr == v6(1)),

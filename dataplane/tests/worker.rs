@@ -47,6 +47,7 @@ fn table(generation: u64, backends: &[u8]) -> RoutingTable {
             addrs: vec![Addr::v4([198, 18, 0, 1])],
             mtu: 1500,
             snat_ports: (1024, 65535),
+            more: Vec::new(),
         },
         vec![ServiceSpec {
             stat: None,
@@ -415,4 +416,143 @@ fn every_worker_reports_a_new_table_quickly_and_keeps_no_reference_to_the_old_on
     eprintln!("reload to 3 woken workers (5 s sleeps): {took:?}");
     assert_eq!(Arc::strong_count(&old), 1);
     stop_all(handles);
+}
+
+/// Our MAC on the inside interface of the two-interface tests.
+const LB_MAC_IN: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+/// [`table`] for a two-armed balancer: interface 0 (outside, `LB_MAC`) and interface 1 (inside,
+/// `LB_MAC_IN`, owning 198.18.1.1), the backends on the inside link with static MACs.
+fn two_armed_table() -> RoutingTable {
+    use dataplane::neighbor::NeighborCache;
+    use dataplane::table::{Iface, Link, NeighborSpec, Prefix};
+    let mut t = table(1, &[10, 11]);
+    t.local.more = vec![Iface {
+        mac: LB_MAC_IN,
+        addrs: vec![Addr::v4([198, 18, 1, 1])],
+    }];
+    let mut t = RoutingTable::new(
+        1,
+        t.local.clone(),
+        vec![ServiceSpec {
+            stat: None,
+            name: "web".into(),
+            vip: Addr::v4(VIP),
+            proto: proto::TCP,
+            port_lo: 80,
+            port_hi: 80,
+            affinity: Affinity::None,
+            table_size: 251,
+            pools: t.services[0].pools.clone(),
+            backends: vec![backend(10), backend(11)],
+        }],
+    )
+    .unwrap();
+    t.set_neighbors(NeighborSpec {
+        cache: Arc::new(NeighborCache::new(16)),
+        links: vec![
+            Link::default(),
+            Link {
+                on_link: vec![Prefix {
+                    addr: Addr::v4([198, 18, 1, 0]),
+                    len: 24,
+                }],
+                ..Link::default()
+            },
+        ],
+        statics: [10u8, 11]
+            .iter()
+            .map(|&b| (Addr::v4([198, 18, 1, b]), [2, 0, 0, 0, 1, b]))
+            .collect(),
+    })
+    .unwrap();
+    t
+}
+
+/// An ARP request from `sha`/`spa` for `tpa`.
+fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0u8; 42];
+    wire::write_eth(&mut f, [0xff; 6], sha, None, wire::ETHERTYPE_ARP).unwrap();
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&sha);
+    f[28..32].copy_from_slice(&spa);
+    f[38..42].copy_from_slice(&tpa);
+    f
+}
+
+#[test]
+fn two_interfaces_clients_outside_backends_inside_and_replies_back_out() {
+    let _g = serial();
+    let t = Arc::new(ArcSwap::from_pointee(two_armed_table()));
+    // Two workers, each polling one queue of each interface.
+    let outside = [SharedPort::new(), SharedPort::new()];
+    let inside = [SharedPort::new(), SharedPort::new()];
+    let queues = |ports: &[SharedPort]| -> Vec<Box<dyn Port>> {
+        ports
+            .iter()
+            .map(|p| Box::new(p.clone()) as Box<dyn Port>)
+            .collect()
+    };
+    let mut cfg = WorkerConfig::new(ct());
+    cfg.idle = LONG_SLEEP;
+    let handles = dataplane::worker::spawn_workers_on(
+        vec![queues(&outside), queues(&inside)],
+        t.clone(),
+        cfg,
+    )
+    .unwrap();
+    const N: u32 = 100;
+
+    // Requests arrive outside and leave inside, from our inside MAC to the backends' MACs.
+    outside[0].push((0..N).map(|i| {
+        let (c, cp) = client(i);
+        tcp(c, VIP, cp, 80, Flags::Syn)
+    }));
+    let fwd = collect(&inside, N as usize, Duration::from_secs(3));
+    assert_eq!(fwd.len(), N as usize, "SYNs forwarded inside");
+    assert!(collect(&outside, 1, Duration::from_millis(50)).is_empty());
+    let replies: Vec<Vec<u8>> = fwd
+        .iter()
+        .map(|f| {
+            assert_eq!(&f[6..12], &LB_MAC_IN, "source MAC of the inside interface");
+            assert!(f[..6] == [2, 0, 0, 0, 1, 10] || f[..6] == [2, 0, 0, 0, 1, 11]);
+            let p = wire::parse(f).unwrap();
+            tcp(
+                octets(p.dst),
+                octets(p.src),
+                p.dport,
+                p.sport,
+                Flags::SynAck,
+            )
+        })
+        .collect();
+    // Replies arrive inside, on worker 1's queue (half belong to worker 0: handed over), and
+    // leave outside to the client's MAC from our outside MAC.
+    inside[1].push(replies);
+    let back = collect(&outside, N as usize, Duration::from_secs(3));
+    assert_eq!(back.len(), N as usize, "replies sent outside");
+    assert!(collect(&inside, 1, Duration::from_millis(50)).is_empty());
+    for f in &back {
+        assert_eq!((&f[..6], &f[6..12]), (&CLIENT_MAC[..], &LB_MAC[..]));
+        let p = wire::parse(f).unwrap();
+        assert_eq!((p.src, p.sport), (Addr::v4(VIP), 80));
+    }
+
+    // Our inside address is answered inside only; the VIP on both interfaces.
+    let asker = [2, 0, 0, 0, 7, 7];
+    outside[0].push([arp_request(asker, [198, 18, 0, 9], [198, 18, 1, 1])]);
+    inside[0].push([arp_request(asker, [198, 18, 1, 9], [198, 18, 1, 1])]);
+    outside[1].push([arp_request(asker, [198, 18, 0, 9], VIP)]);
+    let answered_in = collect(&inside, 1, Duration::from_secs(2));
+    let answered_out = collect(&outside, 1, Duration::from_secs(2));
+    assert_eq!(answered_in.len(), 1, "inside address, asked inside");
+    assert_eq!(&answered_in[0][22..28], &LB_MAC_IN, "ARP sender MAC");
+    assert_eq!(answered_out.len(), 1, "only the VIP is answered outside");
+    assert_eq!(&answered_out[0][28..32], &VIP, "the answer is for the VIP");
+    assert_eq!(&answered_out[0][22..28], &LB_MAC);
+
+    let snaps = stop_all(handles);
+    let crossed: u64 = snaps.iter().map(|s| s.stats.crossed).sum();
+    assert_eq!(crossed, 2 * u64::from(N), "every forwarded frame crossed");
+    assert!(snaps.iter().map(|s| s.stats.handed_off).sum::<u64>() > 0);
 }

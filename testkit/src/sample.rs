@@ -48,6 +48,7 @@ pub fn table_of(generation: u64, backends: &[(u8, u32)]) -> RoutingTable {
         ],
         mtu: 1500,
         snat_ports: (1024, 65535),
+        more: Vec::new(),
     };
     let mk = |net: u8, pool: u16| -> Vec<Backend> {
         backends

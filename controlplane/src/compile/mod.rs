@@ -22,7 +22,7 @@ use std::path::Path;
 
 use dataplane::conntrack;
 use dataplane::flow::Addr;
-use dataplane::table::{Local, MaglevCache, ServiceSpec, TableError};
+use dataplane::table::{Iface, Local, MaglevCache, ServiceSpec, TableError};
 use dataplane::RoutingTable;
 
 pub use check::{check_file, check_file_on, check_str};
@@ -56,10 +56,12 @@ pub struct Compiled {
 /// The dataplane run settings of `[dataplane]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunSettings {
-    /// Kind of packet port.
+    /// Kind of packet port (of the first interface).
     pub port: config::PortKind,
-    /// Interface name.
+    /// Interface name (of the first interface).
     pub interface: String,
+    /// Every interface served, in order: name and port kind (the first is `interface`).
+    pub interfaces: Vec<(String, config::PortKind)>,
     /// Core of each worker, one per worker.
     pub cores: Vec<usize>,
     /// Idle policy.
@@ -139,11 +141,21 @@ pub fn compile_with(
     for svc in &draining.services {
         drained.extend(service::specs(cfg, svc, &macs, ctx, true));
     }
+    let links = dp.links();
+    let addrs = |l: &config::Link| l.addresses.iter().map(|a| Addr::from(*a)).collect();
     let local = Local {
-        mac: dp.mac.0,
-        addrs: dp.addresses.iter().map(|a| Addr::from(*a)).collect(),
+        mac: links.first().map_or([0; 6], |l| l.mac.0),
+        addrs: links.first().map(addrs).unwrap_or_default(),
         mtu: dp.mtu,
         snat_ports: (dp.snat_ports.lo, dp.snat_ports.hi),
+        more: links
+            .iter()
+            .skip(1)
+            .map(|l| Iface {
+                mac: l.mac.0,
+                addrs: addrs(l),
+            })
+            .collect(),
     };
     let table = RoutingTable::build_with_draining(generation, local, specs, drained, ctx.cache)?;
     Ok(Compiled {
@@ -170,9 +182,11 @@ pub fn service_specs(cfg: &Config, idxs: &[usize], ctx: &mut Context<'_>) -> Vec
 
 /// Port, interface and cores; every worker gets a core (0, 1, ... when none are listed).
 fn run_settings(dp: &config::Dataplane) -> RunSettings {
+    let links = dp.links();
     RunSettings {
-        port: dp.port,
-        interface: dp.interface.clone(),
+        port: links.first().map_or(dp.port, |l| l.port),
+        interface: dp.interface_name().to_string(),
+        interfaces: links.into_iter().map(|l| (l.name, l.port)).collect(),
         cores: dp
             .cores
             .clone()

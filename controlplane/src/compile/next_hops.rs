@@ -5,41 +5,37 @@ use std::sync::Arc;
 
 use dataplane::flow::Addr;
 use dataplane::neighbor::NeighborCache;
-use dataplane::table::{NeighborSpec, Prefix, TableError};
+use dataplane::table::{Link, NeighborSpec, TableError};
 
 use super::Compiled;
-use crate::config::Config;
+use crate::config::{self, Config};
 
 /// Next-hop addresses the neighbor cache holds at most (backends on the link plus gateways).
 pub const NEIGHBOR_SLOTS: usize = 16_384;
 
-/// How backends' next hops are resolved: `[dataplane] on_link` and `gateway`, and the static MACs
-/// (`[[neighbors]]`, `gateway_mac` for the gateways).
+/// How backends' next hops are resolved: each interface's `on_link`, `gateway` and `routes`
+/// (`[dataplane]`'s own for one interface), and the static MACs (`[[neighbors]]`, `gateway_mac`
+/// for the gateways).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NextHops {
-    /// Prefixes on our link: a backend inside one is its own next hop.
-    pub on_link: Vec<Prefix>,
-    /// IPv4 gateway for backends off the link.
-    pub gateway_v4: Option<Addr>,
-    /// IPv6 gateway for backends off the link.
-    pub gateway_v6: Option<Addr>,
+    /// What each interface reaches, in interface order.
+    pub links: Vec<Link>,
     /// Addresses whose MAC is configured: never probed.
     pub statics: Vec<(Addr, [u8; 6])>,
 }
 
 impl NextHops {
-    /// The next hops of `cfg`; `None` when it resolves none (no `on_link`, no `gateway`).
+    /// The next hops of `cfg`; `None` when it resolves none (no `on_link`, no `gateway` on any
+    /// interface).
     pub fn of(cfg: &Config) -> Option<NextHops> {
         let dp = &cfg.dataplane;
-        if dp.on_link.is_empty() && dp.gateway.is_empty() {
+        let links = dp.links();
+        if links
+            .iter()
+            .all(|l| l.on_link.is_empty() && l.gateway.is_empty())
+        {
             return None;
         }
-        let gateway = |v4: bool| {
-            dp.gateway
-                .iter()
-                .find(|g| g.is_ipv4() == v4)
-                .map(|g| Addr::from(*g))
-        };
         let mut statics: Vec<(Addr, [u8; 6])> = cfg
             .neighbors
             .iter()
@@ -47,12 +43,15 @@ impl NextHops {
             .collect();
         // A gateway with a configured MAC is a static neighbor too.
         if let Some(mac) = dp.gateway_mac {
-            statics.extend(dp.gateway.iter().map(|g| (Addr::from(*g), mac.0)));
+            statics.extend(
+                links
+                    .iter()
+                    .flat_map(|l| l.gateway.iter())
+                    .map(|g| (Addr::from(*g), mac.0)),
+            );
         }
         Some(NextHops {
-            on_link: dp.on_link.iter().map(|p| p.to_table()).collect(),
-            gateway_v4: gateway(true),
-            gateway_v6: gateway(false),
+            links: links.iter().map(config::Link::to_table).collect(),
             statics,
         })
     }
@@ -61,9 +60,7 @@ impl NextHops {
     pub fn spec(&self, cache: Arc<NeighborCache>) -> NeighborSpec {
         NeighborSpec {
             cache,
-            on_link: self.on_link.clone(),
-            gateway_v4: self.gateway_v4,
-            gateway_v6: self.gateway_v6,
+            links: self.links.clone(),
             statics: self.statics.clone(),
         }
     }

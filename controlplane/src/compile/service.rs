@@ -67,7 +67,7 @@ fn pool(cfg: &Config, pool: &config::Pool) -> table::Pool {
         let first = |list: &[IpAddr]| list.iter().copied().find(|a| a.is_ipv4() == v4);
         pool.mode
             .is_dsr()
-            .then(|| first(&pool.encap_source).or_else(|| first(&cfg.dataplane.addresses)))
+            .then(|| first(&pool.encap_source).or_else(|| first(&cfg.dataplane.all_addresses())))
             .flatten()
             .map(Addr::from)
     };

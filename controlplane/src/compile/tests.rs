@@ -274,14 +274,17 @@ backends = [{ addr = "198.18.1.10" }, { addr = "198.18.1.11" }, { addr = "198.19
     let mut c = compile(&cfg(text), 1).unwrap();
     let hops = c.next_hops.clone().expect("on_link and a gateway");
     assert_eq!(
-        hops.on_link,
-        vec![dataplane::table::Prefix {
-            addr: Addr::v4([198, 18, 0, 0]),
-            len: 16
+        hops.links,
+        vec![dataplane::table::Link {
+            on_link: vec![dataplane::table::Prefix {
+                addr: Addr::v4([198, 18, 0, 0]),
+                len: 16
+            }],
+            routes: vec![],
+            gateway_v4: Some(Addr::v4([198, 18, 0, 254])),
+            gateway_v6: None,
         }]
     );
-    assert_eq!(hops.gateway_v4, Some(Addr::v4([198, 18, 0, 254])));
-    assert_eq!(hops.gateway_v6, None);
     // The neighbor, and the gateway with gateway_mac.
     assert_eq!(
         hops.statics,

@@ -138,8 +138,14 @@ pub enum LogFormat {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dataplane {
-    /// Our MAC on the balancer's interface.
-    pub mac: MacAddr,
+    /// Our MAC on the balancer's interface (one interface; with `[[dataplane.interfaces]]`,
+    /// each interface has its own).
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// `[[dataplane.interfaces]]`: the interfaces of a two-armed or multi-NIC balancer, each
+    /// with its own MAC, addresses and link. Empty: the one interface of the keys above.
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
     /// Addresses the balancer owns (answers ARP, ND and ping for them).
     #[serde(default)]
     pub addresses: Vec<IpAddr>,
@@ -167,9 +173,10 @@ pub struct Dataplane {
     /// Kind of packet port `lb run` opens on `interface`.
     #[serde(default)]
     pub port: PortKind,
-    /// The interface the balancer serves (created for `tap`, existing for the others).
-    #[serde(default = "default_interface")]
-    pub interface: String,
+    /// The interface the balancer serves (created for `tap`, existing for the others); `lb0`
+    /// when absent.
+    #[serde(default)]
+    pub interface: Option<String>,
     /// Core of each worker; absent means cores 0, 1, ... in order.
     #[serde(default)]
     pub cores: Option<Vec<usize>>,
@@ -188,6 +195,119 @@ pub struct Dataplane {
     /// How long a removed service or backend keeps its tracked flows (`on_remove = "drain"`).
     #[serde(default = "default_drain_timeout", deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+}
+
+/// `[[dataplane.interfaces]]`: one interface of a balancer that serves several (an outside and
+/// an inside interface, or several NICs). Every worker polls one queue of each.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// The interface's name (created for `tap`, existing for the others).
+    pub name: String,
+    /// Our MAC on it (distinct from every other interface's).
+    pub mac: MacAddr,
+    /// Addresses we own on it (answers ARP, ND and ping for them there).
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// Prefixes on its link: an address inside one is reached on this interface directly.
+    #[serde(default)]
+    pub on_link: Vec<IpPrefix>,
+    /// Routers on its link (at most one per family), resolved by ARP/ND.
+    #[serde(default)]
+    pub gateway: Vec<IpAddr>,
+    /// Prefixes reached through this interface's gateway; empty: its gateway is the default
+    /// route (the first interface with one wins).
+    #[serde(default)]
+    pub routes: Vec<IpPrefix>,
+    /// Kind of packet port on it; `[dataplane] port` when absent.
+    #[serde(default)]
+    pub port: Option<PortKind>,
+}
+
+/// One interface as the rest of the config sees it: an entry of `[[dataplane.interfaces]]`, or
+/// the single interface of `[dataplane]`'s own keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Key path of its table, for problems (`dataplane` or `dataplane.interfaces[1]`).
+    pub path: String,
+    /// Interface name.
+    pub name: String,
+    /// Our MAC on it (all zero when a one-interface config lacks `mac`, which validation
+    /// reports).
+    pub mac: MacAddr,
+    /// Our addresses on it.
+    pub addresses: Vec<IpAddr>,
+    /// Its on-link prefixes.
+    pub on_link: Vec<IpPrefix>,
+    /// Its gateways.
+    pub gateway: Vec<IpAddr>,
+    /// Prefixes behind its gateway (empty: default route).
+    pub routes: Vec<IpPrefix>,
+    /// Port kind.
+    pub port: PortKind,
+}
+
+impl Link {
+    /// What this interface reaches, as the table routes by it.
+    pub fn to_table(&self) -> dataplane::table::Link {
+        let gateway = |v4: bool| {
+            self.gateway
+                .iter()
+                .find(|g| g.is_ipv4() == v4)
+                .map(|g| dataplane::flow::Addr::from(*g))
+        };
+        dataplane::table::Link {
+            on_link: self.on_link.iter().map(|p| p.to_table()).collect(),
+            routes: self.routes.iter().map(|p| p.to_table()).collect(),
+            gateway_v4: gateway(true),
+            gateway_v6: gateway(false),
+        }
+    }
+}
+
+impl Dataplane {
+    /// The interfaces served, in order: `[[dataplane.interfaces]]`, or the one of `[dataplane]`.
+    pub fn links(&self) -> Vec<Link> {
+        if self.interfaces.is_empty() {
+            return vec![Link {
+                path: "dataplane".into(),
+                name: self.interface_name().to_string(),
+                mac: self.mac.unwrap_or(MacAddr([0; 6])),
+                addresses: self.addresses.clone(),
+                on_link: self.on_link.clone(),
+                gateway: self.gateway.clone(),
+                routes: Vec::new(),
+                port: self.port,
+            }];
+        }
+        self.interfaces
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Link {
+                path: format!("dataplane.interfaces[{i}]"),
+                name: f.name.clone(),
+                mac: f.mac,
+                addresses: f.addresses.clone(),
+                on_link: f.on_link.clone(),
+                gateway: f.gateway.clone(),
+                routes: f.routes.clone(),
+                port: f.port.unwrap_or(self.port),
+            })
+            .collect()
+    }
+
+    /// The first interface's name (`lb0` when `interface` is absent).
+    pub fn interface_name(&self) -> &str {
+        match self.interfaces.first() {
+            Some(f) => &f.name,
+            None => self.interface.as_deref().unwrap_or("lb0"),
+        }
+    }
+
+    /// Our addresses on every interface.
+    pub fn all_addresses(&self) -> Vec<IpAddr> {
+        self.links().into_iter().flat_map(|l| l.addresses).collect()
+    }
 }
 
 /// `[dataplane] port`: where frames come from.
@@ -295,10 +415,6 @@ pub enum OnRemove {
 /// As long as an established TCP flow may stay idle by default (`[conntrack.timeouts]`).
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(15 * 60)
-}
-
-fn default_interface() -> String {
-    "lb0".into()
 }
 
 fn default_mtu() -> u16 {

@@ -30,7 +30,7 @@ fn defaults_fill_a_minimal_config() {
     assert_eq!(c.dataplane.workers, 1);
     assert_eq!(c.dataplane.gateway_mac, None);
     assert_eq!(c.dataplane.port, PortKind::Tap);
-    assert_eq!(c.dataplane.interface, "lb0");
+    assert_eq!(c.dataplane.interface_name(), "lb0");
     assert_eq!(c.dataplane.cores, None);
     assert_eq!(c.dataplane.idle, IdleMode::Adaptive);
     assert_eq!(c.dataplane.xdp_mode, XdpMode::Auto);
@@ -123,7 +123,7 @@ fn run_settings_parse_and_unknown_kinds_point_at_the_value() {
     )
     .unwrap();
     let d = &c.dataplane;
-    assert_eq!((d.port, d.interface.as_str()), (PortKind::AfXdp, "eth1"));
+    assert_eq!((d.port, d.interface_name()), (PortKind::AfXdp, "eth1"));
     assert_eq!(d.cores, Some(vec![2, 3]));
     assert_eq!((d.idle, d.xdp_mode), (IdleMode::Poll, XdpMode::Generic));
     let shown = parse("[dataplane]\nmac = \"02:00:00:00:00:01\"\nport = \"netmap\"\n")

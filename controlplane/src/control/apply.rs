@@ -29,6 +29,16 @@ pub trait AddressFilter: Send {
     fn set(&self, owned: &[IpAddr], sources: &[IpAddr]) -> io::Result<()>;
 }
 
+/// The filters of several interfaces, kept equal: every interface lets the same addresses in.
+impl AddressFilter for Vec<Box<dyn AddressFilter>> {
+    fn set(&self, owned: &[IpAddr], sources: &[IpAddr]) -> io::Result<()> {
+        for f in self {
+            f.set(owned, sources)?;
+        }
+        Ok(())
+    }
+}
+
 impl AddressFilter for OwnedAddrs {
     fn set(&self, owned: &[IpAddr], sources: &[IpAddr]) -> io::Result<()> {
         self.set_with_sources(owned, sources)
@@ -122,6 +132,14 @@ impl Fixed {
         };
         note("dataplane.port", a.port != b.port);
         note("dataplane.interface", a.interface != b.interface);
+        // Which interfaces are opened, and how; their addresses, MACs and links apply on reload.
+        let opened = |d: &config::Dataplane| -> Vec<(String, config::PortKind)> {
+            d.links().into_iter().map(|l| (l.name, l.port)).collect()
+        };
+        note(
+            "dataplane.interfaces",
+            !a.interfaces.is_empty() && opened(a) != opened(b),
+        );
         note("dataplane.workers", a.workers != b.workers);
         note("dataplane.cores", a.cores != b.cores);
         note("dataplane.idle", a.idle != b.idle);

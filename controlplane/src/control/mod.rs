@@ -697,6 +697,7 @@ fn placeholder() -> RoutingTable {
         addrs: Vec::new(),
         mtu: 1500,
         snat_ports: (1024, 65535),
+        more: Vec::new(),
     };
     RoutingTable::build(0, local, Vec::new(), &mut MaglevCache::default())
         .expect("an empty table builds")

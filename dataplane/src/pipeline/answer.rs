@@ -9,8 +9,10 @@ use crate::wire::{self, nd, set_macs, src_mac, Ipv6Fields, Parsed, L3};
 use super::verdict::{DropReason, Verdict};
 use super::OUR_TTL;
 
-pub(super) fn arp(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verdict {
-    let local_mac = table.local.mac;
+/// Answers an ARP request for one of our addresses on interface `port` (where it arrived) and
+/// learns next hops' MACs from any ARP.
+pub(super) fn arp(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed, port: u8) -> Verdict {
+    let local_mac = table.local.mac_of(port);
     let d = pkt.data_mut();
     let eth_src = src_mac(d);
     let Some(mut arp) = d.get_mut(p.l3_off..).and_then(wire::ArpIpv4::new_checked) else {
@@ -22,7 +24,7 @@ pub(super) fn arp(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> 
         learn(table, Addr::v4(spa), arp.sender_mac());
     }
     // Gratuitous announcements, replies and other hosts' addresses are the host's business.
-    if arp.operation() != wire::ARP_REQUEST || spa == tpa || !table.owns(Addr::v4(tpa)) {
+    if arp.operation() != wire::ARP_REQUEST || spa == tpa || !table.owns_on(port, Addr::v4(tpa)) {
         return Verdict::ToHost;
     }
     arp.make_reply(local_mac);
@@ -40,7 +42,7 @@ pub(super) fn learn(table: &RoutingTable, addr: Addr, mac: [u8; 6]) {
     let Some(nh) = table.next_hop_by_addr(addr) else {
         return;
     };
-    if mac == table.local.mac || table.owns(addr) {
+    if table.local.iface_of_mac(&mac).is_some() || table.owns(addr) {
         return;
     }
     cache.learn(nh.hop, mac);
@@ -76,8 +78,13 @@ pub(super) fn learn_nd(table: &RoutingTable, d: &[u8], p: &Parsed) {
     }
 }
 
-/// Answers an echo request to one of our addresses in place.
-pub(super) fn echo_reply(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Parsed) -> Verdict {
+/// Answers an echo request to one of our addresses in place, from interface `port`.
+pub(super) fn echo_reply(
+    table: &RoutingTable,
+    pkt: &mut PacketBuf<'_>,
+    p: &Parsed,
+    port: u8,
+) -> Verdict {
     let v4 = p.l3 == L3::Ipv4;
     let d = pkt.data_mut();
     wire::answer_in_place(d, p.l3_off, p.l4_off, v4, OUR_TTL);
@@ -87,15 +94,17 @@ pub(super) fn echo_reply(table: &RoutingTable, pkt: &mut PacketBuf<'_>, p: &Pars
     };
     wire::echo_reply_in_place(icmp, v4, &src, &dst);
     let eth_src = src_mac(d);
-    set_macs(d, eth_src, table.local.mac);
+    set_macs(d, eth_src, table.local.mac_of(port));
     Verdict::Tx
 }
 
-/// Answers an ICMPv6 neighbor solicitation for one of our addresses with an advertisement.
+/// Answers an ICMPv6 neighbor solicitation for one of our addresses on interface `port` (where
+/// it arrived) with an advertisement.
 pub(super) fn neighbor_solicitation(
     table: &RoutingTable,
     pkt: &mut PacketBuf<'_>,
     p: &Parsed,
+    port: u8,
 ) -> Verdict {
     let l4 = p.l4_off;
     let data = pkt.data();
@@ -103,7 +112,11 @@ pub(super) fn neighbor_solicitation(
         return Verdict::ToHost;
     };
     // RFC 4861 7.1.1: hop limit 255, code 0, at least 24 bytes.
-    if p.ttl != 255 || p.icmp_code != 0 || p.l3_end < l4 + nd::ND_LEN || !table.owns(target) {
+    if p.ttl != 255
+        || p.icmp_code != 0
+        || p.l3_end < l4 + nd::ND_LEN
+        || !table.owns_on(port, target)
+    {
         return Verdict::ToHost;
     }
     if !wire::verify_l4_checksum(data, p) {
@@ -122,7 +135,7 @@ pub(super) fn neighbor_solicitation(
     if !pkt.set_len(len) {
         return Verdict::Drop(DropReason::NoRoom);
     }
-    let mac = table.local.mac;
+    let mac = table.local.mac_of(port);
     let d = pkt.data_mut();
     set_macs(d, dst_mac, mac);
     let Some(ip) = d.get_mut(l3..) else {

@@ -43,7 +43,7 @@ pub(super) fn encap(
     } else {
         wire::ETHERTYPE_IPV6
     };
-    if wire::write_eth(d, val.mac, table.local.mac, p.vlan, outer_type).is_none() {
+    if wire::write_eth(d, val.mac, val.src_mac, p.vlan, outer_type).is_none() {
         return Verdict::Drop(DropReason::NoRoom);
     }
     let next = if udp_len > 0 {

@@ -88,9 +88,9 @@ fn forward_tracked(
             let ports = nat::ports(val.new_sport, val.new_dport);
             let (src, dst) = (val.new_src.v4_octets(), val.new_dst.v4_octets());
             nat::rewrite_v4(d, at, src, dst, ports, (val.l3_delta, val.l4_delta));
-            wire::set_macs(d, val.mac, table.local.mac);
+            wire::set_macs(d, val.mac, val.src_mac);
         }
-        Fast::MacV4 => wire::set_macs(pkt.data_mut(), val.mac, table.local.mac),
+        Fast::MacV4 => wire::set_macs(pkt.data_mut(), val.mac, val.src_mac),
         Fast::IpipV4 | Fast::GueV4 => {
             let inner = l3_end - ETH_LEN;
             let gue = val.fast == Fast::GueV4;
@@ -102,7 +102,7 @@ fn forward_tracked(
             let tos = d[overhead + ETH_LEN + 1];
             if let Some(eth) = d.get_mut(..ETH_LEN) {
                 eth[..6].copy_from_slice(&val.mac);
-                eth[6..12].copy_from_slice(&table.local.mac);
+                eth[6..12].copy_from_slice(&val.src_mac);
                 eth[12..].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
             }
             let udp = if gue { 8 } else { 0 };

@@ -61,7 +61,7 @@ pub(super) fn icmp(
         learn_nd(table, pkt.data(), p);
     }
     if v6 && p.icmp_type == nd::ND_SOLICIT {
-        return neighbor_solicitation(table, pkt, p);
+        return neighbor_solicitation(table, pkt, p, st.rx_port);
     }
     if !table.owns(p.dst) {
         return Verdict::ToHost;
@@ -77,7 +77,7 @@ pub(super) fn icmp(
     if !wire::verify_l4_checksum(pkt.data(), p) {
         return Verdict::Drop(DropReason::BadL4Checksum);
     }
-    echo_reply(table, pkt, p)
+    echo_reply(table, pkt, p, st.rx_port)
 }
 
 /// Answers the client with ICMP fragmentation needed / packet too big quoting its packet.
@@ -92,6 +92,13 @@ pub(super) fn too_big(
     let inner_len = p.l3_end - p.l3_off;
     let quote = inner_len.min(max - ip_len - 8);
     let client_mac = wire::src_mac(pkt.data());
+    // The answer leaves by the interface the packet came in on: the one its destination MAC
+    // names.
+    let arrived_to = wire::dst_mac(pkt.data());
+    let our_mac = match table.local.iface_of_mac(&arrived_to) {
+        Some(i) => table.local.mac_of(i),
+        None => table.local.mac,
+    };
     let (client, vip) = (p.src, p.dst);
     let l2 = p.l3_off;
     let (buf, head, _) = pkt.raw_mut();
@@ -107,7 +114,7 @@ pub(super) fn too_big(
     } else {
         wire::ETHERTYPE_IPV6
     };
-    if wire::write_eth(frame, client_mac, table.local.mac, p.vlan, ethertype).is_none() {
+    if wire::write_eth(frame, client_mac, our_mac, p.vlan, ethertype).is_none() {
         return Verdict::Drop(DropReason::NoRoom);
     }
     let icmp_len = 8 + quote;
@@ -219,6 +226,6 @@ pub(super) fn icmp_error_tracked(
     if let Some(msg) = d.get_mut(p.l4_off..p.l3_end) {
         wire::refresh_icmp_checksum(msg, v4, &outer_src, &val.new_dst);
     }
-    wire::set_macs(d, val.mac, table.local.mac);
+    wire::set_macs(d, val.mac, val.src_mac);
     Verdict::Tx
 }

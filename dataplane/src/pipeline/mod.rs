@@ -247,7 +247,7 @@ fn classify(
     known: Option<Option<Hit>>,
 ) -> Verdict {
     match p.l3 {
-        L3::Arp => return answer::arp(table, pkt, &p),
+        L3::Arp => return answer::arp(table, pkt, &p, st.rx_port),
         L3::Other => return Verdict::ToHost,
         L3::Ipv4 | L3::Ipv6 => {}
     }

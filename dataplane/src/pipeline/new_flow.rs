@@ -85,6 +85,7 @@ pub(super) fn new_flow(
             new_sport: p.dport,
             new_dport: p.sport,
             mac: client_mac,
+            src_mac: table.local.mac_of(st.rx_port),
             ..fwd
         };
         (rk, v)
@@ -161,7 +162,7 @@ pub(super) fn choose<'t>(
     let (be, pool, bi) = select(table, svc, key).ok_or(DropReason::NoBackend)?;
     gate(pool)?;
     let mac = backend_mac(table, svc, bi, be)?;
-    let fwd = forward_value(table, svc, be, mac, pool, key).ok_or(DropReason::Unsupported)?;
+    let fwd = forward_value(table, svc, bi, be, mac, pool, key).ok_or(DropReason::Unsupported)?;
     Ok((fwd, be, pool))
 }
 
@@ -204,12 +205,13 @@ pub(super) fn backend_mac(
     })
 }
 
-/// The client -> backend half of a new flow `key` (client -> VIP) on backend `be`, whose next
-/// hop has `mac`. Fullnat's source address and port are filled in by the caller, which
+/// The client -> backend half of a new flow `key` (client -> VIP) on backend `be` (index `bi`),
+/// whose next hop has `mac`. Fullnat's source address and port are filled in by the caller, which
 /// allocates them.
 fn forward_value(
     table: &RoutingTable,
     svc: &Service,
+    bi: usize,
     be: &Backend,
     mac: [u8; 6],
     pool: &Pool,
@@ -223,6 +225,7 @@ fn forward_value(
         new_sport: key.sport,
         new_dport: if be.port == 0 { key.dport } else { be.port },
         mac,
+        src_mac: table.local.mac_of(svc.iface(bi)),
         gue_port: pool.gue_port,
         vip: key.dst,
         vport: key.dport,

@@ -36,6 +36,9 @@ pub struct FlowValue {
     pub(super) new_sport: u16,
     pub(super) new_dport: u16,
     pub(super) mac: [u8; 6],
+    /// Our MAC on the interface this direction leaves by (the worker transmits a frame on the
+    /// interface whose MAC is its source).
+    pub(super) src_mac: [u8; 6],
     pub(super) gue_port: u16,
     pub(super) vip: Addr,
     pub(super) vport: u16,
@@ -115,6 +118,9 @@ pub struct WorkerState {
     pub workers: u16,
     /// The connection table.
     pub ct: Conntrack<FlowValue>,
+    /// The interface the frames being processed arrived on (the worker sets it per burst):
+    /// answers and a new flow's replies leave by it.
+    pub rx_port: u8,
     /// Counters.
     pub counters: Counters,
     snat_lo: u16,
@@ -138,6 +144,7 @@ impl WorkerState {
             worker,
             workers: workers.max(1),
             ct: Conntrack::with_seed(ct, seed),
+            rx_port: 0,
             counters: Counters::default(),
             snat_lo: 0,
             snat_hi: 0,

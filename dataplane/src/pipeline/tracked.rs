@@ -63,6 +63,8 @@ pub(super) fn revalidate(table: &RoutingTable, val: &mut FlowValue, dir: Dir) ->
         if let Ok(mac) = backend_mac(table, svc, usize::from(bi), be) {
             val.mac = mac;
         }
+        // A reload may route the backend through another interface.
+        val.src_mac = table.local.mac_of(svc.iface(usize::from(bi)));
     }
     val.svc_stat = svc.stat;
     val.be_stat = be.stat;

@@ -33,7 +33,6 @@ pub fn wait(fds: &[Option<RawFd>], max: Duration) {
     let borrowed: Vec<BorrowedFd<'_>> = fds
         .iter()
         .flatten()
-        .take(2)
         .map(|fd| unsafe { BorrowedFd::borrow_raw(*fd) })
         .collect();
     if borrowed.is_empty() {

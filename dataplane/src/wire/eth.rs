@@ -31,6 +31,16 @@ pub fn write_eth(
     Some(len)
 }
 
+/// The destination MAC of a frame (all zero when the frame is shorter than that).
+#[inline]
+pub fn dst_mac(frame: &[u8]) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    if let Some(s) = frame.get(..6) {
+        m.copy_from_slice(s);
+    }
+    m
+}
+
 /// The source MAC of a frame (all zero when the frame is shorter than that).
 #[inline]
 pub fn src_mac(frame: &[u8]) -> [u8; 6] {

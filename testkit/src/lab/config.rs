@@ -2,7 +2,7 @@
 //! Read leniently (plain TOML, not the control plane's schema) so the lab works with any config
 //! `lb run` accepts.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use super::{LabError, Request, DEFAULT_INTERFACE};
@@ -19,9 +19,14 @@ pub(super) fn read_config(path: &Path) -> Result<(Vec<IpAddr>, String, Vec<Targe
     let value: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| bad(e.to_string()))?;
-    let iface = value
-        .get("dataplane")
-        .and_then(|d| d.get("interface"))
+    let dataplane = value.get("dataplane");
+    let first = dataplane
+        .and_then(|d| d.get("interfaces"))
+        .and_then(|i| i.as_array())
+        .and_then(|i| i.first())
+        .and_then(|f| f.get("name"));
+    let iface = first
+        .or_else(|| dataplane.and_then(|d| d.get("interface")))
         .and_then(|i| i.as_str())
         .unwrap_or(DEFAULT_INTERFACE)
         .to_owned();
@@ -113,6 +118,62 @@ fn http_targets(value: &toml::Table) -> Vec<Target> {
         }
     }
     out
+}
+
+/// The inside interface of a two-armed config: the second of `[[dataplane.interfaces]]`, with
+/// its name and our first address of each family there (the backends' gateway).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Inside {
+    /// Interface name.
+    pub name: String,
+    /// Our IPv4 address on it.
+    pub v4: Option<Ipv4Addr>,
+    /// Our IPv6 address on it.
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// [`Inside`] of the config at `path`; `None` for a one-armed config.
+pub(super) fn read_inside(path: &Path) -> Result<Option<Inside>, LabError> {
+    let bad = |message: String| LabError::Config {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let value: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    let Some(second) = value
+        .get("dataplane")
+        .and_then(|d| d.get("interfaces"))
+        .and_then(|i| i.as_array())
+        .and_then(|i| i.get(1))
+    else {
+        return Ok(None);
+    };
+    let name = second
+        .get("name")
+        .and_then(|n| n.as_str())
+        .ok_or_else(|| bad("the second [[dataplane.interfaces]] has no name".into()))?
+        .to_owned();
+    netns::check_ifname(&name).map_err(|e| bad(e.to_string()))?;
+    let addrs: Vec<IpAddr> = second
+        .get("addresses")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .collect();
+    Ok(Some(Inside {
+        name,
+        v4: addrs.iter().find_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        }),
+        v6: addrs.iter().find_map(|a| match a {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        }),
+    }))
 }
 
 /// `[dataplane] port` and `workers` of a config (`tap` and 1 when absent).

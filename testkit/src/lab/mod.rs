@@ -18,6 +18,12 @@
 //! With `port = "af_packet"` or `"af_xdp"` the balancer's interface is instead one end of a veth
 //! pair whose other end (`vlb`) is on the bridge.
 //!
+//! A two-armed config (two `[[dataplane.interfaces]]`) gets two bridges: the client and the first
+//! interface on `br0`, the backends and the second interface on `br1` (its veth end `vlb1`), and
+//! the pods' default routes via our first addresses on the second interface. Nothing else joins
+//! the bridges, so every packet between client and pods crosses `lb run`. The VM's direct
+//! replies cannot reach the clients there (no router between the bridges).
+//!
 //! Every name carries a per-run prefix (`<p>` = prefix + pid), so parallel runs never collide, and
 //! nothing is created in the root namespace: veth pairs are made inside the balancer's namespace
 //! and their far ends moved straight into the peer. Addresses come only from 198.18.0.0/15 and

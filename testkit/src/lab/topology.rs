@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::config::{read_config, read_port_kind};
+use super::config::{read_config, read_inside, read_port_kind, Inside};
 use super::process::Proc;
 use super::{
     client_v4, client_v6, ping, step, LabError, BACKENDS, CLIENT_ADDRS, HOST_V4, HTTP_PORTS, LB_V4,
@@ -54,6 +54,7 @@ impl Lab {
     pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
         let (vips, iface, _) = read_config(&opts.config)?;
         let (port_kind, queues) = read_port_kind(&opts.config)?;
+        let inside = read_inside(&opts.config)?;
         let run = format!("{}{}", opts.prefix, std::process::id());
         let dir = std::env::temp_dir().join(format!("{run}-lab"));
         step(
@@ -70,7 +71,7 @@ impl Lab {
             procs: Vec::new(),
             namespaces: Vec::new(),
         };
-        lab.build(&iface, (&port_kind, queues))?;
+        lab.build(&iface, inside.as_ref(), (&port_kind, queues))?;
         lab.start_backends()?;
         Ok(lab)
     }
@@ -102,7 +103,15 @@ impl Lab {
         &self.dir
     }
 
-    fn build(&mut self, iface: &str, (port_kind, queues): (&str, u16)) -> Result<(), LabError> {
+    /// Builds the namespaces and links. One-armed: everyone on bridge `br0` with the balancer's
+    /// `iface`. Two-armed (`inside`): the client and `iface` on `br0`, the backends and the
+    /// inside interface on `br1`, the pods' default routes via our inside addresses.
+    fn build(
+        &mut self,
+        iface: &str,
+        inside: Option<&Inside>,
+        (port_kind, queues): (&str, u16),
+    ) -> Result<(), LabError> {
         for tag in ["lb", "cl", "pa", "pb", "vm"] {
             let name = self.ns_name(tag);
             let ns = step(|| format!("create namespace {name}"), Netns::create(&name))?;
@@ -125,21 +134,28 @@ impl Lab {
                 "1",
             )?;
         }
-        // Snooping off: the balancer never sends MLD reports, and must still get the neighbor
-        // solicitations for its addresses.
-        in_ns(
-            &lb,
-            &[
-                "link",
-                "add",
-                "br0",
-                "type",
-                "bridge",
-                "mcast_snooping",
-                "0",
-            ],
-        )?;
-        in_ns(&lb, &["link", "set", "br0", "up"])?;
+        let bridges: Vec<(&str, &str, &str)> = match inside {
+            None => vec![("br0", iface, "vlb")],
+            Some(i) => vec![("br0", iface, "vlb"), ("br1", &i.name, "vlb1")],
+        };
+        for (bridge, dev, far) in &bridges {
+            // Snooping off: the balancer never sends MLD reports, and must still get the
+            // neighbor solicitations for its addresses.
+            in_ns(
+                &lb,
+                &[
+                    "link",
+                    "add",
+                    bridge,
+                    "type",
+                    "bridge",
+                    "mcast_snooping",
+                    "0",
+                ],
+            )?;
+            in_ns(&lb, &["link", "set", bridge, "up"])?;
+            attach(&in_ns, &lb, dev, far, bridge, port_kind, queues)?;
+        }
         // The balancer host's own kernel address on the segment: health checks (and anything
         // else the control plane sends) leave from here, not through the dataplane.
         in_ns(
@@ -148,54 +164,7 @@ impl Lab {
         )?;
         // The clients are on-link too: the [[http]] listeners answer them from the kernel here.
         in_ns(&lb, &["route", "add", "198.19.0.0/16", "dev", "br0"])?;
-        if port_kind == "tap" {
-            // A persistent multi-queue TAP, so it is on the bridge before `lb run` attaches. Owned
-            // by root: a TAP with no owner lets any user who can open /dev/net/tun attach to it
-            // and read or inject the lab's frames.
-            in_ns(
-                &lb,
-                &[
-                    "tuntap",
-                    "add",
-                    "dev",
-                    iface,
-                    "mode",
-                    "tap",
-                    "multi_queue",
-                    "user",
-                    "0",
-                ],
-            )?;
-            in_ns(&lb, &["link", "set", iface, "master", "br0", "up"])?;
-        } else {
-            // af_packet and af_xdp attach to an existing interface: one end of a veth pair whose
-            // other end is on the bridge.
-            // One queue per worker: AF_XDP binds one socket per queue.
-            let queues = queues.to_string();
-            in_ns(
-                &lb,
-                &[
-                    "link",
-                    "add",
-                    iface,
-                    "numtxqueues",
-                    &queues,
-                    "numrxqueues",
-                    &queues,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "vlb",
-                    "numtxqueues",
-                    &queues,
-                    "numrxqueues",
-                    &queues,
-                ],
-            )?;
-            in_ns(&lb, &["link", "set", "vlb", "master", "br0", "up"])?;
-            in_ns(&lb, &["link", "set", iface, "up"])?;
-        }
+        let backend_bridge = if inside.is_some() { "br1" } else { "br0" };
 
         for (tag, mac) in [("cl", None)]
             .into_iter()
@@ -209,7 +178,8 @@ impl Lab {
                     "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &peer,
                 ],
             )?;
-            in_ns(&lb, &["link", "set", &port, "master", "br0", "up"])?;
+            let bridge = if mac.is_some() { backend_bridge } else { "br0" };
+            in_ns(&lb, &["link", "set", &port, "master", bridge, "up"])?;
             if let Some(mac) = mac {
                 in_ns(&peer, &["link", "set", "eth0", "address", mac])?;
             }
@@ -295,11 +265,14 @@ impl Lab {
                     set_sysctl(vm, key, value)?;
                 }
             } else {
-                // Pods answer clients through the balancer (nat needs the replies).
-                in_ns(&ns, &["route", "add", "default", "via", &LB_V4.to_string()])?;
+                // Pods answer clients through the balancer (nat needs the replies): its inside
+                // addresses when it has two interfaces.
+                let v4 = inside.and_then(|i| i.v4).unwrap_or(LB_V4);
+                let v6 = inside.and_then(|i| i.v6).unwrap_or(LB_V6);
+                in_ns(&ns, &["route", "add", "default", "via", &v4.to_string()])?;
                 in_ns(
                     &ns,
-                    &["-6", "route", "add", "default", "via", &LB_V6.to_string()],
+                    &["-6", "route", "add", "default", "via", &v6.to_string()],
                 )?;
             }
         }
@@ -431,6 +404,68 @@ impl Drop for Lab {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Runs `ip <args>` in a namespace.
+type InNs<'a> = dyn Fn(&str, &[&str]) -> Result<(), LabError> + 'a;
+
+/// Puts the balancer's interface `dev` on `bridge`: a persistent multi-queue TAP for `tap`,
+/// else one end of a veth pair (`far` on the bridge) with one queue per worker.
+fn attach(
+    in_ns: &InNs<'_>,
+    lb: &str,
+    dev: &str,
+    far: &str,
+    bridge: &str,
+    port_kind: &str,
+    queues: u16,
+) -> Result<(), LabError> {
+    if port_kind == "tap" {
+        // A persistent multi-queue TAP, so it is on the bridge before `lb run` attaches. Owned
+        // by root: a TAP with no owner lets any user who can open /dev/net/tun attach to it and
+        // read or inject the lab's frames.
+        in_ns(
+            lb,
+            &[
+                "tuntap",
+                "add",
+                "dev",
+                dev,
+                "mode",
+                "tap",
+                "multi_queue",
+                "user",
+                "0",
+            ],
+        )?;
+        return in_ns(lb, &["link", "set", dev, "master", bridge, "up"]);
+    }
+    // af_packet and af_xdp attach to an existing interface: one end of a veth pair whose other
+    // end is on the bridge. One queue per worker: AF_XDP binds one socket per queue.
+    let queues = queues.to_string();
+    in_ns(
+        lb,
+        &[
+            "link",
+            "add",
+            dev,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            far,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
+        ],
+    )?;
+    in_ns(lb, &["link", "set", far, "master", bridge, "up"])?;
+    in_ns(lb, &["link", "set", dev, "up"])
 }
 
 /// Writes `/proc/sys/<key>` as seen from inside `ns`.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::{check_mac, check_unicast};
-use crate::config::schema::{Config, Dataplane, PortKind};
+use crate::config::schema::{Config, Dataplane, Link, PortKind};
 use crate::diag::Problem;
 
 /// Smallest and largest MTU we accept: IPv4's minimum datagram and the jumbo frames the ports carry.
@@ -22,12 +22,12 @@ const DPDK_MBUF_SLACK: u32 = 512;
 /// Whether this build has the DPDK port (the `dpdk` cargo feature).
 const DPDK_BUILT: bool = cfg!(feature = "dpdk");
 
+/// Most interfaces one balancer serves (`dataplane::worker::MAX_INTERFACES`).
+const MAX_INTERFACES: usize = dataplane::worker::MAX_INTERFACES;
+
 /// The rules of `[dataplane]` and `[[neighbors]]`.
 pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
     let dp = &cfg.dataplane;
-    check_mac(out, dp.mac, || {
-        ("dataplane.mac".into(), "dataplane: mac".into())
-    });
     if let Some(m) = dp.gateway_mac {
         check_mac(out, m, || {
             (
@@ -36,13 +36,9 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
             )
         });
     }
-    for (i, a) in dp.addresses.iter().enumerate() {
-        check_unicast(out, *a, || {
-            (
-                format!("dataplane.addresses[{i}]"),
-                "dataplane: address".into(),
-            )
-        });
+    check_interfaces(dp, out);
+    for link in dp.links() {
+        check_link(&link, out);
     }
     for (i, a) in dp.snat.iter().enumerate() {
         check_unicast(out, *a, || {
@@ -51,35 +47,6 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
                 "dataplane: snat address".into(),
             )
         });
-    }
-    for (i, g) in dp.gateway.iter().enumerate() {
-        check_unicast(out, *g, || {
-            (
-                format!("dataplane.gateway[{i}]"),
-                "dataplane: gateway".into(),
-            )
-        });
-        if dp.gateway[..i].iter().any(|o| o.is_ipv4() == g.is_ipv4()) {
-            out.push(
-                Problem::new(
-                    format!("dataplane.gateway[{i}]"),
-                    format!(
-                        "dataplane: a second {} gateway {g}",
-                        if g.is_ipv4() { "IPv4" } else { "IPv6" }
-                    ),
-                )
-                .hint("list at most one gateway per address family"),
-            );
-        }
-        if !dp.on_link.is_empty() && !dp.on_link.iter().any(|p| p.contains(*g)) {
-            out.push(
-                Problem::new(
-                    format!("dataplane.gateway[{i}]"),
-                    format!("dataplane: gateway {g} is not inside any on_link prefix"),
-                )
-                .hint("a gateway must be on our link; add its prefix to [dataplane] on_link"),
-            );
-        }
     }
     if !MTU_RANGE.contains(&dp.mtu) {
         out.push(
@@ -113,20 +80,6 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
             )
             .hint("every worker needs its own slice of source ports: widen the range"),
         );
-    }
-    let name = &dp.interface;
-    if name.is_empty()
-        || name.len() > IFNAME_MAX
-        || name == "."
-        || name == ".."
-        || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
-    {
-        out.push(Problem::new(
-            "dataplane.interface",
-            format!(
-                "dataplane: interface {name:?} is not a valid interface name (1-{IFNAME_MAX} bytes, no '/', ':' or spaces)"
-            ),
-        ));
     }
     if let Some(cores) = &dp.cores {
         if cores.len() != usize::from(dp.workers) {
@@ -170,10 +123,161 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
+/// One interface or several: `[[dataplane.interfaces]]` replaces `[dataplane]`'s own `mac`,
+/// `interface`, `addresses`, `on_link` and `gateway` (both at once would leave one unsaid), and
+/// its entries need distinct names and MACs; without it `mac` is required.
+fn check_interfaces(dp: &Dataplane, out: &mut Vec<Problem>) {
+    if dp.interfaces.is_empty() {
+        if dp.mac.is_none() {
+            out.push(
+                Problem::new("dataplane", "dataplane: mac is missing")
+                    .hint("set [dataplane] mac = \"02:00:00:00:00:01\", our MAC on the interface"),
+            );
+        }
+        return;
+    }
+    let single = [
+        ("mac", dp.mac.is_some()),
+        ("interface", dp.interface.is_some()),
+        ("addresses", !dp.addresses.is_empty()),
+        ("on_link", !dp.on_link.is_empty()),
+        ("gateway", !dp.gateway.is_empty()),
+    ];
+    for (key, set) in single {
+        if set {
+            out.push(
+                Problem::new(
+                    format!("dataplane.{key}"),
+                    format!("dataplane: {key} is set beside [[dataplane.interfaces]]"),
+                )
+                .hint(format!(
+                    "with [[dataplane.interfaces]], set {key} in each interface's entry"
+                )),
+            );
+        }
+    }
+    if dp.interfaces.len() > MAX_INTERFACES {
+        out.push(Problem::new(
+            format!("dataplane.interfaces[{MAX_INTERFACES}]"),
+            format!(
+                "dataplane: {} interfaces, at most {MAX_INTERFACES}",
+                dp.interfaces.len()
+            ),
+        ));
+    }
+    for (i, f) in dp.interfaces.iter().enumerate() {
+        let earlier = &dp.interfaces[..i];
+        if earlier.iter().any(|o| o.name == f.name) {
+            out.push(Problem::new(
+                format!("dataplane.interfaces[{i}].name"),
+                format!("dataplane: interface {:?} is listed twice", f.name),
+            ));
+        }
+        if earlier.iter().any(|o| o.mac == f.mac) {
+            out.push(
+                Problem::new(
+                    format!("dataplane.interfaces[{i}].mac"),
+                    format!(
+                        "dataplane: interface {:?} has the MAC {} of an earlier interface",
+                        f.name, f.mac
+                    ),
+                )
+                .hint("each interface needs its own MAC: a frame leaves by the interface whose MAC it carries"),
+            );
+        }
+        if f.port.unwrap_or(dp.port) == PortKind::Dpdk && dp.interfaces.len() > 1 {
+            out.push(
+                Problem::new(
+                    format!("dataplane.interfaces[{i}].port"),
+                    "dataplane: port \"dpdk\" serves one interface ([dataplane.dpdk] names one device)",
+                )
+                .hint("use af_xdp for a balancer with several interfaces"),
+            );
+        }
+    }
+}
+
+/// The rules of one interface: its name, MAC, addresses, and gateways on its link (at most one
+/// per family, inside its on_link prefixes, and one for each family its `routes` name).
+fn check_link(link: &Link, out: &mut Vec<Problem>) {
+    let at = &link.path;
+    if link.path != "dataplane" || link.mac.0 != [0; 6] {
+        check_mac(out, link.mac, || {
+            (format!("{at}.mac"), "dataplane: mac".into())
+        });
+    }
+    for (i, a) in link.addresses.iter().enumerate() {
+        check_unicast(out, *a, || {
+            (format!("{at}.addresses[{i}]"), "dataplane: address".into())
+        });
+    }
+    for (i, g) in link.gateway.iter().enumerate() {
+        check_unicast(out, *g, || {
+            (format!("{at}.gateway[{i}]"), "dataplane: gateway".into())
+        });
+        if link.gateway[..i].iter().any(|o| o.is_ipv4() == g.is_ipv4()) {
+            out.push(
+                Problem::new(
+                    format!("{at}.gateway[{i}]"),
+                    format!(
+                        "dataplane: a second {} gateway {g}",
+                        if g.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                )
+                .hint("list at most one gateway per address family"),
+            );
+        }
+        if !link.on_link.is_empty() && !link.on_link.iter().any(|p| p.contains(*g)) {
+            out.push(
+                Problem::new(
+                    format!("{at}.gateway[{i}]"),
+                    format!("dataplane: gateway {g} is not inside any on_link prefix"),
+                )
+                .hint("a gateway must be on our link; add its prefix to on_link"),
+            );
+        }
+    }
+    for (i, r) in link.routes.iter().enumerate() {
+        let v4 = matches!(r.0, ipnet::IpNet::V4(_));
+        if !link.gateway.iter().any(|g| g.is_ipv4() == v4) {
+            out.push(
+                Problem::new(
+                    format!("{at}.routes[{i}]"),
+                    format!(
+                        "dataplane: route {r} needs an {} gateway on interface {:?}",
+                        if v4 { "IPv4" } else { "IPv6" },
+                        link.name
+                    ),
+                )
+                .hint("add the router of that family to this interface's gateway"),
+            );
+        }
+    }
+    let name = &link.name;
+    if name.is_empty()
+        || name.len() > IFNAME_MAX
+        || name == "."
+        || name == ".."
+        || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+    {
+        let key = if link.path == "dataplane" {
+            "dataplane.interface".to_string()
+        } else {
+            format!("{at}.name")
+        };
+        out.push(Problem::new(
+            key,
+            format!(
+                "dataplane: interface {name:?} is not a valid interface name (1-{IFNAME_MAX} bytes, no '/', ':' or spaces)"
+            ),
+        ));
+    }
+}
+
 /// `port = "dpdk"` and `[dataplane.dpdk]`: the port needs the table and a build with the
 /// feature (`built`), the table needs the port; device, descriptors and pool size.
 pub(super) fn check_dpdk(dp: &Dataplane, built: bool, out: &mut Vec<Problem>) {
-    let wants = dp.port == PortKind::Dpdk;
+    let wants = dp.links().iter().any(|l| l.port == PortKind::Dpdk);
     if wants && !built {
         out.push(
             Problem::new(

@@ -6,12 +6,19 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::family;
-use crate::config::schema::{Config, Dataplane};
+use dataplane::flow::Addr;
+use dataplane::table;
+
+use crate::config::schema::{Config, Dataplane, Link};
 use crate::diag::Problem;
 
-/// What the rules need to know about the link, computed once per config.
+/// What the rules need to know about the links, computed once per config.
 pub(super) struct Reach<'a> {
     dp: &'a Dataplane,
+    /// The interfaces, in order.
+    links: Vec<Link>,
+    /// The same as the table routes by them.
+    routes: Vec<table::Link>,
     /// Addresses with a MAC of their own in `[[neighbors]]`.
     neighbors: HashSet<IpAddr>,
     /// Next hops already reported for lack of a probe source (once each).
@@ -19,10 +26,13 @@ pub(super) struct Reach<'a> {
 }
 
 impl<'a> Reach<'a> {
-    /// The link of `cfg`.
+    /// The links of `cfg`.
     pub(super) fn new(cfg: &'a Config) -> Reach<'a> {
+        let links = cfg.dataplane.links();
         Reach {
             dp: &cfg.dataplane,
+            routes: links.iter().map(Link::to_table).collect(),
+            links,
             neighbors: cfg.neighbors.iter().map(|n| n.ip).collect(),
             reported: HashSet::new(),
         }
@@ -39,42 +49,44 @@ impl<'a> Reach<'a> {
         out: &mut Vec<Problem>,
     ) {
         let dp = self.dp;
-        let v4 = addr.is_ipv4();
-        let on_link = dp.on_link.iter().any(|p| p.contains(addr));
-        let gateway = dp.gateway.iter().position(|g| g.is_ipv4() == v4);
-        let has_mac = self.neighbors.contains(&addr) || dp.gateway_mac.is_some();
-        if !has_mac && !on_link && gateway.is_none() {
-            out.push(
-                Problem::new(
-                    format!("{}.addr", path()),
-                    format!(
-                        "{}: no MAC: {addr} is not in [[neighbors]] and dataplane.gateway_mac is not set",
-                        at()
-                    ),
-                )
-                .hint(format!(
-                    "add a [[neighbors]] entry with ip = \"{addr}\", list its prefix in [dataplane] on_link, or set [dataplane] gateway or gateway_mac"
-                )),
-            );
-            return;
-        }
-
-        // The next hop the table resolves (as `RoutingTable::set_neighbors` picks it): the backend
-        // when it is on the link or a static neighbor, else the gateway of its family.
         let is_static = |a: &IpAddr| {
-            self.neighbors.contains(a) || (dp.gateway_mac.is_some() && dp.gateway.contains(a))
+            self.neighbors.contains(a)
+                || (dp.gateway_mac.is_some() && self.links.iter().any(|l| l.gateway.contains(a)))
         };
-        let (hop, hop_path) = if on_link || is_static(&addr) {
-            (addr, None)
-        } else if let Some(i) = gateway {
-            (dp.gateway[i], Some(i))
-        } else {
+        // The route the table takes (`NeighborSpec::route`): the interface and the next hop.
+        let (iface, hop) = table::route(&self.routes, Addr::from(addr), is_static(&addr));
+        let has_mac = self.neighbors.contains(&addr) || dp.gateway_mac.is_some();
+        let Some(hop) = hop.map(IpAddr::from) else {
+            if !has_mac {
+                let one = self.links.len() == 1;
+                out.push(
+                    Problem::new(
+                        format!("{}.addr", path()),
+                        format!(
+                            "{}: no MAC: {addr} is not in [[neighbors]], no on_link prefix holds it, no gateway routes it, and dataplane.gateway_mac is not set",
+                            at()
+                        ),
+                    )
+                    .hint(if one {
+                        format!("add a [[neighbors]] entry with ip = \"{addr}\", list its prefix in [dataplane] on_link, or set [dataplane] gateway or gateway_mac")
+                    } else {
+                        format!("add a [[neighbors]] entry with ip = \"{addr}\", or list its prefix in the on_link or routes of an interface in [[dataplane.interfaces]]")
+                    }),
+                );
+            }
             return;
         };
-        if is_static(&hop)
-            || dp.addresses.iter().any(|a| a.is_ipv4() == hop.is_ipv4())
-            || !self.reported.insert(hop)
-        {
+        let link = &self.links[usize::from(iface)];
+        let hop_path = (hop != addr).then(|| {
+            let j = link.gateway.iter().position(|g| *g == hop).unwrap_or(0);
+            format!("{}.gateway[{j}]", link.path)
+        });
+        let any_source = link.addresses.iter().any(|a| a.is_ipv4() == hop.is_ipv4())
+            || dp
+                .all_addresses()
+                .iter()
+                .any(|a| a.is_ipv4() == hop.is_ipv4());
+        if is_static(&hop) || any_source || !self.reported.insert(hop) {
             return;
         }
         let probe = if hop.is_ipv4() { "ARP" } else { "ND" };
@@ -83,20 +95,27 @@ impl<'a> Reach<'a> {
                 format!("{}.addr", path()),
                 format!("{}: {hop} is on our link, resolved by {probe}", at()),
             ),
-            Some(i) => (
-                format!("dataplane.gateway[{i}]"),
+            Some(p) => (
+                p,
                 format!("dataplane: gateway {hop} is resolved by {probe}"),
             ),
+        };
+        let place = if link.path == "dataplane" {
+            "[dataplane] addresses".to_string()
+        } else {
+            format!("the addresses of interface {:?}", link.name)
         };
         out.push(
             Problem::new(
                 path,
                 format!(
-                    "{what}, but [dataplane] addresses has no {} address to send the probes from",
+                    "{what}, but {place} has no {} address to send the probes from",
                     family(hop)
                 ),
             )
-            .hint("next hops are resolved from our own addresses of their family: add one to [dataplane] addresses"),
+            .hint(format!(
+                "next hops are resolved from our own addresses of their family: add one to {place}"
+            )),
         );
     }
 }

@@ -418,7 +418,7 @@ impl Sources {
         };
         let encap = |v4: bool| {
             first_of_family(&pool.encap_source, v4)
-                .or_else(|| first_of_family(&cfg.dataplane.addresses, v4))
+                .or_else(|| first_of_family(&cfg.dataplane.all_addresses(), v4))
                 .is_some()
         };
         Sources {
