@@ -395,13 +395,18 @@ fn every_mode_with_next_hops_resolved_by_arp_and_neighbor_discovery() {
 /// inside one (`lbi`, bridge br1); the only way between the two bridges is through `lb run`.
 /// The pods' next hops are resolved by ARP and neighbor discovery on the inside interface,
 /// from our inside addresses.
-fn two_armed_config() -> String {
+fn two_armed_config(port: &str) -> String {
     let services = &SERVICES[SERVICES.find("[[services]]").unwrap()..];
+    let xdp = if port == "af_xdp" {
+        "xdp_mode = \"generic\"\n"
+    } else {
+        ""
+    };
     format!(
         r#"[dataplane]
-port = "tap"
+port = "{port}"
 workers = 2
-
+{xdp}
 [[dataplane.interfaces]]
 name = "lbo"
 mac = "02:00:00:00:00:01"
@@ -422,10 +427,21 @@ capacity = 65536
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it as root"]
 fn two_armed_clients_outside_pods_inside_through_fullnat_and_nat() {
+    two_armed("arm", "tap");
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
+fn two_armed_over_af_xdp_filters_both_interfaces() {
+    two_armed("armx", "af_xdp");
+}
+
+/// Clients outside, pods inside, through a two-armed `lb run` on `port`.
+fn two_armed(tag: &str, port: &str) {
     testkit::require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let body = two_armed_config();
-    let mut r = start_with("arm", &body);
+    let body = two_armed_config(port);
+    let mut r = start_with(tag, &body);
     let client = r.lab.client().unwrap();
     // The first SYN to a pod not yet resolved is dropped while worker 0 probes on the inside
     // interface; warm both pods up, then require every request to succeed.
