@@ -343,6 +343,40 @@ fn restart_only_settings_are_reported_and_the_rest_applied() {
     stop(cp);
 }
 
+/// A second interface is a restart: the running workers poll one, so the table published
+/// meanwhile keeps one interface (no frame is sent to a port they lack); the rest is applied.
+#[test]
+fn a_second_interface_waits_for_a_restart() {
+    let file = File::new("arms", &text(1, "drop"));
+    let cp = start(&file);
+    let two_armed = text(2, "drop")
+        .replace("mac = \"02:00:00:00:00:01\"\naddresses = [\"198.18.0.1\"]\n", "")
+        .replace(
+            "workers = 2\n",
+            "workers = 2\n\n[[dataplane.interfaces]]\nname = \"lb0\"\nmac = \"02:00:00:00:00:01\"\n\
+             addresses = [\"198.18.0.1\"]\n\n[[dataplane.interfaces]]\nname = \"lb1\"\n\
+             mac = \"02:00:00:00:00:02\"\naddresses = [\"198.18.1.1\"]\non_link = [\"198.18.1.0/24\"]\n",
+        );
+    assert!(
+        two_armed.contains("[[dataplane.interfaces]]"),
+        "{two_armed}"
+    );
+    file.write(&two_armed);
+    cp.reload().unwrap();
+    let t = serving(&cp);
+    assert_eq!(
+        weights(&t)["198.18.1.12"],
+        2,
+        "the rest of the file is applied"
+    );
+    assert_eq!(t.local.interfaces(), 1, "{:?}", t.local);
+    assert_eq!(
+        cp.observe().reload.restart_needed,
+        vec!["dataplane.interfaces"]
+    );
+    stop(cp);
+}
+
 /// What a fake address filter saw: the generation serving at each write, and the write.
 type FilterLog = Arc<Mutex<Vec<(u64, Vec<IpAddr>, Vec<IpAddr>)>>>;
 

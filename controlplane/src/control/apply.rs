@@ -131,14 +131,17 @@ impl Fixed {
             }
         };
         note("dataplane.port", a.port != b.port);
-        note("dataplane.interface", a.interface != b.interface);
+        note(
+            "dataplane.interface",
+            a.interface_name() != b.interface_name(),
+        );
         // Which interfaces are opened, and how; their addresses, MACs and links apply on reload.
         let opened = |d: &config::Dataplane| -> Vec<(String, config::PortKind)> {
             d.links().into_iter().map(|l| (l.name, l.port)).collect()
         };
         note(
             "dataplane.interfaces",
-            !a.interfaces.is_empty() && opened(a) != opened(b),
+            !(a.interfaces.is_empty() && b.interfaces.is_empty()) && opened(a) != opened(b),
         );
         note("dataplane.workers", a.workers != b.workers);
         note("dataplane.cores", a.cores != b.cores);
@@ -157,6 +160,10 @@ impl Fixed {
     /// Puts the running values of the restart-only settings the table carries into `table`.
     fn keep(&self, table: &mut RoutingTable) {
         table.local.snat_ports = (self.dataplane.snat_ports.lo, self.dataplane.snat_ports.hi);
+        // The workers poll the interfaces they started with: a table naming more would send
+        // frames to ports they do not have (past the end, interface 0's MAC applies).
+        let running = self.dataplane.links().len();
+        table.local.more.truncate(running.saturating_sub(1));
     }
 }
 
