@@ -36,6 +36,7 @@ const PACKAGE_OF: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),
     ("valgrind", "valgrind"),
     ("ping", "iputils-ping"),
+    ("conntrack", "conntrack"),
     ("curl", "curl"),
     ("openssl", "openssl"),
     ("haproxy", "haproxy"),
