@@ -24,7 +24,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Port, PortStats};
+use super::{Port, PortStats, UNSET};
 use crate::packet::PacketBuf;
 use crate::pipeline::Verdict;
 
@@ -528,6 +528,74 @@ impl DpdkPort {
     }
 
     /// Queues an mbuf whose frame is at `head`, `len` bytes long, for transmission.
+    /// Receives up to `max` (at most [`MAX_BURST`]) mbufs into `rx`/`frames`, transmitting
+    /// first when the transmit queue could not take a whole burst. Returns how many.
+    fn receive(&mut self, max: usize) -> usize {
+        if !self.registered {
+            // Once per worker thread: an lcore id gives the thread a mempool cache. Without
+            // one (no free lcore slot) the pool still works, uncached.
+            // SAFETY: EAL is initialised (the port exists).
+            let _ = unsafe { ffi::lb_thread_register() };
+            self.registered = true;
+        }
+        if self.tx.len() + MAX_BURST > TX_QUEUE {
+            self.transmit();
+        }
+        let want = max.min(MAX_BURST) as u16;
+        // SAFETY: `rx` and `frames` have room for MAX_BURST entries; the queue is ours.
+        let got = unsafe {
+            ffi::lb_rx_burst(
+                self.device.port_id,
+                self.queue,
+                self.rx.as_mut_ptr(),
+                self.frames.as_mut_ptr(),
+                want,
+            )
+        };
+        usize::from(got)
+    }
+
+    /// The buffer, head and length of received frame `i`, or `None` (counted, and its mbuf
+    /// queued to be freed) for a frame in several segments.
+    fn frame<'b>(&mut self, i: usize) -> Option<(&'b mut [u8], usize, usize)> {
+        let fr = self.frames[i];
+        if fr.nb_segs != 1 || fr.buf.is_null() {
+            self.multi_seg_dropped += 1;
+            self.free.push(self.rx[i]);
+            return None;
+        }
+        // SAFETY: the mbuf was just received and is ours until we transmit or free it (after
+        // the caller is done with the slice); its data buffer is `buf_len` bytes at `buf`, and
+        // no other frame of the burst shares it.
+        let buf = unsafe { std::slice::from_raw_parts_mut(fr.buf, usize::from(fr.buf_len)) };
+        Some((buf, usize::from(fr.head), usize::from(fr.len)))
+    }
+
+    /// Queues mbuf `m` for transmission with the frame's new `(head, len)` on `Tx`, else for
+    /// freeing.
+    fn settle(&mut self, m: *mut ffi::rte_mbuf, (head, len): (usize, usize), v: Verdict) {
+        match v {
+            Verdict::Tx if len > 0 && len <= usize::from(u16::MAX) => {
+                self.queue_tx(m, head, len);
+                return;
+            }
+            Verdict::Tx => self.stats.tx_dropped += 1,
+            Verdict::ToHost => self.to_host_dropped += 1,
+            Verdict::Drop(_) | Verdict::ToL7 => {}
+        }
+        self.free.push(m);
+    }
+
+    /// Frees the burst's mbufs not transmitted and counts the `got` received.
+    fn free_settled(&mut self, got: usize) {
+        if !self.free.is_empty() {
+            // SAFETY: every mbuf in `free` is ours and listed once.
+            unsafe { ffi::lb_free_bulk(self.free.as_mut_ptr(), self.free.len() as u32) };
+            self.free.clear();
+        }
+        self.stats.rx += got as u64;
+    }
+
     fn queue_tx(&mut self, m: *mut ffi::rte_mbuf, head: usize, len: usize) {
         self.tx.push(m);
         self.tx_frames.push(ffi::lb_frame {
@@ -601,58 +669,54 @@ impl Port for DpdkPort {
         max: usize,
         f: &mut dyn FnMut(&mut PacketBuf<'_>) -> Verdict,
     ) -> io::Result<usize> {
-        if !self.registered {
-            // Once per worker thread: an lcore id gives the thread a mempool cache. Without
-            // one (no free lcore slot) the pool still works, uncached.
-            // SAFETY: EAL is initialised (the port exists).
-            let _ = unsafe { ffi::lb_thread_register() };
-            self.registered = true;
-        }
-        if self.tx.len() + MAX_BURST > TX_QUEUE {
-            self.transmit();
-        }
-        let want = max.min(MAX_BURST) as u16;
-        // SAFETY: `rx` and `frames` have room for MAX_BURST entries; the queue is ours.
-        let got = unsafe {
-            ffi::lb_rx_burst(
-                self.device.port_id,
-                self.queue,
-                self.rx.as_mut_ptr(),
-                self.frames.as_mut_ptr(),
-                want,
-            )
-        };
-        let got = usize::from(got);
+        let got = self.receive(max);
         for i in 0..got {
             let m = self.rx[i];
-            let fr = self.frames[i];
-            if fr.nb_segs != 1 || fr.buf.is_null() {
-                self.multi_seg_dropped += 1;
-                self.free.push(m);
+            let Some((buf, head, len)) = self.frame(i) else {
                 continue;
-            }
-            // SAFETY: the mbuf was just received and is ours until we transmit or free it; its
-            // data buffer is `buf_len` bytes at `buf`, and nothing else refers to it meanwhile.
-            let buf = unsafe { std::slice::from_raw_parts_mut(fr.buf, usize::from(fr.buf_len)) };
-            let mut pkt = PacketBuf::new(buf, usize::from(fr.head), usize::from(fr.len));
-            match f(&mut pkt) {
-                Verdict::Tx if !pkt.is_empty() && pkt.len() <= usize::from(u16::MAX) => {
-                    let (head, len) = (pkt.head(), pkt.len());
-                    self.queue_tx(m, head, len);
-                    continue;
+            };
+            let mut pkt = PacketBuf::new(buf, head, len);
+            let v = f(&mut pkt);
+            let bounds = (pkt.head(), pkt.len());
+            self.settle(m, bounds, v);
+        }
+        self.free_settled(got);
+        Ok(got)
+    }
+
+    fn rx_batch(
+        &mut self,
+        max: usize,
+        f: &mut dyn FnMut(&mut [PacketBuf<'_>], &mut [Verdict]),
+    ) -> io::Result<usize> {
+        let got = self.receive(max);
+        // The frames the pipeline can take (single-segment), by their index in the burst.
+        let mut take = [0usize; MAX_BURST];
+        let mut n = 0;
+        let mut verdicts = [UNSET; MAX_BURST];
+        let mut out = [(0usize, 0usize); MAX_BURST];
+        {
+            let mut pkts: [PacketBuf<'_>; MAX_BURST] =
+                std::array::from_fn(|_| PacketBuf::new(&mut [], 0, 0));
+            for i in 0..got {
+                if let Some((buf, head, len)) = self.frame(i) {
+                    pkts[n] = PacketBuf::new(buf, head, len);
+                    take[n] = i;
+                    n += 1;
                 }
-                Verdict::Tx => self.stats.tx_dropped += 1,
-                Verdict::ToHost => self.to_host_dropped += 1,
-                Verdict::Drop(_) | Verdict::ToL7 => {}
             }
-            self.free.push(m);
+            if n > 0 {
+                f(&mut pkts[..n], &mut verdicts[..n]);
+            }
+            for (o, p) in out.iter_mut().zip(&pkts[..n]) {
+                *o = (p.head(), p.len());
+            }
         }
-        if !self.free.is_empty() {
-            // SAFETY: every mbuf in `free` is ours and listed once.
-            unsafe { ffi::lb_free_bulk(self.free.as_mut_ptr(), self.free.len() as u32) };
-            self.free.clear();
+        for k in 0..n {
+            let m = self.rx[take[k]];
+            self.settle(m, out[k], verdicts[k]);
         }
-        self.stats.rx += got as u64;
+        self.free_settled(got);
         Ok(got)
     }
 
