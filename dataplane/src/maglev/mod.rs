@@ -107,22 +107,22 @@ pub fn is_valid_table_size(n: usize) -> bool {
 /// Maglev's cost is the end: with F slots free a claim probes about M/F slots, so the last few
 /// hundred claims take most of the ~M ln M probes. With a list of the free slots a claim costs F
 /// multiplications instead (the permutation position of each free slot), which is cheaper below
-/// about sqrt(M / 10). Both find the same slot, so this only changes the speed.
-const ENDGAME_FREE: u32 = 64;
+/// about sqrt(M) / 2 (measured at M = 65537: 64 and 512 were slower). Both find the same slot, so
+/// this only changes the speed.
+const ENDGAME_FREE: u32 = 128;
 
-/// One backend during population: where it is in its permutation and how many slots it still has
-/// to claim.
+/// One backend during population: where it is in its permutation and how many slots it claims.
 struct Cursor {
     /// Index into the caller's slice, written into the slots it claims.
     index: u16,
     /// Next slot of its permutation to try.
     pos: u32,
-    /// Permutation step, in `1..size`.
-    skip: u32,
+    /// Permutation step, in `1..size`, and its multiples by 2, 3 and 4 modulo the size.
+    steps: [u32; 4],
     /// Inverse of `skip` modulo the table size, or 0 until the end game needs it.
     inv_skip: u32,
-    /// Slots still to claim before its quota is reached.
-    left: u32,
+    /// Slots it claims in all.
+    quota: u32,
     /// Its weight, which paces its claims.
     weight: u32,
 }
@@ -135,7 +135,10 @@ struct Group {
     claims: u32,
     /// Their cursors: `cursors[start..start + live]`, the finished ones moved out of the range.
     start: usize,
-    /// How many still claim.
+    /// How many still claim: those whose quota is above `claims`. The members are in key order
+    /// and have equal exact shares, so their quotas differ by at most the one slot of the rounding,
+    /// which goes to the smaller keys first: quotas never rise along the members, and the ones
+    /// done are always a suffix.
     live: usize,
     /// Calendar bucket of its next tick, `floor((2 * claims + 1) * total / (2 * weight))`, where
     /// `total` is the sum of the weights: about one bucket per slot.
@@ -149,6 +152,11 @@ struct Group {
     /// The next group in the same bucket, or [`NO_GROUP`].
     next: u32,
 }
+
+/// A calendar bucket spans `2^BUCKET_SHIFT` slots' worth of clock: a bucket per slot made the
+/// calendar's set-up and scan cost more than the few extra groups a coarser bucket puts through
+/// the heap.
+const BUCKET_SHIFT: u32 = 4;
 
 /// End of a bucket's list of groups.
 const NO_GROUP: u32 = u32::MAX;
@@ -218,8 +226,10 @@ impl PartialOrd for Tick {
 /// The table being filled.
 struct Fill {
     slots: Box<[u16]>,
-    /// Occupancy as a bitset: 8 KiB for the default size, so probing stays in L1 instead of striding
-    /// through the 128 KiB slot array.
+    /// Occupancy as a bitset of `2 * m` bits where bit `s + m` repeats bit `s`, so that the probes
+    /// `p + k * skip` (all below `2 * m`) need no reduction modulo `m`. Its length is a power of
+    /// two so that a mask, not a bounds check, keeps an index in range. 16 KiB for the default
+    /// size: probing stays in L1 instead of striding through the 128 KiB slot array.
     taken: Vec<u64>,
     /// Table size.
     m: u32,
@@ -227,7 +237,10 @@ struct Fill {
     m_recip: u64,
     /// Slots still free.
     free: u32,
-    /// The free slots, once `free` is at most [`ENDGAME_FREE`]; `taken` is no longer kept then.
+    /// Whether `free` has dropped to [`ENDGAME_FREE`]: claims then pick from `free_list` and
+    /// `taken` is no longer kept.
+    endgame: bool,
+    /// The free slots in the end game.
     free_list: Vec<u32>,
 }
 
@@ -235,73 +248,102 @@ impl Fill {
     fn new(m: u32) -> Fill {
         Fill {
             slots: vec![EMPTY; m as usize].into_boxed_slice(),
-            taken: vec![0; (m as usize).div_ceil(64)],
+            taken: vec![0; (2 * m as usize).div_ceil(64).next_power_of_two()],
             m,
             m_recip: u64::MAX / u64::from(m),
             free: m,
+            endgame: false,
             free_list: Vec::new(),
         }
     }
 
-    /// Gives `c` the first free slot of its permutation from its cursor on.
+    /// Gives each of `members`, in order, the first free slot of its permutation from its cursor
+    /// on.
     ///
-    /// The caller guarantees a free slot exists (quotas add up to `m`, so it does while `c` has one
-    /// to claim), and a prime `m` makes every permutation reach it: the probe loop ends.
-    #[inline]
-    fn claim(&mut self, c: &mut Cursor) {
+    /// The caller guarantees a free slot exists for each (quotas add up to `m`, so they do while
+    /// the members have slots to claim), and a prime `m` makes every permutation reach it: the
+    /// probe loop ends.
+    fn claim(&mut self, members: &mut [Cursor]) {
         let m = self.m;
-        let pos = if self.free_list.is_empty() {
-            // Four probes per iteration, each an independent load, and one branch for all four:
-            // in a filling table the outcome of a single probe is a coin toss the branch predictor
-            // loses, so fewer, wider tests are what makes this loop fast.
-            let (s1, s2, s3, s4) = {
-                let s2 = add_mod(c.skip, c.skip, m);
-                (c.skip, s2, add_mod(s2, c.skip, m), add_mod(s2, s2, m))
-            };
-            let mut p0 = c.pos;
-            loop {
-                let (p1, p2, p3) = (add_mod(p0, s1, m), add_mod(p0, s2, m), add_mod(p0, s3, m));
-                let free = u32::from(self.is_free(p0))
-                    | u32::from(self.is_free(p1)) << 1
-                    | u32::from(self.is_free(p2)) << 2
-                    | u32::from(self.is_free(p3)) << 3;
-                if free != 0 {
-                    // An indexed load, not a branch per candidate: free != 0 puts the index in 0..4.
-                    break [p0, p1, p2, p3][(free.trailing_zeros() & 3) as usize];
-                }
-                p0 = add_mod(p0, s4, m);
+        if self.endgame {
+            for c in members.iter_mut() {
+                let pos = self.pick(c);
+                self.slots[pos as usize] = c.index;
+                c.pos = add_mod(pos, c.steps[0], m);
             }
-        } else {
-            // The first free slot of the permutation is the one fewest steps away: slot s is
-            // (s - pos) / skip steps from pos, modulo m.
-            if c.inv_skip == 0 {
-                c.inv_skip = inverse_mod(c.skip, m);
-            }
-            let mut best = (u32::MAX, 0usize);
-            for (i, &s) in self.free_list.iter().enumerate() {
-                let ahead = if s >= c.pos { s - c.pos } else { s + m - c.pos };
-                let steps = self.reduce(u64::from(ahead) * u64::from(c.inv_skip));
-                if steps < best.0 {
-                    best = (steps, i);
+            return;
+        }
+        for c in members.iter_mut() {
+            let pos = self.walk(c);
+            self.taken[(pos >> 6) as usize] |= 1 << (pos & 63);
+            let twin = pos + m;
+            self.taken[(twin >> 6) as usize] |= 1 << (twin & 63);
+            self.slots[pos as usize] = c.index;
+            c.pos = add_mod(pos, c.steps[0], m);
+        }
+        // Lossless: at most 65534 members.
+        self.free -= members.len() as u32;
+        if self.free <= ENDGAME_FREE {
+            self.endgame = true;
+            // The free slots are the clear bits: visit them word by word, not slot by slot.
+            for (w, &bits) in (0u32..).zip(&self.taken[..(m as usize).div_ceil(64)]) {
+                let mut free = !bits;
+                while free != 0 {
+                    let s = w * 64 + free.trailing_zeros();
+                    if s < m {
+                        self.free_list.push(s);
+                    }
+                    free &= free - 1;
                 }
             }
-            self.free_list.swap_remove(best.1)
-        };
-        self.taken[(pos >> 6) as usize] |= 1 << (pos & 63);
-        self.slots[pos as usize] = c.index;
-        c.pos = add_mod(pos, c.skip, m);
-        c.left -= 1;
-        self.free -= 1;
-        if self.free == ENDGAME_FREE && self.free_list.is_empty() {
-            self.free_list = (0..m)
-                .filter(|&s| self.taken[(s >> 6) as usize] & (1 << (s & 63)) == 0)
-                .collect();
         }
     }
 
-    #[inline(always)]
-    fn is_free(&self, pos: u32) -> bool {
-        self.taken[(pos >> 6) as usize] & (1 << (pos & 63)) == 0
+    /// The first free slot of `c`'s permutation, walking it four probes at a time.
+    ///
+    /// A probe's outcome is a coin toss in a filling table, and a mispredicted branch costs more
+    /// than several probes: so four independent probes share one branch, which at low fill almost
+    /// always exits on the first round, and the free one among them is chosen with conditional
+    /// moves (`select`), never with a branch per probe. A first-probe shortcut branch was 10 %
+    /// slower for this reason.
+    fn walk(&self, c: &Cursor) -> u32 {
+        let m = self.m;
+        let mask = self.taken.len() - 1;
+        let taken = &self.taken[..=mask];
+        // 1 when slot `p` (or `p - m`) is taken.
+        let bit = |p: u32| (taken[(p >> 6) as usize & mask] >> (p & 63)) & 1;
+        let [s1, s2, s3, s4] = c.steps;
+        let mut p = c.pos;
+        loop {
+            let all = bit(p) & bit(p + s1) & bit(p + s2) & bit(p + s3);
+            if all == 0 {
+                break;
+            }
+            p = add_mod(p, s4, m);
+        }
+        // The first free of the four: the loop's loads, reused.
+        let (t0, t1, t2) = (bit(p) != 0, bit(p + s1) != 0, bit(p + s2) != 0);
+        let q = select(t0, select(t1, select(t2, p + s3, p + s2), p + s1), p);
+        select(q >= m, q.wrapping_sub(m), q)
+    }
+
+    /// The first free slot of `c`'s permutation in the end game, taken off the free list.
+    fn pick(&mut self, c: &mut Cursor) -> u32 {
+        let m = self.m;
+        // The first free slot of the permutation is the one fewest steps away: slot s is
+        // (s - pos) / skip steps from pos, modulo m.
+        if c.inv_skip == 0 {
+            c.inv_skip = inverse_mod(c.steps[0], m);
+        }
+        let mut best = (u32::MAX, 0usize);
+        for (i, &s) in self.free_list.iter().enumerate() {
+            let ahead = if s >= c.pos { s - c.pos } else { s + m - c.pos };
+            let steps = self.reduce(u64::from(ahead) * u64::from(c.inv_skip));
+            if steps < best.0 {
+                best = (steps, i);
+            }
+        }
+        self.free_list.swap_remove(best.1)
     }
 
     /// `x mod m` for `x < 2^62` (Barrett reduction: the estimated quotient is at most one short).
@@ -322,11 +364,13 @@ impl Fill {
 #[inline(always)]
 fn add_mod(a: u32, b: u32, m: u32) -> u32 {
     let s = a + b;
-    if s >= m {
-        s - m
-    } else {
-        s
-    }
+    select(s >= m, s.wrapping_sub(m), s)
+}
+
+/// `if c { a } else { b }` without a branch: `c` is a probe outcome, which no predictor guesses.
+#[inline(always)]
+fn select(c: bool, a: u32, b: u32) -> u32 {
+    std::hint::select_unpredictable(c, a, b)
 }
 
 /// The inverse of `a` modulo the prime `m` (extended Euclid), for `0 < a < m`.
@@ -378,17 +422,18 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
         .iter()
         .zip(&quotas)
         .filter(|&(_, &q)| q > 0)
-        .map(|(&index, &left)| {
+        .map(|(&index, &quota)| {
             let b = &backends[usize::from(index)];
             // Lossless: both values are below `m`, which fits a u32.
             let pos = (hash_bytes(&b.key, OFFSET_SEED) % u64::from(m)) as u32;
             let skip = (hash_bytes(&b.key, SKIP_SEED) % u64::from(m - 1)) as u32 + 1;
+            let s2 = add_mod(skip, skip, m);
             Cursor {
                 index,
                 pos,
-                skip,
+                steps: [skip, s2, add_mod(s2, skip, m), add_mod(s2, s2, m)],
                 inv_skip: 0,
-                left,
+                quota,
                 weight: b.weight,
             }
         })
@@ -408,16 +453,21 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
             }
         }
     }
+    debug_assert!(groups.iter().all(|g| {
+        let q = &cursors[g.start..g.start + g.live];
+        q.windows(2)
+            .all(|w| w[0].quota >= w[1].quota && w[0].quota - w[1].quota <= 1)
+    }));
 
-    // Ticks in clock order through a calendar: groups wait in the bucket of their next tick (about
-    // one bucket per slot, the last one catching anything later), and the few in one bucket are put
+    // Ticks in clock order through a calendar: groups wait in the bucket of their next tick (one
+    // bucket per 2^BUCKET_SHIFT slots, the last one catching anything later), and the few in one bucket are put
     // in exact order by a small heap. A single heap over all groups did the same but spent more time
     // sifting than the claims themselves when weights are many and distinct.
-    let last = u64::from(m);
-    let mut heads = vec![NO_GROUP; size + 1];
+    let last = u64::from(m) >> BUCKET_SHIFT;
+    let mut heads = vec![NO_GROUP; (last + 1) as usize];
     for (gi, g) in groups.iter_mut().enumerate() {
         // Lossless: at most 65534 groups; the bucket is clamped to `m`.
-        let b = g.bucket.min(last) as usize;
+        let b = (g.bucket >> BUCKET_SHIFT).min(last) as usize;
         g.next = heads[b];
         heads[b] = gi as u32;
     }
@@ -440,24 +490,19 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
             let Some(members) = cursors.get_mut(g.start..g.start + g.live) else {
                 continue;
             };
-            // Compact in place, keeping key order among those that still claim.
-            let mut live = 0;
-            for i in 0..members.len() {
-                fill.claim(&mut members[i]);
-                if members[i].left > 0 {
-                    if live != i {
-                        members.swap(live, i);
-                    }
-                    live += 1;
-                }
+            fill.claim(members);
+            g.claims += 1;
+            // Those done are a suffix (see `Group::live`).
+            let mut live = members.len();
+            while live > 0 && members[live - 1].quota == g.claims {
+                live -= 1;
             }
             g.live = live;
-            g.claims += 1;
             g.advance();
             if live == 0 {
                 continue;
             }
-            let nb = g.bucket.min(last) as usize;
+            let nb = (g.bucket >> BUCKET_SHIFT).min(last) as usize;
             if nb == b {
                 due.push(Reverse(Tick {
                     claims: g.claims,
