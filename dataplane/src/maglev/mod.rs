@@ -401,28 +401,44 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
         });
     }
     // Key order is what makes the result independent of the caller's order. The casts are lossless:
-    // the length was checked against `u16::MAX - 1` above.
-    let mut order: Vec<u16> = (0..backends.len() as u16).collect();
-    order.sort_unstable_by(|&a, &b| {
+    // the length was checked against `u16::MAX - 1` above. Keys are compared by their first 16
+    // bytes as one number first (zero-padded, big-endian: the same order as the bytes'), and in
+    // full only when those are equal: most comparisons then cost no call to `memcmp`.
+    let mut by_key: Vec<(u128, u16)> = (0..backends.len() as u16)
+        .map(|i| (key_prefix(&backends[usize::from(i)].key), i))
+        .collect();
+    let full = |a: u16, b: u16| {
         backends[usize::from(a)]
             .key
             .cmp(&backends[usize::from(b)].key)
-    });
-    if order
+    };
+    by_key.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| full(a.1, b.1)));
+    if by_key
         .windows(2)
-        .any(|w| backends[usize::from(w[0])].key == backends[usize::from(w[1])].key)
+        .any(|w| w[0].0 == w[1].0 && full(w[0].1, w[1].1).is_eq())
     {
         return Err(MaglevError::DuplicateKey);
     }
+    let order: Vec<u16> = by_key.iter().map(|&(_, i)| i).collect();
 
     // Lossless: size <= 2^31.
     let m = size as u32;
     let quotas = quotas(backends, &order, m);
-    let mut cursors: Vec<Cursor> = order
-        .iter()
+    // By weight, then key: a group's members claim in key order. Weight and rank packed in one
+    // number sort faster than the cursors themselves.
+    let mut by_weight: Vec<u64> = (0u64..)
+        .zip(&order)
         .zip(&quotas)
         .filter(|&(_, &q)| q > 0)
-        .map(|(&index, &quota)| {
+        .map(|((rank, &i), _)| u64::from(backends[usize::from(i)].weight) << 16 | rank)
+        .collect();
+    by_weight.sort_unstable();
+    let mut cursors: Vec<Cursor> = by_weight
+        .iter()
+        .map(|&key| {
+            // Lossless: the rank is below 2^16.
+            let rank = (key & 0xffff) as usize;
+            let index = order[rank];
             let b = &backends[usize::from(index)];
             // Lossless: both values are below `m`, which fits a u32.
             let pos = (hash_bytes(&b.key, OFFSET_SEED) % u64::from(m)) as u32;
@@ -433,13 +449,11 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
                 pos,
                 steps: [skip, s2, add_mod(s2, skip, m), add_mod(s2, s2, m)],
                 inv_skip: 0,
-                quota,
+                quota: quotas[rank],
                 weight: b.weight,
             }
         })
         .collect();
-    // Stable: key order within each weight.
-    cursors.sort_by_key(|c| c.weight);
     // At most 65534 weights below 2^32: no overflow.
     let total: u64 = cursors.iter().map(|c| u64::from(c.weight)).sum();
     let mut groups: Vec<Group> = Vec::new();
@@ -460,9 +474,9 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
     }));
 
     // Ticks in clock order through a calendar: groups wait in the bucket of their next tick (one
-    // bucket per 2^BUCKET_SHIFT slots, the last one catching anything later), and the few in one bucket are put
-    // in exact order by a small heap. A single heap over all groups did the same but spent more time
-    // sifting than the claims themselves when weights are many and distinct.
+    // bucket per 2^BUCKET_SHIFT slots, the last one catching anything later), and the few in one
+    // bucket are put in exact order by a small heap. A single heap over all groups did the same but
+    // spent more time sifting than the claims themselves when weights are many and distinct.
     let last = u64::from(m) >> BUCKET_SHIFT;
     let mut heads = vec![NO_GROUP; (last + 1) as usize];
     for (gi, g) in groups.iter_mut().enumerate() {
@@ -517,6 +531,16 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
     Ok(Maglev { slots: fill.slots })
 }
 
+/// The first 16 bytes of `key`, zero-padded, as a big-endian number: when two keys' prefixes
+/// differ they order as the keys do (a shorter key pads with zeros, below any byte of the longer
+/// key or equal to it, and then the full comparison decides).
+fn key_prefix(key: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    let n = key.len().min(16);
+    b[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(b)
+}
+
 /// Exact slot counts per backend of `order` (largest-remainder rounding of `m * w / sum(w)`); they add
 /// up to `m`, or are all 0 when every weight is 0. Ties between equal remainders go to the smaller
 /// key, so the counts do not depend on the caller's order either.
@@ -529,19 +553,25 @@ fn quotas(backends: &[MaglevBackend], order: &[u16], m: u32) -> Vec<u32> {
     }
     let mut quotas = Vec::with_capacity(order.len());
     let mut remainders = Vec::with_capacity(order.len());
-    for (rank, &i) in order.iter().enumerate() {
+    for (rank, &i) in (0u64..).zip(order) {
         // m <= 2^31 and weight < 2^32: the product fits a u64, and the quotient is at most m.
         let exact = u64::from(m) * weight(i);
         quotas.push((exact / total) as u32);
-        remainders.push((exact % total, rank));
+        // Largest remainder first, then smallest rank, as one number: the remainder is below
+        // `total` < 2^48 and the rank below 2^16.
+        remainders.push((total - 1 - exact % total) << 16 | rank);
     }
     let given: u64 = quotas.iter().map(|&q| u64::from(q)).sum();
     // Remainders add up to `total * missing` and each is below `total`, so more than `missing`
     // backends have a non-zero remainder: a weight-0 backend never receives one of these slots.
     let missing = (u64::from(m) - given) as usize;
-    remainders.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    for &(_, rank) in remainders.iter().take(missing) {
-        quotas[rank] += 1;
+    if missing > 0 {
+        // Only which ones get a slot matters, not their order.
+        remainders.select_nth_unstable(missing - 1);
+        for &r in &remainders[..missing] {
+            // Lossless: the rank is below 2^16.
+            quotas[(r & 0xffff) as usize] += 1;
+        }
     }
     quotas
 }

@@ -325,3 +325,49 @@ proptest! {
         prop_assert_eq!(got, reference(&b, size as u32));
     }
 }
+
+/// Keys are sorted by a 16-byte prefix first: keys that share it, keys that are prefixes of one
+/// another and keys with zero bytes (which the prefix pads with) must still sort as the bytes do.
+#[test]
+fn keys_sharing_long_prefixes_sort_as_bytes() {
+    let mut names: Vec<Vec<u8>> = vec![
+        b"ab".to_vec(),
+        b"ab\0".to_vec(),
+        b"ab\0\0".to_vec(),
+        b"a".to_vec(),
+        vec![],
+        vec![0],
+        b"0123456789abcdef".to_vec(),
+        b"0123456789abcdef\0".to_vec(),
+        b"0123456789abcdefA".to_vec(),
+        b"0123456789abcdef@".to_vec(),
+        b"0123456789abcde".to_vec(),
+        b"0123456789abcdf".to_vec(),
+    ];
+    for i in 0..40u32 {
+        names.push(format!("[2001:db8::{i}]:8080-long-enough").into_bytes());
+        names.push(format!("[2001:db8::{i}]:8080").into_bytes());
+    }
+    let b: Vec<MaglevBackend> = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, key)| MaglevBackend {
+            key,
+            weight: 1 + (i % 3) as u32,
+        })
+        .collect();
+    for size in [251, 4099, DEFAULT_TABLE_SIZE] {
+        let t = build(&b, size).unwrap();
+        let got: Vec<Option<Vec<u8>>> = keys(&t, &b)
+            .into_iter()
+            .map(|k| k.map(<[u8]>::to_vec))
+            .collect();
+        assert_eq!(got, reference(&b, size as u32), "size {size}");
+    }
+    let mut dup = b.clone();
+    dup[1].key = b"0123456789abcdefA".to_vec();
+    assert_eq!(
+        build(&dup, DEFAULT_TABLE_SIZE),
+        Err(MaglevError::DuplicateKey)
+    );
+}
