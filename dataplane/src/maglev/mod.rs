@@ -102,14 +102,18 @@ pub fn is_valid_table_size(n: usize) -> bool {
     true
 }
 
-/// Free slots left when population stops walking permutations and picks from a list of free slots.
+/// Free slots left when population stops walking permutations and picks from a list of free slots,
+/// for a table of `m` slots.
 ///
 /// Maglev's cost is the end: with F slots free a claim probes about M/F slots, so the last few
 /// hundred claims take most of the ~M ln M probes. With a list of the free slots a claim costs F
-/// multiplications instead (the permutation position of each free slot), which is cheaper below
-/// about sqrt(M) / 2 (measured at M = 65537: 64 and 512 were slower). Both find the same slot, so
-/// this only changes the speed.
-const ENDGAME_FREE: u32 = 128;
+/// multiplications instead (the permutation position of each free slot), so the list wins below
+/// F ~ sqrt(M) times a constant: measured at M = 65537, switching at 128 to 192 free slots was
+/// fastest (64 and 256 were 1-2 % slower). Both find the same slot, so this only changes the
+/// speed.
+fn endgame_free(m: u32) -> u32 {
+    m.isqrt() * 5 / 8
+}
 
 /// One backend during population: where it is in its permutation and how many slots it claims.
 struct Cursor {
@@ -237,7 +241,9 @@ struct Fill {
     m_recip: u64,
     /// Slots still free.
     free: u32,
-    /// Whether `free` has dropped to [`ENDGAME_FREE`]: claims then pick from `free_list` and
+    /// [`endgame_free`] of `m`.
+    endgame_at: u32,
+    /// Whether `free` has dropped to `endgame_at`: claims then pick from `free_list` and
     /// `taken` is no longer kept.
     endgame: bool,
     /// The free slots in the end game.
@@ -252,6 +258,7 @@ impl Fill {
             m,
             m_recip: u64::MAX / u64::from(m),
             free: m,
+            endgame_at: endgame_free(m),
             endgame: false,
             free_list: Vec::new(),
         }
@@ -283,7 +290,7 @@ impl Fill {
         }
         // Lossless: at most 65534 members.
         self.free -= members.len() as u32;
-        if self.free <= ENDGAME_FREE {
+        if self.free <= self.endgame_at {
             self.endgame = true;
             // The free slots are the clear bits: visit them word by word, not slot by slot.
             for (w, &bits) in (0u32..).zip(&self.taken[..(m as usize).div_ceil(64)]) {
@@ -337,7 +344,11 @@ impl Fill {
         }
         let mut best = (u32::MAX, 0usize);
         for (i, &s) in self.free_list.iter().enumerate() {
-            let ahead = if s >= c.pos { s - c.pos } else { s + m - c.pos };
+            let ahead = select(
+                s >= c.pos,
+                s.wrapping_sub(c.pos),
+                (s + m).wrapping_sub(c.pos),
+            );
             let steps = self.reduce(u64::from(ahead) * u64::from(c.inv_skip));
             if steps < best.0 {
                 best = (steps, i);
