@@ -232,8 +232,9 @@ struct Fill {
     slots: Box<[u16]>,
     /// Occupancy as a bitset of `2 * m` bits where bit `s + m` repeats bit `s`, so that the probes
     /// `p + k * skip` (all below `2 * m`) need no reduction modulo `m`. Its length is a power of
-    /// two so that a mask, not a bounds check, keeps an index in range. 16 KiB for the default
-    /// size: probing stays in L1 instead of striding through the 128 KiB slot array.
+    /// two so that a mask, not a bounds check, keeps an index in range. For the default size 16 KiB
+    /// of it are used (32 KiB allocated): probing stays in L1 instead of striding through the
+    /// 128 KiB slot array.
     taken: Vec<u64>,
     /// Table size.
     m: u32,
