@@ -13,9 +13,6 @@
 //! anything else, so the caller's order only decides which index a slot holds, never which backend.
 #![forbid(unsafe_code)]
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use crate::flow::hash_bytes;
 
 /// Default lookup table size: a prime, so every permutation visits every slot.
@@ -156,11 +153,6 @@ struct Group {
     /// The next group in the same bucket, or [`NO_GROUP`].
     next: u32,
 }
-
-/// A calendar bucket spans `2^BUCKET_SHIFT` slots' worth of clock: a bucket per slot made the
-/// calendar's set-up and scan cost more than the few extra groups a coarser bucket puts through
-/// the heap.
-const BUCKET_SHIFT: u32 = 4;
 
 /// End of a bucket's list of groups.
 const NO_GROUP: u32 = u32::MAX;
@@ -486,30 +478,59 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
     }));
 
     // Ticks in clock order through a calendar: groups wait in the bucket of their next tick (one
-    // bucket per 2^BUCKET_SHIFT slots, the last one catching anything later), and the few in one
-    // bucket are put in exact order by a small heap. A single heap over all groups did the same but
-    // spent more time sifting than the claims themselves when weights are many and distinct.
-    let last = u64::from(m) >> BUCKET_SHIFT;
+    // bucket per 2^shift slots, the last one catching anything later), and the few in one
+    // bucket are put in exact order in a short sorted list. A single heap over all groups did the
+    // same but spent more time sifting than the claims themselves when weights are many and
+    // distinct, and a heap per bucket cost more than the list for the one to three groups a bucket
+    // holds.
+    // About one tick per bucket: a bucket per slot costs more to set up and scan than the ticks
+    // need when they are few (1000 backends of 100 weights tick ~6,600 times at M = 65537), and
+    // wider buckets put more groups through the heap when they are many (100 backends of ~60
+    // weights tick ~40,000 times).
+    let ticks: u64 = groups
+        .iter()
+        .map(|g| u64::from(cursors[g.start].quota))
+        .sum();
+    let shift = (u64::from(m) / ticks.max(1)).max(1).ilog2();
+    let last = u64::from(m) >> shift;
     let mut heads = vec![NO_GROUP; (last + 1) as usize];
+    // Which buckets hold a group: the scan jumps from one to the next by a bit search, where a
+    // test per bucket was a branch taken at random when about half the buckets are empty.
+    let mut occupied = vec![0u64; heads.len().div_ceil(64)];
     for (gi, g) in groups.iter_mut().enumerate() {
         // Lossless: at most 65534 groups; the bucket is clamped to `m`.
-        let b = (g.bucket >> BUCKET_SHIFT).min(last) as usize;
+        let b = (g.bucket >> shift).min(last) as usize;
         g.next = heads[b];
         heads[b] = gi as u32;
+        occupied[b >> 6] |= 1 << (b & 63);
     }
     let mut fill = Fill::new(m);
-    let mut due: BinaryHeap<Reverse<Tick>> = BinaryHeap::new();
-    for b in 0..heads.len() {
-        let mut gi = heads[b];
+    // Latest first: the next tick is the last.
+    let mut due: Vec<Tick> = Vec::new();
+    let schedule = |due: &mut Vec<Tick>, t: Tick| {
+        let at = due.partition_point(|d| *d > t);
+        due.insert(at, t);
+    };
+    let mut word = 0;
+    while word < occupied.len() {
+        if occupied[word] == 0 {
+            word += 1;
+            continue;
+        }
+        // Lossless: a bit index.
+        let b = word * 64 + occupied[word].trailing_zeros() as usize;
+        occupied[word] &= occupied[word] - 1;
+        let mut gi = std::mem::replace(&mut heads[b], NO_GROUP);
         while let Some(g) = groups.get(gi as usize) {
-            due.push(Reverse(Tick {
+            let t = Tick {
                 claims: g.claims,
                 weight: g.weight,
                 group: gi as usize,
-            }));
+            };
+            schedule(&mut due, t);
             gi = g.next;
         }
-        while let Some(Reverse(tick)) = due.pop() {
+        while let Some(tick) = due.pop() {
             let Some(g) = groups.get_mut(tick.group) else {
                 continue;
             };
@@ -528,15 +549,17 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
             if live == 0 {
                 continue;
             }
-            let nb = (g.bucket >> BUCKET_SHIFT).min(last) as usize;
+            let nb = (g.bucket >> shift).min(last) as usize;
             if nb == b {
-                due.push(Reverse(Tick {
+                let t = Tick {
                     claims: g.claims,
                     ..tick
-                }));
+                };
+                schedule(&mut due, t);
             } else {
                 g.next = heads[nb];
                 heads[nb] = tick.group as u32;
+                occupied[nb >> 6] |= 1 << (nb & 63);
             }
         }
     }

@@ -371,3 +371,39 @@ fn keys_sharing_long_prefixes_sort_as_bytes() {
         Err(MaglevError::DuplicateKey)
     );
 }
+
+/// Many members per weight (wide calendar buckets, the end game reached mid-tick) and many
+/// distinct weights (narrow buckets, several groups due in one bucket) against the reference.
+#[test]
+fn large_sets_match_the_reference_model() {
+    let lcg = |n: usize, modulo: u32| -> Vec<u32> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 33) as u32 % modulo + 1
+            })
+            .collect()
+    };
+    for (weights, size) in [
+        (vec![1; 1000], DEFAULT_TABLE_SIZE),
+        (lcg(1000, 3), DEFAULT_TABLE_SIZE),
+        (lcg(1000, 100), DEFAULT_TABLE_SIZE),
+        (lcg(100, 100), DEFAULT_TABLE_SIZE),
+        (lcg(300, 1000), 4099),
+    ] {
+        let b = weighted(&weights, 9);
+        let t = build(&b, size).unwrap();
+        let got: Vec<Option<Vec<u8>>> = keys(&t, &b)
+            .into_iter()
+            .map(|k| k.map(<[u8]>::to_vec))
+            .collect();
+        assert!(
+            got == reference(&b, size as u32),
+            "{} backends, size {size}",
+            b.len()
+        );
+    }
+}
