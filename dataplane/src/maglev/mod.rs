@@ -134,7 +134,7 @@ struct Group {
     weight: u32,
     /// Claims each has made so far (the group's clock position).
     claims: u32,
-    /// Their cursors: `cursors[start..start + live]`, the finished ones moved out of the range.
+    /// Their cursors: `cursors[start..start + live]`; the finished ones fall off its end.
     start: usize,
     /// How many still claim: those whose quota is above `claims`. The members are in key order
     /// and have equal exact shares, so their quotas differ by at most the one slot of the rounding,
@@ -371,10 +371,18 @@ fn add_mod(a: u32, b: u32, m: u32) -> u32 {
     select(s >= m, s.wrapping_sub(m), s)
 }
 
-/// `if c { a } else { b }` without a branch: `c` is a probe outcome, which no predictor guesses.
+/// `if c { a } else { b }`, meant to become a conditional move: `c` is a probe outcome, which no
+/// branch predictor guesses. LLVM may still turn it into a branch (it did in one draft of `walk`,
+/// making the build 40 % slower); `std::hint::select_unpredictable` would forbid that but needs
+/// Rust 1.88, above the workspace's 1.85. After changing the probe loop, check the disassembly
+/// for `cmov` and the time with `examples/maglev_build`.
 #[inline(always)]
 fn select(c: bool, a: u32, b: u32) -> u32 {
-    std::hint::select_unpredictable(c, a, b)
+    if c {
+        a
+    } else {
+        b
+    }
 }
 
 /// The inverse of `a` modulo the prime `m` (extended Euclid), for `0 < a < m`.
@@ -478,15 +486,14 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
     }));
 
     // Ticks in clock order through a calendar: groups wait in the bucket of their next tick (one
-    // bucket per 2^shift slots, the last one catching anything later), and the few in one
-    // bucket are put in exact order in a short sorted list. A single heap over all groups did the
-    // same but spent more time sifting than the claims themselves when weights are many and
-    // distinct, and a heap per bucket cost more than the list for the one to three groups a bucket
-    // holds.
+    // bucket per 2^shift slots, the last one catching anything later), and the few in one bucket
+    // are put in exact order in a short sorted list. A single heap over all groups did the same but
+    // spent more time sifting than the claims themselves when weights are many and distinct.
+    //
     // About one tick per bucket: a bucket per slot costs more to set up and scan than the ticks
     // need when they are few (1000 backends of 100 weights tick ~6,600 times at M = 65537), and
-    // wider buckets put more groups through the heap when they are many (100 backends of ~60
-    // weights tick ~40,000 times).
+    // wide buckets put several groups at a time through the list when ticks are many (100 backends
+    // of ~60 weights tick ~45,000 times: 16-slot buckets made their build 30 % slower).
     let ticks: u64 = groups
         .iter()
         .map(|g| u64::from(cursors[g.start].quota))
