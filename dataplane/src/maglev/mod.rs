@@ -13,9 +13,6 @@
 //! anything else, so the caller's order only decides which index a slot holds, never which backend.
 #![forbid(unsafe_code)]
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use crate::flow::hash_bytes;
 
 /// Default lookup table size: a prime, so every permutation visits every slot.
@@ -102,27 +99,31 @@ pub fn is_valid_table_size(n: usize) -> bool {
     true
 }
 
-/// Free slots left when population stops walking permutations and picks from a list of free slots.
+/// Free slots left when population stops walking permutations and picks from a list of free slots,
+/// for a table of `m` slots.
 ///
 /// Maglev's cost is the end: with F slots free a claim probes about M/F slots, so the last few
 /// hundred claims take most of the ~M ln M probes. With a list of the free slots a claim costs F
-/// multiplications instead (the permutation position of each free slot), which is cheaper below
-/// about sqrt(M / 10). Both find the same slot, so this only changes the speed.
-const ENDGAME_FREE: u32 = 64;
+/// multiplications instead (the permutation position of each free slot), so the list wins below
+/// F ~ sqrt(M) times a constant: measured at M = 65537, switching at 128 to 192 free slots was
+/// fastest (64 and 256 were 1-2 % slower). Both find the same slot, so this only changes the
+/// speed.
+fn endgame_free(m: u32) -> u32 {
+    m.isqrt() * 5 / 8
+}
 
-/// One backend during population: where it is in its permutation and how many slots it still has
-/// to claim.
+/// One backend during population: where it is in its permutation and how many slots it claims.
 struct Cursor {
     /// Index into the caller's slice, written into the slots it claims.
     index: u16,
     /// Next slot of its permutation to try.
     pos: u32,
-    /// Permutation step, in `1..size`.
-    skip: u32,
+    /// Permutation step, in `1..size`, and its multiples by 2, 3 and 4 modulo the size.
+    steps: [u32; 4],
     /// Inverse of `skip` modulo the table size, or 0 until the end game needs it.
     inv_skip: u32,
-    /// Slots still to claim before its quota is reached.
-    left: u32,
+    /// Slots it claims in all.
+    quota: u32,
     /// Its weight, which paces its claims.
     weight: u32,
 }
@@ -133,9 +134,12 @@ struct Group {
     weight: u32,
     /// Claims each has made so far (the group's clock position).
     claims: u32,
-    /// Their cursors: `cursors[start..start + live]`, the finished ones moved out of the range.
+    /// Their cursors: `cursors[start..start + live]`; the finished ones fall off its end.
     start: usize,
-    /// How many still claim.
+    /// How many still claim: those whose quota is above `claims`. The members are in key order
+    /// and have equal exact shares, so their quotas differ by at most the one slot of the rounding,
+    /// which goes to the smaller keys first: quotas never rise along the members, and the ones
+    /// done are always a suffix.
     live: usize,
     /// Calendar bucket of its next tick, `floor((2 * claims + 1) * total / (2 * weight))`, where
     /// `total` is the sum of the weights: about one bucket per slot.
@@ -218,8 +222,11 @@ impl PartialOrd for Tick {
 /// The table being filled.
 struct Fill {
     slots: Box<[u16]>,
-    /// Occupancy as a bitset: 8 KiB for the default size, so probing stays in L1 instead of striding
-    /// through the 128 KiB slot array.
+    /// Occupancy as a bitset of `2 * m` bits where bit `s + m` repeats bit `s`, so that the probes
+    /// `p + k * skip` (all below `2 * m`) need no reduction modulo `m`. Its length is a power of
+    /// two so that a mask, not a bounds check, keeps an index in range. For the default size 16 KiB
+    /// of it are used (32 KiB allocated): probing stays in L1 instead of striding through the
+    /// 128 KiB slot array.
     taken: Vec<u64>,
     /// Table size.
     m: u32,
@@ -227,7 +234,12 @@ struct Fill {
     m_recip: u64,
     /// Slots still free.
     free: u32,
-    /// The free slots, once `free` is at most [`ENDGAME_FREE`]; `taken` is no longer kept then.
+    /// [`endgame_free`] of `m`.
+    endgame_at: u32,
+    /// Whether `free` has dropped to `endgame_at`: claims then pick from `free_list` and
+    /// `taken` is no longer kept.
+    endgame: bool,
+    /// The free slots in the end game.
     free_list: Vec<u32>,
 }
 
@@ -235,73 +247,107 @@ impl Fill {
     fn new(m: u32) -> Fill {
         Fill {
             slots: vec![EMPTY; m as usize].into_boxed_slice(),
-            taken: vec![0; (m as usize).div_ceil(64)],
+            taken: vec![0; (2 * m as usize).div_ceil(64).next_power_of_two()],
             m,
             m_recip: u64::MAX / u64::from(m),
             free: m,
+            endgame_at: endgame_free(m),
+            endgame: false,
             free_list: Vec::new(),
         }
     }
 
-    /// Gives `c` the first free slot of its permutation from its cursor on.
+    /// Gives each of `members`, in order, the first free slot of its permutation from its cursor
+    /// on.
     ///
-    /// The caller guarantees a free slot exists (quotas add up to `m`, so it does while `c` has one
-    /// to claim), and a prime `m` makes every permutation reach it: the probe loop ends.
-    #[inline]
-    fn claim(&mut self, c: &mut Cursor) {
+    /// The caller guarantees a free slot exists for each (quotas add up to `m`, so they do while
+    /// the members have slots to claim), and a prime `m` makes every permutation reach it: the
+    /// probe loop ends.
+    fn claim(&mut self, members: &mut [Cursor]) {
         let m = self.m;
-        let pos = if self.free_list.is_empty() {
-            // Four probes per iteration, each an independent load, and one branch for all four:
-            // in a filling table the outcome of a single probe is a coin toss the branch predictor
-            // loses, so fewer, wider tests are what makes this loop fast.
-            let (s1, s2, s3, s4) = {
-                let s2 = add_mod(c.skip, c.skip, m);
-                (c.skip, s2, add_mod(s2, c.skip, m), add_mod(s2, s2, m))
-            };
-            let mut p0 = c.pos;
-            loop {
-                let (p1, p2, p3) = (add_mod(p0, s1, m), add_mod(p0, s2, m), add_mod(p0, s3, m));
-                let free = u32::from(self.is_free(p0))
-                    | u32::from(self.is_free(p1)) << 1
-                    | u32::from(self.is_free(p2)) << 2
-                    | u32::from(self.is_free(p3)) << 3;
-                if free != 0 {
-                    // An indexed load, not a branch per candidate: free != 0 puts the index in 0..4.
-                    break [p0, p1, p2, p3][(free.trailing_zeros() & 3) as usize];
-                }
-                p0 = add_mod(p0, s4, m);
+        if self.endgame {
+            for c in members.iter_mut() {
+                let pos = self.pick(c);
+                self.slots[pos as usize] = c.index;
+                c.pos = add_mod(pos, c.steps[0], m);
             }
-        } else {
-            // The first free slot of the permutation is the one fewest steps away: slot s is
-            // (s - pos) / skip steps from pos, modulo m.
-            if c.inv_skip == 0 {
-                c.inv_skip = inverse_mod(c.skip, m);
-            }
-            let mut best = (u32::MAX, 0usize);
-            for (i, &s) in self.free_list.iter().enumerate() {
-                let ahead = if s >= c.pos { s - c.pos } else { s + m - c.pos };
-                let steps = self.reduce(u64::from(ahead) * u64::from(c.inv_skip));
-                if steps < best.0 {
-                    best = (steps, i);
+            return;
+        }
+        for c in members.iter_mut() {
+            let pos = self.walk(c);
+            self.taken[(pos >> 6) as usize] |= 1 << (pos & 63);
+            let twin = pos + m;
+            self.taken[(twin >> 6) as usize] |= 1 << (twin & 63);
+            self.slots[pos as usize] = c.index;
+            c.pos = add_mod(pos, c.steps[0], m);
+        }
+        // Lossless: at most 65534 members.
+        self.free -= members.len() as u32;
+        if self.free <= self.endgame_at {
+            self.endgame = true;
+            // The free slots are the clear bits: visit them word by word, not slot by slot.
+            for (w, &bits) in (0u32..).zip(&self.taken[..(m as usize).div_ceil(64)]) {
+                let mut free = !bits;
+                while free != 0 {
+                    let s = w * 64 + free.trailing_zeros();
+                    if s < m {
+                        self.free_list.push(s);
+                    }
+                    free &= free - 1;
                 }
             }
-            self.free_list.swap_remove(best.1)
-        };
-        self.taken[(pos >> 6) as usize] |= 1 << (pos & 63);
-        self.slots[pos as usize] = c.index;
-        c.pos = add_mod(pos, c.skip, m);
-        c.left -= 1;
-        self.free -= 1;
-        if self.free == ENDGAME_FREE && self.free_list.is_empty() {
-            self.free_list = (0..m)
-                .filter(|&s| self.taken[(s >> 6) as usize] & (1 << (s & 63)) == 0)
-                .collect();
         }
     }
 
-    #[inline(always)]
-    fn is_free(&self, pos: u32) -> bool {
-        self.taken[(pos >> 6) as usize] & (1 << (pos & 63)) == 0
+    /// The first free slot of `c`'s permutation, walking it four probes at a time.
+    ///
+    /// A probe's outcome is a coin toss in a filling table, and a mispredicted branch costs more
+    /// than several probes: so four independent probes share one branch, which at low fill almost
+    /// always exits on the first round, and the free one among them is chosen with conditional
+    /// moves (`select`), never with a branch per probe. A first-probe shortcut branch was 10 %
+    /// slower for this reason.
+    fn walk(&self, c: &Cursor) -> u32 {
+        let m = self.m;
+        let mask = self.taken.len() - 1;
+        let taken = &self.taken[..=mask];
+        // 1 when slot `p` (or `p - m`) is taken.
+        let bit = |p: u32| (taken[(p >> 6) as usize & mask] >> (p & 63)) & 1;
+        let [s1, s2, s3, s4] = c.steps;
+        let mut p = c.pos;
+        loop {
+            let all = bit(p) & bit(p + s1) & bit(p + s2) & bit(p + s3);
+            if all == 0 {
+                break;
+            }
+            p = add_mod(p, s4, m);
+        }
+        // The first free of the four: the loop's loads, reused.
+        let (t0, t1, t2) = (bit(p) != 0, bit(p + s1) != 0, bit(p + s2) != 0);
+        let q = select(t0, select(t1, select(t2, p + s3, p + s2), p + s1), p);
+        select(q >= m, q.wrapping_sub(m), q)
+    }
+
+    /// The first free slot of `c`'s permutation in the end game, taken off the free list.
+    fn pick(&mut self, c: &mut Cursor) -> u32 {
+        let m = self.m;
+        // The first free slot of the permutation is the one fewest steps away: slot s is
+        // (s - pos) / skip steps from pos, modulo m.
+        if c.inv_skip == 0 {
+            c.inv_skip = inverse_mod(c.steps[0], m);
+        }
+        let mut best = (u32::MAX, 0usize);
+        for (i, &s) in self.free_list.iter().enumerate() {
+            let ahead = select(
+                s >= c.pos,
+                s.wrapping_sub(c.pos),
+                (s + m).wrapping_sub(c.pos),
+            );
+            let steps = self.reduce(u64::from(ahead) * u64::from(c.inv_skip));
+            if steps < best.0 {
+                best = (steps, i);
+            }
+        }
+        self.free_list.swap_remove(best.1)
     }
 
     /// `x mod m` for `x < 2^62` (Barrett reduction: the estimated quotient is at most one short).
@@ -322,10 +368,20 @@ impl Fill {
 #[inline(always)]
 fn add_mod(a: u32, b: u32, m: u32) -> u32 {
     let s = a + b;
-    if s >= m {
-        s - m
+    select(s >= m, s.wrapping_sub(m), s)
+}
+
+/// `if c { a } else { b }`, meant to become a conditional move: `c` is a probe outcome, which no
+/// branch predictor guesses. LLVM may still turn it into a branch (it did in one draft of `walk`,
+/// making the build 40 % slower); `std::hint::select_unpredictable` would forbid that but needs
+/// Rust 1.88, above the workspace's 1.85. After changing the probe loop, check the disassembly
+/// for `cmov` and the time with `examples/maglev_build`.
+#[inline(always)]
+fn select(c: bool, a: u32, b: u32) -> u32 {
+    if c {
+        a
     } else {
-        s
+        b
     }
 }
 
@@ -357,44 +413,59 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
         });
     }
     // Key order is what makes the result independent of the caller's order. The casts are lossless:
-    // the length was checked against `u16::MAX - 1` above.
-    let mut order: Vec<u16> = (0..backends.len() as u16).collect();
-    order.sort_unstable_by(|&a, &b| {
+    // the length was checked against `u16::MAX - 1` above. Keys are compared by their first 16
+    // bytes as one number first (zero-padded, big-endian: the same order as the bytes'), and in
+    // full only when those are equal: most comparisons then cost no call to `memcmp`.
+    let mut by_key: Vec<(u128, u16)> = (0..backends.len() as u16)
+        .map(|i| (key_prefix(&backends[usize::from(i)].key), i))
+        .collect();
+    let full = |a: u16, b: u16| {
         backends[usize::from(a)]
             .key
             .cmp(&backends[usize::from(b)].key)
-    });
-    if order
+    };
+    by_key.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| full(a.1, b.1)));
+    if by_key
         .windows(2)
-        .any(|w| backends[usize::from(w[0])].key == backends[usize::from(w[1])].key)
+        .any(|w| w[0].0 == w[1].0 && full(w[0].1, w[1].1).is_eq())
     {
         return Err(MaglevError::DuplicateKey);
     }
+    let order: Vec<u16> = by_key.iter().map(|&(_, i)| i).collect();
 
     // Lossless: size <= 2^31.
     let m = size as u32;
     let quotas = quotas(backends, &order, m);
-    let mut cursors: Vec<Cursor> = order
-        .iter()
+    // By weight, then key: a group's members claim in key order. Weight and rank packed in one
+    // number sort faster than the cursors themselves.
+    let mut by_weight: Vec<u64> = (0u64..)
+        .zip(&order)
         .zip(&quotas)
         .filter(|&(_, &q)| q > 0)
-        .map(|(&index, &left)| {
+        .map(|((rank, &i), _)| u64::from(backends[usize::from(i)].weight) << 16 | rank)
+        .collect();
+    by_weight.sort_unstable();
+    let mut cursors: Vec<Cursor> = by_weight
+        .iter()
+        .map(|&key| {
+            // Lossless: the rank is below 2^16.
+            let rank = (key & 0xffff) as usize;
+            let index = order[rank];
             let b = &backends[usize::from(index)];
             // Lossless: both values are below `m`, which fits a u32.
             let pos = (hash_bytes(&b.key, OFFSET_SEED) % u64::from(m)) as u32;
             let skip = (hash_bytes(&b.key, SKIP_SEED) % u64::from(m - 1)) as u32 + 1;
+            let s2 = add_mod(skip, skip, m);
             Cursor {
                 index,
                 pos,
-                skip,
+                steps: [skip, s2, add_mod(s2, skip, m), add_mod(s2, s2, m)],
                 inv_skip: 0,
-                left,
+                quota: quotas[rank],
                 weight: b.weight,
             }
         })
         .collect();
-    // Stable: key order within each weight.
-    cursors.sort_by_key(|c| c.weight);
     // At most 65534 weights below 2^32: no overflow.
     let total: u64 = cursors.iter().map(|c| u64::from(c.weight)).sum();
     let mut groups: Vec<Group> = Vec::new();
@@ -408,68 +479,108 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
             }
         }
     }
+    debug_assert!(groups.iter().all(|g| {
+        let q = &cursors[g.start..g.start + g.live];
+        q.windows(2)
+            .all(|w| w[0].quota >= w[1].quota && w[0].quota - w[1].quota <= 1)
+    }));
 
-    // Ticks in clock order through a calendar: groups wait in the bucket of their next tick (about
-    // one bucket per slot, the last one catching anything later), and the few in one bucket are put
-    // in exact order by a small heap. A single heap over all groups did the same but spent more time
-    // sifting than the claims themselves when weights are many and distinct.
-    let last = u64::from(m);
-    let mut heads = vec![NO_GROUP; size + 1];
+    // Ticks in clock order through a calendar: groups wait in the bucket of their next tick (one
+    // bucket per 2^shift slots, the last one catching anything later), and the few in one bucket
+    // are put in exact order in a short sorted list. A single heap over all groups did the same but
+    // spent more time sifting than the claims themselves when weights are many and distinct.
+    //
+    // About one tick per bucket: a bucket per slot costs more to set up and scan than the ticks
+    // need when they are few (1000 backends of 100 weights tick ~6,600 times at M = 65537), and
+    // wide buckets put several groups at a time through the list when ticks are many (100 backends
+    // of ~60 weights tick ~45,000 times: 16-slot buckets made their build 30 % slower).
+    let ticks: u64 = groups
+        .iter()
+        .map(|g| u64::from(cursors[g.start].quota))
+        .sum();
+    let shift = (u64::from(m) / ticks.max(1)).max(1).ilog2();
+    let last = u64::from(m) >> shift;
+    let mut heads = vec![NO_GROUP; (last + 1) as usize];
+    // Which buckets hold a group: the scan jumps from one to the next by a bit search, where a
+    // test per bucket was a branch taken at random when about half the buckets are empty.
+    let mut occupied = vec![0u64; heads.len().div_ceil(64)];
     for (gi, g) in groups.iter_mut().enumerate() {
         // Lossless: at most 65534 groups; the bucket is clamped to `m`.
-        let b = g.bucket.min(last) as usize;
+        let b = (g.bucket >> shift).min(last) as usize;
         g.next = heads[b];
         heads[b] = gi as u32;
+        occupied[b >> 6] |= 1 << (b & 63);
     }
     let mut fill = Fill::new(m);
-    let mut due: BinaryHeap<Reverse<Tick>> = BinaryHeap::new();
-    for b in 0..heads.len() {
-        let mut gi = heads[b];
+    // Latest first: the next tick is the last.
+    let mut due: Vec<Tick> = Vec::new();
+    let schedule = |due: &mut Vec<Tick>, t: Tick| {
+        let at = due.partition_point(|d| *d > t);
+        due.insert(at, t);
+    };
+    let mut word = 0;
+    while word < occupied.len() {
+        if occupied[word] == 0 {
+            word += 1;
+            continue;
+        }
+        // Lossless: a bit index.
+        let b = word * 64 + occupied[word].trailing_zeros() as usize;
+        occupied[word] &= occupied[word] - 1;
+        let mut gi = std::mem::replace(&mut heads[b], NO_GROUP);
         while let Some(g) = groups.get(gi as usize) {
-            due.push(Reverse(Tick {
+            let t = Tick {
                 claims: g.claims,
                 weight: g.weight,
                 group: gi as usize,
-            }));
+            };
+            schedule(&mut due, t);
             gi = g.next;
         }
-        while let Some(Reverse(tick)) = due.pop() {
+        while let Some(tick) = due.pop() {
             let Some(g) = groups.get_mut(tick.group) else {
                 continue;
             };
             let Some(members) = cursors.get_mut(g.start..g.start + g.live) else {
                 continue;
             };
-            // Compact in place, keeping key order among those that still claim.
-            let mut live = 0;
-            for i in 0..members.len() {
-                fill.claim(&mut members[i]);
-                if members[i].left > 0 {
-                    if live != i {
-                        members.swap(live, i);
-                    }
-                    live += 1;
-                }
+            fill.claim(members);
+            g.claims += 1;
+            // Those done are a suffix (see `Group::live`).
+            let mut live = members.len();
+            while live > 0 && members[live - 1].quota == g.claims {
+                live -= 1;
             }
             g.live = live;
-            g.claims += 1;
             g.advance();
             if live == 0 {
                 continue;
             }
-            let nb = g.bucket.min(last) as usize;
+            let nb = (g.bucket >> shift).min(last) as usize;
             if nb == b {
-                due.push(Reverse(Tick {
+                let t = Tick {
                     claims: g.claims,
                     ..tick
-                }));
+                };
+                schedule(&mut due, t);
             } else {
                 g.next = heads[nb];
                 heads[nb] = tick.group as u32;
+                occupied[nb >> 6] |= 1 << (nb & 63);
             }
         }
     }
     Ok(Maglev { slots: fill.slots })
+}
+
+/// The first 16 bytes of `key`, zero-padded, as a big-endian number: when two keys' prefixes
+/// differ they order as the keys do (a shorter key pads with zeros, below any byte of the longer
+/// key or equal to it, and then the full comparison decides).
+fn key_prefix(key: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    let n = key.len().min(16);
+    b[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(b)
 }
 
 /// Exact slot counts per backend of `order` (largest-remainder rounding of `m * w / sum(w)`); they add
@@ -484,19 +595,25 @@ fn quotas(backends: &[MaglevBackend], order: &[u16], m: u32) -> Vec<u32> {
     }
     let mut quotas = Vec::with_capacity(order.len());
     let mut remainders = Vec::with_capacity(order.len());
-    for (rank, &i) in order.iter().enumerate() {
+    for (rank, &i) in (0u64..).zip(order) {
         // m <= 2^31 and weight < 2^32: the product fits a u64, and the quotient is at most m.
         let exact = u64::from(m) * weight(i);
         quotas.push((exact / total) as u32);
-        remainders.push((exact % total, rank));
+        // Largest remainder first, then smallest rank, as one number: the remainder is below
+        // `total` < 2^48 and the rank below 2^16.
+        remainders.push((total - 1 - exact % total) << 16 | rank);
     }
     let given: u64 = quotas.iter().map(|&q| u64::from(q)).sum();
     // Remainders add up to `total * missing` and each is below `total`, so more than `missing`
     // backends have a non-zero remainder: a weight-0 backend never receives one of these slots.
     let missing = (u64::from(m) - given) as usize;
-    remainders.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    for &(_, rank) in remainders.iter().take(missing) {
-        quotas[rank] += 1;
+    if missing > 0 {
+        // Only which ones get a slot matters, not their order.
+        remainders.select_nth_unstable(missing - 1);
+        for &r in &remainders[..missing] {
+            // Lossless: the rank is below 2^16.
+            quotas[(r & 0xffff) as usize] += 1;
+        }
     }
     quotas
 }

@@ -325,3 +325,85 @@ proptest! {
         prop_assert_eq!(got, reference(&b, size as u32));
     }
 }
+
+/// Keys are sorted by a 16-byte prefix first: keys that share it, keys that are prefixes of one
+/// another and keys with zero bytes (which the prefix pads with) must still sort as the bytes do.
+#[test]
+fn keys_sharing_long_prefixes_sort_as_bytes() {
+    let mut names: Vec<Vec<u8>> = vec![
+        b"ab".to_vec(),
+        b"ab\0".to_vec(),
+        b"ab\0\0".to_vec(),
+        b"a".to_vec(),
+        vec![],
+        vec![0],
+        b"0123456789abcdef".to_vec(),
+        b"0123456789abcdef\0".to_vec(),
+        b"0123456789abcdefA".to_vec(),
+        b"0123456789abcdef@".to_vec(),
+        b"0123456789abcde".to_vec(),
+        b"0123456789abcdf".to_vec(),
+    ];
+    for i in 0..40u32 {
+        names.push(format!("[2001:db8::{i}]:8080-long-enough").into_bytes());
+        names.push(format!("[2001:db8::{i}]:8080").into_bytes());
+    }
+    let b: Vec<MaglevBackend> = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, key)| MaglevBackend {
+            key,
+            weight: 1 + (i % 3) as u32,
+        })
+        .collect();
+    for size in [251, 4099, DEFAULT_TABLE_SIZE] {
+        let t = build(&b, size).unwrap();
+        let got: Vec<Option<Vec<u8>>> = keys(&t, &b)
+            .into_iter()
+            .map(|k| k.map(<[u8]>::to_vec))
+            .collect();
+        assert_eq!(got, reference(&b, size as u32), "size {size}");
+    }
+    let mut dup = b.clone();
+    dup[1].key = b"0123456789abcdefA".to_vec();
+    assert_eq!(
+        build(&dup, DEFAULT_TABLE_SIZE),
+        Err(MaglevError::DuplicateKey)
+    );
+}
+
+/// Many members per weight (wide calendar buckets, the end game reached mid-tick) and many
+/// distinct weights (narrow buckets, several groups due in one bucket) against the reference.
+#[test]
+fn large_sets_match_the_reference_model() {
+    let lcg = |n: usize, modulo: u32| -> Vec<u32> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 33) as u32 % modulo + 1
+            })
+            .collect()
+    };
+    for (weights, size) in [
+        (vec![1; 1000], DEFAULT_TABLE_SIZE),
+        (lcg(1000, 3), DEFAULT_TABLE_SIZE),
+        (lcg(1000, 100), DEFAULT_TABLE_SIZE),
+        (lcg(100, 100), DEFAULT_TABLE_SIZE),
+        (lcg(300, 1000), 4099),
+    ] {
+        let b = weighted(&weights, 9);
+        let t = build(&b, size).unwrap();
+        let got: Vec<Option<Vec<u8>>> = keys(&t, &b)
+            .into_iter()
+            .map(|k| k.map(<[u8]>::to_vec))
+            .collect();
+        assert!(
+            got == reference(&b, size as u32),
+            "{} backends, size {size}",
+            b.len()
+        );
+    }
+}
