@@ -260,6 +260,7 @@ fn observation() -> Observation {
             restart_needed: vec![],
         },
         health_transitions: 9,
+        interfaces: vec!["lb0".into()],
         workers: vec![Arc::new(w0), Arc::new(w1)],
         conntrack_capacity: 1000,
         draining: Default::default(),

@@ -145,8 +145,10 @@ pub struct Snapshot {
     pub counters: Counters,
     /// Worker-level counters.
     pub stats: WorkerStats,
-    /// The port's counters.
+    /// The port's counters (the sum of its interfaces').
     pub port: PortStats,
+    /// Each interface's queue's counters, in interface order.
+    pub interfaces: Vec<PortStats>,
     /// Flows in the connection table.
     pub flows: usize,
     /// Keys in use in the connection table (a nat or fullnat flow takes two): its occupancy is
@@ -674,6 +676,7 @@ impl Worker {
             counters,
             stats: self.stats,
             port,
+            interfaces: self.ports.iter().map(|p| p.stats()).collect(),
             flows: self.state.ct.len(),
             keys: self.state.ct.keys(),
             generation: self.generation.unwrap_or(0),

@@ -10,6 +10,7 @@ use std::hash::Hash;
 use std::net::SocketAddr;
 
 use dataplane::pipeline::{DropReason, FlowCounters};
+use dataplane::port::PortStats;
 use dataplane::worker::Snapshot;
 use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -30,6 +31,12 @@ pub const OUT_OF_TABLE_WEIGHT: i64 = -1;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabels {
     worker: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceLabels {
+    worker: u16,
+    interface: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,6 +154,54 @@ fn slot(slots: &[FlowCounters], stat: u32) -> FlowCounters {
         .unwrap_or_default()
 }
 
+/// A per-interface counter family: name, help, and the port counter it shows.
+type PortFamily = (&'static str, &'static str, fn(&PortStats) -> u64);
+
+/// Per worker and interface: what its queue of that interface received, sent and lost.
+fn interface_metrics(reg: &mut Registry, workers: &[&Snapshot], names: &[String]) {
+    let families: [PortFamily; 4] = [
+        (
+            "interface_rx_frames",
+            "Frames received on the interface's queue.",
+            |p| p.rx,
+        ),
+        (
+            "interface_tx_frames",
+            "Frames transmitted on the interface's queue.",
+            |p| p.tx,
+        ),
+        (
+            "interface_tx_dropped",
+            "Frames the interface's queue could not transmit.",
+            |p| p.tx_dropped,
+        ),
+        (
+            "interface_rx_dropped",
+            "Frames the kernel or device dropped before the queue read them, where it tells.",
+            |p| p.rx_dropped,
+        ),
+    ];
+    for (name, help, f) in families {
+        counters(
+            reg,
+            name,
+            help,
+            workers.iter().flat_map(|s| {
+                s.interfaces.iter().enumerate().map(move |(i, p)| {
+                    let interface = names.get(i).cloned().unwrap_or_else(|| i.to_string());
+                    (
+                        InterfaceLabels {
+                            worker: s.worker,
+                            interface,
+                        },
+                        f(p),
+                    )
+                })
+            }),
+        );
+    }
+}
+
 /// Per-worker pipeline, worker and port counters.
 fn worker_metrics(reg: &mut Registry, workers: &[&Snapshot]) {
     let per_worker = |reg: &mut Registry, name: &str, help: &str, f: fn(&Snapshot) -> u64| {
@@ -207,6 +262,12 @@ fn worker_metrics(reg: &mut Registry, workers: &[&Snapshot]) {
         "port_tx_dropped",
         "Frames the port could not transmit (ring full, send error).",
         |s| s.port.tx_dropped,
+    );
+    per_worker(
+        reg,
+        "crossed_interface_packets",
+        "Frames transmitted by another interface than they arrived on (copied across).",
+        |s| s.stats.crossed,
     );
     per_worker(
         reg,
@@ -452,6 +513,7 @@ pub fn render_all(obs: &Observation, listener: &ListenerSample, l7: Vec<L7Sample
     super::l7_metrics::register(&mut reg, l7);
     let workers: Vec<&Snapshot> = obs.workers.iter().map(|s| s.as_ref()).collect();
     worker_metrics(&mut reg, &workers);
+    interface_metrics(&mut reg, &workers, &obs.interfaces);
     gauge(
         &mut reg,
         "conntrack_capacity",
@@ -584,6 +646,16 @@ mod tests {
             packets: 7,
             ..Default::default()
         }];
+        snap.interfaces = vec![
+            PortStats {
+                rx: 3,
+                ..Default::default()
+            },
+            PortStats {
+                tx: 4,
+                ..Default::default()
+            },
+        ];
         let obs = Observation {
             generation: 1,
             config_path: "lb.toml".into(),
@@ -611,9 +683,25 @@ mod tests {
                 }),
             ],
             conntrack_capacity: 0,
+            interfaces: vec!["lbo".into(), "lbi".into()],
             draining: Default::default(),
         };
         let text = render(&obs);
+        // Each worker's queue of each interface, by the interface's name.
+        assert_eq!(
+            sample(
+                &text,
+                "lb_interface_rx_frames_total{worker=\"0\",interface=\"lbo\"}"
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "lb_interface_tx_frames_total{worker=\"0\",interface=\"lbi\"}"
+            ),
+            Some(4.0)
+        );
         let b = |addr: &str, w: u16| {
             let series = format!(
                 "lb_backend_packets_total{{service=\"web\",backend=\"{addr}\",pool=\"main\",\

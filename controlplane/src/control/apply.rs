@@ -157,6 +157,11 @@ impl Fixed {
         out
     }
 
+    /// The interfaces the workers poll (the running ones), by name.
+    pub(super) fn interface_names(&self) -> Vec<String> {
+        self.dataplane.links().into_iter().map(|l| l.name).collect()
+    }
+
     /// Puts the running values of the restart-only settings the table carries into `table`.
     fn keep(&self, table: &mut RoutingTable) {
         table.local.snat_ports = (self.dataplane.snat_ports.lo, self.dataplane.snat_ports.hi);

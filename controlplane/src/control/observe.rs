@@ -72,6 +72,7 @@ impl Control for ControlPlane {
             health_transitions: inner.health_transitions,
             workers,
             conntrack_capacity: inner.conntrack_capacity,
+            interfaces: inner.fixed.interface_names(),
             draining: {
                 let (services, backends) = inner.draining.names();
                 DrainingStatus { services, backends }

@@ -177,6 +177,8 @@ pub struct Observation {
     pub workers: Vec<Arc<Snapshot>>,
     /// Conntrack capacity per worker (keys).
     pub conntrack_capacity: usize,
+    /// The interfaces the workers poll, in order (their names).
+    pub interfaces: Vec<String>,
     /// Removed services and backends still draining.
     pub draining: DrainingStatus,
 }
