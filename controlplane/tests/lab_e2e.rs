@@ -358,17 +358,29 @@ fn every_mode_with_next_hops_resolved_by_arp_and_neighbor_discovery() {
     // The first SYN to a backend not yet resolved is dropped (counted) while worker 0 probes;
     // the client's retransmission goes through. Warm every backend up once, then require
     // every request to succeed.
+    warm_up(
+        &r,
+        &[
+            "198.18.0.100:80",
+            "198.18.0.101:80",
+            "198.18.0.102:80",
+            "[2001:db8::100]:80",
+            "[2001:db8::101]:80",
+            "[2001:db8::102]:80",
+        ],
+    );
+    every_mode(&mut r);
+    // No MAC was configured: every backend was probed for (and answered).
+    stop_counting(&mut r, &["neighbor_probes"]);
+}
+
+/// Eight requests to each of `dsts` from rotating clients, failures ignored: next hops get
+/// resolved (a new flow to an unresolved one is dropped while it is probed).
+fn warm_up(r: &Running, dsts: &[&str]) {
     let client = r.lab.client().unwrap();
     client
         .enter_on_thread(|| {
-            for dst in [
-                "198.18.0.100:80",
-                "198.18.0.101:80",
-                "198.18.0.102:80",
-                "[2001:db8::100]:80",
-                "[2001:db8::101]:80",
-                "[2001:db8::102]:80",
-            ] {
+            for dst in dsts {
                 let dst: SocketAddr = dst.parse().unwrap();
                 for i in 0..8 {
                     let _ = lab::http_get(Some(client_src(dst, i)), dst, Duration::from_secs(3));
@@ -376,19 +388,23 @@ fn every_mode_with_next_hops_resolved_by_arp_and_neighbor_discovery() {
             }
         })
         .unwrap();
-    every_mode(&mut r);
+}
+
+/// Stops `lb run` and asserts each of `counters` is above 0 in the counters it logs at exit.
+fn stop_counting(r: &mut Running, counters: &[&str]) {
     let exit = r.lab.stop_lb().unwrap();
-    // No MAC was configured: every backend was probed for (and answered).
     let stopped = exit
         .output
         .lines()
         .find(|l| l.contains("stopped"))
         .unwrap_or("");
-    assert!(
-        stopped.contains("neighbor_probes=") && !stopped.contains("neighbor_probes=0"),
-        "{}",
-        exit.output
-    );
+    for c in counters {
+        assert!(
+            stopped.contains(&format!("{c}=")) && !stopped.contains(&format!("{c}=0")),
+            "{c}: {}",
+            exit.output
+        );
+    }
 }
 
 /// A two-armed balancer: clients on the outside interface (`lbo`, bridge br0), pods on the
@@ -442,19 +458,9 @@ fn two_armed(tag: &str, port: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let body = two_armed_config(port);
     let mut r = start_with(tag, &body);
-    let client = r.lab.client().unwrap();
     // The first SYN to a pod not yet resolved is dropped while worker 0 probes on the inside
     // interface; warm both pods up, then require every request to succeed.
-    client
-        .enter_on_thread(|| {
-            for dst in ["198.18.0.100:80", "[2001:db8::100]:80"] {
-                let dst: SocketAddr = dst.parse().unwrap();
-                for i in 0..8 {
-                    let _ = lab::http_get(Some(client_src(dst, i)), dst, Duration::from_secs(3));
-                }
-            }
-        })
-        .unwrap();
+    warm_up(&r, &["198.18.0.100:80", "[2001:db8::100]:80"]);
     // fullnat and nat, TCP and UDP, both families: every mode whose replies come back
     // through the balancer (dsr and dr answer clients directly, which this lab's separate
     // bridges do not route).
@@ -482,20 +488,5 @@ fn two_armed(tag: &str, port: &str) {
         .run("ip", &["neigh", "show", "198.18.1.1", "dev", "eth0"])
         .unwrap();
     assert!(neigh.contains("02:00:00:00:00:02"), "pod-a: {neigh}");
-    let exit = r.lab.stop_lb().unwrap();
-    let stopped = exit
-        .output
-        .lines()
-        .find(|l| l.contains("stopped"))
-        .unwrap_or("");
-    assert!(
-        stopped.contains("crossed_interfaces=") && !stopped.contains("crossed_interfaces=0"),
-        "{}",
-        exit.output
-    );
-    assert!(
-        stopped.contains("neighbor_probes=") && !stopped.contains("neighbor_probes=0"),
-        "{}",
-        exit.output
-    );
+    stop_counting(&mut r, &["crossed_interfaces", "neighbor_probes"]);
 }

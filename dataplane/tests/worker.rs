@@ -40,6 +40,11 @@ fn backend(last: u8) -> Backend {
 
 /// One fullnat TCP service on VIP:80 over the backends `198.18.1.<last>`.
 fn table(generation: u64, backends: &[u8]) -> RoutingTable {
+    table_on(generation, Vec::new(), backends)
+}
+
+/// [`table`] for a balancer with the further interfaces `more`.
+fn table_on(generation: u64, more: Vec<dataplane::table::Iface>, backends: &[u8]) -> RoutingTable {
     RoutingTable::new(
         generation,
         Local {
@@ -47,7 +52,7 @@ fn table(generation: u64, backends: &[u8]) -> RoutingTable {
             addrs: vec![Addr::v4([198, 18, 0, 1])],
             mtu: 1500,
             snat_ports: (1024, 65535),
-            more: Vec::new(),
+            more,
         },
         vec![ServiceSpec {
             stat: None,
@@ -426,28 +431,14 @@ const LB_MAC_IN: [u8; 6] = [2, 0, 0, 0, 0, 2];
 fn two_armed_table() -> RoutingTable {
     use dataplane::neighbor::NeighborCache;
     use dataplane::table::{Iface, Link, NeighborSpec, Prefix};
-    let mut t = table(1, &[10, 11]);
-    t.local.more = vec![Iface {
-        mac: LB_MAC_IN,
-        addrs: vec![Addr::v4([198, 18, 1, 1])],
-    }];
-    let mut t = RoutingTable::new(
+    let mut t = table_on(
         1,
-        t.local.clone(),
-        vec![ServiceSpec {
-            stat: None,
-            name: "web".into(),
-            vip: Addr::v4(VIP),
-            proto: proto::TCP,
-            port_lo: 80,
-            port_hi: 80,
-            affinity: Affinity::None,
-            table_size: 251,
-            pools: t.services[0].pools.clone(),
-            backends: vec![backend(10), backend(11)],
+        vec![Iface {
+            mac: LB_MAC_IN,
+            addrs: vec![Addr::v4([198, 18, 1, 1])],
         }],
-    )
-    .unwrap();
+        &[10, 11],
+    );
     t.set_neighbors(NeighborSpec {
         cache: Arc::new(NeighborCache::new(16)),
         links: vec![

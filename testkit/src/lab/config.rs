@@ -8,6 +8,17 @@ use std::path::Path;
 use super::{LabError, Request, DEFAULT_INTERFACE};
 use crate::netns;
 
+/// The config at `path` as plain TOML.
+fn read_table(path: &Path) -> Result<toml::Table, LabError> {
+    let bad = |message: String| LabError::Config {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    text.parse()
+        .map_err(|e: toml::de::Error| bad(e.to_string()))
+}
+
 /// Service addresses of a config, read leniently (only `[[services]] vip`) so the lab works with
 /// any config `lb run` accepts; and the TAP interface name.
 pub(super) fn read_config(path: &Path) -> Result<(Vec<IpAddr>, String, Vec<Target>), LabError> {
@@ -15,10 +26,7 @@ pub(super) fn read_config(path: &Path) -> Result<(Vec<IpAddr>, String, Vec<Targe
         path: path.to_owned(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let value: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    let value = read_table(path)?;
     let dataplane = value.get("dataplane");
     let first = dataplane
         .and_then(|d| d.get("interfaces"))
@@ -138,10 +146,7 @@ pub(super) fn read_inside(path: &Path) -> Result<Option<Inside>, LabError> {
         path: path.to_owned(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let value: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    let value = read_table(path)?;
     let Some(second) = value
         .get("dataplane")
         .and_then(|d| d.get("interfaces"))
@@ -178,16 +183,7 @@ pub(super) fn read_inside(path: &Path) -> Result<Option<Inside>, LabError> {
 
 /// `[dataplane] port` and `workers` of a config (`tap` and 1 when absent).
 pub(super) fn read_port_kind(path: &Path) -> Result<(String, u16), LabError> {
-    let text = std::fs::read_to_string(path).map_err(|e| LabError::Config {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    let value: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| LabError::Config {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+    let value = read_table(path)?;
     let dataplane = value.get("dataplane");
     let kind = dataplane
         .and_then(|d| d.get("port"))
