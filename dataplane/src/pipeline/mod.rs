@@ -28,7 +28,7 @@ use crate::port::MAX_BURST;
 use crate::table::RoutingTable;
 use crate::wire::{self, Frag, ParseError, Parsed, V4Flow, L3};
 
-use fast::Outcome;
+use fast::{Outcome, Tally};
 
 /// TTL / hop limit of packets we originate (answers, outer headers).
 const OUR_TTL: u8 = 64;
@@ -48,14 +48,10 @@ pub fn process(
     if state.generation == Some(table.generation) {
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
             let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-            let rx_len = pkt.len() as u64;
-            match fast::forward(state, table, now, pkt, &f, h) {
+            let mut tally = Tally::new();
+            match fast::forward(state, table, now, pkt, &f, h, &mut tally) {
                 Outcome::Forwarded => {
-                    let c = &mut state.counters;
-                    c.rx_packets += 1;
-                    c.rx_bytes += rx_len;
-                    c.tx_packets += 1;
-                    c.tx_bytes += pkt.len() as u64;
+                    tally.flush(&mut state.counters);
                     return Verdict::Tx;
                 }
                 Outcome::General(hit) => {
@@ -126,6 +122,7 @@ pub fn process_burst_with(
         state.adopt(table);
     }
     let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
+    let mut tally = Tally::new();
     if n == 1 {
         // A port that hands frames over one at a time: no burst arrays to fill.
         let (Some(pkt), Some(v)) = (pkts.first_mut(), verdicts.first_mut()) else {
@@ -134,14 +131,9 @@ pub fn process_burst_with(
         let mut seen = None;
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
             let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-            let rx_len = pkt.len() as u64;
-            match fast::forward(state, table, now, pkt, &f, h) {
+            match fast::forward(state, table, now, pkt, &f, h, &mut tally) {
                 Outcome::Forwarded => {
-                    let c = &mut state.counters;
-                    c.rx_packets += 1;
-                    c.rx_bytes += rx_len;
-                    c.tx_packets += 1;
-                    c.tx_bytes += pkt.len() as u64;
+                    tally.flush(&mut state.counters);
                     *v = Verdict::Tx;
                     return;
                 }
@@ -151,37 +143,34 @@ pub fn process_burst_with(
         *v = slow(state, pkt, seen.as_ref());
         return;
     }
-    let mut flows: [Option<(V4Flow, u64)>; MAX_BURST] = [None; MAX_BURST];
-    for (pkt, slot) in pkts[..n].iter().zip(flows.iter_mut()) {
+    // First pass: each frame's fields and hash into the worker's scratch (reused, so nothing
+    // is initialised per burst), a bit per frame the fast path may take.
+    let mut parsed = 0u64;
+    let WorkerState { ct, scratch, .. } = &mut *state;
+    for (i, (pkt, slot)) in pkts[..n].iter().zip(scratch.iter_mut()).enumerate() {
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
-            let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-            state.ct.prefetch(h);
-            *slot = Some((f, h));
+            let h = ct.hash_v4(f.src, f.dst, f.ports, f.proto);
+            ct.prefetch(h);
+            *slot = (f, h);
+            parsed |= 1 << i;
         }
     }
-    let (mut fast_n, mut rx_bytes, mut tx_bytes) = (0u64, 0u64, 0u64);
-    for ((pkt, v), flow) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).zip(flows) {
+    for (i, (pkt, v)) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).enumerate() {
         let mut seen = None;
-        if let Some((f, h)) = flow {
-            let len = pkt.len() as u64;
-            match fast::forward(state, table, now, pkt, &f, h) {
-                Outcome::Forwarded => {
-                    fast_n += 1;
-                    rx_bytes += len;
-                    tx_bytes += pkt.len() as u64;
-                    *v = Verdict::Tx;
-                    continue;
+        if parsed & (1 << i) != 0 {
+            if let Some(&(f, h)) = state.scratch.get(i) {
+                match fast::forward(state, table, now, pkt, &f, h, &mut tally) {
+                    Outcome::Forwarded => {
+                        *v = Verdict::Tx;
+                        continue;
+                    }
+                    Outcome::General(hit) => seen = Some(FastMiss { flow: f, hit }),
                 }
-                Outcome::General(hit) => seen = Some(FastMiss { flow: f, hit }),
             }
         }
         *v = slow(state, pkt, seen.as_ref());
     }
-    let c = &mut state.counters;
-    c.rx_packets += fast_n;
-    c.rx_bytes += rx_bytes;
-    c.tx_packets += fast_n;
-    c.tx_bytes += tx_bytes;
+    tally.flush(&mut state.counters);
 }
 
 /// [`process`] for a frame the caller already parsed (the worker parses once to steer the frame

@@ -6,9 +6,10 @@ use std::hash::BuildHasher;
 
 use crate::conntrack::{self, Conntrack, FlowState, Millis, TcpState};
 use crate::flow::{proto, Addr, FlowKey};
+use crate::port::MAX_BURST;
 use crate::table::{Mode, RoutingTable};
 use crate::wire::checksum::Delta;
-use crate::wire::nat;
+use crate::wire::{nat, V4Flow};
 
 use super::verdict::{Counters, FlowCounters};
 
@@ -27,33 +28,38 @@ pub(super) enum Action {
 
 /// The per-key value stored in conntrack: everything needed to forward a packet of that direction
 /// without looking at the routing table, plus what identifies the backend across table swaps.
+///
+/// `repr(C)`, per-packet fields first: what the fast path reads (kind, counters, checksum
+/// deltas, ports, MAC, generation, new addresses) is the first 72 bytes, which conntrack keeps in
+/// the slot's first two cache lines; what identifies the backend comes after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct FlowValue {
+    /// Set by [`FlowValue::seal`]: which fixed-layout path the flow's packets take, if any.
+    pub(super) fast: Fast,
     pub(super) action: Action,
     pub(super) mode: Mode,
-    pub(super) new_src: Addr,
-    pub(super) new_dst: Addr,
-    pub(super) new_sport: u16,
-    pub(super) new_dport: u16,
-    pub(super) mac: [u8; 6],
-    pub(super) gue_port: u16,
-    pub(super) vip: Addr,
-    pub(super) vport: u16,
     pub(super) proto: u8,
-    pub(super) backend: Addr,
-    pub(super) backend_port: u16,
-    pub(super) generation: u64,
     pub(super) svc_stat: u32,
     pub(super) be_stat: u32,
-    /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
-    /// still in `SynSent` is a SYN the backend never answered.
-    pub(super) by_syn: bool,
     /// Checksum delta of the address rewrite (IPv4 header), computed once per flow.
     pub(super) l3_delta: Delta,
     /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
     pub(super) l4_delta: Delta,
-    /// Set by [`FlowValue::seal`]: which fixed-layout path the flow's packets take, if any.
-    pub(super) fast: Fast,
+    pub(super) new_sport: u16,
+    pub(super) new_dport: u16,
+    pub(super) mac: [u8; 6],
+    pub(super) gue_port: u16,
+    pub(super) generation: u64,
+    pub(super) new_src: Addr,
+    pub(super) new_dst: Addr,
+    pub(super) vip: Addr,
+    pub(super) vport: u16,
+    pub(super) backend: Addr,
+    pub(super) backend_port: u16,
+    /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
+    /// still in `SynSent` is a SYN the backend never answered.
+    pub(super) by_syn: bool,
 }
 
 /// The fixed-layout forwarding a flow's packets qualify for, decided once per flow by
@@ -122,6 +128,10 @@ pub struct WorkerState {
     snat_next: u16,
     snat_addr_next: usize,
     pub(super) generation: Option<u64>,
+    /// A burst's frame fields and table hashes between its two passes (see
+    /// [`process_burst_with`](super::process_burst_with)): kept here so no burst initialises
+    /// an array of its own.
+    pub(super) scratch: [(V4Flow, u64); MAX_BURST],
 }
 
 impl WorkerState {
@@ -144,6 +154,7 @@ impl WorkerState {
             snat_next: 0,
             snat_addr_next: 0,
             generation: None,
+            scratch: [(V4Flow::default(), 0); MAX_BURST],
         }
     }
 
