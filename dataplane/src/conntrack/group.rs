@@ -56,3 +56,22 @@ pub(super) fn group_match(tags: &[u16; BUCKET], fp: u16) -> u32 {
     }
     m
 }
+
+/// Hints the CPU to fetch the first two cache lines of `r` (a slot: its key word, timer, state
+/// and the value's per-packet fields). A no-op where there is no prefetch instruction here.
+#[inline(always)]
+pub(super) fn prefetch_two_lines<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = (r as *const T).cast::<i8>();
+        // SAFETY: `prefetcht0` only hints the cache and never faults, whatever the address
+        // (`wrapping_add` only computes one); SSE is part of the x86_64 baseline.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}

@@ -171,6 +171,9 @@ pub enum InsertError {
 /// "No slot": the original key of a flow without a reply key (DSR, DR) has this as its peer.
 const NO_SLOT: u32 = u32::MAX;
 
+/// A [`Conntrack::lookup_steady`] hint that names no slot: the lookup searches the buckets.
+pub const NO_HINT: u32 = u32::MAX;
+
 /// Tag of a free slot. Live tags have a fingerprint of at least [`TAG_MIN`].
 const TAG_FREE: u16 = 0;
 /// Smallest live fingerprint (0 is free; 1 is kept unused so a fingerprint is never mistaken for free).
@@ -498,6 +501,31 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
+    /// The second prefetch of a burst, once [`Conntrack::prefetch`] had time to bring the tags
+    /// in: the slot of the first tag in the key's first bucket that carries its fingerprint
+    /// (almost always the key's own slot when it is tracked), its first two cache lines, so
+    /// the lookup that follows finds key, timer and the value's per-packet fields in cache.
+    /// Returns that slot as the lookup's hint ([`Conntrack::lookup_steady`]), or [`NO_HINT`].
+    #[inline(always)]
+    pub fn prefetch_slot(&self, h: u64) -> u32 {
+        let (b1, _, fp) = self.place_hashed(h);
+        let Some(tags) = self.tags.get(b1..b1 + BUCKET) else {
+            return NO_HINT;
+        };
+        let Ok(tags) = <&[u16; BUCKET]>::try_from(tags) else {
+            return NO_HINT;
+        };
+        let m = group::group_match(tags, fp);
+        let i = b1 + m.trailing_zeros() as usize;
+        match self.slots.get(i) {
+            Some(s) if m != 0 => {
+                group::prefetch_two_lines(s);
+                i as u32
+            }
+            _ => NO_HINT,
+        }
+    }
+
     /// [`Conntrack::lookup`] for a key whose table hash the caller computed (`h` must be
     /// `key.table_hash(seed)`, e.g. [`Conntrack::hash_v4`] of an IPv4 key).
     #[inline(always)]
@@ -515,7 +543,8 @@ impl<V: Copy> Conntrack<V> {
         Some(Hit { slot, flow, dir })
     }
 
-    /// The fast path's lookup: finds the live IPv4 key (table hash `h`) and, when the packet
+    /// The fast path's lookup: finds the live IPv4 key (table hash `h`; `hint` a slot that may
+    /// hold it, from [`Conntrack::prefetch_slot`] earlier in the burst, or [`NO_HINT`]) and, when the packet
     /// (`tcp_flags`) leaves the key's confirmed flow where it is (see [`Conntrack::touch`]),
     /// returns the key's value and a [`Refresh`] that moves the flow's timer once the caller
     /// forwarded the packet. `Err(None)`: the key is not tracked (or expired);
@@ -527,10 +556,19 @@ impl<V: Copy> Conntrack<V> {
         &self,
         key: V4Key,
         h: u64,
+        hint: u32,
         now: Millis,
         tcp_flags: u8,
     ) -> Result<(&V, Refresh), Option<Hit>> {
-        let slot = self.find_with(h, |s| s.kw == key.0).ok_or(None)?;
+        // A live slot holding the key is the key's slot wherever it is (a key is stored once),
+        // so a hint that still holds it saves the bucket search.
+        let hinted = self.tags.get(hint as usize).is_some_and(|&t| t != TAG_FREE)
+            && self.slots.get(hint as usize).is_some_and(|s| s.kw == key.0);
+        let slot = if hinted {
+            hint
+        } else {
+            self.find_with(h, |s| s.kw == key.0).ok_or(None)?
+        };
         let s = self.slots.get(slot as usize).ok_or(None)?;
         let (flow, dir) = if s.flags & F_REPLY != 0 {
             (s.peer, Dir::Reply)

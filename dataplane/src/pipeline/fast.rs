@@ -107,7 +107,8 @@ impl Tally {
     }
 }
 
-/// Forwards `pkt` (whose fields `f` are, and whose key has table hash `h`) if it is a fast-path
+/// Forwards `pkt` (whose fields `f` are, whose key has table hash `h` and may sit in conntrack
+/// slot `hint`, see [`Conntrack::prefetch_slot`](crate::conntrack::Conntrack::prefetch_slot)) if it is a fast-path
 /// packet; otherwise changes nothing and says why. Counts the packet in `tally`, which the
 /// caller flushes into the counters (once per burst).
 #[inline(always)]
@@ -118,9 +119,10 @@ pub(super) fn forward(
     pkt: &mut PacketBuf<'_>,
     f: &V4Flow,
     h: u64,
+    hint: u32,
     tally: &mut Tally,
 ) -> Outcome {
-    match forward_tracked(st, table, now, pkt, f, h, tally) {
+    match forward_tracked(st, table, now, pkt, f, h, hint, tally) {
         Ok(()) => Outcome::Forwarded,
         Err(o) => o,
     }
@@ -134,10 +136,11 @@ fn forward_tracked(
     pkt: &mut PacketBuf<'_>,
     f: &V4Flow,
     h: u64,
+    hint: u32,
     tally: &mut Tally,
 ) -> Result<(), Outcome> {
     let key = V4Key::new(f.src, f.dst, f.ports, f.proto);
-    let (val, refresh) = match st.ct.lookup_steady(key, h, now, f.tcp_flags) {
+    let (val, refresh) = match st.ct.lookup_steady(key, h, hint, now, f.tcp_flags) {
         Ok(v) => v,
         Err(hit) => return Err(Outcome::General(hit)),
     };

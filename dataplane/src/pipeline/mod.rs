@@ -18,10 +18,11 @@ mod state;
 mod tracked;
 mod verdict;
 
+use state::BurstFrame;
 pub use state::{snat_slice, FlowValue, WorkerState};
 pub use verdict::{Counters, DropReason, FlowCounters, Verdict};
 
-use crate::conntrack::{Hit, Millis};
+use crate::conntrack::{Hit, Millis, NO_HINT};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::port::MAX_BURST;
@@ -49,7 +50,7 @@ pub fn process(
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
             let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
             let mut tally = Tally::new();
-            match fast::forward(state, table, now, pkt, &f, h, &mut tally) {
+            match fast::forward(state, table, now, pkt, &f, h, NO_HINT, &mut tally) {
                 Outcome::Forwarded => {
                     tally.flush(&mut state.counters);
                     return Verdict::Tx;
@@ -131,7 +132,7 @@ pub fn process_burst_with(
         let mut seen = None;
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
             let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-            match fast::forward(state, table, now, pkt, &f, h, &mut tally) {
+            match fast::forward(state, table, now, pkt, &f, h, NO_HINT, &mut tally) {
                 Outcome::Forwarded => {
                     tally.flush(&mut state.counters);
                     *v = Verdict::Tx;
@@ -151,15 +152,32 @@ pub fn process_burst_with(
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
             let h = ct.hash_v4(f.src, f.dst, f.ports, f.proto);
             ct.prefetch(h);
-            *slot = (f, h);
+            *slot = BurstFrame {
+                flow: f,
+                hint: NO_HINT,
+                hash: h,
+            };
             parsed |= 1 << i;
+        }
+    }
+    // Second pass: by now the first frames' tags are in, so each frame's slot can be found and
+    // its lines requested while the others arrive (with a table larger than the cache every
+    // slot is a miss); the slot found is the lookup's hint, so the search is not repeated.
+    for (i, b) in scratch[..n].iter_mut().enumerate() {
+        if parsed & (1 << i) != 0 {
+            b.hint = ct.prefetch_slot(b.hash);
         }
     }
     for (i, (pkt, v)) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).enumerate() {
         let mut seen = None;
         if parsed & (1 << i) != 0 {
-            if let Some(&(f, h)) = state.scratch.get(i) {
-                match fast::forward(state, table, now, pkt, &f, h, &mut tally) {
+            if let Some(&BurstFrame {
+                flow: f,
+                hint,
+                hash,
+            }) = state.scratch.get(i)
+            {
+                match fast::forward(state, table, now, pkt, &f, hash, hint, &mut tally) {
                     Outcome::Forwarded => {
                         *v = Verdict::Tx;
                         continue;

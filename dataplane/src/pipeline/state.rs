@@ -112,6 +112,15 @@ impl FlowValue {
     }
 }
 
+/// One frame of a burst between the burst's passes: its fields, its conntrack slot hint
+/// ([`NO_HINT`](crate::conntrack::NO_HINT) when none) and its key's table hash (32 bytes).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct BurstFrame {
+    pub(super) flow: V4Flow,
+    pub(super) hint: u32,
+    pub(super) hash: u64,
+}
+
 /// Per-worker state: conntrack, counters, fullnat port allocator.
 #[derive(Debug)]
 pub struct WorkerState {
@@ -131,7 +140,7 @@ pub struct WorkerState {
     /// A burst's frame fields and table hashes between its two passes (see
     /// [`process_burst_with`](super::process_burst_with)): kept here so no burst initialises
     /// an array of its own.
-    pub(super) scratch: [(V4Flow, u64); MAX_BURST],
+    pub(super) scratch: [BurstFrame; MAX_BURST],
 }
 
 impl WorkerState {
@@ -154,7 +163,7 @@ impl WorkerState {
             snat_next: 0,
             snat_addr_next: 0,
             generation: None,
-            scratch: [(V4Flow::default(), 0); MAX_BURST],
+            scratch: [BurstFrame::default(); MAX_BURST],
         }
     }
 
