@@ -33,6 +33,33 @@ pub(super) fn group_match(tags: &[u16; BUCKET], fp: u16) -> u32 {
     }
 }
 
+/// The slots of a bucket (bit i = slot i) whose tag has its top bit (the unconfirmed bit) set:
+/// the eviction candidates, without a compare per tag.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn top_bits(tags: &[u16; BUCKET]) -> u32 {
+    use std::arch::x86_64::{_mm_loadu_si128, _mm_movemask_epi8, _mm_packs_epi16};
+    let p = tags.as_ptr();
+    // SAFETY: as in `group_match`: two unaligned loads inside `tags`, then register arithmetic.
+    unsafe {
+        let lo = _mm_loadu_si128(p.cast());
+        let hi = _mm_loadu_si128(p.add(8).cast());
+        // A lane with its top bit set is negative; saturating packs keep the sign per byte.
+        _mm_movemask_epi8(_mm_packs_epi16(lo, hi)) as u32
+    }
+}
+
+/// The slots of a bucket whose tag has its top bit set (portable form).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub(super) fn top_bits(tags: &[u16; BUCKET]) -> u32 {
+    let mut m = 0u32;
+    for (i, &t) in tags.iter().enumerate() {
+        m |= u32::from(t >> 15) << i;
+    }
+    m
+}
+
 /// The slots of a bucket (bit i = slot i) whose tag's fingerprint is `fp`: SWAR, four tags per
 /// 64-bit word. Exact: with the high bit of every lane cleared, adding 0x7fff sets a lane's bit
 /// 15 iff the lane is non-zero and never carries into the next lane.

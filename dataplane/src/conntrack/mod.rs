@@ -1046,10 +1046,18 @@ impl<V: Copy> Conntrack<V> {
         exclude: u32,
         class: Class,
     ) -> Option<(u32, Millis)> {
+        const _: () = assert!(TAG_UNCONFIRMED == 0x8000);
         let mut best: Option<(u32, Millis)> = None;
         for &b in &p.buckets[..p.nb] {
-            for i in b..b + BUCKET {
-                if self.tags[i] & TAG_UNCONFIRMED == 0 || i as u32 == exclude {
+            let Some(tags) = self.tags.get(b..b + BUCKET) else {
+                continue;
+            };
+            let Ok(tags) = <&[u16; BUCKET]>::try_from(tags) else {
+                continue;
+            };
+            // Only the unconfirmed keys' slots: a set of bits from one vector compare.
+            for i in bits(b, group::top_bits(tags)) {
+                if i as u32 == exclude {
                     continue;
                 }
                 let Some(flow) = self.flow_of(i as u32) else {

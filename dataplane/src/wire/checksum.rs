@@ -80,8 +80,15 @@ impl Delta {
     /// an even offset of the covered data; other bytes past the last whole word are ignored).
     #[inline]
     pub fn replace(old: &[u8], new: &[u8]) -> Delta {
-        let d = fold64(sub32(old) + sum32(new)) as u16;
-        Delta(u32::from(d.to_be()))
+        Delta::from_sum(sub32(old) + sum32(new))
+    }
+
+    /// The difference whose unfolded ones' complement sum is `sum` (the complemented old words
+    /// and the new words, as big-endian values): what [`Delta::replace`] computes, for callers
+    /// that have the words in registers already.
+    #[inline]
+    pub fn from_sum(sum: u64) -> Delta {
+        Delta(u32::from((fold64(sum) as u16).to_be()))
     }
 
     /// Both differences at once (they cover the same data).

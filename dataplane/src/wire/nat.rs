@@ -24,6 +24,16 @@ pub struct IpAt {
 /// and the transport's (pseudo header addresses and ports). One address delta serves both.
 #[inline]
 pub fn deltas(from: &FlowKey, to: &FlowKey) -> (Delta, Delta) {
+    if [from.src, from.dst, to.src, to.dst].iter().all(Addr::is_v4) {
+        // Every new flow seals two values: the words straight from the addresses, no loops.
+        let new = |a: &Addr| u64::from(u32::from_be_bytes(a.v4_octets()));
+        let old = |a: &Addr| u64::from(!u32::from_be_bytes(a.v4_octets()));
+        let l3 = Delta::from_sum(old(&from.src) + new(&to.src) + old(&from.dst) + new(&to.dst));
+        let p = Delta::from_sum(
+            u64::from(!ports(from.sport, from.dport)) + u64::from(ports(to.sport, to.dport)),
+        );
+        return (l3, l3.and(p));
+    }
     let l3 = Delta::replace(from.src.wire_bytes(), to.src.wire_bytes())
         .and(Delta::replace(from.dst.wire_bytes(), to.dst.wire_bytes()));
     let l4 = l3.and(Delta::replace(
