@@ -562,20 +562,25 @@ impl<V: Copy> Conntrack<V> {
     ) -> Result<(&V, Refresh), Option<Hit>> {
         // A live slot holding the key is the key's slot wherever it is (a key is stored once),
         // so a hint that still holds it saves the bucket search.
-        let hinted = self.tags.get(hint as usize).is_some_and(|&t| t != TAG_FREE)
-            && self.slots.get(hint as usize).is_some_and(|s| s.kw == key.0);
-        let slot = if hinted {
-            hint
-        } else {
-            self.find_with(h, |s| s.kw == key.0).ok_or(None)?
+        let hinted = self
+            .slots
+            .get(hint as usize)
+            .filter(|s| s.kw == key.0)
+            .filter(|_| self.tags.get(hint as usize).is_some_and(|&t| t != TAG_FREE));
+        let (slot, s) = match hinted {
+            Some(s) => (hint, s),
+            None => {
+                let i = self.find_with(h, |s| s.kw == key.0).ok_or(None)?;
+                (i, self.slots.get(i as usize).ok_or(None)?)
+            }
         };
-        let s = self.slots.get(slot as usize).ok_or(None)?;
-        let (flow, dir) = if s.flags & F_REPLY != 0 {
-            (s.peer, Dir::Reply)
+        // An original key's slot is its flow slot: no second slot to index.
+        let (flow, dir, f) = if s.flags & F_REPLY != 0 {
+            let f = self.slots.get(s.peer as usize).ok_or(None)?;
+            (s.peer, Dir::Reply, f)
         } else {
-            (slot, Dir::Original)
+            (slot, Dir::Original, s)
         };
-        let f = self.slots.get(flow as usize).ok_or(None)?;
         if now >= f.deadline {
             return Err(None);
         }
