@@ -247,3 +247,31 @@ pub fn snat_slice(range: (u16, u16), w: u16, n: u16) -> (u16, u16) {
     let start = u32::from(lo) + per * u32::from(w);
     (start as u16, (start + per - 1) as u16)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Conntrack keeps a slot's header in its first 32 bytes and the value after it: the fast
+    /// path's fields (up to the new addresses) must end within the slot's first two cache lines.
+    #[test]
+    fn per_packet_fields_fit_the_slots_first_two_lines() {
+        let end = std::mem::offset_of!(FlowValue, new_dst) + std::mem::size_of::<Addr>();
+        assert!(
+            32 + end <= 128,
+            "per-packet fields end at byte {} of the slot",
+            32 + end
+        );
+        for hot in [
+            std::mem::offset_of!(FlowValue, fast),
+            std::mem::offset_of!(FlowValue, svc_stat),
+            std::mem::offset_of!(FlowValue, be_stat),
+            std::mem::offset_of!(FlowValue, l3_delta),
+            std::mem::offset_of!(FlowValue, l4_delta),
+            std::mem::offset_of!(FlowValue, mac),
+            std::mem::offset_of!(FlowValue, generation),
+        ] {
+            assert!(hot < end);
+        }
+    }
+}
