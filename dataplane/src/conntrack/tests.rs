@@ -976,7 +976,8 @@ fn ipv4_and_ipv6_keys_with_equal_protocols_never_match_each_other() {
         proto: proto::TCP,
     };
     ct.insert(0, (&a, 1), None, SYN_SENT).unwrap();
-    ct.insert(0, (&key(1, proto::TCP), 2), None, SYN_SENT).unwrap();
+    ct.insert(0, (&key(1, proto::TCP), 2), None, SYN_SENT)
+        .unwrap();
     // One bucket, and IPv6 key words carry only the protocol: among this many other keys some
     // share `a`'s fingerprint too (15 bits), and only the full key tells them apart.
     let mut same_fp = 0;

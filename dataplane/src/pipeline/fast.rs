@@ -13,9 +13,9 @@ use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
 use crate::wire::nat::{self, IpAt};
-use crate::wire::{self, Ipv4Fields, V4Flow, ETHERTYPE_IPV4, ETH_LEN};
+use crate::wire::{self, Ipv4Fields, ETHERTYPE_IPV4, ETH_LEN};
 
-use super::state::{Fast, WorkerState};
+use super::state::{BurstFrame, Fast, WorkerState};
 use super::verdict::{Counters, FlowCounters};
 use super::OUR_TTL;
 
@@ -107,8 +107,8 @@ impl Tally {
     }
 }
 
-/// Forwards `pkt` (whose fields `f` are, whose key has table hash `h` and may sit in conntrack
-/// slot `hint`, see [`Conntrack::prefetch_slot`](crate::conntrack::Conntrack::prefetch_slot)) if it is a fast-path
+/// Forwards `pkt` (whose fields, key hash and conntrack slot hint `frame` holds, see
+/// [`Conntrack::prefetch_slot`](crate::conntrack::Conntrack::prefetch_slot)) if it is a fast-path
 /// packet; otherwise changes nothing and says why. Counts the packet in `tally`, which the
 /// caller flushes into the counters (once per burst).
 #[inline(always)]
@@ -117,12 +117,10 @@ pub(super) fn forward(
     table: &RoutingTable,
     now: Millis,
     pkt: &mut PacketBuf<'_>,
-    f: &V4Flow,
-    h: u64,
-    hint: u32,
+    frame: &BurstFrame,
     tally: &mut Tally,
 ) -> Outcome {
-    match forward_tracked(st, table, now, pkt, f, h, hint, tally) {
+    match forward_tracked(st, table, now, pkt, frame, tally) {
         Ok(()) => Outcome::Forwarded,
         Err(o) => o,
     }
@@ -134,11 +132,14 @@ fn forward_tracked(
     table: &RoutingTable,
     now: Millis,
     pkt: &mut PacketBuf<'_>,
-    f: &V4Flow,
-    h: u64,
-    hint: u32,
+    frame: &BurstFrame,
     tally: &mut Tally,
 ) -> Result<(), Outcome> {
+    let BurstFrame {
+        flow: ref f,
+        hint,
+        hash: h,
+    } = *frame;
     let key = V4Key::new(f.src, f.dst, f.ports, f.proto);
     let (val, refresh) = match st.ct.lookup_steady(key, h, hint, now, f.tcp_flags) {
         Ok(v) => v,

@@ -50,7 +50,12 @@ pub fn process(
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
             let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
             let mut tally = Tally::new();
-            match fast::forward(state, table, now, pkt, &f, h, NO_HINT, &mut tally) {
+            let frame = BurstFrame {
+                flow: f,
+                hint: NO_HINT,
+                hash: h,
+            };
+            match fast::forward(state, table, now, pkt, &frame, &mut tally) {
                 Outcome::Forwarded => {
                     tally.flush(&mut state.counters);
                     return Verdict::Tx;
@@ -132,7 +137,12 @@ pub fn process_burst_with(
         let mut seen = None;
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
             let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-            match fast::forward(state, table, now, pkt, &f, h, NO_HINT, &mut tally) {
+            let frame = BurstFrame {
+                flow: f,
+                hint: NO_HINT,
+                hash: h,
+            };
+            match fast::forward(state, table, now, pkt, &frame, &mut tally) {
                 Outcome::Forwarded => {
                     tally.flush(&mut state.counters);
                     *v = Verdict::Tx;
@@ -171,18 +181,18 @@ pub fn process_burst_with(
     for (i, (pkt, v)) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).enumerate() {
         let mut seen = None;
         if parsed & (1 << i) != 0 {
-            if let Some(&BurstFrame {
-                flow: f,
-                hint,
-                hash,
-            }) = state.scratch.get(i)
-            {
-                match fast::forward(state, table, now, pkt, &f, hash, hint, &mut tally) {
+            if let Some(&frame) = state.scratch.get(i) {
+                match fast::forward(state, table, now, pkt, &frame, &mut tally) {
                     Outcome::Forwarded => {
                         *v = Verdict::Tx;
                         continue;
                     }
-                    Outcome::General(hit) => seen = Some(FastMiss { flow: f, hit }),
+                    Outcome::General(hit) => {
+                        seen = Some(FastMiss {
+                            flow: frame.flow,
+                            hit,
+                        })
+                    }
                 }
             }
         }
