@@ -33,6 +33,33 @@ pub(super) fn group_match(tags: &[u16; BUCKET], fp: u16) -> u32 {
     }
 }
 
+/// The slots of a bucket (bit i = slot i) whose tag has its top bit (the unconfirmed bit) set:
+/// the eviction candidates, without a compare per tag.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn top_bits(tags: &[u16; BUCKET]) -> u32 {
+    use std::arch::x86_64::{_mm_loadu_si128, _mm_movemask_epi8, _mm_packs_epi16};
+    let p = tags.as_ptr();
+    // SAFETY: as in `group_match`: two unaligned loads inside `tags`, then register arithmetic.
+    unsafe {
+        let lo = _mm_loadu_si128(p.cast());
+        let hi = _mm_loadu_si128(p.add(8).cast());
+        // A lane with its top bit set is negative; saturating packs keep the sign per byte.
+        _mm_movemask_epi8(_mm_packs_epi16(lo, hi)) as u32
+    }
+}
+
+/// The slots of a bucket whose tag has its top bit set (portable form).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub(super) fn top_bits(tags: &[u16; BUCKET]) -> u32 {
+    let mut m = 0u32;
+    for (i, &t) in tags.iter().enumerate() {
+        m |= u32::from(t >> 15) << i;
+    }
+    m
+}
+
 /// The slots of a bucket (bit i = slot i) whose tag's fingerprint is `fp`: SWAR, four tags per
 /// 64-bit word. Exact: with the high bit of every lane cleared, adding 0x7fff sets a lane's bit
 /// 15 iff the lane is non-zero and never carries into the next lane.
@@ -55,4 +82,23 @@ pub(super) fn group_match(tags: &[u16; BUCKET], fp: u16) -> u32 {
         }
     }
     m
+}
+
+/// Hints the CPU to fetch the first two cache lines of `r` (a slot: its key word, timer, state
+/// and the value's per-packet fields). A no-op where there is no prefetch instruction here.
+#[inline(always)]
+pub(super) fn prefetch_two_lines<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = (r as *const T).cast::<i8>();
+        // SAFETY: `prefetcht0` only hints the cache and never faults, whatever the address
+        // (`wrapping_add` only computes one); SSE is part of the x86_64 baseline.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
 }

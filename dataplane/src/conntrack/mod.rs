@@ -171,6 +171,9 @@ pub enum InsertError {
 /// "No slot": the original key of a flow without a reply key (DSR, DR) has this as its peer.
 const NO_SLOT: u32 = u32::MAX;
 
+/// A [`Conntrack::lookup_steady`] hint that names no slot: the lookup searches the buckets.
+pub const NO_HINT: u32 = u32::MAX;
+
 /// Tag of a free slot. Live tags have a fingerprint of at least [`TAG_MIN`].
 const TAG_FREE: u16 = 0;
 /// Smallest live fingerprint (0 is free; 1 is kept unused so a fingerprint is never mistaken for free).
@@ -193,20 +196,81 @@ const F_FIN_REPLY: u8 = 8;
 /// Seed used by [`Conntrack::new`] when none is given; fixed so that runs (and fixtures) are reproducible.
 pub const DEFAULT_SEED: u64 = 0x6c62_2d63_6f6e_6e74;
 
-/// One key slot. The state fields are meaningful on flow slots (original keys) only.
+/// A flow key as one 128-bit word, what a slot compares first: an IPv4 key's address and port
+/// words (as [`crate::wire::V4Flow`] loads them) and its protocol, so comparing two IPv4 keys
+/// is two 64-bit compares. Any other key's word is a marker with its protocol, and equal words
+/// then need the full keys compared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct KeyWord(u128);
+
+/// Family marks in a [`KeyWord`]'s protocol word (never 0, so a blank slot matches nothing).
+const KW_V4: u32 = 0x400;
+const KW_OTHER: u32 = 0x600;
+
+impl KeyWord {
+    #[inline(always)]
+    fn v4(src: u32, dst: u32, ports: u32, proto: u8) -> KeyWord {
+        let lo = u64::from(src) | (u64::from(dst) << 32);
+        let hi = u64::from(ports) | (u64::from(u32::from(proto) | KW_V4) << 32);
+        KeyWord(u128::from(lo) | (u128::from(hi) << 64))
+    }
+
+    /// The word of `key`; exact (no full compare needed) when both addresses are IPv4.
+    #[inline(always)]
+    fn of(key: &FlowKey) -> (KeyWord, bool) {
+        if key.src.is_v4() && key.dst.is_v4() {
+            let w = |a: &crate::flow::Addr| u32::from_ne_bytes(a.v4_octets());
+            let (s, d) = (key.sport.to_be_bytes(), key.dport.to_be_bytes());
+            let ports = u32::from_ne_bytes([s[0], s[1], d[0], d[1]]);
+            (
+                KeyWord::v4(w(&key.src), w(&key.dst), ports, key.proto),
+                true,
+            )
+        } else {
+            let hi = u64::from(u32::from(key.proto) | KW_OTHER) << 32;
+            (KeyWord(u128::from(hi) << 64), false)
+        }
+    }
+}
+
+/// An IPv4 flow key in the form the fast path looks up (see [`Conntrack::lookup_steady`]): built
+/// from the header's words without a [`FlowKey`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V4Key(KeyWord);
+
+impl V4Key {
+    /// The key of an IPv4 packet from its source and destination address words, its port pair
+    /// word (each the wire bytes loaded native-endian, as [`crate::wire::V4Flow`] holds them)
+    /// and its protocol.
+    #[inline(always)]
+    pub fn new(src: u32, dst: u32, ports: u32, proto: u8) -> V4Key {
+        V4Key(KeyWord::v4(src, dst, ports, proto))
+    }
+}
+
+/// One key slot, a whole number of cache lines. What an established packet reads comes first:
+/// the key word, the flow's timer, peer, flags and state (32 bytes), then the value, whose
+/// type puts its per-packet fields first, so a packet of a flow touches the slot's first two
+/// lines (one, with a small value) besides the bucket's tags. The state fields are meaningful
+/// on flow slots (original keys) only.
 #[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
 struct Slot<V> {
-    key: FlowKey,
-    /// Flow slot: the reply key's slot or [`NO_SLOT`]. Reply slot: the flow slot.
-    peer: u32,
+    /// The key's [`KeyWord`].
+    kw: KeyWord,
     /// Flow slot: the flow is expired when `now >= deadline`.
     deadline: Millis,
-    /// Flow slot: the flow's state.
-    state: FlowState,
+    /// Flow slot: the reply key's slot or [`NO_SLOT`]. Reply slot: the flow slot.
+    peer: u32,
     /// `F_*` bits.
     flags: u8,
+    /// Flow slot: the flow's state.
+    state: FlowState,
     /// The value stored with this key. `None` only for slots that never held a key.
     value: Option<V>,
+    /// The whole key: compared when the key word is not exact (IPv6), and read by the slow
+    /// paths (expiry, iteration).
+    key: FlowKey,
 }
 
 /// Where a key may live, and whether it is already there.
@@ -343,6 +407,7 @@ impl<V: Copy> Conntrack<V> {
     pub fn with_seed(cfg: Config, seed: u64) -> Self {
         let cap = slots_for(cfg.capacity);
         let blank = Slot {
+            kw: KeyWord::default(),
             key: FlowKey::default(),
             peer: NO_SLOT,
             deadline: 0,
@@ -436,6 +501,31 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
+    /// The second prefetch of a burst, once [`Conntrack::prefetch`] had time to bring the tags
+    /// in: the slot of the first tag in the key's first bucket that carries its fingerprint
+    /// (almost always the key's own slot when it is tracked), its first two cache lines, so
+    /// the lookup that follows finds key, timer and the value's per-packet fields in cache.
+    /// Returns that slot as the lookup's hint ([`Conntrack::lookup_steady`]), or [`NO_HINT`].
+    #[inline(always)]
+    pub fn prefetch_slot(&self, h: u64) -> u32 {
+        let (b1, _, fp) = self.place_hashed(h);
+        let Some(tags) = self.tags.get(b1..b1 + BUCKET) else {
+            return NO_HINT;
+        };
+        let Ok(tags) = <&[u16; BUCKET]>::try_from(tags) else {
+            return NO_HINT;
+        };
+        let m = group::group_match(tags, fp);
+        let i = b1 + m.trailing_zeros() as usize;
+        match self.slots.get(i) {
+            Some(s) if m != 0 => {
+                group::prefetch_two_lines(s);
+                i as u32
+            }
+            _ => NO_HINT,
+        }
+    }
+
     /// [`Conntrack::lookup`] for a key whose table hash the caller computed (`h` must be
     /// `key.table_hash(seed)`, e.g. [`Conntrack::hash_v4`] of an IPv4 key).
     #[inline(always)]
@@ -453,7 +543,8 @@ impl<V: Copy> Conntrack<V> {
         Some(Hit { slot, flow, dir })
     }
 
-    /// The fast path's lookup: finds the live key (table hash `h`) and, when the packet
+    /// The fast path's lookup: finds the live IPv4 key (table hash `h`; `hint` a slot that may
+    /// hold it, from [`Conntrack::prefetch_slot`] earlier in the burst, or [`NO_HINT`]) and, when the packet
     /// (`tcp_flags`) leaves the key's confirmed flow where it is (see [`Conntrack::touch`]),
     /// returns the key's value and a [`Refresh`] that moves the flow's timer once the caller
     /// forwarded the packet. `Err(None)`: the key is not tracked (or expired);
@@ -463,19 +554,33 @@ impl<V: Copy> Conntrack<V> {
     #[inline(always)]
     pub fn lookup_steady(
         &self,
-        key: &FlowKey,
+        key: V4Key,
         h: u64,
+        hint: u32,
         now: Millis,
         tcp_flags: u8,
     ) -> Result<(&V, Refresh), Option<Hit>> {
-        let slot = self.find(key, h).ok_or(None)?;
-        let s = self.slots.get(slot as usize).ok_or(None)?;
-        let (flow, dir) = if s.flags & F_REPLY != 0 {
-            (s.peer, Dir::Reply)
-        } else {
-            (slot, Dir::Original)
+        // A live slot holding the key is the key's slot wherever it is (a key is stored once),
+        // so a hint that still holds it saves the bucket search.
+        let hinted = self
+            .slots
+            .get(hint as usize)
+            .filter(|s| s.kw == key.0)
+            .filter(|_| self.tags.get(hint as usize).is_some_and(|&t| t != TAG_FREE));
+        let (slot, s) = match hinted {
+            Some(s) => (hint, s),
+            None => {
+                let i = self.find_with(h, |s| s.kw == key.0).ok_or(None)?;
+                (i, self.slots.get(i as usize).ok_or(None)?)
+            }
         };
-        let f = self.slots.get(flow as usize).ok_or(None)?;
+        // An original key's slot is its flow slot: no second slot to index.
+        let (flow, dir, f) = if s.flags & F_REPLY != 0 {
+            let f = self.slots.get(s.peer as usize).ok_or(None)?;
+            (s.peer, Dir::Reply, f)
+        } else {
+            (slot, Dir::Original, s)
+        };
         if now >= f.deadline {
             return Err(None);
         }
@@ -628,6 +733,7 @@ impl<V: Copy> Conntrack<V> {
         let timeout = self.timeout(initial, false);
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
         self.slots[sa as usize] = Slot {
+            kw: KeyWord::of(orig.0).0,
             key: *orig.0,
             peer: sb,
             deadline: now.saturating_add(timeout),
@@ -639,6 +745,7 @@ impl<V: Copy> Conntrack<V> {
         if let (Some(p), Some((k, v))) = (&pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
             self.slots[sb as usize] = Slot {
+                kw: KeyWord::of(k).0,
                 key: *k,
                 peer: sa,
                 deadline: 0,
@@ -815,13 +922,7 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
-    /// A key's two buckets (equal in a one-bucket table) and fingerprint.
-    #[inline(always)]
-    fn place(&self, key: &FlowKey) -> (usize, usize, u16) {
-        self.place_hashed(key.table_hash(self.seed))
-    }
-
-    /// [`Conntrack::place`] from the key's table hash.
+    /// A key's two buckets (equal in a one-bucket table) and fingerprint, from its table hash.
     #[inline(always)]
     fn place_hashed(&self, h: u64) -> (usize, usize, u16) {
         let groups_mask = self.mask & !(BUCKET - 1);
@@ -835,46 +936,48 @@ impl<V: Copy> Conntrack<V> {
         (b1, b2, fp)
     }
 
-    /// The slot holding `key` (live or expired) in bucket `b`, if any.
+    /// The slot in bucket `b` whose tag carries `fp` and whose slot `eq` accepts, if any.
     #[inline(always)]
-    fn find_in(&self, b: usize, fp: u16, key: &FlowKey) -> Option<u32> {
+    fn find_in(&self, b: usize, fp: u16, eq: impl Fn(&Slot<V>) -> bool) -> Option<u32> {
         let tags: &[u16; BUCKET] = self.tags.get(b..b + BUCKET)?.try_into().ok()?;
         let mut m = group::group_match(tags, fp);
         while m != 0 {
             let i = b + m.trailing_zeros() as usize;
             m &= m - 1;
-            if self.slots.get(i).is_some_and(|s| s.key == *key) {
+            if self.slots.get(i).is_some_and(&eq) {
                 return Some(i as u32);
             }
         }
         None
     }
 
-    /// The slot holding `key` (live or expired): the per-packet half of [`Conntrack::probe`].
+    /// The slot in either of the buckets of table hash `h` that `eq` accepts (live or expired).
     #[inline(always)]
-    fn find(&self, key: &FlowKey, h: u64) -> Option<u32> {
+    fn find_with(&self, h: u64, eq: impl Fn(&Slot<V>) -> bool) -> Option<u32> {
         let (b1, b2, fp) = self.place_hashed(h);
-        if let Some(i) = self.find_in(b1, fp, key) {
+        if let Some(i) = self.find_in(b1, fp, &eq) {
             return Some(i);
         }
         if b2 == b1 {
             return None;
         }
-        self.find_in(b2, fp, key)
+        self.find_in(b2, fp, &eq)
+    }
+
+    /// The slot holding `key` (live or expired): the per-packet half of [`Conntrack::probe`].
+    #[inline(always)]
+    fn find(&self, key: &FlowKey, h: u64) -> Option<u32> {
+        let (kw, exact) = KeyWord::of(key);
+        self.find_with(h, |s| s.kw == kw && (exact || s.key == *key))
     }
 
     /// Computes a key's buckets and fingerprint and finds its slot.
     #[inline]
     fn probe(&self, key: &FlowKey) -> Probe {
-        let (b1, b2, fp) = self.place(key);
+        let h = key.table_hash(self.seed);
+        let (b1, b2, fp) = self.place_hashed(h);
         let nb = if b2 == b1 { 1 } else { 2 };
-        let found = self.find_in(b1, fp, key).or_else(|| {
-            if nb == 2 {
-                self.find_in(b2, fp, key)
-            } else {
-                None
-            }
-        });
+        let found = self.find(key, h);
         Probe {
             buckets: [b1, b2],
             nb,
@@ -948,10 +1051,18 @@ impl<V: Copy> Conntrack<V> {
         exclude: u32,
         class: Class,
     ) -> Option<(u32, Millis)> {
+        const _: () = assert!(TAG_UNCONFIRMED == 0x8000);
         let mut best: Option<(u32, Millis)> = None;
         for &b in &p.buckets[..p.nb] {
-            for i in b..b + BUCKET {
-                if self.tags[i] & TAG_UNCONFIRMED == 0 || i as u32 == exclude {
+            let Some(tags) = self.tags.get(b..b + BUCKET) else {
+                continue;
+            };
+            let Ok(tags) = <&[u16; BUCKET]>::try_from(tags) else {
+                continue;
+            };
+            // Only the unconfirmed keys' slots: a set of bits from one vector compare.
+            for i in bits(b, group::top_bits(tags)) {
+                if i as u32 == exclude {
                     continue;
                 }
                 let Some(flow) = self.flow_of(i as u32) else {

@@ -924,3 +924,79 @@ proptest! {
         prop_assert_eq!(match_free(&tags), free_want);
     }
 }
+
+/// The fast path's key of `k` (an IPv4 key), as `wire::V4Flow` loads its words.
+fn v4key(k: &FlowKey) -> V4Key {
+    let w = |a: &Addr| u32::from_ne_bytes(a.v4_octets());
+    let (s, d) = (k.sport.to_be_bytes(), k.dport.to_be_bytes());
+    V4Key::new(
+        w(&k.src),
+        w(&k.dst),
+        u32::from_ne_bytes([s[0], s[1], d[0], d[1]]),
+        k.proto,
+    )
+}
+
+#[test]
+fn steady_lookup_trusts_a_hint_only_while_its_slot_holds_the_key() {
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(64, 64));
+    let k = key(1, proto::UDP);
+    let h = k.table_hash(DEFAULT_SEED);
+    let f = udp_confirmed(&mut ct, 1, 0);
+    // Replied, so the flow is steady for the fast path.
+    ct.observe(f, Dir::Reply, 0, 0);
+    let hint = ct.prefetch_slot(h);
+    assert_eq!(hint, f, "the hint is the key's slot");
+    let (v, _) = ct.lookup_steady(v4key(&k), h, hint, 1, 0).unwrap();
+    assert_eq!(*v, 1);
+    // A wrong hint (another live slot) falls back to the search.
+    let other = udp_confirmed(&mut ct, 2, 0);
+    ct.observe(other, Dir::Reply, 0, 0);
+    let (v, _) = ct.lookup_steady(v4key(&k), h, other, 1, 0).unwrap();
+    assert_eq!(*v, 1);
+    // Removed: the slot still holds the bytes, but its tag is free, so the hint is not trusted.
+    ct.remove(f);
+    assert_eq!(ct.lookup_steady(v4key(&k), h, hint, 1, 0), Err(None));
+    assert_eq!(ct.lookup_steady(v4key(&k), h, NO_HINT, 1, 0), Err(None));
+}
+
+#[test]
+fn ipv4_and_ipv6_keys_with_equal_protocols_never_match_each_other() {
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(16, 16));
+    let v6 = |n: u32| {
+        let mut o = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        o[12..].copy_from_slice(&n.to_be_bytes());
+        Addr::v6(o)
+    };
+    let a = FlowKey {
+        src: v6(1),
+        dst: v6(2),
+        sport: 1,
+        dport: 2,
+        proto: proto::TCP,
+    };
+    ct.insert(0, (&a, 1), None, SYN_SENT).unwrap();
+    ct.insert(0, (&key(1, proto::TCP), 2), None, SYN_SENT)
+        .unwrap();
+    // One bucket, and IPv6 key words carry only the protocol: among this many other keys some
+    // share `a`'s fingerprint too (15 bits), and only the full key tells them apart.
+    let mut same_fp = 0;
+    let fp = |k: &FlowKey| ct.place_hashed(k.table_hash(DEFAULT_SEED)).2;
+    for n in 3..(1 << 17) {
+        let b = FlowKey { src: v6(n), ..a };
+        same_fp += usize::from(fp(&b) == fp(&a));
+        assert_eq!(ct.lookup(&b, 0), None, "{b:?}");
+    }
+    assert!(same_fp > 0, "no other key shared the fingerprint");
+    let hit = ct.lookup(&a, 0).unwrap();
+    assert_eq!(*ct.value(hit.slot), 1);
+    let hit = ct.lookup(&key(1, proto::TCP), 0).unwrap();
+    assert_eq!(*ct.value(hit.slot), 2);
+}
+
+#[test]
+fn a_slot_is_a_32_byte_header_then_the_value_on_64_byte_boundaries() {
+    assert_eq!(std::mem::align_of::<Slot<u64>>(), 64);
+    assert_eq!(std::mem::offset_of!(Slot<u64>, value), 32);
+    assert_eq!(std::mem::size_of::<Slot<u64>>() % 64, 0);
+}

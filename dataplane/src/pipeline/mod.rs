@@ -18,17 +18,18 @@ mod state;
 mod tracked;
 mod verdict;
 
+use state::BurstFrame;
 pub use state::{snat_slice, FlowValue, WorkerState};
 pub use verdict::{Counters, DropReason, FlowCounters, Verdict};
 
-use crate::conntrack::{Hit, Millis};
+use crate::conntrack::{Hit, Millis, NO_HINT};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::port::MAX_BURST;
 use crate::table::RoutingTable;
 use crate::wire::{self, Frag, ParseError, Parsed, V4Flow, L3};
 
-use fast::Outcome;
+use fast::{Outcome, Tally};
 
 /// TTL / hop limit of packets we originate (answers, outer headers).
 const OUR_TTL: u8 = 64;
@@ -48,14 +49,15 @@ pub fn process(
     if state.generation == Some(table.generation) {
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
             let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-            let rx_len = pkt.len() as u64;
-            match fast::forward(state, table, now, pkt, &f, h) {
+            let mut tally = Tally::new();
+            let frame = BurstFrame {
+                flow: f,
+                hint: NO_HINT,
+                hash: h,
+            };
+            match fast::forward(state, table, now, pkt, &frame, &mut tally) {
                 Outcome::Forwarded => {
-                    let c = &mut state.counters;
-                    c.rx_packets += 1;
-                    c.rx_bytes += rx_len;
-                    c.tx_packets += 1;
-                    c.tx_bytes += pkt.len() as u64;
+                    tally.flush(&mut state.counters);
                     return Verdict::Tx;
                 }
                 Outcome::General(hit) => {
@@ -126,6 +128,7 @@ pub fn process_burst_with(
         state.adopt(table);
     }
     let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
+    let mut tally = Tally::new();
     if n == 1 {
         // A port that hands frames over one at a time: no burst arrays to fill.
         let (Some(pkt), Some(v)) = (pkts.first_mut(), verdicts.first_mut()) else {
@@ -134,14 +137,14 @@ pub fn process_burst_with(
         let mut seen = None;
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
             let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-            let rx_len = pkt.len() as u64;
-            match fast::forward(state, table, now, pkt, &f, h) {
+            let frame = BurstFrame {
+                flow: f,
+                hint: NO_HINT,
+                hash: h,
+            };
+            match fast::forward(state, table, now, pkt, &frame, &mut tally) {
                 Outcome::Forwarded => {
-                    let c = &mut state.counters;
-                    c.rx_packets += 1;
-                    c.rx_bytes += rx_len;
-                    c.tx_packets += 1;
-                    c.tx_bytes += pkt.len() as u64;
+                    tally.flush(&mut state.counters);
                     *v = Verdict::Tx;
                     return;
                 }
@@ -151,37 +154,51 @@ pub fn process_burst_with(
         *v = slow(state, pkt, seen.as_ref());
         return;
     }
-    let mut flows: [Option<(V4Flow, u64)>; MAX_BURST] = [None; MAX_BURST];
-    for (pkt, slot) in pkts[..n].iter().zip(flows.iter_mut()) {
+    // First pass: each frame's fields and hash into the worker's scratch (reused, so nothing
+    // is initialised per burst), a bit per frame the fast path may take.
+    let mut parsed = 0u64;
+    let WorkerState { ct, scratch, .. } = &mut *state;
+    for (i, (pkt, slot)) in pkts[..n].iter().zip(scratch.iter_mut()).enumerate() {
         if let Some(f) = wire::parse_v4_flow(pkt.data()) {
-            let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-            state.ct.prefetch(h);
-            *slot = Some((f, h));
+            let h = ct.hash_v4(f.src, f.dst, f.ports, f.proto);
+            ct.prefetch(h);
+            *slot = BurstFrame {
+                flow: f,
+                hint: NO_HINT,
+                hash: h,
+            };
+            parsed |= 1 << i;
         }
     }
-    let (mut fast_n, mut rx_bytes, mut tx_bytes) = (0u64, 0u64, 0u64);
-    for ((pkt, v), flow) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).zip(flows) {
+    // Second pass: by now the first frames' tags are in, so each frame's slot can be found and
+    // its lines requested while the others arrive (with a table larger than the cache every
+    // slot is a miss); the slot found is the lookup's hint, so the search is not repeated.
+    for (i, b) in scratch[..n].iter_mut().enumerate() {
+        if parsed & (1 << i) != 0 {
+            b.hint = ct.prefetch_slot(b.hash);
+        }
+    }
+    for (i, (pkt, v)) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).enumerate() {
         let mut seen = None;
-        if let Some((f, h)) = flow {
-            let len = pkt.len() as u64;
-            match fast::forward(state, table, now, pkt, &f, h) {
-                Outcome::Forwarded => {
-                    fast_n += 1;
-                    rx_bytes += len;
-                    tx_bytes += pkt.len() as u64;
-                    *v = Verdict::Tx;
-                    continue;
+        if parsed & (1 << i) != 0 {
+            if let Some(&frame) = state.scratch.get(i) {
+                match fast::forward(state, table, now, pkt, &frame, &mut tally) {
+                    Outcome::Forwarded => {
+                        *v = Verdict::Tx;
+                        continue;
+                    }
+                    Outcome::General(hit) => {
+                        seen = Some(FastMiss {
+                            flow: frame.flow,
+                            hit,
+                        })
+                    }
                 }
-                Outcome::General(hit) => seen = Some(FastMiss { flow: f, hit }),
             }
         }
         *v = slow(state, pkt, seen.as_ref());
     }
-    let c = &mut state.counters;
-    c.rx_packets += fast_n;
-    c.rx_bytes += rx_bytes;
-    c.tx_packets += fast_n;
-    c.tx_bytes += tx_bytes;
+    tally.flush(&mut state.counters);
 }
 
 /// [`process`] for a frame the caller already parsed (the worker parses once to steer the frame

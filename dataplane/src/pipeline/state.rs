@@ -6,9 +6,10 @@ use std::hash::BuildHasher;
 
 use crate::conntrack::{self, Conntrack, FlowState, Millis, TcpState};
 use crate::flow::{proto, Addr, FlowKey};
+use crate::port::MAX_BURST;
 use crate::table::{Mode, RoutingTable};
 use crate::wire::checksum::Delta;
-use crate::wire::nat;
+use crate::wire::{nat, V4Flow};
 
 use super::verdict::{Counters, FlowCounters};
 
@@ -27,12 +28,24 @@ pub(super) enum Action {
 
 /// The per-key value stored in conntrack: everything needed to forward a packet of that direction
 /// without looking at the routing table, plus what identifies the backend across table swaps.
+///
+/// `repr(C)`, per-packet fields first: what the fast path reads (kind, counters, checksum
+/// deltas, ports, MACs, generation, new addresses) is the first 80 bytes, which conntrack keeps in
+/// the slot's first two cache lines; what identifies the backend comes after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct FlowValue {
+    /// Set by [`FlowValue::seal`]: which fixed-layout path the flow's packets take, if any.
+    pub(super) fast: Fast,
     pub(super) action: Action,
     pub(super) mode: Mode,
-    pub(super) new_src: Addr,
-    pub(super) new_dst: Addr,
+    pub(super) proto: u8,
+    pub(super) svc_stat: u32,
+    pub(super) be_stat: u32,
+    /// Checksum delta of the address rewrite (IPv4 header), computed once per flow.
+    pub(super) l3_delta: Delta,
+    /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
+    pub(super) l4_delta: Delta,
     pub(super) new_sport: u16,
     pub(super) new_dport: u16,
     pub(super) mac: [u8; 6],
@@ -40,23 +53,16 @@ pub struct FlowValue {
     /// interface whose MAC is its source).
     pub(super) src_mac: [u8; 6],
     pub(super) gue_port: u16,
+    pub(super) generation: u64,
+    pub(super) new_src: Addr,
+    pub(super) new_dst: Addr,
     pub(super) vip: Addr,
     pub(super) vport: u16,
-    pub(super) proto: u8,
     pub(super) backend: Addr,
     pub(super) backend_port: u16,
-    pub(super) generation: u64,
-    pub(super) svc_stat: u32,
-    pub(super) be_stat: u32,
     /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
     /// still in `SynSent` is a SYN the backend never answered.
     pub(super) by_syn: bool,
-    /// Checksum delta of the address rewrite (IPv4 header), computed once per flow.
-    pub(super) l3_delta: Delta,
-    /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
-    pub(super) l4_delta: Delta,
-    /// Set by [`FlowValue::seal`]: which fixed-layout path the flow's packets take, if any.
-    pub(super) fast: Fast,
 }
 
 /// The fixed-layout forwarding a flow's packets qualify for, decided once per flow by
@@ -109,6 +115,15 @@ impl FlowValue {
     }
 }
 
+/// One frame of a burst between the burst's passes: its fields, its conntrack slot hint
+/// ([`NO_HINT`](crate::conntrack::NO_HINT) when none) and its key's table hash (32 bytes).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct BurstFrame {
+    pub(super) flow: V4Flow,
+    pub(super) hint: u32,
+    pub(super) hash: u64,
+}
+
 /// Per-worker state: conntrack, counters, fullnat port allocator.
 #[derive(Debug)]
 pub struct WorkerState {
@@ -128,6 +143,10 @@ pub struct WorkerState {
     snat_next: u16,
     snat_addr_next: usize,
     pub(super) generation: Option<u64>,
+    /// A burst's frame fields and table hashes between its two passes (see
+    /// [`process_burst_with`](super::process_burst_with)): kept here so no burst initialises
+    /// an array of its own.
+    pub(super) scratch: [BurstFrame; MAX_BURST],
 }
 
 impl WorkerState {
@@ -151,6 +170,7 @@ impl WorkerState {
             snat_next: 0,
             snat_addr_next: 0,
             generation: None,
+            scratch: [BurstFrame::default(); MAX_BURST],
         }
     }
 
@@ -233,4 +253,33 @@ pub fn snat_slice(range: (u16, u16), w: u16, n: u16) -> (u16, u16) {
     }
     let start = u32::from(lo) + per * u32::from(w);
     (start as u16, (start + per - 1) as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Conntrack keeps a slot's header in its first 32 bytes and the value after it: the fast
+    /// path's fields (up to the new addresses) must end within the slot's first two cache lines.
+    #[test]
+    fn per_packet_fields_fit_the_slots_first_two_lines() {
+        let end = std::mem::offset_of!(FlowValue, new_dst) + std::mem::size_of::<Addr>();
+        assert!(
+            32 + end <= 128,
+            "per-packet fields end at byte {} of the slot",
+            32 + end
+        );
+        for hot in [
+            std::mem::offset_of!(FlowValue, fast),
+            std::mem::offset_of!(FlowValue, svc_stat),
+            std::mem::offset_of!(FlowValue, be_stat),
+            std::mem::offset_of!(FlowValue, l3_delta),
+            std::mem::offset_of!(FlowValue, l4_delta),
+            std::mem::offset_of!(FlowValue, mac),
+            std::mem::offset_of!(FlowValue, src_mac),
+            std::mem::offset_of!(FlowValue, generation),
+        ] {
+            assert!(hot < end);
+        }
+    }
 }

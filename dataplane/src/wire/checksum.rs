@@ -67,6 +67,11 @@ pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
 /// of the covered data with others does to its sum. Computed once per flow, applied per packet;
 /// folding it up front leaves one fold per packet. (End-around-carry folding keeps a non-zero
 /// sum non-zero, so a folded delta gives the very checksums the unfolded one gave.)
+///
+/// Kept in wire byte order (the two bytes as they would sit in a header, loaded native-endian):
+/// ones' complement sums commute with swapping the bytes of every word, so
+/// [`Delta::apply_wire`] adjusts a checksum field loaded straight from the packet without a byte
+/// swap either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Delta(u32);
 
@@ -75,7 +80,15 @@ impl Delta {
     /// an even offset of the covered data; other bytes past the last whole word are ignored).
     #[inline]
     pub fn replace(old: &[u8], new: &[u8]) -> Delta {
-        Delta(fold64(sub32(old) + sum32(new)))
+        Delta::from_sum(sub32(old) + sum32(new))
+    }
+
+    /// The difference whose unfolded ones' complement sum is `sum` (the complemented old words
+    /// and the new words, as big-endian values): what [`Delta::replace`] computes, for callers
+    /// that have the words in registers already.
+    #[inline]
+    pub fn from_sum(sum: u64) -> Delta {
+        Delta(u32::from((fold64(sum) as u16).to_be()))
     }
 
     /// Both differences at once (they cover the same data).
@@ -85,9 +98,17 @@ impl Delta {
         Delta(u32::from(fold32(self.0 + other.0)))
     }
 
-    /// RFC 1624 eqn. 3: the checksum `csum` after the replacement.
+    /// RFC 1624 eqn. 3: the checksum `csum` (its value, as `u16::from_be_bytes` reads it) after
+    /// the replacement.
     #[inline]
     pub fn apply(self, csum: u16) -> u16 {
+        u16::from_be(self.apply_wire(csum.to_be()))
+    }
+
+    /// [`Delta::apply`] on a checksum field's two bytes loaded native-endian
+    /// (`u16::from_ne_bytes`), returning the bytes to store the same way: the per-packet form.
+    #[inline(always)]
+    pub fn apply_wire(self, csum: u16) -> u16 {
         // Both terms are at most 0xffff, so the sum is at most 0x1fffe and one fold ends below 2^16.
         let s = u32::from(!csum) + self.0;
         !(((s & 0xffff) + (s >> 16)) as u16)

@@ -24,6 +24,16 @@ pub struct IpAt {
 /// and the transport's (pseudo header addresses and ports). One address delta serves both.
 #[inline]
 pub fn deltas(from: &FlowKey, to: &FlowKey) -> (Delta, Delta) {
+    if [from.src, from.dst, to.src, to.dst].iter().all(Addr::is_v4) {
+        // Every new flow seals two values: the words straight from the addresses, no loops.
+        let new = |a: &Addr| u64::from(u32::from_be_bytes(a.v4_octets()));
+        let old = |a: &Addr| u64::from(!u32::from_be_bytes(a.v4_octets()));
+        let l3 = Delta::from_sum(old(&from.src) + new(&to.src) + old(&from.dst) + new(&to.dst));
+        let p = Delta::from_sum(
+            u64::from(!ports(from.sport, from.dport)) + u64::from(ports(to.sport, to.dport)),
+        );
+        return (l3, l3.and(p));
+    }
     let l3 = Delta::replace(from.src.wire_bytes(), to.src.wire_bytes())
         .and(Delta::replace(from.dst.wire_bytes(), to.dst.wire_bytes()));
     let l4 = l3.and(Delta::replace(
@@ -117,28 +127,31 @@ pub fn rewrite_v4(
     let Some(frame) = frame.get_mut(..at.end) else {
         return;
     };
+    // Checksum fields are loaded and stored native-endian: the deltas are in wire byte order.
+    let csum = |b: &[u8; 2]| u16::from_ne_bytes(*b);
     if let Some(ip) = arr_mut::<20>(frame, at.l3) {
         ip[12..16].copy_from_slice(&src);
         ip[16..20].copy_from_slice(&dst);
-        let c = l3_delta.apply(u16::from_be_bytes([ip[10], ip[11]]));
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let c = l3_delta.apply_wire(csum(&[ip[10], ip[11]]));
+        ip[10..12].copy_from_slice(&c.to_ne_bytes());
     }
     if at.proto == proto::TCP {
         if let Some(t) = arr_mut::<18>(frame, at.l4) {
             t[..4].copy_from_slice(&ports.to_be_bytes());
-            let c = l4_delta.apply(u16::from_be_bytes([t[16], t[17]]));
-            t[16..18].copy_from_slice(&c.to_be_bytes());
+            let c = l4_delta.apply_wire(csum(&[t[16], t[17]]));
+            t[16..18].copy_from_slice(&c.to_ne_bytes());
         }
     } else if let Some(u) = arr_mut::<8>(frame, at.l4) {
         u[..4].copy_from_slice(&ports.to_be_bytes());
-        let c = u16::from_be_bytes([u[6], u[7]]);
+        let c = csum(&[u[6], u[7]]);
         if c != 0 {
-            // A UDP checksum that computes to 0 goes on the wire as 0xffff (0 means none).
-            let c = match l4_delta.apply(c) {
+            // A UDP checksum that computes to 0 goes on the wire as 0xffff (0 means none): both
+            // are the same in either byte order.
+            let c = match l4_delta.apply_wire(c) {
                 0 => 0xffff,
                 c => c,
             };
-            u[6..8].copy_from_slice(&c.to_be_bytes());
+            u[6..8].copy_from_slice(&c.to_ne_bytes());
         }
     }
 }

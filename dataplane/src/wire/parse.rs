@@ -359,7 +359,7 @@ fn parse_l4(
 
 /// The flow fields of the common frame, for the pipeline's fast path: 20 bytes instead of
 /// [`Parsed`]'s 80, offsets implied (IPv4 header at 14, transport at 34).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct V4Flow {
     /// Source address: its 4 wire bytes loaded as a native-endian word (no byte swap).
     pub src: u32,
