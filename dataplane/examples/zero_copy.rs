@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use dataplane::conntrack::{Config, Timeouts};
 use dataplane::flow::{proto, Addr};
 use dataplane::maglev::DEFAULT_TABLE_SIZE;
+use dataplane::pipeline::process_burst;
 use dataplane::port::dpdk::{eal_cleanup, DpdkOptions, DpdkPort};
 use dataplane::port::Port;
 use dataplane::table::{Affinity, Backend, Local, Mode, Pool, RoutingTable, ServiceSpec};
@@ -273,8 +274,10 @@ fn main() {
     let settle = Instant::now() + Duration::from_millis(500);
     while Instant::now() < settle {
         let t = now(&started);
-        port.rx_burst(BURST, &mut |pkt| process(&mut st, &table, t, pkt))
-            .expect("rx");
+        port.rx_batch(BURST, &mut |pkts, verdicts| {
+            process_burst(&mut st, &table, t, pkts, verdicts)
+        })
+        .expect("rx");
         port.flush().expect("flush");
     }
 
@@ -296,11 +299,12 @@ fn main() {
         // One clock read per turn, as the worker does; a second only after a busy one.
         let turn = Instant::now();
         let t = turn.duration_since(started).as_millis() as u64;
+        // Whole bursts, as the worker runs them: every frame parsed and its flow's slot
+        // prefetched before any is processed.
         let got = port
-            .rx_burst(BURST, &mut |pkt| {
-                let v = process(&mut st, &table, t, pkt);
-                forwarded += u64::from(v == Verdict::Tx);
-                v
+            .rx_batch(BURST, &mut |pkts, verdicts| {
+                process_burst(&mut st, &table, t, pkts, verdicts);
+                forwarded += verdicts.iter().filter(|v| **v == Verdict::Tx).count() as u64;
             })
             .expect("rx");
         port.flush().expect("flush");

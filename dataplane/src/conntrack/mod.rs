@@ -28,10 +28,12 @@
 //!   on one service from starving the others: each new flow of another service evicts a flood
 //!   flow in its own buckets, and lives until the flood has cycled through the budget (budget /
 //!   flood rate), long enough for its answer and confirming packet.
-// Denied, not forbidden: `group` matches a bucket's tags with SSE2 (its one unsafe block).
+// Denied, not forbidden: `group` matches a bucket's tags with SSE2, and `mem` asks for huge
+// pages (their unsafe blocks).
 #![deny(unsafe_code)]
 
 mod group;
+mod mem;
 
 use crate::flow::FlowKey;
 
@@ -416,8 +418,8 @@ impl<V: Copy> Conntrack<V> {
             value: None,
         };
         Conntrack {
-            tags: vec![TAG_FREE; cap].into_boxed_slice(),
-            slots: vec![blank; cap].into_boxed_slice(),
+            tags: mem::filled(cap, TAG_FREE),
+            slots: mem::filled(cap, blank),
             mask: cap - 1,
             seed,
             len: 0,
