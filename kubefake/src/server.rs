@@ -276,6 +276,14 @@ pub(crate) async fn handle(
         agent,
         status: 0,
     };
+    if !*shared.available.borrow() {
+        // Down or unreachable: a connection accepted in the moment the outage began (after
+        // the connections were dropped, before the listener closed) must not carry requests
+        // through it. Breaking it reads as a refused or reset connection to the client.
+        return Err(std::io::Error::other(
+            "the server is down; dropping the connection",
+        ));
+    }
     let mut black_hole = shared.unresponsive.subscribe();
     if *black_hole.borrow_and_update() {
         // A black hole: no answer while it lasts; then the connection breaks (the request
