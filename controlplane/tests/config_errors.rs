@@ -968,4 +968,17 @@ fn interfaces_are_checked_each_at_its_own_key() {
         "@@[dataplane]\naddresses = [\"198.18.0.1\"]\n",
         &["mac"],
     );
+    case(
+        "one interface with an all-zero mac",
+        "[dataplane]\nmac = @@\"00:00:00:00:00:00\"\n",
+        &["mac"],
+    );
+    case(
+        "an interface with a multicast mac",
+        &TWO_ARMED.replace(
+            "mac = \"02:00:00:00:00:02\"",
+            "mac = @@\"03:00:00:00:00:02\"",
+        ),
+        &["mac"],
+    );
 }

@@ -128,7 +128,11 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
 /// its entries need distinct names and MACs; without it `mac` is required.
 fn check_interfaces(dp: &Dataplane, out: &mut Vec<Problem>) {
     if dp.interfaces.is_empty() {
-        if dp.mac.is_none() {
+        if let Some(mac) = dp.mac {
+            check_mac(out, mac, || {
+                ("dataplane.mac".into(), "dataplane: mac".into())
+            });
+        } else {
             out.push(
                 Problem::new("dataplane", "dataplane: mac is missing")
                     .hint("set [dataplane] mac = \"02:00:00:00:00:01\", our MAC on the interface"),
@@ -201,7 +205,9 @@ fn check_interfaces(dp: &Dataplane, out: &mut Vec<Problem>) {
 /// per family, inside its on_link prefixes, and one for each family its `routes` name).
 fn check_link(link: &Link, out: &mut Vec<Problem>) {
     let at = &link.path;
-    if link.path != "dataplane" || link.mac.0 != [0; 6] {
+    // The one interface of `[dataplane]` has its `mac` checked where it is read (it may be
+    // absent, which `check_interfaces` reports).
+    if link.path != "dataplane" {
         check_mac(out, link.mac, || {
             (format!("{at}.mac"), "dataplane: mac".into())
         });
