@@ -47,28 +47,41 @@ pub fn process(
     pkt: &mut PacketBuf<'_>,
 ) -> Verdict {
     if state.generation == Some(table.generation) {
-        if let Some(f) = wire::parse_v4_flow(pkt.data()) {
-            let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-            let mut tally = Tally::new();
-            let frame = BurstFrame {
-                flow: f,
-                hint: NO_HINT,
-                hash: h,
-            };
-            match fast::forward(state, table, now, pkt, &frame, &mut tally) {
-                Outcome::Forwarded => {
-                    tally.flush(&mut state.counters);
-                    return Verdict::Tx;
-                }
-                Outcome::General(hit) => {
-                    let seen = FastMiss { flow: f, hit };
-                    let parsed = parse_after(pkt.data(), Some(&seen));
-                    return process_parsed_as(state, table, now, pkt, parsed, Some(&seen));
-                }
+        match fast_one(state, table, now, pkt) {
+            Ok(()) => return Verdict::Tx,
+            Err(Some(seen)) => {
+                let parsed = parse_after(pkt.data(), Some(&seen));
+                return process_parsed_as(state, table, now, pkt, parsed, Some(&seen));
             }
+            Err(None) => {}
         }
     }
     process_general(state, table, now, pkt)
+}
+
+/// The fast path for one frame outside a burst: `Ok` when it forwarded the frame (counted),
+/// else what it learned of the frame for the general path (`None`: not a frame it reads).
+#[inline(always)]
+fn fast_one(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+) -> Result<(), Option<FastMiss>> {
+    let f = wire::parse_v4_flow(pkt.data()).ok_or(None)?;
+    let frame = BurstFrame {
+        flow: f,
+        hint: NO_HINT,
+        hash: state.ct.hash_v4(f.src, f.dst, f.ports, f.proto),
+    };
+    let mut tally = Tally::new();
+    match fast::forward(state, table, now, pkt, &frame, &mut tally) {
+        Outcome::Forwarded => {
+            tally.flush(&mut state.counters);
+            Ok(())
+        }
+        Outcome::General(hit) => Err(Some(FastMiss { flow: f, hit })),
+    }
 }
 
 /// What the fast path learned of a frame it passed on to the general path: the frame's fields
@@ -134,24 +147,10 @@ pub fn process_burst_with(
         let (Some(pkt), Some(v)) = (pkts.first_mut(), verdicts.first_mut()) else {
             return;
         };
-        let mut seen = None;
-        if let Some(f) = wire::parse_v4_flow(pkt.data()) {
-            let h = state.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-            let frame = BurstFrame {
-                flow: f,
-                hint: NO_HINT,
-                hash: h,
-            };
-            match fast::forward(state, table, now, pkt, &frame, &mut tally) {
-                Outcome::Forwarded => {
-                    tally.flush(&mut state.counters);
-                    *v = Verdict::Tx;
-                    return;
-                }
-                Outcome::General(hit) => seen = Some(FastMiss { flow: f, hit }),
-            }
-        }
-        *v = slow(state, pkt, seen.as_ref());
+        *v = match fast_one(state, table, now, pkt) {
+            Ok(()) => Verdict::Tx,
+            Err(seen) => slow(state, pkt, seen.as_ref()),
+        };
         return;
     }
     // First pass: each frame's fields and hash into the worker's scratch (reused, so nothing
