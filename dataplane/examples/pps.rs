@@ -1,16 +1,27 @@
 //! Drives the real pipeline over synthetic traffic without any port, for instruction counting
 //! (`perf/instructions.sh` runs it under callgrind) and quick profiling.
 //!
-//! Usage: `pps <fullnat|nat|ipip|gue|dr> <established|new> <packets>`
+//! Usage: `pps <fullnat|nat|ipip|gue|dr> <established|new|flood> <packets> [harness]`
 //!
 //! `established`: every flow's handshake first (the client's SYN, for fullnat and nat the
 //! backend's SYN+ACK, then the client's ACKs), so the counted packets belong to established, confirmed
-//! flows. `new`: a SYN of a new flow per packet. The counted packets run in bursts of 32
-//! through `process_burst`, as the worker runs them (`packets` is rounded down to whole bursts).
+//! flows. `new`: a SYN of a new flow per packet into a table sized for the rate, as a user sizes
+//! one (the default config's budget ratio, a quarter of the slots): time moves 1 ms per burst
+//! (32 000 new flows/s) and, as the worker does every millisecond, each burst is followed by an
+//! expiry pass over 256 slots, whose cost is counted with the packets'. `flood`: a SYN flood's
+//! steady state: a small table whose embryonic budget is full of unanswered SYNs (time moves 1
+//! ms per SYN and nothing expires them), so every SYN evicts the oldest of them. The counted
+//! packets run in bursts of 32 through `process_burst`, as the worker runs them (`packets` is
+//! rounded down to whole bursts).
+//!
+//! `harness`: the same run with `process_burst` (and the expiry pass) left out, so its count is what the harness
+//! itself costs (the copy standing in for a port's receive, the buffers, the loop);
+//! `perf/instructions.sh` subtracts it to report the pipeline's own instructions per packet.
 
 use dataplane::conntrack::{Config, Timeouts};
 use dataplane::flow::Addr;
 use dataplane::pipeline::process_burst;
+use dataplane::worker::EXPIRE_BUDGET;
 use dataplane::{process, DropReason, PacketBuf, RoutingTable, Verdict, WorkerState};
 use testkit::sample;
 
@@ -26,13 +37,24 @@ const COPY: usize = 128;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (mode, kind, packets) = match args.as_slice() {
-        [_, m, k, n] => (m.as_str(), k.as_str(), n.parse::<usize>().unwrap_or(0)),
+    let usage = "usage: pps <fullnat|nat|ipip|gue|dr> <established|new|flood> <packets> [harness]";
+    let (mode, kind, packets, dry) = match args.as_slice() {
+        [_, m, k, n] => (
+            m.as_str(),
+            k.as_str(),
+            n.parse::<usize>().unwrap_or(0),
+            false,
+        ),
+        [_, m, k, n, h] if h == "harness" => (m.as_str(), k.as_str(), n.parse().unwrap_or(0), true),
         _ => {
-            eprintln!("usage: pps <fullnat|nat|ipip|gue|dr> <established|new> <packets>");
+            eprintln!("{usage}");
             std::process::exit(2);
         }
     };
+    if !matches!(kind, "established" | "new" | "flood") {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    }
     let (vip, replies) = match mode {
         "fullnat" => (sample::VIP_FULLNAT, true),
         "nat" => (sample::VIP_NAT, true),
@@ -46,12 +68,13 @@ fn main() {
     };
     let table = sample::table(1, 16);
     // A fixed conntrack seed: callgrind counts must repeat exactly from run to run.
+    let capacity = if kind == "new" { 1 << 20 } else { 1 << 16 };
     let mut st = WorkerState::with_seed(
         0,
         1,
         Config {
-            capacity: 1 << 16,
-            embryonic_budget: 1 << 14,
+            capacity,
+            embryonic_budget: capacity / 4,
             timeouts: Timeouts::default(),
         },
         1,
@@ -70,7 +93,7 @@ fn main() {
     let mut bufs = [[0u8; BUF]; BURST];
     let mut blens = [0usize; BURST];
     let bursts = packets / BURST;
-    if kind == "new" {
+    if kind != "established" {
         for b in 0..bursts {
             for (i, buf) in bufs.iter_mut().enumerate() {
                 let n = b * BURST + i;
@@ -84,9 +107,17 @@ fn main() {
                 f[50..52].copy_from_slice(&c.to_be_bytes());
                 blens[i] = 54;
             }
-            // Time moves 1 ms per SYN, as with one packet per call: unanswered flows expire
-            // after the SYN timeout instead of piling up to the embryonic budget.
-            tx += burst(&mut st, &table, (b * BURST) as u64, &mut bufs, &blens);
+            if kind == "new" {
+                // 1 ms per burst, and the worker's expiry pass of each millisecond.
+                let now = b as u64;
+                tx += burst(&mut st, &table, now, &mut bufs, &blens, dry);
+                if !dry {
+                    st.expire(now, EXPIRE_BUDGET);
+                }
+            } else {
+                // 1 ms per SYN: the budget fills with unanswered SYNs, which nothing expires.
+                tx += burst(&mut st, &table, (b * BURST) as u64, &mut bufs, &blens, dry);
+            }
         }
     } else {
         let mut out = [0u8; 2048];
@@ -109,7 +140,7 @@ fn main() {
                 buf[HEADROOM..HEADROOM + COPY].copy_from_slice(&ack[k][..COPY]);
                 blens[i] = lens[k];
             }
-            tx += burst(&mut st, &table, 1, &mut bufs, &blens);
+            tx += burst(&mut st, &table, 1, &mut bufs, &blens, dry);
         }
     }
     // Established runs must leave no flow mid-handshake (unconfirmed).
@@ -121,13 +152,15 @@ fn main() {
 }
 
 /// Runs one burst of frames (`lens[i]` bytes of `bufs[i]` behind the headroom) through
-/// `process_burst`; returns how many it transmitted.
+/// `process_burst` (not when `dry`: the harness's own cost alone); returns how many it
+/// transmitted.
 fn burst(
     st: &mut WorkerState,
     table: &RoutingTable,
     now: u64,
     bufs: &mut [[u8; BUF]; BURST],
     lens: &[usize; BURST],
+    dry: bool,
 ) -> usize {
     let mut i = 0;
     let mut pkts = bufs.each_mut().map(|b| {
@@ -135,7 +168,11 @@ fn burst(
         PacketBuf::new(b, HEADROOM, lens[i - 1])
     });
     let mut verdicts = [Verdict::Drop(DropReason::Unsupported); BURST];
-    process_burst(st, table, now, &mut pkts, &mut verdicts);
+    if dry {
+        std::hint::black_box((&mut pkts, &mut verdicts));
+    } else {
+        process_burst(st, table, now, &mut pkts, &mut verdicts);
+    }
     verdicts.iter().filter(|v| **v == Verdict::Tx).count()
 }
 

@@ -52,7 +52,7 @@ const PUBLISH_MS: Millis = 100;
 const RESOLVE_MS: Millis = 10;
 /// Conntrack slots examined per slow-path run: 256 per ms sweeps 262144 slots in about a second,
 /// well inside the shortest timeout.
-const EXPIRE_BUDGET: usize = 256;
+pub const EXPIRE_BUDGET: usize = 256;
 /// What the port is told about a handed-off frame: nothing to send, recycle the buffer. Ports do
 /// not count drop reasons; the worker counts it as `handed_off`, outside the pipeline's counters.
 const HANDED_OFF: Verdict = Verdict::Drop(DropReason::Unsupported);
