@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::instance;
 use controlplane::api::admin;
-use controlplane::compile::RunSettings;
+use controlplane::compile::{RunLink, RunSettings};
 use controlplane::config::{self, Config, IdleMode, PortKind, XdpMode};
 use controlplane::control::{self, AddressFilter, Control, ControlPlane, StartError};
 use controlplane::health::{self, Checker, Transition};
@@ -162,9 +162,9 @@ pub fn open_all(
 ) -> Result<OpenedAll, PortError> {
     let mut ports = Vec::with_capacity(run.interfaces.len());
     let mut filters: Vec<Box<dyn AddressFilter>> = Vec::new();
-    for (name, kind) in &run.interfaces {
+    for link in &run.interfaces {
         // On an error the ports opened so far close as they drop.
-        let opened = open_link(run, name, *kind, dpdk, queues)?;
+        let opened = open_link(run, link, dpdk, queues)?;
         ports.push(opened.ports);
         filters.extend(opened.filter);
     }
@@ -179,14 +179,14 @@ pub fn open_all(
     })
 }
 
-/// Opens one port per worker on interface `ifname` with port kind `kind`.
+/// Opens one port per worker on interface `link`.
 fn open_link(
     run: &RunSettings,
-    ifname: &str,
-    kind: PortKind,
+    link: &RunLink,
     dpdk: Option<&config::Dpdk>,
     queues: usize,
 ) -> Result<Opened, PortError> {
+    let (ifname, kind) = (link.name.as_str(), link.kind);
     check_interface(kind, ifname, Path::new("/sys/class/net"))?;
     let unfiltered = |ports| Opened {
         ports,
@@ -198,7 +198,13 @@ fn open_link(
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
             .and_then(|q| AfPacketPort::open(ifname, q))
             .map(|p| unfiltered(boxed(p))),
-        PortKind::AfXdp => open_af_xdp(run, ifname, queues),
+        PortKind::AfXdp => {
+            let ids: Vec<u32> = match &link.queues {
+                Some(ids) => ids.clone(),
+                None => (0..queues as u32).collect(),
+            };
+            open_af_xdp(run, ifname, &ids)
+        }
         PortKind::Dpdk => {
             let Some(d) = dpdk else {
                 return Err(PortError::Other {
@@ -270,8 +276,7 @@ fn boxed<P: Port + 'static>(ports: Vec<P>) -> Vec<Box<dyn Port>> {
         .collect()
 }
 
-fn open_af_xdp(run: &RunSettings, ifname: &str, queues: usize) -> io::Result<Opened> {
-    let queues = u16::try_from(queues).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+fn open_af_xdp(run: &RunSettings, ifname: &str, queues: &[u32]) -> io::Result<Opened> {
     let opts = AfXdpOptions {
         mode: match run.xdp_mode {
             XdpMode::Native => AttachMode::Native,
@@ -280,7 +285,7 @@ fn open_af_xdp(run: &RunSettings, ifname: &str, queues: usize) -> io::Result<Ope
         },
         ..AfXdpOptions::default()
     };
-    let ports = AfXdpPort::open(ifname, queues, opts)?;
+    let ports = AfXdpPort::open_queues(ifname, queues, opts)?;
     let filter = ports.first().map(|first| {
         tracing::info!(
             interface = ifname,
@@ -376,12 +381,12 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
         cp.attach_filter(filter)
             .map_err(|e| anyhow::anyhow!("writing the XDP address filter: {e}"))?;
     }
-    for ((name, kind), queues) in run.interfaces.iter().zip(&ports) {
+    for (link, queues) in run.interfaces.iter().zip(&ports) {
         let names: Vec<String> = queues.iter().map(|p| p.name()).collect();
         tracing::info!(
             config = %path.display(),
-            kind = kind.name(),
-            interface = %name,
+            kind = link.kind.name(),
+            interface = %link.name,
             queues = queues.len(),
             ports = ?names,
             "ports open"

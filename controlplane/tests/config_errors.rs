@@ -982,3 +982,44 @@ fn interfaces_are_checked_each_at_its_own_key() {
         &["mac"],
     );
 }
+
+#[test]
+fn queues_are_one_af_xdp_receive_queue_per_worker() {
+    let xdp = TWO_ARMED
+        .replace("workers = 1\n", "workers = 2\nport = \"af_xdp\"\n")
+        .replace("name = \"lbi\"\n", "name = \"lbi\"\nqueues = [4, 5]\n");
+    assert!(
+        report(&xdp).is_none(),
+        "two af_xdp queue ids for two workers are accepted"
+    );
+    case(
+        "queues on a tap interface",
+        &TWO_ARMED.replace("name = \"lbi\"\n", "name = \"lbi\"\nqueues = @@[3]\n"),
+        &["\"tap\""],
+    );
+    case(
+        "fewer queues than workers",
+        &xdp.replace("queues = [4, 5]", "queues = @@[4]"),
+        &["1 queues for 2 workers"],
+    );
+    case(
+        "a queue listed twice",
+        &xdp.replace("queues = [4, 5]", "queues = [4, @@4]"),
+        &["listed twice"],
+    );
+    case(
+        "a queue id past the kernel's limit",
+        &xdp.replace("queues = [4, 5]", "queues = [4, @@4096]"),
+        &["below 4096"],
+    );
+    case(
+        "queues beside [[dataplane.interfaces]]",
+        &xdp.replace("workers = 2\n", "workers = 2\nqueues = @@[0, 1]\n"),
+        &["each interface's entry"],
+    );
+    case(
+        "one interface's queues for another port",
+        "[dataplane]\nmac = \"02:00:00:00:00:01\"\nport = \"af_packet\"\nqueues = @@[2]\n",
+        &["af_xdp"],
+    );
+}

@@ -281,6 +281,26 @@ fn tcp_and_udp_through_nat_over_af_xdp() {
     with_lab("xdpn", "af_xdp", |r| pod_modes(r, true));
 }
 
+/// `queues` picks the receive queue each worker binds: here swapped (worker 0 on queue 1,
+/// worker 1 on queue 0), so every flow still has a socket and is served, by the sockets the
+/// config named.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
+fn af_xdp_workers_bind_the_queues_the_config_names() {
+    testkit::require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let body = config("af_xdp").replace("workers = 2\n", "workers = 2\nqueues = [1, 0]\n");
+    assert!(body.contains("queues = [1, 0]"), "{body}");
+    let mut r = start_with("xdpq", &body);
+    pod_modes(&mut r, true);
+    let log = r.lab.lb_log();
+    assert!(
+        log.contains("af_xdp:lb0/q1\", \"af_xdp:lb0/q0"),
+        "worker 0 on queue 1, worker 1 on queue 0:\n{log}"
+    );
+    assert!(r.lab.lb_running(), "lb exited during the test");
+}
+
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it as root"]
 fn arp_and_ping_for_the_vip_and_our_addresses() {

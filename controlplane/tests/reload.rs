@@ -323,6 +323,7 @@ fn restart_only_settings_are_reported_and_the_rest_applied() {
     let changed = text(2, "drop").replace(
         "workers = 2",
         "workers = 3\nidle = \"poll\"\nxdp_mode = \"generic\"\ninterface = \"lb9\"\n\
+         port = \"af_xdp\"\nqueues = [4, 5, 6]\n\
          \n[conntrack]\ncapacity = 4096\n\n[admin]\nenabled = false\n\n[logging]\nlevel = \"debug\"\n",
     );
     file.write(&changed);
@@ -331,7 +332,9 @@ fn restart_only_settings_are_reported_and_the_rest_applied() {
     assert_eq!(
         cp.observe().reload.restart_needed,
         vec![
+            "dataplane.port",
             "dataplane.interface",
+            "dataplane.queues",
             "dataplane.workers",
             "dataplane.idle",
             "dataplane.xdp_mode",

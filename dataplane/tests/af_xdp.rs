@@ -386,3 +386,93 @@ fn bursts_echo_with_busy_polling_and_veth_refuses_zero_copy() {
     let s = port.stats();
     assert_eq!((s.rx, s.tx, s.tx_dropped), (256, 256, 0), "{s:?}");
 }
+
+/// One of the per-queue counters `ethtool -S` shows for `link` in `ns` (veth: per receive queue,
+/// what XDP saw and redirected).
+fn queue_stat(ns: &str, link: &str, name: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-S", link])
+        .output()
+        .expect("run ethtool (package ethtool)");
+    assert!(out.status.success(), "ethtool -S {link}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in ethtool -S {link}:\n{text}"))
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
+fn a_socket_on_a_chosen_queue_leaves_the_other_queues_to_the_kernel() {
+    testkit::require_root();
+    let veth = Veth::new("q", 2);
+    let opts = AfXdpOptions {
+        mode: AttachMode::Native,
+        frames: 256,
+        ring_size: 128,
+        ..AfXdpOptions::default()
+    };
+    let bad = in_netns(&veth.ns_a, || {
+        AfXdpPort::open_queues(&veth.link_a, &[1, 1], opts.clone())
+    });
+    assert!(bad.is_err(), "one queue twice is refused");
+    let mut ports = in_netns(&veth.ns_a, || {
+        AfXdpPort::open_queues(&veth.link_a, &[1], opts.clone())
+    })
+    .expect("open AF_XDP on queue 1 only");
+    assert_eq!(ports.len(), 1);
+    assert!(ports[0].name().ends_with("/q1"), "{}", ports[0].name());
+    ports[0].set_owned(&[IpAddr::V4(VIP)]).expect("set_owned");
+    // Many flows (one socket each, so one source port each): veth delivers each on the receive
+    // queue of the sender's transmit queue, which the flow's hash picks, so both queues get some.
+    let socks: Vec<UdpSocket> = (0..32)
+        .map(|_| {
+            let s = in_netns(&veth.ns_b, || UdpSocket::bind((ADDR_B, 0))).expect("bind in b");
+            s.set_nonblocking(true).expect("nonblocking");
+            s
+        })
+        .collect();
+    let mut echoed = 0;
+    for s in &socks {
+        echoed += echo_round_once(&mut ports, s);
+    }
+    let stat = |n: &str| queue_stat(&veth.ns_a, &veth.link_a, n);
+    let (seen0, seen1) = (
+        stat("rx_queue_0_xdp_packets"),
+        stat("rx_queue_1_xdp_packets"),
+    );
+    let (redir0, redir1) = (
+        stat("rx_queue_0_xdp_redirect"),
+        stat("rx_queue_1_xdp_redirect"),
+    );
+    println!("queue 0: {seen0} seen, {redir0} redirected; queue 1: {seen1} seen, {redir1} redirected; {echoed} echoed");
+    assert_eq!(redir0, 0, "nothing on queue 0 reaches a socket");
+    assert!(seen0 > 0 && seen1 > 0, "the flows spread over both queues");
+    assert_eq!(
+        redir1, echoed as u64,
+        "every frame queue 1 redirected was echoed"
+    );
+    assert!(echoed > 0 && echoed < 32, "only queue 1's flows are served");
+    assert_eq!(ports[0].stats().rx, echoed as u64);
+}
+
+/// Sends one datagram from `sock` to the VIP and polls the ports for up to 300 ms for its echo:
+/// 1 if it came back, 0 if not (its queue has no socket).
+fn echo_round_once(ports: &mut [AfXdpPort], sock: &UdpSocket) -> usize {
+    let vip = SocketAddr::new(IpAddr::V4(VIP), 9000);
+    sock.send_to(b"ping 0", vip).expect("send");
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        for port in ports.iter_mut() {
+            port.rx_burst(64, &mut echo).expect("rx_burst");
+            port.flush().expect("flush");
+        }
+        if sock.recv_from(&mut buf).is_ok() {
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    0
+}

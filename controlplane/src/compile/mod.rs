@@ -60,14 +60,25 @@ pub struct RunSettings {
     pub port: config::PortKind,
     /// Interface name (of the first interface).
     pub interface: String,
-    /// Every interface served, in order: name and port kind (the first is `interface`).
-    pub interfaces: Vec<(String, config::PortKind)>,
+    /// Every interface served, in order (the first is `interface`).
+    pub interfaces: Vec<RunLink>,
     /// Core of each worker, one per worker.
     pub cores: Vec<usize>,
     /// Idle policy.
     pub idle: config::IdleMode,
     /// XDP attach mode (af_xdp only).
     pub xdp_mode: config::XdpMode,
+}
+
+/// One interface as `lb run` opens it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunLink {
+    /// Interface name.
+    pub name: String,
+    /// Port kind.
+    pub kind: config::PortKind,
+    /// The receive queue id of each worker (`af_xdp`); `None`: worker `i` takes queue `i`.
+    pub queues: Option<Vec<u32>>,
 }
 
 /// Why a validated config could not be built into a table.
@@ -186,7 +197,14 @@ fn run_settings(dp: &config::Dataplane) -> RunSettings {
     RunSettings {
         port: links.first().map_or(dp.port, |l| l.port),
         interface: dp.interface_name().to_string(),
-        interfaces: links.into_iter().map(|l| (l.name, l.port)).collect(),
+        interfaces: links
+            .into_iter()
+            .map(|l| RunLink {
+                name: l.name,
+                kind: l.port,
+                queues: l.queues,
+            })
+            .collect(),
         cores: dp
             .cores
             .clone()

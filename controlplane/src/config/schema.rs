@@ -177,6 +177,10 @@ pub struct Dataplane {
     /// when absent.
     #[serde(default)]
     pub interface: Option<String>,
+    /// `af_xdp` only: the receive queue id each worker binds on `interface`, one per worker
+    /// (absent: worker `i` binds queue `i`).
+    #[serde(default)]
+    pub queues: Option<Vec<u32>>,
     /// Core of each worker; absent means cores 0, 1, ... in order.
     #[serde(default)]
     pub cores: Option<Vec<usize>>,
@@ -222,6 +226,10 @@ pub struct Interface {
     /// Kind of packet port on it; `[dataplane] port` when absent.
     #[serde(default)]
     pub port: Option<PortKind>,
+    /// `af_xdp` only: the receive queue id each worker binds, one per worker (absent: worker
+    /// `i` binds queue `i`).
+    #[serde(default)]
+    pub queues: Option<Vec<u32>>,
 }
 
 /// One interface as the rest of the config sees it: an entry of `[[dataplane.interfaces]]`, or
@@ -245,6 +253,8 @@ pub struct Link {
     pub routes: Vec<IpPrefix>,
     /// Port kind.
     pub port: PortKind,
+    /// The receive queue id of each worker (`af_xdp`), if the config picks them.
+    pub queues: Option<Vec<u32>>,
 }
 
 impl Link {
@@ -278,6 +288,7 @@ impl Dataplane {
                 gateway: self.gateway.clone(),
                 routes: Vec::new(),
                 port: self.port,
+                queues: self.queues.clone(),
             }];
         }
         self.interfaces
@@ -292,6 +303,7 @@ impl Dataplane {
                 gateway: f.gateway.clone(),
                 routes: f.routes.clone(),
                 port: f.port.unwrap_or(self.port),
+                queues: f.queues.clone(),
             })
             .collect()
     }

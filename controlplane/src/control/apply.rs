@@ -136,13 +136,18 @@ impl Fixed {
             a.interface_name() != b.interface_name(),
         );
         // Which interfaces are opened, and how; their addresses, MACs and links apply on reload.
-        let opened = |d: &config::Dataplane| -> Vec<(String, config::PortKind)> {
-            d.links().into_iter().map(|l| (l.name, l.port)).collect()
+        type Opened = (String, config::PortKind, Option<Vec<u32>>);
+        let opened = |d: &config::Dataplane| -> Vec<Opened> {
+            d.links()
+                .into_iter()
+                .map(|l| (l.name, l.port, l.queues))
+                .collect()
         };
         note(
             "dataplane.interfaces",
             !(a.interfaces.is_empty() && b.interfaces.is_empty()) && opened(a) != opened(b),
         );
+        note("dataplane.queues", a.queues != b.queues);
         note("dataplane.workers", a.workers != b.workers);
         note("dataplane.cores", a.cores != b.cores);
         note("dataplane.idle", a.idle != b.idle);

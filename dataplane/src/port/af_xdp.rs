@@ -285,6 +285,10 @@ pub struct AfXdpPort {
 // at a time (`&mut self`), which the single-producer/single-consumer rings require.
 unsafe impl Send for AfXdpPort {}
 
+/// Receive queue ids [`AfXdpPort::open_queues`] accepts are below this (the kernel's own
+/// limit on a device's queues, and the socket map's size).
+pub const MAX_QUEUE_ID: u32 = 4096;
+
 fn errno(e: xdpilone::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.get_raw().abs())
 }
@@ -297,14 +301,37 @@ impl AfXdpPort {
     /// Attaches the XDP program to `ifname` (in the calling thread's network namespace) and opens
     /// one port per queue `0..queues`.
     pub fn open(ifname: &str, queues: u16, opts: AfXdpOptions) -> io::Result<Vec<AfXdpPort>> {
+        let ids: Vec<u32> = (0..u32::from(queues)).collect();
+        Self::open_queues(ifname, &ids, opts)
+    }
+
+    /// Like [`AfXdpPort::open`], one port per receive queue id in `queues`, in that order (the
+    /// queues the NIC's RSS or flow-steering rules send the balancer's traffic to). Frames
+    /// arriving on the interface's other queues have no socket to go to and stay with the
+    /// kernel.
+    pub fn open_queues(
+        ifname: &str,
+        queues: &[u32],
+        opts: AfXdpOptions,
+    ) -> io::Result<Vec<AfXdpPort>> {
         let bad = |what: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("af_xdp:{ifname}: {what}"),
             )
         };
-        if queues == 0 {
+        let Some(&highest) = queues.iter().max() else {
             return Err(bad("needs at least one queue"));
+        };
+        if queues
+            .iter()
+            .enumerate()
+            .any(|(i, q)| queues[..i].contains(q))
+        {
+            return Err(bad("a queue id is listed twice"));
+        }
+        if highest >= MAX_QUEUE_ID {
+            return Err(bad("queue ids must be below 4096"));
         }
         if !opts.ring_size.is_power_of_two() || opts.ring_size < 64 {
             return Err(bad("ring_size must be a power of two >= 64"));
@@ -312,14 +339,16 @@ impl AfXdpPort {
         if opts.frames < opts.ring_size {
             return Err(bad("frames must be at least ring_size"));
         }
+        // The socket map is indexed by receive queue id: sized to the highest one bound.
         let xdp = Arc::new(XdpAttachment::attach(
             ifname,
-            u32::from(queues),
+            highest + 1,
             opts.max_owned,
             opts.mode,
         )?);
-        (0..u32::from(queues))
-            .map(|q| {
+        queues
+            .iter()
+            .map(|&q| {
                 AfXdpPort::open_queue(ifname, q, &opts, xdp.clone())
                     .map_err(|e| context(e, format!("af_xdp:{ifname}/q{q}")))
             })

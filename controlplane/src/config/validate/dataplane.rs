@@ -22,6 +22,9 @@ const DPDK_MBUF_SLACK: u32 = 512;
 /// Whether this build has the DPDK port (the `dpdk` cargo feature).
 const DPDK_BUILT: bool = cfg!(feature = "dpdk");
 
+/// Receive queue ids `queues` may name are below this.
+const AF_XDP_MAX_QUEUE: u32 = dataplane::port::af_xdp::MAX_QUEUE_ID;
+
 /// Most interfaces one balancer serves (`dataplane::worker::MAX_INTERFACES`).
 const MAX_INTERFACES: usize = dataplane::worker::MAX_INTERFACES;
 
@@ -39,6 +42,7 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
     check_interfaces(dp, out);
     for link in dp.links() {
         check_link(&link, out);
+        check_queues(&link, dp.workers, out);
     }
     for (i, a) in dp.snat.iter().enumerate() {
         check_unicast(out, *a, || {
@@ -146,6 +150,7 @@ fn check_interfaces(dp: &Dataplane, out: &mut Vec<Problem>) {
         ("addresses", !dp.addresses.is_empty()),
         ("on_link", !dp.on_link.is_empty()),
         ("gateway", !dp.gateway.is_empty()),
+        ("queues", dp.queues.is_some()),
     ];
     for (key, set) in single {
         if set {
@@ -277,6 +282,57 @@ fn check_link(link: &Link, out: &mut Vec<Problem>) {
                 "dataplane: interface {name:?} is not a valid interface name (1-{IFNAME_MAX} bytes, no '/', ':' or spaces)"
             ),
         ));
+    }
+}
+
+/// `queues`: one receive queue id per worker, distinct, below the kernel's limit, and only for
+/// `af_xdp`, the one port that binds hardware queue ids (tap and af_packet queues have no ids;
+/// dpdk owns its device and spreads it over queues `0..workers` by RSS).
+fn check_queues(link: &Link, workers: u16, out: &mut Vec<Problem>) {
+    let Some(queues) = &link.queues else {
+        return;
+    };
+    let at = format!("{}.queues", link.path);
+    if link.port != PortKind::AfXdp {
+        out.push(
+            Problem::new(
+                at.clone(),
+                format!(
+                    "dataplane: queues picks af_xdp receive queues, and interface {:?} has port {:?}",
+                    link.name,
+                    link.port.name()
+                ),
+            )
+            .hint("leave queues out: the other ports use one queue per worker, in order"),
+        );
+        return;
+    }
+    if queues.len() != usize::from(workers) {
+        out.push(
+            Problem::new(
+                at.clone(),
+                format!(
+                    "dataplane: queues lists {} queues for {} workers (one per worker)",
+                    queues.len(),
+                    workers
+                ),
+            )
+            .hint("list one receive queue id per worker, or leave queues out for 0, 1, ..."),
+        );
+    }
+    for (i, q) in queues.iter().enumerate() {
+        if queues[..i].contains(q) {
+            out.push(Problem::new(
+                format!("{at}[{i}]"),
+                format!("dataplane: queue {q} is listed twice (one socket per queue)"),
+            ));
+        }
+        if *q >= AF_XDP_MAX_QUEUE {
+            out.push(Problem::new(
+                format!("{at}[{i}]"),
+                format!("dataplane: queue {q} is not below {AF_XDP_MAX_QUEUE}"),
+            ));
+        }
     }
 }
 
