@@ -1023,3 +1023,16 @@ fn queues_are_one_af_xdp_receive_queue_per_worker() {
         &["af_xdp"],
     );
 }
+
+#[test]
+fn a_static_neighbor_names_an_interface_that_exists() {
+    let pinned = format!(
+        "{TWO_ARMED}[[neighbors]]\nip = \"198.18.7.10\"\nmac = \"02:00:00:00:07:0a\"\ninterface = \"lbi\"\n"
+    );
+    assert!(report(&pinned).is_none(), "an inside neighbor is accepted");
+    case(
+        "a neighbor on an interface that is not configured",
+        &pinned.replace("interface = \"lbi\"", "interface = @@\"lbx\""),
+        &["no interface \"lbx\""],
+    );
+}

@@ -182,6 +182,9 @@ pub struct NeighborSpec {
     pub links: Vec<Link>,
     /// Static neighbors (`[[neighbors]]`): never probed, never learned over.
     pub statics: Vec<(Addr, [u8; 6])>,
+    /// Static neighbors placed on an interface (`[[neighbors]] interface`): a backend at one of
+    /// these addresses leaves by that interface, to itself, whatever the links say.
+    pub pinned: Vec<(Addr, u8)>,
 }
 
 /// What one interface reaches: its on-link prefixes, and through its gateways either the
@@ -216,6 +219,7 @@ impl NeighborSpec {
                 gateway_v6,
             }],
             statics,
+            pinned: Vec::new(),
         }
     }
 
@@ -223,9 +227,13 @@ impl NeighborSpec {
     /// the link, else a gateway); `None` for the hop when nothing routes it (interface 0, the
     /// backend's static MAC). Most specific on-link prefix first, then the most specific
     /// `routes` prefix, then the first link with a default gateway of `a`'s family. A static
-    /// neighbor is on the link whose prefix holds it, else on interface 0.
+    /// neighbor is on the interface it is pinned to, else on the link whose prefix holds it,
+    /// else on interface 0.
     pub fn route(&self, a: Addr, is_static: bool) -> (u8, Option<Addr>) {
-        route(&self.links, a, is_static)
+        match self.pinned.iter().find(|(p, _)| *p == a) {
+            Some(&(_, iface)) => (iface, Some(a)),
+            None => route(&self.links, a, is_static),
+        }
     }
 }
 

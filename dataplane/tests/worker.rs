@@ -455,6 +455,7 @@ fn two_armed_table() -> RoutingTable {
             .iter()
             .map(|&b| (Addr::v4([198, 18, 1, b]), [2, 0, 0, 0, 1, b]))
             .collect(),
+        pinned: Vec::new(),
     })
     .unwrap();
     t

@@ -22,17 +22,30 @@ pub struct NextHops {
     pub links: Vec<Link>,
     /// Addresses whose MAC is configured: never probed.
     pub statics: Vec<(Addr, [u8; 6])>,
+    /// Static neighbors with an `interface`: the interface's index.
+    pub pinned: Vec<(Addr, u8)>,
 }
 
 impl NextHops {
-    /// The next hops of `cfg`; `None` when it resolves none (no `on_link`, no `gateway` on any
-    /// interface).
+    /// The next hops of `cfg`; `None` when it resolves none and places no static neighbor on
+    /// an interface (no `on_link`, no `gateway` on any interface, no `[[neighbors]]
+    /// interface`): then every backend's MAC is static and it leaves by interface 0.
     pub fn of(cfg: &Config) -> Option<NextHops> {
         let dp = &cfg.dataplane;
         let links = dp.links();
-        if links
+        let pinned: Vec<(Addr, u8)> = cfg
+            .neighbors
             .iter()
-            .all(|l| l.on_link.is_empty() && l.gateway.is_empty())
+            .filter_map(|n| {
+                let name = n.interface.as_deref()?;
+                let i = links.iter().position(|l| l.name == name)?;
+                Some((Addr::from(n.ip), i as u8))
+            })
+            .collect();
+        if pinned.is_empty()
+            && links
+                .iter()
+                .all(|l| l.on_link.is_empty() && l.gateway.is_empty())
         {
             return None;
         }
@@ -53,6 +66,7 @@ impl NextHops {
         Some(NextHops {
             links: links.iter().map(config::Link::to_table).collect(),
             statics,
+            pinned,
         })
     }
 
@@ -62,6 +76,7 @@ impl NextHops {
             cache,
             links: self.links.clone(),
             statics: self.statics.clone(),
+            pinned: self.pinned.clone(),
         }
     }
 }

@@ -395,3 +395,55 @@ fn draining_services_and_backends_are_compiled_at_weight_zero_in_their_slots() {
     assert_eq!(t3.services.len(), 1);
     assert_eq!(slot(&t3.services[0], 2), None);
 }
+
+#[test]
+fn a_static_neighbor_leaves_by_the_interface_it_names() {
+    let text = r#"
+[dataplane]
+[[dataplane.interfaces]]
+name = "lbo"
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.1"]
+[[dataplane.interfaces]]
+name = "lbi"
+mac = "02:00:00:00:00:02"
+addresses = ["198.18.1.1"]
+on_link = ["198.18.1.0/24"]
+[[neighbors]]
+ip = "198.18.7.10"
+mac = "02:00:00:00:07:0a"
+interface = "lbi"
+[[neighbors]]
+ip = "198.18.7.11"
+mac = "02:00:00:00:07:0b"
+[[services]]
+name = "s"
+vip = "198.18.0.100"
+protocol = "tcp"
+[[services.pools]]
+name = "p"
+mode = "nat"
+backends = [{ addr = "198.18.7.10" }, { addr = "198.18.7.11" }, { addr = "198.18.1.10" }]
+"#;
+    let cfg = Config::from_toml_str(text, Path::new("t.toml"))
+        .unwrap_or_else(|r| panic!("{}", r.render()));
+    let mut c = compile(&cfg, 1).unwrap();
+    let hops = c.next_hops.clone().expect("links and a pinned neighbor");
+    assert_eq!(hops.pinned, vec![(Addr::v4([198, 18, 7, 10]), 1)]);
+    c.bind_fresh().unwrap();
+    let svc = &c.table.services[0];
+    let iface_of = |a: [u8; 4]| {
+        let i = svc
+            .backends
+            .iter()
+            .position(|b| b.addr == Addr::v4(a))
+            .expect("backend");
+        (svc.iface(i), svc.backends[i].mac)
+    };
+    // Pinned to the inside interface although no on_link prefix holds it; its MAC is static.
+    assert_eq!(iface_of([198, 18, 7, 10]), (1, [2, 0, 0, 0, 7, 0x0a]));
+    // Without `interface`: the first interface, as before.
+    assert_eq!(iface_of([198, 18, 7, 11]).0, 0);
+    // On the inside link: routed there and resolved.
+    assert_eq!(iface_of([198, 18, 1, 10]).0, 1);
+}

@@ -452,6 +452,10 @@ pub struct Neighbor {
     pub ip: IpAddr,
     /// Its MAC.
     pub mac: MacAddr,
+    /// The interface it is on (a name in `[[dataplane.interfaces]]`); absent: the interface
+    /// whose `on_link` holds it, else the first.
+    #[serde(default)]
+    pub interface: Option<String>,
 }
 
 /// `[conntrack]`: per-worker table sizing and idle timeouts.

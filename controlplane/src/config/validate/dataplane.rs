@@ -110,6 +110,19 @@ pub(super) fn check(cfg: &Config, out: &mut Vec<Problem>) {
         check_mac(out, n.mac, || {
             (format!("neighbors[{i}].mac"), format!("neighbor {}", n.ip))
         });
+        if let Some(name) = &n.interface {
+            let links = dp.links();
+            if !links.iter().any(|l| &l.name == name) {
+                let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+                out.push(
+                    Problem::new(
+                        format!("neighbors[{i}].interface"),
+                        format!("neighbor {}: no interface {name:?}", n.ip),
+                    )
+                    .hint(format!("the interfaces are {}", names.join(", "))),
+                );
+            }
+        }
         if let Some(prev) = macs.insert(n.ip, n.mac) {
             if prev != n.mac {
                 out.push(
