@@ -218,11 +218,15 @@ fn open_link(
             };
             // DPDK's messages name the cause themselves (an EAL failure reads as EACCES, which
             // `classify` would call a permission problem).
-            return open_dpdk(d, queues)
+            let (device, vdev) = match &link.dpdk_device {
+                Some((device, vdev)) => (device.clone(), vdev.clone()),
+                None => (d.device.clone(), d.vdev.clone()),
+            };
+            return open_dpdk(d, &device, vdev, queues)
                 .map(unfiltered)
                 .map_err(|source| PortError::Other {
                     kind,
-                    ifname: d.device.clone(),
+                    ifname: device,
                     source,
                 });
         }
@@ -230,15 +234,21 @@ fn open_link(
     opened.map_err(|e| classify(kind, ifname, e))
 }
 
-/// Opens the DPDK device of `[dataplane.dpdk]`, one queue per worker.
+/// Opens DPDK `device` (created from `vdev` arguments when given) with the EAL and queue
+/// settings of `[dataplane.dpdk]`, one queue per worker.
 #[cfg(feature = "dpdk")]
-fn open_dpdk(d: &config::Dpdk, queues: usize) -> io::Result<Vec<Box<dyn Port>>> {
+fn open_dpdk(
+    d: &config::Dpdk,
+    device: &str,
+    vdev: Option<String>,
+    queues: usize,
+) -> io::Result<Vec<Box<dyn Port>>> {
     use dataplane::port::dpdk::{DpdkOptions, DpdkPort};
     let queues = u16::try_from(queues).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let opts = DpdkOptions {
         eal_args: d.eal_args.clone(),
-        device: d.device.clone(),
-        vdev_args: d.vdev.clone(),
+        device: device.to_string(),
+        vdev_args: vdev,
         rx_descriptors: d.rx_descriptors,
         tx_descriptors: d.tx_descriptors,
         mempool_size: d.mempool_size,
@@ -246,14 +256,19 @@ fn open_dpdk(d: &config::Dpdk, queues: usize) -> io::Result<Vec<Box<dyn Port>>> 
     };
     let ports = DpdkPort::open(&opts, queues)?;
     if let Some(first) = ports.first() {
-        tracing::info!(device = %d.device, driver = first.driver(), "dpdk device started");
+        tracing::info!(device, driver = first.driver(), "dpdk device started");
     }
     Ok(boxed(ports))
 }
 
 /// Without the feature the port does not exist (the config check refuses it before this).
 #[cfg(not(feature = "dpdk"))]
-fn open_dpdk(_: &config::Dpdk, _: usize) -> io::Result<Vec<Box<dyn Port>>> {
+fn open_dpdk(
+    _: &config::Dpdk,
+    _: &str,
+    _: Option<String>,
+    _: usize,
+) -> io::Result<Vec<Box<dyn Port>>> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "this lb was built without the dpdk feature",

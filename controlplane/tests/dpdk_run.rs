@@ -16,14 +16,7 @@ fn lb_run_with_dpdk_needs_the_feature() {
 #[test]
 #[ignore = "needs root, --features dpdk and dpdk-testpmd"]
 fn lb_run_forwards_over_a_dpdk_memif_and_stops_cleanly() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    testkit::require_root();
-    testkit::require_programs(&["dpdk-testpmd"]);
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("lbd-run-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
     let socket = format!("/lbd-run-{pid}.sock");
     // testpmd's txonly frames go from 198.18.0.1 to 198.18.0.2, UDP 9 -> 9: the VIP here.
     let config = format!(
@@ -40,7 +33,71 @@ gateway_mac = "02:00:00:00:00:fe"
 [dataplane.dpdk]
 device = "net_memif0"
 vdev = "role=server,socket={socket},socket-abstract=yes"
-eal_args = ["--no-pci", "-m", "256"]
+{DPDK_SETTINGS}
+{SINK}"#
+    );
+    let stopped = run_lb_against_testpmd("one", &config, &[&socket]);
+    assert!(
+        count(&stopped, "tx=") > 100,
+        "lb forwarded testpmd's frames: {stopped}"
+    );
+}
+
+/// Two DPDK devices, one per interface: testpmd's frames to the VIP arrive on the outside memif
+/// and leave, rewritten, by the inside one towards the backend, which a static neighbor places
+/// on the inside interface.
+#[cfg(feature = "dpdk")]
+#[test]
+#[ignore = "needs root, --features dpdk and dpdk-testpmd"]
+fn lb_run_forwards_between_two_dpdk_devices() {
+    let pid = std::process::id();
+    let (outside, inside) = (
+        format!("/lbd-run2o-{pid}.sock"),
+        format!("/lbd-run2i-{pid}.sock"),
+    );
+    let config = format!(
+        r#"
+[dataplane]
+port = "dpdk"
+workers = 1
+idle = "poll"
+gateway_mac = "02:00:00:00:00:fe"
+
+[[dataplane.interfaces]]
+name = "lbdo{pid}"
+mac = "02:00:00:00:00:01"
+addresses = ["198.18.0.250"]
+dpdk_device = "net_memif0"
+dpdk_vdev = "role=server,socket={outside},socket-abstract=yes"
+
+[[dataplane.interfaces]]
+name = "lbdi{pid}"
+mac = "02:00:00:00:00:02"
+addresses = ["198.18.1.1"]
+dpdk_device = "net_memif1"
+dpdk_vdev = "role=server,socket={inside},socket-abstract=yes"
+
+[dataplane.dpdk]
+{DPDK_SETTINGS}
+{SINK}
+interface = "lbdi{pid}"
+"#
+    );
+    let stopped = run_lb_against_testpmd("two", &config, &[&outside, &inside]);
+    let (tx, crossed) = (
+        count(&stopped, "tx="),
+        count(&stopped, "crossed_interfaces="),
+    );
+    assert!(tx > 100, "lb forwarded testpmd's frames: {stopped}");
+    assert_eq!(
+        crossed, tx,
+        "every forwarded frame left by the inside device: {stopped}"
+    );
+}
+
+/// EAL and queue settings both tests share.
+#[cfg(feature = "dpdk")]
+const DPDK_SETTINGS: &str = r#"eal_args = ["--no-pci", "-m", "256"]
 hugepages = false
 mempool_size = 4095
 rx_descriptors = 512
@@ -48,11 +105,12 @@ tx_descriptors = 512
 
 [admin]
 enabled = false
+"#;
 
-[[neighbors]]
-ip = "198.18.1.10"
-mac = "02:00:00:00:01:0a"
-
+/// A fullnat UDP service on testpmd's txonly destination (198.18.0.2, port 9) whose backend
+/// has a static MAC (the last line is its `[[neighbors]]` entry, open for more keys).
+#[cfg(feature = "dpdk")]
+const SINK: &str = r#"
 [[services]]
 name = "sink"
 vip = "198.18.0.2"
@@ -62,12 +120,39 @@ ports = ["9"]
 name = "b"
 mode = "fullnat"
 snat = ["198.18.0.3"]
-backends = [{{ addr = "198.18.1.10", port = 9 }}]
-"#
-    );
+backends = [{ addr = "198.18.1.10", port = 9 }]
+
+[[neighbors]]
+ip = "198.18.1.10"
+mac = "02:00:00:00:01:0a""#;
+
+/// The value of `key` (`tx=`) in lb's final counters line.
+#[cfg(feature = "dpdk")]
+fn count(stopped: &str, key: &str) -> u64 {
+    stopped
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `lb run` with `config` (its memif servers on abstract `sockets`), a testpmd client on
+/// each socket sending UDP (txonly, from its first port only) to lb's first interface for 3
+/// s, then SIGTERM: asserts lb exits 0 and leaves no EAL runtime directory, and returns lb's
+/// final counters line.
+#[cfg(feature = "dpdk")]
+fn run_lb_against_testpmd(tag: &str, config: &str, sockets: &[&str]) -> String {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    testkit::require_root();
+    testkit::require_programs(&["dpdk-testpmd"]);
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("lbd-run-{tag}-{pid}"));
+    std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("lb.toml");
     std::fs::write(&path, config).unwrap();
     let log = dir.join("lb.log");
+    let peer_prefix = format!("lbd-run-{tag}-{pid}-peer");
 
     /// Kills what is still running and removes the files, also when an assertion fails.
     struct Cleanup {
@@ -87,10 +172,7 @@ backends = [{{ addr = "198.18.1.10", port = 9 }}]
     }
     let mut cleanup = Cleanup {
         children: Vec::new(),
-        paths: vec![
-            dir.clone(),
-            format!("/var/run/dpdk/lbd-run-{pid}-peer").into(),
-        ],
+        paths: vec![dir.clone(), format!("/var/run/dpdk/{peer_prefix}").into()],
     };
 
     let lb = Command::new(env!("CARGO_BIN_EXE_lb"))
@@ -115,28 +197,44 @@ backends = [{{ addr = "198.18.1.10", port = 9 }}]
         assert!(Instant::now() < end, "lb did not start:\n{}", read_log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        read_log().contains("driver=\"net_memif\""),
+    assert_eq!(
+        read_log().matches("driver=\"net_memif\"").count(),
+        sockets.len(),
         "{}",
         read_log()
     );
 
-    let mut peer = Command::new("dpdk-testpmd")
-        .args([
-            "--no-huge",
-            "-m",
-            "256",
-            "--no-pci",
-            "--no-telemetry",
-            "-l",
-            "0,1",
-            &format!("--file-prefix=lbd-run-{pid}-peer"),
-            &format!("--vdev=net_memif0,role=client,socket={socket},socket-abstract=yes"),
+    let mut args: Vec<String> = [
+        "--no-huge",
+        "-m",
+        "256",
+        "--no-pci",
+        "--no-telemetry",
+        "-l",
+        "0,1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("--file-prefix={peer_prefix}"));
+    for (i, socket) in sockets.iter().enumerate() {
+        args.push(format!(
+            "--vdev=net_memif{i},role=client,socket={socket},socket-abstract=yes"
+        ));
+    }
+    args.extend(
+        [
             "--",
             "--forward-mode=txonly",
+            "--portmask=0x1",
             "--eth-peer=0,02:00:00:00:00:01",
             "--total-num-mbufs=4096",
-        ])
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let mut peer = Command::new("dpdk-testpmd")
+        .args(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -164,26 +262,16 @@ backends = [{{ addr = "198.18.1.10", port = 9 }}]
     };
     let text = read_log();
     assert!(status.success(), "lb exited with {status}:\n{text}");
-    let stopped = text
-        .lines()
-        .find(|l| l.contains(" stopped "))
-        .unwrap_or_else(|| panic!("no final counters:\n{text}"));
-    let count = |key: &str| -> u64 {
-        stopped
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key)?.parse().ok())
-            .unwrap_or(0)
-    };
-    assert!(
-        count("tx=") > 100,
-        "lb forwarded testpmd's frames: {stopped}"
-    );
     assert!(!text.contains("dpdk cleanup"), "{text}");
     let runtime = format!("/var/run/dpdk/lb-{lb_pid}");
     assert!(
         !std::path::Path::new(&runtime).exists(),
         "lb left {runtime} behind"
     );
+    text.lines()
+        .find(|l| l.contains(" stopped "))
+        .unwrap_or_else(|| panic!("no final counters:\n{text}"))
+        .to_string()
 }
 
 #[cfg(feature = "dpdk")]

@@ -79,6 +79,8 @@ pub struct RunLink {
     pub kind: config::PortKind,
     /// The receive queue id of each worker (`af_xdp`); `None`: worker `i` takes queue `i`.
     pub queues: Option<Vec<u32>>,
+    /// Its own DPDK device and virtual-device arguments (`dpdk`); `None`: `[dataplane.dpdk]`'s.
+    pub dpdk_device: Option<(String, Option<String>)>,
 }
 
 /// Why a validated config could not be built into a table.
@@ -202,6 +204,7 @@ fn run_settings(dp: &config::Dataplane) -> RunSettings {
             .map(|l| RunLink {
                 name: l.name,
                 kind: l.port,
+                dpdk_device: l.dpdk_device.map(|d| (d, l.dpdk_vdev)),
                 queues: l.queues,
             })
             .collect(),

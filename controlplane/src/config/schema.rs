@@ -230,6 +230,13 @@ pub struct Interface {
     /// `i` binds queue `i`).
     #[serde(default)]
     pub queues: Option<Vec<u32>>,
+    /// `dpdk` only: this interface's DPDK device (a PCI address or a virtual device's name);
+    /// absent: `[dataplane.dpdk] device` (for one interface at most).
+    #[serde(default)]
+    pub dpdk_device: Option<String>,
+    /// `dpdk` only: the arguments of a virtual device `lb run` creates as `dpdk_device`.
+    #[serde(default)]
+    pub dpdk_vdev: Option<String>,
 }
 
 /// One interface as the rest of the config sees it: an entry of `[[dataplane.interfaces]]`, or
@@ -255,9 +262,22 @@ pub struct Link {
     pub port: PortKind,
     /// The receive queue id of each worker (`af_xdp`), if the config picks them.
     pub queues: Option<Vec<u32>>,
+    /// Its own DPDK device (`dpdk`), if the entry names one.
+    pub dpdk_device: Option<String>,
+    /// That device's virtual-device arguments.
+    pub dpdk_vdev: Option<String>,
 }
 
 impl Link {
+    /// The DPDK device this interface drives and its virtual-device arguments: its own
+    /// `dpdk_device`, else `[dataplane.dpdk]`'s `device` and `vdev`.
+    pub fn dpdk_device<'a>(&'a self, dpdk: &'a Dpdk) -> (&'a str, Option<&'a str>) {
+        match &self.dpdk_device {
+            Some(own) => (own, self.dpdk_vdev.as_deref()),
+            None => (&dpdk.device, dpdk.vdev.as_deref()),
+        }
+    }
+
     /// What this interface reaches, as the table routes by it.
     pub fn to_table(&self) -> dataplane::table::Link {
         let gateway = |v4: bool| {
@@ -289,6 +309,8 @@ impl Dataplane {
                 routes: Vec::new(),
                 port: self.port,
                 queues: self.queues.clone(),
+                dpdk_device: None,
+                dpdk_vdev: None,
             }];
         }
         self.interfaces
@@ -304,6 +326,8 @@ impl Dataplane {
                 routes: f.routes.clone(),
                 port: f.port.unwrap_or(self.port),
                 queues: f.queues.clone(),
+                dpdk_device: f.dpdk_device.clone(),
+                dpdk_vdev: f.dpdk_vdev.clone(),
             })
             .collect()
     }
@@ -357,7 +381,9 @@ impl PortKind {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dpdk {
-    /// The device: a PCI address (`"0000:01:00.0"`) or a virtual device's name (`"net_memif0"`).
+    /// The device: a PCI address (`"0000:01:00.0"`) or a virtual device's name (`"net_memif0"`);
+    /// may be left out when every dpdk interface names its own (`dpdk_device`).
+    #[serde(default)]
     pub device: String,
     /// Arguments of a virtual device that `lb run` creates as `device`
     /// (`"role=server,socket=/run/lb.sock"`); absent for a device EAL probes itself.

@@ -136,11 +136,16 @@ impl Fixed {
             a.interface_name() != b.interface_name(),
         );
         // Which interfaces are opened, and how; their addresses, MACs and links apply on reload.
-        type Opened = (String, config::PortKind, Option<Vec<u32>>);
+        type Opened = (
+            String,
+            config::PortKind,
+            Option<Vec<u32>>,
+            [Option<String>; 2],
+        );
         let opened = |d: &config::Dataplane| -> Vec<Opened> {
             d.links()
                 .into_iter()
-                .map(|l| (l.name, l.port, l.queues))
+                .map(|l| (l.name, l.port, l.queues, [l.dpdk_device, l.dpdk_vdev]))
                 .collect()
         };
         note(

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::{check_mac, check_unicast};
-use crate::config::schema::{Config, Dataplane, Link, PortKind};
+use crate::config::schema::{Config, Dataplane, Dpdk, Link, PortKind};
 use crate::diag::Problem;
 
 /// Smallest and largest MTU we accept: IPv4's minimum datagram and the jumbo frames the ports carry.
@@ -207,13 +207,35 @@ fn check_interfaces(dp: &Dataplane, out: &mut Vec<Problem>) {
                 .hint("each interface needs its own MAC: a frame leaves by the interface whose MAC it carries"),
             );
         }
-        if f.port.unwrap_or(dp.port) == PortKind::Dpdk && dp.interfaces.len() > 1 {
+        let own_device = [
+            ("dpdk_device", f.dpdk_device.is_some()),
+            ("dpdk_vdev", f.dpdk_vdev.is_some()),
+        ];
+        for (key, set) in own_device {
+            if set && f.port.unwrap_or(dp.port) != PortKind::Dpdk {
+                out.push(
+                    Problem::new(
+                        format!("dataplane.interfaces[{i}].{key}"),
+                        format!(
+                            "dataplane: {key} is only read with port = \"dpdk\", and interface {:?} has port {:?}",
+                            f.name,
+                            f.port.unwrap_or(dp.port).name()
+                        ),
+                    )
+                    .hint("set port = \"dpdk\" on this interface, or remove the key"),
+                );
+            }
+        }
+        if f.dpdk_vdev.is_some() && f.dpdk_device.is_none() {
             out.push(
                 Problem::new(
-                    format!("dataplane.interfaces[{i}].port"),
-                    "dataplane: port \"dpdk\" serves one interface ([dataplane.dpdk] names one device)",
+                    format!("dataplane.interfaces[{i}].dpdk_vdev"),
+                    format!(
+                        "dataplane: interface {:?} has dpdk_vdev without dpdk_device",
+                        f.name
+                    ),
                 )
-                .hint("use af_xdp for a balancer with several interfaces"),
+                .hint("dpdk_vdev creates the virtual device dpdk_device names: set both"),
             );
         }
     }
@@ -349,6 +371,66 @@ fn check_queues(link: &Link, workers: u16, out: &mut Vec<Problem>) {
     }
 }
 
+/// Each dpdk interface drives a device of its own: its `dpdk_device`, else `[dataplane.dpdk]
+/// device` (which only one interface may fall back on); no device twice.
+fn check_dpdk_devices(dp: &Dataplane, d: &Dpdk, out: &mut Vec<Problem>) {
+    let links: Vec<Link> = dp
+        .links()
+        .into_iter()
+        .filter(|l| l.port == PortKind::Dpdk)
+        .collect();
+    let shared: Vec<&Link> = links.iter().filter(|l| l.dpdk_device.is_none()).collect();
+    if !shared.is_empty() && d.device.trim().is_empty() {
+        out.push(
+            Problem::new("dataplane.dpdk.device", "dataplane.dpdk: device is empty")
+                .hint("a PCI address (\"0000:01:00.0\") or a virtual device name (\"net_memif0\"), here or as each interface's dpdk_device"),
+        );
+    }
+    for l in shared.iter().skip(1) {
+        out.push(
+            Problem::new(
+                l.path.clone(),
+                format!(
+                    "dataplane: interfaces {:?} and {:?} would both drive [dataplane.dpdk] device",
+                    shared[0].name, l.name
+                ),
+            )
+            .hint("give each dpdk interface its own dpdk_device"),
+        );
+    }
+    for (i, l) in links.iter().enumerate() {
+        let (device, _) = l.dpdk_device(d);
+        if l.dpdk_device
+            .as_deref()
+            .is_some_and(|v| v.trim().is_empty())
+        {
+            out.push(Problem::new(
+                format!("{}.dpdk_device", l.path),
+                "dataplane: dpdk_device is empty",
+            ));
+        } else if links[..i].iter().any(|o| {
+            // Two falling back on [dataplane.dpdk] device are reported above.
+            o.dpdk_device(d).0 == device && (o.dpdk_device.is_some() || l.dpdk_device.is_some())
+        }) {
+            let at = match l.dpdk_device {
+                Some(_) => format!("{}.dpdk_device", l.path),
+                None => l.path.clone(),
+            };
+            out.push(Problem::new(
+                at,
+                format!("dataplane: DPDK device {device:?} is driven by an earlier interface"),
+            ));
+        }
+        let nul = |s: &str| s.contains('\0');
+        if l.dpdk_device.as_deref().is_some_and(nul) || l.dpdk_vdev.as_deref().is_some_and(nul) {
+            out.push(Problem::new(
+                l.path.clone(),
+                "dataplane: dpdk_device or dpdk_vdev contains a NUL character",
+            ));
+        }
+    }
+}
+
 /// `port = "dpdk"` and `[dataplane.dpdk]`: the port needs the table and a build with the
 /// feature (`built`), the table needs the port; device, descriptors and pool size.
 pub(super) fn check_dpdk(dp: &Dataplane, built: bool, out: &mut Vec<Problem>) {
@@ -386,12 +468,7 @@ pub(super) fn check_dpdk(dp: &Dataplane, built: bool, out: &mut Vec<Problem>) {
             .hint("set port = \"dpdk\", or remove the [dataplane.dpdk] table"),
         );
     }
-    if d.device.trim().is_empty() {
-        out.push(
-            Problem::new("dataplane.dpdk.device", "dataplane.dpdk: device is empty")
-                .hint("a PCI address (\"0000:01:00.0\") or a virtual device name (\"net_memif0\")"),
-        );
-    }
+    check_dpdk_devices(dp, d, out);
     let nul = |s: &str| s.contains('\0');
     if nul(&d.device) {
         out.push(Problem::new(

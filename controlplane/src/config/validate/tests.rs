@@ -649,3 +649,53 @@ fn this_build_refuses_port_dpdk_exactly_when_built_without_the_feature() {
         assert!(p[0].contains("built with the dpdk feature"), "{p:?}");
     }
 }
+
+#[test]
+fn each_dpdk_interface_drives_a_device_of_its_own() {
+    let two = |a: &str, b: &str| {
+        format!(
+            "[dataplane]\nport = \"dpdk\"\n\
+             [[dataplane.interfaces]]\nname = \"lbo\"\nmac = \"02:00:00:00:00:01\"\n{a}\
+             [[dataplane.interfaces]]\nname = \"lbi\"\nmac = \"02:00:00:00:00:02\"\n{b}\
+             [dataplane.dpdk]\neal_args = [\"--no-pci\"]\n"
+        )
+    };
+    let problems = |text: &str| -> Vec<String> {
+        let c: Config = toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let mut out = Vec::new();
+        super::dataplane::check(&c, &mut out);
+        out.into_iter()
+            .map(|p| p.message)
+            .filter(|m| !m.contains("dpdk feature"))
+            .collect()
+    };
+    let own = |d: &str| format!("dpdk_device = \"{d}\"\ndpdk_vdev = \"role=server\"\n");
+    assert_eq!(
+        problems(&two(&own("net_memif0"), &own("net_memif1"))),
+        Vec::<String>::new()
+    );
+    let p = problems(&two(&own("net_memif0"), &own("net_memif0")));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].contains("driven by an earlier interface"), "{p:?}");
+    // Neither names a device, and [dataplane.dpdk] names none either: both fall back on it.
+    let p = problems(&two("", ""));
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert!(p[0].contains("device is empty"), "{p:?}");
+    assert!(p[1].contains("would both drive"), "{p:?}");
+    // One may fall back on [dataplane.dpdk] device.
+    let shared =
+        two(&own("net_memif1"), "").replace("eal_args", "device = \"net_memif0\"\neal_args");
+    assert_eq!(problems(&shared), Vec::<String>::new());
+    let p = problems(&two(
+        &own("net_memif0"),
+        "port = \"af_xdp\"\ndpdk_device = \"net_memif1\"\n",
+    ));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].contains("only read with port = \"dpdk\""), "{p:?}");
+    let p = problems(&two(&own("net_memif0"), "dpdk_vdev = \"role=server\"\n"));
+    assert!(
+        p.iter()
+            .any(|m| m.contains("dpdk_vdev without dpdk_device")),
+        "{p:?}"
+    );
+}
