@@ -289,6 +289,39 @@ unsafe impl Send for AfXdpPort {}
 /// limit on a device's queues, and the socket map's size).
 pub const MAX_QUEUE_ID: u32 = 4096;
 
+/// Settles a received frame (UMEM `chunk`, the frame at `head`, `len` bytes) by the pipeline's
+/// verdict `v`: a `Tx` goes on the transmit ring from its own chunk; anything else, or a `Tx`
+/// the ring has no room for, is counted in `counts` (port stats, frames for the host dropped)
+/// and its chunk goes back to `free`.
+#[inline(always)]
+fn settle(
+    tx: &mut xdpilone::WriteTx<'_>,
+    (stats, to_host_dropped): (&mut PortStats, &mut u64),
+    free: &mut Vec<u64>,
+    chunk: u64,
+    (head, len): (usize, usize),
+    v: Verdict,
+) {
+    match v {
+        Verdict::Tx if len > 0 => {
+            let desc = XdpDesc {
+                addr: chunk + head as u64,
+                len: len as u32,
+                options: 0,
+            };
+            if tx.insert_once(desc) {
+                stats.tx += 1;
+                return;
+            }
+            stats.tx_dropped += 1;
+        }
+        Verdict::Tx => stats.tx_dropped += 1,
+        Verdict::ToHost => *to_host_dropped += 1,
+        Verdict::Drop(_) | Verdict::ToL7 => {}
+    }
+    free.push(chunk);
+}
+
 fn errno(e: xdpilone::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.get_raw().abs())
 }
@@ -634,24 +667,16 @@ impl Port for AfXdpPort {
                     continue;
                 };
                 let mut pkt = PacketBuf::new(frame, head, desc.len as usize);
-                match f(&mut pkt) {
-                    Verdict::Tx if !pkt.is_empty() => {
-                        let out = XdpDesc {
-                            addr: chunk + pkt.head() as u64,
-                            len: pkt.len() as u32,
-                            options: 0,
-                        };
-                        if tx.insert_once(out) {
-                            self.stats.tx += 1;
-                            continue;
-                        }
-                        self.stats.tx_dropped += 1;
-                    }
-                    Verdict::Tx => self.stats.tx_dropped += 1,
-                    Verdict::ToHost => self.to_host_dropped += 1,
-                    Verdict::Drop(_) | Verdict::ToL7 => {}
-                }
-                self.free.push(chunk);
+                let v = f(&mut pkt);
+                let counts = (&mut self.stats, &mut self.to_host_dropped);
+                settle(
+                    &mut tx,
+                    counts,
+                    &mut self.free,
+                    chunk,
+                    (pkt.head(), pkt.len()),
+                    v,
+                );
             }
             tx.commit();
             rx.release();
@@ -714,26 +739,15 @@ impl Port for AfXdpPort {
             }
             let mut tx = self.tx.transmit(n as u32);
             for i in 0..n {
-                let chunk = burst.frames[i].0;
-                let (head, len) = out[i];
-                match verdicts[i] {
-                    Verdict::Tx if len > 0 => {
-                        let desc = XdpDesc {
-                            addr: chunk + head as u64,
-                            len: len as u32,
-                            options: 0,
-                        };
-                        if tx.insert_once(desc) {
-                            self.stats.tx += 1;
-                            continue;
-                        }
-                        self.stats.tx_dropped += 1;
-                    }
-                    Verdict::Tx => self.stats.tx_dropped += 1,
-                    Verdict::ToHost => self.to_host_dropped += 1,
-                    Verdict::Drop(_) | Verdict::ToL7 => {}
-                }
-                self.free.push(chunk);
+                let counts = (&mut self.stats, &mut self.to_host_dropped);
+                settle(
+                    &mut tx,
+                    counts,
+                    &mut self.free,
+                    burst.frames[i].0,
+                    out[i],
+                    verdicts[i],
+                );
             }
             // One commit for the burst; the kick, if the kernel wants one, comes with `flush`.
             tx.commit();

@@ -54,17 +54,13 @@ impl Port for MemPort {
             let len = frame.len().min(self.buf.len() - HEADROOM);
             self.buf[HEADROOM..HEADROOM + len].copy_from_slice(&frame[..len]);
             let mut pkt = PacketBuf::new(&mut self.buf, HEADROOM, len);
-            match f(&mut pkt) {
-                Verdict::Tx => {
-                    self.stats.tx += 1;
-                    self.tx.push(pkt.data().to_vec());
-                }
-                Verdict::ToHost => {
-                    self.stats.to_host += 1;
-                    self.host.push(pkt.data().to_vec());
-                }
-                Verdict::Drop(_) | Verdict::ToL7 => {}
-            }
+            let v = f(&mut pkt);
+            settle(
+                &mut self.stats,
+                (&mut self.tx, &mut self.host),
+                pkt.data(),
+                v,
+            );
         }
         Ok(n)
     }
@@ -99,17 +95,12 @@ impl Port for MemPort {
         let mut verdicts = [UNSET; MAX_BURST];
         f(&mut pkts, &mut verdicts[..n]);
         for (pkt, v) in pkts.iter().zip(verdicts) {
-            match v {
-                Verdict::Tx => {
-                    self.stats.tx += 1;
-                    self.tx.push(pkt.data().to_vec());
-                }
-                Verdict::ToHost => {
-                    self.stats.to_host += 1;
-                    self.host.push(pkt.data().to_vec());
-                }
-                Verdict::Drop(_) | Verdict::ToL7 => {}
-            }
+            settle(
+                &mut self.stats,
+                (&mut self.tx, &mut self.host),
+                pkt.data(),
+                v,
+            );
         }
         Ok(n)
     }
@@ -130,6 +121,27 @@ impl Port for MemPort {
         self.stats.tx += 1;
         self.tx.push(frame.to_vec());
         Ok(())
+    }
+}
+
+/// Settles a frame by the pipeline's verdict `v`: `Tx` and `ToHost` frames are kept (in
+/// `tx` and `host`) and counted; dropped ones are not.
+fn settle(
+    stats: &mut PortStats,
+    (tx, host): (&mut Vec<Vec<u8>>, &mut Vec<Vec<u8>>),
+    data: &[u8],
+    v: Verdict,
+) {
+    match v {
+        Verdict::Tx => {
+            stats.tx += 1;
+            tx.push(data.to_vec());
+        }
+        Verdict::ToHost => {
+            stats.to_host += 1;
+            host.push(data.to_vec());
+        }
+        Verdict::Drop(_) | Verdict::ToL7 => {}
     }
 }
 
