@@ -222,7 +222,7 @@ fn open_link(
                 Some((device, vdev)) => (device.clone(), vdev.clone()),
                 None => (d.device.clone(), d.vdev.clone()),
             };
-            return open_dpdk(d, &device, vdev, queues)
+            return open_dpdk(d, &device, vdev, run.mtu, queues)
                 .map(unfiltered)
                 .map_err(|source| PortError::Other {
                     kind,
@@ -241,6 +241,7 @@ fn open_dpdk(
     d: &config::Dpdk,
     device: &str,
     vdev: Option<String>,
+    mtu: u16,
     queues: usize,
 ) -> io::Result<Vec<Box<dyn Port>>> {
     use dataplane::port::dpdk::{DpdkOptions, DpdkPort};
@@ -253,6 +254,9 @@ fn open_dpdk(
         tx_descriptors: d.tx_descriptors,
         mempool_size: d.mempool_size,
         hugepages: d.hugepages,
+        // Jumbo frames need the device told; at 1500 or below its own MTU stays (a net_af_packet
+        // device would otherwise set the kernel interface's).
+        mtu: if mtu > STANDARD_MTU { mtu } else { 0 },
     };
     let ports = DpdkPort::open(&opts, queues)?;
     if let Some(first) = ports.first() {
@@ -267,6 +271,7 @@ fn open_dpdk(
     _: &config::Dpdk,
     _: &str,
     _: Option<String>,
+    _: u16,
     _: usize,
 ) -> io::Result<Vec<Box<dyn Port>>> {
     Err(io::Error::new(
@@ -274,6 +279,10 @@ fn open_dpdk(
         "this lb was built without the dpdk feature",
     ))
 }
+
+/// Ethernet's MTU: what a DPDK device runs at unless told otherwise.
+#[cfg(feature = "dpdk")]
+const STANDARD_MTU: u16 = 1500;
 
 /// Tears DPDK's EAL down once the ports are closed (a no-op when no DPDK port ever opened), so
 /// `lb run` leaves no runtime or hugepage files behind.

@@ -24,7 +24,7 @@ int lb_thread_register(void)
 }
 
 int lb_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t tx_desc,
-		  struct rte_mempool *pool, struct lb_port_info *info)
+		  uint16_t mtu, struct rte_mempool *pool, struct lb_port_info *info)
 {
 	struct rte_eth_dev_info dev;
 	struct rte_eth_conf conf;
@@ -36,9 +36,20 @@ int lb_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t tx_
 	ret = rte_eth_dev_info_get(port, &dev);
 	if (ret != 0)
 		return ret;
+	/* The device's limit is the smaller of its MTU and its largest frame less the Ethernet
+	 * header and FCS (memif, say, states only the frame). */
+	uint32_t max_mtu = dev.max_mtu;
+	uint32_t overhead = RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN;
+	if (dev.max_rx_pktlen > overhead && dev.max_rx_pktlen - overhead < max_mtu)
+		max_mtu = dev.max_rx_pktlen - overhead;
+	info->max_mtu = (uint16_t)max_mtu;
 	if (queues > dev.max_rx_queues || queues > dev.max_tx_queues)
 		return -EINVAL;
+	if (mtu > max_mtu)
+		return -ERANGE;
 	memset(&conf, 0, sizeof(conf));
+	/* Frames up to the MTU arrive in one mbuf: the pool's buffers are sized for it. */
+	conf.rxmode.mtu = mtu;
 	uint64_t hash = dev.flow_type_rss_offloads & (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP);
 	if (queues > 1 && hash != 0) {
 		conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
@@ -48,6 +59,13 @@ int lb_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t tx_
 	ret = rte_eth_dev_configure(port, queues, queues, &conf);
 	if (ret != 0)
 		return ret;
+	if (mtu != 0) {
+		/* Some drivers take the MTU only this way; those without the call keep the
+		 * configured one. */
+		ret = rte_eth_dev_set_mtu(port, mtu);
+		if (ret != 0 && ret != -ENOTSUP)
+			return ret;
+	}
 	ret = rte_eth_dev_adjust_nb_rx_tx_desc(port, &rx_desc, &tx_desc);
 	if (ret != 0)
 		return ret;

@@ -36,6 +36,8 @@ struct lb_port_info {
 	uint8_t rss;
 	/* The driver's name ("net_memif", "net_ixgbe", ...), NUL-terminated. */
 	char driver[32];
+	/* The largest MTU the device takes (dev_info.max_mtu). */
+	uint16_t max_mtu;
 };
 
 /* rte_errno of the calling thread. */
@@ -46,11 +48,12 @@ int lb_errno(void);
 int lb_thread_register(void);
 
 /* Configures `port` with `queues` receive and transmit queues (RSS over IP/TCP/UDP where the
- * driver has it and queues > 1), sets them up with `rx_desc`/`tx_desc` descriptors and mbufs
- * from `pool`, enables promiscuous mode where the driver allows, and starts it. 0 or a
- * negative errno. */
+ * driver has it and queues > 1) and, when `mtu` is not 0, that MTU (-ERANGE, with
+ * info->max_mtu set, when the device takes less), sets them up with `rx_desc`/`tx_desc`
+ * descriptors and mbufs from `pool`, enables promiscuous mode where the driver allows, and
+ * starts it. 0 or a negative errno. */
 int lb_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t tx_desc,
-		  struct rte_mempool *pool, struct lb_port_info *info);
+		  uint16_t mtu, struct rte_mempool *pool, struct lb_port_info *info);
 
 /* 1 when the link is up, 0 when down or unknown (never waits). */
 int lb_link_up(uint16_t port);

@@ -170,6 +170,7 @@ fn main() {
         tx_descriptors: 1024,
         mempool_size: 32767,
         hugepages: false,
+        mtu: 0,
     };
     let mut port = DpdkPort::open(&opts, 1)
         .expect("open the memif port")

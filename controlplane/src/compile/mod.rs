@@ -68,6 +68,8 @@ pub struct RunSettings {
     pub idle: config::IdleMode,
     /// XDP attach mode (af_xdp only).
     pub xdp_mode: config::XdpMode,
+    /// `[dataplane] mtu`: the largest IP packet (the DPDK port sizes its device and mbufs by it).
+    pub mtu: u16,
 }
 
 /// One interface as `lb run` opens it.
@@ -214,6 +216,7 @@ fn run_settings(dp: &config::Dataplane) -> RunSettings {
             .unwrap_or_else(|| (0..usize::from(dp.workers)).collect()),
         idle: dp.idle,
         xdp_mode: dp.xdp_mode,
+        mtu: dp.mtu,
     }
 }
 

@@ -52,8 +52,17 @@ const TX_QUEUE: usize = 4 * MAX_BURST;
 /// what is left after them is freed and counted in `tx_dropped`.
 const TX_RETRIES: u32 = 8;
 
-/// Data room of each mbuf: DPDK's default (2048 bytes of frame after the headroom).
-const MBUF_DATA_ROOM: u16 = 2048 + ffi::RTE_PKTMBUF_HEADROOM as u16;
+/// Frame bytes of an mbuf at the default MTU: DPDK's default data room.
+const MBUF_FRAME: u16 = 2048;
+
+/// Data room of each mbuf for `mtu` (0: the device's default): room for the largest frame
+/// (Ethernet header, two VLAN tags, FCS) after the headroom, so every received frame is one
+/// segment, and never less than DPDK's default.
+fn mbuf_data_room(mtu: u16) -> u16 {
+    let frame = (u32::from(mtu) + 26).next_multiple_of(128);
+    let frame = frame.max(u32::from(MBUF_FRAME));
+    u16::try_from(frame + ffi::RTE_PKTMBUF_HEADROOM).unwrap_or(u16::MAX)
+}
 
 /// Per-lcore mempool cache size (DPDK's upper limit is 512).
 const POOL_CACHE: u32 = 256;
@@ -77,6 +86,9 @@ pub struct DpdkOptions {
     /// Back EAL's memory with hugepages; false runs with `--no-huge` (ordinary pages, slower,
     /// enough for virtual devices).
     pub hugepages: bool,
+    /// The MTU to configure (jumbo frames: up to 9216); 0 leaves the device's own (1500 for
+    /// most). The pool's mbufs are sized so a frame of this MTU fits one.
+    pub mtu: u16,
 }
 
 impl Default for DpdkOptions {
@@ -89,6 +101,7 @@ impl Default for DpdkOptions {
             tx_descriptors: 1024,
             mempool_size: 16383,
             hugepages: true,
+            mtu: 0,
         }
     }
 }
@@ -425,7 +438,7 @@ impl DpdkPort {
                 opts.mempool_size,
                 cache,
                 0,
-                MBUF_DATA_ROOM,
+                mbuf_data_room(opts.mtu),
                 ffi::SOCKET_ID_ANY,
             )
         };
@@ -454,10 +467,20 @@ impl DpdkPort {
                 queues,
                 opts.rx_descriptors,
                 opts.tx_descriptors,
+                opts.mtu,
                 pool,
                 &mut info,
             )
         };
+        if ret == -libc::ERANGE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "dpdk: {} takes an MTU of at most {}, not {}",
+                    opts.device, info.max_mtu, opts.mtu
+                ),
+            ));
+        }
         if ret != 0 {
             // Dropping `device` closes the port, removes the vdev and frees the pool.
             return Err(dpdk_error(
@@ -774,6 +797,17 @@ mod tests {
             hugepages,
             ..DpdkOptions::default()
         }
+    }
+
+    #[test]
+    fn mbufs_hold_a_whole_frame_of_the_mtu() {
+        let head = ffi::RTE_PKTMBUF_HEADROOM as u16;
+        // The device's own MTU, and anything up to DPDK's default room: the default.
+        assert_eq!(mbuf_data_room(0), 2048 + head);
+        assert_eq!(mbuf_data_room(1500), 2048 + head);
+        // Jumbo: the IP packet, Ethernet header, two VLAN tags and FCS, in 128-byte steps.
+        assert_eq!(mbuf_data_room(9000), 9088 + head);
+        assert!(mbuf_data_room(9216) >= 9216 + 26 + head);
     }
 
     #[test]
