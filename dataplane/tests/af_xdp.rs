@@ -476,3 +476,32 @@ fn echo_round_once(ports: &mut [AfXdpPort], sock: &UdpSocket) -> usize {
     }
     0
 }
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
+fn a_flood_larger_than_the_rings_is_echoed_without_transmit_drops() {
+    testkit::require_root();
+    let veth = Veth::new("f", 1);
+    let opts = AfXdpOptions {
+        mode: AttachMode::Native,
+        frames: 256,
+        ring_size: 128,
+        ..AfXdpOptions::default()
+    };
+    let mut ports = in_netns(&veth.ns_a, || AfXdpPort::open(&veth.link_a, 1, opts))
+        .expect("open AF_XDP on veth in native mode");
+    let mut port = ports.pop().expect("one port");
+    port.set_owned(&[IpAddr::V4(VIP)]).expect("set_owned");
+    let b = in_netns(&veth.ns_b, || UdpSocket::bind((ADDR_B, 0))).expect("bind in b");
+    b.set_nonblocking(true).expect("nonblocking");
+    // 100 datagrams at once against 128-entry rings: bursts of 64 while the kernel sends 32
+    // per kick. The transmit reservation must see the slots the kernel has freed since it last
+    // looked, through `rx_batch` and through `rx_burst`.
+    let mut echoed = 0;
+    for round in 0..8 {
+        echoed += echo_round_with(std::slice::from_mut(&mut port), &b, 100, round < 4);
+    }
+    let s = port.stats();
+    println!("{echoed} echoed, {s:?}");
+    assert_eq!((echoed, s.tx, s.tx_dropped), (800, 800, 0), "{s:?}");
+}

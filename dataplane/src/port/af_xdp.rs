@@ -290,36 +290,65 @@ unsafe impl Send for AfXdpPort {}
 pub const MAX_QUEUE_ID: u32 = 4096;
 
 /// Settles a received frame (UMEM `chunk`, the frame at `head`, `len` bytes) by the pipeline's
-/// verdict `v`: a `Tx` goes on the transmit ring from its own chunk; anything else, or a `Tx`
-/// the ring has no room for, is counted in `counts` (port stats, frames for the host dropped)
-/// and its chunk goes back to `free`.
+/// verdict `v`: a `Tx` goes on the transmit ring from its own chunk; anything else is
+/// [`discard`]ed. False, with nothing counted or freed, when a `Tx` finds no reserved slot
+/// left in `tx`.
 #[inline(always)]
 fn settle(
     tx: &mut xdpilone::WriteTx<'_>,
-    (stats, to_host_dropped): (&mut PortStats, &mut u64),
+    counts: (&mut PortStats, &mut u64),
     free: &mut Vec<u64>,
     chunk: u64,
     (head, len): (usize, usize),
     v: Verdict,
+) -> bool {
+    if matches!(v, Verdict::Tx) && len > 0 {
+        let desc = XdpDesc {
+            addr: chunk + head as u64,
+            len: len as u32,
+            options: 0,
+        };
+        if !tx.insert_once(desc) {
+            return false;
+        }
+        counts.0.tx += 1;
+        return true;
+    }
+    discard(counts, free, chunk, v);
+    true
+}
+
+/// Counts a frame that is not sent in `counts` (port stats: a `Tx` as dropped; frames for the
+/// host dropped) and gives its chunk back to `free`.
+#[inline(always)]
+fn discard(
+    (stats, to_host_dropped): (&mut PortStats, &mut u64),
+    free: &mut Vec<u64>,
+    chunk: u64,
+    v: Verdict,
 ) {
     match v {
-        Verdict::Tx if len > 0 => {
-            let desc = XdpDesc {
-                addr: chunk + head as u64,
-                len: len as u32,
-                options: 0,
-            };
-            if tx.insert_once(desc) {
-                stats.tx += 1;
-                return;
-            }
-            stats.tx_dropped += 1;
-        }
         Verdict::Tx => stats.tx_dropped += 1,
         Verdict::ToHost => *to_host_dropped += 1,
         Verdict::Drop(_) | Verdict::ToL7 => {}
     }
     free.push(chunk);
+}
+
+/// Asks the kernel to send what the transmit ring holds (a zero-length, non-blocking send on
+/// our own socket); an error only says it is busy, which the caller's one retry covers.
+fn kick_tx(fd: RawFd) {
+    // SAFETY: a zero-length send on our own socket; no buffers are passed.
+    unsafe {
+        libc::sendto(
+            fd,
+            std::ptr::null(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null(),
+            0,
+        );
+    }
 }
 
 fn errno(e: xdpilone::Errno) -> io::Error {
@@ -669,14 +698,20 @@ impl Port for AfXdpPort {
                 let mut pkt = PacketBuf::new(frame, head, desc.len as usize);
                 let v = f(&mut pkt);
                 let counts = (&mut self.stats, &mut self.to_host_dropped);
-                settle(
-                    &mut tx,
-                    counts,
-                    &mut self.free,
-                    chunk,
-                    (pkt.head(), pkt.len()),
-                    v,
-                );
+                let at = (pkt.head(), pkt.len());
+                if settle(&mut tx, counts, &mut self.free, chunk, at, v) {
+                    continue;
+                }
+                // Out of reserved slots: a new reservation reads the kernel's consumer index
+                // again (see `rx_batch`).
+                tx.commit();
+                drop(tx);
+                tx = self.tx.transmit(rx.capacity().max(1));
+                let counts = (&mut self.stats, &mut self.to_host_dropped);
+                if !settle(&mut tx, counts, &mut self.free, chunk, at, v) {
+                    let counts = (&mut self.stats, &mut self.to_host_dropped);
+                    discard(counts, &mut self.free, chunk, v);
+                }
             }
             tx.commit();
             rx.release();
@@ -737,20 +772,42 @@ impl Port for AfXdpPort {
                     *o = (p.head(), p.len());
                 }
             }
-            let mut tx = self.tx.transmit(n as u32);
-            for i in 0..n {
-                let counts = (&mut self.stats, &mut self.to_host_dropped);
-                settle(
-                    &mut tx,
-                    counts,
-                    &mut self.free,
-                    burst.frames[i].0,
-                    out[i],
-                    verdicts[i],
-                );
+            let mut i = 0;
+            let mut kicked = false;
+            while i < n {
+                // A reservation counts free slots by the consumer index last read, and reads it
+                // again only when that count is 0: a pass that ends short of slots has used up
+                // that count, so the next one sees what the kernel has sent since.
+                let mut tx = self.tx.transmit((n - i) as u32);
+                let start = i;
+                while i < n {
+                    let counts = (&mut self.stats, &mut self.to_host_dropped);
+                    let (chunk, v) = (burst.frames[i].0, verdicts[i]);
+                    if !settle(&mut tx, counts, &mut self.free, chunk, out[i], v) {
+                        break;
+                    }
+                    i += 1;
+                }
+                // One commit per pass (one per burst when the ring has room); the kick, if the
+                // kernel wants one, comes with `flush`.
+                tx.commit();
+                drop(tx);
+                if i < n && i == start {
+                    if kicked {
+                        // Still full after the kernel was asked to send: the rest is dropped.
+                        for (frame, &v) in burst.frames[i..n].iter().zip(&verdicts[i..n]) {
+                            let counts = (&mut self.stats, &mut self.to_host_dropped);
+                            discard(counts, &mut self.free, frame.0, v);
+                        }
+                        break;
+                    }
+                    // Full by the kernel's own count: have it send, take its completions back,
+                    // and try once more.
+                    kick_tx(self.fd);
+                    self.reclaim();
+                    kicked = true;
+                }
             }
-            // One commit for the burst; the kick, if the kernel wants one, comes with `flush`.
-            tx.commit();
         }
         refill(&mut self.device, &mut self.free, self.refill_batch);
         if got == 0 && (self.busy_poll.active || self.device.needs_wakeup()) {
