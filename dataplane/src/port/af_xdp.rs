@@ -566,14 +566,23 @@ fn refill(device: &mut DeviceQueue, free: &mut Vec<u64>, batch: usize) {
     if free.len() < batch.max(1) {
         return;
     }
-    let mut fill = device.fill(u32::try_from(free.len()).unwrap_or(u32::MAX));
-    let cap = fill.capacity() as usize;
-    let start = free.len().saturating_sub(cap);
-    let put = fill.insert(free[start..].iter().copied()) as usize;
-    fill.commit();
-    drop(fill);
-    free.drain(start..start + put);
-    if put > 0 && device.needs_wakeup() {
+    let mut total = 0;
+    // Twice at most: a reservation counts free slots by the consumer index last read and reads
+    // it again only once that count is used up, which a first pass that fills it does.
+    for _ in 0..2 {
+        let mut fill = device.fill(u32::try_from(free.len()).unwrap_or(u32::MAX));
+        let cap = fill.capacity() as usize;
+        let start = free.len().saturating_sub(cap);
+        let put = fill.insert(free[start..].iter().copied()) as usize;
+        fill.commit();
+        drop(fill);
+        free.drain(start..start + put);
+        total += put;
+        if put == 0 || free.is_empty() {
+            break;
+        }
+    }
+    if total > 0 && device.needs_wakeup() {
         device.wake();
     }
 }
