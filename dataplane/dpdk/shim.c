@@ -23,14 +23,48 @@ int lb_thread_register(void)
 	return 0;
 }
 
+/* Configures, sets up and starts `port` with `conf` (see lb_port_start). */
+static int port_setup(uint16_t port, uint16_t queues, uint16_t *rx_desc, uint16_t *tx_desc,
+		      uint16_t mtu, struct rte_mempool *pool, const struct rte_eth_conf *conf)
+{
+	int socket, ret;
+	uint16_t q;
+
+	ret = rte_eth_dev_configure(port, queues, queues, conf);
+	if (ret != 0)
+		return ret;
+	if (mtu != 0) {
+		/* Some drivers take the MTU only this way; those without the call keep the
+		 * configured one. */
+		ret = rte_eth_dev_set_mtu(port, mtu);
+		if (ret != 0 && ret != -ENOTSUP)
+			return ret;
+	}
+	ret = rte_eth_dev_adjust_nb_rx_tx_desc(port, rx_desc, tx_desc);
+	if (ret != 0)
+		return ret;
+	socket = rte_eth_dev_socket_id(port);
+	if (socket < 0)
+		socket = SOCKET_ID_ANY;
+	for (q = 0; q < queues; q++) {
+		ret = rte_eth_rx_queue_setup(port, q, *rx_desc, socket, NULL, pool);
+		if (ret != 0)
+			return ret;
+		ret = rte_eth_tx_queue_setup(port, q, *tx_desc, socket, NULL);
+		if (ret != 0)
+			return ret;
+	}
+	return rte_eth_dev_start(port);
+}
+
 int lb_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t tx_desc,
 		  uint16_t mtu, struct rte_mempool *pool, struct lb_port_info *info)
 {
 	struct rte_eth_dev_info dev;
 	struct rte_eth_conf conf;
 	struct rte_ether_addr mac;
-	int socket, ret;
-	uint16_t q;
+	uint16_t rxd = rx_desc, txd = tx_desc;
+	int ret;
 
 	memset(info, 0, sizeof(*info));
 	ret = rte_eth_dev_info_get(port, &dev);
@@ -56,43 +90,46 @@ int lb_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t tx_
 		conf.rx_adv_conf.rss_conf.rss_hf = hash;
 		info->rss = 1;
 	}
-	ret = rte_eth_dev_configure(port, queues, queues, &conf);
-	if (ret != 0)
-		return ret;
-	if (mtu != 0) {
-		/* Some drivers take the MTU only this way; those without the call keep the
-		 * configured one. */
-		ret = rte_eth_dev_set_mtu(port, mtu);
-		if (ret != 0 && ret != -ENOTSUP)
-			return ret;
-	}
-	ret = rte_eth_dev_adjust_nb_rx_tx_desc(port, &rx_desc, &tx_desc);
-	if (ret != 0)
-		return ret;
-	socket = rte_eth_dev_socket_id(port);
-	if (socket < 0)
-		socket = SOCKET_ID_ANY;
-	for (q = 0; q < queues; q++) {
-		ret = rte_eth_rx_queue_setup(port, q, rx_desc, socket, NULL, pool);
+	/* Receive interrupts where the driver has them, so an idle worker can sleep until a
+	 * frame arrives; a driver that refuses them is set up again without. */
+	conf.intr_conf.rxq = 1;
+	ret = port_setup(port, queues, &rxd, &txd, mtu, pool, &conf);
+	if (ret != 0) {
+		(void)rte_eth_dev_stop(port);
+		conf.intr_conf.rxq = 0;
+		rxd = rx_desc;
+		txd = tx_desc;
+		ret = port_setup(port, queues, &rxd, &txd, mtu, pool, &conf);
 		if (ret != 0)
 			return ret;
-		ret = rte_eth_tx_queue_setup(port, q, tx_desc, socket, NULL);
-		if (ret != 0)
-			return ret;
+	} else {
+		info->rx_intr = 1;
 	}
-	ret = rte_eth_dev_start(port);
-	if (ret != 0)
-		return ret;
 	/* Frames for our MAC arrive either way; promiscuous mode is only asked for (many virtual
 	 * devices have no such mode and say so). */
 	(void)rte_eth_promiscuous_enable(port);
 	if (rte_eth_macaddr_get(port, &mac) == 0)
 		memcpy(info->mac, mac.addr_bytes, 6);
-	info->rx_desc = rx_desc;
-	info->tx_desc = tx_desc;
+	info->rx_desc = rxd;
+	info->tx_desc = txd;
 	if (dev.driver_name != NULL)
 		snprintf(info->driver, sizeof(info->driver), "%s", dev.driver_name);
 	return 0;
+}
+
+int lb_rx_intr_fd(uint16_t port, uint16_t queue)
+{
+	return rte_eth_dev_rx_intr_ctl_q_get_fd(port, queue);
+}
+
+int lb_rx_intr_enable(uint16_t port, uint16_t queue)
+{
+	return rte_eth_dev_rx_intr_enable(port, queue);
+}
+
+int lb_rx_intr_disable(uint16_t port, uint16_t queue)
+{
+	return rte_eth_dev_rx_intr_disable(port, queue);
 }
 
 int lb_link_up(uint16_t port)

@@ -38,6 +38,8 @@ struct lb_port_info {
 	char driver[32];
 	/* The largest MTU the device takes (dev_info.max_mtu). */
 	uint16_t max_mtu;
+	/* 1 when the queues were set up with receive interrupts. */
+	uint8_t rx_intr;
 };
 
 /* rte_errno of the calling thread. */
@@ -48,12 +50,21 @@ int lb_errno(void);
 int lb_thread_register(void);
 
 /* Configures `port` with `queues` receive and transmit queues (RSS over IP/TCP/UDP where the
- * driver has it and queues > 1) and, when `mtu` is not 0, that MTU (-ERANGE, with
+ * driver has it and queues > 1), receive interrupts where the driver takes them
+ * (info->rx_intr), and, when `mtu` is not 0, that MTU (-ERANGE, with
  * info->max_mtu set, when the device takes less), sets them up with `rx_desc`/`tx_desc`
  * descriptors and mbufs from `pool`, enables promiscuous mode where the driver allows, and
  * starts it. 0 or a negative errno. */
 int lb_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t tx_desc,
 		  uint16_t mtu, struct rte_mempool *pool, struct lb_port_info *info);
+
+/* The file descriptor that becomes readable when queue `queue` receives while its interrupt
+ * is enabled (an eventfd), or a negative errno. */
+int lb_rx_intr_fd(uint16_t port, uint16_t queue);
+
+/* Enables and disables queue `queue`'s receive interrupt. 0 or a negative errno. */
+int lb_rx_intr_enable(uint16_t port, uint16_t queue);
+int lb_rx_intr_disable(uint16_t port, uint16_t queue);
 
 /* 1 when the link is up, 0 when down or unknown (never waits). */
 int lb_link_up(uint16_t port);

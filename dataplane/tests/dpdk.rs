@@ -43,7 +43,7 @@ mod with_dpdk {
     const CHILD_LIMIT: Duration = Duration::from_secs(90);
 
     /// The tests, by name.
-    const TESTS: [(&str, fn()); 4] = [
+    const TESTS: [(&str, fn()); 5] = [
         (
             "fullnat_flow_is_forwarded_both_ways_over_memif_in_place",
             fullnat_flow_is_forwarded_both_ways_over_memif_in_place,
@@ -51,6 +51,10 @@ mod with_dpdk {
         (
             "a_jumbo_mtu_the_device_cannot_take_is_refused_clearly",
             a_jumbo_mtu_the_device_cannot_take_is_refused_clearly,
+        ),
+        (
+            "an_idle_queue_wakes_on_its_receive_interrupt",
+            an_idle_queue_wakes_on_its_receive_interrupt,
         ),
         (
             "malformed_frames_are_counted_and_dropped_by_a_running_worker",
@@ -549,6 +553,106 @@ mod with_dpdk {
         wait_link(&port);
         let hops = two_hops(&mut port, peer, &client_syn());
         assert!(hops.iter().all(|(_, v, _)| *v == Verdict::Tx), "{hops:?}");
+    }
+
+    /// Whether `fd` becomes readable within `ms` milliseconds.
+    fn readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        n == 1 && p.revents & libc::POLLIN != 0
+    }
+
+    /// An AF_PACKET socket on `ifname` that sends whole frames.
+    fn raw_socket(ifname: &str) -> std::os::fd::OwnedFd {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a fresh socket we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(index > 0, "no interface {ifname}");
+        // SAFETY: zeroed sockaddr_ll is valid; the fields are set below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = index as i32;
+        // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
+        let ret = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(ret, 0, "bind: {}", std::io::Error::last_os_error());
+        fd
+    }
+
+    /// An idle worker sleeps on the queue's receive interrupt where the driver has one (here
+    /// DPDK's `net_tap`, whose kernel side sends the frame): the fd stays quiet while nothing
+    /// arrives, turns readable when a frame does, and is quiet again once the frame is
+    /// received, until the worker sleeps again. memif has none: its worker sleeps its timeout.
+    fn an_idle_queue_wakes_on_its_receive_interrupt() {
+        use std::os::fd::AsRawFd;
+        let mut memif = DpdkPort::open(&options("net_memif0", "intr"), 1).expect("open memif");
+        assert!(!memif[0].rx_interrupts(), "memif gives no interrupt fd");
+        assert_eq!(memif[0].wait_fd(), None);
+        drop(memif.pop());
+
+        let ifname = format!("lbti{}", std::process::id());
+        let mut opts = options("net_tap0", "intr");
+        opts.vdev_args = Some(format!("iface={ifname}"));
+        let mut ports = DpdkPort::open(&opts, 1).expect("open net_tap");
+        let mut port = ports.pop().expect("one queue");
+        assert!(
+            port.rx_interrupts(),
+            "net_tap queues have receive interrupts"
+        );
+        // The kernel side, quiet: no IPv6 (router solicitations) on it.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+            "1",
+        );
+        let st = Command::new("ip")
+            .args(["link", "set", &ifname, "up"])
+            .status()
+            .expect("run ip");
+        assert!(st.success());
+        let kernel = raw_socket(&ifname);
+        let fd = port.wait_fd().expect("an fd to sleep on");
+        // Whatever the kernel sent while the link came up is received first.
+        std::thread::sleep(Duration::from_millis(200));
+        port.rx_burst(64, &mut |_| Verdict::Drop(DropReason::Unsupported))
+            .expect("rx");
+        let fd2 = port.wait_fd().expect("armed again");
+        assert_eq!(fd, fd2);
+        assert!(!readable(fd, 200), "quiet while nothing arrives");
+        let frame = client_syn();
+        // SAFETY: `frame` is valid for its length.
+        let sent = unsafe { libc::send(kernel.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(sent, frame.len() as isize);
+        assert!(readable(fd, 5000), "the frame's arrival wakes the sleeper");
+        let mut got = Vec::new();
+        let end = Instant::now() + WAIT;
+        while got.is_empty() && Instant::now() < end {
+            port.rx_burst(32, &mut |pkt| {
+                got.push(pkt.data().to_vec());
+                Verdict::Drop(DropReason::Unsupported)
+            })
+            .expect("rx");
+        }
+        assert_eq!(got, vec![frame], "the frame sent, received");
+        assert!(!readable(fd, 0), "received: the wake-up is read away");
+        assert_eq!(port.wait_fd(), Some(fd), "armed again for the next sleep");
     }
 
     fn malformed_frames_are_counted_and_dropped_by_a_running_worker() {

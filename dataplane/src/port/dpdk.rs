@@ -18,6 +18,7 @@
 //! ([`DpdkPort::to_host_dropped`]). Frames larger than one mbuf (2048 bytes of data) arrive in
 //! several segments and are dropped and counted ([`DpdkPort::multi_seg_dropped`]).
 
+use std::cell::Cell;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::RawFd;
@@ -121,6 +122,24 @@ pub struct DeviceStats {
     pub oerrors: u64,
     /// Receive mbuf allocation failures.
     pub rx_nombuf: u64,
+}
+
+/// Queue `queue`'s receive-interrupt fd, made non-blocking (its wake-ups are read away after a
+/// sleep); `None` when the driver gives none.
+fn rx_intr_fd(port: u16, queue: u16) -> Option<RawFd> {
+    // SAFETY: a started port configured with receive interrupts.
+    let fd = unsafe { ffi::lb_rx_intr_fd(port, queue) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fcntl on an fd DPDK owns for the port's life; only O_NONBLOCK is added.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return None;
+        }
+    }
+    Some(fd)
 }
 
 /// EAL's life in this process.
@@ -374,6 +393,13 @@ pub struct DpdkPort {
     stats: PortStats,
     to_host_dropped: u64,
     multi_seg_dropped: u64,
+    /// The queue's receive-interrupt fd, where the driver has them (see [`Port::wait_fd`]).
+    intr_fd: Option<RawFd>,
+    /// Whether the interrupt is enabled (between `wait_fd` and the next receive).
+    armed: Cell<bool>,
+    /// The driver has no interrupt switch: the fd is readable whenever frames wait (net_tap's
+    /// queue fd), so nothing is enabled, disabled or read away.
+    level: Cell<bool>,
     device: Arc<Device>,
 }
 
@@ -506,9 +532,33 @@ impl DpdkPort {
                 stats: PortStats::default(),
                 to_host_dropped: 0,
                 multi_seg_dropped: 0,
+                intr_fd: (info.rx_intr == 1)
+                    .then(|| rx_intr_fd(device.port_id, queue))
+                    .flatten(),
+                armed: Cell::new(false),
+                level: Cell::new(false),
                 device: device.clone(),
             })
             .collect())
+    }
+
+    /// Whether the queue has a receive interrupt an idle worker can sleep on.
+    pub fn rx_interrupts(&self) -> bool {
+        self.intr_fd.is_some()
+    }
+
+    /// Disables the receive interrupt [`Port::wait_fd`] enabled and reads away its wake-up, so
+    /// the fd is quiet until the next enable (the busy path never takes an interrupt).
+    fn disarm(&mut self) {
+        // SAFETY: a started port and one of its queues, used by this thread alone.
+        unsafe { ffi::lb_rx_intr_disable(self.device.port_id, self.queue) };
+        if let Some(fd) = self.intr_fd {
+            let mut count = 0u64;
+            // SAFETY: `count` is valid for 8 bytes of writes; the fd is non-blocking, so an
+            // fd without a wake-up pending answers EAGAIN at once.
+            unsafe { libc::read(fd, (&mut count as *mut u64).cast(), 8) };
+        }
+        self.armed.set(false);
     }
 
     /// The driver's name (`net_memif`, `net_ixgbe`, ...).
@@ -554,6 +604,9 @@ impl DpdkPort {
     /// Receives up to `max` (at most [`MAX_BURST`]) mbufs into `rx`/`frames`, transmitting
     /// first when the transmit queue could not take a whole burst. Returns how many.
     fn receive(&mut self, max: usize) -> usize {
+        if self.armed.get() {
+            self.disarm();
+        }
         if !self.registered {
             // Once per worker thread: an lcore id gives the thread a mempool cache. Without
             // one (no free lcore slot) the pool still works, uncached.
@@ -748,8 +801,21 @@ impl Port for DpdkPort {
         Ok(())
     }
 
+    /// The queue's receive-interrupt fd, with the interrupt enabled until the next receive
+    /// (drivers with receive interrupts: NICs whose interrupt vectors VFIO gives DPDK, net_tap;
+    /// not memif, af_packet or af_xdp); `None` without, and an idle worker then sleeps its
+    /// timeout.
     fn wait_fd(&self) -> Option<RawFd> {
-        None
+        let fd = self.intr_fd?;
+        if !self.armed.get() && !self.level.get() {
+            // SAFETY: a started port and one of its queues, used by this thread alone.
+            match unsafe { ffi::lb_rx_intr_enable(self.device.port_id, self.queue) } {
+                0 => self.armed.set(true),
+                e if e == -libc::ENOTSUP => self.level.set(true),
+                _ => return None,
+            }
+        }
+        Some(fd)
     }
 
     fn stats(&self) -> PortStats {
