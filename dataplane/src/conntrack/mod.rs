@@ -546,13 +546,12 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// The fast path's lookup: finds the live IPv4 key (table hash `h`; `hint` a slot that may
-    /// hold it, from [`Conntrack::prefetch_slot`] earlier in the burst, or [`NO_HINT`]) and, when the packet
-    /// (`tcp_flags`) leaves the key's confirmed flow where it is (see [`Conntrack::touch`]),
-    /// returns the key's value and a [`Refresh`] that moves the flow's timer once the caller
-    /// forwarded the packet. `Err(None)`: the key is not tracked (or expired);
-    /// `Err(Some(hit))`: it is, but the packet needs the general path, which can take the hit
-    /// instead of looking again. Nothing changes here: one walk from key to flow instead of a
-    /// lookup, a touch and a value read that each index the slots again.
+    /// hold it, e.g. from [`Conntrack::prefetch_slot`] earlier in the burst, or [`NO_HINT`]) and, when the packet (`tcp_flags`) leaves the key's confirmed flow
+    /// where it is (see [`Conntrack::touch`]), returns the key's value and a [`Refresh`] that
+    /// moves the flow's timer once the caller forwarded the packet. `Err(None)`: the key is not
+    /// tracked (or expired); `Err(Some(hit))`: it is, but the packet needs the general path,
+    /// which can take the hit instead of looking again. Nothing changes here: one walk from key
+    /// to flow instead of a lookup, a touch and a value read that each index the slots again.
     #[inline(always)]
     pub fn lookup_steady(
         &self,
@@ -562,16 +561,11 @@ impl<V: Copy> Conntrack<V> {
         now: Millis,
         tcp_flags: u8,
     ) -> Result<(&V, Refresh), Option<Hit>> {
-        // A live slot holding the key is the key's slot wherever it is (a key is stored once),
-        // so a hint that still holds it saves the bucket search.
-        let hinted = self
-            .slots
-            .get(hint as usize)
-            .filter(|s| s.kw == key.0)
-            .filter(|_| self.tags.get(hint as usize).is_some_and(|&t| t != TAG_FREE));
-        let (slot, s) = match hinted {
-            Some(s) => (hint, s),
-            None => {
+        // A slot holding the key word is the key's slot (a key is stored once, and a freed
+        // slot's word is cleared), so a hint that holds it saves the bucket search.
+        let (slot, s) = match self.slots.get(hint as usize) {
+            Some(s) if s.kw == key.0 => (hint, s),
+            _ => {
                 let i = self.find_with(h, |s| s.kw == key.0).ok_or(None)?;
                 (i, self.slots.get(i as usize).ok_or(None)?)
             }
@@ -820,20 +814,28 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// Removes the flow (given by its flow slot or reply slot) and both its keys; no-op if not in use.
+    ///
+    /// A freed slot's key word is cleared (it matches no key), so a slot whose key word is a
+    /// key's is that key's slot, freed or not since it was found: what lets
+    /// [`Conntrack::lookup_steady`] take a hint without looking at its tag.
     pub fn remove(&mut self, flow: u32) {
         let Some(f) = self.flow_of(flow) else {
             return;
         };
-        let s = &self.slots[f as usize];
-        let peer = s.peer;
-        if s.flags & F_CONFIRMED == 0 {
-            *self.unconfirmed_count_mut(Class::of(s.state)) -= 1;
+        let s = &mut self.slots[f as usize];
+        let (peer, flags, state) = (s.peer, s.flags, s.state);
+        s.kw = KeyWord::default();
+        if flags & F_CONFIRMED == 0 {
+            *self.unconfirmed_count_mut(Class::of(state)) -= 1;
         }
         self.tags[f as usize] = TAG_FREE;
         self.keys -= 1;
         if let Some(t) = self.tags.get_mut(peer as usize) {
             *t = TAG_FREE;
             self.keys -= 1;
+            if let Some(p) = self.slots.get_mut(peer as usize) {
+                p.kw = KeyWord::default();
+            }
         }
         self.len -= 1;
     }

@@ -8,14 +8,14 @@
 //! that would not fit) returns `None` before anything changed, and the general path handles the
 //! packet exactly as it always did.
 
-use crate::conntrack::{Hit, Millis, V4Key};
+use crate::conntrack::{Conntrack, Hit, Millis, V4Key};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
-use crate::wire::nat::{self, IpAt};
-use crate::wire::{self, Ipv4Fields, ETHERTYPE_IPV4, ETH_LEN};
+use crate::wire::nat;
+use crate::wire::{self, Ipv4Fields, V4Flow, ETHERTYPE_IPV4, ETH_LEN};
 
-use super::state::{BurstFrame, Fast, WorkerState};
+use super::state::{BurstFrame, Fast, FlowValue};
 use super::verdict::{Counters, FlowCounters};
 use super::OUR_TTL;
 
@@ -42,8 +42,10 @@ pub(super) enum Outcome {
 #[derive(Debug)]
 pub(super) struct Tally {
     packets: u64,
-    rx_bytes: u64,
-    tx_bytes: u64,
+    /// Bytes received; transmitted are these and `grown`.
+    bytes: u64,
+    /// Bytes the encapsulations added.
+    grown: u64,
     svc: Run,
 }
 
@@ -89,8 +91,8 @@ impl Tally {
     pub(super) const fn new() -> Tally {
         Tally {
             packets: 0,
-            rx_bytes: 0,
-            tx_bytes: 0,
+            bytes: 0,
+            grown: 0,
             svc: Run::NONE,
         }
     }
@@ -99,83 +101,100 @@ impl Tally {
     #[inline(always)]
     pub(super) fn flush(&mut self, c: &mut Counters) {
         c.rx_packets += self.packets;
-        c.rx_bytes += self.rx_bytes;
+        c.rx_bytes += self.bytes;
         c.tx_packets += self.packets;
-        c.tx_bytes += self.tx_bytes;
+        c.tx_bytes += self.bytes + self.grown;
         self.svc.flush(&mut c.services);
         *self = Tally::new();
     }
 }
 
-/// Forwards `pkt` (whose fields, key hash and conntrack slot hint `frame` holds, see
-/// [`Conntrack::prefetch_slot`](crate::conntrack::Conntrack::prefetch_slot)) if it is a fast-path
-/// packet; otherwise changes nothing and says why. Counts the packet in `tally`, which the
-/// caller flushes into the counters (once per burst).
+/// What the fast path works with during a burst, borrowed apart from the worker's scratch
+/// (which holds the burst's candidates) so both can be used at once.
+pub(super) struct Lane<'a> {
+    pub(super) ct: &'a mut Conntrack<FlowValue>,
+    pub(super) counters: &'a mut Counters,
+    pub(super) table: &'a RoutingTable,
+    pub(super) now: Millis,
+}
+
+/// Forwards `pkt` (whose fields and key hash `frame` holds; `hint` its conntrack slot hint, see
+/// [`Conntrack::lookup_steady`]) if it is a fast-path packet; otherwise changes nothing and says
+/// why. Counts the packet in `tally` (and its backend in the counters); the caller flushes
+/// `tally` into the counters (once per burst).
 #[inline(always)]
 pub(super) fn forward(
-    st: &mut WorkerState,
-    table: &RoutingTable,
-    now: Millis,
+    lane: &mut Lane<'_>,
     pkt: &mut PacketBuf<'_>,
     frame: &BurstFrame,
+    hint: u32,
     tally: &mut Tally,
 ) -> Outcome {
-    match forward_tracked(st, table, now, pkt, frame, tally) {
+    match forward_tracked(lane, pkt, frame, hint, tally) {
         Ok(()) => Outcome::Forwarded,
         Err(o) => o,
     }
 }
 
+/// A steady flow the fast path still cannot take (rare: a table swap since the flow was
+/// checked, a fast kind it does not have, a packet too big to encapsulate): its lookup once
+/// more for the general path, kept out of the fast loop so that loop keeps its registers.
+#[cold]
+#[inline(never)]
+fn general(ct: &Conntrack<FlowValue>, f: &V4Flow, h: u64, now: Millis) -> Outcome {
+    Outcome::General(ct.lookup_hashed(&f.key(), h, now))
+}
+
 #[inline(always)]
 fn forward_tracked(
-    st: &mut WorkerState,
-    table: &RoutingTable,
-    now: Millis,
+    lane: &mut Lane<'_>,
     pkt: &mut PacketBuf<'_>,
     frame: &BurstFrame,
+    hint: u32,
     tally: &mut Tally,
 ) -> Result<(), Outcome> {
-    let BurstFrame {
-        flow: ref f,
-        hint,
-        hash: h,
-    } = *frame;
+    let Lane {
+        ct,
+        counters,
+        table,
+        now,
+    } = lane;
+    let (ct, counters, table, now) = (&mut **ct, &mut **counters, *table, *now);
+    let f = &frame.flow;
+    let h = frame.hash;
     let key = V4Key::new(f.src, f.dst, f.ports, f.proto);
-    let (val, refresh) = match st.ct.lookup_steady(key, h, hint, now, f.tcp_flags) {
+    let (val, refresh) = match ct.lookup_steady(key, h, hint, now, f.tcp_flags) {
         Ok(v) => v,
         Err(hit) => return Err(Outcome::General(hit)),
     };
-    // A steady flow the fast path still cannot take (rare: a table swap since the flow was
-    // checked, a fast kind it does not have, a packet too big to encapsulate) looks up once
-    // more for the general path, off the common path.
-    let general = |st: &WorkerState| Err(Outcome::General(st.ct.lookup_hashed(&f.key(), h, now)));
     if val.generation != table.generation {
-        return general(st);
+        return Err(general(ct, f, h, now));
     }
-    let l3_end = usize::from(f.l3_end);
     let rx_len = pkt.len() as u64;
-    match val.fast {
+    let grown = match val.fast {
         Fast::RewriteV4 => {
-            let at = IpAt {
-                l3: ETH_LEN,
-                l4: ETH_LEN + 20,
-                end: l3_end,
-                v4: true,
-                proto: f.proto,
-            };
-            let d = pkt.data_mut();
             let ports = nat::ports(val.new_sport, val.new_dport);
-            let (src, dst) = (val.new_src.v4_octets(), val.new_dst.v4_octets());
-            nat::rewrite_v4(d, at, src, dst, ports, (val.l3_delta, val.l4_delta));
-            wire::set_macs(d, val.mac, val.src_mac);
+            let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
+            let deltas = (val.l3_delta, val.l4_delta);
+            let tcp = f.proto == proto::TCP;
+            let d = pkt.data_mut();
+            let macs = (&val.mac, &val.src_mac);
+            if !nat::rewrite_v4_frame(d, macs, (&addrs.0, &addrs.1), ports, deltas, tcp) {
+                return Err(general(ct, f, h, now));
+            }
+            0
         }
-        Fast::MacV4 => wire::set_macs(pkt.data_mut(), val.mac, val.src_mac),
+        Fast::MacV4 => {
+            wire::set_macs(pkt.data_mut(), val.mac, val.src_mac);
+            0
+        }
         Fast::IpipV4 | Fast::GueV4 => {
+            let l3_end = usize::from(f.l3_end);
             let inner = l3_end - ETH_LEN;
             let gue = val.fast == Fast::GueV4;
             let overhead = if gue { GUE_OVERHEAD } else { IPIP_OVERHEAD };
             if inner + overhead > usize::from(table.local.mtu) || !pkt.push_front(overhead) {
-                return general(st);
+                return Err(general(ct, f, h, now));
             }
             let d = pkt.data_mut();
             let tos = d[overhead + ETH_LEN + 1];
@@ -207,19 +226,19 @@ fn forward_tracked(
                     wire::write_udp(u, f.sport(), val.gue_port, inner as u16);
                 }
             }
+            overhead as u64
         }
-        Fast::No => return general(st),
-    }
-    let c = &mut st.counters;
+        Fast::No => return Err(general(ct, f, h, now)),
+    };
     tally.packets += 1;
-    tally.rx_bytes += rx_len;
-    tally.tx_bytes += pkt.len() as u64;
+    tally.bytes += rx_len;
+    tally.grown += grown;
     // The service and backend count the packet as received, as `count` does.
-    tally.svc.add(&mut c.services, val.svc_stat, rx_len);
-    if let Some(b) = c.backends.get_mut(val.be_stat as usize) {
+    tally.svc.add(&mut counters.services, val.svc_stat, rx_len);
+    if let Some(b) = counters.backends.get_mut(val.be_stat as usize) {
         b.packets += 1;
         b.bytes += rx_len;
     }
-    st.ct.refresh(refresh);
+    ct.refresh(refresh);
     Ok(())
 }

@@ -115,12 +115,15 @@ impl FlowValue {
     }
 }
 
-/// One frame of a burst between the burst's passes: its fields, its conntrack slot hint
-/// ([`NO_HINT`](crate::conntrack::NO_HINT) when none) and its key's table hash (32 bytes).
+/// One fast-path candidate of a burst between the burst's passes: its fields, its index in
+/// the burst, its conntrack slot hint ([`NO_HINT`](crate::conntrack::NO_HINT) when none) and its
+/// key's table hash (32 bytes).
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct BurstFrame {
     pub(super) flow: V4Flow,
     pub(super) hint: u32,
+    /// Index of the frame in the burst.
+    pub(super) idx: u32,
     pub(super) hash: u64,
 }
 
@@ -143,9 +146,9 @@ pub struct WorkerState {
     snat_next: u16,
     snat_addr_next: usize,
     pub(super) generation: Option<u64>,
-    /// A burst's frame fields and table hashes between its two passes (see
-    /// [`process_burst_with`](super::process_burst_with)): kept here so no burst initialises
-    /// an array of its own.
+    /// A burst's fast-path candidates (their fields, hashes and slot hints) between its passes
+    /// (see [`process_burst_with`](super::process_burst_with)): kept here so no burst
+    /// initialises an array of its own.
     pub(super) scratch: [BurstFrame; MAX_BURST],
 }
 
