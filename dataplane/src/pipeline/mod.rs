@@ -162,9 +162,19 @@ pub fn process_burst_with(
         };
         return;
     }
+    let Some(mut scratch) = state.scratch.take() else {
+        // Only a `slow` that runs a burst of its own gets here: frame by frame, then.
+        for (pkt, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+            *v = match fast_one(state, table, now, pkt) {
+                Ok(()) => Verdict::Tx,
+                Err(seen) => slow(state, pkt, seen.as_ref()),
+            };
+        }
+        return;
+    };
     // First pass: the fast-path candidates' fields, index and hash into the worker's scratch
     // (reused, so nothing is initialised per burst), one after the other.
-    let WorkerState { ct, scratch, .. } = &mut *state;
+    let ct = &state.ct;
     let mut k = 0;
     for (i, pkt) in pkts.iter().enumerate() {
         let Some(f) = wire::parse_v4_flow(pkt.data()) else {
@@ -182,58 +192,38 @@ pub fn process_burst_with(
     // Second pass: by now the first frames' tags are in, so each frame's slot can be found and
     // its lines requested while the others arrive (with a table larger than the cache every
     // slot is a miss); the slot found is the lookup's hint, so the search is not repeated.
-    let k = k.min(scratch.len());
-    for b in &mut scratch[..k] {
+    let cands = &mut scratch[..k.min(MAX_BURST)];
+    for b in cands.iter_mut() {
         b.hint = ct.prefetch_slot(b.hash);
     }
-    // Third pass, in the burst's order: each candidate through the fast path, and the frames
-    // before it that are not candidates, or that it gives up, through `slow`.
+    // Third pass, in the burst's order: each candidate through the fast path, the frames that
+    // are not candidates, or that it gives up, through `slow`.
     let mut tally = Tally::new();
-    let mut next = 0;
-    for j in 0..k {
-        let Some(i) = state.scratch.get(j).map(|b| b.idx as usize) else {
-            break;
-        };
-        while next < i {
-            if let (Some(pkt), Some(v)) = (pkts.get_mut(next), verdicts.get_mut(next)) {
-                *v = slow(state, pkt, None);
-            }
-            next += 1;
-        }
-        next = i + 1;
-        let (Some(pkt), Some(v)) = (pkts.get_mut(i), verdicts.get_mut(i)) else {
-            break;
-        };
-        let WorkerState {
-            ct,
-            counters,
-            scratch,
-            ..
-        } = &mut *state;
-        let Some(frame) = scratch.get(j) else {
-            break;
+    let mut cands = cands.iter().peekable();
+    for (i, (pkt, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+        let Some(frame) = cands.next_if(|b| b.idx as usize == i) else {
+            *v = slow(state, pkt, None);
+            continue;
         };
         let mut lane = fast::Lane {
-            ct,
-            counters,
+            ct: &mut state.ct,
+            counters: &mut state.counters,
             table,
             now,
         };
-        match fast::forward(&mut lane, pkt, frame, frame.hint, &mut tally) {
-            Outcome::Forwarded => *v = Verdict::Tx,
+        *v = match fast::forward(&mut lane, pkt, frame, frame.hint, &mut tally) {
+            Outcome::Forwarded => Verdict::Tx,
             Outcome::General(hit) => {
                 let seen = FastMiss {
                     flow: frame.flow,
                     hit,
                 };
-                *v = slow(state, pkt, Some(&seen));
+                slow(state, pkt, Some(&seen))
             }
-        }
-    }
-    for (pkt, v) in pkts.iter_mut().zip(verdicts.iter_mut()).skip(next) {
-        *v = slow(state, pkt, None);
+        };
     }
     tally.flush(&mut state.counters);
+    state.scratch = Some(scratch);
 }
 
 /// [`process`] for a frame the caller already parsed (the worker parses once to steer the frame

@@ -53,6 +53,11 @@ pub struct FlowValue {
     /// interface whose MAC is its source).
     pub(super) src_mac: [u8; 6],
     pub(super) gue_port: u16,
+    /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
+    /// still in `SynSent` is a SYN the backend never answered. (Here, in the padding before
+    /// `generation`: as the only `bool` it holds `Option<FlowValue>`'s niche, which conntrack's
+    /// lookup tests on every packet, so it must sit in the per-packet lines.)
+    pub(super) by_syn: bool,
     pub(super) generation: u64,
     pub(super) new_src: Addr,
     pub(super) new_dst: Addr,
@@ -60,9 +65,6 @@ pub struct FlowValue {
     pub(super) vport: u16,
     pub(super) backend: Addr,
     pub(super) backend_port: u16,
-    /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
-    /// still in `SynSent` is a SYN the backend never answered.
-    pub(super) by_syn: bool,
 }
 
 /// The fixed-layout forwarding a flow's packets qualify for, decided once per flow by
@@ -149,7 +151,9 @@ pub struct WorkerState {
     /// A burst's fast-path candidates (their fields, hashes and slot hints) between its passes
     /// (see [`process_burst_with`](super::process_burst_with)): kept here so no burst
     /// initialises an array of its own.
-    pub(super) scratch: [BurstFrame; MAX_BURST],
+    /// (Taken out while a burst runs, so the burst can read it while the general path borrows
+    /// the rest of the state.)
+    pub(super) scratch: Option<Box<[BurstFrame; MAX_BURST]>>,
 }
 
 impl WorkerState {
@@ -173,7 +177,7 @@ impl WorkerState {
             snat_next: 0,
             snat_addr_next: 0,
             generation: None,
-            scratch: [BurstFrame::default(); MAX_BURST],
+            scratch: Some(Box::new([BurstFrame::default(); MAX_BURST])),
         }
     }
 
@@ -281,8 +285,14 @@ mod tests {
             std::mem::offset_of!(FlowValue, mac),
             std::mem::offset_of!(FlowValue, src_mac),
             std::mem::offset_of!(FlowValue, generation),
+            std::mem::offset_of!(FlowValue, by_syn),
         ] {
             assert!(hot < end);
         }
+        // `by_syn` is the niche conntrack's `Option<FlowValue>` keeps its tag in.
+        assert_eq!(
+            std::mem::size_of::<Option<FlowValue>>(),
+            std::mem::size_of::<FlowValue>()
+        );
     }
 }
