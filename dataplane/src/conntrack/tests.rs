@@ -947,12 +947,12 @@ fn steady_lookup_trusts_a_hint_only_while_its_slot_holds_the_key() {
     ct.observe(f, Dir::Reply, 0, 0);
     let hint = ct.prefetch_slot(h);
     assert_eq!(hint, f, "the hint is the key's slot");
-    let (v, _) = ct.lookup_steady(v4key(&k), h, hint, 1, 0).unwrap();
+    let v = ct.lookup_steady(v4key(&k), h, hint, 1, 0).unwrap();
     assert_eq!(*v, 1);
     // A wrong hint (another live slot) falls back to the search.
     let other = udp_confirmed(&mut ct, 2, 0);
     ct.observe(other, Dir::Reply, 0, 0);
-    let (v, _) = ct.lookup_steady(v4key(&k), h, other, 1, 0).unwrap();
+    let v = ct.lookup_steady(v4key(&k), h, other, 1, 0).unwrap();
     assert_eq!(*v, 1);
     // Removed: the freed slot's key word is cleared, so the stale hint finds nothing.
     ct.remove(f);
@@ -970,7 +970,7 @@ fn a_removed_flows_reply_key_is_not_found_through_a_stale_hint() {
     ct.observe(f, Dir::Reply, 0, 0);
     ct.observe(f, Dir::Original, 0, 0);
     let hint = ct.prefetch_slot(hr);
-    let (v, _) = ct.lookup_steady(v4key(&r), hr, hint, 1, 0).unwrap();
+    let v = ct.lookup_steady(v4key(&r), hr, hint, 1, 0).unwrap();
     assert_eq!(*v, 2);
     ct.remove(f);
     assert_eq!(ct.lookup_steady(v4key(&r), hr, hint, 1, 0), Err(None));

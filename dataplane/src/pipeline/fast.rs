@@ -152,7 +152,7 @@ fn forward_tracked(
     let f = &frame.flow;
     let h = frame.hash;
     let key = V4Key::new(f.src, f.dst, f.ports, f.proto);
-    let (val, refresh) = match ct.lookup_steady(key, h, hint, now, f.tcp_flags) {
+    let val = match ct.lookup_steady(key, h, hint, now, f.tcp_flags) {
         Ok(v) => v,
         Err(hit) => return Err(Outcome::General(hit)),
     };
@@ -223,6 +223,5 @@ fn forward_tracked(
         b.packets += 1;
         b.bytes += rx_len;
     }
-    ct.refresh(refresh);
     Ok(())
 }
