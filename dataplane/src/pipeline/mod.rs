@@ -199,31 +199,53 @@ pub fn process_burst_with(
     // Third pass, in the burst's order: each candidate through the fast path, the frames that
     // are not candidates, or that it gives up, through `slow`.
     let mut tally = Tally::new();
-    let mut cands = cands.iter().peekable();
-    for (i, (pkt, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
-        let Some(frame) = cands.next_if(|b| b.idx as usize == i) else {
-            *v = slow(state, pkt, None);
-            continue;
-        };
-        let mut lane = fast::Lane {
-            ct: &mut state.ct,
-            counters: &mut state.counters,
-            table,
-            now,
-        };
-        *v = match fast::forward(&mut lane, pkt, frame, frame.hint, &mut tally) {
-            Outcome::Forwarded => Verdict::Tx,
-            Outcome::General(hit) => {
-                let seen = FastMiss {
-                    flow: frame.flow,
-                    hit,
-                };
-                slow(state, pkt, Some(&seen))
-            }
-        };
+    if cands.len() == pkts.len() {
+        // Every frame a candidate (the steady state): one walk, no gaps to look for.
+        let all = pkts.iter_mut().zip(verdicts.iter_mut()).zip(cands.iter());
+        for ((pkt, v), frame) in all {
+            *v = candidate(state, table, now, pkt, frame, &mut tally, &mut slow);
+        }
+    } else {
+        let mut cands = cands.iter().peekable();
+        for (i, (pkt, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+            *v = match cands.next_if(|b| b.idx as usize == i) {
+                Some(frame) => candidate(state, table, now, pkt, frame, &mut tally, &mut slow),
+                None => slow(state, pkt, None),
+            };
+        }
     }
     tally.flush(&mut state.counters);
     state.scratch = Some(scratch);
+}
+
+/// A burst's fast-path candidate through the fast path, or `slow` with what the fast path
+/// learned of it.
+#[inline(always)]
+fn candidate(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    frame: &BurstFrame,
+    tally: &mut Tally,
+    slow: &mut impl FnMut(&mut WorkerState, &mut PacketBuf<'_>, Option<&FastMiss>) -> Verdict,
+) -> Verdict {
+    let mut lane = fast::Lane {
+        ct: &mut state.ct,
+        counters: &mut state.counters,
+        table,
+        now,
+    };
+    match fast::forward(&mut lane, pkt, frame, frame.hint, tally) {
+        Outcome::Forwarded => Verdict::Tx,
+        Outcome::General(hit) => {
+            let seen = FastMiss {
+                flow: frame.flow,
+                hit,
+            };
+            slow(state, pkt, Some(&seen))
+        }
+    }
 }
 
 /// [`process`] for a frame the caller already parsed (the worker parses once to steer the frame
