@@ -560,10 +560,11 @@ impl<V: Copy> Conntrack<V> {
         now: Millis,
         tcp_flags: u8,
     ) -> Result<&V, Option<Hit>> {
-        // A slot holding the key word is the key's slot (a key is stored once, and a freed
-        // slot's word is cleared), so a hint that holds it saves the bucket search.
+        // A live slot holding the key word is the key's slot (a key is stored once), so a hint
+        // that holds it saves the bucket search. Its tag is in cache (the burst matched it).
+        let live = |i: u32| self.tags.get(i as usize).is_some_and(|&t| t != TAG_FREE);
         let slot = match self.slots.get(hint as usize) {
-            Some(s) if s.kw == key.0 => hint,
+            Some(s) if s.kw == key.0 && live(hint) => hint,
             _ => self.find_with(h, |s| s.kw == key.0).ok_or(None)?,
         };
         let (tcp, udp) = (self.cfg.timeouts.tcp_established, self.cfg.timeouts.udp);
@@ -824,28 +825,20 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// Removes the flow (given by its flow slot or reply slot) and both its keys; no-op if not in use.
-    ///
-    /// A freed slot's key word is cleared (it matches no key), so a slot whose key word is a
-    /// key's is that key's slot, freed or not since it was found: what lets
-    /// [`Conntrack::lookup_steady`] take a hint without looking at its tag.
     pub fn remove(&mut self, flow: u32) {
         let Some(f) = self.flow_of(flow) else {
             return;
         };
-        let s = &mut self.slots[f as usize];
-        let (peer, flags, state) = (s.peer, s.flags, s.state);
-        s.kw = KeyWord::default();
-        if flags & F_CONFIRMED == 0 {
-            *self.unconfirmed_count_mut(Class::of(state)) -= 1;
+        let s = &self.slots[f as usize];
+        let peer = s.peer;
+        if s.flags & F_CONFIRMED == 0 {
+            *self.unconfirmed_count_mut(Class::of(s.state)) -= 1;
         }
         self.tags[f as usize] = TAG_FREE;
         self.keys -= 1;
         if let Some(t) = self.tags.get_mut(peer as usize) {
             *t = TAG_FREE;
             self.keys -= 1;
-            if let Some(p) = self.slots.get_mut(peer as usize) {
-                p.kw = KeyWord::default();
-            }
         }
         self.len -= 1;
     }

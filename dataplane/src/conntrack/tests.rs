@@ -954,7 +954,7 @@ fn steady_lookup_trusts_a_hint_only_while_its_slot_holds_the_key() {
     ct.observe(other, Dir::Reply, 0, 0);
     let v = ct.lookup_steady(v4key(&k), h, other, 1, 0).unwrap();
     assert_eq!(*v, 1);
-    // Removed: the freed slot's key word is cleared, so the stale hint finds nothing.
+    // Removed: the slot still holds the bytes, but its tag is free, so the hint is not trusted.
     ct.remove(f);
     assert_eq!(ct.lookup_steady(v4key(&k), h, hint, 1, 0), Err(None));
     assert_eq!(ct.lookup_steady(v4key(&k), h, NO_HINT, 1, 0), Err(None));
