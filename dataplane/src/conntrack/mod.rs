@@ -146,13 +146,6 @@ pub struct Hit {
     pub dir: Dir,
 }
 
-/// A flow timer move that [`Conntrack::lookup_steady`] prepared, for [`Conntrack::refresh`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Refresh {
-    flow: u32,
-    deadline: Millis,
-}
-
 /// Why an insert failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError {
@@ -546,75 +539,87 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// The fast path's lookup: finds the live IPv4 key (table hash `h`; `hint` a slot that may
-    /// hold it, from [`Conntrack::prefetch_slot`] earlier in the burst, or [`NO_HINT`]) and, when the packet
-    /// (`tcp_flags`) leaves the key's confirmed flow where it is (see [`Conntrack::touch`]),
-    /// returns the key's value and a [`Refresh`] that moves the flow's timer once the caller
-    /// forwarded the packet. `Err(None)`: the key is not tracked (or expired);
-    /// `Err(Some(hit))`: it is, but the packet needs the general path, which can take the hit
-    /// instead of looking again. Nothing changes here: one walk from key to flow instead of a
-    /// lookup, a touch and a value read that each index the slots again.
+    /// hold it, e.g. from [`Conntrack::prefetch_slot`] earlier in the burst, or [`NO_HINT`]) and,
+    /// when the packet (`tcp_flags`) leaves the key's confirmed flow where it is, moves the
+    /// flow's timer as [`Conntrack::touch`] would and returns the key's value.
+    /// `Err(None)`: the key is not tracked (or expired); `Err(Some(hit))`: it is, but the packet
+    /// needs the general path, which can take the hit instead of looking again; nothing changed
+    /// then. One walk from key to flow instead of a lookup, a touch and a value read that each
+    /// index the slots again.
+    ///
+    /// A caller that still hands an `Ok` packet to the general path (a table swap since the
+    /// flow was checked, a packet too big to encapsulate) leaves the same state behind: that
+    /// path either removes the flow or observes the packet, which moves the timer to the same
+    /// deadline.
     #[inline(always)]
     pub fn lookup_steady(
-        &self,
+        &mut self,
         key: V4Key,
         h: u64,
         hint: u32,
         now: Millis,
         tcp_flags: u8,
-    ) -> Result<(&V, Refresh), Option<Hit>> {
-        // A live slot holding the key is the key's slot wherever it is (a key is stored once),
-        // so a hint that still holds it saves the bucket search.
-        let hinted = self
-            .slots
-            .get(hint as usize)
-            .filter(|s| s.kw == key.0)
-            .filter(|_| self.tags.get(hint as usize).is_some_and(|&t| t != TAG_FREE));
-        let (slot, s) = match hinted {
-            Some(s) => (hint, s),
-            None => {
-                let i = self.find_with(h, |s| s.kw == key.0).ok_or(None)?;
-                (i, self.slots.get(i as usize).ok_or(None)?)
+    ) -> Result<&V, Option<Hit>> {
+        // A live slot holding the key word is the key's slot (a key is stored once), so a hint
+        // that holds it saves the bucket search. Its tag is in cache (the burst matched it).
+        let live = |i: u32| self.tags.get(i as usize).is_some_and(|&t| t != TAG_FREE);
+        let slot = match self.slots.get(hint as usize) {
+            Some(s) if s.kw == key.0 && live(hint) => hint,
+            _ => self.find_with(h, |s| s.kw == key.0).ok_or(None)?,
+        };
+        let (tcp, udp) = (self.cfg.timeouts.tcp_established, self.cfg.timeouts.udp);
+        // The new deadline of a steady flow whose flow slot is `f`; `Err(false)` for an expired
+        // flow, `Err(true)` for one the packet does not leave where it is.
+        let steady = |f: &Slot<V>| {
+            if now >= f.deadline {
+                return Err(false);
             }
-        };
-        // An original key's slot is its flow slot: no second slot to index.
-        let (flow, dir, f) = if s.flags & F_REPLY != 0 {
-            let f = self.slots.get(s.peer as usize).ok_or(None)?;
-            (s.peer, Dir::Reply, f)
-        } else {
-            (slot, Dir::Original, s)
-        };
-        if now >= f.deadline {
-            return Err(None);
-        }
-        let hit = || Some(Hit { slot, flow, dir });
-        if f.flags & F_CONFIRMED == 0 {
-            return Err(hit());
-        }
-        let t = &self.cfg.timeouts;
-        let timeout = match f.state {
-            FlowState::Tcp(TcpState::Established)
-                if tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 =>
-            {
-                t.tcp_established
+            if f.flags & F_CONFIRMED == 0 {
+                return Err(true);
             }
-            FlowState::Udp { replied: true } => t.udp,
-            _ => return Err(hit()),
+            let timeout = match f.state {
+                FlowState::Tcp(TcpState::Established)
+                    if tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 =>
+                {
+                    tcp
+                }
+                FlowState::Udp { replied: true } => udp,
+                _ => return Err(true),
+            };
+            Ok(now.saturating_add(timeout))
         };
-        let value = s.value.as_ref().ok_or_else(hit)?;
-        let refresh = Refresh {
+        let reply = self.slots.get(slot as usize).ok_or(None)?.flags & F_REPLY != 0;
+        if !reply {
+            // An original key's slot is its flow slot: one slot for key, timer and value.
+            let s = self.slots.get_mut(slot as usize).ok_or(None)?;
+            let hit = Some(Hit {
+                slot,
+                flow: slot,
+                dir: Dir::Original,
+            });
+            let deadline = steady(s).map_err(|live| if live { hit } else { None })?;
+            let Some(v) = s.value.as_ref() else {
+                return Err(hit);
+            };
+            s.deadline = deadline;
+            return Ok(v);
+        }
+        let s = self.slots.get(slot as usize).ok_or(None)?;
+        let flow = s.peer;
+        let hit = Some(Hit {
+            slot,
             flow,
-            deadline: now.saturating_add(timeout),
-        };
-        Ok((value, refresh))
-    }
-
-    /// Moves a flow's timer as [`Conntrack::lookup_steady`] prepared it (the table must not
-    /// have changed in between).
-    #[inline(always)]
-    pub fn refresh(&mut self, r: Refresh) {
-        if let Some(f) = self.slots.get_mut(r.flow as usize) {
-            f.deadline = r.deadline;
+            dir: Dir::Reply,
+        });
+        if s.value.is_none() {
+            return Err(hit);
         }
+        let f = self.slots.get_mut(flow as usize).ok_or(None)?;
+        f.deadline = steady(f).map_err(|live| if live { hit } else { None })?;
+        self.slots
+            .get(slot as usize)
+            .and_then(|s| s.value.as_ref())
+            .ok_or(None)
     }
 
     /// The value stored with the key at `slot` (from a [`Hit`] or [`Conntrack::insert`]).

@@ -947,17 +947,42 @@ fn steady_lookup_trusts_a_hint_only_while_its_slot_holds_the_key() {
     ct.observe(f, Dir::Reply, 0, 0);
     let hint = ct.prefetch_slot(h);
     assert_eq!(hint, f, "the hint is the key's slot");
-    let (v, _) = ct.lookup_steady(v4key(&k), h, hint, 1, 0).unwrap();
+    let v = ct.lookup_steady(v4key(&k), h, hint, 1, 0).unwrap();
     assert_eq!(*v, 1);
     // A wrong hint (another live slot) falls back to the search.
     let other = udp_confirmed(&mut ct, 2, 0);
     ct.observe(other, Dir::Reply, 0, 0);
-    let (v, _) = ct.lookup_steady(v4key(&k), h, other, 1, 0).unwrap();
+    let v = ct.lookup_steady(v4key(&k), h, other, 1, 0).unwrap();
     assert_eq!(*v, 1);
     // Removed: the slot still holds the bytes, but its tag is free, so the hint is not trusted.
     ct.remove(f);
     assert_eq!(ct.lookup_steady(v4key(&k), h, hint, 1, 0), Err(None));
     assert_eq!(ct.lookup_steady(v4key(&k), h, NO_HINT, 1, 0), Err(None));
+}
+
+#[test]
+fn a_removed_flows_reply_key_is_not_found_through_a_stale_hint() {
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(64, 64));
+    let (k, r) = (key(1, proto::UDP), rkey(1, proto::UDP));
+    let hr = r.table_hash(DEFAULT_SEED);
+    let f = ct.insert(0, (&k, 1), Some((&r, 2)), UDP_NEW).unwrap();
+    // The backend's reply, then the client's next datagram: replied and confirmed.
+    ct.observe(f, Dir::Reply, 0, 0);
+    ct.observe(f, Dir::Original, 0, 0);
+    let hint = ct.prefetch_slot(hr);
+    let v = ct.lookup_steady(v4key(&r), hr, hint, 1, 0).unwrap();
+    assert_eq!(*v, 2);
+    ct.remove(f);
+    assert_eq!(ct.lookup_steady(v4key(&r), hr, hint, 1, 0), Err(None));
+    // A new flow with the same reply key, stored elsewhere or in the same slot, is the one found.
+    let g = ct
+        .insert(1, (&key(2, proto::UDP), 3), Some((&r, 4)), UDP_NEW)
+        .unwrap();
+    let hit = ct
+        .lookup_steady(v4key(&r), hr, hint, 1, 0)
+        .unwrap_err()
+        .unwrap();
+    assert_eq!((hit.flow, *ct.value(hit.slot)), (g, 4));
 }
 
 #[test]

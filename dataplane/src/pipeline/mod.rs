@@ -69,15 +69,23 @@ fn fast_one(
     pkt: &mut PacketBuf<'_>,
 ) -> Result<(), Option<FastMiss>> {
     let f = wire::parse_v4_flow(pkt.data()).ok_or(None)?;
+    let WorkerState { ct, counters, .. } = state;
     let frame = BurstFrame {
         flow: f,
         hint: NO_HINT,
-        hash: state.ct.hash_v4(f.src, f.dst, f.ports, f.proto),
+        idx: 0,
+        hash: ct.hash_v4(f.src, f.dst, f.ports, f.proto),
     };
     let mut tally = Tally::new();
-    match fast::forward(state, table, now, pkt, &frame, &mut tally) {
+    let mut lane = fast::Lane {
+        ct,
+        counters,
+        table,
+        now,
+    };
+    match fast::forward(&mut lane, pkt, &frame, NO_HINT, &mut tally) {
         Outcome::Forwarded => {
-            tally.flush(&mut state.counters);
+            tally.flush(lane.counters);
             Ok(())
         }
         Outcome::General(hit) => Err(Some(FastMiss { flow: f, hit })),
@@ -107,10 +115,11 @@ pub fn process_general(
 }
 
 /// Runs a burst (at most [`MAX_BURST`] frames; `verdicts[i]` is set for `pkts[i]`) through the
-/// pipeline, as [`process`] would one by one, in two passes: the first reads each frame's flow
-/// fields and prefetches its conntrack bucket, the second forwards the fast-path frames and
-/// gives the others to [`process_general`]. The worker's rx/tx counters of fast-path frames are
-/// added once per burst.
+/// pipeline, as [`process`] would one by one, in three passes: the first reads each frame's
+/// flow fields and prefetches its conntrack bucket's tags, the second finds each candidate's
+/// slot in those tags and prefetches it, the third forwards the fast-path frames and gives the
+/// others to [`process_general`], in the burst's order. The worker's rx/tx counters of
+/// fast-path frames are added once per burst.
 pub fn process_burst(
     state: &mut WorkerState,
     table: &RoutingTable,
@@ -141,7 +150,7 @@ pub fn process_burst_with(
         state.adopt(table);
     }
     let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
-    let mut tally = Tally::new();
+    let (pkts, verdicts) = (&mut pkts[..n], &mut verdicts[..n]);
     if n == 1 {
         // A port that hands frames over one at a time: no burst arrays to fill.
         let (Some(pkt), Some(v)) = (pkts.first_mut(), verdicts.first_mut()) else {
@@ -153,51 +162,90 @@ pub fn process_burst_with(
         };
         return;
     }
-    // First pass: each frame's fields and hash into the worker's scratch (reused, so nothing
-    // is initialised per burst), a bit per frame the fast path may take.
-    let mut parsed = 0u64;
-    let WorkerState { ct, scratch, .. } = &mut *state;
-    for (i, (pkt, slot)) in pkts[..n].iter().zip(scratch.iter_mut()).enumerate() {
-        if let Some(f) = wire::parse_v4_flow(pkt.data()) {
-            let h = ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-            ct.prefetch(h);
-            *slot = BurstFrame {
-                flow: f,
-                hint: NO_HINT,
-                hash: h,
+    let Some(mut scratch) = state.scratch.take() else {
+        // Only a `slow` that runs a burst of its own gets here: frame by frame, then.
+        for (pkt, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+            *v = match fast_one(state, table, now, pkt) {
+                Ok(()) => Verdict::Tx,
+                Err(seen) => slow(state, pkt, seen.as_ref()),
             };
-            parsed |= 1 << i;
         }
+        return;
+    };
+    // First pass: the fast-path candidates' fields, index and hash into the worker's scratch
+    // (reused, so nothing is initialised per burst), one after the other.
+    let ct = &state.ct;
+    let mut k = 0;
+    for (i, pkt) in pkts.iter().enumerate() {
+        let Some(f) = wire::parse_v4_flow(pkt.data()) else {
+            continue;
+        };
+        let h = ct.hash_v4(f.src, f.dst, f.ports, f.proto);
+        ct.prefetch(h);
+        if let Some(b) = scratch.get_mut(k) {
+            b.flow = f;
+            b.idx = i as u32;
+            b.hash = h;
+        }
+        k += 1;
     }
     // Second pass: by now the first frames' tags are in, so each frame's slot can be found and
     // its lines requested while the others arrive (with a table larger than the cache every
     // slot is a miss); the slot found is the lookup's hint, so the search is not repeated.
-    for (i, b) in scratch[..n].iter_mut().enumerate() {
-        if parsed & (1 << i) != 0 {
-            b.hint = ct.prefetch_slot(b.hash);
-        }
+    let cands = &mut scratch[..k.min(MAX_BURST)];
+    for b in cands.iter_mut() {
+        b.hint = ct.prefetch_slot(b.hash);
     }
-    for (i, (pkt, v)) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).enumerate() {
-        let mut seen = None;
-        if parsed & (1 << i) != 0 {
-            if let Some(&frame) = state.scratch.get(i) {
-                match fast::forward(state, table, now, pkt, &frame, &mut tally) {
-                    Outcome::Forwarded => {
-                        *v = Verdict::Tx;
-                        continue;
-                    }
-                    Outcome::General(hit) => {
-                        seen = Some(FastMiss {
-                            flow: frame.flow,
-                            hit,
-                        })
-                    }
-                }
-            }
+    // Third pass, in the burst's order: each candidate through the fast path, the frames that
+    // are not candidates, or that it gives up, through `slow`.
+    let mut tally = Tally::new();
+    if cands.len() == pkts.len() {
+        // Every frame a candidate (the steady state): one walk, no gaps to look for.
+        let all = pkts.iter_mut().zip(verdicts.iter_mut()).zip(cands.iter());
+        for ((pkt, v), frame) in all {
+            *v = candidate(state, table, now, pkt, frame, &mut tally, &mut slow);
         }
-        *v = slow(state, pkt, seen.as_ref());
+    } else {
+        let mut cands = cands.iter().peekable();
+        for (i, (pkt, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+            *v = match cands.next_if(|b| b.idx as usize == i) {
+                Some(frame) => candidate(state, table, now, pkt, frame, &mut tally, &mut slow),
+                None => slow(state, pkt, None),
+            };
+        }
     }
     tally.flush(&mut state.counters);
+    state.scratch = Some(scratch);
+}
+
+/// A burst's fast-path candidate through the fast path, or `slow` with what the fast path
+/// learned of it.
+#[inline(always)]
+fn candidate(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    frame: &BurstFrame,
+    tally: &mut Tally,
+    slow: &mut impl FnMut(&mut WorkerState, &mut PacketBuf<'_>, Option<&FastMiss>) -> Verdict,
+) -> Verdict {
+    let mut lane = fast::Lane {
+        ct: &mut state.ct,
+        counters: &mut state.counters,
+        table,
+        now,
+    };
+    match fast::forward(&mut lane, pkt, frame, frame.hint, tally) {
+        Outcome::Forwarded => Verdict::Tx,
+        Outcome::General(hit) => {
+            let seen = FastMiss {
+                flow: frame.flow,
+                hit,
+            };
+            slow(state, pkt, Some(&seen))
+        }
+    }
 }
 
 /// [`process`] for a frame the caller already parsed (the worker parses once to steer the frame

@@ -53,6 +53,11 @@ pub struct FlowValue {
     /// interface whose MAC is its source).
     pub(super) src_mac: [u8; 6],
     pub(super) gue_port: u16,
+    /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
+    /// still in `SynSent` is a SYN the backend never answered. (Here, in the padding before
+    /// `generation`: as the only `bool` it holds `Option<FlowValue>`'s niche, which conntrack's
+    /// lookup tests on every packet, so it must sit in the per-packet lines.)
+    pub(super) by_syn: bool,
     pub(super) generation: u64,
     pub(super) new_src: Addr,
     pub(super) new_dst: Addr,
@@ -60,9 +65,6 @@ pub struct FlowValue {
     pub(super) vport: u16,
     pub(super) backend: Addr,
     pub(super) backend_port: u16,
-    /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
-    /// still in `SynSent` is a SYN the backend never answered.
-    pub(super) by_syn: bool,
 }
 
 /// The fixed-layout forwarding a flow's packets qualify for, decided once per flow by
@@ -115,12 +117,15 @@ impl FlowValue {
     }
 }
 
-/// One frame of a burst between the burst's passes: its fields, its conntrack slot hint
-/// ([`NO_HINT`](crate::conntrack::NO_HINT) when none) and its key's table hash (32 bytes).
+/// One fast-path candidate of a burst between the burst's passes: its fields, its index in
+/// the burst, its conntrack slot hint ([`NO_HINT`](crate::conntrack::NO_HINT) when none) and its
+/// key's table hash (32 bytes).
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct BurstFrame {
     pub(super) flow: V4Flow,
     pub(super) hint: u32,
+    /// Index of the frame in the burst.
+    pub(super) idx: u32,
     pub(super) hash: u64,
 }
 
@@ -143,10 +148,12 @@ pub struct WorkerState {
     snat_next: u16,
     snat_addr_next: usize,
     pub(super) generation: Option<u64>,
-    /// A burst's frame fields and table hashes between its two passes (see
-    /// [`process_burst_with`](super::process_burst_with)): kept here so no burst initialises
-    /// an array of its own.
-    pub(super) scratch: [BurstFrame; MAX_BURST],
+    /// A burst's fast-path candidates (their fields, hashes and slot hints) between its passes
+    /// (see [`process_burst_with`](super::process_burst_with)): kept here so no burst
+    /// initialises an array of its own.
+    /// (Taken out while a burst runs, so the burst can read it while the general path borrows
+    /// the rest of the state.)
+    pub(super) scratch: Option<Box<[BurstFrame; MAX_BURST]>>,
 }
 
 impl WorkerState {
@@ -170,7 +177,7 @@ impl WorkerState {
             snat_next: 0,
             snat_addr_next: 0,
             generation: None,
-            scratch: [BurstFrame::default(); MAX_BURST],
+            scratch: Some(Box::new([BurstFrame::default(); MAX_BURST])),
         }
     }
 
@@ -278,8 +285,14 @@ mod tests {
             std::mem::offset_of!(FlowValue, mac),
             std::mem::offset_of!(FlowValue, src_mac),
             std::mem::offset_of!(FlowValue, generation),
+            std::mem::offset_of!(FlowValue, by_syn),
         ] {
             assert!(hot < end);
         }
+        // `by_syn` is the niche conntrack's `Option<FlowValue>` keeps its tag in.
+        assert_eq!(
+            std::mem::size_of::<Option<FlowValue>>(),
+            std::mem::size_of::<FlowValue>()
+        );
     }
 }

@@ -109,9 +109,10 @@ impl Delta {
     /// (`u16::from_ne_bytes`), returning the bytes to store the same way: the per-packet form.
     #[inline(always)]
     pub fn apply_wire(self, csum: u16) -> u16 {
-        // Both terms are at most 0xffff, so the sum is at most 0x1fffe and one fold ends below 2^16.
-        let s = u32::from(!csum) + self.0;
-        !(((s & 0xffff) + (s >> 16)) as u16)
+        // A 16-bit add and its carry added back (end-around carry): both terms are at most
+        // 0xffff, so the sum with its carry ends below 2^16 without a second fold.
+        let (s, carry) = (!csum).overflowing_add(self.0 as u16);
+        !s.wrapping_add(u16::from(carry))
     }
 }
 

@@ -156,6 +156,67 @@ pub fn rewrite_v4(
     }
 }
 
+/// [`rewrite_v4`] of an untagged frame whose IPv4 header has no options (IP at 14, transport at
+/// 34), as [`parse_v4_flow`](super::parse_v4_flow) accepted it: the fast path's rewrite, on one
+/// fixed-size view of the frame's first 42 (UDP) or 54 (TCP) bytes, so nothing inside is
+/// bounds-checked again. `macs` are the destination and source MAC, written too; `ports` the
+/// port pair as [`ports`] makes it. `tcp` says
+/// which transport it is (the flow's protocol). False, and nothing written, for a frame
+/// shorter than its headers (which `parse_v4_flow` never accepts).
+#[inline(always)]
+pub fn rewrite_v4_frame(
+    frame: &mut [u8],
+    macs: (&[u8; 6], &[u8; 6]),
+    addrs: (&[u8; 4], &[u8; 4]),
+    ports: u32,
+    (l3_delta, l4_delta): (Delta, Delta),
+    tcp: bool,
+) -> bool {
+    // Checksum fields are loaded and stored native-endian: the deltas are in wire byte order.
+    #[inline(always)]
+    fn head(
+        f: &mut [u8; 42],
+        macs: (&[u8; 6], &[u8; 6]),
+        addrs: (&[u8; 4], &[u8; 4]),
+        ports: u32,
+        l3: Delta,
+    ) {
+        f[..6].copy_from_slice(macs.0);
+        f[6..12].copy_from_slice(macs.1);
+        f[26..30].copy_from_slice(addrs.0);
+        f[30..34].copy_from_slice(addrs.1);
+        let c = l3.apply_wire(u16::from_ne_bytes([f[24], f[25]]));
+        f[24..26].copy_from_slice(&c.to_ne_bytes());
+        f[34..38].copy_from_slice(&ports.to_be_bytes());
+    }
+    if tcp {
+        let Some(f) = frame.first_chunk_mut::<54>() else {
+            return false;
+        };
+        let c = l4_delta.apply_wire(u16::from_ne_bytes([f[50], f[51]]));
+        f[50..52].copy_from_slice(&c.to_ne_bytes());
+        if let Some(h) = f.first_chunk_mut::<42>() {
+            head(h, macs, addrs, ports, l3_delta);
+        }
+    } else {
+        let Some(f) = frame.first_chunk_mut::<42>() else {
+            return false;
+        };
+        let c = u16::from_ne_bytes([f[40], f[41]]);
+        if c != 0 {
+            // A UDP checksum that computes to 0 goes on the wire as 0xffff (0 means none): both
+            // are the same in either byte order.
+            let c = match l4_delta.apply_wire(c) {
+                0 => 0xffff,
+                c => c,
+            };
+            f[40..42].copy_from_slice(&c.to_ne_bytes());
+        }
+        head(f, macs, addrs, ports, l3_delta);
+    }
+    true
+}
+
 /// A fixed-size mutable view at `off`, or `None` past the end.
 #[inline(always)]
 fn arr_mut<const N: usize>(b: &mut [u8], off: usize) -> Option<&mut [u8; N]> {

@@ -661,6 +661,42 @@ proptest! {
     }
 }
 
+proptest! {
+    /// The fast path's rewrite of an untagged frame writes the very bytes `rewrite_v4` and
+    /// `set_macs` write, for TCP, UDP and UDP without a checksum, whatever the new tuple and
+    /// MACs, and refuses (writing nothing) a frame too short for its headers.
+    #[test]
+    fn rewrite_v4_frame_equals_rewrite_v4(
+        frame in prop_oneof![Just(V4_TCP_SYN), Just(V4_UDP_DNS), Just(V4_TCP_ACK_PADDED)],
+        src in any::<[u8; 4]>(),
+        dst in any::<[u8; 4]>(),
+        sport in any::<u16>(),
+        dport in any::<u16>(),
+        macs in any::<([u8; 6], [u8; 6])>(),
+        no_udp_checksum in any::<bool>(),
+    ) {
+        let mut f = hex(frame);
+        let p = parse(&f).expect("sample frames parse");
+        if p.proto == proto::UDP && no_udp_checksum {
+            prop_assert!(put_be16(&mut f, p.l4_off + 6, 0));
+        }
+        let to = FlowKey { src: Addr::v4(src), dst: Addr::v4(dst), sport, dport, proto: p.proto };
+        let deltas = nat::deltas(&p.key(), &to);
+        let at = nat::IpAt { l3: p.l3_off, l4: p.l4_off, end: p.l3_end, v4: true, proto: p.proto };
+        let ports = nat::ports(sport, dport);
+        let mut want = f.clone();
+        nat::rewrite_v4(&mut want, at, src, dst, ports, deltas);
+        crate::wire::set_macs(&mut want, macs.0, macs.1);
+        let tcp = p.proto == proto::TCP;
+        prop_assert!(nat::rewrite_v4_frame(&mut f, (&macs.0, &macs.1), (&src, &dst), ports, deltas, tcp));
+        prop_assert_eq!(&f, &want);
+        let short = if tcp { 53 } else { 41 };
+        let mut cut = want[..short].to_vec();
+        prop_assert!(!nat::rewrite_v4_frame(&mut cut, (&macs.0, &macs.1), (&src, &dst), ports, deltas, tcp));
+        prop_assert_eq!(&cut[..], &want[..short]);
+    }
+}
+
 mod fast_parse {
     use super::super::{parse, parse_v4_flow, parsed_v4};
     use proptest::prelude::*;
