@@ -278,6 +278,8 @@ struct Slot<V> {
 /// Where a key may live, and whether it is already there.
 #[derive(Clone, Copy, Debug)]
 struct Probe {
+    /// The key's [`KeyWord`], computed once for the search and the commit.
+    kw: KeyWord,
     buckets: [usize; 2],
     /// 1 when both choices are the same bucket (a one-bucket table).
     nb: usize,
@@ -341,23 +343,15 @@ fn match_fp(tags: &[u16], fp: u16) -> u32 {
     <&[u16; BUCKET]>::try_from(tags).map_or(0, |t| group::group_match(t, fp))
 }
 
-/// Which bits of a bucket's tags are free.
-#[inline]
-fn match_free(tags: &[u16]) -> u32 {
-    match_with(tags, |t| t == TAG_FREE)
-}
-
-/// A bit per tag of a bucket for which `pred` holds (bit i = slot i). For the insert path.
-#[inline]
-fn match_with(tags: &[u16], pred: impl Fn(u16) -> bool) -> u32 {
-    let Ok(tags) = <&[u16; BUCKET]>::try_from(tags) else {
-        return 0;
-    };
-    let mut m = 0u32;
-    for (i, &t) in tags.iter().enumerate() {
-        m |= u32::from(pred(t)) << i;
-    }
-    m
+/// Which slots of the bucket starting at `b` are free (bit i = slot b + i): one vector compare.
+/// A free tag is the only one whose fingerprint bits are 0 (live fingerprints are at least
+/// [`TAG_MIN`], whatever their unconfirmed bit), so the fingerprint match of 0 is exact.
+#[inline(always)]
+fn match_free(tags: &[u16], b: usize) -> u32 {
+    const _: () = assert!(TAG_FREE == 0 && TAG_MIN > 0);
+    tags.get(b..b + BUCKET)
+        .and_then(|t| <&[u16; BUCKET]>::try_from(t).ok())
+        .map_or(0, |t| group::group_match(t, TAG_FREE))
 }
 
 /// Key slots of a table asked for `capacity`: a power of two, at least [`BUCKET`], at most
@@ -686,11 +680,38 @@ impl<V: Copy> Conntrack<V> {
         reply: Option<(&FlowKey, V)>,
         initial: FlowState,
     ) -> Result<u32, InsertError> {
+        let ha = self.table_hash(orig.0);
+        let reply = reply.map(|(k, v)| (k, self.table_hash(k), v));
+        self.insert_hashed(now, (orig.0, ha, orig.1), reply, initial)
+    }
+
+    /// The hash a key is placed by: what [`Conntrack::insert_hashed`] takes with each key (for
+    /// an IPv4 key the same as [`Conntrack::hash_v4`] of its words).
+    #[inline]
+    pub fn table_hash(&self, key: &FlowKey) -> u64 {
+        key.table_hash(self.seed)
+    }
+
+    /// [`Conntrack::insert`] for keys whose table hashes the caller has already computed (each
+    /// key with its [`Conntrack::table_hash`], e.g. the fast path's [`Conntrack::hash_v4`] of
+    /// the original key, or the hash a port allocation looked the reply key up with), so a new
+    /// flow hashes each key once. A wrong hash stores the key where lookups do not find it.
+    pub fn insert_hashed(
+        &mut self,
+        now: Millis,
+        orig: (&FlowKey, u64, V),
+        reply: Option<(&FlowKey, u64, V)>,
+        initial: FlowState,
+    ) -> Result<u32, InsertError> {
+        debug_assert_eq!(orig.1, self.table_hash(orig.0));
         let class = Class::of(initial);
-        let pa = self.probe(orig.0);
+        let pa = self.probe(orig.0, orig.1);
         let pb = match reply {
-            Some((k, _)) if k == orig.0 => return Err(InsertError::Exists),
-            Some((k, _)) => Some(self.probe(k)),
+            Some((k, _, _)) if k == orig.0 => return Err(InsertError::Exists),
+            Some((k, h, _)) => {
+                debug_assert_eq!(h, self.table_hash(k));
+                Some(self.probe(k, h))
+            }
             None => None,
         };
         let mut plan = Plan::default();
@@ -735,19 +756,19 @@ impl<V: Copy> Conntrack<V> {
         let timeout = self.timeout(initial, false);
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
         self.slots[sa as usize] = Slot {
-            kw: KeyWord::of(orig.0).0,
+            kw: pa.kw,
             key: *orig.0,
             peer: sb,
             deadline: now.saturating_add(timeout),
             state: initial,
             flags: 0,
-            value: Some(orig.1),
+            value: Some(orig.2),
         };
         self.keys += 1;
-        if let (Some(p), Some((k, v))) = (&pb, reply) {
+        if let (Some(p), Some((k, _, v))) = (&pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
             self.slots[sb as usize] = Slot {
-                kw: KeyWord::of(k).0,
+                kw: p.kw,
                 key: *k,
                 peer: sa,
                 deadline: 0,
@@ -854,16 +875,31 @@ impl<V: Copy> Conntrack<V> {
         mut gone: impl FnMut(FlowState, &V),
     ) -> usize {
         let mut removed = 0;
-        for _ in 0..budget.min(self.capacity()) {
+        let mut left = budget.min(self.capacity());
+        // A bucket's worth of slots at a time: the keys in use from one vector compare of the
+        // tags (most of a table sized for its load is free), then only those slots are read.
+        while left > 0 {
             let i = self.cursor;
-            self.cursor = (i + 1) & self.mask;
-            let s = &self.slots[i];
-            if self.tags[i] != TAG_FREE && s.flags & F_REPLY == 0 && now >= s.deadline {
-                if let Some(v) = &s.value {
-                    gone(s.state, v);
+            let b = i & !(BUCKET - 1);
+            let off = i - b;
+            let take = (BUCKET - off).min(left);
+            left -= take;
+            self.cursor = (i + take) & self.mask;
+            let window = ((1u32 << take) - 1) << off;
+            let mut m = !match_free(&self.tags, b) & window;
+            while m != 0 {
+                let j = b + m.trailing_zeros() as usize;
+                m &= m - 1;
+                let s = &self.slots[j];
+                // The tag again: a flow removed earlier in this bucket may have freed its
+                // reply key here.
+                if self.tags[j] != TAG_FREE && s.flags & F_REPLY == 0 && now >= s.deadline {
+                    if let Some(v) = &s.value {
+                        gone(s.state, v);
+                    }
+                    self.remove(j as u32);
+                    removed += 1;
                 }
-                self.remove(i as u32);
-                removed += 1;
             }
         }
         removed
@@ -973,14 +1009,15 @@ impl<V: Copy> Conntrack<V> {
         self.find_with(h, |s| s.kw == kw && (exact || s.key == *key))
     }
 
-    /// Computes a key's buckets and fingerprint and finds its slot.
+    /// A key's buckets, fingerprint and key word from its table hash `h`, and its slot.
     #[inline]
-    fn probe(&self, key: &FlowKey) -> Probe {
-        let h = key.table_hash(self.seed);
+    fn probe(&self, key: &FlowKey, h: u64) -> Probe {
         let (b1, b2, fp) = self.place_hashed(h);
         let nb = if b2 == b1 { 1 } else { 2 };
-        let found = self.find(key, h);
+        let (kw, exact) = KeyWord::of(key);
+        let found = self.find_with(h, |s| s.kw == kw && (exact || s.key == *key));
         Probe {
+            kw,
             buckets: [b1, b2],
             nb,
             fp,
@@ -999,14 +1036,19 @@ impl<V: Copy> Conntrack<V> {
         now: Millis,
     ) -> Result<u32, InsertError> {
         let buckets = &p.buckets[..p.nb];
-        // Free slot in the emptier bucket.
+        // Free slot in the emptier bucket: each bucket's free slots from one vector compare.
         let mut best: Option<(u32, u32)> = None; // (free count, slot)
         for &b in buckets {
-            let m = match_free(&self.tags[b..b + BUCKET]);
-            if let Some(slot) = bits(b, m).map(|i| i as u32).find(|&i| i != exclude) {
+            let m = match_free(&self.tags, b);
+            let not_excluded = match exclude.wrapping_sub(b as u32) {
+                off if off < BUCKET as u32 => !(1u32 << off),
+                _ => u32::MAX,
+            };
+            let usable = m & not_excluded;
+            if usable != 0 {
                 let n = m.count_ones();
                 if best.is_none_or(|(bn, _)| n > bn) {
-                    best = Some((n, slot));
+                    best = Some((n, b as u32 + usable.trailing_zeros()));
                 }
             }
         }
