@@ -80,26 +80,19 @@ fn fast_one(
             tally.flush(&mut state.counters);
             Ok(())
         }
-        Outcome::General(hit) => Err(Some(FastMiss {
-            flow: f,
-            hit,
-            hash: frame.hash,
-        })),
+        Outcome::General(hit) => Err(Some(FastMiss { flow: f, hit })),
     }
 }
 
 /// What the fast path learned of a frame it passed on to the general path: the frame's fields
-/// (it accepted the frame's headers), its conntrack lookup (`None`: untracked or expired) and
-/// its key's table hash, so neither the parse nor the lookup is repeated, and a new flow's
-/// insert does not hash its key again.
+/// (it accepted the frame's headers) and its conntrack lookup (`None`: untracked or expired),
+/// so neither the parse nor the lookup is repeated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastMiss {
     /// The frame's fields.
     pub flow: V4Flow,
     /// Its key's conntrack hit, if any.
     pub hit: Option<Hit>,
-    /// Its key's table hash ([`Conntrack::hash_v4`](crate::conntrack::Conntrack::hash_v4)).
-    pub hash: u64,
 }
 
 /// [`process`] without the fast path: the general parse and classification for every frame.
@@ -197,7 +190,6 @@ pub fn process_burst_with(
                         seen = Some(FastMiss {
                             flow: frame.flow,
                             hit,
-                            hash: frame.hash,
                         })
                     }
                 }
@@ -246,7 +238,7 @@ pub fn process_parsed_as(
     state.counters.rx_packets += 1;
     state.counters.rx_bytes += pkt.len() as u64;
     let v = match parsed {
-        Ok(p) => classify(state, table, now, pkt, p, seen.map(|s| (s.hit, s.hash))),
+        Ok(p) => classify(state, table, now, pkt, p, seen),
         Err(e) => parse_error(table, pkt.data(), e),
     };
     let c = &mut state.counters;
@@ -268,7 +260,7 @@ fn classify(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
     p: Parsed,
-    known: Option<(Option<Hit>, u64)>,
+    seen: Option<&FastMiss>,
 ) -> Verdict {
     match p.l3 {
         L3::Arp => return answer::arp(table, pkt, &p, st.rx_port),
@@ -285,14 +277,20 @@ fn classify(
     match p.proto {
         proto::TCP | proto::UDP => {
             // The key only where it is needed: a hit the fast path found goes on without it.
-            let (hit, hash) = match known {
-                Some((hit, hash)) => (hit, Some(hash)),
-                None => (st.ct.lookup(&p.key(), now), None),
+            let hit = match seen {
+                Some(s) => s.hit,
+                None => st.ct.lookup(&p.key(), now),
             };
             if let Some(hit) = hit {
                 return tracked::tracked(st, table, now, pkt, &p, hit);
             }
             if table.is_vip(p.dst) {
+                // The hash from the fast path's words (what it looked the key up with): no
+                // `FlowKey` to hash.
+                let hash = seen.map(|s| {
+                    let f = &s.flow;
+                    st.ct.hash_v4(f.src, f.dst, f.ports, f.proto)
+                });
                 return new_flow::new_flow(st, table, now, pkt, &p, &p.key(), hash);
             }
             Verdict::ToHost
