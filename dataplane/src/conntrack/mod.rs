@@ -260,7 +260,10 @@ impl V4Key {
 struct Slot<V> {
     /// The key's [`KeyWord`].
     kw: KeyWord,
-    /// Flow slot: the flow is expired when `now >= deadline`.
+    /// Flow slot: the flow is expired when `now >= deadline`. Reply slot of an unconfirmed
+    /// flow: the same deadline (insert and `observe` keep the copy), so eviction compares a
+    /// candidate's deadline where its tag points, without following `peer`; stale once the
+    /// flow is confirmed, and then never read.
     deadline: Millis,
     /// Flow slot: the reply key's slot or [`NO_SLOT`]. Reply slot: the flow slot.
     peer: u32,
@@ -376,19 +379,6 @@ impl Class {
             FlowState::Udp { .. } => Class::Udp,
         }
     }
-}
-
-/// Iterates the set bits of a bucket mask as slot indices.
-#[inline]
-fn bits(base: usize, mut m: u32) -> impl Iterator<Item = usize> {
-    std::iter::from_fn(move || {
-        if m == 0 {
-            return None;
-        }
-        let i = m.trailing_zeros() as usize;
-        m &= m - 1;
-        Some(base + i)
-    })
 }
 
 impl<V: Copy> Conntrack<V> {
@@ -753,13 +743,13 @@ impl<V: Copy> Conntrack<V> {
         for i in 0..plan.n {
             self.remove(plan.flows[i]);
         }
-        let timeout = self.timeout(initial, false);
+        let deadline = now.saturating_add(self.timeout(initial, false));
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
         self.slots[sa as usize] = Slot {
             kw: pa.kw,
             key: *orig.0,
             peer: sb,
-            deadline: now.saturating_add(timeout),
+            deadline,
             state: initial,
             flags: 0,
             value: Some(orig.2),
@@ -771,7 +761,7 @@ impl<V: Copy> Conntrack<V> {
                 kw: p.kw,
                 key: *k,
                 peer: sa,
-                deadline: 0,
+                deadline,
                 state: initial,
                 flags: F_REPLY,
                 value: Some(v),
@@ -808,9 +798,18 @@ impl<V: Copy> Conntrack<V> {
                 *t &= !TAG_UNCONFIRMED;
             }
         }
-        let confirmed = self.slots[f as usize].flags & F_CONFIRMED != 0;
-        let timeout = self.timeout(state, confirmed);
-        self.slots[f as usize].deadline = now.saturating_add(timeout);
+        let (confirmed, peer) = {
+            let s = &self.slots[f as usize];
+            (s.flags & F_CONFIRMED != 0, s.peer)
+        };
+        let deadline = now.saturating_add(self.timeout(state, confirmed));
+        self.slots[f as usize].deadline = deadline;
+        if !confirmed {
+            // The reply key's copy, for eviction (see `Slot::deadline`).
+            if let Some(r) = self.slots.get_mut(peer as usize) {
+                r.deadline = deadline;
+            }
+        }
         state
     }
 
@@ -1105,21 +1104,28 @@ impl<V: Copy> Conntrack<V> {
                 continue;
             };
             // Only the unconfirmed keys' slots: a set of bits from one vector compare.
-            for i in bits(b, group::top_bits(tags)) {
-                if i as u32 == exclude {
-                    continue;
-                }
-                let Some(flow) = self.flow_of(i as u32) else {
+            let mut m = group::top_bits(tags);
+            if let off @ 0..16 = exclude.wrapping_sub(b as u32) {
+                m &= !(1u32 << off);
+            }
+            while m != 0 {
+                let i = b + m.trailing_zeros() as usize;
+                m &= m - 1;
+                let Some(s) = self.slots.get(i) else {
                     continue;
                 };
-                let s = &self.slots[flow as usize];
+                // A reply key holds its unconfirmed flow's deadline and class too: no walk to
+                // the flow slot but for a better candidate.
                 let d = s.deadline;
-                // The class is checked only for a better candidate: most are not.
-                if best.is_none_or(|(_, bd)| d < bd)
-                    && Class::of(s.state) == class
-                    && !plan.contains(flow)
-                {
-                    best = Some((flow, d));
+                if best.is_none_or(|(_, bd)| d < bd) && Class::of(s.state) == class {
+                    let flow = if s.flags & F_REPLY != 0 {
+                        s.peer
+                    } else {
+                        i as u32
+                    };
+                    if !plan.contains(flow) {
+                        best = Some((flow, d));
+                    }
                 }
             }
         }

@@ -737,6 +737,10 @@ fn check_consistent(ct: &Conntrack<u32>, now: Millis) -> Result<(), TestCaseErro
         ct.tags.iter().filter(|&&t| t != TAG_FREE).count()
     );
     for (f, k, _) in flows {
+        // Eviction reads an unconfirmed flow's deadline from whichever key's tag it meets.
+        if let (Some(r), Some(_)) = (ct.reply_slot(f), ct.unconfirmed_class(f)) {
+            prop_assert_eq!(ct.slots[r as usize].deadline, ct.slots[f as usize].deadline);
+        }
         let live = now < ct.deadline(f).unwrap();
         prop_assert_eq!(ct.lookup(k, now).map(|h| h.flow), live.then_some(f));
         if let Some(r) = ct.reply_slot(f) {
