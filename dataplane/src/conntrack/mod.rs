@@ -278,6 +278,31 @@ struct Slot<V> {
     key: FlowKey,
 }
 
+impl<V: Copy> Slot<V> {
+    /// Writes every field in place: a `Slot` built and then assigned was built on the stack
+    /// and copied in whole, twice the stores of a new flow's two keys.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn fill(
+        &mut self,
+        kw: KeyWord,
+        key: &FlowKey,
+        peer: u32,
+        deadline: Millis,
+        state: FlowState,
+        flags: u8,
+        value: &V,
+    ) {
+        self.kw = kw;
+        self.deadline = deadline;
+        self.peer = peer;
+        self.flags = flags;
+        self.state = state;
+        self.value = Some(*value);
+        self.key = *key;
+    }
+}
+
 /// Where a key may live, and whether it is already there.
 #[derive(Clone, Copy, Debug)]
 struct Probe {
@@ -671,8 +696,8 @@ impl<V: Copy> Conntrack<V> {
         initial: FlowState,
     ) -> Result<u32, InsertError> {
         let ha = self.table_hash(orig.0);
-        let reply = reply.map(|(k, v)| (k, self.table_hash(k), v));
-        self.insert_hashed(now, (orig.0, ha, orig.1), reply, initial)
+        let reply = reply.as_ref().map(|(k, v)| (*k, self.table_hash(k), v));
+        self.insert_hashed(now, (orig.0, ha, &orig.1), reply, initial)
     }
 
     /// The hash a key is placed by: what [`Conntrack::insert_hashed`] takes with each key (for
@@ -686,11 +711,12 @@ impl<V: Copy> Conntrack<V> {
     /// key with its [`Conntrack::table_hash`], e.g. the fast path's [`Conntrack::hash_v4`] of
     /// the original key, or the hash a port allocation looked the reply key up with), so a new
     /// flow hashes each key once. A wrong hash stores the key where lookups do not find it.
+    /// The values are copied straight into their slots.
     pub fn insert_hashed(
         &mut self,
         now: Millis,
-        orig: (&FlowKey, u64, V),
-        reply: Option<(&FlowKey, u64, V)>,
+        orig: (&FlowKey, u64, &V),
+        reply: Option<(&FlowKey, u64, &V)>,
         initial: FlowState,
     ) -> Result<u32, InsertError> {
         debug_assert_eq!(orig.1, self.table_hash(orig.0));
@@ -715,9 +741,16 @@ impl<V: Copy> Conntrack<V> {
                 plan.add(flow);
             }
         }
-        let sa = self.choose(&pa, NO_SLOT, &mut plan, class, now)?;
+        // A free slot, the common case, inline; the search for one to reuse is a call.
+        let sa = match self.free_slot(&pa, NO_SLOT) {
+            Some(s) => s,
+            None => self.choose(&pa, NO_SLOT, &mut plan, class, now)?,
+        };
         let sb = match &pb {
-            Some(p) => self.choose(p, sa, &mut plan, class, now)?,
+            Some(p) => match self.free_slot(p, sa) {
+                Some(s) => s,
+                None => self.choose(p, sa, &mut plan, class, now)?,
+            },
             None => NO_SLOT,
         };
         let freed = (0..plan.n)
@@ -745,27 +778,11 @@ impl<V: Copy> Conntrack<V> {
         }
         let deadline = now.saturating_add(self.timeout(initial, false));
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
-        self.slots[sa as usize] = Slot {
-            kw: pa.kw,
-            key: *orig.0,
-            peer: sb,
-            deadline,
-            state: initial,
-            flags: 0,
-            value: Some(orig.2),
-        };
+        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, 0, orig.2);
         self.keys += 1;
         if let (Some(p), Some((k, _, v))) = (&pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
-            self.slots[sb as usize] = Slot {
-                kw: p.kw,
-                key: *k,
-                peer: sa,
-                deadline,
-                state: initial,
-                flags: F_REPLY,
-                value: Some(v),
-            };
+            self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
             self.keys += 1;
         }
         self.len += 1;
@@ -1009,7 +1026,7 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// A key's buckets, fingerprint and key word from its table hash `h`, and its slot.
-    #[inline]
+    #[inline(always)]
     fn probe(&self, key: &FlowKey, h: u64) -> Probe {
         let (b1, b2, fp) = self.place_hashed(h);
         let nb = if b2 == b1 { 1 } else { 2 };
@@ -1024,20 +1041,12 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
-    /// Picks a slot (other than `exclude`) for a key with probe `p`: free, else one the plan already
-    /// frees, else expired, else the least recently active unconfirmed entry of `class`.
-    fn choose(
-        &self,
-        p: &Probe,
-        exclude: u32,
-        plan: &mut Plan,
-        class: Class,
-        now: Millis,
-    ) -> Result<u32, InsertError> {
-        let buckets = &p.buckets[..p.nb];
-        // Free slot in the emptier bucket: each bucket's free slots from one vector compare.
+    /// A free slot (other than `exclude`) for a key with probe `p`, in the emptier of its
+    /// buckets: each bucket's free slots from one vector compare.
+    #[inline(always)]
+    fn free_slot(&self, p: &Probe, exclude: u32) -> Option<u32> {
         let mut best: Option<(u32, u32)> = None; // (free count, slot)
-        for &b in buckets {
+        for &b in &p.buckets[..p.nb] {
             let m = match_free(&self.tags, b);
             let not_excluded = match exclude.wrapping_sub(b as u32) {
                 off if off < BUCKET as u32 => !(1u32 << off),
@@ -1051,7 +1060,22 @@ impl<V: Copy> Conntrack<V> {
                 }
             }
         }
-        if let Some((_, slot)) = best {
+        best.map(|(_, slot)| slot)
+    }
+
+    /// Picks a slot (other than `exclude`) for a key with probe `p`: free, else one the plan already
+    /// frees, else expired, else the least recently active unconfirmed entry of `class`.
+    #[inline(never)]
+    fn choose(
+        &self,
+        p: &Probe,
+        exclude: u32,
+        plan: &mut Plan,
+        class: Class,
+        now: Millis,
+    ) -> Result<u32, InsertError> {
+        let buckets = &p.buckets[..p.nb];
+        if let Some(slot) = self.free_slot(p, exclude) {
             return Ok(slot);
         }
         // Live slot whose flow is going anyway, or has expired.

@@ -94,8 +94,8 @@ pub(super) fn new_flow(
     };
     // The fast path hashed the key already (it looked it up); other frames hash it here.
     let hash = hash.unwrap_or_else(|| st.ct.table_hash(key));
-    let rev = rev.as_ref().map(|(k, h, v)| (k, *h, *v));
-    if let Err(e) = st.ct.insert_hashed(now, (key, hash, fwd), rev, initial) {
+    let rev = rev.as_ref().map(|(k, h, v)| (k, *h, v));
+    if let Err(e) = st.ct.insert_hashed(now, (key, hash, &fwd), rev, initial) {
         return Verdict::Drop(match e {
             InsertError::Full | InsertError::Exists => DropReason::ConntrackFull,
             InsertError::EmbryonicBudget => DropReason::EmbryonicBudget,
