@@ -382,6 +382,19 @@ fn match_free(tags: &[u16], b: usize) -> u32 {
         .map_or(0, |t| group::group_match(t, TAG_FREE))
 }
 
+/// The set bits of two bucket masks (each below 2^16), counted together: one SWAR popcount
+/// of both in one word instead of two (x86_64's baseline has no popcount instruction).
+#[inline(always)]
+fn popcount_pair(a: u32, b: u32) -> (u32, u32) {
+    const _: () = assert!(BUCKET == 16);
+    let mut x = (a & 0xffff) | (b << 16);
+    x -= (x >> 1) & 0x5555_5555;
+    x = (x & 0x3333_3333) + ((x >> 2) & 0x3333_3333);
+    x = (x + (x >> 4)) & 0x0f0f_0f0f;
+    x = (x + (x >> 8)) & 0x00ff_00ff;
+    (x & 0xffff, x >> 16)
+}
+
 /// Key slots of a table asked for `capacity`: a power of two, at least [`BUCKET`], at most
 /// [`MAX_CAPACITY`]. What [`Conntrack::capacity`] reports, so occupancy is measured against it.
 pub fn slots_for(capacity: usize) -> usize {
@@ -1045,22 +1058,29 @@ impl<V: Copy> Conntrack<V> {
     /// buckets: each bucket's free slots from one vector compare.
     #[inline(always)]
     fn free_slot(&self, p: &Probe, exclude: u32) -> Option<u32> {
-        let mut best: Option<(u32, u32)> = None; // (free count, slot)
-        for &b in &p.buckets[..p.nb] {
+        // (free slots, those other than `exclude`) of bucket `b`.
+        let free = |b: usize| {
             let m = match_free(&self.tags, b);
-            let not_excluded = match exclude.wrapping_sub(b as u32) {
-                off if off < BUCKET as u32 => !(1u32 << off),
-                _ => u32::MAX,
-            };
-            let usable = m & not_excluded;
-            if usable != 0 {
-                let n = m.count_ones();
-                if best.is_none_or(|(bn, _)| n > bn) {
-                    best = Some((n, b as u32 + usable.trailing_zeros()));
-                }
+            match exclude.wrapping_sub(b as u32) {
+                off if off < BUCKET as u32 => (m, m & !(1u32 << off)),
+                _ => (m, m),
             }
+        };
+        let [b1, b2] = p.buckets;
+        let (m1, u1) = free(b1);
+        let at = |b: usize, u: u32| b as u32 + u.trailing_zeros();
+        if p.nb == 1 {
+            return (u1 != 0).then(|| at(b1, u1));
         }
-        best.map(|(_, slot)| slot)
+        let (m2, u2) = free(b2);
+        // The second bucket only when it has strictly more free slots (or the first has none
+        // to offer): both counts from one SWAR popcount.
+        let (n1, n2) = popcount_pair(m1, m2);
+        if u2 != 0 && (u1 == 0 || n2 > n1) {
+            Some(at(b2, u2))
+        } else {
+            (u1 != 0).then(|| at(b1, u1))
+        }
     }
 
     /// Picks a slot (other than `exclude`) for a key with probe `p`: free, else one the plan already

@@ -931,6 +931,14 @@ proptest! {
     }
 }
 
+proptest! {
+    /// The paired popcount that picks the emptier bucket counts as `count_ones` does.
+    #[test]
+    fn popcount_pair_counts_each_bucket_mask(a in 0u32..1 << 16, b in 0u32..1 << 16) {
+        prop_assert_eq!(popcount_pair(a, b), (a.count_ones(), b.count_ones()));
+    }
+}
+
 /// The fast path's key of `k` (an IPv4 key), as `wire::V4Flow` loads its words.
 fn v4key(k: &FlowKey) -> V4Key {
     let w = |a: &Addr| u32::from_ne_bytes(a.v4_octets());
