@@ -253,7 +253,10 @@ impl V4Key {
 struct Slot<V> {
     /// The key's [`KeyWord`].
     kw: KeyWord,
-    /// Flow slot: the flow is expired when `now >= deadline`.
+    /// Flow slot: the flow is expired when `now >= deadline`. Reply slot of an unconfirmed
+    /// flow: the same deadline (insert and `observe` keep the copy), so eviction compares a
+    /// candidate's deadline where its tag points, without following `peer`; stale once the
+    /// flow is confirmed, and then never read.
     deadline: Millis,
     /// Flow slot: the reply key's slot or [`NO_SLOT`]. Reply slot: the flow slot.
     peer: u32,
@@ -268,9 +271,36 @@ struct Slot<V> {
     key: FlowKey,
 }
 
+impl<V: Copy> Slot<V> {
+    /// Writes every field in place: a `Slot` built and then assigned was built on the stack
+    /// and copied in whole, twice the stores of a new flow's two keys.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn fill(
+        &mut self,
+        kw: KeyWord,
+        key: &FlowKey,
+        peer: u32,
+        deadline: Millis,
+        state: FlowState,
+        flags: u8,
+        value: &V,
+    ) {
+        self.kw = kw;
+        self.deadline = deadline;
+        self.peer = peer;
+        self.flags = flags;
+        self.state = state;
+        self.value = Some(*value);
+        self.key = *key;
+    }
+}
+
 /// Where a key may live, and whether it is already there.
 #[derive(Clone, Copy, Debug)]
 struct Probe {
+    /// The key's [`KeyWord`], computed once for the search and the commit.
+    kw: KeyWord,
     buckets: [usize; 2],
     /// 1 when both choices are the same bucket (a one-bucket table).
     nb: usize,
@@ -334,23 +364,28 @@ fn match_fp(tags: &[u16], fp: u16) -> u32 {
     <&[u16; BUCKET]>::try_from(tags).map_or(0, |t| group::group_match(t, fp))
 }
 
-/// Which bits of a bucket's tags are free.
-#[inline]
-fn match_free(tags: &[u16]) -> u32 {
-    match_with(tags, |t| t == TAG_FREE)
+/// Which slots of the bucket starting at `b` are free (bit i = slot b + i): one vector compare.
+/// A free tag is the only one whose fingerprint bits are 0 (live fingerprints are at least
+/// [`TAG_MIN`], whatever their unconfirmed bit), so the fingerprint match of 0 is exact.
+#[inline(always)]
+fn match_free(tags: &[u16], b: usize) -> u32 {
+    const _: () = assert!(TAG_FREE == 0 && TAG_MIN > 0);
+    tags.get(b..b + BUCKET)
+        .and_then(|t| <&[u16; BUCKET]>::try_from(t).ok())
+        .map_or(0, |t| group::group_match(t, TAG_FREE))
 }
 
-/// A bit per tag of a bucket for which `pred` holds (bit i = slot i). For the insert path.
-#[inline]
-fn match_with(tags: &[u16], pred: impl Fn(u16) -> bool) -> u32 {
-    let Ok(tags) = <&[u16; BUCKET]>::try_from(tags) else {
-        return 0;
-    };
-    let mut m = 0u32;
-    for (i, &t) in tags.iter().enumerate() {
-        m |= u32::from(pred(t)) << i;
-    }
-    m
+/// The set bits of two bucket masks (each below 2^16), counted together: one SWAR popcount
+/// of both in one word instead of two (x86_64's baseline has no popcount instruction).
+#[inline(always)]
+fn popcount_pair(a: u32, b: u32) -> (u32, u32) {
+    const _: () = assert!(BUCKET == 16);
+    let mut x = (a & 0xffff) | (b << 16);
+    x -= (x >> 1) & 0x5555_5555;
+    x = (x & 0x3333_3333) + ((x >> 2) & 0x3333_3333);
+    x = (x + (x >> 4)) & 0x0f0f_0f0f;
+    x = (x + (x >> 8)) & 0x00ff_00ff;
+    (x & 0xffff, x >> 16)
 }
 
 /// Key slots of a table asked for `capacity`: a power of two, at least [`BUCKET`], at most
@@ -375,19 +410,6 @@ impl Class {
             FlowState::Udp { .. } => Class::Udp,
         }
     }
-}
-
-/// Iterates the set bits of a bucket mask as slot indices.
-#[inline]
-fn bits(base: usize, mut m: u32) -> impl Iterator<Item = usize> {
-    std::iter::from_fn(move || {
-        if m == 0 {
-            return None;
-        }
-        let i = m.trailing_zeros() as usize;
-        m &= m - 1;
-        Some(base + i)
-    })
 }
 
 impl<V: Copy> Conntrack<V> {
@@ -691,11 +713,39 @@ impl<V: Copy> Conntrack<V> {
         reply: Option<(&FlowKey, V)>,
         initial: FlowState,
     ) -> Result<u32, InsertError> {
+        let ha = self.table_hash(orig.0);
+        let reply = reply.as_ref().map(|(k, v)| (*k, self.table_hash(k), v));
+        self.insert_hashed(now, (orig.0, ha, &orig.1), reply, initial)
+    }
+
+    /// The hash a key is placed by: what [`Conntrack::insert_hashed`] takes with each key (for
+    /// an IPv4 key the same as [`Conntrack::hash_v4`] of its words).
+    #[inline]
+    pub fn table_hash(&self, key: &FlowKey) -> u64 {
+        key.table_hash(self.seed)
+    }
+
+    /// [`Conntrack::insert`] for keys whose table hashes the caller has already computed (each
+    /// key with its [`Conntrack::table_hash`], e.g. the fast path's [`Conntrack::hash_v4`] of
+    /// the original key, or the hash a port allocation looked the reply key up with), so a new
+    /// flow hashes each key once. A wrong hash stores the key where lookups do not find it.
+    /// The values are copied straight into their slots.
+    pub fn insert_hashed(
+        &mut self,
+        now: Millis,
+        orig: (&FlowKey, u64, &V),
+        reply: Option<(&FlowKey, u64, &V)>,
+        initial: FlowState,
+    ) -> Result<u32, InsertError> {
+        debug_assert_eq!(orig.1, self.table_hash(orig.0));
         let class = Class::of(initial);
-        let pa = self.probe(orig.0);
+        let pa = self.probe(orig.0, orig.1);
         let pb = match reply {
-            Some((k, _)) if k == orig.0 => return Err(InsertError::Exists),
-            Some((k, _)) => Some(self.probe(k)),
+            Some((k, _, _)) if k == orig.0 => return Err(InsertError::Exists),
+            Some((k, h, _)) => {
+                debug_assert_eq!(h, self.table_hash(k));
+                Some(self.probe(k, h))
+            }
             None => None,
         };
         let mut plan = Plan::default();
@@ -709,9 +759,16 @@ impl<V: Copy> Conntrack<V> {
                 plan.add(flow);
             }
         }
-        let sa = self.choose(&pa, NO_SLOT, &mut plan, class, now)?;
+        // A free slot, the common case, inline; the search for one to reuse is a call.
+        let sa = match self.free_slot(&pa, NO_SLOT) {
+            Some(s) => s,
+            None => self.choose(&pa, NO_SLOT, &mut plan, class, now)?,
+        };
         let sb = match &pb {
-            Some(p) => self.choose(p, sa, &mut plan, class, now)?,
+            Some(p) => match self.free_slot(p, sa) {
+                Some(s) => s,
+                None => self.choose(p, sa, &mut plan, class, now)?,
+            },
             None => NO_SLOT,
         };
         let freed = (0..plan.n)
@@ -737,29 +794,13 @@ impl<V: Copy> Conntrack<V> {
         for i in 0..plan.n {
             self.remove(plan.flows[i]);
         }
-        let timeout = self.timeout(initial, false);
+        let deadline = now.saturating_add(self.timeout(initial, false));
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
-        self.slots[sa as usize] = Slot {
-            kw: KeyWord::of(orig.0).0,
-            key: *orig.0,
-            peer: sb,
-            deadline: now.saturating_add(timeout),
-            state: initial,
-            flags: 0,
-            value: Some(orig.1),
-        };
+        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, 0, orig.2);
         self.keys += 1;
-        if let (Some(p), Some((k, v))) = (&pb, reply) {
+        if let (Some(p), Some((k, _, v))) = (&pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
-            self.slots[sb as usize] = Slot {
-                kw: KeyWord::of(k).0,
-                key: *k,
-                peer: sa,
-                deadline: 0,
-                state: initial,
-                flags: F_REPLY,
-                value: Some(v),
-            };
+            self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
             self.keys += 1;
         }
         self.len += 1;
@@ -792,9 +833,18 @@ impl<V: Copy> Conntrack<V> {
                 *t &= !TAG_UNCONFIRMED;
             }
         }
-        let confirmed = self.slots[f as usize].flags & F_CONFIRMED != 0;
-        let timeout = self.timeout(state, confirmed);
-        self.slots[f as usize].deadline = now.saturating_add(timeout);
+        let (confirmed, peer) = {
+            let s = &self.slots[f as usize];
+            (s.flags & F_CONFIRMED != 0, s.peer)
+        };
+        let deadline = now.saturating_add(self.timeout(state, confirmed));
+        self.slots[f as usize].deadline = deadline;
+        if !confirmed {
+            // The reply key's copy, for eviction (see `Slot::deadline`).
+            if let Some(r) = self.slots.get_mut(peer as usize) {
+                r.deadline = deadline;
+            }
+        }
         state
     }
 
@@ -859,16 +909,31 @@ impl<V: Copy> Conntrack<V> {
         mut gone: impl FnMut(FlowState, &V),
     ) -> usize {
         let mut removed = 0;
-        for _ in 0..budget.min(self.capacity()) {
+        let mut left = budget.min(self.capacity());
+        // A bucket's worth of slots at a time: the keys in use from one vector compare of the
+        // tags (most of a table sized for its load is free), then only those slots are read.
+        while left > 0 {
             let i = self.cursor;
-            self.cursor = (i + 1) & self.mask;
-            let s = &self.slots[i];
-            if self.tags[i] != TAG_FREE && s.flags & F_REPLY == 0 && now >= s.deadline {
-                if let Some(v) = &s.value {
-                    gone(s.state, v);
+            let b = i & !(BUCKET - 1);
+            let off = i - b;
+            let take = (BUCKET - off).min(left);
+            left -= take;
+            self.cursor = (i + take) & self.mask;
+            let window = ((1u32 << take) - 1) << off;
+            let mut m = !match_free(&self.tags, b) & window;
+            while m != 0 {
+                let j = b + m.trailing_zeros() as usize;
+                m &= m - 1;
+                let s = &self.slots[j];
+                // The tag again: a flow removed earlier in this bucket may have freed its
+                // reply key here.
+                if self.tags[j] != TAG_FREE && s.flags & F_REPLY == 0 && now >= s.deadline {
+                    if let Some(v) = &s.value {
+                        gone(s.state, v);
+                    }
+                    self.remove(j as u32);
+                    removed += 1;
                 }
-                self.remove(i as u32);
-                removed += 1;
             }
         }
         removed
@@ -978,14 +1043,15 @@ impl<V: Copy> Conntrack<V> {
         self.find_with(h, |s| s.kw == kw && (exact || s.key == *key))
     }
 
-    /// Computes a key's buckets and fingerprint and finds its slot.
-    #[inline]
-    fn probe(&self, key: &FlowKey) -> Probe {
-        let h = key.table_hash(self.seed);
+    /// A key's buckets, fingerprint and key word from its table hash `h`, and its slot.
+    #[inline(always)]
+    fn probe(&self, key: &FlowKey, h: u64) -> Probe {
         let (b1, b2, fp) = self.place_hashed(h);
         let nb = if b2 == b1 { 1 } else { 2 };
-        let found = self.find(key, h);
+        let (kw, exact) = KeyWord::of(key);
+        let found = self.find_with(h, |s| s.kw == kw && (exact || s.key == *key));
         Probe {
+            kw,
             buckets: [b1, b2],
             nb,
             fp,
@@ -993,8 +1059,38 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
+    /// A free slot (other than `exclude`) for a key with probe `p`, in the emptier of its
+    /// buckets: each bucket's free slots from one vector compare.
+    #[inline(always)]
+    fn free_slot(&self, p: &Probe, exclude: u32) -> Option<u32> {
+        // (free slots, those other than `exclude`) of bucket `b`.
+        let free = |b: usize| {
+            let m = match_free(&self.tags, b);
+            match exclude.wrapping_sub(b as u32) {
+                off if off < BUCKET as u32 => (m, m & !(1u32 << off)),
+                _ => (m, m),
+            }
+        };
+        let [b1, b2] = p.buckets;
+        let (m1, u1) = free(b1);
+        let at = |b: usize, u: u32| b as u32 + u.trailing_zeros();
+        if p.nb == 1 {
+            return (u1 != 0).then(|| at(b1, u1));
+        }
+        let (m2, u2) = free(b2);
+        // The second bucket only when it has strictly more free slots (or the first has none
+        // to offer): both counts from one SWAR popcount.
+        let (n1, n2) = popcount_pair(m1, m2);
+        if u2 != 0 && (u1 == 0 || n2 > n1) {
+            Some(at(b2, u2))
+        } else {
+            (u1 != 0).then(|| at(b1, u1))
+        }
+    }
+
     /// Picks a slot (other than `exclude`) for a key with probe `p`: free, else one the plan already
     /// frees, else expired, else the least recently active unconfirmed entry of `class`.
+    #[inline(never)]
     fn choose(
         &self,
         p: &Probe,
@@ -1004,18 +1100,7 @@ impl<V: Copy> Conntrack<V> {
         now: Millis,
     ) -> Result<u32, InsertError> {
         let buckets = &p.buckets[..p.nb];
-        // Free slot in the emptier bucket.
-        let mut best: Option<(u32, u32)> = None; // (free count, slot)
-        for &b in buckets {
-            let m = match_free(&self.tags[b..b + BUCKET]);
-            if let Some(slot) = bits(b, m).map(|i| i as u32).find(|&i| i != exclude) {
-                let n = m.count_ones();
-                if best.is_none_or(|(bn, _)| n > bn) {
-                    best = Some((n, slot));
-                }
-            }
-        }
-        if let Some((_, slot)) = best {
+        if let Some(slot) = self.free_slot(p, exclude) {
             return Ok(slot);
         }
         // Live slot whose flow is going anyway, or has expired.
@@ -1068,21 +1153,28 @@ impl<V: Copy> Conntrack<V> {
                 continue;
             };
             // Only the unconfirmed keys' slots: a set of bits from one vector compare.
-            for i in bits(b, group::top_bits(tags)) {
-                if i as u32 == exclude {
-                    continue;
-                }
-                let Some(flow) = self.flow_of(i as u32) else {
+            let mut m = group::top_bits(tags);
+            if let off @ 0..16 = exclude.wrapping_sub(b as u32) {
+                m &= !(1u32 << off);
+            }
+            while m != 0 {
+                let i = b + m.trailing_zeros() as usize;
+                m &= m - 1;
+                let Some(s) = self.slots.get(i) else {
                     continue;
                 };
-                let s = &self.slots[flow as usize];
+                // A reply key holds its unconfirmed flow's deadline and class too: no walk to
+                // the flow slot but for a better candidate.
                 let d = s.deadline;
-                // The class is checked only for a better candidate: most are not.
-                if best.is_none_or(|(_, bd)| d < bd)
-                    && Class::of(s.state) == class
-                    && !plan.contains(flow)
-                {
-                    best = Some((flow, d));
+                if best.is_none_or(|(_, bd)| d < bd) && Class::of(s.state) == class {
+                    let flow = if s.flags & F_REPLY != 0 {
+                        s.peer
+                    } else {
+                        i as u32
+                    };
+                    if !plan.contains(flow) {
+                        best = Some((flow, d));
+                    }
                 }
             }
         }

@@ -462,7 +462,7 @@ fn embryonic_budget_fails_when_no_embryonic_flow_shares_the_window() {
     ct.insert(0, (&a, 0u8), None, SYN_SENT).unwrap();
     ct.insert(0, (&b, 0u8), None, SYN_SENT).unwrap();
     let shares = |ct: &Conntrack<u8>, k: &FlowKey| {
-        let p = ct.probe(k);
+        let p = ct.probe(k, ct.table_hash(k));
         [a, b].iter().any(|x| {
             let s = ct.lookup(x, 0).unwrap().slot as usize;
             p.buckets.iter().any(|&bk| (bk..bk + BUCKET).contains(&s))
@@ -737,6 +737,10 @@ fn check_consistent(ct: &Conntrack<u32>, now: Millis) -> Result<(), TestCaseErro
         ct.tags.iter().filter(|&&t| t != TAG_FREE).count()
     );
     for (f, k, _) in flows {
+        // Eviction reads an unconfirmed flow's deadline from whichever key's tag it meets.
+        if let (Some(r), Some(_)) = (ct.reply_slot(f), ct.unconfirmed_class(f)) {
+            prop_assert_eq!(ct.slots[r as usize].deadline, ct.slots[f as usize].deadline);
+        }
         let live = now < ct.deadline(f).unwrap();
         prop_assert_eq!(ct.lookup(k, now).map(|h| h.flow), live.then_some(f));
         if let Some(r) = ct.reply_slot(f) {
@@ -919,9 +923,19 @@ proptest! {
         fp in prop_oneof![Just(TAG_MIN), Just(TAG_FP), TAG_MIN..=TAG_FP],
     ) {
         let fp_want = (0..BUCKET).filter(|&i| tags[i] & TAG_FP == fp).fold(0, |m, i| m | 1 << i);
-        let free_want = (0..BUCKET).filter(|&i| tags[i] == TAG_FREE).fold(0, |m, i| m | 1 << i);
         prop_assert_eq!(match_fp(&tags, fp), fp_want);
-        prop_assert_eq!(match_free(&tags), free_want);
+        // The free match over tags a table can hold: a fingerprint below TAG_MIN only when free.
+        let held = tags.map(|t| if t & TAG_FP < TAG_MIN { TAG_FREE } else { t });
+        let free_want = (0..BUCKET).filter(|&i| held[i] == TAG_FREE).fold(0, |m, i| m | 1 << i);
+        prop_assert_eq!(match_free(&held, 0), free_want);
+    }
+}
+
+proptest! {
+    /// The paired popcount that picks the emptier bucket counts as `count_ones` does.
+    #[test]
+    fn popcount_pair_counts_each_bucket_mask(a in 0u32..1 << 16, b in 0u32..1 << 16) {
+        prop_assert_eq!(popcount_pair(a, b), (a.count_ones(), b.count_ones()));
     }
 }
 

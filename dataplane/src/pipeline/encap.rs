@@ -6,9 +6,67 @@ use crate::table::RoutingTable;
 use crate::wire::{self, Ipv4Fields, Ipv6Fields, Parsed, L3};
 
 use super::icmp::too_big;
-use super::state::{Action, FlowValue};
+use super::state::{Action, Fast, FlowValue};
 use super::verdict::{DropReason, Verdict};
 use super::OUR_TTL;
+
+/// [`encap`] of an untagged IPv4 packet by a flow value sealed `Fast::IpipV4` or `Fast::GueV4`:
+/// the outer headers at fixed offsets, as the fast path writes an established flow's (the same
+/// bytes `encap` writes). The general path's packets of such flows (a handshake's, a SYN's
+/// retransmission) take it too. `None`, with nothing changed: another packet or flow, or one
+/// that does not fit (too big for the MTU, no headroom), for `encap` to answer.
+#[inline(always)]
+pub(super) fn encap_v4(
+    table: &RoutingTable,
+    pkt: &mut PacketBuf<'_>,
+    p: &Parsed,
+    val: &FlowValue,
+    entropy: u16,
+) -> Option<Verdict> {
+    let gue = match val.fast {
+        Fast::IpipV4 => false,
+        Fast::GueV4 => true,
+        _ => return None,
+    };
+    if p.l3 != L3::Ipv4 || p.l3_off != wire::ETH_LEN {
+        return None;
+    }
+    let inner = p.l3_end - p.l3_off;
+    let udp = if gue { 8 } else { 0 };
+    let overhead = 20 + udp;
+    if inner + overhead > usize::from(table.local.mtu) || !pkt.push_front(overhead) {
+        return None;
+    }
+    let d = pkt.data_mut();
+    let tos = d.get(overhead + wire::ETH_LEN + 1).copied().unwrap_or(0);
+    if let Some(eth) = d.get_mut(..wire::ETH_LEN) {
+        eth[..6].copy_from_slice(&val.mac);
+        eth[6..12].copy_from_slice(&val.src_mac);
+        eth[12..].copy_from_slice(&wire::ETHERTYPE_IPV4.to_be_bytes());
+    }
+    if let Some(out) = d.get_mut(wire::ETH_LEN..) {
+        wire::write_ipv4(
+            out,
+            &Ipv4Fields {
+                src: val.new_src.v4_octets(),
+                dst: val.new_dst.v4_octets(),
+                proto: if gue { proto::UDP } else { proto::IPIP },
+                payload_len: (inner + udp) as u16,
+                ttl: OUR_TTL,
+                tos,
+                id: 0,
+                flags_frag: 0,
+            },
+        );
+    }
+    if gue {
+        // No UDP checksum over IPv4, as `encap`.
+        if let Some(u) = d.get_mut(wire::ETH_LEN + 20..) {
+            wire::write_udp(u, entropy, val.gue_port, inner as u16);
+        }
+    }
+    Some(Verdict::Tx)
+}
 
 /// Puts the frame's IP packet, unchanged, inside an outer IP (and UDP for GUE) header.
 pub(super) fn encap(

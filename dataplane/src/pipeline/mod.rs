@@ -286,7 +286,7 @@ pub fn process_parsed_as(
     state.counters.rx_packets += 1;
     state.counters.rx_bytes += pkt.len() as u64;
     let v = match parsed {
-        Ok(p) => classify(state, table, now, pkt, p, seen.map(|s| s.hit)),
+        Ok(p) => classify(state, table, now, pkt, p, seen),
         Err(e) => parse_error(table, pkt.data(), e),
     };
     let c = &mut state.counters;
@@ -308,7 +308,7 @@ fn classify(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
     p: Parsed,
-    known: Option<Option<Hit>>,
+    seen: Option<&FastMiss>,
 ) -> Verdict {
     match p.l3 {
         L3::Arp => return answer::arp(table, pkt, &p, st.rx_port),
@@ -324,16 +324,22 @@ fn classify(
     }
     match p.proto {
         proto::TCP | proto::UDP => {
-            let key = p.key();
-            let hit = match known {
-                Some(hit) => hit,
-                None => st.ct.lookup(&key, now),
+            // The key only where it is needed: a hit the fast path found goes on without it.
+            let hit = match seen {
+                Some(s) => s.hit,
+                None => st.ct.lookup(&p.key(), now),
             };
             if let Some(hit) = hit {
                 return tracked::tracked(st, table, now, pkt, &p, hit);
             }
             if table.is_vip(p.dst) {
-                return new_flow::new_flow(st, table, now, pkt, &p, &key);
+                // The hash from the fast path's words (what it looked the key up with): no
+                // `FlowKey` to hash.
+                let hash = seen.map(|s| {
+                    let f = &s.flow;
+                    st.ct.hash_v4(f.src, f.dst, f.ports, f.proto)
+                });
+                return new_flow::new_flow(st, table, now, pkt, &p, &p.key(), hash);
             }
             Verdict::ToHost
         }

@@ -22,6 +22,7 @@ pub(super) fn new_flow(
     pkt: &mut PacketBuf<'_>,
     p: &Parsed,
     key: &FlowKey,
+    hash: Option<u64>,
 ) -> Verdict {
     let Some((_, svc)) = table.service_for(p.dst, p.proto, p.dport) else {
         return Verdict::Drop(DropReason::NoService);
@@ -50,35 +51,29 @@ pub(super) fn new_flow(
     match pool.mode {
         Mode::FullNat => {
             let want_v4 = be.addr.is_v4();
-            let (snat, port) = match snat_alloc(st, pool, be, fwd.new_dport, p.proto, want_v4, now)
+            let (rkey, rhash) = match snat_alloc(st, pool, be, fwd.new_dport, p.proto, want_v4, now)
             {
                 Ok(a) => a,
                 Err(r) => return Verdict::Drop(r),
             };
-            let rkey = FlowKey {
-                src: be.addr,
-                dst: snat,
-                sport: fwd.new_dport,
-                dport: port,
-                proto: p.proto,
-            };
-            fwd.new_src = snat;
-            fwd.new_sport = port;
-            reply = Some(rkey);
+            fwd.new_src = rkey.dst;
+            fwd.new_sport = rkey.dport;
+            reply = Some((rkey, rhash));
         }
         Mode::Nat => {
-            reply = Some(FlowKey {
+            let rkey = FlowKey {
                 src: be.addr,
                 dst: p.src,
                 sport: fwd.new_dport,
                 dport: p.sport,
                 proto: p.proto,
-            });
+            };
+            reply = Some((rkey, st.ct.table_hash(&rkey)));
         }
         Mode::DsrIpip | Mode::DsrGue | Mode::Dr => {}
     }
-    let rev = reply.map(|rk| {
-        let v = FlowValue {
+    let rev = reply.map(|(rk, rh)| {
+        let mut v = FlowValue {
             action: Action::Rewrite,
             new_src: p.dst,
             new_dst: p.src,
@@ -88,19 +83,19 @@ pub(super) fn new_flow(
             src_mac: table.local.mac_of(st.rx_port),
             ..fwd
         };
-        (rk, v)
+        v.seal(&rk);
+        (rk, rh, v)
     });
-    let fwd = fwd.seal(key);
-    let rev = rev.map(|(rk, v)| (rk, v.seal(&rk)));
+    fwd.seal(key);
     let initial = if tcp {
         FlowState::Tcp(TcpState::SynSent)
     } else {
         FlowState::Udp { replied: false }
     };
-    if let Err(e) = st
-        .ct
-        .insert(now, (key, fwd), rev.as_ref().map(|(k, v)| (k, *v)), initial)
-    {
+    // The fast path hashed the key already (it looked it up); other frames hash it here.
+    let hash = hash.unwrap_or_else(|| st.ct.table_hash(key));
+    let rev = rev.as_ref().map(|(k, h, v)| (k, *h, v));
+    if let Err(e) = st.ct.insert_hashed(now, (key, hash, &fwd), rev, initial) {
         return Verdict::Drop(match e {
             InsertError::Full | InsertError::Exists => DropReason::ConntrackFull,
             InsertError::EmbryonicBudget => DropReason::EmbryonicBudget,
@@ -112,7 +107,8 @@ pub(super) fn new_flow(
     apply(table, pkt, p, &fwd, p.sport)
 }
 
-/// A fullnat source (address, port) for a new flow to `be`: the pool's addresses of the
+/// A fullnat source (address, port) for a new flow to `be`, as the reply key (backend ->
+/// source) with its table hash: the pool's addresses of the
 /// backend's family take turns (one per new flow, so all of them carry flows), and when one has
 /// no free port in this worker's slice the next is tried. Any of them steers replies to us, as
 /// steering reads only the port. `unsupported` when the pool has no address of that family,
@@ -125,17 +121,15 @@ fn snat_alloc(
     proto: u8,
     want_v4: bool,
     now: Millis,
-) -> Result<(crate::flow::Addr, u16), DropReason> {
+) -> Result<(FlowKey, u64), DropReason> {
     let of_family = || pool.snat.iter().filter(move |a| a.is_v4() == want_v4);
     let n = of_family().count();
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
     let start = st.next_snat_addr(n);
-    for i in 0..n {
-        let Some(&snat) = of_family().nth((start + i) % n) else {
-            break;
-        };
+    // From the `start`-th on, wrapping around: one walk, not a search from the front per try.
+    for &snat in of_family().skip(start).chain(of_family().take(start)) {
         let mut rkey = FlowKey {
             src: be.addr,
             dst: snat,
@@ -143,8 +137,8 @@ fn snat_alloc(
             dport: 0,
             proto,
         };
-        if let Some(port) = st.alloc_port(&mut rkey, now) {
-            return Ok((snat, port));
+        if let Some((_, h)) = st.alloc_port(&mut rkey, now) {
+            return Ok((rkey, h));
         }
     }
     Err(DropReason::SnatExhausted)

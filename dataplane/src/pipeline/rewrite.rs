@@ -6,7 +6,7 @@ use crate::table::RoutingTable;
 use crate::wire::nat::{self, IpAt};
 use crate::wire::{self, Parsed, L3};
 
-use super::encap::encap;
+use super::encap::{encap, encap_v4};
 use super::state::{Action, Fast, FlowValue};
 use super::verdict::{DropReason, Verdict};
 
@@ -73,6 +73,9 @@ fn apply_other(
             wire::set_macs(pkt.data_mut(), val.mac, val.src_mac);
             Verdict::Tx
         }
-        Action::Ipip | Action::Gue => encap(table, pkt, p, val, entropy),
+        Action::Ipip | Action::Gue => match encap_v4(table, pkt, p, val, entropy) {
+            Some(v) => v,
+            None => encap(table, pkt, p, val, entropy),
+        },
     }
 }

@@ -87,7 +87,9 @@ pub(super) enum Fast {
 impl FlowValue {
     /// Precomputes the checksum deltas of rewriting `key` (the tuple this value's packets carry)
     /// into `new_*`, so a packet of the flow costs two checksum adjustments, not four sums.
-    pub(super) fn seal(mut self, key: &FlowKey) -> FlowValue {
+    /// In place: a new flow seals its values where they are built, not copies of them.
+    #[inline(always)]
+    pub(super) fn seal(&mut self, key: &FlowKey) {
         (self.l3_delta, self.l4_delta) = nat::deltas(key, &self.new_key());
         let v4 = matches!(key.proto, proto::TCP | proto::UDP)
             && key.src.is_v4()
@@ -101,7 +103,6 @@ impl FlowValue {
             Action::Mac if v4 => Fast::MacV4,
             _ => Fast::No,
         };
-        self
     }
 
     /// The tuple this value rewrites its packets into.
@@ -225,8 +226,9 @@ impl WorkerState {
         i
     }
 
-    /// Next fullnat source port whose reply key (backend -> snat:port) is free.
-    pub(super) fn alloc_port(&mut self, key: &mut FlowKey, now: Millis) -> Option<u16> {
+    /// Next fullnat source port whose reply key (backend -> snat:port) is free, with that key's
+    /// table hash (the insert that follows takes it instead of hashing the key again).
+    pub(super) fn alloc_port(&mut self, key: &mut FlowKey, now: Millis) -> Option<(u16, u64)> {
         if self.snat_hi < self.snat_lo || self.snat_lo == 0 {
             return None;
         }
@@ -240,8 +242,9 @@ impl WorkerState {
                 port + 1
             };
             key.dport = port;
-            if self.ct.lookup(key, now).is_none() {
-                return Some(port);
+            let h = self.ct.table_hash(key);
+            if self.ct.lookup_hashed(key, h, now).is_none() {
+                return Some((port, h));
             }
         }
         None
