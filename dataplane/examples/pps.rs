@@ -5,12 +5,15 @@
 //!
 //! `established`: every flow's handshake first (the client's SYN, for fullnat and nat the
 //! backend's SYN+ACK, then the client's ACKs), so the counted packets belong to established, confirmed
-//! flows. `new`: a SYN of a new flow per packet into a table sized for the rate, as a user sizes
+//! flows. `new`: the SYN of a flow never seen per packet (no source port repeats: a repeat would
+//! be a retransmitted SYN of a flow still waiting, which takes another path), into a table
+//! sized for the rate, as a user sizes
 //! one (the default config's budget ratio, a quarter of the slots): time moves 1 ms per burst
 //! (32 000 new flows/s) and, as the worker does every millisecond, each burst is followed by an
 //! expiry pass over 256 slots, whose cost is counted with the packets'. `flood`: a SYN flood's
 //! steady state: a small table whose embryonic budget is full of unanswered SYNs (time moves 1
-//! ms per SYN and nothing expires them), so every SYN evicts the oldest of them. The counted
+//! ms per SYN and nothing expires them), so every SYN (again of a flow never seen) evicts the
+//! oldest of them. The counted
 //! packets run in bursts of 32 through `process_burst`, as the worker runs them (`packets` is
 //! rounded down to whole bursts).
 //!
@@ -98,9 +101,12 @@ fn main() {
             for (i, buf) in bufs.iter_mut().enumerate() {
                 let n = b * BURST + i;
                 let f = &mut buf[HEADROOM..HEADROOM + COPY];
-                f.copy_from_slice(&syn[n % FLOWS][..COPY]);
-                // A fresh source port per packet makes every SYN a new flow.
-                let port = (n as u16) | 1024;
+                // Every SYN a flow never seen: source ports 1024-65535 of one client, then of
+                // the next (a port that repeated would be a retransmitted SYN of a flow still
+                // waiting for its answer, which takes another path).
+                const PORTS: usize = 65536 - 1024;
+                f.copy_from_slice(&syn[(n / PORTS) % FLOWS][..COPY]);
+                let port = (1024 + n % PORTS) as u16;
                 f[34..36].copy_from_slice(&port.to_be_bytes());
                 let c = u16::from_be_bytes([f[50], f[51]]);
                 let c = dataplane::wire::checksum::update16(c, 40000, port);
