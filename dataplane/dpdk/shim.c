@@ -82,8 +82,10 @@ int lb_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t tx_
 	if (mtu > max_mtu)
 		return -ERANGE;
 	memset(&conf, 0, sizeof(conf));
-	/* Frames up to the MTU arrive in one mbuf: the pool's buffers are sized for it. */
-	conf.rxmode.mtu = mtu;
+	/* Frames up to the MTU arrive in one mbuf: the pool's buffers are sized for it (0: the
+	 * device's default). */
+	if (mtu != 0)
+		conf.rxmode.mtu = mtu;
 	uint64_t hash = dev.flow_type_rss_offloads & (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP);
 	if (queues > 1 && hash != 0) {
 		conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;

@@ -31,11 +31,31 @@ pub(super) fn encap_v4(
     if p.l3 != L3::Ipv4 || p.l3_off != wire::ETH_LEN {
         return None;
     }
-    let inner = p.l3_end - p.l3_off;
+    if outer_v4(pkt, table, val, p.l3_end - p.l3_off, gue, entropy) {
+        Some(Verdict::Tx)
+    } else {
+        None
+    }
+}
+
+/// Writes the outer Ethernet, IPv4 (and for `gue` UDP, with `entropy` as its source port and
+/// no checksum, as [`encap`]) headers of flow value `val` in front of the untagged IPv4 packet
+/// of `inner` bytes behind the frame's Ethernet header: the fixed-offset encapsulation the fast
+/// path and [`encap_v4`] share. False, with nothing changed, when the result would pass the
+/// MTU or the buffer has no headroom for it.
+#[inline(always)]
+pub(super) fn outer_v4(
+    pkt: &mut PacketBuf<'_>,
+    table: &RoutingTable,
+    val: &FlowValue,
+    inner: usize,
+    gue: bool,
+    entropy: u16,
+) -> bool {
     let udp = if gue { 8 } else { 0 };
     let overhead = 20 + udp;
     if inner + overhead > usize::from(table.local.mtu) || !pkt.push_front(overhead) {
-        return None;
+        return false;
     }
     let d = pkt.data_mut();
     let tos = d.get(overhead + wire::ETH_LEN + 1).copied().unwrap_or(0);
@@ -60,12 +80,11 @@ pub(super) fn encap_v4(
         );
     }
     if gue {
-        // No UDP checksum over IPv4, as `encap`.
         if let Some(u) = d.get_mut(wire::ETH_LEN + 20..) {
             wire::write_udp(u, entropy, val.gue_port, inner as u16);
         }
     }
-    Some(Verdict::Tx)
+    true
 }
 
 /// Puts the frame's IP packet, unchanged, inside an outer IP (and UDP for GUE) header.

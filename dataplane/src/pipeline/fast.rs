@@ -13,11 +13,11 @@ use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
 use crate::wire::nat;
-use crate::wire::{self, Ipv4Fields, V4Flow, ETHERTYPE_IPV4, ETH_LEN};
+use crate::wire::{self, V4Flow, ETH_LEN};
 
+use super::encap;
 use super::state::{BurstFrame, Fast, FlowValue};
 use super::verdict::{Counters, FlowCounters};
-use super::OUR_TTL;
 
 /// Bytes dsr-ipip puts in front of the client's IP packet.
 const IPIP_OVERHEAD: usize = 20;
@@ -175,42 +175,12 @@ fn forward_tracked(
         match val.fast {
             Fast::MacV4 => wire::set_macs(pkt.data_mut(), val.mac, val.src_mac),
             Fast::IpipV4 | Fast::GueV4 => {
-                let l3_end = usize::from(f.l3_end);
-                let inner = l3_end - ETH_LEN;
+                let inner = usize::from(f.l3_end) - ETH_LEN;
                 let gue = val.fast == Fast::GueV4;
                 let overhead = if gue { GUE_OVERHEAD } else { IPIP_OVERHEAD };
-                if inner + overhead > usize::from(table.local.mtu) || !pkt.push_front(overhead) {
+                // The client's source port is the entropy, as the general path's.
+                if !encap::outer_v4(pkt, table, val, inner, gue, f.sport()) {
                     return Err(general(ct, f, h, now));
-                }
-                let d = pkt.data_mut();
-                let tos = d[overhead + ETH_LEN + 1];
-                if let Some(eth) = d.get_mut(..ETH_LEN) {
-                    eth[..6].copy_from_slice(&val.mac);
-                    eth[6..12].copy_from_slice(&val.src_mac);
-                    eth[12..].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-                }
-                let udp = if gue { 8 } else { 0 };
-                if let Some(out) = d.get_mut(ETH_LEN..) {
-                    wire::write_ipv4(
-                        out,
-                        &Ipv4Fields {
-                            src: val.new_src.v4_octets(),
-                            dst: val.new_dst.v4_octets(),
-                            proto: if gue { proto::UDP } else { proto::IPIP },
-                            payload_len: (inner + udp) as u16,
-                            ttl: OUR_TTL,
-                            tos,
-                            id: 0,
-                            flags_frag: 0,
-                        },
-                    );
-                }
-                if gue {
-                    // The client's source port is the entropy, as the general path's; no UDP
-                    // checksum over IPv4.
-                    if let Some(u) = d.get_mut(ETH_LEN + 20..) {
-                        wire::write_udp(u, f.sport(), val.gue_port, inner as u16);
-                    }
                 }
                 tally.grown += overhead as u64;
             }
