@@ -230,15 +230,21 @@ impl NeighborSpec {
     /// neighbor is on the interface it is pinned to, else on the link whose prefix holds it,
     /// else on interface 0.
     pub fn route(&self, a: Addr, is_static: bool) -> (u8, Option<Addr>) {
-        match self.pinned.iter().find(|(p, _)| *p == a) {
-            Some(&(_, iface)) => (iface, Some(a)),
-            None => route(&self.links, a, is_static),
-        }
+        route(&self.links, &self.pinned, a, is_static)
     }
 }
 
-/// The route to `a` over `links` (see [`NeighborSpec::route`]), for the config's checks too.
-pub fn route(links: &[Link], a: Addr, is_static: bool) -> (u8, Option<Addr>) {
+/// The route to `a` over `links`, with the static neighbors `pinned` to an interface (see
+/// [`NeighborSpec::route`]), for the config's checks too.
+pub fn route(
+    links: &[Link],
+    pinned: &[(Addr, u8)],
+    a: Addr,
+    is_static: bool,
+) -> (u8, Option<Addr>) {
+    if let Some(&(_, iface)) = pinned.iter().find(|(p, _)| *p == a) {
+        return (iface, Some(a));
+    }
     {
         let best = |pick: fn(&Link) -> &[Prefix]| {
             links
@@ -976,23 +982,36 @@ mod tests {
         let a = |o: [u8; 4]| Addr::v4(o);
         // On a link: itself, on that link.
         assert_eq!(
-            route(&links, a([198, 18, 0, 7]), false),
+            route(&links, &[], a([198, 18, 0, 7]), false),
             (0, Some(a([198, 18, 0, 7])))
         );
         assert_eq!(
-            route(&links, a([198, 18, 1, 7]), false),
+            route(&links, &[], a([198, 18, 1, 7]), false),
             (1, Some(a([198, 18, 1, 7])))
         );
         // Behind the inside router; anything else through the outside default.
-        assert_eq!(route(&links, a([198, 18, 200, 1]), false), (1, Some(gw_in)));
-        assert_eq!(route(&links, a([198, 19, 0, 1]), false), (0, Some(gw_out)));
+        assert_eq!(
+            route(&links, &[], a([198, 18, 200, 1]), false),
+            (1, Some(gw_in))
+        );
+        assert_eq!(
+            route(&links, &[], a([198, 19, 0, 1]), false),
+            (0, Some(gw_out))
+        );
         // A static neighbor off every link stays on interface 0, as itself.
         assert_eq!(
-            route(&links, a([198, 19, 0, 1]), true),
+            route(&links, &[], a([198, 19, 0, 1]), true),
             (0, Some(a([198, 19, 0, 1])))
         );
+        // ... unless it is pinned to an interface, which wins over every prefix.
+        let pinned = [(a([198, 19, 0, 1]), 1), (a([198, 18, 0, 7]), 1)];
+        assert_eq!(
+            route(&links, &pinned, a([198, 19, 0, 1]), true),
+            (1, Some(a([198, 19, 0, 1])))
+        );
+        assert_eq!(route(&links, &pinned, a([198, 18, 0, 7]), true).0, 1);
         // No IPv6 gateway anywhere: nothing routes it.
-        assert_eq!(route(&links, v6(1), false), (0, None));
+        assert_eq!(route(&links, &[], v6(1), false), (0, None));
         // The most specific on-link prefix wins over an earlier, wider one.
         let overlap = [
             Link {
@@ -1004,8 +1023,8 @@ mod tests {
                 ..Link::default()
             },
         ];
-        assert_eq!(route(&overlap, a([198, 18, 5, 9]), false).0, 1);
-        assert_eq!(route(&overlap, a([198, 18, 6, 9]), false).0, 0);
+        assert_eq!(route(&overlap, &[], a([198, 18, 5, 9]), false).0, 1);
+        assert_eq!(route(&overlap, &[], a([198, 18, 6, 9]), false).0, 0);
     }
 
     #[test]

@@ -34,13 +34,9 @@ impl NextHops {
         let dp = &cfg.dataplane;
         let links = dp.links();
         let pinned: Vec<(Addr, u8)> = cfg
-            .neighbors
-            .iter()
-            .filter_map(|n| {
-                let name = n.interface.as_deref()?;
-                let i = links.iter().position(|l| l.name == name)?;
-                Some((Addr::from(n.ip), i as u8))
-            })
+            .pinned_neighbors(&links)
+            .into_iter()
+            .map(|(a, i)| (Addr::from(a), i))
             .collect();
         if pinned.is_empty()
             && links

@@ -295,6 +295,21 @@ impl Link {
     }
 }
 
+impl Config {
+    /// The `[[neighbors]]` entries that name their interface, as (address, index of that
+    /// interface in `links`); a name no interface has (which validation reports) is left out.
+    pub fn pinned_neighbors(&self, links: &[Link]) -> Vec<(IpAddr, u8)> {
+        self.neighbors
+            .iter()
+            .filter_map(|n| {
+                let name = n.interface.as_deref()?;
+                let i = links.iter().position(|l| l.name == name)?;
+                Some((n.ip, i as u8))
+            })
+            .collect()
+    }
+}
+
 impl Dataplane {
     /// The interfaces served, in order: `[[dataplane.interfaces]]`, or the one of `[dataplane]`.
     pub fn links(&self) -> Vec<Link> {

@@ -2,7 +2,7 @@
 //! resolved at run time by ARP/ND (the backend itself on our link, else the gateway of its
 //! family), which needs one of our addresses of the hop's family to send the probes from.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::family;
@@ -22,7 +22,7 @@ pub(super) struct Reach<'a> {
     /// Addresses with a MAC of their own in `[[neighbors]]`.
     neighbors: HashSet<IpAddr>,
     /// Those placed on an interface, with its index.
-    pinned: HashMap<IpAddr, u8>,
+    pinned: Vec<(Addr, u8)>,
     /// Next hops already reported for lack of a probe source (once each).
     reported: HashSet<IpAddr>,
 }
@@ -36,13 +36,9 @@ impl<'a> Reach<'a> {
             routes: links.iter().map(Link::to_table).collect(),
             neighbors: cfg.neighbors.iter().map(|n| n.ip).collect(),
             pinned: cfg
-                .neighbors
-                .iter()
-                .filter_map(|n| {
-                    let name = n.interface.as_deref()?;
-                    let i = links.iter().position(|l| l.name == name)?;
-                    Some((n.ip, i as u8))
-                })
+                .pinned_neighbors(&links)
+                .into_iter()
+                .map(|(a, i)| (Addr::from(a), i))
                 .collect(),
             reported: HashSet::new(),
             links,
@@ -65,10 +61,8 @@ impl<'a> Reach<'a> {
                 || (dp.gateway_mac.is_some() && self.links.iter().any(|l| l.gateway.contains(a)))
         };
         // The route the table takes (`NeighborSpec::route`): the interface and the next hop.
-        let (iface, hop) = match self.pinned.get(&addr) {
-            Some(&i) => (i, Some(Addr::from(addr))),
-            None => table::route(&self.routes, Addr::from(addr), is_static(&addr)),
-        };
+        let a = Addr::from(addr);
+        let (iface, hop) = table::route(&self.routes, &self.pinned, a, is_static(&addr));
         let has_mac = self.neighbors.contains(&addr) || dp.gateway_mac.is_some();
         let Some(hop) = hop.map(IpAddr::from) else {
             if !has_mac {
