@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::instance;
 use controlplane::api::admin;
-use controlplane::compile::{RunLink, RunSettings};
+use controlplane::compile::RunSettings;
 use controlplane::config::{self, Config, IdleMode, PortKind, XdpMode};
 use controlplane::control::{self, AddressFilter, Control, ControlPlane, StartError};
 use controlplane::health::{self, Checker, Transition};
@@ -182,11 +182,11 @@ pub fn open_all(
 /// Opens one port per worker on interface `link`.
 fn open_link(
     run: &RunSettings,
-    link: &RunLink,
+    link: &config::Link,
     dpdk: Option<&config::Dpdk>,
     queues: usize,
 ) -> Result<Opened, PortError> {
-    let (ifname, kind) = (link.name.as_str(), link.kind);
+    let (ifname, kind) = (link.name.as_str(), link.port);
     check_interface(kind, ifname, Path::new("/sys/class/net"))?;
     let unfiltered = |ports| Opened {
         ports,
@@ -218,15 +218,12 @@ fn open_link(
             };
             // DPDK's messages name the cause themselves (an EAL failure reads as EACCES, which
             // `classify` would call a permission problem).
-            let (device, vdev) = match &link.dpdk_device {
-                Some((device, vdev)) => (device.clone(), vdev.clone()),
-                None => (d.device.clone(), d.vdev.clone()),
-            };
-            return open_dpdk(d, &device, vdev, run.mtu, queues)
+            let (device, vdev) = link.dpdk_device(d);
+            return open_dpdk(d, device, vdev.map(str::to_string), run.mtu, queues)
                 .map(unfiltered)
                 .map_err(|source| PortError::Other {
                     kind,
-                    ifname: device,
+                    ifname: device.to_string(),
                     source,
                 });
         }
@@ -409,7 +406,7 @@ pub fn run(path: &Path, cfg: Config, text: String) -> anyhow::Result<()> {
         let names: Vec<String> = queues.iter().map(|p| p.name()).collect();
         tracing::info!(
             config = %path.display(),
-            kind = link.kind.name(),
+            kind = link.port.name(),
             interface = %link.name,
             queues = queues.len(),
             ports = ?names,

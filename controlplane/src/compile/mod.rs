@@ -60,8 +60,9 @@ pub struct RunSettings {
     pub port: config::PortKind,
     /// Interface name (of the first interface).
     pub interface: String,
-    /// Every interface served, in order (the first is `interface`).
-    pub interfaces: Vec<RunLink>,
+    /// Every interface served, in order (the first is `interface`): what `lb run` opens is
+    /// each one's name, port kind, `queues` and DPDK device.
+    pub interfaces: Vec<config::Link>,
     /// Core of each worker, one per worker.
     pub cores: Vec<usize>,
     /// Idle policy.
@@ -70,19 +71,6 @@ pub struct RunSettings {
     pub xdp_mode: config::XdpMode,
     /// `[dataplane] mtu`: the largest IP packet (the DPDK port sizes its device and mbufs by it).
     pub mtu: u16,
-}
-
-/// One interface as `lb run` opens it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunLink {
-    /// Interface name.
-    pub name: String,
-    /// Port kind.
-    pub kind: config::PortKind,
-    /// The receive queue id of each worker (`af_xdp`); `None`: worker `i` takes queue `i`.
-    pub queues: Option<Vec<u32>>,
-    /// Its own DPDK device and virtual-device arguments (`dpdk`); `None`: `[dataplane.dpdk]`'s.
-    pub dpdk_device: Option<(String, Option<String>)>,
 }
 
 /// Why a validated config could not be built into a table.
@@ -201,15 +189,7 @@ fn run_settings(dp: &config::Dataplane) -> RunSettings {
     RunSettings {
         port: links.first().map_or(dp.port, |l| l.port),
         interface: dp.interface_name().to_string(),
-        interfaces: links
-            .into_iter()
-            .map(|l| RunLink {
-                name: l.name,
-                kind: l.port,
-                dpdk_device: l.dpdk_device.map(|d| (d, l.dpdk_vdev)),
-                queues: l.queues,
-            })
-            .collect(),
+        interfaces: links,
         cores: dp
             .cores
             .clone()
