@@ -13,6 +13,8 @@
 # Usage: perf/instructions.sh [fullnat|nat|ipip|gue|dr|all] [established|new|flood|all]
 #        (default: every mode and kind)
 #        perf/instructions.sh maglev   (instructions of one Maglev build, 1000 weighted backends)
+#        perf/instructions.sh dpdk     (the DPDK port's own cost per packet over net_null, with
+#                                       net_null's receive and transmit: needs libdpdk-dev)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
@@ -38,6 +40,14 @@ if [ "$mode" = maglev ]; then
   i1=$(total "$bin" 1)
   i3=$(total "$bin" 3)
   echo "maglev build (1000 weighted backends, M = 65537): $(( (i3 - i1) / 2 )) instructions (callgrind, commit $commit)"
+  exit 0
+fi
+if [ "$mode" = dpdk ]; then
+  cargo build --release -q -p dataplane --features dpdk --example port_cost
+  bin=target/release/examples/port_cost
+  t1=$(total "$bin" 2000)
+  t2=$(total "$bin" 12000)
+  echo "dpdk port (rx_batch + flush over net_null, bursts of 32): $(( (t2 - t1) / (10000 * 32) )) instructions per packet (callgrind, commit $commit)"
   exit 0
 fi
 cargo build --release -q -p dataplane --example pps

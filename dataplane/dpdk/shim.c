@@ -145,22 +145,28 @@ int lb_link_up(uint16_t port)
 }
 
 uint16_t lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
-		     struct lb_frame *frames, uint16_t n)
+		     struct lb_frame *frames, uint16_t n, uint16_t *multi_seg)
 {
 	uint16_t got = rte_eth_rx_burst(port, queue, pkts, n);
+	uint16_t kept = 0;
 	for (uint16_t i = 0; i < got; i++) {
 		struct rte_mbuf *m = pkts[i];
-		frames[i].buf = m->buf_addr;
-		frames[i].buf_len = m->buf_len;
-		frames[i].head = m->data_off;
-		frames[i].len = m->data_len;
-		frames[i].nb_segs = m->nb_segs;
+		if (m->nb_segs != 1) {
+			rte_pktmbuf_free(m);
+			continue;
+		}
+		pkts[kept] = m;
+		frames[kept].buf = m->buf_addr;
+		frames[kept].buf_len = m->buf_len;
+		frames[kept].head = m->data_off;
+		frames[kept].len = m->data_len;
+		kept++;
 	}
-	return got;
+	*multi_seg = got - kept;
+	return kept;
 }
 
-uint16_t lb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
-		     const struct lb_frame *frames, uint16_t n)
+void lb_set_bounds(struct rte_mbuf **pkts, const struct lb_frame *frames, uint16_t n)
 {
 	for (uint16_t i = 0; i < n; i++) {
 		struct rte_mbuf *m = pkts[i];
@@ -168,10 +174,9 @@ uint16_t lb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
 		m->data_len = frames[i].len;
 		m->pkt_len = frames[i].len;
 	}
-	return rte_eth_tx_burst(port, queue, pkts, n);
 }
 
-uint16_t lb_tx_again(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n)
+uint16_t lb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n)
 {
 	return rte_eth_tx_burst(port, queue, pkts, n);
 }

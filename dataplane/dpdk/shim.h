@@ -22,8 +22,6 @@ struct lb_frame {
 	uint16_t head;
 	/* Length of the frame (data_len). */
 	uint16_t len;
-	/* Segments of the packet: only single-segment frames are handed to the pipeline. */
-	uint16_t nb_segs;
 };
 
 /* What lb_port_start found out about the device. */
@@ -69,17 +67,18 @@ int lb_rx_intr_disable(uint16_t port, uint16_t queue);
 /* 1 when the link is up, 0 when down or unknown (never waits). */
 int lb_link_up(uint16_t port);
 
-/* Receives up to `n` frames from queue `queue` into `pkts`, describing each in `frames`. */
+/* Receives up to `n` frames from queue `queue`; the single-segment ones go to the front of
+ * `pkts`, each described in `frames`, and their count is returned. Frames in several segments
+ * are freed and counted in `*multi_seg`. */
 uint16_t lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
-		     struct lb_frame *frames, uint16_t n);
+		     struct lb_frame *frames, uint16_t n, uint16_t *multi_seg);
 
-/* Sets each mbuf's frame to `frames[i].head`/`.len` (the pipeline may have moved it) and
- * transmits them; returns how many the driver took (those now belong to it). */
-uint16_t lb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
-		     const struct lb_frame *frames, uint16_t n);
+/* Sets each mbuf's frame to `frames[i].head`/`.len` (the pipeline may have moved it). */
+void lb_set_bounds(struct rte_mbuf **pkts, const struct lb_frame *frames, uint16_t n);
 
-/* Transmits mbufs whose bounds are already set (the rest of a partly sent burst). */
-uint16_t lb_tx_again(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
+/* Transmits mbufs whose bounds are set; returns how many the driver took (those now belong to
+ * it). */
+uint16_t lb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 
 /* Returns `n` mbufs to their pool. */
 void lb_free_bulk(struct rte_mbuf **pkts, unsigned int n);

@@ -18,6 +18,17 @@ impl<'a> PacketBuf<'a> {
         PacketBuf { buf, head, len }
     }
 
+    /// A buffer of no bytes: what a port's burst array holds in the slots no frame fills
+    /// (`[const { PacketBuf::empty() }; N]` builds the array in place, without a copy).
+    #[inline]
+    pub const fn empty() -> PacketBuf<'a> {
+        PacketBuf {
+            buf: &mut [],
+            head: 0,
+            len: 0,
+        }
+    }
+
     /// The frame's bytes.
     #[inline]
     pub fn data(&self) -> &[u8] {

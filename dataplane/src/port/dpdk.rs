@@ -383,9 +383,8 @@ pub struct DpdkPort {
     /// Received mbufs of the current burst and their frames.
     rx: Vec<*mut ffi::rte_mbuf>,
     frames: Vec<ffi::lb_frame>,
-    /// Mbufs queued for transmission, with the frame bounds to send them with.
+    /// Mbufs queued for transmission, their frame bounds set.
     tx: Vec<*mut ffi::rte_mbuf>,
-    tx_frames: Vec<ffi::lb_frame>,
     /// Mbufs of the current burst to return to the pool.
     free: Vec<*mut ffi::rte_mbuf>,
     queue: u16,
@@ -525,7 +524,6 @@ impl DpdkPort {
                 // SAFETY: plain data; zeroed is valid.
                 frames: vec![unsafe { std::mem::zeroed() }; MAX_BURST],
                 tx: Vec::with_capacity(TX_QUEUE),
-                tx_frames: Vec::with_capacity(TX_QUEUE),
                 free: Vec::with_capacity(MAX_BURST),
                 queue,
                 registered: false,
@@ -600,10 +598,11 @@ impl DpdkPort {
         }
     }
 
-    /// Queues an mbuf whose frame is at `head`, `len` bytes long, for transmission.
-    /// Receives up to `max` (at most [`MAX_BURST`]) mbufs into `rx`/`frames`, transmitting
-    /// first when the transmit queue could not take a whole burst. Returns how many.
-    fn receive(&mut self, max: usize) -> usize {
+    /// Receives up to `max` (at most [`MAX_BURST`]) frames, transmitting first when the
+    /// transmit queue could not take a whole burst. The single-segment ones go to the front of
+    /// `rx`/`frames`; frames in several segments are freed and counted. Returns how many are
+    /// kept and how many arrived.
+    fn receive(&mut self, max: usize) -> (usize, usize) {
         if self.armed.get() {
             self.disarm();
         }
@@ -618,69 +617,55 @@ impl DpdkPort {
             self.transmit();
         }
         let want = max.min(MAX_BURST) as u16;
+        let mut multi_seg = 0u16;
         // SAFETY: `rx` and `frames` have room for MAX_BURST entries; the queue is ours.
-        let got = unsafe {
+        let kept = unsafe {
             ffi::lb_rx_burst(
                 self.device.port_id,
                 self.queue,
                 self.rx.as_mut_ptr(),
                 self.frames.as_mut_ptr(),
                 want,
+                &mut multi_seg,
             )
         };
-        usize::from(got)
+        self.multi_seg_dropped += u64::from(multi_seg);
+        self.stats.rx += u64::from(kept) + u64::from(multi_seg);
+        (
+            usize::from(kept),
+            usize::from(kept) + usize::from(multi_seg),
+        )
     }
 
-    /// The buffer, head and length of received frame `i`, or `None` (counted, and its mbuf
-    /// queued to be freed) for a frame in several segments.
-    fn frame<'b>(&mut self, i: usize) -> Option<(&'b mut [u8], usize, usize)> {
-        let fr = self.frames[i];
-        if fr.nb_segs != 1 || fr.buf.is_null() {
-            self.multi_seg_dropped += 1;
-            self.free.push(self.rx[i]);
-            return None;
-        }
-        // SAFETY: the mbuf was just received and is ours until we transmit or free it (after
-        // the caller is done with the slice); its data buffer is `buf_len` bytes at `buf`, and
-        // no other frame of the burst shares it.
-        let buf = unsafe { std::slice::from_raw_parts_mut(fr.buf, usize::from(fr.buf_len)) };
-        Some((buf, usize::from(fr.head), usize::from(fr.len)))
-    }
-
-    /// Queues mbuf `m` for transmission with the frame's new `(head, len)` on `Tx`, else for
-    /// freeing.
-    fn settle(&mut self, m: *mut ffi::rte_mbuf, (head, len): (usize, usize), v: Verdict) {
-        match v {
-            Verdict::Tx if len > 0 && len <= usize::from(u16::MAX) => {
-                self.queue_tx(m, head, len);
-                return;
+    /// Queues the first `n` mbufs with their frame bounds from `frames` for transmission where
+    /// `verdicts` says `Tx`, else for freeing.
+    fn settle(&mut self, n: usize, verdicts: &[Verdict]) {
+        let n = n.min(verdicts.len()).min(MAX_BURST);
+        // SAFETY: `rx[..n]` are ours (received, not yet transmitted or freed) and `frames[..n]`
+        // hold their bounds, within each mbuf's buffer.
+        unsafe { ffi::lb_set_bounds(self.rx.as_mut_ptr(), self.frames.as_ptr(), n as u16) };
+        let burst = self.rx[..n].iter().zip(&self.frames[..n]).zip(verdicts);
+        for ((&m, fr), &v) in burst {
+            match v {
+                Verdict::Tx if fr.len > 0 => {
+                    self.tx.push(m);
+                    continue;
+                }
+                Verdict::Tx => self.stats.tx_dropped += 1,
+                Verdict::ToHost => self.to_host_dropped += 1,
+                Verdict::Drop(_) | Verdict::ToL7 => {}
             }
-            Verdict::Tx => self.stats.tx_dropped += 1,
-            Verdict::ToHost => self.to_host_dropped += 1,
-            Verdict::Drop(_) | Verdict::ToL7 => {}
+            self.free.push(m);
         }
-        self.free.push(m);
     }
 
-    /// Frees the burst's mbufs not transmitted and counts the `got` received.
-    fn free_settled(&mut self, got: usize) {
+    /// Frees the burst's mbufs not transmitted.
+    fn free_settled(&mut self) {
         if !self.free.is_empty() {
             // SAFETY: every mbuf in `free` is ours and listed once.
             unsafe { ffi::lb_free_bulk(self.free.as_mut_ptr(), self.free.len() as u32) };
             self.free.clear();
         }
-        self.stats.rx += got as u64;
-    }
-
-    fn queue_tx(&mut self, m: *mut ffi::rte_mbuf, head: usize, len: usize) {
-        self.tx.push(m);
-        self.tx_frames.push(ffi::lb_frame {
-            buf: std::ptr::null_mut(),
-            buf_len: 0,
-            head: head as u16,
-            len: len as u16,
-            nb_segs: 1,
-        });
     }
 
     /// Transmits the queued mbufs, retrying what the driver's ring had no room for; frees and
@@ -694,13 +679,12 @@ impl DpdkPort {
         let mut sent = 0usize;
         while sent < n {
             let chunk = (n - sent).min(usize::from(u16::MAX));
-            // SAFETY: the mbufs are ours and `tx_frames` holds a frame for each.
+            // SAFETY: the mbufs are ours, their bounds set.
             let got = unsafe {
                 ffi::lb_tx_burst(
                     port,
                     self.queue,
                     self.tx.as_mut_ptr().add(sent),
-                    self.tx_frames.as_ptr().add(sent),
                     chunk as u16,
                 )
             };
@@ -708,9 +692,9 @@ impl DpdkPort {
             let mut tries = 0;
             while done < chunk && tries < TX_RETRIES {
                 tries += 1;
-                // SAFETY: the rest of the chunk: ours, bounds already set by lb_tx_burst.
+                // SAFETY: the rest of the chunk: ours, bounds set.
                 let got = unsafe {
-                    ffi::lb_tx_again(
+                    ffi::lb_tx_burst(
                         port,
                         self.queue,
                         self.tx.as_mut_ptr().add(sent + done),
@@ -731,8 +715,24 @@ impl DpdkPort {
             sent += chunk;
         }
         self.tx.clear();
-        self.tx_frames.clear();
     }
+}
+
+/// The pipeline's view of a received single-segment frame `fr`, in its mbuf.
+#[inline(always)]
+fn packet<'b>(fr: &ffi::lb_frame) -> PacketBuf<'b> {
+    // SAFETY: the mbuf was just received and is ours until we transmit or free it, after the
+    // caller is done with the slice; its data buffer is `buf_len` bytes at `buf` (a received
+    // mbuf always has one), and no other frame of the burst shares it.
+    let buf = unsafe { std::slice::from_raw_parts_mut(fr.buf, usize::from(fr.buf_len)) };
+    PacketBuf::new(buf, usize::from(fr.head), usize::from(fr.len))
+}
+
+/// The frame's bounds in its mbuf after the pipeline: within the buffer (`buf_len`, a u16), so
+/// the casts keep every bit.
+#[inline(always)]
+fn bounds(p: &PacketBuf<'_>) -> (u16, u16) {
+    (p.head() as u16, p.len() as u16)
 }
 
 impl Port for DpdkPort {
@@ -745,54 +745,43 @@ impl Port for DpdkPort {
         max: usize,
         f: &mut dyn FnMut(&mut PacketBuf<'_>) -> Verdict,
     ) -> io::Result<usize> {
-        let got = self.receive(max);
-        for i in 0..got {
-            let m = self.rx[i];
-            let Some((buf, head, len)) = self.frame(i) else {
-                continue;
-            };
-            let mut pkt = PacketBuf::new(buf, head, len);
-            let v = f(&mut pkt);
-            let bounds = (pkt.head(), pkt.len());
-            self.settle(m, bounds, v);
+        let (n, got) = self.receive(max);
+        let mut verdicts = [UNSET; MAX_BURST];
+        for (fr, v) in self.frames[..n].iter_mut().zip(verdicts.iter_mut()) {
+            let mut pkt = packet(fr);
+            *v = f(&mut pkt);
+            (fr.head, fr.len) = bounds(&pkt);
         }
-        self.free_settled(got);
+        self.settle(n, &verdicts[..n]);
+        self.free_settled();
         Ok(got)
     }
 
+    // Called through `dyn Port` by the workers; kept a function of its own where a caller knows
+    // the type too (the zero-copy benchmark), so profiles of both show the same code.
+    #[inline(never)]
     fn rx_batch(
         &mut self,
         max: usize,
         f: &mut dyn FnMut(&mut [PacketBuf<'_>], &mut [Verdict]),
     ) -> io::Result<usize> {
-        let got = self.receive(max);
-        // The frames the pipeline can take (single-segment), by their index in the burst.
-        let mut take = [0usize; MAX_BURST];
-        let mut n = 0;
+        let (n, got) = self.receive(max);
+        if got == 0 {
+            return Ok(0);
+        }
         let mut verdicts = [UNSET; MAX_BURST];
-        let mut out = [(0usize, 0usize); MAX_BURST];
         {
-            let mut pkts: [PacketBuf<'_>; MAX_BURST] =
-                std::array::from_fn(|_| PacketBuf::new(&mut [], 0, 0));
-            for i in 0..got {
-                if let Some((buf, head, len)) = self.frame(i) {
-                    pkts[n] = PacketBuf::new(buf, head, len);
-                    take[n] = i;
-                    n += 1;
-                }
+            let mut pkts: [PacketBuf<'_>; MAX_BURST] = [const { PacketBuf::empty() }; MAX_BURST];
+            for (p, fr) in pkts.iter_mut().zip(&self.frames[..n]) {
+                *p = packet(fr);
             }
-            if n > 0 {
-                f(&mut pkts[..n], &mut verdicts[..n]);
-            }
-            for (o, p) in out.iter_mut().zip(&pkts[..n]) {
-                *o = (p.head(), p.len());
+            f(&mut pkts[..n], &mut verdicts[..n]);
+            for (fr, p) in self.frames.iter_mut().zip(&pkts[..n]) {
+                (fr.head, fr.len) = bounds(p);
             }
         }
-        for k in 0..n {
-            let m = self.rx[take[k]];
-            self.settle(m, out[k], verdicts[k]);
-        }
-        self.free_settled(got);
+        self.settle(n, &verdicts[..n]);
+        self.free_settled();
         Ok(got)
     }
 
@@ -842,7 +831,8 @@ impl Port for DpdkPort {
             self.stats.tx_dropped += 1;
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        self.queue_tx(m, ffi::RTE_PKTMBUF_HEADROOM as usize, frame.len());
+        // The copy's bounds are set: the frame right after the headroom.
+        self.tx.push(m);
         Ok(())
     }
 }
