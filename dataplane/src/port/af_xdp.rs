@@ -336,10 +336,11 @@ fn discard(
 }
 
 /// Asks the kernel to send what the transmit ring holds (a zero-length, non-blocking send on
-/// our own socket); an error only says it is busy, which the caller's one retry covers.
-fn kick_tx(fd: RawFd) {
+/// our own socket). An error says whether to go on (`EAGAIN`: more pending, `EBUSY`: the
+/// driver is busy, ...); the caller decides.
+fn kick_tx(fd: RawFd) -> io::Result<()> {
     // SAFETY: a zero-length send on our own socket; no buffers are passed.
-    unsafe {
+    let ret = unsafe {
         libc::sendto(
             fd,
             std::ptr::null(),
@@ -347,7 +348,11 @@ fn kick_tx(fd: RawFd) {
             libc::MSG_DONTWAIT,
             std::ptr::null(),
             0,
-        );
+        )
+    };
+    match ret {
+        0.. => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 
@@ -774,7 +779,7 @@ impl Port for AfXdpPort {
             let mut out = [(0usize, 0usize); MAX_BURST];
             {
                 let mut pkts: [PacketBuf<'_>; MAX_BURST] =
-                    std::array::from_fn(|_| PacketBuf::new(&mut [], 0, 0));
+                    [const { PacketBuf::empty() }; MAX_BURST];
                 self.area.bufs(&burst.frames[..n], &mut pkts[..n]);
                 f(&mut pkts[..n], &mut verdicts[..n]);
                 for (o, p) in out.iter_mut().zip(&pkts[..n]) {
@@ -812,7 +817,8 @@ impl Port for AfXdpPort {
                     }
                     // Full by the kernel's own count: have it send, take its completions back,
                     // and try once more.
-                    kick_tx(self.fd);
+                    // An error only says the kernel is busy, which the one retry covers.
+                    let _ = kick_tx(self.fd);
                     self.reclaim();
                     kicked = true;
                 }
@@ -831,21 +837,9 @@ impl Port for AfXdpPort {
             if self.tx.pending() == 0 || !(self.tx.needs_wakeup() || self.busy_poll.active) {
                 break;
             }
-            // SAFETY: a zero-length send on our own socket; no buffers are passed.
-            let ret = unsafe {
-                libc::sendto(
-                    self.fd,
-                    std::ptr::null(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null(),
-                    0,
-                )
-            };
-            if ret >= 0 {
+            let Err(e) = kick_tx(self.fd) else {
                 continue;
-            }
-            let e = io::Error::last_os_error();
+            };
             match e.raw_os_error() {
                 // More pending (copy mode sends a batch per call) or the driver is busy.
                 Some(libc::EAGAIN) | Some(libc::EINTR) => continue,

@@ -378,6 +378,18 @@ impl Drop for Device {
     }
 }
 
+/// A queue's receive interrupt, between [`Port::wait_fd`] and the next receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Interrupt {
+    /// Not enabled: the busy path, or a queue that never slept.
+    Off,
+    /// Enabled by `wait_fd` until the next receive disables it and reads its wake-up away.
+    Armed,
+    /// The driver has no interrupt switch: the fd is readable whenever frames wait (net_tap's
+    /// queue fd), so nothing is enabled, disabled or read away, ever.
+    Level,
+}
+
 /// One queue of a DPDK device, for one worker.
 pub struct DpdkPort {
     /// Received mbufs of the current burst and their frames.
@@ -394,11 +406,8 @@ pub struct DpdkPort {
     multi_seg_dropped: u64,
     /// The queue's receive-interrupt fd, where the driver has them (see [`Port::wait_fd`]).
     intr_fd: Option<RawFd>,
-    /// Whether the interrupt is enabled (between `wait_fd` and the next receive).
-    armed: Cell<bool>,
-    /// The driver has no interrupt switch: the fd is readable whenever frames wait (net_tap's
-    /// queue fd), so nothing is enabled, disabled or read away.
-    level: Cell<bool>,
+    /// Where the receive interrupt stands (see [`Interrupt`]).
+    interrupt: Cell<Interrupt>,
     device: Arc<Device>,
 }
 
@@ -533,8 +542,7 @@ impl DpdkPort {
                 intr_fd: (info.rx_intr == 1)
                     .then(|| rx_intr_fd(device.port_id, queue))
                     .flatten(),
-                armed: Cell::new(false),
-                level: Cell::new(false),
+                interrupt: Cell::new(Interrupt::Off),
                 device: device.clone(),
             })
             .collect())
@@ -556,7 +564,7 @@ impl DpdkPort {
             // fd without a wake-up pending answers EAGAIN at once.
             unsafe { libc::read(fd, (&mut count as *mut u64).cast(), 8) };
         }
-        self.armed.set(false);
+        self.interrupt.set(Interrupt::Off);
     }
 
     /// The driver's name (`net_memif`, `net_ixgbe`, ...).
@@ -603,7 +611,7 @@ impl DpdkPort {
     /// `rx`/`frames`; frames in several segments are freed and counted. Returns how many are
     /// kept and how many arrived.
     fn receive(&mut self, max: usize) -> (usize, usize) {
-        if self.armed.get() {
+        if self.interrupt.get() == Interrupt::Armed {
             self.disarm();
         }
         if !self.registered {
@@ -796,11 +804,11 @@ impl Port for DpdkPort {
     /// timeout.
     fn wait_fd(&self) -> Option<RawFd> {
         let fd = self.intr_fd?;
-        if !self.armed.get() && !self.level.get() {
+        if self.interrupt.get() == Interrupt::Off {
             // SAFETY: a started port and one of its queues, used by this thread alone.
             match unsafe { ffi::lb_rx_intr_enable(self.device.port_id, self.queue) } {
-                0 => self.armed.set(true),
-                e if e == -libc::ENOTSUP => self.level.set(true),
+                0 => self.interrupt.set(Interrupt::Armed),
+                e if e == -libc::ENOTSUP => self.interrupt.set(Interrupt::Level),
                 _ => return None,
             }
         }
