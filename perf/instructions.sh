@@ -15,6 +15,8 @@
 #        perf/instructions.sh maglev   (instructions of one Maglev build, 1000 weighted backends)
 #        perf/instructions.sh dpdk     (the DPDK port's own cost per packet over net_null, with
 #                                       net_null's receive and transmit: needs libdpdk-dev)
+#        perf/instructions.sh af_xdp   (the AF_XDP port's own cost per packet in userspace, on a
+#                                       veth pair in namespaces it makes: needs root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
@@ -48,6 +50,21 @@ if [ "$mode" = dpdk ]; then
   t1=$(total "$bin" 2000)
   t2=$(total "$bin" 12000)
   echo "dpdk port (rx_batch + flush over net_null, bursts of 32): $(( (t2 - t1) / (10000 * 32) )) instructions per packet (callgrind, commit $commit)"
+  exit 0
+fi
+if [ "$mode" = af_xdp ]; then
+  cargo build --release -q -p dataplane --example af_xdp_cost
+  bin=target/release/examples/af_xdp_cost
+  # Only inside the port's two calls (the sends into the veth are not the port's).
+  inside() {
+    valgrind --tool=callgrind --callgrind-out-file="$out/cg" --collect-atstart=no \
+      --toggle-collect='*rx_batch*' --toggle-collect='*Port>::flush' "$@" >"$out/run" 2>"$out/log"
+    grep -q ' short_calls=0 ' "$out/run" || echo "warning: some bursts were short: $(cat "$out/run")" >&2
+    grep -E '^summary:' "$out/cg" | awk '{print $2}'
+  }
+  t1=$(inside "$bin" 4)
+  t2=$(inside "$bin" 24)
+  echo "af_xdp port (rx_batch + flush on veth, bursts of 32, userspace only): $(( (t2 - t1) / (20 * 512) )) instructions per packet (callgrind, commit $commit)"
   exit 0
 fi
 cargo build --release -q -p dataplane --example pps
