@@ -36,20 +36,23 @@ total() {
   valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$@" >/dev/null 2>"$out/log"
   grep -E '^summary:' "$out/cg" | awk '{print $2}'
 }
+# One figure from two runs of "$bin" with arguments $1 and $2, whose difference is $3 units.
+per_unit() {
+  local t1 t2
+  t1=$(total "$bin" "$1")
+  t2=$(total "$bin" "$2")
+  echo $(( (t2 - t1) / $3 ))
+}
 if [ "$mode" = maglev ]; then
   cargo build --release -q -p dataplane --example maglev_build
   bin=target/release/examples/maglev_build
-  i1=$(total "$bin" 1)
-  i3=$(total "$bin" 3)
-  echo "maglev build (1000 weighted backends, M = 65537): $(( (i3 - i1) / 2 )) instructions (callgrind, commit $commit)"
+  echo "maglev build (1000 weighted backends, M = 65537): $(per_unit 1 3 2) instructions (callgrind, commit $commit)"
   exit 0
 fi
 if [ "$mode" = dpdk ]; then
   cargo build --release -q -p dataplane --features dpdk --example port_cost
   bin=target/release/examples/port_cost
-  t1=$(total "$bin" 2000)
-  t2=$(total "$bin" 12000)
-  echo "dpdk port (rx_batch + flush over net_null, bursts of 32): $(( (t2 - t1) / (10000 * 32) )) instructions per packet (callgrind, commit $commit)"
+  echo "dpdk port (rx_batch + flush over net_null, bursts of 32): $(per_unit 2000 12000 $((10000 * 32))) instructions per packet (callgrind, commit $commit)"
   exit 0
 fi
 if [ "$mode" = af_xdp ]; then

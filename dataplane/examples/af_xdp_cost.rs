@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use dataplane::port::af_xdp::{AfXdpOptions, AfXdpPort, AttachMode};
 use dataplane::port::Port;
 use dataplane::Verdict;
-use testkit::netns::{run, Netns};
+use testkit::netns::{veth_pair, Netns};
 use testkit::sample;
 
 const ROUND: usize = 512;
@@ -32,24 +32,7 @@ fn main() {
     let a = Netns::create(&format!("lbcost-{pid}-a")).expect("namespace a");
     let b = Netns::create(&format!("lbcost-{pid}-b")).expect("namespace b");
     let (link_a, link_b) = (format!("lbc{pid}a"), format!("lbc{pid}b"));
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            &link_a,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &link_b,
-            "netns",
-            b.name(),
-        ],
-    )
-    .expect("veth pair");
+    let _veth = veth_pair(&link_a, Some(a.name()), &link_b, Some(b.name())).expect("veth pair");
     let mac = sample::LB_MAC
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -57,8 +40,6 @@ fn main() {
         .join(":");
     a.run("ip", &["link", "set", &link_a, "address", &mac])
         .expect("mac");
-    a.run("ip", &["link", "set", &link_a, "up"]).expect("up a");
-    b.run("ip", &["link", "set", &link_b, "up"]).expect("up b");
     // A veth without a checksum offload to fill in: every frame is sent as written.
     b.run("ethtool", &["-K", &link_b, "tx", "off"])
         .expect("ethtool");
