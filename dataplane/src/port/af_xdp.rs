@@ -185,7 +185,7 @@ impl Area {
     /// A burst's chunks as frames: `PacketBuf`s over the chunks of `frames` (chunk offset, head,
     /// length), in order, into `out`. The caller checked that every offset is a distinct chunk
     /// inside the area ([`Burst::take`]).
-    fn bufs<'a>(&'a mut self, frames: &[(u64, usize, usize)], out: &mut [PacketBuf<'a>]) {
+    fn bufs<'a>(&'a mut self, frames: &[(u64, u32, u32)], out: &mut [PacketBuf<'a>]) {
         let base = self.ptr.as_ptr();
         for (&(chunk, head, len), pkt) in frames.iter().zip(out.iter_mut()) {
             let Ok(start) = usize::try_from(chunk) else {
@@ -201,15 +201,15 @@ impl Area {
             // `&mut self` borrow keeps anyone else from handing out more for `'a`.
             let chunk =
                 unsafe { std::slice::from_raw_parts_mut(base.add(start), FRAME_SIZE as usize) };
-            *pkt = PacketBuf::new(chunk, head, len);
+            *pkt = PacketBuf::new(chunk, head as usize, len as usize);
         }
     }
 }
 
 /// The descriptors of one received burst, checked: in range, aligned, no chunk twice.
 struct Burst {
-    /// (chunk offset, head, length) per frame.
-    frames: [(u64, usize, usize); MAX_BURST],
+    /// (chunk offset, head, length) per frame: as received, then as the pipeline left it.
+    frames: [(u64, u32, u32); MAX_BURST],
     n: usize,
 }
 
@@ -220,8 +220,8 @@ impl Burst {
     fn take(
         &mut self,
         chunk: u64,
-        head: usize,
-        len: usize,
+        head: u32,
+        len: u32,
         area_len: usize,
         seen: &mut [u32],
         stamp: u32,
@@ -759,12 +759,13 @@ impl Port for AfXdpPort {
             while let Some(desc) = rx.read() {
                 got += 1;
                 let chunk = desc.addr & chunk_mask;
-                let head = (desc.addr - chunk) as usize;
+                // Below FRAME_SIZE: the mask kept the rest.
+                let head = (desc.addr - chunk) as u32;
                 // A descriptor we cannot take has no chunk of ours to recycle.
                 burst.take(
                     chunk,
                     head,
-                    desc.len as usize,
+                    desc.len,
                     self.area.len,
                     &mut self.seen,
                     self.stamp,
@@ -776,14 +777,14 @@ impl Port for AfXdpPort {
         let n = burst.n;
         if n > 0 {
             let mut verdicts = [UNSET; MAX_BURST];
-            let mut out = [(0usize, 0usize); MAX_BURST];
             {
                 let mut pkts: [PacketBuf<'_>; MAX_BURST] =
                     [const { PacketBuf::empty() }; MAX_BURST];
                 self.area.bufs(&burst.frames[..n], &mut pkts[..n]);
                 f(&mut pkts[..n], &mut verdicts[..n]);
-                for (o, p) in out.iter_mut().zip(&pkts[..n]) {
-                    *o = (p.head(), p.len());
+                for (fr, p) in burst.frames.iter_mut().zip(&pkts[..n]) {
+                    // Inside the chunk (FRAME_SIZE bytes): the casts keep every bit.
+                    (fr.1, fr.2) = (p.head() as u32, p.len() as u32);
                 }
             }
             let mut i = 0;
@@ -796,8 +797,9 @@ impl Port for AfXdpPort {
                 let start = i;
                 while i < n {
                     let counts = (&mut self.stats, &mut self.to_host_dropped);
-                    let (chunk, v) = (burst.frames[i].0, verdicts[i]);
-                    if !settle(&mut tx, counts, &mut self.free, chunk, out[i], v) {
+                    let ((chunk, head, len), v) = (burst.frames[i], verdicts[i]);
+                    let at = (head as usize, len as usize);
+                    if !settle(&mut tx, counts, &mut self.free, chunk, at, v) {
                         break;
                     }
                     i += 1;
