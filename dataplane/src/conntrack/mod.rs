@@ -296,9 +296,12 @@ impl<V: Copy> Slot<V> {
     }
 }
 
-/// Where a key may live, and whether it is already there.
+/// Where a key may live, and whether it is already there: a search done once, by
+/// [`Conntrack::probe`] or [`Conntrack::probe_v4`], for [`Conntrack::insert_probed`] (a port
+/// allocation's search of a candidate reply key is the insert's, not repeated). Valid until the
+/// table next changes.
 #[derive(Clone, Copy, Debug)]
-struct Probe {
+pub struct Probe {
     /// The key's [`KeyWord`], computed once for the search and the commit.
     kw: KeyWord,
     buckets: [usize; 2],
@@ -738,16 +741,40 @@ impl<V: Copy> Conntrack<V> {
         initial: FlowState,
     ) -> Result<u32, InsertError> {
         debug_assert_eq!(orig.1, self.table_hash(orig.0));
-        let class = Class::of(initial);
         let pa = self.probe(orig.0, orig.1);
+        let pb = reply.map(|(k, h, _)| {
+            debug_assert_eq!(h, self.table_hash(k));
+            self.probe(k, h)
+        });
+        let orig = (orig.0, &pa, orig.2);
+        let reply = match (reply, &pb) {
+            (Some((k, _, v)), Some(p)) => Some((k, p, v)),
+            _ => None,
+        };
+        self.insert_probed(now, orig, reply, initial)
+    }
+
+    /// [`Conntrack::insert_hashed`] for keys already searched (each key with its
+    /// [`Conntrack::probe`], made since the table last changed): a new flow searches each
+    /// key's buckets once. The same checks, choices and all-or-nothing commit.
+    #[inline]
+    pub fn insert_probed(
+        &mut self,
+        now: Millis,
+        orig: (&FlowKey, &Probe, &V),
+        reply: Option<(&FlowKey, &Probe, &V)>,
+        initial: FlowState,
+    ) -> Result<u32, InsertError> {
+        let class = Class::of(initial);
+        let pa = *orig.1;
         let pb = match reply {
-            Some((k, _, _)) if k == orig.0 => return Err(InsertError::Exists),
-            Some((k, h, _)) => {
-                debug_assert_eq!(h, self.table_hash(k));
-                Some(self.probe(k, h))
-            }
+            // Equal keys have equal words; a word alone decides for IPv4.
+            Some((k, p, _)) if p.kw == pa.kw && k == orig.0 => return Err(InsertError::Exists),
+            Some((_, p, _)) => Some(*p),
             None => None,
         };
+        let orig = (orig.0, orig.2);
+        let reply = reply.map(|(k, _, v)| (k, v));
         let mut plan = Plan::default();
         for p in std::iter::once(&pa).chain(pb.as_ref()) {
             if let Some(slot) = p.found {
@@ -796,9 +823,9 @@ impl<V: Copy> Conntrack<V> {
         }
         let deadline = now.saturating_add(self.timeout(initial, false));
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
-        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, 0, orig.2);
+        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, 0, orig.1);
         self.keys += 1;
-        if let (Some(p), Some((k, _, v))) = (&pb, reply) {
+        if let (Some(p), Some((k, v))) = (&pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
             self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
             self.keys += 1;
@@ -1043,13 +1070,26 @@ impl<V: Copy> Conntrack<V> {
         self.find_with(h, |s| s.kw == kw && (exact || s.key == *key))
     }
 
-    /// A key's buckets, fingerprint and key word from its table hash `h`, and its slot.
+    /// A key's buckets, fingerprint and key word from its table hash `h` (its
+    /// [`Conntrack::table_hash`]), and its slot if the table holds it (live or expired).
     #[inline(always)]
-    fn probe(&self, key: &FlowKey, h: u64) -> Probe {
+    pub fn probe(&self, key: &FlowKey, h: u64) -> Probe {
+        let (kw, exact) = KeyWord::of(key);
+        self.probe_kw(kw, h, |s| s.kw == kw && (exact || s.key == *key))
+    }
+
+    /// [`Conntrack::probe`] of an IPv4 key from its header words (`h` its
+    /// [`Conntrack::hash_v4`]): its word decides, no [`FlowKey`] is compared.
+    #[inline(always)]
+    pub fn probe_v4(&self, key: V4Key, h: u64) -> Probe {
+        self.probe_kw(key.0, h, |s| s.kw == key.0)
+    }
+
+    #[inline(always)]
+    fn probe_kw(&self, kw: KeyWord, h: u64, eq: impl Fn(&Slot<V>) -> bool) -> Probe {
         let (b1, b2, fp) = self.place_hashed(h);
         let nb = if b2 == b1 { 1 } else { 2 };
-        let (kw, exact) = KeyWord::of(key);
-        let found = self.find_with(h, |s| s.kw == kw && (exact || s.key == *key));
+        let found = self.find_with(h, eq);
         Probe {
             kw,
             buckets: [b1, b2],
@@ -1057,6 +1097,22 @@ impl<V: Copy> Conntrack<V> {
             fp,
             found,
         }
+    }
+
+    /// Whether the key a probe searched for is tracked by a live flow (what
+    /// [`Conntrack::lookup`] would find), as opposed to absent or expired.
+    #[inline(always)]
+    pub fn probe_live(&self, p: &Probe, now: Millis) -> bool {
+        let Some(slot) = p.found else {
+            return false;
+        };
+        let Some(s) = self.slots.get(slot as usize) else {
+            return false;
+        };
+        let flow = if s.flags & F_REPLY != 0 { s.peer } else { slot };
+        self.slots
+            .get(flow as usize)
+            .is_some_and(|f| now < f.deadline)
     }
 
     /// A free slot (other than `exclude`) for a key with probe `p`, in the emptier of its

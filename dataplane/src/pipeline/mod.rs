@@ -285,9 +285,16 @@ pub fn process_parsed_as(
     }
     state.counters.rx_packets += 1;
     state.counters.rx_bytes += pkt.len() as u64;
-    let v = match parsed {
-        Ok(p) => classify(state, table, now, pkt, p, seen),
-        Err(e) => parse_error(table, pkt.data(), e),
+    // A new flow's SYN or first datagram the fast parse read: its own path, without the
+    // general classification (which decides every packet that path leaves alone).
+    let first = match seen {
+        Some(FastMiss { flow: f, hit: None }) => new_flow::new_v4(state, table, now, pkt, f),
+        _ => None,
+    };
+    let v = match (first, parsed) {
+        (Some(v), _) => v,
+        (None, Ok(p)) => classify(state, table, now, pkt, p, seen),
+        (None, Err(e)) => parse_error(table, pkt.data(), e),
     };
     let c = &mut state.counters;
     match v {

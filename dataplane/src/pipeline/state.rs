@@ -4,7 +4,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
-use crate::conntrack::{self, Conntrack, FlowState, Millis, TcpState};
+use crate::conntrack::{self, Conntrack, FlowState, Millis, Probe, TcpState, V4Key};
 use crate::flow::{proto, Addr, FlowKey};
 use crate::port::MAX_BURST;
 use crate::table::{Mode, RoutingTable};
@@ -227,8 +227,9 @@ impl WorkerState {
     }
 
     /// Next fullnat source port whose reply key (backend -> snat:port) is free, with that key's
-    /// table hash (the insert that follows takes it instead of hashing the key again).
-    pub(super) fn alloc_port(&mut self, key: &mut FlowKey, now: Millis) -> Option<(u16, u64)> {
+    /// probe (the insert that follows takes it instead of searching for the key again).
+    #[inline(always)]
+    pub(super) fn alloc_port(&mut self, key: &mut FlowKey, now: Millis) -> Option<Probe> {
         if self.snat_hi < self.snat_lo || self.snat_lo == 0 {
             return None;
         }
@@ -242,9 +243,42 @@ impl WorkerState {
                 port + 1
             };
             key.dport = port;
-            let h = self.ct.table_hash(key);
-            if self.ct.lookup_hashed(key, h, now).is_none() {
-                return Some((port, h));
+            let p = self.ct.probe(key, self.ct.table_hash(key));
+            if !self.ct.probe_live(&p, now) {
+                return Some(p);
+            }
+        }
+        None
+    }
+    /// [`WorkerState::alloc_port`] of the reply key `be_w:be_port -> snat_w:port` (address
+    /// words as loaded from the wire) from words: the port and the key's probe.
+    #[inline(always)]
+    pub(super) fn alloc_port_v4(
+        &mut self,
+        be_w: u32,
+        snat_w: u32,
+        be_port: u16,
+        proto: u8,
+        now: Millis,
+    ) -> Option<(u16, Probe)> {
+        if self.snat_hi < self.snat_lo || self.snat_lo == 0 {
+            return None;
+        }
+        let span = u32::from(self.snat_hi - self.snat_lo) + 1;
+        let bp = be_port.to_be_bytes();
+        for _ in 0..span.min(64) {
+            let port = self.snat_next;
+            self.snat_next = if port >= self.snat_hi {
+                self.snat_lo
+            } else {
+                port + 1
+            };
+            let pp = port.to_be_bytes();
+            let ports = u32::from_ne_bytes([bp[0], bp[1], pp[0], pp[1]]);
+            let h = self.ct.hash_v4(be_w, snat_w, ports, proto);
+            let p = self.ct.probe_v4(V4Key::new(be_w, snat_w, ports, proto), h);
+            if !self.ct.probe_live(&p, now) {
+                return Some((port, p));
             }
         }
         None
