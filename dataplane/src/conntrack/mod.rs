@@ -310,6 +310,8 @@ pub struct Probe {
     fp: u16,
     /// Slot holding this key (live or expired), if any.
     found: Option<u32>,
+    /// Each bucket's free slots (bit i = slot `buckets[j] + i`), read with the search.
+    free: [u32; 2],
 }
 
 /// Flows an insert will remove when it commits (expired duplicates, reused or evicted entries).
@@ -766,32 +768,26 @@ impl<V: Copy> Conntrack<V> {
         initial: FlowState,
     ) -> Result<u32, InsertError> {
         let class = Class::of(initial);
-        let pa = *orig.1;
+        let pa = orig.1;
         let pb = match reply {
             // Equal keys have equal words; a word alone decides for IPv4.
             Some((k, p, _)) if p.kw == pa.kw && k == orig.0 => return Err(InsertError::Exists),
-            Some((_, p, _)) => Some(*p),
+            Some((_, p, _)) => Some(p),
             None => None,
         };
         let orig = (orig.0, orig.2);
         let reply = reply.map(|(k, _, v)| (k, v));
         let mut plan = Plan::default();
-        for p in std::iter::once(&pa).chain(pb.as_ref()) {
-            if let Some(slot) = p.found {
-                let flow = self.flow_of(slot).unwrap_or(slot);
-                if now < self.slots[flow as usize].deadline {
-                    return Err(InsertError::Exists);
-                }
-                // An expired duplicate must go, or the key would be stored twice.
-                plan.add(flow);
-            }
+        self.duplicate(pa, &mut plan, now)?;
+        if let Some(p) = pb {
+            self.duplicate(p, &mut plan, now)?;
         }
         // A free slot, the common case, inline; the search for one to reuse is a call.
-        let sa = match self.free_slot(&pa, NO_SLOT) {
+        let sa = match self.free_slot(pa, NO_SLOT) {
             Some(s) => s,
-            None => self.choose(&pa, NO_SLOT, &mut plan, class, now)?,
+            None => self.choose(pa, NO_SLOT, &mut plan, class, now)?,
         };
-        let sb = match &pb {
+        let sb = match pb {
             Some(p) => match self.free_slot(p, sa) {
                 Some(s) => s,
                 None => self.choose(p, sa, &mut plan, class, now)?,
@@ -803,12 +799,9 @@ impl<V: Copy> Conntrack<V> {
             .count();
         if self.unconfirmed_count(class) - freed >= self.cfg.embryonic_budget {
             let victim = self
-                .oldest_unconfirmed(&pa, &plan, NO_SLOT, class)
+                .oldest_unconfirmed(pa, &plan, NO_SLOT, class)
                 .into_iter()
-                .chain(
-                    pb.as_ref()
-                        .and_then(|p| self.oldest_unconfirmed(p, &plan, NO_SLOT, class)),
-                )
+                .chain(pb.and_then(|p| self.oldest_unconfirmed(p, &plan, NO_SLOT, class)))
                 .min_by_key(|&(_, d)| d)
                 .ok_or(match class {
                     Class::Tcp => InsertError::EmbryonicBudget,
@@ -825,7 +818,7 @@ impl<V: Copy> Conntrack<V> {
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
         self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, 0, orig.1);
         self.keys += 1;
-        if let (Some(p), Some((k, v))) = (&pb, reply) {
+        if let (Some(p), Some((k, v))) = (pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
             self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
             self.keys += 1;
@@ -833,6 +826,20 @@ impl<V: Copy> Conntrack<V> {
         self.len += 1;
         *self.unconfirmed_count_mut(class) += 1;
         Ok(sa)
+    }
+
+    /// An insert's check of a key its probe found: `Exists` while its flow lives, else the
+    /// expired flow goes into the plan (or the key would be stored twice).
+    #[inline(always)]
+    fn duplicate(&self, p: &Probe, plan: &mut Plan, now: Millis) -> Result<(), InsertError> {
+        if let Some(slot) = p.found {
+            let flow = self.flow_of(slot).unwrap_or(slot);
+            if now < self.slots[flow as usize].deadline {
+                return Err(InsertError::Exists);
+            }
+            plan.add(flow);
+        }
+        Ok(())
     }
 
     /// Feeds one packet of `flow` (its flow slot or reply slot) to the state machine and refreshes the
@@ -1096,6 +1103,7 @@ impl<V: Copy> Conntrack<V> {
             nb,
             fp,
             found,
+            free: [match_free(&self.tags, b1), match_free(&self.tags, b2)],
         }
     }
 
@@ -1116,24 +1124,22 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// A free slot (other than `exclude`) for a key with probe `p`, in the emptier of its
-    /// buckets: each bucket's free slots from one vector compare.
+    /// buckets: each bucket's free slots as the probe read them (one vector compare each).
     #[inline(always)]
     fn free_slot(&self, p: &Probe, exclude: u32) -> Option<u32> {
-        // (free slots, those other than `exclude`) of bucket `b`.
-        let free = |b: usize| {
-            let m = match_free(&self.tags, b);
-            match exclude.wrapping_sub(b as u32) {
-                off if off < BUCKET as u32 => (m, m & !(1u32 << off)),
-                _ => (m, m),
-            }
+        // (free slots, those other than `exclude`) of bucket `b` (whose free slots the probe
+        // read: nothing changed since).
+        let free = |b: usize, m: u32| match exclude.wrapping_sub(b as u32) {
+            off if off < BUCKET as u32 => (m, m & !(1u32 << off)),
+            _ => (m, m),
         };
         let [b1, b2] = p.buckets;
-        let (m1, u1) = free(b1);
+        let (m1, u1) = free(b1, p.free[0]);
         let at = |b: usize, u: u32| b as u32 + u.trailing_zeros();
         if p.nb == 1 {
             return (u1 != 0).then(|| at(b1, u1));
         }
-        let (m2, u2) = free(b2);
+        let (m2, u2) = free(b2, p.free[1]);
         // The second bucket only when it has strictly more free slots (or the first has none
         // to offer): both counts from one SWAR popcount.
         let (n1, n2) = popcount_pair(m1, m2);

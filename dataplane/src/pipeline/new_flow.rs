@@ -83,12 +83,11 @@ pub(super) fn new_v4(
         return None;
     }
     let (sport, dport) = (f.sport(), f.dport());
-    let vip = Addr::v4(f.dst.to_ne_bytes());
-    let (_, svc) = table.service_for(vip, f.proto, dport)?;
+    let svc = table.service_for_v4(f.dst, f.proto, dport)?;
     if !wire::verify_v4_l4(pkt.data(), f) {
         return None;
     }
-    let client = Addr::v4(f.src.to_ne_bytes());
+    let (client, vip) = (Addr::v4(f.src.to_ne_bytes()), Addr::v4(f.dst.to_ne_bytes()));
     let key = FlowKey {
         src: client,
         dst: vip,
@@ -272,7 +271,17 @@ fn snat_v4(
     proto: u8,
     now: Millis,
 ) -> Result<(u32, u16, Probe), DropReason> {
-    let n = pool.snat.iter().filter(|a| a.is_v4()).count();
+    // The family's first few address words in one walk (a pool rarely has more).
+    let mut words = [0u32; 4];
+    let mut n = 0;
+    for a in &pool.snat {
+        if a.is_v4() {
+            if let Some(w) = words.get_mut(n) {
+                *w = u32::from_ne_bytes(a.v4_octets());
+            }
+            n += 1;
+        }
+    }
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
@@ -284,10 +293,13 @@ fn snat_v4(
         } else {
             start + k
         };
-        let Some(snat) = pool.snat.iter().filter(|a| a.is_v4()).nth(want) else {
-            continue;
+        let snat_w = match words.get(want) {
+            Some(&w) => w,
+            None => match pool.snat.iter().filter(|a| a.is_v4()).nth(want) {
+                Some(a) => u32::from_ne_bytes(a.v4_octets()),
+                None => continue,
+            },
         };
-        let snat_w = u32::from_ne_bytes(snat.v4_octets());
         if let Some((port, p)) = st.alloc_port_v4(be_w, snat_w, be_port, proto, now) {
             return Ok((snat_w, port, p));
         }

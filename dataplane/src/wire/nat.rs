@@ -41,9 +41,12 @@ pub fn deltas(from: &FlowKey, to: &FlowKey) -> (Delta, Delta) {
 #[inline(always)]
 pub fn deltas_v4(from: [u32; 3], to: [u32; 3]) -> (Delta, Delta) {
     let (old, new) = (|w: u32| u64::from(!w), u64::from);
-    let l3 = Delta::from_sum(old(from[0]) + new(to[0]) + old(from[1]) + new(to[1]));
-    let p = Delta::from_sum(old(from[2]) + new(to[2]));
-    (l3, l3.and(p))
+    let addrs = old(from[0]) + new(to[0]) + old(from[1]) + new(to[1]);
+    // The transport's from the unfolded sums, one fold each: folding the sum of two sums is
+    // folding the sum of their folds (both are the one value in 1..=0xffff, or 0 for a zero
+    // sum, that the sum is congruent to modulo 0xffff).
+    let l4 = addrs + old(from[2]) + new(to[2]);
+    (Delta::from_sum(addrs), Delta::from_sum(l4))
 }
 
 /// [`deltas`] when an address is IPv6: byte runs of either length, kept out of the IPv4 code.
