@@ -5,16 +5,17 @@
 //! source, two SNAT addresses and a port range small enough to run out, a table small enough to
 //! fill and a budget small enough to evict, time passing and expiry) give the same verdicts,
 //! bytes, counters and conntrack entries (slots, keys, states, timers, values of both
-//! directions) through `process` (the fast path's miss, then the new flow's path) as through
-//! `process_general` (the general parse and classification, the reference).
+//! directions) through `process` (the fast path's miss, then the new flow's path) and through
+//! `process_burst_with` with the worker's kind of slow path (parse, then `process_parsed_as`)
+//! as through `process_general` (the general parse and classification, the reference).
 
 use dataplane::conntrack::{self, Millis, Timeouts};
 use dataplane::flow::{proto, Addr};
 use dataplane::maglev::DEFAULT_TABLE_SIZE;
-use dataplane::pipeline::process_general;
+use dataplane::pipeline::{parse_after, process_burst_with, process_general, process_parsed_as};
 use dataplane::table::{Affinity, Backend, Local, Mode, Pool, RoutingTable, ServiceSpec};
 use dataplane::wire::{self, checksum, Ipv4Fields};
-use dataplane::{process, DropReason, PacketBuf, WorkerState};
+use dataplane::{process, DropReason, PacketBuf, Verdict, WorkerState};
 use proptest::prelude::*;
 
 const HEAD: usize = 128;
@@ -263,7 +264,9 @@ fn entries(st: &WorkerState) -> Vec<String> {
 
 fn run(ops: &[Op]) -> Result<WorkerState, TestCaseError> {
     let table = table();
-    let (mut fast, mut general) = (state(), state());
+    // The third: as the worker runs frames, through `process_burst_with` with a slow path
+    // that parses first (to steer) and then calls `process_parsed_as`.
+    let (mut fast, mut general, mut steered) = (state(), state(), state());
     let mut now: Millis = 1;
     for op in ops {
         match *op {
@@ -284,17 +287,46 @@ fn run(ops: &[Op]) -> Result<WorkerState, TestCaseError> {
                 }
                 let mut a = vec![0u8; BUF];
                 let mut b = vec![0u8; BUF];
+                let mut c = vec![0u8; BUF];
                 a[HEAD..HEAD + f.len()].copy_from_slice(&f);
                 b[HEAD..HEAD + f.len()].copy_from_slice(&f);
+                c[HEAD..HEAD + f.len()].copy_from_slice(&f);
                 let mut pa = PacketBuf::new(&mut a, HEAD, f.len());
                 let mut pb = PacketBuf::new(&mut b, HEAD, f.len());
                 let va = process(&mut fast, &table, now, &mut pa);
                 let vb = process_general(&mut general, &table, now, &mut pb);
+                let mut pc = [PacketBuf::new(&mut c, HEAD, f.len())];
+                let mut vc = [Verdict::Drop(DropReason::Unsupported)];
+                process_burst_with(
+                    &mut steered,
+                    &table,
+                    now,
+                    &mut pc,
+                    &mut vc,
+                    |st, p, seen| {
+                        let parsed = parse_after(p.data(), seen);
+                        process_parsed_as(st, &table, now, p, parsed, seen)
+                    },
+                );
                 prop_assert_eq!(va, vb, "verdict of {:?}", op);
+                prop_assert_eq!(vc[0], vb, "verdict of {:?} (steered)", op);
                 prop_assert_eq!(pa.data(), pb.data(), "bytes of {:?}", op);
+                prop_assert_eq!(pc[0].data(), pb.data(), "bytes of {:?} (steered)", op);
                 prop_assert_eq!(&fast.counters, &general.counters, "counters after {:?}", op);
                 prop_assert_eq!(
+                    &steered.counters,
+                    &general.counters,
+                    "counters after {:?}",
+                    op
+                );
+                prop_assert_eq!(
                     entries(&fast),
+                    entries(&general),
+                    "conntrack after {:?}",
+                    op
+                );
+                prop_assert_eq!(
+                    entries(&steered),
                     entries(&general),
                     "conntrack after {:?}",
                     op
@@ -302,9 +334,13 @@ fn run(ops: &[Op]) -> Result<WorkerState, TestCaseError> {
             }
             Op::Wait(ms) => now += ms,
             Op::Expire(budget) => {
-                prop_assert_eq!(fast.expire(now, budget), general.expire(now, budget));
+                let n = general.expire(now, budget);
+                prop_assert_eq!(fast.expire(now, budget), n);
+                prop_assert_eq!(steered.expire(now, budget), n);
                 prop_assert_eq!(&fast.counters, &general.counters);
+                prop_assert_eq!(&steered.counters, &general.counters);
                 prop_assert_eq!(entries(&fast), entries(&general));
+                prop_assert_eq!(entries(&steered), entries(&general));
             }
         }
     }

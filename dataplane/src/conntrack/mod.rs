@@ -759,7 +759,7 @@ impl<V: Copy> Conntrack<V> {
     /// [`Conntrack::insert_hashed`] for keys already searched (each key with its
     /// [`Conntrack::probe`], made since the table last changed): a new flow searches each
     /// key's buckets once. The same checks, choices and all-or-nothing commit.
-    #[inline]
+    #[inline(always)]
     pub fn insert_probed(
         &mut self,
         now: Millis,

@@ -84,9 +84,11 @@ pub(super) fn new_v4(
     }
     let (sport, dport) = (f.sport(), f.dport());
     let svc = table.service_for_v4(f.dst, f.proto, dport)?;
-    if !wire::verify_v4_l4(pkt.data(), f) {
+    let frame = pkt.data();
+    if !wire::verify_v4_l4(frame, f) {
         return None;
     }
+    let client_mac = wire::src_mac(frame);
     let (client, vip) = (Addr::v4(f.src.to_ne_bytes()), Addr::v4(f.dst.to_ne_bytes()));
     let key = FlowKey {
         src: client,
@@ -205,7 +207,7 @@ pub(super) fn new_v4(
             new_dst: client,
             new_sport: dport,
             new_dport: sport,
-            mac: wire::src_mac(pkt.data()),
+            mac: client_mac,
             src_mac: table.local.mac_of(st.rx_port),
             ..fwd
         };
@@ -219,13 +221,12 @@ pub(super) fn new_v4(
         );
         st.ct.insert_probed(now, (&key, &pa, &fwd), None, initial)
     };
-    let slot = match inserted {
-        Ok(s) => s,
-        Err(e) => return Some(Verdict::Drop(insert_drop(e))),
-    };
-    let WorkerState { ct, counters, .. } = st;
-    let val = ct.value(slot);
-    count(counters, val, pkt.len() as u64, true);
+    if let Err(e) = inserted {
+        return Some(Verdict::Drop(insert_drop(e)));
+    }
+    // The flow slot holds `fwd` as it is here.
+    let val = &fwd;
+    count(&mut st.counters, val, pkt.len() as u64, true);
     let done = match val.fast {
         Fast::RewriteV4 => {
             let ports = nat::ports(val.new_sport, val.new_dport);
@@ -263,6 +264,7 @@ pub(super) fn new_v4(
 /// [`snat_alloc`] for an IPv4 backend (`be_w`, its address word as loaded; `be_port` the
 /// port the flow goes to) from words: the fullnat source address word and port, and the
 /// reply key's probe. The same turns, order and errors.
+#[inline(always)]
 fn snat_v4(
     st: &mut WorkerState,
     pool: &Pool,
