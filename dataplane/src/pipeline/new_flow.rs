@@ -214,11 +214,7 @@ pub(super) fn new_v4(
         st.ct
             .insert_probed(now, (&key, &pa, &fwd), Some((&rkey, &pb, &rev)), initial)
     } else {
-        let new_src_be = u32::from_be_bytes(new_src.v4_octets());
-        (fwd.l3_delta, fwd.l4_delta) = nat::deltas_v4(
-            [c_be, v_be, in_ports],
-            [new_src_be, u32::from_be(be_w), nat::ports(sport, new_dport)],
-        );
+        // Encapsulation and dr leave the packet's checksums alone: no deltas (as `seal`).
         st.ct.insert_probed(now, (&key, &pa, &fwd), None, initial)
     };
     if let Err(e) = inserted {

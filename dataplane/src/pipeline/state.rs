@@ -42,9 +42,11 @@ pub struct FlowValue {
     pub(super) proto: u8,
     pub(super) svc_stat: u32,
     pub(super) be_stat: u32,
-    /// Checksum delta of the address rewrite (IPv4 header), computed once per flow.
+    /// Checksum delta of the address rewrite (IPv4 header), computed once per flow
+    /// ([`Action::Rewrite`] only; 0 otherwise).
     pub(super) l3_delta: Delta,
-    /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
+    /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports;
+    /// [`Action::Rewrite`] only).
     pub(super) l4_delta: Delta,
     pub(super) new_sport: u16,
     pub(super) new_dport: u16,
@@ -86,11 +88,15 @@ pub(super) enum Fast {
 
 impl FlowValue {
     /// Precomputes the checksum deltas of rewriting `key` (the tuple this value's packets carry)
-    /// into `new_*`, so a packet of the flow costs two checksum adjustments, not four sums.
-    /// In place: a new flow seals its values where they are built, not copies of them.
+    /// into `new_*`, so a packet of the flow costs two checksum adjustments, not four sums;
+    /// only a rewrite has them (encapsulation and a MAC change leave the packet's checksums
+    /// alone, and their deltas stay 0). In place: a new flow seals its values where they are
+    /// built, not copies of them.
     #[inline(always)]
     pub(super) fn seal(&mut self, key: &FlowKey) {
-        (self.l3_delta, self.l4_delta) = nat::deltas(key, &self.new_key());
+        if self.action == Action::Rewrite {
+            (self.l3_delta, self.l4_delta) = nat::deltas(key, &self.new_key());
+        }
         let v4 = matches!(key.proto, proto::TCP | proto::UDP)
             && key.src.is_v4()
             && key.dst.is_v4()
