@@ -123,6 +123,13 @@ pub struct Service {
     ifaces: Vec<u8>,
 }
 
+/// The key of [`RoutingTable::service_for_v4`]'s map: the address word as loaded from the
+/// wire, the protocol and the port in one word.
+#[inline(always)]
+fn v4_vip_key(dst: u32, proto: u8, port: u16) -> u64 {
+    u64::from(dst) | (u64::from(proto) << 32) | (u64::from(port) << 40)
+}
+
 /// "Not resolved dynamically": the backend's `mac` is used as given.
 pub const NO_HOP: u32 = u32::MAX;
 
@@ -497,6 +504,9 @@ pub struct RoutingTable {
     backend_stats: u32,
     service_stats: u32,
     vips: HashMap<(Addr, u8, u16), u32, FastHash>,
+    /// `vips`' IPv4 entries keyed by one word ([`v4_vip_key`]): a new flow's lookup hashes 8
+    /// bytes instead of 19.
+    vips_v4: HashMap<u64, u32, FastHash>,
     draining_vips: HashMap<(Addr, u8, u16), u32, FastHash>,
     owned: HashSet<Addr, FastHash>,
     snat: HashSet<Addr, FastHash>,
@@ -619,6 +629,14 @@ impl RoutingTable {
                 ifaces: Vec::new(),
             });
         }
+        let vips_v4 = vips
+            .iter()
+            .filter(|((a, _, _), _)| a.is_v4())
+            .map(|(&(a, proto, port), &i)| {
+                let w = u32::from_ne_bytes(a.v4_octets());
+                (v4_vip_key(w, proto, port), i)
+            })
+            .collect();
         Ok(RoutingTable {
             generation,
             local,
@@ -627,6 +645,7 @@ impl RoutingTable {
             backend_stats,
             service_stats,
             vips,
+            vips_v4,
             draining_vips,
             owned,
             snat,
@@ -752,6 +771,17 @@ impl RoutingTable {
             None => *self.vips.get(&(dst, proto, 0))?,
         };
         Some((idx, &self.services[idx as usize]))
+    }
+
+    /// [`RoutingTable::service_for`] of an IPv4 destination given as its wire bytes loaded
+    /// native-endian (as [`crate::wire::V4Flow`] holds it): the same service.
+    #[inline]
+    pub fn service_for_v4(&self, dst: u32, proto: u8, dport: u16) -> Option<&Service> {
+        let idx = match self.vips_v4.get(&v4_vip_key(dst, proto, dport)) {
+            Some(i) => *i,
+            None => *self.vips_v4.get(&v4_vip_key(dst, proto, 0))?,
+        };
+        self.services.get(idx as usize)
     }
 
     /// The draining service (removed by a reload, see [`Service::draining`]) that held

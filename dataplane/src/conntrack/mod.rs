@@ -296,9 +296,12 @@ impl<V: Copy> Slot<V> {
     }
 }
 
-/// Where a key may live, and whether it is already there.
+/// Where a key may live, and whether it is already there: a search done once, by
+/// [`Conntrack::probe`] or [`Conntrack::probe_v4`], for [`Conntrack::insert_probed`] (a port
+/// allocation's search of a candidate reply key is the insert's, not repeated). Valid until the
+/// table next changes.
 #[derive(Clone, Copy, Debug)]
-struct Probe {
+pub struct Probe {
     /// The key's [`KeyWord`], computed once for the search and the commit.
     kw: KeyWord,
     buckets: [usize; 2],
@@ -307,6 +310,8 @@ struct Probe {
     fp: u16,
     /// Slot holding this key (live or expired), if any.
     found: Option<u32>,
+    /// Each bucket's free slots (bit i = slot `buckets[j] + i`), read with the search.
+    free: [u32; 2],
 }
 
 /// Flows an insert will remove when it commits (expired duplicates, reused or evicted entries).
@@ -738,33 +743,51 @@ impl<V: Copy> Conntrack<V> {
         initial: FlowState,
     ) -> Result<u32, InsertError> {
         debug_assert_eq!(orig.1, self.table_hash(orig.0));
-        let class = Class::of(initial);
         let pa = self.probe(orig.0, orig.1);
+        let pb = reply.map(|(k, h, _)| {
+            debug_assert_eq!(h, self.table_hash(k));
+            self.probe(k, h)
+        });
+        let orig = (orig.0, &pa, orig.2);
+        let reply = match (reply, &pb) {
+            (Some((k, _, v)), Some(p)) => Some((k, p, v)),
+            _ => None,
+        };
+        self.insert_probed(now, orig, reply, initial)
+    }
+
+    /// [`Conntrack::insert_hashed`] for keys already searched (each key with its
+    /// [`Conntrack::probe`], made since the table last changed): a new flow searches each
+    /// key's buckets once. The same checks, choices and all-or-nothing commit.
+    #[inline(always)]
+    pub fn insert_probed(
+        &mut self,
+        now: Millis,
+        orig: (&FlowKey, &Probe, &V),
+        reply: Option<(&FlowKey, &Probe, &V)>,
+        initial: FlowState,
+    ) -> Result<u32, InsertError> {
+        let class = Class::of(initial);
+        let pa = orig.1;
         let pb = match reply {
-            Some((k, _, _)) if k == orig.0 => return Err(InsertError::Exists),
-            Some((k, h, _)) => {
-                debug_assert_eq!(h, self.table_hash(k));
-                Some(self.probe(k, h))
-            }
+            // Equal keys have equal words; a word alone decides for IPv4.
+            Some((k, p, _)) if p.kw == pa.kw && k == orig.0 => return Err(InsertError::Exists),
+            Some((_, p, _)) => Some(p),
             None => None,
         };
+        let orig = (orig.0, orig.2);
+        let reply = reply.map(|(k, _, v)| (k, v));
         let mut plan = Plan::default();
-        for p in std::iter::once(&pa).chain(pb.as_ref()) {
-            if let Some(slot) = p.found {
-                let flow = self.flow_of(slot).unwrap_or(slot);
-                if now < self.slots[flow as usize].deadline {
-                    return Err(InsertError::Exists);
-                }
-                // An expired duplicate must go, or the key would be stored twice.
-                plan.add(flow);
-            }
+        self.duplicate(pa, &mut plan, now)?;
+        if let Some(p) = pb {
+            self.duplicate(p, &mut plan, now)?;
         }
         // A free slot, the common case, inline; the search for one to reuse is a call.
-        let sa = match self.free_slot(&pa, NO_SLOT) {
+        let sa = match self.free_slot(pa, NO_SLOT) {
             Some(s) => s,
-            None => self.choose(&pa, NO_SLOT, &mut plan, class, now)?,
+            None => self.choose(pa, NO_SLOT, &mut plan, class, now)?,
         };
-        let sb = match &pb {
+        let sb = match pb {
             Some(p) => match self.free_slot(p, sa) {
                 Some(s) => s,
                 None => self.choose(p, sa, &mut plan, class, now)?,
@@ -776,12 +799,9 @@ impl<V: Copy> Conntrack<V> {
             .count();
         if self.unconfirmed_count(class) - freed >= self.cfg.embryonic_budget {
             let victim = self
-                .oldest_unconfirmed(&pa, &plan, NO_SLOT, class)
+                .oldest_unconfirmed(pa, &plan, NO_SLOT, class)
                 .into_iter()
-                .chain(
-                    pb.as_ref()
-                        .and_then(|p| self.oldest_unconfirmed(p, &plan, NO_SLOT, class)),
-                )
+                .chain(pb.and_then(|p| self.oldest_unconfirmed(p, &plan, NO_SLOT, class)))
                 .min_by_key(|&(_, d)| d)
                 .ok_or(match class {
                     Class::Tcp => InsertError::EmbryonicBudget,
@@ -796,9 +816,9 @@ impl<V: Copy> Conntrack<V> {
         }
         let deadline = now.saturating_add(self.timeout(initial, false));
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
-        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, 0, orig.2);
+        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, 0, orig.1);
         self.keys += 1;
-        if let (Some(p), Some((k, _, v))) = (&pb, reply) {
+        if let (Some(p), Some((k, v))) = (pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
             self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
             self.keys += 1;
@@ -806,6 +826,20 @@ impl<V: Copy> Conntrack<V> {
         self.len += 1;
         *self.unconfirmed_count_mut(class) += 1;
         Ok(sa)
+    }
+
+    /// An insert's check of a key its probe found: `Exists` while its flow lives, else the
+    /// expired flow goes into the plan (or the key would be stored twice).
+    #[inline(always)]
+    fn duplicate(&self, p: &Probe, plan: &mut Plan, now: Millis) -> Result<(), InsertError> {
+        if let Some(slot) = p.found {
+            let flow = self.flow_of(slot).unwrap_or(slot);
+            if now < self.slots[flow as usize].deadline {
+                return Err(InsertError::Exists);
+            }
+            plan.add(flow);
+        }
+        Ok(())
     }
 
     /// Feeds one packet of `flow` (its flow slot or reply slot) to the state machine and refreshes the
@@ -1043,41 +1077,69 @@ impl<V: Copy> Conntrack<V> {
         self.find_with(h, |s| s.kw == kw && (exact || s.key == *key))
     }
 
-    /// A key's buckets, fingerprint and key word from its table hash `h`, and its slot.
+    /// A key's buckets, fingerprint and key word from its table hash `h` (its
+    /// [`Conntrack::table_hash`]), and its slot if the table holds it (live or expired).
     #[inline(always)]
-    fn probe(&self, key: &FlowKey, h: u64) -> Probe {
+    pub fn probe(&self, key: &FlowKey, h: u64) -> Probe {
+        let (kw, exact) = KeyWord::of(key);
+        self.probe_kw(kw, h, |s| s.kw == kw && (exact || s.key == *key))
+    }
+
+    /// [`Conntrack::probe`] of an IPv4 key from its header words (`h` its
+    /// [`Conntrack::hash_v4`]): its word decides, no [`FlowKey`] is compared.
+    #[inline(always)]
+    pub fn probe_v4(&self, key: V4Key, h: u64) -> Probe {
+        self.probe_kw(key.0, h, |s| s.kw == key.0)
+    }
+
+    #[inline(always)]
+    fn probe_kw(&self, kw: KeyWord, h: u64, eq: impl Fn(&Slot<V>) -> bool) -> Probe {
         let (b1, b2, fp) = self.place_hashed(h);
         let nb = if b2 == b1 { 1 } else { 2 };
-        let (kw, exact) = KeyWord::of(key);
-        let found = self.find_with(h, |s| s.kw == kw && (exact || s.key == *key));
+        let found = self.find_with(h, eq);
         Probe {
             kw,
             buckets: [b1, b2],
             nb,
             fp,
             found,
+            free: [match_free(&self.tags, b1), match_free(&self.tags, b2)],
         }
     }
 
+    /// Whether the key a probe searched for is tracked by a live flow (what
+    /// [`Conntrack::lookup`] would find), as opposed to absent or expired.
+    #[inline(always)]
+    pub fn probe_live(&self, p: &Probe, now: Millis) -> bool {
+        let Some(slot) = p.found else {
+            return false;
+        };
+        let Some(s) = self.slots.get(slot as usize) else {
+            return false;
+        };
+        let flow = if s.flags & F_REPLY != 0 { s.peer } else { slot };
+        self.slots
+            .get(flow as usize)
+            .is_some_and(|f| now < f.deadline)
+    }
+
     /// A free slot (other than `exclude`) for a key with probe `p`, in the emptier of its
-    /// buckets: each bucket's free slots from one vector compare.
+    /// buckets: each bucket's free slots as the probe read them (one vector compare each).
     #[inline(always)]
     fn free_slot(&self, p: &Probe, exclude: u32) -> Option<u32> {
-        // (free slots, those other than `exclude`) of bucket `b`.
-        let free = |b: usize| {
-            let m = match_free(&self.tags, b);
-            match exclude.wrapping_sub(b as u32) {
-                off if off < BUCKET as u32 => (m, m & !(1u32 << off)),
-                _ => (m, m),
-            }
+        // (free slots, those other than `exclude`) of bucket `b` (whose free slots the probe
+        // read: nothing changed since).
+        let free = |b: usize, m: u32| match exclude.wrapping_sub(b as u32) {
+            off if off < BUCKET as u32 => (m, m & !(1u32 << off)),
+            _ => (m, m),
         };
         let [b1, b2] = p.buckets;
-        let (m1, u1) = free(b1);
+        let (m1, u1) = free(b1, p.free[0]);
         let at = |b: usize, u: u32| b as u32 + u.trailing_zeros();
         if p.nb == 1 {
             return (u1 != 0).then(|| at(b1, u1));
         }
-        let (m2, u2) = free(b2);
+        let (m2, u2) = free(b2, p.free[1]);
         // The second bucket only when it has strictly more free slots (or the first has none
         // to offer): both counts from one SWAR popcount.
         let (n1, n2) = popcount_pair(m1, m2);

@@ -49,10 +49,7 @@ pub fn process(
     if state.generation == Some(table.generation) {
         match fast_one(state, table, now, pkt) {
             Ok(()) => return Verdict::Tx,
-            Err(Some(seen)) => {
-                let parsed = parse_after(pkt.data(), Some(&seen));
-                return process_parsed_as(state, table, now, pkt, parsed, Some(&seen));
-            }
+            Err(Some(seen)) => return process_seen(state, table, now, pkt, Some(&seen)),
             Err(None) => {}
         }
     }
@@ -128,8 +125,7 @@ pub fn process_burst(
     verdicts: &mut [Verdict],
 ) {
     process_burst_with(state, table, now, pkts, verdicts, |st, pkt, seen| {
-        let parsed = parse_after(pkt.data(), seen);
-        process_parsed_as(st, table, now, pkt, parsed, seen)
+        process_seen(st, table, now, pkt, seen)
     })
 }
 
@@ -270,6 +266,49 @@ pub fn parse_after(frame: &[u8], seen: Option<&FastMiss>) -> Result<Parsed, Pars
     }
 }
 
+/// A frame the fast path passed on (`seen`: what it learned, if it read the frame), as
+/// [`parse_after`] and [`process_parsed_as`] would take it: a new flow's SYN or datagram it
+/// read goes to the new flow's own path first, without the general parse.
+// Out of line: the burst loop calls it for every frame the fast path gives up, and its code
+// inlined there cost established packets registers.
+#[inline(never)]
+fn process_seen(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    seen: Option<&FastMiss>,
+) -> Verdict {
+    if let Some(FastMiss { flow: f, hit: None }) = seen {
+        if state.generation == Some(table.generation) {
+            let rx = pkt.len() as u64;
+            if let Some(v) = new_flow::new_v4(state, table, now, pkt, f) {
+                count_verdict(&mut state.counters, rx, pkt.len() as u64, v);
+                return v;
+            }
+        }
+    }
+    let parsed = parse_after(pkt.data(), seen);
+    process_parsed_as(state, table, now, pkt, parsed, seen)
+}
+
+/// Counts a frame received with `rx` bytes and what became of it, `tx` bytes long then (an
+/// encapsulation grows it), as [`process_parsed_as`] counts.
+#[inline(always)]
+fn count_verdict(c: &mut Counters, rx: u64, tx: u64, v: Verdict) {
+    c.rx_packets += 1;
+    c.rx_bytes += rx;
+    match v {
+        Verdict::Tx => {
+            c.tx_packets += 1;
+            c.tx_bytes += tx;
+        }
+        Verdict::Drop(r) => c.drops[r as usize] += 1,
+        Verdict::ToHost => c.to_host += 1,
+        Verdict::ToL7 => c.to_l7 += 1,
+    }
+}
+
 /// [`process_parsed`] for a frame the fast path already looked up (`seen`, from the same table
 /// generation and nothing processed in between: its conntrack lookup is not repeated).
 pub fn process_parsed_as(
@@ -285,9 +324,16 @@ pub fn process_parsed_as(
     }
     state.counters.rx_packets += 1;
     state.counters.rx_bytes += pkt.len() as u64;
-    let v = match parsed {
-        Ok(p) => classify(state, table, now, pkt, p, seen),
-        Err(e) => parse_error(table, pkt.data(), e),
+    // A new flow's SYN or first datagram the fast parse read: its own path, without the
+    // general classification (which decides every packet that path leaves alone).
+    let first = match seen {
+        Some(FastMiss { flow: f, hit: None }) => new_flow::new_v4(state, table, now, pkt, f),
+        _ => None,
+    };
+    let v = match (first, parsed) {
+        (Some(v), _) => v,
+        (None, Ok(p)) => classify(state, table, now, pkt, p, seen),
+        (None, Err(e)) => parse_error(table, pkt.data(), e),
     };
     let c = &mut state.counters;
     match v {

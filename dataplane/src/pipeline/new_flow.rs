@@ -2,13 +2,14 @@
 //! conntrack entries of both directions.
 
 use crate::conntrack::tcp_flags::{ACK as TCP_ACK, RST as TCP_RST, SYN as TCP_SYN};
-use crate::conntrack::{FlowState, InsertError, Millis, TcpState};
-use crate::flow::{hash_addr, proto, FlowKey};
+use crate::conntrack::{FlowState, InsertError, Millis, Probe, TcpState, V4Key};
+use crate::flow::{hash_addr, proto, Addr, FlowKey};
 use crate::packet::PacketBuf;
 use crate::table::{Affinity, Backend, Mode, Pool, RoutingTable, Service};
 use crate::wire::checksum::Delta;
-use crate::wire::{self, Parsed};
+use crate::wire::{self, nat, Parsed, V4Flow};
 
+use super::encap;
 use super::rewrite::apply;
 use super::state::{Action, Fast, FlowValue, WorkerState};
 use super::verdict::{count, DropReason, Verdict};
@@ -36,7 +37,6 @@ pub(super) fn new_flow(
     if !wire::verify_l4_checksum(pkt.data(), p) {
         return Verdict::Drop(DropReason::BadL4Checksum);
     }
-    let client_mac = wire::src_mac(pkt.data());
     // A fullnat flow needs the client's SYN: refused before the next hop is probed for it.
     let gate = |pool: &Pool| match tcp && !syn && pool.mode == Mode::FullNat {
         true => Err(DropReason::NoFlow),
@@ -47,68 +47,338 @@ pub(super) fn new_flow(
         Err(r) => return Verdict::Drop(r),
     };
     fwd.by_syn = syn;
-    let mut reply = None;
-    match pool.mode {
-        Mode::FullNat => {
-            let want_v4 = be.addr.is_v4();
-            let (rkey, rhash) = match snat_alloc(st, pool, be, fwd.new_dport, p.proto, want_v4, now)
-            {
-                Ok(a) => a,
-                Err(r) => return Verdict::Drop(r),
-            };
-            fwd.new_src = rkey.dst;
-            fwd.new_sport = rkey.dport;
-            reply = Some((rkey, rhash));
-        }
-        Mode::Nat => {
-            let rkey = FlowKey {
-                src: be.addr,
-                dst: p.src,
-                sport: fwd.new_dport,
-                dport: p.sport,
-                proto: p.proto,
-            };
-            reply = Some((rkey, st.ct.table_hash(&rkey)));
-        }
-        Mode::DsrIpip | Mode::DsrGue | Mode::Dr => {}
+    let client_mac = wire::src_mac(pkt.data());
+    // The fast path hashed the key already (it looked it up); other frames hash it here.
+    let hash = hash.unwrap_or_else(|| st.ct.table_hash(key));
+    let pa = st.ct.probe(key, hash);
+    let slot = match commit(st, table, now, (key, &pa), fwd, be, pool, client_mac) {
+        Ok(s) => s,
+        Err(r) => return Verdict::Drop(r),
+    };
+    let WorkerState { ct, counters, .. } = st;
+    let val = ct.value(slot);
+    count(counters, val, pkt.len() as u64, true);
+    apply(table, pkt, p, val, p.sport)
+}
+
+/// A new flow's first packet in the common case, without the general parse's [`Parsed`] or
+/// classification: an untagged IPv4 TCP SYN or UDP datagram the fast parse read (`f`) whose
+/// key the fast path found untracked, to a service with an IPv4 backend. `None`, with nothing
+/// changed, for every other packet (another TCP segment, no service, a bad checksum, no
+/// backend, an IPv6 backend): the general path decides it as before. Otherwise the verdict,
+/// with the flow created and the packet forwarded as [`new_flow`] would (the same entries,
+/// values, counters and bytes: `tests/new_flow_v4.rs` holds them side by side); the caller
+/// counts the packet's rx and verdict. Built from the header's words: each value once, in
+/// place, sealed from words, the keys searched once each.
+#[inline(never)]
+pub(super) fn new_v4(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    f: &V4Flow,
+) -> Option<Verdict> {
+    let tcp = f.proto == proto::TCP;
+    if tcp && f.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
+        return None;
     }
-    let rev = reply.map(|(rk, rh)| {
-        let mut v = FlowValue {
-            action: Action::Rewrite,
-            new_src: p.dst,
-            new_dst: p.src,
-            new_sport: p.dport,
-            new_dport: p.sport,
-            mac: client_mac,
-            src_mac: table.local.mac_of(st.rx_port),
-            ..fwd
-        };
-        v.seal(&rk);
-        (rk, rh, v)
-    });
-    fwd.seal(key);
+    let (sport, dport) = (f.sport(), f.dport());
+    let svc = table.service_for_v4(f.dst, f.proto, dport)?;
+    let frame = pkt.data();
+    if !wire::verify_v4_l4(frame, f) {
+        return None;
+    }
+    let client_mac = wire::src_mac(frame);
+    let (client, vip) = (Addr::v4(f.src.to_ne_bytes()), Addr::v4(f.dst.to_ne_bytes()));
+    let key = FlowKey {
+        src: client,
+        dst: vip,
+        sport,
+        dport,
+        proto: f.proto,
+    };
+    let (be, pool, bi) = select(table, svc, &key)?;
+    if !be.addr.is_v4() {
+        return None;
+    }
+    // From here on the verdict is this function's: the next hop may be marked wanted, a
+    // source port taken.
+    let mac = match backend_mac(table, svc, bi, be) {
+        Ok(m) => m,
+        Err(r) => return Some(Verdict::Drop(r)),
+    };
+    let be_w = u32::from_ne_bytes(be.addr.v4_octets());
+    // The client's words as the deltas take them (big-endian values).
+    let (c_be, v_be) = (u32::from_be(f.src), u32::from_be(f.dst));
+    let in_ports = nat::ports(sport, dport);
+    let (action, fast, new_src, new_dport) = match pool.mode {
+        Mode::FullNat | Mode::Nat => (
+            Action::Rewrite,
+            Fast::RewriteV4,
+            client,
+            if be.port == 0 { dport } else { be.port },
+        ),
+        Mode::DsrIpip | Mode::DsrGue => {
+            let Some(src) = pool.encap_src_v4 else {
+                return Some(Verdict::Drop(DropReason::Unsupported));
+            };
+            if !src.is_v4() {
+                return None;
+            }
+            match pool.mode {
+                Mode::DsrIpip => (Action::Ipip, Fast::IpipV4, src, dport),
+                _ => (Action::Gue, Fast::GueV4, src, dport),
+            }
+        }
+        Mode::Dr => (Action::Mac, Fast::MacV4, client, dport),
+    };
+    let mut fwd = FlowValue {
+        fast,
+        action,
+        mode: pool.mode,
+        proto: f.proto,
+        svc_stat: svc.stat,
+        be_stat: be.stat,
+        l3_delta: Delta::default(),
+        l4_delta: Delta::default(),
+        new_sport: sport,
+        new_dport,
+        mac,
+        src_mac: table.local.mac_of(svc.iface(bi)),
+        gue_port: pool.gue_port,
+        by_syn: tcp,
+        generation: table.generation,
+        new_src,
+        new_dst: be.addr,
+        vip,
+        vport: dport,
+        backend: be.addr,
+        backend_port: be.port,
+    };
+    let h = st.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
+    let pa = st
+        .ct
+        .probe_v4(V4Key::new(f.src, f.dst, f.ports, f.proto), h);
     let initial = if tcp {
         FlowState::Tcp(TcpState::SynSent)
     } else {
         FlowState::Udp { replied: false }
     };
-    // The fast path hashed the key already (it looked it up); other frames hash it here.
-    let hash = hash.unwrap_or_else(|| st.ct.table_hash(key));
-    let rev = rev.as_ref().map(|(k, h, v)| (k, *h, v));
-    if let Err(e) = st.ct.insert_hashed(now, (key, hash, &fwd), rev, initial) {
-        return Verdict::Drop(match e {
-            InsertError::Full | InsertError::Exists => DropReason::ConntrackFull,
-            InsertError::EmbryonicBudget => DropReason::EmbryonicBudget,
-            InsertError::UdpBudget => DropReason::UdpBudget,
-        });
+    let inserted = if pool.mode.replies_through_us() {
+        // The reply key (backend -> us) and its value (back to the client).
+        let (r_dst, r_dport, pb) = if pool.mode == Mode::FullNat {
+            match snat_v4(st, pool, be_w, new_dport, f.proto, now) {
+                Ok(a) => a,
+                Err(r) => return Some(Verdict::Drop(r)),
+            }
+        } else {
+            let ports = u32::from_ne_bytes(nat::ports(new_dport, sport).to_be_bytes());
+            let rk = V4Key::new(be_w, f.src, ports, f.proto);
+            let pb = st
+                .ct
+                .probe_v4(rk, st.ct.hash_v4(be_w, f.src, ports, f.proto));
+            (f.src, sport, pb)
+        };
+        let r_dst_be = u32::from_be(r_dst);
+        fwd.new_src = Addr::v4(r_dst.to_ne_bytes());
+        fwd.new_sport = r_dport;
+        let be_be = u32::from_be(be_w);
+        (fwd.l3_delta, fwd.l4_delta) = nat::deltas_v4(
+            [c_be, v_be, in_ports],
+            [r_dst_be, be_be, nat::ports(r_dport, new_dport)],
+        );
+        let rkey = FlowKey {
+            src: be.addr,
+            dst: fwd.new_src,
+            sport: new_dport,
+            dport: r_dport,
+            proto: f.proto,
+        };
+        let (l3_delta, l4_delta) = nat::deltas_v4(
+            [be_be, r_dst_be, nat::ports(new_dport, r_dport)],
+            [v_be, c_be, nat::ports(dport, sport)],
+        );
+        let rev = FlowValue {
+            fast: Fast::RewriteV4,
+            action: Action::Rewrite,
+            l3_delta,
+            l4_delta,
+            new_src: vip,
+            new_dst: client,
+            new_sport: dport,
+            new_dport: sport,
+            mac: client_mac,
+            src_mac: table.local.mac_of(st.rx_port),
+            ..fwd
+        };
+        st.ct
+            .insert_probed(now, (&key, &pa, &fwd), Some((&rkey, &pb, &rev)), initial)
+    } else {
+        // Encapsulation and dr leave the packet's checksums alone: no deltas (as `seal`).
+        st.ct.insert_probed(now, (&key, &pa, &fwd), None, initial)
+    };
+    if let Err(e) = inserted {
+        return Some(Verdict::Drop(insert_drop(e)));
     }
-    let len = pkt.len() as u64;
-    count(&mut st.counters, &fwd, len, true);
-    apply(table, pkt, p, &fwd, p.sport)
+    // The flow slot holds `fwd` as it is here.
+    let val = &fwd;
+    count(&mut st.counters, val, pkt.len() as u64, true);
+    let done = match val.fast {
+        Fast::RewriteV4 => {
+            let ports = nat::ports(val.new_sport, val.new_dport);
+            let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
+            let deltas = (val.l3_delta, val.l4_delta);
+            let macs = (&val.mac, &val.src_mac);
+            nat::rewrite_v4_frame(
+                pkt.data_mut(),
+                macs,
+                (&addrs.0, &addrs.1),
+                ports,
+                deltas,
+                tcp,
+            )
+        }
+        Fast::MacV4 => {
+            wire::set_macs(pkt.data_mut(), val.mac, val.src_mac);
+            true
+        }
+        Fast::IpipV4 | Fast::GueV4 => {
+            let inner = usize::from(f.l3_end) - wire::ETH_LEN;
+            encap::outer_v4(pkt, table, val, inner, val.fast == Fast::GueV4, sport)
+        }
+        Fast::No => false,
+    };
+    if done {
+        return Some(Verdict::Tx);
+    }
+    // What the fixed layouts do not take (a packet too big to encapsulate): the general
+    // forwarding, from the parse the general path would have made.
+    let p = wire::parsed_v4(pkt.data(), f);
+    Some(apply(table, pkt, &p, val, sport))
+}
+
+/// [`snat_alloc`] for an IPv4 backend (`be_w`, its address word as loaded; `be_port` the
+/// port the flow goes to) from words: the fullnat source address word and port, and the
+/// reply key's probe. The same turns, order and errors.
+#[inline(always)]
+fn snat_v4(
+    st: &mut WorkerState,
+    pool: &Pool,
+    be_w: u32,
+    be_port: u16,
+    proto: u8,
+    now: Millis,
+) -> Result<(u32, u16, Probe), DropReason> {
+    // The family's first few address words in one walk (a pool rarely has more).
+    let mut words = [0u32; 4];
+    let mut n = 0;
+    for a in &pool.snat {
+        if a.is_v4() {
+            if let Some(w) = words.get_mut(n) {
+                *w = u32::from_ne_bytes(a.v4_octets());
+            }
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err(DropReason::Unsupported);
+    }
+    let start = st.next_snat_addr(n);
+    // The family's addresses from the `start`-th on, wrapping around.
+    for k in 0..n {
+        let want = if start + k >= n {
+            start + k - n
+        } else {
+            start + k
+        };
+        let snat_w = match words.get(want) {
+            Some(&w) => w,
+            None => match pool.snat.iter().filter(|a| a.is_v4()).nth(want) {
+                Some(a) => u32::from_ne_bytes(a.v4_octets()),
+                None => continue,
+            },
+        };
+        if let Some((port, p)) = st.alloc_port_v4(be_w, snat_w, be_port, proto, now) {
+            return Ok((snat_w, port, p));
+        }
+    }
+    Err(DropReason::SnatExhausted)
+}
+
+/// The drop of a failed conntrack insert.
+fn insert_drop(e: InsertError) -> DropReason {
+    match e {
+        InsertError::Full | InsertError::Exists => DropReason::ConntrackFull,
+        InsertError::EmbryonicBudget => DropReason::EmbryonicBudget,
+        InsertError::UdpBudget => DropReason::UdpBudget,
+    }
+}
+
+/// The rest of a new flow once its backend is chosen (`fwd`, the client -> backend value):
+/// fullnat's source port, the reply key and value (nat, fullnat), both values sealed, and the
+/// conntrack entries, with `orig` the original key and its probe. Returns the flow slot (whose
+/// value is the sealed `fwd`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn commit(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    (key, pa): (&FlowKey, &Probe),
+    mut fwd: FlowValue,
+    be: &Backend,
+    pool: &Pool,
+    client_mac: [u8; 6],
+) -> Result<u32, DropReason> {
+    let mut reply = None;
+    match pool.mode {
+        Mode::FullNat => {
+            let want_v4 = be.addr.is_v4();
+            let (rkey, rprobe) = snat_alloc(st, pool, be, fwd.new_dport, key.proto, want_v4, now)?;
+            fwd.new_src = rkey.dst;
+            fwd.new_sport = rkey.dport;
+            reply = Some((rkey, rprobe));
+        }
+        Mode::Nat => {
+            let rkey = FlowKey {
+                src: be.addr,
+                dst: key.src,
+                sport: fwd.new_dport,
+                dport: key.sport,
+                proto: key.proto,
+            };
+            reply = Some((rkey, st.ct.probe(&rkey, st.ct.table_hash(&rkey))));
+        }
+        Mode::DsrIpip | Mode::DsrGue | Mode::Dr => {}
+    }
+    let rev = reply.map(|(rk, rp)| {
+        let mut v = FlowValue {
+            action: Action::Rewrite,
+            new_src: key.dst,
+            new_dst: key.src,
+            new_sport: key.dport,
+            new_dport: key.sport,
+            mac: client_mac,
+            src_mac: table.local.mac_of(st.rx_port),
+            ..fwd
+        };
+        v.seal(&rk);
+        (rk, rp, v)
+    });
+    fwd.seal(key);
+    let initial = if key.proto == proto::TCP {
+        FlowState::Tcp(TcpState::SynSent)
+    } else {
+        FlowState::Udp { replied: false }
+    };
+    let rev = rev.as_ref().map(|(k, p, v)| (k, p, v));
+    st.ct
+        .insert_probed(now, (key, pa, &fwd), rev, initial)
+        .map_err(insert_drop)
 }
 
 /// A fullnat source (address, port) for a new flow to `be`, as the reply key (backend ->
-/// source) with its table hash: the pool's addresses of the
+/// source) with its probe: the pool's addresses of the
 /// backend's family take turns (one per new flow, so all of them carry flows), and when one has
 /// no free port in this worker's slice the next is tried. Any of them steers replies to us, as
 /// steering reads only the port. `unsupported` when the pool has no address of that family,
@@ -121,7 +391,7 @@ fn snat_alloc(
     proto: u8,
     want_v4: bool,
     now: Millis,
-) -> Result<(FlowKey, u64), DropReason> {
+) -> Result<(FlowKey, Probe), DropReason> {
     let of_family = || pool.snat.iter().filter(move |a| a.is_v4() == want_v4);
     let n = of_family().count();
     if n == 0 {
@@ -137,8 +407,8 @@ fn snat_alloc(
             dport: 0,
             proto,
         };
-        if let Some((_, h)) = st.alloc_port(&mut rkey, now) {
-            return Ok((rkey, h));
+        if let Some(p) = st.alloc_port(&mut rkey, now) {
+            return Ok((rkey, p));
         }
     }
     Err(DropReason::SnatExhausted)

@@ -4,7 +4,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
-use crate::conntrack::{self, Conntrack, FlowState, Millis, TcpState};
+use crate::conntrack::{self, Conntrack, FlowState, Millis, Probe, TcpState, V4Key};
 use crate::flow::{proto, Addr, FlowKey};
 use crate::port::MAX_BURST;
 use crate::table::{Mode, RoutingTable};
@@ -42,9 +42,11 @@ pub struct FlowValue {
     pub(super) proto: u8,
     pub(super) svc_stat: u32,
     pub(super) be_stat: u32,
-    /// Checksum delta of the address rewrite (IPv4 header), computed once per flow.
+    /// Checksum delta of the address rewrite (IPv4 header), computed once per flow
+    /// ([`Action::Rewrite`] only; 0 otherwise).
     pub(super) l3_delta: Delta,
-    /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports).
+    /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports;
+    /// [`Action::Rewrite`] only).
     pub(super) l4_delta: Delta,
     pub(super) new_sport: u16,
     pub(super) new_dport: u16,
@@ -86,11 +88,15 @@ pub(super) enum Fast {
 
 impl FlowValue {
     /// Precomputes the checksum deltas of rewriting `key` (the tuple this value's packets carry)
-    /// into `new_*`, so a packet of the flow costs two checksum adjustments, not four sums.
-    /// In place: a new flow seals its values where they are built, not copies of them.
+    /// into `new_*`, so a packet of the flow costs two checksum adjustments, not four sums;
+    /// only a rewrite has them (encapsulation and a MAC change leave the packet's checksums
+    /// alone, and their deltas stay 0). In place: a new flow seals its values where they are
+    /// built, not copies of them.
     #[inline(always)]
     pub(super) fn seal(&mut self, key: &FlowKey) {
-        (self.l3_delta, self.l4_delta) = nat::deltas(key, &self.new_key());
+        if self.action == Action::Rewrite {
+            (self.l3_delta, self.l4_delta) = nat::deltas(key, &self.new_key());
+        }
         let v4 = matches!(key.proto, proto::TCP | proto::UDP)
             && key.src.is_v4()
             && key.dst.is_v4()
@@ -227,8 +233,9 @@ impl WorkerState {
     }
 
     /// Next fullnat source port whose reply key (backend -> snat:port) is free, with that key's
-    /// table hash (the insert that follows takes it instead of hashing the key again).
-    pub(super) fn alloc_port(&mut self, key: &mut FlowKey, now: Millis) -> Option<(u16, u64)> {
+    /// probe (the insert that follows takes it instead of searching for the key again).
+    #[inline(always)]
+    pub(super) fn alloc_port(&mut self, key: &mut FlowKey, now: Millis) -> Option<Probe> {
         if self.snat_hi < self.snat_lo || self.snat_lo == 0 {
             return None;
         }
@@ -242,9 +249,42 @@ impl WorkerState {
                 port + 1
             };
             key.dport = port;
-            let h = self.ct.table_hash(key);
-            if self.ct.lookup_hashed(key, h, now).is_none() {
-                return Some((port, h));
+            let p = self.ct.probe(key, self.ct.table_hash(key));
+            if !self.ct.probe_live(&p, now) {
+                return Some(p);
+            }
+        }
+        None
+    }
+    /// [`WorkerState::alloc_port`] of the reply key `be_w:be_port -> snat_w:port` (address
+    /// words as loaded from the wire) from words: the port and the key's probe.
+    #[inline(always)]
+    pub(super) fn alloc_port_v4(
+        &mut self,
+        be_w: u32,
+        snat_w: u32,
+        be_port: u16,
+        proto: u8,
+        now: Millis,
+    ) -> Option<(u16, Probe)> {
+        if self.snat_hi < self.snat_lo || self.snat_lo == 0 {
+            return None;
+        }
+        let span = u32::from(self.snat_hi - self.snat_lo) + 1;
+        let bp = be_port.to_be_bytes();
+        for _ in 0..span.min(64) {
+            let port = self.snat_next;
+            self.snat_next = if port >= self.snat_hi {
+                self.snat_lo
+            } else {
+                port + 1
+            };
+            let pp = port.to_be_bytes();
+            let ports = u32::from_ne_bytes([bp[0], bp[1], pp[0], pp[1]]);
+            let h = self.ct.hash_v4(be_w, snat_w, ports, proto);
+            let p = self.ct.probe_v4(V4Key::new(be_w, snat_w, ports, proto), h);
+            if !self.ct.probe_live(&p, now) {
+                return Some((port, p));
             }
         }
         None

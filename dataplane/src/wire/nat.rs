@@ -27,15 +27,26 @@ pub fn deltas(from: &FlowKey, to: &FlowKey) -> (Delta, Delta) {
     // Each address tested where it is (an array of the four was a 64-byte copy per call).
     if from.src.is_v4() && from.dst.is_v4() && to.src.is_v4() && to.dst.is_v4() {
         // Every new flow seals two values: the words straight from the addresses, no loops.
-        let new = |a: &Addr| u64::from(u32::from_be_bytes(a.v4_octets()));
-        let old = |a: &Addr| u64::from(!u32::from_be_bytes(a.v4_octets()));
-        let l3 = Delta::from_sum(old(&from.src) + new(&to.src) + old(&from.dst) + new(&to.dst));
-        let p = Delta::from_sum(
-            u64::from(!ports(from.sport, from.dport)) + u64::from(ports(to.sport, to.dport)),
+        let w = |a: &Addr| u32::from_be_bytes(a.v4_octets());
+        return deltas_v4(
+            [w(&from.src), w(&from.dst), ports(from.sport, from.dport)],
+            [w(&to.src), w(&to.dst), ports(to.sport, to.dport)],
         );
-        return (l3, l3.and(p));
     }
     deltas_other(from, to)
+}
+
+/// [`deltas`] of IPv4 keys from their words: source, destination (each the address as a
+/// big-endian value) and port pair ([`ports`]).
+#[inline(always)]
+pub fn deltas_v4(from: [u32; 3], to: [u32; 3]) -> (Delta, Delta) {
+    let (old, new) = (|w: u32| u64::from(!w), u64::from);
+    let addrs = old(from[0]) + new(to[0]) + old(from[1]) + new(to[1]);
+    // The transport's from the unfolded sums, one fold each: folding the sum of two sums is
+    // folding the sum of their folds (both are the one value in 1..=0xffff, or 0 for a zero
+    // sum, that the sum is congruent to modulo 0xffff).
+    let l4 = addrs + old(from[2]) + new(to[2]);
+    (Delta::from_sum(addrs), Delta::from_sum(l4))
 }
 
 /// [`deltas`] when an address is IPv6: byte runs of either length, kept out of the IPv4 code.

@@ -697,6 +697,65 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// A new flow's checksum check from the fast parse's words gives `verify_l4_checksum`'s
+    /// answer for every frame the fast parse reads: TCP and UDP (with and without a
+    /// checksum, a UDP length short of the IP payload) of every length, checksums right,
+    /// wrong, or bytes changed after them.
+    #[test]
+    fn the_words_checksum_check_is_the_general_one(
+        udp in any::<bool>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..70),
+        trailer in 0..4usize,
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        no_udp_checksum in any::<bool>(),
+    ) {
+        let (src, dst) = (Addr::v4([198, 18, 0, 1]), Addr::v4([198, 18, 0, 100]));
+        let hdr = if udp { 8 } else { 20 };
+        let mut f = vec![0u8; 14 + 20 + hdr + payload.len() + trailer];
+        f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        let ip_len = (20 + hdr + payload.len() + trailer) as u16;
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        f[22] = 64;
+        f[23] = if udp { proto::UDP } else { proto::TCP };
+        f[26..30].copy_from_slice(&src.v4_octets());
+        f[30..34].copy_from_slice(&dst.v4_octets());
+        fix_ipv4_checksum(&mut f, 14);
+        f[34 + hdr..34 + hdr + payload.len()].copy_from_slice(&payload);
+        if udp {
+            // The datagram stops before the IP packet's last `trailer` bytes.
+            f[38..40].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+            if !no_udp_checksum {
+                let end = 34 + 8 + payload.len();
+                let c = checksum::l4(&src, &dst, proto::UDP, &f[34..end]);
+                f[40..42].copy_from_slice(&c.to_be_bytes());
+            }
+        } else {
+            f[46] = 5 << 4;
+            f[47] = 0x02;
+            let c = checksum::l4(&src, &dst, proto::TCP, &f[34..]);
+            f[50..52].copy_from_slice(&c.to_be_bytes());
+        }
+        for (at, v) in edits {
+            // Transport bytes only: the fast parse must still read the frame.
+            let i = 34 + at.index(f.len() - 34);
+            // (Not the UDP length nor the TCP data offset.)
+            let length_field = if udp { (38..40).contains(&i) } else { i == 46 };
+            if !length_field {
+                f[i] = v;
+            }
+        }
+        let Some(v) = parse_v4_flow(&f) else {
+            return Ok(());
+        };
+        let p = parse(&f).expect("the fast parse read it");
+        prop_assert_eq!(verify_v4_l4(&f, &v), verify_l4_checksum(&f, &p));
+    }
+}
+
 mod fast_parse {
     use super::super::{parse, parse_v4_flow, parsed_v4};
     use proptest::prelude::*;
