@@ -8,12 +8,12 @@
 //! that would not fit) returns `None` before anything changed, and the general path handles the
 //! packet exactly as it always did.
 
-use crate::conntrack::{Conntrack, Hit, Millis, V4Key};
+use crate::conntrack::{Conntrack, Hit, Millis};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
 use crate::wire::nat;
-use crate::wire::{self, V4Flow, ETH_LEN};
+use crate::wire::{self, ETH_LEN};
 
 use super::encap;
 use super::state::{BurstFrame, Fast, FlowValue};
@@ -119,10 +119,30 @@ pub(super) fn forward(
     hint: u32,
     tally: &mut Tally,
 ) -> Outcome {
-    match forward_tracked(lane, pkt, frame, hint, tally) {
+    match forward_tracked::<true>(lane, pkt, frame, hint, tally) {
         Ok(()) => Outcome::Forwarded,
-        Err(o) => o,
+        Err(Some(hit)) => Outcome::General(hit),
+        Err(None) => general(lane.ct, frame, lane.now),
     }
+}
+
+/// [`forward`] in a burst's fast loop, before anything else of the burst changed the table
+/// (see [`Conntrack::lookup_steady_fresh`]; `frame.hint` from the burst's second pass).
+/// `Err(Some(hit))`: the general path, with this lookup's result; `Err(None)`: a steady flow
+/// the fast path still cannot take, whose lookup the general path repeats ([`again`]).
+#[inline(always)]
+pub(super) fn forward_fresh(
+    lane: &mut Lane<'_>,
+    pkt: &mut PacketBuf<'_>,
+    frame: &BurstFrame,
+    tally: &mut Tally,
+) -> Result<(), Option<Option<Hit>>> {
+    forward_tracked::<false>(lane, pkt, frame, frame.hint, tally)
+}
+
+/// The lookup of a frame [`forward_fresh`] gave up with `Err(None)`, for the general path.
+pub(super) fn again(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> Option<Hit> {
+    ct.lookup_hashed(&frame.flow().key(), frame.hash, now)
 }
 
 /// A steady flow the fast path still cannot take (rare: a table swap since the flow was
@@ -130,18 +150,21 @@ pub(super) fn forward(
 /// more for the general path, kept out of the fast loop so that loop keeps its registers.
 #[cold]
 #[inline(never)]
-fn general(ct: &Conntrack<FlowValue>, f: &V4Flow, h: u64, now: Millis) -> Outcome {
-    Outcome::General(ct.lookup_hashed(&f.key(), h, now))
+fn general(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> Outcome {
+    Outcome::General(again(ct, frame, now))
 }
 
+/// The fast path proper: `Err(Some(hit))` when the lookup says the general path must take
+/// the frame, `Err(None)` when a steady flow's frame still cannot take the fast path (its
+/// lookup is repeated for the general path, off the fast loop). `CHECK`: the hint may be stale.
 #[inline(always)]
-fn forward_tracked(
+fn forward_tracked<const CHECK: bool>(
     lane: &mut Lane<'_>,
     pkt: &mut PacketBuf<'_>,
     frame: &BurstFrame,
     hint: u32,
     tally: &mut Tally,
-) -> Result<(), Outcome> {
+) -> Result<(), Option<Option<Hit>>> {
     let Lane {
         ct,
         counters,
@@ -149,15 +172,18 @@ fn forward_tracked(
         now,
     } = lane;
     let (ct, counters, table, now) = (&mut **ct, &mut **counters, *table, *now);
-    let f = &frame.flow;
-    let h = frame.hash;
-    let key = V4Key::new(f.src, f.dst, f.ports, f.proto);
-    let val = match ct.lookup_steady(key, h, hint, now, f.tcp_flags) {
+    let (key, h) = (frame.key, frame.hash);
+    let found = if CHECK {
+        ct.lookup_steady(key, h, hint, now, frame.tcp_flags)
+    } else {
+        ct.lookup_steady_fresh(key, h, hint, now, frame.tcp_flags)
+    };
+    let val = match found {
         Ok(v) => v,
-        Err(hit) => return Err(Outcome::General(hit)),
+        Err(hit) => return Err(Some(hit)),
     };
     if val.generation != table.generation {
-        return Err(general(ct, f, h, now));
+        return Err(None);
     }
     let rx_len = pkt.len() as u64;
     // nat and fullnat first: one compare instead of a jump through a table.
@@ -165,26 +191,26 @@ fn forward_tracked(
         let ports = nat::ports(val.new_sport, val.new_dport);
         let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
         let deltas = (val.l3_delta, val.l4_delta);
-        let tcp = f.proto == proto::TCP;
+        let tcp = key.proto() == proto::TCP;
         let d = pkt.data_mut();
         let macs = (&val.mac, &val.src_mac);
         if !nat::rewrite_v4_frame(d, macs, (&addrs.0, &addrs.1), ports, deltas, tcp) {
-            return Err(general(ct, f, h, now));
+            return Err(None);
         }
     } else {
         match val.fast {
             Fast::MacV4 => wire::set_macs(pkt.data_mut(), val.mac, val.src_mac),
             Fast::IpipV4 | Fast::GueV4 => {
-                let inner = usize::from(f.l3_end) - ETH_LEN;
+                let inner = usize::from(frame.l3_end) - ETH_LEN;
                 let gue = val.fast == Fast::GueV4;
                 let overhead = if gue { GUE_OVERHEAD } else { IPIP_OVERHEAD };
                 // The client's source port is the entropy, as the general path's.
-                if !encap::outer_v4(pkt, table, val, inner, gue, f.sport()) {
-                    return Err(general(ct, f, h, now));
+                if !encap::outer_v4(pkt, table, val, inner, gue, frame.flow().sport()) {
+                    return Err(None);
                 }
                 tally.grown += overhead as u64;
             }
-            Fast::RewriteV4 | Fast::No => return Err(general(ct, f, h, now)),
+            Fast::RewriteV4 | Fast::No => return Err(None),
         }
     }
     // The service and backend count the packet as received, as `count` does.

@@ -4,7 +4,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
-use crate::conntrack::{self, Conntrack, FlowState, Millis, TcpState};
+use crate::conntrack::{self, Conntrack, FlowState, Millis, TcpState, V4Key};
 use crate::flow::{proto, Addr, FlowKey};
 use crate::port::MAX_BURST;
 use crate::table::{Mode, RoutingTable};
@@ -118,16 +118,41 @@ impl FlowValue {
     }
 }
 
-/// One fast-path candidate of a burst between the burst's passes: its fields, its index in
-/// the burst, its conntrack slot hint ([`NO_HINT`](crate::conntrack::NO_HINT) when none) and its
-/// key's table hash (32 bytes).
+/// One fast-path candidate of a burst between the burst's passes (32 bytes): its key as the
+/// words conntrack compares, the key's table hash, its conntrack slot hint
+/// ([`NO_HINT`](crate::conntrack::NO_HINT) when none), the rest of its [`V4Flow`] and its index
+/// in the burst.
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
 pub(super) struct BurstFrame {
-    pub(super) flow: V4Flow,
-    pub(super) hint: u32,
-    /// Index of the frame in the burst.
-    pub(super) idx: u32,
+    pub(super) key: V4Key,
     pub(super) hash: u64,
+    pub(super) hint: u32,
+    /// [`V4Flow::l3_end`].
+    pub(super) l3_end: u16,
+    /// [`V4Flow::tcp_flags`].
+    pub(super) tcp_flags: u8,
+    /// Index of the frame in the burst.
+    pub(super) idx: u8,
+}
+
+// A burst's index fits `idx`; the frame stays half a cache line.
+const _: () = assert!(MAX_BURST <= 256 && std::mem::size_of::<BurstFrame>() == 32);
+
+impl BurstFrame {
+    /// The frame's fields as the fast parse read them.
+    #[inline]
+    pub(super) fn flow(&self) -> V4Flow {
+        let k = &self.key;
+        V4Flow {
+            src: k.src(),
+            dst: k.dst(),
+            ports: k.ports(),
+            l3_end: self.l3_end,
+            proto: k.proto(),
+            tcp_flags: self.tcp_flags,
+        }
+    }
 }
 
 /// Per-worker state: conntrack, counters, fullnat port allocator.
@@ -155,7 +180,15 @@ pub struct WorkerState {
     /// (Taken out while a burst runs, so the burst can read it while the general path borrows
     /// the rest of the state.)
     pub(super) scratch: Option<Box<[BurstFrame; MAX_BURST]>>,
+    /// Keys in use above which bursts prefetch conntrack slots (see
+    /// [`WorkerState::set_prefetch_from`]).
+    pub(super) prefetch_from: usize,
 }
+
+/// Keys in use up to which a burst does not prefetch conntrack tags and slots: the lines a
+/// lookup reads of that many keys (two per key, 512 KiB) stay in a core's L2 cache, where
+/// prefetching them only costs instructions.
+pub const PREFETCH_FROM_KEYS: usize = 4096;
 
 impl WorkerState {
     /// State for worker `worker` of `workers`, with a conntrack table sized by `ct` whose hash
@@ -179,7 +212,16 @@ impl WorkerState {
             snat_addr_next: 0,
             generation: None,
             scratch: Some(Box::new([BurstFrame::default(); MAX_BURST])),
+            prefetch_from: PREFETCH_FROM_KEYS,
         }
+    }
+
+    /// Sets how many keys the conntrack table must hold before a burst is processed in three
+    /// passes that prefetch each frame's bucket tags, then its slot, before any frame is
+    /// forwarded (default [`PREFETCH_FROM_KEYS`]); up to that, a burst is one walk that looks
+    /// each frame up as it goes. Both give the same results; 0 prefetches always.
+    pub fn set_prefetch_from(&mut self, keys: usize) {
+        self.prefetch_from = keys;
     }
 
     /// Adopts a new table: sizes the counters and this worker's slice of the fullnat ports.
