@@ -243,6 +243,15 @@ impl V4Key {
         V4Key(KeyWord::v4(src, dst, ports, proto))
     }
 
+    /// The key from its two words: the source address word in the low half of `addrs`, the
+    /// destination above it; the port pair word in the low half of `ports_proto`, the
+    /// protocol above it (as [`crate::wire::V4Words`] holds them).
+    #[inline(always)]
+    pub fn from_words(addrs: u64, ports_proto: u64) -> V4Key {
+        let hi = ports_proto | (u64::from(KW_V4) << 32);
+        V4Key(KeyWord(u128::from(addrs) | (u128::from(hi) << 64)))
+    }
+
     /// The source address word.
     #[inline(always)]
     pub fn src(&self) -> u32 {

@@ -17,7 +17,7 @@ use crate::wire::{self, ETH_LEN};
 
 use super::encap;
 use super::state::{BurstFrame, Fast, FlowValue};
-use super::verdict::{Counters, FlowCounters};
+use super::verdict::Counters;
 
 /// Bytes dsr-ipip puts in front of the client's IP packet.
 const IPIP_OVERHEAD: usize = 20;
@@ -34,11 +34,9 @@ pub(super) enum Outcome {
     General(Option<Hit>),
 }
 
-/// What a burst's fast-path packets add to the counters, added once per burst ([`Tally::flush`]):
-/// the worker's rx/tx counts, and the service counts of runs of packets of one service (a
-/// burst's packets of one flow, or of one busy service, are one run). Backends are counted per
-/// packet: in a burst of many flows consecutive packets rarely share one, and a run that breaks
-/// on every packet measured dearer (callgrind) than counting each.
+/// What a burst's fast-path packets add to the worker's rx/tx counters, added once per burst
+/// ([`Tally::flush`]); services and backends count each packet as it goes (runs of one
+/// service measured no cheaper once the burst's walk kept their state in registers).
 #[derive(Debug)]
 pub(super) struct Tally {
     packets: u64,
@@ -46,10 +44,6 @@ pub(super) struct Tally {
     bytes: u64,
     /// Bytes the encapsulations added.
     grown: u64,
-    /// The service counter slot of the current run of packets, and `packets` and `bytes` when
-    /// the run started (the run's counts are the differences).
-    svc: u32,
-    svc_from: (u64, u64),
 }
 
 impl Tally {
@@ -59,37 +53,12 @@ impl Tally {
             packets: 0,
             bytes: 0,
             grown: 0,
-            svc: u32::MAX,
-            svc_from: (0, 0),
         }
-    }
-
-    /// Counts a forwarded packet of `len` bytes of service counter slot `svc`, adding the run
-    /// of the service before it to `services` when the slot changes.
-    #[inline(always)]
-    fn add(&mut self, services: &mut [FlowCounters], svc: u32, len: u64) {
-        if svc != self.svc {
-            self.end_run(services);
-            self.svc = svc;
-        }
-        self.packets += 1;
-        self.bytes += len;
-    }
-
-    /// Adds the current service run to `services` and starts the next one here.
-    #[inline(always)]
-    fn end_run(&mut self, services: &mut [FlowCounters]) {
-        if let Some(c) = services.get_mut(self.svc as usize) {
-            c.packets += self.packets - self.svc_from.0;
-            c.bytes += self.bytes - self.svc_from.1;
-        }
-        self.svc_from = (self.packets, self.bytes);
     }
 
     /// Adds what was counted to `c`.
     #[inline(always)]
     pub(super) fn flush(&mut self, c: &mut Counters) {
-        self.end_run(&mut c.services);
         c.rx_packets += self.packets;
         c.rx_bytes += self.bytes;
         c.tx_packets += self.packets;
@@ -214,7 +183,12 @@ fn forward_tracked<const CHECK: bool>(
         }
     }
     // The service and backend count the packet as received, as `count` does.
-    tally.add(&mut counters.services, val.svc_stat, rx_len);
+    tally.packets += 1;
+    tally.bytes += rx_len;
+    if let Some(c) = counters.services.get_mut(val.svc_stat as usize) {
+        c.packets += 1;
+        c.bytes += rx_len;
+    }
     if let Some(b) = counters.backends.get_mut(val.be_stat as usize) {
         b.packets += 1;
         b.bytes += rx_len;

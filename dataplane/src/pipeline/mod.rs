@@ -27,7 +27,7 @@ use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::port::MAX_BURST;
 use crate::table::RoutingTable;
-use crate::wire::{self, Frag, ParseError, Parsed, V4Flow, L3};
+use crate::wire::{self, Frag, ParseError, Parsed, V4Flow, V4Words, L3};
 
 use fast::{Outcome, Tally};
 
@@ -68,9 +68,9 @@ fn fast_one(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
 ) -> Result<(), Option<FastMiss>> {
-    let f = wire::parse_v4_flow(pkt.data()).ok_or(None)?;
+    let w = wire::parse_v4_words(pkt.data()).ok_or(None)?;
     let WorkerState { ct, counters, .. } = state;
-    let frame = burst_frame(ct, &f, 0);
+    let frame = burst_frame(ct, &w, 0);
     let mut tally = Tally::new();
     let mut lane = fast::Lane {
         ct,
@@ -83,20 +83,23 @@ fn fast_one(
             tally.flush(lane.counters);
             Ok(())
         }
-        Outcome::General(hit) => Err(Some(FastMiss { flow: f, hit })),
+        Outcome::General(hit) => Err(Some(FastMiss {
+            flow: w.flow(),
+            hit,
+        })),
     }
 }
 
-/// Frame `idx` of a burst, whose fast parse read `f`, as the fast path takes it (no hint yet).
+/// Frame `idx` of a burst, whose fast parse read `w`, as the fast path takes it (no hint yet).
 #[inline(always)]
-fn burst_frame(ct: &Conntrack<FlowValue>, f: &V4Flow, idx: usize) -> BurstFrame {
-    let key = V4Key::new(f.src, f.dst, f.ports, f.proto);
+fn burst_frame(ct: &Conntrack<FlowValue>, w: &V4Words, idx: usize) -> BurstFrame {
+    let key = V4Key::from_words(w.addrs, w.ports_proto);
     BurstFrame {
         key,
         hash: ct.hash_key(&key),
         hint: NO_HINT,
-        l3_end: f.l3_end,
-        tcp_flags: f.tcp_flags,
+        l3_end: w.l3_end,
+        tcp_flags: w.tcp_flags,
         idx: idx as u8,
     }
 }
@@ -195,7 +198,7 @@ pub fn process_burst_with(
     let ct = &state.ct;
     let mut k = 0;
     for (i, pkt) in pkts.iter().enumerate() {
-        let Some(f) = wire::parse_v4_flow(pkt.data()) else {
+        let Some(f) = wire::parse_v4_words(pkt.data()) else {
             continue;
         };
         let b = burst_frame(ct, &f, i);
@@ -255,7 +258,7 @@ fn one_pass(
     };
     let mut stop = (pkts.len(), None);
     for (i, (pkt, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
-        let Some(f) = wire::parse_v4_flow(pkt.data()) else {
+        let Some(f) = wire::parse_v4_words(pkt.data()) else {
             stop.0 = i;
             break;
         };
