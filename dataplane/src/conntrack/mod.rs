@@ -1064,11 +1064,19 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
-    /// A key's two buckets (equal in a one-bucket table) and fingerprint, from its table hash.
+    /// A key's two buckets (equal in a one-bucket table) and fingerprint, from its table hash
+    /// ([`Conntrack::bucket1`], [`Conntrack::bucket2`], [`Conntrack::fingerprint`] in one).
     #[inline(always)]
     fn place_hashed(&self, h: u64) -> (usize, usize, u16) {
-        let b1 = self.bucket1(h);
-        (b1, self.bucket2(h, b1), self.fingerprint(h))
+        let groups_mask = self.mask & !(BUCKET - 1);
+        let b1 = (h as usize) & groups_mask;
+        let mut b2 = ((h >> 24) as usize) & groups_mask;
+        if b2 == b1 {
+            // Keep the second choice distinct where the table has more than one bucket.
+            b2 = (b1 + BUCKET) & groups_mask;
+        }
+        let fp = (((h >> 48) as u16) & TAG_FP).max(TAG_MIN);
+        (b1, b2, fp)
     }
 
     /// A key's first bucket, from its table hash.
@@ -1082,13 +1090,12 @@ impl<V: Copy> Conntrack<V> {
     #[inline(always)]
     fn bucket2(&self, h: u64, b1: usize) -> usize {
         let groups_mask = self.mask & !(BUCKET - 1);
-        let b2 = ((h >> 24) as usize) & groups_mask;
+        let mut b2 = ((h >> 24) as usize) & groups_mask;
         if b2 == b1 {
             // Keep the second choice distinct where the table has more than one bucket.
-            (b1 + BUCKET) & groups_mask
-        } else {
-            b2
+            b2 = (b1 + BUCKET) & groups_mask;
         }
+        b2
     }
 
     /// A key's tag fingerprint, from its table hash.
