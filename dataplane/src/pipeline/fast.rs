@@ -166,21 +166,19 @@ fn forward_tracked<const CHECK: bool>(
         if !nat::rewrite_v4_frame(d, macs, (&addrs.0, &addrs.1), ports, deltas, tcp) {
             return Err(None);
         }
-    } else {
-        match val.fast {
-            Fast::MacV4 => wire::set_macs(pkt.data_mut(), val.mac, val.src_mac),
-            Fast::IpipV4 | Fast::GueV4 => {
-                let inner = usize::from(frame.l3_end) - ETH_LEN;
-                let gue = val.fast == Fast::GueV4;
-                let overhead = if gue { GUE_OVERHEAD } else { IPIP_OVERHEAD };
-                // The client's source port is the entropy, as the general path's.
-                if !encap::outer_v4(pkt, table, val, inner, gue, frame.flow().sport()) {
-                    return Err(None);
-                }
-                tally.grown += overhead as u64;
-            }
-            Fast::RewriteV4 | Fast::No => return Err(None),
+    } else if val.fast.encaps_v4() {
+        let inner = usize::from(frame.l3_end) - ETH_LEN;
+        let gue = val.fast == Fast::GueV4;
+        let overhead = if gue { GUE_OVERHEAD } else { IPIP_OVERHEAD };
+        // The client's source port is the entropy, as the general path's.
+        if !encap::outer_v4(pkt, table, val, inner, gue, frame.flow().sport()) {
+            return Err(None);
         }
+        tally.grown += overhead as u64;
+    } else if val.fast == Fast::MacV4 {
+        wire::set_macs(pkt.data_mut(), val.mac, val.src_mac);
+    } else {
+        return Err(None);
     }
     // The service and backend count the packet as received, as `count` does.
     tally.packets += 1;

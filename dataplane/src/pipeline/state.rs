@@ -84,6 +84,16 @@ pub(super) enum Fast {
     MacV4,
 }
 
+impl Fast {
+    /// [`Fast::IpipV4`] or [`Fast::GueV4`], as one range test of the discriminant (the fast
+    /// path's tests of the kind stay compares, not a jump table).
+    #[inline(always)]
+    pub(super) fn encaps_v4(self) -> bool {
+        const _: () = assert!(Fast::GueV4 as u8 == Fast::IpipV4 as u8 + 1);
+        (self as u8).wrapping_sub(Fast::IpipV4 as u8) < 2
+    }
+}
+
 impl FlowValue {
     /// Precomputes the checksum deltas of rewriting `key` (the tuple this value's packets carry)
     /// into `new_*`, so a packet of the flow costs two checksum adjustments, not four sums.
