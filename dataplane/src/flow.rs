@@ -158,14 +158,25 @@ impl FlowKey {
 }
 
 /// The table hash of an IPv4 key from its parts (the addresses and the port pair as their wire
-/// bytes loaded into native-endian words, so a parser needs no byte swap): one 64x64 multiply of the seeded halves, folded, then a short
-/// finish so the bucket (low bits) and fingerprint (high bits) both depend on every input bit.
-/// About a third of [`FlowKey::hash`]'s cost, on every packet's lookup.
+/// bytes loaded into native-endian words, so a parser needs no byte swap): [`hash_v4_words`] of
+/// the key's two 64-bit words.
 #[inline(always)]
 pub fn hash_v4(src: u32, dst: u32, ports: u32, proto: u8, seed: u64) -> u64 {
-    let a = ((u64::from(src) << 32) | u64::from(dst)) ^ seed;
-    let b =
-        ((u64::from(ports) << 8) | u64::from(proto)) ^ seed.rotate_left(31) ^ 0xe703_7ed1_a0b4_28db;
+    let lo = u64::from(src) | (u64::from(dst) << 32);
+    let hi = u64::from(ports) | (u64::from(proto) << 32);
+    hash_v4_words(lo, hi, seed)
+}
+
+/// [`hash_v4`] of an IPv4 key as two words: `lo` the source address in the low half and the
+/// destination in the high half, `hi` the port pair word in the low half and the protocol
+/// above it (the words a connection table compares keys by). One 64x64 multiply of the seeded
+/// words, folded, then a short finish so the bucket (low bits) and fingerprint (high bits)
+/// both depend on every input bit. About a third of [`FlowKey::hash`]'s cost, on every
+/// packet's lookup.
+#[inline(always)]
+pub fn hash_v4_words(lo: u64, hi: u64, seed: u64) -> u64 {
+    let a = lo ^ seed;
+    let b = hi ^ seed.rotate_left(31) ^ 0xe703_7ed1_a0b4_28db;
     let m = u128::from(a).wrapping_mul(u128::from(b));
     let h = (m as u64) ^ ((m >> 64) as u64);
     let h = (h ^ (h >> 32)).wrapping_mul(0xff51_afd7_ed55_8ccd);

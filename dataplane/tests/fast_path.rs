@@ -234,53 +234,188 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
+    /// Both ways a burst runs: prefetching tags and slots in passes before the fast loop (as
+    /// with a table far past the cache), and in one walk (a table whose keys fit the cache).
     #[test]
-    fn bursts_and_the_fast_path_match_the_general_path(ops in proptest::collection::vec(op(), 1..300)) {
-        let mut pair = Pair {
-            general: state(),
-            burst: state(),
-            table: sample::table(1, 4),
-            generation: 1,
-            now: 1,
-            queue: Vec::new(),
-            last: Default::default(),
-            owners: Vec::new(),
-        };
-        for op in ops {
-            match op {
-                Op::Client { vip, flow, flags } => {
-                    let src = Addr::v4([198, 19, 1, flow as u8]);
-                    let f = if flags == 0 {
-                        udp4(src, VIPS[vip], 40000 + flow, 53, 20)
-                    } else {
-                        tcp4(src, VIPS[vip], 40000 + flow, 80, flags)
-                    };
+    fn bursts_and_the_fast_path_match_the_general_path(
+        ops in proptest::collection::vec(op(), 1..300),
+        prefetch in any::<bool>(),
+    ) {
+        run(ops, prefetch)?;
+    }
+}
+
+/// Runs `ops` through both paths (see [`Pair`]), the burst's with or without its prefetch
+/// passes.
+fn run(ops: Vec<Op>, prefetch: bool) -> Result<(), TestCaseError> {
+    let mut burst = state();
+    burst.set_prefetch_from(if prefetch { 0 } else { usize::MAX });
+    let mut pair = Pair {
+        general: state(),
+        burst,
+        table: sample::table(1, 4),
+        generation: 1,
+        now: 1,
+        queue: Vec::new(),
+        last: Default::default(),
+        owners: Vec::new(),
+    };
+    for op in ops {
+        match op {
+            Op::Client { vip, flow, flags } => {
+                let src = Addr::v4([198, 19, 1, flow as u8]);
+                let f = if flags == 0 {
+                    udp4(src, VIPS[vip], 40000 + flow, 53, 20)
+                } else {
+                    tcp4(src, VIPS[vip], 40000 + flow, 80, flags)
+                };
+                pair.push((vip, flow), f)?;
+            }
+            Op::Answer { vip, flow, flags } => {
+                let reply = pair
+                    .last
+                    .get(&(vip, flow))
+                    .and_then(|out| answer(out, flags));
+                if let Some(f) = reply {
                     pair.push((vip, flow), f)?;
                 }
-                Op::Answer { vip, flow, flags } => {
-                    let reply = pair.last.get(&(vip, flow)).and_then(|out| answer(out, flags));
-                    if let Some(f) = reply {
-                        pair.push((vip, flow), f)?;
-                    }
-                }
-                Op::Corrupt { vip, flow } => {
-                    let src = Addr::v4([198, 19, 1, flow as u8]);
-                    let mut f = tcp4(src, VIPS[vip], 40000 + flow, 80, 0x10);
-                    f[24] ^= 0x55;
-                    pair.push((vip, flow), f)?;
-                }
-                Op::Wait(ms) => {
-                    pair.flush()?;
-                    pair.now += ms;
-                }
-                Op::Swap => {
-                    pair.flush()?;
-                    pair.generation += 1;
-                    pair.table = sample::table(pair.generation, 4);
-                }
-                Op::Flush => pair.flush()?,
+            }
+            Op::Corrupt { vip, flow } => {
+                let src = Addr::v4([198, 19, 1, flow as u8]);
+                let mut f = tcp4(src, VIPS[vip], 40000 + flow, 80, 0x10);
+                f[24] ^= 0x55;
+                pair.push((vip, flow), f)?;
+            }
+            Op::Wait(ms) => {
+                pair.flush()?;
+                pair.now += ms;
+            }
+            Op::Swap => {
+                pair.flush()?;
+                pair.generation += 1;
+                pair.table = sample::table(pair.generation, 4);
+            }
+            Op::Flush => pair.flush()?,
+        }
+    }
+    pair.flush()
+}
+
+/// The burst's order holds per flow: in one burst, established packets of flow 0 before and
+/// after a frame the fast path gives up (flow 1's FIN, then its ACK, which the FIN moved out
+/// of the steady state; a corrupt frame; a new flow's SYN), and frames after those that the
+/// fast path takes again; in another, a new flow's SYN first and its retransmission right
+/// behind it. Each frame gets its own verdict and bytes, as one by one through the general
+/// path. Both ways a burst runs.
+#[test]
+fn a_burst_keeps_each_flows_order_around_frames_the_fast_path_gives_up() {
+    let establish = |vip: usize, flow: u16| {
+        vec![
+            Op::Client {
+                vip,
+                flow,
+                flags: 0x02,
+            },
+            Op::Flush,
+            Op::Answer {
+                vip,
+                flow,
+                flags: 0x12,
+            },
+            Op::Flush,
+            Op::Client {
+                vip,
+                flow,
+                flags: 0x10,
+            },
+            Op::Flush,
+        ]
+    };
+    for prefetch in [false, true] {
+        for vip in 0..VIPS.len() {
+            let mut ops = Vec::new();
+            ops.extend(establish(vip, 0));
+            ops.extend(establish(vip, 1));
+            ops.extend([
+                Op::Client {
+                    vip,
+                    flow: 0,
+                    flags: 0x10,
+                },
+                Op::Client {
+                    vip,
+                    flow: 1,
+                    flags: 0x11,
+                },
+                Op::Client {
+                    vip,
+                    flow: 1,
+                    flags: 0x10,
+                },
+                Op::Client {
+                    vip,
+                    flow: 0,
+                    flags: 0x18,
+                },
+                Op::Corrupt { vip, flow: 0 },
+                Op::Client {
+                    vip,
+                    flow: 0,
+                    flags: 0x10,
+                },
+                Op::Client {
+                    vip,
+                    flow: 2,
+                    flags: 0x02,
+                },
+                Op::Client {
+                    vip,
+                    flow: 2,
+                    flags: 0x10,
+                },
+                Op::Answer {
+                    vip,
+                    flow: 0,
+                    flags: 0x10,
+                },
+                Op::Client {
+                    vip,
+                    flow: 0,
+                    flags: 0x04,
+                },
+                Op::Client {
+                    vip,
+                    flow: 0,
+                    flags: 0x10,
+                },
+                Op::Flush,
+                // A burst that starts with a frame the fast path gives up: a new flow's SYN,
+                // its retransmission right behind it, then steady frames of another flow.
+                Op::Client {
+                    vip,
+                    flow: 3,
+                    flags: 0x02,
+                },
+                Op::Client {
+                    vip,
+                    flow: 3,
+                    flags: 0x02,
+                },
+                Op::Client {
+                    vip,
+                    flow: 1,
+                    flags: 0x10,
+                },
+                Op::Client {
+                    vip,
+                    flow: 3,
+                    flags: 0x10,
+                },
+                Op::Flush,
+            ]);
+            if let Err(e) = run(ops, prefetch) {
+                panic!("vip {vip}, prefetch {prefetch}: {e}");
             }
         }
-        pair.flush()?;
     }
 }

@@ -229,8 +229,9 @@ impl KeyWord {
 }
 
 /// An IPv4 flow key in the form the fast path looks up (see [`Conntrack::lookup_steady`]): built
-/// from the header's words without a [`FlowKey`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// from the header's words without a [`FlowKey`]; the word slots compare (the default matches
+/// no slot).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct V4Key(KeyWord);
 
 impl V4Key {
@@ -240,6 +241,39 @@ impl V4Key {
     #[inline(always)]
     pub fn new(src: u32, dst: u32, ports: u32, proto: u8) -> V4Key {
         V4Key(KeyWord::v4(src, dst, ports, proto))
+    }
+
+    /// The key from its two words: the source address word in the low half of `addrs`, the
+    /// destination above it; the port pair word in the low half of `ports_proto`, the
+    /// protocol above it (as [`crate::wire::V4Words`] holds them).
+    #[inline(always)]
+    pub fn from_words(addrs: u64, ports_proto: u64) -> V4Key {
+        let hi = ports_proto | (u64::from(KW_V4) << 32);
+        V4Key(KeyWord(u128::from(addrs) | (u128::from(hi) << 64)))
+    }
+
+    /// The source address word.
+    #[inline(always)]
+    pub fn src(&self) -> u32 {
+        self.0 .0 as u32
+    }
+
+    /// The destination address word.
+    #[inline(always)]
+    pub fn dst(&self) -> u32 {
+        (self.0 .0 >> 32) as u32
+    }
+
+    /// The port pair word.
+    #[inline(always)]
+    pub fn ports(&self) -> u32 {
+        (self.0 .0 >> 64) as u32
+    }
+
+    /// The protocol.
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        (self.0 .0 >> 96) as u8
     }
 }
 
@@ -512,12 +546,21 @@ impl<V: Copy> Conntrack<V> {
         crate::flow::hash_v4(src, dst, ports, proto, self.seed)
     }
 
+    /// [`Conntrack::hash_v4`] of a key the fast path built: straight from its two words.
+    #[inline(always)]
+    pub fn hash_key(&self, key: &V4Key) -> u64 {
+        let w = key.0 .0;
+        // The word's family mark is no part of the hash (a constant, folded into the seed's).
+        let mark = u64::from(KW_V4) << 32;
+        crate::flow::hash_v4_words(w as u64, ((w >> 64) as u64) ^ mark, self.seed)
+    }
+
     /// Asks the CPU to start loading the first bucket's tags of a key with table hash `h`: a
     /// burst's first pass calls it for every frame, so the lookups that follow find their tags
     /// in cache instead of waiting for memory one frame at a time.
     #[inline(always)]
     pub fn prefetch(&self, h: u64) {
-        let (b1, _, _) = self.place_hashed(h);
+        let b1 = self.bucket1(h);
         if let Some(t) = self.tags.get(b1) {
             crate::port::prefetch(t);
         }
@@ -530,15 +573,15 @@ impl<V: Copy> Conntrack<V> {
     /// Returns that slot as the lookup's hint ([`Conntrack::lookup_steady`]), or [`NO_HINT`].
     #[inline(always)]
     pub fn prefetch_slot(&self, h: u64) -> u32 {
-        let (b1, _, fp) = self.place_hashed(h);
-        let Some(tags) = self.tags.get(b1..b1 + BUCKET) else {
+        let (b, fp) = (self.bucket1(h), self.fingerprint(h));
+        let Some(tags) = self.tags.get(b..b + BUCKET) else {
             return NO_HINT;
         };
         let Ok(tags) = <&[u16; BUCKET]>::try_from(tags) else {
             return NO_HINT;
         };
         let m = group::group_match(tags, fp);
-        let i = b1 + m.trailing_zeros() as usize;
+        let i = b + m.trailing_zeros() as usize;
         match self.slots.get(i) {
             Some(s) if m != 0 => {
                 group::prefetch_two_lines(s);
@@ -587,12 +630,39 @@ impl<V: Copy> Conntrack<V> {
         now: Millis,
         tcp_flags: u8,
     ) -> Result<&V, Option<Hit>> {
+        self.steady::<true>(key, h, hint, now, tcp_flags)
+    }
+
+    /// [`Conntrack::lookup_steady`] with a hint from [`Conntrack::prefetch_slot`] and no key
+    /// removed or inserted since (only other steady lookups in between): the slot it names
+    /// was live then, so it still is, and a key word that matches needs no tag check.
+    #[inline(always)]
+    pub fn lookup_steady_fresh(
+        &mut self,
+        key: V4Key,
+        h: u64,
+        hint: u32,
+        now: Millis,
+        tcp_flags: u8,
+    ) -> Result<&V, Option<Hit>> {
+        self.steady::<false>(key, h, hint, now, tcp_flags)
+    }
+
+    #[inline(always)]
+    fn steady<const CHECK: bool>(
+        &mut self,
+        key: V4Key,
+        h: u64,
+        hint: u32,
+        now: Millis,
+        tcp_flags: u8,
+    ) -> Result<&V, Option<Hit>> {
         // A live slot holding the key word is the key's slot (a key is stored once), so a hint
         // that holds it saves the bucket search. Its tag is in cache (the burst matched it).
-        let live = |i: u32| self.tags.get(i as usize).is_some_and(|&t| t != TAG_FREE);
+        let live = |i: u32| !CHECK || self.tags.get(i as usize).is_some_and(|&t| t != TAG_FREE);
         let slot = match self.slots.get(hint as usize) {
             Some(s) if s.kw == key.0 && live(hint) => hint,
-            _ => self.find_with(h, |s| s.kw == key.0).ok_or(None)?,
+            _ => self.find_lazy(h, |s| s.kw == key.0).ok_or(None)?,
         };
         let (tcp, udp) = (self.cfg.timeouts.tcp_established, self.cfg.timeouts.udp);
         // The new deadline of a steady flow whose flow slot is `f`; `Err(false)` for an expired
@@ -1028,7 +1098,8 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
-    /// A key's two buckets (equal in a one-bucket table) and fingerprint, from its table hash.
+    /// A key's two buckets (equal in a one-bucket table) and fingerprint, from its table hash
+    /// ([`Conntrack::bucket1`], [`Conntrack::bucket2`], [`Conntrack::fingerprint`] in one).
     #[inline(always)]
     fn place_hashed(&self, h: u64) -> (usize, usize, u16) {
         let groups_mask = self.mask & !(BUCKET - 1);
@@ -1040,6 +1111,31 @@ impl<V: Copy> Conntrack<V> {
         }
         let fp = (((h >> 48) as u16) & TAG_FP).max(TAG_MIN);
         (b1, b2, fp)
+    }
+
+    /// A key's first bucket, from its table hash.
+    #[inline(always)]
+    fn bucket1(&self, h: u64) -> usize {
+        (h as usize) & self.mask & !(BUCKET - 1)
+    }
+
+    /// A key's second bucket, from its table hash and first bucket (apart, so lookups that
+    /// find the key in its first bucket need not compute it).
+    #[inline(always)]
+    fn bucket2(&self, h: u64, b1: usize) -> usize {
+        let groups_mask = self.mask & !(BUCKET - 1);
+        let mut b2 = ((h >> 24) as usize) & groups_mask;
+        if b2 == b1 {
+            // Keep the second choice distinct where the table has more than one bucket.
+            b2 = (b1 + BUCKET) & groups_mask;
+        }
+        b2
+    }
+
+    /// A key's tag fingerprint, from its table hash.
+    #[inline(always)]
+    fn fingerprint(&self, h: u64) -> u16 {
+        (((h >> 48) as u16) & TAG_FP).max(TAG_MIN)
     }
 
     /// The slot in bucket `b` whose tag carries `fp` and whose slot `eq` accepts, if any.
@@ -1064,6 +1160,21 @@ impl<V: Copy> Conntrack<V> {
         if let Some(i) = self.find_in(b1, fp, &eq) {
             return Some(i);
         }
+        if b2 == b1 {
+            return None;
+        }
+        self.find_in(b2, fp, &eq)
+    }
+
+    /// [`Conntrack::find_with`] for the fast path: the second bucket computed only when the
+    /// first does not hold the key.
+    #[inline(always)]
+    fn find_lazy(&self, h: u64, eq: impl Fn(&Slot<V>) -> bool) -> Option<u32> {
+        let (b1, fp) = (self.bucket1(h), self.fingerprint(h));
+        if let Some(i) = self.find_in(b1, fp, &eq) {
+            return Some(i);
+        }
+        let b2 = self.bucket2(h, b1);
         if b2 == b1 {
             return None;
         }

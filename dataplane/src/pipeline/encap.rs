@@ -57,32 +57,40 @@ pub(super) fn outer_v4(
     if inner + overhead > usize::from(table.local.mtu) || !pkt.push_front(overhead) {
         return false;
     }
-    let d = pkt.data_mut();
-    let tos = d.get(overhead + wire::ETH_LEN + 1).copied().unwrap_or(0);
-    if let Some(eth) = d.get_mut(..wire::ETH_LEN) {
-        eth[..6].copy_from_slice(&val.mac);
-        eth[6..12].copy_from_slice(&val.src_mac);
-        eth[12..].copy_from_slice(&wire::ETHERTYPE_IPV4.to_be_bytes());
-    }
-    if let Some(out) = d.get_mut(wire::ETH_LEN..) {
-        wire::write_ipv4(
-            out,
-            &Ipv4Fields {
-                src: val.new_src.v4_octets(),
-                dst: val.new_dst.v4_octets(),
-                proto: if gue { proto::UDP } else { proto::IPIP },
-                payload_len: (inner + udp) as u16,
-                ttl: OUR_TTL,
-                tos,
-                id: 0,
-                flags_frag: 0,
-            },
-        );
-    }
+    // Ethernet, the outer IPv4 and UDP headers and the inner header's first two bytes (its
+    // TOS, copied out) through one fixed-size view: every frame here has an IPv4 packet of at
+    // least 28 bytes behind them.
+    let Some(h) = pkt
+        .data_mut()
+        .first_chunk_mut::<{ wire::ETH_LEN + 28 + 2 }>()
+    else {
+        return false;
+    };
+    let tos = if gue {
+        h[wire::ETH_LEN + 29]
+    } else {
+        h[wire::ETH_LEN + 21]
+    };
+    h[..6].copy_from_slice(&val.mac);
+    h[6..12].copy_from_slice(&val.src_mac);
+    h[12..14].copy_from_slice(&wire::ETHERTYPE_IPV4.to_be_bytes());
+    // `inner + overhead` is at most the MTU, a u16.
+    let [t0, t1] = ((inner + overhead) as u16).to_be_bytes();
+    let proto = if gue { proto::UDP } else { proto::IPIP };
+    let mut ip = [
+        0x45, tos, t0, t1, 0, 0, 0, 0, OUR_TTL, proto, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    ip[12..16].copy_from_slice(&val.new_src.v4_octets());
+    ip[16..20].copy_from_slice(&val.new_dst.v4_octets());
+    let c = wire::ipv4_20_checksum_bytes(&ip);
+    ip[10..12].copy_from_slice(&c);
+    h[wire::ETH_LEN..wire::ETH_LEN + 20].copy_from_slice(&ip);
     if gue {
-        if let Some(u) = d.get_mut(wire::ETH_LEN + 20..) {
-            wire::write_udp(u, entropy, val.gue_port, inner as u16);
-        }
+        let u = &mut h[wire::ETH_LEN + 20..wire::ETH_LEN + 28];
+        u[0..2].copy_from_slice(&entropy.to_be_bytes());
+        u[2..4].copy_from_slice(&val.gue_port.to_be_bytes());
+        u[4..6].copy_from_slice(&((inner + 8) as u16).to_be_bytes());
+        u[6..8].copy_from_slice(&[0, 0]);
     }
     true
 }

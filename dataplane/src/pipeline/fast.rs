@@ -8,16 +8,16 @@
 //! that would not fit) returns `None` before anything changed, and the general path handles the
 //! packet exactly as it always did.
 
-use crate::conntrack::{Conntrack, Hit, Millis, V4Key};
+use crate::conntrack::{Conntrack, Hit, Millis};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
 use crate::wire::nat;
-use crate::wire::{self, V4Flow, ETH_LEN};
+use crate::wire::{self, ETH_LEN};
 
 use super::encap;
 use super::state::{BurstFrame, Fast, FlowValue};
-use super::verdict::{Counters, FlowCounters};
+use super::verdict::Counters;
 
 /// Bytes dsr-ipip puts in front of the client's IP packet.
 const IPIP_OVERHEAD: usize = 20;
@@ -34,11 +34,9 @@ pub(super) enum Outcome {
     General(Option<Hit>),
 }
 
-/// What a burst's fast-path packets add to the counters, added once per burst ([`Tally::flush`]):
-/// the worker's rx/tx counts, and the service counts of runs of packets of one service (a
-/// burst's packets of one flow, or of one busy service, are one run). Backends are counted per
-/// packet: in a burst of many flows consecutive packets rarely share one, and a run that breaks
-/// on every packet measured dearer (callgrind) than counting each.
+/// What a burst's fast-path packets add to the worker's rx/tx counters, added once per burst
+/// ([`Tally::flush`]); services and backends count each packet as it goes (runs of one
+/// service measured no cheaper once the burst's walk kept their state in registers).
 #[derive(Debug)]
 pub(super) struct Tally {
     packets: u64,
@@ -46,10 +44,6 @@ pub(super) struct Tally {
     bytes: u64,
     /// Bytes the encapsulations added.
     grown: u64,
-    /// The service counter slot of the current run of packets, and `packets` and `bytes` when
-    /// the run started (the run's counts are the differences).
-    svc: u32,
-    svc_from: (u64, u64),
 }
 
 impl Tally {
@@ -59,37 +53,12 @@ impl Tally {
             packets: 0,
             bytes: 0,
             grown: 0,
-            svc: u32::MAX,
-            svc_from: (0, 0),
         }
-    }
-
-    /// Counts a forwarded packet of `len` bytes of service counter slot `svc`, adding the run
-    /// of the service before it to `services` when the slot changes.
-    #[inline(always)]
-    fn add(&mut self, services: &mut [FlowCounters], svc: u32, len: u64) {
-        if svc != self.svc {
-            self.end_run(services);
-            self.svc = svc;
-        }
-        self.packets += 1;
-        self.bytes += len;
-    }
-
-    /// Adds the current service run to `services` and starts the next one here.
-    #[inline(always)]
-    fn end_run(&mut self, services: &mut [FlowCounters]) {
-        if let Some(c) = services.get_mut(self.svc as usize) {
-            c.packets += self.packets - self.svc_from.0;
-            c.bytes += self.bytes - self.svc_from.1;
-        }
-        self.svc_from = (self.packets, self.bytes);
     }
 
     /// Adds what was counted to `c`.
     #[inline(always)]
     pub(super) fn flush(&mut self, c: &mut Counters) {
-        self.end_run(&mut c.services);
         c.rx_packets += self.packets;
         c.rx_bytes += self.bytes;
         c.tx_packets += self.packets;
@@ -119,10 +88,30 @@ pub(super) fn forward(
     hint: u32,
     tally: &mut Tally,
 ) -> Outcome {
-    match forward_tracked(lane, pkt, frame, hint, tally) {
+    match forward_tracked::<true>(lane, pkt, frame, hint, tally) {
         Ok(()) => Outcome::Forwarded,
-        Err(o) => o,
+        Err(Some(hit)) => Outcome::General(hit),
+        Err(None) => general(lane.ct, frame, lane.now),
     }
+}
+
+/// [`forward`] in a burst's fast loop, before anything else of the burst changed the table
+/// (see [`Conntrack::lookup_steady_fresh`]; `frame.hint` from the burst's second pass).
+/// `Err(Some(hit))`: the general path, with this lookup's result; `Err(None)`: a steady flow
+/// the fast path still cannot take, whose lookup the general path repeats ([`again`]).
+#[inline(always)]
+pub(super) fn forward_fresh(
+    lane: &mut Lane<'_>,
+    pkt: &mut PacketBuf<'_>,
+    frame: &BurstFrame,
+    tally: &mut Tally,
+) -> Result<(), Option<Option<Hit>>> {
+    forward_tracked::<false>(lane, pkt, frame, frame.hint, tally)
+}
+
+/// The lookup of a frame [`forward_fresh`] gave up with `Err(None)`, for the general path.
+pub(super) fn again(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> Option<Hit> {
+    ct.lookup_hashed(&frame.flow().key(), frame.hash, now)
 }
 
 /// A steady flow the fast path still cannot take (rare: a table swap since the flow was
@@ -130,18 +119,21 @@ pub(super) fn forward(
 /// more for the general path, kept out of the fast loop so that loop keeps its registers.
 #[cold]
 #[inline(never)]
-fn general(ct: &Conntrack<FlowValue>, f: &V4Flow, h: u64, now: Millis) -> Outcome {
-    Outcome::General(ct.lookup_hashed(&f.key(), h, now))
+fn general(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> Outcome {
+    Outcome::General(again(ct, frame, now))
 }
 
+/// The fast path proper: `Err(Some(hit))` when the lookup says the general path must take
+/// the frame, `Err(None)` when a steady flow's frame still cannot take the fast path (its
+/// lookup is repeated for the general path, off the fast loop). `CHECK`: the hint may be stale.
 #[inline(always)]
-fn forward_tracked(
+fn forward_tracked<const CHECK: bool>(
     lane: &mut Lane<'_>,
     pkt: &mut PacketBuf<'_>,
     frame: &BurstFrame,
     hint: u32,
     tally: &mut Tally,
-) -> Result<(), Outcome> {
+) -> Result<(), Option<Option<Hit>>> {
     let Lane {
         ct,
         counters,
@@ -149,15 +141,18 @@ fn forward_tracked(
         now,
     } = lane;
     let (ct, counters, table, now) = (&mut **ct, &mut **counters, *table, *now);
-    let f = &frame.flow;
-    let h = frame.hash;
-    let key = V4Key::new(f.src, f.dst, f.ports, f.proto);
-    let val = match ct.lookup_steady(key, h, hint, now, f.tcp_flags) {
+    let (key, h) = (frame.key, frame.hash);
+    let found = if CHECK {
+        ct.lookup_steady(key, h, hint, now, frame.tcp_flags)
+    } else {
+        ct.lookup_steady_fresh(key, h, hint, now, frame.tcp_flags)
+    };
+    let val = match found {
         Ok(v) => v,
-        Err(hit) => return Err(Outcome::General(hit)),
+        Err(hit) => return Err(Some(hit)),
     };
     if val.generation != table.generation {
-        return Err(general(ct, f, h, now));
+        return Err(None);
     }
     let rx_len = pkt.len() as u64;
     // nat and fullnat first: one compare instead of a jump through a table.
@@ -165,30 +160,33 @@ fn forward_tracked(
         let ports = nat::ports(val.new_sport, val.new_dport);
         let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
         let deltas = (val.l3_delta, val.l4_delta);
-        let tcp = f.proto == proto::TCP;
+        let tcp = key.proto() == proto::TCP;
         let d = pkt.data_mut();
         let macs = (&val.mac, &val.src_mac);
         if !nat::rewrite_v4_frame(d, macs, (&addrs.0, &addrs.1), ports, deltas, tcp) {
-            return Err(general(ct, f, h, now));
+            return Err(None);
         }
+    } else if val.fast.encaps_v4() {
+        let inner = usize::from(frame.l3_end) - ETH_LEN;
+        let gue = val.fast == Fast::GueV4;
+        let overhead = if gue { GUE_OVERHEAD } else { IPIP_OVERHEAD };
+        // The client's source port is the entropy, as the general path's.
+        if !encap::outer_v4(pkt, table, val, inner, gue, frame.flow().sport()) {
+            return Err(None);
+        }
+        tally.grown += overhead as u64;
+    } else if val.fast == Fast::MacV4 {
+        wire::set_macs(pkt.data_mut(), val.mac, val.src_mac);
     } else {
-        match val.fast {
-            Fast::MacV4 => wire::set_macs(pkt.data_mut(), val.mac, val.src_mac),
-            Fast::IpipV4 | Fast::GueV4 => {
-                let inner = usize::from(f.l3_end) - ETH_LEN;
-                let gue = val.fast == Fast::GueV4;
-                let overhead = if gue { GUE_OVERHEAD } else { IPIP_OVERHEAD };
-                // The client's source port is the entropy, as the general path's.
-                if !encap::outer_v4(pkt, table, val, inner, gue, f.sport()) {
-                    return Err(general(ct, f, h, now));
-                }
-                tally.grown += overhead as u64;
-            }
-            Fast::RewriteV4 | Fast::No => return Err(general(ct, f, h, now)),
-        }
+        return Err(None);
     }
     // The service and backend count the packet as received, as `count` does.
-    tally.add(&mut counters.services, val.svc_stat, rx_len);
+    tally.packets += 1;
+    tally.bytes += rx_len;
+    if let Some(c) = counters.services.get_mut(val.svc_stat as usize) {
+        c.packets += 1;
+        c.bytes += rx_len;
+    }
     if let Some(b) = counters.backends.get_mut(val.be_stat as usize) {
         b.packets += 1;
         b.bytes += rx_len;

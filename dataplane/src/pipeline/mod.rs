@@ -19,15 +19,15 @@ mod tracked;
 mod verdict;
 
 use state::BurstFrame;
-pub use state::{snat_slice, FlowValue, WorkerState};
+pub use state::{snat_slice, FlowValue, WorkerState, PREFETCH_FROM_KEYS};
 pub use verdict::{Counters, DropReason, FlowCounters, Verdict};
 
-use crate::conntrack::{Hit, Millis, NO_HINT};
+use crate::conntrack::{Conntrack, Hit, Millis, V4Key, NO_HINT};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::port::MAX_BURST;
 use crate::table::RoutingTable;
-use crate::wire::{self, Frag, ParseError, Parsed, V4Flow, L3};
+use crate::wire::{self, Frag, ParseError, Parsed, V4Flow, V4Words, L3};
 
 use fast::{Outcome, Tally};
 
@@ -65,14 +65,9 @@ fn fast_one(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
 ) -> Result<(), Option<FastMiss>> {
-    let f = wire::parse_v4_flow(pkt.data()).ok_or(None)?;
+    let w = wire::parse_v4_words(pkt.data()).ok_or(None)?;
     let WorkerState { ct, counters, .. } = state;
-    let frame = BurstFrame {
-        flow: f,
-        hint: NO_HINT,
-        idx: 0,
-        hash: ct.hash_v4(f.src, f.dst, f.ports, f.proto),
-    };
+    let frame = burst_frame(ct, &w, 0);
     let mut tally = Tally::new();
     let mut lane = fast::Lane {
         ct,
@@ -85,7 +80,24 @@ fn fast_one(
             tally.flush(lane.counters);
             Ok(())
         }
-        Outcome::General(hit) => Err(Some(FastMiss { flow: f, hit })),
+        Outcome::General(hit) => Err(Some(FastMiss {
+            flow: w.flow(),
+            hit,
+        })),
+    }
+}
+
+/// Frame `idx` of a burst, whose fast parse read `w`, as the fast path takes it (no hint yet).
+#[inline(always)]
+fn burst_frame(ct: &Conntrack<FlowValue>, w: &V4Words, idx: usize) -> BurstFrame {
+    let key = V4Key::from_words(w.addrs, w.ports_proto);
+    BurstFrame {
+        key,
+        hash: ct.hash_key(&key),
+        hint: NO_HINT,
+        l3_end: w.l3_end,
+        tcp_flags: w.tcp_flags,
+        idx: idx as u8,
     }
 }
 
@@ -168,20 +180,27 @@ pub fn process_burst_with(
         }
         return;
     };
-    // First pass: the fast-path candidates' fields, index and hash into the worker's scratch
-    // (reused, so nothing is initialised per burst), one after the other.
+    if state.ct.keys() <= state.prefetch_from {
+        // A table whose used slots stay in cache: no prefetch passes, one walk.
+        state.scratch = Some(scratch);
+        let (stop, miss) = one_pass(state, table, now, pkts, verdicts);
+        if stop < n {
+            one_pass_tail(state, table, now, pkts, verdicts, stop, miss, &mut slow);
+        }
+        return;
+    }
+    // First pass: the fast-path candidates' fields, index, key and hash into the worker's
+    // scratch (reused, so nothing is initialised per burst), one after the other.
     let ct = &state.ct;
     let mut k = 0;
     for (i, pkt) in pkts.iter().enumerate() {
-        let Some(f) = wire::parse_v4_flow(pkt.data()) else {
+        let Some(f) = wire::parse_v4_words(pkt.data()) else {
             continue;
         };
-        let h = ct.hash_v4(f.src, f.dst, f.ports, f.proto);
-        ct.prefetch(h);
-        if let Some(b) = scratch.get_mut(k) {
-            b.flow = f;
-            b.idx = i as u32;
-            b.hash = h;
+        let b = burst_frame(ct, &f, i);
+        ct.prefetch(b.hash);
+        if let Some(s) = scratch.get_mut(k) {
+            *s = b;
         }
         k += 1;
     }
@@ -214,6 +233,74 @@ pub fn process_burst_with(
     state.scratch = Some(scratch);
 }
 
+/// A burst in one walk while the table is small (see [`WorkerState::set_prefetch_from`]): each frame from the
+/// first, in order, parsed, looked up and forwarded, until one the fast path does not take.
+/// Returns that frame's index (the burst's length when there is none) and, if the fast parse
+/// read it, what the fast path learned of it.
+#[inline(never)]
+fn one_pass(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkts: &mut [PacketBuf<'_>],
+    verdicts: &mut [Verdict],
+) -> (usize, Option<FastMiss>) {
+    let mut tally = Tally::new();
+    let mut lane = fast::Lane {
+        ct: &mut state.ct,
+        counters: &mut state.counters,
+        table,
+        now,
+    };
+    let mut stop = (pkts.len(), None);
+    for (i, (pkt, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+        let Some(f) = wire::parse_v4_words(pkt.data()) else {
+            stop.0 = i;
+            break;
+        };
+        let frame = burst_frame(lane.ct, &f, i);
+        match fast::forward_fresh(&mut lane, pkt, &frame, &mut tally) {
+            Ok(()) => *v = Verdict::Tx,
+            Err(miss) => {
+                stop = (i, Some((frame, miss)));
+                break;
+            }
+        }
+    }
+    tally.flush(lane.counters);
+    let miss = stop.1.map(|(frame, miss)| FastMiss {
+        flow: frame.flow(),
+        hit: miss.unwrap_or_else(|| fast::again(&state.ct, &frame, now)),
+    });
+    (stop.0, miss)
+}
+
+/// The frames of a burst from where [`one_pass`] stopped, in order: that one through `slow`,
+/// each after it through the fast path, or `slow` when the fast path does not take it.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn one_pass_tail(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkts: &mut [PacketBuf<'_>],
+    verdicts: &mut [Verdict],
+    stop: usize,
+    miss: Option<FastMiss>,
+    slow: &mut impl FnMut(&mut WorkerState, &mut PacketBuf<'_>, Option<&FastMiss>) -> Verdict,
+) {
+    let mut frames = pkts.iter_mut().zip(verdicts.iter_mut()).skip(stop);
+    if let Some((pkt, v)) = frames.next() {
+        *v = slow(state, pkt, miss.as_ref());
+    }
+    for (pkt, v) in frames {
+        *v = match fast_one(state, table, now, pkt) {
+            Ok(()) => Verdict::Tx,
+            Err(seen) => slow(state, pkt, seen.as_ref()),
+        };
+    }
+}
+
 /// A burst's fast-path candidate through the fast path, or `slow` with what the fast path
 /// learned of it.
 #[inline(always)]
@@ -236,7 +323,7 @@ fn candidate(
         Outcome::Forwarded => Verdict::Tx,
         Outcome::General(hit) => {
             let seen = FastMiss {
-                flow: frame.flow,
+                flow: frame.flow(),
                 hit,
             };
             slow(state, pkt, Some(&seen))

@@ -56,7 +56,7 @@ pub(super) fn ipv4_checksum_ok(frame: &[u8], h: &[u8; 20], l3_off: usize, hlen: 
 /// that go on the wire: the native-endian sum of [`ipv4_20_sums_to_ones`], complemented. Every
 /// encapsulated packet (dsr-ipip) pays this, so it is five loads and three folds, no loop.
 #[inline(always)]
-fn ipv4_20_checksum_bytes(h: &[u8; 20]) -> [u8; 2] {
+pub fn ipv4_20_checksum_bytes(h: &[u8; 20]) -> [u8; 2] {
     let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
     let s = w(0) + w(4) + w(8) + w(12) + w(16);
     let s = (s & 0xffff_ffff) + (s >> 32);

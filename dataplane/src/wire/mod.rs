@@ -32,11 +32,11 @@ pub use icmp::{
     ICMPV4_ECHO_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
 };
 pub use ip::{answer_in_place, refresh_ipv4_checksum, set_addrs, tos};
-pub use ipv4::{write_ipv4, Ipv4Fields};
+pub use ipv4::{ipv4_20_checksum_bytes, write_ipv4, Ipv4Fields};
 pub use ipv6::{write_ipv6, Ipv6Fields, MAX_IPV6_EXTENSIONS};
 pub use parse::{
-    ipv6_dst, parse, parse_v4_flow, parsed_v4, verify_l4_checksum, verify_v4_l4, Frag, ParseError,
-    Parsed, V4Flow, L3,
+    ipv6_dst, parse, parse_v4_flow, parse_v4_words, parsed_v4, verify_l4_checksum, verify_v4_l4,
+    Frag, ParseError, Parsed, V4Flow, V4Words, L3,
 };
 pub use quote::{parse_icmp_quote, Quoted};
 pub use udp::{fill_udp_checksum, write_udp};

@@ -409,10 +409,52 @@ impl V4Flow {
 /// fields, so a frame it refuses goes through `parse` and gets the same verdict it always had.
 #[inline(always)]
 pub fn parse_v4_flow(frame: &[u8]) -> Option<V4Flow> {
+    parse_v4_words(frame).map(|w| w.flow())
+}
+
+/// [`parse_v4_flow`]'s fields as the two 64-bit words a connection table compares keys by
+/// (what the fast path hashes and looks up), with the rest of [`V4Flow`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V4Words {
+    /// [`V4Flow::src`] in the low half, [`V4Flow::dst`] in the high half.
+    pub addrs: u64,
+    /// [`V4Flow::ports`] in the low half, [`V4Flow::proto`] above it.
+    pub ports_proto: u64,
+    /// [`V4Flow::l3_end`].
+    pub l3_end: u16,
+    /// [`V4Flow::tcp_flags`].
+    pub tcp_flags: u8,
+}
+
+impl V4Words {
+    /// The same fields as a [`V4Flow`].
+    #[inline(always)]
+    pub fn flow(&self) -> V4Flow {
+        V4Flow {
+            src: self.addrs as u32,
+            dst: (self.addrs >> 32) as u32,
+            ports: self.ports_proto as u32,
+            l3_end: self.l3_end,
+            proto: (self.ports_proto >> 32) as u8,
+            tcp_flags: self.tcp_flags,
+        }
+    }
+}
+
+/// [`parse_v4_flow`] with its result as [`V4Words`].
+#[inline(always)]
+pub fn parse_v4_words(frame: &[u8]) -> Option<V4Words> {
     // Ethernet, IPv4 and the 8 bytes of either transport header the checks need: one bounds
     // check, then fixed offsets.
     let h: &[u8; ETH_LEN + 20 + 8] = arr(frame, 0)?;
-    if u16::from_be_bytes([h[12], h[13]]) != ETHERTYPE_IPV4 || h[14] != 0x45 {
+    // The EtherType and the version and header length in one compare (the TOS byte masked).
+    let word = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let [t0, t1] = ETHERTYPE_IPV4.to_be_bytes();
+    let (mask, want) = (
+        u32::from_ne_bytes([0xff, 0xff, 0xff, 0]),
+        u32::from_ne_bytes([t0, t1, 0x45, 0]),
+    );
+    if word(12) & mask != want {
         return None;
     }
     // Flags and fragment offset without DF (the mask in wire byte order): a fragment.
@@ -423,9 +465,8 @@ pub fn parse_v4_flow(frame: &[u8]) -> Option<V4Flow> {
     if total > frame.len() - ETH_LEN {
         return None;
     }
-    let word = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-    let (src, dst) = (word(26), word(30));
-    if !ipv4_20_ones(word(14), word(18), word(22), src, dst) {
+    let wide = |i: usize| u64::from(word(i)) | (u64::from(word(i + 4)) << 32);
+    if !ipv4_20_ones(wide(14), wide(22), word(30)) {
         return None;
     }
     let proto = h[23];
@@ -448,27 +489,31 @@ pub fn parse_v4_flow(frame: &[u8]) -> Option<V4Flow> {
         }
         _ => return None,
     };
-    Some(V4Flow {
-        src,
-        dst,
-        ports: word(34),
+    Some(V4Words {
+        addrs: wide(26),
+        ports_proto: u64::from(word(34)) | (u64::from(proto) << 32),
         l3_end: (ETH_LEN + total) as u16,
-        proto,
         tcp_flags,
     })
 }
 
-/// Whether a 20-byte IPv4 header, as its five 32-bit words loaded native-endian, sums to all
-/// ones (its checksum is right): switched off under `cfg(fuzzing)` as [`parse`]'s check is.
-/// The words' plain sum is the ones' complement sum modulo 0xffff (2^16 is 1 modulo 0xffff, in
-/// either byte order), and a header with a non-zero first byte sums to something non-zero, so
-/// all ones is exactly "divisible by 0xffff": a multiply instead of three folds.
+/// Whether a 20-byte IPv4 header, as two 64-bit words and a 32-bit one (each its wire bytes
+/// loaded native-endian), sums to all ones (its checksum is right): switched off under
+/// `cfg(fuzzing)` as [`parse`]'s check is. Added with end-around carry, the words keep their
+/// sum modulo 2^64 - 1, a multiple of 0xffff; the plain sum is the ones' complement sum
+/// modulo 0xffff (2^16 is 1 modulo 0xffff, in either byte order), and a header with a non-zero
+/// first byte sums to something non-zero, so all ones is exactly "divisible by 0xffff": a
+/// multiply instead of folds.
 #[inline(always)]
-fn ipv4_20_ones(a: u32, b: u32, c: u32, d: u32, e: u32) -> bool {
+fn ipv4_20_ones(a: u64, b: u64, c: u32) -> bool {
     if cfg!(fuzzing) {
         return true;
     }
-    let s = u64::from(a) + u64::from(b) + u64::from(c) + u64::from(d) + u64::from(e);
+    // Neither carry add overflows: a sum that carried is at most 2^64 - 2.
+    let (s, carry) = a.overflowing_add(b);
+    let s = s + u64::from(carry);
+    let (s, carry) = s.overflowing_add(u64::from(c));
+    let s = s + u64::from(carry);
     s % 0xffff == 0
 }
 
