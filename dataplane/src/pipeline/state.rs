@@ -293,26 +293,13 @@ impl WorkerState {
     /// probe (the insert that follows takes it instead of searching for the key again).
     #[inline(always)]
     pub(super) fn alloc_port(&mut self, key: &mut FlowKey, now: Millis) -> Option<Probe> {
-        if self.snat_hi < self.snat_lo || self.snat_lo == 0 {
-            return None;
-        }
-        let span = u32::from(self.snat_hi - self.snat_lo) + 1;
-        // Bounded: a burst must not stall on a crowded range; the next flow tries further on.
-        for _ in 0..span.min(64) {
-            let port = self.snat_next;
-            self.snat_next = if port >= self.snat_hi {
-                self.snat_lo
-            } else {
-                port + 1
-            };
+        self.next_free_port(now, |ct, port| {
             key.dport = port;
-            let p = self.ct.probe(key, self.ct.table_hash(key));
-            if !self.ct.probe_live(&p, now) {
-                return Some(p);
-            }
-        }
-        None
+            ct.probe(key, ct.table_hash(key))
+        })
+        .map(|(_, p)| p)
     }
+
     /// [`WorkerState::alloc_port`] of the reply key `be_w:be_port -> snat_w:port` (address
     /// words as loaded from the wire) from words: the port and the key's probe.
     #[inline(always)]
@@ -324,11 +311,29 @@ impl WorkerState {
         proto: u8,
         now: Millis,
     ) -> Option<(u16, Probe)> {
+        let bp = be_port.to_be_bytes();
+        self.next_free_port(now, |ct, port| {
+            let pp = port.to_be_bytes();
+            let ports = u32::from_ne_bytes([bp[0], bp[1], pp[0], pp[1]]);
+            let h = ct.hash_v4(be_w, snat_w, ports, proto);
+            ct.probe_v4(V4Key::new(be_w, snat_w, ports, proto), h)
+        })
+    }
+
+    /// Walks this worker's SNAT ports from where the last flow stopped, probing each one's
+    /// reply key with `probe`, and returns the first port whose key no live flow holds, with
+    /// its probe. Bounded: a burst must not stall on a crowded range; the next flow tries
+    /// further on.
+    #[inline(always)]
+    fn next_free_port(
+        &mut self,
+        now: Millis,
+        mut probe: impl FnMut(&Conntrack<FlowValue>, u16) -> Probe,
+    ) -> Option<(u16, Probe)> {
         if self.snat_hi < self.snat_lo || self.snat_lo == 0 {
             return None;
         }
         let span = u32::from(self.snat_hi - self.snat_lo) + 1;
-        let bp = be_port.to_be_bytes();
         for _ in 0..span.min(64) {
             let port = self.snat_next;
             self.snat_next = if port >= self.snat_hi {
@@ -336,10 +341,7 @@ impl WorkerState {
             } else {
                 port + 1
             };
-            let pp = port.to_be_bytes();
-            let ports = u32::from_ne_bytes([bp[0], bp[1], pp[0], pp[1]]);
-            let h = self.ct.hash_v4(be_w, snat_w, ports, proto);
-            let p = self.ct.probe_v4(V4Key::new(be_w, snat_w, ports, proto), h);
+            let p = probe(&self.ct, port);
             if !self.ct.probe_live(&p, now) {
                 return Some((port, p));
             }
