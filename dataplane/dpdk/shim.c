@@ -151,7 +151,9 @@ uint16_t lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
 	uint16_t kept = 0;
 	for (uint16_t i = 0; i < got; i++) {
 		struct rte_mbuf *m = pkts[i];
-		if (m->nb_segs != 1) {
+		/* Only a whole frame in one buffer is handed over (a receive always gives a
+		 * buffer; the check keeps a null one from ever reaching a slice). */
+		if (m->nb_segs != 1 || m->buf_addr == NULL) {
 			rte_pktmbuf_free(m);
 			continue;
 		}

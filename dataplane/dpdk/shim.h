@@ -68,8 +68,8 @@ int lb_rx_intr_disable(uint16_t port, uint16_t queue);
 int lb_link_up(uint16_t port);
 
 /* Receives up to `n` frames from queue `queue`; the single-segment ones go to the front of
- * `pkts`, each described in `frames`, and their count is returned. Frames in several segments
- * are freed and counted in `*multi_seg`. */
+ * `pkts`, each described in `frames` (its buffer never NULL), and their count is returned.
+ * Frames in several segments are freed and counted in `*multi_seg`. */
 uint16_t lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
 		     struct lb_frame *frames, uint16_t n, uint16_t *multi_seg);
 

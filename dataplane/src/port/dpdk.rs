@@ -730,8 +730,8 @@ impl DpdkPort {
 #[inline(always)]
 fn packet<'b>(fr: &ffi::lb_frame) -> PacketBuf<'b> {
     // SAFETY: the mbuf was just received and is ours until we transmit or free it, after the
-    // caller is done with the slice; its data buffer is `buf_len` bytes at `buf` (a received
-    // mbuf always has one), and no other frame of the burst shares it.
+    // caller is done with the slice; its data buffer is `buf_len` bytes at `buf` (not null:
+    // `lb_rx_burst` keeps only mbufs with a buffer), and no other frame of the burst shares it.
     let buf = unsafe { std::slice::from_raw_parts_mut(fr.buf, usize::from(fr.buf_len)) };
     PacketBuf::new(buf, usize::from(fr.head), usize::from(fr.len))
 }
