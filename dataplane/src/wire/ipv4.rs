@@ -53,7 +53,7 @@ pub(super) fn ipv4_checksum_ok(frame: &[u8], h: &[u8; 20], l3_off: usize, hlen: 
 }
 
 /// The header checksum of a 20-byte IPv4 header whose checksum field is zero, as the two bytes
-/// that go on the wire: the native-endian sum of [`ipv4_20_sums_to_ones`], complemented. Every
+/// that go on the wire: the native-endian sum of `ipv4_20_sums_to_ones`, complemented. Every
 /// encapsulated packet (dsr-ipip) pays this, so it is five loads and three folds, no loop.
 #[inline(always)]
 pub fn ipv4_20_checksum_bytes(h: &[u8; 20]) -> [u8; 2] {
