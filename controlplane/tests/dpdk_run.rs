@@ -243,9 +243,10 @@ fn run_lb_against_testpmd(tag: &str, config: &str, sockets: &[&str]) -> String {
     let peer_stdin = peer.stdin.take();
     cleanup.children.push(peer);
     std::thread::sleep(Duration::from_secs(3));
-    // testpmd stops and exits when its stdin closes.
-    drop(peer_stdin);
 
+    // lb stops first, while its peer is still connected: DPDK 22.11's memif driver tears a
+    // link down from its interrupt thread (unmapping the shared rings) while a worker may be
+    // inside its receive, which crashes the worker now and then (docs/OPERATIONS.md).
     let st = Command::new("kill")
         .args(["-TERM", &lb_pid.to_string()])
         .status()
@@ -260,6 +261,8 @@ fn run_lb_against_testpmd(tag: &str, config: &str, sockets: &[&str]) -> String {
         assert!(Instant::now() < end, "lb did not stop:\n{}", read_log());
         std::thread::sleep(Duration::from_millis(50));
     };
+    // testpmd stops and exits when its stdin closes.
+    drop(peer_stdin);
     let text = read_log();
     assert!(status.success(), "lb exited with {status}:\n{text}");
     assert!(!text.contains("dpdk cleanup"), "{text}");
