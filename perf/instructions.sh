@@ -32,8 +32,12 @@ fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# Extra callgrind options, and a string the run's output must hold (else a warning).
+vg_extra=()
+expect=
 total() {
-  valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$@" >/dev/null 2>"$out/log"
+  valgrind --tool=callgrind --callgrind-out-file="$out/cg" "${vg_extra[@]}" "$@" >"$out/run" 2>"$out/log"
+  [ -z "$expect" ] || grep -q -- "$expect" "$out/run" || echo "warning: $(cat "$out/run")" >&2
   grep -E '^summary:' "$out/cg" | awk '{print $2}'
 }
 # One figure from two runs of "$bin" with arguments $1 and $2, whose difference is $3 units.
@@ -58,16 +62,11 @@ fi
 if [ "$mode" = af_xdp ]; then
   cargo build --release -q -p dataplane --example af_xdp_cost
   bin=target/release/examples/af_xdp_cost
-  # Only inside the port's two calls (the sends into the veth are not the port's).
-  inside() {
-    valgrind --tool=callgrind --callgrind-out-file="$out/cg" --collect-atstart=no \
-      --toggle-collect='*rx_batch*' --toggle-collect='*Port>::flush' "$@" >"$out/run" 2>"$out/log"
-    grep -q ' short_calls=0 ' "$out/run" || echo "warning: some bursts were short: $(cat "$out/run")" >&2
-    grep -E '^summary:' "$out/cg" | awk '{print $2}'
-  }
-  t1=$(inside "$bin" 4)
-  t2=$(inside "$bin" 24)
-  echo "af_xdp port (rx_batch + flush on veth, bursts of 32, userspace only): $(( (t2 - t1) / (20 * 512) )) instructions per packet (callgrind, commit $commit)"
+  # Only inside the port's two calls (the sends into the veth are not the port's); every
+  # burst must be whole (a short one would be counted as if full).
+  vg_extra=(--collect-atstart=no --toggle-collect='*rx_batch*' --toggle-collect='*Port>::flush')
+  expect=' short_calls=0 '
+  echo "af_xdp port (rx_batch + flush on veth, bursts of 32, userspace only): $(per_unit 4 24 $((20 * 512))) instructions per packet (callgrind, commit $commit)"
   exit 0
 fi
 cargo build --release -q -p dataplane --example pps
