@@ -74,6 +74,7 @@ mod dpdk {
             .allowlist_function("rte_eth_stats_get")
             .allowlist_function("rte_pktmbuf_pool_create")
             .allowlist_function("rte_mempool_free")
+            .allowlist_function("rte_mempool_avail_count")
             .allowlist_function("rte_strerror")
             .allowlist_var("RTE_PKTMBUF_HEADROOM")
             .allowlist_var("SOCKET_ID_ANY")

@@ -15,6 +15,8 @@
 #        perf/instructions.sh maglev   (instructions of one Maglev build, 1000 weighted backends)
 #        perf/instructions.sh dpdk     (the DPDK port's own cost per packet over net_null, with
 #                                       net_null's receive and transmit: needs libdpdk-dev)
+#        perf/instructions.sh dpdk-cross (the same, every frame leaving by a second net_null
+#                                       device: copied, then lent without a copy)
 #        perf/instructions.sh af_xdp   (the AF_XDP port's own cost per packet in userspace, on a
 #                                       veth pair in namespaces it makes: needs root)
 set -euo pipefail
@@ -32,11 +34,13 @@ fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-# Extra callgrind options, and a string the run's output must hold (else a warning).
+# Extra callgrind options, arguments after the binary's first, and a string the run's output
+# must hold (else a warning).
 vg_extra=()
+bin_args=()
 expect=
 total() {
-  valgrind --tool=callgrind --callgrind-out-file="$out/cg" "${vg_extra[@]}" "$@" >"$out/run" 2>"$out/log"
+  valgrind --tool=callgrind --callgrind-out-file="$out/cg" "${vg_extra[@]}" "$@" "${bin_args[@]}" >"$out/run" 2>"$out/log"
   [ -z "$expect" ] || grep -q -- "$expect" "$out/run" || echo "warning: $(cat "$out/run")" >&2
   grep -E '^summary:' "$out/cg" | awk '{print $2}'
 }
@@ -57,6 +61,15 @@ if [ "$mode" = dpdk ]; then
   cargo build --release -q -p dataplane --features dpdk --example port_cost
   bin=target/release/examples/port_cost
   echo "dpdk port (rx_batch + flush over net_null, bursts of 32): $(per_unit 2000 12000 $((10000 * 32))) instructions per packet (callgrind, commit $commit)"
+  exit 0
+fi
+if [ "$mode" = dpdk-cross ]; then
+  cargo build --release -q -p dataplane --features dpdk --example port_cost
+  bin=target/release/examples/port_cost
+  for how in copy lend; do
+    bin_args=("$how")
+    echo "dpdk port, every frame out by a second device, $how (over net_null, bursts of 32): $(per_unit 2000 12000 $((10000 * 32))) instructions per packet (callgrind, commit $commit)"
+  done
   exit 0
 fi
 if [ "$mode" = af_xdp ]; then

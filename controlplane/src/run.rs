@@ -690,12 +690,14 @@ fn log_final(finals: &[Snapshot]) {
     let handed: u64 = finals.iter().map(|s| s.stats.handed_off).sum();
     let probes: u64 = finals.iter().map(|s| s.stats.neighbor_probes).sum();
     let crossed: u64 = finals.iter().map(|s| s.stats.crossed).sum();
+    let copies: u64 = finals.iter().map(|s| s.stats.crossed_copies).sum();
     tracing::info!(
         rx = t.rx_packets,
         tx = t.tx_packets,
         to_host = t.to_host,
         handed_off = handed,
         crossed_interfaces = crossed,
+        crossed_copies = copies,
         neighbor_probes = probes,
         drops = ?drops,
         "stopped"

@@ -70,7 +70,7 @@ const SLOTS: usize = 3 + DropReason::ALL.len();
 
 fn slot(v: Verdict) -> usize {
     match v {
-        Verdict::Tx => 0,
+        Verdict::Tx | Verdict::Lent => 0,
         Verdict::ToHost => 1,
         Verdict::ToL7 => 2,
         Verdict::Drop(r) => 3 + r as usize,

@@ -84,14 +84,19 @@ interface = "lbdi{pid}"
 "#
     );
     let stopped = run_lb_against_testpmd("two", &config, &[&outside, &inside]);
-    let (tx, crossed) = (
+    let (tx, crossed, copies) = (
         count(&stopped, "tx="),
         count(&stopped, "crossed_interfaces="),
+        count(&stopped, "crossed_copies="),
     );
     assert!(tx > 100, "lb forwarded testpmd's frames: {stopped}");
     assert_eq!(
         crossed, tx,
         "every forwarded frame left by the inside device: {stopped}"
+    );
+    assert_eq!(
+        copies, 0,
+        "the inside device sent the outside device's mbufs, none copied: {stopped}"
     );
 }
 
@@ -126,13 +131,13 @@ backends = [{ addr = "198.18.1.10", port = 9 }]
 ip = "198.18.1.10"
 mac = "02:00:00:00:01:0a""#;
 
-/// The value of `key` (`tx=`) in lb's final counters line.
+/// The value of `key` (`tx=`) in lb's final counters line; panics when the line lacks it.
 #[cfg(feature = "dpdk")]
 fn count(stopped: &str, key: &str) -> u64 {
     stopped
         .split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no {key} in lb's final counters: {stopped}"))
 }
 
 /// Runs `lb run` with `config` (its memif servers on abstract `sockets`), a testpmd client on

@@ -5,7 +5,11 @@
 //! packet is the port (burst bookkeeping, frame views, verdicts, bounds, transmit queue) plus
 //! net_null's own receive and transmit, a fixed cost the same for every version of the port.
 //!
-//! Usage: `port_cost <turns>`
+//! With `copy` or `lend` every frame leaves by a second `net_null` device instead, as a two-armed
+//! worker sends a frame that changes interface: copied into a fresh mbuf of the second device
+//! ([`Port::tx_frame`]), or lent, the mbuf itself ([`Port::take_lent`], [`Port::tx_lent`]).
+//!
+//! Usage: `port_cost <turns> [copy|lend]`
 
 use dataplane::port::dpdk::{eal_cleanup, DpdkOptions, DpdkPort};
 use dataplane::port::Port;
@@ -18,12 +22,13 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
-            eprintln!("usage: port_cost <turns>");
+            eprintln!("usage: port_cost <turns> [copy|lend]");
             std::process::exit(2);
         });
-    let opts = DpdkOptions {
+    let cross = std::env::args().nth(2);
+    let opts = |device: &str| DpdkOptions {
         eal_args: vec!["--no-pci".into(), "-m".into(), "256".into()],
-        device: "net_null0".into(),
+        device: device.into(),
         vdev_args: Some("size=64,copy=0".into()),
         rx_descriptors: 1024,
         tx_descriptors: 1024,
@@ -31,11 +36,62 @@ fn main() {
         hugepages: false,
         mtu: 0,
     };
-    let mut port = DpdkPort::open(&opts, 1)
-        .expect("open net_null")
-        .pop()
-        .expect("one queue");
+    let open = |device: &str| {
+        DpdkPort::open(&opts(device), 1)
+            .expect("open net_null")
+            .pop()
+            .expect("one queue")
+    };
+    let mut port = open("net_null0");
     let mut forwarded = 0usize;
+    if let Some(how) = cross {
+        let lend = match how.as_str() {
+            "lend" => true,
+            "copy" => false,
+            _ => {
+                eprintln!("usage: port_cost <turns> [copy|lend]");
+                std::process::exit(2);
+            }
+        };
+        let mut other = open("net_null1");
+        let mut lent = 0usize;
+        for _ in 0..turns {
+            port.rx_batch(BURST, &mut |pkts, verdicts| {
+                for (p, v) in pkts.iter().zip(verdicts.iter_mut()) {
+                    *v = if lend {
+                        lent += 1;
+                        Verdict::Lent
+                    } else {
+                        let _ = other.tx_frame(p.data());
+                        Verdict::Drop(dataplane::DropReason::Unsupported)
+                    };
+                }
+                forwarded += pkts.len();
+            })
+            .expect("rx");
+            for _ in 0..std::mem::take(&mut lent) {
+                let Some(frame) = port.take_lent() else {
+                    break;
+                };
+                let _ = other.tx_lent(frame);
+            }
+            port.flush().expect("flush");
+            other.flush().expect("flush");
+        }
+        let st = other.stats();
+        println!(
+            "turns={turns} forwarded={forwarded} crossed_tx={} tx_dropped={}",
+            st.tx, st.tx_dropped
+        );
+        assert_eq!(
+            st.tx as usize,
+            turns * BURST,
+            "every frame left by the other"
+        );
+        drop((port, other));
+        eal_cleanup().expect("EAL cleanup");
+        return;
+    }
     for _ in 0..turns {
         port.rx_batch(BURST, &mut |pkts, verdicts| {
             for (p, v) in pkts.iter().zip(verdicts.iter_mut()) {

@@ -122,8 +122,12 @@ pub struct WorkerStats {
     /// Handed-off frames the pipeline sent to the host: our port cannot inject a foreign frame
     /// into the host's stack, so they are lost.
     pub handoff_to_host_lost: u64,
-    /// Frames transmitted by another interface than they arrived on (copied across).
+    /// Frames transmitted by another interface than they arrived on.
     pub crossed: u64,
+    /// Of `crossed`, the frames copied into the other interface's buffers: every crossing
+    /// frame unless both ports lend theirs (DPDK devices, see [`Port::lends`]), and frames
+    /// handed over by another worker.
+    pub crossed_copies: u64,
     /// Receive errors from the port.
     pub rx_errors: u64,
     /// Transmit and flush errors from the port.
@@ -340,6 +344,9 @@ pub struct Worker {
     state: WorkerState,
     /// Interface `i`'s queue is `ports[i]`.
     ports: Vec<Box<dyn Port>>,
+    /// Bit `i` set: `ports[i]` lends its frames ([`Port::lends`]); a frame crossing between
+    /// two such ports moves without a copy.
+    lenders: u32,
     table: Arc<ArcSwap<RoutingTable>>,
     idle: IdlePolicy,
     stop: Arc<AtomicBool>,
@@ -418,6 +425,11 @@ pub fn build_workers_on(
         .zip(meshes)
         .enumerate()
         .map(|(i, (ports, mesh))| Worker {
+            lenders: ports
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.lends())
+                .fold(0, |m, (k, _)| m | 1u32.checked_shl(k as u32).unwrap_or(0)),
             id: i as u16,
             workers: n as u16,
             state: WorkerState::new(i as u16, n as u16, cfg.conntrack),
@@ -479,8 +491,10 @@ impl Worker {
             steer,
             mesh,
             stats,
+            lenders,
             ..
         } = self;
+        let lenders = *lenders;
         let (id, workers) = (*id, *workers);
         let t: &RoutingTable = &table;
         // With one interface every frame leaves where it arrived: no source MAC is read.
@@ -493,6 +507,10 @@ impl Worker {
             };
             let here = i as u8;
             state.rx_port = here;
+            // Egress ports of the frames this burst lends, in the burst's order.
+            let mut lent_to = [0u8; BURST];
+            let mut lent = 0usize;
+            let lends = multi && lenders & (1 << i) != 0;
             let got = port.rx_batch(BURST, &mut |pkts, verdicts| {
                 // The fast path forwards packets of this worker's established flows (a flow is
                 // tracked only by its owner, so a hit needs no steering); the rest are steered.
@@ -519,17 +537,24 @@ impl Worker {
                         let Some(out) = egress(t, pkt.data(), here) else {
                             continue;
                         };
-                        let other = if out < here {
-                            before.get_mut(usize::from(out))
-                        } else {
-                            after.get_mut(usize::from(out - here - 1))
+                        let Some(other) = other_port(before, after, here, out) else {
+                            *v = HANDED_OFF;
+                            continue;
                         };
-                        if let Some(other) = other {
-                            if other.tx_frame(pkt.data()).is_err() {
-                                stats.tx_errors += 1;
+                        stats.crossed += 1;
+                        if lends && lenders & (1u32 << out) != 0 {
+                            // Moved after the burst, without a copy.
+                            *v = Verdict::Lent;
+                            if let Some(slot) = lent_to.get_mut(lent) {
+                                *slot = out;
+                                lent += 1;
                             }
-                            stats.crossed += 1;
+                            continue;
                         }
+                        if other.tx_frame(pkt.data()).is_err() {
+                            stats.tx_errors += 1;
+                        }
+                        stats.crossed_copies += 1;
                         // Sent (or lost) elsewhere: this port recycles the buffer.
                         *v = HANDED_OFF;
                     }
@@ -539,6 +564,16 @@ impl Worker {
                 stats.rx_errors += 1;
                 0
             });
+            for &out in lent_to.get(..lent).unwrap_or_default() {
+                let Some(frame) = port.take_lent() else {
+                    break;
+                };
+                let sent = other_port(before, after, here, out).map(|o| o.tx_lent(frame));
+                if !matches!(sent, Some(Ok(()))) {
+                    // Dropping a refused frame frees it.
+                    stats.tx_errors += 1;
+                }
+            }
         }
         let mut drained = 0;
         while drained < DRAIN_MAX {
@@ -560,6 +595,7 @@ impl Worker {
                     };
                     if out != f.port {
                         stats.crossed += 1;
+                        stats.crossed_copies += 1;
                     }
                     let sent = ports
                         .get_mut(usize::from(out))
@@ -572,7 +608,7 @@ impl Worker {
                     stats.handoff_to_host_lost += 1;
                     state.counters.drops[DropReason::HandoffToHost as usize] += 1;
                 }
-                Verdict::Drop(_) | Verdict::ToL7 => {}
+                Verdict::Drop(_) | Verdict::ToL7 | Verdict::Lent => {}
             }
             mesh.recycle(f);
         }
@@ -733,6 +769,20 @@ impl Worker {
 /// The interface a frame the pipeline answered `Tx` leaves by, when it is not `here` (where it
 /// arrived): the one whose MAC the pipeline wrote as the frame's source. `None`: `here`.
 #[inline]
+/// Port `out` of a worker whose ports are split around port `here` (`before` it and `after` it).
+fn other_port<'p>(
+    before: &'p mut [Box<dyn Port>],
+    after: &'p mut [Box<dyn Port>],
+    here: u8,
+    out: u8,
+) -> Option<&'p mut Box<dyn Port>> {
+    if out < here {
+        before.get_mut(usize::from(out))
+    } else {
+        after.get_mut(usize::from(out.checked_sub(here)?.checked_sub(1)?))
+    }
+}
+
 fn egress(table: &RoutingTable, frame: &[u8], here: u8) -> Option<u8> {
     let src = frame.get(6..12)?;
     if src == table.local.mac_of(here) {

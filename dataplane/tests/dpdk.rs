@@ -43,7 +43,7 @@ mod with_dpdk {
     const CHILD_LIMIT: Duration = Duration::from_secs(90);
 
     /// The tests, by name.
-    const TESTS: [(&str, fn()); 6] = [
+    const TESTS: [(&str, fn()); 7] = [
         (
             "fullnat_flow_is_forwarded_both_ways_over_memif_in_place",
             fullnat_flow_is_forwarded_both_ways_over_memif_in_place,
@@ -55,6 +55,10 @@ mod with_dpdk {
         (
             "a_jumbo_frame_makes_the_whole_trip_in_one_mbuf",
             a_jumbo_frame_makes_the_whole_trip_in_one_mbuf,
+        ),
+        (
+            "a_frame_lent_to_another_device_arrives_whole_and_its_pool_outlives_its_device",
+            a_frame_lent_to_another_device_arrives_whole_and_its_pool_outlives_its_device,
         ),
         (
             "an_idle_queue_wakes_on_its_receive_interrupt",
@@ -631,6 +635,109 @@ mod with_dpdk {
         );
         assert_eq!(port.multi_seg_dropped(), 0);
         assert_eq!(port.stats().tx_dropped, 0);
+    }
+
+    /// A `net_ring` device of its own (its transmit ring is its receive ring), ordinary pages.
+    fn ring_port(device: &str) -> DpdkPort {
+        let opts = DpdkOptions {
+            eal_args: vec!["--no-pci".into(), "-m".into(), "256".into()],
+            device: device.into(),
+            vdev_args: Some(String::new()),
+            rx_descriptors: 512,
+            tx_descriptors: 512,
+            mempool_size: 1023,
+            hugepages: false,
+            mtu: 0,
+        };
+        DpdkPort::open(&opts, 1)
+            .unwrap_or_else(|e| panic!("{device}: {e}"))
+            .pop()
+            .expect("one queue")
+    }
+
+    /// Runs bursts of `port` through `f` (which sets the verdicts) until `want` frames came,
+    /// flushing after each; returns the frames as `f` left them.
+    fn receive_some(
+        port: &mut DpdkPort,
+        want: usize,
+        f: &mut dyn FnMut(&mut dataplane::PacketBuf<'_>) -> Verdict,
+    ) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let end = Instant::now() + WAIT;
+        while got.len() < want && Instant::now() < end {
+            port.rx_batch(32, &mut |pkts, verdicts| {
+                for (pkt, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+                    *v = f(pkt);
+                    got.push(pkt.data().to_vec());
+                }
+            })
+            .expect("rx");
+            port.flush().expect("flush");
+        }
+        got
+    }
+
+    /// Two devices, as in a two-armed balancer whose frames change interface: frames received
+    /// on `net_ring0` are rewritten by the pipeline and lent to `net_ring1`, which transmits
+    /// the same mbufs (no copy) and gets them back byte for byte. A lent frame nobody takes is
+    /// freed by its port's next receive, and a frame from the first device's pool still in the
+    /// second device's ring when the first device closes is read whole and freed afterwards:
+    /// pools live until the last device is closed. Every mbuf goes back to its pool.
+    fn a_frame_lent_to_another_device_arrives_whole_and_its_pool_outlives_its_device() {
+        let mut a = ring_port("net_ring0");
+        let mut b = ring_port("net_ring1");
+        assert!(a.lends() && b.lends());
+        let (a_full, b_full) = (a.pool_available(), b.pool_available());
+        let table = sample::table(1, 4);
+        let mut st = WorkerState::with_seed(0, 1, ct(), 1);
+        let syn = |sport: u16| {
+            let mut buf = vec![0u8; 128];
+            let n = sample::tcp4(&mut buf, CLIENT, sample::VIP_FULLNAT, sport, 80, 0x02, 0);
+            buf.truncate(n);
+            buf
+        };
+        let mut lend = |pkt: &mut dataplane::PacketBuf<'_>| {
+            let v = process(&mut st, &table, 1, pkt);
+            assert_eq!(v, Verdict::Tx, "a fullnat SYN is forwarded");
+            Verdict::Lent
+        };
+        for sport in [40000, 40001] {
+            a.tx_frame(&syn(sport)).expect("queue");
+        }
+        a.flush().expect("flush");
+        let sent = receive_some(&mut a, 2, &mut lend);
+        assert_eq!(sent.len(), 2);
+        // The first is taken and sent by the other device; the second is never taken.
+        let first = a.take_lent().expect("a lent frame");
+        b.tx_lent(first)
+            .unwrap_or_else(|_| panic!("b takes a lent frame"));
+        b.flush().expect("flush");
+        assert_eq!(b.stats().tx, 1);
+        let back = receive_some(&mut b, 1, &mut |_| Verdict::Drop(DropReason::Malformed));
+        assert_eq!(back, sent[..1], "b sent a's mbuf as the pipeline left it");
+        // a's next receive (none waiting) frees the frame nobody took.
+        assert_eq!(a.rx_batch(32, &mut |_, _| {}).expect("rx"), 0);
+        assert!(a.take_lent().is_none());
+        assert_eq!(
+            (a.pool_available(), b.pool_available()),
+            (a_full, b_full),
+            "every mbuf is back in its pool"
+        );
+
+        // A frame of a's pool waits in b's ring while a's device closes.
+        a.tx_frame(&syn(40002)).expect("queue");
+        a.flush().expect("flush");
+        let sent = receive_some(&mut a, 1, &mut lend);
+        assert_eq!(sent.len(), 1);
+        let third = a.take_lent().expect("a lent frame");
+        b.tx_lent(third)
+            .unwrap_or_else(|_| panic!("b takes a lent frame"));
+        b.flush().expect("flush");
+        drop(a);
+        let back = receive_some(&mut b, 1, &mut |_| Verdict::Drop(DropReason::Malformed));
+        assert_eq!(back, sent, "read whole after its device closed");
+        assert_eq!(b.pool_available(), b_full);
+        drop(b);
     }
 
     /// Whether `fd` becomes readable within `ms` milliseconds.

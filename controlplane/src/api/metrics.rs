@@ -266,8 +266,14 @@ fn worker_metrics(reg: &mut Registry, workers: &[&Snapshot]) {
     per_worker(
         reg,
         "crossed_interface_packets",
-        "Frames transmitted by another interface than they arrived on (copied across).",
+        "Frames transmitted by another interface than they arrived on.",
         |s| s.stats.crossed,
+    );
+    per_worker(
+        reg,
+        "crossed_interface_copies",
+        "Of the crossed frames, those copied into the other interface's buffers (the rest moved without a copy: DPDK devices lend their mbufs).",
+        |s| s.stats.crossed_copies,
     );
     per_worker(
         reg,

@@ -386,7 +386,8 @@ fn count_verdict(c: &mut Counters, rx: u64, tx: u64, v: Verdict) {
     c.rx_packets += 1;
     c.rx_bytes += rx;
     match v {
-        Verdict::Tx => {
+        // `Lent` is a worker's `Tx` across interfaces; the pipeline never returns it.
+        Verdict::Tx | Verdict::Lent => {
             c.tx_packets += 1;
             c.tx_bytes += tx;
         }
@@ -424,7 +425,8 @@ pub fn process_parsed_as(
     };
     let c = &mut state.counters;
     match v {
-        Verdict::Tx => {
+        // `Lent` is a worker's `Tx` across interfaces; the pipeline never returns it.
+        Verdict::Tx | Verdict::Lent => {
             c.tx_packets += 1;
             c.tx_bytes += pkt.len() as u64;
         }

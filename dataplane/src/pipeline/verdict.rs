@@ -13,6 +13,10 @@ pub enum Verdict {
     ToL7,
     /// Not ours: give it to the host's stack.
     ToHost,
+    /// Set by a worker, never by the pipeline: a `Tx` frame that leaves by another interface,
+    /// whose port keeps the buffer for that interface's port to transmit without a copy
+    /// ([`Port::take_lent`](crate::port::Port::take_lent)). Ports that do not lend drop it.
+    Lent,
 }
 
 /// Why a frame was dropped. Every reason has its own counter.
@@ -133,6 +137,7 @@ impl Verdict {
             Verdict::Tx => "tx".into(),
             Verdict::ToHost => "to-host".into(),
             Verdict::ToL7 => "to-l7".into(),
+            Verdict::Lent => "lent".into(),
             Verdict::Drop(r) => format!("drop:{}", r.name()),
         }
     }

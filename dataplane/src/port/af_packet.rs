@@ -462,7 +462,7 @@ impl Port for AfPacketPort {
                 }
                 // The host's stack already received its own copy from the driver.
                 Verdict::ToHost => self.stats.to_host += 1,
-                Verdict::Drop(_) | Verdict::ToL7 => {}
+                Verdict::Drop(_) | Verdict::ToL7 | Verdict::Lent => {}
             }
         }
         Ok(n)

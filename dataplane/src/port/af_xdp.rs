@@ -330,7 +330,7 @@ fn discard(
     match v {
         Verdict::Tx => stats.tx_dropped += 1,
         Verdict::ToHost => *to_host_dropped += 1,
-        Verdict::Drop(_) | Verdict::ToL7 => {}
+        Verdict::Drop(_) | Verdict::ToL7 | Verdict::Lent => {}
     }
     free.push(chunk);
 }

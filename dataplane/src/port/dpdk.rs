@@ -6,7 +6,11 @@
 //! the whole buffer, the frame at the mbuf's data offset, DPDK's 128 bytes of headroom in front);
 //! a `Tx` verdict transmits that same mbuf with its bounds moved to wherever the pipeline left
 //! the frame; everything else goes back to the pool in one bulk free per burst. Only frames
-//! another worker hands over ([`Port::tx_frame`]) are copied, into a fresh mbuf.
+//! another worker hands over ([`Port::tx_frame`]) are copied, into a fresh mbuf. A frame that
+//! leaves by another DPDK device of the same worker (a two-armed balancer) is not copied either:
+//! its port lends the mbuf ([`Port::take_lent`]) and the other device's port transmits it
+//! ([`Port::tx_lent`]); its driver frees it to the pool it came from, so every device's pool
+//! lives until the last device is closed.
 //!
 //! EAL is initialised once per process ([`DpdkPort::open`] does it on first use) and torn down
 //! by [`eal_cleanup`] once every port is closed; a process cannot initialise it again after that.
@@ -25,7 +29,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Port, PortStats, UNSET};
+use super::{Lent, Port, PortStats, UNSET};
 use crate::packet::PacketBuf;
 use crate::pipeline::Verdict;
 
@@ -154,6 +158,11 @@ static EAL: Mutex<Eal> = Mutex::new(Eal::Uninit);
 
 /// Devices open in this process: EAL is only torn down when none is.
 static OPEN_DEVICES: AtomicUsize = AtomicUsize::new(0);
+
+/// Pools of closed devices, freed when the last device closes: a device may still hold mbufs
+/// of another device's pool in its transmit ring (frames lent across interfaces), which its
+/// close returns to that pool. Addresses of `rte_mempool`s.
+static CLOSED_POOLS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 fn error(what: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("dpdk: {what}"))
@@ -372,9 +381,37 @@ impl Drop for Device {
                 }
             }
         }
-        // SAFETY: the device that drew from the pool is closed; no mbuf of it is in use.
-        unsafe { ffi::rte_mempool_free(self.pool) };
-        OPEN_DEVICES.fetch_sub(1, Ordering::SeqCst);
+        // The pool goes when no device is left that could hold one of its mbufs.
+        let mut closed = CLOSED_POOLS.lock().unwrap_or_else(|e| e.into_inner());
+        closed.push(self.pool as usize);
+        if OPEN_DEVICES.fetch_sub(1, Ordering::SeqCst) == 1 {
+            for pool in closed.drain(..) {
+                // SAFETY: every device that drew from or transmitted into our pools is closed
+                // (this was the last), so no mbuf of them is in use; each pool is listed once.
+                unsafe { ffi::rte_mempool_free(pool as *mut ffi::rte_mempool) };
+            }
+        }
+    }
+}
+
+/// A received mbuf one DPDK port lends another ([`Lent`]); freed when dropped.
+pub struct Mbuf(*mut ffi::rte_mbuf);
+
+impl Mbuf {
+    /// Takes the mbuf out without freeing it.
+    fn into_raw(self) -> *mut ffi::rte_mbuf {
+        let m = self.0;
+        std::mem::forget(self);
+        m
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        let mut m = self.0;
+        // SAFETY: the mbuf is ours alone (received, its bounds set, neither transmitted nor
+        // freed), and this is its only free.
+        unsafe { ffi::lb_free_bulk(&mut m, 1) };
     }
 }
 
@@ -399,6 +436,10 @@ pub struct DpdkPort {
     tx: Vec<*mut ffi::rte_mbuf>,
     /// Mbufs of the current burst to return to the pool.
     free: Vec<*mut ffi::rte_mbuf>,
+    /// Mbufs of the last burst lent to another port ([`Verdict::Lent`]), their bounds set, and
+    /// how many of them [`Port::take_lent`] took; the rest are freed by the next receive.
+    lent: Vec<*mut ffi::rte_mbuf>,
+    lent_taken: usize,
     queue: u16,
     registered: bool,
     stats: PortStats,
@@ -534,6 +575,8 @@ impl DpdkPort {
                 frames: vec![unsafe { std::mem::zeroed() }; MAX_BURST],
                 tx: Vec::with_capacity(TX_QUEUE),
                 free: Vec::with_capacity(MAX_BURST),
+                lent: Vec::with_capacity(MAX_BURST),
+                lent_taken: 0,
                 queue,
                 registered: false,
                 stats: PortStats::default(),
@@ -546,6 +589,13 @@ impl DpdkPort {
                 device: device.clone(),
             })
             .collect())
+    }
+
+    /// Mbufs free in the device's pool (its queues' caches included): one that keeps falling
+    /// while traffic is steady is a leak.
+    pub fn pool_available(&self) -> u32 {
+        // SAFETY: the pool lives as long as the device, which this port holds.
+        unsafe { ffi::rte_mempool_avail_count(self.device.pool) }
     }
 
     /// Whether the queue has a receive interrupt an idle worker can sleep on.
@@ -614,6 +664,10 @@ impl DpdkPort {
         if self.interrupt.get() == Interrupt::Armed {
             self.disarm();
         }
+        if !self.lent.is_empty() {
+            self.release_lent();
+            self.free_settled();
+        }
         if !self.registered {
             // Once per worker thread: an lcore id gives the thread a mempool cache. Without
             // one (no free lcore slot) the pool still works, uncached.
@@ -659,12 +713,24 @@ impl DpdkPort {
                     self.tx.push(m);
                     continue;
                 }
-                Verdict::Tx => self.stats.tx_dropped += 1,
+                Verdict::Lent if fr.len > 0 => {
+                    self.lent.push(m);
+                    continue;
+                }
+                Verdict::Tx | Verdict::Lent => self.stats.tx_dropped += 1,
                 Verdict::ToHost => self.to_host_dropped += 1,
                 Verdict::Drop(_) | Verdict::ToL7 => {}
             }
             self.free.push(m);
         }
+    }
+
+    /// Lists the lent mbufs no port took for `free_settled`.
+    fn release_lent(&mut self) {
+        let untaken = self.lent.get(self.lent_taken..).unwrap_or_default();
+        self.free.extend_from_slice(untaken);
+        self.lent.clear();
+        self.lent_taken = 0;
     }
 
     /// Frees the burst's mbufs not transmitted.
@@ -825,6 +891,25 @@ impl Port for DpdkPort {
         st
     }
 
+    fn lends(&self) -> bool {
+        true
+    }
+
+    fn take_lent(&mut self) -> Option<Lent> {
+        let m = *self.lent.get(self.lent_taken)?;
+        self.lent_taken += 1;
+        Some(Lent(Mbuf(m)))
+    }
+
+    fn tx_lent(&mut self, frame: Lent) -> Result<(), Lent> {
+        if self.tx.len() >= TX_QUEUE {
+            self.transmit();
+        }
+        // Its bounds were set when its port settled the burst; the device transmits any mbuf.
+        self.tx.push(frame.0.into_raw());
+        Ok(())
+    }
+
     fn tx_frame(&mut self, frame: &[u8]) -> io::Result<()> {
         let Ok(len) = u16::try_from(frame.len()) else {
             self.stats.tx_dropped += 1;
@@ -847,6 +932,8 @@ impl Port for DpdkPort {
 
 impl Drop for DpdkPort {
     fn drop(&mut self) {
+        self.release_lent();
+        self.free_settled();
         self.transmit();
     }
 }

@@ -141,7 +141,7 @@ fn settle(
             stats.to_host += 1;
             host.push(data.to_vec());
         }
-        Verdict::Drop(_) | Verdict::ToL7 => {}
+        Verdict::Drop(_) | Verdict::ToL7 | Verdict::Lent => {}
     }
 }
 

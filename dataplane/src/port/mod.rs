@@ -112,4 +112,37 @@ pub trait Port: Send {
     fn tx_frame(&mut self, _frame: &[u8]) -> std::io::Result<()> {
         Err(std::io::ErrorKind::Unsupported.into())
     }
+
+    /// True when this port lends received frames (a [`Verdict::Lent`] verdict keeps the frame's
+    /// buffer for [`Port::take_lent`]) and transmits frames other lending ports lend it
+    /// ([`Port::tx_lent`]): a frame that leaves by another interface of the same worker then
+    /// moves without a copy. Only DPDK ports do (their buffers are mbufs, which any DPDK device
+    /// transmits); the others copy with [`Port::tx_frame`].
+    fn lends(&self) -> bool {
+        false
+    }
+
+    /// The next frame of the last burst that got [`Verdict::Lent`], in the burst's order, or
+    /// `None` when none is left. A lent frame not taken before the next receive is freed then.
+    fn take_lent(&mut self) -> Option<Lent> {
+        None
+    }
+
+    /// Queues a frame another port of this worker lent (see [`Port::lends`]) for transmission,
+    /// sent at the latest by [`Port::flush`]; gives it back when this port cannot take it
+    /// (dropping a [`Lent`] frees it).
+    fn tx_lent(&mut self, frame: Lent) -> Result<(), Lent> {
+        Err(frame)
+    }
 }
+
+/// A received frame one port lends another port of the same worker to transmit without a copy
+/// ([`Port::take_lent`], [`Port::tx_lent`]): a DPDK mbuf, which either device can transmit (the
+/// driver that sends it frees it to the pool it came from). Dropping it frees the buffer.
+/// Without the `dpdk` feature no port lends and no value of this type exists.
+pub struct Lent(pub(crate) LentBuf);
+
+#[cfg(feature = "dpdk")]
+pub(crate) type LentBuf = dpdk::Mbuf;
+#[cfg(not(feature = "dpdk"))]
+pub(crate) type LentBuf = std::convert::Infallible;

@@ -165,7 +165,7 @@ impl Port for TapPort {
                 // The TAP is the host side: the frame came from the host, so there is no other
                 // host stack to give it to. Counted, then dropped.
                 Verdict::ToHost => self.stats.to_host += 1,
-                Verdict::Drop(_) | Verdict::ToL7 => {}
+                Verdict::Drop(_) | Verdict::ToL7 | Verdict::Lent => {}
             }
         }
         Ok(n)
