@@ -144,10 +144,17 @@ int main(int argc, char **argv) {
                 }
             }
             ssize_t n = send(fds[i], buf, len, 0);
-            if (n == (ssize_t)len)
+            if (n == (ssize_t)len) {
                 sent += (unsigned long long)segs;
-            else if (n < 0 && errno != EINTR && errno != ENOBUFS && errno != ECONNREFUSED)
+            } else if (n < 0 && errno == EIO && segs > 1) {
+                /* Before "udp: Allow GSO transmit from devices with no checksum offload"
+                 * (Linux 6.10, 2024) UDP GSO needs checksum offload on IFNAME. */
+                fprintf(stderr, "udpgen: this kernel refuses UDP GSO on %s without checksum "
+                                "offload (fixed in Linux 6.10): use -s 1 or GEN=trafgen\n", ifname);
+                return 1;
+            } else if (n < 0 && errno != EINTR && errno != ENOBUFS && errno != ECONNREFUSED) {
                 die("send"); /* ECONNREFUSED: an ICMP error came back; the next send goes */
+            }
         }
     }
     printf("sent %llu\n", sent);
