@@ -161,7 +161,7 @@ int main(int argc, char **argv) {
     return 0;
 
 usage:
-    fprintf(stderr, "usage: udpgen [-s SEGS 1..%d] [-t SECONDS | -r ROUNDS] IFNAME SRC DST PORT "
-                    "FLOWS\n", MAX_SEGS);
+    fprintf(stderr, "usage: udpgen [-s SEGS 1..%d] [-p PPS] [-t SECONDS | -r ROUNDS] IFNAME SRC "
+                    "DST PORT FLOWS\n", MAX_SEGS);
     return 2;
 }
