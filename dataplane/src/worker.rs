@@ -542,7 +542,9 @@ impl Worker {
                             continue;
                         };
                         stats.crossed += 1;
-                        if lends && lenders & (1u32 << out) != 0 {
+                        // An empty frame is never lent: its port would drop it, and the
+                        // lent frames would no longer pair up with `lent_to`.
+                        if lends && lenders & (1u32 << out) != 0 && !pkt.is_empty() {
                             // Moved after the burst, without a copy.
                             *v = Verdict::Lent;
                             if let Some(slot) = lent_to.get_mut(lent) {
