@@ -146,6 +146,39 @@ pub struct Hit {
     pub dir: Dir,
 }
 
+/// Why [`Conntrack::lookup_steady`] handed back no value: the hit the general path takes
+/// instead, or whether any slot holds the key at all (a new flow's insert need not search for a
+/// key the lookup found absent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// The key is tracked, but the packet needs the general path: this lookup's hit.
+    Tracked(Hit),
+    /// No live flow holds the key: it may sit in a slot whose flow expired, which an insert of
+    /// the key must find and remove (what a lookup that does not tell the two apart says).
+    Untracked,
+    /// No slot holds the key, live or expired (valid until the table next changes).
+    Absent,
+}
+
+impl Miss {
+    /// The hit, if the key is tracked.
+    #[inline(always)]
+    pub fn hit(self) -> Option<Hit> {
+        match self {
+            Miss::Tracked(h) => Some(h),
+            Miss::Untracked | Miss::Absent => None,
+        }
+    }
+}
+
+impl From<Option<Hit>> for Miss {
+    /// A lookup's hit, or [`Miss::Untracked`] (it did not say whether the key is absent).
+    #[inline(always)]
+    fn from(hit: Option<Hit>) -> Miss {
+        hit.map_or(Miss::Untracked, Miss::Tracked)
+    }
+}
+
 /// Why an insert failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError {
@@ -612,9 +645,9 @@ impl<V: Copy> Conntrack<V> {
     /// hold it, e.g. from [`Conntrack::prefetch_slot`] earlier in the burst, or [`NO_HINT`]) and,
     /// when the packet (`tcp_flags`) leaves the key's confirmed flow where it is, moves the
     /// flow's timer as [`Conntrack::touch`] would and returns the key's value.
-    /// `Err(None)`: the key is not tracked (or expired); `Err(Some(hit))`: it is, but the packet
-    /// needs the general path, which can take the hit instead of looking again; nothing changed
-    /// then. One walk from key to flow instead of a lookup, a touch and a value read that each
+    /// `Err(Miss::Absent)`: no slot holds the key; `Err(Miss::Untracked)`: its flow expired;
+    /// `Err(Miss::Tracked(hit))`: it is tracked, but the packet needs the general path, which
+    /// can take the hit instead of looking again; nothing changed then. One walk from key to flow instead of a lookup, a touch and a value read that each
     /// index the slots again.
     ///
     /// A caller that still hands an `Ok` packet to the general path (a table swap since the
@@ -629,7 +662,7 @@ impl<V: Copy> Conntrack<V> {
         hint: u32,
         now: Millis,
         tcp_flags: u8,
-    ) -> Result<&V, Option<Hit>> {
+    ) -> Result<&V, Miss> {
         self.steady::<true>(key, h, hint, now, tcp_flags)
     }
 
@@ -644,7 +677,7 @@ impl<V: Copy> Conntrack<V> {
         hint: u32,
         now: Millis,
         tcp_flags: u8,
-    ) -> Result<&V, Option<Hit>> {
+    ) -> Result<&V, Miss> {
         self.steady::<false>(key, h, hint, now, tcp_flags)
     }
 
@@ -656,13 +689,13 @@ impl<V: Copy> Conntrack<V> {
         hint: u32,
         now: Millis,
         tcp_flags: u8,
-    ) -> Result<&V, Option<Hit>> {
+    ) -> Result<&V, Miss> {
         // A live slot holding the key word is the key's slot (a key is stored once), so a hint
         // that holds it saves the bucket search. Its tag is in cache (the burst matched it).
         let live = |i: u32| !CHECK || self.tags.get(i as usize).is_some_and(|&t| t != TAG_FREE);
         let slot = match self.slots.get(hint as usize) {
             Some(s) if s.kw == key.0 && live(hint) => hint,
-            _ => self.find_lazy(h, |s| s.kw == key.0).ok_or(None)?,
+            _ => self.find_lazy(h, |s| s.kw == key.0).ok_or(Miss::Absent)?,
         };
         let (tcp, udp) = (self.cfg.timeouts.tcp_established, self.cfg.timeouts.udp);
         // The new deadline of a steady flow whose flow slot is `f`; `Err(false)` for an expired
@@ -685,25 +718,25 @@ impl<V: Copy> Conntrack<V> {
             };
             Ok(now.saturating_add(timeout))
         };
-        let reply = self.slots.get(slot as usize).ok_or(None)?.flags & F_REPLY != 0;
+        let reply = self.slots.get(slot as usize).ok_or(Miss::Untracked)?.flags & F_REPLY != 0;
         if !reply {
             // An original key's slot is its flow slot: one slot for key, timer and value.
-            let s = self.slots.get_mut(slot as usize).ok_or(None)?;
-            let hit = Some(Hit {
+            let s = self.slots.get_mut(slot as usize).ok_or(Miss::Untracked)?;
+            let hit = Miss::Tracked(Hit {
                 slot,
                 flow: slot,
                 dir: Dir::Original,
             });
-            let deadline = steady(s).map_err(|live| if live { hit } else { None })?;
+            let deadline = steady(s).map_err(|live| if live { hit } else { Miss::Untracked })?;
             let Some(v) = s.value.as_ref() else {
                 return Err(hit);
             };
             s.deadline = deadline;
             return Ok(v);
         }
-        let s = self.slots.get(slot as usize).ok_or(None)?;
+        let s = self.slots.get(slot as usize).ok_or(Miss::Untracked)?;
         let flow = s.peer;
-        let hit = Some(Hit {
+        let hit = Miss::Tracked(Hit {
             slot,
             flow,
             dir: Dir::Reply,
@@ -711,12 +744,12 @@ impl<V: Copy> Conntrack<V> {
         if s.value.is_none() {
             return Err(hit);
         }
-        let f = self.slots.get_mut(flow as usize).ok_or(None)?;
-        f.deadline = steady(f).map_err(|live| if live { hit } else { None })?;
+        let f = self.slots.get_mut(flow as usize).ok_or(Miss::Untracked)?;
+        f.deadline = steady(f).map_err(|live| if live { hit } else { Miss::Untracked })?;
         self.slots
             .get(slot as usize)
             .and_then(|s| s.value.as_ref())
-            .ok_or(None)
+            .ok_or(Miss::Untracked)
     }
 
     /// The value stored with the key at `slot` (from a [`Hit`] or [`Conntrack::insert`]).
@@ -864,9 +897,11 @@ impl<V: Copy> Conntrack<V> {
             },
             None => NO_SLOT,
         };
-        let freed = (0..plan.n)
-            .filter(|&i| self.unconfirmed_class(plan.flows[i]) == Some(class))
-            .count();
+        // Flows of the class the plan removes (usually none: no call, no count).
+        let mut freed = 0;
+        for &f in plan.flows.iter().take(plan.n) {
+            freed += usize::from(self.unconfirmed_class(f) == Some(class));
+        }
         if self.unconfirmed_count(class) - freed >= self.cfg.embryonic_budget {
             let victim = self
                 .oldest_unconfirmed(pa, &plan, NO_SLOT, class)
@@ -1203,11 +1238,31 @@ impl<V: Copy> Conntrack<V> {
         self.probe_kw(key.0, h, |s| s.kw == key.0)
     }
 
+    /// [`Conntrack::probe_v4`] of a key a lookup found in no slot ([`Miss::Absent`]), the
+    /// table unchanged since (`absent`; else the search as `probe_v4`'s): its buckets and their
+    /// free slots without searching them for the key.
+    #[inline(always)]
+    pub fn probe_v4_after(&self, key: V4Key, h: u64, absent: bool) -> Probe {
+        self.probe_kw_if(key.0, h, !absent, |s| s.kw == key.0)
+    }
+
     #[inline(always)]
     fn probe_kw(&self, kw: KeyWord, h: u64, eq: impl Fn(&Slot<V>) -> bool) -> Probe {
+        self.probe_kw_if(kw, h, true, eq)
+    }
+
+    /// A probe, searching the buckets for the key only if `search`.
+    #[inline(always)]
+    fn probe_kw_if(
+        &self,
+        kw: KeyWord,
+        h: u64,
+        search: bool,
+        eq: impl Fn(&Slot<V>) -> bool,
+    ) -> Probe {
         let (b1, b2, fp) = self.place_hashed(h);
         let nb = if b2 == b1 { 1 } else { 2 };
-        let found = self.find_with(h, eq);
+        let found = if search { self.find_with(h, eq) } else { None };
         Probe {
             kw,
             buckets: [b1, b2],
