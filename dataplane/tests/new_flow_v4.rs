@@ -5,14 +5,19 @@
 //! source, two SNAT addresses and a port range small enough to run out, a table small enough to
 //! fill and a budget small enough to evict, time passing and expiry) give the same verdicts,
 //! bytes, counters and conntrack entries (slots, keys, states, timers, values of both
-//! directions) through `process` (the fast path's miss, then the new flow's path) and through
-//! `process_burst_with` with the worker's kind of slow path (parse, then `process_parsed_as`)
-//! as through `process_general` (the general parse and classification, the reference).
+//! directions) through `process` (the fast path's miss, then the new flow's path), through
+//! `process_burst_with` with the worker's kind of slow path (parse, then `process_parsed_as`),
+//! and through bursts of several frames (`process_burst`, and `process_burst_with` the worker's
+//! way: the burst's lookup tells the new flow's path whether the key is absent, so the insert
+//! need not search for it) as through `process_general` (the general parse and
+//! classification, the reference).
 
 use dataplane::conntrack::{self, Millis, Timeouts};
 use dataplane::flow::{proto, Addr};
 use dataplane::maglev::DEFAULT_TABLE_SIZE;
-use dataplane::pipeline::{parse_after, process_burst_with, process_general, process_parsed_as};
+use dataplane::pipeline::{
+    parse_after, process_burst, process_burst_with, process_general, process_parsed_as,
+};
 use dataplane::table::{Affinity, Backend, Local, Mode, Pool, RoutingTable, ServiceSpec};
 use dataplane::wire::{self, checksum, Ipv4Fields};
 use dataplane::{process, DropReason, PacketBuf, Verdict, WorkerState};
@@ -262,13 +267,73 @@ fn entries(st: &WorkerState) -> Vec<String> {
         .collect()
 }
 
+/// Frames sent since the last burst ran: each with the general path's verdict and bytes.
+type Pending = Vec<(Vec<u8>, Verdict, Vec<u8>)>;
+
+/// Most frames per burst of the burst runs.
+const BURST: usize = 8;
+
+/// The pending frames as one burst through `process_burst` (`bursts.0`) and through
+/// `process_burst_with` the worker's way (`bursts.1`): the same verdicts and bytes as the
+/// general path gave each, then the same counters and conntrack entries as it has now.
+fn run_bursts(
+    table: &RoutingTable,
+    now: Millis,
+    pending: &mut Pending,
+    bursts: (&mut WorkerState, &mut WorkerState),
+    general: &WorkerState,
+) -> Result<(), TestCaseError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    for (worker_way, st) in [(false, bursts.0), (true, bursts.1)] {
+        let mut bufs: Vec<Vec<u8>> = pending
+            .iter()
+            .map(|(f, _, _)| {
+                let mut b = vec![0u8; BUF];
+                b[HEAD..HEAD + f.len()].copy_from_slice(f);
+                b
+            })
+            .collect();
+        let mut pkts: Vec<PacketBuf<'_>> = bufs
+            .iter_mut()
+            .zip(pending.iter())
+            .map(|(b, (f, _, _))| PacketBuf::new(b, HEAD, f.len()))
+            .collect();
+        let mut vs = vec![Verdict::Drop(DropReason::Unsupported); pkts.len()];
+        if worker_way {
+            process_burst_with(st, table, now, &mut pkts, &mut vs, |st, p, seen| {
+                let parsed = parse_after(p.data(), seen);
+                process_parsed_as(st, table, now, p, parsed, seen)
+            });
+        } else {
+            process_burst(st, table, now, &mut pkts, &mut vs);
+        }
+        for (i, (p, (_, v, out))) in pkts.iter().zip(pending.iter()).enumerate() {
+            prop_assert_eq!(vs[i], *v, "verdict of frame {} of a burst", i);
+            prop_assert_eq!(p.data(), &out[..], "bytes of frame {} of a burst", i);
+        }
+        prop_assert_eq!(&st.counters, &general.counters, "counters after a burst");
+        prop_assert_eq!(entries(st), entries(general), "conntrack after a burst");
+    }
+    pending.clear();
+    Ok(())
+}
+
 fn run(ops: &[Op]) -> Result<WorkerState, TestCaseError> {
     let table = table();
     // The third: as the worker runs frames, through `process_burst_with` with a slow path
     // that parses first (to steer) and then calls `process_parsed_as`.
     let (mut fast, mut general, mut steered) = (state(), state(), state());
+    // The same frames in bursts of up to `BURST` (time passes and expiry runs between them).
+    let (mut bursts, mut worker_bursts) = (state(), state());
+    let mut pending = Pending::new();
     let mut now: Millis = 1;
     for op in ops {
+        if !matches!(op, Op::Send { .. }) || pending.len() == BURST {
+            let b = (&mut bursts, &mut worker_bursts);
+            run_bursts(&table, now, &mut pending, b, &general)?;
+        }
         match *op {
             Op::Send {
                 vip,
@@ -331,6 +396,7 @@ fn run(ops: &[Op]) -> Result<WorkerState, TestCaseError> {
                     "conntrack after {:?}",
                     op
                 );
+                pending.push((f, vb, pb.data().to_vec()));
             }
             Op::Wait(ms) => now += ms,
             Op::Expire(budget) => {
@@ -341,9 +407,16 @@ fn run(ops: &[Op]) -> Result<WorkerState, TestCaseError> {
                 prop_assert_eq!(&steered.counters, &general.counters);
                 prop_assert_eq!(entries(&fast), entries(&general));
                 prop_assert_eq!(entries(&steered), entries(&general));
+                for st in [&mut bursts, &mut worker_bursts] {
+                    prop_assert_eq!(st.expire(now, budget), n);
+                    prop_assert_eq!(&st.counters, &general.counters);
+                    prop_assert_eq!(entries(st), entries(&general));
+                }
             }
         }
     }
+    let b = (&mut bursts, &mut worker_bursts);
+    run_bursts(&table, now, &mut pending, b, &general)?;
     Ok(fast)
 }
 

@@ -146,6 +146,39 @@ pub struct Hit {
     pub dir: Dir,
 }
 
+/// Why [`Conntrack::lookup_steady`] handed back no value: the hit the general path takes
+/// instead, or whether any slot holds the key at all (a new flow's insert need not search for a
+/// key the lookup found absent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// The key is tracked, but the packet needs the general path: this lookup's hit.
+    Tracked(Hit),
+    /// No live flow holds the key: it may sit in a slot whose flow expired, which an insert of
+    /// the key must find and remove (what a lookup that does not tell the two apart says).
+    Untracked,
+    /// No slot holds the key, live or expired (valid until the table next changes).
+    Absent,
+}
+
+impl Miss {
+    /// The hit, if the key is tracked.
+    #[inline(always)]
+    pub fn hit(self) -> Option<Hit> {
+        match self {
+            Miss::Tracked(h) => Some(h),
+            Miss::Untracked | Miss::Absent => None,
+        }
+    }
+}
+
+impl From<Option<Hit>> for Miss {
+    /// A lookup's hit, or [`Miss::Untracked`] (it did not say whether the key is absent).
+    #[inline(always)]
+    fn from(hit: Option<Hit>) -> Miss {
+        hit.map_or(Miss::Untracked, Miss::Tracked)
+    }
+}
+
 /// Why an insert failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError {
@@ -414,17 +447,28 @@ fn match_free(tags: &[u16], b: usize) -> u32 {
         .map_or(0, |t| group::group_match(t, TAG_FREE))
 }
 
-/// The set bits of two bucket masks (each below 2^16), counted together: one SWAR popcount
-/// of both in one word instead of two (x86_64's baseline has no popcount instruction).
+/// Set bits of each byte value: a bucket mask's count is two loads from it (x86_64's
+/// baseline has no popcount instruction, and its SWAR form is about 20 instructions).
+static BYTE_ONES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i as u32).count_ones() as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The set bits of two bucket masks (each below 2^16): a table load per byte.
 #[inline(always)]
 fn popcount_pair(a: u32, b: u32) -> (u32, u32) {
     const _: () = assert!(BUCKET == 16);
-    let mut x = (a & 0xffff) | (b << 16);
-    x -= (x >> 1) & 0x5555_5555;
-    x = (x & 0x3333_3333) + ((x >> 2) & 0x3333_3333);
-    x = (x + (x >> 4)) & 0x0f0f_0f0f;
-    x = (x + (x >> 8)) & 0x00ff_00ff;
-    (x & 0xffff, x >> 16)
+    let ones = |m: u32| {
+        let lo = BYTE_ONES[(m & 0xff) as usize];
+        let hi = BYTE_ONES[((m >> 8) & 0xff) as usize];
+        u32::from(lo) + u32::from(hi)
+    };
+    (ones(a), ones(b))
 }
 
 /// Key slots of a table asked for `capacity`: a power of two, at least [`BUCKET`], at most
@@ -612,9 +656,9 @@ impl<V: Copy> Conntrack<V> {
     /// hold it, e.g. from [`Conntrack::prefetch_slot`] earlier in the burst, or [`NO_HINT`]) and,
     /// when the packet (`tcp_flags`) leaves the key's confirmed flow where it is, moves the
     /// flow's timer as [`Conntrack::touch`] would and returns the key's value.
-    /// `Err(None)`: the key is not tracked (or expired); `Err(Some(hit))`: it is, but the packet
-    /// needs the general path, which can take the hit instead of looking again; nothing changed
-    /// then. One walk from key to flow instead of a lookup, a touch and a value read that each
+    /// `Err(Miss::Absent)`: no slot holds the key; `Err(Miss::Untracked)`: its flow expired;
+    /// `Err(Miss::Tracked(hit))`: it is tracked, but the packet needs the general path, which
+    /// can take the hit instead of looking again; nothing changed then. One walk from key to flow instead of a lookup, a touch and a value read that each
     /// index the slots again.
     ///
     /// A caller that still hands an `Ok` packet to the general path (a table swap since the
@@ -629,7 +673,7 @@ impl<V: Copy> Conntrack<V> {
         hint: u32,
         now: Millis,
         tcp_flags: u8,
-    ) -> Result<&V, Option<Hit>> {
+    ) -> Result<&V, Miss> {
         self.steady::<true>(key, h, hint, now, tcp_flags)
     }
 
@@ -644,7 +688,7 @@ impl<V: Copy> Conntrack<V> {
         hint: u32,
         now: Millis,
         tcp_flags: u8,
-    ) -> Result<&V, Option<Hit>> {
+    ) -> Result<&V, Miss> {
         self.steady::<false>(key, h, hint, now, tcp_flags)
     }
 
@@ -656,13 +700,13 @@ impl<V: Copy> Conntrack<V> {
         hint: u32,
         now: Millis,
         tcp_flags: u8,
-    ) -> Result<&V, Option<Hit>> {
+    ) -> Result<&V, Miss> {
         // A live slot holding the key word is the key's slot (a key is stored once), so a hint
         // that holds it saves the bucket search. Its tag is in cache (the burst matched it).
         let live = |i: u32| !CHECK || self.tags.get(i as usize).is_some_and(|&t| t != TAG_FREE);
         let slot = match self.slots.get(hint as usize) {
             Some(s) if s.kw == key.0 && live(hint) => hint,
-            _ => self.find_lazy(h, |s| s.kw == key.0).ok_or(None)?,
+            _ => self.find_lazy(h, |s| s.kw == key.0).ok_or(Miss::Absent)?,
         };
         let (tcp, udp) = (self.cfg.timeouts.tcp_established, self.cfg.timeouts.udp);
         // The new deadline of a steady flow whose flow slot is `f`; `Err(false)` for an expired
@@ -685,25 +729,25 @@ impl<V: Copy> Conntrack<V> {
             };
             Ok(now.saturating_add(timeout))
         };
-        let reply = self.slots.get(slot as usize).ok_or(None)?.flags & F_REPLY != 0;
+        let reply = self.slots.get(slot as usize).ok_or(Miss::Untracked)?.flags & F_REPLY != 0;
         if !reply {
             // An original key's slot is its flow slot: one slot for key, timer and value.
-            let s = self.slots.get_mut(slot as usize).ok_or(None)?;
-            let hit = Some(Hit {
+            let s = self.slots.get_mut(slot as usize).ok_or(Miss::Untracked)?;
+            let hit = Miss::Tracked(Hit {
                 slot,
                 flow: slot,
                 dir: Dir::Original,
             });
-            let deadline = steady(s).map_err(|live| if live { hit } else { None })?;
+            let deadline = steady(s).map_err(|live| if live { hit } else { Miss::Untracked })?;
             let Some(v) = s.value.as_ref() else {
                 return Err(hit);
             };
             s.deadline = deadline;
             return Ok(v);
         }
-        let s = self.slots.get(slot as usize).ok_or(None)?;
+        let s = self.slots.get(slot as usize).ok_or(Miss::Untracked)?;
         let flow = s.peer;
-        let hit = Some(Hit {
+        let hit = Miss::Tracked(Hit {
             slot,
             flow,
             dir: Dir::Reply,
@@ -711,12 +755,12 @@ impl<V: Copy> Conntrack<V> {
         if s.value.is_none() {
             return Err(hit);
         }
-        let f = self.slots.get_mut(flow as usize).ok_or(None)?;
-        f.deadline = steady(f).map_err(|live| if live { hit } else { None })?;
+        let f = self.slots.get_mut(flow as usize).ok_or(Miss::Untracked)?;
+        f.deadline = steady(f).map_err(|live| if live { hit } else { Miss::Untracked })?;
         self.slots
             .get(slot as usize)
             .and_then(|s| s.value.as_ref())
-            .ok_or(None)
+            .ok_or(Miss::Untracked)
     }
 
     /// The value stored with the key at `slot` (from a [`Hit`] or [`Conntrack::insert`]).
@@ -864,9 +908,11 @@ impl<V: Copy> Conntrack<V> {
             },
             None => NO_SLOT,
         };
-        let freed = (0..plan.n)
-            .filter(|&i| self.unconfirmed_class(plan.flows[i]) == Some(class))
-            .count();
+        // Flows of the class the plan removes (usually none: no call, no count).
+        let mut freed = 0;
+        for &f in plan.flows.iter().take(plan.n) {
+            freed += usize::from(self.unconfirmed_class(f) == Some(class));
+        }
         if self.unconfirmed_count(class) - freed >= self.cfg.embryonic_budget {
             let victim = self
                 .oldest_unconfirmed(pa, &plan, NO_SLOT, class)
@@ -1203,11 +1249,31 @@ impl<V: Copy> Conntrack<V> {
         self.probe_kw(key.0, h, |s| s.kw == key.0)
     }
 
+    /// [`Conntrack::probe_v4`] of a key a lookup found in no slot ([`Miss::Absent`]), the
+    /// table unchanged since (`absent`; else the search as `probe_v4`'s): its buckets and their
+    /// free slots without searching them for the key.
+    #[inline(always)]
+    pub fn probe_v4_after(&self, key: V4Key, h: u64, absent: bool) -> Probe {
+        self.probe_kw_if(key.0, h, !absent, |s| s.kw == key.0)
+    }
+
     #[inline(always)]
     fn probe_kw(&self, kw: KeyWord, h: u64, eq: impl Fn(&Slot<V>) -> bool) -> Probe {
+        self.probe_kw_if(kw, h, true, eq)
+    }
+
+    /// A probe, searching the buckets for the key only if `search`.
+    #[inline(always)]
+    fn probe_kw_if(
+        &self,
+        kw: KeyWord,
+        h: u64,
+        search: bool,
+        eq: impl Fn(&Slot<V>) -> bool,
+    ) -> Probe {
         let (b1, b2, fp) = self.place_hashed(h);
         let nb = if b2 == b1 { 1 } else { 2 };
-        let found = self.find_with(h, eq);
+        let found = if search { self.find_with(h, eq) } else { None };
         Probe {
             kw,
             buckets: [b1, b2],

@@ -970,8 +970,57 @@ fn steady_lookup_trusts_a_hint_only_while_its_slot_holds_the_key() {
     assert_eq!(*v, 1);
     // Removed: the slot still holds the bytes, but its tag is free, so the hint is not trusted.
     ct.remove(f);
-    assert_eq!(ct.lookup_steady(v4key(&k), h, hint, 1, 0), Err(None));
-    assert_eq!(ct.lookup_steady(v4key(&k), h, NO_HINT, 1, 0), Err(None));
+    assert_eq!(
+        ct.lookup_steady(v4key(&k), h, hint, 1, 0),
+        Err(Miss::Absent)
+    );
+    assert_eq!(
+        ct.lookup_steady(v4key(&k), h, NO_HINT, 1, 0),
+        Err(Miss::Absent)
+    );
+}
+
+/// The steady lookup's miss tells a key no slot holds (`Absent`, which lets a new flow's insert
+/// skip its search) from one whose flow expired (`Untracked`: the insert must find and reuse
+/// that slot, or the key would be stored twice).
+#[test]
+fn steady_lookup_tells_an_absent_key_from_an_expired_one() {
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(64, 64));
+    let k = key(1, proto::UDP);
+    let h = k.table_hash(DEFAULT_SEED);
+    assert_eq!(
+        ct.lookup_steady(v4key(&k), h, NO_HINT, 0, 0),
+        Err(Miss::Absent)
+    );
+    let f = udp_confirmed(&mut ct, 1, 0);
+    let expired = T.udp + 1;
+    assert_eq!(
+        ct.lookup_steady(v4key(&k), h, NO_HINT, expired, 0),
+        Err(Miss::Untracked)
+    );
+    // Untracked: the probe searches and finds the expired flow, which the insert removes.
+    let p = ct.probe_v4_after(v4key(&k), h, false);
+    assert!(!ct.probe_live(&p, expired));
+    let g = ct
+        .insert_probed(expired, (&k, &p, &2), None, UDP_NEW)
+        .unwrap();
+    assert_eq!(
+        (ct.len(), *ct.value(g)),
+        (1, 2),
+        "the expired flow replaced"
+    );
+    assert!(g == f || ct.key(f).is_none(), "the key is stored once");
+    ct.remove(g);
+    assert_eq!(
+        ct.lookup_steady(v4key(&k), h, NO_HINT, expired, 0),
+        Err(Miss::Absent)
+    );
+    // Absent: no search, and the insert still finds a free slot.
+    let p = ct.probe_v4_after(v4key(&k), h, true);
+    let g = ct
+        .insert_probed(expired, (&k, &p, &3), None, UDP_NEW)
+        .unwrap();
+    assert_eq!((ct.len(), *ct.value(g)), (1, 3));
 }
 
 #[test]
@@ -987,7 +1036,10 @@ fn a_removed_flows_reply_key_is_not_found_through_a_stale_hint() {
     let v = ct.lookup_steady(v4key(&r), hr, hint, 1, 0).unwrap();
     assert_eq!(*v, 2);
     ct.remove(f);
-    assert_eq!(ct.lookup_steady(v4key(&r), hr, hint, 1, 0), Err(None));
+    assert_eq!(
+        ct.lookup_steady(v4key(&r), hr, hint, 1, 0),
+        Err(Miss::Absent)
+    );
     // A new flow with the same reply key, stored elsewhere or in the same slot, is the one found.
     let g = ct
         .insert(1, (&key(2, proto::UDP), 3), Some((&r, 4)), UDP_NEW)
@@ -995,6 +1047,7 @@ fn a_removed_flows_reply_key_is_not_found_through_a_stale_hint() {
     let hit = ct
         .lookup_steady(v4key(&r), hr, hint, 1, 0)
         .unwrap_err()
+        .hit()
         .unwrap();
     assert_eq!((hit.flow, *ct.value(hit.slot)), (g, 4));
 }

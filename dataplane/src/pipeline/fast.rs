@@ -8,7 +8,7 @@
 //! that would not fit) returns `None` before anything changed, and the general path handles the
 //! packet exactly as it always did.
 
-use crate::conntrack::{Conntrack, Hit, Millis};
+use crate::conntrack::{Conntrack, Hit, Millis, Miss};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
@@ -30,8 +30,8 @@ pub(super) enum Outcome {
     /// Forwarded: transmit it.
     Forwarded,
     /// It needs the general path (nothing changed), which can take this lookup's result
-    /// instead of looking again: `None`, the key is not tracked (or expired).
-    General(Option<Hit>),
+    /// instead of looking again (whether the key is tracked, expired or absent).
+    General(Miss),
 }
 
 /// What a burst's fast-path packets add to the worker's rx/tx counters, added once per burst
@@ -97,7 +97,7 @@ pub(super) fn forward(
 
 /// [`forward`] in a burst's fast loop, before anything else of the burst changed the table
 /// (see [`Conntrack::lookup_steady_fresh`]; `frame.hint` from the burst's second pass).
-/// `Err(Some(hit))`: the general path, with this lookup's result; `Err(None)`: a steady flow
+/// `Err(Some(miss))`: the general path, with this lookup's result; `Err(None)`: a steady flow
 /// the fast path still cannot take, whose lookup the general path repeats ([`again`]).
 #[inline(always)]
 pub(super) fn forward_fresh(
@@ -105,7 +105,7 @@ pub(super) fn forward_fresh(
     pkt: &mut PacketBuf<'_>,
     frame: &BurstFrame,
     tally: &mut Tally,
-) -> Result<(), Option<Option<Hit>>> {
+) -> Result<(), Option<Miss>> {
     forward_tracked::<false>(lane, pkt, frame, frame.hint, tally)
 }
 
@@ -120,10 +120,10 @@ pub(super) fn again(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) 
 #[cold]
 #[inline(never)]
 fn general(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> Outcome {
-    Outcome::General(again(ct, frame, now))
+    Outcome::General(Miss::from(again(ct, frame, now)))
 }
 
-/// The fast path proper: `Err(Some(hit))` when the lookup says the general path must take
+/// The fast path proper: `Err(Some(miss))` when the lookup says the general path must take
 /// the frame, `Err(None)` when a steady flow's frame still cannot take the fast path (its
 /// lookup is repeated for the general path, off the fast loop). `CHECK`: the hint may be stale.
 #[inline(always)]
@@ -133,7 +133,7 @@ fn forward_tracked<const CHECK: bool>(
     frame: &BurstFrame,
     hint: u32,
     tally: &mut Tally,
-) -> Result<(), Option<Option<Hit>>> {
+) -> Result<(), Option<Miss>> {
     let Lane {
         ct,
         counters,

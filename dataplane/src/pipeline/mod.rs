@@ -22,7 +22,7 @@ use state::BurstFrame;
 pub use state::{snat_slice, FlowValue, WorkerState, PREFETCH_FROM_KEYS};
 pub use verdict::{Counters, DropReason, FlowCounters, Verdict};
 
-use crate::conntrack::{Conntrack, Hit, Millis, V4Key, NO_HINT};
+use crate::conntrack::{Conntrack, Millis, Miss, V4Key, NO_HINT};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::port::MAX_BURST;
@@ -102,14 +102,15 @@ fn burst_frame(ct: &Conntrack<FlowValue>, w: &V4Words, idx: usize) -> BurstFrame
 }
 
 /// What the fast path learned of a frame it passed on to the general path: the frame's fields
-/// (it accepted the frame's headers) and its conntrack lookup (`None`: untracked or expired),
-/// so neither the parse nor the lookup is repeated.
+/// (it accepted the frame's headers) and its conntrack lookup (a hit, or whether the key is
+/// absent or expired), so neither the parse nor the lookup is repeated, and a new flow's insert
+/// does not search for a key the lookup found absent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastMiss {
     /// The frame's fields.
     pub flow: V4Flow,
-    /// Its key's conntrack hit, if any.
-    pub hit: Option<Hit>,
+    /// Its key's conntrack lookup: the hit, or why there is none.
+    pub hit: Miss,
 }
 
 /// [`process`] without the fast path: the general parse and classification for every frame.
@@ -270,7 +271,7 @@ fn one_pass(
     tally.flush(lane.counters);
     let miss = stop.1.map(|(frame, miss)| FastMiss {
         flow: frame.flow(),
-        hit: miss.unwrap_or_else(|| fast::again(&state.ct, &frame, now)),
+        hit: miss.unwrap_or_else(|| Miss::from(fast::again(&state.ct, &frame, now))),
     });
     (stop.0, miss)
 }
@@ -366,10 +367,15 @@ fn process_seen(
     pkt: &mut PacketBuf<'_>,
     seen: Option<&FastMiss>,
 ) -> Verdict {
-    if let Some(FastMiss { flow: f, hit: None }) = seen {
+    if let Some(FastMiss {
+        flow: f,
+        hit: hit @ (Miss::Untracked | Miss::Absent),
+    }) = seen
+    {
         if state.generation == Some(table.generation) {
             let rx = pkt.len() as u64;
-            if let Some(v) = new_flow::new_v4(state, table, now, pkt, f) {
+            let absent = *hit == Miss::Absent;
+            if let Some(v) = new_flow::new_v4(state, table, now, pkt, f, absent) {
                 count_verdict(&mut state.counters, rx, pkt.len() as u64, v);
                 return v;
             }
@@ -415,7 +421,10 @@ pub fn process_parsed_as(
     // A new flow's SYN or first datagram the fast parse read: its own path, without the
     // general classification (which decides every packet that path leaves alone).
     let first = match seen {
-        Some(FastMiss { flow: f, hit: None }) => new_flow::new_v4(state, table, now, pkt, f),
+        Some(FastMiss {
+            flow: f,
+            hit: hit @ (Miss::Untracked | Miss::Absent),
+        }) => new_flow::new_v4(state, table, now, pkt, f, *hit == Miss::Absent),
         _ => None,
     };
     let v = match (first, parsed) {
@@ -461,7 +470,7 @@ fn classify(
         proto::TCP | proto::UDP => {
             // The key only where it is needed: a hit the fast path found goes on without it.
             let hit = match seen {
-                Some(s) => s.hit,
+                Some(s) => s.hit.hit(),
                 None => st.ct.lookup(&p.key(), now),
             };
             if let Some(hit) = hit {

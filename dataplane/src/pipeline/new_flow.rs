@@ -69,7 +69,8 @@ pub(super) fn new_flow(
 /// with the flow created and the packet forwarded as [`new_flow`] would (the same entries,
 /// values, counters and bytes: `tests/new_flow_v4.rs` holds them side by side); the caller
 /// counts the packet's rx and verdict. Built from the header's words: each value once, in
-/// place, sealed from words, the keys searched once each.
+/// place, sealed from words, the keys searched once each (the original key not at all when the
+/// fast path's lookup found it `absent`, the table unchanged since).
 #[inline(never)]
 pub(super) fn new_v4(
     st: &mut WorkerState,
@@ -77,6 +78,7 @@ pub(super) fn new_v4(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
     f: &V4Flow,
+    absent: bool,
 ) -> Option<Verdict> {
     let tcp = f.proto == proto::TCP;
     if tcp && f.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
@@ -158,7 +160,7 @@ pub(super) fn new_v4(
     let h = st.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
     let pa = st
         .ct
-        .probe_v4(V4Key::new(f.src, f.dst, f.ports, f.proto), h);
+        .probe_v4_after(V4Key::new(f.src, f.dst, f.ports, f.proto), h, absent);
     let initial = if tcp {
         FlowState::Tcp(TcpState::SynSent)
     } else {
