@@ -1113,10 +1113,13 @@ impl<V: Copy> Conntrack<V> {
         (b1, b2, fp)
     }
 
-    /// A key's first bucket, from its table hash.
+    /// A key's first bucket, from its table hash. The hash's low 32 bits are enough (a table
+    /// has at most [`MAX_CAPACITY`] slots): a bucket below 2^32 tells the compiler its tags'
+    /// range cannot wrap, which saves the lookups a bounds check.
     #[inline(always)]
     fn bucket1(&self, h: u64) -> usize {
-        (h as usize) & self.mask & !(BUCKET - 1)
+        const _: () = assert!(MAX_CAPACITY <= 1 << 32);
+        (h as u32 as usize) & self.mask & !(BUCKET - 1)
     }
 
     /// A key's second bucket, from its table hash and first bucket (apart, so lookups that
@@ -1124,7 +1127,8 @@ impl<V: Copy> Conntrack<V> {
     #[inline(always)]
     fn bucket2(&self, h: u64, b1: usize) -> usize {
         let groups_mask = self.mask & !(BUCKET - 1);
-        let mut b2 = ((h >> 24) as usize) & groups_mask;
+        // As in `bucket1`: the same bucket, known to be below 2^32.
+        let mut b2 = ((h >> 24) as u32 as usize) & groups_mask;
         if b2 == b1 {
             // Keep the second choice distinct where the table has more than one bucket.
             b2 = (b1 + BUCKET) & groups_mask;

@@ -341,9 +341,14 @@ fn read_ahead(
     let Some(f) = wire::parse_v4_words(pkt.data()) else {
         return 0;
     };
-    let b = burst_frame(ct, &f, j);
-    ct.prefetch(b.hash);
-    *slot = b;
+    // Field by field: the hint is `find_ahead`'s to write, and the walk goes by index.
+    let key = V4Key::from_words(f.addrs, f.ports_proto);
+    let hash = ct.hash_key(&key);
+    ct.prefetch(hash);
+    slot.key = key;
+    slot.hash = hash;
+    slot.l3_end = f.l3_end;
+    slot.tcp_flags = f.tcp_flags;
     1 << j
 }
 
