@@ -556,8 +556,8 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// Asks the CPU to start loading the first bucket's tags of a key with table hash `h`: a
-    /// burst's first pass calls it for every frame, so the lookups that follow find their tags
-    /// in cache instead of waiting for memory one frame at a time.
+    /// burst's walk calls it for each frame well before that frame's turn, so the lookups that
+    /// follow find their tags in cache instead of waiting for memory one frame at a time.
     #[inline(always)]
     pub fn prefetch(&self, h: u64) {
         let b1 = self.bucket1(h);

@@ -96,7 +96,8 @@ pub(super) fn forward(
 }
 
 /// [`forward`] in a burst's fast loop, before anything else of the burst changed the table
-/// (see [`Conntrack::lookup_steady_fresh`]; `frame.hint` from the burst's second pass).
+/// (see [`Conntrack::lookup_steady_fresh`]; `frame.hint` found ahead in the burst's walk, or
+/// [`NO_HINT`](crate::conntrack::NO_HINT)).
 /// `Err(Some(hit))`: the general path, with this lookup's result; `Err(None)`: a steady flow
 /// the fast path still cannot take, whose lookup the general path repeats ([`again`]).
 #[inline(always)]
