@@ -218,8 +218,10 @@ const SLOT_AHEAD: usize = 8;
 /// holds frame j's fields once read. Stops at the first frame the fast path does not take
 /// and returns its index (the burst's length when there is none) and what was read ahead by
 /// then: bit j set for each frame j read whose fast parse took it ([`pipelined_tail`] goes on
-/// from there; carrying the stopped frame's lookup out cost the walk registers). Nothing but steady lookups changes the table before it stops, so each hint
-/// is still that of a live slot when its frame's turn comes.
+/// from there; carrying the stopped frame's lookup out too cost the walk registers). Nothing
+/// but steady lookups changes the table before it stops, so each hint is still that of a live
+/// slot when its frame's turn comes. It never calls the general path, which would cost the
+/// walk its registers.
 #[inline(never)]
 fn pipelined(
     state: &mut WorkerState,
@@ -276,10 +278,10 @@ fn pipelined(
 
 /// The frames of a burst from where [`pipelined`] stopped (`stop` and `ahead` as it
 /// returned them), in order: the frames not read ahead yet are read and their slots found
-/// first (as a burst's passes did: interleaved with the general path, whose calls cost the
-/// walk its registers, the reading ahead cost new flows more than it saved), then that frame
-/// goes through `slow` and each after it through the fast path, or `slow` when the fast path
-/// does not take it. `slow` may change the table, so each hint is checked again.
+/// first, in two short loops (read ahead between calls of the general path, which cost the
+/// loop its registers, they cost new flows more than the overlap saved), then that frame goes
+/// through `slow` and each after it through the fast path, or `slow` when the fast path does
+/// not take it. `slow` may change the table, so each hint is checked again.
 #[inline(never)]
 fn pipelined_tail(
     state: &mut WorkerState,
@@ -362,8 +364,9 @@ fn find_ahead(ct: &Conntrack<FlowValue>, frames: &mut [BurstFrame], j: usize) {
     }
 }
 
-/// A burst in one walk while the table is small (see [`WorkerState::set_prefetch_from`]): each frame from the
-/// first, in order, parsed, looked up and forwarded, until one the fast path does not take.
+/// A burst in one plain walk while the table is small (see
+/// [`WorkerState::set_prefetch_from`]): each frame from the first, in order, parsed, looked up
+/// and forwarded, until one the fast path does not take.
 /// Returns that frame's index (the burst's length when there is none) and, if the fast parse
 /// read it, what the fast path learned of it.
 #[inline(never)]
