@@ -1,6 +1,6 @@
 //! Packets per second through `process()` for established and new flows, fullnat and dsr-ipip,
 //! and through `process_burst` (bursts of 32, as the worker runs them) for established flows;
-//! `fullnat-100k`: the established rows with 100 000 flows, a table far larger than the cache,
+//! `fullnat-100k`, `dsr-ipip-100k`: the established rows with 100 000 flows, a table far larger than the cache,
 //! where one packet at a time waits for its slot and a burst prefetches them.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -148,6 +148,7 @@ fn pipeline(c: &mut Criterion) {
     bench_mode(c, "fullnat", sample::VIP_FULLNAT, FLOWS);
     bench_mode(c, "dsr-ipip", sample::VIP_IPIP, FLOWS);
     bench_mode(c, "fullnat-100k", sample::VIP_FULLNAT, 100_000);
+    bench_mode(c, "dsr-ipip-100k", sample::VIP_IPIP, 100_000);
 }
 
 criterion_group!(benches, pipeline);

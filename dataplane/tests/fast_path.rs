@@ -305,8 +305,9 @@ fn run(ops: Vec<Op>, prefetch: bool) -> Result<(), TestCaseError> {
 /// after a frame the fast path gives up (flow 1's FIN, then its ACK, which the FIN moved out
 /// of the steady state; a corrupt frame; a new flow's SYN), and frames after those that the
 /// fast path takes again; in another, a new flow's SYN first and its retransmission right
-/// behind it. Each frame gets its own verdict and bytes, as one by one through the general
-/// path. Both ways a burst runs.
+/// behind it; in a third, a new flow's SYN first and its ACK right behind it. Each frame
+/// gets its own verdict and bytes, as one by one through the general path. Both ways a burst
+/// runs.
 #[test]
 fn a_burst_keeps_each_flows_order_around_frames_the_fast_path_gives_up() {
     let establish = |vip: usize, flow: u16| {
@@ -404,6 +405,24 @@ fn a_burst_keeps_each_flows_order_around_frames_the_fast_path_gives_up() {
                 Op::Client {
                     vip,
                     flow: 1,
+                    flags: 0x10,
+                },
+                Op::Client {
+                    vip,
+                    flow: 3,
+                    flags: 0x10,
+                },
+                Op::Flush,
+                // A new flow's SYN, its ACK right behind it (had the ACK gone first, fullnat
+                // would drop it as `no-flow`), then a frame of another flow.
+                Op::Client {
+                    vip,
+                    flow: 4,
+                    flags: 0x02,
+                },
+                Op::Client {
+                    vip,
+                    flow: 4,
                     flags: 0x10,
                 },
                 Op::Client {

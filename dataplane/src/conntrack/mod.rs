@@ -600,8 +600,8 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// Asks the CPU to start loading the first bucket's tags of a key with table hash `h`: a
-    /// burst's first pass calls it for every frame, so the lookups that follow find their tags
-    /// in cache instead of waiting for memory one frame at a time.
+    /// burst's walk calls it for each frame well before that frame's turn, so the lookups that
+    /// follow find their tags in cache instead of waiting for memory one frame at a time.
     #[inline(always)]
     pub fn prefetch(&self, h: u64) {
         let b1 = self.bucket1(h);
@@ -639,17 +639,28 @@ impl<V: Copy> Conntrack<V> {
     /// `key.table_hash(seed)`, e.g. [`Conntrack::hash_v4`] of an IPv4 key).
     #[inline(always)]
     pub fn lookup_hashed(&self, key: &FlowKey, h: u64, now: Millis) -> Option<Hit> {
-        let slot = self.find(key, h)?;
-        let s = &self.slots[slot as usize];
+        self.lookup_miss(key, h, now).hit()
+    }
+
+    /// [`Conntrack::lookup_hashed`] that says why it found no live flow: [`Miss::Absent`] when
+    /// no slot holds the key, [`Miss::Untracked`] when its flow expired.
+    #[inline(always)]
+    pub fn lookup_miss(&self, key: &FlowKey, h: u64, now: Millis) -> Miss {
+        let Some(slot) = self.find(key, h) else {
+            return Miss::Absent;
+        };
+        let Some(s) = self.slots.get(slot as usize) else {
+            return Miss::Untracked;
+        };
         let (flow, dir) = if s.flags & F_REPLY != 0 {
             (s.peer, Dir::Reply)
         } else {
             (slot, Dir::Original)
         };
-        if now >= self.slots.get(flow as usize)?.deadline {
-            return None;
+        match self.slots.get(flow as usize) {
+            Some(f) if now < f.deadline => Miss::Tracked(Hit { slot, flow, dir }),
+            _ => Miss::Untracked,
         }
-        Some(Hit { slot, flow, dir })
     }
 
     /// The fast path's lookup: finds the live IPv4 key (table hash `h`; `hint` a slot that may
@@ -1159,10 +1170,13 @@ impl<V: Copy> Conntrack<V> {
         (b1, b2, fp)
     }
 
-    /// A key's first bucket, from its table hash.
+    /// A key's first bucket, from its table hash. The hash's low 32 bits are enough (a table
+    /// has at most [`MAX_CAPACITY`] slots): a bucket below 2^32 tells the compiler its tags'
+    /// range cannot wrap, which saves the lookups a bounds check.
     #[inline(always)]
     fn bucket1(&self, h: u64) -> usize {
-        (h as usize) & self.mask & !(BUCKET - 1)
+        const _: () = assert!(MAX_CAPACITY <= 1 << 32);
+        (h as u32 as usize) & self.mask & !(BUCKET - 1)
     }
 
     /// A key's second bucket, from its table hash and first bucket (apart, so lookups that
@@ -1170,7 +1184,8 @@ impl<V: Copy> Conntrack<V> {
     #[inline(always)]
     fn bucket2(&self, h: u64, b1: usize) -> usize {
         let groups_mask = self.mask & !(BUCKET - 1);
-        let mut b2 = ((h >> 24) as usize) & groups_mask;
+        // As in `bucket1`: the same bucket, known to be below 2^32.
+        let mut b2 = ((h >> 24) as u32 as usize) & groups_mask;
         if b2 == b1 {
             // Keep the second choice distinct where the table has more than one bucket.
             b2 = (b1 + BUCKET) & groups_mask;

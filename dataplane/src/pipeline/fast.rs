@@ -8,7 +8,7 @@
 //! that would not fit) returns `None` before anything changed, and the general path handles the
 //! packet exactly as it always did.
 
-use crate::conntrack::{Conntrack, Hit, Millis, Miss};
+use crate::conntrack::{Conntrack, Millis, Miss};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
@@ -96,7 +96,8 @@ pub(super) fn forward(
 }
 
 /// [`forward`] in a burst's fast loop, before anything else of the burst changed the table
-/// (see [`Conntrack::lookup_steady_fresh`]; `frame.hint` from the burst's second pass).
+/// (see [`Conntrack::lookup_steady_fresh`]; `frame.hint` found ahead in the burst's walk, or
+/// [`NO_HINT`](crate::conntrack::NO_HINT)).
 /// `Err(Some(miss))`: the general path, with this lookup's result; `Err(None)`: a steady flow
 /// the fast path still cannot take, whose lookup the general path repeats ([`again`]).
 #[inline(always)]
@@ -110,8 +111,8 @@ pub(super) fn forward_fresh(
 }
 
 /// The lookup of a frame [`forward_fresh`] gave up with `Err(None)`, for the general path.
-pub(super) fn again(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> Option<Hit> {
-    ct.lookup_hashed(&frame.flow().key(), frame.hash, now)
+pub(super) fn again(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> Miss {
+    ct.lookup_miss(&frame.flow().key(), frame.hash, now)
 }
 
 /// A steady flow the fast path still cannot take (rare: a table swap since the flow was
@@ -120,7 +121,7 @@ pub(super) fn again(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) 
 #[cold]
 #[inline(never)]
 fn general(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> Outcome {
-    Outcome::General(Miss::from(again(ct, frame, now)))
+    Outcome::General(again(ct, frame, now))
 }
 
 /// The fast path proper: `Err(Some(miss))` when the lookup says the general path must take

@@ -125,11 +125,11 @@ pub fn process_general(
 }
 
 /// Runs a burst (at most [`MAX_BURST`] frames; `verdicts[i]` is set for `pkts[i]`) through the
-/// pipeline, as [`process`] would one by one, in three passes: the first reads each frame's
-/// flow fields and prefetches its conntrack bucket's tags, the second finds each candidate's
-/// slot in those tags and prefetches it, the third forwards the fast-path frames and gives the
-/// others to [`process_general`], in the burst's order. The worker's rx/tx counters of
-/// fast-path frames are added once per burst.
+/// pipeline, as [`process`] would one by one, in one software-pipelined walk in the burst's
+/// order: while a frame is forwarded (or given to [`process_general`]), a frame further on has
+/// its flow fields read and its conntrack bucket's tags prefetched, and one nearer has its
+/// slot found in those tags and prefetched. The worker's rx/tx counters of fast-path frames
+/// are added once per burst.
 pub fn process_burst(
     state: &mut WorkerState,
     table: &RoutingTable,
@@ -182,7 +182,7 @@ pub fn process_burst_with(
         return;
     };
     if state.ct.keys() <= state.prefetch_from {
-        // A table whose used slots stay in cache: no prefetch passes, one walk.
+        // A table whose used slots stay in cache: nothing read ahead, no prefetches.
         state.scratch = Some(scratch);
         let (stop, miss) = one_pass(state, table, now, pkts, verdicts);
         if stop < n {
@@ -190,52 +190,184 @@ pub fn process_burst_with(
         }
         return;
     }
-    // First pass: the fast-path candidates' fields, index, key and hash into the worker's
-    // scratch (reused, so nothing is initialised per burst), one after the other.
-    let ct = &state.ct;
-    let mut k = 0;
-    for (i, pkt) in pkts.iter().enumerate() {
-        let Some(f) = wire::parse_v4_words(pkt.data()) else {
-            continue;
-        };
-        let b = burst_frame(ct, &f, i);
-        ct.prefetch(b.hash);
-        if let Some(s) = scratch.get_mut(k) {
-            *s = b;
-        }
-        k += 1;
+    let (stop, ahead) = pipelined(state, table, now, pkts, verdicts, &mut scratch);
+    if stop < n {
+        pipelined_tail(
+            state,
+            table,
+            now,
+            (pkts, verdicts),
+            &mut scratch,
+            (stop, ahead),
+            &mut slow,
+        );
     }
-    // Second pass: by now the first frames' tags are in, so each frame's slot can be found and
-    // its lines requested while the others arrive (with a table larger than the cache every
-    // slot is a miss); the slot found is the lookup's hint, so the search is not repeated.
-    let cands = &mut scratch[..k.min(MAX_BURST)];
-    for b in cands.iter_mut() {
-        b.hint = ct.prefetch_slot(b.hash);
-    }
-    // Third pass, in the burst's order: each candidate through the fast path, the frames that
-    // are not candidates, or that it gives up, through `slow`.
-    let mut tally = Tally::new();
-    if cands.len() == pkts.len() {
-        // Every frame a candidate (the steady state): one walk, no gaps to look for.
-        let all = pkts.iter_mut().zip(verdicts.iter_mut()).zip(cands.iter());
-        for ((pkt, v), frame) in all {
-            *v = candidate(state, table, now, pkt, frame, &mut tally, &mut slow);
-        }
-    } else {
-        let mut cands = cands.iter().peekable();
-        for (i, (pkt, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
-            *v = match cands.next_if(|b| b.idx as usize == i) {
-                Some(frame) => candidate(state, table, now, pkt, frame, &mut tally, &mut slow),
-                None => slow(state, pkt, None),
-            };
-        }
-    }
-    tally.flush(&mut state.counters);
     state.scratch = Some(scratch);
 }
 
-/// A burst in one walk while the table is small (see [`WorkerState::set_prefetch_from`]): each frame from the
-/// first, in order, parsed, looked up and forwarded, until one the fast path does not take.
+/// Frames ahead of the one being forwarded whose fields are read and whose conntrack bucket's
+/// tags are prefetched ([`pipelined`]).
+const TAGS_AHEAD: usize = 16;
+/// Frames ahead of the one being forwarded whose slot is found in those tags and prefetched
+/// (fewer than [`TAGS_AHEAD`], so the tags have had time to arrive).
+const SLOT_AHEAD: usize = 8;
+
+/// A burst as one software-pipelined walk, in the burst's order: while frame i goes through
+/// the fast path, frame i + [`TAGS_AHEAD`] is parsed, hashed and its bucket's tags prefetched,
+/// and frame i + [`SLOT_AHEAD`] has its slot found in those tags and prefetched (the slot is
+/// its lookup's hint); the first frames are read ahead before the walk starts. `frames[j]`
+/// holds frame j's fields once read. Stops at the first frame the fast path does not take
+/// and returns its index (the burst's length when there is none) and what was read ahead by
+/// then: bit j set for each frame j read whose fast parse took it ([`pipelined_tail`] goes on
+/// from there; carrying the stopped frame's lookup out too cost the walk registers). Nothing
+/// but steady lookups changes the table before it stops, so each hint is still that of a live
+/// slot when its frame's turn comes. It never calls the general path, which would cost the
+/// walk its registers.
+#[inline(never)]
+fn pipelined(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkts: &mut [PacketBuf<'_>],
+    verdicts: &mut [Verdict],
+    frames: &mut [BurstFrame; MAX_BURST],
+) -> (usize, u64) {
+    const _: () = assert!(SLOT_AHEAD < TAGS_AHEAD && MAX_BURST <= 64);
+    let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
+    let mut cands = 0u64;
+    let mut lane = fast::Lane {
+        ct: &mut state.ct,
+        counters: &mut state.counters,
+        table,
+        now,
+    };
+    for j in 0..n.min(TAGS_AHEAD) {
+        cands |= read_ahead(lane.ct, pkts, frames, j);
+    }
+    for j in 0..n.min(SLOT_AHEAD) {
+        find_ahead(lane.ct, frames, j);
+    }
+    let mut tally = Tally::new();
+    let mut stop = n;
+    for i in 0..n {
+        if i + TAGS_AHEAD < n {
+            cands |= read_ahead(lane.ct, pkts, frames, i + TAGS_AHEAD);
+        }
+        if i + SLOT_AHEAD < n {
+            find_ahead(lane.ct, frames, i + SLOT_AHEAD);
+        }
+        let (Some(pkt), Some(v), Some(frame)) =
+            (pkts.get_mut(i), verdicts.get_mut(i), frames.get(i))
+        else {
+            break;
+        };
+        if cands & (1 << i) == 0 {
+            stop = i;
+            break;
+        }
+        match fast::forward_fresh(&mut lane, pkt, frame, &mut tally) {
+            Ok(()) => *v = Verdict::Tx,
+            Err(_) => {
+                stop = i;
+                break;
+            }
+        }
+    }
+    tally.flush(lane.counters);
+    (stop, cands)
+}
+
+/// The frames of a burst from where [`pipelined`] stopped (`stop` and `ahead` as it
+/// returned them), in order: the frames not read ahead yet are read and their slots found
+/// first, in two short loops (read ahead between calls of the general path, which cost the
+/// loop its registers, they cost new flows more than the overlap saved), then that frame goes
+/// through `slow` and each after it through the fast path, or `slow` when the fast path does
+/// not take it. `slow` may change the table, so each hint is checked again.
+#[inline(never)]
+fn pipelined_tail(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    (pkts, verdicts): (&mut [PacketBuf<'_>], &mut [Verdict]),
+    frames: &mut [BurstFrame; MAX_BURST],
+    (stop, ahead): (usize, u64),
+    slow: &mut impl FnMut(&mut WorkerState, &mut PacketBuf<'_>, Option<&FastMiss>) -> Verdict,
+) {
+    let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
+    let mut cands = ahead;
+    for j in stop + TAGS_AHEAD + 1..n {
+        cands |= read_ahead(&state.ct, pkts, frames, j);
+    }
+    for j in stop + SLOT_AHEAD + 1..n {
+        find_ahead(&state.ct, frames, j);
+    }
+    // The frame the walk stopped at: what the fast path learned of it, if it read it (its
+    // lookup once more, as the general path needs it).
+    if let (Some(pkt), Some(v)) = (pkts.get_mut(stop), verdicts.get_mut(stop)) {
+        let seen = match frames.get(stop) {
+            Some(f) if cands & (1 << stop) != 0 => Some(FastMiss {
+                flow: f.flow(),
+                hit: fast::again(&state.ct, f, now),
+            }),
+            _ => None,
+        };
+        *v = slow(state, pkt, seen.as_ref());
+    }
+    let mut tally = Tally::new();
+    for i in stop + 1..n {
+        let (Some(pkt), Some(v)) = (pkts.get_mut(i), verdicts.get_mut(i)) else {
+            break;
+        };
+        *v = match frames.get(i) {
+            Some(frame) if cands & (1 << i) != 0 => {
+                candidate(state, table, now, pkt, frame, &mut tally, slow)
+            }
+            _ => slow(state, pkt, None),
+        };
+    }
+    tally.flush(&mut state.counters);
+}
+
+/// Frame `j` of a burst read ahead ([`pipelined`]): its fields into `frames[j]` and its
+/// bucket's tags requested; returns its bit of the candidate mask (0: the fast parse does not
+/// read it).
+#[inline(always)]
+fn read_ahead(
+    ct: &Conntrack<FlowValue>,
+    pkts: &[PacketBuf<'_>],
+    frames: &mut [BurstFrame],
+    j: usize,
+) -> u64 {
+    let (Some(pkt), Some(slot)) = (pkts.get(j), frames.get_mut(j)) else {
+        return 0;
+    };
+    let Some(f) = wire::parse_v4_words(pkt.data()) else {
+        return 0;
+    };
+    // Field by field: the hint is `find_ahead`'s to write, and the walk goes by index.
+    let key = V4Key::from_words(f.addrs, f.ports_proto);
+    let hash = ct.hash_key(&key);
+    ct.prefetch(hash);
+    slot.key = key;
+    slot.hash = hash;
+    slot.l3_end = f.l3_end;
+    slot.tcp_flags = f.tcp_flags;
+    1 << j
+}
+
+/// Frame `j`'s slot found in its bucket's tags and requested ([`pipelined`]); the slot is its
+/// hint. Done for frames the fast parse did not take too (their entry holds an older frame's
+/// fields, whose prefetch does no harm), which saves a test per frame.
+#[inline(always)]
+fn find_ahead(ct: &Conntrack<FlowValue>, frames: &mut [BurstFrame], j: usize) {
+    if let Some(b) = frames.get_mut(j) {
+        b.hint = ct.prefetch_slot(b.hash);
+    }
+}
+
+/// A burst in one plain walk while the table is small (see
+/// [`WorkerState::set_prefetch_from`]): each frame from the first, in order, parsed, looked up
+/// and forwarded, until one the fast path does not take.
 /// Returns that frame's index (the burst's length when there is none) and, if the fast parse
 /// read it, what the fast path learned of it.
 #[inline(never)]
@@ -271,7 +403,7 @@ fn one_pass(
     tally.flush(lane.counters);
     let miss = stop.1.map(|(frame, miss)| FastMiss {
         flow: frame.flow(),
-        hit: miss.unwrap_or_else(|| Miss::from(fast::again(&state.ct, &frame, now))),
+        hit: miss.unwrap_or_else(|| fast::again(&state.ct, &frame, now)),
     });
     (stop.0, miss)
 }

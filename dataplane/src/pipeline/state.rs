@@ -134,7 +134,7 @@ impl FlowValue {
     }
 }
 
-/// One fast-path candidate of a burst between the burst's passes (32 bytes): its key as the
+/// One fast-path candidate of a burst, read ahead of its turn (32 bytes): its key as the
 /// words conntrack compares, the key's table hash, its conntrack slot hint
 /// ([`NO_HINT`](crate::conntrack::NO_HINT) when none), the rest of its [`V4Flow`] and its index
 /// in the burst.
@@ -190,8 +190,9 @@ pub struct WorkerState {
     snat_next: u16,
     snat_addr_next: usize,
     pub(super) generation: Option<u64>,
-    /// A burst's fast-path candidates (their fields, hashes and slot hints) between its passes
-    /// (see [`process_burst_with`](super::process_burst_with)): kept here so no burst
+    /// A burst's fast-path candidates (their fields, hashes and slot hints) from when its walk
+    /// reads them ahead to their turn (see [`process_burst_with`](super::process_burst_with)):
+    /// kept here so no burst
     /// initialises an array of its own.
     /// (Taken out while a burst runs, so the burst can read it while the general path borrows
     /// the rest of the state.)
@@ -201,13 +202,14 @@ pub struct WorkerState {
     pub(super) prefetch_from: usize,
 }
 
-/// Keys in use up to which a burst does not prefetch conntrack tags and slots, by default: none
-/// (a burst of an empty table is one walk). The one walk costs fewer instructions (callgrind,
-/// 1024 flows: fullnat 268 against 326) but measured 35-55 % slower per burst in the criterion
-/// pipeline bench at 1024 flows in a 2^20-slot table on the development VM (no huge pages:
-/// the flows' slots lie on 2048 pages, and the walk waits for each TLB and cache miss in turn,
-/// which the prefetch passes overlap), so it is only for tables a caller knows to be cache-
-/// and TLB-resident ([`WorkerState::set_prefetch_from`]).
+/// Keys in use up to which a burst does not read frames ahead to prefetch conntrack tags and
+/// slots, by default: none (a burst of an empty table is one plain walk). The plain walk costs
+/// fewer instructions (callgrind, 1024 flows: fullnat 268 against 306 for the pipelined walk)
+/// but measured 35-55 % slower per burst than prefetching at 1024 flows in a 2^20-slot table
+/// on the development VM (no huge pages: the flows' slots lie on 2048 pages, and the plain
+/// walk waits for each TLB and cache miss in turn, which the prefetches overlap), so it is
+/// only for tables a caller knows to be cache- and TLB-resident
+/// ([`WorkerState::set_prefetch_from`]).
 pub const PREFETCH_FROM_KEYS: usize = 0;
 
 impl WorkerState {
@@ -236,11 +238,11 @@ impl WorkerState {
         }
     }
 
-    /// Sets how many keys the conntrack table must hold before a burst is processed in three
-    /// passes that prefetch each frame's bucket tags, then its slot, before any frame is
-    /// forwarded (default [`PREFETCH_FROM_KEYS`]: always); up to that, a burst is one walk that
-    /// looks each frame up as it goes, cheaper in instructions but slower wherever the slots
-    /// it reads miss the cache or the TLB. Both give the same results.
+    /// Sets how many keys the conntrack table must hold before a burst's walk reads frames
+    /// ahead of the one it forwards to prefetch their bucket tags, then their slots (default
+    /// [`PREFETCH_FROM_KEYS`]: always); up to that, a burst is a plain walk that looks each
+    /// frame up as it comes, cheaper in instructions but slower wherever the slots it reads
+    /// miss the cache or the TLB. Both give the same results.
     pub fn set_prefetch_from(&mut self, keys: usize) {
         self.prefetch_from = keys;
     }
