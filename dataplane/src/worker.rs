@@ -768,9 +768,6 @@ impl Worker {
     }
 }
 
-/// The interface a frame the pipeline answered `Tx` leaves by, when it is not `here` (where it
-/// arrived): the one whose MAC the pipeline wrote as the frame's source. `None`: `here`.
-#[inline]
 /// Port `out` of a worker whose ports are split around port `here` (`before` it and `after` it).
 fn other_port<'p>(
     before: &'p mut [Box<dyn Port>],
@@ -785,6 +782,9 @@ fn other_port<'p>(
     }
 }
 
+/// The interface a frame the pipeline answered `Tx` leaves by, when it is not `here` (where it
+/// arrived): the one whose MAC the pipeline wrote as the frame's source. `None`: `here`.
+#[inline]
 fn egress(table: &RoutingTable, frame: &[u8], here: u8) -> Option<u8> {
     let src = frame.get(6..12)?;
     if src == table.local.mac_of(here) {
