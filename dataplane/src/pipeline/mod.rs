@@ -83,6 +83,7 @@ fn fast_one(
         Outcome::General(hit) => Err(Some(FastMiss {
             flow: w.flow(),
             hit,
+            hash: frame.hash,
         })),
     }
 }
@@ -111,6 +112,9 @@ pub struct FastMiss {
     pub flow: V4Flow,
     /// Its key's conntrack lookup: the hit, or why there is none.
     pub hit: Miss,
+    /// Its key's table hash in the conntrack that looked it up (this worker's: the seed is
+    /// per worker), so a new flow's insert does not hash the key again.
+    pub hash: u64,
 }
 
 /// [`process`] without the fast path: the general parse and classification for every frame.
@@ -308,6 +312,7 @@ fn pipelined_tail(
             Some(f) if cands & (1 << stop) != 0 => Some(FastMiss {
                 flow: f.flow(),
                 hit: fast::again(&state.ct, f, now),
+                hash: f.hash,
             }),
             _ => None,
         };
@@ -404,6 +409,7 @@ fn one_pass(
     let miss = stop.1.map(|(frame, miss)| FastMiss {
         flow: frame.flow(),
         hit: miss.unwrap_or_else(|| fast::again(&state.ct, &frame, now)),
+        hash: frame.hash,
     });
     (stop.0, miss)
 }
@@ -458,6 +464,7 @@ fn candidate(
             let seen = FastMiss {
                 flow: frame.flow(),
                 hit,
+                hash: frame.hash,
             };
             slow(state, pkt, Some(&seen))
         }
@@ -502,12 +509,13 @@ fn process_seen(
     if let Some(FastMiss {
         flow: f,
         hit: hit @ (Miss::Untracked | Miss::Absent),
+        hash,
     }) = seen
     {
         if state.generation == Some(table.generation) {
             let rx = pkt.len() as u64;
             let absent = *hit == Miss::Absent;
-            if let Some(v) = new_flow::new_v4(state, table, now, pkt, f, absent) {
+            if let Some(v) = new_flow::new_v4(state, table, now, pkt, f, *hash, absent) {
                 count_verdict(&mut state.counters, rx, pkt.len() as u64, v);
                 return v;
             }
@@ -556,7 +564,8 @@ pub fn process_parsed_as(
         Some(FastMiss {
             flow: f,
             hit: hit @ (Miss::Untracked | Miss::Absent),
-        }) => new_flow::new_v4(state, table, now, pkt, f, *hit == Miss::Absent),
+            hash,
+        }) => new_flow::new_v4(state, table, now, pkt, f, *hash, *hit == Miss::Absent),
         _ => None,
     };
     let v = match (first, parsed) {

@@ -70,7 +70,8 @@ pub(super) fn new_flow(
 /// values, counters and bytes: `tests/new_flow_v4.rs` holds them side by side); the caller
 /// counts the packet's rx and verdict. Built from the header's words: each value once, in
 /// place, sealed from words, the keys searched once each (the original key not at all when the
-/// fast path's lookup found it `absent`, the table unchanged since).
+/// fast path's lookup found it `absent`, the table unchanged since), the original key's table
+/// hash `h` the fast path's.
 #[inline(never)]
 pub(super) fn new_v4(
     st: &mut WorkerState,
@@ -78,6 +79,7 @@ pub(super) fn new_v4(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
     f: &V4Flow,
+    h: u64,
     absent: bool,
 ) -> Option<Verdict> {
     let tcp = f.proto == proto::TCP;
@@ -157,7 +159,7 @@ pub(super) fn new_v4(
         backend: be.addr,
         backend_port: be.port,
     };
-    let h = st.ct.hash_v4(f.src, f.dst, f.ports, f.proto);
+    debug_assert_eq!(h, st.ct.hash_v4(f.src, f.dst, f.ports, f.proto));
     let pa = st
         .ct
         .probe_v4_after(V4Key::new(f.src, f.dst, f.ports, f.proto), h, absent);
