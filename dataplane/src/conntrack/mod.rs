@@ -171,14 +171,6 @@ impl Miss {
     }
 }
 
-impl From<Option<Hit>> for Miss {
-    /// A lookup's hit, or [`Miss::Untracked`] (it did not say whether the key is absent).
-    #[inline(always)]
-    fn from(hit: Option<Hit>) -> Miss {
-        hit.map_or(Miss::Untracked, Miss::Tracked)
-    }
-}
-
 /// Why an insert failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError {

@@ -67,7 +67,7 @@ fn fast_one(
 ) -> Result<(), Option<FastMiss>> {
     let w = wire::parse_v4_words(pkt.data()).ok_or(None)?;
     let WorkerState { ct, counters, .. } = state;
-    let frame = burst_frame(ct, &w, 0);
+    let frame = burst_frame(ct, &w);
     let mut tally = Tally::new();
     let mut lane = fast::Lane {
         ct,
@@ -88,9 +88,9 @@ fn fast_one(
     }
 }
 
-/// Frame `idx` of a burst, whose fast parse read `w`, as the fast path takes it (no hint yet).
+/// A frame whose fast parse read `w`, as the fast path takes it (no hint yet).
 #[inline(always)]
-fn burst_frame(ct: &Conntrack<FlowValue>, w: &V4Words, idx: usize) -> BurstFrame {
+fn burst_frame(ct: &Conntrack<FlowValue>, w: &V4Words) -> BurstFrame {
     let key = V4Key::from_words(w.addrs, w.ports_proto);
     BurstFrame {
         key,
@@ -98,7 +98,6 @@ fn burst_frame(ct: &Conntrack<FlowValue>, w: &V4Words, idx: usize) -> BurstFrame
         hint: NO_HINT,
         l3_end: w.l3_end,
         tcp_flags: w.tcp_flags,
-        idx: idx as u8,
     }
 }
 
@@ -115,6 +114,18 @@ pub struct FastMiss {
     /// Its key's table hash in the conntrack that looked it up (this worker's: the seed is
     /// per worker), so a new flow's insert does not hash the key again.
     pub hash: u64,
+}
+
+impl FastMiss {
+    /// For a frame whose key no live flow holds (a new flow's candidate): its fields, its
+    /// key's hash, and whether no slot holds the key at all.
+    #[inline(always)]
+    fn untracked(&self) -> Option<(&V4Flow, u64, bool)> {
+        match self.hit {
+            Miss::Tracked(_) => None,
+            m => Some((&self.flow, self.hash, m == Miss::Absent)),
+        }
+    }
 }
 
 /// [`process`] without the fast path: the general parse and classification for every frame.
@@ -396,7 +407,7 @@ fn one_pass(
             stop.0 = i;
             break;
         };
-        let frame = burst_frame(lane.ct, &f, i);
+        let frame = burst_frame(lane.ct, &f);
         match fast::forward_fresh(&mut lane, pkt, &frame, &mut tally) {
             Ok(()) => *v = Verdict::Tx,
             Err(miss) => {
@@ -506,16 +517,10 @@ fn process_seen(
     pkt: &mut PacketBuf<'_>,
     seen: Option<&FastMiss>,
 ) -> Verdict {
-    if let Some(FastMiss {
-        flow: f,
-        hit: hit @ (Miss::Untracked | Miss::Absent),
-        hash,
-    }) = seen
-    {
+    if let Some((f, hash, absent)) = seen.and_then(FastMiss::untracked) {
         if state.generation == Some(table.generation) {
             let rx = pkt.len() as u64;
-            let absent = *hit == Miss::Absent;
-            if let Some(v) = new_flow::new_v4(state, table, now, pkt, f, *hash, absent) {
+            if let Some(v) = new_flow::new_v4(state, table, now, pkt, f, hash, absent) {
                 count_verdict(&mut state.counters, rx, pkt.len() as u64, v);
                 return v;
             }
@@ -526,7 +531,7 @@ fn process_seen(
 }
 
 /// Counts a frame received with `rx` bytes and what became of it, `tx` bytes long then (an
-/// encapsulation grows it), as [`process_parsed_as`] counts.
+/// encapsulation grows it): the general path's count of every frame it decides.
 #[inline(always)]
 fn count_verdict(c: &mut Counters, rx: u64, tx: u64, v: Verdict) {
     c.rx_packets += 1;
@@ -556,34 +561,18 @@ pub fn process_parsed_as(
     if state.generation != Some(table.generation) {
         state.adopt(table);
     }
-    state.counters.rx_packets += 1;
-    state.counters.rx_bytes += pkt.len() as u64;
+    let rx = pkt.len() as u64;
     // A new flow's SYN or first datagram the fast parse read: its own path, without the
     // general classification (which decides every packet that path leaves alone).
-    let first = match seen {
-        Some(FastMiss {
-            flow: f,
-            hit: hit @ (Miss::Untracked | Miss::Absent),
-            hash,
-        }) => new_flow::new_v4(state, table, now, pkt, f, *hash, *hit == Miss::Absent),
-        _ => None,
-    };
+    let first = seen
+        .and_then(FastMiss::untracked)
+        .and_then(|(f, hash, absent)| new_flow::new_v4(state, table, now, pkt, f, hash, absent));
     let v = match (first, parsed) {
         (Some(v), _) => v,
         (None, Ok(p)) => classify(state, table, now, pkt, p, seen),
         (None, Err(e)) => parse_error(table, pkt.data(), e),
     };
-    let c = &mut state.counters;
-    match v {
-        // `Lent` is a worker's `Tx` across interfaces; the pipeline never returns it.
-        Verdict::Tx | Verdict::Lent => {
-            c.tx_packets += 1;
-            c.tx_bytes += pkt.len() as u64;
-        }
-        Verdict::Drop(r) => c.drops[r as usize] += 1,
-        Verdict::ToHost => c.to_host += 1,
-        Verdict::ToL7 => c.to_l7 += 1,
-    }
+    count_verdict(&mut state.counters, rx, pkt.len() as u64, v);
     v
 }
 

@@ -136,8 +136,8 @@ impl FlowValue {
 
 /// One fast-path candidate of a burst, read ahead of its turn (32 bytes): its key as the
 /// words conntrack compares, the key's table hash, its conntrack slot hint
-/// ([`NO_HINT`](crate::conntrack::NO_HINT) when none), the rest of its [`V4Flow`] and its index
-/// in the burst.
+/// ([`NO_HINT`](crate::conntrack::NO_HINT) when none) and the rest of its [`V4Flow`]; the
+/// frame's index in the burst is its index in the burst's array of them.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub(super) struct BurstFrame {
@@ -148,12 +148,10 @@ pub(super) struct BurstFrame {
     pub(super) l3_end: u16,
     /// [`V4Flow::tcp_flags`].
     pub(super) tcp_flags: u8,
-    /// Index of the frame in the burst.
-    pub(super) idx: u8,
 }
 
-// A burst's index fits `idx`; the frame stays half a cache line.
-const _: () = assert!(MAX_BURST <= 256 && std::mem::size_of::<BurstFrame>() == 32);
+// The frame stays half a cache line.
+const _: () = assert!(std::mem::size_of::<BurstFrame>() == 32);
 
 impl BurstFrame {
     /// The frame's fields as the fast parse read them.
