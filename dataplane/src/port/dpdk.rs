@@ -725,6 +725,14 @@ impl DpdkPort {
         }
     }
 
+    /// Transmits what is queued when the transmit queue is full, before one more frame from
+    /// outside the current burst (a copy, a lent frame) joins it.
+    fn make_room(&mut self) {
+        if self.tx.len() >= TX_QUEUE {
+            self.transmit();
+        }
+    }
+
     /// Lists the lent mbufs no port took for `free_settled`.
     fn release_lent(&mut self) {
         let untaken = self.lent.get(self.lent_taken..).unwrap_or_default();
@@ -902,9 +910,7 @@ impl Port for DpdkPort {
     }
 
     fn tx_lent(&mut self, frame: Lent) -> Result<(), Lent> {
-        if self.tx.len() >= TX_QUEUE {
-            self.transmit();
-        }
+        self.make_room();
         // Its bounds were set when its port settled the burst; the device transmits any mbuf.
         self.tx.push(frame.0.into_raw());
         Ok(())
@@ -915,9 +921,7 @@ impl Port for DpdkPort {
             self.stats.tx_dropped += 1;
             return Err(io::ErrorKind::InvalidInput.into());
         };
-        if self.tx.len() >= TX_QUEUE {
-            self.transmit();
-        }
+        self.make_room();
         // SAFETY: the pool is live; `frame` is valid for `len` bytes of reads.
         let m = unsafe { ffi::lb_alloc_copy(self.device.pool, frame.as_ptr(), len) };
         if m.is_null() {
