@@ -202,12 +202,12 @@ pub struct WorkerState {
 
 /// Keys in use up to which a burst does not read frames ahead to prefetch conntrack tags and
 /// slots, by default: none (a burst of an empty table is one plain walk). The plain walk costs
-/// fewer instructions (callgrind, 1024 flows: fullnat 268 against 306 for the pipelined walk)
+/// fewer instructions (callgrind, 1024 flows: fullnat 268 against 300 for the pipelined walk)
 /// but measured 35-55 % slower per burst than prefetching at 1024 flows in a 2^20-slot table
-/// on the development VM (no huge pages: the flows' slots lie on 2048 pages, and the plain
-/// walk waits for each TLB and cache miss in turn, which the prefetches overlap), so it is
-/// only for tables a caller knows to be cache- and TLB-resident
-/// ([`WorkerState::set_prefetch_from`]).
+/// on the development VM (the flows' slots lie all over the table, so nearly every lookup
+/// misses the cache, and the plain walk waits for each miss in turn, which the prefetches
+/// overlap; the table is on transparent huge pages there, so these are not TLB misses), so it
+/// is only for tables a caller knows to be cache-resident ([`WorkerState::set_prefetch_from`]).
 pub const PREFETCH_FROM_KEYS: usize = 0;
 
 impl WorkerState {
