@@ -707,10 +707,22 @@ impl<V: Copy> Conntrack<V> {
         // A live slot holding the key word is the key's slot (a key is stored once), so a hint
         // that holds it saves the bucket search. Its tag is in cache (the burst matched it).
         let live = |i: u32| !CHECK || self.tags.get(i as usize).is_some_and(|&t| t != TAG_FREE);
-        let slot = match self.slots.get(hint as usize) {
-            Some(s) if s.kw == key.0 && live(hint) => hint,
-            _ => self.find_lazy(h, |s| s.kw == key.0).ok_or(Miss::Absent)?,
-        };
+        // The hint's own copy of the rest: after a merge with the search's result, the slot's
+        // index would be bounds-checked and its address computed again.
+        if self
+            .slots
+            .get(hint as usize)
+            .is_some_and(|s| s.kw == key.0 && live(hint))
+        {
+            return self.steady_at(hint, now, tcp_flags);
+        }
+        let slot = self.find_lazy(h, |s| s.kw == key.0).ok_or(Miss::Absent)?;
+        self.steady_at(slot, now, tcp_flags)
+    }
+
+    /// [`Conntrack::steady`] once the key's slot is known.
+    #[inline(always)]
+    fn steady_at(&mut self, slot: u32, now: Millis, tcp_flags: u8) -> Result<&V, Miss> {
         let (tcp, udp) = (self.cfg.timeouts.tcp_established, self.cfg.timeouts.udp);
         // The new deadline of a steady flow whose flow slot is `f`; `Err(false)` for an expired
         // flow, `Err(true)` for one the packet does not leave where it is.

@@ -161,7 +161,8 @@ fn forward_tracked<const CHECK: bool>(
         let ports = nat::ports(val.new_sport, val.new_dport);
         let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
         let deltas = (val.l3_delta, val.l4_delta);
-        let tcp = key.proto() == proto::TCP;
+        // The value's protocol is its key's (one byte compared in the slot's line).
+        let tcp = val.proto == proto::TCP;
         let d = pkt.data_mut();
         let macs = (&val.mac, &val.src_mac);
         if !nat::rewrite_v4_frame(d, macs, (&addrs.0, &addrs.1), ports, deltas, tcp) {
