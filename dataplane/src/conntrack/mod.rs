@@ -707,16 +707,21 @@ impl<V: Copy> Conntrack<V> {
         // A live slot holding the key word is the key's slot (a key is stored once), so a hint
         // that holds it saves the bucket search. Its tag is in cache (the burst matched it).
         let live = |i: u32| !CHECK || self.tags.get(i as usize).is_some_and(|&t| t != TAG_FREE);
-        // The hint's own copy of the rest: after a merge with the search's result, the slot's
-        // index would be bounds-checked and its address computed again.
-        if self
-            .slots
-            .get(hint as usize)
-            .is_some_and(|s| s.kw == key.0 && live(hint))
-        {
-            return self.steady_at(hint, now, tcp_flags);
+        let hinted = |s: &Slot<V>| s.kw == key.0 && live(hint);
+        if !CHECK {
+            // In the burst's walk, the hint's own copy of the rest: after a merge with the
+            // search's result, the slot's index would be bounds-checked and its address
+            // computed again. (Outside it, one copy keeps its callers' registers.)
+            if self.slots.get(hint as usize).is_some_and(hinted) {
+                return self.steady_at(hint, now, tcp_flags);
+            }
+            let slot = self.find_lazy(h, |s| s.kw == key.0).ok_or(Miss::Absent)?;
+            return self.steady_at(slot, now, tcp_flags);
         }
-        let slot = self.find_lazy(h, |s| s.kw == key.0).ok_or(Miss::Absent)?;
+        let slot = match self.slots.get(hint as usize) {
+            Some(s) if hinted(s) => hint,
+            _ => self.find_lazy(h, |s| s.kw == key.0).ok_or(Miss::Absent)?,
+        };
         self.steady_at(slot, now, tcp_flags)
     }
 
