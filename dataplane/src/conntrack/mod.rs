@@ -596,10 +596,7 @@ impl<V: Copy> Conntrack<V> {
     /// follow find their tags in cache instead of waiting for memory one frame at a time.
     #[inline(always)]
     pub fn prefetch(&self, h: u64) {
-        let b1 = self.bucket1(h);
-        if let Some(t) = self.tags.get(b1) {
-            crate::port::prefetch(t);
-        }
+        group::prefetch_at(&self.tags, self.bucket1(h));
     }
 
     /// The second prefetch of a burst, once [`Conntrack::prefetch`] had time to bring the tags
@@ -617,14 +614,13 @@ impl<V: Copy> Conntrack<V> {
             return NO_HINT;
         };
         let m = group::group_match(tags, fp);
-        let i = b + m.trailing_zeros() as usize;
-        match self.slots.get(i) {
-            Some(s) if m != 0 => {
-                group::prefetch_two_lines(s);
-                i as u32
-            }
-            _ => NO_HINT,
+        if m == 0 {
+            return NO_HINT;
         }
+        // Within the bucket, so within the table (the lookup checks the hint in any case).
+        let i = b + m.trailing_zeros() as usize;
+        group::prefetch_two_lines_at(&self.slots, i);
+        i as u32
     }
 
     /// [`Conntrack::lookup`] for a key whose table hash the caller computed (`h` must be
