@@ -194,6 +194,12 @@ const NO_SLOT: u32 = u32::MAX;
 /// A [`Conntrack::lookup_steady`] hint that names no slot: the lookup searches the buckets.
 pub const NO_HINT: u32 = u32::MAX;
 
+/// A hint from [`Conntrack::prefetch_slot`] that names no slot because no tag of the key's
+/// first bucket carries its fingerprint: [`Conntrack::lookup_steady_fresh`] then searches only
+/// the second (any other lookup takes it as [`NO_HINT`]).
+pub const NOT_IN_FIRST: u32 = u32::MAX - 1;
+const _: () = assert!(MAX_CAPACITY <= NOT_IN_FIRST as usize);
+
 /// Tag of a free slot. Live tags have a fingerprint of at least [`TAG_MIN`].
 const TAG_FREE: u16 = 0;
 /// Smallest live fingerprint (0 is free; 1 is kept unused so a fingerprint is never mistaken for free).
@@ -603,7 +609,8 @@ impl<V: Copy> Conntrack<V> {
     /// in: the slot of the first tag in the key's first bucket that carries its fingerprint
     /// (almost always the key's own slot when it is tracked), its first two cache lines, so
     /// the lookup that follows finds key, timer and the value's per-packet fields in cache.
-    /// Returns that slot as the lookup's hint ([`Conntrack::lookup_steady`]), or [`NO_HINT`].
+    /// Returns that slot as the lookup's hint ([`Conntrack::lookup_steady`]), else
+    /// [`NOT_IN_FIRST`] (no tag carries it), or [`NO_HINT`].
     #[inline(always)]
     pub fn prefetch_slot(&self, h: u64) -> u32 {
         let (b, fp) = (self.bucket1(h), self.fingerprint(h));
@@ -615,7 +622,7 @@ impl<V: Copy> Conntrack<V> {
         };
         let m = group::group_match(tags, fp);
         if m == 0 {
-            return NO_HINT;
+            return NOT_IN_FIRST;
         }
         // Within the bucket, so within the table (the lookup checks the hint in any case).
         let i = b + m.trailing_zeros() as usize;
@@ -678,7 +685,8 @@ impl<V: Copy> Conntrack<V> {
 
     /// [`Conntrack::lookup_steady`] with a hint from [`Conntrack::prefetch_slot`] and no key
     /// removed or inserted since (only other steady lookups in between): the slot it names
-    /// was live then, so it still is, and a key word that matches needs no tag check.
+    /// was live then, so it still is, and a key word that matches needs no tag check; a
+    /// [`NOT_IN_FIRST`] hint still holds too, so only the key's second bucket is searched.
     #[inline(always)]
     pub fn lookup_steady_fresh(
         &mut self,
@@ -711,7 +719,14 @@ impl<V: Copy> Conntrack<V> {
             if self.slots.get(hint as usize).is_some_and(hinted) {
                 return self.steady_at(hint, now, tcp_flags);
             }
-            let slot = self.find_lazy(h, |s| s.kw == key.0).ok_or(Miss::Absent)?;
+            let slot = if hint == NOT_IN_FIRST {
+                // No tag of the first bucket carried the key's fingerprint, and nothing was
+                // inserted since: only the second can hold it.
+                self.find_second(h, |s| s.kw == key.0)
+            } else {
+                self.find_lazy(h, |s| s.kw == key.0)
+            };
+            let slot = slot.ok_or(Miss::Absent)?;
             return self.steady_at(slot, now, tcp_flags);
         }
         let slot = match self.slots.get(hint as usize) {
@@ -1248,6 +1263,17 @@ impl<V: Copy> Conntrack<V> {
             return None;
         }
         self.find_in(b2, fp, &eq)
+    }
+
+    /// [`Conntrack::find_lazy`] of a key known not to be in its first bucket.
+    #[inline(always)]
+    fn find_second(&self, h: u64, eq: impl Fn(&Slot<V>) -> bool) -> Option<u32> {
+        let b1 = self.bucket1(h);
+        let b2 = self.bucket2(h, b1);
+        if b2 == b1 {
+            return None;
+        }
+        self.find_in(b2, self.fingerprint(h), &eq)
     }
 
     /// The slot holding `key` (live or expired): the per-packet half of [`Conntrack::probe`].
