@@ -84,21 +84,37 @@ pub(super) fn group_match(tags: &[u16; BUCKET], fp: u16) -> u32 {
     m
 }
 
-/// Hints the CPU to fetch the first two cache lines of `r` (a slot: its key word, timer, state
-/// and the value's per-packet fields). A no-op where there is no prefetch instruction here.
+/// Hints the CPU to fetch the cache line of `items[i]`, without a bounds check: an index past
+/// the end only names an address nothing is read from (a prefetch never faults), which a
+/// caller whose index is a hash's bucket or a tag's slot need not test first.
 #[inline(always)]
-pub(super) fn prefetch_two_lines<T>(r: &T) {
+pub(super) fn prefetch_at<T>(items: &[T], i: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = (r as *const T).cast::<i8>();
+        let p = items.as_ptr().wrapping_add(i).cast::<i8>();
         // SAFETY: `prefetcht0` only hints the cache and never faults, whatever the address
         // (`wrapping_add` only computes one); SSE is part of the x86_64 baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (items, i);
+}
+
+/// Hints the CPU to fetch the first two cache lines of `items[i]` (a slot: its key word,
+/// timer, state and the value's per-packet fields), without a bounds check ([`prefetch_at`]).
+#[inline(always)]
+pub(super) fn prefetch_two_lines_at<T>(items: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = items.as_ptr().wrapping_add(i).cast::<i8>();
+        // SAFETY: as in `prefetch_at`.
         unsafe {
             _mm_prefetch::<_MM_HINT_T0>(p);
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
+    let _ = (items, i);
 }

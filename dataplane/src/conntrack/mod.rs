@@ -194,6 +194,12 @@ const NO_SLOT: u32 = u32::MAX;
 /// A [`Conntrack::lookup_steady`] hint that names no slot: the lookup searches the buckets.
 pub const NO_HINT: u32 = u32::MAX;
 
+/// A hint from [`Conntrack::prefetch_slot`] that names no slot because no tag of the key's
+/// first bucket carries its fingerprint: [`Conntrack::lookup_steady_fresh`] then searches only
+/// the second (any other lookup takes it as [`NO_HINT`]).
+pub const NOT_IN_FIRST: u32 = u32::MAX - 1;
+const _: () = assert!(MAX_CAPACITY <= NOT_IN_FIRST as usize);
+
 /// Tag of a free slot. Live tags have a fingerprint of at least [`TAG_MIN`].
 const TAG_FREE: u16 = 0;
 /// Smallest live fingerprint (0 is free; 1 is kept unused so a fingerprint is never mistaken for free).
@@ -596,17 +602,15 @@ impl<V: Copy> Conntrack<V> {
     /// follow find their tags in cache instead of waiting for memory one frame at a time.
     #[inline(always)]
     pub fn prefetch(&self, h: u64) {
-        let b1 = self.bucket1(h);
-        if let Some(t) = self.tags.get(b1) {
-            crate::port::prefetch(t);
-        }
+        group::prefetch_at(&self.tags, self.bucket1(h));
     }
 
     /// The second prefetch of a burst, once [`Conntrack::prefetch`] had time to bring the tags
     /// in: the slot of the first tag in the key's first bucket that carries its fingerprint
     /// (almost always the key's own slot when it is tracked), its first two cache lines, so
     /// the lookup that follows finds key, timer and the value's per-packet fields in cache.
-    /// Returns that slot as the lookup's hint ([`Conntrack::lookup_steady`]), or [`NO_HINT`].
+    /// Returns that slot as the lookup's hint ([`Conntrack::lookup_steady`]), else
+    /// [`NOT_IN_FIRST`] (no tag carries it), or [`NO_HINT`].
     #[inline(always)]
     pub fn prefetch_slot(&self, h: u64) -> u32 {
         let (b, fp) = (self.bucket1(h), self.fingerprint(h));
@@ -617,14 +621,13 @@ impl<V: Copy> Conntrack<V> {
             return NO_HINT;
         };
         let m = group::group_match(tags, fp);
-        let i = b + m.trailing_zeros() as usize;
-        match self.slots.get(i) {
-            Some(s) if m != 0 => {
-                group::prefetch_two_lines(s);
-                i as u32
-            }
-            _ => NO_HINT,
+        if m == 0 {
+            return NOT_IN_FIRST;
         }
+        // Within the bucket, so within the table (the lookup checks the hint in any case).
+        let i = b + m.trailing_zeros() as usize;
+        group::prefetch_two_lines_at(&self.slots, i);
+        i as u32
     }
 
     /// [`Conntrack::lookup`] for a key whose table hash the caller computed (`h` must be
@@ -682,7 +685,8 @@ impl<V: Copy> Conntrack<V> {
 
     /// [`Conntrack::lookup_steady`] with a hint from [`Conntrack::prefetch_slot`] and no key
     /// removed or inserted since (only other steady lookups in between): the slot it names
-    /// was live then, so it still is, and a key word that matches needs no tag check.
+    /// was live then, so it still is, and a key word that matches needs no tag check; a
+    /// [`NOT_IN_FIRST`] hint still holds too, so only the key's second bucket is searched.
     #[inline(always)]
     pub fn lookup_steady_fresh(
         &mut self,
@@ -707,10 +711,34 @@ impl<V: Copy> Conntrack<V> {
         // A live slot holding the key word is the key's slot (a key is stored once), so a hint
         // that holds it saves the bucket search. Its tag is in cache (the burst matched it).
         let live = |i: u32| !CHECK || self.tags.get(i as usize).is_some_and(|&t| t != TAG_FREE);
+        let hinted = |s: &Slot<V>| s.kw == key.0 && live(hint);
+        if !CHECK {
+            // In the burst's walk, the hint's own copy of the rest: after a merge with the
+            // search's result, the slot's index would be bounds-checked and its address
+            // computed again. (Outside it, one copy keeps its callers' registers.)
+            if self.slots.get(hint as usize).is_some_and(hinted) {
+                return self.steady_at(hint, now, tcp_flags);
+            }
+            let slot = if hint == NOT_IN_FIRST {
+                // No tag of the first bucket carried the key's fingerprint, and nothing was
+                // inserted since: only the second can hold it.
+                self.find_second(h, |s| s.kw == key.0)
+            } else {
+                self.find_lazy(h, |s| s.kw == key.0)
+            };
+            let slot = slot.ok_or(Miss::Absent)?;
+            return self.steady_at(slot, now, tcp_flags);
+        }
         let slot = match self.slots.get(hint as usize) {
-            Some(s) if s.kw == key.0 && live(hint) => hint,
+            Some(s) if hinted(s) => hint,
             _ => self.find_lazy(h, |s| s.kw == key.0).ok_or(Miss::Absent)?,
         };
+        self.steady_at(slot, now, tcp_flags)
+    }
+
+    /// [`Conntrack::steady`] once the key's slot is known.
+    #[inline(always)]
+    fn steady_at(&mut self, slot: u32, now: Millis, tcp_flags: u8) -> Result<&V, Miss> {
         let (tcp, udp) = (self.cfg.timeouts.tcp_established, self.cfg.timeouts.udp);
         // The new deadline of a steady flow whose flow slot is `f`; `Err(false)` for an expired
         // flow, `Err(true)` for one the packet does not leave where it is.
@@ -1158,8 +1186,7 @@ impl<V: Copy> Conntrack<V> {
             // Keep the second choice distinct where the table has more than one bucket.
             b2 = (b1 + BUCKET) & groups_mask;
         }
-        let fp = (((h >> 48) as u16) & TAG_FP).max(TAG_MIN);
-        (b1, b2, fp)
+        (b1, b2, self.fingerprint(h))
     }
 
     /// A key's first bucket, from its table hash. The hash's low 32 bits are enough (a table
@@ -1188,7 +1215,11 @@ impl<V: Copy> Conntrack<V> {
     /// A key's tag fingerprint, from its table hash.
     #[inline(always)]
     fn fingerprint(&self, h: u64) -> u16 {
-        (((h >> 48) as u16) & TAG_FP).max(TAG_MIN)
+        // The hash's top 15 bits with `TAG_MIN`'s bit set: never free, never 1, in two
+        // instructions on every lookup (a maximum took five); 14 bits left to tell keys apart
+        // (a bucket's 16 tags match another key's about once in 1000 lookups).
+        const _: () = assert!(TAG_FP == 0x7fff && TAG_MIN == 2);
+        ((h >> 49) as u16) | TAG_MIN
     }
 
     /// The slot in bucket `b` whose tag carries `fp` and whose slot `eq` accepts, if any.
@@ -1232,6 +1263,17 @@ impl<V: Copy> Conntrack<V> {
             return None;
         }
         self.find_in(b2, fp, &eq)
+    }
+
+    /// [`Conntrack::find_lazy`] of a key known not to be in its first bucket.
+    #[inline(always)]
+    fn find_second(&self, h: u64, eq: impl Fn(&Slot<V>) -> bool) -> Option<u32> {
+        let b1 = self.bucket1(h);
+        let b2 = self.bucket2(h, b1);
+        if b2 == b1 {
+            return None;
+        }
+        self.find_in(b2, self.fingerprint(h), &eq)
     }
 
     /// The slot holding `key` (live or expired): the per-packet half of [`Conntrack::probe`].

@@ -35,8 +35,9 @@ pub(super) enum Outcome {
 }
 
 /// What a burst's fast-path packets add to the worker's rx/tx counters, added once per burst
-/// ([`Tally::flush`]); services and backends count each packet as it goes (runs of one
-/// service measured no cheaper once the burst's walk kept their state in registers).
+/// ([`Tally::flush`]), and to their service's: a run of packets of one service (most of a
+/// burst, usually) is added once, when a packet of another service ends it or at the flush.
+/// Backends count each packet as it goes.
 #[derive(Debug)]
 pub(super) struct Tally {
     packets: u64,
@@ -44,7 +45,14 @@ pub(super) struct Tally {
     bytes: u64,
     /// Bytes the encapsulations added.
     grown: u64,
+    /// The service of the run being counted ([`NO_RUN`]: none yet).
+    svc: u32,
+    /// `packets` and `bytes` when that run began.
+    run_from: (u64, u64),
 }
+
+/// [`Tally::svc`] before the burst's first packet.
+const NO_RUN: u32 = u32::MAX;
 
 impl Tally {
     /// Nothing counted yet.
@@ -53,12 +61,44 @@ impl Tally {
             packets: 0,
             bytes: 0,
             grown: 0,
+            svc: NO_RUN,
+            run_from: (0, 0),
+        }
+    }
+
+    /// Counts a packet of `rx_len` bytes of service `svc`.
+    #[inline(always)]
+    fn count(&mut self, c: &mut Counters, svc: u32, rx_len: u64) {
+        if svc != self.svc {
+            self.next_run(c, svc);
+        }
+        self.packets += 1;
+        self.bytes += rx_len;
+    }
+
+    /// Ends the run of one service (adds it to its counters) and begins one of `svc`: kept
+    /// out of the walk, which would otherwise hold the counters' base in a register.
+    #[cold]
+    #[inline(never)]
+    fn next_run(&mut self, c: &mut Counters, svc: u32) {
+        self.end_run(c);
+        self.svc = svc;
+        self.run_from = (self.packets, self.bytes);
+    }
+
+    /// Adds the current run to its service's counters.
+    #[inline(always)]
+    fn end_run(&mut self, c: &mut Counters) {
+        if let Some(s) = c.services.get_mut(self.svc as usize) {
+            s.packets += self.packets - self.run_from.0;
+            s.bytes += self.bytes - self.run_from.1;
         }
     }
 
     /// Adds what was counted to `c`.
     #[inline(always)]
     pub(super) fn flush(&mut self, c: &mut Counters) {
+        self.end_run(c);
         c.rx_packets += self.packets;
         c.rx_bytes += self.bytes;
         c.tx_packets += self.packets;
@@ -161,7 +201,8 @@ fn forward_tracked<const CHECK: bool>(
         let ports = nat::ports(val.new_sport, val.new_dport);
         let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
         let deltas = (val.l3_delta, val.l4_delta);
-        let tcp = key.proto() == proto::TCP;
+        // The value's protocol is its key's (one byte compared in the slot's line).
+        let tcp = val.proto == proto::TCP;
         let d = pkt.data_mut();
         let macs = (&val.mac, &val.src_mac);
         if !nat::rewrite_v4_frame(d, macs, (&addrs.0, &addrs.1), ports, deltas, tcp) {
@@ -181,13 +222,8 @@ fn forward_tracked<const CHECK: bool>(
     } else {
         return Err(None);
     }
-    // The service and backend count the packet as received, as `count` does.
-    tally.packets += 1;
-    tally.bytes += rx_len;
-    if let Some(c) = counters.services.get_mut(val.svc_stat as usize) {
-        c.packets += 1;
-        c.bytes += rx_len;
-    }
+    // The service (in runs) and backend count the packet as received, as `count` does.
+    tally.count(counters, val.svc_stat, rx_len);
     if let Some(b) = counters.backends.get_mut(val.be_stat as usize) {
         b.packets += 1;
         b.bytes += rx_len;

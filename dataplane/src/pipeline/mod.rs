@@ -249,7 +249,6 @@ fn pipelined(
 ) -> (usize, u64) {
     const _: () = assert!(SLOT_AHEAD < TAGS_AHEAD && MAX_BURST <= 64);
     let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
-    let mut cands = 0u64;
     let mut lane = fast::Lane {
         ct: &mut state.ct,
         counters: &mut state.counters,
@@ -257,7 +256,7 @@ fn pipelined(
         now,
     };
     for j in 0..n.min(TAGS_AHEAD) {
-        cands |= read_ahead(lane.ct, pkts, frames, j);
+        read_ahead(lane.ct, pkts, frames, j);
     }
     for j in 0..n.min(SLOT_AHEAD) {
         find_ahead(lane.ct, frames, j);
@@ -266,29 +265,35 @@ fn pipelined(
     let mut stop = n;
     for i in 0..n {
         if i + TAGS_AHEAD < n {
-            cands |= read_ahead(lane.ct, pkts, frames, i + TAGS_AHEAD);
+            read_ahead(lane.ct, pkts, frames, i + TAGS_AHEAD);
         }
         if i + SLOT_AHEAD < n {
             find_ahead(lane.ct, frames, i + SLOT_AHEAD);
         }
-        let (Some(pkt), Some(v), Some(frame)) =
-            (pkts.get_mut(i), verdicts.get_mut(i), frames.get(i))
-        else {
+        let (Some(pkt), Some(frame)) = (pkts.get_mut(i), frames.get(i)) else {
             break;
         };
-        if cands & (1 << i) == 0 {
+        if frame.l3_end == NOT_READ
+            || fast::forward_fresh(&mut lane, pkt, frame, &mut tally).is_err()
+        {
             stop = i;
             break;
         }
-        match fast::forward_fresh(&mut lane, pkt, frame, &mut tally) {
-            Ok(()) => *v = Verdict::Tx,
-            Err(_) => {
-                stop = i;
-                break;
-            }
-        }
     }
     tally.flush(lane.counters);
+    // Every frame before the stop was forwarded: their verdicts in one fill, not a store
+    // (and the verdicts' address held) per frame.
+    if let Some(v) = verdicts.get_mut(..stop) {
+        v.fill(Verdict::Tx);
+    }
+    // The frames read ahead by the stop whose fast parse took them ([`pipelined_tail`]'s
+    // mask): up to `TAGS_AHEAD` past it (entries further on are an earlier burst's).
+    let mut cands = 0u64;
+    if stop < n {
+        for (j, f) in frames.iter().enumerate().take(n.min(stop + TAGS_AHEAD + 1)) {
+            cands |= u64::from(f.l3_end != NOT_READ) << j;
+        }
+    }
     (stop, cands)
 }
 
@@ -344,9 +349,13 @@ fn pipelined_tail(
     tally.flush(&mut state.counters);
 }
 
+/// [`BurstFrame::l3_end`] of an entry whose frame the fast parse did not take (an accepted
+/// frame's is at least its headers' length).
+const NOT_READ: u16 = 0;
+
 /// Frame `j` of a burst read ahead ([`pipelined`]): its fields into `frames[j]` and its
 /// bucket's tags requested; returns its bit of the candidate mask (0: the fast parse does not
-/// read it).
+/// read it, and the entry says so: [`NOT_READ`]).
 #[inline(always)]
 fn read_ahead(
     ct: &Conntrack<FlowValue>,
@@ -358,6 +367,7 @@ fn read_ahead(
         return 0;
     };
     let Some(f) = wire::parse_v4_words(pkt.data()) else {
+        slot.l3_end = NOT_READ;
         return 0;
     };
     // Field by field: the hint is `find_ahead`'s to write, and the walk goes by index.

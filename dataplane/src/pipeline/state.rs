@@ -136,7 +136,8 @@ impl FlowValue {
 
 /// One fast-path candidate of a burst, read ahead of its turn (32 bytes): its key as the
 /// words conntrack compares, the key's table hash, its conntrack slot hint
-/// ([`NO_HINT`](crate::conntrack::NO_HINT) when none) and the rest of its [`V4Flow`]; the
+/// ([`NO_HINT`](crate::conntrack::NO_HINT) or
+/// [`NOT_IN_FIRST`](crate::conntrack::NOT_IN_FIRST) when none) and the rest of its [`V4Flow`]; the
 /// frame's index in the burst is its index in the burst's array of them.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
