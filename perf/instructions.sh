@@ -17,6 +17,10 @@
 #                                       net_null's receive and transmit: needs libdpdk-dev)
 #        perf/instructions.sh dpdk-cross (the same, every frame leaving by a second net_null
 #                                       device: copied, then lent without a copy)
+#        perf/instructions.sh dpdk-worker (lb's whole worker per packet, the real loop
+#                                       (`Worker::poll_once`) over net_null with established dr
+#                                       flows, split into the pipeline, net_null and the rest:
+#                                       the port's and the worker loop's own)
 #        perf/instructions.sh af_xdp   (the AF_XDP port's own cost per packet in userspace, on a
 #                                       veth pair in namespaces it makes: needs root)
 set -euo pipefail
@@ -70,6 +74,35 @@ if [ "$mode" = dpdk-cross ]; then
     bin_args=("$how")
     echo "dpdk port, every frame out by a second device, $how (over net_null, bursts of 32): $(per_unit 2000 12000 $((10000 * 32))) instructions per packet (callgrind, commit $commit)"
   done
+  exit 0
+fi
+if [ "$mode" = dpdk-worker ]; then
+  cargo build --release -q -p dataplane --features dpdk --example port_cost
+  bin=target/release/examples/port_cost
+  bin_args=(worker)
+  packets=$((10000 * 32))
+  # The timers (expiry every ms, the counters' publication) run by the clock, so under
+  # callgrind far more often per packet than at speed: never counted.
+  timers=--toggle-collect='dataplane::worker::Worker::timers'
+  # Whole turns; net_null's own receive and transmit (its code, the mempool's ring, and the
+  # TLS look-ups of its per-lcore cache) summed from the same runs' exclusive counts.
+  vg_extra=("$timers" --collect-atstart=yes)
+  t1=$(total "$bin" 2000)
+  cp "$out/cg" "$out/cg1"
+  t2=$(total "$bin" 12000)
+  driver() {
+    callgrind_annotate --auto=no --threshold=100 "$1" |
+      awk '/librte_net_null|librte_mempool_ring|tls_get_addr/ {gsub(",", "", $1); s += $1} END {print s + 0}'
+  }
+  all=$(( (t2 - t1) / packets ))
+  drv=$(( ($(driver "$out/cg") - $(driver "$out/cg1")) / packets ))
+  # The burst callback alone (the pipeline: `process_burst_with`, and the egress choice of a
+  # two-armed worker), then the port's two calls without it.
+  vg_extra=(--collect-atstart=no --toggle-collect='dataplane::worker::Worker::poll_once::{{closure}}')
+  pipe=$(per_unit 2000 12000 $packets)
+  vg_extra=(--collect-atstart=no --toggle-collect='*Port>::rx_batch' --toggle-collect='*Port>::flush' --toggle-collect='dataplane::worker::Worker::poll_once::{{closure}}')
+  port=$(per_unit 2000 12000 $packets)
+  echo "dpdk worker (poll_once over net_null, established dr, bursts of 32): $all instructions per packet: pipeline $pipe, net_null $drv, the port's own $((port - drv)), the worker loop's own $((all - pipe - port)); lb's worker besides the pipeline: $((all - pipe - drv)) (callgrind, commit $commit)"
   exit 0
 fi
 if [ "$mode" = af_xdp ]; then
