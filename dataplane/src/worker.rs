@@ -578,7 +578,10 @@ impl Worker {
             }
         }
         let mut drained = 0;
-        while drained < DRAIN_MAX {
+        // A peer counts a frame in `queued` right after queueing it: a frame not counted yet
+        // waits for the next turn, and a turn with none skips the channel.
+        let handed = mesh.wake.queued.load(Ordering::Relaxed) > 0;
+        while handed && drained < DRAIN_MAX {
             let Ok(mut f) = mesh.inbound.try_recv() else {
                 break;
             };

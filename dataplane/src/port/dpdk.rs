@@ -741,7 +741,7 @@ impl DpdkPort {
     fn settle(&mut self, pkts: &[PacketBuf<'_>], verdicts: &[Verdict]) {
         for ((&m, p), &v) in self.rx.iter().zip(pkts).zip(verdicts) {
             // The common case first: a frame to send.
-            let lend = if v == Verdict::Tx && !p.is_empty() {
+            let lend = if matches!(v, Verdict::Tx) && !p.is_empty() {
                 false
             } else {
                 match v {
