@@ -706,6 +706,13 @@ impl Worker {
         self.published.store(Arc::new(self.snapshot_at(now)));
     }
 
+    /// The worker's flow state and its ports (one queue of each interface), for a tool that
+    /// drives the worker by hand between turns of [`Worker::poll_once`] (the zero-copy
+    /// benchmark confirms its flows through them before it measures the turns).
+    pub fn parts_mut(&mut self) -> (&mut WorkerState, &mut [Box<dyn Port>]) {
+        (&mut self.state, &mut self.ports)
+    }
+
     /// The counters as they stand now (a worker driven by [`Worker::poll_once`] instead of a
     /// thread publishes none by itself).
     pub fn snapshot(&self) -> Snapshot {
