@@ -533,7 +533,7 @@ impl DpdkPort {
             vdev: opts.vdev_args.is_some(),
             driver: String::new(),
         };
-        // SAFETY: lb_frame-style plain data; zeroed is valid.
+        // SAFETY: plain data; zeroed is valid.
         let mut info: ffi::lb_port_info = unsafe { std::mem::zeroed() };
         // SAFETY: `pool` is a live mempool and `info` is valid for writes.
         let ret = unsafe {
