@@ -662,7 +662,6 @@ impl DpdkPort {
         }
         if !self.lent.is_empty() {
             self.release_lent();
-            self.free_settled();
         }
         if !self.registered {
             // Once per worker thread: an lcore id gives the thread a mempool cache. Without
