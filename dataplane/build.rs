@@ -77,6 +77,7 @@ mod dpdk {
             .allowlist_function("rte_mempool_avail_count")
             .allowlist_function("rte_strerror")
             .allowlist_var("RTE_PKTMBUF_HEADROOM")
+            .allowlist_var("LB_MBUF_.*")
             .allowlist_var("SOCKET_ID_ANY")
             .opaque_type("rte_mbuf")
             .opaque_type("rte_mempool")

@@ -17,6 +17,10 @@
 #                                       net_null's receive and transmit: needs libdpdk-dev)
 #        perf/instructions.sh dpdk-cross (the same, every frame leaving by a second net_null
 #                                       device: copied, then lent without a copy)
+#        perf/instructions.sh dpdk-worker (lb's whole worker per packet, the real loop
+#                                       (`Worker::poll_once`) over net_null with established dr
+#                                       flows, split into the pipeline, net_null and the rest:
+#                                       the port's and the worker loop's own)
 #        perf/instructions.sh af_xdp   (the AF_XDP port's own cost per packet in userspace, on a
 #                                       veth pair in namespaces it makes: needs root)
 set -euo pipefail
@@ -70,6 +74,48 @@ if [ "$mode" = dpdk-cross ]; then
     bin_args=("$how")
     echo "dpdk port, every frame out by a second device, $how (over net_null, bursts of 32): $(per_unit 2000 12000 $((10000 * 32))) instructions per packet (callgrind, commit $commit)"
   done
+  exit 0
+fi
+if [ "$mode" = dpdk-worker ]; then
+  cargo build --release -q -p dataplane --features dpdk --example port_cost
+  bin=target/release/examples/port_cost
+  bin_args=(worker)
+  packets=$((10000 * 32))
+  # The timers (expiry every ms, the counters' publication) run by the clock, so under
+  # callgrind far more often per packet than at speed: not counted. Every share comes from the
+  # same two runs (the pipeline's refreshes of flow deadlines follow the clock too, so its count
+  # moves by a few instructions from run to run with the machine's load).
+  vg_extra=(--toggle-collect='dataplane::worker::Worker::timers' --collect-atstart=yes)
+  total "$bin" 2000 >/dev/null
+  cp "$out/cg" "$out/cg1"
+  total "$bin" 12000 >/dev/null
+  # Inclusive counts of the worker's turn, the burst callback (the pipeline:
+  # `process_burst_with`, and a two-armed worker's egress choice) and the port's two calls;
+  # exclusive counts of net_null (its code, the mempool ring, and the TLS look-ups of its
+  # per-lcore cache).
+  # (From $out: run from the checkout, callgrind_annotate files an inlined function's counts
+  # under its relative path too and splits the function's line in two.)
+  share() {
+    (cd "$out" && callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$1" |
+      awk -v f="$2" 'index($0, ":" f " [") {gsub(",", "", $1); print $1; exit}')
+  }
+  driver() {
+    (cd "$out" && callgrind_annotate --auto=no --threshold=100 "$1" |
+      awk '/librte_net_null|librte_mempool_ring|tls_get_addr/ {gsub(",", "", $1); s += $1} END {print s + 0}')
+  }
+  per() {
+    local a b
+    a=$("$1" "$out/cg1" "${@:2}")
+    b=$("$1" "$out/cg" "${@:2}")
+    echo $(( (b - a) / packets ))
+  }
+  all=$(per share 'dataplane::worker::Worker::poll_once')
+  pipe=$(per share 'dataplane::worker::Worker::poll_once::{{closure}}')
+  rx=$(per share '<dataplane::port::dpdk::DpdkPort as dataplane::port::Port>::rx_batch')
+  fl=$(per share '<dataplane::port::dpdk::DpdkPort as dataplane::port::Port>::flush')
+  drv=$(per driver)
+  port=$((rx - pipe + fl - drv))
+  echo "dpdk worker (poll_once over net_null, established dr, bursts of 32): $all instructions per packet: pipeline $pipe, net_null $drv, the port's own $port, the worker loop's own $((all - pipe - drv - port)); lb's worker besides the pipeline and the driver: $((all - pipe - drv)) (callgrind, commit $commit)"
   exit 0
 fi
 if [ "$mode" = af_xdp ]; then

@@ -1,5 +1,6 @@
 /* See shim.h. */
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 
 #include <rte_errno.h>
@@ -8,6 +9,18 @@
 #include <rte_mbuf.h>
 
 #include "shim.h"
+
+/* The offsets the port uses in Rust (shim.h), with the types it reads and writes there. */
+#define LB_FIELD(name, field, type)                                                        \
+	_Static_assert(offsetof(struct rte_mbuf, field) == (name) &&                           \
+			       sizeof(((struct rte_mbuf *)0)->field) == sizeof(type),          \
+		       #field " is not where the dpdk port reads it")
+LB_FIELD(LB_MBUF_BUF_ADDR, buf_addr, void *);
+LB_FIELD(LB_MBUF_DATA_OFF, data_off, uint16_t);
+LB_FIELD(LB_MBUF_NB_SEGS, nb_segs, uint16_t);
+LB_FIELD(LB_MBUF_PKT_LEN, pkt_len, uint32_t);
+LB_FIELD(LB_MBUF_DATA_LEN, data_len, uint16_t);
+LB_FIELD(LB_MBUF_BUF_LEN, buf_len, uint16_t);
 
 int lb_errno(void)
 {
@@ -144,38 +157,9 @@ int lb_link_up(uint16_t port)
 	return link.link_status == RTE_ETH_LINK_UP;
 }
 
-uint16_t lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
-		     struct lb_frame *frames, uint16_t n, uint16_t *multi_seg)
+uint16_t lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n)
 {
-	uint16_t got = rte_eth_rx_burst(port, queue, pkts, n);
-	uint16_t kept = 0;
-	for (uint16_t i = 0; i < got; i++) {
-		struct rte_mbuf *m = pkts[i];
-		/* Only a whole frame in one buffer is handed over (a receive always gives a
-		 * buffer; the check keeps a null one from ever reaching a slice). */
-		if (m->nb_segs != 1 || m->buf_addr == NULL) {
-			rte_pktmbuf_free(m);
-			continue;
-		}
-		pkts[kept] = m;
-		frames[kept].buf = m->buf_addr;
-		frames[kept].buf_len = m->buf_len;
-		frames[kept].head = m->data_off;
-		frames[kept].len = m->data_len;
-		kept++;
-	}
-	*multi_seg = got - kept;
-	return kept;
-}
-
-void lb_set_bounds(struct rte_mbuf **pkts, const struct lb_frame *frames, uint16_t n)
-{
-	for (uint16_t i = 0; i < n; i++) {
-		struct rte_mbuf *m = pkts[i];
-		m->data_off = frames[i].head;
-		m->data_len = frames[i].len;
-		m->pkt_len = frames[i].len;
-	}
+	return rte_eth_rx_burst(port, queue, pkts, n);
 }
 
 uint16_t lb_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n)

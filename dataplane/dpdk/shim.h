@@ -2,7 +2,8 @@
  * The DPDK calls the dpdk port makes, as plain functions: the burst functions and mbuf
  * accessors are static inline in DPDK's headers, so Rust cannot call them directly. Every
  * function works on a whole burst, so the hot path crosses the FFI boundary twice per burst
- * (receive, transmit) and never per packet.
+ * (receive, transmit) and never per packet; the mbuf fields a frame needs are read and written
+ * in Rust at the offsets below.
  */
 #ifndef LB_DPDK_SHIM_H
 #define LB_DPDK_SHIM_H
@@ -12,17 +13,16 @@
 struct rte_mbuf;
 struct rte_mempool;
 
-/* A received frame as the pipeline sees it: the mbuf's whole data buffer and the frame in it. */
-struct lb_frame {
-	/* Start of the mbuf's data buffer (buf_addr). */
-	uint8_t *buf;
-	/* Length of that buffer (buf_len). */
-	uint16_t buf_len;
-	/* Offset of the frame in the buffer (data_off). */
-	uint16_t head;
-	/* Length of the frame (data_len). */
-	uint16_t len;
-};
+/* Byte offsets of the struct rte_mbuf fields the port reads and writes itself (shim.c checks
+ * them against DPDK's header at compile time), so a burst's per-frame work needs no call into
+ * C: the buffer (buf_addr, buf_len), the frame in it (data_off, data_len, pkt_len) and the
+ * segment count. */
+#define LB_MBUF_BUF_ADDR 0
+#define LB_MBUF_DATA_OFF 16
+#define LB_MBUF_NB_SEGS 20
+#define LB_MBUF_PKT_LEN 36
+#define LB_MBUF_DATA_LEN 40
+#define LB_MBUF_BUF_LEN 54
 
 /* What lb_port_start found out about the device. */
 struct lb_port_info {
@@ -67,14 +67,8 @@ int lb_rx_intr_disable(uint16_t port, uint16_t queue);
 /* 1 when the link is up, 0 when down or unknown (never waits). */
 int lb_link_up(uint16_t port);
 
-/* Receives up to `n` frames from queue `queue`; the single-segment ones go to the front of
- * `pkts`, each described in `frames` (its buffer never NULL), and their count is returned.
- * Frames in several segments are freed and counted in `*multi_seg`. */
-uint16_t lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
-		     struct lb_frame *frames, uint16_t n, uint16_t *multi_seg);
-
-/* Sets each mbuf's frame to `frames[i].head`/`.len` (the pipeline may have moved it). */
-void lb_set_bounds(struct rte_mbuf **pkts, const struct lb_frame *frames, uint16_t n);
+/* Receives up to `n` frames from queue `queue` into `pkts`; returns how many. */
+uint16_t lb_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 
 /* Transmits mbufs whose bounds are set; returns how many the driver took (those now belong to
  * it). */

@@ -9,24 +9,27 @@
 //! worker sends a frame that changes interface: copied into a fresh mbuf of the second device
 //! ([`Port::tx_frame`]), or lent, the mbuf itself ([`Port::take_lent`], [`Port::tx_lent`]).
 //!
-//! Usage: `port_cost <turns> [copy|lend]`
+//! With `worker` the real worker loop runs instead ([`Worker::poll_once`], built by
+//! [`build_workers`] over queue 0 of the device): every frame is a dr packet of one of 32
+//! established TCP flows (dr rewrites only the MACs, and net_null's receive hands back the mbufs
+//! its transmit just freed, with their bytes, so the same 32 frames go round forever). The
+//! SYNs and then the ACKs that establish the flows are put into the pool by queue 1 of the same
+//! device (`tx_frame`, `flush`: net_null's transmit frees them to the pool's cache, where the
+//! next receive takes them). perf/instructions.sh `dpdk-worker` counts it whole and in parts:
+//! the pipeline (the burst callback), the worker's timers, net_null.
+//!
+//! Usage: `port_cost <turns> [copy|lend|worker]`
 
 use dataplane::port::dpdk::{eal_cleanup, DpdkOptions, DpdkPort};
 use dataplane::port::Port;
+use dataplane::worker::{build_workers, IdlePolicy, WorkerConfig};
 use dataplane::Verdict;
 
 const BURST: usize = 32;
 
-fn main() {
-    let turns: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            eprintln!("usage: port_cost <turns> [copy|lend]");
-            std::process::exit(2);
-        });
-    let cross = std::env::args().nth(2);
-    let opts = |device: &str| DpdkOptions {
+/// A `net_null` device of 64-byte frames whose receive does not write them (`copy=0`).
+fn opts(device: &str) -> DpdkOptions {
+    DpdkOptions {
         eal_args: vec!["--no-pci".into(), "-m".into(), "256".into()],
         device: device.into(),
         vdev_args: Some("size=64,copy=0".into()),
@@ -35,7 +38,22 @@ fn main() {
         mempool_size: 4095,
         hugepages: false,
         mtu: 0,
-    };
+    }
+}
+
+fn main() {
+    let turns: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            eprintln!("usage: port_cost <turns> [copy|lend|worker]");
+            std::process::exit(2);
+        });
+    let cross = std::env::args().nth(2);
+    if cross.as_deref() == Some("worker") {
+        worker(turns);
+        return;
+    }
     let open = |device: &str| {
         DpdkPort::open(&opts(device), 1)
             .expect("open net_null")
@@ -49,7 +67,7 @@ fn main() {
             "lend" => true,
             "copy" => false,
             _ => {
-                eprintln!("usage: port_cost <turns> [copy|lend]");
+                eprintln!("usage: port_cost <turns> [copy|lend|worker]");
                 std::process::exit(2);
             }
         };
@@ -113,5 +131,56 @@ fn main() {
     );
     assert_eq!(forwarded, turns * BURST, "net_null hands out whole bursts");
     drop(port);
+    eal_cleanup().expect("EAL cleanup");
+}
+
+/// `turns` turns of the real worker loop over queue 0 of a `net_null` device, its 32 frames
+/// those of established dr flows (see the module doc).
+fn worker(turns: usize) {
+    use dataplane::conntrack::{Config, Timeouts};
+    use dataplane::flow::Addr;
+    use std::sync::Arc;
+    use testkit::sample;
+
+    let mut queues = DpdkPort::open(&opts("net_null0"), 2).expect("open net_null");
+    let mut feed = queues.pop().expect("queue 1");
+    let port = queues.pop().expect("queue 0");
+    let table = Arc::new(arc_swap::ArcSwap::from_pointee(sample::table(1, 16)));
+    let mut cfg = WorkerConfig::new(Config {
+        capacity: 1 << 12,
+        embryonic_budget: 1 << 10,
+        timeouts: Timeouts::default(),
+    });
+    cfg.idle = IdlePolicy::Poll;
+    let mut w = build_workers(vec![Box::new(port)], table, &cfg)
+        .expect("one worker")
+        .pop()
+        .expect("one worker");
+    let client = |i: usize| Addr::v4([198, 19, 0, i as u8]);
+    // SYNs (padded to net_null's 64 bytes), then the ACKs (10 bytes of data: 64) that confirm
+    // the flows; from then on the ACKs go round.
+    for (flags, payload) in [(0x02, 0), (0x10, 10)] {
+        for i in 0..BURST {
+            let mut f = [0u8; 64];
+            sample::tcp4(&mut f, client(i), sample::VIP_DR, 40000, 80, flags, payload);
+            feed.tx_frame(&f).expect("an mbuf");
+        }
+        feed.flush().expect("flush");
+        assert_eq!(w.poll_once(), BURST, "net_null hands out whole bursts");
+    }
+    for _ in 0..turns {
+        w.poll_once();
+    }
+    let snap = w.snapshot();
+    println!(
+        "turns={turns} rx={} tx={} tx_packets={} rx_packets={} flows={}",
+        snap.port.rx, snap.port.tx, snap.counters.tx_packets, snap.counters.rx_packets, snap.flows
+    );
+    assert_eq!(
+        snap.counters.tx_packets as usize,
+        (turns + 2) * BURST,
+        "every frame forwarded: {snap:?}"
+    );
+    drop((w, feed));
     eal_cleanup().expect("EAL cleanup");
 }

@@ -9,13 +9,18 @@
 //! Warm-up: `<in flight>` frames are seeded over `min(flows, in flight)` flows and keep
 //! circulating; when `flows` is larger, the other flows are created and confirmed in waves whose
 //! frames are let go after their reply, so the conntrack table holds every flow. Then the
-//! measured loop runs for `<seconds>`: the worker's turn (receive a burst, run the pipeline on
-//! each frame in its mbuf, transmit the same mbufs), without the multi-worker steering step.
+//! measured loop runs for `<seconds>`: lb's own worker loop ([`Worker::poll_once`], as a
+//! worker thread with `idle = "poll"` runs it: receive a burst, run the pipeline on each frame
+//! in its mbuf, transmit the same mbufs, the timers), on the worker's own flow state, which the
+//! warm-up filled.
 //! Prints one `key=value` line; `measuring` on stderr marks the start of the measured window.
 //! `cpu_ns_per_packet` is the thread's CPU time over forwarded packets (empty polls included);
 //! `busy_ns_per_packet` the wall time of the turns that had frames, over forwarded packets.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use dataplane::conntrack::{Config, Timeouts};
 use dataplane::flow::{proto, Addr};
@@ -25,7 +30,8 @@ use dataplane::port::dpdk::{eal_cleanup, DpdkOptions, DpdkPort};
 use dataplane::port::Port;
 use dataplane::table::{Affinity, Backend, Local, Mode, Pool, RoutingTable, ServiceSpec};
 use dataplane::wire::{self, checksum, Ipv4Fields};
-use dataplane::{process, Verdict, WorkerState};
+use dataplane::worker::{build_workers, IdlePolicy, Worker, WorkerConfig};
+use dataplane::{process, Verdict};
 
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
@@ -172,7 +178,7 @@ fn main() {
         hugepages: false,
         mtu: 0,
     };
-    let mut port = DpdkPort::open(&opts, 1)
+    let port = DpdkPort::open(&opts, 1)
         .expect("open the memif port")
         .pop()
         .expect("one queue");
@@ -182,18 +188,23 @@ fn main() {
         assert!(Instant::now() < end, "testpmd never connected");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let table = table();
-    let mut st = WorkerState::with_seed(
-        0,
-        1,
-        Config {
-            capacity: (4 * flows).next_power_of_two().max(1 << 12),
-            embryonic_budget: (2 * flows).next_power_of_two().max(1 << 10),
-            timeouts: Timeouts::default(),
-        },
-        1,
-    );
+    let tables = Arc::new(ArcSwap::from_pointee(table()));
+    let mut cfg = WorkerConfig::new(Config {
+        capacity: (4 * flows).next_power_of_two().max(1 << 12),
+        embryonic_budget: (2 * flows).next_power_of_two().max(1 << 10),
+        timeouts: Timeouts::default(),
+    });
+    cfg.idle = IdlePolicy::Poll;
+    let ports: Vec<Box<dyn Port>> = vec![Box::new(port)];
+    let mut worker: Worker = build_workers(ports, tables.clone(), &cfg)
+        .expect("one worker")
+        .pop()
+        .expect("one worker");
+    let table = tables.load_full();
+    // Its clock starts with the worker's (within a millisecond; flows live for seconds).
     let started = Instant::now();
+    let (st, ports) = worker.parts_mut();
+    let port = &mut ports[0];
     let now = |s: &Instant| s.elapsed().as_millis() as u64;
 
     // The peer takes frames once it polls: until then a memif transmit finds no room. Probe
@@ -251,7 +262,7 @@ fn main() {
         }
         let t = now(&started);
         port.rx_burst(BURST, &mut |pkt| {
-            let v = process(&mut st, &table, t, pkt);
+            let v = process(st, &table, t, pkt);
             let Some(i) = flow_of_reply(pkt.data()).filter(|&i| v == Verdict::Tx && i < flows)
             else {
                 return v;
@@ -276,61 +287,47 @@ fn main() {
     while Instant::now() < settle {
         let t = now(&started);
         port.rx_batch(BURST, &mut |pkts, verdicts| {
-            process_burst(&mut st, &table, t, pkts, verdicts)
+            process_burst(st, &table, t, pkts, verdicts)
         })
         .expect("rx");
         port.flush().expect("flush");
     }
 
     eprintln!("measuring");
-    let before = port.stats();
+    let before = worker.snapshot();
     let cpu0 = thread_cpu();
     let t0 = Instant::now();
     let stop = t0 + Duration::from_secs(secs as u64);
-    let mut forwarded = 0u64;
     let mut turns = 0u64;
     // Wall time of the turns that received frames: the cost of the work itself, without the
     // empty polls while the peer is behind (those count in the CPU time).
     let mut busy = Duration::ZERO;
-    // Through the trait object, as the workers call their ports (and so a profile can count
-    // inside `rx_batch` and `flush` alone).
-    let turn_port: &mut dyn Port = std::hint::black_box(&mut port);
     loop {
         turns += 1;
         if turns % 1024 == 0 && Instant::now() >= stop {
             break;
         }
-        // One clock read per turn, as the worker does; a second only after a busy one.
         let turn = Instant::now();
-        let t = turn.duration_since(started).as_millis() as u64;
-        // Whole bursts, as the worker runs them: every frame parsed and its flow's slot
-        // prefetched before any is processed.
-        let got = turn_port
-            .rx_batch(BURST, &mut |pkts, verdicts| {
-                process_burst(&mut st, &table, t, pkts, verdicts);
-                forwarded += verdicts.iter().filter(|v| **v == Verdict::Tx).count() as u64;
-            })
-            .expect("rx");
-        turn_port.flush().expect("flush");
-        if got > 0 {
+        if worker.poll_once() > 0 {
             busy += turn.elapsed();
         }
     }
     let wall = t0.elapsed();
     let cpu = thread_cpu() - cpu0;
-    let after = port.stats();
-    let rx = after.rx - before.rx;
+    let after = worker.snapshot();
+    let forwarded = after.counters.tx_packets - before.counters.tx_packets;
+    let rx = after.port.rx - before.port.rx;
     let pps = forwarded as f64 / wall.as_secs_f64();
     println!(
         "size={size} flows={flows} in_flight={inflight} circulating_flows={steady} \
          forwarded_pps={pps:.0} rx={rx} forwarded={forwarded} tx_dropped={} \
          cpu_ns_per_packet={:.1} busy_ns_per_packet={:.1} conntrack_flows={} seconds={:.2}",
-        after.tx_dropped - before.tx_dropped,
+        after.port.tx_dropped - before.port.tx_dropped,
         cpu.as_nanos() as f64 / forwarded.max(1) as f64,
         busy.as_nanos() as f64 / forwarded.max(1) as f64,
-        st.ct.len(),
+        after.flows,
         wall.as_secs_f64()
     );
-    drop(port);
+    drop(worker);
     eal_cleanup().expect("EAL cleanup");
 }

@@ -25,6 +25,7 @@
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -429,16 +430,15 @@ enum Interrupt {
 
 /// One queue of a DPDK device, for one worker.
 pub struct DpdkPort {
-    /// Received mbufs of the current burst and their frames.
-    rx: Vec<*mut ffi::rte_mbuf>,
-    frames: Vec<ffi::lb_frame>,
+    /// Received mbufs of the current burst (the single-segment ones at the front, in order).
+    rx: [*mut ffi::rte_mbuf; MAX_BURST],
     /// Mbufs queued for transmission, their frame bounds set.
-    tx: Vec<*mut ffi::rte_mbuf>,
+    tx: Mbufs<TX_QUEUE>,
     /// Mbufs of the current burst to return to the pool.
-    free: Vec<*mut ffi::rte_mbuf>,
+    free: Mbufs<MAX_BURST>,
     /// Mbufs of the last burst lent to another port ([`Verdict::Lent`]), their bounds set, and
     /// how many of them [`Port::take_lent`] took; the rest are freed by the next receive.
-    lent: Vec<*mut ffi::rte_mbuf>,
+    lent: Mbufs<MAX_BURST>,
     lent_taken: usize,
     queue: u16,
     registered: bool,
@@ -533,7 +533,7 @@ impl DpdkPort {
             vdev: opts.vdev_args.is_some(),
             driver: String::new(),
         };
-        // SAFETY: lb_frame-style plain data; zeroed is valid.
+        // SAFETY: plain data; zeroed is valid.
         let mut info: ffi::lb_port_info = unsafe { std::mem::zeroed() };
         // SAFETY: `pool` is a live mempool and `info` is valid for writes.
         let ret = unsafe {
@@ -570,12 +570,10 @@ impl DpdkPort {
         let device = Arc::new(device);
         Ok((0..queues)
             .map(|queue| DpdkPort {
-                rx: vec![std::ptr::null_mut(); MAX_BURST],
-                // SAFETY: plain data; zeroed is valid.
-                frames: vec![unsafe { std::mem::zeroed() }; MAX_BURST],
-                tx: Vec::with_capacity(TX_QUEUE),
-                free: Vec::with_capacity(MAX_BURST),
-                lent: Vec::with_capacity(MAX_BURST),
+                rx: [std::ptr::null_mut(); MAX_BURST],
+                tx: Mbufs::new(),
+                free: Mbufs::new(),
+                lent: Mbufs::new(),
                 lent_taken: 0,
                 queue,
                 registered: false,
@@ -656,17 +654,14 @@ impl DpdkPort {
         }
     }
 
-    /// Receives up to `max` (at most [`MAX_BURST`]) frames, transmitting first when the
-    /// transmit queue could not take a whole burst. The single-segment ones go to the front of
-    /// `rx`/`frames`; frames in several segments are freed and counted. Returns how many are
-    /// kept and how many arrived.
-    fn receive(&mut self, max: usize) -> (usize, usize) {
+    /// Receives up to `max` (at most [`MAX_BURST`]) frames into `rx`, transmitting first when
+    /// the transmit queue could not take a whole burst. Returns how many arrived.
+    fn receive(&mut self, max: usize) -> usize {
         if self.interrupt.get() == Interrupt::Armed {
             self.disarm();
         }
         if !self.lent.is_empty() {
             self.release_lent();
-            self.free_settled();
         }
         if !self.registered {
             // Once per worker thread: an lcore id gives the thread a mempool cache. Without
@@ -679,49 +674,106 @@ impl DpdkPort {
             self.transmit();
         }
         let want = max.min(MAX_BURST) as u16;
-        let mut multi_seg = 0u16;
-        // SAFETY: `rx` and `frames` have room for MAX_BURST entries; the queue is ours.
-        let kept = unsafe {
-            ffi::lb_rx_burst(
-                self.device.port_id,
-                self.queue,
-                self.rx.as_mut_ptr(),
-                self.frames.as_mut_ptr(),
-                want,
-                &mut multi_seg,
-            )
+        // SAFETY: `rx` has room for `want` entries; the queue is ours.
+        let got = unsafe {
+            ffi::lb_rx_burst(self.device.port_id, self.queue, self.rx.as_mut_ptr(), want)
         };
-        self.multi_seg_dropped += u64::from(multi_seg);
-        self.stats.rx += u64::from(kept) + u64::from(multi_seg);
-        (
-            usize::from(kept),
-            usize::from(kept) + usize::from(multi_seg),
-        )
+        self.stats.rx += u64::from(got);
+        usize::from(got)
     }
 
-    /// Queues the first `n` mbufs with their frame bounds from `frames` for transmission where
-    /// `verdicts` says `Tx`, else for freeing.
-    fn settle(&mut self, n: usize, verdicts: &[Verdict]) {
-        let n = n.min(verdicts.len()).min(MAX_BURST);
-        // SAFETY: `rx[..n]` are ours (received, not yet transmitted or freed) and `frames[..n]`
-        // hold their bounds, within each mbuf's buffer.
-        unsafe { ffi::lb_set_bounds(self.rx.as_mut_ptr(), self.frames.as_ptr(), n as u16) };
-        let burst = self.rx[..n].iter().zip(&self.frames[..n]).zip(verdicts);
-        for ((&m, fr), &v) in burst {
-            match v {
-                Verdict::Tx if fr.len > 0 => {
-                    self.tx.push(m);
-                    continue;
-                }
-                Verdict::Lent if fr.len > 0 => {
-                    self.lent.push(m);
-                    continue;
-                }
-                Verdict::Tx | Verdict::Lent => self.stats.tx_dropped += 1,
-                Verdict::ToHost => self.to_host_dropped += 1,
-                Verdict::Drop(_) | Verdict::ToL7 => {}
+    /// The pipeline's views of the `got` mbufs just received, written into the front of
+    /// `pkts` and returned: the single-segment ones, which move to the front of `rx`; frames in
+    /// several segments are listed for freeing and counted.
+    #[inline(always)]
+    fn views<'p, 'b>(
+        &mut self,
+        got: usize,
+        pkts: &'p mut [MaybeUninit<PacketBuf<'b>>; MAX_BURST],
+    ) -> &'p mut [PacketBuf<'b>] {
+        let mut n = 0;
+        for i in 0..got.min(MAX_BURST) {
+            let m = self.rx[i];
+            // SAFETY: a received mbuf, ours until we transmit or free it; the offsets and types
+            // are those the shim checks against DPDK's header.
+            let (buf, segs) = unsafe {
+                (
+                    mbuf_get::<*mut u8>(m, ffi::LB_MBUF_BUF_ADDR),
+                    mbuf_get::<u16>(m, ffi::LB_MBUF_NB_SEGS),
+                )
+            };
+            // Only a whole frame in one buffer is handed over (a receive always gives a buffer;
+            // the check keeps a null one from ever reaching a slice).
+            if segs != 1 || buf.is_null() {
+                self.multi_seg_dropped += 1;
+                self.free.push(m);
+                continue;
             }
-            self.free.push(m);
+            // SAFETY: as above.
+            let (buf_len, head, len) = unsafe {
+                (
+                    mbuf_get::<u16>(m, ffi::LB_MBUF_BUF_LEN),
+                    mbuf_get::<u16>(m, ffi::LB_MBUF_DATA_OFF),
+                    mbuf_get::<u16>(m, ffi::LB_MBUF_DATA_LEN),
+                )
+            };
+            // SAFETY: the mbuf's data buffer is `buf_len` bytes at `buf` (not null), ours until
+            // the burst is settled, after the caller is done with the view; no other frame of
+            // the burst shares it.
+            let buf = unsafe { std::slice::from_raw_parts_mut(buf, usize::from(buf_len)) };
+            // `n <= i`: both within the arrays.
+            if let (Some(slot), Some(r)) = (pkts.get_mut(n), self.rx.get_mut(n)) {
+                slot.write(PacketBuf::new(buf, usize::from(head), usize::from(len)));
+                *r = m;
+                n += 1;
+            }
+        }
+        // SAFETY: `pkts[..n]` were written above (`n` <= MAX_BURST), and a `PacketBuf` has no
+        // drop to miss; the array is built without initialising the slots no frame fills.
+        unsafe { &mut *std::ptr::slice_from_raw_parts_mut(pkts.as_mut_ptr().cast(), n) }
+    }
+
+    /// Queues the first mbufs of `rx`, whose frames are `pkts`, for transmission where
+    /// `verdicts` says `Tx` (their bounds set to where the pipeline left the frame), lends them
+    /// where it says `Lent`, else lists them for freeing.
+    #[inline(always)]
+    fn settle(&mut self, pkts: &[PacketBuf<'_>], verdicts: &[Verdict]) {
+        for ((&m, p), &v) in self.rx.iter().zip(pkts).zip(verdicts) {
+            // The common case first: a frame to send.
+            let lend = if matches!(v, Verdict::Tx) && !p.is_empty() {
+                false
+            } else {
+                match v {
+                    Verdict::Lent if !p.is_empty() => true,
+                    Verdict::Tx | Verdict::Lent => {
+                        self.stats.tx_dropped += 1;
+                        self.free.push(m);
+                        continue;
+                    }
+                    Verdict::ToHost => {
+                        self.to_host_dropped += 1;
+                        self.free.push(m);
+                        continue;
+                    }
+                    Verdict::Drop(_) | Verdict::ToL7 => {
+                        self.free.push(m);
+                        continue;
+                    }
+                }
+            };
+            // The frame's bounds in its buffer (`buf_len`, a u16), so the casts keep every bit.
+            // SAFETY: a received mbuf of ours; the offsets and types are those the shim checks
+            // against DPDK's header.
+            unsafe {
+                mbuf_set(m, ffi::LB_MBUF_DATA_OFF, p.head() as u16);
+                mbuf_set(m, ffi::LB_MBUF_DATA_LEN, p.len() as u16);
+                mbuf_set(m, ffi::LB_MBUF_PKT_LEN, p.len() as u32);
+            }
+            if lend {
+                self.lent.push(m);
+            } else {
+                self.tx.push(m);
+            }
         }
     }
 
@@ -733,10 +785,14 @@ impl DpdkPort {
         }
     }
 
-    /// Lists the lent mbufs no port took for `free_settled`.
+    /// Frees the lent mbufs no port took.
     fn release_lent(&mut self) {
-        let untaken = self.lent.get(self.lent_taken..).unwrap_or_default();
-        self.free.extend_from_slice(untaken);
+        let taken = self.lent_taken.min(self.lent.len);
+        let untaken = &mut self.lent.buf[taken..self.lent.len];
+        if !untaken.is_empty() {
+            // SAFETY: the mbufs no port took are still ours, each listed once.
+            unsafe { ffi::lb_free_bulk(untaken.as_mut_ptr(), untaken.len() as u32) };
+        }
         self.lent.clear();
         self.lent_taken = 0;
     }
@@ -800,21 +856,90 @@ impl DpdkPort {
     }
 }
 
-/// The pipeline's view of a received single-segment frame `fr`, in its mbuf.
-#[inline(always)]
-fn packet<'b>(fr: &ffi::lb_frame) -> PacketBuf<'b> {
-    // SAFETY: the mbuf was just received and is ours until we transmit or free it, after the
-    // caller is done with the slice; its data buffer is `buf_len` bytes at `buf` (not null:
-    // `lb_rx_burst` keeps only mbufs with a buffer), and no other frame of the burst shares it.
-    let buf = unsafe { std::slice::from_raw_parts_mut(fr.buf, usize::from(fr.buf_len)) };
-    PacketBuf::new(buf, usize::from(fr.head), usize::from(fr.len))
+/// A fixed-size list of mbufs (no allocation, no growth on the hot path).
+struct Mbufs<const N: usize> {
+    len: usize,
+    buf: [*mut ffi::rte_mbuf; N],
 }
 
-/// The frame's bounds in its mbuf after the pipeline: within the buffer (`buf_len`, a u16), so
-/// the casts keep every bit.
+impl<const N: usize> Mbufs<N> {
+    fn new() -> Self {
+        Mbufs {
+            len: 0,
+            buf: [std::ptr::null_mut(); N],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn as_slice(&self) -> &[*mut ffi::rte_mbuf] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut *mut ffi::rte_mbuf {
+        self.buf.as_mut_ptr()
+    }
+
+    /// Appends `m`. Every caller makes room first (a burst's lists hold a whole burst, the
+    /// transmit queue is flushed before it could overflow); were it full anyway, `m` is freed
+    /// rather than lost.
+    #[inline(always)]
+    fn push(&mut self, m: *mut ffi::rte_mbuf) {
+        match self.buf.get_mut(self.len) {
+            Some(slot) => {
+                *slot = m;
+                self.len += 1;
+            }
+            None => free_one(m),
+        }
+    }
+}
+
+/// Returns one mbuf of ours to its pool.
+#[cold]
+fn free_one(mut m: *mut ffi::rte_mbuf) {
+    // SAFETY: the caller's mbuf, listed nowhere else.
+    unsafe { ffi::lb_free_bulk(&mut m, 1) };
+}
+
+/// The `T` at byte `off` of mbuf `m`.
+///
+/// # Safety
+/// `m` is a live mbuf and `off` one of the `LB_MBUF_*` offsets, whose field is a `T`.
 #[inline(always)]
-fn bounds(p: &PacketBuf<'_>) -> (u16, u16) {
-    (p.head() as u16, p.len() as u16)
+unsafe fn mbuf_get<T: Copy>(m: *const ffi::rte_mbuf, off: u32) -> T {
+    // SAFETY: the caller's.
+    unsafe {
+        m.cast::<u8>()
+            .add(off as usize)
+            .cast::<T>()
+            .read_unaligned()
+    }
+}
+
+/// Writes `v` at byte `off` of mbuf `m`.
+///
+/// # Safety
+/// As [`mbuf_get`], and the mbuf is ours.
+#[inline(always)]
+unsafe fn mbuf_set<T: Copy>(m: *mut ffi::rte_mbuf, off: u32, v: T) {
+    // SAFETY: the caller's.
+    unsafe {
+        m.cast::<u8>()
+            .add(off as usize)
+            .cast::<T>()
+            .write_unaligned(v)
+    }
 }
 
 impl Port for DpdkPort {
@@ -827,14 +952,15 @@ impl Port for DpdkPort {
         max: usize,
         f: &mut dyn FnMut(&mut PacketBuf<'_>) -> Verdict,
     ) -> io::Result<usize> {
-        let (n, got) = self.receive(max);
+        let got = self.receive(max);
+        let mut slots = [const { MaybeUninit::uninit() }; MAX_BURST];
+        let pkts = self.views(got, &mut slots);
         let mut verdicts = [UNSET; MAX_BURST];
-        for (fr, v) in self.frames[..n].iter_mut().zip(verdicts.iter_mut()) {
-            let mut pkt = packet(fr);
-            *v = f(&mut pkt);
-            (fr.head, fr.len) = bounds(&pkt);
+        for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+            *v = f(p);
         }
-        self.settle(n, &verdicts[..n]);
+        let n = pkts.len();
+        self.settle(pkts, &verdicts[..n]);
         self.free_settled();
         Ok(got)
     }
@@ -847,22 +973,16 @@ impl Port for DpdkPort {
         max: usize,
         f: &mut dyn FnMut(&mut [PacketBuf<'_>], &mut [Verdict]),
     ) -> io::Result<usize> {
-        let (n, got) = self.receive(max);
+        let got = self.receive(max);
         if got == 0 {
             return Ok(0);
         }
+        let mut slots = [const { MaybeUninit::uninit() }; MAX_BURST];
+        let pkts = self.views(got, &mut slots);
+        let n = pkts.len();
         let mut verdicts = [UNSET; MAX_BURST];
-        {
-            let mut pkts: [PacketBuf<'_>; MAX_BURST] = [const { PacketBuf::empty() }; MAX_BURST];
-            for (p, fr) in pkts.iter_mut().zip(&self.frames[..n]) {
-                *p = packet(fr);
-            }
-            f(&mut pkts[..n], &mut verdicts[..n]);
-            for (fr, p) in self.frames.iter_mut().zip(&pkts[..n]) {
-                (fr.head, fr.len) = bounds(p);
-            }
-        }
-        self.settle(n, &verdicts[..n]);
+        f(pkts, &mut verdicts[..n]);
+        self.settle(pkts, &verdicts[..n]);
         self.free_settled();
         Ok(got)
     }
@@ -904,7 +1024,7 @@ impl Port for DpdkPort {
     }
 
     fn take_lent(&mut self) -> Option<Lent> {
-        let m = *self.lent.get(self.lent_taken)?;
+        let m = *self.lent.as_slice().get(self.lent_taken)?;
         self.lent_taken += 1;
         Some(Lent(Mbuf(m)))
     }
