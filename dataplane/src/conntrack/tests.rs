@@ -1092,3 +1092,41 @@ fn a_slot_is_a_32_byte_header_then_the_value_on_64_byte_boundaries() {
     assert_eq!(std::mem::offset_of!(Slot<u64>, value), 32);
     assert_eq!(std::mem::size_of::<Slot<u64>>() % 64, 0);
 }
+
+/// Keys go to their first bucket while it has room (where the fast path's hint looks), and the
+/// table still fills far before a key finds both its buckets full.
+#[test]
+fn inserts_prefer_the_first_bucket_and_still_fill_the_table() {
+    let cap = 1usize << 16;
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(cap, usize::MAX));
+    let in_second = |ct: &Conntrack<u32>| {
+        ct.iter_flows()
+            .filter(|&(slot, k, _)| ct.bucket1(ct.table_hash(k)) != slot as usize & !(BUCKET - 1))
+            .count()
+    };
+    let mut n = 0usize;
+    loop {
+        let k = key((n as u32).wrapping_mul(2_654_435_761), proto::UDP);
+        if ct
+            .free_slot(&ct.probe(&k, ct.table_hash(&k)), NO_SLOT)
+            .is_none()
+        {
+            break;
+        }
+        ct.insert(0, (&k, n as u32), None, UDP_NEW).unwrap();
+        n += 1;
+        if n == cap / 2 {
+            // Emptier-bucket inserts alone put about 32 % there at this fill.
+            let second = in_second(&ct);
+            assert!(
+                second * 20 < n,
+                "{second} of {n} keys in their second bucket"
+            );
+        }
+    }
+    // Emptier-bucket inserts alone: 89 %; first bucket whenever free: 58 %.
+    assert!(
+        n * 100 >= cap * 80,
+        "a key found both buckets full at {n} keys"
+    );
+}

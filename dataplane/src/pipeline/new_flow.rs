@@ -154,9 +154,8 @@ pub(super) fn new_v4(
         generation: table.generation,
         new_src,
         new_dst: be.addr,
-        vip,
+        ident: vip,
         vport: dport,
-        backend: be.addr,
         backend_port: be.port,
     };
     debug_assert_eq!(h, st.ct.hash_v4(f.src, f.dst, f.ports, f.proto));
@@ -213,6 +212,7 @@ pub(super) fn new_v4(
             new_dport: sport,
             mac: client_mac,
             src_mac: table.local.mac_of(st.rx_port),
+            ident: be.addr,
             ..fwd
         };
         st.ct
@@ -364,6 +364,7 @@ fn commit(
             new_dport: key.sport,
             mac: client_mac,
             src_mac: table.local.mac_of(st.rx_port),
+            ident: be.addr,
             ..fwd
         };
         v.seal(&rk);
@@ -495,10 +496,9 @@ fn forward_value(
         mac,
         src_mac: table.local.mac_of(svc.iface(bi)),
         gue_port: pool.gue_port,
-        vip: key.dst,
+        ident: key.dst,
         vport: key.dport,
         proto: key.proto,
-        backend: be.addr,
         backend_port: be.port,
         generation: table.generation,
         svc_stat: svc.stat,

@@ -52,11 +52,12 @@ pub(super) fn tracked(
 #[cold]
 #[inline(never)]
 pub(super) fn revalidate(table: &RoutingTable, val: &mut FlowValue, dir: Dir) -> Option<()> {
-    let svc = match table.service_for(val.vip, val.proto, val.vport) {
+    let vip = val.vip(dir);
+    let svc = match table.service_for(vip, val.proto, val.vport) {
         Some((_, svc)) => svc,
-        None => table.draining_service_for(val.vip, val.proto, val.vport)?,
+        None => table.draining_service_for(vip, val.proto, val.vport)?,
     };
-    let bi = svc.backend_index(val.backend, val.backend_port)?;
+    let bi = svc.backend_index(val.backend(dir), val.backend_port)?;
     let be = svc.backends.get(bi as usize)?;
     if dir == Dir::Original {
         // A next hop that is being re-resolved keeps the MAC the flow already uses.
