@@ -35,6 +35,7 @@ const PACKAGE_OF: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("nginx", "nginx-light"),
     ("valgrind", "valgrind"),
+    ("callgrind_annotate", "valgrind"),
     ("ping", "iputils-ping"),
     ("conntrack", "conntrack"),
     ("curl", "curl"),
