@@ -141,8 +141,8 @@ fn count(stopped: &str, key: &str) -> u64 {
 }
 
 /// Runs `lb run` with `config` (its memif servers on abstract `sockets`), a testpmd client on
-/// each socket sending UDP (txonly, from its first port only) to lb's first interface for 3
-/// s, then SIGTERM: asserts lb exits 0 and leaves no EAL runtime directory, and returns lb's
+/// each socket sending UDP (txonly, from its first port only) to lb's first interface for 2
+/// s once it forwards, then SIGTERM: asserts lb exits 0 and leaves no EAL runtime directory, and returns lb's
 /// final counters line.
 #[cfg(feature = "dpdk")]
 fn run_lb_against_testpmd(tag: &str, config: &str, sockets: &[&str]) -> String {
@@ -157,6 +157,7 @@ fn run_lb_against_testpmd(tag: &str, config: &str, sockets: &[&str]) -> String {
     let path = dir.join("lb.toml");
     std::fs::write(&path, config).unwrap();
     let log = dir.join("lb.log");
+    let peer_out = dir.join("testpmd.out");
     let peer_prefix = format!("lbd-run-{tag}-{pid}-peer");
 
     /// Kills what is still running and removes the files, also when an assertion fails.
@@ -238,16 +239,35 @@ fn run_lb_against_testpmd(tag: &str, config: &str, sockets: &[&str]) -> String {
         .iter()
         .map(|s| s.to_string()),
     );
-    let mut peer = Command::new("dpdk-testpmd")
+    // Line-buffered, so its progress reaches the file as it is printed.
+    let mut peer = Command::new("stdbuf")
+        .arg("-oL")
+        .arg("dpdk-testpmd")
         .args(&args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(&peer_out).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .expect("start dpdk-testpmd");
     let peer_stdin = peer.stdin.take();
     cleanup.children.push(peer);
-    std::thread::sleep(Duration::from_secs(3));
+    // testpmd prints this once its ports are up and it forwards (after connecting to lb's
+    // memif servers, which on a loaded machine takes more than a fixed wait allowed); then it
+    // sends for 2 s.
+    let end = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&peer_out)
+        .unwrap_or_default()
+        .contains("Press enter to exit")
+    {
+        assert!(
+            Instant::now() < end,
+            "testpmd did not start forwarding:\n{}\nlb:\n{}",
+            std::fs::read_to_string(&peer_out).unwrap_or_default(),
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
 
     // lb stops first, while its peer is still connected: DPDK 22.11's memif driver tears a
     // link down from its interrupt thread (unmapping the shared rings) while a worker may be
