@@ -130,6 +130,7 @@ pub enum FlowState {
 
 /// Which key of a flow a packet matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
 pub enum Dir {
     /// Client -> VIP direction (the key the flow was created with).
     Original,
