@@ -82,6 +82,47 @@ pub(super) fn new_v4(
     h: u64,
     absent: bool,
 ) -> Option<Verdict> {
+    new_v4_inline(st, table, now, pkt, f, h, absent)
+}
+
+/// [`new_v4`] with the frame's counting, for a frame the fast path read and found untracked
+/// (`seen`, in a burst, the table adopted): the verdict, the frame counted as the general path
+/// counts it; a frame [`new_v4`] leaves alone goes on to the general path (which counts it).
+/// Its own call from the burst's dispatch, so that dispatch keeps no registers and calls it
+/// (and the general path here) as tail calls.
+#[inline(never)]
+pub(super) fn first_v4(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    seen: &super::FastMiss,
+) -> Verdict {
+    let rx = pkt.len() as u64;
+    let (f, h, absent) = (
+        &seen.flow,
+        seen.hash,
+        seen.hit == crate::conntrack::Miss::Absent,
+    );
+    match new_v4_inline(st, table, now, pkt, f, h, absent) {
+        Some(v) => {
+            super::count_verdict(&mut st.counters, rx, pkt.len() as u64, v);
+            v
+        }
+        None => super::seen_general(st, table, now, pkt, Some(seen)),
+    }
+}
+
+#[inline(always)]
+fn new_v4_inline(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    f: &V4Flow,
+    h: u64,
+    absent: bool,
+) -> Option<Verdict> {
     let tcp = f.proto == proto::TCP;
     if tcp && f.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
         return None;
