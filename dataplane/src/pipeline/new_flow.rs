@@ -211,7 +211,14 @@ fn new_v4_inline(
     let inserted = if pool.mode.replies_through_us() {
         // The reply key (backend -> us) and its value (back to the client).
         let (r_dst, r_dport, pb) = if pool.mode == Mode::FullNat {
-            match snat_v4(st, pool, be_w, new_dport, f.proto, now) {
+            match snat_v4(
+                st,
+                svc.snat_v4(usize::from(be.pool)),
+                be_w,
+                new_dport,
+                f.proto,
+                now,
+            ) {
                 Ok(a) => a,
                 Err(r) => return Some(Verdict::Drop(r)),
             }
@@ -304,45 +311,25 @@ fn new_v4_inline(
 
 /// [`snat_alloc`] for an IPv4 backend (`be_w`, its address word as loaded; `be_port` the
 /// port the flow goes to) from words: the fullnat source address word and port, and the
-/// reply key's probe. The same turns, order and errors.
+/// reply key's probe. The same turns, order and errors; the pool's IPv4 addresses are the
+/// words the table keeps for it (`words`, [`Service::snat_v4`]).
 #[inline(always)]
 fn snat_v4(
     st: &mut WorkerState,
-    pool: &Pool,
+    words: &[u32],
     be_w: u32,
     be_port: u16,
     proto: u8,
     now: Millis,
 ) -> Result<(u32, u16, Probe), DropReason> {
-    // The family's first few address words in one walk (a pool rarely has more).
-    let mut words = [0u32; 4];
-    let mut n = 0;
-    for a in &pool.snat {
-        if a.is_v4() {
-            if let Some(w) = words.get_mut(n) {
-                *w = u32::from_ne_bytes(a.v4_octets());
-            }
-            n += 1;
-        }
-    }
+    let n = words.len();
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
     let start = st.next_snat_addr(n);
     // The family's addresses from the `start`-th on, wrapping around.
-    for k in 0..n {
-        let want = if start + k >= n {
-            start + k - n
-        } else {
-            start + k
-        };
-        let snat_w = match words.get(want) {
-            Some(&w) => w,
-            None => match pool.snat.iter().filter(|a| a.is_v4()).nth(want) {
-                Some(a) => u32::from_ne_bytes(a.v4_octets()),
-                None => continue,
-            },
-        };
+    let (before, after) = words.split_at(start.min(n));
+    for &snat_w in after.iter().chain(before) {
         if let Some((port, p)) = st.alloc_port_v4(be_w, snat_w, be_port, proto, now) {
             return Ok((snat_w, port, p));
         }
