@@ -326,13 +326,16 @@ fn snat_v4(
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
-    let start = st.next_snat_addr(n);
     // The family's addresses from the `start`-th on, wrapping around.
-    let (before, after) = words.split_at(start.min(n));
-    for &snat_w in after.iter().chain(before) {
+    let mut i = st.next_snat_addr(n);
+    for _ in 0..n {
+        let Some(&snat_w) = words.get(i) else {
+            break;
+        };
         if let Some((port, p)) = st.alloc_port_v4(be_w, snat_w, be_port, proto, now) {
             return Ok((snat_w, port, p));
         }
+        i = if i + 1 == n { 0 } else { i + 1 };
     }
     Err(DropReason::SnatExhausted)
 }
