@@ -326,7 +326,7 @@ fn snat_v4(
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
-    // The family's addresses from the `start`-th on, wrapping around.
+    // The addresses from the one whose turn it is on, wrapping around.
     let mut i = st.next_snat_addr(n);
     for _ in 0..n {
         let Some(&snat_w) = words.get(i) else {
