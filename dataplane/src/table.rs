@@ -121,6 +121,10 @@ pub struct Service {
     hops: Vec<u32>,
     /// Per backend, the interface that reaches it; empty: interface 0 for all.
     ifaces: Vec<u8>,
+    /// Per pool (as `pools`), its IPv4 fullnat source addresses in `Pool::snat`'s order, as
+    /// address words (the wire's bytes loaded native-endian): built with the table, so a new
+    /// flow does not walk `Pool::snat` for them ([`Service::snat_v4`]).
+    snat_v4: Vec<Vec<u32>>,
 }
 
 /// The key of [`RoutingTable::service_for_v4`]'s map: the address word as loaded from the
@@ -207,6 +211,27 @@ impl Service {
     pub fn iface(&self, i: usize) -> u8 {
         self.ifaces.get(i).copied().unwrap_or(0)
     }
+
+    /// Pool `pool`'s IPv4 fullnat source addresses (its `snat` of that family, in order) as
+    /// address words, the wire's bytes loaded native-endian; empty for a pool out of range.
+    #[inline]
+    pub fn snat_v4(&self, pool: usize) -> &[u32] {
+        self.snat_v4.get(pool).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Per pool, its IPv4 `snat` addresses as address words ([`Service::snat_v4`]).
+fn snat_words(pools: &[Pool]) -> Vec<Vec<u32>> {
+    pools
+        .iter()
+        .map(|p| {
+            p.snat
+                .iter()
+                .filter(|a| a.is_v4())
+                .map(|a| u32::from_ne_bytes(a.v4_octets()))
+                .collect()
+        })
+        .collect()
 }
 
 /// An on-link prefix: addresses inside it are their own next hop.
@@ -675,6 +700,7 @@ impl RoutingTable {
                 port_lo: spec.port_lo,
                 port_hi: spec.port_hi,
                 affinity: spec.affinity,
+                snat_v4: snat_words(&spec.pools),
                 pools: spec.pools,
                 backends,
                 maglev,
@@ -953,6 +979,7 @@ impl RoutingTable {
             t.service_stats = t.service_stats.max(stat.saturating_add(1));
             let svc = &mut t.services[idx];
             svc.affinity = spec.affinity;
+            svc.snat_v4 = snat_words(&spec.pools);
             svc.pools = spec.pools;
             svc.backends = backends;
             svc.maglev = maglev;

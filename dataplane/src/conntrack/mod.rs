@@ -130,6 +130,7 @@ pub enum FlowState {
 
 /// Which key of a flow a packet matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
 pub enum Dir {
     /// Client -> VIP direction (the key the flow was created with).
     Original,
@@ -371,14 +372,33 @@ impl<V: Copy> Slot<V> {
 pub struct Probe {
     /// The key's [`KeyWord`], computed once for the search and the commit.
     kw: KeyWord,
-    buckets: [usize; 2],
-    /// 1 when both choices are the same bucket (a one-bucket table).
-    nb: usize,
-    fp: u16,
-    /// Slot holding this key (live or expired), if any.
-    found: Option<u32>,
+    /// The first slots of the key's two buckets (equal in a one-bucket table; below 2^32, as
+    /// every slot index): in 32-bit words, so a probe is 48 bytes to build and move, not 64.
+    buckets: [u32; 2],
     /// Each bucket's free slots (bit i = slot `buckets[j] + i`), read with the search.
     free: [u32; 2],
+    /// Slot holding this key (live or expired), [`NO_SLOT`] if none.
+    found: u32,
+    fp: u16,
+}
+
+impl Probe {
+    /// The key's distinct buckets (one in a one-bucket table).
+    #[inline(always)]
+    fn bucket_list(&self) -> &[u32] {
+        let n = if self.buckets[0] == self.buckets[1] {
+            1
+        } else {
+            2
+        };
+        &self.buckets[..n]
+    }
+
+    /// The slot holding the key (live or expired), if any.
+    #[inline(always)]
+    fn found(&self) -> Option<u32> {
+        (self.found != NO_SLOT).then_some(self.found)
+    }
 }
 
 /// Flows an insert will remove when it commits (expired duplicates, reused or evicted entries).
@@ -994,7 +1014,7 @@ impl<V: Copy> Conntrack<V> {
     /// expired flow goes into the plan (or the key would be stored twice).
     #[inline(always)]
     fn duplicate(&self, p: &Probe, plan: &mut Plan, now: Millis) -> Result<(), InsertError> {
-        if let Some(slot) = p.found {
+        if let Some(slot) = p.found() {
             let flow = self.flow_of(slot).unwrap_or(slot);
             if now < self.slots[flow as usize].deadline {
                 return Err(InsertError::Exists);
@@ -1335,16 +1355,15 @@ impl<V: Copy> Conntrack<V> {
         search: bool,
         eq: impl Fn(&Slot<V>) -> bool,
     ) -> Probe {
+        const _: () = assert!(MAX_CAPACITY <= NO_SLOT as usize);
         let (b1, b2, fp) = self.place_hashed(h);
-        let nb = if b2 == b1 { 1 } else { 2 };
         let found = if search { self.find_with(h, eq) } else { None };
         Probe {
             kw,
-            buckets: [b1, b2],
-            nb,
-            fp,
-            found,
+            buckets: [b1 as u32, b2 as u32],
             free: [match_free(&self.tags, b1), match_free(&self.tags, b2)],
+            found: found.unwrap_or(NO_SLOT),
+            fp,
         }
     }
 
@@ -1352,7 +1371,7 @@ impl<V: Copy> Conntrack<V> {
     /// [`Conntrack::lookup`] would find), as opposed to absent or expired.
     #[inline(always)]
     pub fn probe_live(&self, p: &Probe, now: Millis) -> bool {
-        let Some(slot) = p.found else {
+        let Some(slot) = p.found() else {
             return false;
         };
         let Some(s) = self.slots.get(slot as usize) else {
@@ -1375,10 +1394,10 @@ impl<V: Copy> Conntrack<V> {
             off if off < BUCKET as u32 => (m, m & !(1u32 << off)),
             _ => (m, m),
         };
-        let [b1, b2] = p.buckets;
+        let [b1, b2] = p.buckets.map(|b| b as usize);
         let (m1, u1) = free(b1, p.free[0]);
         let at = |b: usize, u: u32| b as u32 + u.trailing_zeros();
-        if p.nb == 1 {
+        if b1 == b2 {
             return (u1 != 0).then(|| at(b1, u1));
         }
         // The first bucket while it has room to spare: a key there is found by the fast
@@ -1408,14 +1427,13 @@ impl<V: Copy> Conntrack<V> {
         class: Class,
         now: Millis,
     ) -> Result<u32, InsertError> {
-        let buckets = &p.buckets[..p.nb];
+        let buckets = p.bucket_list();
         if let Some(slot) = self.free_slot(p, exclude) {
             return Ok(slot);
         }
         // Live slot whose flow is going anyway, or has expired.
         for &b in buckets {
-            for i in b..b + BUCKET {
-                let slot = i as u32;
+            for slot in b..b + BUCKET as u32 {
                 if slot == exclude {
                     continue;
                 }
@@ -1432,8 +1450,7 @@ impl<V: Copy> Conntrack<V> {
             // The victim may own the slot through either of its keys; pick the one in this bucket.
             let slot = buckets
                 .iter()
-                .flat_map(|&b| b..b + BUCKET)
-                .map(|i| i as u32)
+                .flat_map(|&b| b..b + BUCKET as u32)
                 .find(|&i| i != exclude && self.flow_of(i) == Some(flow));
             if let Some(slot) = slot {
                 plan.add(flow);
@@ -1454,7 +1471,8 @@ impl<V: Copy> Conntrack<V> {
     ) -> Option<(u32, Millis)> {
         const _: () = assert!(TAG_UNCONFIRMED == 0x8000);
         let mut best: Option<(u32, Millis)> = None;
-        for &b in &p.buckets[..p.nb] {
+        for &b in p.bucket_list() {
+            let b = b as usize;
             let Some(tags) = self.tags.get(b..b + BUCKET) else {
                 continue;
             };

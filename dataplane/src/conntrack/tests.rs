@@ -465,7 +465,9 @@ fn embryonic_budget_fails_when_no_embryonic_flow_shares_the_window() {
         let p = ct.probe(k, ct.table_hash(k));
         [a, b].iter().any(|x| {
             let s = ct.lookup(x, 0).unwrap().slot as usize;
-            p.buckets.iter().any(|&bk| (bk..bk + BUCKET).contains(&s))
+            p.buckets
+                .iter()
+                .any(|&bk| (bk as usize..bk as usize + BUCKET).contains(&s))
         })
     };
     let c = (3..)

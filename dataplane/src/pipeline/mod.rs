@@ -527,15 +527,25 @@ fn process_seen(
     pkt: &mut PacketBuf<'_>,
     seen: Option<&FastMiss>,
 ) -> Verdict {
-    if let Some((f, hash, absent)) = seen.and_then(FastMiss::untracked) {
-        if state.generation == Some(table.generation) {
-            let rx = pkt.len() as u64;
-            if let Some(v) = new_flow::new_v4(state, table, now, pkt, f, hash, absent) {
-                count_verdict(&mut state.counters, rx, pkt.len() as u64, v);
-                return v;
-            }
+    if let Some(s) = seen {
+        if s.untracked().is_some() && state.generation == Some(table.generation) {
+            return new_flow::first_v4(state, table, now, pkt, s);
         }
     }
+    seen_general(state, table, now, pkt, seen)
+}
+
+/// The general path of a frame the fast path passed on (`seen`: what it learned, if it read
+/// the frame) and the new flow's own path left alone. Out of line: the dispatch before it
+/// then keeps no registers, and both its calls are tail calls.
+#[inline(never)]
+fn seen_general(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    seen: Option<&FastMiss>,
+) -> Verdict {
     let parsed = parse_after(pkt.data(), seen);
     process_parsed_as(state, table, now, pkt, parsed, seen)
 }

@@ -82,6 +82,47 @@ pub(super) fn new_v4(
     h: u64,
     absent: bool,
 ) -> Option<Verdict> {
+    new_v4_inline(st, table, now, pkt, f, h, absent)
+}
+
+/// [`new_v4`] with the frame's counting, for a frame the fast path read and found untracked
+/// (`seen`, in a burst, the table adopted): the verdict, the frame counted as the general path
+/// counts it; a frame [`new_v4`] leaves alone goes on to the general path (which counts it).
+/// Its own call from the burst's dispatch, so that dispatch keeps no registers and calls it
+/// (and the general path here) as tail calls.
+#[inline(never)]
+pub(super) fn first_v4(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    seen: &super::FastMiss,
+) -> Verdict {
+    let rx = pkt.len() as u64;
+    let (f, h, absent) = (
+        &seen.flow,
+        seen.hash,
+        seen.hit == crate::conntrack::Miss::Absent,
+    );
+    match new_v4_inline(st, table, now, pkt, f, h, absent) {
+        Some(v) => {
+            super::count_verdict(&mut st.counters, rx, pkt.len() as u64, v);
+            v
+        }
+        None => super::seen_general(st, table, now, pkt, Some(seen)),
+    }
+}
+
+#[inline(always)]
+fn new_v4_inline(
+    st: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    f: &V4Flow,
+    h: u64,
+    absent: bool,
+) -> Option<Verdict> {
     let tcp = f.proto == proto::TCP;
     if tcp && f.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
         return None;
@@ -170,7 +211,14 @@ pub(super) fn new_v4(
     let inserted = if pool.mode.replies_through_us() {
         // The reply key (backend -> us) and its value (back to the client).
         let (r_dst, r_dport, pb) = if pool.mode == Mode::FullNat {
-            match snat_v4(st, pool, be_w, new_dport, f.proto, now) {
+            match snat_v4(
+                st,
+                svc.snat_v4(usize::from(be.pool)),
+                be_w,
+                new_dport,
+                f.proto,
+                now,
+            ) {
                 Ok(a) => a,
                 Err(r) => return Some(Verdict::Drop(r)),
             }
@@ -263,48 +311,31 @@ pub(super) fn new_v4(
 
 /// [`snat_alloc`] for an IPv4 backend (`be_w`, its address word as loaded; `be_port` the
 /// port the flow goes to) from words: the fullnat source address word and port, and the
-/// reply key's probe. The same turns, order and errors.
+/// reply key's probe. The same turns, order and errors; the pool's IPv4 addresses are the
+/// words the table keeps for it (`words`, [`Service::snat_v4`]).
 #[inline(always)]
 fn snat_v4(
     st: &mut WorkerState,
-    pool: &Pool,
+    words: &[u32],
     be_w: u32,
     be_port: u16,
     proto: u8,
     now: Millis,
 ) -> Result<(u32, u16, Probe), DropReason> {
-    // The family's first few address words in one walk (a pool rarely has more).
-    let mut words = [0u32; 4];
-    let mut n = 0;
-    for a in &pool.snat {
-        if a.is_v4() {
-            if let Some(w) = words.get_mut(n) {
-                *w = u32::from_ne_bytes(a.v4_octets());
-            }
-            n += 1;
-        }
-    }
+    let n = words.len();
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
-    let start = st.next_snat_addr(n);
-    // The family's addresses from the `start`-th on, wrapping around.
-    for k in 0..n {
-        let want = if start + k >= n {
-            start + k - n
-        } else {
-            start + k
-        };
-        let snat_w = match words.get(want) {
-            Some(&w) => w,
-            None => match pool.snat.iter().filter(|a| a.is_v4()).nth(want) {
-                Some(a) => u32::from_ne_bytes(a.v4_octets()),
-                None => continue,
-            },
+    // The addresses from the one whose turn it is on, wrapping around.
+    let mut i = st.next_snat_addr(n);
+    for _ in 0..n {
+        let Some(&snat_w) = words.get(i) else {
+            break;
         };
         if let Some((port, p)) = st.alloc_port_v4(be_w, snat_w, be_port, proto, now) {
             return Ok((snat_w, port, p));
         }
+        i = if i + 1 == n { 0 } else { i + 1 };
     }
     Err(DropReason::SnatExhausted)
 }

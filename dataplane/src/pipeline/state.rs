@@ -340,12 +340,16 @@ impl WorkerState {
         now: Millis,
     ) -> Option<(u16, Probe)> {
         let bp = be_port.to_be_bytes();
-        self.next_free_port(now, |ct, port| {
-            let pp = port.to_be_bytes();
-            let ports = u32::from_ne_bytes([bp[0], bp[1], pp[0], pp[1]]);
-            let h = ct.hash_v4(be_w, snat_w, ports, proto);
-            ct.probe_v4(V4Key::new(be_w, snat_w, ports, proto), h)
-        })
+        self.next_free_port(
+            now,
+            #[inline(always)]
+            |ct, port| {
+                let pp = port.to_be_bytes();
+                let ports = u32::from_ne_bytes([bp[0], bp[1], pp[0], pp[1]]);
+                let h = ct.hash_v4(be_w, snat_w, ports, proto);
+                ct.probe_v4(V4Key::new(be_w, snat_w, ports, proto), h)
+            },
+        )
     }
 
     /// Walks this worker's SNAT ports from where the last flow stopped, probing each one's
