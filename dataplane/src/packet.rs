@@ -106,7 +106,11 @@ impl<'a> PacketBuf<'a> {
     /// Sets the frame length, keeping its start; false (and unchanged) past the buffer's end.
     pub fn set_len(&mut self, len: usize) -> bool {
         // Checked: an overflowing sum must not pass for a short one (the invariant).
-        if self.head.checked_add(len).is_none_or(|end| end > self.buf.len()) {
+        if self
+            .head
+            .checked_add(len)
+            .is_none_or(|end| end > self.buf.len())
+        {
             return false;
         }
         self.len = len;
@@ -115,7 +119,10 @@ impl<'a> PacketBuf<'a> {
 
     /// Replaces the frame with `bytes`, placed at `head`. False if it does not fit.
     pub fn replace(&mut self, head: usize, bytes: &[u8]) -> bool {
-        if head.checked_add(bytes.len()).is_none_or(|end| end > self.buf.len()) {
+        if head
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > self.buf.len())
+        {
             return false;
         }
         self.buf[head..head + bytes.len()].copy_from_slice(bytes);

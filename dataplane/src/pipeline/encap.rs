@@ -71,8 +71,7 @@ pub(super) fn outer_v4(
     } else {
         h[wire::ETH_LEN + 21]
     };
-    h[..6].copy_from_slice(&val.mac);
-    h[6..12].copy_from_slice(&val.src_mac);
+    h[..12].copy_from_slice(&val.macs);
     h[12..14].copy_from_slice(&wire::ETHERTYPE_IPV4.to_be_bytes());
     // `inner + overhead` is at most the MTU, a u16.
     let [t0, t1] = ((inner + overhead) as u16).to_be_bytes();
@@ -128,7 +127,8 @@ pub(super) fn encap(
     } else {
         wire::ETHERTYPE_IPV6
     };
-    if wire::write_eth(d, val.mac, val.src_mac, p.vlan, outer_type).is_none() {
+    let (dst, src) = (wire::dst_mac(&val.macs), wire::src_mac(&val.macs));
+    if wire::write_eth(d, dst, src, p.vlan, outer_type).is_none() {
         return Verdict::Drop(DropReason::NoRoom);
     }
     let next = if udp_len > 0 {

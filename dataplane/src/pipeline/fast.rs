@@ -204,8 +204,7 @@ fn forward_tracked<const CHECK: bool>(
         // The value's protocol is its key's (one byte compared in the slot's line).
         let tcp = val.proto == proto::TCP;
         let d = pkt.data_mut();
-        let macs = (&val.mac, &val.src_mac);
-        if !nat::rewrite_v4_frame(d, macs, (&addrs.0, &addrs.1), ports, deltas, tcp) {
+        if !nat::rewrite_v4_frame(d, &val.macs, (&addrs.0, &addrs.1), ports, deltas, tcp) {
             return Err(None);
         }
     } else if val.fast.encaps_v4() {
@@ -218,7 +217,7 @@ fn forward_tracked<const CHECK: bool>(
         }
         tally.grown += overhead as u64;
     } else if val.fast == Fast::MacV4 {
-        wire::set_macs(pkt.data_mut(), val.mac, val.src_mac);
+        wire::set_mac_pair(pkt.data_mut(), &val.macs);
     } else {
         return Err(None);
     }

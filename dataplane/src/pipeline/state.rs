@@ -50,10 +50,11 @@ pub struct FlowValue {
     pub(super) l4_delta: Delta,
     pub(super) new_sport: u16,
     pub(super) new_dport: u16,
-    pub(super) mac: [u8; 6],
-    /// Our MAC on the interface this direction leaves by (the worker transmits a frame on the
-    /// interface whose MAC is its source).
-    pub(super) src_mac: [u8; 6],
+    /// The frame's destination MAC (the next hop's) and source MAC (ours on the interface this
+    /// direction leaves by: the worker transmits a frame on the interface whose MAC is its
+    /// source), as the frame's first 12 bytes hold them ([`crate::wire::mac_pair`]): one 8-byte and
+    /// one 4-byte copy per packet.
+    pub(super) macs: [u8; 12],
     pub(super) gue_port: u16,
     /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
     /// still in `SynSent` is a SYN the backend never answered. (Here, in the padding before
@@ -412,8 +413,7 @@ mod tests {
             std::mem::offset_of!(FlowValue, be_stat),
             std::mem::offset_of!(FlowValue, l3_delta),
             std::mem::offset_of!(FlowValue, l4_delta),
-            std::mem::offset_of!(FlowValue, mac),
-            std::mem::offset_of!(FlowValue, src_mac),
+            std::mem::offset_of!(FlowValue, macs),
             std::mem::offset_of!(FlowValue, generation),
             std::mem::offset_of!(FlowValue, by_syn),
         ] {
