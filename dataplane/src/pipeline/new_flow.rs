@@ -143,7 +143,7 @@ pub(super) fn new_v4(
         proto: f.proto,
         svc_stat: svc.stat,
         be_stat: be.stat,
-        l3_delta: Delta::default(),
+        l3_delta: encap::outer_delta(fast, &new_src, &be.addr),
         l4_delta: Delta::default(),
         new_sport: sport,
         new_dport,

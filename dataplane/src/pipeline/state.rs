@@ -43,7 +43,8 @@ pub struct FlowValue {
     pub(super) svc_stat: u32,
     pub(super) be_stat: u32,
     /// Checksum delta of the address rewrite (IPv4 header), computed once per flow
-    /// ([`Action::Rewrite`] only; 0 otherwise).
+    /// ([`Action::Rewrite`]); for [`Fast::IpipV4`] and [`Fast::GueV4`] the outer IPv4
+    /// header's per-flow part ([`outer_delta`](super::encap::outer_delta)); 0 otherwise.
     pub(super) l3_delta: Delta,
     /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports;
     /// [`Action::Rewrite`] only).
@@ -129,6 +130,9 @@ impl FlowValue {
             Action::Mac if v4 => Fast::MacV4,
             _ => Fast::No,
         };
+        if self.fast.encaps_v4() {
+            self.l3_delta = super::encap::outer_delta(self.fast, &self.new_src, &self.new_dst);
+        }
     }
 
     /// The flow's service VIP, for a value stored with a key of direction `dir`.
