@@ -1,6 +1,6 @@
 //! A frame inside a buffer with headroom, so encapsulation can grow it in front without copying.
 //!
-//! Its one `unsafe` (the frame's bytes taken without a bounds check, twice per packet on the
+//! Its `unsafe` (the frame's bytes taken without a bounds check, twice per packet on the
 //! fast path) rests on an invariant every function here keeps: `head + len <= buf.len()`.
 #![allow(unsafe_code)]
 
