@@ -15,14 +15,9 @@ use crate::table::RoutingTable;
 use crate::wire::nat;
 use crate::wire::{self, ETH_LEN};
 
-use super::encap;
+use super::encap::{self, GUE_OVERHEAD, IPIP_OVERHEAD};
 use super::state::{BurstFrame, Fast, FlowValue};
-use super::verdict::Counters;
-
-/// Bytes dsr-ipip puts in front of the client's IP packet.
-const IPIP_OVERHEAD: usize = 20;
-/// Bytes dsr-gue puts in front of it (outer IPv4 and UDP).
-const GUE_OVERHEAD: usize = 28;
+use super::verdict::{Counters, FlowCounters};
 
 /// What [`forward`] did with a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +49,25 @@ pub(super) struct Tally {
 /// [`Tally::svc`] before the burst's first packet.
 const NO_RUN: u32 = u32::MAX;
 
+/// Ends the run of service `svc` (adds what was counted since `from`, packets and bytes, to
+/// its counters) and returns `now` as where the next run begins: kept out of the walk (which
+/// would otherwise hold the counters' base in a register), its tally passed by value so the
+/// walk keeps it in registers.
+#[cold]
+#[inline(never)]
+fn next_run(
+    services: &mut [FlowCounters],
+    svc: u32,
+    from: (u64, u64),
+    now: (u64, u64),
+) -> (u64, u64) {
+    if let Some(s) = services.get_mut(svc as usize) {
+        s.packets += now.0 - from.0;
+        s.bytes += now.1 - from.1;
+    }
+    now
+}
+
 impl Tally {
     /// Nothing counted yet.
     pub(super) const fn new() -> Tally {
@@ -68,22 +82,49 @@ impl Tally {
 
     /// Counts a packet of `rx_len` bytes of service `svc`.
     #[inline(always)]
-    fn count(&mut self, c: &mut Counters, svc: u32, rx_len: u64) {
+    fn count(&mut self, c: &mut [FlowCounters], svc: u32, rx_len: u64) {
         if svc != self.svc {
-            self.next_run(c, svc);
+            self.run_from = next_run(c, self.svc, self.run_from, (self.packets, self.bytes));
+            self.svc = svc;
         }
         self.packets += 1;
         self.bytes += rx_len;
     }
 
-    /// Ends the run of one service (adds it to its counters) and begins one of `svc`: kept
-    /// out of the walk, which would otherwise hold the counters' base in a register.
-    #[cold]
-    #[inline(never)]
-    fn next_run(&mut self, c: &mut Counters, svc: u32) {
-        self.end_run(c);
-        self.svc = svc;
-        self.run_from = (self.packets, self.bytes);
+    /// [`Tally::count`] of a walk's packet `nth` (from 0) when every packet before it in the
+    /// walk was counted so: the packets are not counted one by one, [`Tally::flush_walk`] is
+    /// told how many there were.
+    #[inline(always)]
+    fn count_nth(&mut self, c: &mut [FlowCounters], svc: u32, rx_len: u64, nth: u64) {
+        if svc != self.svc {
+            self.run_from = next_run(c, self.svc, self.run_from, (nth, self.bytes));
+            self.svc = svc;
+        }
+        self.bytes += rx_len;
+    }
+
+    /// [`Tally::count`] (`ALONE`) or [`Tally::count_nth`], as [`forward_tracked`] counts.
+    #[inline(always)]
+    fn count_as<const ALONE: bool>(
+        &mut self,
+        c: &mut [FlowCounters],
+        svc: u32,
+        rx_len: u64,
+        nth: usize,
+    ) {
+        if ALONE {
+            self.count(c, svc, rx_len);
+        } else {
+            self.count_nth(c, svc, rx_len, nth as u64);
+        }
+    }
+
+    /// [`Tally::flush`] after a walk that counted its first `forwarded` packets with
+    /// [`Tally::count_nth`].
+    #[inline(always)]
+    pub(super) fn flush_walk(&mut self, c: &mut Counters, forwarded: usize) {
+        self.packets = forwarded as u64;
+        self.flush(c);
     }
 
     /// Adds the current run to its service's counters.
@@ -128,7 +169,7 @@ pub(super) fn forward(
     hint: u32,
     tally: &mut Tally,
 ) -> Outcome {
-    match forward_tracked::<true>(lane, pkt, frame, hint, tally) {
+    match forward_tracked::<true>(lane, pkt, frame, hint, tally, 0) {
         Ok(()) => Outcome::Forwarded,
         Err(Some(hit)) => Outcome::General(hit),
         Err(None) => general(lane.ct, frame, lane.now),
@@ -137,7 +178,8 @@ pub(super) fn forward(
 
 /// [`forward`] in a burst's fast loop, before anything else of the burst changed the table
 /// (see [`Conntrack::lookup_steady_fresh`]; `frame.hint` found ahead in the burst's walk, or
-/// [`NO_HINT`](crate::conntrack::NO_HINT)).
+/// [`NO_HINT`](crate::conntrack::NO_HINT)), as the walk's packet `nth` (from 0; every one
+/// before it forwarded: [`Tally::count_nth`], flushed with [`Tally::flush_walk`]).
 /// `Err(Some(miss))`: the general path, with this lookup's result; `Err(None)`: a steady flow
 /// the fast path still cannot take, whose lookup the general path repeats ([`again`]).
 #[inline(always)]
@@ -146,8 +188,9 @@ pub(super) fn forward_fresh(
     pkt: &mut PacketBuf<'_>,
     frame: &BurstFrame,
     tally: &mut Tally,
+    nth: usize,
 ) -> Result<(), Option<Miss>> {
-    forward_tracked::<false>(lane, pkt, frame, frame.hint, tally)
+    forward_tracked::<false>(lane, pkt, frame, frame.hint, tally, nth)
 }
 
 /// The lookup of a frame [`forward_fresh`] gave up with `Err(None)`, for the general path.
@@ -166,7 +209,9 @@ fn general(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> Outcom
 
 /// The fast path proper: `Err(Some(miss))` when the lookup says the general path must take
 /// the frame, `Err(None)` when a steady flow's frame still cannot take the fast path (its
-/// lookup is repeated for the general path, off the fast loop). `CHECK`: the hint may be stale.
+/// lookup is repeated for the general path, off the fast loop). `CHECK`: the hint may be stale,
+/// and the packet is counted alone ([`Tally::count`]); else it is a walk's packet `nth`
+/// ([`forward_fresh`]).
 #[inline(always)]
 fn forward_tracked<const CHECK: bool>(
     lane: &mut Lane<'_>,
@@ -174,6 +219,7 @@ fn forward_tracked<const CHECK: bool>(
     frame: &BurstFrame,
     hint: u32,
     tally: &mut Tally,
+    nth: usize,
 ) -> Result<(), Option<Miss>> {
     let Lane {
         ct,
@@ -196,37 +242,49 @@ fn forward_tracked<const CHECK: bool>(
         return Err(None);
     }
     let rx_len = pkt.len() as u64;
-    // nat and fullnat first: one compare instead of a jump through a table.
-    if val.fast == Fast::RewriteV4 {
+    // dsr-ipip first, then nat and fullnat: one compare each instead of a jump through a
+    // table (four compares of the kind make one); dsr-gue and dr after one range test.
+    if val.fast == Fast::IpipV4 {
+        let inner = usize::from(frame.l3_end) - ETH_LEN;
+        if !encap::outer_v4_as::<false>(pkt, table, val, inner, 0) {
+            return Err(None);
+        }
+        tally.grown += IPIP_OVERHEAD as u64;
+    } else if val.fast == Fast::RewriteV4 {
         let ports = nat::ports(val.new_sport, val.new_dport);
         let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
         let deltas = (val.l3_delta, val.l4_delta);
         // The value's protocol is its key's (one byte compared in the slot's line).
         let tcp = val.proto == proto::TCP;
         let d = pkt.data_mut();
-        let macs = (&val.mac, &val.src_mac);
-        if !nat::rewrite_v4_frame(d, macs, (&addrs.0, &addrs.1), ports, deltas, tcp) {
+        if !nat::rewrite_v4_frame(d, &val.macs, (&addrs.0, &addrs.1), ports, deltas, tcp) {
             return Err(None);
         }
-    } else if val.fast.encaps_v4() {
-        let inner = usize::from(frame.l3_end) - ETH_LEN;
-        let gue = val.fast == Fast::GueV4;
-        let overhead = if gue { GUE_OVERHEAD } else { IPIP_OVERHEAD };
-        // The client's source port is the entropy, as the general path's.
-        if !encap::outer_v4(pkt, table, val, inner, gue, frame.flow().sport()) {
-            return Err(None);
+    } else if val.fast as u8 >= Fast::GueV4 as u8 {
+        if val.fast == Fast::GueV4 {
+            let inner = usize::from(frame.l3_end) - ETH_LEN;
+            // The client's source port is the entropy, as the general path's.
+            if !encap::outer_v4_as::<true>(pkt, table, val, inner, frame.flow().sport()) {
+                return Err(None);
+            }
+            tally.grown += GUE_OVERHEAD as u64;
+        } else {
+            wire::set_mac_pair(pkt.data_mut(), &val.macs);
         }
-        tally.grown += overhead as u64;
-    } else if val.fast == Fast::MacV4 {
-        wire::set_macs(pkt.data_mut(), val.mac, val.src_mac);
     } else {
         return Err(None);
     }
-    // The service (in runs) and backend count the packet as received, as `count` does.
-    tally.count(counters, val.svc_stat, rx_len);
-    if let Some(b) = counters.backends.get_mut(val.be_stat as usize) {
+    // The service (in runs) and backend count the packet as received, as `count` does. The
+    // backend's packets and bytes on either side of the run's test: in one block the
+    // compiler pairs the two adds into a vector add, twice the instructions.
+    let b = counters.backends.get_mut(val.be_stat as usize);
+    let services = &mut counters.services;
+    if let Some(b) = b {
         b.packets += 1;
+        tally.count_as::<CHECK>(services, val.svc_stat, rx_len, nth);
         b.bytes += rx_len;
+    } else {
+        tally.count_as::<CHECK>(services, val.svc_stat, rx_len, nth);
     }
     Ok(())
 }

@@ -226,6 +226,6 @@ pub(super) fn icmp_error_tracked(
     if let Some(msg) = d.get_mut(p.l4_off..p.l3_end) {
         wire::refresh_icmp_checksum(msg, v4, &outer_src, &val.new_dst);
     }
-    wire::set_macs(d, val.mac, val.src_mac);
+    wire::set_mac_pair(d, &val.macs);
     Verdict::Tx
 }

@@ -274,13 +274,13 @@ fn pipelined(
             break;
         };
         if frame.l3_end == NOT_READ
-            || fast::forward_fresh(&mut lane, pkt, frame, &mut tally).is_err()
+            || fast::forward_fresh(&mut lane, pkt, frame, &mut tally, i).is_err()
         {
             stop = i;
             break;
         }
     }
-    tally.flush(lane.counters);
+    tally.flush_walk(lane.counters, stop);
     // Every frame before the stop was forwarded: their verdicts in one fill, not a store
     // (and the verdicts' address held) per frame.
     if let Some(v) = verdicts.get_mut(..stop) {
@@ -411,14 +411,14 @@ fn one_pass(
         table,
         now,
     };
-    let mut stop = (pkts.len(), None);
+    let mut stop = (pkts.len().min(verdicts.len()), None);
     for (i, (pkt, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
         let Some(f) = wire::parse_v4_words(pkt.data()) else {
             stop.0 = i;
             break;
         };
         let frame = burst_frame(lane.ct, &f);
-        match fast::forward_fresh(&mut lane, pkt, &frame, &mut tally) {
+        match fast::forward_fresh(&mut lane, pkt, &frame, &mut tally, i) {
             Ok(()) => *v = Verdict::Tx,
             Err(miss) => {
                 stop = (i, Some((frame, miss)));
@@ -426,7 +426,7 @@ fn one_pass(
             }
         }
     }
-    tally.flush(lane.counters);
+    tally.flush_walk(lane.counters, stop.0);
     let miss = stop.1.map(|(frame, miss)| FastMiss {
         flow: frame.flow(),
         hit: miss.unwrap_or_else(|| fast::again(&state.ct, &frame, now)),

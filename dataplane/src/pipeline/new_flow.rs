@@ -184,12 +184,11 @@ fn new_v4_inline(
         proto: f.proto,
         svc_stat: svc.stat,
         be_stat: be.stat,
-        l3_delta: Delta::default(),
+        l3_delta: encap::outer_delta(fast, &new_src, &be.addr),
         l4_delta: Delta::default(),
         new_sport: sport,
         new_dport,
-        mac,
-        src_mac: table.local.mac_of(svc.iface(bi)),
+        macs: wire::mac_pair(mac, table.local.mac_of(svc.iface(bi))),
         gue_port: pool.gue_port,
         by_syn: tcp,
         generation: table.generation,
@@ -258,8 +257,7 @@ fn new_v4_inline(
             new_dst: client,
             new_sport: dport,
             new_dport: sport,
-            mac: client_mac,
-            src_mac: table.local.mac_of(st.rx_port),
+            macs: wire::mac_pair(client_mac, table.local.mac_of(st.rx_port)),
             ident: be.addr,
             ..fwd
         };
@@ -280,10 +278,9 @@ fn new_v4_inline(
             let ports = nat::ports(val.new_sport, val.new_dport);
             let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
             let deltas = (val.l3_delta, val.l4_delta);
-            let macs = (&val.mac, &val.src_mac);
             nat::rewrite_v4_frame(
                 pkt.data_mut(),
-                macs,
+                &val.macs,
                 (&addrs.0, &addrs.1),
                 ports,
                 deltas,
@@ -291,7 +288,7 @@ fn new_v4_inline(
             )
         }
         Fast::MacV4 => {
-            wire::set_macs(pkt.data_mut(), val.mac, val.src_mac);
+            wire::set_mac_pair(pkt.data_mut(), &val.macs);
             true
         }
         Fast::IpipV4 | Fast::GueV4 => {
@@ -393,8 +390,7 @@ fn commit(
             new_dst: key.src,
             new_sport: key.dport,
             new_dport: key.sport,
-            mac: client_mac,
-            src_mac: table.local.mac_of(st.rx_port),
+            macs: wire::mac_pair(client_mac, table.local.mac_of(st.rx_port)),
             ident: be.addr,
             ..fwd
         };
@@ -524,8 +520,7 @@ fn forward_value(
         new_dst: be.addr,
         new_sport: key.sport,
         new_dport: if be.port == 0 { key.dport } else { be.port },
-        mac,
-        src_mac: table.local.mac_of(svc.iface(bi)),
+        macs: wire::mac_pair(mac, table.local.mac_of(svc.iface(bi))),
         gue_port: pool.gue_port,
         ident: key.dst,
         vport: key.dport,

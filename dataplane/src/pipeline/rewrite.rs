@@ -33,7 +33,7 @@ pub(super) fn apply(
         let ports = nat::ports(val.new_sport, val.new_dport);
         let (src, dst) = (val.new_src.v4_octets(), val.new_dst.v4_octets());
         nat::rewrite_v4(d, at, src, dst, ports, (val.l3_delta, val.l4_delta));
-        wire::set_macs(d, val.mac, val.src_mac);
+        wire::set_mac_pair(d, &val.macs);
         return Verdict::Tx;
     }
     apply_other(table, pkt, p, val, entropy)
@@ -66,11 +66,11 @@ fn apply_other(
             let ports = nat::ports(val.new_sport, val.new_dport);
             let deltas = (val.l3_delta, val.l4_delta);
             nat::rewrite(d, at, &val.new_src, &val.new_dst, ports, deltas);
-            wire::set_macs(d, val.mac, val.src_mac);
+            wire::set_mac_pair(d, &val.macs);
             Verdict::Tx
         }
         Action::Mac => {
-            wire::set_macs(pkt.data_mut(), val.mac, val.src_mac);
+            wire::set_mac_pair(pkt.data_mut(), &val.macs);
             Verdict::Tx
         }
         Action::Ipip | Action::Gue => match encap_v4(table, pkt, p, val, entropy) {

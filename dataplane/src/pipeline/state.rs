@@ -43,17 +43,19 @@ pub struct FlowValue {
     pub(super) svc_stat: u32,
     pub(super) be_stat: u32,
     /// Checksum delta of the address rewrite (IPv4 header), computed once per flow
-    /// ([`Action::Rewrite`] only; 0 otherwise).
+    /// ([`Action::Rewrite`]); for [`Fast::IpipV4`] and [`Fast::GueV4`] the outer IPv4
+    /// header's per-flow part ([`outer_delta`](super::encap::outer_delta)); 0 otherwise.
     pub(super) l3_delta: Delta,
     /// Checksum delta of the address and port rewrite (TCP/UDP pseudo header and ports;
     /// [`Action::Rewrite`] only).
     pub(super) l4_delta: Delta,
     pub(super) new_sport: u16,
     pub(super) new_dport: u16,
-    pub(super) mac: [u8; 6],
-    /// Our MAC on the interface this direction leaves by (the worker transmits a frame on the
-    /// interface whose MAC is its source).
-    pub(super) src_mac: [u8; 6],
+    /// The frame's destination MAC (the next hop's) and source MAC (ours on the interface this
+    /// direction leaves by: the worker transmits a frame on the interface whose MAC is its
+    /// source), as the frame's first 12 bytes hold them ([`crate::wire::mac_pair`]): one 8-byte and
+    /// one 4-byte copy per packet.
+    pub(super) macs: [u8; 12],
     pub(super) gue_port: u16,
     /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
     /// still in `SynSent` is a SYN the backend never answered. (Here, in the padding before
@@ -128,6 +130,9 @@ impl FlowValue {
             Action::Mac if v4 => Fast::MacV4,
             _ => Fast::No,
         };
+        if self.fast.encaps_v4() {
+            self.l3_delta = super::encap::outer_delta(self.fast, &self.new_src, &self.new_dst);
+        }
     }
 
     /// The flow's service VIP, for a value stored with a key of direction `dir`.
@@ -416,8 +421,7 @@ mod tests {
             std::mem::offset_of!(FlowValue, be_stat),
             std::mem::offset_of!(FlowValue, l3_delta),
             std::mem::offset_of!(FlowValue, l4_delta),
-            std::mem::offset_of!(FlowValue, mac),
-            std::mem::offset_of!(FlowValue, src_mac),
+            std::mem::offset_of!(FlowValue, macs),
             std::mem::offset_of!(FlowValue, generation),
             std::mem::offset_of!(FlowValue, by_syn),
         ] {

@@ -62,10 +62,10 @@ pub(super) fn revalidate(table: &RoutingTable, val: &mut FlowValue, dir: Dir) ->
     if dir == Dir::Original {
         // A next hop that is being re-resolved keeps the MAC the flow already uses.
         if let Ok(mac) = backend_mac(table, svc, usize::from(bi), be) {
-            val.mac = mac;
+            val.macs[..6].copy_from_slice(&mac);
         }
         // A reload may route the backend through another interface.
-        val.src_mac = table.local.mac_of(svc.iface(usize::from(bi)));
+        val.macs[6..].copy_from_slice(&table.local.mac_of(svc.iface(usize::from(bi))));
     }
     val.svc_stat = svc.stat;
     val.be_stat = be.stat;

@@ -59,3 +59,20 @@ pub fn set_macs(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
         h[6..].copy_from_slice(&src);
     }
 }
+
+/// A destination and a source MAC as the frame's first 12 bytes hold them.
+#[inline]
+pub fn mac_pair(dst: [u8; 6], src: [u8; 6]) -> [u8; 12] {
+    let mut m = [0u8; 12];
+    m[..6].copy_from_slice(&dst);
+    m[6..].copy_from_slice(&src);
+    m
+}
+
+/// [`set_macs`] from both MACs as [`mac_pair`] makes them: one 8-byte and one 4-byte copy.
+#[inline]
+pub fn set_mac_pair(frame: &mut [u8], macs: &[u8; 12]) {
+    if let Some(h) = frame.first_chunk_mut::<12>() {
+        *h = *macs;
+    }
+}

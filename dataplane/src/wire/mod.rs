@@ -23,8 +23,8 @@ mod udp;
 
 pub use arp::{ArpIpv4, ARP_IPV4_LEN, ARP_REPLY, ARP_REQUEST};
 pub use eth::{
-    dst_mac, set_macs, src_mac, write_eth, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6,
-    ETHERTYPE_VLAN, ETH_LEN,
+    dst_mac, mac_pair, set_mac_pair, set_macs, src_mac, write_eth, ETHERTYPE_ARP, ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6, ETHERTYPE_VLAN, ETH_LEN,
 };
 pub use icmp::{
     echo_reply_in_place, is_icmpv4_error, is_icmpv6_error,

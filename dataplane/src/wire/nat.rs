@@ -177,14 +177,15 @@ pub fn rewrite_v4(
 /// [`rewrite_v4`] of an untagged frame whose IPv4 header has no options (IP at 14, transport at
 /// 34), as [`parse_v4_flow`](super::parse_v4_flow) accepted it: the fast path's rewrite, on one
 /// fixed-size view of the frame's first 42 (UDP) or 54 (TCP) bytes, so nothing inside is
-/// bounds-checked again. `macs` are the destination and source MAC, written too; `ports` the
+/// bounds-checked again. `macs` are the destination and source MAC (as
+/// [`mac_pair`](super::mac_pair) makes them), written too; `ports` the
 /// port pair as [`ports`] makes it. `tcp` says
 /// which transport it is (the flow's protocol). False, and nothing written, for a frame
 /// shorter than its headers (which `parse_v4_flow` never accepts).
 #[inline(always)]
 pub fn rewrite_v4_frame(
     frame: &mut [u8],
-    macs: (&[u8; 6], &[u8; 6]),
+    macs: &[u8; 12],
     addrs: (&[u8; 4], &[u8; 4]),
     ports: u32,
     (l3_delta, l4_delta): (Delta, Delta),
@@ -192,15 +193,8 @@ pub fn rewrite_v4_frame(
 ) -> bool {
     // Checksum fields are loaded and stored native-endian: the deltas are in wire byte order.
     #[inline(always)]
-    fn head(
-        f: &mut [u8; 42],
-        macs: (&[u8; 6], &[u8; 6]),
-        addrs: (&[u8; 4], &[u8; 4]),
-        ports: u32,
-        l3: Delta,
-    ) {
-        f[..6].copy_from_slice(macs.0);
-        f[6..12].copy_from_slice(macs.1);
+    fn head(f: &mut [u8; 42], macs: &[u8; 12], addrs: (&[u8; 4], &[u8; 4]), ports: u32, l3: Delta) {
+        f[..12].copy_from_slice(macs);
         f[26..30].copy_from_slice(addrs.0);
         f[30..34].copy_from_slice(addrs.1);
         let c = l3.apply_wire(u16::from_ne_bytes([f[24], f[25]]));

@@ -688,11 +688,11 @@ proptest! {
         nat::rewrite_v4(&mut want, at, src, dst, ports, deltas);
         crate::wire::set_macs(&mut want, macs.0, macs.1);
         let tcp = p.proto == proto::TCP;
-        prop_assert!(nat::rewrite_v4_frame(&mut f, (&macs.0, &macs.1), (&src, &dst), ports, deltas, tcp));
+        prop_assert!(nat::rewrite_v4_frame(&mut f, &crate::wire::mac_pair(macs.0, macs.1), (&src, &dst), ports, deltas, tcp));
         prop_assert_eq!(&f, &want);
         let short = if tcp { 53 } else { 41 };
         let mut cut = want[..short].to_vec();
-        prop_assert!(!nat::rewrite_v4_frame(&mut cut, (&macs.0, &macs.1), (&src, &dst), ports, deltas, tcp));
+        prop_assert!(!nat::rewrite_v4_frame(&mut cut, &crate::wire::mac_pair(macs.0, macs.1), (&src, &dst), ports, deltas, tcp));
         prop_assert_eq!(&cut[..], &want[..short]);
     }
 }
