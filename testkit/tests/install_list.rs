@@ -16,8 +16,8 @@ const PRESENT: &[&str] = &[
     "awk", "basename", "bash", "cat", "chmod", "cp", "cut", "date", "dirname", "env", "find",
     "grep", "head", "id", "ln", "ls", "mkdir", "mktemp", "mv", "nproc", "rm", "rmdir", "sed",
     "seq", "sh", "sleep", "sort", "tail", "taskset", "tee", "touch", "tr", "uniq", "wc", "xargs",
-    "nice", "timeout", "uname", "stdbuf", "paste", "apt-get", "which", "dpkg", "stat", "mount", "umount",
-    "chroot", // the toolchain and the checkout
+    "nice", "timeout", "uname", "stdbuf", "paste", "apt-get", "which", "dpkg", "stat", "mount",
+    "umount", "chroot", // the toolchain and the checkout
     "cargo", "rustup", "rustc", "git",
 ];
 
