@@ -1000,12 +1000,13 @@ impl<V: Copy> Conntrack<V> {
         let deadline = now.saturating_add(self.timeout(initial, false));
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
         self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, 0, orig.1);
-        self.keys += 1;
+        let mut keys = 1;
         if let (Some(p), Some((k, v))) = (pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
             self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
-            self.keys += 1;
+            keys = 2;
         }
+        self.keys += keys;
         self.len += 1;
         *self.unconfirmed_count_mut(class) += 1;
         Ok(sa)
