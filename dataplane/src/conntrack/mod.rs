@@ -373,10 +373,11 @@ pub struct Probe {
     /// The key's [`KeyWord`], computed once for the search and the commit.
     kw: KeyWord,
     /// The first slots of the key's two buckets (equal in a one-bucket table; below 2^32, as
-    /// every slot index): in 32-bit words, so a probe is 48 bytes to build and move, not 64.
+    /// every slot index): in 32-bit words, so a probe is 32 bytes to build and move, not 64.
+    /// The buckets' free slots are read by the insert that takes the probe (the second only
+    /// when the first has no room to spare), not here: a port walk's rejected candidates and
+    /// most second buckets never need them.
     buckets: [u32; 2],
-    /// Each bucket's free slots (bit i = slot `buckets[j] + i`), read with the search.
-    free: [u32; 2],
     /// Slot holding this key (live or expired), [`NO_SLOT`] if none.
     found: u32,
     fp: u16,
@@ -999,12 +1000,13 @@ impl<V: Copy> Conntrack<V> {
         let deadline = now.saturating_add(self.timeout(initial, false));
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
         self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, 0, orig.1);
-        self.keys += 1;
+        let mut keys = 1;
         if let (Some(p), Some((k, v))) = (pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
             self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
-            self.keys += 1;
+            keys = 2;
         }
+        self.keys += keys;
         self.len += 1;
         *self.unconfirmed_count_mut(class) += 1;
         Ok(sa)
@@ -1361,7 +1363,6 @@ impl<V: Copy> Conntrack<V> {
         Probe {
             kw,
             buckets: [b1 as u32, b2 as u32],
-            free: [match_free(&self.tags, b1), match_free(&self.tags, b2)],
             found: found.unwrap_or(NO_SLOT),
             fp,
         }
@@ -1385,17 +1386,19 @@ impl<V: Copy> Conntrack<V> {
 
     /// A free slot (other than `exclude`) for a key with probe `p`: in its first bucket while
     /// that has [`FIRST_BUCKET_ROOM`] free slots, else in the emptier of its buckets; each
-    /// bucket's free slots as the probe read them (one vector compare each).
+    /// bucket's free slots one vector compare of its tags (the second's only when needed).
     #[inline(always)]
     fn free_slot(&self, p: &Probe, exclude: u32) -> Option<u32> {
-        // (free slots, those other than `exclude`) of bucket `b` (whose free slots the probe
-        // read: nothing changed since).
-        let free = |b: usize, m: u32| match exclude.wrapping_sub(b as u32) {
-            off if off < BUCKET as u32 => (m, m & !(1u32 << off)),
-            _ => (m, m),
+        // (free slots, those other than `exclude`) of bucket `b`.
+        let free = |b: usize| {
+            let m = match_free(&self.tags, b);
+            match exclude.wrapping_sub(b as u32) {
+                off if off < BUCKET as u32 => (m, m & !(1u32 << off)),
+                _ => (m, m),
+            }
         };
         let [b1, b2] = p.buckets.map(|b| b as usize);
-        let (m1, u1) = free(b1, p.free[0]);
+        let (m1, u1) = free(b1);
         let at = |b: usize, u: u32| b as u32 + u.trailing_zeros();
         if b1 == b2 {
             return (u1 != 0).then(|| at(b1, u1));
@@ -1405,7 +1408,7 @@ impl<V: Copy> Conntrack<V> {
         if u1 != 0 && ones(m1) >= FIRST_BUCKET_ROOM {
             return Some(at(b1, u1));
         }
-        let (m2, u2) = free(b2, p.free[1]);
+        let (m2, u2) = free(b2);
         // The second bucket only when it has strictly more free slots (or the first has none
         // to offer): both counts from one SWAR popcount.
         let (n1, n2) = popcount_pair(m1, m2);

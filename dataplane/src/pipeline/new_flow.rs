@@ -244,23 +244,20 @@ fn new_v4_inline(
             dport: r_dport,
             proto: f.proto,
         };
-        let (l3_delta, l4_delta) = nat::deltas_v4(
-            [be_be, r_dst_be, nat::ports(new_dport, r_dport)],
-            [v_be, c_be, nat::ports(dport, sport)],
-        );
-        let rev = FlowValue {
-            fast: Fast::RewriteV4,
-            action: Action::Rewrite,
-            l3_delta,
-            l4_delta,
-            new_src: vip,
-            new_dst: client,
-            new_sport: dport,
-            new_dport: sport,
-            macs: wire::mac_pair(client_mac, table.local.mac_of(st.rx_port)),
-            ident: be.addr,
-            ..fwd
-        };
+        // The reply undoes the forward rewrite: its deltas are the forward ones negated. Its
+        // sums are exactly zero only with its old words all ones and its new words all zeros.
+        let z3 = be_be & r_dst_be == u32::MAX && v_be | c_be == 0;
+        let z4 = z3 && nat::ports(new_dport, r_dport) == u32::MAX && in_ports == 0;
+        let (l3_delta, l4_delta) = (fwd.l3_delta.reversed(z3), fwd.l4_delta.reversed(z4));
+        // The fields the reply shares with the forward value copied, the others set.
+        let mut rev = fwd;
+        rev.fast = Fast::RewriteV4;
+        rev.action = Action::Rewrite;
+        (rev.l3_delta, rev.l4_delta) = (l3_delta, l4_delta);
+        (rev.new_src, rev.new_dst) = (vip, client);
+        (rev.new_sport, rev.new_dport) = (dport, sport);
+        rev.macs = wire::mac_pair(client_mac, table.local.mac_of(st.rx_port));
+        rev.ident = be.addr;
         st.ct
             .insert_probed(now, (&key, &pa, &fwd), Some((&rkey, &pb, &rev)), initial)
     } else {

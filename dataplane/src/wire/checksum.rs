@@ -91,6 +91,25 @@ impl Delta {
         Delta(u32::from((fold64(sum) as u16).to_be()))
     }
 
+    /// The difference of the reverse replacement (`new` back to `old`, the words in any order
+    /// and with the 16-bit halves of any word swapped: ones' complement sums commute), from
+    /// this one by negation, without summing the words again. `zero` says whether the reverse's
+    /// unfolded sum is exactly zero (its old words all ones, its new words all zeros): that
+    /// alone decides the reverse's form (0 or 0xffff) when this one is congruent to zero.
+    #[inline(always)]
+    pub fn reversed(self, zero: bool) -> Delta {
+        let v = self.0 as u16;
+        // Both byte orders of 0 and 0xffff are themselves, and negation (`!`) commutes with
+        // swapping the bytes: the wire order needs no swap.
+        let congruent_zero = v.wrapping_add(1) <= 1;
+        let r = match (congruent_zero, zero) {
+            (false, _) => !v,
+            (true, false) => 0xffff,
+            (true, true) => 0,
+        };
+        Delta(u32::from(r))
+    }
+
     /// Both differences at once (they cover the same data).
     #[inline]
     #[must_use]
@@ -260,6 +279,22 @@ mod tests {
             // Incremental and full results may differ only as +0/-0 (0000 vs ffff).
             prop_assert!(inc == after || (inc == 0xffff && after == 0) || (inc == 0 && after == 0xffff),
                 "inc {inc:04x} full {after:04x}");
+        }
+
+        #[test]
+        fn reversed_delta_equals_computed(w in proptest::array::uniform6(prop_oneof![Just(0u32), Just(u32::MAX), Just(0xffff), any::<u32>()])) {
+            use crate::wire::nat::deltas_v4;
+            let swap = |p: u32| p.rotate_left(16);
+            let (from, to) = ([w[0], w[1], w[2]], [w[3], w[4], w[5]]);
+            // A flow's reply undoes its forward rewrite: addresses exchanged, ports exchanged.
+            let (f3, f4) = deltas_v4(from, to);
+            let (r3, r4) = deltas_v4([to[1], to[0], swap(to[2])], [from[1], from[0], swap(from[2])]);
+            // The reverse's sums are exactly zero when its old words are all ones and its
+            // new words all zeros.
+            let z3 = to[0] & to[1] == u32::MAX && from[0] | from[1] == 0;
+            let z4 = z3 && to[2] == u32::MAX && from[2] == 0;
+            prop_assert_eq!(f3.reversed(z3), r3);
+            prop_assert_eq!(f4.reversed(z4), r4);
         }
 
         #[test]
