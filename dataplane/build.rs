@@ -15,6 +15,56 @@ mod dpdk {
     /// DPDK libraries the port calls into (the drivers are loaded by EAL at run time).
     const LIBS: [&str; 4] = ["rte_eal", "rte_ethdev", "rte_mbuf", "rte_mempool"];
 
+    /// Drivers linked into the binary with the `dpdk-static` feature (whole archives: a driver
+    /// registers itself from a constructor nothing else references). EAL loads no driver at run
+    /// time in a static build (it sees no shared EAL), so a device needs its driver here: the
+    /// virtual devices the tests, examples and lab use, the PCI bus, and the ring mempool.
+    const STATIC_DRIVERS: [&str; 9] = [
+        "rte_bus_vdev",
+        "rte_bus_pci",
+        "rte_mempool_ring",
+        "rte_net_memif",
+        "rte_net_null",
+        "rte_net_ring",
+        "rte_net_tap",
+        "rte_net_af_packet",
+        "rte_net_af_xdp",
+    ];
+    /// The libraries those drivers and the port need, each after the ones that call it.
+    const STATIC_LIBS: [&str; 13] = [
+        "rte_gso",
+        "rte_ethdev",
+        "rte_meter",
+        "rte_net",
+        "rte_pci",
+        "rte_hash",
+        "rte_rcu",
+        "rte_mbuf",
+        "rte_mempool",
+        "rte_ring",
+        "rte_eal",
+        "rte_telemetry",
+        "rte_kvargs",
+    ];
+    /// System libraries the static archives call (EAL: NUMA, libbsd's strlcpy, dlopen; the
+    /// af_xdp driver: libxdp, libbpf and theirs); libdpdk-dev depends on their -dev packages.
+    const STATIC_SYSTEM: [&str; 8] = ["xdp", "bpf", "elf", "z", "numa", "bsd", "dl", "m"];
+
+    /// The `dpdk-static` link: DPDK's archives instead of its shared libraries, so its
+    /// per-lcore variables are plain thread-local accesses (no `__tls_get_addr` per mempool
+    /// cache look-up) and calls into the driver and mempool are direct (no PLT).
+    fn link_static() {
+        for lib in STATIC_DRIVERS {
+            println!("cargo:rustc-link-lib=static:+whole-archive,-bundle={lib}");
+        }
+        for lib in STATIC_LIBS {
+            println!("cargo:rustc-link-lib=static:-bundle={lib}");
+        }
+        for lib in STATIC_SYSTEM {
+            println!("cargo:rustc-link-lib=dylib={lib}");
+        }
+    }
+
     /// `pkg-config <args> libdpdk`, split into words; stops the build with a clear message
     /// when libdpdk-dev is missing.
     fn pkg_config(args: &[&str]) -> Vec<String> {
@@ -56,8 +106,12 @@ mod dpdk {
                 println!("cargo:rustc-link-search=native={dir}");
             }
         }
-        for lib in LIBS {
-            println!("cargo:rustc-link-lib=dylib={lib}");
+        if cfg!(feature = "dpdk-static") {
+            link_static();
+        } else {
+            for lib in LIBS {
+                println!("cargo:rustc-link-lib=dylib={lib}");
+            }
         }
 
         let bindings = bindgen::Builder::default()

@@ -35,6 +35,9 @@ if ! command -v valgrind >/dev/null; then
     exit 1
   fi
 fi
+# The DPDK modes link DPDK statically (the dpdk-static feature, as perf/zero-copy); DPDK_FEATURE=dpdk
+# for its shared libraries.
+dpdk_feature=${DPDK_FEATURE:-dpdk-static}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -62,13 +65,13 @@ if [ "$mode" = maglev ]; then
   exit 0
 fi
 if [ "$mode" = dpdk ]; then
-  cargo build --release -q -p dataplane --features dpdk --example port_cost
+  cargo build --release -q -p dataplane --features "$dpdk_feature" --example port_cost
   bin=target/release/examples/port_cost
   echo "dpdk port (rx_batch + flush over net_null, bursts of 32): $(per_unit 2000 12000 $((10000 * 32))) instructions per packet (callgrind, commit $commit)"
   exit 0
 fi
 if [ "$mode" = dpdk-cross ]; then
-  cargo build --release -q -p dataplane --features dpdk --example port_cost
+  cargo build --release -q -p dataplane --features "$dpdk_feature" --example port_cost
   bin=target/release/examples/port_cost
   for how in copy lend; do
     bin_args=("$how")
@@ -77,7 +80,7 @@ if [ "$mode" = dpdk-cross ]; then
   exit 0
 fi
 if [ "$mode" = dpdk-worker ]; then
-  cargo build --release -q -p dataplane --features dpdk --example port_cost
+  cargo build --release -q -p dataplane --features "$dpdk_feature" --example port_cost
   bin=target/release/examples/port_cost
   bin_args=(worker)
   packets=$((10000 * 32))
@@ -92,7 +95,8 @@ if [ "$mode" = dpdk-worker ]; then
   # Inclusive counts of the worker's turn, the burst callback (the pipeline:
   # `process_burst_with`, and a two-armed worker's egress choice) and the port's two calls;
   # exclusive counts of net_null (its code, the mempool ring, and the TLS look-ups of its
-  # per-lcore cache).
+  # per-lcore cache; linked statically, DPDK's functions in the binary, the ones without line
+  # information).
   # (From $out: run from the checkout, callgrind_annotate files an inlined function's counts
   # under its relative path too and splits the function's line in two.)
   share() {
@@ -101,7 +105,7 @@ if [ "$mode" = dpdk-worker ]; then
   }
   driver() {
     (cd "$out" && callgrind_annotate --auto=no --threshold=100 "$1" |
-      awk '/librte_net_null|librte_mempool_ring|tls_get_addr/ {gsub(",", "", $1); s += $1} END {print s + 0}')
+      awk '/librte_net_null|librte_mempool_ring|tls_get_addr|\?\?\?:[a-z_]+ \[.*port_cost\]/ {gsub(",", "", $1); s += $1} END {print s + 0}')
   }
   per() {
     local a b
