@@ -738,43 +738,33 @@ impl DpdkPort {
     /// where it says `Lent`, else lists them for freeing.
     #[inline(always)]
     fn settle(&mut self, pkts: &[PacketBuf<'_>], verdicts: &[Verdict]) {
-        for ((&m, p), &v) in self.rx.iter().zip(pkts).zip(verdicts) {
-            // The common case first: a frame to send.
-            let lend = if matches!(v, Verdict::Tx) && !p.is_empty() {
-                false
-            } else {
-                match v {
-                    Verdict::Lent if !p.is_empty() => true,
-                    Verdict::Tx | Verdict::Lent => {
-                        self.stats.tx_dropped += 1;
-                        self.free.push(m);
-                        continue;
-                    }
-                    Verdict::ToHost => {
-                        self.to_host_dropped += 1;
-                        self.free.push(m);
-                        continue;
-                    }
-                    Verdict::Drop(_) | Verdict::ToL7 => {
-                        self.free.push(m);
-                        continue;
-                    }
+        let DpdkPort {
+            rx,
+            tx,
+            free,
+            lent,
+            stats,
+            to_host_dropped,
+            ..
+        } = self;
+        // The common case in the loop, a frame to send: one test of its verdict (a `match` on
+        // it became a jump table) and the queue's length in a register.
+        let mut queued = tx.len;
+        for ((&m, p), &v) in rx.iter().zip(pkts).zip(verdicts) {
+            if matches!(v, Verdict::Tx) && !p.is_empty() {
+                if let Some(slot) = tx.buf.get_mut(queued) {
+                    // SAFETY: a received mbuf of ours (see `set_bounds`).
+                    unsafe { set_bounds(m, p) };
+                    *slot = m;
+                    queued += 1;
+                    continue;
                 }
-            };
-            // The frame's bounds in its buffer (`buf_len`, a u16), so the casts keep every bit.
-            // SAFETY: a received mbuf of ours; the offsets and types are those the shim checks
-            // against DPDK's header.
-            unsafe {
-                mbuf_set(m, ffi::LB_MBUF_DATA_OFF, p.head() as u16);
-                mbuf_set(m, ffi::LB_MBUF_DATA_LEN, p.len() as u16);
-                mbuf_set(m, ffi::LB_MBUF_PKT_LEN, p.len() as u32);
             }
-            if lend {
-                self.lent.push(m);
-            } else {
-                self.tx.push(m);
-            }
+            tx.len = queued;
+            settle_rest(m, p, v, tx, lent, free, stats, to_host_dropped);
+            queued = tx.len;
         }
+        tx.len = queued;
     }
 
     /// Transmits what is queued when the transmit queue is full, before one more frame from
@@ -910,6 +900,60 @@ impl<const N: usize> Mbufs<N> {
 fn free_one(mut m: *mut ffi::rte_mbuf) {
     // SAFETY: the caller's mbuf, listed nowhere else.
     unsafe { ffi::lb_free_bulk(&mut m, 1) };
+}
+
+/// Writes the frame's bounds in its buffer (`buf_len`, a u16, so the casts keep every bit) into
+/// its mbuf.
+///
+/// # Safety
+/// `m` is a received mbuf of ours and `p` the view of its buffer.
+#[inline(always)]
+unsafe fn set_bounds(m: *mut ffi::rte_mbuf, p: &PacketBuf<'_>) {
+    // SAFETY: the caller's; the offsets and types are those the shim checks against DPDK's
+    // header.
+    unsafe {
+        mbuf_set(m, ffi::LB_MBUF_DATA_OFF, p.head() as u16);
+        mbuf_set(m, ffi::LB_MBUF_DATA_LEN, p.len() as u16);
+        mbuf_set(m, ffi::LB_MBUF_PKT_LEN, p.len() as u32);
+    }
+}
+
+/// [`DpdkPort::settle`] for a frame it does not queue at once: lent (bounds set), or freed
+/// (dropped, for the host, empty, or a `Tx` the full queue cannot take), and counted.
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn settle_rest(
+    m: *mut ffi::rte_mbuf,
+    p: &PacketBuf<'_>,
+    v: Verdict,
+    tx: &mut Mbufs<TX_QUEUE>,
+    lent: &mut Mbufs<MAX_BURST>,
+    free: &mut Mbufs<MAX_BURST>,
+    stats: &mut PortStats,
+    to_host_dropped: &mut u64,
+) {
+    match v {
+        Verdict::Tx | Verdict::Lent if !p.is_empty() => {
+            // SAFETY: a received mbuf of ours, `p` its view.
+            unsafe { set_bounds(m, p) };
+            if matches!(v, Verdict::Lent) {
+                lent.push(m);
+            } else {
+                // Full (every caller makes room first): freed.
+                tx.push(m);
+            }
+        }
+        Verdict::Tx | Verdict::Lent => {
+            stats.tx_dropped += 1;
+            free.push(m);
+        }
+        Verdict::ToHost => {
+            *to_host_dropped += 1;
+            free.push(m);
+        }
+        Verdict::Drop(_) | Verdict::ToL7 => free.push(m),
+    }
 }
 
 /// The `T` at byte `off` of mbuf `m`.
