@@ -83,7 +83,6 @@ if [ "$mode" = dpdk-worker ]; then
   cargo build --release -q -p dataplane --features "$dpdk_feature" --example port_cost
   bin=target/release/examples/port_cost
   bin_args=(worker)
-  packets=$((10000 * 32))
   # The timers (expiry every ms, the counters' publication) run by the clock, so under
   # callgrind far more often per packet than at speed: not counted. Every share comes from the
   # same two runs (the pipeline's refreshes of flow deadlines follow the clock too, so its count
@@ -91,7 +90,10 @@ if [ "$mode" = dpdk-worker ]; then
   vg_extra=(--toggle-collect='dataplane::worker::Worker::timers' --collect-atstart=yes)
   total "$bin" 2000 >/dev/null
   cp "$out/cg" "$out/cg1"
+  rx1=$(sed -n 's/.* rx=\([0-9]*\).*/\1/p' "$out/run")
   total "$bin" 12000 >/dev/null
+  # Packets between the two runs, whatever the worker's burst (its `rx=` count).
+  packets=$(( $(sed -n 's/.* rx=\([0-9]*\).*/\1/p' "$out/run") - rx1 ))
   # Inclusive counts of the worker's turn, the burst callback (the pipeline:
   # `process_burst_with`, and a two-armed worker's egress choice) and the port's two calls;
   # exclusive counts of net_null (its code, the mempool ring, and the TLS look-ups of its
@@ -119,7 +121,7 @@ if [ "$mode" = dpdk-worker ]; then
   fl=$(per share '<dataplane::port::dpdk::DpdkPort as dataplane::port::Port>::flush')
   drv=$(per driver)
   port=$((rx - pipe + fl - drv))
-  echo "dpdk worker (poll_once over net_null, established dr, bursts of 32): $all instructions per packet: pipeline $pipe, net_null $drv, the port's own $port, the worker loop's own $((all - pipe - drv - port)); lb's worker besides the pipeline and the driver: $((all - pipe - drv)) (callgrind, commit $commit)"
+  echo "dpdk worker (poll_once over net_null, established dr, bursts of $((packets / 10000))): $all instructions per packet: pipeline $pipe, net_null $drv, the port's own $port, the worker loop's own $((all - pipe - drv - port)); lb's worker besides the pipeline and the driver: $((all - pipe - drv)) (callgrind, commit $commit)"
   exit 0
 fi
 if [ "$mode" = af_xdp ]; then

@@ -10,9 +10,10 @@
 //! ([`Port::tx_frame`]), or lent, the mbuf itself ([`Port::take_lent`], [`Port::tx_lent`]).
 //!
 //! With `worker` the real worker loop runs instead ([`Worker::poll_once`], built by
-//! [`build_workers`] over queue 0 of the device): every frame is a dr packet of one of 32
-//! established TCP flows (dr rewrites only the MACs, and net_null's receive hands back the mbufs
-//! its transmit just freed, with their bytes, so the same 32 frames go round forever). The
+//! [`build_workers`] over queue 0 of the device): every frame is a dr packet of one of
+//! [`dataplane::worker::BURST`] (64) established TCP flows (dr rewrites only the MACs, and
+//! net_null's receive hands back the mbufs its transmit just freed, with their bytes, so the same
+//! frames, one worker burst, go round forever). The
 //! SYNs and then the ACKs that establish the flows are put into the pool by queue 1 of the same
 //! device (`tx_frame`, `flush`: net_null's transmit frees them to the pool's cache, where the
 //! next receive takes them). perf/instructions.sh `dpdk-worker` counts it whole and in parts:
@@ -26,6 +27,8 @@ use dataplane::worker::{build_workers, IdlePolicy, WorkerConfig};
 use dataplane::Verdict;
 
 const BURST: usize = 32;
+/// The worker's burst: its mode's frames and flows, one whole burst.
+const WORKER_BURST: usize = dataplane::worker::BURST;
 
 /// A `net_null` device of 64-byte frames whose receive does not write them (`copy=0`).
 fn opts(device: &str) -> DpdkOptions {
@@ -134,8 +137,8 @@ fn main() {
     eal_cleanup().expect("EAL cleanup");
 }
 
-/// `turns` turns of the real worker loop over queue 0 of a `net_null` device, its 32 frames
-/// those of established dr flows (see the module doc).
+/// `turns` turns of the real worker loop over queue 0 of a `net_null` device, its
+/// [`WORKER_BURST`] frames those of established dr flows (see the module doc).
 fn worker(turns: usize) {
     use dataplane::conntrack::{Config, Timeouts};
     use dataplane::flow::Addr;
@@ -160,13 +163,17 @@ fn worker(turns: usize) {
     // SYNs (padded to net_null's 64 bytes), then the ACKs (10 bytes of data: 64) that confirm
     // the flows; from then on the ACKs go round.
     for (flags, payload) in [(0x02, 0), (0x10, 10)] {
-        for i in 0..BURST {
+        for i in 0..WORKER_BURST {
             let mut f = [0u8; 64];
             sample::tcp4(&mut f, client(i), sample::VIP_DR, 40000, 80, flags, payload);
             feed.tx_frame(&f).expect("an mbuf");
         }
         feed.flush().expect("flush");
-        assert_eq!(w.poll_once(), BURST, "net_null hands out whole bursts");
+        assert_eq!(
+            w.poll_once(),
+            WORKER_BURST,
+            "net_null hands out whole bursts"
+        );
     }
     for _ in 0..turns {
         w.poll_once();
@@ -178,7 +185,7 @@ fn worker(turns: usize) {
     );
     assert_eq!(
         snap.counters.tx_packets as usize,
-        (turns + 2) * BURST,
+        (turns + 2) * WORKER_BURST,
         "every frame forwarded: {snap:?}"
     );
     drop((w, feed));

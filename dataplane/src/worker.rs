@@ -37,7 +37,7 @@ use crate::steer::{Steer, ANY};
 use crate::table::RoutingTable;
 
 /// Frames received per `rx_burst`.
-pub const BURST: usize = 32;
+pub const BURST: usize = 64;
 /// Size of one hand-off buffer: headroom, the largest frame the ports carry, and some tailroom.
 const SLOT: usize = HEADROOM + 9216 + 64;
 /// Most interfaces a worker polls.
