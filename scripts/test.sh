@@ -21,9 +21,12 @@ else
   echo "test.sh: not root: the tests marked 'ignored, needs root' did not run (sudo $0 runs them)" >&2
 fi
 # The DPDK port (cargo feature dpdk, off by default): lint it, then its tests against testpmd over
-# memif, the port's and `lb run`'s (they need root; otherwise they say they skipped).
+# memif, the port's and `lb run`'s (they need root; otherwise they say they skipped). The port's
+# run twice: linked to DPDK's shared libraries (`dpdk`) and to its archives (`dpdk-static`, the
+# benchmarks' build, whose drivers are the fixed set in dataplane/build.rs).
 cargo clippy -p dataplane --features dpdk --all-targets -- -D warnings
 cargo test -p dataplane --features dpdk --test dpdk
+cargo test -p dataplane --features dpdk-static --test dpdk
 if [ "$root" = 1 ]; then
   cargo test -p controlplane --features dpdk --test dpdk_run -- --include-ignored
 else
