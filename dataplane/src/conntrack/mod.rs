@@ -244,6 +244,32 @@ impl KeyWord {
         KeyWord(u128::from(lo) | (u128::from(hi) << 64))
     }
 
+    /// The IPv4 key this word holds whole (its family mark is [`KW_V4`]), else `None`: what
+    /// a slot of an IPv4 key reads its key from ([`Slot::flow_key`]).
+    #[inline]
+    fn v4_key(self) -> Option<FlowKey> {
+        let w = self.0;
+        if (w >> 96) as u32 & !0xff != KW_V4 {
+            return None;
+        }
+        let addr = |x: u32| crate::flow::Addr::v4(x.to_ne_bytes());
+        let p = ((w >> 64) as u32).to_ne_bytes();
+        Some(FlowKey {
+            src: addr(w as u32),
+            dst: addr((w >> 32) as u32),
+            sport: u16::from_be_bytes([p[0], p[1]]),
+            dport: u16::from_be_bytes([p[2], p[3]]),
+            proto: (w >> 96) as u8,
+        })
+    }
+
+    /// Whether the word holds its key whole (an IPv4 key): no [`FlowKey`] need be stored or
+    /// compared with it.
+    #[inline(always)]
+    fn exact(self) -> bool {
+        (self.0 >> 96) as u32 & !0xff == KW_V4
+    }
+
     /// The word of `key`; exact (no full compare needed) when both addresses are IPv4.
     #[inline(always)]
     fn of(key: &FlowKey) -> (KeyWord, bool) {
@@ -334,8 +360,10 @@ struct Slot<V> {
     state: FlowState,
     /// The value stored with this key. `None` only for slots that never held a key.
     value: Option<V>,
-    /// The whole key: compared when the key word is not exact (IPv6), and read by the slow
-    /// paths (expiry, iteration).
+    /// The whole key of a key whose word is not exact (IPv6): compared by lookups and read by
+    /// [`Conntrack::key`] and [`Conntrack::iter_flows`]. Not written for an IPv4 key, which its
+    /// word holds whole (a new flow's two keys would store 80 bytes more), so stale then:
+    /// read it only through [`Slot::flow_key`] or after a word that is not exact.
     key: FlowKey,
 }
 
@@ -360,7 +388,15 @@ impl<V: Copy> Slot<V> {
         self.flags = flags;
         self.state = state;
         self.value = Some(*value);
-        self.key = *key;
+        if !kw.exact() {
+            self.key = *key;
+        }
+    }
+
+    /// The key this slot holds: from its word for an IPv4 key, else the stored key.
+    #[inline]
+    fn flow_key(&self) -> FlowKey {
+        self.kw.v4_key().unwrap_or(self.key)
     }
 }
 
@@ -855,9 +891,9 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// The key stored at `slot` (either direction), if the slot is in use.
-    pub fn key(&self, slot: u32) -> Option<&FlowKey> {
+    pub fn key(&self, slot: u32) -> Option<FlowKey> {
         let i = slot as usize;
-        (*self.tags.get(i)? != TAG_FREE).then(|| &self.slots[i].key)
+        (*self.tags.get(i)? != TAG_FREE).then(|| self.slots[i].flow_key())
     }
 
     /// The reply key's slot of `flow`, if it has one.
@@ -1158,13 +1194,13 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// Every stored flow (including expired ones not yet collected) as (flow slot, original key, state).
-    pub fn iter_flows(&self) -> impl Iterator<Item = (u32, &FlowKey, FlowState)> {
+    pub fn iter_flows(&self) -> impl Iterator<Item = (u32, FlowKey, FlowState)> + '_ {
         self.tags
             .iter()
             .zip(self.slots.iter())
             .enumerate()
             .filter(|(_, (&t, s))| t != TAG_FREE && s.flags & F_REPLY == 0)
-            .map(|(i, (_, s))| (i as u32, &s.key, s.state))
+            .map(|(i, (_, s))| (i as u32, s.flow_key(), s.state))
     }
 
     /// The flow slot of the live key at `slot`, if any.
