@@ -320,8 +320,31 @@ fn snat_v4(
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
-    // The addresses from the one whose turn it is on, wrapping around.
-    let mut i = st.next_snat_addr(n);
+    // The addresses from the one whose turn it is on, wrapping around: the common case (its
+    // next port is free) without the walk's loops, the walk (from that port again) a call.
+    let i = st.next_snat_addr(n);
+    if let Some(&snat_w) = words.get(i) {
+        if let Some((port, p)) = st.next_port_v4(be_w, snat_w, be_port, proto, now) {
+            return Ok((snat_w, port, p));
+        }
+    }
+    snat_v4_walk(st, words, i, be_w, be_port, proto, now)
+}
+
+/// [`snat_v4`]'s walk from the address at `i` (the one whose turn it is) on, wrapping around:
+/// each address's ports from where the last flow stopped.
+#[cold]
+#[inline(never)]
+fn snat_v4_walk(
+    st: &mut WorkerState,
+    words: &[u32],
+    mut i: usize,
+    be_w: u32,
+    be_port: u16,
+    proto: u8,
+    now: Millis,
+) -> Result<(u32, u16, Probe), DropReason> {
+    let n = words.len();
     for _ in 0..n {
         let Some(&snat_w) = words.get(i) else {
             break;
