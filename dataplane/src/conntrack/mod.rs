@@ -1179,9 +1179,11 @@ impl<V: Copy> Conntrack<V> {
                 let j = b + m.trailing_zeros() as usize;
                 m &= m - 1;
                 let s = &self.slots[j];
-                // The tag again: a flow removed earlier in this bucket may have freed its
-                // reply key here.
-                if self.tags[j] != TAG_FREE && s.flags & F_REPLY == 0 && now >= s.deadline {
+                // A flow removed earlier in this bucket may have freed its reply key here: its
+                // slot still says reply, so the flag alone skips it (a removal frees no other
+                // flow's flow slot), without the tag read again.
+                if s.flags & F_REPLY == 0 && now >= s.deadline {
+                    debug_assert_ne!(self.tags[j], TAG_FREE);
                     if let Some(v) = &s.value {
                         gone(s.state, v);
                     }
