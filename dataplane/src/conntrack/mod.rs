@@ -493,15 +493,15 @@ fn match_fp(tags: &[u16], fp: u16) -> u32 {
     <&[u16; BUCKET]>::try_from(tags).map_or(0, |t| group::group_match(t, fp))
 }
 
-/// Which slots of the bucket starting at `b` are free (bit i = slot b + i): one vector compare.
-/// A free tag is the only one whose fingerprint bits are 0 (live fingerprints are at least
-/// [`TAG_MIN`], whatever their unconfirmed bit), so the fingerprint match of 0 is exact.
+/// Which slots of the bucket starting at `b` are free (bit i = slot b + i): one vector compare
+/// of the whole tags with [`TAG_FREE`] (a freed key's tag is set to it, and no live tag is it:
+/// live fingerprints are at least [`TAG_MIN`], whatever their unconfirmed bit).
 #[inline(always)]
 fn match_free(tags: &[u16], b: usize) -> u32 {
     const _: () = assert!(TAG_FREE == 0 && TAG_MIN > 0);
     tags.get(b..b + BUCKET)
         .and_then(|t| <&[u16; BUCKET]>::try_from(t).ok())
-        .map_or(0, |t| group::group_match(t, TAG_FREE))
+        .map_or(0, |t| group::group_eq_tag(t, TAG_FREE))
 }
 
 /// Set bits of each byte value: a bucket mask's count is two loads from it (x86_64's

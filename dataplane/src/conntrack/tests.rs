@@ -910,7 +910,7 @@ proptest! {
 }
 
 proptest! {
-    /// The SWAR group match finds exactly the tags a plain per-tag compare finds, whatever the
+    /// The group matches find exactly the tags a plain per-tag compare finds, whatever the
     /// unconfirmed bits and fingerprints around them (a missed tag would be a lost flow).
     #[test]
     fn group_match_equals_per_tag_compare(
@@ -930,6 +930,10 @@ proptest! {
         let held = tags.map(|t| if t & TAG_FP < TAG_MIN { TAG_FREE } else { t });
         let free_want = (0..BUCKET).filter(|&i| held[i] == TAG_FREE).fold(0, |m, i| m | 1 << i);
         prop_assert_eq!(match_free(&held, 0), free_want);
+        // The whole-tag compare (unconfirmed bit included), against a tag the bucket holds.
+        let t = tags[usize::from(fp) % BUCKET];
+        let eq_want = (0..BUCKET).filter(|&i| tags[i] == t).fold(0, |m, i| m | 1 << i);
+        prop_assert_eq!(group::group_eq_tag(&tags, t), eq_want);
     }
 }
 
