@@ -375,7 +375,7 @@ impl<V: Copy> Slot<V> {
     fn fill(
         &mut self,
         kw: KeyWord,
-        key: &FlowKey,
+        key: Option<&FlowKey>,
         peer: u32,
         deadline: Millis,
         state: FlowState,
@@ -388,7 +388,8 @@ impl<V: Copy> Slot<V> {
         self.flags = flags;
         self.state = state;
         self.value = Some(*value);
-        if !kw.exact() {
+        // `None` only for an exact word (`insert_probed_with`).
+        if let Some(key) = key.filter(|_| !kw.exact()) {
             self.key = *key;
         }
     }
@@ -984,11 +985,43 @@ impl<V: Copy> Conntrack<V> {
         reply: Option<(&FlowKey, &Probe, &V)>,
         initial: FlowState,
     ) -> Result<u32, InsertError> {
+        let reply = reply.map(|(k, p, v)| (Some(k), p, v));
+        self.insert_probed_with(now, (Some(orig.0), orig.1, orig.2), reply, initial)
+    }
+
+    /// [`Conntrack::insert_probed`] of IPv4 keys, each given by its probe alone (from
+    /// [`Conntrack::probe_v4`] or [`Conntrack::probe_v4_after`]): their words hold them whole,
+    /// so no [`FlowKey`] is passed, compared or stored.
+    #[inline(always)]
+    pub fn insert_probed_v4(
+        &mut self,
+        now: Millis,
+        orig: (&Probe, &V),
+        reply: Option<(&Probe, &V)>,
+        initial: FlowState,
+    ) -> Result<u32, InsertError> {
+        debug_assert!(orig.0.kw.exact() && reply.is_none_or(|(p, _)| p.kw.exact()));
+        let reply = reply.map(|(p, v)| (None, p, v));
+        self.insert_probed_with(now, (None, orig.0, orig.1), reply, initial)
+    }
+
+    /// The insert of keys already searched; a key is `None` only when its probe's word is
+    /// exact (IPv4), and then never read.
+    #[inline(always)]
+    fn insert_probed_with(
+        &mut self,
+        now: Millis,
+        orig: (Option<&FlowKey>, &Probe, &V),
+        reply: Option<(Option<&FlowKey>, &Probe, &V)>,
+        initial: FlowState,
+    ) -> Result<u32, InsertError> {
         let class = Class::of(initial);
         let pa = orig.1;
         let pb = match reply {
             // Equal keys have equal words; a word alone decides for IPv4.
-            Some((k, p, _)) if p.kw == pa.kw && k == orig.0 => return Err(InsertError::Exists),
+            Some((k, p, _)) if p.kw == pa.kw && (p.kw.exact() || k == orig.0) => {
+                return Err(InsertError::Exists)
+            }
             Some((_, p, _)) => Some(p),
             None => None,
         };

@@ -237,13 +237,6 @@ fn new_v4_inline(
             [c_be, v_be, in_ports],
             [r_dst_be, be_be, nat::ports(r_dport, new_dport)],
         );
-        let rkey = FlowKey {
-            src: be.addr,
-            dst: fwd.new_src,
-            sport: new_dport,
-            dport: r_dport,
-            proto: f.proto,
-        };
         // The reply undoes the forward rewrite: its deltas are the forward ones negated. Its
         // sums are exactly zero only with its old words all ones and its new words all zeros.
         let z3 = be_be & r_dst_be == u32::MAX && v_be | c_be == 0;
@@ -259,10 +252,10 @@ fn new_v4_inline(
         rev.macs = wire::mac_pair(client_mac, table.local.mac_of(st.rx_port));
         rev.ident = be.addr;
         st.ct
-            .insert_probed(now, (&key, &pa, &fwd), Some((&rkey, &pb, &rev)), initial)
+            .insert_probed_v4(now, (&pa, &fwd), Some((&pb, &rev)), initial)
     } else {
         // Encapsulation and dr leave the packet's checksums alone: no deltas (as `seal`).
-        st.ct.insert_probed(now, (&key, &pa, &fwd), None, initial)
+        st.ct.insert_probed_v4(now, (&pa, &fwd), None, initial)
     };
     if let Err(e) = inserted {
         return Some(Verdict::Drop(insert_drop(e)));
