@@ -1033,12 +1033,12 @@ impl<V: Copy> Conntrack<V> {
             self.duplicate(p, &mut plan, now)?;
         }
         // A free slot, the common case, inline; the search for one to reuse is a call.
-        let sa = match self.free_slot(pa, NO_SLOT) {
+        let sa = match self.free_slot(pa, None) {
             Some(s) => s,
             None => self.choose(pa, NO_SLOT, &mut plan, class, now)?,
         };
         let sb = match pb {
-            Some(p) => match self.free_slot(p, sa) {
+            Some(p) => match self.free_slot(p, Some(sa)) {
                 Some(s) => s,
                 None => self.choose(p, sa, &mut plan, class, now)?,
             },
@@ -1459,12 +1459,13 @@ impl<V: Copy> Conntrack<V> {
     /// that has [`FIRST_BUCKET_ROOM`] free slots, else in the emptier of its buckets; each
     /// bucket's free slots one vector compare of its tags (the second's only when needed).
     #[inline(always)]
-    fn free_slot(&self, p: &Probe, exclude: u32) -> Option<u32> {
-        // (free slots, those other than `exclude`) of bucket `b`.
+    fn free_slot(&self, p: &Probe, exclude: Option<u32>) -> Option<u32> {
+        // (free slots, those other than `exclude`) of bucket `b`. (An `Option`, not
+        // `NO_SLOT`: a caller without a slot to exclude has no test of it in its code.)
         let free = |b: usize| {
             let m = match_free(&self.tags, b);
-            match exclude.wrapping_sub(b as u32) {
-                off if off < BUCKET as u32 => (m, m & !(1u32 << off)),
+            match exclude.map(|x| x.wrapping_sub(b as u32)) {
+                Some(off) if off < BUCKET as u32 => (m, m & !(1u32 << off)),
                 _ => (m, m),
             }
         };
@@ -1502,7 +1503,7 @@ impl<V: Copy> Conntrack<V> {
         now: Millis,
     ) -> Result<u32, InsertError> {
         let buckets = p.bucket_list();
-        if let Some(slot) = self.free_slot(p, exclude) {
+        if let Some(slot) = self.free_slot(p, (exclude != NO_SLOT).then_some(exclude)) {
             return Ok(slot);
         }
         // Live slot whose flow is going anyway, or has expired.

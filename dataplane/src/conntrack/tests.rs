@@ -1147,7 +1147,7 @@ fn inserts_prefer_the_first_bucket_and_still_fill_the_table() {
     loop {
         let k = key((n as u32).wrapping_mul(2_654_435_761), proto::UDP);
         if ct
-            .free_slot(&ct.probe(&k, ct.table_hash(&k)), NO_SLOT)
+            .free_slot(&ct.probe(&k, ct.table_hash(&k)), None)
             .is_none()
         {
             break;
