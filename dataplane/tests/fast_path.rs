@@ -185,7 +185,7 @@ impl Pair {
         let flows = |st: &WorkerState| {
             st.ct
                 .iter_flows()
-                .map(|(slot, k, s)| (*k, s, st.ct.deadline(slot)))
+                .map(|(slot, k, s)| (k, s, st.ct.deadline(slot)))
                 .collect::<Vec<_>>()
         };
         prop_assert_eq!(flows(&self.general), flows(&self.burst));

@@ -257,7 +257,7 @@ fn entries(st: &WorkerState) -> Vec<String> {
             let reply = st
                 .ct
                 .reply_slot(slot)
-                .map(|r| (r, st.ct.key(r).copied(), *st.ct.value(r)));
+                .map(|r| (r, st.ct.key(r), *st.ct.value(r)));
             format!(
                 "{slot} {key:?} {state:?} {:?} {:?} {reply:?}",
                 st.ct.deadline(slot),

@@ -13,6 +13,22 @@ use super::{BUCKET, TAG_FP};
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) fn group_match(tags: &[u16; BUCKET], fp: u16) -> u32 {
+    group_eq::<true>(tags, fp)
+}
+
+/// The slots of a bucket (bit i = slot i) whose tag is `t`, the whole tag compared (its
+/// unconfirmed bit too): for [`TAG_FREE`](super::TAG_FREE), the free slots, the unconfirmed
+/// bit's mask left out (no live tag's fingerprint is 0, whatever that bit).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn group_eq_tag(tags: &[u16; BUCKET], t: u16) -> u32 {
+    group_eq::<false>(tags, t)
+}
+
+/// The slots of a bucket whose tag, with the unconfirmed bit masked off if `MASK`, is `v`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn group_eq<const MASK: bool>(tags: &[u16; BUCKET], v: u16) -> u32 {
     use std::arch::x86_64::{
         _mm_and_si128, _mm_cmpeq_epi16, _mm_loadu_si128, _mm_movemask_epi8, _mm_packs_epi16,
         _mm_set1_epi16,
@@ -22,15 +38,29 @@ pub(super) fn group_match(tags: &[u16; BUCKET], fp: u16) -> u32 {
     // SAFETY: SSE2 is part of the x86_64 baseline. The two unaligned loads read tags 0..8 and
     // 8..16, all inside `tags` (16 u16 = 32 bytes). The rest is arithmetic on registers.
     unsafe {
-        let lo = _mm_loadu_si128(p.cast());
-        let hi = _mm_loadu_si128(p.add(8).cast());
-        let mask = _mm_set1_epi16(TAG_FP as i16);
-        let want = _mm_set1_epi16(fp as i16);
-        let a = _mm_cmpeq_epi16(_mm_and_si128(lo, mask), want);
-        let b = _mm_cmpeq_epi16(_mm_and_si128(hi, mask), want);
+        let mut lo = _mm_loadu_si128(p.cast());
+        let mut hi = _mm_loadu_si128(p.add(8).cast());
+        if MASK {
+            let mask = _mm_set1_epi16(TAG_FP as i16);
+            (lo, hi) = (_mm_and_si128(lo, mask), _mm_and_si128(hi, mask));
+        }
+        let want = _mm_set1_epi16(v as i16);
+        let a = _mm_cmpeq_epi16(lo, want);
+        let b = _mm_cmpeq_epi16(hi, want);
         // Each 16-bit lane is 0 or -1: saturating packs keep that as one byte per tag, in order.
         _mm_movemask_epi8(_mm_packs_epi16(a, b)) as u32
     }
+}
+
+/// The slots of a bucket whose tag is `t`, the whole tag compared (portable form).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub(super) fn group_eq_tag(tags: &[u16; BUCKET], t: u16) -> u32 {
+    let mut m = 0u32;
+    for (i, &x) in tags.iter().enumerate() {
+        m |= u32::from(x == t) << i;
+    }
+    m
 }
 
 /// The slots of a bucket (bit i = slot i) whose tag has its top bit (the unconfirmed bit) set:

@@ -244,6 +244,32 @@ impl KeyWord {
         KeyWord(u128::from(lo) | (u128::from(hi) << 64))
     }
 
+    /// The IPv4 key this word holds whole (its family mark is [`KW_V4`]), else `None`: what
+    /// a slot of an IPv4 key reads its key from ([`Slot::flow_key`]).
+    #[inline]
+    fn v4_key(self) -> Option<FlowKey> {
+        let w = self.0;
+        if (w >> 96) as u32 & !0xff != KW_V4 {
+            return None;
+        }
+        let addr = |x: u32| crate::flow::Addr::v4(x.to_ne_bytes());
+        let p = ((w >> 64) as u32).to_ne_bytes();
+        Some(FlowKey {
+            src: addr(w as u32),
+            dst: addr((w >> 32) as u32),
+            sport: u16::from_be_bytes([p[0], p[1]]),
+            dport: u16::from_be_bytes([p[2], p[3]]),
+            proto: (w >> 96) as u8,
+        })
+    }
+
+    /// Whether the word holds its key whole (an IPv4 key): no [`FlowKey`] need be stored or
+    /// compared with it.
+    #[inline(always)]
+    fn exact(self) -> bool {
+        (self.0 >> 96) as u32 & !0xff == KW_V4
+    }
+
     /// The word of `key`; exact (no full compare needed) when both addresses are IPv4.
     #[inline(always)]
     fn of(key: &FlowKey) -> (KeyWord, bool) {
@@ -334,8 +360,10 @@ struct Slot<V> {
     state: FlowState,
     /// The value stored with this key. `None` only for slots that never held a key.
     value: Option<V>,
-    /// The whole key: compared when the key word is not exact (IPv6), and read by the slow
-    /// paths (expiry, iteration).
+    /// The whole key of a key whose word is not exact (IPv6): compared by lookups and read by
+    /// [`Conntrack::key`] and [`Conntrack::iter_flows`]. Not written for an IPv4 key, which its
+    /// word holds whole (a new flow's two keys would store 80 bytes more), so stale then:
+    /// read it only through [`Slot::flow_key`] or after a word that is not exact.
     key: FlowKey,
 }
 
@@ -347,7 +375,7 @@ impl<V: Copy> Slot<V> {
     fn fill(
         &mut self,
         kw: KeyWord,
-        key: &FlowKey,
+        key: Option<&FlowKey>,
         peer: u32,
         deadline: Millis,
         state: FlowState,
@@ -360,7 +388,16 @@ impl<V: Copy> Slot<V> {
         self.flags = flags;
         self.state = state;
         self.value = Some(*value);
-        self.key = *key;
+        // `None` only for an exact word (`insert_probed_with`).
+        if let Some(key) = key.filter(|_| !kw.exact()) {
+            self.key = *key;
+        }
+    }
+
+    /// The key this slot holds: from its word for an IPv4 key, else the stored key.
+    #[inline]
+    fn flow_key(&self) -> FlowKey {
+        self.kw.v4_key().unwrap_or(self.key)
     }
 }
 
@@ -457,15 +494,15 @@ fn match_fp(tags: &[u16], fp: u16) -> u32 {
     <&[u16; BUCKET]>::try_from(tags).map_or(0, |t| group::group_match(t, fp))
 }
 
-/// Which slots of the bucket starting at `b` are free (bit i = slot b + i): one vector compare.
-/// A free tag is the only one whose fingerprint bits are 0 (live fingerprints are at least
-/// [`TAG_MIN`], whatever their unconfirmed bit), so the fingerprint match of 0 is exact.
+/// Which slots of the bucket starting at `b` are free (bit i = slot b + i): one vector compare
+/// of the whole tags with [`TAG_FREE`] (a freed key's tag is set to it, and no live tag is it:
+/// live fingerprints are at least [`TAG_MIN`], whatever their unconfirmed bit).
 #[inline(always)]
 fn match_free(tags: &[u16], b: usize) -> u32 {
     const _: () = assert!(TAG_FREE == 0 && TAG_MIN > 0);
     tags.get(b..b + BUCKET)
         .and_then(|t| <&[u16; BUCKET]>::try_from(t).ok())
-        .map_or(0, |t| group::group_match(t, TAG_FREE))
+        .map_or(0, |t| group::group_eq_tag(t, TAG_FREE))
 }
 
 /// Set bits of each byte value: a bucket mask's count is two loads from it (x86_64's
@@ -855,9 +892,9 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// The key stored at `slot` (either direction), if the slot is in use.
-    pub fn key(&self, slot: u32) -> Option<&FlowKey> {
+    pub fn key(&self, slot: u32) -> Option<FlowKey> {
         let i = slot as usize;
-        (*self.tags.get(i)? != TAG_FREE).then(|| &self.slots[i].key)
+        (*self.tags.get(i)? != TAG_FREE).then(|| self.slots[i].flow_key())
     }
 
     /// The reply key's slot of `flow`, if it has one.
@@ -948,11 +985,43 @@ impl<V: Copy> Conntrack<V> {
         reply: Option<(&FlowKey, &Probe, &V)>,
         initial: FlowState,
     ) -> Result<u32, InsertError> {
+        let reply = reply.map(|(k, p, v)| (Some(k), p, v));
+        self.insert_probed_with(now, (Some(orig.0), orig.1, orig.2), reply, initial)
+    }
+
+    /// [`Conntrack::insert_probed`] of IPv4 keys, each given by its probe alone (from
+    /// [`Conntrack::probe_v4`] or [`Conntrack::probe_v4_after`]): their words hold them whole,
+    /// so no [`FlowKey`] is passed, compared or stored.
+    #[inline(always)]
+    pub fn insert_probed_v4(
+        &mut self,
+        now: Millis,
+        orig: (&Probe, &V),
+        reply: Option<(&Probe, &V)>,
+        initial: FlowState,
+    ) -> Result<u32, InsertError> {
+        debug_assert!(orig.0.kw.exact() && reply.is_none_or(|(p, _)| p.kw.exact()));
+        let reply = reply.map(|(p, v)| (None, p, v));
+        self.insert_probed_with(now, (None, orig.0, orig.1), reply, initial)
+    }
+
+    /// The insert of keys already searched; a key is `None` only when its probe's word is
+    /// exact (IPv4), and then never read.
+    #[inline(always)]
+    fn insert_probed_with(
+        &mut self,
+        now: Millis,
+        orig: (Option<&FlowKey>, &Probe, &V),
+        reply: Option<(Option<&FlowKey>, &Probe, &V)>,
+        initial: FlowState,
+    ) -> Result<u32, InsertError> {
         let class = Class::of(initial);
         let pa = orig.1;
         let pb = match reply {
             // Equal keys have equal words; a word alone decides for IPv4.
-            Some((k, p, _)) if p.kw == pa.kw && k == orig.0 => return Err(InsertError::Exists),
+            Some((k, p, _)) if p.kw == pa.kw && (p.kw.exact() || k == orig.0) => {
+                return Err(InsertError::Exists)
+            }
             Some((_, p, _)) => Some(p),
             None => None,
         };
@@ -964,12 +1033,12 @@ impl<V: Copy> Conntrack<V> {
             self.duplicate(p, &mut plan, now)?;
         }
         // A free slot, the common case, inline; the search for one to reuse is a call.
-        let sa = match self.free_slot(pa, NO_SLOT) {
+        let sa = match self.free_slot(pa, None) {
             Some(s) => s,
             None => self.choose(pa, NO_SLOT, &mut plan, class, now)?,
         };
         let sb = match pb {
-            Some(p) => match self.free_slot(p, sa) {
+            Some(p) => match self.free_slot(p, Some(sa)) {
                 Some(s) => s,
                 None => self.choose(p, sa, &mut plan, class, now)?,
             },
@@ -1143,9 +1212,11 @@ impl<V: Copy> Conntrack<V> {
                 let j = b + m.trailing_zeros() as usize;
                 m &= m - 1;
                 let s = &self.slots[j];
-                // The tag again: a flow removed earlier in this bucket may have freed its
-                // reply key here.
-                if self.tags[j] != TAG_FREE && s.flags & F_REPLY == 0 && now >= s.deadline {
+                // A flow removed earlier in this bucket may have freed its reply key here: its
+                // slot still says reply, so the flag alone skips it (a removal frees no other
+                // flow's flow slot), without the tag read again.
+                if s.flags & F_REPLY == 0 && now >= s.deadline {
+                    debug_assert_ne!(self.tags[j], TAG_FREE);
                     if let Some(v) = &s.value {
                         gone(s.state, v);
                     }
@@ -1158,13 +1229,13 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// Every stored flow (including expired ones not yet collected) as (flow slot, original key, state).
-    pub fn iter_flows(&self) -> impl Iterator<Item = (u32, &FlowKey, FlowState)> {
+    pub fn iter_flows(&self) -> impl Iterator<Item = (u32, FlowKey, FlowState)> + '_ {
         self.tags
             .iter()
             .zip(self.slots.iter())
             .enumerate()
             .filter(|(_, (&t, s))| t != TAG_FREE && s.flags & F_REPLY == 0)
-            .map(|(i, (_, s))| (i as u32, &s.key, s.state))
+            .map(|(i, (_, s))| (i as u32, s.flow_key(), s.state))
     }
 
     /// The flow slot of the live key at `slot`, if any.
@@ -1388,12 +1459,13 @@ impl<V: Copy> Conntrack<V> {
     /// that has [`FIRST_BUCKET_ROOM`] free slots, else in the emptier of its buckets; each
     /// bucket's free slots one vector compare of its tags (the second's only when needed).
     #[inline(always)]
-    fn free_slot(&self, p: &Probe, exclude: u32) -> Option<u32> {
-        // (free slots, those other than `exclude`) of bucket `b`.
+    fn free_slot(&self, p: &Probe, exclude: Option<u32>) -> Option<u32> {
+        // (free slots, those other than `exclude`) of bucket `b`. (An `Option`, not
+        // `NO_SLOT`: a caller without a slot to exclude has no test of it in its code.)
         let free = |b: usize| {
             let m = match_free(&self.tags, b);
-            match exclude.wrapping_sub(b as u32) {
-                off if off < BUCKET as u32 => (m, m & !(1u32 << off)),
+            match exclude.map(|x| x.wrapping_sub(b as u32)) {
+                Some(off) if off < BUCKET as u32 => (m, m & !(1u32 << off)),
                 _ => (m, m),
             }
         };
@@ -1431,7 +1503,7 @@ impl<V: Copy> Conntrack<V> {
         now: Millis,
     ) -> Result<u32, InsertError> {
         let buckets = p.bucket_list();
-        if let Some(slot) = self.free_slot(p, exclude) {
+        if let Some(slot) = self.free_slot(p, (exclude != NO_SLOT).then_some(exclude)) {
             return Ok(slot);
         }
         // Live slot whose flow is going anyway, or has expired.

@@ -237,13 +237,6 @@ fn new_v4_inline(
             [c_be, v_be, in_ports],
             [r_dst_be, be_be, nat::ports(r_dport, new_dport)],
         );
-        let rkey = FlowKey {
-            src: be.addr,
-            dst: fwd.new_src,
-            sport: new_dport,
-            dport: r_dport,
-            proto: f.proto,
-        };
         // The reply undoes the forward rewrite: its deltas are the forward ones negated. Its
         // sums are exactly zero only with its old words all ones and its new words all zeros.
         let z3 = be_be & r_dst_be == u32::MAX && v_be | c_be == 0;
@@ -259,10 +252,10 @@ fn new_v4_inline(
         rev.macs = wire::mac_pair(client_mac, table.local.mac_of(st.rx_port));
         rev.ident = be.addr;
         st.ct
-            .insert_probed(now, (&key, &pa, &fwd), Some((&rkey, &pb, &rev)), initial)
+            .insert_probed_v4(now, (&pa, &fwd), Some((&pb, &rev)), initial)
     } else {
         // Encapsulation and dr leave the packet's checksums alone: no deltas (as `seal`).
-        st.ct.insert_probed(now, (&key, &pa, &fwd), None, initial)
+        st.ct.insert_probed_v4(now, (&pa, &fwd), None, initial)
     };
     if let Err(e) = inserted {
         return Some(Verdict::Drop(insert_drop(e)));
@@ -320,8 +313,31 @@ fn snat_v4(
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
-    // The addresses from the one whose turn it is on, wrapping around.
-    let mut i = st.next_snat_addr(n);
+    // The addresses from the one whose turn it is on, wrapping around: the common case (its
+    // next port is free) without the walk's loops, the walk (from that port again) a call.
+    let i = st.next_snat_addr(n);
+    if let Some(&snat_w) = words.get(i) {
+        if let Some((port, p)) = st.next_port_v4(be_w, snat_w, be_port, proto, now) {
+            return Ok((snat_w, port, p));
+        }
+    }
+    snat_v4_walk(st, words, i, be_w, be_port, proto, now)
+}
+
+/// [`snat_v4`]'s walk from the address at `i` (the one whose turn it is) on, wrapping around:
+/// each address's ports from where the last flow stopped.
+#[cold]
+#[inline(never)]
+fn snat_v4_walk(
+    st: &mut WorkerState,
+    words: &[u32],
+    mut i: usize,
+    be_w: u32,
+    be_port: u16,
+    proto: u8,
+    now: Millis,
+) -> Result<(u32, u16, Probe), DropReason> {
+    let n = words.len();
     for _ in 0..n {
         let Some(&snat_w) = words.get(i) else {
             break;

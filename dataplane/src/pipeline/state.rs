@@ -344,17 +344,42 @@ impl WorkerState {
         proto: u8,
         now: Millis,
     ) -> Option<(u16, Probe)> {
-        let bp = be_port.to_be_bytes();
         self.next_free_port(
             now,
             #[inline(always)]
-            |ct, port| {
-                let pp = port.to_be_bytes();
-                let ports = u32::from_ne_bytes([bp[0], bp[1], pp[0], pp[1]]);
-                let h = ct.hash_v4(be_w, snat_w, ports, proto);
-                ct.probe_v4(V4Key::new(be_w, snat_w, ports, proto), h)
-            },
+            |ct, port| reply_probe_v4(ct, be_w, snat_w, be_port, port, proto),
         )
+    }
+
+    /// The first step of [`WorkerState::alloc_port_v4`]'s walk alone: the next port, with its
+    /// reply key's probe, if no live flow holds that key (the port taken as the walk would
+    /// take it); `None`, with nothing changed, when it is held or the slice is empty, and the
+    /// whole walk (which tries this port again) decides. No loop: a new flow's port is almost
+    /// always the first one tried, and the walk's loop had its invariants set up (and spilled)
+    /// ahead of that one try.
+    #[inline(always)]
+    pub(super) fn next_port_v4(
+        &mut self,
+        be_w: u32,
+        snat_w: u32,
+        be_port: u16,
+        proto: u8,
+        now: Millis,
+    ) -> Option<(u16, Probe)> {
+        if self.snat_hi < self.snat_lo || self.snat_lo == 0 {
+            return None;
+        }
+        let port = self.snat_next;
+        let p = reply_probe_v4(&self.ct, be_w, snat_w, be_port, port, proto);
+        if self.ct.probe_live(&p, now) {
+            return None;
+        }
+        self.snat_next = if port >= self.snat_hi {
+            self.snat_lo
+        } else {
+            port + 1
+        };
+        Some((port, p))
     }
 
     /// Walks this worker's SNAT ports from where the last flow stopped, probing each one's
@@ -385,6 +410,23 @@ impl WorkerState {
         }
         None
     }
+}
+
+/// The probe of the fullnat reply key `be_w:be_port -> snat_w:port` (address words as loaded
+/// from the wire).
+#[inline(always)]
+fn reply_probe_v4(
+    ct: &Conntrack<FlowValue>,
+    be_w: u32,
+    snat_w: u32,
+    be_port: u16,
+    port: u16,
+    proto: u8,
+) -> Probe {
+    let (bp, pp) = (be_port.to_be_bytes(), port.to_be_bytes());
+    let ports = u32::from_ne_bytes([bp[0], bp[1], pp[0], pp[1]]);
+    let h = ct.hash_v4(be_w, snat_w, ports, proto);
+    ct.probe_v4(V4Key::new(be_w, snat_w, ports, proto), h)
 }
 
 /// Worker `w` of `n` gets the `w`-th of `n` equal slices of the port range.
