@@ -251,7 +251,9 @@ fn forward_tracked<const CHECK: bool>(
         }
         tally.grown += IPIP_OVERHEAD as u64;
     } else if val.fast == Fast::RewriteV4 {
-        let ports = nat::ports(val.new_sport, val.new_dport);
+        // `nat::ports` of the two ports as one rotated word: the two adjacent fields load as
+        // one, and the rotation is one instruction where the shift and merge were three.
+        let ports = (u32::from(val.new_sport) | (u32::from(val.new_dport) << 16)).rotate_left(16);
         let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
         let deltas = (val.l3_delta, val.l4_delta);
         // The value's protocol is its key's (one byte compared in the slot's line).
