@@ -276,17 +276,11 @@ fn forward_tracked<const CHECK: bool>(
     } else {
         return Err(None);
     }
-    // The service (in runs) and backend count the packet as received, as `count` does. The
-    // backend's packets and bytes on either side of the run's test: in one block the
-    // compiler pairs the two adds into a vector add, twice the instructions.
-    let b = counters.backends.get_mut(val.be_stat as usize);
-    let services = &mut counters.services;
-    if let Some(b) = b {
+    // The service (in runs) and backend count the packet as received, as `count` does.
+    if let Some(b) = counters.backends.get_mut(val.be_stat as usize) {
         b.packets += 1;
-        tally.count_as::<CHECK>(services, val.svc_stat, rx_len, nth);
         b.bytes += rx_len;
-    } else {
-        tally.count_as::<CHECK>(services, val.svc_stat, rx_len, nth);
     }
+    tally.count_as::<CHECK>(&mut counters.services, val.svc_stat, rx_len, nth);
     Ok(())
 }
