@@ -6,11 +6,13 @@
 # is given twice: the pipeline's own (the same run without `process_burst` subtracted: the
 # harness's copy standing in for a port's receive, its buffers and loop) and with the harness.
 #
-# Kinds (examples/pps.rs): established (packets of confirmed flows), new (a new flow's SYN into
+# Kinds (examples/pps.rs): established (packets of confirmed TCP flows, the client's side), udp
+# (packets of confirmed UDP flows: for fullnat and nat both directions in turn, the zero-copy
+# benchmark's traffic; the client's side for the others), new (a new flow's SYN into
 # a table sized for the rate, with the worker's expiry pass), flood (a SYN flood's steady
 # state: the embryonic budget full, every SYN evicts the oldest).
 #
-# Usage: perf/instructions.sh [fullnat|nat|ipip|gue|dr|all] [established|new|flood|all]
+# Usage: perf/instructions.sh [fullnat|nat|ipip|gue|dr|all] [established|udp|new|flood|all]
 #        (default: every mode and kind)
 #        perf/instructions.sh maglev   (instructions of one Maglev build, 1000 weighted backends)
 #        perf/instructions.sh dpdk     (the DPDK port's own cost per packet over net_null, with
@@ -139,7 +141,7 @@ bin=target/release/examples/pps
 modes=$mode
 [ "$mode" = all ] && modes="fullnat nat ipip gue dr"
 kinds=$kind
-[ "$kind" = all ] && kinds="established new flood"
+[ "$kind" = all ] && kinds="established udp new flood"
 n1=20000
 n2=120000
 for m in $modes; do

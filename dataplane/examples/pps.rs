@@ -1,11 +1,15 @@
 //! Drives the real pipeline over synthetic traffic without any port, for instruction counting
 //! (`perf/instructions.sh` runs it under callgrind) and quick profiling.
 //!
-//! Usage: `pps <fullnat|nat|ipip|gue|dr> <established|new|flood> <packets> [harness]`
+//! Usage: `pps <fullnat|nat|ipip|gue|dr> <established|udp|new|flood> <packets> [harness]`
 //!
 //! `established`: every flow's handshake first (the client's SYN, for fullnat and nat the
 //! backend's SYN+ACK, then the client's ACKs), so the counted packets belong to established, confirmed
-//! flows. `new`: the SYN of a flow never seen per packet (no source port repeats: a repeat would
+//! flows. `udp`: established UDP flows of a UDP service of the mode (the zero-copy benchmark's
+//! traffic): each flow's first datagram, for fullnat and nat the backend's reply, then the
+//! client's next datagram, which confirms it; the counted packets are, for fullnat and nat,
+//! a client's datagram and the backend's reply to it in turn, for the other modes (whose
+//! replies do not come through the balancer) the client's datagrams. `new`: the SYN of a flow never seen per packet (no source port repeats: a repeat would
 //! be a retransmitted SYN of a flow still waiting, which takes another path), into a table
 //! sized for the rate, as a user sizes
 //! one (the default config's budget ratio, a quarter of the slots): time moves 1 ms per burst
@@ -22,8 +26,12 @@
 //! `perf/instructions.sh` subtracts it to report the pipeline's own instructions per packet.
 
 use dataplane::conntrack::{Config, Timeouts};
+use dataplane::flow::proto;
 use dataplane::flow::Addr;
+use dataplane::maglev::DEFAULT_TABLE_SIZE;
 use dataplane::pipeline::process_burst;
+use dataplane::table::{Affinity, Backend, Local, Mode, Pool, ServiceSpec};
+use dataplane::wire::{self, checksum, Ipv4Fields};
 use dataplane::worker::EXPIRE_BUDGET;
 use dataplane::{process, DropReason, PacketBuf, RoutingTable, Verdict, WorkerState};
 use testkit::sample;
@@ -40,7 +48,8 @@ const COPY: usize = 128;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: pps <fullnat|nat|ipip|gue|dr> <established|new|flood> <packets> [harness]";
+    let usage =
+        "usage: pps <fullnat|nat|ipip|gue|dr> <established|udp|new|flood> <packets> [harness]";
     let (mode, kind, packets, dry) = match args.as_slice() {
         [_, m, k, n] => (
             m.as_str(),
@@ -54,22 +63,26 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if !matches!(kind, "established" | "new" | "flood") {
+    if !matches!(kind, "established" | "udp" | "new" | "flood") {
         eprintln!("{usage}");
         std::process::exit(2);
     }
-    let (vip, replies) = match mode {
-        "fullnat" => (sample::VIP_FULLNAT, true),
-        "nat" => (sample::VIP_NAT, true),
-        "ipip" => (sample::VIP_IPIP, false),
-        "gue" => (sample::VIP_GUE, false),
-        "dr" => (sample::VIP_DR, false),
+    let (vip, replies, udp_mode) = match mode {
+        "fullnat" => (sample::VIP_FULLNAT, true, Mode::FullNat),
+        "nat" => (sample::VIP_NAT, true, Mode::Nat),
+        "ipip" => (sample::VIP_IPIP, false, Mode::DsrIpip),
+        "gue" => (sample::VIP_GUE, false, Mode::DsrGue),
+        "dr" => (sample::VIP_DR, false, Mode::Dr),
         _ => {
             eprintln!("unknown mode {mode}: fullnat, nat, ipip, gue or dr");
             std::process::exit(2);
         }
     };
-    let table = sample::table(1, 16);
+    let table = if kind == "udp" {
+        udp_table(udp_mode)
+    } else {
+        sample::table(1, 16)
+    };
     // A fixed conntrack seed: callgrind counts must repeat exactly from run to run.
     let capacity = if kind == "new" { 1 << 20 } else { 1 << 16 };
     let mut st = WorkerState::with_seed(
@@ -96,7 +109,43 @@ fn main() {
     let mut bufs = [[0u8; BUF]; BURST];
     let mut blens = [0usize; BURST];
     let bursts = packets / BURST;
-    if kind != "established" {
+    if kind == "udp" {
+        let (mut req, mut rep) = (vec![[0u8; 256]; FLOWS], vec![[0u8; 256]; FLOWS]);
+        let mut out = [0u8; 2048];
+        let mut ulen = 0;
+        for i in 0..FLOWS {
+            ulen = udp4(&mut req[i], client(i), UDP_VIP, 40000, 80);
+            rx(&mut out, &req[i], ulen, &mut st, &table, 0);
+            if replies {
+                // The backend's reply to the rewritten datagram.
+                let o = &out[HEADROOM..HEADROOM + ulen];
+                let ip = |i: usize| Addr::v4([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+                let port = |i: usize| u16::from_be_bytes([o[i], o[i + 1]]);
+                udp4(&mut rep[i], ip(30), ip(26), port(36), port(34));
+                rx(&mut out, &rep[i], ulen, &mut st, &table, 0);
+            }
+            // The client's next datagram confirms the flow.
+            rx(&mut out, &req[i], ulen, &mut st, &table, 0);
+        }
+        for b in 0..bursts {
+            for (i, buf) in bufs.iter_mut().enumerate() {
+                let n = b * BURST + i;
+                let f = if replies {
+                    let k = (n / 2) % FLOWS;
+                    if n % 2 == 0 {
+                        &req[k]
+                    } else {
+                        &rep[k]
+                    }
+                } else {
+                    &req[n % FLOWS]
+                };
+                buf[HEADROOM..HEADROOM + COPY].copy_from_slice(&f[..COPY]);
+                blens[i] = ulen;
+            }
+            tx += burst(&mut st, &table, 1, &mut bufs, &blens, dry);
+        }
+    } else if kind != "established" {
         for b in 0..bursts {
             for (i, buf) in bufs.iter_mut().enumerate() {
                 let n = b * BURST + i;
@@ -155,6 +204,85 @@ fn main() {
         bursts * BURST,
         st.ct.embryonic()
     );
+}
+
+/// The UDP service's VIP in [`udp_table`].
+const UDP_VIP: Addr = Addr::v4([198, 18, 0, 100]);
+/// UDP payload bytes: 60-byte frames, the zero-copy benchmark's 64 with the FCS.
+const UDP_PAYLOAD: usize = 18;
+
+/// A table with one UDP service on [`UDP_VIP`] port 80 in `mode`, with 16 backends (in
+/// 198.18.1.0/24, port 8080; dsr and dr keep the port), as `sample::table`'s TCP services.
+fn udp_table(mode: Mode) -> RoutingTable {
+    let local = Local {
+        mac: sample::LB_MAC,
+        addrs: vec![Addr::v4([198, 18, 0, 1])],
+        mtu: 1500,
+        snat_ports: (1024, 65535),
+        more: Vec::new(),
+    };
+    let keeps_port = matches!(mode, Mode::DsrIpip | Mode::DsrGue | Mode::Dr);
+    let backends = (10..26u8)
+        .map(|h| Backend {
+            addr: Addr::v4([198, 18, 1, h]),
+            port: if keeps_port { 0 } else { 8080 },
+            weight: 1,
+            mac: [0x02, 0, 0, 0, 1, h],
+            pool: 0,
+            stat: 0,
+        })
+        .collect();
+    let svc = ServiceSpec {
+        stat: None,
+        name: "udp".into(),
+        vip: UDP_VIP,
+        proto: proto::UDP,
+        port_lo: 80,
+        port_hi: 80,
+        affinity: Affinity::None,
+        table_size: DEFAULT_TABLE_SIZE,
+        pools: vec![Pool {
+            name: "pool".into(),
+            mode,
+            snat: vec![sample::SNAT],
+            encap_src_v4: Some(Addr::v4([198, 18, 0, 1])),
+            encap_src_v6: None,
+            gue_port: 6080,
+        }],
+        backends,
+    };
+    RoutingTable::new(1, local, vec![svc]).expect("a valid table")
+}
+
+/// Writes an Ethernet + IPv4 + UDP frame with [`UDP_PAYLOAD`] bytes of payload and valid
+/// checksums into `buf`; returns its length.
+fn udp4(buf: &mut [u8], src: Addr, dst: Addr, sport: u16, dport: u16) -> usize {
+    let len = 14 + 20 + 8 + UDP_PAYLOAD;
+    let f = &mut buf[..len];
+    f.fill(0);
+    wire::write_eth(
+        f,
+        sample::LB_MAC,
+        sample::CLIENT_MAC,
+        None,
+        wire::ETHERTYPE_IPV4,
+    )
+    .expect("room");
+    let ip = Ipv4Fields {
+        src: src.v4_octets(),
+        dst: dst.v4_octets(),
+        proto: proto::UDP,
+        payload_len: (8 + UDP_PAYLOAD) as u16,
+        ttl: 64,
+        tos: 0,
+        id: 1,
+        flags_frag: 0x4000,
+    };
+    wire::write_ipv4(&mut f[14..], &ip).expect("room");
+    wire::write_udp(&mut f[34..], sport, dport, UDP_PAYLOAD as u16).expect("room");
+    let c = checksum::l4(&src, &dst, proto::UDP, &f[34..]);
+    f[40..42].copy_from_slice(&c.to_be_bytes());
+    len
 }
 
 /// Runs one burst of frames (`lens[i]` bytes of `bufs[i]` behind the headroom) through

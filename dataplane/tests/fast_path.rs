@@ -6,7 +6,9 @@
 
 use dataplane::conntrack::{self, Millis, Timeouts};
 use dataplane::flow::{proto, Addr};
+use dataplane::maglev::DEFAULT_TABLE_SIZE;
 use dataplane::pipeline::{process_burst, process_general};
+use dataplane::table::{Affinity, Backend, Local, Mode, Pool, ServiceSpec};
 use dataplane::wire::{self, checksum, Ipv4Fields};
 use dataplane::{DropReason, PacketBuf, RoutingTable, Verdict, WorkerState};
 use proptest::prelude::*;
@@ -126,6 +128,76 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The UDP ops: every client frame a datagram (to port 53, the UDP table's services), and
+/// answers, corrupt frames, waits, swaps and flushes as in [`op`].
+fn udp_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..VIPS.len(), 0..6u16).prop_map(|(vip, flow)| Op::Client { vip, flow, flags: 0 }),
+        4 => (0..VIPS.len(), 0..6u16).prop_map(|(vip, flow)| Op::Answer { vip, flow, flags: 0 }),
+        1 => (0..VIPS.len(), 0..6u16).prop_map(|(vip, flow)| Op::Corrupt { vip, flow }),
+        1 => prop_oneof![Just(1u64), Just(4_000), Just(40_000)].prop_map(Op::Wait),
+        1 => Just(Op::Swap),
+        2 => Just(Op::Flush),
+    ]
+}
+
+/// The sample table's IPv4 services (the same VIPs, modes and backends) for UDP port 53:
+/// the UDP frames of [`udp_op`] are their flows' (the sample table's services are TCP only).
+fn udp_table(generation: u64) -> RoutingTable {
+    let local = Local {
+        mac: sample::LB_MAC,
+        addrs: vec![Addr::v4([198, 18, 0, 1])],
+        mtu: 1500,
+        snat_ports: (1024, 65535),
+        more: Vec::new(),
+    };
+    let modes = [
+        Mode::FullNat,
+        Mode::DsrIpip,
+        Mode::Nat,
+        Mode::DsrGue,
+        Mode::Dr,
+    ];
+    let services = VIPS
+        .iter()
+        .zip(modes)
+        .zip(1u8..)
+        .map(|((&vip, mode), net)| ServiceSpec {
+            stat: None,
+            name: format!("udp{net}"),
+            vip,
+            proto: proto::UDP,
+            port_lo: 53,
+            port_hi: 53,
+            affinity: Affinity::None,
+            table_size: DEFAULT_TABLE_SIZE,
+            pools: vec![Pool {
+                name: "pool".into(),
+                mode,
+                snat: vec![sample::SNAT],
+                encap_src_v4: Some(Addr::v4([198, 18, 0, 1])),
+                encap_src_v6: None,
+                gue_port: 6080,
+            }],
+            backends: (10..14u8)
+                .map(|h| Backend {
+                    addr: Addr::v4([198, 18, net, h]),
+                    port: if matches!(mode, Mode::FullNat | Mode::Nat) {
+                        5353
+                    } else {
+                        0
+                    },
+                    weight: 1,
+                    mac: [0x02, 0, 0, 0, net, h],
+                    pool: 0,
+                    stat: 0,
+                })
+                .collect(),
+        })
+        .collect();
+    RoutingTable::new(generation, local, services).expect("a valid table")
+}
+
 /// Both runs side by side: the reference through `process_general`, the other through
 /// `process_burst`, frames queued until a flush.
 struct Pair {
@@ -135,6 +207,8 @@ struct Pair {
     generation: u64,
     now: Millis,
     queue: Vec<Vec<u8>>,
+    /// The table of each generation.
+    make: fn(u64) -> RoutingTable,
     /// Last transmitted frame per (vip, flow).
     last: std::collections::HashMap<(usize, u16), Vec<u8>>,
     /// Which (vip, flow) each queued frame belongs to.
@@ -243,17 +317,38 @@ proptest! {
     ) {
         run(ops, prefetch)?;
     }
+
+    /// The same for UDP flows of every mode (dsr and dr flows without replies, confirmed by
+    /// the client's second datagram; nat and fullnat both ways), some clients' datagrams
+    /// without a checksum.
+    #[test]
+    fn udp_bursts_and_the_fast_path_match_the_general_path(
+        ops in proptest::collection::vec(udp_op(), 1..300),
+        prefetch in any::<bool>(),
+    ) {
+        run_with(ops, prefetch, udp_table)?;
+    }
 }
 
 /// Runs `ops` through both paths (see [`Pair`]), the burst's with or without its prefetch
 /// passes.
 fn run(ops: Vec<Op>, prefetch: bool) -> Result<(), TestCaseError> {
+    run_with(ops, prefetch, |g| sample::table(g, 4))
+}
+
+/// [`run`] with the table of each generation from `make`.
+fn run_with(
+    ops: Vec<Op>,
+    prefetch: bool,
+    make: fn(u64) -> RoutingTable,
+) -> Result<(), TestCaseError> {
     let mut burst = state();
     burst.set_prefetch_from(if prefetch { 0 } else { usize::MAX });
     let mut pair = Pair {
         general: state(),
         burst,
-        table: sample::table(1, 4),
+        table: make(1),
+        make,
         generation: 1,
         now: 1,
         queue: Vec::new(),
@@ -265,7 +360,12 @@ fn run(ops: Vec<Op>, prefetch: bool) -> Result<(), TestCaseError> {
             Op::Client { vip, flow, flags } => {
                 let src = Addr::v4([198, 19, 1, flow as u8]);
                 let f = if flags == 0 {
-                    udp4(src, VIPS[vip], 40000 + flow, 53, 20)
+                    let mut f = udp4(src, VIPS[vip], 40000 + flow, 53, 20);
+                    if flow % 3 == 2 {
+                        // No checksum: the rewrite must leave it so.
+                        f[40..42].fill(0);
+                    }
+                    f
                 } else {
                     tcp4(src, VIPS[vip], 40000 + flow, 80, flags)
                 };
@@ -293,7 +393,7 @@ fn run(ops: Vec<Op>, prefetch: bool) -> Result<(), TestCaseError> {
             Op::Swap => {
                 pair.flush()?;
                 pair.generation += 1;
-                pair.table = sample::table(pair.generation, 4);
+                pair.table = (pair.make)(pair.generation);
             }
             Op::Flush => pair.flush()?,
         }

@@ -828,7 +828,10 @@ impl<V: Copy> Conntrack<V> {
                 {
                     tcp
                 }
-                FlowState::Udp { replied: true } => udp,
+                // A confirmed UDP flow: replied, or a flow without a reply key (dsr, dr),
+                // confirmed by the client's second datagram (see `confirms`). Its packets leave
+                // it where it is either way.
+                FlowState::Udp { .. } => udp,
                 _ => return Err(true),
             };
             Ok(now.saturating_add(timeout))
@@ -1137,7 +1140,7 @@ impl<V: Copy> Conntrack<V> {
 
     /// [`Conntrack::observe`]'s common case alone: when the flow whose flow slot is `flow` (a
     /// [`Hit::flow`]) is confirmed and a packet with `tcp_flags` leaves it where it is (TCP
-    /// established without SYN, FIN or RST; UDP already replied), moves its timer and returns
+    /// established without SYN, FIN or RST; UDP), moves its timer and returns
     /// true. Otherwise changes nothing and returns false: the packet needs `observe`.
     #[inline(always)]
     pub fn touch(&mut self, flow: u32, tcp_flags: u8, now: Millis) -> bool {
@@ -1154,7 +1157,8 @@ impl<V: Copy> Conntrack<V> {
             {
                 t.tcp_established
             }
-            FlowState::Udp { replied: true } => t.udp,
+            // Confirmed: replied, or without a reply key (dsr, dr).
+            FlowState::Udp { .. } => t.udp,
             _ => return false,
         };
         s.deadline = now.saturating_add(timeout);

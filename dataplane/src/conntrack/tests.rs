@@ -1169,3 +1169,41 @@ fn inserts_prefer_the_first_bucket_and_still_fill_the_table() {
         "a key found both buckets full at {n} keys"
     );
 }
+
+/// A UDP flow without a reply key (dsr, dr) is confirmed by the client's second datagram and
+/// never sees a reply: its packets are steady all the same (the fast path takes them), and
+/// move its timer exactly as the general path's `observe` would.
+#[test]
+fn a_confirmed_udp_flow_without_a_reply_key_is_steady() {
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(64, 64));
+    let k = key(1, proto::UDP);
+    let h = k.table_hash(DEFAULT_SEED);
+    let f = udp_confirmed(&mut ct, 1, 0);
+    assert_eq!(ct.state(f), UDP_NEW, "never replied");
+    let v = ct.lookup_steady(v4key(&k), h, NO_HINT, 100, 0);
+    assert_eq!(v, Ok(&1));
+    assert_eq!(ct.deadline(f), Some(100 + T.udp));
+    assert!(ct.touch(f, 0, 200));
+    assert_eq!(ct.deadline(f), Some(200 + T.udp));
+    // The general path's observe leaves the same state and deadline.
+    let mut general: Conntrack<u32> = Conntrack::new(cfg(64, 64));
+    let g = udp_confirmed(&mut general, 1, 0);
+    general.observe(g, Dir::Original, 0, 200);
+    assert_eq!(
+        (general.state(g), general.deadline(g)),
+        (ct.state(f), ct.deadline(f))
+    );
+    // An unconfirmed one is not steady: its next datagram confirms it on the general path.
+    let u = ct
+        .insert(0, (&key(2, proto::UDP), 2), None, UDP_NEW)
+        .unwrap();
+    let k2 = key(2, proto::UDP);
+    assert_eq!(
+        ct.lookup_steady(v4key(&k2), k2.table_hash(DEFAULT_SEED), NO_HINT, 1, 0),
+        Err(Miss::Tracked(Hit {
+            slot: u,
+            flow: u,
+            dir: Dir::Original
+        }))
+    );
+}

@@ -227,12 +227,13 @@ const TAGS_AHEAD: usize = 16;
 /// (fewer than [`TAGS_AHEAD`], so the tags have had time to arrive).
 const SLOT_AHEAD: usize = 8;
 
-/// A burst as one software-pipelined walk, in the burst's order: while frame i goes through
+/// A burst as one software-pipelined walk, in the burst's order: once frame i went through
 /// the fast path, frame i + [`TAGS_AHEAD`] is parsed, hashed and its bucket's tags prefetched,
 /// and frame i + [`SLOT_AHEAD`] has its slot found in those tags and prefetched (the slot is
-/// its lookup's hint); the first frames are read ahead before the walk starts. `frames[j]`
-/// holds frame j's fields once read. Stops at the first frame the fast path does not take
-/// and returns its index (the burst's length when there is none) and what was read ahead by
+/// its lookup's hint: after the turn, not before it, which left one instruction fewer per
+/// frame to how the registers fall); the first frames are read ahead before the walk starts.
+/// `frames[j]` holds frame j's fields once read. Stops at the first frame the fast path does
+/// not take and returns its index (the burst's length when there is none) and what was read ahead by
 /// then: bit j set for each frame j read whose fast parse took it ([`pipelined_tail`] goes on
 /// from there; carrying the stopped frame's lookup out too cost the walk registers). Nothing
 /// but steady lookups changes the table before it stops, so each hint is still that of a live
@@ -264,12 +265,6 @@ fn pipelined(
     let mut tally = Tally::new();
     let mut stop = n;
     for i in 0..n {
-        if i + TAGS_AHEAD < n {
-            read_ahead(lane.ct, pkts, frames, i + TAGS_AHEAD);
-        }
-        if i + SLOT_AHEAD < n {
-            find_ahead(lane.ct, frames, i + SLOT_AHEAD);
-        }
         let (Some(pkt), Some(frame)) = (pkts.get_mut(i), frames.get(i)) else {
             break;
         };
@@ -279,6 +274,12 @@ fn pipelined(
             stop = i;
             break;
         }
+        if i + TAGS_AHEAD < n {
+            read_ahead(lane.ct, pkts, frames, i + TAGS_AHEAD);
+        }
+        if i + SLOT_AHEAD < n {
+            find_ahead(lane.ct, frames, i + SLOT_AHEAD);
+        }
     }
     tally.flush_walk(lane.counters, stop);
     // Every frame before the stop was forwarded: their verdicts in one fill, not a store
@@ -287,10 +288,10 @@ fn pipelined(
         v.fill(Verdict::Tx);
     }
     // The frames read ahead by the stop whose fast parse took them ([`pipelined_tail`]'s
-    // mask): up to `TAGS_AHEAD` past it (entries further on are an earlier burst's).
+    // mask): those before `stop + TAGS_AHEAD` (entries further on are an earlier burst's).
     let mut cands = 0u64;
     if stop < n {
-        for (j, f) in frames.iter().enumerate().take(n.min(stop + TAGS_AHEAD + 1)) {
+        for (j, f) in frames.iter().enumerate().take(n.min(stop + TAGS_AHEAD)) {
             cands |= u64::from(f.l3_end != NOT_READ) << j;
         }
     }
@@ -315,10 +316,10 @@ fn pipelined_tail(
 ) {
     let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
     let mut cands = ahead;
-    for j in stop + TAGS_AHEAD + 1..n {
+    for j in stop + TAGS_AHEAD..n {
         cands |= read_ahead(&state.ct, pkts, frames, j);
     }
-    for j in stop + SLOT_AHEAD + 1..n {
+    for j in stop + SLOT_AHEAD..n {
         find_ahead(&state.ct, frames, j);
     }
     // The frame the walk stopped at: what the fast path learned of it, if it read it (its

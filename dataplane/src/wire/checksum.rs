@@ -133,6 +133,20 @@ impl Delta {
         let (s, carry) = (!csum).overflowing_add(self.0 as u16);
         !s.wrapping_add(u16::from(carry))
     }
+
+    /// [`Delta::apply_wire`] of a UDP checksum field that is not zero (zero: no checksum, left
+    /// alone), with UDP's rule that a checksum computing to 0 goes on the wire as 0xffff: the
+    /// checksum minus the difference (RFC 1624 eqn. 2, the checksum plus the complemented
+    /// difference with end-around carry), which never gives 0 for a checksum that is not 0, and
+    /// equals eqn. 3's result everywhere else (checked for every pair). Two instructions fewer
+    /// than eqn. 3 and the zero test.
+    #[inline(always)]
+    pub fn apply_udp_wire(self, csum: u16) -> u16 {
+        // Both byte orders of 0xffff are 0xffff and `!` commutes with swapping the bytes: the
+        // wire order needs no swap.
+        let (s, carry) = csum.overflowing_add(!(self.0 as u16));
+        s.wrapping_add(u16::from(carry))
+    }
 }
 
 /// Ones' complement sum of the big-endian 32-bit words of `b`, unfolded.
@@ -258,7 +272,39 @@ mod tests {
         assert_eq!(l4(&src, &dst, crate::flow::proto::UDP, &seg), 0xffff);
     }
 
+    /// UDP's form of the update: eqn. 3 with a result of 0 sent as 0xffff, for every checksum
+    /// that is not 0 (the whole square of 2^32 pairs was checked once; here every checksum
+    /// against the edge differences and a spread of others, and random pairs below).
+    #[test]
+    fn udp_apply_is_eqn3_with_zero_as_all_ones() {
+        let ds = (0..=0xffffu32)
+            .step_by(0x0fff)
+            .chain([0, 1, 2, 0x7fff, 0x8000, 0xfffe, 0xffff]);
+        for d in ds {
+            for c in 1..=0xffffu16 {
+                let want = match Delta(d).apply_wire(c) {
+                    0 => 0xffff,
+                    x => x,
+                };
+                assert_eq!(
+                    Delta(d).apply_udp_wire(c),
+                    want,
+                    "checksum {c:04x} delta {d:04x}"
+                );
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn udp_apply_matches_eqn3(c in 1..=0xffffu16, d in 0..=0xffffu32) {
+            let want = match Delta(d).apply_wire(c) {
+                0 => 0xffff,
+                x => x,
+            };
+            prop_assert_eq!(Delta(d).apply_udp_wire(c), want);
+        }
+
         #[test]
         fn sum_matches_rfc1071_reference(data in proptest::collection::vec(any::<u8>(), 0..300), init in 0u32..0x1_0000) {
             let fast = fold32(sum(&data, init));

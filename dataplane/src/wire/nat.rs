@@ -163,13 +163,8 @@ pub fn rewrite_v4(
         u[..4].copy_from_slice(&ports.to_be_bytes());
         let c = csum(&[u[6], u[7]]);
         if c != 0 {
-            // A UDP checksum that computes to 0 goes on the wire as 0xffff (0 means none): both
-            // are the same in either byte order.
-            let c = match l4_delta.apply_wire(c) {
-                0 => 0xffff,
-                c => c,
-            };
-            u[6..8].copy_from_slice(&c.to_ne_bytes());
+            // A UDP checksum that computes to 0 goes on the wire as 0xffff (0 means none).
+            u[6..8].copy_from_slice(&l4_delta.apply_udp_wire(c).to_ne_bytes());
         }
     }
 }
@@ -216,13 +211,8 @@ pub fn rewrite_v4_frame(
         };
         let c = u16::from_ne_bytes([f[40], f[41]]);
         if c != 0 {
-            // A UDP checksum that computes to 0 goes on the wire as 0xffff (0 means none): both
-            // are the same in either byte order.
-            let c = match l4_delta.apply_wire(c) {
-                0 => 0xffff,
-                c => c,
-            };
-            f[40..42].copy_from_slice(&c.to_ne_bytes());
+            // A UDP checksum that computes to 0 goes on the wire as 0xffff (0 means none).
+            f[40..42].copy_from_slice(&l4_delta.apply_udp_wire(c).to_ne_bytes());
         }
         head(f, macs, addrs, ports, l3_delta);
     }

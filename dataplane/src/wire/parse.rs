@@ -461,12 +461,15 @@ pub fn parse_v4_words(frame: &[u8]) -> Option<V4Words> {
     if u16::from_ne_bytes([h[20], h[21]]) & u16::from_ne_bytes([0x3f, 0xff]) != 0 {
         return None;
     }
+    // The header as the words its checksum sums: the first eight bytes, both addresses (the
+    // key's word, loaded once for both), then the TTL, protocol and checksum.
+    let wide = |i: usize| u64::from(word(i)) | (u64::from(word(i + 4)) << 32);
+    let (first, addrs) = (wide(14), wide(26));
     let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
     if total > frame.len() - ETH_LEN {
         return None;
     }
-    let wide = |i: usize| u64::from(word(i)) | (u64::from(word(i + 4)) << 32);
-    if !ipv4_20_ones(wide(14), wide(22), word(30)) {
+    if !ipv4_20_ones(first, addrs, word(22)) {
         return None;
     }
     let proto = h[23];
@@ -475,14 +478,19 @@ pub fn parse_v4_words(frame: &[u8]) -> Option<V4Words> {
         proto::TCP => {
             // `total <= frame.len() - 14` and the check below give a frame of 54 bytes or more.
             let t: &[u8; 20] = arr(frame, ETH_LEN + 20)?;
-            if t[12] < 0x50 || usize::from(t[12] >> 4) * 4 + 20 > total {
+            // A data offset under 5 words and a header past the packet in one test: an offset
+            // under 5 wraps to 0xfffb or more, whose bytes are past any `total`.
+            let extra = u16::from(t[12] >> 4).wrapping_sub(5);
+            if usize::from(extra) * 4 + 40 > total {
                 return None;
             }
             t[13]
         }
         proto::UDP => {
-            let ulen = usize::from(u16::from_be_bytes([h[38], h[39]]));
-            if ulen < 8 || ulen + 20 > total {
+            // Under 8 and past the datagram in one test: a length under 8 wraps to 0xfff8 or
+            // more, past any `total`.
+            let ulen = u16::from_be_bytes([h[38], h[39]]).wrapping_sub(8);
+            if usize::from(ulen) + 28 > total {
                 return None;
             }
             0
@@ -490,7 +498,7 @@ pub fn parse_v4_words(frame: &[u8]) -> Option<V4Words> {
         _ => return None,
     };
     Some(V4Words {
-        addrs: wide(26),
+        addrs,
         ports_proto: u64::from(word(34)) | (u64::from(proto) << 32),
         l3_end: (ETH_LEN + total) as u16,
         tcp_flags,
