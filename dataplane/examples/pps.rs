@@ -28,9 +28,8 @@
 use dataplane::conntrack::{Config, Timeouts};
 use dataplane::flow::proto;
 use dataplane::flow::Addr;
-use dataplane::maglev::DEFAULT_TABLE_SIZE;
 use dataplane::pipeline::process_burst;
-use dataplane::table::{Affinity, Backend, Local, Mode, Pool, ServiceSpec};
+use dataplane::table::Mode;
 use dataplane::wire::{self, checksum, Ipv4Fields};
 use dataplane::worker::EXPIRE_BUDGET;
 use dataplane::{process, DropReason, PacketBuf, RoutingTable, Verdict, WorkerState};
@@ -214,44 +213,12 @@ const UDP_PAYLOAD: usize = 18;
 /// A table with one UDP service on [`UDP_VIP`] port 80 in `mode`, with 16 backends (in
 /// 198.18.1.0/24, port 8080; dsr and dr keep the port), as `sample::table`'s TCP services.
 fn udp_table(mode: Mode) -> RoutingTable {
-    let local = Local {
-        mac: sample::LB_MAC,
-        addrs: vec![Addr::v4([198, 18, 0, 1])],
-        mtu: 1500,
-        snat_ports: (1024, 65535),
-        more: Vec::new(),
-    };
     let keeps_port = matches!(mode, Mode::DsrIpip | Mode::DsrGue | Mode::Dr);
-    let backends = (10..26u8)
-        .map(|h| Backend {
-            addr: Addr::v4([198, 18, 1, h]),
-            port: if keeps_port { 0 } else { 8080 },
-            weight: 1,
-            mac: [0x02, 0, 0, 0, 1, h],
-            pool: 0,
-            stat: 0,
-        })
-        .collect();
-    let svc = ServiceSpec {
-        stat: None,
-        name: "udp".into(),
-        vip: UDP_VIP,
-        proto: proto::UDP,
-        port_lo: 80,
-        port_hi: 80,
-        affinity: Affinity::None,
-        table_size: DEFAULT_TABLE_SIZE,
-        pools: vec![Pool {
-            name: "pool".into(),
-            mode,
-            snat: vec![sample::SNAT],
-            encap_src_v4: Some(Addr::v4([198, 18, 0, 1])),
-            encap_src_v6: None,
-            gue_port: 6080,
-        }],
-        backends,
-    };
-    RoutingTable::new(1, local, vec![svc]).expect("a valid table")
+    let hosts: Vec<(u8, u32)> = (10..26u8).map(|h| (h, 1)).collect();
+    let backends = sample::backends_v4(1, &hosts, if keeps_port { 0 } else { 8080 });
+    let pool = sample::pool(mode, vec![sample::SNAT]);
+    let svc = sample::service("udp", UDP_VIP, proto::UDP, (80, 80), pool, backends);
+    RoutingTable::new(1, sample::local_v4(), vec![svc]).expect("a valid table")
 }
 
 /// Writes an Ethernet + IPv4 + UDP frame with [`UDP_PAYLOAD`] bytes of payload and valid

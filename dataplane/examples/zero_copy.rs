@@ -25,59 +25,25 @@ use arc_swap::ArcSwap;
 
 use dataplane::conntrack::{Config, Timeouts};
 use dataplane::flow::{proto, Addr};
-use dataplane::maglev::DEFAULT_TABLE_SIZE;
 use dataplane::pipeline::process_burst;
 use dataplane::port::dpdk::{eal_cleanup, DpdkOptions, DpdkPort};
 use dataplane::port::Port;
-use dataplane::table::{Affinity, Backend, Local, Mode, Pool, RoutingTable, ServiceSpec};
+use dataplane::table::{Mode, RoutingTable};
 use dataplane::wire::{self, checksum, Ipv4Fields};
 use dataplane::worker::{build_workers, IdlePolicy, Worker, WorkerConfig};
 use dataplane::{process, Verdict};
+use testkit::sample::{self, CLIENT_MAC as ROUTER_MAC, LB_MAC};
 
-const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const VIP: [u8; 4] = [198, 18, 0, 100];
 const SNAT: [[u8; 4]; 2] = [[198, 18, 0, 2], [198, 18, 0, 3]];
 const BURST: usize = 32;
 
 fn table() -> RoutingTable {
-    let local = Local {
-        mac: LB_MAC,
-        addrs: vec![Addr::v4([198, 18, 0, 1])],
-        mtu: 1500,
-        snat_ports: (1024, 65535),
-        more: Vec::new(),
-    };
-    let backends = (0..4u8)
-        .map(|i| Backend {
-            addr: Addr::v4([198, 18, 1, 10 + i]),
-            port: 8080,
-            weight: 1,
-            mac: [0x02, 0, 0, 0, 1, 10 + i],
-            pool: 0,
-            stat: 0,
-        })
-        .collect();
-    let svc = ServiceSpec {
-        stat: None,
-        name: "bench".into(),
-        vip: Addr::v4(VIP),
-        proto: proto::UDP,
-        port_lo: 80,
-        port_hi: 80,
-        affinity: Affinity::None,
-        table_size: DEFAULT_TABLE_SIZE,
-        pools: vec![Pool {
-            name: "pool".into(),
-            mode: Mode::FullNat,
-            snat: SNAT.iter().map(|a| Addr::v4(*a)).collect(),
-            encap_src_v4: None,
-            encap_src_v6: None,
-            gue_port: 6080,
-        }],
-        backends,
-    };
-    RoutingTable::new(1, local, vec![svc]).expect("a valid table")
+    let hosts: Vec<(u8, u32)> = (10..14u8).map(|h| (h, 1)).collect();
+    let backends = sample::backends_v4(1, &hosts, 8080);
+    let pool = sample::pool(Mode::FullNat, SNAT.iter().map(|a| Addr::v4(*a)).collect());
+    let svc = sample::service("bench", Addr::v4(VIP), proto::UDP, (80, 80), pool, backends);
+    RoutingTable::new(1, sample::local_v4(), vec![svc]).expect("a valid table")
 }
 
 /// Client address and port of flow `i`: 198.19.0.0/16, then the next source port.

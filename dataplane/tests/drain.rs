@@ -7,8 +7,7 @@
 use dataplane::conntrack::tcp_flags::{ACK as TCP_ACK, SYN as TCP_SYN};
 use dataplane::conntrack::{self, Millis, Timeouts};
 use dataplane::flow::{proto, Addr};
-use dataplane::maglev::DEFAULT_TABLE_SIZE;
-use dataplane::table::{Affinity, Backend, Local, MaglevCache, Mode, Pool, ServiceSpec};
+use dataplane::table::{MaglevCache, Mode, ServiceSpec};
 use dataplane::{process, wire, DropReason, PacketBuf, RoutingTable, Verdict, WorkerState};
 use testkit::sample;
 
@@ -49,48 +48,21 @@ fn client(i: u32) -> Addr {
 
 /// A fullnat service on `vip` port 80 with backends 198.18.`net`.`h`:8080 at their weights.
 fn svc(name: &str, vip: Addr, net: u8, backends: &[(u8, u32)]) -> ServiceSpec {
-    ServiceSpec {
-        stat: None,
-        name: name.into(),
+    let pool = sample::pool(Mode::FullNat, vec![sample::SNAT]);
+    sample::service(
+        name,
         vip,
-        proto: proto::TCP,
-        port_lo: 80,
-        port_hi: 80,
-        affinity: Affinity::None,
-        table_size: DEFAULT_TABLE_SIZE,
-        pools: vec![Pool {
-            name: "pods".into(),
-            mode: Mode::FullNat,
-            snat: vec![sample::SNAT],
-            encap_src_v4: None,
-            encap_src_v6: None,
-            gue_port: 0,
-        }],
-        backends: backends
-            .iter()
-            .map(|&(h, weight)| Backend {
-                addr: Addr::v4([198, 18, net, h]),
-                port: 8080,
-                weight,
-                mac: [0x02, 0, 0, 0, net, h],
-                pool: 0,
-                stat: 0,
-            })
-            .collect(),
-    }
+        proto::TCP,
+        (80, 80),
+        pool,
+        sample::backends_v4(net, backends, 8080),
+    )
 }
 
 fn table(generation: u64, live: Vec<ServiceSpec>, draining: Vec<ServiceSpec>) -> RoutingTable {
-    let local = Local {
-        mac: sample::LB_MAC,
-        addrs: vec![Addr::v4([198, 18, 0, 1])],
-        mtu: 1500,
-        snat_ports: (1024, 65535),
-        more: Vec::new(),
-    };
     RoutingTable::build_with_draining(
         generation,
-        local,
+        sample::local_v4(),
         live,
         draining,
         &mut MaglevCache::default(),

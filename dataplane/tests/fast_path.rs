@@ -6,9 +6,8 @@
 
 use dataplane::conntrack::{self, Millis, Timeouts};
 use dataplane::flow::{proto, Addr};
-use dataplane::maglev::DEFAULT_TABLE_SIZE;
 use dataplane::pipeline::{process_burst, process_general};
-use dataplane::table::{Affinity, Backend, Local, Mode, Pool, ServiceSpec};
+use dataplane::table::Mode;
 use dataplane::wire::{self, checksum, Ipv4Fields};
 use dataplane::{DropReason, PacketBuf, RoutingTable, Verdict, WorkerState};
 use proptest::prelude::*;
@@ -144,13 +143,6 @@ fn udp_op() -> impl Strategy<Value = Op> {
 /// The sample table's IPv4 services (the same VIPs, modes and backends) for UDP port 53:
 /// the UDP frames of [`udp_op`] are their flows' (the sample table's services are TCP only).
 fn udp_table(generation: u64) -> RoutingTable {
-    let local = Local {
-        mac: sample::LB_MAC,
-        addrs: vec![Addr::v4([198, 18, 0, 1])],
-        mtu: 1500,
-        snat_ports: (1024, 65535),
-        more: Vec::new(),
-    };
     let modes = [
         Mode::FullNat,
         Mode::DsrIpip,
@@ -158,44 +150,30 @@ fn udp_table(generation: u64) -> RoutingTable {
         Mode::DsrGue,
         Mode::Dr,
     ];
+    let hosts: Vec<(u8, u32)> = (10..14u8).map(|h| (h, 1)).collect();
     let services = VIPS
         .iter()
         .zip(modes)
         .zip(1u8..)
-        .map(|((&vip, mode), net)| ServiceSpec {
-            stat: None,
-            name: format!("udp{net}"),
-            vip,
-            proto: proto::UDP,
-            port_lo: 53,
-            port_hi: 53,
-            affinity: Affinity::None,
-            table_size: DEFAULT_TABLE_SIZE,
-            pools: vec![Pool {
-                name: "pool".into(),
-                mode,
-                snat: vec![sample::SNAT],
-                encap_src_v4: Some(Addr::v4([198, 18, 0, 1])),
-                encap_src_v6: None,
-                gue_port: 6080,
-            }],
-            backends: (10..14u8)
-                .map(|h| Backend {
-                    addr: Addr::v4([198, 18, net, h]),
-                    port: if matches!(mode, Mode::FullNat | Mode::Nat) {
-                        5353
-                    } else {
-                        0
-                    },
-                    weight: 1,
-                    mac: [0x02, 0, 0, 0, net, h],
-                    pool: 0,
-                    stat: 0,
-                })
-                .collect(),
+        .map(|((&vip, mode), net)| {
+            let port = if matches!(mode, Mode::FullNat | Mode::Nat) {
+                5353
+            } else {
+                0
+            };
+            let pool = sample::pool(mode, vec![sample::SNAT]);
+            let backends = sample::backends_v4(net, &hosts, port);
+            sample::service(
+                &format!("udp{net}"),
+                vip,
+                proto::UDP,
+                (53, 53),
+                pool,
+                backends,
+            )
         })
         .collect();
-    RoutingTable::new(generation, local, services).expect("a valid table")
+    RoutingTable::new(generation, sample::local_v4(), services).expect("a valid table")
 }
 
 /// Both runs side by side: the reference through `process_general`, the other through

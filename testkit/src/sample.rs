@@ -40,52 +40,32 @@ pub fn table(generation: u64, backends: u8) -> RoutingTable {
 /// The same services with the given backends, as (host number, weight): host `h` is
 /// 198.18.`net`.`h` in every IPv4 service and 2001:db8:1::`h` in the IPv6 one.
 pub fn table_of(generation: u64, backends: &[(u8, u32)]) -> RoutingTable {
-    let local = Local {
-        mac: LB_MAC,
-        addrs: vec![
-            Addr::v4([198, 18, 0, 1]),
-            Addr::v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
-        ],
-        mtu: 1500,
-        snat_ports: (1024, 65535),
-        more: Vec::new(),
+    let mut local = local_v4();
+    local.addrs.push(Addr::v6([
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+    ]));
+    let hosts = |net: u8| {
+        if net == 6 {
+            let v6 = |h: u8| Addr::v6([0x20, 1, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, h]);
+            backends_at(net, backends, 8080, v6)
+        } else {
+            // dsr and dr forward the packet unchanged, so their backends keep the port.
+            backends_v4(
+                net,
+                backends,
+                if matches!(net, 2 | 4 | 5) { 0 } else { 8080 },
+            )
+        }
     };
-    let mk = |net: u8, pool: u16| -> Vec<Backend> {
-        backends
-            .iter()
-            .map(|&(h, weight)| Backend {
-                addr: if net == 6 {
-                    Addr::v6([0x20, 1, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, h])
-                } else {
-                    Addr::v4([198, 18, net, h])
-                },
-                // dsr and dr forward the packet unchanged, so their backends keep the port.
-                port: if matches!(net, 2 | 4 | 5) { 0 } else { 8080 },
-                weight,
-                mac: [0x02, 0, 0, 0, net, h],
-                pool,
-                stat: 0,
-            })
-            .collect()
-    };
-    let svc = |name: &str, vip: Addr, mode: Mode, net: u8| ServiceSpec {
-        stat: None,
-        name: name.into(),
-        vip,
-        proto: proto::TCP,
-        port_lo: 80,
-        port_hi: 80,
-        affinity: Affinity::None,
-        table_size: DEFAULT_TABLE_SIZE,
-        pools: vec![Pool {
-            name: "pool".into(),
-            mode,
-            snat: vec![SNAT, SNAT6],
-            encap_src_v4: Some(Addr::v4([198, 18, 0, 1])),
-            encap_src_v6: None,
-            gue_port: 6080,
-        }],
-        backends: mk(net, 0),
+    let svc = |name: &str, vip: Addr, mode: Mode, net: u8| {
+        service(
+            name,
+            vip,
+            proto::TCP,
+            (80, 80),
+            pool(mode, vec![SNAT, SNAT6]),
+            hosts(net),
+        )
     };
     RoutingTable::new(
         generation,
@@ -100,6 +80,76 @@ pub fn table_of(generation: u64, backends: &[(u8, u32)]) -> RoutingTable {
         ],
     )
     .expect("the sample table is valid")
+}
+
+/// The sample table's own addresses, IPv4 only: [`LB_MAC`], 198.18.0.1, MTU 1500, SNAT ports
+/// 1024-65535.
+pub fn local_v4() -> Local {
+    Local {
+        mac: LB_MAC,
+        addrs: vec![Addr::v4([198, 18, 0, 1])],
+        mtu: 1500,
+        snat_ports: (1024, 65535),
+        more: Vec::new(),
+    }
+}
+
+/// A service on `vip`, protocol `proto` (see [`proto`]), ports `ports` (first, last; (0, 0)
+/// for every port), with one pool and no affinity, as the sample table's.
+pub fn service(
+    name: &str,
+    vip: Addr,
+    proto: u8,
+    ports: (u16, u16),
+    pool: Pool,
+    backends: Vec<Backend>,
+) -> ServiceSpec {
+    ServiceSpec {
+        stat: None,
+        name: name.into(),
+        vip,
+        proto,
+        port_lo: ports.0,
+        port_hi: ports.1,
+        affinity: Affinity::None,
+        table_size: DEFAULT_TABLE_SIZE,
+        pools: vec![pool],
+        backends,
+    }
+}
+
+/// The sample table's pool in `mode`, with `snat` as its fullnat source addresses, the
+/// encapsulation source 198.18.0.1 and GUE port 6080.
+pub fn pool(mode: Mode, snat: Vec<Addr>) -> Pool {
+    Pool {
+        name: "pool".into(),
+        mode,
+        snat,
+        encap_src_v4: Some(Addr::v4([198, 18, 0, 1])),
+        encap_src_v6: None,
+        gue_port: 6080,
+    }
+}
+
+/// Backends of pool 0 as (host number, weight): host `h` is 198.18.`net`.`h`, port `port` (0:
+/// the service's), MAC 02:00:00:00:`net`:`h`.
+pub fn backends_v4(net: u8, hosts: &[(u8, u32)], port: u16) -> Vec<Backend> {
+    backends_at(net, hosts, port, |h| Addr::v4([198, 18, net, h]))
+}
+
+/// [`backends_v4`] with host `h`'s address `addr(h)`.
+fn backends_at(net: u8, hosts: &[(u8, u32)], port: u16, addr: impl Fn(u8) -> Addr) -> Vec<Backend> {
+    hosts
+        .iter()
+        .map(|&(h, weight)| Backend {
+            addr: addr(h),
+            port,
+            weight,
+            mac: [0x02, 0, 0, 0, net, h],
+            pool: 0,
+            stat: 0,
+        })
+        .collect()
 }
 
 /// Writes an Ethernet + IPv4 + TCP frame with valid checksums into `buf`; returns its length.
