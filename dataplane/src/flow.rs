@@ -32,15 +32,6 @@ impl Addr {
         [self.0[12], self.0[13], self.0[14], self.0[15]]
     }
 
-    /// Replaces an IPv4 address by the IPv4 address `o`: one 4-byte store, the `::ffff` prefix
-    /// left as it is. For an address that holds IPv4 already (anything else would become an
-    /// IPv6 address ending in `o`).
-    #[inline(always)]
-    pub fn set_v4_octets(&mut self, o: [u8; 4]) {
-        debug_assert!(self.is_v4());
-        self.0[12..].copy_from_slice(&o);
-    }
-
     /// The address bytes as they appear on the wire: 4 for IPv4, 16 for IPv6.
     pub fn wire_bytes(&self) -> &[u8] {
         if self.is_v4() {

@@ -374,8 +374,7 @@ struct Slot<V> {
 
 impl<V: Copy> Slot<V> {
     /// Writes every field in place: a `Slot` built and then assigned was built on the stack
-    /// and copied in whole, twice the stores of a new flow's two keys. The value is `value`
-    /// with `patch` applied to it where it is stored.
+    /// and copied in whole, twice the stores of a new flow's two keys.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn fill(
@@ -387,14 +386,13 @@ impl<V: Copy> Slot<V> {
         state: FlowState,
         flags: u8,
         value: &V,
-        patch: impl FnOnce(&mut V),
     ) {
         self.kw = kw;
         self.deadline = deadline;
         self.peer = peer;
         self.flags = flags;
         self.state = state;
-        patch(self.value.insert(*value));
+        self.value = Some(*value);
         // `None` only for an exact word (`insert_probed_with`).
         if let Some(key) = key.filter(|_| !kw.exact()) {
             self.key = *key;
@@ -1003,52 +1001,48 @@ impl<V: Copy> Conntrack<V> {
         reply: Option<(&FlowKey, &Probe, &V)>,
         initial: FlowState,
     ) -> Result<u32, InsertError> {
-        let reply = reply.map(|(k, p, v)| (Some(k), p, v, |_: &mut V| {}));
+        let reply = reply.map(|(k, p, v)| (Some(k), p, v));
         self.insert_probed_with(now, (Some(orig.0), orig.1, orig.2), reply, initial)
     }
 
     /// [`Conntrack::insert_probed`] of IPv4 keys, each given by its probe alone (from
     /// [`Conntrack::probe_v4`] or [`Conntrack::probe_v4_after`]): their words hold them whole,
-    /// so no [`FlowKey`] is passed, compared or stored. The reply key's value is the original
-    /// key's with `reply.1` applied to it in the reply's slot: a reply value that shares most
-    /// of its fields with the original's is one copy and a few stores, not a second value
-    /// built field by field and copied.
+    /// so no [`FlowKey`] is passed, compared or stored.
     #[inline(always)]
     pub fn insert_probed_v4(
         &mut self,
         now: Millis,
         orig: (&Probe, &V),
-        reply: Option<(&Probe, impl FnOnce(&mut V))>,
+        reply: Option<(&Probe, &V)>,
         initial: FlowState,
     ) -> Result<u32, InsertError> {
-        debug_assert!(orig.0.kw.exact() && reply.as_ref().is_none_or(|(p, _)| p.kw.exact()));
-        let reply = reply.map(|(p, patch)| (None, p, orig.1, patch));
+        debug_assert!(orig.0.kw.exact() && reply.is_none_or(|(p, _)| p.kw.exact()));
+        let reply = reply.map(|(p, v)| (None, p, v));
         self.insert_probed_with(now, (None, orig.0, orig.1), reply, initial)
     }
 
     /// The insert of keys already searched; a key is `None` only when its probe's word is
-    /// exact (IPv4), and then never read. The reply's value is its `&V` with its patch applied
-    /// in its slot.
+    /// exact (IPv4), and then never read.
     #[inline(always)]
     fn insert_probed_with(
         &mut self,
         now: Millis,
         orig: (Option<&FlowKey>, &Probe, &V),
-        reply: Option<(Option<&FlowKey>, &Probe, &V, impl FnOnce(&mut V))>,
+        reply: Option<(Option<&FlowKey>, &Probe, &V)>,
         initial: FlowState,
     ) -> Result<u32, InsertError> {
         let class = Class::of(initial);
         let pa = orig.1;
-        let pb = match &reply {
+        let pb = match reply {
             // Equal keys have equal words; a word alone decides for IPv4.
-            Some((k, p, _, _)) if p.kw == pa.kw && (p.kw.exact() || *k == orig.0) => {
+            Some((k, p, _)) if p.kw == pa.kw && (p.kw.exact() || k == orig.0) => {
                 return Err(InsertError::Exists)
             }
-            Some((_, p, _, _)) => Some(*p),
+            Some((_, p, _)) => Some(p),
             None => None,
         };
         let orig = (orig.0, orig.2);
-        let reply = reply.map(|(k, _, v, patch)| (k, v, patch));
+        let reply = reply.map(|(k, _, v)| (k, v));
         let mut plan = Plan::default();
         self.duplicate(pa, &mut plan, now)?;
         if let Some(p) = pb {
@@ -1103,11 +1097,11 @@ impl<V: Copy> Conntrack<V> {
             self.overflow[p.buckets[0] as usize / BUCKET] += 1;
         }
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
-        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, flags, orig.1, |_| {});
+        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, flags, orig.1);
         let mut keys = 1;
-        if let (Some(p), Some((k, v, patch))) = (pb, reply) {
+        if let (Some(p), Some((k, v))) = (pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
-            self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v, patch);
+            self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
             keys = 2;
         }
         self.keys += keys;

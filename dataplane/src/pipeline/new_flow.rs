@@ -242,26 +242,20 @@ fn new_v4_inline(
         let z3 = be_be & r_dst_be == u32::MAX && v_be | c_be == 0;
         let z4 = z3 && nat::ports(new_dport, r_dport) == u32::MAX && in_ports == 0;
         let (l3_delta, l4_delta) = (fwd.l3_delta.reversed(z3), fwd.l4_delta.reversed(z4));
-        let macs = wire::mac_pair(client_mac, table.local.mac_of(st.rx_port));
-        // The reply's value is the forward one (already a rewrite into IPv4) copied into its
-        // slot, with the fields that differ set there: its three addresses are IPv4 as the
-        // forward value's are, so each is one word.
-        debug_assert!(fwd.fast == Fast::RewriteV4 && fwd.action == Action::Rewrite);
-        debug_assert!(fwd.new_src.is_v4() && fwd.ident.is_v4());
-        let reply = |rev: &mut FlowValue| {
-            (rev.l3_delta, rev.l4_delta) = (l3_delta, l4_delta);
-            rev.new_src.set_v4_octets(f.dst.to_ne_bytes());
-            rev.new_dst.set_v4_octets(f.src.to_ne_bytes());
-            (rev.new_sport, rev.new_dport) = (dport, sport);
-            rev.macs = macs;
-            rev.ident.set_v4_octets(be_w.to_ne_bytes());
-        };
+        // The fields the reply shares with the forward value copied, the others set.
+        let mut rev = fwd;
+        rev.fast = Fast::RewriteV4;
+        rev.action = Action::Rewrite;
+        (rev.l3_delta, rev.l4_delta) = (l3_delta, l4_delta);
+        (rev.new_src, rev.new_dst) = (vip, client);
+        (rev.new_sport, rev.new_dport) = (dport, sport);
+        rev.macs = wire::mac_pair(client_mac, table.local.mac_of(st.rx_port));
+        rev.ident = be.addr;
         st.ct
-            .insert_probed_v4(now, (&pa, &fwd), Some((&pb, reply)), initial)
+            .insert_probed_v4(now, (&pa, &fwd), Some((&pb, &rev)), initial)
     } else {
         // Encapsulation and dr leave the packet's checksums alone: no deltas (as `seal`).
-        let none = None::<(&Probe, fn(&mut FlowValue))>;
-        st.ct.insert_probed_v4(now, (&pa, &fwd), none, initial)
+        st.ct.insert_probed_v4(now, (&pa, &fwd), None, initial)
     };
     if let Err(e) = inserted {
         return Some(Verdict::Drop(insert_drop(e)));
