@@ -221,6 +221,11 @@ const F_CONFIRMED: u8 = 2;
 const F_FIN_ORIG: u8 = 4;
 /// Slot flag (flow slot): a FIN was seen in the reply direction.
 const F_FIN_REPLY: u8 = 8;
+/// Slot flag (flow slot): the flow's original key lives in its second bucket (counted in its
+/// first bucket's `Conntrack::overflow` until the flow is removed).
+const F_SECOND: u8 = 16;
+/// Slot flag (flow slot): the flow's reply key lives in its second bucket (counted the same).
+const F_PEER_SECOND: u8 = 32;
 
 /// Seed used by [`Conntrack::new`] when none is given; fixed so that runs (and fixtures) are reproducible.
 pub const DEFAULT_SEED: u64 = 0x6c62_2d63_6f6e_6e74;
@@ -468,6 +473,12 @@ pub struct Conntrack<V: Copy> {
     len: usize,
     /// Keys in use (a flow with a reply key has two).
     keys: usize,
+    /// Per bucket, the keys in use whose first bucket it is and that live in their second
+    /// ([`F_SECOND`], [`F_PEER_SECOND`]). A key goes to its second bucket only when its first
+    /// is crowded (see [`FIRST_BUCKET_ROOM`]), so nearly every count is 0, and a search that
+    /// misses a key's first bucket ends there when its count is: a new flow's keys are looked
+    /// for in one bucket each, not two.
+    overflow: Box<[u32]>,
     embryonic: usize,
     udp_unconfirmed: usize,
     cursor: usize,
@@ -591,6 +602,7 @@ impl<V: Copy> Conntrack<V> {
             slots: mem::filled(cap, blank),
             mask: cap - 1,
             seed,
+            overflow: mem::filled(cap / BUCKET, 0),
             len: 0,
             keys: 0,
             embryonic: 0,
@@ -607,7 +619,8 @@ impl<V: Copy> Conntrack<V> {
     /// config can be sized before it runs.
     pub fn bytes_for(capacity: usize) -> u64 {
         let cap = slots_for(capacity);
-        (cap * (std::mem::size_of::<Slot<V>>() + std::mem::size_of::<u16>())) as u64
+        let per_slot = std::mem::size_of::<Slot<V>>() + std::mem::size_of::<u16>();
+        (cap * per_slot + cap / BUCKET * std::mem::size_of::<u32>()) as u64
     }
 
     /// Number of key slots (a power of two). A flow with a reply key takes two.
@@ -1070,8 +1083,21 @@ impl<V: Copy> Conntrack<V> {
             self.remove(plan.flows[i]);
         }
         let deadline = now.saturating_add(self.timeout(initial, false));
+        // Keys that go to their second bucket (a slot of the first is less than a bucket past
+        // its start; with one bucket, both are the first) are counted in their first's
+        // overflow.
+        let second = |p: &Probe, s: u32| s.wrapping_sub(p.buckets[0]) >= BUCKET as u32;
+        let mut flags = 0;
+        if second(pa, sa) {
+            flags = F_SECOND;
+            self.overflow[pa.buckets[0] as usize / BUCKET] += 1;
+        }
+        if let Some(p) = pb.filter(|p| second(p, sb)) {
+            flags |= F_PEER_SECOND;
+            self.overflow[p.buckets[0] as usize / BUCKET] += 1;
+        }
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
-        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, 0, orig.1);
+        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, flags, orig.1);
         let mut keys = 1;
         if let (Some(p), Some((k, v))) = (pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
@@ -1171,9 +1197,12 @@ impl<V: Copy> Conntrack<V> {
             return;
         };
         let s = &self.slots[f as usize];
-        let peer = s.peer;
-        if s.flags & F_CONFIRMED == 0 {
+        let (peer, flags) = (s.peer, s.flags);
+        if flags & F_CONFIRMED == 0 {
             *self.unconfirmed_count_mut(Class::of(s.state)) -= 1;
+        }
+        if flags & (F_SECOND | F_PEER_SECOND) != 0 {
+            self.unoverflow(f, peer, flags);
         }
         self.tags[f as usize] = TAG_FREE;
         self.keys -= 1;
@@ -1334,6 +1363,39 @@ impl<V: Copy> Conntrack<V> {
         ((h >> 49) as u16) | TAG_MIN
     }
 
+    /// Whether any key whose first bucket starts at `b` lives in its second bucket (else a
+    /// key that is not in its first bucket is in neither).
+    #[inline(always)]
+    fn overflowed(&self, b: usize) -> bool {
+        self.overflow.get(b / BUCKET).is_none_or(|&n| n != 0)
+    }
+
+    /// Uncounts the keys of flow slot `f` (with reply slot `peer`) that live in their second
+    /// buckets (`flags`, its flags): each key's first bucket from its hash, computed again
+    /// (from an IPv4 key's word alone). Not per new flow: most keys are in their first bucket,
+    /// and then this is not called.
+    #[inline(never)]
+    fn unoverflow(&mut self, f: u32, peer: u32, flags: u8) {
+        let first = |ct: &Self, slot: u32| {
+            let s = &ct.slots[slot as usize];
+            let h = if s.kw.exact() {
+                ct.hash_key(&V4Key(s.kw))
+            } else {
+                ct.table_hash(&s.key)
+            };
+            debug_assert_eq!(h, ct.table_hash(&s.flow_key()));
+            ct.bucket1(h) / BUCKET
+        };
+        if flags & F_SECOND != 0 {
+            let b = first(self, f);
+            self.overflow[b] -= 1;
+        }
+        if flags & F_PEER_SECOND != 0 && (peer as usize) < self.slots.len() {
+            let b = first(self, peer);
+            self.overflow[b] -= 1;
+        }
+    }
+
     /// The slot in bucket `b` whose tag carries `fp` and whose slot `eq` accepts, if any.
     #[inline(always)]
     fn find_in(&self, b: usize, fp: u16, eq: impl Fn(&Slot<V>) -> bool) -> Option<u32> {
@@ -1356,7 +1418,7 @@ impl<V: Copy> Conntrack<V> {
         if let Some(i) = self.find_in(b1, fp, &eq) {
             return Some(i);
         }
-        if b2 == b1 {
+        if b2 == b1 || !self.overflowed(b1) {
             return None;
         }
         self.find_in(b2, fp, &eq)
@@ -1370,6 +1432,9 @@ impl<V: Copy> Conntrack<V> {
         if let Some(i) = self.find_in(b1, fp, &eq) {
             return Some(i);
         }
+        if !self.overflowed(b1) {
+            return None;
+        }
         let b2 = self.bucket2(h, b1);
         if b2 == b1 {
             return None;
@@ -1381,6 +1446,9 @@ impl<V: Copy> Conntrack<V> {
     #[inline(always)]
     fn find_second(&self, h: u64, eq: impl Fn(&Slot<V>) -> bool) -> Option<u32> {
         let b1 = self.bucket1(h);
+        if !self.overflowed(b1) {
+            return None;
+        }
         let b2 = self.bucket2(h, b1);
         if b2 == b1 {
             return None;

@@ -62,7 +62,9 @@ fn udp_confirmed(ct: &mut Conntrack<u32>, n: u32, now: Millis) -> u32 {
 #[test]
 fn bytes_for_matches_what_new_allocates() {
     let ct: Conntrack<u64> = Conntrack::new(cfg(1000, 10));
-    let allocated = std::mem::size_of_val(&*ct.slots) + std::mem::size_of_val(&*ct.tags);
+    let allocated = std::mem::size_of_val(&*ct.slots)
+        + std::mem::size_of_val(&*ct.tags)
+        + std::mem::size_of_val(&*ct.overflow);
     assert_eq!(Conntrack::<u64>::bytes_for(1000), allocated as u64);
     assert_eq!(
         Conntrack::<u64>::bytes_for(usize::MAX),
@@ -1206,4 +1208,76 @@ fn a_confirmed_udp_flow_without_a_reply_key_is_steady() {
             dir: Dir::Original
         }))
     );
+}
+
+/// Each bucket counts the keys in use whose first bucket it is and that live in their second
+/// (IPv4 and IPv6, original and reply keys), through inserts, evictions and removals, so a
+/// search that misses a key's first bucket can stop there when the count is 0 and still finds
+/// every key: in a small table filled past the point where keys overflow, every key is found
+/// after every change, and the counts are 0 again once the table is empty.
+#[test]
+fn overflow_counts_the_keys_in_their_second_bucket() {
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(256, 64));
+    let v6 = |n: u32| {
+        let mut o = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        o[12..].copy_from_slice(&n.to_be_bytes());
+        let k = key(n, proto::TCP);
+        FlowKey {
+            src: Addr::v6(o),
+            ..k
+        }
+    };
+    let counted = |ct: &Conntrack<u32>| {
+        let mut want = vec![0u32; ct.overflow.len()];
+        for (slot, k, _) in ct.iter_flows() {
+            let mut keys = vec![(slot, k)];
+            keys.extend(ct.reply_slot(slot).map(|r| (r, ct.key(r).unwrap())));
+            for (s, k) in keys {
+                let b1 = ct.bucket1(ct.table_hash(&k));
+                if b1 != s as usize & !(BUCKET - 1) {
+                    want[b1 / BUCKET] += 1;
+                }
+            }
+        }
+        assert_eq!(&*ct.overflow, &want[..], "overflow counts");
+        want.iter().sum::<u32>()
+    };
+    let mut live = Vec::new();
+    let mut most = 0;
+    for n in 1..2000u32 {
+        let (k, r) = if n % 3 == 0 {
+            let k = v6(n);
+            (k, k.reversed())
+        } else {
+            (key(n, proto::TCP), rkey(n, proto::TCP))
+        };
+        let reply = (n % 2 == 0).then_some((&r, n));
+        // Time moves: older unconfirmed flows expire or are evicted as the budget fills.
+        let now = u64::from(n) * 50;
+        if let Ok(f) = ct.insert(now, (&k, n), reply, SYN_SENT) {
+            live.push((f, k));
+        }
+        most = most.max(counted(&ct));
+        for &(f, k) in &live {
+            if ct.key(f) == Some(k) {
+                assert_eq!(ct.find(&k, ct.table_hash(&k)), Some(f), "key {k:?}");
+            }
+        }
+        if n % 7 == 0 {
+            if let Some((f, k)) = live.pop() {
+                if ct.key(f) == Some(k) {
+                    ct.remove(f);
+                }
+            }
+        }
+        ct.expire(now, 32);
+        counted(&ct);
+    }
+    assert!(most > 0, "some keys went to their second bucket");
+    let flows: Vec<u32> = ct.iter_flows().map(|(f, _, _)| f).collect();
+    for f in flows {
+        ct.remove(f);
+    }
+    assert_eq!(counted(&ct), 0);
+    assert!(ct.overflow.iter().all(|&n| n == 0));
 }

@@ -315,9 +315,16 @@ impl WorkerState {
         })
     }
 
-    /// Which of `n` fullnat source addresses a new flow starts with: each in turn.
+    /// Which of `n` fullnat source addresses a new flow starts with: each in turn. A compare,
+    /// not a remainder (a division per new flow): the turn is below `n` unless the last flow
+    /// took an address of a larger pool (or the pool shrank), and then starts over at the first.
+    #[inline(always)]
     pub(super) fn next_snat_addr(&mut self, n: usize) -> usize {
-        let i = self.snat_addr_next % n;
+        let i = if self.snat_addr_next < n {
+            self.snat_addr_next
+        } else {
+            0
+        };
         self.snat_addr_next = i + 1;
         i
     }
