@@ -152,8 +152,9 @@ pub fn process_burst(
     pkts: &mut [PacketBuf<'_>],
     verdicts: &mut [Verdict],
 ) {
+    // `process_burst_with` adopts the table before any frame: the dispatch need not test it.
     process_burst_with(state, table, now, pkts, verdicts, |st, pkt, seen| {
-        seen_dispatch(st, table, now, pkt, seen)
+        seen_dispatch::<true>(st, table, now, pkt, seen)
     })
 }
 
@@ -545,13 +546,14 @@ fn process_seen(
     pkt: &mut PacketBuf<'_>,
     seen: Option<&FastMiss>,
 ) -> Verdict {
-    seen_dispatch(state, table, now, pkt, seen)
+    seen_dispatch::<false>(state, table, now, pkt, seen)
 }
 
 /// [`process_seen`]'s dispatch, inlined where a burst's frames leave the fast path (only the
-/// burst's tails, out of the walk, call it): one call less per new flow.
+/// burst's tails, out of the walk, call it): one call less per new flow. `ADOPTED`: the
+/// caller knows `state` adopted `table` (a burst's does before its first frame).
 #[inline(always)]
-fn seen_dispatch(
+fn seen_dispatch<const ADOPTED: bool>(
     state: &mut WorkerState,
     table: &RoutingTable,
     now: Millis,
@@ -559,7 +561,9 @@ fn seen_dispatch(
     seen: Option<&FastMiss>,
 ) -> Verdict {
     if let Some(s) = seen {
-        if s.untracked().is_some() && state.generation == Some(table.generation) {
+        debug_assert!(!ADOPTED || state.generation == Some(table.generation));
+        let adopted = ADOPTED || state.generation == Some(table.generation);
+        if s.untracked().is_some() && adopted {
             return new_flow::first_v4(state, table, now, pkt, s);
         }
     }
