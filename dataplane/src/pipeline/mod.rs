@@ -22,7 +22,7 @@ use state::BurstFrame;
 pub use state::{snat_slice, FlowValue, WorkerState, PREFETCH_FROM_KEYS};
 pub use verdict::{Counters, DropReason, FlowCounters, Verdict};
 
-use crate::conntrack::{Conntrack, Millis, Miss, V4Key, NO_HINT};
+use crate::conntrack::{tcp_flags, Conntrack, Millis, Miss, V4Key, NO_HINT};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::port::MAX_BURST;
@@ -152,8 +152,9 @@ pub fn process_burst(
     pkts: &mut [PacketBuf<'_>],
     verdicts: &mut [Verdict],
 ) {
+    // `process_burst_with` adopts the table before any frame: the dispatch need not test it.
     process_burst_with(state, table, now, pkts, verdicts, |st, pkt, seen| {
-        process_seen(st, table, now, pkt, seen)
+        seen_dispatch::<true>(st, table, now, pkt, seen)
     })
 }
 
@@ -300,7 +301,7 @@ fn pipelined(
 
 /// The frames of a burst from where [`pipelined`] stopped (`stop` and `ahead` as it
 /// returned them), in order: the frames not read ahead yet are read and their slots found
-/// first, in two short loops (read ahead between calls of the general path, which cost the
+/// (but a SYN's: [`find_ahead_unless_syn`]) first, in two short loops (read ahead between calls of the general path, which cost the
 /// loop its registers, they cost new flows more than the overlap saved), then that frame goes
 /// through `slow` and each after it through the fast path, or `slow` when the fast path does
 /// not take it. `slow` may change the table, so each hint is checked again.
@@ -320,7 +321,7 @@ fn pipelined_tail(
         cands |= read_ahead(&state.ct, pkts, frames, j);
     }
     for j in stop + SLOT_AHEAD..n {
-        find_ahead(&state.ct, frames, j);
+        find_ahead_unless_syn(&state.ct, frames, j);
     }
     // The frame the walk stopped at: what the fast path learned of it, if it read it (its
     // lookup once more, as the general path needs it).
@@ -389,6 +390,22 @@ fn read_ahead(
 fn find_ahead(ct: &Conntrack<FlowValue>, frames: &mut [BurstFrame], j: usize) {
     if let Some(b) = frames.get_mut(j) {
         b.hint = ct.prefetch_slot(b.hash);
+    }
+}
+
+/// [`find_ahead`] in [`pipelined_tail`], but for a SYN: no slot found, its hint [`NO_HINT`]. A
+/// SYN never takes the fast path (its flow does not stay where it is), so its slot would only
+/// save the lookup's search, and a new flow's SYN, the common one, has no slot to find: the
+/// search of its first bucket's tags would be made twice. (Its bucket's tags were requested
+/// when it was read.)
+#[inline(always)]
+fn find_ahead_unless_syn(ct: &Conntrack<FlowValue>, frames: &mut [BurstFrame], j: usize) {
+    if let Some(b) = frames.get_mut(j) {
+        b.hint = if b.tcp_flags & tcp_flags::SYN != 0 {
+            NO_HINT
+        } else {
+            ct.prefetch_slot(b.hash)
+        };
     }
 }
 
@@ -518,8 +535,9 @@ pub fn parse_after(frame: &[u8], seen: Option<&FastMiss>) -> Result<Parsed, Pars
 /// A frame the fast path passed on (`seen`: what it learned, if it read the frame), as
 /// [`parse_after`] and [`process_parsed_as`] would take it: a new flow's SYN or datagram it
 /// read goes to the new flow's own path first, without the general parse.
-// Out of line: the burst loop calls it for every frame the fast path gives up, and its code
-// inlined there cost established packets registers.
+// Out of line: [`process`] calls it for every frame the fast path gives up, and its code
+// inlined there cost established packets registers. (A burst's tails, out of the walk, have
+// its dispatch inlined: [`seen_dispatch`].)
 #[inline(never)]
 fn process_seen(
     state: &mut WorkerState,
@@ -528,8 +546,24 @@ fn process_seen(
     pkt: &mut PacketBuf<'_>,
     seen: Option<&FastMiss>,
 ) -> Verdict {
+    seen_dispatch::<false>(state, table, now, pkt, seen)
+}
+
+/// [`process_seen`]'s dispatch, inlined where a burst's frames leave the fast path (only the
+/// burst's tails, out of the walk, call it): one call less per new flow. `ADOPTED`: the
+/// caller knows `state` adopted `table` (a burst's does before its first frame).
+#[inline(always)]
+fn seen_dispatch<const ADOPTED: bool>(
+    state: &mut WorkerState,
+    table: &RoutingTable,
+    now: Millis,
+    pkt: &mut PacketBuf<'_>,
+    seen: Option<&FastMiss>,
+) -> Verdict {
     if let Some(s) = seen {
-        if s.untracked().is_some() && state.generation == Some(table.generation) {
+        debug_assert!(!ADOPTED || state.generation == Some(table.generation));
+        let adopted = ADOPTED || state.generation == Some(table.generation);
+        if s.untracked().is_some() && adopted {
             return new_flow::first_v4(state, table, now, pkt, s);
         }
     }

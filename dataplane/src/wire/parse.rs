@@ -568,8 +568,8 @@ pub fn ipv6_dst(frame: &[u8]) -> Option<Addr> {
 
 /// [`verify_l4_checksum`] of a frame [`parse_v4_flow`] accepted as `f` (TCP or UDP behind a
 /// 20-byte IPv4 header): the same answer from the fast parse's words. The segment is summed as
-/// native-endian 64-bit words, each split into halves added to one 64-bit sum, with the
-/// pseudo header's address words as loaded, and tested once at the end: a sum of byte-swapped
+/// native-endian 64-bit words added with end-around carry, with the pseudo header's address
+/// words as loaded, and tested once at the end: a sum of byte-swapped
 /// 16-bit words is 256 times the sum modulo 0xffff, so "all ones" (divisible by 0xffff) holds
 /// in either byte order.
 #[inline]
@@ -599,13 +599,28 @@ pub fn verify_v4_l4(frame: &[u8], f: &V4Flow) -> bool {
     let fixed = u16::from_ne_bytes([0, f.proto]);
     let wlen = u16::from_ne_bytes((len as u16).to_be_bytes());
     let mut acc = u64::from(f.src) + u64::from(f.dst) + u64::from(fixed) + u64::from(wlen);
-    let mut chunks = seg.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
-        acc += (w & 0xffff_ffff) + (w >> 32);
+    // The whole 8-byte words added with end-around carry (one add and one carry add each):
+    // the sum stays congruent modulo 2^64 - 1, a multiple of 0xffff. A short segment (a SYN's
+    // 20 to 60 bytes) is a few words, one at a time: no unrolled loop to set up.
+    let whole = len & !7;
+    let mut at = 0;
+    // (Its test on the slice first: the loop as `while at < whole` was unrolled, its set-up
+    // costing a short segment more than its words.)
+    while let Some(w) = seg.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        if at >= whole {
+            break;
+        }
+        acc = ones_add(acc, u64::from_ne_bytes(*w));
+        at += 8;
     }
-    let rest = chunks.remainder().len();
-    if rest > 0 {
+    let rest = len - whole;
+    if rest == 4 {
+        // A TCP header's length is a multiple of 4: its last word alone.
+        let Some(w) = seg.last_chunk::<4>() else {
+            return false;
+        };
+        acc = ones_add(acc, u64::from(u32::from_ne_bytes(*w)));
+    } else if rest > 0 {
         // The last 8 bytes (a segment has at least 8), whose last `rest` bytes are not summed
         // yet: those alone, at the same even positions, the others zero.
         let Some(tail) = seg.last_chunk::<8>() else {
@@ -617,12 +632,20 @@ pub fn verify_v4_l4(frame: &[u8], f: &V4Flow) -> bool {
         } else {
             w << (8 * (8 - rest))
         };
-        acc += (w & 0xffff_ffff) + (w >> 32);
+        acc = ones_add(acc, w);
     }
     // The plain sum of the 16-bit words is their ones' complement sum modulo 0xffff (2^16 is
     // 1 modulo 0xffff), and a packet's sum is not 0 (the protocol word alone is not): all
     // ones is exactly "divisible by 0xffff", a multiply instead of four folds.
     acc % 0xffff == 0
+}
+
+/// `a + b` with end-around carry: congruent to the plain sum modulo 2^64 - 1 (a multiple of
+/// 0xffff), and it does not overflow (a sum that carried is at most 2^64 - 2).
+#[inline(always)]
+fn ones_add(a: u64, b: u64) -> u64 {
+    let (s, carry) = a.overflowing_add(b);
+    s + u64::from(carry)
 }
 
 /// Verifies the transport checksum of a parsed IP packet: TCP, UDP, ICMPv4 and ICMPv6.
