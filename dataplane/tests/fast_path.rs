@@ -143,17 +143,10 @@ fn udp_op() -> impl Strategy<Value = Op> {
 /// The sample table's IPv4 services (the same VIPs, modes and backends) for UDP port 53:
 /// the UDP frames of [`udp_op`] are their flows' (the sample table's services are TCP only).
 fn udp_table(generation: u64) -> RoutingTable {
-    let modes = [
-        Mode::FullNat,
-        Mode::DsrIpip,
-        Mode::Nat,
-        Mode::DsrGue,
-        Mode::Dr,
-    ];
     let hosts: Vec<(u8, u32)> = (10..14u8).map(|h| (h, 1)).collect();
     let services = VIPS
         .iter()
-        .zip(modes)
+        .zip(sample::MODES)
         .zip(1u8..)
         .map(|((&vip, mode), net)| {
             let port = if matches!(mode, Mode::FullNat | Mode::Nat) {

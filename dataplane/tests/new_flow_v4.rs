@@ -89,15 +89,8 @@ fn table() -> RoutingTable {
         pools: vec![pool(mode, true)],
         backends: backends(net, 8080),
     };
-    let modes = [
-        Mode::FullNat,
-        Mode::DsrIpip,
-        Mode::Nat,
-        Mode::DsrGue,
-        Mode::Dr,
-    ];
     let mut specs = Vec::new();
-    for (i, &mode) in modes.iter().enumerate() {
+    for (i, &mode) in testkit::sample::MODES.iter().enumerate() {
         specs.push(svc(i, proto::TCP, (80, 80), mode, 1 + i as u8));
         specs.push(svc(i, proto::UDP, (53, 53), mode, 1 + i as u8));
     }

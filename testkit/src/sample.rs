@@ -23,6 +23,15 @@ pub const VIP_DR: Addr = Addr::v4([198, 18, 0, 104]);
 /// The IPv6 fullnat VIP (TCP port 80).
 pub const VIP6_FULLNAT: Addr =
     Addr::v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+/// Every forwarding mode, in the order of the sample table's IPv4 services (fullnat, dsr-ipip,
+/// nat, dsr-gue, dr: the VIPs above and backend nets 1 to 5).
+pub const MODES: [Mode; 5] = [
+    Mode::FullNat,
+    Mode::DsrIpip,
+    Mode::Nat,
+    Mode::DsrGue,
+    Mode::Dr,
+];
 /// The fullnat source address.
 pub const SNAT: Addr = Addr::v4([198, 18, 0, 2]);
 /// The IPv6 fullnat source address.
