@@ -301,8 +301,9 @@ fn pipelined(
 
 /// The frames of a burst from where [`pipelined`] stopped (`stop` and `ahead` as it
 /// returned them), in order: the frames not read ahead yet are read and their slots found
-/// (but a SYN's: [`find_ahead_unless_syn`]) first, in two short loops (read ahead between calls of the general path, which cost the
-/// loop its registers, they cost new flows more than the overlap saved), then that frame goes
+/// (but a SYN's: [`find_ahead_unless_syn`]) first, in two short loops (read ahead between
+/// calls of the general path, which cost the loop its registers, they cost new flows more
+/// than the overlap saved), then that frame goes
 /// through `slow` and each after it through the fast path, or `slow` when the fast path does
 /// not take it. `slow` may change the table, so each hint is checked again.
 #[inline(never)]
