@@ -51,7 +51,7 @@ pub(super) fn new_flow(
     // The fast path hashed the key already (it looked it up); other frames hash it here.
     let hash = hash.unwrap_or_else(|| st.ct.table_hash(key));
     let pa = st.ct.probe(key, hash);
-    let slot = match commit(st, table, now, (key, &pa), fwd, be, pool, client_mac) {
+    let slot = match commit(st, table, now, (key, &pa, hash), fwd, be, pool, client_mac) {
         Ok(s) => s,
         Err(r) => return Verdict::Drop(r),
     };
@@ -213,6 +213,7 @@ fn new_v4_inline(
             match snat_v4(
                 st,
                 svc.snat_v4(usize::from(be.pool)),
+                h,
                 be_w,
                 new_dport,
                 f.proto,
@@ -298,12 +299,14 @@ fn new_v4_inline(
 
 /// [`snat_alloc`] for an IPv4 backend (`be_w`, its address word as loaded; `be_port` the
 /// port the flow goes to) from words: the fullnat source address word and port, and the
-/// reply key's probe. The same turns, order and errors; the pool's IPv4 addresses are the
+/// reply key's probe (`hash` the original key's). The same choice, order and errors; the pool's IPv4 addresses are the
 /// words the table keeps for it (`words`, [`Service::snat_v4`]).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn snat_v4(
     st: &mut WorkerState,
     words: &[u32],
+    hash: u64,
     be_w: u32,
     be_port: u16,
     proto: u8,
@@ -313,9 +316,9 @@ fn snat_v4(
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
-    // The addresses from the one whose turn it is on, wrapping around: the common case (its
+    // The addresses from the one the hash picks on, wrapping around: the common case (its
     // next port is free) without the walk's loops, the walk (from that port again) a call.
-    let i = st.next_snat_addr(n);
+    let i = snat_addr_of(hash, n);
     if let Some(&snat_w) = words.get(i) {
         if let Some((port, p)) = st.next_port_v4(be_w, snat_w, be_port, proto, now) {
             return Ok((snat_w, port, p));
@@ -324,7 +327,17 @@ fn snat_v4(
     snat_v4_walk(st, words, i, be_w, be_port, proto, now)
 }
 
-/// [`snat_v4`]'s walk from the address at `i` (the one whose turn it is) on, wrapping around:
+/// Which of `n` fullnat source addresses a new flow whose key hashes to `hash` starts with:
+/// the hash's high half scaled to `0..n` (a multiply and a shift, not a remainder's division).
+/// Each pool's flows spread evenly over its own addresses whatever flows of other pools come
+/// in between, which one turn shared by pools of different sizes did not (it could settle on
+/// one address per pool), and no state is kept.
+#[inline(always)]
+pub(super) fn snat_addr_of(hash: u64, n: usize) -> usize {
+    (((hash >> 32) * n as u64) >> 32) as usize
+}
+
+/// [`snat_v4`]'s walk from the address at `i` (the one the hash picked) on, wrapping around:
 /// each address's ports from where the last flow stopped.
 #[cold]
 #[inline(never)]
@@ -369,7 +382,7 @@ fn commit(
     st: &mut WorkerState,
     table: &RoutingTable,
     now: Millis,
-    (key, pa): (&FlowKey, &Probe),
+    (key, pa, hash): (&FlowKey, &Probe, u64),
     mut fwd: FlowValue,
     be: &Backend,
     pool: &Pool,
@@ -379,7 +392,8 @@ fn commit(
     match pool.mode {
         Mode::FullNat => {
             let want_v4 = be.addr.is_v4();
-            let (rkey, rprobe) = snat_alloc(st, pool, be, fwd.new_dport, key.proto, want_v4, now)?;
+            let port = fwd.new_dport;
+            let (rkey, rprobe) = snat_alloc(st, pool, be, port, (key.proto, hash), want_v4, now)?;
             fwd.new_src = rkey.dst;
             fwd.new_sport = rkey.dport;
             reply = Some((rkey, rprobe));
@@ -422,10 +436,11 @@ fn commit(
         .map_err(insert_drop)
 }
 
-/// A fullnat source (address, port) for a new flow to `be`, as the reply key (backend ->
-/// source) with its probe: the pool's addresses of the
-/// backend's family take turns (one per new flow, so all of them carry flows), and when one has
-/// no free port in this worker's slice the next is tried. Any of them steers replies to us, as
+/// A fullnat source (address, port) for a new flow to `be` whose key hashes to `hash` (the
+/// conntrack table's hash, as the fast path's), as the reply key (backend -> source) with its
+/// probe: the pool's addresses of the backend's family, from the one the hash picks
+/// ([`snat_addr_of`], so all of them carry flows), and when one has no free port in this
+/// worker's slice the next is tried. Any of them steers replies to us, as
 /// steering reads only the port. `unsupported` when the pool has no address of that family,
 /// `snat-exhausted` when every address's slice is full. No allocation: the family's addresses are counted, then walked.
 fn snat_alloc(
@@ -433,7 +448,7 @@ fn snat_alloc(
     pool: &Pool,
     be: &Backend,
     be_port: u16,
-    proto: u8,
+    (proto, hash): (u8, u64),
     want_v4: bool,
     now: Millis,
 ) -> Result<(FlowKey, Probe), DropReason> {
@@ -442,7 +457,7 @@ fn snat_alloc(
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
-    let start = st.next_snat_addr(n);
+    let start = snat_addr_of(hash, n);
     // From the `start`-th on, wrapping around: one walk, not a search from the front per try.
     for &snat in of_family().skip(start).chain(of_family().take(start)) {
         let mut rkey = FlowKey {

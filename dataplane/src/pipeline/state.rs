@@ -219,7 +219,6 @@ pub struct WorkerState {
     snat_lo: u16,
     snat_hi: u16,
     snat_next: u16,
-    snat_addr_next: usize,
     pub(super) generation: Option<u64>,
     /// A burst's fast-path candidates (their fields, hashes and slot hints) from when its walk
     /// reads them ahead to their turn (see [`process_burst_with`](super::process_burst_with)):
@@ -262,7 +261,6 @@ impl WorkerState {
             snat_lo: 0,
             snat_hi: 0,
             snat_next: 0,
-            snat_addr_next: 0,
             generation: None,
             scratch: Some(Box::new([BurstFrame::default(); MAX_BURST])),
             prefetch_from: PREFETCH_FROM_KEYS,
@@ -313,20 +311,6 @@ impl WorkerState {
                 }
             }
         })
-    }
-
-    /// Which of `n` fullnat source addresses a new flow starts with: each in turn. A compare,
-    /// not a remainder (a division per new flow): the turn is below `n` unless the last flow
-    /// took an address of a larger pool (or the pool shrank), and then starts over at the first.
-    #[inline(always)]
-    pub(super) fn next_snat_addr(&mut self, n: usize) -> usize {
-        let i = if self.snat_addr_next < n {
-            self.snat_addr_next
-        } else {
-            0
-        };
-        self.snat_addr_next = i + 1;
-        i
     }
 
     /// Next fullnat source port whose reply key (backend -> snat:port) is free, with that key's
