@@ -91,6 +91,46 @@ fn fullnat_round_trip_and_counters() {
     assert_eq!(st.counters.tx_packets, 2);
 }
 
+/// A reload revalidates a flow's values on their next packet, each from the key it is stored
+/// under (the original key holds the VIP, the reply key the backend): after a reload that keeps
+/// the backend both directions go on as before; after one that removes it, the reply is dropped
+/// as backend-gone.
+#[test]
+fn both_directions_revalidate_from_their_keys_after_a_reload() {
+    for vip in [sample::VIP_FULLNAT, sample::VIP_NAT] {
+        let mut st = state(1024, 256);
+        let c = client(9);
+        let syn = tcp(c, vip, 5000, TCP_SYN);
+        let (v, out) = run(&mut st, &sample::table(1, 4), 0, &syn);
+        assert_eq!(v, Verdict::Tx, "{vip}");
+        let p = wire::parse(&out).unwrap();
+        let mut reply = vec![0u8; 128];
+        let n = sample::tcp4(&mut reply, p.dst, p.src, p.dport, p.sport, 0x12, 0);
+        reply.truncate(n);
+        // The same backends in a new generation: the reply still goes back to the client as
+        // the VIP, the client's packets still to the backend.
+        let t2 = sample::table(2, 4);
+        let (v, back) = run(&mut st, &t2, 1, &reply);
+        assert_eq!(v, Verdict::Tx, "{vip}");
+        let q = wire::parse(&back).unwrap();
+        assert_eq!(
+            (q.src, q.sport, q.dst, q.dport),
+            (vip, 80, c, 5000),
+            "{vip}"
+        );
+        let ack = tcp(c, vip, 5000, TCP_ACK);
+        let (v, again) = run(&mut st, &t2, 2, &ack);
+        assert_eq!((v, dest(&again)), (Verdict::Tx, dest(&out)), "{vip}");
+        // The flow's backend removed: the reply is dropped.
+        let be = dest(&out)[3];
+        let rest: Vec<(u8, u32)> = (10..14).filter(|&h| h != be).map(|h| (h, 1)).collect();
+        assert_eq!(rest.len(), 3, "{vip}: the backend is one of the four");
+        let t3 = table(3, &rest);
+        let (v, _) = run(&mut st, &t3, 3, &reply);
+        assert_eq!(v, Verdict::Drop(DropReason::BackendGone), "{vip}");
+    }
+}
+
 /// The per-backend counters of the backend a forwarded frame went to (fullnat/nat: the
 /// rewritten destination).
 fn backend_counters(st: &WorkerState, t: &RoutingTable, vip: Addr, out: &[u8]) -> FlowCounters {

@@ -16,7 +16,7 @@ use crate::wire::nat;
 use crate::wire::{self, ETH_LEN};
 
 use super::encap::{self, GUE_OVERHEAD, IPIP_OVERHEAD};
-use super::state::{BurstFrame, Fast, FlowValue};
+use super::state::{gen32, BurstFrame, Fast, FlowValue};
 use super::verdict::{Counters, FlowCounters};
 
 /// What [`forward`] did with a packet.
@@ -238,7 +238,7 @@ fn forward_tracked<const CHECK: bool>(
         Ok(v) => v,
         Err(hit) => return Err(Some(hit)),
     };
-    if val.generation != table.generation {
+    if val.generation != gen32(table.generation) {
         return Err(None);
     }
     let rx_len = pkt.len() as u64;

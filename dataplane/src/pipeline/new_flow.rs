@@ -11,7 +11,7 @@ use crate::wire::{self, nat, Parsed, V4Flow};
 
 use super::encap;
 use super::rewrite::apply;
-use super::state::{Action, Fast, FlowValue, WorkerState};
+use super::state::{gen32, Action, Fast, FlowValue, WorkerState};
 use super::verdict::{count, DropReason, Verdict};
 
 // Its own function: inlined into `classify`, its size changes the code of every tracked packet.
@@ -191,12 +191,11 @@ fn new_v4_inline(
         macs: wire::mac_pair(mac, table.local.mac_of(svc.iface(bi))),
         gue_port: pool.gue_port,
         by_syn: tcp,
-        generation: table.generation,
-        new_src,
-        new_dst: be.addr,
-        ident: vip,
+        generation: gen32(table.generation),
         vport: dport,
         backend_port: be.port,
+        new_src,
+        new_dst: be.addr,
     };
     debug_assert_eq!(h, st.ct.hash_v4(f.src, f.dst, f.ports, f.proto));
     let pa = st
@@ -251,7 +250,6 @@ fn new_v4_inline(
         (rev.new_src, rev.new_dst) = (vip, client);
         (rev.new_sport, rev.new_dport) = (dport, sport);
         rev.macs = wire::mac_pair(client_mac, table.local.mac_of(st.rx_port));
-        rev.ident = be.addr;
         st.ct
             .insert_probed_v4(now, (&pa, &fwd), Some((&pb, &rev)), initial)
     } else {
@@ -418,7 +416,6 @@ fn commit(
             new_sport: key.dport,
             new_dport: key.sport,
             macs: wire::mac_pair(client_mac, table.local.mac_of(st.rx_port)),
-            ident: be.addr,
             ..fwd
         };
         v.seal(&rk);
@@ -550,11 +547,10 @@ fn forward_value(
         new_dport: if be.port == 0 { key.dport } else { be.port },
         macs: wire::mac_pair(mac, table.local.mac_of(svc.iface(bi))),
         gue_port: pool.gue_port,
-        ident: key.dst,
         vport: key.dport,
         proto: key.proto,
         backend_port: be.port,
-        generation: table.generation,
+        generation: gen32(table.generation),
         svc_stat: svc.stat,
         be_stat: be.stat,
         by_syn: false,

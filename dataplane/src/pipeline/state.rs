@@ -27,11 +27,12 @@ pub(super) enum Action {
 }
 
 /// The per-key value stored in conntrack: everything needed to forward a packet of that direction
-/// without looking at the routing table, plus what identifies the backend across table swaps.
+/// without looking at the routing table, plus what identifies the backend across table swaps
+/// with the key it is stored under (see [`FlowValue::vip`] and [`FlowValue::backend`]).
 ///
 /// `repr(C)`, per-packet fields first: what the fast path reads (kind, counters, checksum
-/// deltas, ports, MACs, generation, new addresses) is the first 80 bytes, which conntrack keeps in
-/// the slot's first two cache lines; what identifies the backend comes after.
+/// deltas, ports, MACs, generation, new addresses) is all of its 80 bytes but the two ports of
+/// the identity, and conntrack keeps it in the slot's first two cache lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct FlowValue {
@@ -62,23 +63,34 @@ pub struct FlowValue {
     /// `generation`: as the only `bool` it holds `Option<FlowValue>`'s niche, which conntrack's
     /// lookup tests on every packet, so it must sit in the per-packet lines.)
     pub(super) by_syn: bool,
-    pub(super) generation: u64,
-    pub(super) new_src: Addr,
-    pub(super) new_dst: Addr,
-    /// The one address of the flow's identity (service VIP and backend, see
-    /// [`FlowValue::vip`] and [`FlowValue::backend`]) that is not among this value's new
-    /// addresses: the VIP in the original direction's value (whose `new_dst` is the backend),
-    /// the backend in the reply direction's (whose `new_src` is the VIP). One address, not
-    /// two: 16 bytes fewer to build and store per key.
-    pub(super) ident: Addr,
+    /// The low 32 bits of the table generation ([`gen32`]) the value was built or last
+    /// revalidated in. 32 bits are enough: a value is revalidated on its first packet after a
+    /// reload, so a stale one could pass for current only after exactly a multiple of 2^32
+    /// reloads without a packet of its flow in between, while conntrack expires a flow idle
+    /// for longer than its state's timeout (15 minutes established by default): 2^32 reloads
+    /// in that time is millions per second, and even a reload every millisecond takes 49 days,
+    /// which a control plane that builds a whole table per reload cannot come near.
+    pub(super) generation: u32,
     /// The service's port (the original key's destination port).
     pub(super) vport: u16,
     /// The backend's configured port (0: the service's port).
     pub(super) backend_port: u16,
+    pub(super) new_src: Addr,
+    pub(super) new_dst: Addr,
 }
 
-// 104 bytes: the per-packet fields (80) and the identity (24).
-const _: () = assert!(std::mem::size_of::<FlowValue>() == 104);
+// 80 bytes: no address of the flow's identity (the keys hold them, see `FlowValue::vip`), a
+// 32-bit generation.
+const _: () = assert!(std::mem::size_of::<FlowValue>() == 80);
+// Conntrack's 32-byte slot header and the 80-byte value: a slot of two cache lines (the header
+// and the per-packet fields all in them), where 104 bytes took three.
+const _: () = assert!(Conntrack::<FlowValue>::SLOT_BYTES == 128);
+
+/// The low 32 bits of a table generation, as [`FlowValue::generation`] keeps it.
+#[inline(always)]
+pub(super) fn gen32(generation: u64) -> u32 {
+    generation as u32
+}
 
 /// The fixed-layout forwarding a flow's packets qualify for, decided once per flow by
 /// [`FlowValue::seal`] (the key fixes the packets' family and protocol), so the per-packet path
@@ -135,21 +147,23 @@ impl FlowValue {
         }
     }
 
-    /// The flow's service VIP, for a value stored with a key of direction `dir`.
+    /// The flow's service VIP, for a value stored with `key` of direction `dir`: the original
+    /// key (client -> VIP) holds it as its destination, the reply's value as its new source.
     #[inline]
-    pub(super) fn vip(&self, dir: Dir) -> Addr {
+    pub(super) fn vip(&self, dir: Dir, key: &FlowKey) -> Addr {
         match dir {
-            Dir::Original => self.ident,
+            Dir::Original => key.dst,
             Dir::Reply => self.new_src,
         }
     }
 
-    /// The flow's backend address, for a value stored with a key of direction `dir`.
+    /// The flow's backend address, for a value stored with `key` of direction `dir`: the
+    /// original value's new destination, the reply key's (backend -> us) source.
     #[inline]
-    pub(super) fn backend(&self, dir: Dir) -> Addr {
+    pub(super) fn backend(&self, dir: Dir, key: &FlowKey) -> Addr {
         match dir {
             Dir::Original => self.new_dst,
-            Dir::Reply => self.ident,
+            Dir::Reply => key.src,
         }
     }
 

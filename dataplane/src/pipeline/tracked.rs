@@ -2,14 +2,14 @@
 
 use crate::conntrack::tcp_flags::RST as TCP_RST;
 use crate::conntrack::{Dir, Hit, Millis};
-use crate::flow::proto;
+use crate::flow::{proto, FlowKey};
 use crate::packet::PacketBuf;
 use crate::table::RoutingTable;
 use crate::wire::Parsed;
 
 use super::new_flow::backend_mac;
 use super::rewrite::apply;
-use super::state::{FlowValue, WorkerState};
+use super::state::{gen32, FlowValue, WorkerState};
 use super::verdict::{count, DropReason, Verdict};
 
 /// A packet of a tracked flow: the stored rewrite wins over the current table, as long as the
@@ -23,9 +23,10 @@ pub(super) fn tracked(
     p: &Parsed,
     hit: Hit,
 ) -> Verdict {
-    if st.ct.value(hit.slot).generation != table.generation {
+    if st.ct.value(hit.slot).generation != gen32(table.generation) {
         let mut val = *st.ct.value(hit.slot);
-        match revalidate(table, &mut val, hit.dir) {
+        let key = st.ct.key(hit.slot);
+        match key.and_then(|k| revalidate(table, &mut val, hit.dir, &k)) {
             Some(()) => *st.ct.value_mut(hit.slot) = val,
             None => {
                 st.ct.remove(hit.flow);
@@ -48,16 +49,23 @@ pub(super) fn tracked(
 
 /// Re-finds a flow's service and backend in a new table; `None` when the backend is gone (out of
 /// the table: removed with `on_remove = "reset"`, drained past its timeout, disabled or down).
+/// `key` is the key `val` is stored under (of direction `dir`), which holds the part of the
+/// flow's identity the value does not.
 // Once per flow and table generation: kept out of the per-packet code around it.
 #[cold]
 #[inline(never)]
-pub(super) fn revalidate(table: &RoutingTable, val: &mut FlowValue, dir: Dir) -> Option<()> {
-    let vip = val.vip(dir);
+pub(super) fn revalidate(
+    table: &RoutingTable,
+    val: &mut FlowValue,
+    dir: Dir,
+    key: &FlowKey,
+) -> Option<()> {
+    let vip = val.vip(dir, key);
     let svc = match table.service_for(vip, val.proto, val.vport) {
         Some((_, svc)) => svc,
         None => table.draining_service_for(vip, val.proto, val.vport)?,
     };
-    let bi = svc.backend_index(val.backend(dir), val.backend_port)?;
+    let bi = svc.backend_index(val.backend(dir, key), val.backend_port)?;
     let be = svc.backends.get(bi as usize)?;
     if dir == Dir::Original {
         // A next hop that is being re-resolved keeps the MAC the flow already uses.
@@ -69,6 +77,6 @@ pub(super) fn revalidate(table: &RoutingTable, val: &mut FlowValue, dir: Dir) ->
     }
     val.svc_stat = svc.stat;
     val.be_stat = be.stat;
-    val.generation = table.generation;
+    val.generation = gen32(table.generation);
     Some(())
 }
