@@ -1228,35 +1228,94 @@ impl<V: Copy> Conntrack<V> {
         budget: usize,
         mut gone: impl FnMut(FlowState, &V),
     ) -> usize {
-        let mut removed = 0;
         let mut left = budget.min(self.capacity());
+        let mut i = self.cursor;
+        let mut removed = 0;
         // A bucket's worth of slots at a time: the keys in use from one vector compare of the
         // tags (most of a table sized for its load is free), then only those slots are read.
-        while left > 0 {
-            let i = self.cursor;
-            let b = i & !(BUCKET - 1);
-            let off = i - b;
+        // The cursor stays bucket-aligned while budgets are whole buckets (the worker's is),
+        // so the walk is whole buckets: a part of one only at either end.
+        let off = i % BUCKET;
+        if off != 0 && left > 0 {
             let take = (BUCKET - off).min(left);
             left -= take;
-            self.cursor = (i + take) & self.mask;
-            let window = ((1u32 << take) - 1) << off;
-            let mut m = !match_free(&self.tags, b) & window;
-            while m != 0 {
-                let j = b + m.trailing_zeros() as usize;
-                m &= m - 1;
-                let s = &self.slots[j];
-                // A flow removed earlier in this bucket may have freed its reply key here: its
-                // slot still says reply, so the flag alone skips it (a removal frees no other
-                // flow's flow slot), without the tag read again.
-                if s.flags & F_REPLY == 0 && now >= s.deadline {
-                    debug_assert_ne!(self.tags[j], TAG_FREE);
-                    if let Some(v) = &s.value {
-                        gone(s.state, v);
-                    }
-                    self.remove(j as u32);
-                    removed += 1;
-                }
+            removed += self.expire_bucket(i - off, ((1u32 << take) - 1) << off, now, &mut gone);
+            i = (i + take) & self.mask;
+        }
+        // `i` is bucket-aligned here, or nothing is left.
+        for _ in 0..left / BUCKET {
+            removed += self.expire_bucket(i, (1u32 << BUCKET) - 1, now, &mut gone);
+            i = (i + BUCKET) & self.mask;
+        }
+        let rest = left % BUCKET;
+        if rest != 0 {
+            removed += self.expire_bucket(i, (1u32 << rest) - 1, now, &mut gone);
+            i = (i + rest) & self.mask;
+        }
+        self.cursor = i;
+        removed
+    }
+
+    /// [`Conntrack::expire_with`]'s work in the bucket starting at `b`, on the slots of
+    /// `window` (bit i = slot b + i): its flows expired at `now` found first (their flow
+    /// slots only: the flag skips reply keys), then removed. A removal frees no other flow's
+    /// flow slot, so the flows found are the ones removing them one by one would find.
+    #[inline(always)]
+    fn expire_bucket(
+        &mut self,
+        b: usize,
+        window: u32,
+        now: Millis,
+        gone: &mut impl FnMut(FlowState, &V),
+    ) -> usize {
+        let (Some(tags), Some(slots)) =
+            (self.tags.get(b..b + BUCKET), self.slots.get(b..b + BUCKET))
+        else {
+            return 0;
+        };
+        let (Ok(tags), Ok(slots)) = (
+            <&[u16; BUCKET]>::try_from(tags),
+            <&[Slot<V>; BUCKET]>::try_from(slots),
+        ) else {
+            return 0;
+        };
+        let mut m = !group::group_eq_tag(tags, TAG_FREE) & window;
+        let mut dead = 0u32;
+        while m != 0 {
+            // Below `BUCKET` (a bucket mask's bit), said so that the index needs no check.
+            let k = m.trailing_zeros() as usize % BUCKET;
+            m &= m - 1;
+            let s = &slots[k];
+            if s.flags & F_REPLY == 0 && now >= s.deadline {
+                dead |= 1 << k;
             }
+        }
+        if dead == 0 {
+            return 0;
+        }
+        self.remove_dead(b, dead, gone)
+    }
+
+    /// Removes the flows whose flow slots are `dead`'s bits in the bucket at `b` (expired:
+    /// [`Conntrack::expire_bucket`]), telling `gone` each; returns how many.
+    #[inline(never)]
+    fn remove_dead(
+        &mut self,
+        b: usize,
+        mut dead: u32,
+        gone: &mut impl FnMut(FlowState, &V),
+    ) -> usize {
+        let mut removed = 0;
+        while dead != 0 {
+            let j = b + dead.trailing_zeros() as usize;
+            dead &= dead - 1;
+            debug_assert_ne!(self.tags[j], TAG_FREE);
+            let s = &self.slots[j];
+            if let Some(v) = &s.value {
+                gone(s.state, v);
+            }
+            self.remove(j as u32);
+            removed += 1;
         }
         removed
     }
