@@ -410,7 +410,7 @@ impl<V: Copy> Slot<V> {
 /// [`Conntrack::probe`] or [`Conntrack::probe_v4`], for [`Conntrack::insert_probed`] (a port
 /// allocation's search of a candidate reply key is the insert's, not repeated). Valid until the
 /// table next changes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe {
     /// The key's [`KeyWord`], computed once for the search and the commit.
     kw: KeyWord,
@@ -426,6 +426,22 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// A probe of no key (no key word matches it, it names no slot): what is kept where a
+    /// probe is only meaningful for some keys (a tracked one's is never used). An insert must
+    /// not be given it.
+    pub const NONE: Probe = Probe {
+        kw: KeyWord(0),
+        buckets: [0; 2],
+        found: NO_SLOT,
+        fp: 0,
+    };
+
+    /// Whether this is the probe of IPv4 key `key` (what a caller handing a probe on can
+    /// check, in debug builds: [`Probe::NONE`] and other keys' are not).
+    pub fn is_of_v4(&self, key: V4Key) -> bool {
+        self.kw == key.0
+    }
+
     /// The key's distinct buckets (one in a one-bucket table).
     #[inline(always)]
     fn bucket_list(&self) -> &[u32] {
@@ -730,6 +746,27 @@ impl<V: Copy> Conntrack<V> {
         let Some(slot) = self.find(key, h) else {
             return Miss::Absent;
         };
+        self.miss_at(slot, now)
+    }
+
+    /// [`Conntrack::lookup_miss`] of an IPv4 key (`h` its [`Conntrack::hash_key`]) that
+    /// hands back the key's probe ([`Conntrack::probe_v4`]) from the same search: a frame
+    /// that may start a new flow (a SYN, which the fast path never takes) searches its key's
+    /// buckets once for its lookup and its insert. The probe is valid until the table next
+    /// changes, as the lookup's result.
+    #[inline(always)]
+    pub fn lookup_probe_v4(&self, key: V4Key, h: u64, now: Millis) -> (Miss, Probe) {
+        let p = self.probe_v4(key, h);
+        let miss = match p.found() {
+            None => Miss::Absent,
+            Some(slot) => self.miss_at(slot, now),
+        };
+        (miss, p)
+    }
+
+    /// What a lookup that found its key at `slot` says at `now`.
+    #[inline(always)]
+    fn miss_at(&self, slot: u32, now: Millis) -> Miss {
         let Some(s) = self.slots.get(slot as usize) else {
             return Miss::Untracked;
         };
@@ -1477,7 +1514,9 @@ impl<V: Copy> Conntrack<V> {
         if let Some(i) = self.find_in(b1, fp, &eq) {
             return Some(i);
         }
-        if b2 == b1 || !self.overflowed(b1) {
+        // A one-bucket table's count is 0: no key lives in a second bucket that is its first.
+        debug_assert!(b2 != b1 || !self.overflowed(b1));
+        if !self.overflowed(b1) {
             return None;
         }
         self.find_in(b2, fp, &eq)

@@ -1080,6 +1080,41 @@ fn steady_lookup_tells_an_absent_key_from_an_expired_one() {
     assert_eq!((ct.len(), *ct.value(g)), (1, 3));
 }
 
+/// `lookup_probe_v4` is `lookup_miss` and `probe_v4` from one search: for keys absent, live
+/// (original and reply keys, some in their second bucket) and expired, the same miss and the
+/// same probe, and an absent key's probe inserts as `probe_v4`'s does.
+#[test]
+fn lookup_probe_is_the_lookup_and_the_probe() {
+    // A small table, full enough that some keys live in their second bucket.
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(256, 256));
+    for n in 0..100 {
+        let _ = ct.insert(
+            n as u64,
+            (&key(n, proto::UDP), n),
+            Some((&rkey(n, proto::UDP), n)),
+            UDP_NEW,
+        );
+    }
+    assert!(ct.overflow.iter().any(|&c| c != 0), "some key overflowed");
+    for now in [0, 50, T.udp_unconfirmed + 50, T.udp_unconfirmed + 200] {
+        for n in 0..200 {
+            for k in [key(n, proto::UDP), rkey(n, proto::UDP)] {
+                let h = ct.table_hash(&k);
+                let (miss, p) = ct.lookup_probe_v4(v4key(&k), h, now);
+                assert_eq!(miss, ct.lookup_miss(&k, h, now), "key {k:?} at {now}");
+                assert_eq!(p, ct.probe_v4(v4key(&k), h));
+                assert!(p.is_of_v4(v4key(&k)) && !Probe::NONE.is_of_v4(v4key(&k)));
+            }
+        }
+    }
+    let k = key(1_000, proto::UDP);
+    let h = ct.table_hash(&k);
+    let (miss, p) = ct.lookup_probe_v4(v4key(&k), h, 0);
+    assert_eq!(miss, Miss::Absent);
+    let f = ct.insert_probed_v4(0, (&p, &7), None, UDP_NEW).unwrap();
+    assert_eq!(ct.lookup(&k, 0).map(|hit| hit.flow), Some(f));
+}
+
 #[test]
 fn a_removed_flows_reply_key_is_not_found_through_a_stale_hint() {
     let mut ct: Conntrack<u32> = Conntrack::new(cfg(64, 64));

@@ -69,9 +69,8 @@ pub(super) fn new_flow(
 /// with the flow created and the packet forwarded as [`new_flow`] would (the same entries,
 /// values, counters and bytes: `tests/new_flow_v4.rs` holds them side by side); the caller
 /// counts the packet's rx and verdict. Built from the header's words: each value once, in
-/// place, sealed from words, the keys searched once each (the original key not at all when the
-/// fast path's lookup found it `absent`, the table unchanged since), the original key's table
-/// hash `h` the fast path's.
+/// place, sealed from words, the keys searched once each, the original key's probe `pa` the
+/// fast path's (from its lookup, the table unchanged since).
 #[inline(never)]
 pub(super) fn new_v4(
     st: &mut WorkerState,
@@ -79,10 +78,9 @@ pub(super) fn new_v4(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
     f: &V4Flow,
-    h: u64,
-    absent: bool,
+    pa: &Probe,
 ) -> Option<Verdict> {
-    new_v4_inline(st, table, now, pkt, f, h, absent)
+    new_v4_inline(st, table, now, pkt, f, pa)
 }
 
 /// [`new_v4`] with the frame's counting, for a frame the fast path read and found untracked
@@ -99,12 +97,7 @@ pub(super) fn first_v4(
     seen: &super::FastMiss,
 ) -> Verdict {
     let rx = pkt.len() as u64;
-    let (f, h, absent) = (
-        &seen.flow,
-        seen.hash,
-        seen.hit == crate::conntrack::Miss::Absent,
-    );
-    match new_v4_inline(st, table, now, pkt, f, h, absent) {
+    match new_v4_inline(st, table, now, pkt, &seen.flow, &seen.probe) {
         Some(v) => {
             super::count_verdict(&mut st.counters, rx, pkt.len() as u64, v);
             v
@@ -120,8 +113,7 @@ fn new_v4_inline(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
     f: &V4Flow,
-    h: u64,
-    absent: bool,
+    pa: &Probe,
 ) -> Option<Verdict> {
     let tcp = f.proto == proto::TCP;
     if tcp && f.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
@@ -198,10 +190,9 @@ fn new_v4_inline(
         vport: dport,
         backend_port: be.port,
     };
-    debug_assert_eq!(h, st.ct.hash_v4(f.src, f.dst, f.ports, f.proto));
-    let pa = st
-        .ct
-        .probe_v4_after(V4Key::new(f.src, f.dst, f.ports, f.proto), h, absent);
+    // The fast path's probe of this key (of an untracked key: never `Probe::NONE`), used
+    // where it lies.
+    debug_assert!(pa.is_of_v4(V4Key::new(f.src, f.dst, f.ports, f.proto)));
     let initial = if tcp {
         FlowState::Tcp(TcpState::SynSent)
     } else {
@@ -252,10 +243,10 @@ fn new_v4_inline(
         rev.macs = wire::mac_pair(client_mac, table.local.mac_of(st.rx_port));
         rev.ident = be.addr;
         st.ct
-            .insert_probed_v4(now, (&pa, &fwd), Some((&pb, &rev)), initial)
+            .insert_probed_v4(now, (pa, &fwd), Some((&pb, &rev)), initial)
     } else {
         // Encapsulation and dr leave the packet's checksums alone: no deltas (as `seal`).
-        st.ct.insert_probed_v4(now, (&pa, &fwd), None, initial)
+        st.ct.insert_probed_v4(now, (pa, &fwd), None, initial)
     };
     if let Err(e) = inserted {
         return Some(Verdict::Drop(insert_drop(e)));
