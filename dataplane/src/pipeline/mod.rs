@@ -256,7 +256,8 @@ const SLOT_AHEAD: usize = 8;
 /// the fast path, frame i + [`TAGS_AHEAD`] is parsed, hashed and its bucket's tags prefetched,
 /// and frame i + [`SLOT_AHEAD`] has its slot found in those tags and prefetched (the slot is
 /// its lookup's hint: after the turn, not before it, which left one instruction fewer per
-/// frame to how the registers fall); the first frames are read ahead before the walk starts.
+/// frame to how the registers fall); the first frames are read ahead before the walk starts
+/// (their slots found but a SYN's: [`find_ahead_unless_syn`]).
 /// `frames[j]` holds frame j's fields once read. Stops at the first frame the fast path does
 /// not take and returns its index (the burst's length when there is none) and what was read ahead by
 /// then: bit j set for each frame j read whose fast parse took it ([`pipelined_tail`] goes on
@@ -285,7 +286,7 @@ fn pipelined(
         read_ahead(lane.ct, pkts, frames, j);
     }
     for j in 0..n.min(SLOT_AHEAD) {
-        find_ahead(lane.ct, frames, j);
+        find_ahead_unless_syn(lane.ct, frames, j);
     }
     let mut tally = Tally::new();
     let mut stop = n;
@@ -414,11 +415,12 @@ fn find_ahead(ct: &Conntrack<FlowValue>, frames: &mut [BurstFrame], j: usize) {
     }
 }
 
-/// [`find_ahead`] in [`pipelined_tail`], but for a SYN: no slot found, its hint [`NO_HINT`]. A
-/// SYN never takes the fast path (its flow does not stay where it is), so its slot would only
-/// save the lookup's search, and a new flow's SYN, the common one, has no slot to find: the
-/// search of its first bucket's tags would be made twice. (Its bucket's tags were requested
-/// when it was read.)
+/// [`find_ahead`] for a burst's first frames and in [`pipelined_tail`], but for a SYN: no slot
+/// found, its hint [`NO_HINT`]. A SYN never takes the fast path (its flow does not stay where
+/// it is): in the tail it goes straight to its lookup and probe ([`candidate`]), and a new
+/// flow's SYN, the common one, has no slot to find, so the search of its first bucket's tags
+/// would be made twice. (Its bucket's tags were requested when it was read.) Not in the
+/// walk's loop, where the test would be on every established packet.
 #[inline(always)]
 fn find_ahead_unless_syn(ct: &Conntrack<FlowValue>, frames: &mut [BurstFrame], j: usize) {
     if let Some(b) = frames.get_mut(j) {
