@@ -1639,16 +1639,18 @@ impl<V: Copy> Conntrack<V> {
                 _ => (m, m),
             }
         };
-        let [b1, b2] = p.buckets.map(|b| b as usize);
+        let b1 = p.buckets[0] as usize;
         let (m1, u1) = free(b1);
         let at = |b: usize, u: u32| b as u32 + u.trailing_zeros();
-        if b1 == b2 {
-            return (u1 != 0).then(|| at(b1, u1));
-        }
         // The first bucket while it has room to spare: a key there is found by the fast
-        // path's hint (its slot searched ahead in the first bucket alone).
+        // path's hint (its slot searched ahead in the first bucket alone). (In a one-bucket
+        // table, what the test below would take too.)
         if u1 != 0 && ones(m1) >= FIRST_BUCKET_ROOM {
             return Some(at(b1, u1));
+        }
+        let b2 = p.buckets[1] as usize;
+        if b1 == b2 {
+            return (u1 != 0).then(|| at(b1, u1));
         }
         let (m2, u2) = free(b2);
         // The second bucket only when it has strictly more free slots (or the first has none
