@@ -1305,6 +1305,8 @@ impl<V: Copy> Conntrack<V> {
         now: Millis,
         gone: &mut impl FnMut(FlowState, &V),
     ) -> usize {
+        // A slot index is below 2^32 (`MAX_CAPACITY`): said so, the range cannot wrap.
+        let b = b as u32 as usize;
         let (Some(tags), Some(slots)) =
             (self.tags.get(b..b + BUCKET), self.slots.get(b..b + BUCKET))
         else {
