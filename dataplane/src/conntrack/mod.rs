@@ -396,7 +396,7 @@ impl<V: Copy> Slot<V> {
 /// [`Conntrack::probe`] or [`Conntrack::probe_v4`], for [`Conntrack::insert_probed`] (a port
 /// allocation's search of a candidate reply key is the insert's, not repeated). Valid until the
 /// table next changes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe {
     /// The key's [`KeyWord`], computed once for the search and the commit.
     kw: KeyWord,
@@ -412,6 +412,22 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// A probe of no key (no key word matches it, it names no slot): what is kept where a
+    /// probe is only meaningful for some keys (a tracked one's is never used). An insert must
+    /// not be given it.
+    pub const NONE: Probe = Probe {
+        kw: KeyWord(0),
+        buckets: [0; 2],
+        found: NO_SLOT,
+        fp: 0,
+    };
+
+    /// Whether this is the probe of IPv4 key `key` (what a caller handing a probe on can
+    /// check, in debug builds: [`Probe::NONE`] and other keys' are not).
+    pub fn is_of_v4(&self, key: V4Key) -> bool {
+        self.kw == key.0
+    }
+
     /// The key's distinct buckets (one in a one-bucket table).
     #[inline(always)]
     fn bucket_list(&self) -> &[u32] {
@@ -427,6 +443,14 @@ impl Probe {
     #[inline(always)]
     fn found(&self) -> Option<u32> {
         (self.found != NO_SLOT).then_some(self.found)
+    }
+
+    /// One of `n` choices (`0..n`) for the probed key, from its table hash: the fingerprint's
+    /// 13 bits that are the hash's and nothing else, scaled by a multiply and a shift (no
+    /// division). Even over keys, and the same for a key whichever path probed it.
+    #[inline(always)]
+    pub fn pick(&self, n: usize) -> usize {
+        (usize::from((self.fp & TAG_FP) >> 2) * n) >> 13
     }
 }
 
@@ -727,6 +751,27 @@ impl<V: Copy> Conntrack<V> {
         let Some(slot) = self.find(key, h) else {
             return Miss::Absent;
         };
+        self.miss_at(slot, now)
+    }
+
+    /// [`Conntrack::lookup_miss`] of an IPv4 key (`h` its [`Conntrack::hash_key`]) that
+    /// hands back the key's probe ([`Conntrack::probe_v4`]) from the same search: a frame
+    /// that may start a new flow (a SYN, which the fast path never takes) searches its key's
+    /// buckets once for its lookup and its insert. The probe is valid until the table next
+    /// changes, as the lookup's result.
+    #[inline(always)]
+    pub fn lookup_probe_v4(&self, key: V4Key, h: u64, now: Millis) -> (Miss, Probe) {
+        let p = self.probe_v4(key, h);
+        let miss = match p.found() {
+            None => Miss::Absent,
+            Some(slot) => self.miss_at(slot, now),
+        };
+        (miss, p)
+    }
+
+    /// What a lookup that found its key at `slot` says at `now`.
+    #[inline(always)]
+    fn miss_at(&self, slot: u32, now: Millis) -> Miss {
         let Some(s) = self.slots.get(slot as usize) else {
             return Miss::Untracked;
         };
@@ -1225,35 +1270,96 @@ impl<V: Copy> Conntrack<V> {
         budget: usize,
         mut gone: impl FnMut(FlowState, &V),
     ) -> usize {
-        let mut removed = 0;
         let mut left = budget.min(self.capacity());
+        let mut i = self.cursor;
+        let mut removed = 0;
         // A bucket's worth of slots at a time: the keys in use from one vector compare of the
         // tags (most of a table sized for its load is free), then only those slots are read.
-        while left > 0 {
-            let i = self.cursor;
-            let b = i & !(BUCKET - 1);
-            let off = i - b;
+        // The cursor stays bucket-aligned while budgets are whole buckets (the worker's is),
+        // so the walk is whole buckets: a part of one only at either end.
+        let off = i % BUCKET;
+        if off != 0 && left > 0 {
             let take = (BUCKET - off).min(left);
             left -= take;
-            self.cursor = (i + take) & self.mask;
-            let window = ((1u32 << take) - 1) << off;
-            let mut m = !match_free(&self.tags, b) & window;
-            while m != 0 {
-                let j = b + m.trailing_zeros() as usize;
-                m &= m - 1;
-                let s = &self.slots[j];
-                // A flow removed earlier in this bucket may have freed its reply key here: its
-                // slot still says reply, so the flag alone skips it (a removal frees no other
-                // flow's flow slot), without the tag read again.
-                if s.flags & F_REPLY == 0 && now >= s.deadline {
-                    debug_assert_ne!(self.tags[j], TAG_FREE);
-                    if let Some(v) = &s.value {
-                        gone(s.state, v);
-                    }
-                    self.remove(j as u32);
-                    removed += 1;
-                }
+            removed += self.expire_bucket(i - off, ((1u32 << take) - 1) << off, now, &mut gone);
+            i = (i + take) & self.mask;
+        }
+        // `i` is bucket-aligned here, or nothing is left.
+        for _ in 0..left / BUCKET {
+            removed += self.expire_bucket(i, (1u32 << BUCKET) - 1, now, &mut gone);
+            i = (i + BUCKET) & self.mask;
+        }
+        let rest = left % BUCKET;
+        if rest != 0 {
+            removed += self.expire_bucket(i, (1u32 << rest) - 1, now, &mut gone);
+            i = (i + rest) & self.mask;
+        }
+        self.cursor = i;
+        removed
+    }
+
+    /// [`Conntrack::expire_with`]'s work in the bucket starting at `b`, on the slots of
+    /// `window` (bit i = slot b + i): its flows expired at `now` found first (their flow
+    /// slots only: the flag skips reply keys), then removed. A removal frees no other flow's
+    /// flow slot, so the flows found are the ones removing them one by one would find.
+    #[inline(always)]
+    fn expire_bucket(
+        &mut self,
+        b: usize,
+        window: u32,
+        now: Millis,
+        gone: &mut impl FnMut(FlowState, &V),
+    ) -> usize {
+        // A slot index is below 2^32 (`MAX_CAPACITY`): said so, the range cannot wrap.
+        let b = b as u32 as usize;
+        let (Some(tags), Some(slots)) =
+            (self.tags.get(b..b + BUCKET), self.slots.get(b..b + BUCKET))
+        else {
+            return 0;
+        };
+        let (Ok(tags), Ok(slots)) = (
+            <&[u16; BUCKET]>::try_from(tags),
+            <&[Slot<V>; BUCKET]>::try_from(slots),
+        ) else {
+            return 0;
+        };
+        let mut m = !group::group_eq_tag(tags, TAG_FREE) & window;
+        let mut dead = 0u32;
+        while m != 0 {
+            // Below `BUCKET` (a bucket mask's bit), said so that the index needs no check.
+            let k = m.trailing_zeros() as usize % BUCKET;
+            m &= m - 1;
+            let s = &slots[k];
+            if s.flags & F_REPLY == 0 && now >= s.deadline {
+                dead |= 1 << k;
             }
+        }
+        if dead == 0 {
+            return 0;
+        }
+        self.remove_dead(b, dead, gone)
+    }
+
+    /// Removes the flows whose flow slots are `dead`'s bits in the bucket at `b` (expired:
+    /// [`Conntrack::expire_bucket`]), telling `gone` each; returns how many.
+    #[inline(never)]
+    fn remove_dead(
+        &mut self,
+        b: usize,
+        mut dead: u32,
+        gone: &mut impl FnMut(FlowState, &V),
+    ) -> usize {
+        let mut removed = 0;
+        while dead != 0 {
+            let j = b + dead.trailing_zeros() as usize;
+            dead &= dead - 1;
+            debug_assert_ne!(self.tags[j], TAG_FREE);
+            let s = &self.slots[j];
+            if let Some(v) = &s.value {
+                gone(s.state, v);
+            }
+            self.remove(j as u32);
+            removed += 1;
         }
         removed
     }
@@ -1452,7 +1558,9 @@ impl<V: Copy> Conntrack<V> {
         if let Some(i) = self.find_in(b1, fp, &eq) {
             return Some(i);
         }
-        if b2 == b1 || !self.overflowed(b1) {
+        // A one-bucket table's count is 0: no key lives in a second bucket that is its first.
+        debug_assert!(b2 != b1 || !self.overflowed(b1));
+        if !self.overflowed(b1) {
             return None;
         }
         self.find_in(b2, fp, &eq)
@@ -1577,16 +1685,18 @@ impl<V: Copy> Conntrack<V> {
                 _ => (m, m),
             }
         };
-        let [b1, b2] = p.buckets.map(|b| b as usize);
+        let b1 = p.buckets[0] as usize;
         let (m1, u1) = free(b1);
         let at = |b: usize, u: u32| b as u32 + u.trailing_zeros();
-        if b1 == b2 {
-            return (u1 != 0).then(|| at(b1, u1));
-        }
         // The first bucket while it has room to spare: a key there is found by the fast
-        // path's hint (its slot searched ahead in the first bucket alone).
+        // path's hint (its slot searched ahead in the first bucket alone). (In a one-bucket
+        // table, what the test below would take too.)
         if u1 != 0 && ones(m1) >= FIRST_BUCKET_ROOM {
             return Some(at(b1, u1));
+        }
+        let b2 = p.buckets[1] as usize;
+        if b1 == b2 {
+            return (u1 != 0).then(|| at(b1, u1));
         }
         let (m2, u2) = free(b2);
         // The second bucket only when it has strictly more free slots (or the first has none

@@ -264,6 +264,55 @@ fn expire_with_reports_the_state_and_value_of_each_flow_it_removes() {
     );
 }
 
+/// Every call examines exactly the `budget` slots from where the last stopped, wrapping
+/// around, whether the cursor and budget fall on bucket boundaries or not: the flows it removes
+/// are exactly the expired flows whose flow slots lie in that window.
+#[test]
+fn expire_removes_exactly_the_expired_flows_of_its_window() {
+    let cap = 256;
+    let mut ct = Conntrack::new(cfg(cap, cap));
+    for n in 0..90 {
+        // Every third flow confirmed (it outlives the others), every other one with a reply key.
+        let reply = (n % 2 == 0).then(|| (rkey(n, proto::UDP), n));
+        let f = ct
+            .insert(
+                0,
+                (&key(n, proto::UDP), n),
+                reply.as_ref().map(|(k, v)| (k, *v)),
+                UDP_NEW,
+            )
+            .unwrap();
+        if n % 3 == 0 {
+            ct.observe(f, Dir::Original, 0, 0);
+            ct.observe(f, Dir::Reply, 0, 0);
+            ct.observe(f, Dir::Original, 0, 0);
+        }
+    }
+    let now = T.udp_unconfirmed;
+    let mut cursor = 0usize;
+    for budget in [5, 16, 7, 13, 32, 1, 100, 16, 48, 3, 300, 11] {
+        let due: Vec<u32> = ct
+            .iter_flows()
+            .filter(|&(f, _, _)| ct.deadline(f).is_some_and(|d| now >= d))
+            .filter(|&(f, _, _)| (f as usize).wrapping_sub(cursor) % cap < budget.min(cap))
+            .map(|(f, _, _)| f)
+            .collect();
+        let before = ct.len();
+        let r = ct.expire(now, budget);
+        assert_eq!(r, due.len(), "budget {budget} from {cursor}");
+        assert_eq!(ct.len(), before - r);
+        for f in due {
+            assert!(ct.key(f).is_none(), "flow slot {f} removed");
+        }
+        cursor = (cursor + budget.min(cap)) % cap;
+    }
+    // The confirmed flows (30) are left, every key still found.
+    assert_eq!(ct.len(), 30);
+    for n in (0..90).step_by(3) {
+        assert!(ct.lookup(&key(n, proto::UDP), now).is_some(), "flow {n}");
+    }
+}
+
 #[test]
 fn expire_examines_at_most_budget_slots_per_call() {
     let mut ct = Conntrack::new(cfg(1024, 1024));
@@ -1030,6 +1079,41 @@ fn steady_lookup_tells_an_absent_key_from_an_expired_one() {
         .insert_probed(expired, (&k, &p, &3), None, UDP_NEW)
         .unwrap();
     assert_eq!((ct.len(), *ct.value(g)), (1, 3));
+}
+
+/// `lookup_probe_v4` is `lookup_miss` and `probe_v4` from one search: for keys absent, live
+/// (original and reply keys, some in their second bucket) and expired, the same miss and the
+/// same probe, and an absent key's probe inserts as `probe_v4`'s does.
+#[test]
+fn lookup_probe_is_the_lookup_and_the_probe() {
+    // A small table, full enough that some keys live in their second bucket.
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(256, 256));
+    for n in 0..100 {
+        let _ = ct.insert(
+            n as u64,
+            (&key(n, proto::UDP), n),
+            Some((&rkey(n, proto::UDP), n)),
+            UDP_NEW,
+        );
+    }
+    assert!(ct.overflow.iter().any(|&c| c != 0), "some key overflowed");
+    for now in [0, 50, T.udp_unconfirmed + 50, T.udp_unconfirmed + 200] {
+        for n in 0..200 {
+            for k in [key(n, proto::UDP), rkey(n, proto::UDP)] {
+                let h = ct.table_hash(&k);
+                let (miss, p) = ct.lookup_probe_v4(v4key(&k), h, now);
+                assert_eq!(miss, ct.lookup_miss(&k, h, now), "key {k:?} at {now}");
+                assert_eq!(p, ct.probe_v4(v4key(&k), h));
+                assert!(p.is_of_v4(v4key(&k)) && !Probe::NONE.is_of_v4(v4key(&k)));
+            }
+        }
+    }
+    let k = key(1_000, proto::UDP);
+    let h = ct.table_hash(&k);
+    let (miss, p) = ct.lookup_probe_v4(v4key(&k), h, 0);
+    assert_eq!(miss, Miss::Absent);
+    let f = ct.insert_probed_v4(0, (&p, &7), None, UDP_NEW).unwrap();
+    assert_eq!(ct.lookup(&k, 0).map(|hit| hit.flow), Some(f));
 }
 
 #[test]

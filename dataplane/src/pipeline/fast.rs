@@ -181,7 +181,7 @@ pub(super) fn forward(
 /// [`NO_HINT`](crate::conntrack::NO_HINT)), as the walk's packet `nth` (from 0; every one
 /// before it forwarded: [`Tally::count_nth`], flushed with [`Tally::flush_walk`]).
 /// `Err(Some(miss))`: the general path, with this lookup's result; `Err(None)`: a steady flow
-/// the fast path still cannot take, whose lookup the general path repeats ([`again`]).
+/// the fast path still cannot take, whose lookup the caller repeats for the general path.
 #[inline(always)]
 pub(super) fn forward_fresh(
     lane: &mut Lane<'_>,
@@ -193,8 +193,9 @@ pub(super) fn forward_fresh(
     forward_tracked::<false>(lane, pkt, frame, frame.hint, tally, nth)
 }
 
-/// The lookup of a frame [`forward_fresh`] gave up with `Err(None)`, for the general path.
-pub(super) fn again(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> Miss {
+/// The lookup of a frame [`forward`] gave up on (`Err(None)` from its walk), for the general
+/// path ([`general`]).
+fn again(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> Miss {
     ct.lookup_miss(&frame.flow().key(), frame.hash, now)
 }
 

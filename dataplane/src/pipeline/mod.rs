@@ -22,7 +22,7 @@ use state::BurstFrame;
 pub use state::{snat_slice, FlowValue, WorkerState, PREFETCH_FROM_KEYS};
 pub use verdict::{Counters, DropReason, FlowCounters, Verdict};
 
-use crate::conntrack::{tcp_flags, Conntrack, Millis, Miss, V4Key, NO_HINT};
+use crate::conntrack::{tcp_flags, Conntrack, Millis, Miss, Probe, V4Key, NO_HINT};
 use crate::flow::proto;
 use crate::packet::PacketBuf;
 use crate::port::MAX_BURST;
@@ -80,11 +80,7 @@ fn fast_one(
             tally.flush(lane.counters);
             Ok(())
         }
-        Outcome::General(hit) => Err(Some(FastMiss {
-            flow: w.flow(),
-            hit,
-            hash: frame.hash,
-        })),
+        Outcome::General(hit) => Err(Some(FastMiss::of(lane.ct, &frame, hit))),
     }
 }
 
@@ -103,27 +99,55 @@ fn burst_frame(ct: &Conntrack<FlowValue>, w: &V4Words) -> BurstFrame {
 
 /// What the fast path learned of a frame it passed on to the general path: the frame's fields
 /// (it accepted the frame's headers) and its conntrack lookup (a hit, or whether the key is
-/// absent or expired), so neither the parse nor the lookup is repeated, and a new flow's insert
-/// does not search for a key the lookup found absent.
+/// absent or expired), so neither the parse nor the lookup is repeated, and, for a key no live
+/// flow holds, the key's probe, so a new flow's insert does not search its buckets again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastMiss {
     /// The frame's fields.
     pub flow: V4Flow,
     /// Its key's conntrack lookup: the hit, or why there is none.
     pub hit: Miss,
-    /// Its key's table hash in the conntrack that looked it up (this worker's: the seed is
-    /// per worker), so a new flow's insert does not hash the key again.
-    pub hash: u64,
+    /// For a key no live flow holds (`hit` not `Tracked`): its probe in the conntrack that
+    /// looked it up (this worker's), valid as long as `hit` (until the table next changes);
+    /// for a tracked key, [`Probe::NONE`].
+    pub probe: Probe,
 }
 
 impl FastMiss {
-    /// For a frame whose key no live flow holds (a new flow's candidate): its fields, its
-    /// key's hash, and whether no slot holds the key at all.
+    /// What the fast path learned of `frame`, whose lookup said `hit`: the probe of a key
+    /// no live flow holds made from that lookup (without a search when no slot holds it).
     #[inline(always)]
-    fn untracked(&self) -> Option<(&V4Flow, u64, bool)> {
+    fn of(ct: &Conntrack<FlowValue>, frame: &BurstFrame, hit: Miss) -> FastMiss {
+        let probe = match hit {
+            Miss::Tracked(_) => Probe::NONE,
+            m => ct.probe_v4_after(frame.key, frame.hash, m == Miss::Absent),
+        };
+        FastMiss {
+            flow: frame.flow(),
+            hit,
+            probe,
+        }
+    }
+
+    /// [`FastMiss::of`] a frame not given to the fast path (a SYN, which it never takes, or
+    /// the frame it gave up on): its lookup and its probe from one search of its buckets.
+    #[inline(always)]
+    fn searched(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> FastMiss {
+        let (hit, probe) = ct.lookup_probe_v4(frame.key, frame.hash, now);
+        FastMiss {
+            flow: frame.flow(),
+            hit,
+            probe,
+        }
+    }
+
+    /// For a frame whose key no live flow holds (a new flow's candidate): its fields and its
+    /// key's probe.
+    #[inline(always)]
+    fn untracked(&self) -> Option<(&V4Flow, &Probe)> {
         match self.hit {
             Miss::Tracked(_) => None,
-            m => Some((&self.flow, self.hash, m == Miss::Absent)),
+            _ => Some((&self.flow, &self.probe)),
         }
     }
 }
@@ -232,7 +256,8 @@ const SLOT_AHEAD: usize = 8;
 /// the fast path, frame i + [`TAGS_AHEAD`] is parsed, hashed and its bucket's tags prefetched,
 /// and frame i + [`SLOT_AHEAD`] has its slot found in those tags and prefetched (the slot is
 /// its lookup's hint: after the turn, not before it, which left one instruction fewer per
-/// frame to how the registers fall); the first frames are read ahead before the walk starts.
+/// frame to how the registers fall); the first frames are read ahead before the walk starts
+/// (their slots found but a SYN's: [`find_ahead_unless_syn`]).
 /// `frames[j]` holds frame j's fields once read. Stops at the first frame the fast path does
 /// not take and returns its index (the burst's length when there is none) and what was read ahead by
 /// then: bit j set for each frame j read whose fast parse took it ([`pipelined_tail`] goes on
@@ -261,7 +286,7 @@ fn pipelined(
         read_ahead(lane.ct, pkts, frames, j);
     }
     for j in 0..n.min(SLOT_AHEAD) {
-        find_ahead(lane.ct, frames, j);
+        find_ahead_unless_syn(lane.ct, frames, j);
     }
     let mut tally = Tally::new();
     let mut stop = n;
@@ -325,14 +350,10 @@ fn pipelined_tail(
         find_ahead_unless_syn(&state.ct, frames, j);
     }
     // The frame the walk stopped at: what the fast path learned of it, if it read it (its
-    // lookup once more, as the general path needs it).
+    // lookup once more, as the general path needs it, with its probe).
     if let (Some(pkt), Some(v)) = (pkts.get_mut(stop), verdicts.get_mut(stop)) {
         let seen = match frames.get(stop) {
-            Some(f) if cands & (1 << stop) != 0 => Some(FastMiss {
-                flow: f.flow(),
-                hit: fast::again(&state.ct, f, now),
-                hash: f.hash,
-            }),
+            Some(f) if cands & (1 << stop) != 0 => Some(FastMiss::searched(&state.ct, f, now)),
             _ => None,
         };
         *v = slow(state, pkt, seen.as_ref());
@@ -394,11 +415,12 @@ fn find_ahead(ct: &Conntrack<FlowValue>, frames: &mut [BurstFrame], j: usize) {
     }
 }
 
-/// [`find_ahead`] in [`pipelined_tail`], but for a SYN: no slot found, its hint [`NO_HINT`]. A
-/// SYN never takes the fast path (its flow does not stay where it is), so its slot would only
-/// save the lookup's search, and a new flow's SYN, the common one, has no slot to find: the
-/// search of its first bucket's tags would be made twice. (Its bucket's tags were requested
-/// when it was read.)
+/// [`find_ahead`] for a burst's first frames and in [`pipelined_tail`], but for a SYN: no slot
+/// found, its hint [`NO_HINT`]. A SYN never takes the fast path (its flow does not stay where
+/// it is): in the tail it goes straight to its lookup and probe ([`candidate`]), and a new
+/// flow's SYN, the common one, has no slot to find, so the search of its first bucket's tags
+/// would be made twice. (Its bucket's tags were requested when it was read.) Not in the
+/// walk's loop, where the test would be on every established packet.
 #[inline(always)]
 fn find_ahead_unless_syn(ct: &Conntrack<FlowValue>, frames: &mut [BurstFrame], j: usize) {
     if let Some(b) = frames.get_mut(j) {
@@ -446,10 +468,9 @@ fn one_pass(
         }
     }
     tally.flush_walk(lane.counters, stop.0);
-    let miss = stop.1.map(|(frame, miss)| FastMiss {
-        flow: frame.flow(),
-        hit: miss.unwrap_or_else(|| fast::again(&state.ct, &frame, now)),
-        hash: frame.hash,
+    let miss = stop.1.map(|(frame, miss)| match miss {
+        Some(hit) => FastMiss::of(&state.ct, &frame, hit),
+        None => FastMiss::searched(&state.ct, &frame, now),
     });
     (stop.0, miss)
 }
@@ -481,7 +502,8 @@ fn one_pass_tail(
 }
 
 /// A burst's fast-path candidate through the fast path, or `slow` with what the fast path
-/// learned of it.
+/// learned of it; a SYN straight to `slow`, with its lookup and probe from one search (the fast
+/// path never takes a SYN: its flow does not stay where it is).
 #[inline(always)]
 fn candidate(
     state: &mut WorkerState,
@@ -492,6 +514,10 @@ fn candidate(
     tally: &mut Tally,
     slow: &mut impl FnMut(&mut WorkerState, &mut PacketBuf<'_>, Option<&FastMiss>) -> Verdict,
 ) -> Verdict {
+    if frame.tcp_flags & tcp_flags::SYN != 0 {
+        let seen = FastMiss::searched(&state.ct, frame, now);
+        return slow(state, pkt, Some(&seen));
+    }
     let mut lane = fast::Lane {
         ct: &mut state.ct,
         counters: &mut state.counters,
@@ -501,11 +527,7 @@ fn candidate(
     match fast::forward(&mut lane, pkt, frame, frame.hint, tally) {
         Outcome::Forwarded => Verdict::Tx,
         Outcome::General(hit) => {
-            let seen = FastMiss {
-                flow: frame.flow(),
-                hit,
-                hash: frame.hash,
-            };
+            let seen = FastMiss::of(lane.ct, frame, hit);
             slow(state, pkt, Some(&seen))
         }
     }
@@ -622,7 +644,7 @@ pub fn process_parsed_as(
     // general classification (which decides every packet that path leaves alone).
     let first = seen
         .and_then(FastMiss::untracked)
-        .and_then(|(f, hash, absent)| new_flow::new_v4(state, table, now, pkt, f, hash, absent));
+        .and_then(|(f, probe)| new_flow::new_v4(state, table, now, pkt, f, probe));
     let v = match (first, parsed) {
         (Some(v), _) => v,
         (None, Ok(p)) => classify(state, table, now, pkt, p, seen),

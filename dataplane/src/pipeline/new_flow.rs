@@ -51,7 +51,7 @@ pub(super) fn new_flow(
     // The fast path hashed the key already (it looked it up); other frames hash it here.
     let hash = hash.unwrap_or_else(|| st.ct.table_hash(key));
     let pa = st.ct.probe(key, hash);
-    let slot = match commit(st, table, now, (key, &pa, hash), fwd, be, pool, client_mac) {
+    let slot = match commit(st, table, now, (key, &pa), fwd, be, pool, client_mac) {
         Ok(s) => s,
         Err(r) => return Verdict::Drop(r),
     };
@@ -69,9 +69,8 @@ pub(super) fn new_flow(
 /// with the flow created and the packet forwarded as [`new_flow`] would (the same entries,
 /// values, counters and bytes: `tests/new_flow_v4.rs` holds them side by side); the caller
 /// counts the packet's rx and verdict. Built from the header's words: each value once, in
-/// place, sealed from words, the keys searched once each (the original key not at all when the
-/// fast path's lookup found it `absent`, the table unchanged since), the original key's table
-/// hash `h` the fast path's.
+/// place, sealed from words, the keys searched once each, the original key's probe `pa` the
+/// fast path's (from its lookup, the table unchanged since).
 #[inline(never)]
 pub(super) fn new_v4(
     st: &mut WorkerState,
@@ -79,10 +78,9 @@ pub(super) fn new_v4(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
     f: &V4Flow,
-    h: u64,
-    absent: bool,
+    pa: &Probe,
 ) -> Option<Verdict> {
-    new_v4_inline(st, table, now, pkt, f, h, absent)
+    new_v4_inline(st, table, now, pkt, f, pa)
 }
 
 /// [`new_v4`] with the frame's counting, for a frame the fast path read and found untracked
@@ -99,12 +97,7 @@ pub(super) fn first_v4(
     seen: &super::FastMiss,
 ) -> Verdict {
     let rx = pkt.len() as u64;
-    let (f, h, absent) = (
-        &seen.flow,
-        seen.hash,
-        seen.hit == crate::conntrack::Miss::Absent,
-    );
-    match new_v4_inline(st, table, now, pkt, f, h, absent) {
+    match new_v4_inline(st, table, now, pkt, &seen.flow, &seen.probe) {
         Some(v) => {
             super::count_verdict(&mut st.counters, rx, pkt.len() as u64, v);
             v
@@ -120,8 +113,7 @@ fn new_v4_inline(
     now: Millis,
     pkt: &mut PacketBuf<'_>,
     f: &V4Flow,
-    h: u64,
-    absent: bool,
+    pa: &Probe,
 ) -> Option<Verdict> {
     let tcp = f.proto == proto::TCP;
     if tcp && f.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
@@ -197,10 +189,9 @@ fn new_v4_inline(
         new_src,
         new_dst: be.addr,
     };
-    debug_assert_eq!(h, st.ct.hash_v4(f.src, f.dst, f.ports, f.proto));
-    let pa = st
-        .ct
-        .probe_v4_after(V4Key::new(f.src, f.dst, f.ports, f.proto), h, absent);
+    // The fast path's probe of this key (of an untracked key: never `Probe::NONE`), used
+    // where it lies.
+    debug_assert!(pa.is_of_v4(V4Key::new(f.src, f.dst, f.ports, f.proto)));
     let initial = if tcp {
         FlowState::Tcp(TcpState::SynSent)
     } else {
@@ -212,7 +203,7 @@ fn new_v4_inline(
             match snat_v4(
                 st,
                 svc.snat_v4(usize::from(be.pool)),
-                h,
+                pa,
                 be_w,
                 new_dport,
                 f.proto,
@@ -251,10 +242,10 @@ fn new_v4_inline(
         (rev.new_sport, rev.new_dport) = (dport, sport);
         rev.macs = wire::mac_pair(client_mac, table.local.mac_of(st.rx_port));
         st.ct
-            .insert_probed_v4(now, (&pa, &fwd), Some((&pb, &rev)), initial)
+            .insert_probed_v4(now, (pa, &fwd), Some((&pb, &rev)), initial)
     } else {
         // Encapsulation and dr leave the packet's checksums alone: no deltas (as `seal`).
-        st.ct.insert_probed_v4(now, (&pa, &fwd), None, initial)
+        st.ct.insert_probed_v4(now, (pa, &fwd), None, initial)
     };
     if let Err(e) = inserted {
         return Some(Verdict::Drop(insert_drop(e)));
@@ -297,14 +288,14 @@ fn new_v4_inline(
 
 /// [`snat_alloc`] for an IPv4 backend (`be_w`, its address word as loaded; `be_port` the
 /// port the flow goes to) from words: the fullnat source address word and port, and the
-/// reply key's probe (`hash` the original key's). The same choice, order and errors; the pool's IPv4 addresses are the
+/// reply key's probe (`orig` the original key's). The same choice, order and errors; the pool's IPv4 addresses are the
 /// words the table keeps for it (`words`, [`Service::snat_v4`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn snat_v4(
     st: &mut WorkerState,
     words: &[u32],
-    hash: u64,
+    orig: &Probe,
     be_w: u32,
     be_port: u16,
     proto: u8,
@@ -314,25 +305,15 @@ fn snat_v4(
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
-    // The addresses from the one the hash picks on, wrapping around: the common case (its
+    // The addresses from the one the key's hash picks on, wrapping around: the common case (its
     // next port is free) without the walk's loops, the walk (from that port again) a call.
-    let i = snat_addr_of(hash, n);
+    let i = orig.pick(n);
     if let Some(&snat_w) = words.get(i) {
         if let Some((port, p)) = st.next_port_v4(be_w, snat_w, be_port, proto, now) {
             return Ok((snat_w, port, p));
         }
     }
     snat_v4_walk(st, words, i, be_w, be_port, proto, now)
-}
-
-/// Which of `n` fullnat source addresses a new flow whose key hashes to `hash` starts with:
-/// the hash's high half scaled to `0..n` (a multiply and a shift, not a remainder's division).
-/// Each pool's flows spread evenly over its own addresses whatever flows of other pools come
-/// in between, which one turn shared by pools of different sizes did not (it could settle on
-/// one address per pool), and no state is kept.
-#[inline(always)]
-pub(super) fn snat_addr_of(hash: u64, n: usize) -> usize {
-    (((hash >> 32) * n as u64) >> 32) as usize
 }
 
 /// [`snat_v4`]'s walk from the address at `i` (the one the hash picked) on, wrapping around:
@@ -380,7 +361,7 @@ fn commit(
     st: &mut WorkerState,
     table: &RoutingTable,
     now: Millis,
-    (key, pa, hash): (&FlowKey, &Probe, u64),
+    (key, pa): (&FlowKey, &Probe),
     mut fwd: FlowValue,
     be: &Backend,
     pool: &Pool,
@@ -391,7 +372,7 @@ fn commit(
         Mode::FullNat => {
             let want_v4 = be.addr.is_v4();
             let port = fwd.new_dport;
-            let (rkey, rprobe) = snat_alloc(st, pool, be, port, (key.proto, hash), want_v4, now)?;
+            let (rkey, rprobe) = snat_alloc(st, pool, be, port, (key.proto, pa), want_v4, now)?;
             fwd.new_src = rkey.dst;
             fwd.new_sport = rkey.dport;
             reply = Some((rkey, rprobe));
@@ -433,10 +414,10 @@ fn commit(
         .map_err(insert_drop)
 }
 
-/// A fullnat source (address, port) for a new flow to `be` whose key hashes to `hash` (the
-/// conntrack table's hash, as the fast path's), as the reply key (backend -> source) with its
-/// probe: the pool's addresses of the backend's family, from the one the hash picks
-/// ([`snat_addr_of`], so all of them carry flows), and when one has no free port in this
+/// A fullnat source (address, port) for a new flow to `be` whose key's probe is `orig`, as the
+/// reply key (backend -> source) with its probe: the pool's addresses of the backend's
+/// family, from the one the key's hash picks ([`Probe::pick`]: each pool's flows spread evenly
+/// over its own addresses whatever other pools' flows come in between), and when one has no free port in this
 /// worker's slice the next is tried. Any of them steers replies to us, as
 /// steering reads only the port. `unsupported` when the pool has no address of that family,
 /// `snat-exhausted` when every address's slice is full. No allocation: the family's addresses are counted, then walked.
@@ -445,7 +426,7 @@ fn snat_alloc(
     pool: &Pool,
     be: &Backend,
     be_port: u16,
-    (proto, hash): (u8, u64),
+    (proto, orig): (u8, &Probe),
     want_v4: bool,
     now: Millis,
 ) -> Result<(FlowKey, Probe), DropReason> {
@@ -454,7 +435,7 @@ fn snat_alloc(
     if n == 0 {
         return Err(DropReason::Unsupported);
     }
-    let start = snat_addr_of(hash, n);
+    let start = orig.pick(n);
     // From the `start`-th on, wrapping around: one walk, not a search from the front per try.
     for &snat in of_family().skip(start).chain(of_family().take(start)) {
         let mut rkey = FlowKey {

@@ -35,17 +35,18 @@ pub fn sum(data: &[u8], initial: u32) -> u32 {
 /// Folds a 64-bit end-around-carry sum to 16 bits (returned in a `u32`).
 #[inline]
 fn fold64(acc: u64) -> u32 {
-    let mut s = (acc & 0xffff_ffff) + (acc >> 32);
-    s = (s & 0xffff_ffff) + (s >> 32);
-    fold32(s as u32) as u32
+    // The halves added with the carry added back (an add and an add with carry): both are at
+    // most 2^32 - 1, so the sum with its carry ends below 2^32 without a second fold.
+    let (s, carry) = (acc as u32).overflowing_add((acc >> 32) as u32);
+    u32::from(fold32(s.wrapping_add(u32::from(carry))))
 }
 
-/// Folds a 32-bit partial sum to 16 bits without complementing.
+/// Folds a 32-bit partial sum to 16 bits without complementing: the halves added with the
+/// carry added back, as [`fold64`] (the same value as adding the halves twice over).
 #[inline]
 fn fold32(s: u32) -> u16 {
-    let s = (s & 0xffff) + (s >> 16);
-    let s = (s & 0xffff) + (s >> 16);
-    s as u16
+    let (t, carry) = (s as u16).overflowing_add((s >> 16) as u16);
+    t.wrapping_add(u16::from(carry))
 }
 
 /// The checksum to put on the wire for the partial sum `sum`: folded to 16 bits and complemented.
@@ -303,6 +304,22 @@ mod tests {
                 x => x,
             };
             prop_assert_eq!(Delta(d).apply_udp_wire(c), want);
+        }
+
+        #[test]
+        fn folds_match_the_halves_added_twice(acc in any::<u64>(), small in 0u64..1 << 36) {
+            let halves32 = |s: u32| {
+                let s = (s & 0xffff) + (s >> 16);
+                ((s & 0xffff) + (s >> 16)) as u16
+            };
+            let halves64 = |a: u64| {
+                let s = (a & 0xffff_ffff) + (a >> 32);
+                u32::from(halves32(((s & 0xffff_ffff) + (s >> 32)) as u32))
+            };
+            for a in [acc, small, acc >> 16, u64::MAX, 0, 0xffff_ffff, 1 << 32, 0x1_0000_ffff] {
+                prop_assert_eq!(fold64(a), halves64(a), "{:#x}", a);
+                prop_assert_eq!(fold32(a as u32), halves32(a as u32), "{:#x}", a);
+            }
         }
 
         #[test]
