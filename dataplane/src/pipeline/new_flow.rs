@@ -253,25 +253,29 @@ fn new_v4_inline(
     // The flow slot holds `fwd` as it is here.
     let val = &fwd;
     count(&mut st.counters, val, pkt.len() as u64, true);
-    // `fast` as chosen above (`val.fast`), tested in turn: cheaper than a jump table.
-    let done = if fast == Fast::RewriteV4 {
-        let ports = nat::ports(val.new_sport, val.new_dport);
-        let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
-        let deltas = (val.l3_delta, val.l4_delta);
-        nat::rewrite_v4_frame(
-            pkt.data_mut(),
-            &val.macs,
-            (&addrs.0, &addrs.1),
-            ports,
-            deltas,
-            tcp,
-        )
-    } else if fast == Fast::MacV4 {
-        wire::set_mac_pair(pkt.data_mut(), &val.macs);
-        true
-    } else {
-        let inner = usize::from(f.l3_end) - wire::ETH_LEN;
-        encap::outer_v4(pkt, table, val, inner, fast == Fast::GueV4, sport)
+    let done = match val.fast {
+        Fast::RewriteV4 => {
+            let ports = nat::ports(val.new_sport, val.new_dport);
+            let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
+            let deltas = (val.l3_delta, val.l4_delta);
+            nat::rewrite_v4_frame(
+                pkt.data_mut(),
+                &val.macs,
+                (&addrs.0, &addrs.1),
+                ports,
+                deltas,
+                tcp,
+            )
+        }
+        Fast::MacV4 => {
+            wire::set_mac_pair(pkt.data_mut(), &val.macs);
+            true
+        }
+        Fast::IpipV4 | Fast::GueV4 => {
+            let inner = usize::from(f.l3_end) - wire::ETH_LEN;
+            encap::outer_v4(pkt, table, val, inner, val.fast == Fast::GueV4, sport)
+        }
+        Fast::No => false,
     };
     if done {
         return Some(Verdict::Tx);
