@@ -203,10 +203,7 @@ impl Service {
     /// dynamically; `None` when its static `mac` applies.
     #[inline]
     pub fn next_hop(&self, i: usize) -> Option<u32> {
-        match self.hops.get(i) {
-            Some(&h) if h != NO_HOP => Some(h),
-            _ => None,
-        }
+        self.hops.get(i).copied().filter(|&h| h != NO_HOP)
     }
 
     /// The interface that reaches backend `i` (0 when next hops are not resolved by route).
