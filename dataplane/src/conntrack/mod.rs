@@ -250,7 +250,7 @@ impl KeyWord {
     }
 
     /// The IPv4 key this word holds whole (its family mark is [`KW_V4`]), else `None`: what
-    /// a slot of an IPv4 key reads its key from (`Conntrack::slot_key`).
+    /// a slot of an IPv4 key reads its key from ([`Slot::flow_key`]).
     #[inline]
     fn v4_key(self) -> Option<FlowKey> {
         let w = self.0;
@@ -346,9 +346,7 @@ impl V4Key {
 /// the key word, the flow's timer, peer, flags and state (32 bytes), then the value, whose
 /// type puts its per-packet fields first, so a packet of a flow touches the slot's first two
 /// lines (one, with a small value) besides the bucket's tags. The state fields are meaningful
-/// on flow slots (original keys) only. The whole key of a key whose word is not exact (IPv6)
-/// is not here but in the table's `wide_keys` (a slot of the pipeline's values is two lines,
-/// not three).
+/// on flow slots (original keys) only.
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
 struct Slot<V> {
@@ -367,16 +365,22 @@ struct Slot<V> {
     state: FlowState,
     /// The value stored with this key. `None` only for slots that never held a key.
     value: Option<V>,
+    /// The whole key of a key whose word is not exact (IPv6): compared by lookups and read by
+    /// [`Conntrack::key`] and [`Conntrack::iter_flows`]. Not written for an IPv4 key, which its
+    /// word holds whole (a new flow's two keys would store 80 bytes more), so stale then:
+    /// read it only through [`Slot::flow_key`] or after a word that is not exact.
+    key: FlowKey,
 }
 
 impl<V: Copy> Slot<V> {
     /// Writes every field in place: a `Slot` built and then assigned was built on the stack
-    /// and copied in whole, twice the stores of a new flow's two keys. (A key whose word is not
-    /// exact goes to the table's `wide_keys` besides: [`Conntrack::fill`].)
+    /// and copied in whole, twice the stores of a new flow's two keys.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn fill(
         &mut self,
         kw: KeyWord,
+        key: Option<&FlowKey>,
         peer: u32,
         deadline: Millis,
         state: FlowState,
@@ -389,6 +393,16 @@ impl<V: Copy> Slot<V> {
         self.flags = flags;
         self.state = state;
         self.value = Some(*value);
+        // `None` only for an exact word (`insert_probed_with`).
+        if let Some(key) = key.filter(|_| !kw.exact()) {
+            self.key = *key;
+        }
+    }
+
+    /// The key this slot holds: from its word for an IPv4 key, else the stored key.
+    #[inline]
+    fn flow_key(&self) -> FlowKey {
+        self.kw.v4_key().unwrap_or(self.key)
     }
 }
 
@@ -493,12 +507,6 @@ pub struct Conntrack<V: Copy> {
     udp_unconfirmed: usize,
     cursor: usize,
     cfg: Config,
-    /// Per slot (same index), the whole key of a key whose word is not exact (IPv6): compared
-    /// by lookups and read by [`Conntrack::key`] and [`Conntrack::iter_flows`]. Not written for
-    /// an IPv4 key, which its word holds whole, so stale then: read it only through
-    /// [`Conntrack::slot_key`] or after a word that is not exact. Apart from the slots, so that
-    /// IPv4 traffic, which never touches it, does not carry its 38 bytes in every slot's lines.
-    wide_keys: Box<[FlowKey]>,
 }
 
 impl<V: Copy> std::fmt::Debug for Conntrack<V> {
@@ -606,6 +614,7 @@ impl<V: Copy> Conntrack<V> {
         let cap = slots_for(cfg.capacity);
         let blank = Slot {
             kw: KeyWord::default(),
+            key: FlowKey::default(),
             peer: NO_SLOT,
             deadline: 0,
             state: FlowState::Udp { replied: false },
@@ -615,7 +624,6 @@ impl<V: Copy> Conntrack<V> {
         Conntrack {
             tags: mem::filled(cap, TAG_FREE),
             slots: mem::filled(cap, blank),
-            wide_keys: mem::filled(cap, FlowKey::default()),
             mask: cap - 1,
             seed,
             overflow: mem::filled(cap / BUCKET, 0),
@@ -635,14 +643,9 @@ impl<V: Copy> Conntrack<V> {
     /// config can be sized before it runs.
     pub fn bytes_for(capacity: usize) -> u64 {
         let cap = slots_for(capacity);
-        let per_slot =
-            Self::SLOT_BYTES + std::mem::size_of::<FlowKey>() + std::mem::size_of::<u16>();
+        let per_slot = std::mem::size_of::<Slot<V>>() + std::mem::size_of::<u16>();
         (cap * per_slot + cap / BUCKET * std::mem::size_of::<u32>()) as u64
     }
-
-    /// Bytes of one key slot (its header and a value; the whole key of an IPv6 key is kept
-    /// apart): a whole number of cache lines.
-    pub const SLOT_BYTES: usize = std::mem::size_of::<Slot<V>>();
 
     /// Number of key slots (a power of two). A flow with a reply key takes two.
     pub fn capacity(&self) -> usize {
@@ -952,7 +955,7 @@ impl<V: Copy> Conntrack<V> {
     /// The key stored at `slot` (either direction), if the slot is in use.
     pub fn key(&self, slot: u32) -> Option<FlowKey> {
         let i = slot as usize;
-        (*self.tags.get(i)? != TAG_FREE).then(|| self.slot_key(i))
+        (*self.tags.get(i)? != TAG_FREE).then(|| self.slots[i].flow_key())
     }
 
     /// The reply key's slot of `flow`, if it has one.
@@ -1139,11 +1142,11 @@ impl<V: Copy> Conntrack<V> {
             self.overflow[p.buckets[0] as usize / BUCKET] += 1;
         }
         self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
-        self.fill(sa, (pa.kw, orig.0), sb, deadline, initial, flags, orig.1);
+        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, flags, orig.1);
         let mut keys = 1;
         if let (Some(p), Some((k, v))) = (pb, reply) {
             self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
-            self.fill(sb, (p.kw, k), sa, deadline, initial, F_REPLY, v);
+            self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
             keys = 2;
         }
         self.keys += keys;
@@ -1371,44 +1374,7 @@ impl<V: Copy> Conntrack<V> {
             .zip(self.slots.iter())
             .enumerate()
             .filter(|(_, (&t, s))| t != TAG_FREE && s.flags & F_REPLY == 0)
-            .map(|(i, (_, s))| (i as u32, self.slot_key(i), s.state))
-    }
-
-    /// Fills slot `slot` with key word `kw` (and its whole key, `None` only for an exact word,
-    /// which holds it: `insert_probed_with`) and the rest as [`Slot::fill`].
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn fill(
-        &mut self,
-        slot: u32,
-        (kw, key): (KeyWord, Option<&FlowKey>),
-        peer: u32,
-        deadline: Millis,
-        state: FlowState,
-        flags: u8,
-        value: &V,
-    ) {
-        let i = slot as usize;
-        self.slots[i].fill(kw, peer, deadline, state, flags, value);
-        if let Some(key) = key.filter(|_| !kw.exact()) {
-            self.wide_keys[i] = *key;
-        }
-    }
-
-    /// The key slot `i` holds: from its word for an IPv4 key, else its stored whole key.
-    #[inline]
-    fn slot_key(&self, i: usize) -> FlowKey {
-        self.slots[i].kw.v4_key().unwrap_or(self.wide_keys[i])
-    }
-
-    /// The whole key stored with `s`, a slot of this table (what the searches' `eq` is given),
-    /// meaningful when its word is not exact. The slot's index from its address (safe
-    /// arithmetic: a reference from elsewhere gives an index out of range, a panic).
-    #[inline]
-    fn wide_key_of(&self, s: &Slot<V>) -> &FlowKey {
-        let at = std::ptr::from_ref(s) as usize;
-        let i = at.wrapping_sub(self.slots.as_ptr() as usize) / Self::SLOT_BYTES;
-        &self.wide_keys[i]
+            .map(|(i, (_, s))| (i as u32, s.flow_key(), s.state))
     }
 
     /// The flow slot of the live key at `slot`, if any.
@@ -1521,9 +1487,9 @@ impl<V: Copy> Conntrack<V> {
             let h = if s.kw.exact() {
                 ct.hash_key(&V4Key(s.kw))
             } else {
-                ct.table_hash(&ct.wide_keys[slot as usize])
+                ct.table_hash(&s.key)
             };
-            debug_assert_eq!(h, ct.table_hash(&ct.slot_key(slot as usize)));
+            debug_assert_eq!(h, ct.table_hash(&s.flow_key()));
             ct.bucket1(h) / BUCKET
         };
         if flags & F_SECOND != 0 {
@@ -1602,7 +1568,7 @@ impl<V: Copy> Conntrack<V> {
     #[inline(always)]
     fn find(&self, key: &FlowKey, h: u64) -> Option<u32> {
         let (kw, exact) = KeyWord::of(key);
-        self.find_with(h, |s| s.kw == kw && (exact || self.wide_key_of(s) == key))
+        self.find_with(h, |s| s.kw == kw && (exact || s.key == *key))
     }
 
     /// A key's buckets, fingerprint and key word from its table hash `h` (its
@@ -1610,9 +1576,7 @@ impl<V: Copy> Conntrack<V> {
     #[inline(always)]
     pub fn probe(&self, key: &FlowKey, h: u64) -> Probe {
         let (kw, exact) = KeyWord::of(key);
-        self.probe_kw(kw, h, |s| {
-            s.kw == kw && (exact || self.wide_key_of(s) == key)
-        })
+        self.probe_kw(kw, h, |s| s.kw == kw && (exact || s.key == *key))
     }
 
     /// [`Conntrack::probe`] of an IPv4 key from its header words (`h` its

@@ -63,7 +63,6 @@ fn udp_confirmed(ct: &mut Conntrack<u32>, n: u32, now: Millis) -> u32 {
 fn bytes_for_matches_what_new_allocates() {
     let ct: Conntrack<u64> = Conntrack::new(cfg(1000, 10));
     let allocated = std::mem::size_of_val(&*ct.slots)
-        + std::mem::size_of_val(&*ct.wide_keys)
         + std::mem::size_of_val(&*ct.tags)
         + std::mem::size_of_val(&*ct.overflow);
     assert_eq!(Conntrack::<u64>::bytes_for(1000), allocated as u64);

@@ -82,9 +82,6 @@ pub struct FlowValue {
 // 80 bytes: no address of the flow's identity (the keys hold them, see `FlowValue::vip`), a
 // 32-bit generation.
 const _: () = assert!(std::mem::size_of::<FlowValue>() == 80);
-// Conntrack's 32-byte slot header and the 80-byte value: a slot of two cache lines (the header
-// and the per-packet fields all in them), where 104 bytes took three.
-const _: () = assert!(Conntrack::<FlowValue>::SLOT_BYTES == 128);
 
 /// The low 32 bits of a table generation, as [`FlowValue::generation`] keeps it.
 #[inline(always)]
