@@ -362,7 +362,7 @@ fn machine_rules_take_the_machine_as_input() {
         &two_cpus,
         &["core 5 is not online"],
     );
-    // 2^31 keys are about 336 GiB a worker.
+    // 2^31 keys are about 356 GiB a worker.
     host_case(
         "conntrack larger than memory",
         &format!("{BASE}[conntrack]\ncapacity = @@2147483648\n"),
