@@ -28,7 +28,7 @@ pub(super) enum Action {
 
 /// The per-key value stored in conntrack: everything needed to forward a packet of that direction
 /// without looking at the routing table, plus what identifies the backend across table swaps
-/// with the key it is stored under (see [`FlowValue::vip`] and [`FlowValue::backend`]).
+/// with the key it is stored under (its `vip` and `backend` methods).
 ///
 /// `repr(C)`, per-packet fields first: what the fast path reads (kind, counters, checksum
 /// deltas, ports, MACs, generation, new addresses) is all of its 80 bytes but the two ports of
