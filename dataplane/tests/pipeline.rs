@@ -29,10 +29,21 @@ fn state(capacity: usize, embryonic: usize) -> WorkerState {
 
 /// Runs a frame; returns the verdict and the transmitted bytes.
 fn run(st: &mut WorkerState, t: &RoutingTable, now: Millis, f: &[u8]) -> (Verdict, Vec<u8>) {
+    run_by(process, st, t, now, f)
+}
+
+/// What a frame through `path` (`process` or `process_general`) gives: [`run`]'s answer.
+fn run_by(
+    path: fn(&mut WorkerState, &RoutingTable, Millis, &mut PacketBuf<'_>) -> Verdict,
+    st: &mut WorkerState,
+    t: &RoutingTable,
+    now: Millis,
+    f: &[u8],
+) -> (Verdict, Vec<u8>) {
     let mut buf = vec![0u8; HEAD + f.len() + 1600];
     buf[HEAD..HEAD + f.len()].copy_from_slice(f);
     let mut p = PacketBuf::new(&mut buf, HEAD, f.len());
-    let v = process(st, t, now, &mut p);
+    let v = path(st, t, now, &mut p);
     (v, p.data().to_vec())
 }
 
@@ -640,15 +651,14 @@ fn fullnat_flows_spread_over_each_pools_source_addresses() {
                 }
             }
             _ => {
+                let by = if path == "single" {
+                    process
+                } else {
+                    process_general
+                };
                 for (s, f) in &syns {
-                    let mut buf = vec![0u8; HEAD + f.len() + 1600];
-                    buf[HEAD..HEAD + f.len()].copy_from_slice(f);
-                    let mut p = PacketBuf::new(&mut buf, HEAD, f.len());
-                    let v = match path {
-                        "single" => process(&mut st, &t, 0, &mut p),
-                        _ => process_general(&mut st, &t, 0, &mut p),
-                    };
-                    outs.push((*s, v, p.data().to_vec()));
+                    let (v, out) = run_by(by, &mut st, &t, 0, f);
+                    outs.push((*s, v, out));
                 }
             }
         }

@@ -371,8 +371,8 @@ fn commit(
     match pool.mode {
         Mode::FullNat => {
             let want_v4 = be.addr.is_v4();
-            let port = fwd.new_dport;
-            let (rkey, rprobe) = snat_alloc(st, pool, be, port, (key.proto, pa), want_v4, now)?;
+            let (rkey, rprobe) =
+                snat_alloc(st, pool, be, fwd.new_dport, key.proto, pa, want_v4, now)?;
             fwd.new_src = rkey.dst;
             fwd.new_sport = rkey.dport;
             reply = Some((rkey, rprobe));
@@ -421,12 +421,14 @@ fn commit(
 /// worker's slice the next is tried. Any of them steers replies to us, as
 /// steering reads only the port. `unsupported` when the pool has no address of that family,
 /// `snat-exhausted` when every address's slice is full. No allocation: the family's addresses are counted, then walked.
+#[allow(clippy::too_many_arguments)]
 fn snat_alloc(
     st: &mut WorkerState,
     pool: &Pool,
     be: &Backend,
     be_port: u16,
-    (proto, orig): (u8, &Probe),
+    proto: u8,
+    orig: &Probe,
     want_v4: bool,
     now: Millis,
 ) -> Result<(FlowKey, Probe), DropReason> {
