@@ -313,6 +313,7 @@ fn open_af_xdp(run: &RunSettings, ifname: &str, queues: &[u32]) -> io::Result<Op
             native = first.native(),
             zero_copy = first.zero_copy(),
             busy_poll = first.busy_poll().active,
+            tx_batch = first.tx_batch(),
             "af_xdp attached"
         );
         if !first.busy_poll().refused.is_empty() {

@@ -505,3 +505,105 @@ fn a_flood_larger_than_the_rings_is_echoed_without_transmit_drops() {
     println!("{echoed} echoed, {s:?}");
     assert_eq!((echoed, s.tx, s.tx_dropped), (800, 800, 0), "{s:?}");
 }
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it as root"]
+fn a_burst_of_64_leaves_in_one_send_where_the_kernel_takes_the_tx_budget() {
+    testkit::require_root();
+    let veth = Veth::new("k", 1);
+    let opts = AfXdpOptions {
+        mode: AttachMode::Native,
+        frames: 256,
+        ring_size: 128,
+        ..AfXdpOptions::default()
+    };
+    let mut ports = in_netns(&veth.ns_a, || AfXdpPort::open(&veth.link_a, 1, opts))
+        .expect("open AF_XDP on veth in native mode");
+    let mut port = ports.pop().expect("one port");
+    port.set_owned(&[IpAddr::V4(VIP)]).expect("set_owned");
+    let batch = port.tx_batch();
+    println!(
+        "tx batch {batch} frames a send (kernel {})",
+        kernel_release()
+    );
+    // XDP_MAX_TX_SKB_BUDGET came with Linux 6.17: there the whole burst goes in one send.
+    if kernel_at_least(6, 17) {
+        assert_eq!(batch, 64, "the kernel takes a budget of one burst");
+    } else {
+        assert_eq!(batch, 32, "the kernel's fixed batch");
+    }
+    let b = in_netns(&veth.ns_b, || UdpSocket::bind((ADDR_B, 0))).expect("bind in b");
+    b.set_nonblocking(true).expect("nonblocking");
+    let vip = SocketAddr::new(IpAddr::V4(VIP), 9000);
+    // Whole bursts of 64: the datagrams wait in the rx ring until all 64 are there (veth runs
+    // XDP in the sender's softirq), then one rx_batch takes them and one flush sends them.
+    let mut bursts = 0;
+    let mut echoed = 0;
+    for round in 0..20 {
+        for i in 0..64 {
+            b.send_to(format!("ping {round} {i}").as_bytes(), vip)
+                .expect("send");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let kicks = port.tx_kicks();
+        let got = port
+            .rx_batch(64, &mut |pkts, verdicts| {
+                for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+                    *v = echo(p);
+                }
+            })
+            .expect("rx_batch");
+        port.flush().expect("flush");
+        let sends = port.tx_kicks() - kicks;
+        if got == 64 {
+            bursts += 1;
+            assert_eq!(
+                u64::from(64 / batch),
+                sends,
+                "sends for a burst of 64 at {batch} a send"
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut buf = [0u8; 64];
+        let mut this = 0;
+        while this < got && Instant::now() < deadline {
+            // Frames left by a short round go out with this round's flush too.
+            port.flush().expect("flush");
+            match b.recv_from(&mut buf) {
+                Ok(_) => this += 1,
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        echoed += this;
+        // Whatever a short round left behind is dropped (the verdicts' default) before the next.
+        while port.rx_batch(64, &mut |_, _| {}).expect("rx_batch") > 0 {}
+        while b.recv_from(&mut buf).is_ok() {}
+        if bursts >= 5 {
+            break;
+        }
+    }
+    assert!(
+        bursts >= 5,
+        "only {bursts} of the rounds came in one burst of 64"
+    );
+    assert!(echoed >= 64 * 5, "echoed {echoed}");
+    assert_eq!(port.stats().tx_dropped, 0);
+}
+
+/// The running kernel's release (`uname -r`).
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("read /proc/sys/kernel/osrelease")
+        .trim()
+        .to_owned()
+}
+
+/// True when the running kernel is `major.minor` or later.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let rel = kernel_release();
+    let mut it = rel
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
