@@ -1437,10 +1437,9 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// The bits of a slot index that pick its bucket: `mask & !(BUCKET - 1)`, the same value
-    /// (the table's length is a power of two, at least [`BUCKET`]), taken from the tags' length,
-    /// which the read-ahead's bounds test of a bucket's tags holds anyway: the burst's walk
-    /// keeps one value fewer live (`mask`), which frees a register for its loop (-3 a packet;
-    /// LLVM still tests the bucket's bounds, it does not see that the mask keeps it inside).
+    /// (the table's length is a power of two, at least [`BUCKET`]), taken from the tags'
+    /// length so the compiler sees that a bucket masked with it ends within the tags: the
+    /// burst's read-ahead reads a bucket's tags without a bounds test per frame.
     #[inline(always)]
     fn groups_mask(&self) -> usize {
         debug_assert_eq!(self.tags.len().wrapping_sub(BUCKET), self.mask & !(BUCKET - 1));
@@ -1457,8 +1456,8 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// [`Conntrack::bucket1`] masked with [`Conntrack::groups_mask`] (the same bucket), for the
-    /// burst's read-ahead. (In [`Conntrack::bucket2`] and the lookups' `bucket1` it cost the
-    /// walk registers instead: +1 to +5 a packet, +3 a new flow.)
+    /// burst's read-ahead, whose tag reads then need no bounds test of their own. (In the
+    /// lookups, which reach the tags by other paths too, it cost more registers than it saved.)
     #[inline(always)]
     fn bucket1_ahead(&self, h: u64) -> usize {
         (h as u32 as usize) & self.groups_mask()
