@@ -712,7 +712,7 @@ impl<V: Copy> Conntrack<V> {
     /// follow find their tags in cache instead of waiting for memory one frame at a time.
     #[inline(always)]
     pub fn prefetch(&self, h: u64) {
-        group::prefetch_at(&self.tags, self.bucket1_ahead(h));
+        group::prefetch_at(&self.tags, self.bucket1(h));
     }
 
     /// The second prefetch of a burst, once [`Conntrack::prefetch`] had time to bring the tags
@@ -723,7 +723,7 @@ impl<V: Copy> Conntrack<V> {
     /// [`NOT_IN_FIRST`] (no tag carries it), or [`NO_HINT`].
     #[inline(always)]
     pub fn prefetch_slot(&self, h: u64) -> u32 {
-        let (b, fp) = (self.bucket1_ahead(h), self.fingerprint(h));
+        let (b, fp) = (self.bucket1(h), self.fingerprint(h));
         let Some(tags) = self.tags.get(b..b + BUCKET) else {
             return NO_HINT;
         };
@@ -1436,16 +1436,6 @@ impl<V: Copy> Conntrack<V> {
         (b1, b2, self.fingerprint(h))
     }
 
-    /// The bits of a slot index that pick its bucket: `mask & !(BUCKET - 1)`, the same value
-    /// (the table's length is a power of two, at least [`BUCKET`]), taken from the tags'
-    /// length so the compiler sees that a bucket masked with it ends within the tags: the
-    /// burst's read-ahead reads a bucket's tags without a bounds test per frame.
-    #[inline(always)]
-    fn groups_mask(&self) -> usize {
-        debug_assert_eq!(self.tags.len().wrapping_sub(BUCKET), self.mask & !(BUCKET - 1));
-        self.tags.len().wrapping_sub(BUCKET)
-    }
-
     /// A key's first bucket, from its table hash. The hash's low 32 bits are enough (a table
     /// has at most [`MAX_CAPACITY`] slots): a bucket below 2^32 tells the compiler its tags'
     /// range cannot wrap, which saves the lookups a bounds check.
@@ -1453,14 +1443,6 @@ impl<V: Copy> Conntrack<V> {
     fn bucket1(&self, h: u64) -> usize {
         const _: () = assert!(MAX_CAPACITY <= 1 << 32);
         (h as u32 as usize) & self.mask & !(BUCKET - 1)
-    }
-
-    /// [`Conntrack::bucket1`] masked with [`Conntrack::groups_mask`] (the same bucket), for the
-    /// burst's read-ahead, whose tag reads then need no bounds test of their own. (In the
-    /// lookups, which reach the tags by other paths too, it cost more registers than it saved.)
-    #[inline(always)]
-    fn bucket1_ahead(&self, h: u64) -> usize {
-        (h as u32 as usize) & self.groups_mask()
     }
 
     /// A key's second bucket, from its table hash and first bucket (apart, so lookups that
