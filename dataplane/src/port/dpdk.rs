@@ -717,15 +717,23 @@ impl DpdkPort {
         // The common case in the loop, a frame to send: one test of its verdict (a `match` on
         // it became a jump table) and the queue's length in a register.
         let mut queued = tx.len;
+        // `receive` made room for a whole burst (it transmits first when the queue could not
+        // take one), so every frame to send fits: `queued` stays below `tx.len + pkts.len()`,
+        // within the queue, and the mask below changes no index, it only shows the compiler
+        // that the index is in bounds (one `and` for a test and branch per frame). Were there
+        // no room, the general loop in `settle_rest` tests each frame.
+        const _: () = assert!(TX_QUEUE.is_power_of_two());
+        if queued + pkts.len() > TX_QUEUE {
+            settle_tight(rx, pkts, verdicts, tx, lent, free, stats, to_host_dropped);
+            return;
+        }
         for ((&m, p), &v) in rx.iter().zip(pkts).zip(verdicts) {
             if matches!(v, Verdict::Tx) && !p.is_empty() {
-                if let Some(slot) = tx.buf.get_mut(queued) {
-                    // SAFETY: a received mbuf of ours (see `set_bounds`).
-                    unsafe { set_bounds(m, p) };
-                    *slot = m;
-                    queued += 1;
-                    continue;
-                }
+                // SAFETY: a received mbuf of ours (see `set_bounds`).
+                unsafe { set_bounds(m, p) };
+                tx.buf[queued & (TX_QUEUE - 1)] = m;
+                queued += 1;
+                continue;
             }
             tx.len = queued;
             settle_rest(m, p, v, tx, lent, free, stats, to_host_dropped);
@@ -987,6 +995,36 @@ unsafe fn set_bounds(m: *mut ffi::rte_mbuf, p: &PacketBuf<'_>) {
         mbuf_set(m, ffi::LB_MBUF_DATA_OFF, p.head() as u16);
         mbuf_set(m, ffi::LB_MBUF_DATA_LEN, p.len() as u16);
         mbuf_set(m, ffi::LB_MBUF_PKT_LEN, p.len() as u32);
+    }
+}
+
+/// [`DpdkPort::settle`] when the transmit queue has no room for the whole burst (never after
+/// `receive`, which makes it): each frame to send is queued while it fits, the rest go to
+/// [`settle_rest`].
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn settle_tight(
+    rx: &[*mut ffi::rte_mbuf; MAX_BURST],
+    pkts: &[PacketBuf<'_>],
+    verdicts: &[Verdict],
+    tx: &mut Mbufs<TX_QUEUE>,
+    lent: &mut Mbufs<MAX_BURST>,
+    free: &mut Mbufs<MAX_BURST>,
+    stats: &mut PortStats,
+    to_host_dropped: &mut u64,
+) {
+    for ((&m, p), &v) in rx.iter().zip(pkts).zip(verdicts) {
+        if matches!(v, Verdict::Tx) && !p.is_empty() {
+            if let Some(slot) = tx.buf.get_mut(tx.len) {
+                // SAFETY: a received mbuf of ours (see `set_bounds`).
+                unsafe { set_bounds(m, p) };
+                *slot = m;
+                tx.len += 1;
+                continue;
+            }
+        }
+        settle_rest(m, p, v, tx, lent, free, stats, to_host_dropped);
     }
 }
 
