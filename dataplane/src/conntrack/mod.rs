@@ -1101,7 +1101,8 @@ impl<V: Copy> Conntrack<V> {
         let sb = match pb {
             Some(p) => match self.free_slot(p, Some(sa)) {
                 Some(s) => s,
-                None => self.choose(p, sa, &mut plan, class, now)?,
+                // A copy of the reply's probe for the call: the caller's stays in registers.
+                None => self.choose(&{ *p }, sa, &mut plan, class, now)?,
             },
             None => NO_SLOT,
         };
@@ -1111,16 +1112,7 @@ impl<V: Copy> Conntrack<V> {
             freed += usize::from(self.unconfirmed_class(f) == Some(class));
         }
         if self.unconfirmed_count(class) - freed >= self.cfg.embryonic_budget {
-            let victim = self
-                .oldest_unconfirmed(pa, &plan, NO_SLOT, class)
-                .into_iter()
-                .chain(pb.and_then(|p| self.oldest_unconfirmed(p, &plan, NO_SLOT, class)))
-                .min_by_key(|&(_, d)| d)
-                .ok_or(match class {
-                    Class::Tcp => InsertError::EmbryonicBudget,
-                    Class::Udp => InsertError::UdpBudget,
-                })?;
-            plan.add(victim.0);
+            self.evict_for_budget(pa, pb.copied(), &mut plan, class)?;
         }
 
         // Commit.
@@ -1671,6 +1663,31 @@ impl<V: Copy> Conntrack<V> {
         } else {
             (u1 != 0).then(|| at(b1, u1))
         }
+    }
+
+    /// An insert over its class's budget: the unconfirmed flow of `class` with the earliest
+    /// deadline in the buckets of `pa` and `pb` goes into the plan, else the budget's error.
+    /// The reply's probe by value: a copy made on this uncommon path, so the insert's caller
+    /// keeps its reply probe in registers (a reference would hold it in memory throughout).
+    #[inline(always)]
+    fn evict_for_budget(
+        &self,
+        pa: &Probe,
+        pb: Option<Probe>,
+        plan: &mut Plan,
+        class: Class,
+    ) -> Result<(), InsertError> {
+        let victim = self
+            .oldest_unconfirmed(pa, plan, NO_SLOT, class)
+            .into_iter()
+            .chain(pb.and_then(|p| self.oldest_unconfirmed(&p, plan, NO_SLOT, class)))
+            .min_by_key(|&(_, d)| d)
+            .ok_or(match class {
+                Class::Tcp => InsertError::EmbryonicBudget,
+                Class::Udp => InsertError::UdpBudget,
+            })?;
+        plan.add(victim.0);
+        Ok(())
     }
 
     /// Picks a slot (other than `exclude`) for a key with probe `p`: free, else one the plan already
