@@ -98,6 +98,11 @@ pub(super) fn first_v4(
 ) -> Verdict {
     let rx = pkt.len() as u64;
     match new_v4_inline(st, table, now, pkt, &seen.flow, &seen.probe) {
+        // The common verdict's count without a test of it.
+        Some(Verdict::Tx) => {
+            super::count_verdict(&mut st.counters, rx, pkt.len() as u64, Verdict::Tx);
+            Verdict::Tx
+        }
         Some(v) => {
             super::count_verdict(&mut st.counters, rx, pkt.len() as u64, v);
             v
