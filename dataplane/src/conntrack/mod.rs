@@ -1094,16 +1094,28 @@ impl<V: Copy> Conntrack<V> {
             self.duplicate(p, &mut plan, now)?;
         }
         // A free slot, the common case, inline; the search for one to reuse is a call.
-        let sa = match self.free_slot(pa, None) {
+        // Keys that go to their second bucket (a slot of the first is less than a bucket past
+        // its start; with one bucket, both are the first) are counted in their first's
+        // overflow: whether each does, known where a free slot of the first bucket is taken.
+        let second = |p: &Probe, s: u32| s.wrapping_sub(p.buckets[0]) >= BUCKET as u32;
+        let (sa, sa_second) = match self.free_slot_in(pa, None) {
             Some(s) => s,
-            None => self.choose(pa, NO_SLOT, &mut plan, class, now)?,
+            None => {
+                let s = self.choose(pa, NO_SLOT, &mut plan, class, now)?;
+                (s, second(pa, s))
+            }
         };
-        let sb = match pb {
-            Some(p) => match self.free_slot(p, Some(sa)) {
+        let (sb, sb_second) = match pb {
+            Some(p) => match self.free_slot_in(p, Some(sa)) {
                 Some(s) => s,
-                None => self.choose(p, sa, &mut plan, class, now)?,
+                None => {
+                    // A copy of the reply's probe for the call: the caller's stays in
+                    // registers.
+                    let s = self.choose(&{ *p }, sa, &mut plan, class, now)?;
+                    (s, second(p, s))
+                }
             },
-            None => NO_SLOT,
+            None => (NO_SLOT, false),
         };
         // Flows of the class the plan removes (usually none: no call, no count).
         let mut freed = 0;
@@ -1111,16 +1123,7 @@ impl<V: Copy> Conntrack<V> {
             freed += usize::from(self.unconfirmed_class(f) == Some(class));
         }
         if self.unconfirmed_count(class) - freed >= self.cfg.embryonic_budget {
-            let victim = self
-                .oldest_unconfirmed(pa, &plan, NO_SLOT, class)
-                .into_iter()
-                .chain(pb.and_then(|p| self.oldest_unconfirmed(p, &plan, NO_SLOT, class)))
-                .min_by_key(|&(_, d)| d)
-                .ok_or(match class {
-                    Class::Tcp => InsertError::EmbryonicBudget,
-                    Class::Udp => InsertError::UdpBudget,
-                })?;
-            plan.add(victim.0);
+            self.evict_for_budget(pa, pb.copied(), &mut plan, class)?;
         }
 
         // Commit.
@@ -1128,16 +1131,12 @@ impl<V: Copy> Conntrack<V> {
             self.remove(plan.flows[i]);
         }
         let deadline = now.saturating_add(self.timeout(initial, false));
-        // Keys that go to their second bucket (a slot of the first is less than a bucket past
-        // its start; with one bucket, both are the first) are counted in their first's
-        // overflow.
-        let second = |p: &Probe, s: u32| s.wrapping_sub(p.buckets[0]) >= BUCKET as u32;
         let mut flags = 0;
-        if second(pa, sa) {
+        if sa_second {
             flags = F_SECOND;
             self.overflow[pa.buckets[0] as usize / BUCKET] += 1;
         }
-        if let Some(p) = pb.filter(|p| second(p, sb)) {
+        if let Some(p) = pb.filter(|_| sb_second) {
             flags |= F_PEER_SECOND;
             self.overflow[p.buckets[0] as usize / BUCKET] += 1;
         }
@@ -1640,6 +1639,13 @@ impl<V: Copy> Conntrack<V> {
     /// bucket's free slots one vector compare of its tags (the second's only when needed).
     #[inline(always)]
     fn free_slot(&self, p: &Probe, exclude: Option<u32>) -> Option<u32> {
+        self.free_slot_in(p, exclude).map(|(s, _)| s)
+    }
+
+    /// [`Conntrack::free_slot`] with whether the slot is in the key's second bucket (a
+    /// distinct one), as each of its choices knows.
+    #[inline(always)]
+    fn free_slot_in(&self, p: &Probe, exclude: Option<u32>) -> Option<(u32, bool)> {
         // (free slots, those other than `exclude`) of bucket `b`. (An `Option`, not
         // `NO_SLOT`: a caller without a slot to exclude has no test of it in its code.)
         let free = |b: usize| {
@@ -1656,21 +1662,46 @@ impl<V: Copy> Conntrack<V> {
         // path's hint (its slot searched ahead in the first bucket alone). (In a one-bucket
         // table, what the test below would take too.)
         if u1 != 0 && ones(m1) >= FIRST_BUCKET_ROOM {
-            return Some(at(b1, u1));
+            return Some((at(b1, u1), false));
         }
         let b2 = p.buckets[1] as usize;
         if b1 == b2 {
-            return (u1 != 0).then(|| at(b1, u1));
+            return (u1 != 0).then(|| (at(b1, u1), false));
         }
         let (m2, u2) = free(b2);
         // The second bucket only when it has strictly more free slots (or the first has none
         // to offer): both counts from one SWAR popcount.
         let (n1, n2) = popcount_pair(m1, m2);
         if u2 != 0 && (u1 == 0 || n2 > n1) {
-            Some(at(b2, u2))
+            Some((at(b2, u2), true))
         } else {
-            (u1 != 0).then(|| at(b1, u1))
+            (u1 != 0).then(|| (at(b1, u1), false))
         }
+    }
+
+    /// An insert over its class's budget: the unconfirmed flow of `class` with the earliest
+    /// deadline in the buckets of `pa` and `pb` goes into the plan, else the budget's error.
+    /// The reply's probe by value: a copy made on this uncommon path, so the insert's caller
+    /// keeps its reply probe in registers (a reference would hold it in memory throughout).
+    #[inline(always)]
+    fn evict_for_budget(
+        &self,
+        pa: &Probe,
+        pb: Option<Probe>,
+        plan: &mut Plan,
+        class: Class,
+    ) -> Result<(), InsertError> {
+        let victim = self
+            .oldest_unconfirmed(pa, plan, NO_SLOT, class)
+            .into_iter()
+            .chain(pb.and_then(|p| self.oldest_unconfirmed(&p, plan, NO_SLOT, class)))
+            .min_by_key(|&(_, d)| d)
+            .ok_or(match class {
+                Class::Tcp => InsertError::EmbryonicBudget,
+                Class::Udp => InsertError::UdpBudget,
+            })?;
+        plan.add(victim.0);
+        Ok(())
     }
 
     /// Picks a slot (other than `exclude`) for a key with probe `p`: free, else one the plan already

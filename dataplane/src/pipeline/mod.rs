@@ -134,11 +134,17 @@ impl FastMiss {
     #[inline(always)]
     fn searched(ct: &Conntrack<FlowValue>, frame: &BurstFrame, now: Millis) -> FastMiss {
         let (hit, probe) = ct.lookup_probe_v4(frame.key, frame.hash, now);
-        FastMiss {
-            flow: frame.flow(),
-            hit,
-            probe,
+        let flow = frame.flow();
+        // `Absent` (a new flow's SYN, the common case) built as itself: as a copy of `hit` it
+        // copied the hit's unused fields too.
+        if hit == Miss::Absent {
+            return FastMiss {
+                flow,
+                hit: Miss::Absent,
+                probe,
+            };
         }
+        FastMiss { flow, hit, probe }
     }
 
     /// For a frame whose key no live flow holds (a new flow's candidate): its fields and its

@@ -98,6 +98,11 @@ pub(super) fn first_v4(
 ) -> Verdict {
     let rx = pkt.len() as u64;
     match new_v4_inline(st, table, now, pkt, &seen.flow, &seen.probe) {
+        // The common verdict's count without a test of it.
+        Some(Verdict::Tx) => {
+            super::count_verdict(&mut st.counters, rx, pkt.len() as u64, Verdict::Tx);
+            Verdict::Tx
+        }
         Some(v) => {
             super::count_verdict(&mut st.counters, rx, pkt.len() as u64, v);
             v
@@ -313,13 +318,18 @@ fn snat_v4(
             return Ok((snat_w, port, p));
         }
     }
-    snat_v4_walk(st, words, i, be_w, be_port, proto, now)
+    // The walk's probe through memory, its address and port in registers: the common case's
+    // probe then stays in registers where the two join.
+    let mut p = Probe::NONE;
+    let (snat_w, port) = snat_v4_walk(st, words, i, be_w, be_port, proto, now, &mut p)?;
+    Ok((snat_w, port, p))
 }
 
 /// [`snat_v4`]'s walk from the address at `i` (the one the hash picked) on, wrapping around:
-/// each address's ports from where the last flow stopped.
+/// each address's ports from where the last flow stopped; the reply key's probe into `probe`.
 #[cold]
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 fn snat_v4_walk(
     st: &mut WorkerState,
     words: &[u32],
@@ -328,14 +338,16 @@ fn snat_v4_walk(
     be_port: u16,
     proto: u8,
     now: Millis,
-) -> Result<(u32, u16, Probe), DropReason> {
+    probe: &mut Probe,
+) -> Result<(u32, u16), DropReason> {
     let n = words.len();
     for _ in 0..n {
         let Some(&snat_w) = words.get(i) else {
             break;
         };
         if let Some((port, p)) = st.alloc_port_v4(be_w, snat_w, be_port, proto, now) {
-            return Ok((snat_w, port, p));
+            *probe = p;
+            return Ok((snat_w, port));
         }
         i = if i + 1 == n { 0 } else { i + 1 };
     }
