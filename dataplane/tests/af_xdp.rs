@@ -457,6 +457,26 @@ fn a_socket_on_a_chosen_queue_leaves_the_other_queues_to_the_kernel() {
     assert_eq!(ports[0].stats().rx, echoed as u64);
 }
 
+/// A veth pair in namespaces (`prefix` names them), one AF_XDP port in native mode on its first
+/// end (256 frames, 128-entry rings) that owns the VIP, and a non-blocking UDP socket on the
+/// other end. Bind the results in this order so the port closes before the veth goes.
+fn echo_lab(prefix: &str) -> (Veth, AfXdpPort, UdpSocket) {
+    let veth = Veth::new(prefix, 1);
+    let opts = AfXdpOptions {
+        mode: AttachMode::Native,
+        frames: 256,
+        ring_size: 128,
+        ..AfXdpOptions::default()
+    };
+    let mut ports = in_netns(&veth.ns_a, || AfXdpPort::open(&veth.link_a, 1, opts))
+        .expect("open AF_XDP on veth in native mode");
+    let port = ports.pop().expect("one port");
+    port.set_owned(&[IpAddr::V4(VIP)]).expect("set_owned");
+    let b = in_netns(&veth.ns_b, || UdpSocket::bind((ADDR_B, 0))).expect("bind in b");
+    b.set_nonblocking(true).expect("nonblocking");
+    (veth, port, b)
+}
+
 /// Sends one datagram from `sock` to the VIP and polls the ports for up to 300 ms for its echo:
 /// 1 if it came back, 0 if not (its queue has no socket).
 fn echo_round_once(ports: &mut [AfXdpPort], sock: &UdpSocket) -> usize {
@@ -481,21 +501,9 @@ fn echo_round_once(ports: &mut [AfXdpPort], sock: &UdpSocket) -> usize {
 #[ignore = "needs root: scripts/test.sh runs it as root"]
 fn a_flood_larger_than_the_rings_is_echoed_without_transmit_drops() {
     testkit::require_root();
-    let veth = Veth::new("f", 1);
-    let opts = AfXdpOptions {
-        mode: AttachMode::Native,
-        frames: 256,
-        ring_size: 128,
-        ..AfXdpOptions::default()
-    };
-    let mut ports = in_netns(&veth.ns_a, || AfXdpPort::open(&veth.link_a, 1, opts))
-        .expect("open AF_XDP on veth in native mode");
-    let mut port = ports.pop().expect("one port");
-    port.set_owned(&[IpAddr::V4(VIP)]).expect("set_owned");
-    let b = in_netns(&veth.ns_b, || UdpSocket::bind((ADDR_B, 0))).expect("bind in b");
-    b.set_nonblocking(true).expect("nonblocking");
-    // 100 datagrams at once against 128-entry rings: bursts of 64 while the kernel sends 32
-    // per kick. The transmit reservation must see the slots the kernel has freed since it last
+    let (_veth, mut port, b) = echo_lab("f");
+    // 100 datagrams at once against 128-entry rings: bursts of 64 (one kick each where the
+    // kernel takes a budget of 64, else two of 32). The transmit reservation must see the slots the kernel has freed since it last
     // looked, through `rx_batch` and through `rx_burst`.
     let mut echoed = 0;
     for round in 0..8 {
@@ -510,17 +518,7 @@ fn a_flood_larger_than_the_rings_is_echoed_without_transmit_drops() {
 #[ignore = "needs root: scripts/test.sh runs it as root"]
 fn a_burst_of_64_leaves_in_one_send_where_the_kernel_takes_the_tx_budget() {
     testkit::require_root();
-    let veth = Veth::new("k", 1);
-    let opts = AfXdpOptions {
-        mode: AttachMode::Native,
-        frames: 256,
-        ring_size: 128,
-        ..AfXdpOptions::default()
-    };
-    let mut ports = in_netns(&veth.ns_a, || AfXdpPort::open(&veth.link_a, 1, opts))
-        .expect("open AF_XDP on veth in native mode");
-    let mut port = ports.pop().expect("one port");
-    port.set_owned(&[IpAddr::V4(VIP)]).expect("set_owned");
+    let (_veth, mut port, b) = echo_lab("k");
     let batch = port.tx_batch();
     println!(
         "tx batch {batch} frames a send (kernel {})",
@@ -532,8 +530,6 @@ fn a_burst_of_64_leaves_in_one_send_where_the_kernel_takes_the_tx_budget() {
     } else {
         assert_eq!(batch, 32, "the kernel's fixed batch");
     }
-    let b = in_netns(&veth.ns_b, || UdpSocket::bind((ADDR_B, 0))).expect("bind in b");
-    b.set_nonblocking(true).expect("nonblocking");
     let vip = SocketAddr::new(IpAddr::V4(VIP), 9000);
     // Whole bursts of 64: the datagrams wait in the rx ring until all 64 are there (veth runs
     // XDP in the sender's softirq), then one rx_batch takes them and one flush sends them.
