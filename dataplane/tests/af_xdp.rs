@@ -189,6 +189,13 @@ fn echo(pkt: &mut PacketBuf<'_>) -> Verdict {
     Verdict::Tx
 }
 
+/// [`echo`] over a whole burst, as `rx_batch` hands it over.
+fn echo_burst(pkts: &mut [PacketBuf<'_>], verdicts: &mut [Verdict]) {
+    for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+        *v = echo(p);
+    }
+}
+
 /// Sends `n` datagrams from `sock` to the VIP and runs the port until all come back echoed or
 /// the deadline passes (polling every port). Returns how many came back with their payload intact.
 fn echo_round(ports: &mut [AfXdpPort], sock: &UdpSocket, n: usize) -> usize {
@@ -208,12 +215,7 @@ fn echo_round_with(ports: &mut [AfXdpPort], sock: &UdpSocket, n: usize, batch: b
     while got.iter().any(|g| !g) && Instant::now() < deadline {
         for port in ports.iter_mut() {
             if batch {
-                port.rx_batch(64, &mut |pkts, verdicts| {
-                    for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
-                        *v = echo(p);
-                    }
-                })
-                .expect("rx_batch");
+                port.rx_batch(64, &mut echo_burst).expect("rx_batch");
             } else {
                 port.rx_burst(64, &mut echo).expect("rx_burst");
             }
@@ -503,8 +505,9 @@ fn a_flood_larger_than_the_rings_is_echoed_without_transmit_drops() {
     testkit::require_root();
     let (_veth, mut port, b) = echo_lab("f");
     // 100 datagrams at once against 128-entry rings: bursts of 64 (one kick each where the
-    // kernel takes a budget of 64, else two of 32). The transmit reservation must see the slots the kernel has freed since it last
-    // looked, through `rx_batch` and through `rx_burst`.
+    // kernel takes a budget of 64, else two of 32). The transmit reservation must see the
+    // slots the kernel has freed since it last looked, through `rx_batch` and through
+    // `rx_burst`.
     let mut echoed = 0;
     for round in 0..8 {
         echoed += echo_round_with(std::slice::from_mut(&mut port), &b, 100, round < 4);
@@ -542,13 +545,7 @@ fn a_burst_of_64_leaves_in_one_send_where_the_kernel_takes_the_tx_budget() {
         }
         std::thread::sleep(Duration::from_millis(20));
         let kicks = port.tx_kicks();
-        let got = port
-            .rx_batch(64, &mut |pkts, verdicts| {
-                for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
-                    *v = echo(p);
-                }
-            })
-            .expect("rx_batch");
+        let got = port.rx_batch(64, &mut echo_burst).expect("rx_batch");
         port.flush().expect("flush");
         let sends = port.tx_kicks() - kicks;
         if got == 64 {
