@@ -14,6 +14,9 @@
 #
 # Usage: perf/instructions.sh [fullnat|nat|ipip|gue|dr|all] [established|udp|new|flood|all]
 #        (default: every mode and kind)
+#        PPS_SYN=linux perf/instructions.sh fullnat new   (new and flood with a Linux client's
+#                                       SYN, a 40-byte TCP header with options, instead of a
+#                                       bare 20-byte one)
 #        perf/instructions.sh maglev   (instructions of one Maglev build, 1000 weighted backends)
 #        perf/instructions.sh dpdk     (the DPDK port's own cost per packet over net_null, with
 #                                       net_null's receive and transmit: needs libdpdk-dev)
@@ -152,6 +155,8 @@ for m in $modes; do
     h2=$(total "$bin" "$m" "$k" $n2 harness)
     per=$(( (i2 - i1) / (n2 - n1) ))
     own=$(( (i2 - i1 - (h2 - h1)) / (n2 - n1) ))
-    echo "$m $k: $own instructions per packet in the pipeline, $per with the harness (callgrind, $((n2 - n1)) packets, commit $commit)"
+    syn=
+    case "$k" in new | flood) [ "${PPS_SYN:-bare}" = linux ] && syn=", Linux SYNs (40-byte TCP header)" ;; esac
+    echo "$m $k: $own instructions per packet in the pipeline, $per with the harness (callgrind, $((n2 - n1)) packets$syn, commit $commit)"
   done
 done

@@ -28,6 +28,10 @@
 //! its traffic over a table that holds every flow. Under `valgrind --tool=cachegrind
 //! --cache-sim=yes` that counts the cache lines a packet misses with many flows.
 //!
+//! `new` and `flood` send a bare SYN (a 20-byte TCP header, a 54-byte frame) unless `PPS_SYN`
+//! is `linux`: then a Linux client's SYN, whose options (MSS, SACK permitted, timestamps, window
+//! scale) make its TCP header 40 bytes and its frame 74, as real clients' SYNs are.
+//!
 //! `harness`: the same run with `process_burst` (and the expiry pass) left out, so its count is what the harness
 //! itself costs (the copy standing in for a port's receive, the buffers, the loop);
 //! `perf/instructions.sh` subtracts it to report the pipeline's own instructions per packet.
@@ -118,11 +122,22 @@ fn main() {
         1,
     );
     let client = |i: usize| Addr::v4([198, 19 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    let linux_syn = match std::env::var("PPS_SYN").as_deref() {
+        Ok("linux") => true,
+        Ok("bare") | Err(_) => false,
+        Ok(other) => panic!("PPS_SYN={other}: bare or linux"),
+    };
     let mut syn = vec![[0u8; 256]; FLOWS];
+    let mut syn_len = 0;
     let mut ack = vec![[0u8; 256]; FLOWS];
     let mut lens = vec![0usize; FLOWS];
     for i in 0..FLOWS {
-        sample::tcp4(&mut syn[i], client(i), vip, 40000, 80, 0x02, 0);
+        let opts: &[u8] = if linux_syn {
+            &sample::LINUX_SYN_OPTIONS
+        } else {
+            &[]
+        };
+        syn_len = sample::tcp4_syn_with(&mut syn[i], client(i), vip, 40000, 80, opts);
         lens[i] = sample::tcp4(&mut ack[i], client(i), vip, 40000, 80, 0x10, 64);
     }
     let mut tx = 0usize;
@@ -181,7 +196,7 @@ fn main() {
                 let c = u16::from_be_bytes([f[50], f[51]]);
                 let c = dataplane::wire::checksum::update16(c, 40000, port);
                 f[50..52].copy_from_slice(&c.to_be_bytes());
-                blens[i] = 54;
+                blens[i] = syn_len;
             }
             if kind == "new" {
                 // 1 ms per burst, and the worker's expiry pass of each millisecond.

@@ -201,3 +201,33 @@ pub fn tcp4(
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
     len
 }
+
+/// The options of a Linux client's SYN (MSS 1460, SACK permitted, timestamps, a NOP, window
+/// scale 7): 20 bytes, so its TCP header is 40 bytes and its frame 74.
+pub const LINUX_SYN_OPTIONS: [u8; 20] = [
+    2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+];
+
+/// [`tcp4`]'s SYN with TCP options `opts` (a multiple of 4 bytes, at most 40) after the fixed
+/// header, as a real client sends it: valid checksums; returns the frame's length.
+pub fn tcp4_syn_with(
+    buf: &mut [u8],
+    src: Addr,
+    dst: Addr,
+    sport: u16,
+    dport: u16,
+    opts: &[u8],
+) -> usize {
+    assert!(
+        opts.len() % 4 == 0 && opts.len() <= 40,
+        "TCP options are whole words, at most 40 bytes"
+    );
+    let len = tcp4(buf, src, dst, sport, dport, 0x02, opts.len());
+    let tcp = &mut buf[34..len];
+    tcp[20..].copy_from_slice(opts);
+    tcp[12] = (((20 + opts.len()) / 4) << 4) as u8;
+    tcp[16..18].fill(0);
+    let c = checksum::l4(&src, &dst, proto::TCP, tcp);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    len
+}
