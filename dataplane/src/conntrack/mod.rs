@@ -577,6 +577,12 @@ fn popcount_pair(a: u32, b: u32) -> (u32, u32) {
 /// `conntrack::tests::fill_at_first_overflow` at 2^10, 2^16 and 2^20 slots.
 const FIRST_BUCKET_ROOM: u32 = 6;
 
+/// A bucket's free mask (below 2^16) with its last [`FIRST_BUCKET_ROOM`] slots free is at
+/// least this, and no other mask is: such a bucket has [`FIRST_BUCKET_ROOM`] free slots,
+/// which one compare tells (a count is two table loads and an add).
+const LAST_SLOTS: u32 = ((1 << FIRST_BUCKET_ROOM) - 1) << (BUCKET as u32 - FIRST_BUCKET_ROOM);
+const _: () = assert!(FIRST_BUCKET_ROOM >= 2 && LAST_SLOTS == 0xfc00);
+
 /// Key slots of a table asked for `capacity`: a power of two, at least [`BUCKET`], at most
 /// [`MAX_CAPACITY`]. What [`Conntrack::capacity`] reports, so occupancy is measured against it.
 pub fn slots_for(capacity: usize) -> usize {
@@ -1661,7 +1667,9 @@ impl<V: Copy> Conntrack<V> {
         // The first bucket while it has room to spare: a key there is found by the fast
         // path's hint (its slot searched ahead in the first bucket alone). (In a one-bucket
         // table, what the test below would take too.)
-        if u1 != 0 && ones(m1) >= FIRST_BUCKET_ROOM {
+        // Its last FIRST_BUCKET_ROOM slots free (a bucket fills from its first free slot, so
+        // in a table far from full they usually are) says so without counting: a compare.
+        if u1 != 0 && (m1 >= LAST_SLOTS || ones(m1) >= FIRST_BUCKET_ROOM) {
             return Some((at(b1, u1), false));
         }
         let b2 = p.buckets[1] as usize;

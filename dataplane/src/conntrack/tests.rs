@@ -996,6 +996,20 @@ proptest! {
     }
 }
 
+/// The one compare `free_slot_in` tries before counting a first bucket's free slots: every
+/// bucket mask it accepts has room to spare (so the choice is the count's), and it accepts
+/// exactly the masks whose last `FIRST_BUCKET_ROOM` slots are free.
+#[test]
+fn last_slots_free_means_room_in_the_first_bucket() {
+    for m in 0u32..1 << BUCKET {
+        let last_free = (BUCKET as u32 - FIRST_BUCKET_ROOM..BUCKET as u32).all(|i| m & 1 << i != 0);
+        assert_eq!(m >= LAST_SLOTS, last_free, "mask {m:#x}");
+        if m >= LAST_SLOTS {
+            assert!(ones(m) >= FIRST_BUCKET_ROOM, "mask {m:#x}");
+        }
+    }
+}
+
 /// The fast path's key of `k` (an IPv4 key), as `wire::V4Flow` loads its words.
 fn v4key(k: &FlowKey) -> V4Key {
     let w = |a: &Addr| u32::from_ne_bytes(a.v4_octets());
