@@ -1654,22 +1654,34 @@ impl<V: Copy> Conntrack<V> {
     fn free_slot_in(&self, p: &Probe, exclude: Option<u32>) -> Option<(u32, bool)> {
         // (free slots, those other than `exclude`) of bucket `b`. (An `Option`, not
         // `NO_SLOT`: a caller without a slot to exclude has no test of it in its code.)
+        let unexcluded = |b: usize, m: u32| match exclude.map(|x| x.wrapping_sub(b as u32)) {
+            Some(off) if off < BUCKET as u32 => m & !(1u32 << off),
+            _ => m,
+        };
         let free = |b: usize| {
             let m = match_free(&self.tags, b);
-            match exclude.map(|x| x.wrapping_sub(b as u32)) {
-                Some(off) if off < BUCKET as u32 => (m, m & !(1u32 << off)),
-                _ => (m, m),
-            }
+            (m, unexcluded(b, m))
         };
         let b1 = p.buckets[0] as usize;
-        let (m1, u1) = free(b1);
+        let m1 = match_free(&self.tags, b1);
         let at = |b: usize, u: u32| b as u32 + u.trailing_zeros();
         // The first bucket while it has room to spare: a key there is found by the fast
         // path's hint (its slot searched ahead in the first bucket alone). (In a one-bucket
-        // table, what the test below would take too.)
+        // table, what the tests below would take too.)
         // Its last FIRST_BUCKET_ROOM slots free (a bucket fills from its first free slot, so
         // in a table far from full they usually are) says so without counting: a compare.
-        if u1 != 0 && (m1 >= LAST_SLOTS || ones(m1) >= FIRST_BUCKET_ROOM) {
+        // Its first free slot then, or its second when the first is `exclude` (the other
+        // key's slot, rarely in the same bucket): `exclude`'s bit is not cleared first.
+        if m1 >= LAST_SLOTS {
+            let s = at(b1, m1);
+            let s = match exclude == Some(s) {
+                true => at(b1, m1 & (m1 - 1)),
+                false => s,
+            };
+            return Some((s, false));
+        }
+        let u1 = unexcluded(b1, m1);
+        if u1 != 0 && ones(m1) >= FIRST_BUCKET_ROOM {
             return Some((at(b1, u1), false));
         }
         let b2 = p.buckets[1] as usize;
