@@ -1146,12 +1146,16 @@ impl<V: Copy> Conntrack<V> {
             flags |= F_PEER_SECOND;
             self.overflow[p.buckets[0] as usize / BUCKET] += 1;
         }
-        self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
-        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, flags, orig.1);
+        // The tags and the slots are as long: the slots cut to the tags' length (a bounds test
+        // that never fails) show the compiler a slot's index in bounds once its tag's is.
+        let tags = &mut self.tags[..];
+        let slots = &mut self.slots[..tags.len()];
+        tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
+        slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, flags, orig.1);
         let mut keys = 1;
         if let (Some(p), Some((k, v))) = (pb, reply) {
-            self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
-            self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
+            tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
+            slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
             keys = 2;
         }
         self.keys += keys;
