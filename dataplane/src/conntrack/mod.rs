@@ -1123,13 +1123,17 @@ impl<V: Copy> Conntrack<V> {
             },
             None => (NO_SLOT, false),
         };
-        // Flows of the class the plan removes (usually none: no call, no count).
-        let mut freed = 0;
-        for &f in plan.flows.iter().take(plan.n) {
-            freed += usize::from(self.unconfirmed_class(f) == Some(class));
-        }
-        if self.unconfirmed_count(class) - freed >= self.cfg.embryonic_budget {
-            self.evict_for_budget(pa, pb.copied(), &mut plan, class)?;
+        // Over the budget once the flows of the class the plan removes are gone (usually
+        // under it with them: no count of the plan's).
+        let unconfirmed = self.unconfirmed_count(class);
+        if unconfirmed >= self.cfg.embryonic_budget {
+            let mut freed = 0;
+            for &f in plan.flows.iter().take(plan.n) {
+                freed += usize::from(self.unconfirmed_class(f) == Some(class));
+            }
+            if unconfirmed - freed >= self.cfg.embryonic_budget {
+                self.evict_for_budget(pa, pb.copied(), &mut plan, class)?;
+            }
         }
 
         // Commit.
