@@ -577,6 +577,12 @@ fn popcount_pair(a: u32, b: u32) -> (u32, u32) {
 /// `conntrack::tests::fill_at_first_overflow` at 2^10, 2^16 and 2^20 slots.
 const FIRST_BUCKET_ROOM: u32 = 6;
 
+/// A bucket's free mask (below 2^16) with its last [`FIRST_BUCKET_ROOM`] slots free is at
+/// least this, and no other mask is: such a bucket has [`FIRST_BUCKET_ROOM`] free slots,
+/// which one compare tells (a count is two table loads and an add).
+const LAST_SLOTS: u32 = ((1 << FIRST_BUCKET_ROOM) - 1) << (BUCKET as u32 - FIRST_BUCKET_ROOM);
+const _: () = assert!(FIRST_BUCKET_ROOM >= 2 && LAST_SLOTS == 0xfc00);
+
 /// Key slots of a table asked for `capacity`: a power of two, at least [`BUCKET`], at most
 /// [`MAX_CAPACITY`]. What [`Conntrack::capacity`] reports, so occupancy is measured against it.
 pub fn slots_for(capacity: usize) -> usize {
@@ -1117,13 +1123,17 @@ impl<V: Copy> Conntrack<V> {
             },
             None => (NO_SLOT, false),
         };
-        // Flows of the class the plan removes (usually none: no call, no count).
-        let mut freed = 0;
-        for &f in plan.flows.iter().take(plan.n) {
-            freed += usize::from(self.unconfirmed_class(f) == Some(class));
-        }
-        if self.unconfirmed_count(class) - freed >= self.cfg.embryonic_budget {
-            self.evict_for_budget(pa, pb.copied(), &mut plan, class)?;
+        // Over the budget once the flows of the class the plan removes are gone (usually
+        // under it with them: no count of the plan's).
+        let unconfirmed = self.unconfirmed_count(class);
+        if unconfirmed >= self.cfg.embryonic_budget {
+            let mut freed = 0;
+            for &f in plan.flows.iter().take(plan.n) {
+                freed += usize::from(self.unconfirmed_class(f) == Some(class));
+            }
+            if unconfirmed - freed >= self.cfg.embryonic_budget {
+                self.evict_for_budget(pa, pb.copied(), &mut plan, class)?;
+            }
         }
 
         // Commit.
@@ -1140,12 +1150,16 @@ impl<V: Copy> Conntrack<V> {
             flags |= F_PEER_SECOND;
             self.overflow[p.buckets[0] as usize / BUCKET] += 1;
         }
-        self.tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
-        self.slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, flags, orig.1);
+        // The tags and the slots are as long: the slots cut to the tags' length (a bounds test
+        // that never fails) show the compiler a slot's index in bounds once its tag's is.
+        let tags = &mut self.tags[..];
+        let slots = &mut self.slots[..tags.len()];
+        tags[sa as usize] = pa.fp | TAG_UNCONFIRMED;
+        slots[sa as usize].fill(pa.kw, orig.0, sb, deadline, initial, flags, orig.1);
         let mut keys = 1;
         if let (Some(p), Some((k, v))) = (pb, reply) {
-            self.tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
-            self.slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
+            tags[sb as usize] = p.fp | TAG_UNCONFIRMED;
+            slots[sb as usize].fill(p.kw, k, sa, deadline, initial, F_REPLY, v);
             keys = 2;
         }
         self.keys += keys;
@@ -1648,19 +1662,33 @@ impl<V: Copy> Conntrack<V> {
     fn free_slot_in(&self, p: &Probe, exclude: Option<u32>) -> Option<(u32, bool)> {
         // (free slots, those other than `exclude`) of bucket `b`. (An `Option`, not
         // `NO_SLOT`: a caller without a slot to exclude has no test of it in its code.)
+        let unexcluded = |b: usize, m: u32| match exclude.map(|x| x.wrapping_sub(b as u32)) {
+            Some(off) if off < BUCKET as u32 => m & !(1u32 << off),
+            _ => m,
+        };
         let free = |b: usize| {
             let m = match_free(&self.tags, b);
-            match exclude.map(|x| x.wrapping_sub(b as u32)) {
-                Some(off) if off < BUCKET as u32 => (m, m & !(1u32 << off)),
-                _ => (m, m),
-            }
+            (m, unexcluded(b, m))
         };
         let b1 = p.buckets[0] as usize;
-        let (m1, u1) = free(b1);
+        let m1 = match_free(&self.tags, b1);
         let at = |b: usize, u: u32| b as u32 + u.trailing_zeros();
         // The first bucket while it has room to spare: a key there is found by the fast
         // path's hint (its slot searched ahead in the first bucket alone). (In a one-bucket
-        // table, what the test below would take too.)
+        // table, what the tests below would take too.)
+        // Its last FIRST_BUCKET_ROOM slots free (a bucket fills from its first free slot, so
+        // in a table far from full they usually are) says so without counting: a compare.
+        // Its first free slot then, or its second when the first is `exclude` (the other
+        // key's slot, rarely in the same bucket): `exclude`'s bit is not cleared first.
+        if m1 >= LAST_SLOTS {
+            let s = at(b1, m1);
+            let s = match exclude == Some(s) {
+                true => at(b1, m1 & (m1 - 1)),
+                false => s,
+            };
+            return Some((s, false));
+        }
+        let u1 = unexcluded(b1, m1);
         if u1 != 0 && ones(m1) >= FIRST_BUCKET_ROOM {
             return Some((at(b1, u1), false));
         }

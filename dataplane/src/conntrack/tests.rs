@@ -447,6 +447,24 @@ fn full_bucket_of_established_flows_rejects_even_syns() {
 }
 
 #[test]
+fn pair_insert_in_one_bucket_takes_two_slots() {
+    // One bucket: the reply key's first free slot is the flow key's (excluded), so it takes
+    // the next one, while the bucket's last six slots are free (pairs 0-5, the compare) and
+    // when they are not (pairs 6 and 7, the count).
+    let mut ct: Conntrack<u32> = Conntrack::new(cfg(16, 16));
+    for n in 0..8u32 {
+        let (k, r) = (key(n, proto::UDP), rkey(n, proto::UDP));
+        let f = ct.insert(0, (&k, n), Some((&r, n + 100)), UDP_NEW).unwrap();
+        let reply = ct.reply_slot(f).unwrap();
+        assert_eq!((f, reply), (2 * n, 2 * n + 1));
+        assert_eq!(ct.lookup(&k, 0).unwrap().slot, f);
+        assert_eq!(ct.lookup(&r, 0).unwrap().slot, reply);
+        assert_eq!((*ct.value(f), *ct.value(reply)), (n, n + 100));
+    }
+    assert_eq!((ct.len(), ct.keys()), (8, 16));
+}
+
+#[test]
 fn pair_insert_needs_room_for_both_keys() {
     let mut ct = Conntrack::new(cfg(16, 16));
     for n in 0..15 {
@@ -993,6 +1011,20 @@ proptest! {
     #[test]
     fn popcount_pair_counts_each_bucket_mask(a in 0u32..1 << 16, b in 0u32..1 << 16) {
         prop_assert_eq!(popcount_pair(a, b), (a.count_ones(), b.count_ones()));
+    }
+}
+
+/// The one compare `free_slot_in` tries before counting a first bucket's free slots: every
+/// bucket mask it accepts has room to spare (so the choice is the count's), and it accepts
+/// exactly the masks whose last `FIRST_BUCKET_ROOM` slots are free.
+#[test]
+fn last_slots_free_means_room_in_the_first_bucket() {
+    for m in 0u32..1 << BUCKET {
+        let last_free = (BUCKET as u32 - FIRST_BUCKET_ROOM..BUCKET as u32).all(|i| m & 1 << i != 0);
+        assert_eq!(m >= LAST_SLOTS, last_free, "mask {m:#x}");
+        if m >= LAST_SLOTS {
+            assert!(ones(m) >= FIRST_BUCKET_ROOM, "mask {m:#x}");
+        }
     }
 }
 

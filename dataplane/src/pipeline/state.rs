@@ -39,10 +39,21 @@ pub struct FlowValue {
     /// Set by [`FlowValue::seal`]: which fixed-layout path the flow's packets take, if any.
     pub(super) fast: Fast,
     pub(super) action: Action,
+    // From `mode` to `generation`, and from `gue_port` to `backend_port`: the fields a flow's
+    // reply value shares with its forward one, in two runs a new flow's reply copies whole
+    // (a 16-byte and an 8-byte copy).
     pub(super) mode: Mode,
     pub(super) proto: u8,
     pub(super) svc_stat: u32,
     pub(super) be_stat: u32,
+    /// The low 32 bits of the table generation ([`gen32`]) the value was built or last
+    /// revalidated in. 32 bits are enough: a value is revalidated on its first packet after a
+    /// reload, so a stale one could pass for current only after exactly a multiple of 2^32
+    /// reloads without a packet of its flow in between, while conntrack expires a flow idle
+    /// for longer than its state's timeout (15 minutes established by default): 2^32 reloads
+    /// in that time is millions per second, and even a reload every millisecond takes 49 days,
+    /// which a control plane that builds a whole table per reload cannot come near.
+    pub(super) generation: u32,
     /// Checksum delta of the address rewrite (IPv4 header), computed once per flow
     /// ([`Action::Rewrite`]); for [`Fast::IpipV4`] and [`Fast::GueV4`] the outer IPv4
     /// header's per-flow part ([`outer_delta`](super::encap::outer_delta)); 0 otherwise.
@@ -60,17 +71,9 @@ pub struct FlowValue {
     pub(super) gue_port: u16,
     /// The flow was created by a client's SYN (not picked up mid-stream), so a flow that expires
     /// still in `SynSent` is a SYN the backend never answered. (Here, in the padding before
-    /// `generation`: as the only `bool` it holds `Option<FlowValue>`'s niche, which conntrack's
+    /// `vport`: as the only `bool` it holds `Option<FlowValue>`'s niche, which conntrack's
     /// lookup tests on every packet, so it must sit in the per-packet lines.)
     pub(super) by_syn: bool,
-    /// The low 32 bits of the table generation ([`gen32`]) the value was built or last
-    /// revalidated in. 32 bits are enough: a value is revalidated on its first packet after a
-    /// reload, so a stale one could pass for current only after exactly a multiple of 2^32
-    /// reloads without a packet of its flow in between, while conntrack expires a flow idle
-    /// for longer than its state's timeout (15 minutes established by default): 2^32 reloads
-    /// in that time is millions per second, and even a reload every millisecond takes 49 days,
-    /// which a control plane that builds a whole table per reload cannot come near.
-    pub(super) generation: u32,
     /// The service's port (the original key's destination port).
     pub(super) vport: u16,
     /// The backend's configured port (0: the service's port).
