@@ -287,8 +287,23 @@ fn new_v4_inline(
     }
     // What the fixed layouts do not take (a packet too big to encapsulate): the general
     // forwarding, from the parse the general path would have made.
+    Some(forward_general(table, pkt, f, val, sport))
+}
+
+/// [`new_v4`]'s first packet where the fixed layouts do not take it: the general forwarding of
+/// flow value `val`, from the parse the general path would have made. Out of line: it is
+/// almost never taken, and its code inlined cost every new flow registers.
+#[cold]
+#[inline(never)]
+fn forward_general(
+    table: &RoutingTable,
+    pkt: &mut PacketBuf<'_>,
+    f: &V4Flow,
+    val: &FlowValue,
+    sport: u16,
+) -> Verdict {
     let p = wire::parsed_v4(pkt.data(), f);
-    Some(apply(table, pkt, &p, val, sport))
+    apply(table, pkt, &p, val, sport)
 }
 
 /// [`snat_alloc`] for an IPv4 backend (`be_w`, its address word as loaded; `be_port` the
