@@ -676,14 +676,17 @@ fn verify_v4_l4_rest(frame: &[u8], f: &V4Flow) -> bool {
 /// [`verify_v4_l4`]'s loop and tail would add them: its 8-byte words, then a last 4-byte one.
 #[inline(always)]
 fn sum_fixed<const N: usize>(mut acc: u64, h: &[u8; N]) -> u64 {
-    let (words, tail) = h.as_chunks::<8>();
+    let words = h.chunks_exact(8);
+    let tail = words.remainder();
     for w in words {
-        acc = ones_add(acc, u64::from_ne_bytes(*w));
+        if let Ok(w) = <[u8; 8]>::try_from(w) {
+            acc = ones_add(acc, u64::from_ne_bytes(w));
+        }
     }
-    if let Ok(t) = <&[u8; 4]>::try_from(tail) {
-        acc = ones_add(acc, u64::from(u32::from_ne_bytes(*t)));
+    if let Ok(t) = <[u8; 4]>::try_from(tail) {
+        acc = ones_add(acc, u64::from(u32::from_ne_bytes(t)));
     }
-    debug_assert!(tail.len() == 0 || tail.len() == 4);
+    debug_assert!(tail.is_empty() || tail.len() == 4);
     acc
 }
 
