@@ -332,7 +332,7 @@ fn pipelined(
 
 /// The frames of a burst from where [`pipelined`] stopped (`stop` and `ahead` as it
 /// returned them), in order: the frames not read ahead yet are read and their slots found
-/// (but a SYN's: [`find_ahead_unless_syn`]) first, in two short loops (read ahead between
+/// (but a SYN's: [`find_ahead_but_syn`]) first, in two short loops (read ahead between
 /// calls of the general path, which cost the loop its registers, they cost new flows more
 /// than the overlap saved), then that frame goes
 /// through `slow` and each after it through the fast path, or `slow` when the fast path does
@@ -353,7 +353,7 @@ fn pipelined_tail(
         cands |= read_ahead(&state.ct, pkts, frames, j);
     }
     for j in stop + SLOT_AHEAD..n {
-        find_ahead_unless_syn(&state.ct, frames, j);
+        find_ahead_but_syn(&state.ct, frames, j);
     }
     // The frame the walk stopped at: what the fast path learned of it, if it read it (its
     // lookup once more, as the general path needs it, with its probe).
@@ -421,11 +421,23 @@ fn find_ahead(ct: &Conntrack<FlowValue>, frames: &mut [BurstFrame], j: usize) {
     }
 }
 
-/// [`find_ahead`] for a burst's first frames and in [`pipelined_tail`], but for a SYN: no slot
-/// found, its hint [`NO_HINT`]. A SYN never takes the fast path (its flow does not stay where
-/// it is): in the tail it goes straight to its lookup and probe ([`candidate`]), and a new
-/// flow's SYN, the common one, has no slot to find, so the search of its first bucket's tags
-/// would be made twice. (Its bucket's tags were requested when it was read.) Not in the
+/// [`find_ahead_unless_syn`] in [`pipelined_tail`], where a SYN's hint is left as it is (an
+/// earlier frame's): there a SYN goes straight to its lookup and probe ([`candidate`]), which
+/// take no hint, so no [`NO_HINT`] need be stored for it (fullnat new 1000 -> 998).
+#[inline(always)]
+fn find_ahead_but_syn(ct: &Conntrack<FlowValue>, frames: &mut [BurstFrame], j: usize) {
+    if let Some(b) = frames.get_mut(j) {
+        if b.tcp_flags & tcp_flags::SYN == 0 {
+            b.hint = ct.prefetch_slot(b.hash);
+        }
+    }
+}
+
+/// [`find_ahead`] for a burst's first frames, but for a SYN: no slot found, its hint
+/// [`NO_HINT`]. A SYN never takes the fast path (its flow does not stay where it is): in the
+/// tail it goes straight to its lookup and probe ([`candidate`]), and a new flow's SYN, the
+/// common one, has no slot to find, so the search of its first bucket's tags would be made
+/// twice. (Its bucket's tags were requested when it was read.) Not in the
 /// walk's loop, where the test would be on every established packet.
 #[inline(always)]
 fn find_ahead_unless_syn(ct: &Conntrack<FlowValue>, frames: &mut [BurstFrame], j: usize) {

@@ -572,8 +572,29 @@ pub fn ipv6_dst(frame: &[u8]) -> Option<Addr> {
 /// words as loaded, and tested once at the end: a sum of byte-swapped
 /// 16-bit words is 256 times the sum modulo 0xffff, so "all ones" (divisible by 0xffff) holds
 /// in either byte order.
-#[inline]
+///
+/// A bare 20-byte TCP header (a SYN without options) is summed here, inline, as fixed words;
+/// every other segment in [`verify_v4_l4_rest`], out of line.
+#[inline(always)]
 pub fn verify_v4_l4(frame: &[u8], f: &V4Flow) -> bool {
+    if f.proto == proto::TCP {
+        if let Some(h) = frame
+            .get(ETH_LEN + 20..usize::from(f.l3_end))
+            .and_then(|s| <&[u8; 20]>::try_from(s).ok())
+        {
+            // The pseudo header's zero and protocol word and its length (20), as loaded.
+            let fixed = u16::from_ne_bytes([0, proto::TCP]);
+            let wlen = u16::from_ne_bytes(20u16.to_be_bytes());
+            let acc = u64::from(f.src) + u64::from(f.dst) + u64::from(fixed) + u64::from(wlen);
+            return sum_fixed(acc, h) % 0xffff == 0;
+        }
+    }
+    verify_v4_l4_rest(frame, f)
+}
+
+/// [`verify_v4_l4`] for any segment.
+#[inline(never)]
+fn verify_v4_l4_rest(frame: &[u8], f: &V4Flow) -> bool {
     let Some(seg) = frame.get(ETH_LEN + 20..usize::from(f.l3_end)) else {
         return false;
     };
@@ -599,6 +620,17 @@ pub fn verify_v4_l4(frame: &[u8], f: &V4Flow) -> bool {
     let fixed = u16::from_ne_bytes([0, f.proto]);
     let wlen = u16::from_ne_bytes((len as u16).to_be_bytes());
     let mut acc = u64::from(f.src) + u64::from(f.dst) + u64::from(fixed) + u64::from(wlen);
+    // The common SYN shapes with options (as Linux, Windows and macOS send them) as fixed
+    // words: no loop, no tail logic.
+    if let Ok(h) = <&[u8; 40]>::try_from(seg) {
+        return sum_fixed(acc, h) % 0xffff == 0;
+    }
+    if let Ok(h) = <&[u8; 32]>::try_from(seg) {
+        return sum_fixed(acc, h) % 0xffff == 0;
+    }
+    if let Ok(h) = <&[u8; 44]>::try_from(seg) {
+        return sum_fixed(acc, h) % 0xffff == 0;
+    }
     // The whole 8-byte words added with end-around carry (one add and one carry add each):
     // the sum stays congruent modulo 2^64 - 1, a multiple of 0xffff. A short segment (a SYN's
     // 20 to 60 bytes) is a few words, one at a time: no unrolled loop to set up.
@@ -638,6 +670,24 @@ pub fn verify_v4_l4(frame: &[u8], f: &V4Flow) -> bool {
     // 1 modulo 0xffff), and a packet's sum is not 0 (the protocol word alone is not): all
     // ones is exactly "divisible by 0xffff", a multiply instead of four folds.
     acc % 0xffff == 0
+}
+
+/// `acc` plus the words of `h` (`N` a multiple of 4) with end-around carry, as
+/// [`verify_v4_l4`]'s loop and tail would add them: its 8-byte words, then a last 4-byte one.
+#[inline(always)]
+fn sum_fixed<const N: usize>(mut acc: u64, h: &[u8; N]) -> u64 {
+    let words = h.chunks_exact(8);
+    let tail = words.remainder();
+    for w in words {
+        if let Ok(w) = <[u8; 8]>::try_from(w) {
+            acc = ones_add(acc, u64::from_ne_bytes(w));
+        }
+    }
+    if let Ok(t) = <[u8; 4]>::try_from(tail) {
+        acc = ones_add(acc, u64::from(u32::from_ne_bytes(t)));
+    }
+    debug_assert!(tail.is_empty() || tail.len() == 4);
+    acc
 }
 
 /// `a + b` with end-around carry: congruent to the plain sum modulo 2^64 - 1 (a multiple of
