@@ -573,20 +573,25 @@ pub fn ipv6_dst(frame: &[u8]) -> Option<Addr> {
 /// 16-bit words is 256 times the sum modulo 0xffff, so "all ones" (divisible by 0xffff) holds
 /// in either byte order.
 ///
-/// A bare 20-byte TCP header (a SYN without options) is summed here, inline, as fixed words;
-/// every other segment in [`verify_v4_l4_rest`], out of line.
+/// The two commonest SYNs are summed here, inline, as fixed words: a bare 20-byte TCP header
+/// (scanners, floods, load generators) and a 40-byte one (Linux's: MSS, SACK permitted,
+/// timestamps, window scale), the clients an edge or a cluster's balancer mostly sees. Every
+/// other segment in [`verify_v4_l4_rest`], out of line.
 #[inline(always)]
 pub fn verify_v4_l4(frame: &[u8], f: &V4Flow) -> bool {
     if f.proto == proto::TCP {
-        if let Some(h) = frame
-            .get(ETH_LEN + 20..usize::from(f.l3_end))
-            .and_then(|s| <&[u8; 20]>::try_from(s).ok())
-        {
-            // The pseudo header's zero and protocol word and its length (20), as loaded.
+        if let Some(seg) = frame.get(ETH_LEN + 20..usize::from(f.l3_end)) {
+            // The pseudo header's zero and protocol word, then its length, as loaded.
             let fixed = u16::from_ne_bytes([0, proto::TCP]);
-            let wlen = u16::from_ne_bytes(20u16.to_be_bytes());
-            let acc = u64::from(f.src) + u64::from(f.dst) + u64::from(fixed) + u64::from(wlen);
-            return sum_fixed(acc, h) % 0xffff == 0;
+            let acc = u64::from(f.src) + u64::from(f.dst) + u64::from(fixed);
+            if let Ok(h) = <&[u8; 40]>::try_from(seg) {
+                let wlen = u16::from_ne_bytes(40u16.to_be_bytes());
+                return sum_fixed(acc + u64::from(wlen), h) % 0xffff == 0;
+            }
+            if let Ok(h) = <&[u8; 20]>::try_from(seg) {
+                let wlen = u16::from_ne_bytes(20u16.to_be_bytes());
+                return sum_fixed(acc + u64::from(wlen), h) % 0xffff == 0;
+            }
         }
     }
     verify_v4_l4_rest(frame, f)
@@ -620,11 +625,8 @@ fn verify_v4_l4_rest(frame: &[u8], f: &V4Flow) -> bool {
     let fixed = u16::from_ne_bytes([0, f.proto]);
     let wlen = u16::from_ne_bytes((len as u16).to_be_bytes());
     let mut acc = u64::from(f.src) + u64::from(f.dst) + u64::from(fixed) + u64::from(wlen);
-    // The common SYN shapes with options (as Linux, Windows and macOS send them) as fixed
+    // The other common SYN shapes with options (as Windows and macOS send them) as fixed
     // words: no loop, no tail logic.
-    if let Ok(h) = <&[u8; 40]>::try_from(seg) {
-        return sum_fixed(acc, h) % 0xffff == 0;
-    }
     if let Ok(h) = <&[u8; 32]>::try_from(seg) {
         return sum_fixed(acc, h) % 0xffff == 0;
     }
