@@ -493,8 +493,6 @@ pub struct Conntrack<V: Copy> {
     tags: Box<[u16]>,
     slots: Box<[Slot<V>]>,
     mask: usize,
-    /// `mask` without a bucket's offset bits: a hash's bucket (its first slot) in one `and`.
-    groups_mask: usize,
     seed: u64,
     len: usize,
     /// Keys in use (a flow with a reply key has two).
@@ -627,7 +625,6 @@ impl<V: Copy> Conntrack<V> {
             tags: mem::filled(cap, TAG_FREE),
             slots: mem::filled(cap, blank),
             mask: cap - 1,
-            groups_mask: (cap - 1) & !(BUCKET - 1),
             seed,
             overflow: mem::filled(cap / BUCKET, 0),
             len: 0,
@@ -1428,8 +1425,6 @@ impl<V: Copy> Conntrack<V> {
     /// ([`Conntrack::bucket1`], [`Conntrack::bucket2`], [`Conntrack::fingerprint`] in one).
     #[inline(always)]
     fn place_hashed(&self, h: u64) -> (usize, usize, u16) {
-        // (From `mask` here, not `groups_mask`: a new flow's code, where this is inlined three
-        // times, lost more to its register allocation with the load than it saved.)
         let groups_mask = self.mask & !(BUCKET - 1);
         let b1 = (h as usize) & groups_mask;
         let mut b2 = ((h >> 24) as usize) & groups_mask;
@@ -1446,14 +1441,14 @@ impl<V: Copy> Conntrack<V> {
     #[inline(always)]
     fn bucket1(&self, h: u64) -> usize {
         const _: () = assert!(MAX_CAPACITY <= 1 << 32);
-        (h as u32 as usize) & self.groups_mask
+        (h as u32 as usize) & self.mask & !(BUCKET - 1)
     }
 
     /// A key's second bucket, from its table hash and first bucket (apart, so lookups that
     /// find the key in its first bucket need not compute it).
     #[inline(always)]
     fn bucket2(&self, h: u64, b1: usize) -> usize {
-        let groups_mask = self.groups_mask;
+        let groups_mask = self.mask & !(BUCKET - 1);
         // As in `bucket1`: the same bucket, known to be below 2^32.
         let mut b2 = ((h >> 24) as u32 as usize) & groups_mask;
         if b2 == b1 {
