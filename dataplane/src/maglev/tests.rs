@@ -70,6 +70,76 @@ fn moved(a: &[Option<&[u8]>], b: &[Option<&[u8]>]) -> f64 {
     changed as f64 / a.len() as f64
 }
 
+/// Keys of `backends` whose skip another key of them has.
+fn sharing_a_skip(backends: &[MaglevBackend]) -> Vec<&[u8]> {
+    let m = DEFAULT_TABLE_SIZE as u64;
+    let skip = |b: &MaglevBackend| hash_bytes(&b.key, SKIP_SEED) % (m - 1) + 1;
+    backends
+        .iter()
+        .filter(|b| {
+            backends
+                .iter()
+                .any(|o| o.key != b.key && skip(o) == skip(b))
+        })
+        .map(|b| b.key.as_slice())
+        .collect()
+}
+
+/// [`moved`] without the slots a backend sharing its skip with another (of `backends`, the
+/// larger set) held before or holds after, unless the backend removed or added held them:
+/// Maglev's known extra (module docs), which [`EXTRA`] does not cover.
+fn moved_but_shared_skips(
+    a: &[Option<&[u8]>],
+    b: &[Option<&[u8]>],
+    backends: &[MaglevBackend],
+    changed: &[u8],
+) -> f64 {
+    let shared = sharing_a_skip(backends);
+    let explained = |k: &Option<&[u8]>| k.is_some_and(|k| k != changed && shared.contains(&k));
+    let n = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| x != y && !explained(x) && !explained(y))
+        .count();
+    n as f64 / a.len() as f64
+}
+
+/// Maglev's known extra, pinned: seven equal backends of which two keys hash to one skip (salt
+/// 46735: 198.18.0.5 and .6, a set proptest found). The two walk one cycle of slots a few steps
+/// apart, so removing any other backend also swaps about 5% of the slots between them: 24% moved
+/// against a share of 14.3%. Every move past the removed backend's own slots is such a swap.
+#[test]
+fn two_backends_sharing_a_skip_swap_slots_when_the_set_changes() {
+    let before = equal(7, 46735);
+    let shared = sharing_a_skip(&before);
+    assert_eq!(shared, [before[5].key.as_slice(), before[6].key.as_slice()]);
+    let a = build(&before, DEFAULT_TABLE_SIZE).unwrap();
+    let mut after = before.clone();
+    let gone = after.remove(0);
+    let b = build(&after, DEFAULT_TABLE_SIZE).unwrap();
+    let (ka, kb) = (keys(&a, &before), keys(&b, &after));
+    let f = moved(&ka, &kb);
+    assert!(f > 0.2, "the pair's swaps: {f} of the slots moved");
+    let rest = moved_but_shared_skips(&ka, &kb, &before, &gone.key);
+    assert!(
+        rest <= 1.0 / 7.0 + EXTRA,
+        "without the pair's swaps {rest} moved"
+    );
+    let swaps = ka
+        .iter()
+        .zip(&kb)
+        .filter(|(x, y)| {
+            x != y
+                && x.is_some_and(|x| shared.contains(&x))
+                && y.is_some_and(|y| shared.contains(&y))
+        })
+        .count();
+    assert!(
+        swaps as f64 / ka.len() as f64 > 0.09,
+        "{swaps} slots swapped between the pair"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES))]
 
@@ -121,10 +191,10 @@ proptest! {
     ) {
         let before = equal(n, salt);
         let mut after = before.clone();
-        after.remove(victim.index(n));
+        let gone = after.remove(victim.index(n));
         let a = build(&before, DEFAULT_TABLE_SIZE).unwrap();
         let b = build(&after, DEFAULT_TABLE_SIZE).unwrap();
-        let f = moved(&keys(&a, &before), &keys(&b, &after));
+        let f = moved_but_shared_skips(&keys(&a, &before), &keys(&b, &after), &before, &gone.key);
         prop_assert!(f <= 1.0 / n as f64 + EXTRA, "{n} -> {}: {f} of the slots moved", n - 1);
     }
 
@@ -134,7 +204,7 @@ proptest! {
         let before = after[..n].to_vec();
         let a = build(&before, DEFAULT_TABLE_SIZE).unwrap();
         let b = build(&after, DEFAULT_TABLE_SIZE).unwrap();
-        let f = moved(&keys(&a, &before), &keys(&b, &after));
+        let f = moved_but_shared_skips(&keys(&a, &before), &keys(&b, &after), &after, &after[n].key);
         prop_assert!(f <= 1.0 / (n + 1) as f64 + EXTRA, "{n} -> {}: {f} of the slots moved", n + 1);
     }
 
@@ -150,7 +220,7 @@ proptest! {
         let share = f64::from(gone.weight) / f64::from(weights.iter().sum::<u32>());
         let a = build(&before, DEFAULT_TABLE_SIZE).unwrap();
         let b = build(&after, DEFAULT_TABLE_SIZE).unwrap();
-        let f = moved(&keys(&a, &before), &keys(&b, &after));
+        let f = moved_but_shared_skips(&keys(&a, &before), &keys(&b, &after), &before, &gone.key);
         prop_assert!(f <= share + 1.2 * EXTRA, "{f} of the slots moved for a share of {share}");
     }
 
