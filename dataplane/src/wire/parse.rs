@@ -576,7 +576,7 @@ pub fn ipv6_dst(frame: &[u8]) -> Option<Addr> {
 /// The two commonest SYNs are summed here, inline, as fixed words: a bare 20-byte TCP header
 /// (scanners, floods, load generators) and a 40-byte one (Linux's: MSS, SACK permitted,
 /// timestamps, window scale), the clients an edge or a cluster's balancer mostly sees. Every
-/// other segment in [`verify_v4_l4_rest`], out of line.
+/// other segment in `verify_v4_l4_rest`, out of line.
 #[inline(always)]
 pub fn verify_v4_l4(frame: &[u8], f: &V4Flow) -> bool {
     if f.proto == proto::TCP {
