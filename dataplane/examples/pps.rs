@@ -32,6 +32,10 @@
 //! is `linux`: then a Linux client's SYN, whose options (MSS, SACK permitted, timestamps, window
 //! scale) make its TCP header 40 bytes and its frame 74, as real clients' SYNs are.
 //!
+//! `PPS_NEXT_HOPS=on_link` (not for `udp`): the backends' MACs resolved through the neighbor
+//! cache, as a config with `on_link` (or a gateway) has them, instead of configured per backend:
+//! every backend on the link 198.18.0.0/16, its MAC learned before the counted packets.
+//!
 //! `harness`: the same run with `process_burst` (and the expiry pass) left out, so its count is what the harness
 //! itself costs (the copy standing in for a port's receive, the buffers, the loop);
 //! `perf/instructions.sh` subtracts it to report the pipeline's own instructions per packet.
@@ -39,8 +43,9 @@
 use dataplane::conntrack::{Config, Timeouts};
 use dataplane::flow::proto;
 use dataplane::flow::Addr;
+use dataplane::neighbor::NeighborCache;
 use dataplane::pipeline::process_burst;
-use dataplane::table::Mode;
+use dataplane::table::{Mode, NeighborSpec, Prefix};
 use dataplane::wire::{self, checksum, Ipv4Fields};
 use dataplane::worker::EXPIRE_BUDGET;
 use dataplane::{process, DropReason, PacketBuf, RoutingTable, Verdict, WorkerState};
@@ -88,11 +93,16 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let table = if kind == "udp" {
+    let mut table = if kind == "udp" {
         udp_table(udp_mode)
     } else {
         sample::table(1, 16)
     };
+    match std::env::var("PPS_NEXT_HOPS").as_deref() {
+        Ok("on_link") if kind != "udp" => on_link(&mut table),
+        Ok("static") | Err(_) => {}
+        Ok(other) => panic!("PPS_NEXT_HOPS={other}: static, or on_link (not for udp)"),
+    }
     let env = |name: &str| {
         std::env::var(name)
             .ok()
@@ -326,4 +336,32 @@ fn rx(
     buf[HEADROOM..HEADROOM + len].copy_from_slice(&frame[..len]);
     let mut p = PacketBuf::new(buf, HEADROOM, len);
     process(st, table, now, &mut p)
+}
+
+/// The sample table's backends resolved through a neighbor cache: all on the link 198.18.0.0/16,
+/// each one's MAC (`02:00:00:00:net:host`, as `sample` gives them) learned, as an ARP reply
+/// teaches it.
+fn on_link(table: &mut RoutingTable) {
+    let cache = std::sync::Arc::new(NeighborCache::new(256));
+    table
+        .set_neighbors(NeighborSpec::one(
+            cache.clone(),
+            vec![Prefix {
+                addr: Addr::v4([198, 18, 0, 0]),
+                len: 16,
+            }],
+            None,
+            None,
+            Vec::new(),
+        ))
+        .expect("the sample table's next hops");
+    for net in 1..=5u8 {
+        for h in 10..26u8 {
+            let hop = cache.bind(Addr::v4([198, 18, net, h])).expect("a slot");
+            assert!(
+                cache.learn(hop, [2, 0, 0, 0, net, h]),
+                "a unicast MAC, bound"
+            );
+        }
+    }
 }
