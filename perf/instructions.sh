@@ -17,6 +17,9 @@
 #        PPS_SYN=linux perf/instructions.sh fullnat new   (new and flood with a Linux client's
 #                                       SYN, a 40-byte TCP header with options, instead of a
 #                                       bare 20-byte one)
+#        PPS_NEXT_HOPS=on_link perf/instructions.sh fullnat new   (the backends' MACs read from
+#                                       the neighbor cache, as with on_link or a gateway,
+#                                       instead of configured per backend; not for udp)
 #        perf/instructions.sh maglev   (instructions of one Maglev build, 1000 weighted backends)
 #        perf/instructions.sh dpdk     (the DPDK port's own cost per packet over net_null, with
 #                                       net_null's receive and transmit: needs libdpdk-dev)
@@ -149,6 +152,10 @@ n1=20000
 n2=120000
 for m in $modes; do
   for k in $kinds; do
+    if [ "$k" = udp ] && [ "${PPS_NEXT_HOPS:-static}" = on_link ]; then
+      echo "$m $k: skipped (PPS_NEXT_HOPS=on_link is for the TCP kinds; udp's table has configured MACs)" >&2
+      continue
+    fi
     i1=$(total "$bin" "$m" "$k" $n1)
     i2=$(total "$bin" "$m" "$k" $n2)
     h1=$(total "$bin" "$m" "$k" $n1 harness)
@@ -157,6 +164,7 @@ for m in $modes; do
     own=$(( (i2 - i1 - (h2 - h1)) / (n2 - n1) ))
     syn=
     case "$k" in new | flood) [ "${PPS_SYN:-bare}" = linux ] && syn=", Linux SYNs (40-byte TCP header)" ;; esac
+    [ "${PPS_NEXT_HOPS:-static}" = on_link ] && syn="$syn, MACs from the neighbor cache"
     echo "$m $k: $own instructions per packet in the pipeline, $per with the harness (callgrind, $((n2 - n1)) packets$syn, commit $commit)"
   done
 done
