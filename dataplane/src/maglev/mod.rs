@@ -409,6 +409,13 @@ fn inverse_mod(a: u32, m: u32) -> u32 {
     t0.rem_euclid(i64::from(m)) as u32
 }
 
+/// The skip of the backend with `key` in a table of `m` slots: its permutation's step, in
+/// `1..m` (lossless: below `m`, which fits a u32).
+#[inline]
+fn skip_of(key: &[u8], m: u32) -> u32 {
+    (hash_bytes(key, SKIP_SEED) % u64::from(m - 1)) as u32 + 1
+}
+
 /// Builds the table for `backends` with `size` slots. Pure and deterministic.
 ///
 /// Slot -> backend key is the same for every order of `backends`; slots hold indices into
@@ -465,7 +472,7 @@ pub fn build(backends: &[MaglevBackend], size: usize) -> Result<Maglev, MaglevEr
             let b = &backends[usize::from(index)];
             // Lossless: both values are below `m`, which fits a u32.
             let pos = (hash_bytes(&b.key, OFFSET_SEED) % u64::from(m)) as u32;
-            let skip = (hash_bytes(&b.key, SKIP_SEED) % u64::from(m - 1)) as u32 + 1;
+            let skip = skip_of(&b.key, m);
             let s2 = add_mod(skip, skip, m);
             Cursor {
                 index,

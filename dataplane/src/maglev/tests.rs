@@ -70,18 +70,21 @@ fn moved(a: &[Option<&[u8]>], b: &[Option<&[u8]>]) -> f64 {
     changed as f64 / a.len() as f64
 }
 
-/// Keys of `backends` whose skip another key of them has.
+/// Keys of `backends` whose skip (as [`build`] derives it) another key of them has.
 fn sharing_a_skip(backends: &[MaglevBackend]) -> Vec<&[u8]> {
-    let m = DEFAULT_TABLE_SIZE as u64;
-    let skip = |b: &MaglevBackend| hash_bytes(&b.key, SKIP_SEED) % (m - 1) + 1;
+    let skips: Vec<u32> = backends
+        .iter()
+        .map(|b| skip_of(&b.key, DEFAULT_TABLE_SIZE as u32))
+        .collect();
+    let mut sorted = skips.clone();
+    sorted.sort_unstable();
+    let shared =
+        |s: &u32| sorted.partition_point(|x| x < s) + 1 < sorted.partition_point(|x| x <= s);
     backends
         .iter()
-        .filter(|b| {
-            backends
-                .iter()
-                .any(|o| o.key != b.key && skip(o) == skip(b))
-        })
-        .map(|b| b.key.as_slice())
+        .zip(&skips)
+        .filter(|(_, s)| shared(s))
+        .map(|(b, _)| b.key.as_slice())
         .collect()
 }
 
