@@ -338,8 +338,8 @@ fn rx(
     process(st, table, now, &mut p)
 }
 
-/// The sample table's backends resolved through a neighbor cache: all on the link 198.18.0.0/16,
-/// each one's MAC (`02:00:00:00:net:host`, as `sample` gives them) learned, as an ARP reply
+/// The table's IPv4 backends resolved through a neighbor cache: all on the link
+/// 198.18.0.0/16, each one's MAC (the one the table configures for it) learned, as an ARP reply
 /// teaches it.
 fn on_link(table: &mut RoutingTable) {
     let cache = std::sync::Arc::new(NeighborCache::new(256));
@@ -355,13 +355,9 @@ fn on_link(table: &mut RoutingTable) {
             Vec::new(),
         ))
         .expect("the sample table's next hops");
-    for net in 1..=5u8 {
-        for h in 10..26u8 {
-            let hop = cache.bind(Addr::v4([198, 18, net, h])).expect("a slot");
-            assert!(
-                cache.learn(hop, [2, 0, 0, 0, net, h]),
-                "a unicast MAC, bound"
-            );
-        }
+    let backends = table.services.iter().flat_map(|s| &s.backends);
+    for be in backends.filter(|be| be.addr.is_v4()) {
+        let hop = cache.bind(be.addr).expect("a slot");
+        assert!(cache.learn(hop, be.mac), "a unicast MAC, bound");
     }
 }
