@@ -16,7 +16,7 @@
 #        (default: every mode and kind)
 #        PPS_SYN=linux perf/instructions.sh fullnat new   (new and flood with a Linux client's
 #                                       SYN, a 40-byte TCP header with options, instead of a
-#                                       bare 20-byte one)
+#                                       bare 20-byte one; windows: 32 bytes, macos: 44)
 #        PPS_NEXT_HOPS=on_link perf/instructions.sh fullnat new   (the backends' MACs read from
 #                                       the neighbor cache, as with on_link or a gateway,
 #                                       instead of configured per backend; not for udp)
@@ -163,7 +163,11 @@ for m in $modes; do
     per=$(( (i2 - i1) / (n2 - n1) ))
     own=$(( (i2 - i1 - (h2 - h1)) / (n2 - n1) ))
     syn=
-    case "$k" in new | flood) [ "${PPS_SYN:-bare}" = linux ] && syn=", Linux SYNs (40-byte TCP header)" ;; esac
+    case "$k/${PPS_SYN:-bare}" in
+      new/linux | flood/linux) syn=", Linux SYNs (40-byte TCP header)" ;;
+      new/windows | flood/windows) syn=", Windows SYNs (32-byte TCP header)" ;;
+      new/macos | flood/macos) syn=", macOS SYNs (44-byte TCP header)" ;;
+    esac
     [ "${PPS_NEXT_HOPS:-static}" = on_link ] && syn="$syn, MACs from the neighbor cache"
     echo "$m $k: $own instructions per packet in the pipeline, $per with the harness (callgrind, $((n2 - n1)) packets$syn, commit $commit)"
   done

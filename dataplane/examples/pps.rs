@@ -29,8 +29,9 @@
 //! --cache-sim=yes` that counts the cache lines a packet misses with many flows.
 //!
 //! `new` and `flood` send a bare SYN (a 20-byte TCP header, a 54-byte frame) unless `PPS_SYN`
-//! is `linux`: then a Linux client's SYN, whose options (MSS, SACK permitted, timestamps, window
-//! scale) make its TCP header 40 bytes and its frame 74, as real clients' SYNs are.
+//! names a client: `linux`, whose options (MSS, SACK permitted, timestamps, window scale) make
+//! its TCP header 40 bytes and its frame 74, as real clients' SYNs are; `windows` (MSS, window
+//! scale, SACK permitted: 32 bytes) or `macos` (those and timestamps: 44 bytes).
 //!
 //! `PPS_NEXT_HOPS=on_link` (not for `udp`): the backends' MACs resolved through the neighbor
 //! cache, as a config with `on_link` (or a gateway) has them, instead of configured per backend:
@@ -132,22 +133,19 @@ fn main() {
         1,
     );
     let client = |i: usize| Addr::v4([198, 19 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
-    let linux_syn = match std::env::var("PPS_SYN").as_deref() {
-        Ok("linux") => true,
-        Ok("bare") | Err(_) => false,
-        Ok(other) => panic!("PPS_SYN={other}: bare or linux"),
+    let syn_opts: &[u8] = match std::env::var("PPS_SYN").as_deref() {
+        Ok("linux") => &sample::LINUX_SYN_OPTIONS,
+        Ok("windows") => &sample::WINDOWS_SYN_OPTIONS,
+        Ok("macos") => &sample::MACOS_SYN_OPTIONS,
+        Ok("bare") | Err(_) => &[],
+        Ok(other) => panic!("PPS_SYN={other}: bare, linux, windows or macos"),
     };
     let mut syn = vec![[0u8; 256]; FLOWS];
     let mut syn_len = 0;
     let mut ack = vec![[0u8; 256]; FLOWS];
     let mut lens = vec![0usize; FLOWS];
     for i in 0..FLOWS {
-        let opts: &[u8] = if linux_syn {
-            &sample::LINUX_SYN_OPTIONS
-        } else {
-            &[]
-        };
-        syn_len = sample::tcp4_syn_with(&mut syn[i], client(i), vip, 40000, 80, opts);
+        syn_len = sample::tcp4_syn_with(&mut syn[i], client(i), vip, 40000, 80, syn_opts);
         lens[i] = sample::tcp4(&mut ack[i], client(i), vip, 40000, 80, 0x10, 64);
     }
     let mut tx = 0usize;

@@ -208,6 +208,16 @@ pub const LINUX_SYN_OPTIONS: [u8; 20] = [
     2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
 ];
 
+/// The options of a Windows client's SYN (MSS 1460, NOP, window scale 8, two NOPs, SACK
+/// permitted): 12 bytes, so its TCP header is 32 bytes and its frame 66.
+pub const WINDOWS_SYN_OPTIONS: [u8; 12] = [2, 4, 0x05, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2];
+
+/// The options of a macOS client's SYN (MSS 1460, NOP, window scale 6, two NOPs, timestamps,
+/// SACK permitted, end of list): 24 bytes, so its TCP header is 44 bytes and its frame 78.
+pub const MACOS_SYN_OPTIONS: [u8; 24] = [
+    2, 4, 0x05, 0xb4, 1, 3, 3, 6, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 4, 2, 0, 0,
+];
+
 /// [`tcp4`]'s SYN with TCP options `opts` (a multiple of 4 bytes, at most 40) after the fixed
 /// header, as a real client sends it: valid checksums; returns the frame's length.
 pub fn tcp4_syn_with(

@@ -573,10 +573,13 @@ pub fn ipv6_dst(frame: &[u8]) -> Option<Addr> {
 /// 16-bit words is 256 times the sum modulo 0xffff, so "all ones" (divisible by 0xffff) holds
 /// in either byte order.
 ///
-/// The two commonest SYNs are summed here, inline, as fixed words: a bare 20-byte TCP header
-/// (scanners, floods, load generators) and a 40-byte one (Linux's: MSS, SACK permitted,
-/// timestamps, window scale), the clients an edge or a cluster's balancer mostly sees. Every
-/// other segment in `verify_v4_l4_rest`, out of line.
+/// The common SYNs are summed here, inline, as fixed words: a bare 20-byte TCP header
+/// (scanners, floods, load generators), a 40-byte one (Linux's: MSS, SACK permitted,
+/// timestamps, window scale), a 32-byte one (Windows': no timestamps) and a 44-byte one
+/// (macOS': timestamps and padding), the clients an edge or a cluster's balancer mostly sees.
+/// Every other segment in `verify_v4_l4_rest`, out of line. (Out of line, a Windows or macOS
+/// SYN paid about 40 instructions more than a Linux one for the call and the registers it
+/// saves: fullnat new 1015 and 1017 against 982.)
 #[inline(always)]
 pub fn verify_v4_l4(frame: &[u8], f: &V4Flow) -> bool {
     if f.proto == proto::TCP {
@@ -590,6 +593,14 @@ pub fn verify_v4_l4(frame: &[u8], f: &V4Flow) -> bool {
             }
             if let Ok(h) = <&[u8; 20]>::try_from(seg) {
                 let wlen = u16::from_ne_bytes(20u16.to_be_bytes());
+                return sum_fixed(acc + u64::from(wlen), h) % 0xffff == 0;
+            }
+            if let Ok(h) = <&[u8; 32]>::try_from(seg) {
+                let wlen = u16::from_ne_bytes(32u16.to_be_bytes());
+                return sum_fixed(acc + u64::from(wlen), h) % 0xffff == 0;
+            }
+            if let Ok(h) = <&[u8; 44]>::try_from(seg) {
+                let wlen = u16::from_ne_bytes(44u16.to_be_bytes());
                 return sum_fixed(acc + u64::from(wlen), h) % 0xffff == 0;
             }
         }
@@ -625,14 +636,6 @@ fn verify_v4_l4_rest(frame: &[u8], f: &V4Flow) -> bool {
     let fixed = u16::from_ne_bytes([0, f.proto]);
     let wlen = u16::from_ne_bytes((len as u16).to_be_bytes());
     let mut acc = u64::from(f.src) + u64::from(f.dst) + u64::from(fixed) + u64::from(wlen);
-    // The other common SYN shapes with options (as Windows and macOS send them) as fixed
-    // words: no loop, no tail logic.
-    if let Ok(h) = <&[u8; 32]>::try_from(seg) {
-        return sum_fixed(acc, h) % 0xffff == 0;
-    }
-    if let Ok(h) = <&[u8; 44]>::try_from(seg) {
-        return sum_fixed(acc, h) % 0xffff == 0;
-    }
     // The whole 8-byte words added with end-around carry (one add and one carry add each):
     // the sum stays congruent modulo 2^64 - 1, a multiple of 0xffff. A short segment (a SYN's
     // 20 to 60 bytes) is a few words, one at a time: no unrolled loop to set up.
