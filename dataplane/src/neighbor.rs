@@ -58,6 +58,55 @@ pub struct Hop {
     pub tag: u8,
 }
 
+/// A [`Hop`] with a caller's index beside it, packed in one word the way a slot's word holds
+/// its tag, with the valid flag set: one masked compare of a slot's word against it tells both
+/// that the slot is still bound to this hop and that it is resolved ([`NeighborCache::resolved`],
+/// a new flow's read). The slot in bits 0-23, the index in bits 24-47 (both below
+/// [`MAX_CAPACITY`], which bounds the cache's slots), the tag in a slot word's tag bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundHop(u64);
+
+const BOUND_SLOT_MASK: u64 = (1 << 24) - 1;
+const BOUND_INDEX_SHIFT: u32 = 24;
+
+impl BoundHop {
+    /// No hop: every bit set (not a value [`BoundHop::new`] makes, its index being in range).
+    pub const NONE: BoundHop = BoundHop(u64::MAX);
+
+    /// `hop` with `index`; `None` when the slot or the index is not below [`MAX_CAPACITY`].
+    pub fn new(hop: Hop, index: u32) -> Option<BoundHop> {
+        let (slot, index) = (u64::from(hop.slot), u64::from(index));
+        (slot <= BOUND_SLOT_MASK && index <= BOUND_SLOT_MASK).then(|| {
+            BoundHop(
+                slot | (index << BOUND_INDEX_SHIFT) | (u64::from(hop.tag) << TAG_SHIFT) | F_VALID,
+            )
+        })
+    }
+
+    /// The hop packed here.
+    #[inline]
+    pub fn hop(self) -> Hop {
+        Hop {
+            slot: self.slot() as u32,
+            tag: tag_of(self.0),
+        }
+    }
+
+    /// The index packed here.
+    #[inline]
+    pub fn index(self) -> u32 {
+        ((self.0 >> BOUND_INDEX_SHIFT) & BOUND_SLOT_MASK) as u32
+    }
+
+    #[inline(always)]
+    fn slot(self) -> usize {
+        (self.0 & BOUND_SLOT_MASK) as usize
+    }
+}
+
+/// Most slots a cache has ([`NeighborCache::new`] clamps to it).
+pub const MAX_CAPACITY: usize = 1 << 24;
+
 /// One slot as read at an instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -108,7 +157,7 @@ fn unicast(mac: [u8; 6]) -> bool {
 impl NeighborCache {
     /// A cache for at most `capacity` next-hop addresses (all memory allocated here).
     pub fn new(capacity: usize) -> NeighborCache {
-        let capacity = capacity.clamp(1, 1 << 24);
+        let capacity = capacity.clamp(1, MAX_CAPACITY);
         NeighborCache {
             slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             dir: Mutex::new(Directory {
@@ -219,6 +268,14 @@ impl NeighborCache {
     pub fn mac(&self, hop: Hop) -> Option<[u8; 6]> {
         let w = self.word(hop)?;
         (w & F_VALID != 0).then(|| mac_of(w))
+    }
+
+    /// [`NeighborCache::mac`] of a hop packed with [`BoundHop`], as a new flow reads it: the
+    /// slot's one atomic load and one masked compare of its tag and valid flag.
+    #[inline]
+    pub fn resolved(&self, hop: BoundHop) -> Option<[u8; 6]> {
+        let w = self.slots.get(hop.slot())?.load(Ordering::Acquire);
+        ((w ^ hop.0) & (TAG_MASK | F_VALID) == 0).then(|| mac_of(w))
     }
 
     /// Marks an unresolved neighbor as needed by a flow, so the resolver probes it at its next
