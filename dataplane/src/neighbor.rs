@@ -646,6 +646,67 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_hop_reads_its_slot_only_while_current_and_resolved() {
+        let c = NeighborCache::new(4);
+        let a = c.bind(v4(10)).unwrap();
+        let bound = BoundHop::new(a, 3).unwrap();
+        assert_eq!((bound.hop(), bound.index()), (a, 3), "packed and read back");
+        assert_eq!(c.resolved(bound), None, "unresolved");
+        c.want(bound.hop());
+        assert_eq!(c.resolved(bound), None, "wanted is still unresolved");
+        assert!(c.learn(a, B));
+        assert_eq!(c.resolved(bound), Some(B));
+        assert_eq!(c.resolved(bound), c.mac(a), "as the slot's own read");
+        // The seen and wanted marks do not hide the MAC.
+        let w = c.slots[a.slot as usize].load(Ordering::Relaxed);
+        c.slots[a.slot as usize].store(w | F_SEEN | F_WANTED, Ordering::Relaxed);
+        assert_eq!(c.resolved(bound), Some(B));
+        // Forgotten (stopped answering): unresolved again.
+        c.invalidate(a);
+        assert_eq!(c.resolved(bound), None);
+        assert!(c.learn(a, B));
+        // A slot re-bound to another address (its tag bumped) reads as unresolved under the
+        // old binding, even once the new address is resolved.
+        c.retain(|x| x != v4(10));
+        let reused = c.bind(v4(11)).unwrap();
+        assert_eq!(reused.slot, a.slot);
+        assert!(c.learn(reused, [2, 0, 0, 0, 1, 11]));
+        assert_eq!(c.resolved(bound), None, "stale binding");
+        assert_eq!(
+            c.resolved(BoundHop::new(reused, 3).unwrap()),
+            Some([2, 0, 0, 0, 1, 11])
+        );
+        // Every tag value: the compare covers all of its bits.
+        for tag in 0..=u8::MAX {
+            let other = BoundHop::new(Hop { slot: a.slot, tag }, 0).unwrap();
+            let want = (tag == reused.tag).then_some([2, 0, 0, 0, 1, 11]);
+            assert_eq!(c.resolved(other), want, "tag {tag}");
+        }
+        // No hop, a slot past the cache, and a slot or index past the packing.
+        assert_eq!(c.resolved(BoundHop::NONE), None);
+        assert_eq!(
+            c.resolved(BoundHop::new(Hop { slot: 4, tag: 0 }, 0).unwrap()),
+            None
+        );
+        let max = MAX_CAPACITY as u32;
+        assert!(BoundHop::new(Hop { slot: max, tag: 0 }, 0).is_none());
+        assert!(BoundHop::new(Hop { slot: 0, tag: 0 }, max).is_none());
+        let top = BoundHop::new(
+            Hop {
+                slot: max - 1,
+                tag: 0xff,
+            },
+            max - 1,
+        )
+        .unwrap();
+        assert_ne!(top, BoundHop::NONE);
+        assert_eq!(
+            (top.hop().slot, top.hop().tag, top.index()),
+            (max - 1, 0xff, max - 1)
+        );
+    }
+
+    #[test]
     fn want_marks_only_unresolved_entries() {
         let c = NeighborCache::new(4);
         let a = c.bind(v4(10)).unwrap();
