@@ -58,6 +58,55 @@ pub struct Hop {
     pub tag: u8,
 }
 
+/// A [`Hop`] with a caller's index beside it, packed in one word the way a slot's word holds
+/// its tag, with the valid flag set: one masked compare of a slot's word against it tells both
+/// that the slot is still bound to this hop and that it is resolved ([`NeighborCache::resolved`],
+/// a new flow's read). The slot in bits 0-23, the index in bits 24-47 (both below
+/// [`MAX_CAPACITY`], which bounds the cache's slots), the tag in a slot word's tag bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundHop(u64);
+
+const BOUND_SLOT_MASK: u64 = (1 << 24) - 1;
+const BOUND_INDEX_SHIFT: u32 = 24;
+
+impl BoundHop {
+    /// No hop: every bit set (not a value [`BoundHop::new`] makes, its index being in range).
+    pub const NONE: BoundHop = BoundHop(u64::MAX);
+
+    /// `hop` with `index`; `None` when the slot or the index is not below [`MAX_CAPACITY`].
+    pub fn new(hop: Hop, index: u32) -> Option<BoundHop> {
+        let (slot, index) = (u64::from(hop.slot), u64::from(index));
+        (slot <= BOUND_SLOT_MASK && index <= BOUND_SLOT_MASK).then(|| {
+            BoundHop(
+                slot | (index << BOUND_INDEX_SHIFT) | (u64::from(hop.tag) << TAG_SHIFT) | F_VALID,
+            )
+        })
+    }
+
+    /// The hop packed here.
+    #[inline]
+    pub fn hop(self) -> Hop {
+        Hop {
+            slot: self.slot() as u32,
+            tag: tag_of(self.0),
+        }
+    }
+
+    /// The index packed here.
+    #[inline]
+    pub fn index(self) -> u32 {
+        ((self.0 >> BOUND_INDEX_SHIFT) & BOUND_SLOT_MASK) as u32
+    }
+
+    #[inline(always)]
+    fn slot(self) -> usize {
+        (self.0 & BOUND_SLOT_MASK) as usize
+    }
+}
+
+/// Most slots a cache has ([`NeighborCache::new`] clamps to it).
+pub const MAX_CAPACITY: usize = 1 << 24;
+
 /// One slot as read at an instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -108,7 +157,7 @@ fn unicast(mac: [u8; 6]) -> bool {
 impl NeighborCache {
     /// A cache for at most `capacity` next-hop addresses (all memory allocated here).
     pub fn new(capacity: usize) -> NeighborCache {
-        let capacity = capacity.clamp(1, 1 << 24);
+        let capacity = capacity.clamp(1, MAX_CAPACITY);
         NeighborCache {
             slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             dir: Mutex::new(Directory {
@@ -219,6 +268,14 @@ impl NeighborCache {
     pub fn mac(&self, hop: Hop) -> Option<[u8; 6]> {
         let w = self.word(hop)?;
         (w & F_VALID != 0).then(|| mac_of(w))
+    }
+
+    /// [`NeighborCache::mac`] of a hop packed with [`BoundHop`], as a new flow reads it: the
+    /// slot's one atomic load and one masked compare of its tag and valid flag.
+    #[inline]
+    pub fn resolved(&self, hop: BoundHop) -> Option<[u8; 6]> {
+        let w = self.slots.get(hop.slot())?.load(Ordering::Acquire);
+        ((w ^ hop.0) & (TAG_MASK | F_VALID) == 0).then(|| mac_of(w))
     }
 
     /// Marks an unresolved neighbor as needed by a flow, so the resolver probes it at its next
@@ -586,6 +643,67 @@ mod tests {
         assert_eq!(c.mac(reused), None);
         assert_eq!(c.addr_of(reused), Some(v4(12)));
         assert_eq!(c.addr_of(a), None);
+    }
+
+    #[test]
+    fn a_bound_hop_reads_its_slot_only_while_current_and_resolved() {
+        let c = NeighborCache::new(4);
+        let a = c.bind(v4(10)).unwrap();
+        let bound = BoundHop::new(a, 3).unwrap();
+        assert_eq!((bound.hop(), bound.index()), (a, 3), "packed and read back");
+        assert_eq!(c.resolved(bound), None, "unresolved");
+        c.want(bound.hop());
+        assert_eq!(c.resolved(bound), None, "wanted is still unresolved");
+        assert!(c.learn(a, B));
+        assert_eq!(c.resolved(bound), Some(B));
+        assert_eq!(c.resolved(bound), c.mac(a), "as the slot's own read");
+        // The seen and wanted marks do not hide the MAC.
+        let w = c.slots[a.slot as usize].load(Ordering::Relaxed);
+        c.slots[a.slot as usize].store(w | F_SEEN | F_WANTED, Ordering::Relaxed);
+        assert_eq!(c.resolved(bound), Some(B));
+        // Forgotten (stopped answering): unresolved again.
+        c.invalidate(a);
+        assert_eq!(c.resolved(bound), None);
+        assert!(c.learn(a, B));
+        // A slot re-bound to another address (its tag bumped) reads as unresolved under the
+        // old binding, even once the new address is resolved.
+        c.retain(|x| x != v4(10));
+        let reused = c.bind(v4(11)).unwrap();
+        assert_eq!(reused.slot, a.slot);
+        assert!(c.learn(reused, [2, 0, 0, 0, 1, 11]));
+        assert_eq!(c.resolved(bound), None, "stale binding");
+        assert_eq!(
+            c.resolved(BoundHop::new(reused, 3).unwrap()),
+            Some([2, 0, 0, 0, 1, 11])
+        );
+        // Every tag value: the compare covers all of its bits.
+        for tag in 0..=u8::MAX {
+            let other = BoundHop::new(Hop { slot: a.slot, tag }, 0).unwrap();
+            let want = (tag == reused.tag).then_some([2, 0, 0, 0, 1, 11]);
+            assert_eq!(c.resolved(other), want, "tag {tag}");
+        }
+        // No hop, a slot past the cache, and a slot or index past the packing.
+        assert_eq!(c.resolved(BoundHop::NONE), None);
+        assert_eq!(
+            c.resolved(BoundHop::new(Hop { slot: 4, tag: 0 }, 0).unwrap()),
+            None
+        );
+        let max = MAX_CAPACITY as u32;
+        assert!(BoundHop::new(Hop { slot: max, tag: 0 }, 0).is_none());
+        assert!(BoundHop::new(Hop { slot: 0, tag: 0 }, max).is_none());
+        let top = BoundHop::new(
+            Hop {
+                slot: max - 1,
+                tag: 0xff,
+            },
+            max - 1,
+        )
+        .unwrap();
+        assert_ne!(top, BoundHop::NONE);
+        assert_eq!(
+            (top.hop().slot, top.hop().tag, top.index()),
+            (max - 1, 0xff, max - 1)
+        );
     }
 
     #[test]

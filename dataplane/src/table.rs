@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::flow::{hash_bytes, Addr};
 use crate::maglev::{self, Maglev, MaglevBackend, MaglevError};
-use crate::neighbor::{NeighborCache, NextHop};
+use crate::neighbor::{BoundHop, NeighborCache, NextHop};
 
 /// How a pool's backends receive traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -116,9 +116,11 @@ pub struct Service {
     /// ([`RoutingTable::service_for`] skips it). Every backend of a draining service has weight 0.
     pub draining: bool,
     by_addr: HashMap<(Addr, u16), u16, FastHash>,
-    /// Per backend, its index in [`RoutingTable::next_hops`] when resolved dynamically
-    /// ([`NO_HOP`]: the backend's static `mac`); empty when the table has no neighbor cache.
-    hops: Vec<u32>,
+    /// Per backend, when resolved dynamically, its next hop's cache slot with its index in
+    /// [`RoutingTable::next_hops`] ([`BoundHop::NONE`]: the backend's static `mac`), so a new
+    /// flow reads the slot without going through `next_hops`; empty when the table has no
+    /// neighbor cache.
+    hops: Vec<BoundHop>,
     /// Per backend, the interface that reaches it; empty: interface 0 for all.
     ifaces: Vec<u8>,
     /// Per pool (as `pools`), its IPv4 fullnat source addresses in `Pool::snat`'s order, as
@@ -190,9 +192,6 @@ impl V4Vips {
     }
 }
 
-/// "Not resolved dynamically": the backend's `mac` is used as given.
-pub const NO_HOP: u32 = u32::MAX;
-
 impl Service {
     /// Index of the backend with this address and port, if it is still in the service.
     pub fn backend_index(&self, addr: Addr, port: u16) -> Option<u16> {
@@ -203,7 +202,14 @@ impl Service {
     /// dynamically; `None` when its static `mac` applies.
     #[inline]
     pub fn next_hop(&self, i: usize) -> Option<u32> {
-        self.hops.get(i).copied().filter(|&h| h != NO_HOP)
+        self.bound_hop(i).map(BoundHop::index)
+    }
+
+    /// Backend `i`'s next hop (that of [`Service::next_hop`]) with its cache slot, when it is
+    /// resolved dynamically; `None` when its static `mac` applies.
+    #[inline]
+    pub fn bound_hop(&self, i: usize) -> Option<BoundHop> {
+        self.hops.get(i).copied().filter(|&h| h != BoundHop::NONE)
     }
 
     /// The interface that reaches backend `i` (0 when next hops are not resolved by route).
@@ -790,16 +796,16 @@ impl RoutingTable {
             let (iface, hop) = spec.route(be.addr, statics.contains_key(&be.addr));
             ifaces.push(iface);
             let Some(hop) = hop else {
-                hops.push(NO_HOP);
+                hops.push(BoundHop::NONE);
                 continue;
             };
             if let Some(mac) = statics.get(&hop) {
                 be.mac = *mac;
-                hops.push(NO_HOP);
+                hops.push(BoundHop::NONE);
                 continue;
             }
-            let i = match self.hop_index.get(&hop) {
-                Some(i) => *i,
+            let (i, h) = match self.hop_index.get(&hop) {
+                Some(&i) => (i, self.next_hops[i as usize].hop),
                 None => {
                     let h = spec.cache.bind(hop).ok_or(TableError::NeighborsFull {
                         addr: hop,
@@ -814,10 +820,14 @@ impl RoutingTable {
                         iface,
                     });
                     self.hop_index.insert(hop, i);
-                    i
+                    (i, h)
                 }
             };
-            hops.push(i);
+            // Every next hop has its own slot, so there are no more of them than slots.
+            hops.push(BoundHop::new(h, i).ok_or(TableError::NeighborsFull {
+                addr: hop,
+                capacity: spec.cache.capacity(),
+            })?);
         }
         svc.hops = hops;
         svc.ifaces = if ifaces.iter().all(|&i| i == 0) {

@@ -4,6 +4,7 @@
 use crate::conntrack::tcp_flags::{ACK as TCP_ACK, RST as TCP_RST, SYN as TCP_SYN};
 use crate::conntrack::{FlowState, InsertError, Millis, Probe, TcpState, V4Key};
 use crate::flow::{hash_addr, proto, Addr, FlowKey};
+use crate::neighbor::BoundHop;
 use crate::packet::PacketBuf;
 use crate::table::{Affinity, Backend, Mode, Pool, RoutingTable, Service};
 use crate::wire::checksum::Delta;
@@ -125,6 +126,12 @@ fn new_v4_inline(
         return None;
     }
     let (sport, dport) = (f.sport(), f.dport());
+    // The VIP 0.0.0.0 (not a VIP a client reaches) goes to the general path: then the reply's
+    // deltas are never those of all-zero client and VIP words (see `z3` below), and the
+    // compiler drops that case's tests and selects.
+    if f.dst == 0 {
+        return None;
+    }
     let svc = table.service_for_v4(f.dst, f.proto, dport)?;
     let frame = pkt.data();
     if !wire::verify_v4_l4(frame, f) {
@@ -152,12 +159,18 @@ fn new_v4_inline(
     // The client's words as the deltas take them (big-endian values).
     let (c_be, v_be) = (u32::from_be(f.src), u32::from_be(f.dst));
     let in_ports = nat::ports(sport, dport);
-    let (action, fast, new_src, new_dport) = match pool.mode {
+    // The new source as an address word (the client's, or dsr's encapsulation source), made
+    // an `Addr` once, and the outer header's delta computed in dsr's own arm: an `Addr` chosen
+    // here, the compiler kept it as 16 bytes and put them together again where it was stored
+    // (80 instructions a new flow when it did), and the delta after the choice it computed for
+    // every mode.
+    let (action, fast, src_w, new_dport, l3_delta) = match pool.mode {
         Mode::FullNat | Mode::Nat => (
             Action::Rewrite,
             Fast::RewriteV4,
-            client,
+            f.src,
             if be.port == 0 { dport } else { be.port },
+            Delta::default(),
         ),
         Mode::DsrIpip | Mode::DsrGue => {
             let Some(src) = pool.encap_src_v4 else {
@@ -166,13 +179,16 @@ fn new_v4_inline(
             if !src.is_v4() {
                 return None;
             }
-            match pool.mode {
-                Mode::DsrIpip => (Action::Ipip, Fast::IpipV4, src, dport),
-                _ => (Action::Gue, Fast::GueV4, src, dport),
-            }
+            let (action, fast) = match pool.mode {
+                Mode::DsrIpip => (Action::Ipip, Fast::IpipV4),
+                _ => (Action::Gue, Fast::GueV4),
+            };
+            let l3 = encap::outer_delta(fast, &src, &be.addr);
+            (action, fast, u32::from_ne_bytes(src.v4_octets()), dport, l3)
         }
-        Mode::Dr => (Action::Mac, Fast::MacV4, client, dport),
+        Mode::Dr => (Action::Mac, Fast::MacV4, f.src, dport, Delta::default()),
     };
+    let new_src = Addr::v4(src_w.to_ne_bytes());
     let mut fwd = FlowValue {
         fast,
         action,
@@ -180,7 +196,7 @@ fn new_v4_inline(
         proto: f.proto,
         svc_stat: svc.stat,
         be_stat: be.stat,
-        l3_delta: encap::outer_delta(fast, &new_src, &be.addr),
+        l3_delta,
         l4_delta: Delta::default(),
         new_sport: sport,
         new_dport,
@@ -524,25 +540,45 @@ pub(super) fn backend_mac(
     bi: usize,
     be: &Backend,
 ) -> Result<[u8; 6], DropReason> {
-    match svc.next_hop(bi) {
+    match svc.bound_hop(bi) {
         None => Ok(be.mac),
-        Some(h) => next_hop_mac(table, h),
+        Some(h) => next_hop_mac(table, svc, bi, h),
     }
 }
 
-/// [`backend_mac`] of a backend whose next hop (`h`) is resolved dynamically (any config with
-/// `on_link` or a gateway). Inline: out of line (new12's f032d6b) a backend with a static MAC
-/// saved 5 instructions a new flow, but one behind the neighbor cache paid 26 more for the
+/// [`backend_mac`] of backend `bi` of `svc` whose next hop (`h`, its cache slot as the service
+/// keeps it) is resolved dynamically (any config with `on_link` or a gateway): the slot's word
+/// read and tested against `h` in one compare, without going through
+/// [`RoutingTable::next_hops`]. Inline: out of line (new12's f032d6b) a backend with a static
+/// MAC saved 5 instructions a new flow, but one behind the neighbor cache paid 26 more for the
 /// call's saved registers and the result's packing (`PPS_NEXT_HOPS=on_link`: 1004 -> 1030).
 #[inline]
-fn next_hop_mac(table: &RoutingTable, h: u32) -> Result<[u8; 6], DropReason> {
-    let (Some(cache), Some(nh)) = (table.neighbors(), table.next_hops().get(h as usize)) else {
+fn next_hop_mac(
+    table: &RoutingTable,
+    svc: &Service,
+    bi: usize,
+    h: BoundHop,
+) -> Result<[u8; 6], DropReason> {
+    let Some(cache) = table.neighbors() else {
         return Err(DropReason::NoNeighbor);
     };
-    cache.mac(nh.hop).ok_or_else(|| {
-        cache.want(nh.hop);
-        DropReason::NoNeighbor
-    })
+    match cache.resolved(h) {
+        Some(mac) => Ok(mac),
+        None => Err(unresolved(table, svc, bi)),
+    }
+}
+
+/// [`next_hop_mac`]'s unresolved next hop (of backend `bi` of `svc`): marked wanted, so the
+/// resolver probes it now, and the flow refused. Out of line, and from what the caller keeps
+/// anyway (the cache and the hop found again): the mark's compare-and-swap inlined, or the
+/// cache and hop kept for it, cost every new flow registers.
+#[cold]
+#[inline(never)]
+fn unresolved(table: &RoutingTable, svc: &Service, bi: usize) -> DropReason {
+    if let (Some(cache), Some(h)) = (table.neighbors(), svc.bound_hop(bi)) {
+        cache.want(h.hop());
+    }
+    DropReason::NoNeighbor
 }
 
 /// The client -> backend half of a new flow `key` (client -> VIP) on backend `be` (index `bi`),
