@@ -1163,6 +1163,9 @@ impl<V: Copy> Conntrack<V> {
             keys = 2;
         }
         self.keys += keys;
+        // A compiler-only fence (no instruction): the two counts stay two adds to memory, not
+        // one SSE add of a constant vector, its load and its store (LLVM's SLP vectorizer).
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
         self.len += 1;
         *self.unconfirmed_count_mut(class) += 1;
         Ok(sa)

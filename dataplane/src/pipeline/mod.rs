@@ -30,6 +30,7 @@ use crate::table::RoutingTable;
 use crate::wire::{self, Frag, ParseError, Parsed, V4Flow, V4Words, L3};
 
 use fast::{Outcome, Tally};
+use verdict::bump;
 
 /// TTL / hop limit of packets we originate (answers, outer headers).
 const OUR_TTL: u8 = 64;
@@ -630,13 +631,13 @@ fn seen_general(
 /// encapsulation grows it): the general path's count of every frame it decides.
 #[inline(always)]
 fn count_verdict(c: &mut Counters, rx: u64, tx: u64, v: Verdict) {
-    c.rx_packets += 1;
-    c.rx_bytes += rx;
+    bump(&mut c.rx_packets, 1);
+    bump(&mut c.rx_bytes, rx);
     match v {
         // `Lent` is a worker's `Tx` across interfaces; the pipeline never returns it.
         Verdict::Tx | Verdict::Lent => {
-            c.tx_packets += 1;
-            c.tx_bytes += tx;
+            bump(&mut c.tx_packets, 1);
+            bump(&mut c.tx_bytes, tx);
         }
         Verdict::Drop(r) => c.drops[r as usize] += 1,
         Verdict::ToHost => c.to_host += 1,

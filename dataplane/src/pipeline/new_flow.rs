@@ -217,7 +217,7 @@ fn new_v4_inline(
     } else {
         FlowState::Udp { replied: false }
     };
-    let inserted = if pool.mode.replies_through_us() {
+    if pool.mode.replies_through_us() {
         let be_w = u32::from_ne_bytes(be.addr.v4_octets());
         // The reply key (backend -> us) and its value (back to the client).
         let (r_dst, r_dport, pb) = if pool.mode == Mode::FullNat {
@@ -262,41 +262,37 @@ fn new_v4_inline(
         (rev.new_src, rev.new_dst) = (vip, client);
         (rev.new_sport, rev.new_dport) = (dport, sport);
         rev.macs = wire::mac_pair(client_mac, table.local.mac_of(st.rx_port));
-        st.ct
+        if let Err(e) = st
+            .ct
             .insert_probed_v4(now, (pa, &fwd), Some((&pb, &rev)), initial)
-    } else {
-        // Encapsulation and dr leave the packet's checksums alone: no deltas (as `seal`).
-        st.ct.insert_probed_v4(now, (pa, &fwd), None, initial)
-    };
-    if let Err(e) = inserted {
+        {
+            return Some(Verdict::Drop(insert_drop(e)));
+        }
+        // The flow slot holds `fwd` as it is here; fullnat and nat always rewrite
+        // (`Fast::RewriteV4`): forwarded here, without the dispatch on the kind below (a jump
+        // table).
+        debug_assert!(fwd.fast == Fast::RewriteV4);
+        count(&mut st.counters, &fwd, pkt.len() as u64, true);
+        if rewrite_first_v4(pkt, &fwd, tcp) {
+            return Some(Verdict::Tx);
+        }
+        return Some(forward_general(table, pkt, f, &fwd, sport));
+    }
+    // Encapsulation and dr leave the packet's checksums alone: no deltas (as `seal`).
+    if let Err(e) = st.ct.insert_probed_v4(now, (pa, &fwd), None, initial) {
         return Some(Verdict::Drop(insert_drop(e)));
     }
-    // The flow slot holds `fwd` as it is here.
+    // The flow slot holds `fwd` as it is here: dr's `Fast::MacV4` or an encapsulation's
+    // (tested in turn: a match on the kind was a jump table).
     let val = &fwd;
     count(&mut st.counters, val, pkt.len() as u64, true);
-    let done = match val.fast {
-        Fast::RewriteV4 => {
-            let ports = nat::ports(val.new_sport, val.new_dport);
-            let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
-            let deltas = (val.l3_delta, val.l4_delta);
-            nat::rewrite_v4_frame(
-                pkt.data_mut(),
-                &val.macs,
-                (&addrs.0, &addrs.1),
-                ports,
-                deltas,
-                tcp,
-            )
-        }
-        Fast::MacV4 => {
-            wire::set_mac_pair(pkt.data_mut(), &val.macs);
-            true
-        }
-        Fast::IpipV4 | Fast::GueV4 => {
-            let inner = usize::from(f.l3_end) - wire::ETH_LEN;
-            encap::outer_v4(pkt, table, val, inner, val.fast == Fast::GueV4, sport)
-        }
-        Fast::No => false,
+    debug_assert!(val.fast == Fast::MacV4 || val.fast.encaps_v4());
+    let done = if val.fast == Fast::MacV4 {
+        wire::set_mac_pair(pkt.data_mut(), &val.macs);
+        true
+    } else {
+        let inner = usize::from(f.l3_end) - wire::ETH_LEN;
+        encap::outer_v4(pkt, table, val, inner, val.fast == Fast::GueV4, sport)
     };
     if done {
         return Some(Verdict::Tx);
@@ -304,6 +300,23 @@ fn new_v4_inline(
     // What the fixed layouts do not take (a packet too big to encapsulate): the general
     // forwarding, from the parse the general path would have made.
     Some(forward_general(table, pkt, f, val, sport))
+}
+
+/// The address and port rewrite of a new flow's first packet by its value `val`
+/// ([`Fast::RewriteV4`]); false, with nothing changed, when the fixed layout does not fit.
+#[inline(always)]
+fn rewrite_first_v4(pkt: &mut PacketBuf<'_>, val: &FlowValue, tcp: bool) -> bool {
+    let ports = nat::ports(val.new_sport, val.new_dport);
+    let addrs = (val.new_src.v4_octets(), val.new_dst.v4_octets());
+    let deltas = (val.l3_delta, val.l4_delta);
+    nat::rewrite_v4_frame(
+        pkt.data_mut(),
+        &val.macs,
+        (&addrs.0, &addrs.1),
+        ports,
+        deltas,
+        tcp,
+    )
 }
 
 /// [`new_v4`]'s first packet where the fixed layouts do not take it: the general forwarding of
