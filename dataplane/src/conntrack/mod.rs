@@ -490,8 +490,8 @@ impl Plan {
 
 /// A per-worker connection tracking table mapping flow keys to values of type `V`.
 pub struct Conntrack<V: Copy> {
-    tags: Box<[u16]>,
-    slots: Box<[Slot<V>]>,
+    tags: mem::Table<u16>,
+    slots: mem::Table<Slot<V>>,
     mask: usize,
     seed: u64,
     len: usize,
@@ -502,7 +502,7 @@ pub struct Conntrack<V: Copy> {
     /// is crowded (see [`FIRST_BUCKET_ROOM`]), so nearly every count is 0, and a search that
     /// misses a key's first bucket ends there when its count is: a new flow's keys are looked
     /// for in one bucket each, not two.
-    overflow: Box<[u32]>,
+    overflow: mem::Table<u32>,
     embryonic: usize,
     udp_unconfirmed: usize,
     cursor: usize,
