@@ -59,7 +59,10 @@ impl<T: Copy> Drop for Table<T> {
             // SAFETY: a heap table's `ptr` and `len` came from `Box::into_raw` of a `Box<[T]>`
             // (`filled`), which is given back once.
             drop(unsafe {
-                Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len))
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.ptr.as_ptr(),
+                    self.len,
+                ))
             });
         } else {
             // SAFETY: `ptr` and `mapped` are the mapping `map_huge` made for this table alone;
