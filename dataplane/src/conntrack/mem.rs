@@ -56,7 +56,7 @@ impl<T: Copy> DerefMut for Table<T> {
 impl<T: Copy> Drop for Table<T> {
     fn drop(&mut self) {
         if self.mapped == 0 {
-            // SAFETY: a heap table's `ptr` and `len` came from `Box::into_raw` of a `Box<[T]>`
+            // SAFETY: a heap table's `ptr` and `len` are those of a leaked `Box<[T]>`
             // (`filled`), which is given back once.
             drop(unsafe {
                 Box::from_raw(std::ptr::slice_from_raw_parts_mut(
@@ -94,13 +94,11 @@ pub(super) fn filled<T: Copy>(n: usize, fill: T) -> Table<T> {
             };
         }
     }
-    let boxed: Box<[T]> = vec![fill; n].into_boxed_slice();
-    let len = boxed.len();
-    // `Box::into_raw` never returns null.
-    let ptr = NonNull::new(Box::into_raw(boxed).cast::<T>()).unwrap_or(NonNull::dangling());
+    // Given back as a `Box<[T]>` of `n` elements on drop.
+    let ptr = NonNull::from(Box::leak(vec![fill; n].into_boxed_slice())).cast::<T>();
     Table {
         ptr,
-        len,
+        len: n,
         mapped: 0,
     }
 }
